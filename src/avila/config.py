@@ -1,0 +1,197 @@
+"""Settings: one class, read from environment variables and an optional ``.env`` file.
+
+Every setting is declared once in :data:`SETTINGS` with its variable, default and help text; the
+configuration table in docs/configuration.md is tested against this list. Invalid values fail at
+start with a :class:`~avila.errors.ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from avila.errors import ConfigError
+
+LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical")
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """How one setting is read: its variable(s), default and help text."""
+
+    name: str
+    env: str
+    default: str
+    help: str
+    aliases: tuple[str, ...] = ()
+
+
+SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec("host", "HOST", "0.0.0.0", "Interface the HTTP server binds to."),
+    SettingSpec("port", "PORT", "3000", "TCP port of the HTTP server (1-65535)."),
+    SettingSpec(
+        "log_level",
+        "LOG_LEVEL",
+        "info",
+        "Log level: trace, debug, info, warning, error. `RUST_LOG` is accepted as an alias.",
+        aliases=("RUST_LOG",),
+    ),
+    SettingSpec(
+        "api_keys",
+        "API_KEYS",
+        "",
+        "Comma-separated bootstrap API keys; each has every scope on project `default`.",
+    ),
+    SettingSpec("enable_cors", "ENABLE_CORS", "false", "Answer CORS preflights and add CORS headers."),
+    SettingSpec(
+        "cors_origins",
+        "CORS_ORIGINS",
+        "*",
+        "Comma-separated allowed origins for CORS (`*` allows any).",
+    ),
+    SettingSpec(
+        "rate_limit_per_minute",
+        "RATE_LIMIT_PER_MINUTE",
+        "1000",
+        "Requests per minute allowed per API key; 0 disables rate limiting.",
+    ),
+    SettingSpec("data_dir", "AVILA_DATA_DIR", "./data", "Directory for the embedded store and keys."),
+    SettingSpec(
+        "storage_url",
+        "AVILA_STORAGE_URL",
+        "",
+        "Store location; default `duckdb:///<data dir>/avila.duckdb`.",
+    ),
+    SettingSpec(
+        "flush_max_events",
+        "AVILA_FLUSH_MAX_EVENTS",
+        "5000",
+        "Group commit: flush when this many events are pending.",
+    ),
+    SettingSpec(
+        "flush_interval_ms",
+        "AVILA_FLUSH_INTERVAL_MS",
+        "5",
+        "Group commit: flush at most this many milliseconds after the first pending event.",
+    ),
+    SettingSpec(
+        "dedup_window_hours",
+        "AVILA_DEDUP_WINDOW_HOURS",
+        "24",
+        "Idempotency window: a re-sent event_id is recognised for at least this many hours.",
+    ),
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse_bool(env: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{env} must be true or false, got {raw!r}")
+
+
+def _parse_int(env: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{env} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{env} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _parse_log_level(env: str, raw: str) -> str:
+    # RUST_LOG may look like "info" or "avila=debug,tower=warn": take the first level named.
+    for token in raw.replace("=", ",").split(","):
+        token = token.strip().lower()
+        if token in LOG_LEVELS:
+            return {"warn": "warning", "trace": "debug"}.get(token, token)
+    raise ConfigError(f"{env} must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings; build with :meth:`Settings.from_env`."""
+
+    host: str = "0.0.0.0"
+    port: int = 3000
+    log_level: str = "info"
+    api_keys: tuple[str, ...] = ()
+    enable_cors: bool = False
+    cors_origins: tuple[str, ...] = ("*",)
+    rate_limit_per_minute: int = 1000
+    data_dir: Path = field(default_factory=lambda: Path("./data"))
+    storage_url: str = ""
+    flush_max_events: int = 5000
+    flush_interval_ms: int = 5
+    dedup_window_hours: int = 24
+
+    def __post_init__(self) -> None:
+        if not self.storage_url:
+            object.__setattr__(self, "storage_url", f"duckdb:///{self.data_dir / 'avila.duckdb'}")
+        scheme = urlsplit(self.storage_url).scheme
+        if scheme != "duckdb" or not self.storage_url.startswith("duckdb:///"):
+            raise ConfigError(
+                f"AVILA_STORAGE_URL scheme must be duckdb:// (ClickHouse is planned), got {scheme!r}"
+            )
+
+    @property
+    def duckdb_path(self) -> Path:
+        """Filesystem path of the DuckDB file named by ``storage_url``."""
+        # SQLAlchemy convention: duckdb:///relative/path, duckdb:////absolute/path.
+        return Path(self.storage_url[len("duckdb:///") :])
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        env_file: str | Path | None = ".env",
+        **overrides: Any,
+    ) -> Settings:
+        """Read settings from ``environ`` (default ``os.environ``) over an optional ``.env`` file.
+
+        Real environment variables win over the file; keyword ``overrides`` (CLI flags) win over
+        both.
+        """
+        values: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            from dotenv import dotenv_values
+
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+
+        parsers: dict[str, Callable[[str, str], Any]] = {
+            "host": lambda env, raw: raw.strip() or "0.0.0.0",
+            "port": lambda env, raw: _parse_int(env, raw, 1, 65535),
+            "log_level": _parse_log_level,
+            "api_keys": lambda env, raw: _parse_list(raw),
+            "enable_cors": _parse_bool,
+            "cors_origins": lambda env, raw: _parse_list(raw) or ("*",),
+            "rate_limit_per_minute": lambda env, raw: _parse_int(env, raw, 0, 10**9),
+            "data_dir": lambda env, raw: Path(raw.strip() or "./data"),
+            "storage_url": lambda env, raw: raw.strip(),
+            "flush_max_events": lambda env, raw: _parse_int(env, raw, 1, 1_000_000),
+            "flush_interval_ms": lambda env, raw: _parse_int(env, raw, 0, 10_000),
+            "dedup_window_hours": lambda env, raw: _parse_int(env, raw, 1, 24 * 365),
+        }
+        kwargs: dict[str, Any] = {}
+        for spec in SETTINGS:
+            env_name = next((n for n in (spec.env, *spec.aliases) if n in values), None)
+            raw = values[env_name] if env_name else spec.default
+            kwargs[spec.name] = parsers[spec.name](env_name or spec.env, raw)
+        known = {f.name for f in fields(cls)}
+        kwargs.update({k: v for k, v in overrides.items() if k in known and v is not None})
+        return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""Embedded DuckDB backend (the default tier)."""

@@ -1,0 +1,108 @@
+"""DuckDB file store.
+
+One connection per process (DuckDB allows one writing process per file); writes are serialised
+by a lock and each is one transaction, which DuckDB fsyncs on commit. Reads use a cursor per
+thread so heavy queries run off the event loop in parallel with ingestion.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from avila.errors import StorageUnavailable
+from avila.storage.base import Store
+from avila.storage.duckdb.migrations import migrate
+from avila.storage.schema import EVENT_COLUMN_NAMES
+
+_INSERT_EVENTS = (
+    f"INSERT INTO events ({', '.join(EVENT_COLUMN_NAMES)}) "
+    f"SELECT {', '.join(EVENT_COLUMN_NAMES)} FROM _incoming"
+)
+
+
+class DuckDBStore(Store):
+    backend = "duckdb"
+
+    def __init__(self, path: Path, *, read_only: bool = False, threads: int | None = None) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            config: dict[str, Any] = {}
+            if threads:
+                config["threads"] = threads
+            self._conn = duckdb.connect(str(self.path), read_only=read_only, config=config)
+        except duckdb.IOException as exc:
+            raise StorageUnavailable(f"cannot open DuckDB file {self.path}: {exc}") from exc
+        if not read_only:
+            migrate(self._conn)
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._closed = False
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        if self._closed:
+            raise StorageUnavailable("store is closed")
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._conn.cursor()
+            self._local.cursor = cursor
+        return cursor
+
+    def _relation(self, sql: str, params: Sequence[Any] | None) -> duckdb.DuckDBPyRelation:
+        return self._cursor().sql(sql, params=list(params or []))
+
+    def append_events(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        with self._write_lock:
+            cursor = self._cursor()
+            cursor.register("_incoming", table)
+            try:
+                cursor.execute(_INSERT_EVENTS)
+            finally:
+                cursor.unregister("_incoming")
+
+    def recent_event_keys(self, since: datetime) -> Iterator[tuple[str, str]]:
+        reader = self._relation(
+            "SELECT project_id, event_id FROM events WHERE received_at >= ?", [since]
+        ).to_arrow_reader(100_000)
+        for batch in reader:
+            yield from zip(
+                batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
+            )
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        return self._cursor().execute(sql, list(params or [])).fetchall()
+
+    def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        return self._relation(sql, params).to_arrow_table()
+
+    def query_batches(
+        self, sql: str, params: Sequence[Any] | None = None, batch_rows: int = 65536
+    ) -> Iterator[pa.RecordBatch]:
+        reader = self._relation(sql, params).to_arrow_reader(batch_rows)
+        yield from reader
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:
+        with self._write_lock:
+            rows = self._cursor().execute(sql, list(params or [])).fetchall()
+        return int(rows[0][0]) if rows and rows[0] and isinstance(rows[0][0], int) else 0
+
+    def ping(self) -> None:
+        try:
+            self._cursor().execute("SELECT 1").fetchall()
+        except duckdb.Error as exc:
+            raise StorageUnavailable(f"DuckDB is not answering: {exc}") from exc
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._conn.close()
