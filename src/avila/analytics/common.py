@@ -1,0 +1,413 @@
+"""Shared pieces of the analytics queries: query parsing, time ranges, property paths, event
+conditions and filters compiled to parameterised SQL, and time-zone buckets.
+
+Untrusted input never reaches SQL as text. Column names come from :data:`PROPERTY_COLUMNS`
+(an allow-list); JSON properties are read with the backend's JSON function and the JSONPath is
+bound as a parameter after matching :data:`_JSON_KEY_PATH`. Values are always parameters.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+import numpy as np
+
+from avila.errors import ValidationFailed
+from avila.schemas.analytics import EventCondition, PropertyFilter
+from avila.storage.base import Store
+from avila.storage.schema import EVENT_TYPES
+
+Q = TypeVar("Q", bound=msgspec.Struct)
+
+DEFAULT_RANGE = timedelta(days=30)
+US_PER_SECOND = 1_000_000
+US_PER_DAY = 86_400 * US_PER_SECOND
+
+#: Stored (snake_case) event types a condition may name.
+CONDITION_TYPES: frozenset[str] = frozenset(EVENT_TYPES.values())
+
+#: The column a condition's ``condition_value`` is matched against, per event type.
+KEY_FIELDS: dict[str, str] = {
+    "page_view": "url",
+    "click": "url",
+    "product_view": "product_id",
+    "add_to_cart": "product_id",
+    "remove_from_cart": "product_id",
+    "custom": "event_name",
+    "search": "search_query",
+    "purchase": "order_id",
+}
+
+_NUMERIC = {"revenue", "price", "quantity"}
+_COLUMNS = (
+    "event_type user_id session_id url title product_id order_id event_name search_query "
+    "revenue currency quantity price device_type os browser country city referrer user_agent"
+).split()
+
+#: Public property paths -> stored column. Short names (``browser``) are accepted too.
+PROPERTY_COLUMNS: dict[str, str] = {name: name for name in _COLUMNS}
+PROPERTY_COLUMNS.update(
+    {
+        "context.device.device_type": "device_type",
+        "context.device.type": "device_type",
+        "context.device.os": "os",
+        "context.device.browser": "browser",
+        "context.location.country": "country",
+        "context.location.city": "city",
+        "context.referrer": "referrer",
+        "context.user_agent": "user_agent",
+        "event_type.type": "event_type",
+        "event_type.data.url": "url",
+        "event_type.data.title": "title",
+        "event_type.data.product_id": "product_id",
+        "event_type.data.order_id": "order_id",
+        "event_type.data.name": "event_name",
+        "event_type.data.query": "search_query",
+        "event_type.data.search_query": "search_query",
+        "event_type.data.revenue": "revenue",
+        "event_type.data.currency": "currency",
+        "event_type.data.quantity": "quantity",
+        "event_type.data.price": "price",
+        "name": "event_name",
+    }
+)
+#: Prefixes of paths read from the JSON text columns.
+_JSON_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("event_type.data.", "data"),
+    ("properties.", "data"),  # shorthand for event_type.data.properties.*
+    ("metadata.", "metadata"),
+    ("context.", "context"),
+)
+_JSON_KEY_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}(\.[A-Za-z_][A-Za-z0-9_\-]{0,63}){0,7}$")
+
+
+def fragments(store: Store) -> dict[str, str]:
+    """The SQL fragment table of the store's backend (``avila.storage.<backend>.analytics_sql``)."""
+    module = importlib.import_module(f"avila.storage.{store.backend}.analytics_sql")
+    return module.FRAGMENTS
+
+
+def invalid(code: str, path: str, message: str) -> ValidationFailed:
+    return ValidationFailed(message, code=code, details=[{"path": path, "message": message}])
+
+
+_MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def parse_query(model: type[Q], query: Q | Mapping[str, Any] | None) -> Q:
+    """``query`` as a ``model`` instance; dicts are converted (RFC 3339 strings to datetimes).
+
+    Raises ValidationFailed(code="invalid_query") naming the bad field's path.
+    """
+    if isinstance(query, model):
+        return query
+    try:
+        return msgspec.convert(dict(query or {}), model)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        found = _MSGSPEC_PATH.search(text)
+        path = found.group("path").lstrip(".") if found else ""
+        message = text[: found.start()] if found else text
+        raise invalid("invalid_query", path, message) from exc
+
+
+def naive_utc(value: datetime) -> datetime:
+    """UTC wall time without tzinfo (how ``ts`` is stored); naive input is taken as UTC."""
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def iso(value: datetime | None) -> str | None:
+    """RFC 3339 UTC text for a naive UTC datetime (``2024-01-02T03:04:05.123456Z``)."""
+    if value is None:
+        return None
+    return naive_utc(value).isoformat() + "Z"
+
+
+def time_range(
+    start: datetime | None, end: datetime | None, *, now: datetime | None = None
+) -> tuple[datetime, datetime]:
+    """Half-open ``[start, end)`` as naive UTC; defaults to the 30 days before ``now``."""
+    end_v = naive_utc(end) if end is not None else (now or utcnow())
+    start_v = naive_utc(start) if start is not None else end_v - DEFAULT_RANGE
+    if end_v <= start_v:
+        raise invalid("invalid_time_range", "end_time", "end_time must be after start_time")
+    return start_v, end_v
+
+
+def zone(name: str, path: str = "timezone") -> ZoneInfo:
+    """The IANA time zone ``name``; ValidationFailed(code="unknown_timezone") otherwise."""
+    try:
+        if not name or len(name) > 64 or name.startswith(("/", ".")) or ".." in name:
+            raise ValueError(name)
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise invalid("unknown_timezone", path, f"unknown IANA time zone {name!r}") from exc
+
+
+@dataclass(frozen=True)
+class Expr:
+    """A SQL expression with its positional parameters."""
+
+    sql: str
+    params: tuple[Any, ...] = ()
+    numeric: bool = False
+
+
+def property_expr(store: Store, path: str, where: str) -> Expr:
+    """The SQL for a property path; ValidationFailed(code="unknown_property") if not allowed."""
+    column = PROPERTY_COLUMNS.get(path)
+    if column is not None:
+        return Expr(column, (), column in _NUMERIC)
+    for prefix, json_column in _JSON_PREFIXES:
+        if path.startswith(prefix):
+            key = path[len(prefix) :]
+            if prefix == "properties.":
+                key = "properties." + key
+            if _JSON_KEY_PATH.match(key):
+                return Expr(fragments(store)["json_string"].format(json_column), ("$." + key,))
+    raise invalid(
+        "unknown_property",
+        where,
+        f"unknown property path {path!r}; use a column path such as context.device.browser "
+        "or a JSON path such as event_type.data.properties.plan",
+    )
+
+
+def check_regex(store: Store, pattern: str, where: str) -> None:
+    """Reject patterns the backend's regex engine cannot compile (code ``invalid_regex``)."""
+    if len(pattern) > 500:
+        raise invalid("invalid_regex", where, "regular expression longer than 500 characters")
+    try:
+        store.query(fragments(store)["regex_probe"], [pattern])
+    except Exception as exc:  # the driver's error type is backend specific
+        raise invalid("invalid_regex", where, f"invalid regular expression: {exc}") from exc
+
+
+def condition_expr(store: Store, cond: EventCondition, where: str) -> Expr:
+    """SQL that is true for events matching ``cond`` (a step or a retention event)."""
+    if cond.condition_type not in CONDITION_TYPES:
+        raise invalid(
+            "unknown_condition_type",
+            f"{where}.condition_type",
+            f"unknown condition_type {cond.condition_type!r}; expected one of "
+            + ", ".join(sorted(CONDITION_TYPES)),
+        )
+    if cond.condition_value == "":
+        return Expr("(event_type = ?)", (cond.condition_type,))
+    column = KEY_FIELDS.get(cond.condition_type)
+    if column is None:
+        raise invalid(
+            "condition_value_unsupported",
+            f"{where}.condition_value",
+            f"{cond.condition_type} events have no key field; condition_value must be empty",
+        )
+    if cond.match == "regex":
+        check_regex(store, cond.condition_value, f"{where}.condition_value")
+    match_sql = fragments(store)["match_" + cond.match].format(column)
+    return Expr(
+        f"(event_type = ? AND {match_sql})", (cond.condition_type, cond.condition_value)
+    )
+
+
+def _scalar(value: Any, numeric: bool, where: str) -> Any:
+    if isinstance(value, list) or value is None:
+        raise invalid("invalid_filter", where, "this operator needs a single value")
+    if numeric:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            try:
+                return float(value)
+            except (TypeError, ValueError) as exc:
+                raise invalid("invalid_filter", where, "a number is expected") from exc
+        return float(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
+
+
+def filter_expr(store: Store, flt: PropertyFilter, where: str) -> Expr:
+    """SQL for one property filter (rows where the property is NULL never match, except
+    ``neq``/``not_in``/``not_contains``, which keep them, and ``is_not_set``)."""
+    prop = property_expr(store, flt.property, f"{where}.property")
+    col, params = prop.sql, prop.params
+    op, value, frag = flt.operator, flt.value, fragments(store)
+    vwhere = f"{where}.value"
+    if op == "is_set":
+        return Expr(f"({col} IS NOT NULL)", params)
+    if op == "is_not_set":
+        return Expr(f"({col} IS NULL)", params)
+    if op in ("in", "not_in"):
+        values = value if isinstance(value, list) else [value]
+        if not values or len(values) > 1000:
+            raise invalid("invalid_filter", vwhere, "give 1 to 1000 values")
+        values = [_scalar(v, prop.numeric, vwhere) for v in values]
+        marks = ", ".join("?" for _ in values)
+        body = f"{col} IN ({marks})"
+        all_params = params + tuple(values)
+        if op == "in":
+            return Expr(f"({body})", all_params)
+        return Expr(f"({col} IS NULL OR NOT ({body}))", params + all_params)
+    if op in ("gt", "gte", "lt", "lte"):
+        sign = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[op]
+        number = _scalar(value, True, vwhere)
+        target = col if prop.numeric else frag["to_double"].format(col)
+        return Expr(f"({target} {sign} ?)", params + (number,))
+    text = _scalar(value, prop.numeric, vwhere)
+    if op == "eq":
+        return Expr(f"({col} = ?)", params + (text,))
+    if op == "neq":
+        return Expr(f"({col} IS NULL OR {col} <> ?)", params + params + (text,))
+    if prop.numeric:
+        raise invalid("invalid_filter", f"{where}.operator", f"{op} needs a text property")
+    if op == "regex":
+        check_regex(store, text, vwhere)
+        return Expr(frag["match_regex"].format(col), params + (text,))
+    if op == "prefix":
+        return Expr(frag["match_prefix"].format(col), params + (text,))
+    inner = frag["match_contains"].format(col)
+    if op == "contains":
+        return Expr(inner, params + (text,))
+    return Expr(f"({col} IS NULL OR NOT {inner})", params + params + (text,))
+
+
+def where_clause(
+    store: Store,
+    project_id: str,
+    start: datetime | None,
+    end: datetime | None,
+    filters: Sequence[PropertyFilter] = (),
+    *,
+    filters_path: str = "filters",
+) -> Expr:
+    """``project_id = ? AND ts >= ? AND ts < ? AND <filters>`` (bounds optional)."""
+    parts = ["project_id = ?"]
+    params: list[Any] = [project_id]
+    if start is not None:
+        parts.append("ts >= ?")
+        params.append(start)
+    if end is not None:
+        parts.append("ts < ?")
+        params.append(end)
+    for i, flt in enumerate(filters):
+        expr = filter_expr(store, flt, f"{filters_path}[{i}]")
+        parts.append(expr.sql)
+        params.extend(expr.params)
+    return Expr(" AND ".join(parts), tuple(params))
+
+
+# --- time zones and calendar buckets -------------------------------------------------------
+
+
+def _offset_us(tz: ZoneInfo, at_us: int) -> int:
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at_us)
+    offset = moment.astimezone(tz).utcoffset() or timedelta(0)
+    return int(offset / timedelta(microseconds=1))
+
+
+def utc_offsets(tz: ZoneInfo, lo: datetime, hi: datetime) -> list[tuple[int, int]]:
+    """Piecewise-constant UTC offset of ``tz`` over ``[lo, hi]``: ``[(from_us, offset_us)]``.
+
+    The first piece starts at -inf (``from_us`` is ignored); transitions are found by hourly
+    sampling and bisection to the second, so pieces shorter than an hour may be missed.
+    """
+    step = 3600 * US_PER_SECOND
+    lo_us = int((naive_utc(lo) - datetime(1970, 1, 1)) / timedelta(microseconds=1)) - US_PER_DAY
+    hi_us = int((naive_utc(hi) - datetime(1970, 1, 1)) / timedelta(microseconds=1)) + US_PER_DAY
+    pieces = [(lo_us, _offset_us(tz, lo_us))]
+    at = lo_us
+    while at < hi_us:
+        nxt = min(at + step, hi_us)
+        if _offset_us(tz, nxt) != pieces[-1][1]:
+            a, b = at, nxt  # offset(a) == current, offset(b) differs
+            while b - a > US_PER_SECOND:
+                mid = (a + b) // 2
+                if _offset_us(tz, mid) == pieces[-1][1]:
+                    a = mid
+                else:
+                    b = mid
+            pieces.append((b, _offset_us(tz, b)))
+        at = nxt
+    return pieces
+
+
+def local_us_expr(store: Store, ts_sql: str, tz: ZoneInfo, lo: datetime, hi: datetime) -> Expr:
+    """Microseconds since the epoch of ``ts_sql`` (naive UTC) as wall time in ``tz``."""
+    epoch = fragments(store)["epoch_us"].format(ts_sql)
+    pieces = utc_offsets(tz, lo, hi)
+    if len(pieces) == 1:
+        return Expr(f"({epoch} + ?)", (pieces[0][1],))
+    # "WHEN epoch < boundary": the epoch expression is repeated as SQL text, not a value.
+    whens = " ".join(f"WHEN {epoch} < ? THEN ?" for _ in pieces[1:])
+    params: list[Any] = []
+    for (_, offset), (boundary, _) in zip(pieces, pieces[1:], strict=False):
+        params.extend([boundary, offset])
+    return Expr(f"({epoch} + CASE {whens} ELSE ? END)", (*params, pieces[-1][1]))
+
+
+def bucket_expr(store: Store, local_us_sql: str, interval: str) -> str:
+    """Integer calendar bucket of a local-time microsecond value (see :func:`bucket_label`)."""
+    frag = fragments(store)
+    if interval == "hour":
+        return frag["int_div"].format(local_us_sql, 3600 * US_PER_SECOND)
+    day = frag["int_div"].format(local_us_sql, US_PER_DAY)
+    if interval == "day":
+        return day
+    if interval == "week":  # 1970-01-01 is a Thursday; ISO weeks start on Monday
+        return frag["int_div"].format(f"{day} + 3", 7)
+    return frag["month_index"].format(local_us_sql)
+
+
+def bucket_of(moment: datetime, tz: ZoneInfo, interval: str) -> int:
+    """Python twin of :func:`bucket_expr` for a naive UTC datetime."""
+    local = naive_utc(moment).replace(tzinfo=UTC).astimezone(tz).replace(tzinfo=None)
+    if interval == "hour":
+        return int((local - datetime(1970, 1, 1)) // timedelta(hours=1))
+    days = (local.date() - date(1970, 1, 1)).days
+    if interval == "day":
+        return days
+    if interval == "week":
+        return (days + 3) // 7
+    return local.year * 12 + local.month - 1
+
+
+def bucket_label(index: int, interval: str) -> str:
+    """Local start of bucket ``index``: ``YYYY-MM-DD`` (hour: ``YYYY-MM-DDTHH:00``)."""
+    if interval == "hour":
+        return (datetime(1970, 1, 1) + timedelta(hours=index)).strftime("%Y-%m-%dT%H:00")
+    if interval == "day":
+        return (date(1970, 1, 1) + timedelta(days=index)).isoformat()
+    if interval == "week":
+        return (date(1970, 1, 1) + timedelta(days=index * 7 - 3)).isoformat()
+    return date(index // 12, index % 12 + 1, 1).isoformat()
+
+
+def rate(numerator: float, denominator: float) -> float:
+    return float(numerator) / float(denominator) if denominator else 0.0
+
+
+def local_us_array(t_us: np.ndarray, tz: ZoneInfo, lo: datetime, hi: datetime) -> np.ndarray:
+    """numpy twin of :func:`local_us_expr` for an int64 array of epoch microseconds."""
+    pieces = utc_offsets(tz, lo, hi)
+    bounds = np.array([b for b, _ in pieces[1:]], dtype=np.int64)
+    offsets = np.array([o for _, o in pieces], dtype=np.int64)
+    return t_us + offsets[np.searchsorted(bounds, t_us, side="right")]
+
+
+def bucket_array(local_us: np.ndarray, interval: str) -> np.ndarray:
+    """numpy twin of :func:`bucket_expr` (``day``/``week``/``hour`` only)."""
+    if interval == "hour":
+        return local_us // (3600 * US_PER_SECOND)
+    days = local_us // US_PER_DAY
+    return days if interval == "day" else (days + 3) // 7

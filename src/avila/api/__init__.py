@@ -1,0 +1,1 @@
+"""HTTP transport: routers by resource over the domain packages. No business logic here."""

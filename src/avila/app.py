@@ -1,0 +1,100 @@
+"""create_app(settings): wiring only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from avila import __version__
+from avila.api import events, health
+from avila.api.errors import EXCEPTION_HANDLERS
+from avila.api.observability import MetricsMiddleware
+from avila.api.security import add_rate_limit_headers, provide_principal, scope_guard
+from avila.config import Settings
+from avila.ingest.service import IngestService
+from avila.metrics import Metrics
+from avila.security.keys import KeyStore
+from avila.security.ratelimit import RateLimiter
+from avila.storage import Store, open_store
+
+log = logging.getLogger("avila")
+
+
+@get("/openapi.json", include_in_schema=False, media_type=MediaType.JSON)
+async def openapi_document(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    return Response(request.app.openapi_schema.to_schema())
+
+
+def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMiddleware:
+    """The ASGI application. Opens the store now so a bad store fails at start."""
+    store = store or open_store(settings.storage_url)
+    metrics = Metrics()
+    ingest = IngestService(
+        store,
+        metrics=metrics,
+        dedup_window_hours=settings.dedup_window_hours,
+        flush_max_events=settings.flush_max_events,
+        flush_interval_ms=settings.flush_interval_ms,
+    )
+    state = State(
+        {
+            "settings": settings,
+            "store": store,
+            "metrics": metrics,
+            "ingest": ingest,
+            "key_store": KeyStore(settings.data_dir / "keys.sqlite", settings.api_keys),
+            "rate_limiter": RateLimiter(settings.rate_limit_per_minute),
+        }
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await ingest.start()
+        log.info("avila started", extra={"version": __version__, "store": settings.storage_url})
+        try:
+            yield
+        finally:
+            await ingest.close()
+            store.close()
+            log.info("avila stopped; pending events flushed")
+
+    cors = (
+        CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["content-type", "x-api-key", "authorization"],
+            expose_headers=["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After", "ETag"],
+            max_age=600,
+        )
+        if settings.enable_cors
+        else None
+    )
+    app = Litestar(
+        route_handlers=[*events.ROUTES, *health.ROUTES, openapi_document],
+        state=state,
+        dependencies={
+            "store": Provide(lambda: store, sync_to_thread=False),
+            "ingest": Provide(lambda: ingest, sync_to_thread=False),
+            "app_metrics": Provide(lambda: metrics, sync_to_thread=False),
+            "settings": Provide(lambda: settings, sync_to_thread=False),
+            "principal": Provide(provide_principal, sync_to_thread=False),
+        },
+        guards=[scope_guard],
+        exception_handlers=EXCEPTION_HANDLERS,
+        before_send=[add_rate_limit_headers],
+        cors_config=cors,
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(title="Avila Analytics", version=__version__, path="/docs"),
+        request_max_body_size=1024 * 1024,
+        debug=False,
+        logging_config=None,
+    )
+    return MetricsMiddleware(app, metrics)

@@ -1,0 +1,1 @@
+"""Ingestion: validation at the edge, idempotency, and the group-commit writer."""

@@ -1,0 +1,57 @@
+"""Which (project, event_id) pairs are already stored, for at least the dedup window.
+
+Why in memory: a lookup must cost well under a microsecond on the ingest hot path, and neither
+an index in the store nor a scan of recent rows does. The index is rebuilt from the store's
+last ``window`` of received events at start, so the guarantee survives restarts and crashes.
+Memory is bounded by ``max_keys``; when the bound is hit the oldest keys leave early and
+``evicted_early`` counts them (exported as a metric) so an operator can see the window shrink.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+
+
+def event_key(project_id: str, event_id: str) -> str:
+    return f"{project_id}\x1f{event_id}"
+
+
+class DedupIndex:
+    """Committed event keys, oldest first, each with the monotonic time it was committed."""
+
+    def __init__(self, window_seconds: float, max_keys: int = 20_000_000) -> None:
+        self.window_seconds = window_seconds
+        self.max_keys = max_keys
+        self._committed: OrderedDict[str, float] = OrderedDict()
+        self.evicted_early = 0
+
+    def __len__(self) -> int:
+        return len(self._committed)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._committed
+
+    def add_committed(self, keys: Iterable[str], at: float | None = None) -> None:
+        stamp = time.monotonic() if at is None else at
+        committed = self._committed
+        for key in keys:
+            committed[key] = stamp
+        overflow = len(committed) - self.max_keys
+        for _ in range(max(0, overflow)):
+            committed.popitem(last=False)
+            self.evicted_early += 1
+
+    def prune(self, now: float | None = None) -> int:
+        """Forget keys older than the window; returns how many were dropped."""
+        cutoff = (time.monotonic() if now is None else now) - self.window_seconds
+        committed = self._committed
+        dropped = 0
+        while committed:
+            key, stamp = next(iter(committed.items()))
+            if stamp >= cutoff:
+                break
+            committed.popitem(last=False)
+            dropped += 1
+        return dropped

@@ -1,0 +1,1 @@
+"""Request and response models (msgspec Structs): validated once, at the edge."""
