@@ -9,11 +9,24 @@ TEMPLATE = {
     "user_id": "user_@U@",
     "session_id": "sess_@U@",
     "timestamp": "2026-11-20T10:00:00Z",
-    "event_type": {"type": "PageView", "data": {"url": "/products/42", "title": "Product 42", "duration_ms": 5000}},
+    "event_type": {
+        "type": "PageView",
+        "data": {"url": "/products/42", "title": "Product 42", "duration_ms": 5000},
+    },
     "metadata": {"app_version": "1.4.2"},
     "context": {
-        "device": {"device_type": "Desktop", "os": "Windows", "browser": "Chrome", "screen_resolution": [1920, 1080]},
-        "location": {"country": "BR", "city": "São Paulo", "timezone": "America/Sao_Paulo", "ip_address": "192.168.1.1"},
+        "device": {
+            "device_type": "Desktop",
+            "os": "Windows",
+            "browser": "Chrome",
+            "screen_resolution": [1920, 1080],
+        },
+        "location": {
+            "country": "BR",
+            "city": "São Paulo",
+            "timezone": "America/Sao_Paulo",
+            "ip_address": "192.168.1.1",
+        },
         "referrer": "https://www.google.com/",
         "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
         "viewport": {"width": 1920, "height": 1080},

@@ -77,7 +77,12 @@ async def closed_loop(
 
 
 async def open_loop(
-    host: str, port: int, rate: float, seconds: float, connections: int, make_request: Callable[[int], bytes]
+    host: str,
+    port: int,
+    rate: float,
+    seconds: float,
+    connections: int,
+    make_request: Callable[[int], bytes],
 ) -> LoadResult:
     """Requests are due at a fixed rate; latency counts from the due time (no coordinated
     omission), on a pool of keep-alive connections."""

@@ -56,8 +56,16 @@ def fetch(dest: Path) -> int:
         print(f"download {requirement}")
         subprocess.run(
             [
-                sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                "--disable-pip-version-check", "-d", str(dest), requirement,
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--disable-pip-version-check",
+                "-d",
+                str(dest),
+                requirement,
             ],
             check=True,
         )

@@ -35,14 +35,13 @@ async def openapi_document(request: Request[Any, Any, Any]) -> Response[dict[str
 
 def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMiddleware:
     """The ASGI application. Opens the store now so a bad store fails at start."""
-    store = store or open_store(settings.storage_url)
+    store = store or open_store(settings.storage_url, in_process=False)
     metrics = Metrics()
     ingest = IngestService(
         store,
         metrics=metrics,
         dedup_window_hours=settings.dedup_window_hours,
         flush_max_events=settings.flush_max_events,
-        flush_interval_ms=settings.flush_interval_ms,
     )
     state = State(
         {
@@ -71,7 +70,13 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
             allow_headers=["content-type", "x-api-key", "authorization"],
-            expose_headers=["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After", "ETag"],
+            expose_headers=[
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+                "Retry-After",
+                "ETag",
+            ],
             max_age=600,
         )
         if settings.enable_cors

@@ -46,7 +46,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "",
         "Comma-separated bootstrap API keys; each has every scope on project `default`.",
     ),
-    SettingSpec("enable_cors", "ENABLE_CORS", "false", "Answer CORS preflights and add CORS headers."),
+    SettingSpec(
+        "enable_cors", "ENABLE_CORS", "false", "Answer CORS preflights and add CORS headers."
+    ),
     SettingSpec(
         "cors_origins",
         "CORS_ORIGINS",
@@ -59,7 +61,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "1000",
         "Requests per minute allowed per API key; 0 disables rate limiting.",
     ),
-    SettingSpec("data_dir", "AVILA_DATA_DIR", "./data", "Directory for the embedded store and keys."),
+    SettingSpec(
+        "data_dir", "AVILA_DATA_DIR", "./data", "Directory for the embedded store and keys."
+    ),
     SettingSpec(
         "storage_url",
         "AVILA_STORAGE_URL",
@@ -69,14 +73,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "flush_max_events",
         "AVILA_FLUSH_MAX_EVENTS",
-        "5000",
-        "Group commit: flush when this many events are pending.",
-    ),
-    SettingSpec(
-        "flush_interval_ms",
-        "AVILA_FLUSH_INTERVAL_MS",
-        "5",
-        "Group commit: flush at most this many milliseconds after the first pending event.",
+        "20000",
+        "Group commit: the most events one store transaction takes.",
     ),
     SettingSpec(
         "dedup_window_hours",
@@ -135,8 +133,7 @@ class Settings:
     rate_limit_per_minute: int = 1000
     data_dir: Path = field(default_factory=lambda: Path("./data"))
     storage_url: str = ""
-    flush_max_events: int = 5000
-    flush_interval_ms: int = 5
+    flush_max_events: int = 20_000
     dedup_window_hours: int = 24
 
     def __post_init__(self) -> None:
@@ -184,7 +181,6 @@ class Settings:
             "data_dir": lambda env, raw: Path(raw.strip() or "./data"),
             "storage_url": lambda env, raw: raw.strip(),
             "flush_max_events": lambda env, raw: _parse_int(env, raw, 1, 1_000_000),
-            "flush_interval_ms": lambda env, raw: _parse_int(env, raw, 0, 10_000),
             "dedup_window_hours": lambda env, raw: _parse_int(env, raw, 1, 24 * 365),
         }
         kwargs: dict[str, Any] = {}

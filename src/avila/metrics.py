@@ -12,7 +12,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "avila_http_requests", "HTTP requests by route and status", ["method", "route", "status"], registry=r
+            "avila_http_requests",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=r,
         )
         self.latency = Histogram(
             "avila_http_request_duration_seconds",

@@ -27,6 +27,8 @@ from avila.storage.schema import EVENT_TYPES
 Q = TypeVar("Q", bound=msgspec.Struct)
 
 DEFAULT_RANGE = timedelta(days=30)
+#: Breakdown label of the values outside the top N.
+OTHER = "Other"
 US_PER_SECOND = 1_000_000
 US_PER_DAY = 86_400 * US_PER_SECOND
 
@@ -46,10 +48,28 @@ KEY_FIELDS: dict[str, str] = {
 }
 
 _NUMERIC = {"revenue", "price", "quantity"}
-_COLUMNS = (
-    "event_type user_id session_id url title product_id order_id event_name search_query "
-    "revenue currency quantity price device_type os browser country city referrer user_agent"
-).split()
+_COLUMNS = [
+    "event_type",
+    "user_id",
+    "session_id",
+    "url",
+    "title",
+    "product_id",
+    "order_id",
+    "event_name",
+    "search_query",
+    "revenue",
+    "currency",
+    "quantity",
+    "price",
+    "device_type",
+    "os",
+    "browser",
+    "country",
+    "city",
+    "referrer",
+    "user_agent",
+]
 
 #: Public property paths -> stored column. Short names (``browser``) are accepted too.
 PROPERTY_COLUMNS: dict[str, str] = {name: name for name in _COLUMNS}
@@ -85,7 +105,9 @@ _JSON_PREFIXES: tuple[tuple[str, str], ...] = (
     ("metadata.", "metadata"),
     ("context.", "context"),
 )
-_JSON_KEY_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}(\.[A-Za-z_][A-Za-z0-9_\-]{0,63}){0,7}$")
+_JSON_KEY_PATH = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}(\.[A-Za-z_][A-Za-z0-9_\-]{0,63}){0,7}$"
+)
 
 
 def fragments(store: Store) -> dict[str, str]:
@@ -109,7 +131,7 @@ def parse_query(model: type[Q], query: Q | Mapping[str, Any] | None) -> Q:
     if isinstance(query, model):
         return query
     try:
-        return msgspec.convert(dict(query or {}), model)
+        return msgspec.convert(dict(query or {}), model)  # type: ignore[arg-type]
     except msgspec.ValidationError as exc:
         text = str(exc)
         found = _MSGSPEC_PATH.search(text)
@@ -217,9 +239,7 @@ def condition_expr(store: Store, cond: EventCondition, where: str) -> Expr:
     if cond.match == "regex":
         check_regex(store, cond.condition_value, f"{where}.condition_value")
     match_sql = fragments(store)["match_" + cond.match].format(column)
-    return Expr(
-        f"(event_type = ? AND {match_sql})", (cond.condition_type, cond.condition_value)
-    )
+    return Expr(f"(event_type = ? AND {match_sql})", (cond.condition_type, cond.condition_value))
 
 
 def _scalar(value: Any, numeric: bool, where: str) -> Any:

@@ -27,7 +27,11 @@ _HTTP_CODES = {
 
 
 def error_response(
-    status: int, code: str, message: str, details: list[Any] | None = None, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: list[Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response[Any]:
     return Response(
         {"error": {"code": code, "message": message, "details": details or []}},
@@ -39,7 +43,10 @@ def error_response(
 
 def handle_avila_error(request: Request[Any, Any, Any], exc: AvilaError) -> Response[Any]:
     if exc.status >= 500:
-        log.error("request failed", extra={"path": request.url.path, "code": exc.code, "error": exc.message})
+        log.error(
+            "request failed",
+            extra={"path": request.url.path, "code": exc.code, "error": exc.message},
+        )
     return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
 
@@ -52,7 +59,9 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
             if isinstance(item, dict)
         ]
         return error_response(422, "validation_failed", "request parameters are invalid", details)
-    return error_response(status, _HTTP_CODES.get(status, f"http_{status}"), str(exc.detail), [], exc.headers)
+    return error_response(
+        status, _HTTP_CODES.get(status, f"http_{status}"), str(exc.detail), [], exc.headers
+    )
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

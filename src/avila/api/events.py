@@ -46,12 +46,14 @@ def _accepted(body: dict[str, Any]) -> Response[bytes]:
     opt={"scope": "ingest"},
     request_max_body_size=MAX_SINGLE_BYTES,
     summary="Ingest one event",
-    description="Body `{\"event\": EVENT}`. 202 once the event is durably stored.",
+    description='Body `{"event": EVENT}`. 202 once the event is durably stored.',
     tags=["events"],
 )
 async def ingest_event(request: Request[Any, Any, Any], ingest: IngestService) -> Response[bytes]:
     body = _decode(SINGLE_DECODER, await request.body())
-    result = await ingest.ingest([body.event], request.state.principal.project_id, path_prefix="event")
+    result = await ingest.ingest(
+        [body.event], request.state.principal.project_id, path_prefix="event"
+    )
     if result.rejected:
         rejection = result.rejected[0]
         raise ValidationFailed(
@@ -68,7 +70,7 @@ async def ingest_event(request: Request[Any, Any, Any], ingest: IngestService) -
     request_max_body_size=MAX_BATCH_BYTES,
     summary="Ingest up to 10,000 events",
     description=(
-        "Body `{\"events\": [EVENT, ...]}`. Valid events are stored even when others are "
+        'Body `{"events": [EVENT, ...]}`. Valid events are stored even when others are '
         "rejected; 202 once they are durable."
     ),
     tags=["events"],

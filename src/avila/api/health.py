@@ -14,14 +14,20 @@ from avila.metrics import Metrics
 from avila.storage.base import Store
 
 
-@get("/health", summary="Liveness and storage check", tags=["operations"], media_type=MediaType.JSON)
+@get(
+    "/health", summary="Liveness and storage check", tags=["operations"], media_type=MediaType.JSON
+)
 async def health(store: Store) -> Response[dict[str, Any]]:
     try:
         await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, store.ping), 2.0)
         storage, status = "ok", 200
     except (AvilaError, TimeoutError, Exception) as exc:  # any failure means not healthy
         storage, status = f"error: {exc}", 503
-    body = {"status": "ok" if status == 200 else "degraded", "storage": storage, "version": __version__}
+    body = {
+        "status": "ok" if status == 200 else "degraded",
+        "storage": storage,
+        "version": __version__,
+    }
     return Response(body, status_code=status)
 
 

@@ -40,7 +40,9 @@ def authenticate(connection: ASGIConnection[Any, Any, Any, Any], scope_needed: s
     limiter: RateLimiter = state.rate_limiter
     key = presented_key(connection)
     if not key:
-        raise Unauthorized("missing API key: send it in the x-api-key header", code="missing_api_key")
+        raise Unauthorized(
+            "missing API key: send it in the x-api-key header", code="missing_api_key"
+        )
     principal = keys.resolve(key)
     if principal is None:
         raise Unauthorized("unknown or revoked API key", code="invalid_api_key")
@@ -64,7 +66,9 @@ def authenticate(connection: ASGIConnection[Any, Any, Any, Any], scope_needed: s
     return principal
 
 
-async def scope_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def scope_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
     needed = handler.opt.get("scope")
     if needed:
         authenticate(connection, needed)

@@ -72,7 +72,9 @@ def _fail(code: str, path: str, message: str) -> ValidationFailed:
     return ValidationFailed(message, code=code, details=[{"path": path, "message": message}])
 
 
-def phm08_score(predicted: Sequence[float] | np.ndarray, true: Sequence[float] | np.ndarray) -> float:
+def phm08_score(
+    predicted: Sequence[float] | np.ndarray, true: Sequence[float] | np.ndarray
+) -> float:
     """PHM08 asymmetric score (lower is better; late predictions cost more)."""
     d = np.asarray(predicted, dtype=float) - np.asarray(true, dtype=float)
     return float(np.where(d < 0, np.expm1(-d / 13.0), np.expm1(d / 10.0)).sum())
@@ -122,7 +124,9 @@ def _choose_model(t: np.ndarray, y: np.ndarray, threshold: float) -> str:
     return min(candidates, key=lambda m: (errors[m], _MODELS.index(m)))
 
 
-def _first_crossing(curves: np.ndarray, grid: np.ndarray, threshold: float, sign: float) -> np.ndarray:
+def _first_crossing(
+    curves: np.ndarray, grid: np.ndarray, threshold: float, sign: float
+) -> np.ndarray:
     """Per column of ``curves`` (grid × B), the first grid time where sign·curve ≥ sign·thr,
     linearly interpolated; ``inf`` when never."""
     above = sign * (curves - threshold) >= 0
@@ -266,7 +270,7 @@ def predict_maintenance(
             skipped.append(name)
             continue
         t, y = prepared
-        direction = hist.direction
+        direction: str | None = hist.direction
         if hist.failure_threshold is not None:
             threshold, source = hist.failure_threshold, "given"
         else:
@@ -323,7 +327,9 @@ def reliability_metrics(
     clipped to the window; overlapping repairs raise ``reliability_overlapping_repairs``.
     """
     if observed_to <= observed_from:
-        raise _fail("reliability_empty_window", "$.observed_to", "observed_to must be after observed_from")
+        raise _fail(
+            "reliability_empty_window", "$.observed_to", "observed_to must be after observed_from"
+        )
     events = sorted((convert(RepairEvent, r) for r in repairs), key=lambda e: e.failed_at)
     down = 0.0
     repair_hours = []
@@ -336,9 +342,7 @@ def reliability_metrics(
                 "restored_at is before failed_at",
             )
         if prev_end is not None and e.failed_at < prev_end:
-            raise _fail(
-                "reliability_overlapping_repairs", f"$[{i}].failed_at", "repairs overlap"
-            )
+            raise _fail("reliability_overlapping_repairs", f"$[{i}].failed_at", "repairs overlap")
         prev_end = e.restored_at
         if observed_from <= e.failed_at < observed_to:
             repair_hours.append((e.restored_at - e.failed_at).total_seconds() / 3600.0)
@@ -350,7 +354,9 @@ def reliability_metrics(
     up = window - down
     mtbf = up / failures if failures else None
     mttr = float(np.mean(repair_hours)) if repair_hours else None
-    avail = mtbf / (mtbf + mttr) if mtbf is not None and mttr is not None and mtbf + mttr > 0 else None
+    avail = (
+        mtbf / (mtbf + mttr) if mtbf is not None and mttr is not None and mtbf + mttr > 0 else None
+    )
     return {
         "failures": failures,
         "uptime_hours": up,

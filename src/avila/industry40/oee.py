@@ -84,8 +84,7 @@ def calculate_oee(production_data: ProductionData | Mapping[str, Any]) -> dict[s
         raise _fail(
             "oee_good_exceeds_total",
             f"{base}.good_units",
-            f"good_units ({d.good_units}) exceeds total_units_produced "
-            f"({d.total_units_produced})",
+            f"good_units ({d.good_units}) exceeds total_units_produced ({d.total_units_produced})",
         )
     if d.defects is not None and d.defects + d.good_units > d.total_units_produced:
         raise _fail(
@@ -230,9 +229,7 @@ def oee_from_shift(
             "planned_break_minutes exceeds shift_minutes",
         )
     if reject_count > total_count:
-        raise _fail(
-            "oee_good_exceeds_total", "$.reject_count", "reject_count exceeds total_count"
-        )
+        raise _fail("oee_good_exceeds_total", "$.reject_count", "reject_count exceeds total_count")
     ppt_min = shift_minutes - planned_break_minutes
     if stop_minutes > ppt_min:
         raise _fail(

@@ -36,9 +36,7 @@ def _fail(code: str, message: str, details: list[dict[str, str]]) -> ValidationF
     return ValidationFailed(message, code=code, details=details)
 
 
-def changeover_minutes(
-    req: ProductionOptimizeRequest, a: ScheduleOrder, b: ScheduleOrder
-) -> int:
+def changeover_minutes(req: ProductionOptimizeRequest, a: ScheduleOrder, b: ScheduleOrder) -> int:
     """Changeover time from order ``a`` to order ``b`` (first rule that applies): the
     ``order_changeovers`` pair, the ``family_changeovers`` pair, 0 within a family, else
     ``default_changeover_minutes``."""
@@ -77,7 +75,12 @@ def _check(req: ProductionOptimizeRequest) -> list[str]:
                     raise _fail(
                         "schedule_unknown_machine",
                         f"order {o.id!r} names machine {m!r}, which is not in 'machines'",
-                        [{"path": f"$.orders[{i}].processing_minutes.{m}", "message": "unknown machine"}],
+                        [
+                            {
+                                "path": f"$.orders[{i}].processing_minutes.{m}",
+                                "message": "unknown machine",
+                            }
+                        ],
                     )
     else:
         machines = sorted({m for o in req.orders for m in o.processing_minutes})
@@ -238,7 +241,7 @@ def _result(
     on: dict[tuple[int, str], Any],
 ) -> dict[str, Any]:
     orders = req.orders
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, o in enumerate(orders):
         m = next(m for m in o.processing_minutes if solver.boolean_value(on[i, m]))
         s, e = solver.value(start[i]), solver.value(end[i])
@@ -259,7 +262,9 @@ def _result(
         "objective": req.objective,
         "objective_value": objective,
         "best_bound": bound,
-        "gap": 0.0 if status == cp_model.OPTIMAL else abs(objective - bound) / max(1, abs(objective)),
+        "gap": 0.0
+        if status == cp_model.OPTIMAL
+        else abs(objective - bound) / max(1, abs(objective)),
         "makespan": max(r["end"] for r in rows),
         "total_tardiness": sum(r["tardiness"] for r in rows),
         "weighted_tardiness": sum(by_id[r["order_id"]].weight * r["tardiness"] for r in rows),

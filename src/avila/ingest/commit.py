@@ -1,10 +1,15 @@
 """Group commit: many concurrent requests share one store transaction.
 
-Requests hand validated rows to :meth:`GroupCommitter.submit` and await a future. One flush is in
-flight at a time (the store has a single writer); while it runs, new rows gather for the next
-one. A flush starts when ``max_events`` are pending or ``interval`` seconds after the first
-pending row, whichever comes first, and every waiting future resolves only after the store's
-commit (fsync) returned, so an acknowledgement means the rows are durable.
+Requests hand validated rows (column batches) to :meth:`GroupCommitter.submit` and await a future. The store has
+a single writer: commits are serialised (one in flight, or two where the backend pipelines). When the writer is idle, a submission
+starts a commit at once with whatever is pending; while a commit runs, new rows gather and go
+together in the next one (no timer: under load batches grow by themselves, at low load nothing
+waits). Every future resolves only after the store's commit returned, so an acknowledgement
+means the rows are durable.
+
+Why start at once rather than after a short timer: clients answered by the same commit send
+their next requests together, and the event loop parses all of them before a timer can fire,
+so a timer keeps HTTP work and commits in lockstep instead of overlapping them.
 """
 
 from __future__ import annotations
@@ -13,13 +18,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-import pyarrow as pa
 
 from avila.errors import ShuttingDown, StorageUnavailable
 from avila.storage.base import Store
+from avila.storage.schema import ColumnBatch
 
 log = logging.getLogger("avila.ingest")
 
@@ -36,93 +39,91 @@ class GroupCommitter:
         self,
         store: Store,
         *,
-        max_events: int = 5000,
-        interval: float = 0.005,
+        max_events: int = 20_000,
         on_flush: Callable[[FlushStats], None] | None = None,
     ) -> None:
         self.store = store
         self.max_events = max_events
-        self.interval = interval
         self.on_flush = on_flush
-        self._pending: list[tuple[pa.Table, asyncio.Future[None]]] = []
+        self._pending: list[tuple[ColumnBatch, int, asyncio.Future[None]]] = []
         self._pending_events = 0
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="avila-writer")
+        self._inflight = 0
+        # Backends that pipeline commits (the store process) accept more than one at a time.
+        self.max_inflight = int(getattr(store, "max_inflight_commits", 1))
         self._closing = False
+        self._idle: asyncio.Event | None = None
 
     def start(self) -> None:
-        self._wakeup = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def pending_events(self) -> int:
         return self._pending_events
 
-    def submit(self, table: pa.Table) -> asyncio.Future[None]:
+    def submit(self, columns: ColumnBatch, rows: int) -> asyncio.Future[None]:
         """Queue rows for the next commit; the future resolves once they are durable."""
-        if self._closing or self._wakeup is None:
-            raise ShuttingDown("the server is shutting down; retry against another instance")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((table, future))
-        self._pending_events += table.num_rows
-        self._wakeup.set()
+        if self._closing or self._idle is None:
+            raise ShuttingDown("the server is shutting down; retry shortly")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._pending.append((columns, rows, future))
+        self._pending_events += rows
+        if self._inflight < self.max_inflight:
+            self._start_flush(loop)
         return future
 
-    async def _run(self) -> None:
-        assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wakeup.wait()
-            if not self._pending and self._closing:
-                return
-            # Let concurrent requests join this commit, up to the size bound.
-            deadline = loop.time() + self.interval
-            while self._pending_events < self.max_events and not self._closing:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except TimeoutError:
-                    break
-            self._wakeup.clear()
-            batch, self._pending, self._pending_events = self._pending, [], 0
-            if batch:
-                await self._flush(loop, batch)
-            if self._pending:
-                self._wakeup.set()
-            elif self._closing:
-                return
+    def _take_batch(self) -> tuple[list[tuple[ColumnBatch, int, asyncio.Future[None]]], int]:
+        batch: list[tuple[ColumnBatch, int, asyncio.Future[None]]] = []
+        events = 0
+        while self._pending and (not batch or events + self._pending[0][1] <= self.max_events):
+            item = self._pending.pop(0)
+            batch.append(item)
+            events += item[1]
+        self._pending_events -= events
+        return batch, events
 
-    async def _flush(
-        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[pa.Table, asyncio.Future[None]]]
-    ) -> None:
-        tables = [table for table, _ in batch]
+    def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, events = self._take_batch()
         started = time.perf_counter()
-        try:
-            combined = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-            await loop.run_in_executor(self._executor, self.store.append_events, combined)
-        except Exception as exc:  # every waiter must learn the commit failed
-            log.exception("group commit failed", extra={"events": sum(t.num_rows for t in tables)})
+        assert self._idle is not None
+        self._idle.clear()
+        self._inflight += 1
+        flushing = loop.create_task(self.store.append_columns_async([c for c, _, _ in batch]))
+        flushing.add_done_callback(
+            lambda done: self._finish_flush(loop, done, batch, events, started)
+        )
+
+    def _finish_flush(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        done: asyncio.Future[None],
+        batch: list[tuple[ColumnBatch, int, asyncio.Future[None]]],
+        events: int,
+        started: float,
+    ) -> None:
+        self._inflight -= 1
+        exc = done.exception() if not done.cancelled() else ShuttingDown("commit cancelled")
+        if exc is not None:
+            log.error("group commit failed", extra={"events": events, "error": str(exc)})
             error = StorageUnavailable(f"could not commit events: {exc}")
-            for _, future in batch:
+            for _, _, future in batch:
                 if not future.done():
                     future.set_exception(error)
-            return
-        stats = FlushStats(combined.num_rows, len(batch), time.perf_counter() - started)
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
-        if self.on_flush is not None:
-            self.on_flush(stats)
+        else:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+            if self.on_flush is not None:
+                self.on_flush(FlushStats(events, len(batch), time.perf_counter() - started))
+        if self._pending and self._inflight < self.max_inflight:
+            self._start_flush(loop)
+        elif not self._pending and self._inflight == 0:
+            assert self._idle is not None
+            self._idle.set()
 
     async def close(self) -> None:
         """Commit everything pending, then stop accepting rows."""
         self._closing = True
-        if self._wakeup is not None:
-            self._wakeup.set()
-        if self._task is not None:
-            await self._task
-        self._executor.shutdown(wait=True)
+        if self._idle is not None:
+            await self._idle.wait()

@@ -40,8 +40,7 @@ class IngestService:
         *,
         metrics: Metrics | None = None,
         dedup_window_hours: int = 24,
-        flush_max_events: int = 5000,
-        flush_interval_ms: int = 5,
+        flush_max_events: int = 20_000,
     ) -> None:
         self.store = store
         self.metrics = metrics or Metrics()
@@ -50,7 +49,6 @@ class IngestService:
         self.committer = GroupCommitter(
             store,
             max_events=flush_max_events,
-            interval=flush_interval_ms / 1000,
             on_flush=self._record_flush,
         )
         self.listeners: list[Callable[[EventRows], None]] = []
@@ -58,7 +56,9 @@ class IngestService:
 
     async def start(self) -> None:
         """Rebuild the dedup index from the store and start the writer."""
-        since = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=self.dedup.window_seconds)
+        since = datetime.now(UTC).replace(tzinfo=None) - timedelta(
+            seconds=self.dedup.window_seconds
+        )
         loop = asyncio.get_running_loop()
         keys = await loop.run_in_executor(
             None, lambda: [event_key(p, e) for p, e in self.store.recent_event_keys(since)]
@@ -99,7 +99,9 @@ class IngestService:
         rows, rejected = validate_events(raws, project_id, path_prefix=path_prefix)
         return await self.ingest_rows(rows, rejected)
 
-    async def ingest_rows(self, rows: EventRows, rejected: list[Rejection] | None = None) -> IngestResult:
+    async def ingest_rows(
+        self, rows: EventRows, rejected: list[Rejection] | None = None
+    ) -> IngestResult:
         result = IngestResult(rejected=list(rejected or []))
         project_id = rows.project_id
         keep: list[int] = []
@@ -123,7 +125,7 @@ class IngestService:
             keys.append(key)
         accepted_rows = rows if len(keep) == len(rows) else rows.keep(keep)
         if keys:
-            future = self.committer.submit(accepted_rows.to_arrow())
+            future = self.committer.submit(accepted_rows.to_columns(), len(keys))
             for key in keys:
                 inflight[key] = future
             future.add_done_callback(lambda f, keys=keys: self._settle(f, keys))

@@ -21,7 +21,7 @@ from avila.schemas.events import (
     ENVELOPE_DECODER,
     Context,
 )
-from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_SCHEMA, EVENT_TYPES
+from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_TYPES, ColumnBatch, columns_to_arrow
 
 MAX_EVENT_BYTES = 32 * 1024
 MAX_FUTURE = timedelta(hours=1)
@@ -42,7 +42,9 @@ class Rejection:
         return {"index": self.index, "code": self.code, "message": self.message, "path": self.path}
 
 
-def split_msgspec_error(exc: msgspec.ValidationError | msgspec.DecodeError, prefix: str) -> tuple[str, str]:
+def split_msgspec_error(
+    exc: msgspec.ValidationError | msgspec.DecodeError, prefix: str
+) -> tuple[str, str]:
     """``("message", "prefix.field[2].x")`` from a msgspec error."""
     text = str(exc)
     match = _PATH.match(text)
@@ -51,11 +53,20 @@ def split_msgspec_error(exc: msgspec.ValidationError | msgspec.DecodeError, pref
     return match.group("message"), prefix + match.group("path")
 
 
+_EPOCH = datetime(1970, 1, 1)
+_US = timedelta(microseconds=1)
+
+
 def _utc_naive(ts: datetime) -> datetime:
     offset = ts.utcoffset()
     if offset is None:
         return ts
     return (ts - offset).replace(tzinfo=None)
+
+
+def epoch_us(ts: datetime) -> int:
+    """Microseconds since the Unix epoch of a naive-UTC datetime."""
+    return (ts - _EPOCH) // _US
 
 
 @dataclass
@@ -84,12 +95,16 @@ class EventRows:
         kept.indexes = [self.indexes[p] for p in positions]
         return kept
 
-    def to_arrow(self) -> pa.Table:
+    def to_columns(self) -> ColumnBatch:
+        """All stored columns (timestamps in epoch microseconds)."""
         n = len(self.indexes)
         columns = dict(self.columns)
         columns["project_id"] = [self.project_id] * n
-        columns["received_at"] = [self.received_at] * n
-        return pa.Table.from_pydict(columns, schema=EVENT_SCHEMA)
+        columns["received_at"] = [epoch_us(self.received_at)] * n
+        return columns
+
+    def to_arrow(self) -> pa.Table:
+        return columns_to_arrow([self.to_columns()])
 
 
 def validate_events(
@@ -117,7 +132,12 @@ def validate_events(
         prefix = f"{path_prefix}[{index}]" if path_prefix else ""
         if len(raw) > MAX_EVENT_BYTES:
             rejected.append(
-                Rejection(index, "event_too_large", f"event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES}", prefix)
+                Rejection(
+                    index,
+                    "event_too_large",
+                    f"event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES}",
+                    prefix,
+                )
             )
             continue
         try:
@@ -132,7 +152,9 @@ def validate_events(
             metadata_raw = bytes(env.metadata)
             if metadata_raw[:1] not in (b"{", b"n"):
                 rejected.append(
-                    Rejection(index, "invalid_event", "Expected `object | null`", f"{prefix}.metadata")
+                    Rejection(
+                        index, "invalid_event", "Expected `object | null`", f"{prefix}.metadata"
+                    )
                 )
                 continue
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -156,7 +178,7 @@ def validate_events(
         cols["event_id"].append(env.event_id or str(uuid.uuid4()))
         cols["user_id"].append(env.user_id)
         cols["session_id"].append(env.session_id)
-        cols["ts"].append(ts)
+        cols["ts"].append((ts - _EPOCH) // _US)
         cols["event_type"].append(EVENT_TYPES[etype])
         _flatten_data(cols, etype, data)
         _flatten_context(cols, ctx)

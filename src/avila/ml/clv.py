@@ -98,9 +98,7 @@ def _bgnbd_loglik(params: np.ndarray, s: _Summary) -> np.ndarray:
     # The x > 0 term; b + x - 1 > 0 there, and -inf (exp -> 0) for x = 0.
     a4 = np.full_like(x, -np.inf)
     a4[repeat] = (
-        np.log(a)
-        - np.log(b + x[repeat] - 1)
-        - (r + x[repeat]) * np.log(alpha + t_x[repeat])
+        np.log(a) - np.log(b + x[repeat] - 1) - (r + x[repeat]) * np.log(alpha + t_x[repeat])
     )
     return a1 + a2 + np.logaddexp(a3, a4)
 
@@ -135,8 +133,10 @@ class BetaGeoModel:
                 f"BG/NBD needs at least {self.min_customers} customers, some with repeat purchases",
                 code="clv_too_few_customers",
                 details=[
-                    {"path": "frequency", "message": f"{len(s.x)} customers, "
-                     f"{int(np.sum(s.x > 0))} repeat buyers"}
+                    {
+                        "path": "frequency",
+                        "message": f"{len(s.x)} customers, {int(np.sum(s.x > 0))} repeat buyers",
+                    }
                 ],
             )
         # Rescale time so that alpha starts near 1; undone afterwards (alpha is a time scale).
@@ -150,7 +150,9 @@ class BetaGeoModel:
             return -ll / len(s.x) + penalty
 
         result = optimize.minimize(
-            objective, x0=np.zeros(4), method="Nelder-Mead",
+            objective,
+            x0=np.zeros(4),
+            method="Nelder-Mead",
             options={"xatol": 1e-8, "fatol": 1e-12, "maxiter": 20_000, "maxfev": 20_000},
         )
         result = optimize.minimize(objective, x0=result.x, method="BFGS", options={"gtol": 1e-9})
@@ -276,7 +278,9 @@ class GammaGammaModel:
             return -ll / len(x) + self.penalizer * float(np.sum(params**2))
 
         result = optimize.minimize(
-            objective, x0=np.zeros(3), method="Nelder-Mead",
+            objective,
+            x0=np.zeros(3),
+            method="Nelder-Mead",
             options={"xatol": 1e-8, "fatol": 1e-12, "maxiter": 20_000, "maxfev": 20_000},
         )
         result = optimize.minimize(objective, x0=result.x, method="BFGS", options={"gtol": 1e-9})
@@ -366,16 +370,22 @@ def summarise_transactions(
         )
     if transactions.empty:
         raise ValidationFailed(
-            "transaction log is empty", code="clv_invalid_transactions",
+            "transaction log is empty",
+            code="clv_invalid_transactions",
             details=[{"path": time_col, "message": "no rows"}],
         )
     ts = pd.to_datetime(transactions[time_col], utc=True)
     end = ts.max() if observation_end is None else pd.Timestamp(observation_end)
     if end.tzinfo is None:
         end = end.tz_localize("UTC")
-    frame = pd.DataFrame({"customer": transactions[customer_col].to_numpy(), "day": ts.dt.floor("D")})
-    frame = frame[frame["day"] <= end]
-    frame["value"] = transactions[value_col].to_numpy()[ts <= end] if value_col else 0.0
+    frame = pd.DataFrame(
+        {
+            "customer": transactions[customer_col].to_numpy(),
+            "day": ts.dt.floor("D").to_numpy(),
+            "value": transactions[value_col].to_numpy(dtype=float) if value_col else 0.0,
+        }
+    )
+    frame = frame[(ts <= end).to_numpy()]
     daily = frame.groupby(["customer", "day"], sort=True)["value"].sum().reset_index()
     unit = pd.Timedelta(days=unit_days)
     grouped = daily.groupby("customer", sort=True)

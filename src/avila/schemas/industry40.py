@@ -12,6 +12,7 @@ msgspec error onto :class:`avila.errors.ValidationFailed` with the JSON path of 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -167,14 +168,31 @@ class AnomalyDetectRequest(Struct, kw_only=True):
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
+def _plain(obj: Any) -> Any:
+    """numpy scalars and arrays inside ``obj`` as Python numbers and lists (msgspec is strict
+    about ``numpy.float64``)."""
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "tolist") and type(obj).__module__ == "numpy":
+        return obj.tolist()
+    return obj
+
+
 def convert(model: type[T], obj: Any) -> T:
-    """``obj`` (a dict, or already a ``model``) as a ``model``; a schema violation raises
+    """``obj`` (a dict, or already a ``model``; numpy numbers accepted) as a ``model``; a schema violation raises
     :class:`ValidationFailed` (code ``validation_failed``) whose single detail names the JSON
     path, e.g. ``$.production_data.good_units``."""
     if isinstance(obj, model):
         return obj
     try:
-        return msgspec.convert(obj, model)
+        try:
+            return msgspec.convert(obj, model)
+        except msgspec.ValidationError as exc:
+            if "numpy" not in str(exc):
+                raise
+            return msgspec.convert(_plain(obj), model)
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _AT.search(text)

@@ -113,7 +113,14 @@ class KeyStore:
         with self._connect() as conn:
             conn.execute(
                 "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                (info.key_id, hash_key(secret), project_id, ",".join(ordered), name, info.created_at),
+                (
+                    info.key_id,
+                    hash_key(secret),
+                    project_id,
+                    ",".join(ordered),
+                    name,
+                    info.created_at,
+                ),
             )
         return secret, info
 
@@ -151,9 +158,7 @@ class KeyStore:
             rows = conn.execute(
                 "SELECT key_id, key_hash, project_id, scopes FROM api_keys WHERE revoked_at IS NULL"
             ).fetchall()
-        self._cache = {
-            r[1]: Principal(r[0], r[2], frozenset(r[3].split(","))) for r in rows
-        }
+        self._cache = {r[1]: Principal(r[0], r[2], frozenset(r[3].split(","))) for r in rows}
         self._cache_stamp = stamp
 
     def resolve(self, key: str) -> Principal | None:

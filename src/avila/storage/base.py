@@ -7,12 +7,15 @@ branches in callers.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
+
+from avila.storage.schema import ColumnBatch, columns_to_arrow
 
 
 class Store(ABC):
@@ -25,6 +28,15 @@ class Store(ABC):
     def append_events(self, table: pa.Table) -> None:
         """Append rows (schema :data:`avila.storage.schema.EVENT_SCHEMA`) in one durable
         transaction: when this returns, the rows survive a crash."""
+
+    async def append_events_async(self, table: pa.Table) -> None:
+        """:meth:`append_events` for the event loop; backends may override to avoid a thread."""
+        await asyncio.to_thread(self.append_events, table)
+
+    async def append_columns_async(self, batches: list[ColumnBatch]) -> None:
+        """Append column batches (see :data:`avila.storage.schema.ColumnBatch`) in one durable
+        transaction, from the event loop."""
+        await self.append_events_async(columns_to_arrow(batches))
 
     @abstractmethod
     def recent_event_keys(self, since: datetime) -> Iterator[tuple[str, str]]:

@@ -8,10 +8,19 @@ from avila.errors import ConfigError
 from avila.storage.base import Store
 
 
-def open_store(storage_url: str, *, read_only: bool = False) -> Store:
-    """Open ``duckdb:///relative/path`` or ``duckdb:////absolute/path``."""
+def open_store(storage_url: str, *, read_only: bool = False, in_process: bool = True) -> Store:
+    """Open ``duckdb:///relative/path`` or ``duckdb:////absolute/path``.
+
+    ``in_process=False`` runs DuckDB in a child process (what the server does; see
+    :mod:`avila.storage.duckdb.process`).
+    """
     if storage_url.startswith("duckdb:///"):
+        path = Path(storage_url[len("duckdb:///") :])
+        if not in_process and not read_only:
+            from avila.storage.duckdb.process import ProcessStore
+
+            return ProcessStore(path)
         from avila.storage.duckdb.store import DuckDBStore
 
-        return DuckDBStore(Path(storage_url[len("duckdb:///") :]), read_only=read_only)
+        return DuckDBStore(path, read_only=read_only)
     raise ConfigError(f"AVILA_STORAGE_URL: unsupported storage URL {storage_url!r}")

@@ -59,3 +59,25 @@ EVENT_TYPES: dict[str, str] = {
     "VideoPlay": "video_play",
     "Custom": "custom",
 }
+
+
+TIMESTAMP_COLUMNS = frozenset({"ts", "received_at"})
+
+#: Columns of one batch of events: column name -> list of values, timestamps as integer
+#: microseconds since the Unix epoch (UTC). Cheap to build in Python and to serialise.
+ColumnBatch = dict[str, list]
+
+
+def columns_to_arrow(batches: list[ColumnBatch]) -> pa.Table:
+    """One Arrow table (:data:`EVENT_SCHEMA`) from several column batches."""
+    arrays = []
+    for field in EVENT_SCHEMA:
+        if len(batches) == 1:
+            values = batches[0][field.name]
+        else:
+            values = [v for batch in batches for v in batch[field.name]]
+        if field.name in TIMESTAMP_COLUMNS:
+            arrays.append(pa.array(values, type=pa.int64()).cast(field.type))
+        else:
+            arrays.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)

@@ -18,15 +18,15 @@ _DUCKDB_TYPES = {
 def _events_ddl() -> str:
     cols = []
     for name, dtype, _ in EVENT_COLUMNS:
-        sql_type = "JSON" if name in ("data", "metadata", "context") else _DUCKDB_TYPES[dtype]
+        # JSON columns are VARCHAR: the edge already validated them, and DuckDB would parse
+        # every value again on insert to check a JSON type.
+        sql_type = _DUCKDB_TYPES[dtype]
         not_null = " NOT NULL" if name in ("project_id", "event_id", "user_id", "ts") else ""
         cols.append(f"{name} {sql_type}{not_null}")
     return "CREATE TABLE IF NOT EXISTS events (" + ", ".join(cols) + ")"
 
 
-MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
-    (1, "events table", (_events_ddl(),)),
-)
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = ((1, "events table", (_events_ddl(),)),)
 
 
 def migrate(conn: duckdb.DuckDBPyConnection) -> int:

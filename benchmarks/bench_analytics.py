@@ -1,0 +1,211 @@
+"""Analytics query benchmark: our functions vs hand-written DuckDB SQL on the same file.
+
+    .venv/bin/python benchmarks/bench_analytics.py              # 10 M events (cached)
+    .venv/bin/python benchmarks/bench_analytics.py --events 200000 --runs 3
+
+Builds (once, cached under ./data/bench/) a DuckDB file of N synthetic e-commerce events:
+deterministic seed, vectorised with numpy into Arrow, appended in time order through the store.
+Prints the median wall time of each query (after one warm-up) and our/SQL ratio. The SQL
+baselines are the plain queries a person would write; the funnel baseline chains DuckDB ASOF
+joins (same ordered-funnel semantics), the others compute a subset of what our functions return
+(e.g. our overview also sessionizes), so ratios above 1 are expected there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from avila.analytics import funnel, overview, realtime, retention, rfm
+from avila.storage import open_store
+from avila.storage.base import Store
+from avila.storage.schema import EVENT_SCHEMA
+
+PROJECT = "bench"
+END = datetime(2025, 1, 1)
+SPAN_DAYS = 120
+TYPES = np.array(
+    ["page_view", "click", "product_view", "add_to_cart", "remove_from_cart", "checkout",
+     "purchase", "search", "login", "custom"]
+)  # fmt: skip
+TYPE_P = np.array([0.52, 0.10, 0.16, 0.06, 0.01, 0.02, 0.015, 0.05, 0.03, 0.035])
+URLS = np.array(
+    ["/"] + [f"/category/{i}" for i in range(20)] + [f"/product/{i}" for i in range(60)]
+)
+
+
+def _strings(prefix: str, n: int) -> pa.Array:
+    return pa.array([f"{prefix}{i}" for i in range(n)], pa.string())
+
+
+def generate(store: Store, n_events: int, seed: int = 42, chunk: int = 1_000_000) -> None:
+    """Append ``n_events`` rows in time order, ``chunk`` rows per transaction."""
+    rng = np.random.default_rng(seed)
+    n_users = max(n_events // 20, 10)
+    users = _strings("u", n_users)
+    products = _strings("p", 1000)
+    urls = pa.array(URLS.tolist())
+    browsers = pa.array(["Chrome", "Safari", "Firefox", "Edge"])
+    countries = pa.array(["BR", "US", "DE", "PT", "IN", "FR"])
+    devices = pa.array(["desktop", "mobile", "tablet"])
+    start_us = int((END - timedelta(days=SPAN_DAYS) - datetime(1970, 1, 1)).total_seconds() * 1e6)
+    span_us = SPAN_DAYS * 86_400 * 1_000_000
+    ts_all = np.sort(rng.integers(0, span_us, n_events)) + start_us
+    for lo in range(0, n_events, chunk):
+        n = min(chunk, n_events - lo)
+        ts = pa.array(ts_all[lo : lo + n], pa.timestamp("us"))
+        received = pa.array(ts_all[lo : lo + n] + rng.integers(0, 2_000_000, n), pa.timestamp("us"))
+        # Zipf-like activity: a few heavy users, a long tail.
+        uidx = np.minimum((rng.pareto(1.2, n) * n_users / 50).astype(np.int64), n_users - 1)
+        user_idx = (uidx * 7919 + 13) % n_users
+        types = TYPES[rng.choice(len(TYPES), n, p=TYPE_P)]
+        is_pv = (types == "page_view") | (types == "click")
+        url_idx = np.where(rng.random(n) < 0.2, 0, rng.integers(0, len(URLS), n))
+        is_prod = np.isin(types, ["product_view", "add_to_cart", "remove_from_cart"])
+        is_buy = types == "purchase"
+        nulls = pa.nulls(n, pa.string())
+        cols: dict[str, Any] = {
+            "project_id": pa.array(np.full(n, PROJECT)),
+            "event_id": pc.cast(pa.array(np.arange(lo, lo + n)), pa.string()),
+            "user_id": users.take(pa.array(user_idx)),
+            "session_id": nulls,
+            "ts": ts,
+            "received_at": received,
+            "event_type": pa.array(types),
+            "url": pc.if_else(pa.array(is_pv), urls.take(pa.array(url_idx)), nulls),
+            "product_id": pc.if_else(
+                pa.array(is_prod), products.take(pa.array(rng.integers(0, 1000, n))), nulls
+            ),
+            "order_id": pc.if_else(
+                pa.array(is_buy), pc.cast(pa.array(np.arange(lo, lo + n)), pa.string()), nulls
+            ),
+            "revenue": pa.array(
+                np.where(is_buy, np.round(rng.lognormal(4, 1, n), 2), np.nan), mask=~is_buy
+            ),  # fmt: skip
+            "device_type": devices.take(pa.array(user_idx % 3)),
+            "browser": browsers.take(pa.array(user_idx % 4)),
+            "country": countries.take(pa.array(user_idx % 6)),
+        }
+        columns = [cols.get(f.name, pa.nulls(n, f.type)) for f in EVENT_SCHEMA]
+        store.append_events(pa.Table.from_arrays(columns, schema=EVENT_SCHEMA))
+
+
+STEPS = [
+    {"name": "Home", "condition_type": "page_view", "condition_value": "/"},
+    {"name": "Product", "condition_type": "product_view", "condition_value": ""},
+    {"name": "Cart", "condition_type": "add_to_cart", "condition_value": ""},
+    {"name": "Purchase", "condition_type": "purchase", "condition_value": ""},
+]
+Q_START, Q_END = END - timedelta(days=30), END
+WINDOW = 14 * 86400
+
+SQL_FUNNEL = """
+WITH r AS (SELECT user_id, ts, event_type, url FROM events
+           WHERE project_id = $p AND ts >= $s AND ts < $e),
+e1 AS (SELECT user_id, ts, ts AS st FROM r WHERE event_type = 'page_view' AND url = '/'),
+c2 AS (SELECT user_id, ts FROM r WHERE event_type = 'product_view'),
+e2 AS (SELECT c.user_id, c.ts, p.st FROM c2 c ASOF JOIN e1 p ON c.user_id = p.user_id
+       AND c.ts >= p.ts WHERE c.ts <= p.st + to_seconds($w)),
+c3 AS (SELECT user_id, ts FROM r WHERE event_type = 'add_to_cart'),
+e3 AS (SELECT c.user_id, c.ts, p.st FROM c3 c ASOF JOIN e2 p ON c.user_id = p.user_id
+       AND c.ts >= p.ts WHERE c.ts <= p.st + to_seconds($w)),
+c4 AS (SELECT user_id, ts FROM r WHERE event_type = 'purchase'),
+e4 AS (SELECT c.user_id, c.ts, p.st FROM c4 c ASOF JOIN e3 p ON c.user_id = p.user_id
+       AND c.ts >= p.ts WHERE c.ts <= p.st + to_seconds($w))
+SELECT (SELECT count(DISTINCT user_id) FROM e1), (SELECT count(DISTINCT user_id) FROM e2),
+       (SELECT count(DISTINCT user_id) FROM e3), (SELECT count(DISTINCT user_id) FROM e4)
+"""
+SQL_RETENTION = """
+WITH f AS (SELECT user_id, date_trunc('week', min(ts)) AS c FROM events
+           WHERE project_id = $p AND ts < $e GROUP BY user_id HAVING min(ts) >= $s),
+a AS (SELECT DISTINCT user_id, date_trunc('week', ts) AS w FROM events
+      WHERE project_id = $p AND ts >= $s)
+SELECT c, date_diff('week', c, w) AS k, count(*) FROM f JOIN a USING (user_id)
+WHERE w >= c AND date_diff('week', c, w) < 12 GROUP BY ALL
+"""
+SQL_OVERVIEW = """
+SELECT count(*), count(DISTINCT user_id), sum(revenue) FILTER (WHERE event_type = 'purchase'),
+  (SELECT list(x) FROM (SELECT url AS x FROM events WHERE project_id = $p AND ts >= $s
+    AND ts < $e AND event_type = 'page_view' GROUP BY url ORDER BY count(*) DESC LIMIT 10))
+FROM events WHERE project_id = $p AND ts >= $s AND ts < $e
+"""
+SQL_RFM = """
+WITH u AS (SELECT user_id, max(ts) AS last, count(*) AS f, sum(revenue) AS m FROM events
+           WHERE project_id = $p AND event_type = 'purchase' AND ts >= $s AND ts < $e
+           GROUP BY user_id),
+s AS (SELECT user_id, ntile(5) OVER (ORDER BY last) AS r, ntile(5) OVER (ORDER BY f) AS f,
+      ntile(5) OVER (ORDER BY m) AS m FROM u)
+SELECT r, f, count(*) FROM s GROUP BY ALL
+"""
+SQL_REALTIME = """
+SELECT count(*) FILTER (WHERE received_at >= $m1), count(*), count(DISTINCT user_id)
+FROM events WHERE project_id = $p AND received_at >= $m15 AND received_at <= $now
+"""
+
+
+def median_seconds(fn: Callable[[], Any], runs: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=Path("data/bench"))
+    args = parser.parse_args()
+    path = args.dir / f"analytics_{args.events}.duckdb"
+    fresh = not path.exists()
+    store = open_store("duckdb:///" + str(path))
+    if fresh:
+        t0 = time.perf_counter()
+        generate(store, args.events)
+        print(f"generated {args.events:,} events in {time.perf_counter() - t0:.1f} s -> {path}")
+    (rows,) = store.query("SELECT count(*) FROM events")
+    print(f"{rows[0]:,} events in {path}")
+    conn = store._cursor()  # the baselines run on the very same connection
+    now = END
+    base = {"p": PROJECT, "s": Q_START, "e": Q_END}
+    funnel_q = {"steps": STEPS, "start_time": Q_START, "end_time": Q_END}
+    retention_q = {"period": "week", "periods": 12, "start_time": END - timedelta(weeks=12),
+                   "end_time": END}  # fmt: skip
+    cases: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
+        ("funnel (4 steps, 30 d)", lambda: funnel(store, PROJECT, funnel_q),
+         lambda: conn.execute(SQL_FUNNEL, {**base, "w": WINDOW}).fetchall()),
+        ("retention (12 weeks)", lambda: retention(store, PROJECT, retention_q),
+         lambda: conn.execute(SQL_RETENTION, {**base, "s": END - timedelta(weeks=12)}).fetchall()),
+        ("overview (30 d)", lambda: overview(store, PROJECT, {"start_time": Q_START, "end_time": Q_END}),
+         lambda: conn.execute(SQL_OVERVIEW, base).fetchall()),
+        ("rfm (365 d)", lambda: rfm(store, PROJECT, {"reference_date": END}),
+         lambda: conn.execute(SQL_RFM, {**base, "s": END - timedelta(days=365)}).fetchall()),
+        ("realtime (15 min)", lambda: realtime(store, PROJECT, {"now": now}),
+         lambda: conn.execute(SQL_REALTIME, {"p": PROJECT, "now": now,
+                                             "m1": now - timedelta(minutes=1),
+                                             "m15": now - timedelta(minutes=15)}).fetchall()),
+    ]  # fmt: skip
+    ours = [s["count"] for s in funnel(store, PROJECT, funnel_q)["steps"]]
+    theirs = list(conn.execute(SQL_FUNNEL, {**base, "w": WINDOW}).fetchall()[0])
+    print(f"funnel counts ours={ours} asof-sql={theirs}")
+    print(f"{'query':<24}{'ours (s)':>10}{'sql (s)':>10}{'ratio':>8}")
+    for name, mine, sql in cases:
+        a, b = median_seconds(mine, args.runs), median_seconds(sql, args.runs)
+        print(f"{name:<24}{a:>10.3f}{b:>10.3f}{a / b:>8.2f}")
+    store.close()
+
+
+if __name__ == "__main__":
+    main()

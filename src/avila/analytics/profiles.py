@@ -1,0 +1,89 @@
+"""User profiles (all of a user's stored events) and GDPR erasure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from avila.analytics.common import Expr, iso
+from avila.analytics.sessions import session_summary, sessions_cte
+from avila.errors import NotFound
+from avila.storage.base import Store
+
+
+def user_profile(
+    store: Store, project_id: str, user_id: str, *, recent: int = 20, top_n: int = 10
+) -> dict[str, Any]:
+    """``{"user_id", "first_seen", "last_seen", "total_events", "sessions", "total_revenue",
+    "events_by_type", "top_pages": [{"url", "views"}], "devices": [{"device_type", "os",
+    "browser", "events"}], "locations": [{"country", "city", "events"}], "recent_events": [...]}``
+    over every stored event of the user; times RFC 3339 UTC. Unknown user: NotFound."""
+    key = [project_id, user_id]
+    where = "project_id = ? AND user_id = ?"
+    head = store.query(
+        f"SELECT min(ts), max(ts), count(*), coalesce(sum(CASE WHEN event_type = 'purchase'"
+        f" THEN revenue END), 0) FROM events WHERE {where}",
+        key,
+    )
+    first, last, total, revenue = head[0]
+    if not total:
+        raise NotFound(f"user {user_id!r} not found", code="user_not_found")
+    by_type = store.query(
+        f"SELECT event_type, count(*) FROM events WHERE {where} GROUP BY 1 ORDER BY 2 DESC, 1",
+        key,
+    )
+    pages = store.query(
+        f"SELECT url, count(*) FROM events WHERE {where} AND event_type = 'page_view'"
+        " AND url IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
+        [*key, top_n],
+    )
+    devices = store.query(
+        f"SELECT device_type, os, browser, count(*) FROM events WHERE {where}"
+        " GROUP BY ALL ORDER BY 4 DESC, 1, 2, 3 LIMIT ?",
+        [*key, top_n],
+    )
+    locations = store.query(
+        f"SELECT country, city, count(*) FROM events WHERE {where}"
+        " GROUP BY ALL ORDER BY 3 DESC, 1, 2 LIMIT ?",
+        [*key, top_n],
+    )
+    recent_rows = store.query(
+        "SELECT event_id, event_type, ts, session_id, url, product_id, event_name, revenue"
+        f" FROM events WHERE {where} ORDER BY ts DESC, event_id LIMIT ?",
+        [*key, recent],
+    )
+    summary = session_summary(store, sessions_cte(store, Expr(where, tuple(key)), 1800, 86400))
+    return {
+        "user_id": user_id,
+        "first_seen": iso(first),
+        "last_seen": iso(last),
+        "total_events": int(total),
+        "sessions": summary["sessions"],
+        "total_revenue": float(revenue),
+        "events_by_type": {t: int(n) for t, n in by_type},
+        "top_pages": [{"url": u, "views": int(n)} for u, n in pages],
+        "devices": [
+            {"device_type": d, "os": o, "browser": b, "events": int(n)} for d, o, b, n in devices
+        ],
+        "locations": [{"country": c, "city": ci, "events": int(n)} for c, ci, n in locations],
+        "recent_events": [
+            {
+                "event_id": eid,
+                "event_type": et,
+                "timestamp": iso(ts),
+                "session_id": sid,
+                "url": url,
+                "product_id": pid,
+                "event_name": name,
+                "revenue": rev,
+            }
+            for eid, et, ts, sid, url, pid, name, rev in recent_rows
+        ],
+    }
+
+
+def erase_user(store: Store, project_id: str, user_id: str) -> dict[str, int]:
+    """Delete every stored event of the user in the project (GDPR): ``{"deleted_events": n}``."""
+    deleted = store.execute(
+        "DELETE FROM events WHERE project_id = ? AND user_id = ?", [project_id, user_id]
+    )
+    return {"deleted_events": int(deleted)}

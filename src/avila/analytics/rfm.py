@@ -1,0 +1,161 @@
+"""RFM segmentation (recency, frequency, monetary) of purchasing users.
+
+Semantics (shared/REFERENCES.md, "RFM"): purchases in ``[reference_date - window_days,
+reference_date)``. An *order* is a distinct ``order_id`` (a purchase without one is its own
+order), so a purchase event sent twice counts once; its revenue is the largest revenue seen for
+it. Frequency = orders; monetary = sum of order revenues; recency = reference date - last
+purchase (scored in microseconds, reported in days).
+
+Scores 1..5 by quintile, like ``pandas.qcut(x, 5)``: the interior edges are the 20/40/60/80 %
+linear quantiles and bins are right-closed, so score = 1 + number of edges strictly below x.
+Recency is reversed (most recent = 5). Frequency is ranked "first" (ties by user_id) before
+binning, so equal counts never collapse bins. Segment = the map on the R and F digits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+
+from avila.analytics.common import naive_utc, parse_query, rate, utcnow, where_clause
+from avila.errors import NotFound
+from avila.schemas.analytics import RFMQuery
+from avila.storage.base import Store
+
+#: (regex on the R and F digits, segment), first match wins; covers all 25 pairs.
+SEGMENT_MAP: tuple[tuple[str, str], ...] = (
+    (r"[1-2][1-2]", "Hibernating"),
+    (r"[1-2][3-4]", "At Risk"),
+    (r"[1-2]5", "Can't Lose Them"),
+    (r"3[1-2]", "About to Sleep"),
+    (r"33", "Need Attention"),
+    (r"[3-4][4-5]", "Loyal Customers"),
+    (r"41", "Promising"),
+    (r"51", "New Customers"),
+    (r"[4-5][2-3]", "Potential Loyalists"),
+    (r"5[4-5]", "Champions"),
+)
+SEGMENTS: tuple[str, ...] = tuple(name for _, name in SEGMENT_MAP)
+_COMPILED = tuple((re.compile(p), name) for p, name in SEGMENT_MAP)
+
+
+def segment_of(r_score: int, f_score: int) -> str:
+    """Segment name for an R and an F score (1..5 each)."""
+    digits = f"{r_score}{f_score}"
+    for pattern, name in _COMPILED:
+        if pattern.fullmatch(digits):
+            return name
+    raise ValueError(f"scores out of range: {digits}")
+
+
+def quintile_scores(values: np.ndarray) -> np.ndarray:
+    """1..5 per value: 1 + number of 20/40/60/80 % quantiles strictly below it."""
+    if values.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    edges = np.quantile(values.astype(np.float64), [0.2, 0.4, 0.6, 0.8])
+    return 1 + np.searchsorted(edges, values, side="left").astype(np.int64)
+
+
+def score_table(
+    store: Store, project_id: str, query: RFMQuery | Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Per-user arrays: ``user_id``, ``recency_us``, ``frequency``, ``monetary``, ``r``, ``f``,
+    ``m``, ``segment`` (users with at least one purchase in the window, sorted by user_id)."""
+    q = parse_query(RFMQuery, query)
+
+    ref = naive_utc(q.reference_date) if q.reference_date else utcnow()
+    where = where_clause(store, project_id, ref - timedelta(days=q.window_days), ref, q.filters)
+    rows = store.query(
+        "SELECT user_id, max(last_ts), count(*), sum(rev) FROM ("
+        " SELECT user_id, coalesce(order_id, event_id) AS oid, max(ts) AS last_ts,"
+        " coalesce(max(revenue), 0.0) AS rev FROM events"
+        f" WHERE {where.sql} AND event_type = 'purchase' GROUP BY user_id, oid"
+        ") GROUP BY user_id ORDER BY user_id",
+        where.params,
+    )
+    users = [r[0] for r in rows]
+    recency = np.array([(ref - r[1]) // timedelta(microseconds=1) for r in rows], dtype=np.int64)
+    frequency = np.array([r[2] for r in rows], dtype=np.int64)
+    monetary = np.array([float(r[3]) for r in rows], dtype=np.float64)
+    r_score = 6 - quintile_scores(recency)
+    f_rank = np.empty(len(rows), dtype=np.int64)
+    f_rank[np.argsort(frequency, kind="stable")] = np.arange(1, len(rows) + 1)
+    f_score = quintile_scores(f_rank)
+    m_score = quintile_scores(monetary)
+    segments = [segment_of(int(r), int(f)) for r, f in zip(r_score, f_score, strict=True)]
+    return {
+        "reference_date": ref,
+        "user_id": users,
+        "recency_us": recency,
+        "frequency": frequency,
+        "monetary": monetary,
+        "r": r_score,
+        "f": f_score,
+        "m": m_score,
+        "segment": segments,
+    }
+
+
+def rfm(
+    store: Store, project_id: str, query: RFMQuery | Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``{"segments": [{"segment", "users", "share"}], "users_scored", "reference_date"}``;
+    every segment is listed (most users first), shares sum to 1 when anyone was scored."""
+    table = score_table(store, project_id, query)
+    scored = len(table["user_id"])
+    counts = dict.fromkeys(SEGMENTS, 0)
+    for name in table["segment"]:
+        counts[name] += 1
+    order = sorted(SEGMENTS, key=lambda s: (-counts[s], SEGMENTS.index(s)))
+    return {
+        "segments": [
+            {"segment": s, "users": counts[s], "share": rate(counts[s], scored)} for s in order
+        ],
+        "users_scored": scored,
+        "reference_date": table["reference_date"].isoformat() + "Z",
+    }
+
+
+def user_segment(
+    store: Store, project_id: str, user_id: str, query: RFMQuery | Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``{"user_id", "recency_days", "frequency", "monetary", "r_score", "f_score", "m_score",
+    "rfm_score", "segment"}``. A known user without purchases in the window gets frequency 0
+    and null scores/segment; an unknown user raises NotFound."""
+    table = score_table(store, project_id, query)
+    try:
+        i = table["user_id"].index(user_id)
+    except ValueError:
+        known = store.query(
+            "SELECT 1 FROM events WHERE project_id = ? AND user_id = ? LIMIT 1",
+            [project_id, user_id],
+        )
+        if not known:
+            raise NotFound(f"user {user_id!r} not found", code="user_not_found") from None
+        return {
+            "user_id": user_id,
+            "recency_days": None,
+            "frequency": 0,
+            "monetary": 0.0,
+            "r_score": None,
+            "f_score": None,
+            "m_score": None,
+            "rfm_score": None,
+            "segment": None,
+        }
+    r, f, m = int(table["r"][i]), int(table["f"][i]), int(table["m"][i])
+    return {
+        "user_id": user_id,
+        "recency_days": float(table["recency_us"][i]) / 86_400e6,
+        "frequency": int(table["frequency"][i]),
+        "monetary": float(table["monetary"][i]),
+        "r_score": r,
+        "f_score": f,
+        "m_score": m,
+        "rfm_score": f"{r}{f}{m}",
+        "segment": table["segment"][i],
+    }

@@ -1,0 +1,48 @@
+"""Fixtures for the analytics suite: a real store per backend, and row loading helpers.
+
+The suite is backend-agnostic: it talks to :class:`avila.storage.Store` only. Add a backend by
+extending ``BACKENDS`` (a factory from a tmp path to a storage URL); every test runs on each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from analytics_data import to_table
+
+from avila.storage import Store, open_store
+
+BACKENDS: dict[str, Callable[[Path], str]] = {
+    "duckdb": lambda tmp: "duckdb:///" + str(tmp / "analytics.duckdb"),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    opened = open_store(BACKENDS[request.param](tmp_path))
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(scope="module", params=sorted(BACKENDS))
+def module_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Store]:
+    """One store per test module, for read-only tests over a shared generated data set."""
+    opened = open_store(BACKENDS[request.param](tmp_path_factory.mktemp("analytics")))
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def load(store: Store) -> Callable[[list[dict[str, Any]]], Store]:
+    """``load(rows)`` appends rows (dicts of event columns) to ``store`` and returns it."""
+
+    def _load(rows: list[dict[str, Any]]) -> Store:
+        store.append_events(to_table(rows))
+        return store
+
+    return _load

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from analytics_data import PROJECT, event
+from analytics_oracles import SEGMENT_TABLE
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from avila.analytics import rfm, user_segment
+from avila.analytics.rfm import quintile_scores, segment_of
+from avila.errors import NotFound, ValidationFailed
+
+REF = datetime(2024, 6, 1)
+
+
+def _purchases(seed: int, n_users: int = 120) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for u in range(n_users):
+        for i in range(rng.choice([1, 1, 1, 2, 3, 5, 8])):
+            ts = REF - timedelta(days=rng.uniform(0, 400), seconds=rng.randint(0, 9))
+            row = event(
+                f"u{u:03d}",
+                ts,
+                "purchase",
+                order_id=f"o{u}-{i}",
+                revenue=round(rng.uniform(5, 500), 2),
+            )
+            rows.append(row)
+            if rng.random() < 0.1:  # resent purchase: same order, counted once
+                rows.append({**row, "event_id": row["event_id"] + "dup"})
+        rows.append(event(f"u{u:03d}", REF - timedelta(days=1), "page_view"))
+    rows.append(event("browser_only", REF - timedelta(days=1), "page_view"))
+    rows.append(event("future", REF + timedelta(seconds=1), "purchase", order_id="x", revenue=9.0))
+    return rows
+
+
+def _oracle(rows: list[dict], window_days: int = 365) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    df = df[
+        (df.event_type == "purchase") & (df.ts >= REF - timedelta(days=window_days)) & (df.ts < REF)
+    ]
+    orders = (
+        df.assign(oid=df.order_id.fillna(df.event_id))
+        .groupby(["user_id", "oid"])
+        .agg(last=("ts", "max"), rev=("revenue", "max"))
+    )
+    users = orders.groupby("user_id").agg(last=("last", "max"), f=("rev", "size"), m=("rev", "sum"))
+    users = users.sort_index()
+    recency = (REF - users["last"]) / pd.Timedelta(microseconds=1)
+    users["R"] = 5 - pd.qcut(recency, 5, labels=False)
+    users["F"] = pd.qcut(users["f"].rank(method="first"), 5, labels=False) + 1
+    users["M"] = pd.qcut(users["m"], 5, labels=False) + 1
+    users["segment"] = [SEGMENT_TABLE[f"{r}{f}"] for r, f in zip(users.R, users.F, strict=True)]
+    return users
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_rfm_matches_pandas_qcut(load, seed):
+    rows = _purchases(seed)
+    store = load(rows)
+    want = _oracle(rows)
+    got = rfm(store, PROJECT, {"reference_date": REF.isoformat() + "Z"})
+    assert got["users_scored"] == len(want)
+    counts = want["segment"].value_counts().to_dict()
+    assert {s["segment"]: s["users"] for s in got["segments"] if s["users"]} == counts
+    assert sum(s["share"] for s in got["segments"]) == pytest.approx(1.0)
+    for user in want.index[::7]:
+        seg = user_segment(store, PROJECT, user, {"reference_date": REF.isoformat()})
+        row = want.loc[user]
+        assert (seg["r_score"], seg["f_score"], seg["m_score"]) == (row.R, row.F, row.M)
+        assert seg["frequency"] == row.f
+        assert seg["monetary"] == pytest.approx(row.m)
+        assert seg["segment"] == row.segment
+        assert seg["rfm_score"] == f"{row.R}{row.F}{row.M}"
+
+
+def test_user_segment_edge_cases(load):
+    store = load(_purchases(4, n_users=10))
+    no_purchase = user_segment(store, PROJECT, "browser_only", {"reference_date": REF.isoformat()})
+    assert no_purchase["frequency"] == 0 and no_purchase["segment"] is None
+    with pytest.raises(NotFound):
+        user_segment(store, PROJECT, "ghost", {"reference_date": REF.isoformat()})
+    with pytest.raises(ValidationFailed) as info:
+        rfm(store, PROJECT, {"window_days": 0})
+    assert info.value.code == "invalid_query"
+
+
+def test_segment_map_covers_all_pairs():
+    for r in range(1, 6):
+        for f in range(1, 6):
+            assert segment_of(r, f) == SEGMENT_TABLE[f"{r}{f}"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=60))
+def test_quintile_scores_in_range_and_monotone(values):
+    arr = np.array(values)
+    scores = quintile_scores(arr)
+    assert scores.min() >= 1 and scores.max() <= 5
+    order = np.argsort(arr, kind="stable")
+    assert np.all(np.diff(scores[order]) >= 0)
+    edges = np.quantile(arr, [0.2, 0.4, 0.6, 0.8])
+    assert list(scores) == [1 + sum(e < v for e in edges) for v in values]

@@ -1,0 +1,188 @@
+"""Predictive maintenance on simulated run-to-failure data with a known degradation law."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from avila.errors import ValidationFailed
+from avila.industry40.maintenance import (
+    estimate_rul,
+    phm08_score,
+    predict_maintenance,
+    reliability_metrics,
+    risk_level,
+)
+
+THRESHOLD = 10.0
+
+
+def simulate_unit(rng: np.random.Generator, law: str) -> tuple[float, np.ndarray, np.ndarray]:
+    """(true life in hours, hourly readings up to a random cut, values) for one unit.
+
+    exponential: y = a·e^(b·t)·e^ε, ε ~ N(0, 0.05); linear: y = a + b·t + N(0, 0.25)."""
+    if law == "exponential":
+        a, b = rng.uniform(0.5, 1.5), rng.uniform(0.005, 0.02)
+        life = math.log(THRESHOLD / a) / b
+    else:
+        a, b = rng.uniform(0.5, 2.0), rng.uniform(0.02, 0.08)
+        life = (THRESHOLD - a) / b
+    cut = rng.uniform(0.4, 0.9) * life
+    t = np.arange(0.0, cut, 1.0)
+    if law == "exponential":
+        y = a * np.exp(b * t) * np.exp(rng.normal(0, 0.05, t.size))
+    else:
+        y = a + b * t + rng.normal(0, 0.25, t.size)
+    return life, t, y
+
+
+def test_rul_beats_mean_life_baseline(record_property):
+    rng = np.random.default_rng(2024)
+    train_lives = [simulate_unit(rng, law)[0] for law in ["exponential", "linear"] * 50]
+    mean_life = float(np.mean(train_lives))
+    truth, ours, naive = [], [], []
+    for law in ["exponential", "linear"] * 20:
+        life, t, y = simulate_unit(rng, law)
+        age = t[-1]
+        truth.append(life - age)
+        ours.append(estimate_rul(t, y, THRESHOLD, direction="increasing")["rul_hours"])
+        naive.append(max(mean_life - age, 0.0))
+    truth_a = np.array(truth)
+    rmse = float(np.sqrt(np.mean((np.array(ours) - truth_a) ** 2)))
+    rmse_naive = float(np.sqrt(np.mean((np.array(naive) - truth_a) ** 2)))
+    record_property("rul_rmse_hours", rmse)
+    record_property("rul_rmse_mean_life_baseline_hours", rmse_naive)
+    assert rmse < 0.25 * rmse_naive
+    assert phm08_score(ours, truth) < phm08_score(naive, truth)
+
+
+def test_interval_contains_point_and_probability_rises_near_failure():
+    rng = np.random.default_rng(0)
+    t = np.arange(0.0, 100.0)
+    y = 1 + 0.05 * t + rng.normal(0, 0.1, t.size)  # reaches 10 at t = 180 → RUL ≈ 81 h
+    r = estimate_rul(t, y, THRESHOLD, horizon_hours=168)
+    lo, hi = r["rul_interval_hours"]
+    assert r["model"] in {"linear", "quadratic"}
+    assert lo <= r["rul_hours"] <= hi
+    assert r["rul_hours"] == pytest.approx(81, abs=8)
+    assert r["failure_probability"] == 1.0  # within a week whatever the trend estimate
+    assert estimate_rul(t, y, THRESHOLD, horizon_hours=24)["failure_probability"] == 0.0
+    assert r["trend_per_hour"] == pytest.approx(0.05, abs=0.01)
+    assert 0.4 < r["progress"] < 0.6
+
+
+def test_decreasing_metric_and_flat_metric():
+    t = np.arange(0.0, 50.0)
+    falling = 100 - 0.5 * t  # reaches 60 at t = 80 → RUL 31 h
+    r = estimate_rul(t, falling, 60.0)
+    assert r["direction"] == "decreasing" and r["rul_hours"] == pytest.approx(31, abs=0.5)
+    flat = estimate_rul(t, np.full(t.size, 5.0) + np.sin(t) * 0.01, THRESHOLD, horizon_hours=100)
+    assert flat["rul_censored"] and flat["failure_probability"] == 0.0
+    assert flat["rul_hours"] == pytest.approx(490.0)  # the cap: 10 × observed span (49 h)
+
+
+def _history(values, start=datetime(2025, 1, 1, tzinfo=UTC), threshold=None):
+    stamps = [start + timedelta(hours=i) for i in range(len(values))]
+    h = {"timestamps": stamps, "values": list(values)}
+    if threshold is not None:
+        h["failure_threshold"] = threshold
+    return h
+
+
+def test_predict_maintenance_device():
+    rng = np.random.default_rng(1)
+    t = np.arange(200.0)
+    req = {
+        "device_id": "pump_7",
+        "metrics": {
+            "vibration": _history(2 + 0.04 * t + rng.normal(0, 0.05, t.size), threshold=11),
+            "temperature": _history(60 + rng.normal(0, 0.5, t.size), threshold=95),
+            "pressure": _history([1.0, 2.0]),  # too short
+        },
+    }
+    r = predict_maintenance(req)
+    assert r["device_id"] == "pump_7"
+    assert r["contributing_metrics"][0]["metric"] == "vibration"
+    assert r["rul_hours"] == pytest.approx(26, abs=5)  # 11 reached at t = 225
+    assert r["risk_level"] == "critical"
+    assert r["failure_probability"] > 0.8
+    assert r["skipped_metrics"] == ["pressure"]
+    assert "vibration" in r["recommendation"]
+    lo, hi = r["rul_interval_hours"]
+    assert lo <= r["rul_hours"] <= hi
+    assert "temperature" not in [m["metric"] for m in r["contributing_metrics"]]
+
+
+def test_already_failed_and_inferred_threshold():
+    r = predict_maintenance(
+        {"device_id": "d", "metrics": {"wear": _history([1, 2, 3, 9, 12, 12, 13], threshold=10)}}
+    )
+    assert r["rul_hours"] == 0.0 and r["risk_level"] == "critical"
+    rng = np.random.default_rng(4)
+    drift = np.concatenate([rng.normal(5, 0.1, 50), 5 + 0.02 * np.arange(100)])
+    r = predict_maintenance({"device_id": "d", "metrics": {"temp": _history(drift)}})
+    m = r["contributing_metrics"][0]
+    assert m["threshold_source"] == "inferred" and m["direction"] == "increasing"
+    assert m["failure_threshold"] > 5.3
+
+
+def test_no_data_is_low_risk_with_null_rul():
+    r = predict_maintenance({"device_id": "d"})
+    assert r["rul_hours"] is None and r["risk_level"] == "low" and r["failure_probability"] == 0.0
+
+
+def test_length_mismatch_is_rejected():
+    with pytest.raises(ValidationFailed) as exc:
+        predict_maintenance(
+            {"device_id": "d", "metrics": {"x": {"timestamps": [0.0, 1.0], "values": [1.0]}}}
+        )
+    assert exc.value.code == "maintenance_length_mismatch"
+    assert exc.value.details[0]["path"] == "$.metrics.x"
+
+
+@pytest.mark.parametrize(
+    ("p", "rul", "level"),
+    [
+        (0.9, 500, "critical"),
+        (0.1, 10, "critical"),
+        (0.6, 500, "high"),
+        (0.1, 60, "high"),
+        (0.3, 500, "medium"),
+        (0.0, 100, "medium"),
+        (0.0, 500, "low"),
+        (0.0, None, "low"),
+    ],
+)
+def test_risk_levels(p, rul, level):
+    assert risk_level(p, rul, horizon_hours=168) == level
+
+
+def test_phm08_score_formula():
+    assert phm08_score([0, 10, 5], [13, 0, 5]) == pytest.approx((math.e - 1) * 2)
+
+
+def test_mtbf_mttr():
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    events = [
+        {"failed_at": t0 + timedelta(hours=50), "restored_at": t0 + timedelta(hours=54)},
+        {"failed_at": t0 + timedelta(hours=10), "restored_at": t0 + timedelta(hours=12)},
+    ]
+    r = reliability_metrics(events, observed_from=t0, observed_to=t0 + timedelta(hours=100))
+    assert r["failures"] == 2 and r["downtime_hours"] == 6 and r["uptime_hours"] == 94
+    assert r["mtbf_hours"] == 47 and r["mttr_hours"] == 3
+    assert r["inherent_availability"] == pytest.approx(47 / 50)
+    none = reliability_metrics([], observed_from=t0, observed_to=t0 + timedelta(hours=1))
+    assert none["mtbf_hours"] is None and none["failures"] == 0
+    with pytest.raises(ValidationFailed) as exc:
+        reliability_metrics(
+            [
+                events[0],
+                {"failed_at": t0 + timedelta(hours=52), "restored_at": t0 + timedelta(hours=60)},
+            ],
+            observed_from=t0,
+            observed_to=t0 + timedelta(hours=100),
+        )
+    assert exc.value.code == "reliability_overlapping_repairs"
