@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import ModuleType
 from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, get
@@ -15,6 +16,7 @@ from litestar.openapi import OpenAPIConfig
 
 from avila import __version__
 from avila.api import events, health
+from avila.api.component import AppContext
 from avila.api.errors import EXCEPTION_HANDLERS
 from avila.api.observability import MetricsMiddleware
 from avila.api.security import add_rate_limit_headers, provide_principal, scope_guard
@@ -27,10 +29,17 @@ from avila.storage import Store, open_store
 
 log = logging.getLogger("avila")
 
+#: Resources of the API, in start order (see avila.api.component).
+API_MODULES: tuple[ModuleType, ...] = (events, health)
+
 
 @get("/openapi.json", include_in_schema=False, media_type=MediaType.JSON)
 async def openapi_document(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response(request.app.openapi_schema.to_schema())
+
+
+def _constant(value: Any) -> Provide:
+    return Provide(lambda: value, sync_to_thread=False)
 
 
 def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMiddleware:
@@ -43,33 +52,63 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         dedup_window_hours=settings.dedup_window_hours,
         flush_max_events=settings.flush_max_events,
     )
-    state = State(
+    ctx = AppContext(settings=settings, store=store, metrics=metrics, ingest=ingest)
+    ctx.state.update(
         {
             "settings": settings,
             "store": store,
             "metrics": metrics,
             "ingest": ingest,
+            "context": ctx,
             "key_store": KeyStore(settings.data_dir / "keys.sqlite", settings.api_keys),
             "rate_limiter": RateLimiter(settings.rate_limit_per_minute),
         }
     )
+    for module in API_MODULES:
+        if hasattr(module, "setup"):
+            module.setup(ctx)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await ingest.start()
-        log.info("avila started", extra={"version": __version__, "store": settings.storage_url})
+        started: list[ModuleType] = []
         try:
+            for module in API_MODULES:
+                if hasattr(module, "startup"):
+                    await module.startup(ctx)
+                started.append(module)
+            log.info("avila started", extra={"version": __version__, "store": settings.storage_url})
             yield
         finally:
+            for module in reversed(started):
+                if hasattr(module, "shutdown"):
+                    try:
+                        await module.shutdown(ctx)
+                    except Exception:
+                        log.exception("shutdown failed", extra={"module": module.__name__})
             await ingest.close()
             store.close()
             log.info("avila stopped; pending events flushed")
+
+    dependencies: dict[str, Provide] = {
+        "store": _constant(store),
+        "ingest": _constant(ingest),
+        "app_metrics": _constant(metrics),
+        "settings": _constant(settings),
+        "ctx": _constant(ctx),
+        "principal": Provide(provide_principal, sync_to_thread=False),
+    }
+    routes: list[Any] = [openapi_document]
+    for module in API_MODULES:
+        routes.extend(getattr(module, "ROUTES", []))
+        for name, factory in getattr(module, "DEPENDENCIES", {}).items():
+            dependencies[name] = _constant(factory(ctx.state))
 
     cors = (
         CORSConfig(
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-            allow_headers=["content-type", "x-api-key", "authorization"],
+            allow_headers=["content-type", "x-api-key", "authorization", "if-match"],
             expose_headers=[
                 "RateLimit-Limit",
                 "RateLimit-Remaining",
@@ -83,15 +122,9 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         else None
     )
     app = Litestar(
-        route_handlers=[*events.ROUTES, *health.ROUTES, openapi_document],
-        state=state,
-        dependencies={
-            "store": Provide(lambda: store, sync_to_thread=False),
-            "ingest": Provide(lambda: ingest, sync_to_thread=False),
-            "app_metrics": Provide(lambda: metrics, sync_to_thread=False),
-            "settings": Provide(lambda: settings, sync_to_thread=False),
-            "principal": Provide(provide_principal, sync_to_thread=False),
-        },
+        route_handlers=routes,
+        state=State(ctx.state),
+        dependencies=dependencies,
         guards=[scope_guard],
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[add_rate_limit_headers],

@@ -29,6 +29,15 @@ class Store(ABC):
         """Append rows (schema :data:`avila.storage.schema.EVENT_SCHEMA`) in one durable
         transaction: when this returns, the rows survive a crash."""
 
+    def append_table(self, table_name: str, table: pa.Table) -> None:
+        """Append rows to another table of the schema (telemetry, identities ...) in one durable
+        transaction. ``table_name`` must be an existing table created by a migration (checked
+        against the catalog, never taken as SQL); Arrow columns are matched to columns by name."""
+        raise NotImplementedError
+
+    async def append_table_async(self, table_name: str, table: pa.Table) -> None:
+        await asyncio.to_thread(self.append_table, table_name, table)
+
     async def append_events_async(self, table: pa.Table) -> None:
         """:meth:`append_events` for the event loop; backends may override to avoid a thread."""
         await asyncio.to_thread(self.append_events, table)

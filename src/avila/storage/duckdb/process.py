@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -127,6 +127,9 @@ def _serve_requests(store: Store, conn: Connection) -> None:
             elif op == "append":
                 store.append_events(from_ipc(conn.recv_bytes()))
                 conn.send(("ok", None))
+            elif op == "append_table":
+                store.append_table(message[1], from_ipc(conn.recv_bytes()))
+                conn.send(("ok", None))
             elif op == "execute":
                 conn.send(("ok", store.execute(message[1], message[2])))
             elif op == "recent_keys":
@@ -173,10 +176,8 @@ def _child_main(
 async def _write_all(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        try:
+        with suppress(BlockingIOError):
             view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            pass
         if view:
             ready = loop.create_future()
             loop.add_writer(fd, ready.set_result, None)
@@ -338,6 +339,19 @@ class ProcessStore(Store):
         with self._write_lock:
             try:
                 self._write.send(("append",))
+                self._write.send_bytes(to_ipc(table))
+                reply = self._write.recv()
+            except (EOFError, OSError) as exc:
+                raise StorageUnavailable(f"store process is not answering: {exc}") from exc
+        if reply[0] == "err":
+            _raise_remote(reply[1], reply[2])
+
+    def append_table(self, table_name: str, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        with self._write_lock:
+            try:
+                self._write.send(("append_table", table_name))
                 self._write.send_bytes(to_ipc(table))
                 reply = self._write.recv()
             except (EOFError, OSError) as exc:

@@ -75,6 +75,32 @@ class DuckDBStore(Store):
             finally:
                 cursor.unregister("_incoming")
 
+    def append_table(self, table_name: str, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        with self._write_lock:
+            cursor = self._cursor()
+            known = {
+                row[0]: None
+                for row in cursor.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
+                    " AND table_schema = 'main'",
+                    [table_name],
+                ).fetchall()
+            }
+            if table_name == "events" or not known:
+                raise ValueError(f"no appendable table named {table_name!r}")
+            unknown = [name for name in table.column_names if name not in known]
+            if unknown:
+                raise ValueError(f"table {table_name!r} has no columns {unknown}")
+            # Names below come from the catalog (checked above), never from the caller alone.
+            columns = ", ".join(f'"{name}"' for name in table.column_names)
+            cursor.register("_incoming_rows", table)
+            try:
+                cursor.execute(f"INSERT INTO {table_name} ({columns}) SELECT {columns} FROM _incoming_rows")
+            finally:
+                cursor.unregister("_incoming_rows")
+
     def recent_event_keys(self, since: datetime) -> Iterator[tuple[str, str]]:
         reader = self._relation(
             "SELECT project_id, event_id FROM events WHERE received_at >= ?", [since]

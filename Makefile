@@ -1,0 +1,62 @@
+# Avila Analytics: two commands from a fresh clone -- `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+TEST_STAMP    := $(VENV)/.test-installed
+
+.PHONY: help install run demo test test-data lint coverage bench bench-ingest bench-analytics clean
+
+help:
+	@echo "make run        set up .venv, load demo data if the store is empty, start the server"
+	@echo "make test       set up and run the whole test suite"
+	@echo "make lint       ruff check + format check"
+	@echo "make coverage   HTML coverage report in htmlcov/"
+	@echo "make bench      run the benchmarks and print their figures"
+
+$(RUNTIME_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(TEST_STAMP): $(RUNTIME_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(RUNTIME_STAMP)
+
+.env:
+	cp .env.example .env
+
+run: $(RUNTIME_STAMP) .env
+	$(BIN)/avila demo --if-empty --users 300 --days 30
+	$(BIN)/avila serve
+
+demo: $(RUNTIME_STAMP) .env
+	$(BIN)/avila demo
+
+test-data: $(TEST_STAMP)
+	$(BIN)/python scripts/fetch_test_data.py
+
+test: $(TEST_STAMP) test-data
+	$(BIN)/pytest
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+
+coverage: $(TEST_STAMP) test-data
+	$(BIN)/pytest --cov=avila --cov-report=html --cov-report=term
+	@echo "report: htmlcov/index.html"
+
+bench: bench-ingest bench-analytics
+
+bench-ingest: $(TEST_STAMP)
+	$(BIN)/python benchmarks/bench_ingest.py
+
+bench-analytics: $(TEST_STAMP)
+	$(BIN)/python benchmarks/bench_analytics.py
+
+clean:
+	rm -rf $(VENV) htmlcov .pytest_cache .ruff_cache .coverage

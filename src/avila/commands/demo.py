@@ -1,0 +1,35 @@
+"""avila demo: write a deterministic e-commerce demo dataset through the ingestion path."""
+
+from __future__ import annotations
+
+import argparse
+
+from avila.config import Settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from avila.demo.ecommerce import run_demo
+
+    settings = Settings.from_env()
+    return run_demo(
+        settings,
+        users=args.users,
+        days=args.days,
+        seed=args.seed,
+        end=args.end,
+        project=args.project,
+        if_empty=args.if_empty,
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    demo = sub.add_parser("demo", help="write a deterministic e-commerce demo dataset")
+    demo.add_argument("--users", type=int, default=500, help="number of users (default 500)")
+    demo.add_argument("--days", type=int, default=30, help="days of history (default 30)")
+    demo.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    demo.add_argument("--end", help="last day of data, YYYY-MM-DD (default: today, UTC)")
+    demo.add_argument("--project", default="default", help="project to write into")
+    demo.add_argument(
+        "--if-empty", action="store_true", help="do nothing when the store already has events"
+    )
+    demo.set_defaults(func=run)

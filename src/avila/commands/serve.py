@@ -1,0 +1,37 @@
+"""avila serve: run the HTTP server."""
+
+from __future__ import annotations
+
+import argparse
+
+from avila.config import Settings
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from avila.app import create_app
+    from avila.logs import configure_logging
+
+    settings = Settings.from_env(host=args.host, port=args.port)
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("serve", help="run the HTTP server (settings from env / .env)")
+    parser.add_argument("--host", help="bind address (overrides HOST)")
+    parser.add_argument("--port", type=int, help="port (overrides PORT)")
+    parser.set_defaults(func=run)

@@ -1,0 +1,49 @@
+"""Shared fixtures: real server processes on free ports, each with its own data directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from avila.testing import ServerProcess
+
+TEST_KEY = "test-key-all-scopes"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One shared server for tests that only add data under unique ids (no rate limit)."""
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("shared-server"),
+        env={"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "0", "ENABLE_CORS": "true"},
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Factory for a dedicated server with extra settings: ``make_server(RATE_LIMIT_PER_MINUTE="3")``."""
+    started: list[ServerProcess] = []
+
+    def factory(data_dir: Path | None = None, **env: str) -> ServerProcess:
+        settings = {"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "0", **env}
+        proc = ServerProcess(data_dir or tmp_path / f"server{len(started)}", env=settings)
+        proc.start()
+        started.append(proc)
+        return proc
+
+    yield factory
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    """HTTP client for the shared server, authenticated with an all-scopes key."""
+    with httpx.Client(base_url=server.url, headers={"x-api-key": TEST_KEY}, timeout=30) as c:
+        yield c
