@@ -52,7 +52,7 @@ def _accepted(body: dict[str, Any]) -> Response[bytes]:
 async def ingest_event(request: Request[Any, Any, Any], ingest: IngestService) -> Response[bytes]:
     body = _decode(SINGLE_DECODER, await request.body())
     result = await ingest.ingest(
-        [body.event], request.state.principal.project_id, path_prefix="event"
+        [body.event], request.state.principal.project_id, path_prefix="event", single=True
     )
     if result.rejected:
         rejection = result.rejected[0]

@@ -94,9 +94,10 @@ class IngestService:
         project_id: str,
         *,
         path_prefix: str = "events",
+        single: bool = False,
     ) -> IngestResult:
         """Validate and durably store ``raws``; returns once accepted events are committed."""
-        rows, rejected = validate_events(raws, project_id, path_prefix=path_prefix)
+        rows, rejected = validate_events(raws, project_id, path_prefix=path_prefix, single=single)
         return await self.ingest_rows(rows, rejected)
 
     async def ingest_rows(

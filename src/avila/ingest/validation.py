@@ -26,6 +26,7 @@ from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_TYPES, ColumnBatch, c
 MAX_EVENT_BYTES = 32 * 1024
 MAX_FUTURE = timedelta(hours=1)
 
+_MISSING = re.compile(r"^Object missing required field `([^`]*)`$")
 _PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 
 
@@ -48,9 +49,13 @@ def split_msgspec_error(
     """``("message", "prefix.field[2].x")`` from a msgspec error."""
     text = str(exc)
     match = _PATH.match(text)
-    if not match:
-        return text, prefix
-    return match.group("message"), prefix + match.group("path")
+    message, path = (
+        (match.group("message"), prefix + match.group("path")) if match else (text, prefix)
+    )
+    missing = _MISSING.match(message)
+    if missing:  # point at the missing field itself, not at its parent object
+        path = f"{path}.{missing.group(1)}" if path else missing.group(1)
+    return message, path
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -67,6 +72,10 @@ def _utc_naive(ts: datetime) -> datetime:
 def epoch_us(ts: datetime) -> int:
     """Microseconds since the Unix epoch of a naive-UTC datetime."""
     return (ts - _EPOCH) // _US
+
+
+# Columns with one value per request, filled in by EventRows.to_columns.
+_PER_BATCH = frozenset({"project_id", "received_at"})
 
 
 @dataclass
@@ -91,7 +100,8 @@ class EventRows:
         """A copy holding only the rows at ``positions`` (0-based into this object)."""
         kept = EventRows(self.project_id, self.received_at)
         for name, values in self.columns.items():
-            kept.columns[name] = [values[p] for p in positions]
+            if name not in _PER_BATCH:
+                kept.columns[name] = [values[p] for p in positions]
         kept.indexes = [self.indexes[p] for p in positions]
         return kept
 
@@ -112,11 +122,13 @@ def validate_events(
     project_id: str,
     *,
     path_prefix: str = "events",
+    single: bool = False,
     received_at: datetime | None = None,
 ) -> tuple[EventRows, list[Rejection]]:
     """Decode and validate each raw event; returns accepted rows and per-index rejections.
 
-    ``received_at`` (UTC) fills missing timestamps; events more than one hour after it are
+    Rejection paths are ``{path_prefix}[i].field``, or ``{path_prefix}.field`` when ``single``
+    (the body of ``POST /api/v1/events`` holds one event, not a list). ``received_at`` (UTC) fills missing timestamps; events more than one hour after it are
     rejected with ``timestamp_in_future``. Missing event ids get a fresh UUID4.
     """
     now = _utc_naive(received_at or datetime.now(UTC))
@@ -129,7 +141,7 @@ def validate_events(
 
     for index, raw in enumerate(raws):
         env = None
-        prefix = f"{path_prefix}[{index}]" if path_prefix else ""
+        prefix = path_prefix if single else f"{path_prefix}[{index}]"
         if len(raw) > MAX_EVENT_BYTES:
             rejected.append(
                 Rejection(

@@ -76,7 +76,9 @@ class ServerProcess:
             self.proc.wait(10)
 
     def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM and wait for a graceful exit; returns the exit code."""
+        """SIGTERM and wait for a graceful exit; returns 0 for a clean shutdown, else the exit
+        code. (uvicorn re-raises the signal after its graceful shutdown, so the raw status of
+        a clean stop is -SIGTERM.)"""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
@@ -86,7 +88,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        return int(self.proc.returncode or 0)
+        code = int(self.proc.returncode or 0)
+        return 0 if code == -signal.SIGTERM else code
 
     def __enter__(self) -> ServerProcess:
         return self.start()

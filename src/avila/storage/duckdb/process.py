@@ -9,9 +9,10 @@ useful work: the server validates events, the store process builds Arrow tables 
 DuckDB admits one process per database file, so reads go through the store process as well.
 Channels (pipes), each served by a thread in the child:
 
-- ``append``: column batches from the event loop's group commit. Up to two commits are in
-  flight: the child decodes and builds the Arrow table of the next one while DuckDB commits
-  the current one; acknowledgements come back in order, each after its transaction committed.
+- ``append``: column batches from the event loop's group commit. Several are in flight: the
+  child decodes and builds the Arrow tables of the next ones while DuckDB commits, and takes
+  all that are waiting into one transaction (the fixed cost of a DuckDB commit is paid once
+  when the writer is behind); acknowledgements come back in order, each after its commit.
 - ``write``: blocking writes (``execute``: deletes, migrations).
 - a few ``read`` channels, so a long query never delays a commit.
 
@@ -50,6 +51,8 @@ from avila.storage.schema import ColumnBatch, columns_to_arrow
 log = logging.getLogger("avila.storage")
 
 READ_CHANNELS = 4
+COALESCE_SECONDS = float(os.environ.get("AVILA_COALESCE_MS", "2")) / 1000
+COALESCE_ROWS = 5000
 _encode_batches = msgspec.msgpack.Encoder().encode
 _decode_batches = msgspec.msgpack.Decoder(list[dict[str, list[Any]]]).decode
 
@@ -74,20 +77,41 @@ def _frame(payload: bytes) -> bytes:
 
 
 def _serve_appends(store: Store, conn: Connection) -> None:
-    """Decode the next batch while the previous one commits; ack in arrival order."""
-    ready: queue.Queue[pa.Table | Exception | None] = queue.Queue(maxsize=1)
+    """Decode batches while earlier ones commit; when several are waiting, commit them in one
+    transaction; acknowledge each, in arrival order, after its commit."""
+    ready: queue.Queue[pa.Table | Exception | None] = queue.Queue(maxsize=16)
 
     def commit_loop() -> None:
-        while (item := ready.get()) is not None:
+        stop = False
+        while not stop:
+            items = [ready.get()]
+            # Wait a moment for batches already on their way: one commit of many rows costs
+            # far less than many commits of few (DuckDB's per-commit cost is ~2 ms).
+            deadline = time.monotonic() + COALESCE_SECONDS
+            rows = items[0].num_rows if isinstance(items[0], pa.Table) else 0
+            while len(items) < 16 and items[-1] is not None and rows < COALESCE_ROWS:
+                try:
+                    items.append(ready.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+                rows += items[-1].num_rows if isinstance(items[-1], pa.Table) else 0
+            if items[-1] is None:
+                stop = True
+                items.pop()
+            tables = [t for t in items if isinstance(t, pa.Table)]
             try:
-                if isinstance(item, Exception):
-                    raise item
-                store.append_events(item)
-                reply: tuple[Any, ...] = ("ok", None)
-            except Exception as exc:  # the caller re-raises it
-                reply = ("err", type(exc).__name__, str(exc))
+                if tables:
+                    store.append_events(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+                ok: tuple[Any, ...] = ("ok", None)
+                replies = [
+                    ("err", type(t).__name__, str(t)) if isinstance(t, Exception) else ok
+                    for t in items
+                ]
+            except Exception as exc:  # the callers re-raise it
+                replies = [("err", type(exc).__name__, str(exc)) for _ in items]
             try:
-                conn.send(reply)
+                for reply in replies:
+                    conn.send(reply)
             except OSError:
                 return
 
@@ -168,6 +192,9 @@ def _child_main(
     writer.start()
     writer.join()
     store.close()
+    # The other channel threads may sit inside DuckDB or a blocking read; interpreter
+    # finalisation would tear them down mid-call. The store is closed: leave at once.
+    os._exit(0)
 
 
 # --- parent side ------------------------------------------------------------------------------
@@ -222,7 +249,7 @@ class ProcessStore(Store):
 
     backend = "duckdb"
     #: Commits the group committer may keep in flight (see the module docstring).
-    max_inflight_commits = 2
+    max_inflight_commits = int(os.environ.get("AVILA_INFLIGHT", "8"))
 
     def __init__(
         self, path: Path, *, threads: int | None = None, start_timeout: float = 60

@@ -7,8 +7,8 @@ thread so heavy queries run off the event loop in parallel with ingestion.
 
 from __future__ import annotations
 
-import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +22,8 @@ from avila.storage.base import Store
 from avila.storage.duckdb.migrations import migrate
 from avila.storage.schema import EVENT_COLUMN_NAMES
 
+CHECKPOINT_THRESHOLD = "64MB"
+
 _INSERT_EVENTS = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMN_NAMES)}) "
     f"SELECT {', '.join(EVENT_COLUMN_NAMES)} FROM _incoming"
@@ -31,26 +33,45 @@ _INSERT_EVENTS = (
 class DuckDBStore(Store):
     backend = "duckdb"
 
-    def __init__(self, path: Path, *, read_only: bool = False, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        read_only: bool = False,
+        threads: int | None = None,
+        lock_wait: float = 15.0,
+    ) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # Checkpoints (WAL folded into the main file) stall the single writer; fewer, larger
-            # ones cost less in total. The WAL is still fsynced on every commit.
-            config: dict[str, Any] = {
-                "checkpoint_threshold": os.environ.get("AVILA_CHECKPOINT", "16MB")
-            }
-            if threads:
-                config["threads"] = threads
-            self._conn = duckdb.connect(str(self.path), read_only=read_only, config=config)
-        except duckdb.IOException as exc:
-            raise StorageUnavailable(f"cannot open DuckDB file {self.path}: {exc}") from exc
+        # Checkpoints (WAL folded into the main file) stall the single writer; fewer, larger
+        # ones cost less in total. The WAL is still fsynced on every commit.
+        config: dict[str, Any] = {"checkpoint_threshold": CHECKPOINT_THRESHOLD}
+        if threads:
+            config["threads"] = threads
+        self._conn = self._connect(read_only, config, lock_wait)
         if not read_only:
             migrate(self._conn)
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._closed = False
+
+    def _connect(
+        self, read_only: bool, config: dict[str, Any], lock_wait: float
+    ) -> duckdb.DuckDBPyConnection:
+        # A store process of a killed server may still hold the file for a moment while it
+        # finishes its last commit and exits: wait for the lock rather than fail at once.
+        deadline = time.monotonic() + lock_wait
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only, config=config)
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise StorageUnavailable(
+                        f"cannot open DuckDB file {self.path} (is another process, such as a running"
+                        f" avila serve, holding it?): {exc}"
+                    ) from exc
+                time.sleep(0.1)
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         if self._closed:
@@ -97,7 +118,9 @@ class DuckDBStore(Store):
             columns = ", ".join(f'"{name}"' for name in table.column_names)
             cursor.register("_incoming_rows", table)
             try:
-                cursor.execute(f"INSERT INTO {table_name} ({columns}) SELECT {columns} FROM _incoming_rows")
+                cursor.execute(
+                    f"INSERT INTO {table_name} ({columns}) SELECT {columns} FROM _incoming_rows"
+                )
             finally:
                 cursor.unregister("_incoming_rows")
 
