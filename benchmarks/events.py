@@ -35,12 +35,17 @@ TEMPLATE = {
 EVENT = json.dumps(TEMPLATE, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def batch_body(prefix: str, size: int) -> bytes:
+def batch_template(size: int, marker: bytes = b"@RUN@") -> bytes:
+    """A batch body whose event ids are ``<marker>-<i>``: one replace makes it unique."""
     events = [
-        EVENT.replace(b"@ID@", f"{prefix}-{i}".encode()).replace(b"@U@", str(i % 997).encode())
+        EVENT.replace(b"@ID@", marker + f"-{i}".encode()).replace(b"@U@", str(i % 997).encode())
         for i in range(size)
     ]
     return b'{"events":[' + b",".join(events) + b"]}"
+
+
+def batch_body(prefix: str, size: int) -> bytes:
+    return batch_template(size).replace(b"@RUN@", prefix.encode())
 
 
 def single_body(event_id: str) -> bytes:
