@@ -182,7 +182,13 @@ def _context(p: Persona, referrer: str | None) -> dict:
 
 
 def _session(
-    rng: random.Random, p: Persona, at: datetime, number: int, seed: int, new_user: bool
+    rng: random.Random,
+    p: Persona,
+    at: datetime,
+    number: int,
+    seed: int,
+    new_user: bool,
+    end: datetime,
 ) -> list[bytes]:
     events: list[bytes] = []
     session_id = f"sess_{seed}_{p.user_id}_{number}"
@@ -191,6 +197,8 @@ def _session(
 
     def emit(kind: str, data: dict) -> None:
         nonlocal t
+        if t >= end:  # the dataset stops at `end`; a session running past it is cut there
+            return
         events.append(
             _encode(
                 {
@@ -273,7 +281,9 @@ def generate_user_events(seed: int, users: int, days: int, end: datetime) -> Ite
                 at = day + timedelta(hours=hour, seconds=urng.uniform(0, 3600))
                 if at < max(persona.signup, start) or at >= end or (stop and at >= stop):
                     continue
-                events.extend(_session(urng, persona, at, number, seed, persona.signup >= start))
+                events.extend(
+                    _session(urng, persona, at, number, seed, persona.signup >= start, end)
+                )
                 number += 1
             day += timedelta(days=1)
         if events:
