@@ -31,6 +31,7 @@ install: $(RUNTIME_STAMP)
 
 run: $(RUNTIME_STAMP) .env
 	$(BIN)/avila demo --if-empty --users 300 --days 30
+	$(BIN)/avila demo --factory --days 7
 	$(BIN)/avila serve
 
 demo: $(RUNTIME_STAMP) .env

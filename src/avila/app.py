@@ -15,7 +15,11 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from avila import __version__
-from avila.api import events, health
+from avila.api import analytics as analytics_api
+from avila.api import events, export, health, segment, tracker, ws
+from avila.api import industry40 as industry40_api
+from avila.api import ml as ml_api
+from avila.api import users as users_api
 from avila.api.component import AppContext
 from avila.api.errors import EXCEPTION_HANDLERS
 from avila.api.observability import MetricsMiddleware
@@ -30,7 +34,18 @@ from avila.storage import Store, open_store
 log = logging.getLogger("avila")
 
 #: Resources of the API, in start order (see avila.api.component).
-API_MODULES: tuple[ModuleType, ...] = (events, health)
+API_MODULES: tuple[ModuleType, ...] = (
+    events,
+    health,
+    segment,
+    tracker,
+    export,
+    ws,
+    industry40_api,
+    ml_api,
+    analytics_api,
+    users_api,
+)
 
 
 @get("/openapi.json", include_in_schema=False, media_type=MediaType.JSON)

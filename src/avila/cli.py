@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from avila import __version__
-from avila.commands import demo, keys, serve
+from avila.commands import demo, export, import_, keys, serve, train
+from avila.commands import factory as demo_factory
 from avila.errors import AvilaError
 
-COMMAND_MODULES: tuple[ModuleType, ...] = (serve, demo, keys)
+COMMAND_MODULES: tuple[ModuleType, ...] = (serve, demo, keys, export, import_, demo_factory, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

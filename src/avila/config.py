@@ -77,6 +77,18 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Group commit: the most events one store transaction takes.",
     ),
     SettingSpec(
+        "mqtt_url",
+        "AVILA_MQTT_URL",
+        "",
+        "MQTT broker to bridge telemetry from, `mqtt://[user:pass@]host[:port]`; empty: off.",
+    ),
+    SettingSpec(
+        "mqtt_client_id",
+        "AVILA_MQTT_CLIENT_ID",
+        "avila-bridge",
+        "MQTT client id; the broker keeps the QoS-1 session (and unacked readings) under it.",
+    ),
+    SettingSpec(
         "dedup_window_hours",
         "AVILA_DEDUP_WINDOW_HOURS",
         "24",
@@ -120,6 +132,13 @@ def _parse_log_level(env: str, raw: str) -> str:
     raise ConfigError(f"{env} must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
 
 
+def _parse_mqtt_url(env: str, raw: str) -> str:
+    url = raw.strip()
+    if url and urlsplit(url).scheme not in ("mqtt", "tcp"):
+        raise ConfigError(f"{env} must look like mqtt://host:1883, got {raw!r}")
+    return url
+
+
 @dataclass(frozen=True)
 class Settings:
     """Validated settings; build with :meth:`Settings.from_env`."""
@@ -135,6 +154,8 @@ class Settings:
     storage_url: str = ""
     flush_max_events: int = 20_000
     dedup_window_hours: int = 24
+    mqtt_url: str = ""
+    mqtt_client_id: str = "avila-bridge"
 
     def __post_init__(self) -> None:
         if not self.storage_url:
@@ -182,6 +203,8 @@ class Settings:
             "storage_url": lambda env, raw: raw.strip(),
             "flush_max_events": lambda env, raw: _parse_int(env, raw, 1, 1_000_000),
             "dedup_window_hours": lambda env, raw: _parse_int(env, raw, 1, 24 * 365),
+            "mqtt_url": _parse_mqtt_url,
+            "mqtt_client_id": lambda env, raw: raw.strip() or "avila-bridge",
         }
         kwargs: dict[str, Any] = {}
         for spec in SETTINGS:

@@ -17,7 +17,11 @@ END = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def _events(seed: int) -> list[dict]:
-    return [msgspec.json.decode(raw) for batch in generate_user_events(seed, 120, 30, END) for raw in batch]
+    return [
+        msgspec.json.decode(raw)
+        for batch in generate_user_events(seed, 120, 30, END)
+        for raw in batch
+    ]
 
 
 def test_same_seed_same_events_and_a_different_seed_differs() -> None:
@@ -43,13 +47,30 @@ def test_dataset_has_the_shapes_analytics_need() -> None:
 
 def test_cli_writes_through_ingestion_and_is_idempotent(tmp_path: Path) -> None:
     env = {"AVILA_DATA_DIR": str(tmp_path), "PATH": ""}
-    cmd = [sys.executable, "-m", "avila.cli", "demo", "--users", "40", "--days", "10", "--seed", "5", "--end", "2026-03-01"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "avila.cli",
+        "demo",
+        "--users",
+        "40",
+        "--days",
+        "10",
+        "--seed",
+        "5",
+        "--end",
+        "2026-03-01",
+    ]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     assert "events stored" in first.stderr and "0 rejected" in first.stderr
     with duckdb.connect(str(tmp_path / "avila.duckdb"), read_only=True) as conn:
-        stored = conn.execute("SELECT count(*), count(DISTINCT event_id), min(project_id) FROM events").fetchone()
+        stored = conn.execute(
+            "SELECT count(*), count(DISTINCT event_id), min(project_id) FROM events"
+        ).fetchone()
     assert stored is not None and stored[0] == stored[1] > 0 and stored[2] == "default"
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     assert f"0 events stored, {stored[0]} already present" in again.stderr
-    skipped = subprocess.run([*cmd, "--if-empty"], env=env, capture_output=True, text=True, check=True)
+    skipped = subprocess.run(
+        [*cmd, "--if-empty"], env=env, capture_output=True, text=True, check=True
+    )
     assert "already has events" in skipped.stderr

@@ -51,3 +51,42 @@ def ml100k() -> pd.DataFrame:
     frame = pd.read_csv(io.BytesIO(raw), sep="\t")
     frame.columns = ["user_id", "item_id", "rating", "timestamp"]
     return frame
+
+
+DEMO_END = "2025-03-01T00:00:00+00:00"
+
+
+@pytest.fixture(scope="session")
+def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DuckDB file holding the e-commerce demo (1,500 users, 90 days, planted churn),
+    written through the ingestion path into project ``default``. Copy it before writing."""
+    import asyncio
+    from datetime import datetime
+
+    from avila.demo.ecommerce import generate_user_events
+    from avila.ingest.service import IngestService
+    from avila.storage import open_store
+
+    path = tmp_path_factory.mktemp("ml-demo") / "avila.duckdb"
+    events = [
+        e
+        for user in generate_user_events(7, 1500, 90, datetime.fromisoformat(DEMO_END))
+        for e in user
+    ]
+    store = open_store(f"duckdb:///{path}")
+
+    async def write() -> None:
+        service = IngestService(store)
+        await service.start()
+        try:
+            for start in range(0, len(events), 10_000):
+                result = await service.ingest(events[start : start + 10_000], "default")
+                assert not result.rejected
+        finally:
+            await service.close()
+
+    try:
+        asyncio.run(write())
+    finally:
+        store.close()
+    return path

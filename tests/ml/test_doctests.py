@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["clv", "recommend", "anomaly", "evaluation", "nba"]
+MODULES = ["clv", "recommend", "anomaly", "evaluation", "nba", "features", "conversion", "registry"]
 
 
 @pytest.mark.parametrize("name", MODULES)

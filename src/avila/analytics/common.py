@@ -116,6 +116,18 @@ def fragments(store: Store) -> dict[str, str]:
     return module.FRAGMENTS
 
 
+def events_source(store: Store, project_id: str) -> str:
+    """The relation every analytics query of ``project_id`` reads events from:
+    ``FRAGMENTS["events_source"]``, or ``FRAGMENTS["events_unstitched"]`` when the backend's
+    ``stitching_probe`` finds no identity link in the project (so projects that never identify
+    anyone do not pay for resolving ids)."""
+    frag = fragments(store)
+    probe = frag.get("stitching_probe", "")
+    if probe and not store.query(probe, [project_id]):
+        return frag["events_unstitched"]
+    return frag["events_source"]
+
+
 def invalid(code: str, path: str, message: str) -> ValidationFailed:
     return ValidationFailed(message, code=code, details=[{"path": path, "message": message}])
 

@@ -50,6 +50,7 @@ from avila.analytics.common import (
     bucket_label,
     bucket_of,
     condition_expr,
+    events_source,
     fragments,
     invalid,
     local_us_array,
@@ -99,7 +100,7 @@ def funnel(store: Store, project_id: str, query: FunnelQuery | Mapping[str, Any]
     if breakdown is not None:
         select += f", {breakdown.sql} AS b"
         params.extend(breakdown.params)
-    sql = f"SELECT {select} FROM events WHERE {where.sql}"
+    sql = f"SELECT {select} FROM {events_source(store, project_id)} WHERE {where.sql}"
     params.extend(where.params)
     if q.mode != "strict_order":  # strict_order needs the other events too
         sql += " AND (" + " OR ".join(c.sql for c in conds) + ")"

@@ -3,6 +3,16 @@
 DAU/WAU/MAU are distinct users per calendar day / ISO week (Monday) / month in ``timezone``
 (not rolling windows). Revenue is the sum of ``revenue`` over purchase events. Everything is
 over ``[start_time, end_time)`` after ``filters``.
+
+The overview costs two passes over the range, whatever it reports:
+
+1. one sort of the range's events by (user, time), fetched as four narrow columns: sessions
+   (:func:`avila.analytics.sessions.sessionize`), unique users and distinct users per day /
+   week / month (a user's rows are contiguous and in time order, so "first row of this user in
+   this bucket" is a comparison with the previous row);
+2. one aggregate statement: ``GROUPING SETS`` give totals, revenue, events by type, top pages
+   and top referrers in one hash aggregation (top N chosen in SQL by ``row_number()``), and a
+   second set of ``GROUPING SETS`` gives distinct users per country and device type.
 """
 
 from __future__ import annotations
@@ -11,6 +21,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
+
 from avila.analytics.common import (
     OTHER,
     Expr,
@@ -18,6 +30,8 @@ from avila.analytics.common import (
     bucket_label,
     bucket_of,
     condition_expr,
+    events_source,
+    local_us_array,
     local_us_expr,
     parse_query,
     property_expr,
@@ -25,9 +39,29 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
-from avila.analytics.sessions import session_summary, sessions_cte
+from avila.analytics.sessions import sessionize, sorted_events, summary, user_codes
 from avila.schemas.analytics import OverviewQuery, TrendsQuery
 from avila.storage.base import Store
+
+# GROUPING(event_type, url, referrer): a set bit means "not grouped by that column".
+_TOTAL, _BY_TYPE, _BY_URL, _BY_REFERRER = 7, 3, 5, 6
+# GROUPING(country, device_type)
+_BY_COUNTRY, _BY_DEVICE = 1, 2
+
+_AGGREGATES = """
+SELECT 'events' AS part, g, k1, k2, n, pv, rev FROM (
+  SELECT GROUPING(event_type, url, referrer) AS g, event_type AS k1, coalesce(url, referrer) AS k2,
+    count(*) AS n, count(*) FILTER (WHERE event_type = 'page_view') AS pv,
+    sum(revenue) FILTER (WHERE event_type = 'purchase') AS rev
+  FROM {source} WHERE {where} GROUP BY GROUPING SETS ((), (event_type), (url), (referrer))
+) QUALIFY g IN (7, 3) OR (k2 IS NOT NULL AND (g = 6 OR pv > 0) AND row_number() OVER (
+  PARTITION BY g, k2 IS NOT NULL AND (g = 6 OR pv > 0)
+  ORDER BY CASE WHEN g = 5 THEN pv ELSE n END DESC, k2) <= ?)
+UNION ALL
+SELECT 'users', GROUPING(country, device_type), country, device_type, count(DISTINCT user_id),
+  NULL, NULL
+FROM {source} WHERE {where} GROUP BY GROUPING SETS ((country), (device_type))
+"""
 
 
 def overview(
@@ -42,58 +76,94 @@ def overview(
     start, end = time_range(q.start_time, q.end_time)
     tz = zone(q.timezone)
     where = where_clause(store, project_id, start, end, q.filters)
-    w, p = where.sql, list(where.params)
-    total, users, revenue = store.query(
-        "SELECT count(*), count(DISTINCT user_id), coalesce(sum(CASE WHEN event_type ="
-        f" 'purchase' THEN revenue END), 0) FROM events WHERE {w}",
-        p,
-    )[0]
-    by_type = store.query(
-        f"SELECT event_type, count(*) FROM events WHERE {w} GROUP BY 1 ORDER BY 2 DESC, 1", p
+    rows = store.query(
+        _AGGREGATES.format(source=events_source(store, project_id), where=where.sql),
+        [*where.params, q.top_n, *where.params],
     )
+    total, revenue = 0, 0.0
+    by_type: list[tuple[str, int]] = []
+    pages: list[tuple[str, int]] = []
+    referrers: list[tuple[str, int]] = []
+    countries: list[tuple[str, int]] = []
+    devices: list[tuple[str, int]] = []
+    for part, g, k1, k2, n, pv, rev in rows:
+        if part == "users":
+            key = k1 if g == _BY_COUNTRY else k2
+            if key is not None:
+                (countries if g == _BY_COUNTRY else devices).append((key, int(n)))
+        elif g == _TOTAL:
+            total, revenue = int(n), float(rev or 0.0)
+        elif g == _BY_TYPE:
+            by_type.append((k1, int(n)))
+        elif g == _BY_URL:
+            pages.append((k2, int(pv)))
+        elif g == _BY_REFERRER:
+            referrers.append((k2, int(n)))
 
-    def top(column: str, measure: str, extra: str = "") -> list[tuple[Any, int]]:
-        return store.query(
-            f"SELECT {column}, {measure} FROM events WHERE {w} AND {column} IS NOT NULL {extra}"
-            " GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
-            [*p, q.top_n],
-        )
-
-    pages = top("url", "count(*)", "AND event_type = 'page_view'")
-    referrers = top("referrer", "count(*)")
-    countries = top("country", "count(DISTINCT user_id)")
-    devices = top("device_type", "count(DISTINCT user_id)")
-    local = local_us_expr(store, "ts", tz, start, end)
-    active: dict[str, list[dict[str, Any]]] = {}
-    for interval, label in (("day", "date"), ("week", "week_start"), ("month", "month")):
-        rows = store.query(
-            f"SELECT {bucket_expr(store, 'loc', interval)} AS b, count(DISTINCT user_id) FROM"
-            f" (SELECT user_id, {local.sql} AS loc FROM events WHERE {w}) GROUP BY b ORDER BY b",
-            [*local.params, *p],
-        )
-        active[interval] = [
-            {label: bucket_label(int(b), interval), "users": int(n)} for b, n in rows
-        ]
-    summary = session_summary(store, sessions_cte(store, where, 1800, 86400))
+    table = sorted_events(store, project_id, where)
+    codes = user_codes(table.column("user_id"))
+    found = sessionize(table, codes=codes)
+    local = local_us_array(np.asarray(table.column("t").to_numpy(), np.int64), tz, start, end)
+    active = {
+        interval: distinct_users_by_bucket(codes, local, interval)
+        for interval in ("day", "week", "month")
+    }
+    sessions = summary(found)
     return {
         "start_time": start.isoformat() + "Z",
         "end_time": end.isoformat() + "Z",
-        "total_events": int(total),
-        "unique_users": int(users),
-        "sessions": summary["sessions"],
-        "events_by_type": {t: int(n) for t, n in by_type},
-        "top_pages": [{"url": u, "views": int(n)} for u, n in pages],
-        "top_referrers": [{"referrer": r, "events": int(n)} for r, n in referrers],
-        "countries": [{"country": c, "users": int(n)} for c, n in countries],
-        "devices": [{"device_type": d, "users": int(n)} for d, n in devices],
-        "revenue": float(revenue),
-        "dau": active["day"],
-        "wau": active["week"],
-        "mau": active["month"],
-        "bounce_rate": summary["bounce_rate"],
-        "avg_session_duration_seconds": summary["avg_duration_seconds"],
-        "pages_per_session": summary["pages_per_session"],
+        "total_events": total,
+        "unique_users": found.n_users,
+        "sessions": sessions["sessions"],
+        "events_by_type": dict(_ranked(by_type)),
+        "top_pages": [{"url": u, "views": n} for u, n in _ranked(pages)],
+        "top_referrers": [{"referrer": r, "events": n} for r, n in _ranked(referrers)],
+        "countries": [{"country": c, "users": n} for c, n in _ranked(countries)[: q.top_n]],
+        "devices": [{"device_type": d, "users": n} for d, n in _ranked(devices)[: q.top_n]],
+        "revenue": revenue,
+        "dau": [{"date": bucket_label(b, "day"), "users": n} for b, n in active["day"]],
+        "wau": [{"week_start": bucket_label(b, "week"), "users": n} for b, n in active["week"]],
+        "mau": [{"month": bucket_label(b, "month"), "users": n} for b, n in active["month"]],
+        "bounce_rate": sessions["bounce_rate"],
+        "avg_session_duration_seconds": sessions["avg_duration_seconds"],
+        "pages_per_session": sessions["pages_per_session"],
     }
+
+
+def _ranked(pairs: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
+    """Largest count first, then by key."""
+    return sorted(pairs, key=lambda p: (-p[1], p[0]))
+
+
+def month_buckets(local_us: np.ndarray) -> np.ndarray:
+    """``year * 12 + month - 1`` of local-time microseconds (see ``bucket_expr``)."""
+    months = local_us.astype("datetime64[us]").astype("datetime64[M]").astype(np.int64)
+    return months + 1970 * 12
+
+
+def distinct_users_by_bucket(
+    codes: np.ndarray, local_us: np.ndarray, interval: str
+) -> list[tuple[int, int]]:
+    """``[(bucket, distinct users)]`` in bucket order, for rows sorted by (user, time)."""
+    if not len(codes):
+        return []
+    if interval == "month":
+        buckets = month_buckets(local_us)
+    else:
+        days = local_us // 86_400_000_000
+        buckets = days if interval == "day" else (days + 3) // 7
+    same_user = codes[1:] == codes[:-1]
+    step = np.diff(buckets)
+    if np.any(same_user & (step < 0)):
+        # a DST change moved local time back across a boundary: count pairs the slow way
+        pairs = np.unique(np.stack([codes, buckets]), axis=1)
+        first = pairs[1]
+    else:
+        new = np.ones(len(codes), dtype=bool)
+        new[1:] = ~same_user | (step != 0)
+        first = buckets[new]
+    uniq, counts = np.unique(first, return_counts=True)
+    return list(zip(uniq.tolist(), counts.tolist(), strict=True))
 
 
 def trends(
@@ -114,13 +184,14 @@ def trends(
     hi = bucket_of(end - timedelta(microseconds=1), tz, q.interval)
     local = local_us_expr(store, "ts", tz, start, end)
     bucket = bucket_expr(store, "loc", q.interval)
+    source = events_source(store, project_id)
     if q.breakdown is None:
         prop = Expr("CAST(NULL AS VARCHAR)")
     else:
         prop = property_expr(store, q.breakdown, "breakdown")
     rows = store.query(
         f"SELECT {bucket} AS b, v, count(*), count(DISTINCT user_id) FROM (SELECT user_id,"
-        f" {local.sql} AS loc, {prop.sql} AS v FROM events WHERE {where.sql}) GROUP BY b, v",
+        f" {local.sql} AS loc, {prop.sql} AS v FROM {source} WHERE {where.sql}) GROUP BY b, v",
         [*local.params, *prop.params, *where.params],
     )
     totals: dict[Any, int] = {}
@@ -145,7 +216,7 @@ def trends(
             checks.append("v IS NULL")
         for b, n in store.query(
             f"SELECT {bucket} AS b, count(DISTINCT user_id) FROM (SELECT user_id, {local.sql} AS"
-            f" loc, {prop.sql} AS v FROM events WHERE {where.sql}) WHERE {' OR '.join(checks)}"
+            f" loc, {prop.sql} AS v FROM {source} WHERE {where.sql}) WHERE {' OR '.join(checks)}"
             " GROUP BY b",
             [*local.params, *prop.params, *where.params, *values],
         ):

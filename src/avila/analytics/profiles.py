@@ -1,11 +1,16 @@
-"""User profiles (all of a user's stored events) and GDPR erasure."""
+"""User profiles (all of a user's stored events) and GDPR erasure.
+
+Profiles read through the analytics event source (see
+:mod:`avila.storage.duckdb.analytics_sql`), so with identity stitching a person's profile
+includes the events of every id resolved to them. Erasure deletes from the ``events`` table.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from avila.analytics.common import Expr, iso
-from avila.analytics.sessions import session_summary, sessions_cte
+from avila.analytics.common import Expr, events_source, fragments, iso
+from avila.analytics.sessions import sessionize, sorted_events, summary
 from avila.errors import NotFound
 from avila.storage.base import Store
 
@@ -19,45 +24,46 @@ def user_profile(
     over every stored event of the user; times RFC 3339 UTC. Unknown user: NotFound."""
     key = [project_id, user_id]
     where = "project_id = ? AND user_id = ?"
+    source = events_source(store, project_id)
     head = store.query(
         f"SELECT min(ts), max(ts), count(*), coalesce(sum(CASE WHEN event_type = 'purchase'"
-        f" THEN revenue END), 0) FROM events WHERE {where}",
+        f" THEN revenue END), 0) FROM {source} WHERE {where}",
         key,
     )
     first, last, total, revenue = head[0]
     if not total:
         raise NotFound(f"user {user_id!r} not found", code="user_not_found")
     by_type = store.query(
-        f"SELECT event_type, count(*) FROM events WHERE {where} GROUP BY 1 ORDER BY 2 DESC, 1",
+        f"SELECT event_type, count(*) FROM {source} WHERE {where} GROUP BY 1 ORDER BY 2 DESC, 1",
         key,
     )
     pages = store.query(
-        f"SELECT url, count(*) FROM events WHERE {where} AND event_type = 'page_view'"
+        f"SELECT url, count(*) FROM {source} WHERE {where} AND event_type = 'page_view'"
         " AND url IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
         [*key, top_n],
     )
     devices = store.query(
-        f"SELECT device_type, os, browser, count(*) FROM events WHERE {where}"
+        f"SELECT device_type, os, browser, count(*) FROM {source} WHERE {where}"
         " GROUP BY ALL ORDER BY 4 DESC, 1, 2, 3 LIMIT ?",
         [*key, top_n],
     )
     locations = store.query(
-        f"SELECT country, city, count(*) FROM events WHERE {where}"
+        f"SELECT country, city, count(*) FROM {source} WHERE {where}"
         " GROUP BY ALL ORDER BY 3 DESC, 1, 2 LIMIT ?",
         [*key, top_n],
     )
     recent_rows = store.query(
         "SELECT event_id, event_type, ts, session_id, url, product_id, event_name, revenue"
-        f" FROM events WHERE {where} ORDER BY ts DESC, event_id LIMIT ?",
+        f" FROM {source} WHERE {where} ORDER BY ts DESC, event_id LIMIT ?",
         [*key, recent],
     )
-    summary = session_summary(store, sessions_cte(store, Expr(where, tuple(key)), 1800, 86400))
+    found = summary(sessionize(sorted_events(store, project_id, Expr(where, tuple(key)))))
     return {
         "user_id": user_id,
         "first_seen": iso(first),
         "last_seen": iso(last),
         "total_events": int(total),
-        "sessions": summary["sessions"],
+        "sessions": found["sessions"],
         "total_revenue": float(revenue),
         "events_by_type": {t: int(n) for t, n in by_type},
         "top_pages": [{"url": u, "views": int(n)} for u, n in pages],
@@ -81,9 +87,41 @@ def user_profile(
     }
 
 
-def erase_user(store: Store, project_id: str, user_id: str) -> dict[str, int]:
-    """Delete every stored event of the user in the project (GDPR): ``{"deleted_events": n}``."""
-    deleted = store.execute(
-        "DELETE FROM events WHERE project_id = ? AND user_id = ?", [project_id, user_id]
+def user_exists(store: Store, project_id: str, user_id: str) -> bool:
+    """Whether the project has any stored event of the user."""
+    return bool(
+        store.query(
+            f"SELECT 1 FROM {events_source(store, project_id)} WHERE project_id = ? AND user_id = ? LIMIT 1",
+            [project_id, user_id],
+        )
     )
+
+
+def require_user(store: Store, project_id: str, user_id: str) -> None:
+    """NotFound(code="user_not_found") unless the user has stored events."""
+    if not user_exists(store, project_id, user_id):
+        raise NotFound(f"user {user_id!r} not found", code="user_not_found")
+
+
+def erase_user(store: Store, project_id: str, user_id: str) -> dict[str, int]:
+    """Delete every stored event of the person in the project (GDPR): ``{"deleted_events": n}``.
+
+    With identity stitching the person is ``user_id`` plus every id that resolves to it
+    (``FRAGMENTS["person_aliases"]``), so their anonymous history goes too, and so do the
+    identity links that name any of those ids (they are personal data as well).
+    """
+    ids = [user_id]
+    aliases_sql = fragments(store).get("person_aliases", "")
+    if aliases_sql:
+        ids += [row[0] for row in store.query(aliases_sql, [project_id, user_id])]
+    marks = ", ".join("?" for _ in ids)
+    deleted = store.execute(
+        f"DELETE FROM events WHERE project_id = ? AND user_id IN ({marks})", [project_id, *ids]
+    )
+    if aliases_sql:
+        store.execute(
+            f"DELETE FROM identities WHERE project_id = ? AND (user_id IN ({marks})"
+            f" OR anonymous_id IN ({marks}))",
+            [project_id, *ids, *ids],
+        )
     return {"deleted_events": int(deleted)}

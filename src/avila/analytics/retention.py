@@ -21,6 +21,7 @@ from avila.analytics.common import (
     bucket_expr,
     bucket_label,
     condition_expr,
+    events_source,
     local_us_expr,
     parse_query,
     rate,
@@ -63,16 +64,17 @@ def retention(
             "FROM cohort JOIN acts USING (user_id) WHERE b > c GROUP BY user_id, c) GROUP BY c, k"
         )
         acts_bound, offset_params = "", [last]
+    source = events_source(store, project_id)
     sql = f"""
 WITH firsts AS (
-  SELECT user_id, min(ts) AS first_ts FROM events
+  SELECT user_id, min(ts) AS first_ts FROM {source}
   WHERE {base.sql} AND ts < ? AND {start_c.sql} GROUP BY user_id
 ), cohort AS (
   SELECT user_id, {bucket} AS c FROM (
     SELECT user_id, {first_local.sql} AS loc FROM firsts WHERE first_ts >= ?)
 ), acts AS (
   SELECT DISTINCT user_id, {bucket} AS b FROM (
-    SELECT user_id, {ret_local.sql} AS loc FROM events
+    SELECT user_id, {ret_local.sql} AS loc FROM {source}
     WHERE {base.sql} AND ts >= ? {acts_bound} AND {return_c.sql})
 )
 SELECT c, 0 AS k, count(*) AS n FROM cohort GROUP BY c

@@ -21,8 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from avila.analytics.common import naive_utc, parse_query, rate, utcnow, where_clause
-from avila.errors import NotFound
+from avila.analytics.common import (
+    events_source,
+    naive_utc,
+    parse_query,
+    rate,
+    utcnow,
+    where_clause,
+)
+from avila.analytics.profiles import require_user
 from avila.schemas.analytics import RFMQuery
 from avila.storage.base import Store
 
@@ -72,7 +79,7 @@ def score_table(
     rows = store.query(
         "SELECT user_id, max(last_ts), count(*), sum(rev) FROM ("
         " SELECT user_id, coalesce(order_id, event_id) AS oid, max(ts) AS last_ts,"
-        " coalesce(max(revenue), 0.0) AS rev FROM events"
+        f" coalesce(max(revenue), 0.0) AS rev FROM {events_source(store, project_id)}"
         f" WHERE {where.sql} AND event_type = 'purchase' GROUP BY user_id, oid"
         ") GROUP BY user_id ORDER BY user_id",
         where.params,
@@ -130,12 +137,7 @@ def user_segment(
     try:
         i = table["user_id"].index(user_id)
     except ValueError:
-        known = store.query(
-            "SELECT 1 FROM events WHERE project_id = ? AND user_id = ? LIMIT 1",
-            [project_id, user_id],
-        )
-        if not known:
-            raise NotFound(f"user {user_id!r} not found", code="user_not_found") from None
+        require_user(store, project_id, user_id)
         return {
             "user_id": user_id,
             "recency_days": None,

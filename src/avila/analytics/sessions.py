@@ -9,20 +9,33 @@ form the session ``(user_id, session_id)`` as sent. Only events in ``[start_time
 
 Duration = last event - first event (0 for one event). Bounce = exactly one event and it is a
 page_view. ``by_day`` groups sessions by the local date (``timezone``) of their first event.
+
+How: one query returns the range's events sorted by (user, time) with four narrow columns; the
+sessions are cut with numpy (:func:`sessionize`). Cutting at 24 h needs each event's gap start,
+which in SQL is a second window pass over the data (a window over a window); here it is one
+``cumsum`` over the sorted arrays. The same sorted rows give distinct users per calendar
+bucket (:func:`distinct_users_by_bucket`), so the overview sorts its events once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from avila.analytics.common import (
     Expr,
-    bucket_expr,
     bucket_label,
+    events_source,
     fragments,
     iso,
-    local_us_expr,
+    local_us_array,
     parse_query,
     rate,
     time_range,
@@ -32,57 +45,164 @@ from avila.analytics.common import (
 from avila.schemas.analytics import SessionsQuery
 from avila.storage.base import Store
 
-
-def sessions_cte(store: Store, where: Expr, timeout_s: int, max_s: int) -> Expr:
-    """``WITH ... sessions AS (...)`` whose ``sessions`` rows are one per session: user_id,
-    session_id (NULL for inactivity sessions), gap_no, piece, s (first ts), e (last ts),
-    n (events), pv (page views)."""
-    epoch = fragments(store)["epoch_us"]
-    ts, lag = epoch.format("ts"), epoch.format("lag(ts) OVER (PARTITION BY user_id ORDER BY ts)")
-    sql = f"""WITH ev AS (
-  SELECT user_id, session_id, ts, event_type FROM events WHERE {where.sql}
-), anon AS (
-  SELECT user_id, ts, event_type,
-    CASE WHEN {lag} IS NULL OR {ts} - {lag} > ? THEN 1 ELSE 0 END AS brk
-  FROM ev WHERE session_id IS NULL
-), anon2 AS (
-  SELECT *, sum(brk) OVER (PARTITION BY user_id ORDER BY ts) AS gap_no FROM anon
-), anon3 AS (
-  SELECT *, min(ts) OVER (PARTITION BY user_id, gap_no) AS gstart FROM anon2
-), keyed AS (
-  SELECT user_id, CAST(NULL AS VARCHAR) AS session_id, gap_no,
-    ({ts} - {epoch.format("gstart")}) // ? AS piece, ts, event_type FROM anon3
-  UNION ALL
-  SELECT user_id, session_id, 0, 0, ts, event_type FROM ev WHERE session_id IS NOT NULL
-), sessions AS (
-  SELECT user_id, session_id, gap_no, piece, min(ts) AS s, max(ts) AS e, count(*) AS n,
-    sum(CASE WHEN event_type = 'page_view' THEN 1 ELSE 0 END) AS pv
-  FROM keyed GROUP BY user_id, session_id, gap_no, piece
-)
-"""
-    return Expr(sql, (*where.params, timeout_s * 1_000_000, max_s * 1_000_000))
+US = 1_000_000
+DEFAULT_TIMEOUT_S = 1800
+DEFAULT_MAX_S = 86400
 
 
-_SUMMARY = """SELECT count(*), coalesce(avg({dur}), 0), coalesce(sum(CASE WHEN n = 1 AND pv = 1
-  THEN 1 ELSE 0 END), 0), coalesce(sum(pv), 0), count(DISTINCT user_id) FROM sessions"""
+def sorted_events(store: Store, project_id: str, where: Expr) -> pa.Table:
+    """Columns ``user_id``, ``session_id``, ``t`` (epoch µs), ``pv`` (is a page view) of the
+    events matching ``where``, sorted by user then time (ties in any order)."""
+    epoch = fragments(store)["epoch_us"].format("ts")
+    return store.query_arrow(
+        f"SELECT user_id, session_id, {epoch} AS t, event_type = 'page_view' AS pv"
+        f" FROM {events_source(store, project_id)} WHERE {where.sql} ORDER BY user_id, ts",
+        where.params,
+    )
 
 
-def _duration_sql(store: Store) -> str:
-    epoch = fragments(store)["epoch_us"]
-    return f"(({epoch.format('e')} - {epoch.format('s')}) / 1e6)"
+def user_codes(users: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """0-based user number per row of rows sorted by user."""
+    n = len(users)
+    codes = np.zeros(n, dtype=np.int64)
+    if n > 1:
+        arr = users.combine_chunks() if isinstance(users, pa.ChunkedArray) else users
+        change = pc.not_equal(arr.slice(1), arr.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+        codes[1:] = np.cumsum(change)
+    return codes
 
 
-def session_summary(store: Store, cte: Expr) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Sessions:
+    """One entry per session (arrays of equal length); ``user`` is the user's 0-based number
+    among the ``n_users`` users of the rows; ``session_id`` is None for inactivity sessions."""
+
+    n_users: int
+    user: np.ndarray
+    session_id: np.ndarray
+    start_us: np.ndarray
+    end_us: np.ndarray
+    events: np.ndarray
+    page_views: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    @property
+    def duration_s(self) -> np.ndarray:
+        return (self.end_us - self.start_us) / US
+
+    @property
+    def bounce(self) -> np.ndarray:
+        return (self.events == 1) & (self.page_views == 1)
+
+
+def sessionize(
+    table: pa.Table,
+    timeout_s: int = DEFAULT_TIMEOUT_S,
+    max_s: int = DEFAULT_MAX_S,
+    codes: np.ndarray | None = None,
+) -> Sessions:
+    """Cut the rows of :func:`sorted_events` into sessions (see the module docstring)."""
+    users = table.column("user_id")
+    ucode = user_codes(users) if codes is None else codes
+    t = np.asarray(table.column("t").to_numpy(), dtype=np.int64)
+    pv = np.asarray(table.column("pv").to_numpy(zero_copy_only=False), dtype=np.int64)
+    sid = table.column("session_id").combine_chunks()
+    anon = sid.is_null().to_numpy(zero_copy_only=False)
+    parts = [_anonymous(ucode[anon], t[anon], pv[anon], timeout_s * US, max_s * US)]
+    if not anon.all():
+        keep = ~anon
+        parts.append(_keyed(ucode[keep], t[keep], pv[keep], sid.filter(pa.array(keep))))
+    return Sessions(
+        n_users=int(ucode[-1]) + 1 if len(ucode) else 0,
+        user=np.concatenate([p[0] for p in parts]),
+        session_id=np.concatenate([p[1] for p in parts]),
+        start_us=np.concatenate([p[2] for p in parts]),
+        end_us=np.concatenate([p[3] for p in parts]),
+        events=np.concatenate([p[4] for p in parts]),
+        page_views=np.concatenate([p[5] for p in parts]),
+    )
+
+
+_Part = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _anonymous(u: np.ndarray, t: np.ndarray, pv: np.ndarray, timeout: int, cut: int) -> _Part:
+    n = len(t)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, np.empty(0, dtype=object), empty, empty, empty, empty
+    brk = np.ones(n, dtype=bool)
+    brk[1:] = (u[1:] != u[:-1]) | (np.diff(t) > timeout)
+    gap_start = t[brk][np.cumsum(brk) - 1]
+    piece = (t - gap_start) // cut
+    new = brk.copy()
+    new[1:] |= piece[1:] != piece[:-1]
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:] - 1, n - 1)
+    return (
+        u[starts],
+        np.full(len(starts), None, dtype=object),
+        t[starts],
+        t[ends],
+        ends - starts + 1,
+        np.add.reduceat(pv, starts),
+    )
+
+
+def _keyed(u: np.ndarray, t: np.ndarray, pv: np.ndarray, sid: pa.Array) -> _Part:
+    encoded = pc.dictionary_encode(sid)
+    labels = np.array(encoded.dictionary.to_pylist(), dtype=object)
+    index = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    key = u * len(labels) + index
+    # rows are in time order within a user, so first/last occurrence are the session's ends
+    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    last = len(key) - 1 - np.unique(key[::-1], return_index=True)[1]
+    return (
+        u[first],
+        labels[index[first]],
+        t[first],
+        t[last],
+        np.bincount(inverse, minlength=len(uniq)),
+        np.bincount(inverse, weights=pv, minlength=len(uniq)).astype(np.int64),
+    )
+
+
+def summary(found: Sessions) -> dict[str, Any]:
     """``sessions``, ``avg_duration_seconds``, ``bounce_rate``, ``pages_per_session``, ``users``."""
-    rows = store.query(cte.sql + _SUMMARY.format(dur=_duration_sql(store)), cte.params)
-    count, avg, bounces, pages, users = rows[0]
+    count = len(found)
     return {
-        "sessions": int(count),
-        "avg_duration_seconds": float(avg),
-        "bounce_rate": rate(bounces, count),
-        "pages_per_session": rate(pages, count),
-        "users": int(users),
+        "sessions": count,
+        "avg_duration_seconds": float(found.duration_s.mean()) if count else 0.0,
+        "bounce_rate": rate(int(found.bounce.sum()), count),
+        "pages_per_session": rate(int(found.page_views.sum()), count),
+        "users": found.n_users,
     }
+
+
+def by_day(found: Sessions, tz: ZoneInfo, lo: datetime, hi: datetime) -> list[dict[str, Any]]:
+    """Sessions per local date of their first event."""
+    if not len(found):
+        return []
+    days = local_us_array(found.start_us, tz, lo, hi) // (86_400 * US)
+    first = int(days.min())
+    offset = days - first
+    counts = np.bincount(offset)
+    durations = np.bincount(offset, weights=found.duration_s)
+    bounces = np.bincount(offset, weights=found.bounce.astype(np.float64))
+    uniq = np.flatnonzero(counts)
+    counts, durations, bounces = counts[uniq], durations[uniq], bounces[uniq]
+    uniq = uniq + first
+    return [
+        {
+            "date": bucket_label(int(d), "day"),
+            "sessions": int(n),
+            "avg_duration_seconds": float(s / n),
+            "bounce_rate": rate(b, n),
+        }
+        for d, n, s, b in zip(uniq.tolist(), counts, durations, bounces, strict=True)
+    ]
 
 
 def sessions(
@@ -103,45 +223,37 @@ def sessions(
     where = where_clause(store, project_id, start, end, q.filters)
     if user_id is not None:
         where = Expr(where.sql + " AND user_id = ?", (*where.params, user_id))
-    cte = sessions_cte(store, where, q.timeout_seconds, q.max_session_seconds)
-    result = session_summary(store, cte)
-    local = local_us_expr(store, "s", tz, start, end)
-    dur = _duration_sql(store)
-    rows = store.query(
-        cte.sql + f"SELECT {bucket_expr(store, 'loc', 'day')} AS d, count(*), avg(dur),"
-        " sum(CASE WHEN n = 1 AND pv = 1 THEN 1 ELSE 0 END)"
-        f" FROM (SELECT *, {local.sql} AS loc, {dur} AS dur FROM sessions) GROUP BY d ORDER BY d",
-        (*cte.params, *local.params),
+    found = sessionize(
+        sorted_events(store, project_id, where), q.timeout_seconds, q.max_session_seconds
     )
-    result["by_day"] = [
-        {
-            "date": bucket_label(int(d), "day"),
-            "sessions": int(n),
-            "avg_duration_seconds": float(avg),
-            "bounce_rate": rate(b, n),
-        }
-        for d, n, avg, b in rows
-    ]
+    result = summary(found)
+    result["start_time"], result["end_time"] = iso(start), iso(end)
+    result["by_day"] = by_day(found, tz, start, end)
     if user_id is not None:
-        items = store.query(
-            cte.sql + f"SELECT session_id, s, e, {dur}, n, pv FROM sessions"
-            " ORDER BY s DESC LIMIT ?",
-            (*cte.params, q.limit),
-        )
         result["user_id"] = user_id
-        result["items"] = [
-            {
-                "session_id": sid,
-                "start": iso(s),
-                "end": iso(e),
-                "duration_seconds": float(d),
-                "events": int(n),
-                "page_views": int(pv),
-                "bounce": n == 1 and pv == 1,
-            }
-            for sid, s, e, d, n, pv in items
-        ]
+        result["items"] = recent_items(found, q.limit)
     return result
+
+
+def recent_items(found: Sessions, limit: int) -> list[dict[str, Any]]:
+    """The ``limit`` sessions that started last, newest first."""
+    order = np.lexsort((-found.end_us, -found.start_us))[:limit]
+    return [
+        {
+            "session_id": found.session_id[i],
+            "start": _iso_us(int(found.start_us[i])),
+            "end": _iso_us(int(found.end_us[i])),
+            "duration_seconds": float(found.duration_s[i]),
+            "events": int(found.events[i]),
+            "page_views": int(found.page_views[i]),
+            "bounce": bool(found.bounce[i]),
+        }
+        for i in order.tolist()
+    ]
+
+
+def _iso_us(us: int) -> str | None:
+    return iso(datetime(1970, 1, 1) + timedelta(microseconds=us))
 
 
 def user_sessions(

@@ -8,9 +8,25 @@ from avila.config import Settings
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if args.factory:
+        from avila.commands.factory import parse_end
+        from avila.demo.factory import run_factory_demo
+
+        # The factory demo never doubles data: with devices present it does nothing.
+        run_factory_demo(
+            settings.storage_url,
+            lines=2,
+            machines=3,
+            days=args.days,
+            seed=args.seed,
+            end=parse_end(args.end),
+            project=args.project,
+        )
+        return 0
+
     from avila.demo.ecommerce import run_demo
 
-    settings = Settings.from_env()
     return run_demo(
         settings,
         users=args.users,
@@ -31,5 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     demo.add_argument("--project", default="default", help="project to write into")
     demo.add_argument(
         "--if-empty", action="store_true", help="do nothing when the store already has events"
+    )
+    demo.add_argument(
+        "--factory",
+        action="store_true",
+        help="write an Industry 4.0 plant instead (telemetry; `avila demo-factory` has more options)",
     )
     demo.set_defaults(func=run)

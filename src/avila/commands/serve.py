@@ -13,7 +13,7 @@ def run(args: argparse.Namespace) -> int:
     from avila.app import create_app
     from avila.logs import configure_logging
 
-    settings = Settings.from_env(host=args.host, port=args.port)
+    settings = Settings.from_env(host=args.host, port=args.port, mqtt_url=args.mqtt)
     configure_logging(settings.log_level)
     app = create_app(settings)
     uvicorn.run(
@@ -34,4 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("serve", help="run the HTTP server (settings from env / .env)")
     parser.add_argument("--host", help="bind address (overrides HOST)")
     parser.add_argument("--port", type=int, help="port (overrides PORT)")
+    parser.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="bridge telemetry from this MQTT broker (overrides AVILA_MQTT_URL)",
+    )
     parser.set_defaults(func=run)

@@ -329,7 +329,7 @@ def run_demo(
     from avila.ingest.service import IngestService
     from avila.storage import open_store
 
-    store = open_store(settings.storage_url)  # type: ignore[attr-defined]
+    store = open_store(settings.storage_url, lock_wait=1.0)  # type: ignore[attr-defined]
     try:
         if if_empty and store.query("SELECT count(*) FROM events")[0][0] > 0:
             print("avila demo: the store already has events; nothing to do", file=sys.stderr)

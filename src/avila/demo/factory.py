@@ -135,7 +135,7 @@ def _tick(
     base_kw = {1: 18.0, 2: 6.0, 4: 6.0, 0: 1.5, 3: 0.4}[state]
     power = max(0.0, base_kw * float(rng.normal(1.0, 0.03)))
     m.energy_kwh += power * hours
-    vibration = 2.0 * np.exp(m.wear) * float(rng.normal(1.0, 0.04))
+    vibration = float(2.0 * np.exp(m.wear) * rng.normal(1.0, 0.04))
     temp = 35 + 4.5 * (vibration - 2.0) + float(rng.normal(0, 0.8))
     machine = Reading(
         device_id=m.machine_id,
@@ -194,7 +194,7 @@ def run_factory_demo(
     from avila.live.bus import LiveBus
     from avila.storage import open_store
 
-    store = open_store(storage_url)
+    store = open_store(storage_url, lock_wait=1.0)
     end_at = end or default_end()
     try:
         if store.query("SELECT count(*) FROM devices WHERE project_id = ?", [project])[0][0]:

@@ -1,5 +1,17 @@
 """Live fan-out: accepted events, metrics and alerts to subscribers (WebSocket clients)."""
 
-from avila.live.bus import LiveBus, Subscription
+from avila.live.activity import ActivityTracker
+from avila.live.bus import CHANNELS, LiveBus, Subscription, get_bus
+from avila.live.feed import EventView, LiveFeed
+from avila.live.publisher import MetricsPublisher
 
-__all__ = ["LiveBus", "Subscription"]
+__all__ = [
+    "CHANNELS",
+    "ActivityTracker",
+    "EventView",
+    "LiveBus",
+    "LiveFeed",
+    "MetricsPublisher",
+    "Subscription",
+    "get_bus",
+]

@@ -188,9 +188,18 @@ class Recommender:
         self, user_ids: Sequence[Hashable], n: int = 10, *, batch_size: int = 1024
     ) -> list[list[Hashable]]:
         """Top-``n`` item ids per user, best first, excluding the user's excluded items."""
+        return [
+            [item for item, _ in ranked]
+            for ranked in self.recommend_many_scored(user_ids, n, batch_size=batch_size)
+        ]
+
+    def recommend_many_scored(
+        self, user_ids: Sequence[Hashable], n: int = 10, *, batch_size: int = 1024
+    ) -> list[list[tuple[Hashable, float]]]:
+        """Top-``n`` ``(item_id, score)`` per user, best first, excluded items left out."""
         require_fitted(self, "_matrix")
         assert self._excluded is not None and self.items_ is not None
-        result: list[list[Hashable]] = []
+        result: list[list[tuple[Hashable, float]]] = []
         for start in range(0, len(user_ids), batch_size):
             batch = list(user_ids[start : start + batch_size])
             scores = self.score_users(batch)
@@ -198,7 +207,7 @@ class Recommender:
             top = _top_n(scores, n)
             for row, cols in enumerate(top):
                 keep = cols[np.isfinite(scores[row, cols])]
-                result.append([self.items_[c] for c in keep])
+                result.append([(self.items_[c], float(scores[row, c])) for c in keep])
         return result
 
     def recommend(self, user_id: Hashable, n: int = 10) -> list[tuple[Hashable, float]]:

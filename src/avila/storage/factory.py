@@ -8,11 +8,18 @@ from avila.errors import ConfigError
 from avila.storage.base import Store
 
 
-def open_store(storage_url: str, *, read_only: bool = False, in_process: bool = True) -> Store:
+def open_store(
+    storage_url: str,
+    *,
+    read_only: bool = False,
+    in_process: bool = True,
+    lock_wait: float = 15.0,
+) -> Store:
     """Open ``duckdb:///relative/path`` or ``duckdb:////absolute/path``.
 
     ``in_process=False`` runs DuckDB in a child process (what the server does; see
-    :mod:`avila.storage.duckdb.process`).
+    :mod:`avila.storage.duckdb.process`). ``lock_wait`` is how long to wait for another
+    process (a stopping server) to release the file; CLI tools pass a short one.
     """
     if storage_url.startswith("duckdb:///"):
         path = Path(storage_url[len("duckdb:///") :])
@@ -22,5 +29,5 @@ def open_store(storage_url: str, *, read_only: bool = False, in_process: bool = 
             return ProcessStore(path)
         from avila.storage.duckdb.store import DuckDBStore
 
-        return DuckDBStore(path, read_only=read_only)
+        return DuckDBStore(path, read_only=read_only, lock_wait=lock_wait)
     raise ConfigError(f"AVILA_STORAGE_URL: unsupported storage URL {storage_url!r}")

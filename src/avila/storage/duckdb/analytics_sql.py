@@ -4,11 +4,34 @@ Backend differences are data: each backend ships a dict with the same keys; anal
 formats ``{0}``/``{1}`` with column expressions and binds values as ``?`` parameters, never as
 text. A ClickHouse backend would map e.g. ``match_prefix`` to ``startsWith({0}, ?)`` and
 ``json_string`` to ``JSONExtractString({0}, ?)`` (with the path split into keys).
+
+**One source of events.** Every analytics read (funnels, retention, RFM, trends, overview,
+sessions, profiles, realtime) takes its rows from ``FRAGMENTS["events_source"]`` (through
+:func:`avila.analytics.common.events_source`), never from ``events`` by name. It is a relation
+with the events table's columns; with identity stitching it is the ``events_resolved`` view
+(events LEFT JOIN the resolved ``identities``, see ``migrations.py``), whose ``user_id`` is the
+resolved person, so a stitched person is one user in funnels, retention, profiles, sessions and
+RFM. Without stitching it is simply::
+
+    "events_source": "events",
+
+and nothing else changes. A project without any identity link (``stitching_probe`` finds
+none) reads ``events_unstitched`` (the table) instead, so it does not pay for the join. Filters on ``project_id``/``ts``/``received_at`` are pushed through
+the view into the ``events`` scan (the real-time test checks the rows scanned). Writes (GDPR
+erase) target the ``events`` table itself, for the user and the ``person_aliases`` ids.
 """
 
 from __future__ import annotations
 
 FRAGMENTS: dict[str, str] = {
+    # The relation analytics read events from (see the module docstring): a table, view or
+    # parenthesised subquery with the events table's columns.
+    "events_source": "events_resolved",
+    # Projects without any identity link read the table directly (no join to pay for).
+    "stitching_probe": "SELECT 1 FROM identities WHERE project_id = ? LIMIT 1",
+    "events_unstitched": "events",
+    # The ids that resolve to a person (parameters: project_id, user_id); "" without stitching.
+    "person_aliases": "SELECT anonymous_id FROM identity_resolved WHERE project_id = ? AND user_id = ?",
     # Microseconds since the Unix epoch of a naive UTC TIMESTAMP.
     "epoch_us": "epoch_us({0})",
     # A JSON text column's value at the JSONPath bound as the parameter, as VARCHAR (or NULL).

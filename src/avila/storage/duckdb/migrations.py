@@ -26,7 +26,48 @@ def _events_ddl() -> str:
     return "CREATE TABLE IF NOT EXISTS events (" + ", ".join(cols) + ")"
 
 
-MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = ((1, "events table", (_events_ddl(),)),)
+# Industry 4.0: telemetry is stored long (one row per reading and metric); JSON documents are
+# VARCHAR like the events' JSON columns. See docs/industry40.md.
+_INDUSTRY40_DDL = (
+    "CREATE TABLE IF NOT EXISTS telemetry (project_id VARCHAR NOT NULL, device_id VARCHAR NOT NULL,"
+    " ts TIMESTAMP NOT NULL, metric VARCHAR NOT NULL, value DOUBLE NOT NULL,"
+    " received_at TIMESTAMP NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS devices (project_id VARCHAR NOT NULL, device_id VARCHAR NOT NULL,"
+    " device_type VARCHAR, attributes VARCHAR, first_seen TIMESTAMP, last_seen TIMESTAMP)",
+    "CREATE TABLE IF NOT EXISTS twin_desired (project_id VARCHAR NOT NULL,"
+    " device_id VARCHAR NOT NULL, desired VARCHAR NOT NULL, version BIGINT NOT NULL,"
+    " updated_at TIMESTAMP NOT NULL, PRIMARY KEY (project_id, device_id))",
+    "CREATE TABLE IF NOT EXISTS alarm_rules (project_id VARCHAR NOT NULL,"
+    " device_type VARCHAR NOT NULL, rules VARCHAR NOT NULL, updated_at TIMESTAMP NOT NULL,"
+    " PRIMARY KEY (project_id, device_type))",
+)
+
+# Identity stitching (avila.identity): append-only links anonymous_id -> user_id. An id
+# resolves to its earliest link (ts, then received_at), following chains up to 8 hops; the
+# events_resolved view is events with user_id replaced by the resolved id.
+_IDENTITIES_DDL = (
+    "CREATE TABLE IF NOT EXISTS identities (project_id VARCHAR NOT NULL,"
+    " anonymous_id VARCHAR NOT NULL, user_id VARCHAR NOT NULL, ts TIMESTAMP NOT NULL,"
+    " received_at TIMESTAMP NOT NULL, source VARCHAR, event_id VARCHAR)",
+    "CREATE OR REPLACE VIEW identity_links AS SELECT project_id, anonymous_id,"
+    " arg_min(user_id, (ts, received_at, user_id)) AS user_id FROM identities"
+    " WHERE anonymous_id <> user_id GROUP BY project_id, anonymous_id",
+    "CREATE OR REPLACE VIEW identity_resolved AS WITH RECURSIVE walk(project_id, anonymous_id,"
+    " user_id, depth) AS (SELECT project_id, anonymous_id, user_id, 1 FROM identity_links"
+    " UNION ALL SELECT w.project_id, w.anonymous_id, l.user_id, w.depth + 1 FROM walk w"
+    " JOIN identity_links l ON l.project_id = w.project_id AND l.anonymous_id = w.user_id"
+    " WHERE w.depth < 8) SELECT project_id, anonymous_id, arg_max(user_id, depth) AS user_id"
+    " FROM walk GROUP BY project_id, anonymous_id",
+    "CREATE OR REPLACE VIEW events_resolved AS SELECT e.* REPLACE"
+    " (coalesce(r.user_id, e.user_id) AS user_id) FROM events e LEFT JOIN identity_resolved r"
+    " ON r.project_id = e.project_id AND r.anonymous_id = e.user_id",
+)
+
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (1, "events table", (_events_ddl(),)),
+    (2, "industry 4.0: telemetry, devices, twin_desired, alarm_rules", _INDUSTRY40_DDL),
+    (3, "identities and events_resolved (identity stitching)", _IDENTITIES_DDL),
+)
 
 
 def migrate(conn: duckdb.DuckDBPyConnection) -> int:

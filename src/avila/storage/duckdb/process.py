@@ -405,11 +405,22 @@ class ProcessStore(Store):
     ) -> Iterator[pa.RecordBatch]:
         with self._reader() as conn:
             self._call(conn, "query_batches", sql, list(params or []), batch_rows)
-            while True:
-                data = conn.recv_bytes()
-                if not data:
-                    return
-                yield from from_ipc(data).to_batches()
+            finished = False
+            try:
+                while True:
+                    data = conn.recv_bytes()
+                    if not data:
+                        finished = True
+                        return
+                    yield from from_ipc(data).to_batches()
+            finally:
+                # A consumer that stops early (a client leaving mid-export) must not hand the
+                # channel back with frames still in it: read them to the end-of-stream marker.
+                while not finished:
+                    try:
+                        finished = not conn.recv_bytes()
+                    except (EOFError, OSError):
+                        break
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:
         with self._write_lock:

@@ -1,0 +1,276 @@
+"""Segment-compatible HTTP Tracking API: POST /v1/{track,identify,page,screen,group,alias,batch}.
+
+Point a Segment library's host (or analytics.js's ``apiHost``) at this server and use one of
+our API keys with the ``ingest`` scope as the write key (docs/segment.md). Messages become
+events through :mod:`avila.ingest.segment` and take the normal ingestion path, so ``messageId``
+deduplicates like our ``event_id``.
+
+Errors follow Segment's API where clients depend on it: oversize bodies and invalid JSON are
+400 (not our usual 413/422), success is 200 ``{"success": true}``. The error body is our usual
+``{"error": {...}}`` shape. Unlike Segment, a single call whose message cannot become an event
+(no userId/anonymousId, no event name ...) is 400 rather than silently dropped; in a batch such
+messages are listed under ``rejected`` and the rest are stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import zlib
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import msgspec
+from litestar import MediaType, Request, Response, post
+from litestar.connection import ASGIConnection
+
+from avila.api.component import AppContext
+from avila.api.security import authenticate, presented_key
+from avila.errors import BadRequest, MalformedJSON, Unauthorized
+from avila.identity import IdentityRecorder
+from avila.ingest.segment import (
+    MAX_BATCH_BYTES,
+    MAX_MESSAGE_BYTES,
+    Envelope,
+    MessageError,
+    parse_time,
+    to_event,
+)
+from avila.ingest.service import IngestService
+from avila.ingest.validation import Rejection
+from avila.security.keys import Principal
+
+IDENTITY_STATE = "identity_recorder"
+
+# analytics.js posts to one-letter paths (/v1/t, /v1/p ...); both spellings are accepted.
+_SHORT = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group", "a": "alias"}
+_encode = msgspec.json.encode
+_LEADING_INDEX = re.compile(r"^\[\d+\]")
+
+
+def _relative(path: str) -> str:
+    """A validator path (``[0].event_type.data.name``) relative to its event."""
+    return _LEADING_INDEX.sub("", path).lstrip(".")
+
+
+class _Batch(msgspec.Struct):
+    batch: list[msgspec.Raw]
+    sentAt: Any = None  # noqa: N815 - Segment's field name
+    writeKey: Any = None  # noqa: N815
+    context: Any = None
+    integrations: Any = None
+
+
+_BATCH_DECODER = msgspec.json.Decoder(_Batch)
+_OBJECT_DECODER = msgspec.json.Decoder(dict[str, Any])
+
+
+class _KeyedConnection:
+    """A view of the request that presents ``key`` as its API key, so the one
+    :func:`avila.api.security.authenticate` (scopes, rate limits, metrics) handles write keys."""
+
+    def __init__(self, request: Request[Any, Any, Any], key: str) -> None:
+        self._request = request
+        self.headers = {"x-api-key": key}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def _basic_key(request: Request[Any, Any, Any]) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:6].lower() != "basic ":
+        return None
+    try:
+        user, _, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthorized("malformed HTTP Basic credentials", code="invalid_api_key") from None
+    return user or password or None
+
+
+def _authenticate(request: Request[Any, Any, Any], key: str | None) -> Principal:
+    if not key:
+        raise Unauthorized(
+            "missing write key: send an ingest API key as the HTTP Basic user name or as writeKey",
+            code="missing_api_key",
+        )
+    view = cast(ASGIConnection[Any, Any, Any, Any], _KeyedConnection(request, key))
+    return authenticate(view, "ingest")
+
+
+async def _read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
+    """The request body, gunzipped if sent gzip-encoded; 400 past ``limit`` bytes (either form)."""
+    too_large = BadRequest(
+        f"request body exceeds the {limit // 1024} KB limit", code="payload_too_large"
+    )
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if request.headers.get("content-encoding", "").lower() == "gzip":
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            body = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            raise MalformedJSON("request body is not valid gzip") from None
+        if len(body) > limit or inflater.unconsumed_tail:
+            raise too_large
+    return body
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"request body is not a Segment payload: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise MalformedJSON(f"request body is not valid JSON: {exc}") from None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ok(extra: dict[str, Any] | None = None) -> Response[bytes]:
+    return Response(_encode({"success": True, **(extra or {})}), media_type=MediaType.JSON)
+
+
+async def _store(
+    request: Request[Any, Any, Any],
+    ingest: IngestService,
+    principal: Principal,
+    events: list[bytes],
+) -> tuple[int, int, list[Rejection]]:
+    result = await ingest.ingest(events, principal.project_id, path_prefix="")
+    recorder: IdentityRecorder = request.app.state[IDENTITY_STATE]
+    await recorder.settle()  # 200 means the identity links are durable too
+    return result.accepted, result.duplicates, result.rejected
+
+
+@post(
+    ["/v1/track", "/v1/identify", "/v1/page", "/v1/screen", "/v1/group", "/v1/alias"]
+    + [f"/v1/{short}" for short in _SHORT],
+    request_max_body_size=None,  # enforced by _read_body, with Segment's 400
+    status_code=200,
+    summary="Segment-compatible single call",
+    description=(
+        "One Segment message (32 KB at most). Auth: write key (an API key with scope `ingest`) "
+        'as the HTTP Basic user name, or `writeKey` in the body. 200 `{"success": true}`.'
+    ),
+    tags=["segment"],
+)
+async def segment_call(request: Request[Any, Any, Any], ingest: IngestService) -> Response[bytes]:
+    kind = request.url.path.rsplit("/", 1)[-1]
+    kind = _SHORT.get(kind, kind)
+    header_key = _basic_key(request) or presented_key(request)
+    principal = _authenticate(request, header_key) if header_key else None
+    body = await _read_body(request, MAX_MESSAGE_BYTES)
+    message = _decode(_OBJECT_DECODER, body)
+    if principal is None:
+        key = message.get("writeKey")
+        principal = _authenticate(request, key if isinstance(key, str) else None)
+    try:
+        event = to_event(message, kind, Envelope(received_at=_now()))
+    except MessageError as exc:
+        raise BadRequest(exc.message, code=exc.code, details=[{"path": exc.path}]) from None
+    accepted, duplicates, rejected = await _store(request, ingest, principal, [_encode(event)])
+    if rejected:
+        r = rejected[0]
+        raise BadRequest(r.message, code=r.code, details=[{"path": _relative(r.path)}])
+    return _ok({"accepted": accepted, "duplicates": duplicates})
+
+
+@post(
+    ["/v1/batch", "/v1/import", "/v1/b"],
+    request_max_body_size=None,
+    status_code=200,
+    summary="Segment-compatible batch",
+    description=(
+        'Body `{"batch": [MESSAGE, ...], "sentAt"?, "context"?, "integrations"?}`, 500 KB at '
+        "most, 32 KB per message. Valid messages are stored even when others are rejected "
+        '(listed in `rejected`). 200 `{"success": true, ...}`.'
+    ),
+    tags=["segment"],
+)
+async def segment_batch(request: Request[Any, Any, Any], ingest: IngestService) -> Response[bytes]:
+    header_key = _basic_key(request) or presented_key(request)
+    principal = _authenticate(request, header_key) if header_key else None
+    body = await _read_body(request, MAX_BATCH_BYTES)
+    payload: _Batch = _decode(_BATCH_DECODER, body)
+    if principal is None:
+        key = payload.writeKey
+        principal = _authenticate(request, key if isinstance(key, str) else None)
+    received_at = _now()
+    try:
+        envelope = Envelope(
+            received_at=received_at,
+            sent_at=parse_time(payload.sentAt, "sentAt"),
+            context=payload.context if isinstance(payload.context, dict) else None,
+            integrations=payload.integrations if isinstance(payload.integrations, dict) else None,
+        )
+    except MessageError as exc:
+        raise BadRequest(exc.message, code=exc.code, details=[{"path": exc.path}]) from None
+
+    rejected: list[Rejection] = []
+    events: list[bytes] = []
+    origins: list[int] = []
+    for index, raw in enumerate(payload.batch):
+        where = f"batch[{index}]"
+        if len(raw) > MAX_MESSAGE_BYTES:
+            rejected.append(
+                Rejection(
+                    index,
+                    "message_too_large",
+                    f"message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}",
+                    where,
+                )
+            )
+            continue
+        try:
+            message = _OBJECT_DECODER.decode(raw)
+            events.append(_encode(to_event(message, None, envelope)))
+            origins.append(index)
+        except msgspec.DecodeError:
+            rejected.append(Rejection(index, "invalid_message", "expected an object", where))
+        except MessageError as exc:
+            path = f"{where}.{exc.path}" if exc.path else where
+            rejected.append(Rejection(index, exc.code, exc.message, path))
+    accepted, duplicates, invalid = await _store(request, ingest, principal, events)
+    for r in invalid:
+        index = origins[r.index]
+        path = _relative(r.path)
+        rejected.append(
+            Rejection(
+                index, r.code, r.message, f"batch[{index}].{path}" if path else f"batch[{index}]"
+            )
+        )
+    rejected.sort(key=lambda r: r.index)
+    return _ok(
+        {
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "rejected": [r.to_dict() for r in rejected],
+        }
+    )
+
+
+def setup(ctx: AppContext) -> None:
+    """Record identity links (identify/alias) of every committed event, from any path."""
+    recorder = IdentityRecorder(ctx.store)
+    ctx.state[IDENTITY_STATE] = recorder
+    ctx.ingest.listeners.append(recorder.on_rows)
+
+
+async def shutdown(ctx: AppContext) -> None:
+    await ctx.state[IDENTITY_STATE].close()
+
+
+ROUTES = [segment_call, segment_batch]

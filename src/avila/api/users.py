@@ -1,0 +1,122 @@
+"""User endpoints: profile, RFM segment, sessions, and GDPR erasure.
+
+``GET /api/v1/users/{user_id}/predictions`` lives in :mod:`avila.api.ml`. Unknown users are a
+404 ``user_not_found``; DELETE needs the ``admin`` scope. Semantics: docs/users.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime
+from typing import Any
+
+from litestar import delete, get
+
+from avila.analytics import erase_user, user_profile, user_segment, user_sessions
+from avila.analytics.common import parse_query
+from avila.analytics.profiles import require_user
+from avila.api import ml as ml_api
+from avila.api.analytics import Result, run, session_query
+from avila.api.component import AppContext
+from avila.errors import AvilaError
+from avila.schemas.analytics import RFMQuery
+from avila.security.keys import Principal
+from avila.storage.base import Store
+
+_TAGS = ["users"]
+
+
+@get(
+    "/api/v1/users/{user_id:str}",
+    opt={"scope": "read"},
+    summary="User profile",
+    description=(
+        "First/last seen, totals, sessions, revenue, events by type, top pages, devices,"
+        " locations and the most recent events of one user (all of their stored events)."
+    ),
+    tags=_TAGS,
+)
+async def get_user(user_id: str, principal: Principal, store: Store, recent: int = 20) -> Result:
+    recent = max(0, min(recent, 200))
+    return await run(_profile, store, principal.project_id, user_id, recent)
+
+
+def _profile(store: Store, project_id: str, user_id: str, recent: int) -> Result:
+    return user_profile(store, project_id, user_id, recent=recent)
+
+
+@get(
+    "/api/v1/users/{user_id:str}/segment",
+    opt={"scope": "read"},
+    summary="User RFM segment",
+    description=(
+        "The user's recency, frequency, monetary value, R/F/M scores (1-5, scored against all"
+        " purchasing users of the project) and segment; null scores when the user made no"
+        " purchase in the window."
+    ),
+    tags=_TAGS,
+)
+async def get_user_segment(
+    user_id: str,
+    principal: Principal,
+    store: Store,
+    reference_date: datetime | None = None,
+    window_days: int = 365,
+) -> Result:
+    q = parse_query(RFMQuery, {"reference_date": reference_date, "window_days": window_days})
+    return await run(user_segment, store, principal.project_id, user_id, q)
+
+
+@get(
+    "/api/v1/users/{user_id:str}/sessions",
+    opt={"scope": "read"},
+    summary="User sessions",
+    description=(
+        "Session metrics of one user and their `limit` most recent sessions in the range"
+        " (default: the last 30 days)."
+    ),
+    tags=_TAGS,
+)
+async def get_user_sessions(
+    user_id: str,
+    principal: Principal,
+    store: Store,
+    start_time: datetime | None = None,
+    end_time: datetime | None = None,
+    filters: str | None = None,
+    timezone: str = "UTC",
+    timeout_seconds: int = 1800,
+    max_session_seconds: int = 86400,
+    limit: int = 50,
+) -> Result:
+    q = session_query(
+        start_time, end_time, filters, timezone, timeout_seconds, max_session_seconds, limit
+    )
+    return await run(_user_sessions, store, principal.project_id, user_id, q)
+
+
+def _user_sessions(store: Store, project_id: str, user_id: str, q: Any) -> Result:
+    require_user(store, project_id, user_id)
+    return user_sessions(store, project_id, user_id, q)
+
+
+@delete(
+    "/api/v1/users/{user_id:str}",
+    opt={"scope": "admin"},
+    status_code=200,
+    summary="Erase a user (GDPR)",
+    description=(
+        "Deletes every stored event of the user in the key's project, their identity links and"
+        " their precomputed predictions."
+    ),
+    tags=_TAGS,
+)
+async def delete_user(user_id: str, principal: Principal, store: Store, ctx: AppContext) -> Result:
+    result = await run(erase_user, store, principal.project_id, user_id)
+    # Scores computed at training time would otherwise keep serving the erased user.
+    with contextlib.suppress(AvilaError):
+        ml_api.get_service(ctx).forget(principal.project_id, user_id)
+    return result
+
+
+ROUTES = [get_user, get_user_segment, get_user_sessions, delete_user]

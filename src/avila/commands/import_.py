@@ -1,0 +1,98 @@
+"""avila import FILE: load events from NDJSON, CSV or Parquet through the ingestion path.
+
+Every row is validated and deduplicated exactly like ``POST /api/v1/events/batch``; rejected
+rows are listed at the end (row/line number, code, message) and make the exit status 1.
+
+DuckDB admits one process per database file, so there are two modes:
+
+- ``--url http://host:3000`` (with ``--api-key`` or ``AVILA_API_KEY``, ``ingest`` scope): send
+  the events to a running server in batches; the key's project receives them.
+- no ``--url``: open the store named by the settings in this process; only works while no
+  server holds it. ``--project`` picks the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from avila.errors import AvilaError
+
+SHOWN_REJECTIONS = 20
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from avila.export.importer import DirectTarget, HttpTarget, Target, run_import
+    from avila.export.reader import detect_format, progress_total, read_chunks
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise AvilaError(f"no such file: {path}", code="file_not_found")
+    fmt = detect_format(path, args.format)
+    target: Target
+    if args.url:
+        key = args.api_key or os.environ.get("AVILA_API_KEY")
+        if not key:
+            raise AvilaError(
+                "--url needs an API key with the ingest scope (--api-key or AVILA_API_KEY)"
+            )
+        target = HttpTarget(args.url, key)
+    else:
+        from avila.commands.export import open_local_store
+        from avila.config import Settings
+
+        store = open_local_store(Settings.from_env().storage_url, read_only=False)
+        target = DirectTarget(store, args.project)
+    by_rows = fmt == "parquet"
+    with tqdm(
+        total=progress_total(path, fmt),
+        unit="rows" if by_rows else "B",
+        unit_scale=not by_rows,
+        unit_divisor=1024,
+        desc=f"import {path.name}",
+        disable=args.quiet or None,
+        file=sys.stderr,
+    ) as bar:
+
+        def advance(chunk: object) -> None:
+            bar.update(chunk.progress - bar.n)  # type: ignore[attr-defined]
+
+        try:
+            summary = run_import(read_chunks(path, fmt, args.batch_size), target, advance)
+        finally:
+            if not args.url:
+                store.close()
+    print(
+        f"{summary.rows} rows: {summary.accepted} accepted, {summary.duplicates} duplicates, "
+        f"{summary.rejected} rejected",
+        file=sys.stderr,
+    )
+    for r in summary.rejections[:SHOWN_REJECTIONS]:
+        where = f" at {r.path}" if r.path else ""
+        print(f"  row {r.row}: {r.code}: {r.message}{where}", file=sys.stderr)
+    if summary.rejected > SHOWN_REJECTIONS:
+        print(f"  ... and {summary.rejected - SHOWN_REJECTIONS} more", file=sys.stderr)
+    return 1 if summary.rejected else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser(
+        "import",
+        help="import events from ndjson, csv or parquet",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("file", help="file to import (.ndjson/.jsonl, .csv, .parquet)")
+    parser.add_argument("-f", "--format", choices=["ndjson", "csv", "parquet"])
+    parser.add_argument("--project", default="default", help="project (direct mode only)")
+    parser.add_argument("--url", help="send to a running server at this base URL")
+    parser.add_argument("--api-key", help="key for --url (default: $AVILA_API_KEY)")
+    parser.add_argument(
+        "--batch-size", type=int, default=2000, help="events per batch (max 10000; default 2000)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)

@@ -1,0 +1,232 @@
+"""Per-user predictions served from the newest trained run, with documented fallbacks.
+
+Scores are precomputed at training time (:class:`avila.ml.training.TrainedModels`), so a
+request is a dictionary lookup plus, for a live session, one small model call. Fallbacks,
+flagged with ``"baseline": true`` and a ``baseline_reason``:
+
+* **no run trained yet** — churn and conversion probabilities are base rates measured on the
+  store (churn: share of the users active in [E − 28 d, E − 14 d) with no event in
+  [E − 14 d, E]; conversion: share of the users active in [E − 35 d, E − 7 d) who purchase in
+  [E − 7 d, E]; E = newest event), recommendations are the most popular products (views 1,
+  carts 3), next best action ``no_action``. Cached for five minutes.
+* **a user without history in the run** (first seen after training) — the run's base rates
+  and popularity list.
+
+A user with no stored event at all is unknown (404).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from avila.errors import NotFound
+from avila.ml.conversion import LiveSessions
+from avila.ml.features import SESSION_FEATURES
+from avila.ml.registry import ModelRegistry
+from avila.ml.training import MODEL_NAMES, TrainedModels
+from avila.storage.base import Store
+
+__all__ = ["PredictionService"]
+
+_COLD_SQL = """
+WITH bounds AS (SELECT max(ts) AS e FROM events WHERE project_id = ?),
+     days AS (SELECT DISTINCT user_id, date_trunc('day', ts) AS day,
+                     event_type = 'purchase' AS bought
+              FROM events, bounds WHERE project_id = ? AND ts >= e - INTERVAL 35 DAY)
+SELECT
+  (SELECT avg(CASE WHEN NOT EXISTS (SELECT 1 FROM days d2 WHERE d2.user_id = a.user_id
+                                    AND d2.day >= (SELECT e FROM bounds) - INTERVAL 14 DAY)
+              THEN 1.0 ELSE 0.0 END)
+   FROM (SELECT DISTINCT user_id FROM days WHERE day >= (SELECT e FROM bounds) - INTERVAL 28 DAY
+         AND day < (SELECT e FROM bounds) - INTERVAL 14 DAY) a),
+  (SELECT avg(CASE WHEN EXISTS (SELECT 1 FROM days d2 WHERE d2.user_id = a.user_id AND d2.bought
+                                AND d2.day >= (SELECT e FROM bounds) - INTERVAL 7 DAY)
+              THEN 1.0 ELSE 0.0 END)
+   FROM (SELECT DISTINCT user_id FROM days
+         WHERE day < (SELECT e FROM bounds) - INTERVAL 7 DAY) a)
+"""
+
+_POPULAR_SQL = """
+SELECT product_id, sum(CASE event_type WHEN 'add_to_cart' THEN 3.0 ELSE 1.0 END) AS score
+FROM events WHERE project_id = ? AND product_id IS NOT NULL
+  AND event_type IN ('product_view', 'add_to_cart')
+GROUP BY product_id ORDER BY score DESC, product_id LIMIT ?
+"""
+
+
+def _now_us() -> int:
+    return int(time.time() * 1_000_000)
+
+
+class PredictionService:
+    """Holds the newest run per project; answers predictions and also-bought lists."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: ModelRegistry,
+        live: LiveSessions | None = None,
+        *,
+        cold_cache_seconds: float = 300.0,
+        recommendations: int = 10,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.live = live or LiveSessions()
+        self.cold_cache_seconds = cold_cache_seconds
+        self.recommendations = recommendations
+        self._runs: dict[str, tuple[dict[str, Any], TrainedModels]] = {}
+        self._cold: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._forgotten: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def load_all(self) -> int:
+        """Load the newest run of every project in the registry; returns how many."""
+        for project in self.registry.projects():
+            loaded = self.registry.load_latest(project)
+            if loaded is not None:
+                self.install(project, *loaded)
+        return len(self._runs)
+
+    def install(self, project_id: str, meta: dict[str, Any], models: TrainedModels) -> None:
+        with self._lock:
+            self._runs[project_id] = (meta, models)
+            self._forgotten = {k for k in self._forgotten if k[0] != project_id}
+
+    def projects(self) -> list[str]:
+        """Projects with a loaded run."""
+        return list(self._runs)
+
+    def current(self, project_id: str) -> tuple[dict[str, Any], TrainedModels] | None:
+        return self._runs.get(project_id)
+
+    def forget(self, project_id: str, user_id: str) -> None:
+        """Stop serving a user's precomputed scores (after their data was erased)."""
+        with self._lock:
+            self._forgotten.add((project_id, user_id))
+        self.live.forget(project_id, user_id)
+
+    # -- predictions -----------------------------------------------------------------------
+
+    def predict(self, project_id: str, user_id: str) -> dict[str, Any]:
+        """The predictions body for one user; raises 404 for a user with no stored event."""
+        run = self._runs.get(project_id)
+        forgotten = (project_id, user_id) in self._forgotten
+        record = None if run is None or forgotten else run[1].users.get(user_id)
+        now_us = _now_us()
+        session = self.live.get(project_id, user_id, now_us=now_us)
+        if record is not None and run is not None:
+            meta, models = run
+            version = f"v{meta['version']}"
+            body = {
+                "user_id": user_id,
+                **record,
+                "model_versions": dict.fromkeys(MODEL_NAMES, version),
+                "baseline": False,
+                "as_of": models.as_of,
+            }
+        else:
+            if session is None and (forgotten or not self._exists(project_id, user_id)):
+                raise NotFound(f"unknown user {user_id!r}", code="user_not_found")
+            body = self._baseline(project_id, user_id, run)
+        body["session"] = self._session(run, session) if session is not None else None
+        return body
+
+    def _exists(self, project_id: str, user_id: str) -> bool:
+        rows = self.store.query(
+            "SELECT 1 FROM events WHERE project_id = ? AND user_id = ? LIMIT 1",
+            [project_id, user_id],
+        )
+        return bool(rows)
+
+    def _baseline(
+        self, project_id: str, user_id: str, run: tuple[dict[str, Any], TrainedModels] | None
+    ) -> dict[str, Any]:
+        if run is not None:
+            models = run[1]
+            rates: dict[str, Any] = dict(models.base_rates)
+            popular = models.popularity
+            reason = "user has no history in the trained run (first seen after training)"
+            version = f"v{run[0]['version']}-baseline"
+        else:
+            cold = self._cold_baseline(project_id)
+            rates, popular = cold["rates"], cold["popularity"]
+            reason = "no model trained yet: store base rates and product popularity"
+            version = "baseline"
+        return {
+            "user_id": user_id,
+            "churn_probability": rates.get("churn"),
+            "conversion_probability": rates.get("conversion"),
+            "recommendations": [
+                {"product_id": p, "score": round(float(s), 6)}
+                for p, s in popular[: self.recommendations]
+            ],
+            "next_best_action": {
+                "action": "no_action",
+                "reason": "baseline: no user history in the models to justify an action",
+            },
+            "model_versions": dict.fromkeys(MODEL_NAMES, version),
+            "baseline": True,
+            "baseline_reason": reason,
+            "clv": None,
+        }
+
+    def _cold_baseline(self, project_id: str) -> dict[str, Any]:
+        cached = self._cold.get(project_id)
+        if cached is not None and time.monotonic() - cached[0] < self.cold_cache_seconds:
+            return cached[1]
+        churn, conversion = self.store.query(_COLD_SQL, [project_id, project_id])[0]
+        popular = self.store.query(_POPULAR_SQL, [project_id, self.recommendations])
+        value = {
+            "rates": {
+                "churn": None if churn is None else round(float(churn), 6),
+                "conversion": None if conversion is None else round(float(conversion), 6),
+            },
+            "popularity": [(str(p), float(s)) for p, s in popular],
+        }
+        self._cold[project_id] = (time.monotonic(), value)
+        return value
+
+    @staticmethod
+    def _session(run: tuple[dict[str, Any], TrainedModels] | None, state: Any) -> dict[str, Any]:
+        features = state.features()
+        model = run[1].session_model if run is not None else None
+        if state.purchased:
+            probability: float | None = 1.0
+        elif model is not None:
+            frame = pd.DataFrame([features], columns=SESSION_FEATURES)
+            probability = round(float(model.predict_proba(frame)[0]), 6)
+        else:
+            probability = None
+        return {
+            "session_id": state.session_id,
+            "started_at": datetime.fromtimestamp(state.start_us / 1e6, UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            ),
+            "events": state.events,
+            "purchased": state.purchased,
+            "conversion_probability": probability,
+            "model_version": f"v{run[0]['version']}" if model is not None and run else None,
+        }
+
+    def also_bought(self, project_id: str, product_id: str, n: int = 10) -> dict[str, Any]:
+        run = self._runs.get(project_id)
+        if run is None:
+            raise NotFound(
+                "no trained model yet: POST /api/v1/ml/train first", code="model_not_trained"
+            )
+        items = run[1].also_bought.get(product_id)
+        if items is None:
+            raise NotFound(f"unknown product {product_id!r}", code="product_not_found")
+        return {
+            "product_id": product_id,
+            "also_bought": [{"product_id": p, "score": round(s, 6)} for p, s in items[:n]],
+            "model_version": f"v{run[0]['version']}",
+        }

@@ -1,0 +1,356 @@
+/*! Avila Analytics browser tracker. docs/tracker.md
+ * <script src="https://HOST/avila.js" data-api-key="INGEST_KEY" defer></script>
+ * Records a PageView on load and on SPA navigation; window.avila.track(name, properties),
+ * .identify(userId, traits), .flush(), .reset(). Events go to POST {endpoint}/api/v1/events/batch
+ * with the x-api-key header (fetch; keepalive when the page is hidden or unloads).
+ */
+(function () {
+  "use strict";
+  var VERSION = "1";
+  var existing = window.avila;
+  if (existing && existing.__avila) return; // loaded twice
+  var preload = Array.isArray(existing) ? existing : []; // calls made before we loaded
+
+  var SESSION_IDLE_MS = 30 * 60 * 1000; // GA4 / Plausible / PostHog session cut
+  var FLUSH_DELAY_MS = 1000;
+  var MAX_BATCH = 50;
+  var MAX_QUEUE = 1000;
+  var KEEPALIVE_BYTES = 60000; // browsers cap in-flight keepalive bodies at 64 KiB
+  var KEY_ANON = "avila_anonymous_id";
+  var KEY_USER = "avila_user_id";
+  var KEY_SESSION = "avila_session";
+  var KEY_QUEUE = "avila_queue";
+
+  var script =
+    document.currentScript ||
+    document.querySelector('script[src*="avila.js"][data-api-key]');
+  var attr = function (name) {
+    return script ? script.getAttribute(name) : null;
+  };
+  var apiKey = attr("data-api-key");
+  var origin = script && script.src ? new URL(script.src, location.href).origin : location.origin;
+  var endpoint = (attr("data-endpoint") || origin).replace(/\/+$/, "");
+  var batchUrl = endpoint + "/api/v1/events/batch";
+  var autoPageviews = attr("data-auto-pageview") !== "false";
+
+  // --- storage (localStorage may be missing or throw: fall back to memory) ------------------
+  var memory = {};
+  function load(key) {
+    try {
+      var v = window.localStorage.getItem(key);
+      return v === null ? memory[key] || null : v;
+    } catch (e) {
+      return memory[key] || null;
+    }
+  }
+  function save(key, value) {
+    memory[key] = value;
+    try {
+      if (value === null) window.localStorage.removeItem(key);
+      else window.localStorage.setItem(key, value);
+    } catch (e) {
+      /* private mode or quota: the in-memory copy still works for this page */
+    }
+  }
+
+  function uuid() {
+    var c = window.crypto;
+    if (c && typeof c.randomUUID === "function") {
+      try {
+        return c.randomUUID();
+      } catch (e) {
+        /* insecure context */
+      }
+    }
+    var b = new Uint8Array(16);
+    if (c && c.getRandomValues) c.getRandomValues(b);
+    else for (var i = 0; i < 16; i++) b[i] = Math.floor(Math.random() * 256);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    var h = Array.prototype.map.call(b, function (x) {
+      return (x + 0x100).toString(16).slice(1);
+    }).join("");
+    return h.slice(0, 8) + "-" + h.slice(8, 12) + "-" + h.slice(12, 16) + "-" +
+      h.slice(16, 20) + "-" + h.slice(20);
+  }
+
+  // --- identity and session ------------------------------------------------------------------
+  function anonymousId() {
+    var id = load(KEY_ANON);
+    if (!id) {
+      id = uuid();
+      save(KEY_ANON, id);
+    }
+    return id;
+  }
+  function sessionId(now) {
+    var s = null;
+    try {
+      s = JSON.parse(load(KEY_SESSION) || "null");
+    } catch (e) {
+      s = null;
+    }
+    if (!s || typeof s.id !== "string" || !(now - s.last < SESSION_IDLE_MS)) {
+      s = { id: uuid(), last: now };
+    }
+    s.last = now;
+    save(KEY_SESSION, JSON.stringify(s));
+    return s.id;
+  }
+
+  // --- context (same coarse rules as avila.ingest.segment.user_agent_fields) -----------------
+  function uaFields(ua) {
+    var browsers = [
+      ["Edge", /Edg(?:e|A|iOS)?\//], ["Opera", /OPR\/|Opera/],
+      ["Samsung Internet", /SamsungBrowser\//], ["Firefox", /Firefox\/|FxiOS\//],
+      ["Chrome", /Chrome\/|CriOS\/|Chromium\//], ["Safari", /Safari\//]
+    ];
+    var oses = [
+      ["iOS", /iPhone|iPad|iPod/], ["Android", /Android/], ["Windows", /Windows/],
+      ["macOS", /Mac OS X|Macintosh/], ["ChromeOS", /CrOS/], ["Linux", /Linux|X11/]
+    ];
+    var out = {};
+    var i;
+    for (i = 0; i < browsers.length; i++) {
+      if (browsers[i][1].test(ua)) { out.browser = browsers[i][0]; break; }
+    }
+    for (i = 0; i < oses.length; i++) {
+      if (oses[i][1].test(ua)) { out.os = oses[i][0]; break; }
+    }
+    if (/iPad|Tablet/.test(ua) || (/Android/.test(ua) && !/Mobile/.test(ua))) out.device_type = "tablet";
+    else if (/Mobi|iPhone|iPod/.test(ua)) out.device_type = "mobile";
+    else out.device_type = "desktop";
+    return out;
+  }
+  function context(referrer) {
+    var ua = navigator.userAgent || "";
+    var device = uaFields(ua);
+    var scr = window.screen;
+    if (scr && scr.width >= 0 && scr.height >= 0) {
+      device.screen_resolution = [Math.round(scr.width), Math.round(scr.height)];
+    }
+    var ctx = {
+      device: device,
+      user_agent: ua,
+      viewport: {
+        width: Math.max(0, Math.round(window.innerWidth || 0)),
+        height: Math.max(0, Math.round(window.innerHeight || 0))
+      },
+      locale: navigator.language || undefined
+    };
+    try {
+      var tz = Intl.DateTimeFormat().resolvedOptions().timeZone;
+      if (tz) ctx.location = { timezone: tz };
+    } catch (e) {
+      /* no Intl */
+    }
+    if (referrer) ctx.referrer = referrer;
+    return ctx;
+  }
+
+  // --- queue, persisted so events survive a navigation that beat the request -----------------
+  var queue = [];
+  try {
+    queue = JSON.parse(load(KEY_QUEUE) || "[]");
+    if (!Array.isArray(queue)) queue = [];
+  } catch (e) {
+    queue = [];
+  }
+  var inflight = {}; // event_id -> true while a normal (non-keepalive) request carries it
+  var timer = null;
+  var backoffMs = 0;
+
+  function persist() {
+    save(KEY_QUEUE, queue.length ? JSON.stringify(queue) : null);
+  }
+  function settle(ids) {
+    var done = {};
+    ids.forEach(function (id) { done[id] = true; delete inflight[id]; });
+    queue = queue.filter(function (e) { return !done[e.event_id]; });
+    persist();
+  }
+  function release(ids) {
+    ids.forEach(function (id) { delete inflight[id]; });
+  }
+
+  function post(events, keepalive) {
+    var ids = events.map(function (e) { return e.event_id; });
+    var init = {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-api-key": apiKey },
+      body: JSON.stringify({ events: events }),
+      credentials: "omit",
+      mode: "cors",
+      keepalive: !!keepalive
+    };
+    return fetch(batchUrl, init).then(
+      function (res) {
+        // 2xx: stored (or rejected as invalid, which a retry cannot fix); other 4xx but
+        // 408/429: a bad key or request, equally hopeless. Retry the rest later; event ids make
+        // a re-send a duplicate, never a second event.
+        if (res.ok || (res.status >= 400 && res.status < 500 && res.status !== 408 && res.status !== 429)) {
+          if (!res.ok && window.console) console.warn("avila: events refused with HTTP " + res.status);
+          settle(ids);
+          backoffMs = 0;
+        } else {
+          release(ids);
+          retryLater();
+        }
+      },
+      function () {
+        release(ids);
+        retryLater();
+      }
+    );
+  }
+
+  function retryLater() {
+    backoffMs = Math.min(backoffMs ? backoffMs * 2 : 2000, 60000);
+    schedule(backoffMs);
+  }
+  function schedule(delay) {
+    if (timer === null) {
+      timer = setTimeout(function () {
+        timer = null;
+        flush();
+      }, delay);
+    }
+  }
+
+  /** Send every queued event now. With keepalive the requests outlive the page. */
+  function flush(keepalive) {
+    if (!apiKey) return Promise.resolve();
+    if (timer !== null && !keepalive) {
+      clearTimeout(timer);
+      timer = null;
+    }
+    var pending = queue.filter(function (e) { return keepalive || !inflight[e.event_id]; });
+    var sends = [];
+    var chunk = [];
+    var bytes = 0;
+    function emit() {
+      if (!chunk.length) return;
+      chunk.forEach(function (e) { inflight[e.event_id] = true; });
+      sends.push(post(chunk, keepalive));
+      chunk = [];
+      bytes = 0;
+    }
+    pending.forEach(function (e) {
+      var size = JSON.stringify(e).length + 1;
+      if (chunk.length >= MAX_BATCH || (keepalive && bytes + size > KEEPALIVE_BYTES)) emit();
+      chunk.push(e);
+      bytes += size;
+    });
+    emit();
+    return Promise.all(sends).then(function () {});
+  }
+
+  function enqueue(event) {
+    queue.push(event);
+    if (queue.length > MAX_QUEUE) queue.splice(0, queue.length - MAX_QUEUE);
+    persist();
+    if (queue.length - Object.keys(inflight).length >= MAX_BATCH) flush();
+    else schedule(FLUSH_DELAY_MS);
+  }
+
+  function build(type, data, referrer, extraMetadata) {
+    var now = Date.now();
+    var anon = anonymousId();
+    var metadata = { source: "avila.js", version: VERSION, anonymous_id: anon };
+    for (var k in extraMetadata || {}) metadata[k] = extraMetadata[k];
+    return {
+      event_id: uuid(),
+      user_id: load(KEY_USER) || anon,
+      session_id: sessionId(now),
+      timestamp: new Date(now).toISOString(),
+      event_type: { type: type, data: data },
+      metadata: metadata,
+      context: context(referrer)
+    };
+  }
+
+  // --- page views, including SPA navigation --------------------------------------------------
+  var lastUrl = null;
+  function page() {
+    var url = location.href;
+    if (url === lastUrl) return; // replaceState to the same URL, or a hashchange after popstate
+    var referrer = lastUrl || document.referrer || null;
+    lastUrl = url;
+    var data = { url: url, path: location.pathname };
+    if (document.title) data.title = document.title;
+    enqueue(build("PageView", data, referrer));
+  }
+  function onNavigate() {
+    // Let the app update document.title for the new route first.
+    setTimeout(page, 0);
+  }
+  if (autoPageviews) {
+    ["pushState", "replaceState"].forEach(function (name) {
+      var original = history[name];
+      if (typeof original !== "function") return;
+      history[name] = function () {
+        var result = original.apply(this, arguments);
+        onNavigate();
+        return result;
+      };
+    });
+    window.addEventListener("popstate", onNavigate);
+    window.addEventListener("hashchange", onNavigate);
+  }
+
+  // --- public API ----------------------------------------------------------------------------
+  var api = {
+    __avila: VERSION,
+    /** A Custom event {name, properties}. */
+    track: function (name, properties) {
+      if (typeof name !== "string" || !name) throw new TypeError("avila.track needs an event name");
+      enqueue(build("Custom", { name: name, properties: properties || {} }, null));
+    },
+    /** Tie this browser's anonymous id (and its past events) to userId; later events use it. */
+    identify: function (userId, traits) {
+      if (userId === null || userId === undefined || userId === "") {
+        throw new TypeError("avila.identify needs a user id");
+      }
+      save(KEY_USER, String(userId));
+      enqueue(build("Custom", { name: "$identify", properties: traits || {} }, null));
+    },
+    /** Record a page view now (automatic unless data-auto-pageview="false"). */
+    page: function () {
+      lastUrl = null;
+      page();
+    },
+    /** Forget the user (logout): a new anonymous id and session. */
+    reset: function () {
+      save(KEY_USER, null);
+      save(KEY_ANON, null);
+      save(KEY_SESSION, null);
+    },
+    /** Send queued events now; resolves when the requests have answered. */
+    flush: function () {
+      return flush(false);
+    },
+    anonymousId: anonymousId,
+    userId: function () {
+      return load(KEY_USER);
+    }
+  };
+  window.avila = api;
+
+  if (!apiKey) {
+    if (window.console) console.warn("avila: no data-api-key on the <script> tag; nothing is sent");
+  }
+
+  // Hidden or unloading: hand everything to keepalive requests, which outlive the page.
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "hidden") flush(true);
+  });
+  window.addEventListener("pagehide", function () {
+    flush(true);
+  });
+
+  preload.forEach(function (call) {
+    if (call && typeof api[call[0]] === "function") api[call[0]].apply(api, call.slice(1));
+  });
+  if (autoPageviews) page();
+  if (queue.length) schedule(0); // left over from an earlier page
+})();
