@@ -51,7 +51,8 @@ coverage: $(TEST_STAMP) test-data
 	$(BIN)/pytest --cov=avila --cov-report=html --cov-report=term
 	@echo "report: htmlcov/index.html"
 
-bench: bench-ingest bench-analytics
+bench: $(TEST_STAMP)
+	$(BIN)/python benchmarks/run_all.py
 
 bench-ingest: $(TEST_STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
