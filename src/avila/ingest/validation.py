@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -59,6 +60,7 @@ def split_msgspec_error(
 
 
 _EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 
@@ -128,27 +130,31 @@ def validate_events(
     """Decode and validate each raw event; returns accepted rows and per-index rejections.
 
     Rejection paths are ``{path_prefix}[i].field``, or ``{path_prefix}.field`` when ``single``
-    (the body of ``POST /api/v1/events`` holds one event, not a list). ``received_at`` (UTC) fills missing timestamps; events more than one hour after it are
-    rejected with ``timestamp_in_future``. Missing event ids get a fresh UUID4.
+    (the body of ``POST /api/v1/events`` holds one event, not a list). ``received_at`` (UTC)
+    fills missing timestamps; events more than one hour after it are rejected with
+    ``timestamp_in_future``. Missing event ids get a fresh UUID4.
     """
     now = _utc_naive(received_at or datetime.now(UTC))
+    now_us = epoch_us(now)
+    latest_allowed_us = epoch_us(now + MAX_FUTURE)
     rows = EventRows(project_id, now)
     rejected: list[Rejection] = []
-    cols = rows.columns
-    latest_allowed = now + MAX_FUTURE
+    # One tuple per accepted event, transposed into columns at the end: far cheaper on this
+    # hot path than 25 list appends per event.
+    records: list[tuple[Any, ...]] = []
+    indexes = rows.indexes
     decode_envelope = ENVELOPE_DECODER.decode
     decode_context = CONTEXT_DECODER.decode
 
     for index, raw in enumerate(raws):
         env = None
-        prefix = path_prefix if single else f"{path_prefix}[{index}]"
         if len(raw) > MAX_EVENT_BYTES:
             rejected.append(
                 Rejection(
                     index,
                     "event_too_large",
                     f"event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES}",
-                    prefix,
+                    path_prefix if single else f"{path_prefix}[{index}]",
                 )
             )
             continue
@@ -162,81 +168,95 @@ def validate_events(
             context_raw = bytes(env.context)
             ctx = decode_context(context_raw) if context_raw != b"null" else None
             metadata_raw = bytes(env.metadata)
-            if metadata_raw[:1] not in (b"{", b"n"):
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            # Envelope errors carry their own path; data/context errors are relative to the part.
+            prefix = path_prefix if single else f"{path_prefix}[{index}]"
+            message, path = split_msgspec_error(exc, prefix if env is None else prefix + part)
+            rejected.append(Rejection(index, "invalid_event", message, path))
+            continue
+        if metadata_raw[:1] not in (b"{", b"n"):
+            prefix = path_prefix if single else f"{path_prefix}[{index}]"
+            rejected.append(
+                Rejection(index, "invalid_event", "Expected `object | null`", f"{prefix}.metadata")
+            )
+            continue
+        stamp = env.timestamp
+        if stamp is None:
+            ts_us = now_us
+        else:
+            ts_us = (stamp - (_EPOCH if stamp.tzinfo is None else _EPOCH_UTC)) // _US
+            if ts_us > latest_allowed_us:
+                prefix = path_prefix if single else f"{path_prefix}[{index}]"
                 rejected.append(
                     Rejection(
-                        index, "invalid_event", "Expected `object | null`", f"{prefix}.metadata"
+                        index,
+                        "timestamp_in_future",
+                        f"timestamp {_EPOCH + ts_us * _US:%Y-%m-%dT%H:%M:%S}Z is more than 1 h"
+                        " after the server time",
+                        f"{prefix}.timestamp",
                     )
                 )
                 continue
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            # Envelope errors carry their own path; data/context errors are relative to the part.
-            inner = prefix if "env" not in locals() or env is None else prefix + part
-            message, path = split_msgspec_error(exc, inner)
-            rejected.append(Rejection(index, "invalid_event", message, path))
-            continue
-        ts = _utc_naive(env.timestamp) if env.timestamp is not None else now
-        if ts > latest_allowed:
-            rejected.append(
-                Rejection(
-                    index,
-                    "timestamp_in_future",
-                    f"timestamp {ts.isoformat()}Z is more than 1 h after the server time",
-                    f"{prefix}.timestamp",
-                )
+        indexes.append(index)
+        records.append(
+            (
+                env.event_id or str(uuid.uuid4()),
+                env.user_id,
+                env.session_id,
+                ts_us,
+                EVENT_TYPES[etype],
+                *_FLATTEN_DATA[etype](data),
+                *(_flatten_context(ctx) if ctx is not None else _NO_CONTEXT),
+                bytes(data_raw).decode(),
+                metadata_raw.decode() if metadata_raw != b"null" else "{}",
+                context_raw.decode() if context_raw != b"null" else "{}",
             )
-            continue
-        rows.indexes.append(index)
-        cols["event_id"].append(env.event_id or str(uuid.uuid4()))
-        cols["user_id"].append(env.user_id)
-        cols["session_id"].append(env.session_id)
-        cols["ts"].append((ts - _EPOCH) // _US)
-        cols["event_type"].append(EVENT_TYPES[etype])
-        _flatten_data(cols, etype, data)
-        _flatten_context(cols, ctx)
-        cols["data"].append(bytes(data_raw).decode())
-        cols["metadata"].append(metadata_raw.decode() if metadata_raw != b"null" else "{}")
-        cols["context"].append(context_raw.decode() if context_raw != b"null" else "{}")
+        )
+    if records:
+        columns = rows.columns
+        for name, values in zip(_RECORD_COLUMNS, zip(*records, strict=True), strict=True):
+            columns[name] = list(values)
     return rows, rejected
 
 
-def _flatten_data(cols: dict[str, list[Any]], etype: str, data: Any) -> None:
-    url = title = product_id = order_id = name = query = currency = None
-    revenue = price = None
-    quantity = None
-    if etype == "PageView":
-        url, title = data.url, data.title
-    elif etype == "Click":
-        url = data.url
-    elif etype == "Search":
-        query = data.query
-    elif etype in ("ProductView", "AddToCart", "RemoveFromCart"):
-        product_id, quantity, price = data.product_id, data.quantity, data.price
-    elif etype == "Purchase":
-        order_id, revenue, currency = data.order_id, data.revenue, data.currency
-    elif etype == "Checkout":
-        revenue, currency = data.cart_value, data.currency
-    elif etype == "Custom":
-        name = data.name
-    cols["url"].append(url)
-    cols["title"].append(title)
-    cols["product_id"].append(product_id)
-    cols["order_id"].append(order_id)
-    cols["event_name"].append(name)
-    cols["search_query"].append(query)
-    cols["revenue"].append(revenue)
-    cols["currency"].append(currency)
-    cols["quantity"].append(quantity)
-    cols["price"].append(price)
+# Order of the values in one validated record (every stored column but the per-batch ones).
+_RECORD_COLUMNS = (
+    "event_id", "user_id", "session_id", "ts", "event_type",
+    "url", "title", "product_id", "order_id", "event_name", "search_query",
+    "revenue", "currency", "quantity", "price",
+    "device_type", "os", "browser", "country", "city", "referrer", "user_agent",
+    "data", "metadata", "context",
+)  # fmt: skip
+
+# event_type.data -> (url, title, product_id, order_id, event_name, search_query, revenue,
+# currency, quantity, price), per type. Checkout's cart_value is stored as revenue.
+_NONE10: tuple[None, ...] = (None,) * 10
+_FLATTEN_DATA: dict[str, Callable[[Any], tuple[Any, ...]]] = {
+    "PageView": lambda d: (d.url, d.title, None, None, None, None, None, None, None, None),
+    "Click": lambda d: (d.url, None, None, None, None, None, None, None, None, None),
+    "Search": lambda d: (None, None, None, None, None, d.query, None, None, None, None),
+    "ProductView": lambda d: (None, None, d.product_id, None, None, None, None, None, d.quantity, d.price),
+    "AddToCart": lambda d: (None, None, d.product_id, None, None, None, None, None, d.quantity, d.price),
+    "RemoveFromCart": lambda d: (None, None, d.product_id, None, None, None, None, None, d.quantity, d.price),
+    "Checkout": lambda d: (None, None, None, None, None, None, d.cart_value, d.currency, None, None),
+    "Purchase": lambda d: (None, None, None, d.order_id, None, None, d.revenue, d.currency, None, None),
+    "Custom": lambda d: (None, None, None, None, d.name, None, None, None, None, None),
+}  # fmt: skip
+for _name in EVENT_TYPES:
+    _FLATTEN_DATA.setdefault(_name, lambda d: _NONE10)
+
+_NO_CONTEXT: tuple[None, ...] = (None,) * 7
 
 
-def _flatten_context(cols: dict[str, list[Any]], ctx: Context | None) -> None:
-    device = ctx.device if ctx else None
-    location = ctx.location if ctx else None
-    cols["device_type"].append(device.device_type if device else None)
-    cols["os"].append(device.os if device else None)
-    cols["browser"].append(device.browser if device else None)
-    cols["country"].append(location.country if location else None)
-    cols["city"].append(location.city if location else None)
-    cols["referrer"].append(ctx.referrer if ctx else None)
-    cols["user_agent"].append(ctx.user_agent if ctx else None)
+def _flatten_context(ctx: Context) -> tuple[Any, ...]:
+    """(device_type, os, browser, country, city, referrer, user_agent)."""
+    device, location = ctx.device, ctx.location
+    return (
+        device.device_type if device else None,
+        device.os if device else None,
+        device.browser if device else None,
+        location.country if location else None,
+        location.city if location else None,
+        ctx.referrer,
+        ctx.user_agent,
+    )

@@ -9,10 +9,12 @@ useful work: the server validates events, the store process builds Arrow tables 
 DuckDB admits one process per database file, so reads go through the store process as well.
 Channels (pipes), each served by a thread in the child:
 
-- ``append``: column batches from the event loop's group commit. Several are in flight: the
-  child decodes and builds the Arrow tables of the next ones while DuckDB commits, and takes
-  all that are waiting into one transaction (the fixed cost of a DuckDB commit is paid once
-  when the writer is behind); acknowledgements come back in order, each after its commit.
+- ``append``: column batches (msgpack) from the event loop's group commit. Two commits are in
+  flight: the child decodes and builds the Arrow table of the next one while DuckDB commits
+  the current one, and takes all batches that are waiting into one transaction (the fixed
+  cost of a DuckDB commit and its fsync is paid once when the writer is behind).
+  Acknowledgements come back in order, each after its transaction committed. The socket
+  buffers are widened so a whole batch fits (measured: +5-10 % events/s, benchmarks/RESULTS.md).
 - ``write``: blocking writes (``execute``: deletes, migrations).
 - a few ``read`` channels, so a long query never delays a commit.
 
@@ -29,8 +31,8 @@ import multiprocessing
 import os
 import pickle
 import queue
+import socket
 import struct
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -51,8 +53,8 @@ from avila.storage.schema import ColumnBatch, columns_to_arrow
 log = logging.getLogger("avila.storage")
 
 READ_CHANNELS = 4
-COALESCE_SECONDS = float(os.environ.get("AVILA_COALESCE_MS", "2")) / 1000
-COALESCE_ROWS = 5000
+#: Most batches one transaction takes when several are waiting.
+COALESCE_BATCHES = 16
 _encode_batches = msgspec.msgpack.Encoder().encode
 _decode_batches = msgspec.msgpack.Decoder(list[dict[str, list[Any]]]).decode
 
@@ -68,6 +70,19 @@ def from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
+def _widen_buffers(conn: Connection, size: int = 4 << 20) -> None:
+    """Let a whole batch sit in the socket: with the default ~200 KB buffer a large frame
+    ping-pongs between the two processes in small pieces. The kernel caps the size at
+    net.core.wmem_max / rmem_max; a smaller cap only costs speed."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            with suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
+    finally:
+        sock.close()
+
+
 def _frame(payload: bytes) -> bytes:
     """The framing of multiprocessing.connection.Connection: 4-byte big-endian length."""
     return struct.pack("!i", len(payload)) + payload
@@ -79,22 +94,19 @@ def _frame(payload: bytes) -> bytes:
 def _serve_appends(store: Store, conn: Connection) -> None:
     """Decode batches while earlier ones commit; when several are waiting, commit them in one
     transaction; acknowledge each, in arrival order, after its commit."""
-    ready: queue.Queue[pa.Table | Exception | None] = queue.Queue(maxsize=16)
+    ready: queue.Queue[pa.Table | Exception | None] = queue.Queue(maxsize=COALESCE_BATCHES)
 
     def commit_loop() -> None:
         stop = False
         while not stop:
             items = [ready.get()]
-            # Wait a moment for batches already on their way: one commit of many rows costs
-            # far less than many commits of few (DuckDB's per-commit cost is ~2 ms).
-            deadline = time.monotonic() + COALESCE_SECONDS
-            rows = items[0].num_rows if isinstance(items[0], pa.Table) else 0
-            while len(items) < 16 and items[-1] is not None and rows < COALESCE_ROWS:
+            # Take every batch already waiting into the same transaction: one commit of many
+            # rows costs far less than many commits of few (fsync and per-commit overhead).
+            while len(items) < COALESCE_BATCHES and items[-1] is not None:
                 try:
-                    items.append(ready.get(timeout=max(0.0, deadline - time.monotonic())))
+                    items.append(ready.get_nowait())
                 except queue.Empty:
                     break
-                rows += items[-1].num_rows if isinstance(items[-1], pa.Table) else 0
             if items[-1] is None:
                 stop = True
                 items.pop()
@@ -175,9 +187,6 @@ def _child_main(
 ) -> None:
     from avila.storage.duckdb.store import DuckDBStore
 
-    # The commit thread needs the GIL back briefly after each DuckDB call; a short switch
-    # interval keeps it from waiting behind the decode thread.
-    sys.setswitchinterval(0.0005)
     try:
         store = DuckDBStore(Path(path), threads=threads)
     except Exception as exc:
@@ -185,6 +194,7 @@ def _child_main(
         return
     ready.send(("ok", None))
     write, append, *readers = channels
+    _widen_buffers(append)
     threading.Thread(target=_serve_appends, args=(store, append), daemon=True).start()
     for conn in readers:
         threading.Thread(target=_serve_requests, args=(store, conn), daemon=True).start()
@@ -249,7 +259,7 @@ class ProcessStore(Store):
 
     backend = "duckdb"
     #: Commits the group committer may keep in flight (see the module docstring).
-    max_inflight_commits = int(os.environ.get("AVILA_INFLIGHT", "8"))
+    max_inflight_commits = 2
 
     def __init__(
         self, path: Path, *, threads: int | None = None, start_timeout: float = 60
@@ -271,6 +281,7 @@ class ProcessStore(Store):
         self._write = pairs[0][0]
         self._write_lock = threading.Lock()
         self._append = pairs[1][0]
+        _widen_buffers(self._append)
         os.set_blocking(self._append.fileno(), False)
         self._append_lock: asyncio.Lock | None = None
         self._replies: collections.deque[asyncio.Future[tuple[Any, ...]]] = collections.deque()
