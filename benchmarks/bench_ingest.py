@@ -15,7 +15,6 @@ Reports per-round figures and medians, and writes them to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import tempfile
@@ -76,12 +75,15 @@ def run_round(tmp: Path, seconds: float, extra_env: dict[str, str]) -> dict[str,
                 host, port, "/api/v1/events", KEY, single_body(f"s{run_id}-{i}")
             )
 
-        # Warm up (imports, first commits, connection set-up), then measure.
-        asyncio.run(loadgen.closed_loop(host, port, 4, 1.0, lambda i: batch_request(10**8 + i)))
-        batch = asyncio.run(loadgen.closed_loop(host, port, CONNECTIONS, seconds, batch_request))
-        single = asyncio.run(
+        # Warm up (imports, first commits, connections), then the single-event scenario on
+        # the still-small store, then the batch scenario. (Run the other way round, the batch
+        # phase leaves a WAL near the checkpoint threshold, and the checkpoint's stall lands
+        # in the single-event phase; that stall is real, and visible in batch_p99_ms.)
+        loadgen.run(loadgen.closed_loop(host, port, 4, 1.0, lambda i: batch_request(10**8 + i)))
+        single = loadgen.run(
             loadgen.open_loop(host, port, SINGLE_RATE, seconds, 32, single_request)
         )
+        batch = loadgen.run(loadgen.closed_loop(host, port, CONNECTIONS, seconds, batch_request))
     ok_batches = batch.statuses.get(202, 0)
     return {
         "batch_events_per_s": ok_batches * BATCH / batch.seconds,
@@ -90,6 +92,7 @@ def run_round(tmp: Path, seconds: float, extra_env: dict[str, str]) -> dict[str,
         "batch_errors": batch.requests - ok_batches,
         "single_p50_ms": single.percentile(0.50) * 1000,
         "single_p99_ms": single.percentile(0.99) * 1000,
+        "single_p999_ms": single.percentile(0.999) * 1000,
         "single_errors": single.requests - single.statuses.get(202, 0),
     }
 
@@ -142,6 +145,7 @@ def main() -> None:
         "batch_p99_ms": "batch request latency p99 (ms)",
         "single_p50_ms": "single-event POST at 1,000 req/s: p50 (ms)",
         "single_p99_ms": "single-event POST at 1,000 req/s: p99 (ms)",
+        "single_p999_ms": "single-event POST at 1,000 req/s: p99.9 (ms)",
         "store_only_events_per_s": "store-only baseline: Arrow appends into DuckDB, events/s",
         "ratio_e2e_to_store": "ratio end-to-end batch / store-only",
         "batch_errors": "non-202 batch responses",

@@ -15,9 +15,21 @@ from results import stamp, write_section
 
 HERE = Path(__file__).resolve().parent
 BENCHES = [
-    ("bench_analytics", ["bench_analytics.py"], "Analytics queries at 10 million events: ours vs direct DuckDB SQL"),
-    ("bench_predictions", ["bench_predictions.py"], "Per-user predictions from loaded models, real server"),
-    ("bench_telemetry", ["bench_telemetry.py", "--rounds", "3"], "Telemetry ingest, real server, durable"),
+    (
+        "bench_analytics",
+        ["bench_analytics.py"],
+        "Analytics queries at 10 million events: ours vs direct DuckDB SQL",
+    ),
+    (
+        "bench_predictions",
+        ["bench_predictions.py"],
+        "Per-user predictions from loaded models, real server",
+    ),
+    (
+        "bench_telemetry",
+        ["bench_telemetry.py", "--rounds", "3"],
+        "Telemetry ingest, real server, durable",
+    ),
     ("bench_export", ["bench_export.py", "--no-write"], "Export of 10 million rows: peak RSS"),
 ]
 
@@ -29,7 +41,9 @@ def main() -> None:
         if only and name not in only:
             continue
         print(f"== {name}", flush=True)
-        done = subprocess.run([sys.executable, str(HERE / args[0]), *args[1:]], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, str(HERE / args[0]), *args[1:]], capture_output=True, text=True
+        )
         print(done.stdout[-4000:], done.stderr[-2000:] if done.returncode else "", flush=True)
         status = "" if done.returncode == 0 else f"\n**exit code {done.returncode}**\n"
         body = (

@@ -9,11 +9,11 @@ useful work: the server validates events, the store process builds Arrow tables 
 DuckDB admits one process per database file, so reads go through the store process as well.
 Channels (pipes), each served by a thread in the child:
 
-- ``append``: column batches (msgpack) from the event loop's group commit. Two commits are in
-  flight: the child decodes and builds the Arrow table of the next one while DuckDB commits
-  the current one, and takes all batches that are waiting into one transaction (the fixed
-  cost of a DuckDB commit and its fsync is paid once when the writer is behind).
-  Acknowledgements come back in order, each after its transaction committed. The socket
+- ``append``: column batches (msgpack) from the event loop's group commit. The child decodes
+  them and builds the Arrow table on one thread and commits on another, taking every batch
+  that is waiting into one transaction (the fixed cost of a DuckDB commit and its fsync is
+  paid once when the writer is behind). Acknowledgements come back in order, each after its
+  transaction committed. The socket
   buffers are widened so a whole batch fits (measured: +5-10 % events/s, benchmarks/RESULTS.md).
 - ``write``: blocking writes (``execute``: deletes, migrations).
 - a few ``read`` channels, so a long query never delays a commit.
@@ -258,8 +258,10 @@ class ProcessStore(Store):
     """A :class:`Store` whose DuckDB lives in a child process."""
 
     backend = "duckdb"
-    #: Commits the group committer may keep in flight (see the module docstring).
-    max_inflight_commits = 2
+    #: Commits the group committer may keep in flight. Two (decode the next batch while one
+    #: commits) measured no faster than one and added ~3 ms to single-event latency: with one,
+    #: rows gather in the server while a commit runs and go as one batch.
+    max_inflight_commits = 1
 
     def __init__(
         self, path: Path, *, threads: int | None = None, start_timeout: float = 60
