@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from avila.errors import ValidationFailed
 from avila.schemas.analytics import EventCondition, PropertyFilter
@@ -443,3 +445,14 @@ def bucket_array(local_us: np.ndarray, interval: str) -> np.ndarray:
         return local_us // (3600 * US_PER_SECOND)
     days = local_us // US_PER_DAY
     return days if interval == "day" else (days + 3) // 7
+
+
+def user_codes(users: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """0-based user number per row of rows sorted by user."""
+    n = len(users)
+    codes = np.zeros(n, dtype=np.int64)
+    if n > 1:
+        arr = users.combine_chunks() if isinstance(users, pa.ChunkedArray) else users
+        change = pc.not_equal(arr.slice(1), arr.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+        codes[1:] = np.cumsum(change)
+    return codes

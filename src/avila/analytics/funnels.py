@@ -42,7 +42,6 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from avila.analytics.common import (
     OTHER,
@@ -58,6 +57,7 @@ from avila.analytics.common import (
     property_expr,
     rate,
     time_range,
+    user_codes,
     where_clause,
     zone,
 )
@@ -110,7 +110,7 @@ def funnel(store: Store, project_id: str, query: FunnelQuery | Mapping[str, Any]
 
     nsteps = len(q.steps)
     window_us = q.conversion_window_seconds * 1_000_000
-    ucode = _user_codes(table.column("user_id"))
+    ucode = user_codes(table.column("user_id"))
     t = _int64(table.column("t"))
     masks = _int64(table.column("m"))
     if q.mode in ("ordered", "strict_increase"):
@@ -148,17 +148,6 @@ def _default_name(condition_type: str, value: str) -> str:
 
 def _int64(column: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(column.to_numpy(), dtype=np.int64)
-
-
-def _user_codes(users: pa.ChunkedArray) -> np.ndarray:
-    """0-based user number per row of rows sorted by user."""
-    n = len(users)
-    codes = np.zeros(n, dtype=np.int64)
-    if n > 1:
-        arr = users.combine_chunks() if isinstance(users, pa.ChunkedArray) else users
-        change = pc.not_equal(arr.slice(1), arr.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-        codes[1:] = np.cumsum(change)
-    return codes
 
 
 Levels = tuple[np.ndarray, np.ndarray, np.ndarray]

@@ -36,10 +36,11 @@ from avila.analytics.common import (
     parse_query,
     property_expr,
     time_range,
+    user_codes,
     where_clause,
     zone,
 )
-from avila.analytics.sessions import sessionize, sorted_events, summary, user_codes
+from avila.analytics.sessions import sessionize, sorted_events, summary
 from avila.schemas.analytics import OverviewQuery, TrendsQuery
 from avila.storage.base import Store
 

@@ -39,6 +39,7 @@ from avila.analytics.common import (
     parse_query,
     rate,
     time_range,
+    user_codes,
     where_clause,
     zone,
 )
@@ -59,17 +60,6 @@ def sorted_events(store: Store, project_id: str, where: Expr) -> pa.Table:
         f" FROM {events_source(store, project_id)} WHERE {where.sql} ORDER BY user_id, ts",
         where.params,
     )
-
-
-def user_codes(users: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """0-based user number per row of rows sorted by user."""
-    n = len(users)
-    codes = np.zeros(n, dtype=np.int64)
-    if n > 1:
-        arr = users.combine_chunks() if isinstance(users, pa.ChunkedArray) else users
-        change = pc.not_equal(arr.slice(1), arr.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-        codes[1:] = np.cumsum(change)
-    return codes
 
 
 @dataclass(frozen=True)
