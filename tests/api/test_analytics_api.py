@@ -316,7 +316,7 @@ def test_funnel_errors_are_422_with_code_and_path(a, body, code, path) -> None:
             "/api/v1/analytics/funnel",
             {"content": b"{nope", "headers": {"content-type": "application/json"}},
             400,
-            "bad_request",
+            "malformed_json",
             None,
         ),
     ],

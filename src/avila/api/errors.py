@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
@@ -59,6 +60,11 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
             if isinstance(item, dict)
         ]
         return error_response(422, "validation_failed", "request parameters are invalid", details)
+    if status == 400 and _is_json_decode_error(exc):
+        # Same code as the ingest routes, which decode their bodies themselves.
+        return error_response(
+            400, "malformed_json", f"request body is not valid JSON: {exc.detail}"
+        )
     return error_response(
         status, _HTTP_CODES.get(status, f"http_{status}"), str(exc.detail), [], exc.headers
     )
@@ -74,3 +80,14 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }
+
+
+def _is_json_decode_error(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, msgspec.DecodeError) and not isinstance(
+            cause, msgspec.ValidationError
+        ):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
