@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from avila.cli import ONE_SHOT_ARROW_POOL  # noqa: E402
 
 CHUNK_ROWS = 1_000_000
 BASE_US = 1_764_151_200_000_000  # 2025-11-26T10:00:00Z
@@ -174,6 +177,8 @@ def main() -> None:
             check=True,
             capture_output=True,
             text=True,
+            # The allocator `avila export` picks (avila.cli.ONE_SHOT_ARROW_POOL).
+            env={**os.environ, "ARROW_DEFAULT_MEMORY_POOL": ONE_SHOT_ARROW_POOL},
         )
         result = json.loads(child.stdout.strip().splitlines()[-1])
         results.append(result)

@@ -59,7 +59,9 @@ def _constant(value: Any) -> Provide:
 
 def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMiddleware:
     """The ASGI application. Opens the store now so a bad store fails at start."""
-    store = store or open_store(settings.storage_url, in_process=False)
+    store = store or open_store(
+        settings.storage_url, in_process=False, memory_limit=settings.duckdb_memory_limit
+    )
     metrics = Metrics()
     ingest = IngestService(
         store,

@@ -3,29 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
 from collections.abc import Sequence
-from types import ModuleType
 
 from avila import __version__
-from avila.commands import demo, export, import_, keys, serve, train
-from avila.commands import factory as demo_factory
 from avila.errors import AvilaError
 
-COMMAND_MODULES: tuple[ModuleType, ...] = (serve, demo, keys, export, import_, demo_factory, train)
+#: Command modules under ``avila.commands``, in help order. Imported when the parser is built,
+#: so :func:`main` can set process-wide options before pyarrow and DuckDB load.
+COMMAND_MODULES: tuple[str, ...] = (
+    "serve",
+    "demo",
+    "keys",
+    "export",
+    "import_",
+    "factory",
+    "train",
+)
+
+#: Arrow allocator for the one-shot data commands. They stream large exports/imports, and
+#: Arrow's default (mimalloc) keeps freed pages around: a 10M-row Parquet export peaked at
+#: 227 MB RSS with it, 206 MB with the system allocator. Arrow fixes its pool when it first
+#: allocates, hence before the commands are imported.
+ONE_SHOT_ARROW_POOL = "system"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avila", description="Avila Analytics server and tools")
     parser.add_argument("--version", action="version", version=f"avila {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in COMMAND_MODULES:
-        module.register(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"avila.commands.{name}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] in (["export"], ["import"]):
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", ONE_SHOT_ARROW_POOL)
+    args = build_parser().parse_args(arguments)
     try:
         return int(args.func(args))
     except AvilaError as exc:

@@ -8,6 +8,7 @@ start with a :class:`~avila.errors.ConfigError` naming the variable.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -71,6 +72,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Store location; default `duckdb:///<data dir>/avila.duckdb`.",
     ),
     SettingSpec(
+        "duckdb_memory_limit",
+        "AVILA_DUCKDB_MEMORY_LIMIT",
+        "",
+        "Cap on DuckDB's memory in the store process, e.g. `4GB`; empty: DuckDB's default (80 % of RAM).",
+    ),
+    SettingSpec(
         "flush_max_events",
         "AVILA_FLUSH_MAX_EVENTS",
         "20000",
@@ -132,6 +139,16 @@ def _parse_log_level(env: str, raw: str) -> str:
     raise ConfigError(f"{env} must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
 
 
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
+
+
+def _parse_memory(env: str, raw: str) -> str:
+    value = raw.strip()
+    if value and not _MEMORY.match(value):
+        raise ConfigError(f"{env} must be a size such as 512MB or 4GB, got {raw!r}")
+    return value
+
+
 def _parse_mqtt_url(env: str, raw: str) -> str:
     url = raw.strip()
     if url and urlsplit(url).scheme not in ("mqtt", "tcp"):
@@ -152,6 +169,7 @@ class Settings:
     rate_limit_per_minute: int = 1000
     data_dir: Path = field(default_factory=lambda: Path("./data"))
     storage_url: str = ""
+    duckdb_memory_limit: str = ""
     flush_max_events: int = 20_000
     dedup_window_hours: int = 24
     mqtt_url: str = ""
@@ -201,6 +219,7 @@ class Settings:
             "rate_limit_per_minute": lambda env, raw: _parse_int(env, raw, 0, 10**9),
             "data_dir": lambda env, raw: Path(raw.strip() or "./data"),
             "storage_url": lambda env, raw: raw.strip(),
+            "duckdb_memory_limit": _parse_memory,
             "flush_max_events": lambda env, raw: _parse_int(env, raw, 1, 1_000_000),
             "dedup_window_hours": lambda env, raw: _parse_int(env, raw, 1, 24 * 365),
             "mqtt_url": _parse_mqtt_url,

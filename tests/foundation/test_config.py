@@ -62,6 +62,8 @@ def test_cli_overrides_win_over_environment() -> None:
         ("RUST_LOG", "verbose"),
         ("AVILA_STORAGE_URL", "postgres://x"),
         ("AVILA_DEDUP_WINDOW_HOURS", "0"),
+        ("AVILA_DUCKDB_MEMORY_LIMIT", "lots"),
+        ("AVILA_MQTT_URL", "http://broker"),
     ],
 )
 def test_invalid_values_fail_naming_the_variable(name: str, value: str) -> None:
@@ -87,3 +89,14 @@ def test_env_example_only_names_known_settings() -> None:
         r"^#? ?([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE
     )
     assert names and set(names) <= known
+
+
+
+def test_duckdb_memory_limit_reaches_duckdb_in_the_store_process(tmp_path: Path) -> None:
+    from avila.storage.duckdb.process import ProcessStore
+
+    store = ProcessStore(tmp_path / "limited.duckdb", memory_limit="123MB")
+    try:
+        assert store.query("SELECT current_setting('memory_limit')")[0][0] == "117.3 MiB"
+    finally:
+        store.close()

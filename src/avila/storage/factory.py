@@ -14,6 +14,7 @@ def open_store(
     read_only: bool = False,
     in_process: bool = True,
     lock_wait: float = 15.0,
+    memory_limit: str = "",
 ) -> Store:
     """Open ``duckdb:///relative/path`` or ``duckdb:////absolute/path``.
 
@@ -26,8 +27,10 @@ def open_store(
         if not in_process and not read_only:
             from avila.storage.duckdb.process import ProcessStore
 
-            return ProcessStore(path)
+            return ProcessStore(path, memory_limit=memory_limit)
         from avila.storage.duckdb.store import DuckDBStore
 
-        return DuckDBStore(path, read_only=read_only, lock_wait=lock_wait)
+        return DuckDBStore(
+            path, read_only=read_only, lock_wait=lock_wait, memory_limit=memory_limit
+        )
     raise ConfigError(f"AVILA_STORAGE_URL: unsupported storage URL {storage_url!r}")

@@ -183,12 +183,16 @@ def _serve_requests(store: Store, conn: Connection) -> None:
 
 
 def _child_main(
-    path: str, threads: int | None, channels: list[Connection], ready: Connection
+    path: str,
+    threads: int | None,
+    memory_limit: str,
+    channels: list[Connection],
+    ready: Connection,
 ) -> None:
     from avila.storage.duckdb.store import DuckDBStore
 
     try:
-        store = DuckDBStore(Path(path), threads=threads)
+        store = DuckDBStore(Path(path), threads=threads, memory_limit=memory_limit)
     except Exception as exc:
         ready.send(("err", type(exc).__name__, str(exc)))
         return
@@ -264,14 +268,19 @@ class ProcessStore(Store):
     max_inflight_commits = 1
 
     def __init__(
-        self, path: Path, *, threads: int | None = None, start_timeout: float = 60
+        self,
+        path: Path,
+        *,
+        threads: int | None = None,
+        memory_limit: str = "",
+        start_timeout: float = 60,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         pairs = [ctx.Pipe(duplex=True) for _ in range(2 + READ_CHANNELS)]
         ready_parent, ready_child = ctx.Pipe(duplex=False)
         self._process = ctx.Process(
             target=_child_main,
-            args=(str(path), threads, [child for _, child in pairs], ready_child),
+            args=(str(path), threads, memory_limit, [child for _, child in pairs], ready_child),
             name="avila-store",
             daemon=True,
         )

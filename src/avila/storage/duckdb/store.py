@@ -35,6 +35,7 @@ class DuckDBStore(Store):
         read_only: bool = False,
         threads: int | None = None,
         lock_wait: float = 15.0,
+        memory_limit: str = "",
     ) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
@@ -46,6 +47,8 @@ class DuckDBStore(Store):
         config: dict[str, Any] = {"checkpoint_threshold": CHECKPOINT_THRESHOLD}
         if threads:
             config["threads"] = threads
+        if memory_limit:
+            config["memory_limit"] = memory_limit
         self._conn = self._connect(read_only, config, lock_wait)
         if not read_only:
             migrate(self._conn)
