@@ -91,7 +91,6 @@ def test_env_example_only_names_known_settings() -> None:
     assert names and set(names) <= known
 
 
-
 def test_duckdb_memory_limit_reaches_duckdb_in_the_store_process(tmp_path: Path) -> None:
     from avila.storage.duckdb.process import ProcessStore
 
