@@ -121,4 +121,6 @@ def test_stitched_person_is_counted_once(load) -> None:
     assert sessions(store, PROJECT, span)["users"] == 2
     assert erase_user(store, PROJECT, "alice") == {"deleted_events": 3}
     assert store.query("SELECT count(*) FROM events WHERE user_id = 'anon-1'")[0][0] == 0
+    # The identity link names both ids: it is personal data and goes with them.
+    assert store.query("SELECT count(*) FROM identities WHERE project_id = ?", [PROJECT])[0][0] == 0
     assert user_profile(store, "other", "alice")["total_events"] == 1

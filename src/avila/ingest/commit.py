@@ -1,7 +1,8 @@
 """Group commit: many concurrent requests share one store transaction.
 
 Requests hand validated rows (column batches) to :meth:`GroupCommitter.submit` and await a future. The store has
-a single writer: commits are serialised (one in flight, or two where the backend pipelines). When the writer is idle, a submission
+a single writer, so one commit is in flight at a time (two, pipelined, measured no faster and
+added ~3 ms to single-event latency: benchmarks/RESULTS.md). When the writer is idle, a submission
 starts a commit at once with whatever is pending; while a commit runs, new rows gather and go
 together in the next one (no timer: under load batches grow by themselves, at low load nothing
 waits). Every future resolves only after the store's commit returned, so an acknowledgement
@@ -47,9 +48,7 @@ class GroupCommitter:
         self.on_flush = on_flush
         self._pending: list[tuple[ColumnBatch, int, asyncio.Future[None]]] = []
         self._pending_events = 0
-        self._inflight = 0
-        # Backends that pipeline commits (the store process) accept more than one at a time.
-        self.max_inflight = int(getattr(store, "max_inflight_commits", 1))
+        self._flushing = False
         self._closing = False
         self._idle: asyncio.Event | None = None
 
@@ -69,7 +68,7 @@ class GroupCommitter:
         future: asyncio.Future[None] = loop.create_future()
         self._pending.append((columns, rows, future))
         self._pending_events += rows
-        if self._inflight < self.max_inflight:
+        if not self._flushing:
             self._start_flush(loop)
         return future
 
@@ -88,7 +87,7 @@ class GroupCommitter:
         started = time.perf_counter()
         assert self._idle is not None
         self._idle.clear()
-        self._inflight += 1
+        self._flushing = True
         flushing = loop.create_task(self.store.append_columns_async([c for c, _, _ in batch]))
         flushing.add_done_callback(
             lambda done: self._finish_flush(loop, done, batch, events, started)
@@ -102,7 +101,7 @@ class GroupCommitter:
         events: int,
         started: float,
     ) -> None:
-        self._inflight -= 1
+        self._flushing = False
         exc = done.exception() if not done.cancelled() else ShuttingDown("commit cancelled")
         if exc is not None:
             log.error("group commit failed", extra={"events": events, "error": str(exc)})
@@ -116,9 +115,9 @@ class GroupCommitter:
                     future.set_result(None)
             if self.on_flush is not None:
                 self.on_flush(FlushStats(events, len(batch), time.perf_counter() - started))
-        if self._pending and self._inflight < self.max_inflight:
+        if self._pending:
             self._start_flush(loop)
-        elif not self._pending and self._inflight == 0:
+        else:
             assert self._idle is not None
             self._idle.set()
 

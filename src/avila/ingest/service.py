@@ -112,7 +112,7 @@ class IngestService:
         committed = self.dedup.keys
         inflight = self._inflight
         for position, event_id in enumerate(rows.event_ids):
-            key = f"{project_id}\x1f{event_id}"  # event_key(), inlined on this hot path
+            key = event_key(project_id, event_id)
             if key in committed or key in seen_here:
                 result.duplicates += 1
                 continue

@@ -9,11 +9,8 @@ useful work: the server validates events, the store process builds Arrow tables 
 DuckDB admits one process per database file, so reads go through the store process as well.
 Channels (pipes), each served by a thread in the child:
 
-- ``append``: column batches (msgpack) from the event loop's group commit. The child decodes
-  them and builds the Arrow table on one thread and commits on another, taking every batch
-  that is waiting into one transaction (the fixed cost of a DuckDB commit and its fsync is
-  paid once when the writer is behind). Acknowledgements come back in order, each after its
-  transaction committed. The socket
+- ``append``: column batches (msgpack) from the event loop's group commit, one at a time; the
+  child builds the Arrow table, commits, and acknowledges after the commit. The socket
   buffers are widened so a whole batch fits (measured: +5-10 % events/s, benchmarks/RESULTS.md).
 - ``write``: blocking writes (``execute``: deletes, migrations).
 - a few ``read`` channels, so a long query never delays a commit.
@@ -53,8 +50,6 @@ from avila.storage.schema import ColumnBatch, columns_to_arrow
 log = logging.getLogger("avila.storage")
 
 READ_CHANNELS = 4
-#: Most batches one transaction takes when several are waiting.
-COALESCE_BATCHES = 16
 _encode_batches = msgspec.msgpack.Encoder().encode
 _decode_batches = msgspec.msgpack.Decoder(list[dict[str, list[Any]]]).decode
 
@@ -92,54 +87,23 @@ def _frame(payload: bytes) -> bytes:
 
 
 def _serve_appends(store: Store, conn: Connection) -> None:
-    """Decode batches while earlier ones commit; when several are waiting, commit them in one
-    transaction; acknowledge each, in arrival order, after its commit."""
-    ready: queue.Queue[pa.Table | Exception | None] = queue.Queue(maxsize=COALESCE_BATCHES)
-
-    def commit_loop() -> None:
-        stop = False
-        while not stop:
-            items = [ready.get()]
-            # Take every batch already waiting into the same transaction: one commit of many
-            # rows costs far less than many commits of few (fsync and per-commit overhead).
-            while len(items) < COALESCE_BATCHES and items[-1] is not None:
-                try:
-                    items.append(ready.get_nowait())
-                except queue.Empty:
-                    break
-            if items[-1] is None:
-                stop = True
-                items.pop()
-            tables = [t for t in items if isinstance(t, pa.Table)]
-            try:
-                if tables:
-                    store.append_events(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
-                ok: tuple[Any, ...] = ("ok", None)
-                replies = [
-                    ("err", type(t).__name__, str(t)) if isinstance(t, Exception) else ok
-                    for t in items
-                ]
-            except Exception as exc:  # the callers re-raise it
-                replies = [("err", type(exc).__name__, str(exc)) for _ in items]
-            try:
-                for reply in replies:
-                    conn.send(reply)
-            except OSError:
-                return
-
-    committer = threading.Thread(target=commit_loop, name="commit", daemon=True)
-    committer.start()
+    """Commit each column batch from the group committer and acknowledge it after the commit.
+    The committer keeps one batch in flight, gathering rows meanwhile, so batches arrive one at
+    a time and already as large as the load makes them."""
     while True:
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
-            break
+            return
         try:
-            ready.put(columns_to_arrow(_decode_batches(data)))
-        except Exception as exc:
-            ready.put(exc)
-    ready.put(None)
-    committer.join()
+            store.append_events(columns_to_arrow(_decode_batches(data)))
+            reply: tuple[Any, ...] = ("ok", None)
+        except Exception as exc:  # the caller re-raises it
+            reply = ("err", type(exc).__name__, str(exc))
+        try:
+            conn.send(reply)
+        except OSError:
+            return
 
 
 def _serve_requests(store: Store, conn: Connection) -> None:
@@ -262,10 +226,6 @@ class ProcessStore(Store):
     """A :class:`Store` whose DuckDB lives in a child process."""
 
     backend = "duckdb"
-    #: Commits the group committer may keep in flight. Two (decode the next batch while one
-    #: commits) measured no faster than one and added ~3 ms to single-event latency: with one,
-    #: rows gather in the server while a commit runs and go as one batch.
-    max_inflight_commits = 1
 
     def __init__(
         self,
@@ -318,7 +278,9 @@ class ProcessStore(Store):
         """Send column batches (msgpack) to the store process; return after its commit.
 
         No thread is involved on this side: the event loop writes the frame and a reader task
-        resolves replies in order, so nothing has to win the GIL back to finish a commit.
+        resolves replies in order, so nothing has to win the GIL back to finish a commit. The
+        reader task (rather than reading in this coroutine) keeps the pipe in step even when a
+        caller is cancelled while its commit is in flight.
         """
         loop = asyncio.get_running_loop()
         if self._closed:
