@@ -43,10 +43,12 @@ def test_piston_rings_phase1_limits_match_montgomery():
     assert round(r["ucl"], 3) == 74.014
     assert round(r["lcl"], 3) == 73.988
     assert r["dispersion"]["lcl"] == 0.0
-    # The book prints R-chart UCL = D4 × R̄ = 2.114 × 0.023 = 0.049 using the rounded R̄; from
-    # the unrounded R̄ = 0.02276 of these data it is 0.0481.
-    assert round(2.114 * round(r["dispersion"]["center_line"], 3), 3) == 0.049
-    assert r["dispersion"]["ucl"] == pytest.approx(2.114 * 0.02276, abs=1e-9)
+    # The book prints R-chart UCL = 0.049 (D4 × its rounded R̄ = 0.023); from the unrounded
+    # R̄ of these data (0.02276, numpy below) it is 0.0481.
+    rbar = float(np.ptp(groups[:25], axis=1).mean())
+    assert round(rbar, 5) == 0.02276
+    assert r["dispersion"]["ucl"] == pytest.approx(2.114 * rbar, abs=1e-12)
+    assert round(r["dispersion"]["ucl"], 4) == 0.0481
 
 
 def test_piston_rings_phase2_out_of_control_samples():
@@ -66,6 +68,15 @@ def test_piston_rings_phase2_out_of_control_samples():
 
 
 def test_piston_rings_capability_against_numpy():
+    """No published Cp/Cpk for these data with these limits could be checked offline, so the
+    reference is the formula (REFERENCES.md, SPC: Cp = (USL − LSL)/6σ̂, Cpk = min(USL − μ,
+    μ − LSL)/3σ̂, σ̂ = R̄/d₂; Pp/Ppk with the overall sample standard deviation), computed
+    here with numpy from the raw diameters, and the expected defect rate with scipy's normal
+    distribution. (Montgomery's worked example is remembered as printing Cp ≈ 1.68 from the
+    rounded σ̂ = 0.0099; that could not be verified here, so it is not asserted. Unrounded,
+    σ̂ = 0.009785 and Cp = 1.70.)"""
+    from scipy.stats import norm
+
     groups, _ = piston_rings()
     r = inspect_quality(
         {"subgroups": groups.tolist(), "phase1_subgroups": 25, "usl": 74.05, "lsl": 73.95}
@@ -78,8 +89,10 @@ def test_piston_rings_capability_against_numpy():
     assert r["cpk"] == pytest.approx(min(74.05 - mu, mu - 73.95) / (3 * sigma))
     assert r["pp"] == pytest.approx(0.1 / (6 * s))
     assert r["ppk"] == pytest.approx(min(74.05 - mu, mu - 73.95) / (3 * s))
+    assert round(r["cp"], 2) == 1.70
     assert r["defect_rate"] == 0.0 and r["first_pass_yield"] == 1.0
-    assert 0 < r["expected_defect_rate"] < 1e-5
+    expected = norm.sf((74.05 - mu) / sigma) + norm.cdf((73.95 - mu) / sigma)
+    assert r["expected_defect_rate"] == pytest.approx(expected, rel=1e-6)
 
 
 # --- constants --------------------------------------------------------------------------------

@@ -1,30 +1,55 @@
-"""Recommenders: published MovieLens-100K figures, plus exact checks on small logs.
+"""Recommenders on MovieLens-100K against an independent implementation, plus exact checks.
 
-Protocol for the published-figure test (chosen so that the popularity baseline lands on the
-published ≈ 0.23, which shows the protocol is comparable): every one of the 100,000 ratings
-is an implicit positive; per user, a random 25 % of the rows (floor) is held out with seed 0;
-models rank all items the user has not seen in training; P@10 = hits in top 10 / 10,
-averaged over the 943 users. Measured: popularity 0.225, item-kNN (100 neighbours) 0.370
-(NDCG@10 0.425), EASE (λ = 500) 0.411. Under an 80/20 holdout every figure is lower
-(0.19 / 0.32 / 0.36) because each user has fewer held-out items to hit.
+Protocol (fixed before the run, 2026-11-30; the 25 % holdout used earlier was chosen after
+seeing results and is gone):
+
+* Data: all 100,000 MovieLens-100K ratings as implicit positives (weight 1).
+* Split: per user, a seeded random 20 % of the rows (``floor(0.2 · n_u)``, numpy
+  ``default_rng(0)``) is held out (:func:`avila.ml.evaluation.per_user_holdout`); the rest
+  trains. Every user has >= 20 ratings, so all 943 users have held-out items.
+* Ranking: every item in the training catalogue that the user has not rated in training
+  (full ranking, no sampled negatives); held-out items absent from the training catalogue
+  count as misses.
+* Metrics at k = 10, averaged over users with at least one held-out item:
+  P@10 = hits in the top 10 / 10; NDCG@10 = DCG / IDCG with binary gain and discount
+  1 / log2(rank + 1), IDCG the ideal for min(10, |held-out|) hits.
+* Independent implementation: ``implicit``'s ``CosineRecommender`` (ItemItemRecommender
+  family) with the same similarity (cosine of item columns) and neighbourhood size (each
+  item keeps its K = 100 most similar items; implicit counts the item itself among its K,
+  so it gets K = 101), already-rated items filtered. implicit keeps each *source* item's
+  neighbours (Deshpande & Karypis); our default keeps each *target* item's. So: our
+  ``neighbourhood="source"`` must agree with ``implicit.recommend`` within 0.01 on P@10
+  and NDCG@10, and our default (``"target"``) within 0.01 with implicit's own similarity
+  matrix transposed (its rows are the target's neighbours), scored as user row × Sᵀ.
+* Margins (both metrics): item-kNN >= popularity + 0.05; EASE (λ = 500) >= item-kNN + 0.01.
+
+The figures, whatever they are, are recorded in docs/ml.md beside the published ranges
+(popularity P@10 ≈ 0.23, item-kNN 0.33–0.39, EASE ≈ 0.43, protocols varying by paper).
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import sparse
 
 from avila.errors import NotFound, ValidationFailed
-from avila.ml.evaluation import evaluate_recommender, per_user_holdout
+from avila.ml.evaluation import evaluate_recommender, ndcg_at_k, per_user_holdout, precision_at_k
 from avila.ml.recommend import EASERecommender, ItemKNNRecommender, PopularityRecommender
 
 K = 10
+NEIGHBOURS = 100
+AGREE = 0.01
+KNN_OVER_POPULARITY = 0.05
+EASE_OVER_KNN = 0.01
 
 
 @pytest.fixture(scope="module")
 def ml100k_split(ml100k: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return per_user_holdout(ml100k, test_fraction=0.25, seed=0)
+    return per_user_holdout(ml100k, test_fraction=0.2, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +57,53 @@ def ml100k_results(ml100k_split: tuple[pd.DataFrame, pd.DataFrame]) -> dict[str,
     train, test = ml100k_split
     models = {
         "popularity": PopularityRecommender(),
-        "item_knn": ItemKNNRecommender(neighbours=100),
+        "item_knn": ItemKNNRecommender(neighbours=NEIGHBOURS),
         "ease": EASERecommender(l2=500.0),
     }
-    return {
+    results = {
         name: evaluate_recommender(model, train, test, k=K, event_col=None)
         for name, model in models.items()
+    }
+    print({name: {m: round(v, 4) for m, v in r.items()} for name, r in results.items()})
+    return results
+
+
+def _implicit_item_knn(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """The same protocol through ``implicit`` (its own similarity, pruning and scoring)."""
+    from implicit.nearest_neighbours import CosineRecommender
+    from implicit.utils import ParameterWarning
+
+    users = np.sort(train["user_id"].unique())
+    items = np.sort(train["item_id"].unique())
+    u = np.searchsorted(users, train["user_id"])
+    i = np.searchsorted(items, train["item_id"])
+    matrix = sparse.csr_matrix(
+        (np.ones(len(train)), (u, i)), shape=(len(users), len(items))
+    )
+    matrix.data[:] = 1.0  # a rating is one positive, however often a pair repeats
+    model = CosineRecommender(K=NEIGHBOURS + 1)
+    with warnings.catch_warnings():
+        # CosineRecommender.fit itself hands a COO matrix on and warns about it.
+        warnings.simplefilter("ignore", ParameterWarning)
+        model.fit(matrix, show_progress=False)
+    relevant = test.groupby("user_id")["item_id"].agg(set)
+    rows = np.searchsorted(users, relevant.index)
+    ids, _ = model.recommend(rows, matrix[rows], N=K, filter_already_liked_items=True)
+    source = [[items[j] for j in row if j >= 0] for row in ids]
+    # Target neighbourhoods: implicit's pruned similarity, transposed, self-similarity removed.
+    sim_t = model.similarity.T.tolil()
+    sim_t.setdiag(0.0)
+    scores = (matrix[rows] @ sim_t.tocsr()).toarray()
+    scores[matrix[rows].nonzero()] = -np.inf
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :K]
+    target = [[items[j] for j in row] for row in top]
+    rel = list(relevant)
+    return {
+        name: {
+            f"precision@{K}": precision_at_k(recommended, rel, K),
+            f"ndcg@{K}": ndcg_at_k(recommended, rel, K),
+        }
+        for name, recommended in (("source", source), ("target", target))
     }
 
 
@@ -46,29 +112,37 @@ def test_holdout_protocol(ml100k: pd.DataFrame, ml100k_split) -> None:
     assert len(train) + len(test) == len(ml100k) == 100_000
     per_user = ml100k.groupby("user_id").size()
     held = test.groupby("user_id").size().reindex(per_user.index, fill_value=0)
-    assert (held == np.floor(per_user * 0.25)).all()
+    assert (held == np.floor(per_user * 0.2)).all() and (held > 0).all()
     assert not set(map(tuple, train[["user_id", "item_id"]].to_numpy())) & set(
         map(tuple, test[["user_id", "item_id"]].to_numpy())
     )
+    again = per_user_holdout(ml100k, test_fraction=0.2, seed=0)[1]
+    assert again.index.equals(test.index)  # seeded: the same split every run
 
 
-def test_popularity_matches_published_baseline(ml100k_results) -> None:
+def test_item_knn_agrees_with_implicit(ml100k_split, ml100k_results) -> None:
+    train, test = ml100k_split
+    theirs = _implicit_item_knn(train, test)
+    source = ItemKNNRecommender(neighbours=NEIGHBOURS, neighbourhood="source")
+    ours = {
+        "target": ml100k_results["item_knn"],
+        "source": evaluate_recommender(source, train, test, k=K, event_col=None),
+    }
+    print("implicit CosineRecommender", theirs, "ours", ours)
+    for form in ("source", "target"):
+        for metric in (f"precision@{K}", f"ndcg@{K}"):
+            assert ours[form][metric] == pytest.approx(theirs[form][metric], abs=AGREE), (
+                form,
+                metric,
+            )
+
+
+@pytest.mark.parametrize("metric", [f"precision@{K}", f"ndcg@{K}"])
+def test_ease_beats_item_knn_beats_popularity(ml100k_results, metric: str) -> None:
+    pop, knn, ease = (ml100k_results[m][metric] for m in ("popularity", "item_knn", "ease"))
     assert ml100k_results["popularity"]["users"] == 943
-    assert ml100k_results["popularity"][f"precision@{K}"] == pytest.approx(0.23, abs=0.02)
-
-
-def test_item_knn_reaches_published_precision(ml100k_results) -> None:
-    knn = ml100k_results["item_knn"]
-    assert knn[f"precision@{K}"] >= 0.33
-    assert knn[f"ndcg@{K}"] >= 0.38
-    assert knn[f"precision@{K}"] > ml100k_results["popularity"][f"precision@{K}"]
-
-
-def test_ease_reaches_published_precision(ml100k_results) -> None:
-    ease = ml100k_results["ease"]
-    assert ease[f"precision@{K}"] >= 0.40
-    assert ease[f"precision@{K}"] > ml100k_results["item_knn"][f"precision@{K}"]
-    assert ease[f"precision@{K}"] > ml100k_results["popularity"][f"precision@{K}"]
+    assert knn >= pop + KNN_OVER_POPULARITY
+    assert ease >= knn + EASE_OVER_KNN
 
 
 # -- exact behaviour on small generated logs ------------------------------------------------

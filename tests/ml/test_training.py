@@ -170,13 +170,17 @@ def test_planted_traffic_spike_is_detected_stored_and_published(
     hits = [a for a in found if a["bucket_start"] == "2025-02-26T14:00:00Z"]
     assert {a["metric"] for a in hits} >= {"events.page_view", "events.all"}
     assert all(a["value"] > a["upper"] for a in hits)
-    assert len(found) < 0.01 * 168 * len(hourly.columns) + len(hits)  # few false alarms
+    # The demo plants its own anomaly (a flash sale at 15:00 two days before its end).
+    flash = [a for a in found if a["bucket_start"] == "2025-02-27T15:00:00Z"]
+    assert "events.all" in {a["metric"] for a in flash}
+    false_alarms = len(found) - len(hits) - len(flash)
+    assert false_alarms < 0.01 * 168 * len(hourly.columns)  # few false alarms
 
     log = AnomalyLog(tmp_path / "anomalies.sqlite")
     new = log.add("default", found)
     assert len(new) == len(found) and log.add("default", found) == []
     listed = log.query("default", metric="events.page_view", since="2025-02-26T00:00:00Z")
-    assert listed[0]["bucket_start"] == "2025-02-26T14:00:00Z"
+    assert "2025-02-26T14:00:00Z" in {a["bucket_start"] for a in listed}
     assert log.query("other") == []
     log.close()
 

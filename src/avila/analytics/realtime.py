@@ -7,6 +7,12 @@ the scan skip every older row group without reading it: the cost follows the las
 traffic, not the table size (tests/analytics/test_analytics_users_realtime.py checks the rows
 the scan reads). Using the server's time also keeps late-arriving offline events (old client
 ``ts``) visible as "now".
+
+**Live traffic only.** Events that replay history are never live traffic: rows whose
+``metadata.source`` is ``demo`` (``avila demo``), ``backfill`` or ``import`` are left out of
+every counter (``FRAGMENTS["replayed_event"]``), so an idle server right after ``make run``
+reports zeros. Clients backfilling history through the API mark it with
+``"metadata": {"source": "backfill"}``.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from avila.analytics.common import events_source, iso, naive_utc, parse_query, utcnow
+from avila.analytics.common import events_source, fragments, iso, naive_utc, parse_query, utcnow
 from avila.schemas.analytics import RealtimeQuery
 from avila.storage.base import Store
 
@@ -26,7 +32,8 @@ _COUNTS = """SELECT
   count(DISTINCT CASE WHEN received_at >= ? THEN user_id END),
   count(DISTINCT CASE WHEN received_at >= ? THEN user_id END),
   count(DISTINCT user_id)
-FROM {source} WHERE project_id = ? AND received_at >= ? AND received_at <= ?"""
+FROM {source} WHERE project_id = ? AND received_at >= ? AND received_at <= ?
+  AND NOT {replayed}"""
 
 
 def realtime(
@@ -40,9 +47,10 @@ def realtime(
     now = naive_utc(q.now) if q.now else utcnow()
     m1, m5, m15 = (now - timedelta(minutes=m) for m in (1, 5, 15))
     source = events_source(store, project_id)
-    counts = _COUNTS.format(source=source)
+    replayed = fragments(store)["replayed_event"]
+    counts = _COUNTS.format(source=source, replayed=replayed)
     e1, e5, e15, u1, u5, u15 = store.query(counts, [m1, m5, m1, m5, project_id, m15, now])[0]
-    window = "project_id = ? AND received_at >= ? AND received_at <= ?"
+    window = f"project_id = ? AND received_at >= ? AND received_at <= ? AND NOT {replayed}"
     pages = store.query(
         f"SELECT url, count(*) FROM {source} WHERE {window} AND event_type = 'page_view'"
         " AND url IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
@@ -69,4 +77,6 @@ def realtime(
 def counts_sql(store: Store, project_id: str) -> str:
     """The counters' SQL (parameters: 1-min, 5-min, 1-min, 5-min bound, project, 15-min
     bound, now), for tests that inspect its plan."""
-    return _COUNTS.format(source=events_source(store, project_id))
+    return _COUNTS.format(
+        source=events_source(store, project_id), replayed=fragments(store)["replayed_event"]
+    )

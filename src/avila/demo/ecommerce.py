@@ -9,8 +9,14 @@ What it contains, so analytics and models have something true to find:
   ``/`` → ``/product`` (with a ProductView) → AddToCart → Checkout → Purchase with drop-off at
   each step; searches, logins and custom events along the way;
 - repeat buyers (a per-user purchase propensity) and popular products (Zipf);
-- churners: about a quarter of users stop visiting at some day, after their visit rate decays
-  over the two weeks before (the planted signal churn models should find).
+- product tastes: 40 products in 5 categories; each user prefers one or two categories and
+  draws 85 % of product views from them (what item-kNN finds and popularity cannot);
+- churners: about a third of users stop visiting at some day, after their visit rate decays
+  over the two weeks before; people who rarely buy leave more often (the planted signals
+  churn models should find beyond recency);
+- search intent: sessions with a search cart and buy more often (for the session model);
+- an anomaly: a flash sale at 15:00 UTC two days before the end brings half of the active
+  users in one hour (:func:`flash_sale_hour`; the seasonal detector should flag it).
 
 The same ``seed``, ``users``, ``days`` and ``end`` always give the same events, ids included,
 so running the demo twice stores nothing new (ingestion is idempotent on event_id).
@@ -23,38 +29,60 @@ import math
 import random
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-PRODUCTS = [
-    (f"prod_{i:03d}", name, price)
-    for i, (name, price) in enumerate(
-        [
-            ("Camiseta Básica", 49.9),
-            ("Tênis Corrida", 299.0),
-            ("Mochila Urbana", 189.9),
-            ("Fone Bluetooth", 159.0),
-            ("Garrafa Térmica", 79.9),
-            ("Relógio Smart", 599.0),
-            ("Boné Aba Curva", 59.9),
-            ("Jaqueta Corta-vento", 249.0),
-            ("Óculos de Sol", 139.0),
-            ("Carregador Rápido", 89.9),
-            ("Caneca Cerâmica", 34.9),
-            ("Livro: Dados na Prática", 69.0),
-            ("Teclado Mecânico", 429.0),
-            ("Mouse Sem Fio", 119.0),
-            ("Cadeira Gamer", 1299.0),
-            ("Luminária LED", 99.9),
-            ("Kit Café Especial", 149.0),
-            ("Tapete Yoga", 129.0),
-            ("Squeeze Esportivo", 39.9),
-            ("Meia Esportiva (3 pares)", 44.9),
-        ]
-    )
+# (name, price, category). The first 20 keep their ids (prod_000..prod_019) from earlier demos.
+_CATALOGUE = [
+    ("Camiseta Básica", 49.9, "moda"),
+    ("Tênis Corrida", 299.0, "esporte"),
+    ("Mochila Urbana", 189.9, "moda"),
+    ("Fone Bluetooth", 159.0, "tecnologia"),
+    ("Garrafa Térmica", 79.9, "esporte"),
+    ("Relógio Smart", 599.0, "tecnologia"),
+    ("Boné Aba Curva", 59.9, "moda"),
+    ("Jaqueta Corta-vento", 249.0, "esporte"),
+    ("Óculos de Sol", 139.0, "moda"),
+    ("Carregador Rápido", 89.9, "tecnologia"),
+    ("Caneca Cerâmica", 34.9, "casa"),
+    ("Livro: Dados na Prática", 69.0, "livros"),
+    ("Teclado Mecânico", 429.0, "tecnologia"),
+    ("Mouse Sem Fio", 119.0, "tecnologia"),
+    ("Cadeira Gamer", 1299.0, "tecnologia"),
+    ("Luminária LED", 99.9, "casa"),
+    ("Kit Café Especial", 149.0, "casa"),
+    ("Tapete Yoga", 129.0, "esporte"),
+    ("Squeeze Esportivo", 39.9, "esporte"),
+    ("Meia Esportiva (3 pares)", 44.9, "esporte"),
+    ("Shorts de Corrida", 89.9, "esporte"),
+    ("Webcam Full HD", 249.0, "tecnologia"),
+    ("Moedor de Café", 199.0, "casa"),
+    ("Prensa Francesa", 119.0, "casa"),
+    ("Chaleira Elétrica", 159.0, "casa"),
+    ("Vela Aromática", 49.9, "casa"),
+    ("Manta de Sofá", 129.0, "casa"),
+    ("Calça Jeans", 179.0, "moda"),
+    ("Moletom Canguru", 159.0, "moda"),
+    ("Carteira de Couro", 99.0, "moda"),
+    ("Cinto de Couro", 79.0, "moda"),
+    ("Livro: Python Avançado", 89.0, "livros"),
+    ("Livro: Estatística sem Medo", 79.0, "livros"),
+    ("Livro: Receitas do Brasil", 99.0, "livros"),
+    ("Caderno Pontilhado", 39.9, "livros"),
+    ("Caneta Tinteiro", 149.0, "livros"),
+    ("Luminária de Leitura", 89.9, "livros"),
+    ("Marcador de Páginas", 19.9, "livros"),
+    ("Hub USB-C", 139.0, "tecnologia"),
+    ("Faixa Elástica", 49.9, "esporte"),
 ]
+PRODUCTS = [(f"prod_{i:03d}", name, price) for i, (name, price, _) in enumerate(_CATALOGUE)]
+CATEGORIES: dict[str, list[int]] = {}
+for _index, (_, _, _category) in enumerate(_CATALOGUE):
+    CATEGORIES.setdefault(_category, []).append(_index)
+#: Share of product views drawn from the user's own categories (the planted tastes).
+TASTE_SHARE = 0.85
 DEVICES = [
     ("Desktop", "Windows", "Chrome", 0.34),
     ("Desktop", "macOS", "Safari", 0.10),
@@ -124,6 +152,11 @@ class Persona:
     visits_per_day: float
     buy_propensity: float
     churn_at: datetime | None
+    tastes: tuple[str, ...] = ()
+    #: Set when a failed payment drives the user away (sudden churn, no slowdown before).
+    quit_at: datetime | None = None
+    #: Carts left without checkout that the user comes back to buy: (when, product, quantity).
+    returns: list[tuple[datetime, tuple[str, str, float], int]] = field(default_factory=list)
 
 
 def _pick(rng: random.Random, weighted: list[tuple]) -> tuple:
@@ -140,18 +173,23 @@ def _personas(rng: random.Random, users: int, start: datetime, end: datetime) ->
             if rng.random() < 0.3
             else start + timedelta(seconds=rng.uniform(0, span * 0.9))
         )
+        buy_propensity = min(0.9, rng.betavariate(2, 5))
+        # Churn drivers: people who rarely buy leave more often (about 35 % vs 10 %).
         churn_at = None
-        if rng.random() < 0.25:
+        if rng.random() < min(0.6, max(0.05, 0.55 - 0.9 * buy_propensity)):
             churn_at = max(signup, start) + timedelta(seconds=rng.uniform(0.2, 0.9) * span)
+        categories = sorted(CATEGORIES)
+        tastes = tuple(rng.sample(categories, 2 if rng.random() < 0.3 else 1))
         people.append(
             Persona(
                 user_id=f"user_{i:05d}",
                 device=_pick(rng, DEVICES),
                 place=_pick(rng, PLACES),
                 signup=signup,
-                visits_per_day=rng.lognormvariate(math.log(0.35), 0.7),
-                buy_propensity=min(0.9, rng.betavariate(2, 5)),
+                visits_per_day=rng.lognormvariate(math.log(0.6), 0.7),
+                buy_propensity=buy_propensity,
                 churn_at=churn_at,
+                tastes=tastes,
             )
         )
     return people
@@ -181,6 +219,15 @@ def _context(p: Persona, referrer: str | None) -> dict:
     }
 
 
+def _product(rng: random.Random, p: Persona) -> int:
+    """Index into PRODUCTS: mostly from the user's categories, else the global best sellers
+    (Zipf-like in both cases)."""
+    if p.tastes and rng.random() < TASTE_SHARE:
+        shelf = CATEGORIES[rng.choice(p.tastes)]
+        return shelf[min(len(shelf) - 1, int(rng.paretovariate(1.0)) - 1)]
+    return min(len(PRODUCTS) - 1, int(rng.paretovariate(1.2)) - 1)
+
+
 def _session(
     rng: random.Random,
     p: Persona,
@@ -189,6 +236,7 @@ def _session(
     seed: int,
     new_user: bool,
     end: datetime,
+    landing: str | None = None,
 ) -> list[bytes]:
     events: list[bytes] = []
     session_id = f"sess_{seed}_{p.user_id}_{number}"
@@ -214,42 +262,59 @@ def _session(
         )
         t += timedelta(seconds=rng.uniform(8, 110))
 
+    def purchase(product_id: str, price: float, quantity: int) -> None:
+        emit(
+            "Purchase",
+            {
+                "order_id": f"order_{seed}_{p.user_id}_{number}_{len(events)}",
+                "revenue": round(price * quantity, 2),
+                "currency": "BRL",
+                "items": [{"product_id": product_id, "quantity": quantity, "price": price}],
+            },
+        )
+
+    if landing == "/cart" and p.returns:
+        _, (product_id, _, price), quantity = p.returns.pop(0)
+        emit("PageView", {"url": "/cart", "title": "Carrinho"})
+        emit("Checkout", {"cart_value": round(price * quantity, 2), "currency": "BRL"})
+        purchase(product_id, price, quantity)
+        return events
     if number == 0 and new_user:
         emit("SignUp", {"method": rng.choice(["email", "google"])})
-    landing = rng.choice(LANDINGS)
+    landing = landing or rng.choice(LANDINGS)
     emit("PageView", {"url": landing, "title": "Avila Store"})
     if rng.random() < 0.2:
         emit("Login", {"method": "password"})
-    if rng.random() < 0.25:
+    # Search intent: sessions with a search buy more often (what a session model can see
+    # beyond the funnel stage).
+    searched = rng.random() < 0.25
+    if searched:
         emit("Search", {"query": rng.choice(SEARCHES), "results_count": rng.randint(0, 40)})
-    if rng.random() < 0.55:  # bounce otherwise
+    if landing.startswith("/promo") or rng.random() < 0.55:  # bounce otherwise
         emit("PageView", {"url": "/products", "title": "Produtos"})
         for _ in range(1 + int(rng.expovariate(0.8))):
-            product_id, name, price = PRODUCTS[
-                min(len(PRODUCTS) - 1, int(rng.paretovariate(1.2)) - 1)
-            ]
+            product_id, name, price = PRODUCTS[_product(rng, p)]
             emit("PageView", {"url": "/product", "title": name})
             emit("ProductView", {"product_id": product_id, "price": price})
-            if rng.random() < 0.3 + p.buy_propensity * 0.4:
+            if rng.random() < 0.2 + p.buy_propensity * 0.4 + 0.2 * searched:
                 quantity = 1 if rng.random() < 0.8 else 2
                 emit("AddToCart", {"product_id": product_id, "quantity": quantity, "price": price})
                 if rng.random() < 0.55:
                     emit("Checkout", {"cart_value": round(price * quantity, 2), "currency": "BRL"})
-                    if rng.random() < 0.45 + p.buy_propensity * 0.5:
-                        emit(
-                            "Purchase",
-                            {
-                                "order_id": f"order_{seed}_{p.user_id}_{number}_{len(events)}",
-                                "revenue": round(price * quantity, 2),
-                                "currency": "BRL",
-                                "items": [
-                                    {"product_id": product_id, "quantity": quantity, "price": price}
-                                ],
-                            },
-                        )
+                    if rng.random() < 0.3 + p.buy_propensity * 0.5 + 0.25 * searched:
+                        purchase(product_id, price, quantity)
                         break
+                    # Churn driver: a failed checkout drives some users away within days.
+                    if p.quit_at is None and rng.random() < 0.1:
+                        p.quit_at = t + timedelta(days=rng.uniform(0.5, 3))
+                    break
                 elif rng.random() < 0.2:
                     emit("RemoveFromCart", {"product_id": product_id, "quantity": quantity})
+                elif rng.random() < 0.4:
+                    # Conversion driver: an open cart brings the user back to buy it.
+                    back = t + timedelta(days=rng.uniform(0.3, 3))
+                    p.returns.append((back, (product_id, name, price), quantity))
+                    break
     if rng.random() < 0.05:
         emit("Custom", {"name": "newsletter_signup", "properties": {"placement": "footer"}})
     if rng.random() < 0.1:
@@ -260,6 +325,7 @@ def _session(
 def generate_user_events(seed: int, users: int, days: int, end: datetime) -> Iterator[list[bytes]]:
     """Per user, the seed-format event JSON (bytes) in time order. Deterministic."""
     start = end - timedelta(days=days)
+    flash = flash_sale_hour(end) if days >= 10 else None
     rng = random.Random(seed)
     for persona in _personas(rng, users, start, end):
         urng = random.Random(f"{seed}:{persona.user_id}")
@@ -269,10 +335,12 @@ def generate_user_events(seed: int, users: int, days: int, end: datetime) -> Ite
         number = 0
         while day < end:
             stop = persona.churn_at
+            if persona.quit_at is not None and (stop is None or persona.quit_at < stop):
+                stop = persona.quit_at
             if stop is not None and day >= stop:
                 break
             rate = persona.visits_per_day * WEEKDAYS[day.weekday()]
-            if stop is not None:
+            if stop is not None and stop == persona.churn_at:
                 # Activity decays over the two weeks before churn: the planted signal.
                 days_left = (stop - day).total_seconds() / 86400
                 rate *= min(1.0, max(0.15, days_left / 14))
@@ -285,9 +353,33 @@ def generate_user_events(seed: int, users: int, days: int, end: datetime) -> Ite
                     _session(urng, persona, at, number, seed, persona.signup >= start, end)
                 )
                 number += 1
+            persona.returns.sort(key=lambda r: r[0])
+            while persona.returns and persona.returns[0][0] < day + timedelta(days=1):
+                at = persona.returns[0][0]
+                if at >= end or (stop and at >= stop):
+                    persona.returns.pop(0)
+                    continue
+                events.extend(_session(urng, persona, at, number, seed, False, end, "/cart"))
+                number += 1
+            if flash is not None and day <= flash < day + timedelta(days=1):
+                # The planted anomaly: a flash-sale e-mail brings half of the active users
+                # to the promo page within one hour.
+                at = flash + timedelta(seconds=urng.uniform(0, 3000))
+                if urng.random() < 0.5 and persona.signup <= at and not (stop and at >= stop):
+                    events.extend(
+                        _session(
+                            urng, persona, at, number, seed, False, end, "/promo/flash-sale"
+                        )
+                    )
+                    number += 1
             day += timedelta(days=1)
         if events:
             yield events
+
+
+def flash_sale_hour(end: datetime) -> datetime:
+    """The planted traffic anomaly: 15:00 UTC two days before ``end``."""
+    return (end - timedelta(days=2)).replace(hour=15, minute=0, second=0, microsecond=0)
 
 
 def _poisson(rng: random.Random, lam: float) -> int:

@@ -69,6 +69,7 @@ SNAPSHOT_FEATURES = [
     "trend_7_28",
     "days_since_purchase",
     "open_cart",
+    "open_checkout",
 ]
 
 #: Features of a session after its first k events (live conversion model).
@@ -264,6 +265,12 @@ def user_snapshot(
     last_cart, last_buy = carted.reindex(out.index), bought.reindex(out.index)
     open_cart = last_cart.notna() & (last_buy.isna() | (last_cart > last_buy))
     out["open_cart"] = (open_cart & out["add_to_cart_14d"].gt(0)).astype(float)
+    # A checkout without a later purchase (a failed or abandoned payment), in the last 14 days.
+    checked = past[(past["checkout"] > 0) & (age <= 14)].groupby("user_id")["last_ts"].max()
+    last_checkout = checked.reindex(out.index)
+    out["open_checkout"] = (
+        last_checkout.notna() & (last_buy.isna() | (last_checkout > last_buy))
+    ).astype(float)
     if active_within_days is not None:
         out = out[out["recency_days"] <= active_within_days]
     future = daily[(daily["day"] >= t0) & (daily["day"] < t0 + pd.Timedelta(days=horizon_days))]

@@ -73,12 +73,15 @@ class InsufficientTrainingData(ValidationFailed):
 
 @dataclass(frozen=True)
 class TrainingOptions:
-    """Training settings. Horizons ``None`` pick the longest that the data allows, up to
-    14 days (churn) and 7 days (conversion), and at least 3 days."""
+    """Training settings. Horizons ``None`` pick the longest that the data allows (history,
+    a week of training snapshots and two horizons), up to 14 days (churn) and 7 days
+    (conversion), and at least 3 days. ``snapshot_step_days`` ``None`` takes weekly
+    snapshots from 8 weeks of data and daily ones below that (so a month of data still
+    has enough labelled rows; overlapping snapshots are fine for training)."""
 
     churn_horizon_days: int | None = None
     conversion_horizon_days: int | None = None
-    snapshot_step_days: int = 7
+    snapshot_step_days: int | None = None
     min_history_days: int = 7
     active_within_days: int = 28
     min_users: int = 50
@@ -111,8 +114,9 @@ Progress = Callable[[str], None]
 def _auto_horizon(span: float, wanted: int | None, cap: int, opts: TrainingOptions) -> int:
     if wanted is not None:
         return wanted
-    # Room for the history, a test window and one training window before it.
-    fit = int((span - opts.min_history_days) // 2)
+    # Room for the history, a week of training snapshots, and two label windows (the
+    # training snapshots' and the test snapshot's).
+    fit = int((span - opts.min_history_days - 7) // 2)
     return max(3, min(cap, fit))
 
 
@@ -162,6 +166,7 @@ def _snapshots(
     earliest = data.start.floor("D") + opts.min_history_days * DAY
     frames = []
     t0 = test_t0
+    step = opts.snapshot_step_days or (7 if data.span_days >= 56 else 1)
     while t0 >= earliest:
         frames.append(
             user_snapshot(
@@ -172,7 +177,7 @@ def _snapshots(
                 active_within_days=opts.active_within_days,
             )
         )
-        t0 -= opts.snapshot_step_days * DAY
+        t0 -= step * DAY
     return pd.concat(frames), test_t0
 
 

@@ -48,4 +48,9 @@ FRAGMENTS: dict[str, str] = {
     # Year*12 + month-1 of the timestamp at {0} microseconds since the epoch.
     "month_index": "(year(make_timestamp({0})) * 12 + month(make_timestamp({0})) - 1)",
     "list_agg": "list({0})",
+    # True for events that replay history rather than happen now (see docs/analytics.md,
+    # "Real time"): the demo's events and loads marked `metadata.source` "backfill"/"import".
+    # Constant SQL: the real-time counters exclude these rows without a parameter.
+    "replayed_event": "coalesce(json_extract_string(metadata, '$.source'), '')"
+    " IN ('demo', 'backfill', 'import')",
 }
