@@ -9,7 +9,7 @@ What it contains, so analytics and models have something true to find:
   ``/`` → ``/product`` (with a ProductView) → AddToCart → Checkout → Purchase with drop-off at
   each step; searches, logins and custom events along the way;
 - repeat buyers (a per-user purchase propensity) and popular products (Zipf);
-- product tastes: 40 products in 5 categories; each user prefers one or two categories and
+- product tastes: 60 products in 6 categories; each user prefers one or two categories and
   draws 85 % of product views from them (what item-kNN finds and popularity cannot);
 - churners: about a third of users stop visiting at some day, after their visit rate decays
   over the two weeks before; people who rarely buy leave more often (the planted signals
@@ -76,6 +76,26 @@ _CATALOGUE = [
     ("Marcador de Páginas", 19.9, "livros"),
     ("Hub USB-C", 139.0, "tecnologia"),
     ("Faixa Elástica", 49.9, "esporte"),
+    ("Bermuda de Ciclismo", 139.0, "esporte"),
+    ("Luvas de Treino", 59.9, "esporte"),
+    ("Monitor 27 polegadas", 1499.0, "tecnologia"),
+    ("SSD Externo 1 TB", 549.0, "tecnologia"),
+    ("Jogo de Toalhas", 119.0, "casa"),
+    ("Difusor de Aromas", 89.9, "casa"),
+    ("Vestido Midi", 199.0, "moda"),
+    ("Sandália de Couro", 169.0, "moda"),
+    ("Livro: SQL para Análise", 79.0, "livros"),
+    ("Capa para Leitor Digital", 69.9, "livros"),
+    ("Ração Premium 3 kg", 129.0, "pets"),
+    ("Arranhador para Gatos", 149.0, "pets"),
+    ("Coleira Ajustável", 39.9, "pets"),
+    ("Cama Pet", 159.0, "pets"),
+    ("Brinquedo de Corda", 24.9, "pets"),
+    ("Comedouro Inox", 44.9, "pets"),
+    ("Shampoo Pet", 34.9, "pets"),
+    ("Caixa de Transporte", 189.0, "pets"),
+    ("Petisco Natural", 19.9, "pets"),
+    ("Tapete Higiênico", 59.9, "pets"),
 ]
 PRODUCTS = [(f"prod_{i:03d}", name, price) for i, (name, price, _) in enumerate(_CATALOGUE)]
 CATEGORIES: dict[str, list[int]] = {}
