@@ -13,9 +13,9 @@ Modes:
 * ``strict_increase`` — as ``ordered`` but each step's time is strictly after the previous step's.
 * ``strict_order`` — ClickHouse ``windowFunnel(...)('strict_order')`` literally: once a step-1
   event was seen, any event matching no step, or a step whose previous step was not reached,
-  ends the user's evaluation. Computed per user in Python (slower).
+  ends the user's evaluation.
 * ``unordered`` — the level is the largest number of distinct steps done within one window that
-  starts at any step event. Computed per user in Python (slower).
+  starts at any step event.
 
 Time to convert to step k (seconds): for each user who reached k, the time between the first
 event that completed step k and the latest step-(k-1) completion the chain extended from
@@ -30,6 +30,8 @@ window). Median and mean are over those users.
 The ordered modes are vectorised with numpy: after sorting candidate rows by (user, time), the
 latest valid step-(k-1) row at or before each step-k row (an "as-of" lookup via a running max of
 row positions) carries the latest chain start, which is the best one for the window check.
+``strict_order`` and ``unordered`` are vectorised too (see their functions), so every mode
+costs a few passes over the rows per step, never a Python loop per user.
 """
 
 from __future__ import annotations
@@ -115,9 +117,10 @@ def funnel(store: Store, project_id: str, query: FunnelQuery | Mapping[str, Any]
     masks = _int64(table.column("m"))
     if q.mode in ("ordered", "strict_increase"):
         levels = _ordered_levels(ucode, t, masks, nsteps, window_us, q.mode == "strict_increase")
+    elif q.mode == "strict_order":
+        levels = _strict_order_levels(ucode, t, masks, nsteps, window_us)
     else:
-        fn = _strict_order_user if q.mode == "strict_order" else _unordered_user
-        levels = _per_user_levels(ucode, t, masks, nsteps, window_us, fn)
+        levels = _unordered_levels(ucode, t, masks, nsteps, window_us)
     level, conv, first_row = levels
 
     entered = level >= 1
@@ -203,90 +206,124 @@ def _ordered_levels(
     return level, conv, first_row
 
 
-def _per_user_levels(
-    ucode: np.ndarray, t: np.ndarray, masks: np.ndarray, nsteps: int, window: int, fn: Any
-) -> Levels:
-    n = len(t)
+def _empty_levels(n: int, ucode: np.ndarray, nsteps: int) -> Levels:
     n_users = int(ucode[-1]) + 1 if n else 0
-    level = np.zeros(n_users, dtype=np.int64)
-    conv = np.full((n_users, nsteps), np.nan)
-    first_row = np.full(n_users, -1, dtype=np.int64)
+    return (
+        np.zeros(n_users, dtype=np.int64),
+        np.full((n_users, nsteps), np.nan),
+        np.full(n_users, -1, dtype=np.int64),
+    )
+
+
+def _unordered_levels(
+    ucode: np.ndarray, t: np.ndarray, masks: np.ndarray, nsteps: int, window: int
+) -> Levels:
+    """``unordered``, vectorised: every (user, time) group starts a candidate window; per step,
+    the step's first event at or after that time (a reverse running minimum of positions)
+    counts when it is the same user's and within the window. The level is the most steps of
+    any window; times come from the user's earliest window with that many steps (the gaps
+    between its steps' first times, sorted)."""
+    n = len(t)
+    level, conv, first_row = _empty_levels(n, ucode, nsteps)
     if n == 0:
         return level, conv, first_row
-    bounds = np.append(np.flatnonzero(np.diff(ucode)) + 1, n)
-    t_list, m_list = t.tolist(), masks.tolist()
-    lo = 0
-    for u, hi in enumerate(bounds.tolist()):
-        lvl, times = fn(t_list[lo:hi], m_list[lo:hi], nsteps, window)
-        level[u] = lvl
-        for k, seconds in times.items():
-            conv[u, k] = seconds
-        if lvl:
-            # the first step-1 row (unordered: the first row matching any step)
-            bit = 1 if fn is _strict_order_user else -1
-            first_row[u] = lo + next(i for i, m in enumerate(m_list[lo:hi]) if m & bit)
-        lo = hi
+    new_group = np.ones(n, dtype=bool)
+    new_group[1:] = (ucode[1:] != ucode[:-1]) | (t[1:] != t[:-1])
+    starts = np.flatnonzero(new_group)
+    s_user, s_t = ucode[starts], t[starts]
+    count = np.zeros(len(starts), dtype=np.int64)
+    never = np.iinfo(np.int64).max
+    firsts = np.full((len(starts), nsteps), never, dtype=np.int64)
+    for k in range(nsteps):
+        nxt = np.where((masks >> k) & 1 != 0, np.arange(n, dtype=np.int64), n)
+        nxt = np.minimum.accumulate(nxt[::-1])[::-1][starts]
+        p = np.minimum(nxt, n - 1)
+        ok = (nxt < n) & (ucode[p] == s_user) & (t[p] <= s_t + window)
+        count += ok
+        firsts[ok, k] = t[p[ok]]
+    np.maximum.at(level, s_user, count)
+    best = np.flatnonzero(count == level[s_user])
+    users, first = np.unique(s_user[best], return_index=True)
+    chosen = np.sort(firsts[best[first]], axis=1)
+    gaps = (chosen[:, 1:] - chosen[:, :-1]) / 1e6
+    reached = np.arange(1, nsteps)[None, :] < level[users][:, None]
+    conv[users, 1:] = np.where(reached, gaps, np.nan)
+    user_start = np.flatnonzero(np.r_[True, ucode[1:] != ucode[:-1]])
+    first_row[ucode[user_start]] = user_start  # the first row matching any step
     return level, conv, first_row
 
 
-def _strict_order_user(
-    ts: list[int], ms: list[int], nsteps: int, window: int
-) -> tuple[int, dict[int, float]]:
-    """ClickHouse windowFunnel 'strict_order' for one user's rows (sorted by time)."""
-    entries: list[tuple[int, int]] = []
-    for t, m in zip(ts, ms, strict=True):
-        if m:
-            entries.extend((t, k + 1) for k in range(nsteps) if m >> k & 1)
-        else:
-            entries.append((t, 0))
-    entries.sort()  # ClickHouse order: time, then step index (non-step events first)
-    chain: list[tuple[int, int] | None] = [None] * nsteps
-    times: dict[int, float] = {}
-    started = False
-    for t, idx in entries:
-        e = idx - 1
-        if e == -1:
-            if started:
-                break
-            continue
-        if e == 0:
-            chain[0] = (t, t)
-            started = True
-            continue
-        prev = chain[e - 1]
-        if started and prev is None:
-            break
-        if prev is not None and t <= prev[0] + window:
-            if chain[e] is None:
-                times[e] = (t - prev[1]) / 1e6
-            chain[e] = (prev[0], t)
-            if e + 1 == nsteps:
-                break
-    lvl = max((k + 1 for k in range(nsteps) if chain[k] is not None), default=0)
-    return lvl, times
+def _strict_order_levels(
+    ucode: np.ndarray, t: np.ndarray, masks: np.ndarray, nsteps: int, window: int
+) -> Levels:
+    """ClickHouse ``windowFunnel(...)('strict_order')``, vectorised.
 
+    The rows become entries, one per matched step (a row matching no step is one entry of
+    "step 0"), in ClickHouse's order: user, time, step index. An entry's validity depends only
+    on the entries before it, so it is computed for all entries as in the ordered mode (the
+    latest valid step-(k-1) entry strictly before it carries the chain start). A user's
+    evaluation ends at the first entry after their first step-1 entry that matches no step, or
+    matches step k+1 while no step-k entry has been reached yet; entries from there on do
+    not count."""
+    n = len(t)
+    level, conv, first_row = _empty_levels(n, ucode, nsteps)
+    if n == 0:
+        return level, conv, first_row
+    bits = [((masks >> k) & 1).astype(bool) for k in range(nsteps)]
+    per_row = np.maximum(np.sum(bits, axis=0), 1)
+    row_of = np.repeat(np.arange(n, dtype=np.int64), per_row)
+    # Step index per entry (0 = no step), in increasing order within a row.
+    offset = np.arange(len(row_of), dtype=np.int64) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    step_lists = np.zeros((n, nsteps), dtype=np.int64)
+    rank = np.zeros(n, dtype=np.int64)
+    for k in range(nsteps):
+        step_lists[bits[k], rank[bits[k]]] = k + 1
+        rank += bits[k]
+    idx = step_lists[row_of, np.minimum(offset, nsteps - 1)]
+    # Rows are sorted by (user, time); entries of equal time must be in step order.
+    e_user, e_t = ucode[row_of], t[row_of]
+    order = np.lexsort((idx, e_t, e_user))
+    row_of, idx, e_user, e_t = row_of[order], idx[order], e_user[order], e_t[order]
+    m = len(idx)
+    pos = np.arange(m, dtype=np.int64)
 
-def _unordered_user(
-    ts: list[int], ms: list[int], nsteps: int, window: int
-) -> tuple[int, dict[int, float]]:
-    """Most distinct steps within one window starting at any step event."""
-    entries = [(t, k) for t, m in zip(ts, ms, strict=True) for k in range(nsteps) if m >> k & 1]
-    best, best_firsts = 0, []
-    j = 0
-    for i, (t0, _) in enumerate(entries):
-        if i and entries[i - 1][0] == t0:
-            continue
-        firsts: dict[int, int] = {}
-        j = i
-        while j < len(entries) and entries[j][0] <= t0 + window:
-            firsts.setdefault(entries[j][1], entries[j][0])
-            j += 1
-        if len(firsts) > best:
-            best, best_firsts = len(firsts), sorted(firsts.values())
-            if best == nsteps:
-                break
-    times = {k: (best_firsts[k] - best_firsts[k - 1]) / 1e6 for k in range(1, best)}
-    return best, times
+    valid = [np.zeros(m, dtype=bool) for _ in range(nsteps)]
+    source = [np.full(m, -1, dtype=np.int64) for _ in range(nsteps)]
+    start = np.where(idx == 1, e_t, 0)
+    valid[0] = idx == 1
+    breaks = np.zeros(m, dtype=bool)
+    for k in range(1, nsteps):
+        last = np.where(valid[k - 1], pos, -1)
+        np.maximum.accumulate(last, out=last)
+        prev = np.r_[-1, last[:-1]]  # latest valid step-k entry strictly before
+        mine = idx == k + 1
+        p0 = np.maximum(prev, 0)
+        has_prev = (prev >= 0) & (e_user[p0] == e_user)
+        breaks |= mine & ~has_prev
+        ok = mine & has_prev & (e_t <= start[p0] + window)
+        valid[k] = ok
+        source[k] = np.where(ok, p0, -1)
+        start = np.where(ok, start[p0], start)
+    breaks |= idx == 0
+    # A break only counts after the user's first step-1 entry.
+    first_one = np.where(idx == 1, pos, m)
+    user_start = np.flatnonzero(np.r_[True, e_user[1:] != e_user[:-1]])
+    user_end = np.r_[user_start[1:], m]
+    first_one_user = np.minimum.reduceat(first_one, user_start)
+    breaks &= pos > np.repeat(first_one_user, user_end - user_start)
+    cut_pos = np.where(breaks, pos, m)
+    cut = np.repeat(np.minimum.reduceat(cut_pos, user_start), user_end - user_start)
+    alive = pos < cut
+    for k in range(nsteps):
+        hit = np.flatnonzero(valid[k] & alive)
+        users, first = np.unique(e_user[hit], return_index=True)
+        level[users] = k + 1
+        if k:
+            src = source[k][hit[first]]
+            conv[users, k] = (e_t[hit[first]] - e_t[src]) / 1e6
+    has_one = first_one_user < m
+    first_row[e_user[user_start[has_one]]] = row_of[first_one_user[has_one]]
+    return level, conv, first_row
 
 
 def _step_stats(names: list[str], level: np.ndarray, conv: np.ndarray) -> list[dict[str, Any]]:
