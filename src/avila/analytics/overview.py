@@ -12,7 +12,9 @@ The overview costs two passes over the range, whatever it reports:
    this bucket" is a comparison with the previous row);
 2. one aggregate statement: ``GROUPING SETS`` give totals, revenue, events by type, top pages
    and top referrers in one hash aggregation (top N chosen in SQL by ``row_number()``), and a
-   second set of ``GROUPING SETS`` gives distinct users per country and device type.
+   second set of ``GROUPING SETS`` gives distinct users per country and device type. The
+   first part never needs resolved identities, so with identity stitching only the user
+   parts read the resolving view (unless a filter names ``user_id``).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import numpy as np
 
 from avila.analytics.common import (
     OTHER,
+    PROPERTY_COLUMNS,
     Expr,
     bucket_expr,
     bucket_label,
     bucket_of,
     condition_expr,
     events_source,
+    fragments,
     local_us_array,
     local_us_expr,
     parse_query,
@@ -54,7 +58,7 @@ SELECT 'events' AS part, g, k1, k2, n, pv, rev FROM (
   SELECT GROUPING(event_type, url, referrer) AS g, event_type AS k1, coalesce(url, referrer) AS k2,
     count(*) AS n, count(*) FILTER (WHERE event_type = 'page_view') AS pv,
     sum(revenue) FILTER (WHERE event_type = 'purchase') AS rev
-  FROM {source} WHERE {where} GROUP BY GROUPING SETS ((), (event_type), (url), (referrer))
+  FROM {event_source} WHERE {where} GROUP BY GROUPING SETS ((), (event_type), (url), (referrer))
 ) QUALIFY g IN (7, 3) OR (k2 IS NOT NULL AND (g = 6 OR pv > 0) AND row_number() OVER (
   PARTITION BY g, k2 IS NOT NULL AND (g = 6 OR pv > 0)
   ORDER BY CASE WHEN g = 5 THEN pv ELSE n END DESC, k2) <= ?)
@@ -77,8 +81,13 @@ def overview(
     start, end = time_range(q.start_time, q.end_time)
     tz = zone(q.timezone)
     where = where_clause(store, project_id, start, end, q.filters)
+    source = events_source(store, project_id)
+    # Counts by type, page and referrer do not depend on who a user is: unless a filter names
+    # the user, they read the events table itself and skip resolving identities.
+    by_user = any(PROPERTY_COLUMNS.get(f.property) == "user_id" for f in q.filters)
+    event_source = source if by_user else fragments(store)["events_unstitched"]
     rows = store.query(
-        _AGGREGATES.format(source=events_source(store, project_id), where=where.sql),
+        _AGGREGATES.format(source=source, event_source=event_source, where=where.sql),
         [*where.params, q.top_n, *where.params],
     )
     total, revenue = 0, 0.0
