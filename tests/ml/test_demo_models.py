@@ -22,6 +22,7 @@ so the demo's structure does not depend on the calendar.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -43,7 +44,8 @@ CLV_RATIO = 0.95
 
 
 def _demo(data_dir: Path, *extra: str) -> None:
-    env = {"AVILA_DATA_DIR": str(data_dir), "PATH": ""}
+    # PYTHONPATH passes on so the CLI runs this tree's code, not an installed copy.
+    env = {"AVILA_DATA_DIR": str(data_dir), "PATH": "", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     for args in (["--if-empty", "--users", "300", "--days", "30"], ["--factory", "--days", "7"]):
         subprocess.run(
             [sys.executable, "-m", "avila.cli", "demo", *args, *extra],
