@@ -104,7 +104,18 @@ def funnel(store: Store, project_id: str, query: FunnelQuery | Mapping[str, Any]
         params.extend(breakdown.params)
     sql = f"SELECT {select} FROM {events_source(store, project_id)} WHERE {where.sql}"
     params.extend(where.params)
-    if q.mode != "strict_order":  # strict_order needs the other events too
+    if q.mode == "strict_order":
+        # Of the events matching no step only one per user can matter: the first one after
+        # the user's first step-1 event (it ends the evaluation; one at the same time sorts
+        # before the step and does not). So the store returns the step rows and that row.
+        empty_b = ", NULL AS b" if breakdown is not None else ""
+        sql = (
+            f"WITH e AS ({sql}), s AS (SELECT user_id, min(t) AS t1 FROM e WHERE m % 2 = 1"
+            " GROUP BY user_id) SELECT * FROM e WHERE m <> 0 UNION ALL SELECT e.user_id,"
+            f" min(e.t) AS t, 0 AS m{empty_b} FROM e JOIN s ON e.user_id = s.user_id"
+            " WHERE e.m = 0 AND e.t > s.t1 GROUP BY e.user_id"
+        )
+    else:
         sql += " AND (" + " OR ".join(c.sql for c in conds) + ")"
         params.extend(p for c in conds for p in c.params)
     sql += " ORDER BY user_id, t"
