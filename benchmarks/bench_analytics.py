@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=Path("data/bench"))
-    parser.add_argument("--only", help="comma-separated query names to run (default: all)")
+    parser.add_argument("--only", help="query names to run, separated by semicolons (default: all)")
     args = parser.parse_args()
     path = args.dir / f"analytics_{args.events}.duckdb"
     fresh = not path.exists()
@@ -221,7 +221,7 @@ def main() -> None:
         ("funnel unordered", lambda: funnel(store, PROJECT, {**funnel_q, "mode": "unordered"}),
          lambda: conn.execute(SQL_FUNNEL, {**base, "w": WINDOW}).fetchall()),
     ]  # fmt: skip
-    only = set(args.only.split(",")) if args.only else None
+    only = set(args.only.split(";")) if args.only else None
     cases = [c for c in cases if only is None or c[0] in only]
     ours = [s["count"] for s in funnel(store, PROJECT, funnel_q)["steps"]]
     theirs = list(conn.execute(SQL_FUNNEL, {**base, "w": WINDOW}).fetchall()[0])

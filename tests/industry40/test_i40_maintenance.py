@@ -186,3 +186,76 @@ def test_mtbf_mttr():
             observed_to=t0 + timedelta(hours=100),
         )
     assert exc.value.code == "reliability_overlapping_repairs"
+
+
+# --- robustness: a law outside the fitted family, a threshold learned from the fleet ---------
+
+ROBUST_SEEDS = range(5)
+ROBUST_RATIO = 0.5  # our RUL RMSE must be at most half the mean-life baseline's, every seed
+
+
+def simulate_off_family(rng: np.random.Generator, law: str) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """(life h, failure value, hourly times, values) for a unit whose law is in none of the
+    fitted families (linear, quadratic, exponential):
+
+    * ``power``: y = 1 + c·t^p, p ~ U(2.5, 4) — accelerating faster than a quadratic;
+    * ``knee``: flat at 1 until an onset (20–50 % of life), then 1 + c·(t − onset)^1.5.
+
+    Each unit fails at its own threshold ~ U(9, 11); noise N(0, 0.15)."""
+    fail_at = rng.uniform(9.0, 11.0)
+    life = rng.uniform(150.0, 400.0)
+    if law == "power":
+        p = rng.uniform(2.5, 4.0)
+        c = (fail_at - 1.0) / life**p
+
+        def level(t: np.ndarray) -> np.ndarray:
+            return 1.0 + c * t**p
+    else:
+        onset = rng.uniform(0.2, 0.5) * life
+        c = (fail_at - 1.0) / (life - onset) ** 1.5
+
+        def level(t: np.ndarray) -> np.ndarray:
+            return 1.0 + c * np.clip(t - onset, 0.0, None) ** 1.5
+
+    cut = rng.uniform(0.6, 0.9) * life
+    t = np.arange(0.0, cut, 1.0)
+    return life, fail_at, t, level(t) + rng.normal(0.0, 0.15, t.size)
+
+
+def _off_family_rmse(seed: int) -> tuple[float, float, float, float]:
+    """(our RMSE, baseline RMSE, our PHM08, baseline PHM08) for one seed of the protocol."""
+    rng = np.random.default_rng(1000 + seed)
+    laws = ["power", "knee"]
+    train = [simulate_off_family(rng, law) for law in laws * 30]
+    mean_life = float(np.mean([u[0] for u in train]))
+    threshold = float(np.median([u[1] for u in train]))
+    truth, ours, naive = [], [], []
+    for law in laws * 20:
+        life, _, t, y = simulate_off_family(rng, law)
+        truth.append(life - t[-1])
+        ours.append(estimate_rul(t, y, threshold, direction="increasing")["rul_hours"])
+        naive.append(max(mean_life - t[-1], 0.0))
+    truth_a = np.array(truth)
+    rmse = float(np.sqrt(np.mean((np.array(ours) - truth_a) ** 2)))
+    rmse_naive = float(np.sqrt(np.mean((np.array(naive) - truth_a) ** 2)))
+    return rmse, rmse_naive, phm08_score(ours, truth), phm08_score(naive, truth)
+
+
+#: First run (2026-11-30), RUL RMSE ours / mean-life baseline (hours) for seeds 0–4:
+#: 42.2/67.7, 116.4/67.4, 39.9/65.1, 30.7/69.9, 42.8/69.8 — better than the baseline in four
+#: seeds, but by the stated margin (≤ 0.5×) only in one, and worse in seed 1 (trend
+#: extrapolation of the knee law). Recorded as found, not re-tuned; strict, so the mark must go
+#: the day the model meets the protocol.
+@pytest.mark.xfail(strict=True, reason="off-family RUL beats mean life by 0.5x in 1 of 5 seeds")
+def test_rul_off_family_with_inferred_threshold_beats_mean_life() -> None:
+    """Protocol (fixed before the first run, 2026-11-30): per seed, 60 training units run to
+    failure give the mean life (the baseline) and the failure threshold, inferred as the
+    median value at failure (the true per-unit thresholds are never passed in). 40 test units
+    (half ``power``, half ``knee``) are cut at 60–90 % of their life; our RUL uses the
+    inferred threshold. Pass: RUL RMSE ≤ 0.5 × the baseline's (mean life − age, at least 0)
+    and a lower PHM08 score, in every one of 5 seeds."""
+    for seed in ROBUST_SEEDS:
+        rmse, rmse_naive, score, score_naive = _off_family_rmse(seed)
+        print(f"seed {seed}: RUL RMSE ours {rmse:.1f} h, mean-life {rmse_naive:.1f} h")
+        assert rmse <= ROBUST_RATIO * rmse_naive, seed
+        assert score < score_naive, seed
