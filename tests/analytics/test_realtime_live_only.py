@@ -34,8 +34,11 @@ def test_replayed_history_is_not_live_traffic(load) -> None:
     ]
     got = realtime(load(rows), PROJECT, {"now": now.isoformat() + "Z"})
     # Oracle: the rows above without a replay marker.
-    live = [r for r in rows if json.loads(r.get("metadata") or "{}").get("source")
-            not in ("demo", "backfill", "import")]
+    live = [
+        r
+        for r in rows
+        if json.loads(r.get("metadata") or "{}").get("source") not in ("demo", "backfill", "import")
+    ]
     assert got["events_last_minute"] == len(live) == 4
     assert got["active_users_last_minute"] == 4
     assert got["top_pages"] == [{"url": "/", "views": 2}, {"url": "/live", "views": 2}]

@@ -194,7 +194,9 @@ ROBUST_SEEDS = range(5)
 ROBUST_RATIO = 0.5  # our RUL RMSE must be at most half the mean-life baseline's, every seed
 
 
-def simulate_off_family(rng: np.random.Generator, law: str) -> tuple[float, float, np.ndarray, np.ndarray]:
+def simulate_off_family(
+    rng: np.random.Generator, law: str
+) -> tuple[float, float, np.ndarray, np.ndarray]:
     """(life h, failure value, hourly times, values) for a unit whose law is in none of the
     fitted families (linear, quadratic, exponential):
 

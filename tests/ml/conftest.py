@@ -96,7 +96,9 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cdnow_transactions() -> pd.DataFrame:
     """CDNOW 1/10th sample (2,357 customers, Jan 1997 – Jun 1998): customer_id, date, cds,
     dollars — one row per transaction, as in the lifetimes wheel's ``CDNOW_sample.txt``."""
-    raw = _read_from_wheel("Lifetimes-0.11.3-py3-none-any.whl", "lifetimes/datasets/CDNOW_sample.txt")
+    raw = _read_from_wheel(
+        "Lifetimes-0.11.3-py3-none-any.whl", "lifetimes/datasets/CDNOW_sample.txt"
+    )
     frame = pd.read_csv(
         io.BytesIO(raw), sep=r"\s+", header=None,
         names=["customer_id", "customer_id_master", "date", "cds", "dollars"],

@@ -54,7 +54,9 @@ def test_shuttle_first_10k_reproduces_river_docs(shuttle_scores) -> None:
     scored then learned over ``Shuttle().take(10_000)`` with ``RollingROCAUC(window_size=10_000)``
     (a window holding every row, i.e. the plain ROC AUC). Ours is that configuration; the
     figure is read from the installed docstring, so a release that changes it fails here."""
-    documented = re.search(r"HalfSpaceTrees RollingROCAUC: ([\d.]+)%", datasets.Shuttle.__doc__ or "")
+    documented = re.search(
+        r"HalfSpaceTrees RollingROCAUC: ([\d.]+)%", datasets.Shuttle.__doc__ or ""
+    )
     assert documented is not None
     labels, scores = shuttle_scores
     ours = roc_auc(labels[:10_000], scores[:10_000])

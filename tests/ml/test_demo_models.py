@@ -45,7 +45,11 @@ CLV_RATIO = 0.95
 
 def _demo(data_dir: Path, *extra: str) -> None:
     # PYTHONPATH passes on so the CLI runs this tree's code, not an installed copy.
-    env = {"AVILA_DATA_DIR": str(data_dir), "PATH": "", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    env = {
+        "AVILA_DATA_DIR": str(data_dir),
+        "PATH": "",
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }
     for args in (["--if-empty", "--users", "300", "--days", "30"], ["--factory", "--days", "7"]):
         subprocess.run(
             [sys.executable, "-m", "avila.cli", "demo", *args, *extra],

@@ -77,9 +77,7 @@ def _implicit_item_knn(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, dic
     items = np.sort(train["item_id"].unique())
     u = np.searchsorted(users, train["user_id"])
     i = np.searchsorted(items, train["item_id"])
-    matrix = sparse.csr_matrix(
-        (np.ones(len(train)), (u, i)), shape=(len(users), len(items))
-    )
+    matrix = sparse.csr_matrix((np.ones(len(train)), (u, i)), shape=(len(users), len(items)))
     matrix.data[:] = 1.0  # a rating is one positive, however often a pair repeats
     model = CosineRecommender(K=NEIGHBOURS + 1)
     with warnings.catch_warnings():

@@ -284,7 +284,9 @@ def _strict_order_levels(
     per_row = np.maximum(np.sum(bits, axis=0), 1)
     row_of = np.repeat(np.arange(n, dtype=np.int64), per_row)
     # Step index per entry (0 = no step), in increasing order within a row.
-    offset = np.arange(len(row_of), dtype=np.int64) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    offset = np.arange(len(row_of), dtype=np.int64) - np.repeat(
+        np.cumsum(per_row) - per_row, per_row
+    )
     step_lists = np.zeros((n, nsteps), dtype=np.int64)
     rank = np.zeros(n, dtype=np.int64)
     for k in range(nsteps):

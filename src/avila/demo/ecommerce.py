@@ -99,8 +99,8 @@ _CATALOGUE = [
 ]
 PRODUCTS = [(f"prod_{i:03d}", name, price) for i, (name, price, _) in enumerate(_CATALOGUE)]
 CATEGORIES: dict[str, list[int]] = {}
-for _index, (_, _, _category) in enumerate(_CATALOGUE):
-    CATEGORIES.setdefault(_category, []).append(_index)
+for _index, _entry in enumerate(_CATALOGUE):
+    CATEGORIES.setdefault(_entry[2], []).append(_index)
 #: Share of product views drawn from the user's own categories (the planted tastes).
 TASTE_SHARE = 0.85
 DEVICES = [
@@ -387,9 +387,7 @@ def generate_user_events(seed: int, users: int, days: int, end: datetime) -> Ite
                 at = flash + timedelta(seconds=urng.uniform(0, 3000))
                 if urng.random() < 0.5 and persona.signup <= at and not (stop and at >= stop):
                     events.extend(
-                        _session(
-                            urng, persona, at, number, seed, False, end, "/promo/flash-sale"
-                        )
+                        _session(urng, persona, at, number, seed, False, end, "/promo/flash-sale")
                     )
                     number += 1
             day += timedelta(days=1)
