@@ -86,15 +86,25 @@ KNOWN_GAP = pytest.mark.xfail(
 )
 
 
-@KNOWN_GAP
-def test_snapshot_models_beat_recency_on_the_demo(tmp_path: Path) -> None:
-    _demo(tmp_path, "--end", "2026-11-30")
-    store = open_store(f"duckdb:///{tmp_path / 'avila.duckdb'}", read_only=True)
+@pytest.fixture(scope="module", params=[(7, "2026-03-01"), (11, "2026-07-15")])
+def other_demo(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """Training metrics on the demo for another seed and end (generated once per module)."""
+    seed, end = request.param
+    path = tmp_path_factory.mktemp(f"demo-{seed}")
+    _demo(path, "--seed", str(seed), "--end", end)
+    store = open_store(f"duckdb:///{path / 'avila.duckdb'}", read_only=True)
     try:
         _, meta = train_project(store, "default")
     finally:
         store.close()
-    _assert_snapshot_models_beat_recency(meta["models"])
+    return meta["models"]
+
+
+@KNOWN_GAP
+def test_snapshot_models_beat_recency_on_the_demo(other_demo: dict[str, Any]) -> None:
+    _assert_snapshot_models_beat_recency(other_demo)
 
 
 def _flash_hour(end: datetime) -> str:
@@ -123,14 +133,5 @@ def test_make_run_data_trains_every_model_and_each_beats_its_baseline(
         assert _flash_hour(end) in starts or _flash_hour(end - timedelta(hours=1)) in starts
 
 
-@pytest.mark.parametrize(("seed", "end"), [(7, "2026-03-01"), (11, "2026-07-15")])
-def test_demo_structure_holds_for_other_seeds_and_dates(
-    tmp_path: Path, seed: int, end: str
-) -> None:
-    _demo(tmp_path, "--seed", str(seed), "--end", end)
-    store = open_store(f"duckdb:///{tmp_path / 'avila.duckdb'}", read_only=True)
-    try:
-        _, meta = train_project(store, "default")
-    finally:
-        store.close()
-    _assert_beats_baselines(meta["models"])
+def test_demo_structure_holds_for_other_seeds_and_dates(other_demo: dict[str, Any]) -> None:
+    _assert_beats_baselines(other_demo)
