@@ -63,10 +63,26 @@ _IDENTITIES_DDL = (
     " ON r.project_id = e.project_id AND r.anonymous_id = e.user_id",
 )
 
+# Alerts (avila.alerts): rules as JSON documents; firings and per-destination delivery results
+# are append-only (a destination without a delivery row is still pending). See docs/alerts.md.
+_ALERTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS alert_rules (project_id VARCHAR NOT NULL, rule_id VARCHAR NOT NULL,"
+    " name VARCHAR NOT NULL, spec VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL,"
+    " PRIMARY KEY (project_id, rule_id))",
+    "CREATE TABLE IF NOT EXISTS alert_firings (project_id VARCHAR NOT NULL,"
+    " firing_id VARCHAR NOT NULL, rule_id VARCHAR NOT NULL, rule_name VARCHAR NOT NULL,"
+    " value DOUBLE, op VARCHAR NOT NULL, threshold DOUBLE NOT NULL, fired_at TIMESTAMP NOT NULL,"
+    " destinations VARCHAR NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS alert_deliveries (project_id VARCHAR NOT NULL,"
+    " firing_id VARCHAR NOT NULL, position INTEGER NOT NULL, status VARCHAR NOT NULL,"
+    " attempts INTEGER NOT NULL, error VARCHAR, finished_at TIMESTAMP NOT NULL)",
+)
+
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (1, "events table", (_events_ddl(),)),
     (2, "industry 4.0: telemetry, devices, twin_desired, alarm_rules", _INDUSTRY40_DDL),
     (3, "identities and events_resolved (identity stitching)", _IDENTITIES_DDL),
+    (6, "alerts: alert_rules, alert_firings, alert_deliveries", _ALERTS_DDL),
 )
 
 
