@@ -1,8 +1,8 @@
 """Alert rules: the rule model and the value of each metric over a rule's window.
 
-A rule watches one metric over the trailing window ``[now - window_seconds, ...)`` (event time
-``ts``, UTC; readings or events dated after ``now`` by a skewed client clock count in the
-current window) and *breaches* when ``value op threshold``. The metrics:
+A rule watches one metric over the trailing window ``now - window_seconds <= ts <= now`` (event
+or reading time ``ts``, UTC; both ends included, so something dated ahead of the server's clock
+counts once the clock reaches it) and *breaches* when ``value op threshold``. The metrics:
 
 ``event_count``
     Events of ``condition_type`` (and ``condition_value`` matched against the type's key field,
@@ -16,7 +16,8 @@ current window) and *breaches* when ``value op threshold``. The metrics:
     optionally of one device or of the devices of one type. No value without readings.
 ``anomaly``
     The robust (modified) z-score of the current window's value against the
-    :data:`BASELINE_WINDOWS` windows of the same length just before it:
+    :data:`BASELINE_WINDOWS` windows of the same length just before it (window ``k`` is
+    ``now - (k+1)·w <= ts < now - k·w``; the current one, ``k = 0``, also holds ``ts = now``):
     ``0.6745 * (x - median) / MAD`` (MAD of the baseline; when it is 0, the mean absolute
     deviation times 1.2533 stands in; when both are 0, the score is 0 for ``x == median`` and
     ±1e9 otherwise). ``series`` ``events`` counts events, ``revenue`` sums purchase revenue.
@@ -124,6 +125,16 @@ class RuleSpec(Struct, forbid_unknown_fields=True):
         return self.window_seconds if self.cooldown_seconds is None else self.cooldown_seconds
 
 
+class PreviewSpec(Struct, forbid_unknown_fields=True):
+    """The body of ``POST /api/v1/alerts/evaluate``: a metric's value now (or ``at``)."""
+
+    metric: Metric
+    window_seconds: Annotated[int, Meta(ge=1, le=MAX_WINDOW_SECONDS)]
+    condition: Condition | None = None
+    #: The window's end, RFC 3339; default now.
+    at: datetime | None = None
+
+
 class Rule(Struct, kw_only=True):
     """A stored rule of one project."""
 
@@ -138,60 +149,63 @@ def breaches(condition: Condition, value: float | None) -> bool:
     return value is not None and OPS[condition.op](value, condition.threshold)
 
 
-def check_spec(store: Store, spec: RuleSpec) -> None:
+def check_metric(store: Store, metric: Metric) -> None:
     """Semantic checks the schema cannot express (unknown event types, bad regexes ...); raises
     :class:`~avila.errors.ValidationFailed` with the field path."""
-    metric = spec.metric
     if isinstance(metric, EventCountMetric):
-        condition_expr(store, _as_condition(metric), "$.metric")
+        condition_expr(store, _as_condition(metric), "metric")
     elif isinstance(metric, ConversionRateMetric):
         for i, step in enumerate(metric.steps):
-            condition_expr(store, step, f"$.metric.steps[{i}]")
+            condition_expr(store, step, f"metric.steps[{i}]")
 
 
 def _as_condition(metric: EventCountMetric) -> EventCondition:
     return EventCondition(metric.condition_type, metric.condition_value, metric.match)
 
 
-def evaluate(store: Store, project_id: str, spec: RuleSpec, now: datetime) -> float | None:
-    """The value of ``spec.metric`` over the window ending at ``now`` (naive UTC); blocking."""
-    since = now - timedelta(seconds=spec.window_seconds)
-    metric = spec.metric
+def evaluate(
+    store: Store, project_id: str, metric: Metric, window_seconds: int, now: datetime
+) -> float | None:
+    """The value of ``metric`` over the window of ``window_seconds`` ending at ``now`` (naive
+    UTC); blocking."""
+    since = now - timedelta(seconds=window_seconds)
     if isinstance(metric, EventCountMetric):
-        return _event_count(store, project_id, metric, since)
+        return _event_count(store, project_id, metric, since, now)
     if isinstance(metric, ConversionRateMetric):
-        return _conversion_rate(store, project_id, metric, since)
+        return _conversion_rate(store, project_id, metric, since, now)
     if isinstance(metric, TelemetryMetric):
-        return _telemetry(store, project_id, metric, since)
-    return _anomaly(store, project_id, metric, now, spec.window_seconds)
+        return _telemetry(store, project_id, metric, since, now)
+    return _anomaly(store, project_id, metric, now, window_seconds)
 
 
-def _event_count(store: Store, project_id: str, metric: EventCountMetric, since: datetime) -> float:
-    cond = condition_expr(store, _as_condition(metric), "$.metric")
+def _event_count(
+    store: Store, project_id: str, metric: EventCountMetric, since: datetime, now: datetime
+) -> float:
+    cond = condition_expr(store, _as_condition(metric), "metric")
     table = fragments(store)["events_unstitched"]
     rows = store.query(
-        f"SELECT count(*) FROM {table} WHERE project_id = ? AND ts >= ? AND {cond.sql}",
-        [project_id, since, *cond.params],
+        f"SELECT count(*) FROM {table} WHERE project_id = ? AND ts BETWEEN ? AND ? AND {cond.sql}",
+        [project_id, since, now, *cond.params],
     )
     return float(rows[0][0])
 
 
 def _conversion_rate(
-    store: Store, project_id: str, metric: ConversionRateMetric, since: datetime
+    store: Store, project_id: str, metric: ConversionRateMetric, since: datetime, now: datetime
 ) -> float | None:
-    first = condition_expr(store, metric.steps[0], "$.metric.steps[0]")
-    second = condition_expr(store, metric.steps[1], "$.metric.steps[1]")
+    first = condition_expr(store, metric.steps[0], "metric.steps[0]")
+    second = condition_expr(store, metric.steps[1], "metric.steps[1]")
     source = events_source(store, project_id)
     # A user converts when their latest step-2 event in the window is at or after their first
     # step-1 event: the same as "some step-2 event at or after it".
     rows = store.query(
         f"WITH s AS (SELECT user_id, min(ts) AS t0 FROM {source}"
-        f" WHERE project_id = ? AND ts >= ? AND {first.sql} GROUP BY user_id),"
+        f" WHERE project_id = ? AND ts BETWEEN ? AND ? AND {first.sql} GROUP BY user_id),"
         f" c AS (SELECT user_id, max(ts) AS t1 FROM {source}"
-        f" WHERE project_id = ? AND ts >= ? AND {second.sql} GROUP BY user_id)"
+        f" WHERE project_id = ? AND ts BETWEEN ? AND ? AND {second.sql} GROUP BY user_id)"
         " SELECT count(*), count(*) FILTER (WHERE c.t1 >= s.t0)"
         " FROM s LEFT JOIN c ON c.user_id = s.user_id",
-        [project_id, since, *first.params, project_id, since, *second.params],
+        [project_id, since, now, *first.params, project_id, since, now, *second.params],
     )
     started, converted = int(rows[0][0]), int(rows[0][1])
     return converted / started if started else None
@@ -206,10 +220,10 @@ _AGGREGATES = {
 
 
 def _telemetry(
-    store: Store, project_id: str, metric: TelemetryMetric, since: datetime
+    store: Store, project_id: str, metric: TelemetryMetric, since: datetime, now: datetime
 ) -> float | None:
-    where = ["project_id = ?", "metric = ?", "ts >= ?"]
-    params: list[object] = [project_id, metric.metric, since]
+    where = ["project_id = ?", "metric = ?", "ts BETWEEN ? AND ?"]
+    params: list[object] = [project_id, metric.metric, since, now]
     if metric.device_id is not None:
         where.append("device_id = ?")
         params.append(metric.device_id)
@@ -230,17 +244,17 @@ def anomaly_series(
     store: Store, project_id: str, series: str, now: datetime, window_seconds: int
 ) -> list[float]:
     """Per window, oldest first, the ``series`` value of the :data:`BASELINE_WINDOWS` windows
-    before the current one and then the current one (which also holds anything after ``now``)."""
+    before the current one and then the current one."""
     width_us = window_seconds * 1_000_000
     since = now - timedelta(seconds=window_seconds * (BASELINE_WINDOWS + 1))
     value = "count(*)" if series == "events" else "coalesce(sum(revenue), 0)"
     only = "" if series == "events" else " AND event_type = 'purchase'"
     table = fragments(store)["events_unstitched"]
-    # Window 0 is the current one, k the k-th before it; future-dated rows fall into window 0.
+    # Window 0 is the current one, k the k-th before it (ts = now gives -1: window 0 too).
     rows = store.query(
         f"SELECT greatest(0, (epoch_us(?) - epoch_us(ts) - 1) // ?) AS k, {value}"
-        f" FROM {table} WHERE project_id = ? AND ts >= ?{only} GROUP BY k",
-        [now, width_us, project_id, since],
+        f" FROM {table} WHERE project_id = ? AND ts BETWEEN ? AND ?{only} GROUP BY k",
+        [now, width_us, project_id, since, now],
     )
     values = [0.0] * (BASELINE_WINDOWS + 1)
     for k, v in rows:

@@ -132,7 +132,11 @@ class AlertScheduler:
         values: list[float | None] = []
         for rule in rules:
             try:
-                values.append(evaluate(self.repository.store, rule.project_id, rule.spec, now))
+                spec = rule.spec
+                store = self.repository.store
+                values.append(
+                    evaluate(store, rule.project_id, spec.metric, spec.window_seconds, now)
+                )
             except Exception:
                 log.exception("alert rule evaluation failed", extra={"rule_id": rule.id})
                 values.append(None)

@@ -8,6 +8,7 @@ telemetry rule is evaluated right after the reading that may breach it.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -15,8 +16,9 @@ from litestar import delete, get, post
 from litestar.params import Parameter
 
 from avila.alerts import AlertRepository, AlertScheduler, Deliverer, RuleSpec, SmtpConfig
-from avila.alerts.repository import MAX_HISTORY, public_rule
-from avila.alerts.rules import EmailDestination, check_spec
+from avila.alerts.repository import MAX_HISTORY, public_rule, rfc3339, utc_now
+from avila.alerts.rules import EmailDestination, PreviewSpec, breaches, check_metric, evaluate
+from avila.analytics.common import naive_utc
 from avila.api.component import AppContext
 from avila.errors import NotFound, ValidationFailed
 from avila.live.bus import get_bus
@@ -59,10 +61,10 @@ DEPENDENCIES = {"alerts": lambda state: state[STATE_KEY]}
 
 
 def _check(scheduler: AlertScheduler, spec: RuleSpec) -> None:
-    check_spec(scheduler.repository.store, spec)
+    check_metric(scheduler.repository.store, spec.metric)
     for i, destination in enumerate(spec.destinations):
         if isinstance(destination, EmailDestination) and not scheduler.deliverer.smtp.host:
-            path = f"$.destinations[{i}]"
+            path = f"destinations[{i}]"
             message = "email destinations need an SMTP server: set AVILA_SMTP_HOST"
             raise ValidationFailed(
                 message, code="smtp_not_configured", details=[{"path": path, "message": message}]
@@ -153,4 +155,35 @@ async def history(
     return {"firings": firings}
 
 
-ROUTES = [create_rule, list_rules, get_rule, delete_rule, history]
+@post(
+    f"{PREFIX}/evaluate",
+    opt={"scope": "read"},
+    status_code=200,
+    summary="Evaluate a metric now",
+    description=(
+        'Body `{"metric", "window_seconds", "condition"?, "at"?}`: the metric\'s value over the'
+        " window ending now (or at `at`), and whether `condition` would breach. Nothing is stored"
+        " or sent: use it to try a rule before creating it."
+    ),
+    tags=TAGS,
+)
+async def evaluate_metric(
+    data: PreviewSpec, principal: Principal, alerts: AlertScheduler
+) -> Result:
+    store = alerts.repository.store
+    at = utc_now() if data.at is None else naive_utc(data.at)
+
+    def run() -> float | None:
+        check_metric(store, data.metric)
+        return evaluate(store, principal.project_id, data.metric, data.window_seconds, at)
+
+    value = await asyncio.to_thread(run)
+    return {
+        "value": value,
+        "breached": None if data.condition is None else breaches(data.condition, value),
+        "window_start": rfc3339(at - timedelta(seconds=data.window_seconds)),
+        "window_end": rfc3339(at),
+    }
+
+
+ROUTES = [create_rule, list_rules, get_rule, delete_rule, history, evaluate_metric]
