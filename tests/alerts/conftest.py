@@ -57,11 +57,14 @@ def alerts_server(
 
 @pytest.fixture
 def new_project(alerts_server: ServerProcess) -> Iterator[Callable[..., httpx.Client]]:
-    """``new_project(scopes=...)``: a client with a key of a project no other test uses."""
+    """``new_project(scopes=...)``: a client with a key of a project no other test uses (or of
+    ``project=``)."""
     clients: list[httpx.Client] = []
     project = f"p-{uuid.uuid4().hex[:10]}"
 
-    def factory(scopes: tuple[str, ...] = ("ingest", "read", "admin")) -> httpx.Client:
+    def factory(
+        scopes: tuple[str, ...] = ("ingest", "read", "admin"), project: str = project
+    ) -> httpx.Client:
         key, _ = KeyStore(alerts_server.data_dir / "keys.sqlite").create(project, list(scopes))
         client = httpx.Client(base_url=alerts_server.url, headers={"x-api-key": key}, timeout=30)
         clients.append(client)

@@ -18,9 +18,9 @@ counts once the clock reaches it) and *breaches* when ``value op threshold``. Th
     The robust (modified) z-score of the current window's value against the
     :data:`BASELINE_WINDOWS` windows of the same length just before it (window ``k`` is
     ``now - (k+1)·w <= ts < now - k·w``; the current one, ``k = 0``, also holds ``ts = now``):
-    ``0.6745 * (x - median) / MAD`` (MAD of the baseline; when it is 0, the mean absolute
-    deviation times 1.2533 stands in; when both are 0, the score is 0 for ``x == median`` and
-    ±1e9 otherwise). ``series`` ``events`` counts events, ``revenue`` sums purchase revenue.
+    ``0.6745 * (x - median) / MAD`` (median and MAD of the baseline; when the MAD is 0,
+    ``(x - median) / (1.2533 * mean absolute deviation)``; when that is 0 too, the score is 0
+    for ``x == median`` and ±1e9 otherwise). ``series`` ``events`` counts events, ``revenue`` sums purchase revenue.
     No value while the baseline holds no data at all (a new project is not an anomaly).
 
 A metric with no value never breaches. Untrusted input never reaches SQL as text: conditions
