@@ -19,6 +19,7 @@ from websockets.sync.client import connect
 from avila.testing import ServerProcess
 from tests.alerts.conftest import DELIVERY_ATTEMPTS, DELIVERY_TIMEOUT_SECONDS, SMTP_FROM
 from tests.alerts.receivers import HttpReceiver, SmtpSink, dead_port, wait_for
+from tests.conftest import TEST_KEY
 
 #: The issue's bound from the reading that crosses the threshold to the alert's arrival.
 ARRIVAL_SECONDS = 5.0
@@ -227,3 +228,33 @@ def test_a_rule_fires_again_once_its_cooldown_has_passed(
     assert second.at - first.at >= 2 - 0.1  # not before the cooldown (clock granularity)
     assert {json.loads(r.body)["value"] for r in (first, second)} == {1.0}
     assert len(_history(client, rule["id"])) >= 2
+
+
+def test_rules_history_and_cooldown_survive_a_restart(
+    make_server: Callable[..., ServerProcess], receiver: HttpReceiver, tmp_path: Any
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    metric = f"temperature_{tag}"
+    data = tmp_path / "restart"
+    server = make_server(data)
+    with httpx.Client(base_url=server.url, headers={"x-api-key": TEST_KEY}, timeout=30) as c:
+        rule = _rule(
+            c,
+            name=f"persisted {tag}",
+            metric={"kind": "telemetry", "metric": metric},
+            condition={"op": ">=", "threshold": 90},
+            window_seconds=600,
+            destinations=[{"type": "webhook", "url": receiver.url(f"/hook/{tag}")}],
+        )
+        _reading(c, metric, 90.0)  # the edge: >= 90 breaches
+        assert wait_for(lambda: receiver.on(f"/hook/{tag}"), ARRIVAL_SECONDS)
+        assert wait_for(lambda: _settled(_history(c, rule["id"])[0]), 10)
+    assert server.stop() == 0
+
+    again = make_server(data)
+    with httpx.Client(base_url=again.url, headers={"x-api-key": TEST_KEY}, timeout=30) as c:
+        assert [r["id"] for r in c.get("/api/v1/alerts/rules").json()["rules"]] == [rule["id"]]
+        time.sleep(3)  # still breaching, but inside the remembered cooldown
+        assert len(receiver.on(f"/hook/{tag}")) == 1
+        (firing,) = _history(c, rule["id"])
+        assert firing["deliveries"][0]["status"] == "delivered"
