@@ -18,7 +18,7 @@ from websockets.sync.client import connect
 
 from avila.testing import ServerProcess
 from tests.alerts.conftest import DELIVERY_ATTEMPTS, DELIVERY_TIMEOUT_SECONDS, SMTP_FROM
-from tests.alerts.receivers import HttpReceiver, SmtpSink, dead_port, wait_for
+from tests.alerts.receivers import HttpReceiver, Mail, SmtpSink, dead_port, wait_for
 from tests.conftest import TEST_KEY
 
 #: The issue's bound from the reading that crosses the threshold to the alert's arrival.
@@ -79,7 +79,9 @@ def test_telemetry_rule_fires_to_webhook_slack_and_email_once(
         "url": receiver.url(f"/hook/{tag}"),
         "secret_set": True,
     }
-    mails = lambda: [m for m in smtp.inbox if tag in m.message["Subject"]]  # noqa: E731
+
+    def mails() -> list[Mail]:
+        return [m for m in smtp.inbox if tag in m.message["Subject"]]
 
     with connect(
         alerts_server.url.replace("http://", "ws://") + "/ws",
@@ -99,7 +101,7 @@ def test_telemetry_rule_fires_to_webhook_slack_and_email_once(
         _reading(client, metric, 95.5)
         assert wait_for(lambda: receiver.on(f"/hook/{tag}"), ARRIVAL_SECONDS)
         assert wait_for(lambda: receiver.on(f"/slack/{tag}"), ARRIVAL_SECONDS)
-        assert wait_for(lambda: mails(), ARRIVAL_SECONDS)
+        assert wait_for(mails, ARRIVAL_SECONDS)
         hook = receiver.on(f"/hook/{tag}")[0]
         slack = receiver.on(f"/slack/{tag}")[0]
         mail = mails()[0]
@@ -135,7 +137,9 @@ def test_telemetry_rule_fires_to_webhook_slack_and_email_once(
     assert mail.sender == SMTP_FROM
     assert sorted(mail.recipients) == sorted(recipients)
     assert mail.message["From"] == SMTP_FROM
-    text = mail.message.get_payload(decode=True).decode()
+    payload = mail.message.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    text = payload.decode()
     assert "95.5" in text and "> 90" in text
 
     # The cooldown: still breaching (and worse), but one incident sends one alert.
