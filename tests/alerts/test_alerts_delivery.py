@@ -234,13 +234,15 @@ def test_a_rule_fires_again_once_its_cooldown_has_passed(
     assert len(_history(client, rule["id"])) >= 2
 
 
-def test_rules_history_and_cooldown_survive_a_restart(
+def test_telemetry_nudges_evaluation_and_rules_history_cooldown_survive_a_restart(
     make_server: Callable[..., ServerProcess], receiver: HttpReceiver, tmp_path: Any
 ) -> None:
+    """The first server evaluates on its schedule only once an hour: the alert can only come
+    from the evaluation that committed telemetry triggers ("as data arrives")."""
     tag = uuid.uuid4().hex[:8]
     metric = f"temperature_{tag}"
     data = tmp_path / "restart"
-    server = make_server(data)
+    server = make_server(data, AVILA_ALERTS_INTERVAL_SECONDS="3600")
     with httpx.Client(base_url=server.url, headers={"x-api-key": TEST_KEY}, timeout=30) as c:
         rule = _rule(
             c,
@@ -250,12 +252,15 @@ def test_rules_history_and_cooldown_survive_a_restart(
             window_seconds=600,
             destinations=[{"type": "webhook", "url": receiver.url(f"/hook/{tag}")}],
         )
+        time.sleep(1)  # let the evaluation that creating the rule triggers pass
+        crossed = time.monotonic()
         _reading(c, metric, 90.0)  # the edge: >= 90 breaches
         assert wait_for(lambda: receiver.on(f"/hook/{tag}"), ARRIVAL_SECONDS)
+        assert receiver.on(f"/hook/{tag}")[0].at - crossed <= ARRIVAL_SECONDS
         assert wait_for(lambda: _settled(_history(c, rule["id"])[0]), 10)
     assert server.stop() == 0
 
-    again = make_server(data)
+    again = make_server(data)  # default schedule: every second
     with httpx.Client(base_url=again.url, headers={"x-api-key": TEST_KEY}, timeout=30) as c:
         assert [r["id"] for r in c.get("/api/v1/alerts/rules").json()["rules"]] == [rule["id"]]
         time.sleep(3)  # still breaching, but inside the remembered cooldown

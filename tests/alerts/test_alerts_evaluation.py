@@ -363,6 +363,18 @@ def test_rule_validation_and_scopes(new_project: Callable[..., httpx.Client]) ->
         error = assert_error(admin.post("/api/v1/alerts/rules", json=body), 422, code)
         assert any(path in d["path"] for d in error["details"]), (path, error)
     assert_error(admin.get("/api/v1/alerts/rules/nope"), 404, "alert_rule_not_found")
+    # evaluate needs only `read`; `breached` applies the condition to the value (0 here).
+    for op, threshold, breached in ((">", -1, True), ("<", 0, False), ("<=", 0, True)):
+        preview = reader.post(
+            "/api/v1/alerts/evaluate",
+            json={
+                "metric": good["metric"],
+                "window_seconds": 60,
+                "condition": {"op": op, "threshold": threshold},
+            },
+        )
+        assert preview.status_code == 200, preview.text
+        assert preview.json()["value"] == 0 and preview.json()["breached"] is breached
     deleted = admin.delete(f"/api/v1/alerts/rules/{rule['id']}")
     assert deleted.status_code == 200 and deleted.json()["deleted"] is True
     assert admin.get("/api/v1/alerts/rules").json()["rules"] == []
