@@ -54,6 +54,7 @@ class AlertScheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[list[DeliveryResult]]] = set()
+        self._failing: dict[str, str] = {}  # rule id -> repr of its current evaluation error
 
     async def start(self) -> None:
         rules = await asyncio.to_thread(self.repository.rules)
@@ -137,8 +138,12 @@ class AlertScheduler:
                 values.append(
                     evaluate(store, rule.project_id, spec.metric, spec.window_seconds, now)
                 )
-            except Exception:
-                log.exception("alert rule evaluation failed", extra={"rule_id": rule.id})
+                self._failing.pop(rule.id, None)
+            except Exception as exc:
+                # Logged once per distinct error, not once a second while it lasts.
+                if self._failing.get(rule.id) != repr(exc):
+                    self._failing[rule.id] = repr(exc)
+                    log.exception("alert rule evaluation failed", extra={"rule_id": rule.id})
                 values.append(None)
         return values
 
