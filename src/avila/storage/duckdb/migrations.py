@@ -92,10 +92,11 @@ def migrate(conn: duckdb.DuckDBPyConnection) -> int:
         "CREATE TABLE IF NOT EXISTS schema_version "
         "(version INTEGER PRIMARY KEY, description VARCHAR, applied_at TIMESTAMP)"
     )
-    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-    current = int(row[0]) if row else 0
+    # Apply every missing version, not only those above the newest: a data directory may have
+    # recorded a later migration before an earlier one landed from another branch.
+    applied = {int(v) for (v,) in conn.execute("SELECT version FROM schema_version").fetchall()}
     for version, description, statements in MIGRATIONS:
-        if version <= current:
+        if version in applied:
             continue
         conn.execute("BEGIN TRANSACTION")
         for statement in statements:
@@ -104,5 +105,5 @@ def migrate(conn: duckdb.DuckDBPyConnection) -> int:
             "INSERT INTO schema_version VALUES (?, ?, now()::TIMESTAMP)", [version, description]
         )
         conn.execute("COMMIT")
-        current = version
-    return current
+        applied.add(version)
+    return max(applied, default=0)
