@@ -11,10 +11,12 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEEL_DIR = Path(os.environ.get("AVILA_TEST_WHEELS", ROOT / ".cache" / "wheels"))
@@ -105,3 +107,11 @@ def cdnow_transactions() -> pd.DataFrame:
     )  # fmt: skip
     frame["date"] = pd.to_datetime(frame["date"].astype(str), format="%Y%m%d")
     return frame
+
+
+@pytest.fixture(autouse=True)
+def _one_native_thread() -> Iterator[None]:
+    """One BLAS/OpenMP thread per test, as training itself uses: on a shared machine,
+    spinning OpenMP threads make gradient boosting many times slower."""
+    with threadpool_limits(limits=1):
+        yield
