@@ -86,7 +86,10 @@ def exposure(user: str, at: datetime, experiment: str, variant: str = "?") -> di
         "timestamp": _stamp(at),
         "event_type": {
             "type": "Custom",
-            "data": {"name": "$exposure", "properties": {"experiment": experiment, "variant": variant}},
+            "data": {
+                "name": "$exposure",
+                "properties": {"experiment": experiment, "variant": variant},
+            },
         },
     }
 
@@ -160,9 +163,13 @@ def generated_events(seed: int, users: int, experiment: str, other: str) -> list
         out.append(page_view(user, first - timedelta(seconds=30)))
         out.append(exposure(user, first, experiment))
         for _ in range(int(rng.integers(0, 3))):  # repeat exposures later
-            out.append(exposure(user, first + timedelta(hours=float(rng.uniform(0, 48))), experiment))
+            out.append(
+                exposure(user, first + timedelta(hours=float(rng.uniform(0, 48))), experiment)
+            )
         if rng.random() < 0.2:
-            out.append(custom(user, first + timedelta(minutes=float(rng.uniform(0, 90))), "signed_up"))
+            out.append(
+                custom(user, first + timedelta(minutes=float(rng.uniform(0, 90))), "signed_up")
+            )
         roll = rng.random()
         if roll < 0.05:  # a tie: the purchase carries the exposure's timestamp
             out.append(purchase(user, first, round(float(rng.gamma(2, 20)), 2)))

@@ -109,7 +109,10 @@ def test_conversion_counts_z_test_intervals_and_probability_best(
     c, df = loaded
     body = results(c, "checkout-button")
     users = oracle_results(
-        df, "checkout-button", [1, 1], exposure_mask=exposure_of(df, "checkout-button"),
+        df,
+        "checkout-button",
+        [1, 1],
+        exposure_mask=exposure_of(df, "checkout-button"),
         goal_mask=df.type == "Purchase",
     )
     assert len(users) > 1500 and 0.1 < users.converted.mean() < 0.5  # the data are not trivial
@@ -142,7 +145,10 @@ def test_three_variants_compare_each_with_the_control(
     c, df = loaded
     body = results(c, "checkout-button-3")
     users = oracle_results(
-        df, "checkout-button-3", [2, 1, 1], exposure_mask=exposure_of(df, "checkout-button-3"),
+        df,
+        "checkout-button-3",
+        [2, 1, 1],
+        exposure_mask=exposure_of(df, "checkout-button-3"),
         goal_mask=(df.type == "Custom") & (df.name == "signed_up"),
     )
     check_counts(body, users)
