@@ -110,7 +110,7 @@ def variant_stats(
         + variant.params
     )
     found = {int(r[0]): r for r in store.query(sql, list(params))}
-    out = []
+    out: list[tuple[int, int, float, float | None]] = []
     for i in range(len(bounds)):
         row = found.get(i)
         if row is None:

@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from scipy import integrate, special
-from scipy.stats import beta, chi2, norm
+from scipy import integrate, special  # type: ignore[import-untyped]
+from scipy.stats import beta, chi2, norm  # type: ignore[import-untyped]
 from scipy.stats import t as student_t
 
 #: Two-sided 95 % normal quantile.
@@ -160,6 +160,20 @@ def probability_best_beta(successes: Sequence[int], trials: Sequence[int]) -> li
     return _probability_best(pdfs, cdfs, supports, centres)
 
 
+def _normal_pdf(mean: float, se: float) -> Density:
+    def pdf(x: float) -> float:
+        return math.exp(-0.5 * ((x - mean) / se) ** 2) / (se * _SQRT_2PI)
+
+    return pdf
+
+
+def _normal_cdf(mean: float, se: float) -> Density:
+    def cdf(x: float) -> float:
+        return float(special.ndtr((x - mean) / se))
+
+    return cdf
+
+
 def probability_best_normal(
     means: Sequence[float], standard_errors: Sequence[float]
 ) -> list[float] | None:
@@ -168,13 +182,8 @@ def probability_best_normal(
     if any(not se > 0 for se in standard_errors):
         return None
     pairs = list(zip(means, standard_errors, strict=True))
-    pdfs: list[Density] = [
-        (lambda x, m=m, se=se: math.exp(-0.5 * ((x - m) / se) ** 2) / (se * _SQRT_2PI))
-        for m, se in pairs
-    ]
-    cdfs: list[Density] = [
-        (lambda x, m=m, se=se: float(special.ndtr((x - m) / se))) for m, se in pairs
-    ]
+    pdfs = [_normal_pdf(m, se) for m, se in pairs]
+    cdfs = [_normal_cdf(m, se) for m, se in pairs]
     z = float(norm.isf(_TAIL))
     supports = [(m - z * se, m + z * se) for m, se in pairs]
     return _probability_best(pdfs, cdfs, supports, list(means))
