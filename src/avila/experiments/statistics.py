@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from scipy import integrate, special  # type: ignore[import-untyped]
-from scipy.stats import beta, chi2, norm  # type: ignore[import-untyped]
+from scipy import integrate, special
+from scipy.stats import beta, chi2, norm
 from scipy.stats import t as student_t
 
 #: Two-sided 95 % normal quantile.
