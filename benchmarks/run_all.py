@@ -31,6 +31,11 @@ BENCHES = [
         "Telemetry ingest, real server, durable",
     ),
     ("bench_export", ["bench_export.py", "--no-write"], "Export of 10 million rows: peak RSS"),
+    (
+        "bench_experiments",
+        ["bench_experiments.py", "--no-write"],
+        "Experiment results at 10 million events",
+    ),
 ]
 
 

