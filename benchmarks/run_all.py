@@ -36,6 +36,11 @@ BENCHES = [
         ["bench_experiments.py", "--no-write"],
         "Experiment results at 10 million events",
     ),
+    (
+        "bench_alerts",
+        ["bench_alerts.py"],
+        "Alert rule evaluation at 10 million events and 1 million readings",
+    ),
 ]
 
 
