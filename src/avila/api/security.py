@@ -18,6 +18,8 @@ from avila.security.keys import KeyStore, Principal
 from avila.security.ratelimit import RateLimiter
 
 RATE_HEADERS_STATE = "avila_rate_headers"
+#: WebSocket subprotocol carrying the API key: ``avila.key.<KEY>``.
+WS_KEY_PREFIX = "avila.key."
 
 
 def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
@@ -29,6 +31,11 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     if auth and auth[:7].lower() == "bearer ":
         return auth[7:].strip()
     if connection.scope["type"] == "websocket":
+        # Browsers cannot set headers on a WebSocket: the key may come as the subprotocol
+        # "avila.key.<KEY>" (docs/realtime.md) or as ?api_key=.
+        for offered in connection.scope.get("subprotocols") or ():
+            if offered.startswith(WS_KEY_PREFIX) and len(offered) > len(WS_KEY_PREFIX):
+                return offered[len(WS_KEY_PREFIX) :]
         return connection.query_params.get("api_key")
     return None
 
