@@ -125,7 +125,8 @@ class LiveSession:
             while True:
                 frame, text = await outbox.take()
                 try:
-                    await asyncio.wait_for(self.send_text(text), self.stall_timeout)
+                    async with asyncio.timeout(self.stall_timeout):
+                        await self.send_text(text)
                 except TimeoutError:
                     outbox.lose(frame)
                     return True

@@ -342,9 +342,16 @@ class Fanout:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
+        # A fixed schedule (not "sleep after each flush"), so loop lag does not add up.
+        loop = asyncio.get_running_loop()
         interval = self.limits.flush_seconds
+        due = loop.time()
         while True:
-            await asyncio.sleep(interval)
+            due += interval
+            now = loop.time()
+            if due < now:  # fell behind by more than a period: skip, do not burst
+                due = now
+            await asyncio.sleep(due - now)
             try:
                 self.flush()
             except Exception:  # one bad flush must not end the live stream for good
