@@ -34,7 +34,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -64,7 +63,7 @@ async def _clients(url: str, total: int) -> None:
     arrivals: list[list[float]] = [[] for _ in range(readers)]
     counts = {"frames": 0, "bytes": 0, "batched": 0, "sampled_min": 1.0}
     conns = []
-    for i in range(total):
+    for _ in range(total):
         ws = await connect(url, max_size=None, open_timeout=30)
         await ws.send('{"type":"Subscribe","payload":{"channels":["events"]}}')
         reply = await ws.recv()
@@ -160,7 +159,9 @@ def run_one(tmp: Path, clients: int, seconds: float) -> dict[str, float]:
             return template.replace(marker, f"{run_id}{i:09d}".encode())
 
         # Warm up the same load (imports, allocator, first commits) before the baseline RSS.
-        loadgen.run(loadgen.closed_loop(host, port, CONNECTIONS, 2.0, lambda i: batch_request(10**8 + i)))
+        loadgen.run(
+            loadgen.closed_loop(host, port, CONNECTIONS, 2.0, lambda i: batch_request(10**8 + i))
+        )
         rss_before = _rss_mb(server.proc.pid)
         child = None
         if clients:
@@ -261,10 +262,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for clients in CLIENT_COUNTS:
-        has = clients > 0
 
-        def cell(key: str, fmt: str = ",.0f", has: bool = has) -> str:
-            return format(median(clients, key), fmt) if has else "-"
+        def cell(key: str, fmt: str = ",.0f", clients: int = clients) -> str:
+            return format(median(clients, key), fmt) if clients else "-"
 
         lines.append(
             f"| {clients} | {median(clients, 'events_per_s'):,.0f} | {median(clients, 'ratio'):.2f}"

@@ -79,7 +79,11 @@ def test_one_frame_object_is_shared_by_every_subscriber_of_a_stream() -> None:
 
 def test_a_single_event_goes_out_as_the_event_message() -> None:
     frame = events_frame([{"event_id": "x"}], 1.0)
-    assert json.loads(frame.text(0)) == {"type": "Event", "payload": {"event_id": "x"}, "dropped": 0}
+    assert json.loads(frame.text(0)) == {
+        "type": "Event",
+        "payload": {"event_id": "x"},
+        "dropped": 0,
+    }
     assert json.loads(events_frame([{"event_id": "x"}], 0.5).text(3))["payload"]["dropped"] == 3
 
 
@@ -189,7 +193,9 @@ def test_fanout_samples_each_stream_and_keeps_projects_apart() -> None:
     assert len(ids) == 100 and len(set(ids)) == 100
     order = [f"a{b}-{i}" for b in range(3) for i in range(400)]
     assert ids == sorted(ids, key=order.index)  # a sample, in arrival order
-    purchases = [v[i] for v in views for i in range(len(v)) if v[i]["event_type"]["type"] == "Purchase"]
+    purchases = [
+        v[i] for v in views for i in range(len(v)) if v[i]["event_type"]["type"] == "Purchase"
+    ]
     [buy_frame] = _decode(buys)
     kept = buy_frame["payload"]["events"]
     assert round(len(kept) / buy_frame["payload"]["sampled"]) == len(purchases)
@@ -228,3 +234,11 @@ def test_the_bus_forwards_to_the_fanout_and_keeps_in_process_subscriptions() -> 
     assert bus.has_subscribers("p", "events") and bus.projects("events") == {"p"}
     assert bus.publish("q", "alerts", {"kind": "elsewhere"}) == 0
     assert [m["type"] for m in _decode(box)] == ["Alert"]
+
+
+def test_frames_are_ascii_and_decode_to_the_same_text() -> None:
+    payload = {"title": "Olá 🌍 São Paulo ☕ 李", "path": "a\\ã", "raw": "\u2028\x7f"}
+    frame = events_frame([payload, payload], 1.0)
+    assert frame.shared.isascii() and frame.nbytes == len(frame.shared)
+    assert json.loads(frame.text(2))["payload"]["events"] == [payload, payload]
+    assert json.loads(message_frame("alerts", payload).text(0))["payload"] == payload

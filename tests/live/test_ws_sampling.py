@@ -91,7 +91,10 @@ def test_filtered_subscriptions_get_exactly_their_events(server: Any) -> None:
         }
         send(
             one_user,
-            {"type": "Subscribe", "payload": {"channels": ["events"], "filter": {"user_ids": [buyer]}}},
+            {
+                "type": "Subscribe",
+                "payload": {"channels": ["events"], "filter": {"user_ids": [buyer]}},
+            },
         )
         assert recv(one_user)["payload"]["filter"]["user_ids"] == [buyer]
         subscribe(everything, "events")

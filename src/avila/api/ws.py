@@ -24,6 +24,7 @@ connection is the only thing that waits on the client, so ingestion never does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,6 +52,8 @@ CLOSE_STALLED = 4408
 CLOSE_TOO_MANY = 4429
 _CLOSE_CODES = {401: CLOSE_UNAUTHORIZED, 403: CLOSE_FORBIDDEN, 429: CLOSE_TOO_MANY}
 FANOUT_KEY = "live_fanout"
+#: A stalled client gets at least this long to read its Error and close frame.
+FAREWELL_MIN_SECONDS = 10.0
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -70,9 +73,7 @@ def _now() -> str:
 class LiveSession:
     """One authenticated connection: a reader loop and a sender task over its outbox."""
 
-    def __init__(
-        self, socket: WebSocket[Any, Any, Any], fanout: Fanout, outbox: Outbox
-    ) -> None:
+    def __init__(self, socket: WebSocket[Any, Any, Any], fanout: Fanout, outbox: Outbox) -> None:
         self.socket = socket
         self.fanout = fanout
         self.outbox = outbox
@@ -144,10 +145,10 @@ class LiveSession:
             f"{outbox.lost_events} events and {outbox.lost_messages} other messages missed"
         )
         details = [{"missed_events": outbox.lost_events, "missed_messages": outbox.lost_messages}]
-        try:
-            await asyncio.wait_for(self._goodbye(message, details), self.stall_timeout)
-        except (TimeoutError, WebSocketDisconnect, OSError):
-            pass
+        with contextlib.suppress(TimeoutError, WebSocketDisconnect, OSError):
+            await asyncio.wait_for(
+                self._goodbye(message, details), max(self.stall_timeout, FAREWELL_MIN_SECONDS)
+            )
 
     async def _goodbye(self, message: str, details: list[Any]) -> None:
         await self.send(_error("client_stalled", message, details))

@@ -209,7 +209,10 @@ class Fanout:
         """Make ``outbox`` receive exactly ``channels`` (``events`` through ``event_filter``)."""
         project = outbox.project_id
         wanted = frozenset(channels)
-        if "events" in outbox.channels:
+        same_stream = (
+            "events" in outbox.channels and "events" in wanted and outbox.filter == event_filter
+        )
+        if "events" in outbox.channels and not same_stream:
             streams = self._streams[project]
             stream = streams[outbox.filter]
             stream.members.discard(outbox)
@@ -226,13 +229,13 @@ class Fanout:
         for channel in wanted - outbox.channels - {"events"}:
             self._channel_members.setdefault((project, channel), set()).add(outbox)
         outbox.filter = event_filter if "events" in wanted else None
-        if "events" in wanted:
+        if "events" in wanted and not same_stream:
             streams = self._streams.setdefault(project, {})
-            stream = streams.get(event_filter)
-            if stream is None:
+            joined = streams.get(event_filter)
+            if joined is None:
                 rate = self.limits.max_events_per_second
-                stream = streams[event_filter] = _Stream(event_filter, rate, self._clock())
-            stream.members.add(outbox)
+                joined = streams[event_filter] = _Stream(event_filter, rate, self._clock())
+            joined.members.add(outbox)
         outbox.channels = wanted
 
     def sent(self, outbox: Outbox, text: str, frame: Frame) -> None:
@@ -303,6 +306,7 @@ class Fanout:
         self, stream: _Stream, views: list[Sequence[Any]], now: float, stats: ProjectStats
     ) -> Frame | None:
         # (view, positions in view) of the events this stream offers.
+        offered_parts: list[tuple[Sequence[Any], list[int] | None]]
         if stream.filter is None:
             offered_parts = [(v, None) for v in views]
             sizes = [len(v) for v in views]
@@ -328,9 +332,9 @@ class Fanout:
         events: list[Any] = []
         for flat in uniform_positions(offered, kept, self._rng.sample):
             part = bisect.bisect_right(starts, flat) - 1
-            view, positions = offered_parts[part]
+            view, matched = offered_parts[part]
             offset = flat - starts[part]
-            events.append(view[offset if positions is None else positions[offset]])
+            events.append(view[offset if matched is None else matched[offset]])
         return events_frame(events, kept / offered)
 
     def start(self) -> None:

@@ -13,18 +13,40 @@ Messages::
     {"type":"Metrics","payload":{...},"dropped":N}
     {"type":"Alert","payload":{...},"dropped":N}
 
+The text is pure ASCII (non-ASCII characters are written as JSON ``\\uXXXX`` escapes, once per
+frame): the ASGI server encodes the text to UTF-8 for every connection, and encoding an ASCII
+string is a plain copy, about 20 times cheaper than encoding one with accents or emoji.
+
 ``N`` (top level, as before batching existed) counts everything this connection has lost so far;
 ``D`` counts the events lost since the previous ``Event``/``Events`` frame of this connection.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 _encode = msgspec.json.Encoder().encode
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # outside the BMP: a UTF-16 surrogate pair, as JSON requires
+    return f"\\u{0xD800 | (code >> 10):04x}\\u{0xDC00 | (code & 0x3FF):04x}"
+
+
+def ascii_json(value: Any) -> str:
+    """``value`` as JSON text with every non-ASCII character escaped (valid JSON: non-ASCII
+    characters only occur inside strings)."""
+    text = _encode(value).decode()
+    return text if text.isascii() else _NON_ASCII.sub(_escape, text)
+
 
 #: Message type of each channel's single message.
 MESSAGE_TYPES = {"events": "Event", "metrics": "Metrics", "alerts": "Alert"}
@@ -57,7 +79,7 @@ class Frame:
 def message_frame(channel: str, payload: Any) -> Frame:
     """A single ``Event``/``Metrics``/``Alert`` message."""
     kind = MESSAGE_TYPES[channel]
-    body = _encode(payload).decode()
+    body = ascii_json(payload)
     head = f'{{"type":"{kind}","payload":{body},"dropped":'
     return Frame(head, "}", 1 if channel == "events" else 0, cumulative=True)
 
@@ -68,6 +90,6 @@ def events_frame(events: Sequence[Any], sampled: float) -> Frame:
     ``Events`` batch."""
     if len(events) == 1 and sampled == 1.0:
         return message_frame("events", events[0])
-    body = _encode(events).decode()
+    body = ascii_json(events)
     head = f'{{"type":"Events","payload":{{"sampled":{_encode(sampled).decode()},"events":{body},"dropped":'
     return Frame(head, "}}", len(events), cumulative=False)
