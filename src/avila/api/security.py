@@ -33,7 +33,9 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     if str(connection.scope["type"]) == "websocket":
         # Browsers cannot set headers on a WebSocket: the key may come as the subprotocol
         # "avila.key.<KEY>" (docs/realtime.md) or as ?api_key=.
-        for offered in connection.scope.get("subprotocols") or ():
+        scope: dict[str, Any] = dict(connection.scope)
+        offers: list[str] = list(scope.get("subprotocols") or ())
+        for offered in offers:
             if offered.startswith(WS_KEY_PREFIX) and len(offered) > len(WS_KEY_PREFIX):
                 return offered[len(WS_KEY_PREFIX) :]
         return connection.query_params.get("api_key")
