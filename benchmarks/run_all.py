@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark and record what each printed in benchmarks/RESULTS.md.
 
-bench_ingest and bench_live write their own tables; the others' printed figures are recorded verbatim under
-their command, with the date and machine. Run on a quiet machine: the figures are medians of
+bench_ingest and bench_live write their own tables; the others' printed figures are recorded
+verbatim under their command, with the date and machine. Run on a quiet machine: the figures are medians of
 several runs inside each benchmark, but the machine is shared.
 """
 
@@ -31,6 +31,11 @@ BENCHES = [
         "Telemetry ingest, real server, durable",
     ),
     ("bench_export", ["bench_export.py", "--no-write"], "Export of 10 million rows: peak RSS"),
+    (
+        "bench_experiments",
+        ["bench_experiments.py", "--no-write"],
+        "Experiment results at 10 million events",
+    ),
     (
         "bench_alerts",
         ["bench_alerts.py"],
