@@ -30,6 +30,17 @@ export class ApiError extends Error {
   }
 }
 
+// The API's one error shape, {"error": {"code", "message", "details"}}, as an ApiError.
+export function errorFrom(response, data) {
+  const error = (data && data.error) || {};
+  return new ApiError(
+    response.status,
+    error.code || 'http_error',
+    error.message || `the server answered ${response.status} ${response.statusText}`,
+    error.details || [],
+  );
+}
+
 let onUnauthorized = () => {};
 export function whenUnauthorized(handler) { onUnauthorized = handler; }
 
@@ -61,13 +72,7 @@ export async function request(path, { method = 'GET', body, query, headers = {},
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = text; }
   if (!response.ok) {
-    const error = (data && data.error) || {};
-    const failure = new ApiError(
-      response.status,
-      error.code || 'http_error',
-      error.message || `the server answered ${response.status} ${response.statusText}`,
-      error.details || [],
-    );
+    const failure = errorFrom(response, data);
     if (response.status === 401 && !key) onUnauthorized(failure);
     throw failure;
   }

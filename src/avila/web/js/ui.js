@@ -99,11 +99,11 @@ window.addEventListener('resize', () => { for (const chart of live) chart.resize
 export const palette = ['#2456a6', '#e07b39', '#3a9d5d', '#b83b5e', '#7a5cc7', '#2c9fb0', '#a68a24', '#6b7785'];
 
 // A card with a chart, a "Table" toggle and a "CSV" download of the same numbers.
-export function chartCard({ title, name, option, columns, rows, tall = false, note }) {
+export function chartCard({ title, name, option, columns, rows, tall = false, note, showTable = false, onClick }) {
   const slug = name || title.toLowerCase().replace(/[^a-z0-9]+/g, '-');
-  const tableWrap = h('div', { class: 'table-wrap', hidden: true });
+  const tableWrap = h('div', { class: 'table-wrap', hidden: !showTable });
   const plot = h('div', { class: `chart${tall ? ' tall' : ''}`, role: 'img', 'aria-label': `${title} chart; use Table for the numbers` });
-  const toggle = h('button', { type: 'button', class: 'secondary', 'aria-expanded': 'false' }, 'Table');
+  const toggle = h('button', { type: 'button', class: 'secondary', 'aria-expanded': String(showTable) }, 'Table');
   const card = h('section', { class: 'card', 'data-chart': slug },
     h('div', { class: 'card-head' }, h('h2', {}, title),
       h('div', { class: 'actions' }, toggle,
@@ -122,6 +122,7 @@ export function chartCard({ title, name, option, columns, rows, tall = false, no
     if (!chart) {
       chart = window.echarts.init(plot, null, { renderer: 'svg' });
       live.add(chart);
+      if (onClick) chart.on('click', onClick);
     }
     chart.setOption(state.option, true);
   };
