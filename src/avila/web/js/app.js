@@ -74,7 +74,7 @@ async function route() {
   try {
     const module = await import(`./pages/${page}.js`);
     const result = await module.render(view, {
-      params, range, admin: session.isAdmin, stale: () => mine !== generation,
+      params, range, admin: session.isAdmin, scopes: session.me.scopes, stale: () => mine !== generation,
     });
     if (typeof result === 'function') {
       if (mine === generation) cleanup = result;
@@ -119,6 +119,11 @@ function start() {
     disposeCharts();
     $('main').replaceChildren();
     showSignIn();
+  });
+  // The skip link must not change the hash (the hash is the route).
+  document.querySelector('.skip').addEventListener('click', (event) => {
+    event.preventDefault();
+    $('main').focus();
   });
   $('range').addEventListener('change', onRangeChange);
   $('range').addEventListener('submit', (e) => e.preventDefault());

@@ -9,7 +9,8 @@ import { drawPlant } from './factory_views.js';
 
 const RESERVED = new Set(['state']);
 
-export async function render(view, { params, range }) {
+export async function render(view, { params, range, scopes }) {
+  const canWrite = scopes.includes('ingest');
   view.append(h('h1', {}, 'Factory'));
   const { devices } = await api('/api/v1/industry40/devices');
   if (!devices.length) {
@@ -42,7 +43,7 @@ export async function render(view, { params, range }) {
     deviceView.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
     try {
       deviceView.replaceChildren();
-      await drawDevice(deviceView, deviceId, range);
+      await drawDevice(deviceView, deviceId, range, canWrite);
     } catch (err) {
       deviceView.replaceChildren(errorBox(err));
     }
@@ -54,7 +55,7 @@ export async function render(view, { params, range }) {
   await drawPlant(plant, { devices, range, params, device: selected });
 }
 
-async function drawDevice(out, deviceId, range) {
+async function drawDevice(out, deviceId, range, canWrite) {
   const path = `/api/v1/industry40/twin/${encodeURIComponent(deviceId)}`;
   const twinCard = h('section', { class: 'card', id: 'twin' });
   const telemetry = h('div', { class: 'grid two' });
@@ -63,10 +64,11 @@ async function drawDevice(out, deviceId, range) {
   const drawTwin = async () => {
     const { data: twin, etag } = await request(path);
     const metrics = Object.entries(twin.reported || {}).map(([metric, r]) => ({ metric, value: r.value, timestamp: r.timestamp, desired: twin.desired?.[metric], delta: twin.delta?.[metric] }));
-    const editor = h('textarea', { id: 'twin-desired', 'aria-label': 'Desired state (JSON)', spellcheck: 'false' }, JSON.stringify(twin.desired || {}, null, 2));
+    const editor = h('textarea', { id: 'twin-desired', 'aria-label': 'Desired state (JSON)', spellcheck: 'false', readonly: !canWrite }, JSON.stringify(twin.desired || {}, null, 2));
     const message = h('p', { role: 'status', id: 'twin-message' });
     const save = h('button', { type: 'submit', id: 'twin-save' }, 'Save desired state');
-    const form = h('form', {}, h('h3', {}, 'Desired state'), editor, h('div', { class: 'row' }, save,
+    const form = h('form', {}, h('h3', {}, 'Desired state'), editor, h('div', { class: 'row' },
+      canWrite ? save : h('span', { class: 'muted' }, 'Changing the desired state needs a key with the ingest scope.'),
       h('span', { class: 'muted', id: 'twin-version', 'data-etag': etag }, `version ${twin.version} (ETag ${etag})`)), message);
     form.addEventListener('submit', async (e) => {
       e.preventDefault();
