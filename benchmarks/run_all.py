@@ -31,6 +31,7 @@ BENCHES = [
         "Telemetry ingest, real server, durable",
     ),
     ("bench_export", ["bench_export.py", "--no-write"], "Export of 10 million rows: peak RSS"),
+    ("bench_dashboard", ["bench_dashboard.py"], "Web dashboard in headless Chromium, make-run data"),
 ]
 
 

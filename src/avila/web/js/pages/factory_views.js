@@ -15,9 +15,12 @@ const LOSSES = [
 ];
 
 async function guarded(holder, title, draw) {
+  holder.append(h('p', { class: 'muted', 'data-loading': '' }, `${title}: loading…`));
   try {
-    await draw();
+    await draw(holder);
+    holder.querySelector('[data-loading]')?.remove();
   } catch (err) {
+    holder.querySelector('[data-loading]')?.remove();
     holder.append(h('section', { class: 'card' }, h('h2', {}, title), errorBox(err)));
   }
 }
@@ -27,13 +30,18 @@ export async function drawPlant(out, { devices, range, params, device }) {
   const machine = machines.find((m) => m.device_id === device) || machines[0];
   const sensor = devices.find((d) => d.machine === machine?.device_id && d.device_id !== machine?.device_id) || devices.find((d) => d.device_id === device);
   out.append(h('h2', {}, `Plant${machine ? ` · machine ${machine.device_id}` : ''}`));
+  // Views load in parallel, each into its own slot so the layout keeps its order.
   const grid = h('div', { class: 'grid two' });
-  out.append(grid);
-  if (machine) await guarded(grid, 'OEE', () => drawOee(grid, machine, range));
-  if (sensor) await guarded(grid, 'SPC', () => drawSpc(grid, sensor, range));
-  if (machine) await guarded(grid, 'Energy', () => drawEnergy(grid, machine, range, params));
-  await guarded(out, 'Maintenance', () => drawMaintenance(out, devices));
-  if (machines.length) await guarded(out, 'Schedule', () => drawSchedule(out, machines));
+  const wide = h('div');
+  out.append(grid, wide);
+  const slot = (parent) => parent.appendChild(h('div', { class: 'slot' }));
+  const views = [];
+  if (machine) views.push(guarded(slot(grid), 'OEE', (el) => drawOee(el, machine, range)));
+  if (sensor) views.push(guarded(slot(grid), 'SPC', (el) => drawSpc(el, sensor, range)));
+  if (machine) views.push(guarded(slot(grid), 'Energy', (el) => drawEnergy(el, machine, range, params)));
+  views.push(guarded(slot(wide), 'Maintenance', (el) => drawMaintenance(el, devices)));
+  if (machines.length) views.push(guarded(slot(wide), 'Schedule', (el) => drawSchedule(el, machines)));
+  await Promise.all(views);
 }
 
 async function drawOee(grid, machine, range) {
