@@ -126,14 +126,14 @@ export function chartCard({ title, name, option, columns, rows, tall = false, no
     }
     chart.setOption(state.option, true);
   };
-  state.option = { color: palette, animation: false, ...option };
+  state.option = { color: palette, animation: false, animationDuration: 0, animationDurationUpdate: 0, ...option };
   // Draw once attached (ECharts needs the element's size).
   queueMicrotask(render);
   return {
     card,
     get chart() { return chart; },
     update(nextOption, nextRows, nextColumns) {
-      state.option = { color: palette, animation: false, ...nextOption };
+      state.option = { color: palette, animation: false, animationDuration: 0, animationDurationUpdate: 0, ...nextOption };
       state.rows = nextRows;
       if (nextColumns) state.columns = nextColumns;
       render();

@@ -112,7 +112,10 @@ async function drawSpc(grid, sensor, range) {
 
 async function drawEnergy(grid, machine, range, params) {
   const co2 = Number(params.get('co2')) || 0.4;
-  const energy = await api('/api/v1/industry40/energy/consumption', { query: { device_id: machine.device_id, start_time: range.start, end_time: range.end, tz: range.tz, co2_kg_per_kwh: co2 } });
+  // No readings exist before the device was first seen: asking from then on gives the same
+  // kWh and days and spares the store a scan of the empty part of a long range.
+  const from = machine.first_seen && machine.first_seen > range.start ? machine.first_seen : range.start;
+  const energy = await api('/api/v1/industry40/energy/consumption', { query: { device_id: machine.device_id, start_time: from, end_time: range.end, tz: range.tz, co2_kg_per_kwh: co2 } });
   const device = energy.devices?.[0];
   const card = h('section', { class: 'card', 'data-section': 'energy' });
   const factor = h('input', { id: 'co2-factor', type: 'number', step: '0.01', min: '0', max: '10', value: co2 });
