@@ -132,7 +132,9 @@ def main() -> None:
                             cold.append(ms)
                             page.reload()
                             warm.append(
-                                float(page.wait_for_function(READY_JS, timeout=120_000).json_value())
+                                float(
+                                    page.wait_for_function(READY_JS, timeout=120_000).json_value()
+                                )
                             )
                         context.close()
                 if args.screenshots:

@@ -16,7 +16,7 @@ from litestar.openapi import OpenAPIConfig
 
 from avila import __version__
 from avila.api import analytics as analytics_api
-from avila.api import events, export, health, me, segment, tracker, web, ws
+from avila.api import events, export, health, keys, me, segment, tracker, web, ws
 from avila.api import industry40 as industry40_api
 from avila.api import ml as ml_api
 from avila.api import users as users_api
@@ -46,6 +46,7 @@ API_MODULES: tuple[ModuleType, ...] = (
     analytics_api,
     users_api,
     me,
+    keys,
     web,
 )
 

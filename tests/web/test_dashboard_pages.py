@@ -24,6 +24,7 @@ PAGES = {
     "segments": 1,
     "ml": 2,
     "factory": 7,
+    "keys": 0,  # admin keys only: a table and a form
 }
 
 

@@ -3,7 +3,7 @@ import { api, session, whenUnauthorized } from './api.js';
 import { currentRange, parseHash, updateParams } from './state.js';
 import { disposeCharts, errorBox, h, markBusy } from './ui.js';
 
-const PAGES = ['overview', 'live', 'funnels', 'retention', 'users', 'segments', 'ml', 'factory'];
+const PAGES = ['overview', 'live', 'funnels', 'retention', 'users', 'segments', 'ml', 'factory', 'keys'];
 const $ = (id) => document.getElementById(id);
 let cleanup = null;
 let generation = 0;
@@ -26,6 +26,7 @@ async function signIn(key) {
   $('project').textContent = session.me.project;
   $('scopes').textContent = session.me.scopes.join(', ');
   document.body.dataset.admin = String(session.isAdmin);
+  for (const el of document.querySelectorAll('[data-admin-only]')) el.hidden = !session.isAdmin;
   $('signin').hidden = true;
   $('shell').hidden = false;
   await route();
@@ -89,7 +90,8 @@ async function route() {
 
 function onRangeChange(event) {
   const preset = $('range-preset').value;
-  if (event.target.id === 'range-preset' && preset !== 'custom') {
+  const daysChanged = event.target.id === 'range-from' || event.target.id === 'range-to';
+  if (!daysChanged && preset !== 'custom') {
     updateParams({ preset, from: null, to: null, tz: $('range-tz').value }, { push: true });
   } else {
     updateParams({ preset: null, from: $('range-from').value, to: $('range-to').value, tz: $('range-tz').value }, { push: true });

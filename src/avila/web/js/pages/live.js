@@ -100,7 +100,15 @@ export async function render(view) {
   const connect = () => {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     let opened = false;
-    socket = new WebSocket(`${scheme}//${location.host}/ws`, ['avila.v1', `avila.key.${session.key}`]);
+    try {
+      socket = new WebSocket(`${scheme}//${location.host}/ws`, ['avila.v1', `avila.key.${session.key}`]);
+    } catch {
+      // A key with characters a subprotocol cannot carry: poll instead.
+      status.textContent = 'The live stream cannot carry this key; the counters refresh every 5 seconds.';
+      status.dataset.mode = 'polling';
+      poll();
+      return;
+    }
     socket.addEventListener('open', () => {
       opened = true;
       status.textContent = 'Live: connected over the WebSocket.';
