@@ -34,7 +34,7 @@ import numpy as np
 from avila.testing import ServerProcess
 
 KEY = "bench-dashboard-key"
-PAGES = ["overview", "live", "funnels", "retention", "users", "segments", "ml", "factory"]
+PAGES = ["overview", "live", "funnels", "retention", "users", "segments", "ml", "factory", "keys"]
 CHROMIUM = os.environ.get("AVILA_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",

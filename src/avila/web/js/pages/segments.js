@@ -60,7 +60,7 @@ export async function render(view, { params, range }) {
       tooltip: { formatter: (p) => `${p.name}: ${fmt.int(p.value)} users, revenue ${fmt.money(p.data.revenue)}` },
       series: [{
         type: 'treemap', roam: false, nodeClick: false, breadcrumb: { show: false },
-        label: { formatter: (p) => `${p.name}\n${fmt.int(p.value)} users · ${fmt.money(p.data.revenue)}` },
+        label: { lineHeight: 16, formatter: (p) => `${p.name}\n${fmt.int(p.value)} users · ${fmt.money(p.data.revenue)}` },
         data: rows.filter((r) => r.users > 0).map((r) => ({ name: r.segment, value: r.users, revenue: r.revenue })),
       }],
     },
