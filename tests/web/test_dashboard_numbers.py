@@ -45,7 +45,10 @@ def api(dashboard: Dashboard, method: str, path: str, **kwargs: Any) -> httpx.Re
 
 
 def cells(page: Any, card: str, column: str) -> list[str]:
-    return page.locator(f'[data-chart="{card}"] td[data-col="{column}"]').all_inner_texts()
+    texts: list[str] = page.locator(
+        f'[data-chart="{card}"] td[data-col="{column}"]'
+    ).all_inner_texts()
+    return texts
 
 
 def percent(rate: float) -> float:

@@ -61,7 +61,8 @@ def wait_for_charts(page: Any, minimum: int) -> list[dict[str, Any]]:
         arg=minimum,
         timeout=30_000,
     )
-    return page.evaluate(CHARTS_JS)
+    charts: list[dict[str, Any]] = page.evaluate(CHARTS_JS)
+    return charts
 
 
 def server_speaks_key_subprotocol(dashboard: Dashboard) -> bool:
