@@ -232,3 +232,22 @@ def test_csv_download_holds_the_numbers_of_the_chart(
         f"{p['url']},{p['views']}\r\n" for p in overview["top_pages"]
     )
     assert text == expected
+
+
+def test_an_empty_project_says_how_to_send_the_first_event(
+    dashboard: Dashboard, page_and_watch: tuple[Any, Watch]
+) -> None:
+    from avila.security.keys import KeyStore
+
+    page, watch = page_and_watch
+    key, _ = KeyStore(dashboard.process.data_dir / "keys.sqlite").create("empty-shop", ["read"])
+    sign_in(page, dashboard.url, key)
+    assert page.inner_text("#project") == "empty-shop"
+    empty = page.inner_text("main [data-empty]")
+    assert f"curl -X POST {dashboard.url}/api/v1/events" in empty
+    assert f'<script src="{dashboard.url}/avila.js" data-api-key="YOUR_INGEST_KEY"' in empty
+    visit(page, dashboard.url, "retention")
+    assert page.locator("main [data-empty]").count() == 1
+    visit(page, dashboard.url, "factory")
+    assert "No devices yet" in page.inner_text("main")
+    assert watch.console_errors == [] and watch.failed == [] and watch.foreign == []
