@@ -31,7 +31,21 @@ BENCHES = [
         "Telemetry ingest, real server, durable",
     ),
     ("bench_export", ["bench_export.py", "--no-write"], "Export of 10 million rows: peak RSS"),
-    ("bench_dashboard", ["bench_dashboard.py"], "Web dashboard in headless Chromium, make-run data"),
+    (
+        "bench_experiments",
+        ["bench_experiments.py", "--no-write"],
+        "Experiment results at 10 million events",
+    ),
+    (
+        "bench_alerts",
+        ["bench_alerts.py"],
+        "Alert rule evaluation at 10 million events and 1 million readings",
+    ),
+    (
+        "bench_dashboard",
+        ["bench_dashboard.py"],
+        "Web dashboard in headless Chromium, make-run data",
+    ),
 ]
 
 
