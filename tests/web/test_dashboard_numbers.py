@@ -7,6 +7,7 @@ chosen time zone, converted with zoneinfo), independently of the page's own Java
 from __future__ import annotations
 
 import json
+import time as time_module
 import uuid
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -322,3 +323,49 @@ def test_a_user_that_does_not_exist_is_said_so(
     sign_in(page, dashboard.url, dashboard.admin_key)
     visit(page, dashboard.url, f"users?user={a_buyer(dashboard)}x")
     assert "No user" in page.inner_text("#user-profile .error")
+
+
+def test_live_page_lists_the_alert_firings_of_the_api(
+    dashboard: Dashboard, page_and_watch: tuple[Any, Watch]
+) -> None:
+    page, watch = page_and_watch
+    rule = api(
+        dashboard,
+        "POST",
+        "/api/v1/alerts/rules",
+        json={
+            "name": "Páginas ✓ vistas",
+            "metric": {"kind": "event_count", "condition_type": "page_view"},
+            "condition": {"op": ">", "threshold": 0},
+            "window_seconds": 600,
+            # A closed local port: the delivery fails, the firing is still recorded.
+            "destinations": [{"type": "webhook", "url": "http://127.0.0.1:9/hook"}],
+        },
+    ).json()
+    api(
+        dashboard,
+        "POST",
+        "/api/v1/events",
+        json={
+            "event": {
+                "user_id": "alert-maker",
+                "event_type": {"type": "PageView", "data": {"url": "/a"}},
+            }
+        },
+    )
+    firings: list[dict[str, Any]] = []
+    deadline = time_module.monotonic() + 10
+    while not firings:
+        assert time_module.monotonic() < deadline, "the rule did not fire within 10 s"
+        time_module.sleep(0.2)
+        history = api(dashboard, "GET", "/api/v1/alerts/history", params={"rule_id": rule["id"]})
+        firings = history.json()["firings"]
+    sign_in(page, dashboard.url, dashboard.admin_key)
+    visit(page, dashboard.url, "live")
+    shown = page.inner_text(f'#live-alerts [data-firing="{firings[0]["id"]}"]')
+    assert "Páginas ✓ vistas" in shown and "> 0" in shown
+    api(dashboard, "DELETE", f"/api/v1/alerts/rules/{rule['id']}")
+    errors = watch.console_errors
+    if not server_speaks_key_subprotocol(dashboard):  # the refused handshake, until it does
+        errors = [e for e in errors if "Sec-WebSocket-Protocol" not in e]
+    assert errors == [] and watch.failed == []

@@ -27,7 +27,10 @@ export async function render(view) {
     ['Active users (5 min)', fmt.int(users), 'active'],
     ['Events per second', fmt.num(perSecond), 'eps'],
   ]));
-  const realtime = await api('/api/v1/analytics/realtime');
+  const [realtime, history] = await Promise.all([
+    api('/api/v1/analytics/realtime'),
+    api('/api/v1/alerts/history', { query: { limit: 20 } }),
+  ]);
   setCounters(realtime.events_last_minute, realtime.events_last_5_minutes, realtime.active_users_last_5_minutes, realtime.events_per_second);
 
   // Per-minute buckets of the events this page has received.
@@ -57,9 +60,15 @@ export async function render(view) {
   const dropped = h('p', { class: 'muted', id: 'live-dropped' });
   view.append(chart.card, h('div', { class: 'grid two' },
     h('section', { class: 'card' }, h('h2', {}, 'Events'), dropped, feed),
-    h('section', { class: 'card' }, h('h2', {}, 'Alerts'), alerts)));
+    h('section', { class: 'card' }, h('h2', {}, 'Alerts (recent firings first, then live)'), alerts)));
   feed.append(h('li', { class: 'muted', 'data-placeholder': '' }, 'Waiting for events…'));
-  alerts.append(h('li', { class: 'muted', 'data-placeholder': '' }, 'No alerts since this page opened.'));
+  // Recent firings of the alert rules (docs/alerts.md), then new alerts as they arrive.
+  const fired = (history.firings || []).map((f) => h('li', { 'data-firing': f.id },
+    h('span', { class: 'muted' }, fmt.time(f.fired_at)), h('strong', {}, f.rule),
+    h('span', {}, `${fmt.num(f.value)} ${f.op} ${fmt.num(f.threshold)}`),
+    h('span', { class: 'muted' }, (f.deliveries || []).map((d) => `${d.type} ${d.status}`).join(', '))));
+  if (fired.length) alerts.append(...fired);
+  else alerts.append(h('li', { class: 'muted', 'data-placeholder': '' }, 'No alerts have fired.'));
 
   let redraw = null;
   const addEvents = (events) => {
