@@ -48,4 +48,9 @@ FRAGMENTS: dict[str, str] = {
     # Year*12 + month-1 of the timestamp at {0} microseconds since the epoch.
     "month_index": "(year(make_timestamp({0})) * 12 + month(make_timestamp({0})) - 1)",
     "list_agg": "list({0})",
+    # The smallest (time, name) pair of a group as a record with fields t and n (ClickHouse:
+    # a named tuple, ``min(tuple({0}, {1}))``); paths use it to find a user's first event.
+    # Marks a CTE that is read more than once to be computed once ("" where not supported).
+    "cte_materialized": "MATERIALIZED",
+    "min_pair": "min({{'t': {0}, 'n': {1}}})",
 }

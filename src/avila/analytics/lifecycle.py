@@ -1,0 +1,145 @@
+"""User lifecycle: new, returning, resurrecting and dormant users per period (PostHog's
+definitions, as in its lifecycle query).
+
+Periods are calendar days, ISO weeks (Monday) or months as wall time in ``timezone``; the
+report covers every period that overlaps ``[start_time, end_time)``, each evaluated whole (as
+PostHog does: the first and last periods are not clipped to the range). A user is *active* in a
+period when they have at least one event there matching ``event`` (any event when omitted) and
+``filters``. A user's *first seen* time is their first event of any kind ever in the project,
+ignoring ``event`` and ``filters`` (PostHog uses the person's creation time, which is when the
+person's first event arrived). For each reported period P:
+
+* **new**: active in P, and first seen in P;
+* **returning**: active in P and in the period before P;
+* **resurrecting**: active in P, not active in the period before, and first seen before P
+  (so, without ``event``/``filters``, active at some time before P; with them, a user seen
+  earlier doing something else also resurrects, exactly as in PostHog);
+* **dormant**: active in the period before P and not active in P. **Reported as a negative
+  number** (PostHog's convention, so a stacked chart draws it below zero).
+
+Every active user is exactly one of new, returning or resurrecting; ``active`` is their sum.
+Users are identity-stitched persons (the same relation as every analytics query).
+
+Computed in one SQL query: distinct (user, period) activity over the reported periods and the
+one before, the previous and next active period of each (``lag``/``lead``), and the first-seen
+period of users with no event before the scan window (everyone else is not new anywhere in it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from avila.analytics.common import (
+    Expr,
+    bucket_expr,
+    bucket_label,
+    bucket_of,
+    condition_expr,
+    events_source,
+    fragments,
+    invalid,
+    local_us_expr,
+    time_range,
+    where_clause,
+    zone,
+)
+from avila.analytics.query import parse_explained
+from avila.schemas.analytics import LifecycleQuery
+from avila.storage.base import Store
+
+#: The longest length of a period, in days (a month), for the scan margins.
+PERIOD_DAYS = {"day": 1, "week": 7, "month": 31}
+#: More periods than any chart can show.
+MAX_PERIODS = 1000
+STATUSES = ("new", "returning", "resurrecting", "dormant")
+
+
+def period_span(period: str, start_lo: int, end_hi: int, path: str = "end_time") -> tuple[int, int]:
+    """``(lo, hi)`` bucket indexes, checking there are at most :data:`MAX_PERIODS`."""
+    if end_hi - start_lo + 1 > MAX_PERIODS:
+        raise invalid(
+            "too_many_periods",
+            path,
+            f"the range covers {end_hi - start_lo + 1} {period}s; at most {MAX_PERIODS}",
+        )
+    return start_lo, end_hi
+
+
+def lifecycle(
+    store: Store, project_id: str, query: LifecycleQuery | Mapping[str, Any]
+) -> dict[str, Any]:
+    """``{"period", "timezone", "dormant_sign": -1, "periods": [{"period_start", "new",
+    "returning", "resurrecting", "dormant", "active"}]}`` (see the module docstring)."""
+    q = parse_explained(LifecycleQuery, query)
+    start, end = time_range(q.start_time, q.end_time)
+    tz = zone(q.timezone)
+    lo, hi = period_span(
+        q.period,
+        bucket_of(start, tz, q.period),
+        bucket_of(end - timedelta(microseconds=1), tz, q.period),
+    )
+    days = PERIOD_DAYS[q.period]
+    # Whole periods lo-1 .. hi lie inside this scan window; buckets pick them exactly.
+    scan_lo = start - timedelta(days=2 * days + 2)
+    scan_hi = end + timedelta(days=days + 2)
+    cond = condition_expr(store, q.event, "event") if q.event else Expr("TRUE")
+    where = where_clause(store, project_id, scan_lo, scan_hi, q.filters)
+    local = local_us_expr(store, "ts", tz, scan_lo, scan_hi)
+    first_local = local_us_expr(store, "first_ts", tz, scan_lo, scan_hi)
+    bucket = bucket_expr(store, "loc", q.period)
+    source = events_source(store, project_id)
+    frag = fragments(store)
+    sql = f"""
+WITH acts AS (
+  SELECT DISTINCT user_id, b FROM (
+    SELECT user_id, {bucket} AS b FROM (
+      SELECT user_id, {local.sql} AS loc FROM {source} WHERE {where.sql} AND {cond.sql}))
+  WHERE b BETWEEN ? AND ?
+), seq AS {frag["cte_materialized"]} (
+  SELECT user_id, b, lag(b) OVER w AS pb, lead(b) OVER w AS nb FROM acts
+  WINDOW w AS (PARTITION BY user_id ORDER BY b)
+), firsts AS (
+  SELECT user_id, min(ts) AS first_ts FROM {source}
+  WHERE project_id = ? AND ts >= ? AND ts < ?
+    AND user_id IN (SELECT user_id FROM seq WHERE b >= ?)
+  GROUP BY user_id
+), seen_before AS (
+  SELECT DISTINCT user_id FROM {source}
+  WHERE project_id = ? AND ts < ? AND user_id IN (SELECT user_id FROM firsts)
+), first_period AS (
+  SELECT user_id, {bucket} AS f FROM (
+    SELECT firsts.user_id, {first_local.sql} AS loc FROM firsts
+    LEFT JOIN seen_before ON seen_before.user_id = firsts.user_id
+    WHERE seen_before.user_id IS NULL)
+)
+SELECT b, CASE WHEN first_period.f = b THEN 'new' WHEN pb = b - 1 THEN 'returning'
+  ELSE 'resurrecting' END AS status, count(*)
+FROM seq LEFT JOIN first_period ON first_period.user_id = seq.user_id
+WHERE b >= ? GROUP BY 1, 2
+UNION ALL
+SELECT b + 1, 'dormant', count(*) FROM seq
+WHERE (nb IS NULL OR nb > b + 1) AND b + 1 BETWEEN ? AND ? GROUP BY 1
+"""
+    params: list[Any] = [*local.params, *where.params, *cond.params, lo - 1, hi]
+    params += [project_id, scan_lo, scan_hi, lo, project_id, scan_lo]
+    params += [*first_local.params, lo, lo, hi]
+    counts: dict[int, dict[str, int]] = {b: dict.fromkeys(STATUSES, 0) for b in range(lo, hi + 1)}
+    for b, status, n in store.query(sql, params):
+        counts[int(b)][status] = int(n)
+    periods = []
+    for b in range(lo, hi + 1):
+        c = counts[b]
+        active = c["new"] + c["returning"] + c["resurrecting"]
+        periods.append(
+            {
+                "period_start": bucket_label(b, q.period),
+                "new": c["new"],
+                "returning": c["returning"],
+                "resurrecting": c["resurrecting"],
+                "dormant": -c["dormant"],
+                "active": active,
+            }
+        )
+    return {"period": q.period, "timezone": q.timezone, "dormant_sign": -1, "periods": periods}
