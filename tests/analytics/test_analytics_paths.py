@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pyarrow as pa
 import pytest
 from analytics_data import PROJECT, event, to_table
 from journey_oracles import journey_rows, paths_oracle
@@ -188,3 +189,40 @@ def test_invalid_paths_queries(store, body, code, path, extra):
     detail = info.value.details[0]
     assert (info.value.code, detail["path"]) == (code, path)
     assert {k: detail[k] for k in extra} == extra
+
+
+def test_identity_stitched_person_has_one_path(load):
+    t = datetime(2024, 5, 2, 9)
+    store = load(
+        [
+            event("anon-1", t, url="/"),
+            event("anon-1", t + timedelta(minutes=1), url="/pricing"),
+            event("alice", t + timedelta(minutes=2), "sign_up"),
+            event("alice", t + timedelta(minutes=3), url="/app"),
+        ]
+    )
+    rng = {"start_time": t - timedelta(hours=1), "end_time": t + timedelta(hours=1), "steps": 4}
+    before = paths(store, PROJECT, rng)
+    assert before["users"] == 2
+    store.append_table(
+        "identities",
+        pa.table(
+            {
+                "project_id": [PROJECT],
+                "anonymous_id": ["anon-1"],
+                "user_id": ["alice"],
+                "ts": pa.array([t], pa.timestamp("us")),
+                "received_at": pa.array([t], pa.timestamp("us")),
+                "source": ["test"],
+                "event_id": ["link-1"],
+            }
+        ),
+    )
+    after = paths(store, PROJECT, rng)
+    assert after["users"] == 1
+    assert [n["name"] for n in after["nodes"]] == [
+        "page_view:/",
+        "page_view:/pricing",
+        "sign_up",
+        "page_view:/app",
+    ]
