@@ -21,8 +21,9 @@ Every active user is exactly one of new, returning or resurrecting; ``active`` i
 Users are identity-stitched persons (the same relation as every analytics query).
 
 Computed in one SQL query: distinct (user, period) activity over the reported periods and the
-one before, the previous and next active period of each (``lag``/``lead``), and the first-seen
-period of users with no event before the scan window (everyone else is not new anywhere in it).
+one before, the previous and next active period of each (``lag``/``lead``), and each user's
+first event over the whole history (one aggregate; measured cheaper than restricting it to the
+active users with a semi-join), kept as a period only when it falls in the scanned window.
 """
 
 from __future__ import annotations
@@ -100,19 +101,12 @@ WITH acts AS (
 ), seq AS {frag["cte_materialized"]} (
   SELECT user_id, b, lag(b) OVER w AS pb, lead(b) OVER w AS nb FROM acts
   WINDOW w AS (PARTITION BY user_id ORDER BY b)
-), firsts AS (
-  SELECT user_id, min(ts) AS first_ts FROM {source}
-  WHERE project_id = ? AND ts >= ? AND ts < ?
-    AND user_id IN (SELECT user_id FROM seq WHERE b >= ?)
-  GROUP BY user_id
-), seen_before AS (
-  SELECT DISTINCT user_id FROM {source}
-  WHERE project_id = ? AND ts < ? AND user_id IN (SELECT user_id FROM firsts)
 ), first_period AS (
   SELECT user_id, {bucket} AS f FROM (
-    SELECT firsts.user_id, {first_local.sql} AS loc FROM firsts
-    LEFT JOIN seen_before ON seen_before.user_id = firsts.user_id
-    WHERE seen_before.user_id IS NULL)
+    SELECT user_id, {first_local.sql} AS loc FROM (
+      SELECT user_id, min(ts) AS first_ts FROM {source}
+      WHERE project_id = ? AND ts < ? GROUP BY user_id)
+    WHERE first_ts >= ?)
 )
 SELECT b, CASE WHEN first_period.f = b THEN 'new' WHEN pb = b - 1 THEN 'returning'
   ELSE 'resurrecting' END AS status, count(*)
@@ -123,8 +117,7 @@ SELECT b + 1, 'dormant', count(*) FROM seq
 WHERE (nb IS NULL OR nb > b + 1) AND b + 1 BETWEEN ? AND ? GROUP BY 1
 """
     params: list[Any] = [*local.params, *where.params, *cond.params, lo - 1, hi]
-    params += [project_id, scan_lo, scan_hi, lo, project_id, scan_lo]
-    params += [*first_local.params, lo, lo, hi]
+    params += [*first_local.params, project_id, scan_hi, scan_lo, lo, lo, hi]
     counts: dict[int, dict[str, int]] = {b: dict.fromkeys(STATUSES, 0) for b in range(lo, hi + 1)}
     for b, status, n in store.query(sql, params):
         counts[int(b)][status] = int(n)
