@@ -23,10 +23,11 @@ are merged into one ``"Other"`` node, links included. ``users`` is the number of
 ids are ``"<step>:<name>"``.
 
 Everything up to the per-step counts runs in SQL: the range scan, the start/end cut (by
-aggregates, not windows), then one window pass for the collapse (``lag``) and one over the
-collapsed rows that can still be among the first ``steps`` (row number and ``lead``). Rows of a
-user past ``steps`` plus the user's number of collapsed repeats cannot be in the first
-``steps`` steps, so they are dropped between the two passes.
+aggregates, not windows), then one window pass (``lag``, ``lead``, row number). For a user with
+no repeated consecutive name that pass already gives each step and its successor; only users
+with repeats go through a second pass over their collapsed rows, cut at ``steps`` plus their
+number of repeats (later rows cannot be among the first ``steps`` steps). The window sort is
+the cost (about 1 CPU-second per 2.5 M rows here); see benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -133,12 +134,15 @@ def paths(store: Store, project_id: str, query: PathsQuery | Mapping[str, Any]) 
     # Keep one more step than asked when both ends are given, to see who needed more.
     keep = q.steps + 1 if both else q.steps
     ctes.append(
-        f"x AS (SELECT user_id, name, lag(name) OVER w AS prev, row_number() OVER w AS rn "
+        f"x AS {frag['cte_materialized']} (SELECT user_id, name, lag(name) OVER w AS prev, "
+        "lead(name) OVER w AS nx, row_number() OVER w AS rn "
         f"FROM {rows} WINDOW w AS (PARTITION BY user_id ORDER BY {order}))"
     )
     ctes.append("rep AS (SELECT user_id, count(*) AS r FROM x WHERE prev = name GROUP BY user_id)")
+    # Only users with repeats need the second pass (without, the collapsed index is rn).
+    join = "LEFT JOIN" if both else "JOIN"
     ctes.append(
-        "y AS (SELECT user_id, name, rn FROM x LEFT JOIN rep USING (user_id) "
+        f"y AS (SELECT user_id, name, rn FROM x {join} rep USING (user_id) "
         "WHERE (prev IS NULL OR prev <> name) AND rn <= ? + coalesce(r, 0))"
     )
     params.append(keep)
@@ -147,17 +151,21 @@ def paths(store: Store, project_id: str, query: PathsQuery | Mapping[str, Any]) 
         f"z AS (SELECT user_id, name, row_number() OVER v AS k, lead(name) OVER v AS nxt{length} "
         "FROM y WINDOW v AS (PARTITION BY user_id ORDER BY rn))"
     )
-    # Forward: step = k, link k -> k+1 to nxt. Backward: step = steps + 1 - k, and nxt is the
-    # step before, so the link is (step - 1, nxt) -> (step, name).
-    step_sql = "(? + 1 - k)" if backwards else "k"
-    keep_sql = "len <= ?" if both else "k <= ?"
-    sql = (
-        "WITH "
-        + ",\n".join(ctes)
-        + f"\nSELECT {step_sql} AS step, name, nxt, count(*) AS users FROM z "
-        + f"WHERE {keep_sql} GROUP BY ALL"
-    )
-    params += ([q.steps] if backwards else []) + [q.steps]
+    head = "WITH " + ",\n".join(ctes)
+    if both:
+        sql = f"{head}\nSELECT k AS step, name, nxt, count(*) FROM z WHERE len <= ? GROUP BY ALL"
+        params.append(q.steps)
+    else:
+        # Forward: step = k, link k -> k+1 to nxt. Backward: step = steps + 1 - k, and nxt is
+        # the step before, so the link is (step - 1, nxt) -> (step, name).
+        step_sql = "(? + 1 - k)" if backwards else "k"
+        sql = (
+            f"{head}\nSELECT {step_sql} AS step, name, nxt, count(*) FROM ("
+            "SELECT x.name, x.rn AS k, x.nx AS nxt FROM x LEFT JOIN rep USING (user_id) "
+            "WHERE rep.user_id IS NULL AND x.rn <= ? "
+            "UNION ALL SELECT name, k, nxt FROM z WHERE k <= ?) GROUP BY ALL"
+        )
+        params += [*([q.steps] if backwards else []), q.steps, q.steps]
     counted = store.query(sql, params)
     return _sankey(counted, q.steps, q.limit_per_step, backwards)
 
