@@ -52,5 +52,9 @@ FRAGMENTS: dict[str, str] = {
     # a named tuple, ``min(tuple({0}, {1}))``); paths use it to find a user's first event.
     # Marks a CTE that is read more than once to be computed once ("" where not supported).
     "cte_materialized": "MATERIALIZED",
+    # A set of small non-negative integers {0} in [{1}, {2}] as a bit string (ClickHouse:
+    # groupBitmap), and bit {1} of it as 0/1; lifecycle keeps a user's active periods so.
+    "bitset_agg": "bitstring_agg({0}, {1}, {2})",
+    "bit_at": "get_bit({0}, ({1})::INTEGER)",
     "min_pair": "min({{'t': {0}, 'n': {1}}})",
 }
