@@ -55,7 +55,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     data_dir: Path = tmp_path_factory.mktemp("journeys")
     other_key, _ = KeyStore(data_dir / "keys.sqlite").create(OTHER_PROJECT, ["ingest", "read"])
     server = ServerProcess(data_dir, env={"API_KEYS": KEY, "RATE_LIMIT_PER_MINUTE": "0"})
-    server.start()
+    server.start(timeout=120)  # the machine may be busy; startup time is not under test
     try:
         with (
             httpx.Client(base_url=server.url, headers={"x-api-key": KEY}, timeout=60) as c,

@@ -12,8 +12,9 @@ n = 1 .. 7 (week) or 1 .. 31 (month), every n listed (zeros included). The top-l
 Amplitude's weekly stickiness does), so its total is ``user_periods``. PostHog's stickiness is
 the one-period case: ask for a single week or month.
 
-Computed in one SQL query: distinct (user, period, local day), then days per (user, period),
-then users per day count.
+Computed in one SQL query: per (user, period) the OR of one bit per active local day (day of
+week or of month), its population count is the number of active days, then users per count
+(measured cheaper than counting distinct (user, period, day) rows).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from avila.analytics.common import (
     bucket_of,
     condition_expr,
     events_source,
+    fragments,
     local_us_expr,
     time_range,
     where_clause,
@@ -60,16 +62,22 @@ def stickiness(
     cond = condition_expr(store, q.event, "event") if q.event else Expr("TRUE")
     where = where_clause(store, project_id, scan_lo, scan_hi, q.filters)
     local = local_us_expr(store, "ts", tz, scan_lo, scan_hi)
+    frag = fragments(store)
     period_bucket = bucket_expr(store, "loc", q.period)
-    day_bucket = bucket_expr(store, "loc", "day")
+    day = bucket_expr(store, "loc", "day")
+    # Position of the local day inside its period: Monday = 0 (1970-01-01 was a Thursday), or
+    # day of the month - 1.
+    index = (
+        f"(({day} + 3) % 7)" if q.period == "week" else frag["day_of_month"].format("loc") + " - 1"
+    )
     sql = f"""
-SELECT b, days, count(*) FROM (
-  SELECT user_id, b, count(*) AS days FROM (
-    SELECT DISTINCT user_id, {period_bucket} AS b, {day_bucket} AS d
+SELECT b, {frag["popcount"].format("days")} AS n, count(*) FROM (
+  SELECT user_id, b, {frag["bit_or_agg"].format(frag["bit"].format("i"))} AS days FROM (
+    SELECT user_id, {period_bucket} AS b, {index} AS i
     FROM (SELECT user_id, {local.sql} AS loc FROM {events_source(store, project_id)}
           WHERE {where.sql} AND {cond.sql}))
   WHERE b BETWEEN ? AND ? GROUP BY user_id, b)
-GROUP BY b, days
+GROUP BY b, n
 """
     params = [*local.params, *where.params, *cond.params, lo, hi]
     most = MAX_ACTIVE_DAYS[q.period]

@@ -56,5 +56,11 @@ FRAGMENTS: dict[str, str] = {
     # groupBitmap), and bit {1} of it as 0/1; lifecycle keeps a user's active periods so.
     "bitset_agg": "bitstring_agg({0}, {1}, {2})",
     "bit_at": "get_bit({0}, ({1})::INTEGER)",
+    # Stickiness: one bit per active day OR-ed per (user, period), then counted (ClickHouse:
+    # bitShiftLeft(toUInt64(1), x), groupBitOr, bitCount, toDayOfMonth).
+    "bit": "(1::UBIGINT << ({0}))",
+    "bit_or_agg": "bit_or({0})",
+    "popcount": "bit_count({0})",
+    "day_of_month": "dayofmonth(make_timestamp({0}))",
     "min_pair": "min({{'t': {0}, 'n': {1}}})",
 }
