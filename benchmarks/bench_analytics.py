@@ -219,6 +219,25 @@ def journey_cases(
     ]  # fmt: skip
 
 
+def journey_cpu(cases: list[tuple[str, Callable[[], Any], Callable[[], Any]]], runs: int) -> None:
+    """CPU seconds (this process, all DuckDB threads) of our journey rows: on a shared machine
+    wall time mostly measures the neighbours, CPU time much less so."""
+    print(f"{'query (CPU time)':<24}{'ours (s)':>10}{'sql (s)':>10}{'ratio':>8}")
+    for name, mine, sql in cases:
+        a, b = median_cpu_seconds(mine, runs), median_cpu_seconds(sql, runs)
+        print(f"{name:<24}{a:>10.3f}{b:>10.3f}{a / b:>8.2f}")
+
+
+def median_cpu_seconds(fn: Callable[[], Any], runs: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.process_time()
+        fn()
+        times.append(time.process_time() - t0)
+    return statistics.median(times)
+
+
 def _stitched(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn`` reading through the identity-resolving view, as a project with links would."""
     frag = FRAGMENTS
@@ -290,6 +309,7 @@ def main() -> None:
             continue
         a, b = median_seconds(mine, args.runs), median_seconds(sql, args.runs)
         print(f"{name:<24}{a:>10.3f}{b:>10.3f}{a / b:>8.2f}")
+    journey_cpu([c for c in journey_cases(store, conn) if args.only in c[0]], args.runs)
     store.close()
 
 
