@@ -15,8 +15,10 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from avila import __version__
+from avila.api import alerts as alerts_api
 from avila.api import analytics as analytics_api
 from avila.api import events, export, health, segment, tracker, ws
+from avila.api import experiments as experiments_api
 from avila.api import industry40 as industry40_api
 from avila.api import ml as ml_api
 from avila.api import users as users_api
@@ -45,6 +47,8 @@ API_MODULES: tuple[ModuleType, ...] = (
     ml_api,
     analytics_api,
     users_api,
+    experiments_api,
+    alerts_api,  # after industry40_api: it listens to committed telemetry
 )
 
 
