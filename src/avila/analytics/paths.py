@@ -38,6 +38,7 @@ from typing import Any
 
 from avila.analytics.common import (
     CONDITION_TYPES,
+    KEY_FIELDS,
     OTHER,
     condition_expr,
     events_source,
@@ -52,12 +53,8 @@ from avila.storage.base import Store
 
 #: Event types named with their key field, and that field.
 NAME_KEYS: dict[str, str] = {
-    "page_view": "url",
-    "click": "url",
-    "product_view": "product_id",
-    "add_to_cart": "product_id",
-    "remove_from_cart": "product_id",
-    "custom": "event_name",
+    t: KEY_FIELDS[t]
+    for t in ("page_view", "click", "product_view", "add_to_cart", "remove_from_cart", "custom")
 }
 
 
