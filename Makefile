@@ -10,7 +10,7 @@ TEST_STAMP    := $(VENV)/.test-installed
 help:
 	@echo "make run        set up .venv, load demo data if the store is empty, start the server"
 	@echo "make test       set up and run the whole test suite"
-	@echo "make lint       ruff check + format check"
+	@echo "make lint       ruff check + format check + mypy --strict on src/"
 	@echo "make coverage   HTML coverage report in htmlcov/"
 	@echo "make bench      run the benchmarks and print their figures"
 
@@ -48,6 +48,7 @@ test: $(TEST_STAMP) test-data
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/mypy
 
 coverage: $(TEST_STAMP) test-data
 	$(BIN)/pytest --cov=avila --cov-report=html --cov-report=term

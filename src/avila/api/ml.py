@@ -45,10 +45,11 @@ def _project(request: Request[Any, Any, Any]) -> str:
 
 
 def _ml(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    return request.app.state["ml"]
+    ml: dict[str, Any] = request.app.state["ml"]
+    return ml
 
 
-def _publish(state: Any, project_id: str, new: list[dict]) -> None:
+def _publish(state: Any, project_id: str, new: list[dict[str, Any]]) -> None:
     cutoff = datetime.now(UTC) - ALERT_MAX_AGE
     bus = get_bus(state)
     for record in new:
@@ -118,7 +119,8 @@ async def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
 )
 def predictions(request: Request[Any, Any, Any], user_id: str) -> dict[str, Any]:
     # Synchronous on purpose: a precomputed lookup; only fallbacks query the store.
-    return _ml(request)["service"].predict(_project(request), user_id)
+    prediction: dict[str, Any] = _ml(request)["service"].predict(_project(request), user_id)
+    return prediction
 
 
 @get(
@@ -128,12 +130,17 @@ def predictions(request: Request[Any, Any, Any], user_id: str) -> dict[str, Any]
     tags=["ml"],
     sync_to_thread=False,
 )
-def also_bought(request: Request[Any, Any, Any], product_id: str, limit: int = 10) -> dict:
+def also_bought(
+    request: Request[Any, Any, Any], product_id: str, limit: int = 10
+) -> dict[str, Any]:
     if not 1 <= limit <= 100:
         raise ValidationFailed(
             "limit must be between 1 and 100", details=[{"path": "limit", "message": str(limit)}]
         )
-    return _ml(request)["service"].also_bought(_project(request), product_id, limit)
+    found: dict[str, Any] = _ml(request)["service"].also_bought(
+        _project(request), product_id, limit
+    )
+    return found
 
 
 def _bucket_time(name: str, value: str | None) -> str | None:
@@ -223,7 +230,7 @@ async def shutdown(ctx: AppContext) -> None:
     ml["anomalies"].close()
 
 
-def _check_minute(ctx: AppContext, project: str, minute: datetime) -> list[dict]:
+def _check_minute(ctx: AppContext, project: str, minute: datetime) -> list[dict[str, Any]]:
     """Streaming detector on the last completed minute (warmed on the previous 6 hours)."""
     ml = ctx.state["ml"]
     detector: StreamingAnomalyDetector | None = ml["streaming"].get(project)
@@ -238,7 +245,8 @@ def _check_minute(ctx: AppContext, project: str, minute: datetime) -> list[dict]
         for metric, det in current[1].seasonal.items():
             if metric in hourly:
                 found.extend(score_hours(metric, det, hourly[metric]))
-    return ml["anomalies"].add(project, found)
+    new: list[dict[str, Any]] = ml["anomalies"].add(project, found)
+    return new
 
 
 async def _monitor(ctx: AppContext) -> None:
@@ -257,7 +265,7 @@ async def _monitor(ctx: AppContext) -> None:
 
 def get_service(ctx: AppContext) -> PredictionService:
     """The prediction service (e.g. for erasure: ``get_service(ctx).forget(project, user)``)."""
-    service = ctx.state.get("ml", {}).get("service")
+    service: PredictionService | None = ctx.state.get("ml", {}).get("service")
     if service is None:
         raise NotFound("ml module not set up", code="ml_not_configured")
     return service

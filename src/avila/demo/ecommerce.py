@@ -31,6 +31,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 
@@ -179,7 +180,7 @@ class Persona:
     returns: list[tuple[datetime, tuple[str, str, float], int]] = field(default_factory=list)
 
 
-def _pick(rng: random.Random, weighted: list[tuple]) -> tuple:
+def _pick(rng: random.Random, weighted: list[tuple[Any, ...]]) -> tuple[Any, ...]:
     return rng.choices(weighted, weights=[w[-1] for w in weighted], k=1)[0]
 
 
@@ -215,7 +216,7 @@ def _personas(rng: random.Random, users: int, start: datetime, end: datetime) ->
     return people
 
 
-def _context(p: Persona, referrer: str | None) -> dict:
+def _context(p: Persona, referrer: str | None) -> dict[str, Any]:
     device_type, os_name, browser, _ = p.device
     country, city, tz, _ = p.place
     width, height = (
@@ -263,7 +264,7 @@ def _session(
     context = _context(p, rng.choice(REFERRERS))
     t = at
 
-    def emit(kind: str, data: dict) -> None:
+    def emit(kind: str, data: dict[str, Any]) -> None:
         nonlocal t
         if t >= end:  # the dataset stops at `end`; a session running past it is cut there
             return

@@ -100,12 +100,12 @@ def _design(model: str, t: np.ndarray) -> np.ndarray:
 def _fit(model: str, t: np.ndarray, y: np.ndarray) -> np.ndarray:
     target = np.log(y) if model == "exponential" else y
     coef, *_ = np.linalg.lstsq(_design(model, t), target, rcond=None)
-    return coef
+    return np.asarray(coef, dtype=float)
 
 
 def _predict(model: str, coef: np.ndarray, t: np.ndarray) -> np.ndarray:
     out = _design(model, t) @ coef
-    return np.exp(np.minimum(out, 700)) if model == "exponential" else out
+    return np.asarray(np.exp(np.minimum(out, 700)) if model == "exponential" else out, dtype=float)
 
 
 def _choose_model(t: np.ndarray, y: np.ndarray, threshold: float) -> str:

@@ -150,7 +150,7 @@ class ChurnModel:
                 details=[{"path": c, "message": "missing"} for c in missing]
                 + [{"path": c, "message": "not numeric"} for c in bad],
             )
-        return features[columns].to_numpy(dtype=float)
+        return np.asarray(features[columns].to_numpy(dtype=float), dtype=float)
 
     def fit(self, features: pd.DataFrame, churned: Any) -> ChurnModel:
         """Fit on a feature frame and 0/1 labels (1 = churned)."""
@@ -196,7 +196,7 @@ class ChurnModel:
         """Calibrated P(churn) per row."""
         require_fitted(self, "model_")
         assert self.model_ is not None
-        return self.model_.predict_proba(self._matrix(features))[:, 1]
+        return np.asarray(self.model_.predict_proba(self._matrix(features))[:, 1], dtype=float)
 
     def score(self, features: pd.DataFrame, churned: Any) -> dict[str, float]:
         """ROC AUC, PR AUC with base rate and Brier score on held-out data."""

@@ -100,7 +100,7 @@ def _bgnbd_loglik(params: np.ndarray, s: _Summary) -> np.ndarray:
     a4[repeat] = (
         np.log(a) - np.log(b + x[repeat] - 1) - (r + x[repeat]) * np.log(alpha + t_x[repeat])
     )
-    return a1 + a2 + np.logaddexp(a3, a4)
+    return np.asarray(a1 + a2 + np.logaddexp(a3, a4), dtype=float)
 
 
 class BetaGeoModel:
@@ -184,7 +184,9 @@ class BetaGeoModel:
         t = np.asarray(t, dtype=float)
         z = t / (alpha + t)
         hyp = special.hyp2f1(r, b, a + b - 1, z)
-        return (a + b - 1) / (a - 1) * (1 - (alpha / (alpha + t)) ** r * hyp)
+        return np.asarray(
+            (a + b - 1) / (a - 1) * (1 - (alpha / (alpha + t)) ** r * hyp), dtype=float
+        )
 
     def probability_alive(self, frequency: Any, recency: Any, T: Any) -> np.ndarray:
         """P(alive | x, t_x, T) at the end of calibration (FHL 2005 eq. 11 denominator).
@@ -213,14 +215,14 @@ class BetaGeoModel:
         z = t / (alpha + s.T + t)
         hyp = special.hyp2f1(r + x, b + x, a + b + x - 1, z)
         body = 1 - ((alpha + s.T) / (alpha + s.T + t)) ** (r + x) * hyp
-        return head * body / (1 + self._odds_dead(s, r, alpha, a, b))
+        return np.asarray(head * body / (1 + self._odds_dead(s, r, alpha, a, b)), dtype=float)
 
 
 def _gg_loglik(params: np.ndarray, x: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Per-customer log-likelihood of mean spend m over x transactions (Fader & Hardie 2013)."""
     p, q, v = params
     px = p * x
-    return (
+    loglik: np.ndarray = (
         special.gammaln(px + q)
         - special.gammaln(px)
         - special.gammaln(q)
@@ -229,6 +231,7 @@ def _gg_loglik(params: np.ndarray, x: np.ndarray, m: np.ndarray) -> np.ndarray:
         + px * np.log(x)
         - (px + q) * np.log(v + m * x)
     )
+    return loglik
 
 
 class GammaGammaModel:
@@ -302,7 +305,7 @@ class GammaGammaModel:
         p, q, v = self.params_["p"], self.params_["q"], self.params_["gamma"]
         x, m = self._inputs(frequency, monetary_value)
         m = np.where(x > 0, m, 0.0)
-        return p * (v + m * x) / (p * x + q - 1)
+        return np.asarray(p * (v + m * x) / (p * x + q - 1), dtype=float)
 
 
 def customer_lifetime_value(

@@ -79,7 +79,9 @@ def metric_series(
     return out
 
 
-def _record(metric: str, detector: str, bucket: Any, seconds: int, **values: float | None) -> dict:
+def _record(
+    metric: str, detector: str, bucket: Any, seconds: int, **values: float | None
+) -> dict[str, Any]:
     return {
         "metric": metric,
         "detector": detector,
@@ -91,7 +93,7 @@ def _record(metric: str, detector: str, bucket: Any, seconds: int, **values: flo
 
 def seasonal_anomalies(
     hourly: pd.DataFrame, *, window_hours: int = 168, false_alarm_rate: float = 0.001
-) -> tuple[list[dict], dict[str, SeasonalAnomalyDetector]]:
+) -> tuple[list[dict[str, Any]], dict[str, SeasonalAnomalyDetector]]:
     """Fit one seasonal detector per metric on all but the last ``window_hours`` and score those.
 
     The season follows the history: three weeks or more → hour of week, three days or more →
@@ -107,7 +109,7 @@ def seasonal_anomalies(
         season = "none"
     if len(history) < 3 or window.empty:
         return [], {}
-    found: list[dict] = []
+    found: list[dict[str, Any]] = []
     detectors: dict[str, SeasonalAnomalyDetector] = {}
     for metric in hourly.columns:
         det = SeasonalAnomalyDetector(false_alarm_rate=false_alarm_rate, season=season)  # type: ignore[arg-type]
@@ -128,10 +130,12 @@ def stabilise(metric: str, values: pd.Series) -> pd.Series:
 def _unstabilise(metric: str, values: np.ndarray) -> np.ndarray:
     if metric == "error_rate":
         return values
-    return np.clip(values, 0, None) ** 2 - 3 / 8
+    return np.asarray(np.clip(values, 0, None) ** 2 - 3 / 8, dtype=float)
 
 
-def score_hours(metric: str, detector: SeasonalAnomalyDetector, values: pd.Series) -> list[dict]:
+def score_hours(
+    metric: str, detector: SeasonalAnomalyDetector, values: pd.Series
+) -> list[dict[str, Any]]:
     """Anomalous hours of ``values`` under a fitted detector, in the metric's own units."""
     scored = detector.score(stabilise(metric, values))
     flagged = scored[scored["is_anomaly"]]
@@ -157,13 +161,13 @@ def streaming_anomalies(
     detector: StreamingAnomalyDetector | None = None,
     *,
     threshold: float = 0.98,
-) -> tuple[list[dict], StreamingAnomalyDetector]:
+) -> tuple[list[dict[str, Any]], StreamingAnomalyDetector]:
     """Score-then-learn each minute's vector of metrics; flag scores >= ``threshold``.
 
     Nothing is flagged before the detector has seen its first reference window.
     """
     det = detector or StreamingAnomalyDetector(seed=42)
-    found: list[dict] = []
+    found: list[dict[str, Any]] = []
     columns = list(minutely.columns)
     for bucket, values in zip(minutely.index, minutely.to_numpy(dtype=float), strict=True):
         reading = dict(zip(columns, values, strict=True))
@@ -214,10 +218,10 @@ class AnomalyLog:
             "UNIQUE (project_id, metric, detector, bucket_start))"
         )
 
-    def add(self, project_id: str, records: list[dict]) -> list[dict]:
+    def add(self, project_id: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store ``records``; returns the ones that were new (with ``id`` and ``detected_at``)."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        new: list[dict] = []
+        new: list[dict[str, Any]] = []
         with self._lock:
             for rec in records:
                 row = {**rec, "detected_at": now}
@@ -242,7 +246,7 @@ class AnomalyLog:
         since: str | None = None,
         until: str | None = None,
         limit: int = 100,
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         """Newest bucket first; ``since``/``until`` compare RFC 3339 UTC bucket starts."""
         where, params = ["project_id = ?"], [project_id]
         for clause, value in (

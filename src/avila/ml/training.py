@@ -104,7 +104,7 @@ class TrainedModels:
     base_rates: dict[str, float]
     session_model: ChurnModel | None
     seasonal: dict[str, Any] = field(default_factory=dict)
-    anomalies: list[dict] = field(default_factory=list)
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -254,7 +254,9 @@ def _session_model(
 
 def _recommendations(
     data: EventData, opts: TrainingOptions
-) -> tuple[dict[str, list[tuple[str, float]]], list[tuple[str, float]], dict, dict[str, Any]]:
+) -> tuple[
+    dict[str, list[tuple[str, float]]], list[tuple[str, float]], dict[str, Any], dict[str, Any]
+]:
     inter = data.interactions
     split = data.end - max(7.0, data.span_days * 0.2) * DAY
     train = inter[inter["ts"] < split]
@@ -581,7 +583,7 @@ def _open_cart_values(
 
 def _anomalies(
     store: Store, data: EventData, opts: TrainingOptions
-) -> tuple[list[dict], dict[str, Any], dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     assert data.start is not None
     end = data.end.ceil("h").to_pydatetime()
     start = data.start.floor("h").to_pydatetime()
