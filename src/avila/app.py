@@ -30,6 +30,7 @@ from avila.metrics import Metrics
 from avila.security.keys import KeyStore
 from avila.security.ratelimit import RateLimiter
 from avila.storage import Store, open_store
+from avila.storage.ingest_log import IngestLogConfig, default_log_dir
 
 log = logging.getLogger("avila")
 
@@ -62,12 +63,16 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
     store = store or open_store(
         settings.storage_url, in_process=False, memory_limit=settings.duckdb_memory_limit
     )
+    if store.ingest_log_config is None:
+        store.ingest_log_config = IngestLogConfig(
+            settings.ingest_log_dir or default_log_dir(settings.duckdb_path),
+            max_backlog_bytes=settings.ingest_backlog_max_bytes,
+            max_backlog_seconds=settings.ingest_backlog_max_seconds,
+            max_load_rows=settings.flush_max_events,
+        )
     metrics = Metrics()
     ingest = IngestService(
-        store,
-        metrics=metrics,
-        dedup_window_hours=settings.dedup_window_hours,
-        flush_max_events=settings.flush_max_events,
+        store, metrics=metrics, dedup_window_hours=settings.dedup_window_hours
     )
     ctx = AppContext(settings=settings, store=store, metrics=metrics, ingest=ingest)
     ctx.state.update(

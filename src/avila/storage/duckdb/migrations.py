@@ -63,10 +63,22 @@ _IDENTITIES_DDL = (
     " ON r.project_id = e.project_id AND r.anonymous_id = e.user_id",
 )
 
+# The ingest log (avila.storage.ingest_log): the log position up to which frames are loaded,
+# committed in the same transaction as the rows (exactly once); and the MQTT messages stored, so
+# a redelivered message is recognised after a restart.
+_INGEST_LOG_DDL = (
+    "CREATE TABLE IF NOT EXISTS ingest_position (log VARCHAR NOT NULL, position BIGINT NOT NULL,"
+    " loaded_at TIMESTAMP)",
+    "INSERT INTO ingest_position VALUES ('main', 0, NULL)",
+    "CREATE TABLE IF NOT EXISTS telemetry_messages (project_id VARCHAR NOT NULL,"
+    " message_id VARCHAR NOT NULL, received_at TIMESTAMP NOT NULL)",
+)
+
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (1, "events table", (_events_ddl(),)),
     (2, "industry 4.0: telemetry, devices, twin_desired, alarm_rules", _INDUSTRY40_DDL),
     (3, "identities and events_resolved (identity stitching)", _IDENTITIES_DDL),
+    (4, "ingest log position and telemetry message ids", _INGEST_LOG_DDL),
 )
 
 
