@@ -71,6 +71,7 @@ class IngestService:
         self.dedup.add_committed(keys)
         log.info("dedup index loaded", extra={"keys": len(self.dedup)})
         self.log.on_group = self._record_group
+        self._export_backlog(self.log)
         self._prune_task = loop.create_task(self._prune_forever(), name="dedup-prune")
 
     async def close(self) -> None:
@@ -88,6 +89,15 @@ class IngestService:
             await asyncio.sleep(60)
             self.dedup.prune()
             self.metrics.dedup_keys.set(len(self.dedup))
+
+    def _export_backlog(self, ingest_log: IngestLog) -> None:
+        m = self.metrics
+        progress = ingest_log.progress
+        m.backlog_events.set_function(lambda: ingest_log.backlog_events)
+        m.backlog_bytes.set_function(lambda: max(0, progress.durable - progress.loaded))
+        m.backlog_age.set_function(ingest_log.oldest_unloaded_age)
+        m.loader_rows_per_s.set_function(lambda: progress.rows_per_s)
+        m.loader_rows.set_function(lambda: progress.loaded_rows)
 
     def _record_group(self, events: int, requests: int, seconds: float) -> None:
         # Called on the log's writer thread; prometheus metrics are thread-safe.

@@ -416,6 +416,10 @@ class IngestLog:
             while self._unloaded and self._unloaded[0][0] <= position:
                 self._unloaded_events -= self._unloaded.popleft()[2]
 
+    @property
+    def backlog_events(self) -> int:
+        return self._unloaded_events
+
     def oldest_unloaded_age(self) -> float:
         with self._unloaded_lock:
             if not self._unloaded:
