@@ -71,9 +71,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
             max_load_rows=settings.flush_max_events,
         )
     metrics = Metrics()
-    ingest = IngestService(
-        store, metrics=metrics, dedup_window_hours=settings.dedup_window_hours
-    )
+    ingest = IngestService(store, metrics=metrics, dedup_window_hours=settings.dedup_window_hours)
     ctx = AppContext(settings=settings, store=store, metrics=metrics, ingest=ingest)
     ctx.state.update(
         {

@@ -80,7 +80,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "flush_max_events",
         "AVILA_FLUSH_MAX_EVENTS",
-        "100000",
+        "25000",
         "Ingest loader: the most rows one store transaction takes.",
     ),
     SettingSpec(
@@ -167,8 +167,17 @@ def _parse_memory(env: str, raw: str) -> str:
     return value
 
 
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 1 << 10,
-          "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
 
 
 def _parse_bytes(env: str, raw: str) -> int:
@@ -205,7 +214,7 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path("./data"))
     storage_url: str = ""
     duckdb_memory_limit: str = ""
-    flush_max_events: int = 100_000
+    flush_max_events: int = 25_000
     ingest_log_dir: Path | None = None
     ingest_backlog_max_bytes: int = 2 << 30
     ingest_backlog_max_seconds: float = 60.0

@@ -54,7 +54,9 @@ class Metrics:
             registry=r,
         )
         self.backlog_bytes = Gauge(
-            "avila_ingest_backlog_bytes", "Ingest log bytes not yet loaded into the store", registry=r
+            "avila_ingest_backlog_bytes",
+            "Ingest log bytes not yet loaded into the store",
+            registry=r,
         )
         self.backlog_age = Gauge(
             "avila_ingest_backlog_oldest_seconds",

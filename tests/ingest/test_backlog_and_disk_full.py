@@ -20,10 +20,10 @@ from typing import Any
 import duckdb
 import httpx
 import pytest
-from tests.conftest import TEST_KEY
-from tests.foundation.helpers import assert_error
 
 from avila.testing import ServerProcess
+from tests.conftest import TEST_KEY
+from tests.foundation.helpers import assert_error
 
 ENV = {"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "0"}
 
@@ -111,9 +111,10 @@ def test_backpressure_answers_503_with_retry_after_and_keeps_every_acknowledged_
 def test_a_retry_while_the_first_copy_is_in_the_backlog_is_a_duplicate(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {**ENV, "AVILA_FLUSH_MAX_EVENTS": "1"}
-    with ServerProcess(data, env=env) as server, httpx.Client(
-        base_url=server.url, headers={"x-api-key": TEST_KEY}, timeout=30
-    ) as c:
+    with (
+        ServerProcess(data, env=env) as server,
+        httpx.Client(base_url=server.url, headers={"x-api-key": TEST_KEY}, timeout=30) as c,
+    ):
         # many small entries: the one-entry-per-transaction loader needs a while for them
         batches = [_batch(f"b{n}", 2) for n in range(300)]
         for batch in batches:

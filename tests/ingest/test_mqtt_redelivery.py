@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.conftest import TEST_KEY
-from tests.industry40.test_i40_mqtt import Broker, publish, wait_for
 
 from avila.testing import ServerProcess
+from tests.conftest import TEST_KEY
+from tests.industry40.test_i40_mqtt import Broker, publish, wait_for
 
 I40 = "/api/v1/industry40"
 
@@ -23,7 +23,10 @@ def _iso(ts: datetime) -> str:
 
 
 def _raw(client: httpx.Client, device: str, start: datetime) -> list[dict[str, Any]]:
-    window = {"start_time": _iso(start - timedelta(hours=1)), "end_time": _iso(start + timedelta(hours=1))}
+    window = {
+        "start_time": _iso(start - timedelta(hours=1)),
+        "end_time": _iso(start + timedelta(hours=1)),
+    }
     response = client.get(
         f"{I40}/twin/{device}/history", params={**window, "resolution": "raw", "metric": "temp"}
     )
@@ -47,13 +50,17 @@ def test_a_redelivered_message_is_stored_once_also_after_a_restart(tmp_path: Pat
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
 
     def message(i: int, value: float) -> str:
-        return json.dumps({"timestamp": _iso(t0 + timedelta(seconds=i)), "metrics": {"temp": value}})
+        return json.dumps(
+            {"timestamp": _iso(t0 + timedelta(seconds=i)), "metrics": {"temp": value}}
+        )
 
     try:
         server = ServerProcess(data, env=env).start()
         with httpx.Client(base_url=server.url, headers={"x-api-key": TEST_KEY}, timeout=30) as c:
             # the bridge subscribes once connected: publish the first message until it is stored
-            wait_for(lambda: publish(broker, topic, message=message(0, 20.5)) or _raw(c, device, t0))
+            wait_for(
+                lambda: publish(broker, topic, message=message(0, 20.5)) or _raw(c, device, t0)
+            )
             publish(broker, topic, message=message(0, 20.5))  # the same message again
             publish(broker, topic, message=message(1, 21.5))  # a marker behind it
             wait_for(lambda: len(_raw(c, device, t0)) >= 2)

@@ -147,9 +147,7 @@ class IngestService:
         if keys:
             if self._closing or self.log is None:
                 raise ShuttingDown("the server is shutting down; retry shortly")
-            future = self.log.append(
-                frames.encode_events(accepted_rows.to_columns()), len(keys)
-            )
+            future = self.log.append(frames.encode_events(accepted_rows.to_columns()), len(keys))
             for key in keys:
                 inflight[key] = future
             future.add_done_callback(lambda f, keys=keys: self._settle(f, keys))

@@ -33,6 +33,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,7 +113,7 @@ class IngestLogConfig:
     max_backlog_seconds: float = 60.0
     segment_bytes: int = 64 << 20
     #: the most rows one loader transaction takes
-    max_load_rows: int = 100_000
+    max_load_rows: int = 25_000
 
 
 def default_log_dir(store_path: Path) -> Path:
@@ -146,7 +147,9 @@ class LoadProgress:
             self.loaded_rows += rows
             if rows and seconds > 0:
                 rate = rows / seconds
-                self.rows_per_s = rate if not self.rows_per_s else 0.8 * self.rows_per_s + 0.2 * rate
+                self.rows_per_s = (
+                    rate if not self.rows_per_s else 0.8 * self.rows_per_s + 0.2 * rate
+                )
             self._cond.notify_all()
         for listener in self._listeners:
             listener(position)
@@ -351,10 +354,8 @@ class IngestLog:
         for _, _, loop, future in batch:
             by_loop.setdefault(loop, []).append(future)
         for loop, futures in by_loop.items():
-            try:
+            with suppress(RuntimeError):  # that loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(_settle, futures, durable, error)
-            except RuntimeError:
-                pass  # that loop is closed: nobody waits any more
 
     def _write_all(self, buffers: list[bytes], size: int) -> None:
         written = 0
