@@ -146,7 +146,8 @@ async def sequential(host: str, port: int, seconds: float, make_request) -> load
 
 def run_round(tmp: Path, seconds: float, extra_env: dict[str, str]) -> dict[str, float]:
     env = {"API_KEYS": KEY, "RATE_LIMIT_PER_MINUTE": "0", "LOG_LEVEL": "warning", **extra_env}
-    with ServerProcess(tmp / f"server-{uuid.uuid4().hex[:6]}", env=env) as server:
+    server = ServerProcess(tmp / f"server-{uuid.uuid4().hex[:6]}", env=env).start(timeout=180)
+    try:
         run_id = uuid.uuid4().hex[:8]
         host, port = "127.0.0.1", server.port
         marker = b"#" * 17
@@ -190,6 +191,8 @@ def run_round(tmp: Path, seconds: float, extra_env: dict[str, str]) -> dict[str,
             loadgen.open_loop(host, port, SINGLE_RATE, seconds, 32, single_request)
         )
         seq = loadgen.run(sequential(host, port, seconds, sequential_request))
+    finally:
+        server.stop(timeout=300)
     ok_batches = batch.statuses.get(202, 0)
     lags.sort()
     return {

@@ -9,6 +9,7 @@ and the loader moves it into the store shortly after (:mod:`avila.storage.loader
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -150,7 +151,7 @@ class IngestService:
             future = self.log.append(frames.encode_events(accepted_rows.to_columns()), len(keys))
             for key in keys:
                 inflight[key] = future
-            future.add_done_callback(lambda f, keys=keys: self._settle(f, keys))
+            future.add_done_callback(functools.partial(self._settle, keys=keys))
             waits.append(future)
         if waits:
             # A duplicate of an in-flight event is only "already stored" once its entry is.

@@ -66,13 +66,13 @@ class TelemetryEntry:
 
 def decode_telemetry(payload: bytes | memoryview, *, tables: bool = True) -> TelemetryEntry:
     body = _decode_any(payload[1:])
-    message = tuple(body["m"]) if body.get("m") else None
+    message = (str(body["m"][0]), str(body["m"][1])) if body.get("m") else None
     if not tables:
-        return TelemetryEntry(pa.table({}), None, message)  # type: ignore[arg-type]
+        return TelemetryEntry(pa.table({}), None, message)
     return TelemetryEntry(
         from_ipc(body["t"]),
         from_ipc(body["d"]) if body.get("d") else None,
-        message,  # type: ignore[arg-type]
+        message,
     )
 
 
