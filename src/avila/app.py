@@ -30,7 +30,7 @@ from avila.metrics import Metrics
 from avila.security.keys import KeyStore
 from avila.security.ratelimit import RateLimiter
 from avila.storage import Store, open_store
-from avila.storage.ingest_log import IngestLogConfig, default_log_dir
+from avila.storage.ingest_log import config_from_settings
 
 log = logging.getLogger("avila")
 
@@ -64,12 +64,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         settings.storage_url, in_process=False, memory_limit=settings.duckdb_memory_limit
     )
     if store.ingest_log_config is None:
-        store.ingest_log_config = IngestLogConfig(
-            settings.ingest_log_dir or default_log_dir(settings.duckdb_path),
-            max_backlog_bytes=settings.ingest_backlog_max_bytes,
-            max_backlog_seconds=settings.ingest_backlog_max_seconds,
-            max_load_rows=settings.flush_max_events,
-        )
+        store.ingest_log_config = config_from_settings(settings)
     metrics = Metrics()
     ingest = IngestService(store, metrics=metrics, dedup_window_hours=settings.dedup_window_hours)
     ctx = AppContext(settings=settings, store=store, metrics=metrics, ingest=ingest)

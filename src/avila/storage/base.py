@@ -22,7 +22,7 @@ from avila.storage.schema import ColumnBatch, columns_to_arrow
 #: How long a read waits for the loader to catch up with what was acknowledged before it.
 READ_BARRIER_S = 1.0
 #: How long closing a store waits for the loader to drain the log (the rest stays in the log).
-DRAIN_TIMEOUT_S = 600.0
+DRAIN_TIMEOUT_S = 120.0
 
 
 class Store(ABC):

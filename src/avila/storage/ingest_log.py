@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from avila.errors import BacklogFull, IngestLogUnavailable, ShuttingDown
 from avila.storage import frames
@@ -119,6 +120,17 @@ class IngestLogConfig:
 def default_log_dir(store_path: Path) -> Path:
     """The log beside the DuckDB file it feeds: ``data/avila.duckdb`` -> ``data/avila.ingest-log``."""
     return store_path.with_name(store_path.stem + ".ingest-log")
+
+
+def config_from_settings(settings: Any) -> IngestLogConfig:
+    """The log the server uses for ``settings`` (:class:`avila.config.Settings`): every tool
+    that writes to the store must use the same one (the store records one log position)."""
+    return IngestLogConfig(
+        settings.ingest_log_dir or default_log_dir(settings.duckdb_path),
+        max_backlog_bytes=settings.ingest_backlog_max_bytes,
+        max_backlog_seconds=settings.ingest_backlog_max_seconds,
+        max_load_rows=settings.flush_max_events,
+    )
 
 
 class LoadProgress:
@@ -212,6 +224,8 @@ class IngestLog:
         self._unloaded: collections.deque[tuple[int, float, int]] = collections.deque()
         self._unloaded_events = 0
         self._unloaded_lock = threading.Lock()
+        # seconds from acknowledgement to loaded, of the most recent entries (visibility lag)
+        self._load_lags: collections.deque[float] = collections.deque(maxlen=20_000)
         progress.on_loaded(self._forget_loaded)
 
     # -- start -------------------------------------------------------------------------------
@@ -413,9 +427,18 @@ class IngestLog:
     # -- backlog -----------------------------------------------------------------------------
 
     def _forget_loaded(self, position: int) -> None:
+        now = time.monotonic()
         with self._unloaded_lock:
             while self._unloaded and self._unloaded[0][0] <= position:
-                self._unloaded_events -= self._unloaded.popleft()[2]
+                _, acked_at, events = self._unloaded.popleft()
+                self._unloaded_events -= events
+                self._load_lags.append(now - acked_at)
+
+    def load_lag(self, q: float) -> float | None:
+        """Quantile ``q`` of ack-to-loaded seconds over the most recent entries."""
+        with self._unloaded_lock:
+            lags = sorted(self._load_lags)
+        return lags[min(len(lags) - 1, int(q * len(lags)))] if lags else None
 
     @property
     def backlog_events(self) -> int:
@@ -434,6 +457,8 @@ class IngestLog:
             "bytes": max(0, progress.durable - progress.loaded),
             "oldest_age_s": round(self.oldest_unloaded_age(), 3),
             "loader_rows_per_s": round(progress.rows_per_s, 1),
+            "load_lag_p50_s": _round(self.load_lag(0.5)),
+            "load_lag_p99_s": _round(self.load_lag(0.99)),
             "durable_position": progress.durable,
             "loaded_position": progress.loaded,
             "last_error": self.last_error,
@@ -451,6 +476,10 @@ class IngestLog:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _settle(futures: list[asyncio.Future[int]], durable: int, error: OSError | None) -> None:
