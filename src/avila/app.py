@@ -15,6 +15,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from avila import __version__
+from avila.api import alerts as alerts_api
 from avila.api import analytics as analytics_api
 from avila.api import events, export, health, segment, tracker, ws
 from avila.api import industry40 as industry40_api
@@ -46,6 +47,7 @@ API_MODULES: tuple[ModuleType, ...] = (
     ml_api,
     analytics_api,
     users_api,
+    alerts_api,  # after industry40_api: it listens to committed telemetry
 )
 
 
