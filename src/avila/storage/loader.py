@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,17 @@ class Prepared:
     devices: pa.Table | None
     tables: list[tuple[str, pa.Table]]
     seconds: float
+
+
+def identity_links(columns: dict[str, list[Any]]) -> pa.Table | None:
+    """The identity links carried by one entry's events (see :mod:`avila.identity`)."""
+    if "custom" not in columns["event_type"]:
+        return None
+    from avila.identity import links_from_rows
+    from avila.ingest.validation import EventRows
+
+    received = datetime(1970, 1, 1) + timedelta(microseconds=columns["received_at"][0])
+    return links_from_rows(EventRows(columns["project_id"][0], received, columns))
 
 
 class Loader:
@@ -175,6 +187,7 @@ class Loader:
         readings: list[pa.Table] = []
         devices: list[pa.Table] = []
         messages: dict[str, list[Any]] = {"project_id": [], "message_id": [], "received_at": []}
+        links: list[pa.Table] = []
         end = start
         rows = 0
         for frame_end, payload in read_frames(self.directory, start, target, self.max_bytes):
@@ -183,6 +196,9 @@ class Loader:
                 columns = frames.decode_events(memoryview(payload))
                 event_batches.append(columns)
                 rows += len(columns["event_id"])
+                found = identity_links(columns)
+                if found is not None:
+                    links.append(found)
             elif kind == frames.TELEMETRY:
                 entry = frames.decode_telemetry(memoryview(payload))
                 readings.append(entry.readings)
@@ -207,6 +223,10 @@ class Loader:
             )
             end = target
         tables: list[tuple[str, pa.Table]] = []
+        if links:
+            # Identity links ($identify / $alias events) go in with their events: a read that
+            # sees the events sees the stitching too.
+            tables.append(("identities", pa.concat_tables(links)))
         if readings:
             tables.append(
                 ("telemetry", pa.concat_tables(readings) if len(readings) > 1 else readings[0])

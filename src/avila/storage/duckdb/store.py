@@ -165,7 +165,7 @@ class DuckDBStore(Store):
                     finally:
                         cursor.unregister("_log_devices")
                 for name, table in tables:
-                    if name not in ("telemetry", "telemetry_messages"):
+                    if name not in ("telemetry", "telemetry_messages", "identities"):
                         raise ValueError(f"the loader does not write table {name!r}")
                     if table.num_rows:
                         cursor.from_arrow(table).insert_into(name)
