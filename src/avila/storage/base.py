@@ -20,7 +20,7 @@ from avila.storage.ingest_log import IngestLog, IngestLogConfig, LoadProgress, R
 from avila.storage.schema import ColumnBatch, columns_to_arrow
 
 #: How long a read waits for the loader to catch up with what was acknowledged before it.
-READ_BARRIER_S = 1.0
+READ_BARRIER_S = 5.0
 #: How long closing a store waits for the loader to drain the log (the rest stays in the log).
 DRAIN_TIMEOUT_S = 120.0
 
