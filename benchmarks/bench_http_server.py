@@ -135,6 +135,10 @@ def run_round(kind: str, tmp: Path, seconds: float) -> dict[str, float]:
 
 
 def main() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("granian") is None:
+        sys.exit("bench_http_server needs granian: pip install 'granian>=2.5' (not a dependency)")
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
