@@ -74,6 +74,14 @@ _INGEST_LOG_DDL = (
     " message_id VARCHAR NOT NULL, received_at TIMESTAMP NOT NULL)",
 )
 
+# A/B experiments (avila.experiments): immutable definitions, the spec as JSON text; start and
+# end are naive UTC (end NULL: open-ended).
+_EXPERIMENTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS experiments (project_id VARCHAR NOT NULL, key VARCHAR NOT NULL,"
+    " definition VARCHAR NOT NULL, start_time TIMESTAMP NOT NULL, end_time TIMESTAMP,"
+    " created_at TIMESTAMP NOT NULL, PRIMARY KEY (project_id, key))",
+)
+
 # Alerts (avila.alerts): rules as JSON documents; firings and per-destination delivery results
 # are append-only (a destination without a delivery row is still pending). See docs/alerts.md.
 _ALERTS_DDL = (
@@ -94,6 +102,7 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (2, "industry 4.0: telemetry, devices, twin_desired, alarm_rules", _INDUSTRY40_DDL),
     (3, "identities and events_resolved (identity stitching)", _IDENTITIES_DDL),
     (4, "ingest log position and telemetry message ids", _INGEST_LOG_DDL),
+    (5, "experiments (A/B test definitions)", _EXPERIMENTS_DDL),
     (6, "alerts: alert_rules, alert_firings, alert_deliveries", _ALERTS_DDL),
 )
 
