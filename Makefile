@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 TEST_STAMP    := $(VENV)/.test-installed
 
-.PHONY: help install run demo test test-data lint coverage bench bench-ingest bench-analytics clean
+.PHONY: help install run demo test test-data lint coverage bench bench-ingest bench-analytics bench-dashboard clean
 
 help:
 	@echo "make run        set up .venv, load demo data if the store is empty, start the server"
@@ -32,6 +32,8 @@ install: $(RUNTIME_STAMP)
 run: $(RUNTIME_STAMP) .env
 	$(BIN)/avila demo --if-empty --users 300 --days 30
 	$(BIN)/avila demo --factory --days 7
+	@port=$$(sed -n 's/^PORT=//p' .env | tail -n 1); key=$$(sed -n 's/^API_KEYS=//p' .env | tail -n 1 | cut -d, -f1); \
+	  echo "Dashboard: http://localhost:$${port:-3000}/  (sign in with the demo key $${key:-dev-key-123})"
 	$(BIN)/avila serve
 
 demo: $(RUNTIME_STAMP) .env
@@ -59,6 +61,9 @@ bench-ingest: $(TEST_STAMP)
 
 bench-analytics: $(TEST_STAMP)
 	$(BIN)/python benchmarks/bench_analytics.py
+
+bench-dashboard: $(TEST_STAMP)
+	$(BIN)/python benchmarks/bench_dashboard.py
 
 clean:
 	rm -rf $(VENV) htmlcov .pytest_cache .ruff_cache .coverage

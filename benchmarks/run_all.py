@@ -41,6 +41,11 @@ BENCHES = [
         ["bench_alerts.py"],
         "Alert rule evaluation at 10 million events and 1 million readings",
     ),
+    (
+        "bench_dashboard",
+        ["bench_dashboard.py"],
+        "Web dashboard in headless Chromium, make-run data",
+    ),
 ]
 
 

@@ -17,7 +17,7 @@ from litestar.openapi import OpenAPIConfig
 from avila import __version__
 from avila.api import alerts as alerts_api
 from avila.api import analytics as analytics_api
-from avila.api import events, export, health, segment, tracker, ws
+from avila.api import events, export, health, keys, me, segment, tracker, web, ws
 from avila.api import experiments as experiments_api
 from avila.api import industry40 as industry40_api
 from avila.api import ml as ml_api
@@ -50,6 +50,9 @@ API_MODULES: tuple[ModuleType, ...] = (
     users_api,
     experiments_api,
     alerts_api,  # after industry40_api: it listens to committed telemetry
+    me,
+    keys,
+    web,
 )
 
 

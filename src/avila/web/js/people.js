@@ -1,0 +1,43 @@
+// Which users to list: the API has profiles by id but no user index, so lists are built from
+// the purchases in a time range (POST /api/v1/export, ndjson, purchase events only).
+import { errorFrom, session } from './api.js';
+
+// [{user_id, last_purchase, purchases}] newest purchase first, at most `limit`.
+export async function purchasers(start, end, limit = 200) {
+  const response = await fetch('/api/v1/export', {
+    method: 'POST',
+    headers: { 'x-api-key': session.key, 'content-type': 'application/json' },
+    body: JSON.stringify({ format: 'ndjson', filters: { event_types: ['purchase'], start_time: start, end_time: end } }),
+    cache: 'no-store',
+  });
+  const text = await response.text();
+  if (!response.ok) {
+    let data = null;
+    try { data = JSON.parse(text); } catch { /* not JSON: worded from the status */ }
+    throw errorFrom(response, data);
+  }
+  const byUser = new Map();
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    const row = JSON.parse(line);
+    const seen = byUser.get(row.user_id) || { user_id: row.user_id, last_purchase: '', purchases: 0 };
+    seen.purchases += 1;
+    if (row.timestamp > seen.last_purchase) seen.last_purchase = row.timestamp;
+    byUser.set(row.user_id, seen);
+  }
+  return [...byUser.values()].sort((a, b) => b.last_purchase.localeCompare(a.last_purchase)).slice(0, limit);
+}
+
+// Run `task` over `items` with at most `width` requests in flight.
+export async function mapLimited(items, width, task) {
+  const out = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await task(items[i], i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(width, items.length) }, worker));
+  return out;
+}

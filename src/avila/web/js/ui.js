@@ -1,0 +1,147 @@
+// Small DOM helpers shared by the pages: elements, numbers, chart cards (chart + table + CSV),
+// empty states and errors in words.
+import { ApiError } from './api.js';
+
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith('on')) el.addEventListener(name.slice(2), value);
+    else if (name === 'text') el.textContent = value;
+    else el.setAttribute(name, value === true ? '' : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+const integer = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 });
+const decimal = new Intl.NumberFormat('en-US', { maximumFractionDigits: 2 });
+export const fmt = {
+  int: (n) => (n === null || n === undefined ? '—' : integer.format(n)),
+  num: (n) => (n === null || n === undefined ? '—' : decimal.format(n)),
+  pct: (r) => (r === null || r === undefined ? '—' : `${decimal.format(r * 100)} %`),
+  money: (n) => (n === null || n === undefined ? '—' : decimal.format(n)),
+  secs: (s) => {
+    if (s === null || s === undefined) return '—';
+    if (s < 90) return `${decimal.format(s)} s`;
+    if (s < 5400) return `${decimal.format(s / 60)} min`;
+    if (s < 172800) return `${decimal.format(s / 3600)} h`;
+    return `${decimal.format(s / 86400)} d`;
+  },
+  time: (iso) => (iso ? new Date(iso).toLocaleString('en-GB', { timeZone: 'UTC', timeZoneName: 'short' }) : '—'),
+};
+
+export function tiles(items) {
+  return h('div', { class: 'tiles' }, items.map(([label, value, id]) =>
+    h('div', { class: 'tile', 'data-kpi': id },
+      h('div', { class: 'label' }, label), h('div', { class: 'value' }, value))));
+}
+
+export function errorBox(err) {
+  const words = err instanceof ApiError ? err.words : `Something went wrong in the page: ${err.message}`;
+  return h('p', { class: 'error', role: 'alert' }, words);
+}
+
+// "Nothing here yet" with the two ways to send the first event.
+export function emptyState(what = 'No events in this range yet.') {
+  const origin = location.origin;
+  return h('div', { class: 'empty', 'data-empty': '' },
+    h('p', {}, h('strong', {}, what), ' Send your first event:'),
+    h('pre', {}, `curl -X POST ${origin}/api/v1/events \\\n  -H "Content-Type: application/json" -H "x-api-key: YOUR_INGEST_KEY" \\\n  -d '{"event": {"user_id": "user_1", "event_type": {"type": "PageView", "data": {"url": "/"}}}}'`),
+    h('p', {}, 'or add the tracker to your site:'),
+    h('pre', {}, `<script src="${origin}/avila.js" data-api-key="YOUR_INGEST_KEY" defer></script>`));
+}
+
+// ---- tables and CSV -------------------------------------------------------------------
+// columns: [{key, label, num?, format?}]
+export function table(columns, rows, caption) {
+  return h('table', {},
+    caption ? h('caption', { class: 'muted' }, caption) : null,
+    h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col', class: c.num ? 'num' : null }, c.label)))),
+    h('tbody', {}, rows.map((row) => h('tr', {}, columns.map((c) => {
+      const value = row[c.key];
+      return h('td', { class: c.num ? 'num' : null, 'data-col': c.key },
+        c.format ? c.format(value, row) : value ?? '—');
+    })))));
+}
+
+function csvCell(value) {
+  const text = value === null || value === undefined ? '' : String(value);
+  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+export function toCsv(columns, rows) {
+  const lines = [columns.map((c) => csvCell(c.label)).join(',')];
+  for (const row of rows) lines.push(columns.map((c) => csvCell(row[c.key])).join(','));
+  return `${lines.join('\r\n')}\r\n`;
+}
+
+export function download(name, text, type = 'text/csv') {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const link = h('a', { href: url, download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+// ---- charts ---------------------------------------------------------------------------
+const live = new Set();
+export function disposeCharts() {
+  for (const chart of live) chart.dispose();
+  live.clear();
+}
+window.addEventListener('resize', () => { for (const chart of live) chart.resize(); });
+
+export const palette = ['#2456a6', '#e07b39', '#3a9d5d', '#b83b5e', '#7a5cc7', '#2c9fb0', '#a68a24', '#6b7785'];
+
+// A card with a chart, a "Table" toggle and a "CSV" download of the same numbers.
+export function chartCard({ title, name, option, columns, rows, tall = false, note, showTable = false, onClick }) {
+  const slug = name || title.toLowerCase().replace(/[^a-z0-9]+/g, '-');
+  const tableWrap = h('div', { class: 'table-wrap', hidden: !showTable });
+  const plot = h('div', { class: `chart${tall ? ' tall' : ''}`, role: 'img', 'aria-label': `${title} chart; use Table for the numbers` });
+  const toggle = h('button', { type: 'button', class: 'secondary', 'aria-expanded': String(showTable) }, 'Table');
+  const card = h('section', { class: 'card', 'data-chart': slug },
+    h('div', { class: 'card-head' }, h('h2', {}, title),
+      h('div', { class: 'actions' }, toggle,
+        h('button', { type: 'button', class: 'secondary', onclick: () => download(`${slug}.csv`, toCsv(state.columns, state.rows)) }, 'CSV'))),
+    note ? h('p', { class: 'muted' }, note) : null,
+    plot, tableWrap);
+  const state = { columns, rows };
+  toggle.addEventListener('click', () => {
+    const open = tableWrap.hidden;
+    tableWrap.hidden = !open;
+    toggle.setAttribute('aria-expanded', String(open));
+  });
+  let chart = null;
+  const render = () => {
+    tableWrap.replaceChildren(table(state.columns, state.rows));
+    if (!chart) {
+      chart = window.echarts.init(plot, null, { renderer: 'svg' });
+      live.add(chart);
+      if (onClick) chart.on('click', onClick);
+    }
+    chart.setOption(state.option, true);
+  };
+  state.option = { color: palette, animation: false, animationDuration: 0, animationDurationUpdate: 0, ...option };
+  // Draw once attached (ECharts needs the element's size).
+  queueMicrotask(render);
+  return {
+    card,
+    get chart() { return chart; },
+    update(nextOption, nextRows, nextColumns) {
+      state.option = { color: palette, animation: false, animationDuration: 0, animationDurationUpdate: 0, ...nextOption };
+      state.rows = nextRows;
+      if (nextColumns) state.columns = nextColumns;
+      render();
+    },
+  };
+}
+
+// Page-level busy/ready marker the tests and the benchmark wait on.
+export function markBusy(main, busy) {
+  main.setAttribute('aria-busy', busy ? 'true' : 'false');
+}
