@@ -2,23 +2,36 @@
 
     python benchmarks/bench_ingest.py [--seconds 10] [--rounds 3] [--no-write]
 
-Per round, on a fresh server and data directory:
+Protocol (fixed before the runs; issue 9). Per round, on a fresh server and data directory,
+in this order, so the single-event scenarios run on the store the batch scenario just filled:
 - batch: 100 events per request, 16 keep-alive connections in a closed loop; every 202 means
-  the events were committed (fsync'd) by the group commit;
+  the events are durable in the ingest log (group fsync). Meanwhile a visibility probe posts
+  one event every 100 ms and reads that user's profile (``GET /api/v1/users/{id}``) until it
+  shows: the lag from the 202 to the first read that sees the event (this includes the
+  profile query's own time on the loaded server); the server also reports, per log entry,
+  the time from its 202 to its load into DuckDB (/health ``load_lag_p50_s``/``p99_s``);
+- drain: time until the loader has moved the whole backlog into DuckDB (from /health);
 - single: one event per request at a fixed 1,000 requests/s (open loop; latency counted from
-  each request's due time, so queueing is not hidden);
+  each request's due time, so queueing is not hidden), 32 connections;
+- sequential: one client, one request at a time, one event each;
+- loader: the log of ``LOADER_EVENTS`` events replayed into a fresh DuckDB file by the loader
+  alone (read, decode, Arrow, one transaction per 100,000 rows), in this process: events/s;
 - store-only baseline: the same events appended straight into a DuckDB file from Arrow, one
-  transaction per 5,000 events, in this process, no HTTP and no validation.
+  transaction per 5,000 events, in this process, no HTTP, no validation, no log.
 Reports per-round figures and medians, and writes them to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -28,14 +41,17 @@ import loadgen  # noqa: E402
 from events import EVENT, batch_template, single_body  # noqa: E402
 from results import stamp, write_section  # noqa: E402
 
+from avila.ingest.service import IngestService  # noqa: E402
 from avila.ingest.validation import validate_events  # noqa: E402
 from avila.storage.duckdb.store import DuckDBStore  # noqa: E402
+from avila.storage.ingest_log import IngestLogConfig  # noqa: E402
 from avila.testing import ServerProcess  # noqa: E402
 
 KEY = "bench-key"
 BATCH = 100
 CONNECTIONS = 16
 SINGLE_RATE = 1000
+LOADER_EVENTS = 400_000
 
 
 def store_baseline(tmp: Path, total_events: int = 400_000, per_commit: int = 5000) -> float:
@@ -56,9 +72,84 @@ def store_baseline(tmp: Path, total_events: int = 400_000, per_commit: int = 500
     return total_events / elapsed
 
 
+def loader_throughput(tmp: Path, total_events: int = LOADER_EVENTS) -> float:
+    """Fill an ingest log through the ingest service, then time its replay into a fresh store."""
+    source = DuckDBStore(tmp / "source.duckdb")
+    # One big segment: the source's own loader never deletes the newest segment.
+    source.ingest_log_config = IngestLogConfig(tmp / "log", segment_bytes=1 << 31)
+
+    async def fill() -> None:
+        service = IngestService(source)
+        await service.start()
+        for c in range(total_events // 5000):
+            raws = [
+                EVENT.replace(b"@ID@", f"l{c}-{i}".encode()).replace(b"@U@", str(i % 97).encode())
+                for i in range(5000)
+            ]
+            await service.ingest(raws, "bench")
+        await service.close()
+
+    asyncio.run(fill())
+    # Keep the filled log before the source's loader trims it, then replay it elsewhere.
+    snapshot = tmp / "log-copy"
+    shutil.copytree(tmp / "log", snapshot)
+    source.close()
+    target = DuckDBStore(tmp / "target.duckdb")
+    target.ingest_log_config = IngestLogConfig(snapshot)
+    started = time.perf_counter()
+    target.open_ingest_log()
+    progress = target.load_progress
+    progress.wait_loaded(progress.durable, 600)
+    elapsed = time.perf_counter() - started
+    loaded = target.query("SELECT count(*) FROM events")[0][0]
+    target.close()
+    assert loaded == total_events, (loaded, total_events)
+    return total_events / elapsed
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return dict(json.loads(response.read()))
+
+
+async def visibility_probe(
+    host: str, port: int, run_id: str, stop: asyncio.Event, lags: list[float]
+) -> None:
+    """Every 100 ms: post one event for a new user, then read the user's profile until it
+    shows; the lag is from the 202 to that read's answer."""
+    reader, writer = await asyncio.open_connection(host, port)
+    n = 0
+    while not stop.is_set():
+        n += 1
+        user = f"vis-{run_id}-{n}"
+        body = single_body(f"v{run_id}-{n}").replace(b'"user_7"', f'"{user}"'.encode())
+        writer.write(loadgen.build_request(host, port, "/api/v1/events", KEY, body))
+        if await loadgen._read_response(reader) != 202:
+            continue
+        acked = time.perf_counter()
+        while True:
+            writer.write(
+                f"GET /api/v1/users/{user} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"x-api-key: {KEY}\r\n\r\n".encode()
+            )
+            if await loadgen._read_response(reader) == 200:
+                lags.append(time.perf_counter() - acked)
+                break
+            if time.perf_counter() - acked > 30:
+                lags.append(float("inf"))
+                break
+        await asyncio.sleep(0.1)
+    writer.close()
+
+
+async def sequential(host: str, port: int, seconds: float, make_request) -> loadgen.LoadResult:  # type: ignore[no-untyped-def]
+    return await loadgen.closed_loop(host, port, 1, seconds, make_request)
+
+
 def run_round(tmp: Path, seconds: float, extra_env: dict[str, str]) -> dict[str, float]:
     env = {"API_KEYS": KEY, "RATE_LIMIT_PER_MINUTE": "0", "LOG_LEVEL": "warning", **extra_env}
-    with ServerProcess(tmp / f"server-{uuid.uuid4().hex[:6]}", env=env) as server:
+    server = ServerProcess(tmp / f"server-{uuid.uuid4().hex[:6]}", env=env).start(timeout=180)
+    try:
         run_id = uuid.uuid4().hex[:8]
         host, port = "127.0.0.1", server.port
         marker = b"#" * 17
@@ -75,25 +166,57 @@ def run_round(tmp: Path, seconds: float, extra_env: dict[str, str]) -> dict[str,
                 host, port, "/api/v1/events", KEY, single_body(f"s{run_id}-{i}")
             )
 
-        # Warm up (imports, first commits, connections), then the single-event scenario on
-        # the still-small store, then the batch scenario. (Run the other way round, the batch
-        # phase leaves a WAL near the checkpoint threshold, and the checkpoint's stall lands
-        # in the single-event phase; that stall is real, and visible in batch_p99_ms.)
+        def sequential_request(i: int) -> bytes:
+            return loadgen.build_request(
+                host, port, "/api/v1/events", KEY, single_body(f"q{run_id}-{i}")
+            )
+
+        async def batch_with_probe() -> tuple[loadgen.LoadResult, list[float]]:
+            stop = asyncio.Event()
+            lags: list[float] = []
+            probe = asyncio.create_task(visibility_probe(host, port, run_id, stop, lags))
+            batch = await loadgen.closed_loop(host, port, CONNECTIONS, seconds, batch_request)
+            stop.set()
+            await probe
+            return batch, lags
+
+        # Warm up (imports, first entries, connections), then batch, then the single-event
+        # scenarios on the store the batch scenario filled.
         loadgen.run(loadgen.closed_loop(host, port, 4, 1.0, lambda i: batch_request(10**8 + i)))
+        batch, lags = loadgen.run(batch_with_probe())
+        backlog_at_end = _get(server.url + "/health")["ingest_log"]
+        drain_started = time.perf_counter()
+        while _get(server.url + "/health")["ingest_log"]["bytes"] > 0:
+            time.sleep(0.05)
+        drain_s = time.perf_counter() - drain_started
         single = loadgen.run(
             loadgen.open_loop(host, port, SINGLE_RATE, seconds, 32, single_request)
         )
-        batch = loadgen.run(loadgen.closed_loop(host, port, CONNECTIONS, seconds, batch_request))
+        seq = loadgen.run(sequential(host, port, seconds, sequential_request))
+    finally:
+        server.stop(timeout=300)
     ok_batches = batch.statuses.get(202, 0)
+    lags.sort()
     return {
         "batch_events_per_s": ok_batches * BATCH / batch.seconds,
         "batch_p50_ms": batch.percentile(0.50) * 1000,
         "batch_p99_ms": batch.percentile(0.99) * 1000,
         "batch_errors": batch.requests - ok_batches,
+        "backlog_events_at_end": backlog_at_end["events"],
+        "drain_s": drain_s,
+        "load_lag_p50_ms": (backlog_at_end["load_lag_p50_s"] or 0) * 1000,
+        "load_lag_p99_ms": (backlog_at_end["load_lag_p99_s"] or 0) * 1000,
+        "visibility_p50_ms": lags[len(lags) // 2] * 1000 if lags else float("nan"),
+        "visibility_p99_ms": lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1000
+        if lags
+        else float("nan"),
         "single_p50_ms": single.percentile(0.50) * 1000,
         "single_p99_ms": single.percentile(0.99) * 1000,
         "single_p999_ms": single.percentile(0.999) * 1000,
         "single_errors": single.requests - single.statuses.get(202, 0),
+        "sequential_p50_ms": seq.percentile(0.50) * 1000,
+        "sequential_p99_ms": seq.percentile(0.99) * 1000,
+        "sequential_req_per_s": seq.requests / seq.seconds,
     }
 
 
@@ -116,6 +239,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         for r in range(args.rounds):
             figures = run_round(tmp, args.seconds, extra_env)
+            (tmp / f"loader-{r}").mkdir()
+            figures["loader_events_per_s"] = loader_throughput(tmp / f"loader-{r}")
             figures["store_only_events_per_s"] = store_baseline(tmp / f"baseline-{r}")
             figures["ratio_e2e_to_store"] = (
                 figures["batch_events_per_s"] / figures["store_only_events_per_s"]
@@ -133,7 +258,9 @@ def main() -> None:
         "## Ingest (`make bench-ingest`)",
         "",
         stamp(),
-        f"One server process (plus its store process), {args.rounds} rounds of {args.seconds:g} s, fresh data dir each;"
+        f"Machine: 2 cores, shared with up to 7 other helpers' tests and benchmarks while it ran (load average"
+        f" often above 10). One server process (plus its store process), {args.rounds} rounds of {args.seconds:g} s,"
+        " fresh data dir each round; single-event scenarios run on the store the batch scenario filled;"
         " the load generator runs on the same 2 cores. Median of rounds, then each round.",
         "",
         "| | median | " + " | ".join(f"round {i + 1}" for i in range(len(rounds))) + " |",
@@ -143,9 +270,19 @@ def main() -> None:
         "batch_events_per_s": "batch ingest, 100 events/request, 16 clients: durable events/s",
         "batch_p50_ms": "batch request latency p50 (ms)",
         "batch_p99_ms": "batch request latency p99 (ms)",
-        "single_p50_ms": "single-event POST at 1,000 req/s: p50 (ms)",
-        "single_p99_ms": "single-event POST at 1,000 req/s: p99 (ms)",
-        "single_p999_ms": "single-event POST at 1,000 req/s: p99.9 (ms)",
+        "backlog_events_at_end": "ingest-log backlog when the batch phase ended (events)",
+        "drain_s": "time for the loader to drain that backlog (s)",
+        "load_lag_p50_ms": "batch phase: 202 to loaded into DuckDB, per log entry (server side): p50 (ms)",
+        "load_lag_p99_ms": "batch phase: 202 to loaded into DuckDB, per log entry: p99 (ms)",
+        "visibility_p50_ms": "batch phase: 202 to a profile read that shows the event (client side, includes the query under load): p50 (ms)",
+        "visibility_p99_ms": "batch phase: 202 to a profile read that shows the event: p99 (ms)",
+        "single_p50_ms": "single-event POST at 1,000 req/s after the batch phase: p50 (ms)",
+        "single_p99_ms": "single-event POST at 1,000 req/s after the batch phase: p99 (ms)",
+        "single_p999_ms": "single-event POST at 1,000 req/s after the batch phase: p99.9 (ms)",
+        "sequential_p50_ms": "single-event POST, one client, one at a time: p50 (ms)",
+        "sequential_p99_ms": "single-event POST, one client, one at a time: p99 (ms)",
+        "sequential_req_per_s": "single-event POST, one client: requests/s",
+        "loader_events_per_s": "loader alone: log replayed into DuckDB, events/s",
         "store_only_events_per_s": "store-only baseline: Arrow appends into DuckDB, events/s",
         "ratio_e2e_to_store": "ratio end-to-end batch / store-only",
         "batch_errors": "non-202 batch responses",

@@ -32,6 +32,7 @@ from avila.metrics import Metrics
 from avila.security.keys import KeyStore
 from avila.security.ratelimit import RateLimiter
 from avila.storage import Store, open_store
+from avila.storage.ingest_log import config_from_settings
 
 log = logging.getLogger("avila")
 
@@ -69,13 +70,10 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
     store = store or open_store(
         settings.storage_url, in_process=False, memory_limit=settings.duckdb_memory_limit
     )
+    if store.ingest_log_config is None:
+        store.ingest_log_config = config_from_settings(settings)
     metrics = Metrics()
-    ingest = IngestService(
-        store,
-        metrics=metrics,
-        dedup_window_hours=settings.dedup_window_hours,
-        flush_max_events=settings.flush_max_events,
-    )
+    ingest = IngestService(store, metrics=metrics, dedup_window_hours=settings.dedup_window_hours)
     ctx = AppContext(settings=settings, store=store, metrics=metrics, ingest=ingest)
     ctx.state.update(
         {

@@ -80,8 +80,26 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "flush_max_events",
         "AVILA_FLUSH_MAX_EVENTS",
-        "20000",
-        "Group commit: the most events one store transaction takes.",
+        "25000",
+        "Ingest loader: the most rows one store transaction takes.",
+    ),
+    SettingSpec(
+        "ingest_log_dir",
+        "AVILA_INGEST_LOG_DIR",
+        "",
+        "Directory of the ingest log; default `<store file without .duckdb>.ingest-log` beside the DuckDB file.",
+    ),
+    SettingSpec(
+        "ingest_backlog_max_bytes",
+        "AVILA_INGEST_BACKLOG_MAX_BYTES",
+        "2GB",
+        "Ingest answers 503 while this much of the ingest log is not yet loaded into the store.",
+    ),
+    SettingSpec(
+        "ingest_backlog_max_seconds",
+        "AVILA_INGEST_BACKLOG_MAX_SECONDS",
+        "60",
+        "Ingest answers 503 while the oldest unloaded ingest-log entry is older than this.",
     ),
     SettingSpec(
         "mqtt_url",
@@ -236,6 +254,32 @@ def _parse_memory(env: str, raw: str) -> str:
     return value
 
 
+_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
+
+
+def _parse_bytes(env: str, raw: str) -> int:
+    """``2GB`` (GB read as GiB, as DuckDB does), ``512MB``, or a number of bytes."""
+    value = raw.strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    match = _MEMORY.match(value)
+    if not match:
+        raise ConfigError(f"{env} must be a size such as 512MB or 2GB, got {raw!r}")
+    unit = match.group(2).lower()
+    factor = {"kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}.get(unit, _UNITS[unit])
+    return max(1, int(float(value[: match.start(2)].strip()) * factor))
+
+
 def _parse_mqtt_url(env: str, raw: str) -> str:
     url = raw.strip()
     if url and urlsplit(url).scheme not in ("mqtt", "tcp"):
@@ -257,7 +301,10 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path("./data"))
     storage_url: str = ""
     duckdb_memory_limit: str = ""
-    flush_max_events: int = 20_000
+    flush_max_events: int = 25_000
+    ingest_log_dir: Path | None = None
+    ingest_backlog_max_bytes: int = 2 << 30
+    ingest_backlog_max_seconds: float = 60.0
     dedup_window_hours: int = 24
     mqtt_url: str = ""
     mqtt_client_id: str = "avila-bridge"
@@ -322,7 +369,10 @@ class Settings:
             "data_dir": lambda env, raw: Path(raw.strip() or "./data"),
             "storage_url": lambda env, raw: raw.strip(),
             "duckdb_memory_limit": _parse_memory,
-            "flush_max_events": lambda env, raw: _parse_int(env, raw, 1, 1_000_000),
+            "flush_max_events": lambda env, raw: _parse_int(env, raw, 1, 10_000_000),
+            "ingest_log_dir": lambda env, raw: Path(raw.strip()) if raw.strip() else None,
+            "ingest_backlog_max_bytes": _parse_bytes,
+            "ingest_backlog_max_seconds": lambda env, raw: float(_parse_int(env, raw, 1, 86_400)),
             "dedup_window_hours": lambda env, raw: _parse_int(env, raw, 1, 24 * 365),
             "mqtt_url": _parse_mqtt_url,
             "mqtt_client_id": lambda env, raw: raw.strip() or "avila-bridge",

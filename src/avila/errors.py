@@ -102,6 +102,19 @@ class ShuttingDown(AvilaError):
     code = "shutting_down"
 
 
+class IngestLogUnavailable(StorageUnavailable):
+    """The ingest log could not be written (code ``disk_full`` for ENOSPC): nothing of the
+    request was acknowledged; it recovers by itself when the cause goes away."""
+
+    code = "ingest_log_unavailable"
+
+
+class BacklogFull(StorageUnavailable):
+    """The loader is too far behind the ingest log; sent with ``Retry-After``."""
+
+    code = "ingest_backlog_full"
+
+
 def all_error_classes() -> list[type[AvilaError]]:
     """Every concrete error class, for the error-shape test."""
     seen: list[type[AvilaError]] = []

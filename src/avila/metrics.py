@@ -48,6 +48,29 @@ class Metrics:
         self.pending_events = Gauge(
             "avila_ingest_pending_events", "Events waiting for the next group commit", registry=r
         )
+        self.backlog_events = Gauge(
+            "avila_ingest_backlog_events",
+            "Acknowledged entries' events (telemetry: readings) not yet loaded into the store",
+            registry=r,
+        )
+        self.backlog_bytes = Gauge(
+            "avila_ingest_backlog_bytes",
+            "Ingest log bytes not yet loaded into the store",
+            registry=r,
+        )
+        self.backlog_age = Gauge(
+            "avila_ingest_backlog_oldest_seconds",
+            "Age of the oldest ingest log entry not yet loaded",
+            registry=r,
+        )
+        self.loader_rows_per_s = Gauge(
+            "avila_ingest_loader_rows_per_second",
+            "Rows per second of the ingest loader's recent transactions",
+            registry=r,
+        )
+        self.loader_rows = Gauge(
+            "avila_ingest_loaded_rows", "Rows loaded from the ingest log since start", registry=r
+        )
         self.dedup_keys = Gauge(
             "avila_dedup_index_keys", "Event keys held for idempotency", registry=r
         )

@@ -23,11 +23,15 @@ async def health(store: Store) -> Response[dict[str, Any]]:
         storage, status = "ok", 200
     except (AvilaError, TimeoutError, Exception) as exc:  # any failure means not healthy
         storage, status = f"error: {exc}", 503
-    body = {
+    body: dict[str, Any] = {
         "status": "ok" if status == 200 else "degraded",
         "storage": storage,
         "version": __version__,
     }
+    ingest_log = store.ingest_log
+    if ingest_log is not None:
+        # The ingest log's backlog: acknowledged writes not yet loaded into the store.
+        body["ingest_log"] = ingest_log.backlog()
     return Response(body, status_code=status)
 
 

@@ -266,7 +266,8 @@ def setup(ctx: AppContext) -> None:
     """Record identity links (identify/alias) of every committed event, from any path."""
     recorder = IdentityRecorder(ctx.store)
     ctx.state[IDENTITY_STATE] = recorder
-    ctx.ingest.listeners.append(recorder.on_rows)
+    # Identity links are stored by the ingest loader with their events (avila.storage.loader),
+    # in the same transaction: the recorder is not an ingest listener any more.
 
 
 async def shutdown(ctx: AppContext) -> None:

@@ -44,8 +44,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         from avila.commands.export import open_local_store
         from avila.config import Settings
+        from avila.storage.ingest_log import config_from_settings
 
-        store = open_local_store(Settings.from_env().storage_url, read_only=False)
+        settings = Settings.from_env()
+        store = open_local_store(settings.storage_url, read_only=False)
+        # The same ingest log as the server: events are acknowledged there, then loaded.
+        store.ingest_log_config = config_from_settings(settings)
         target = DirectTarget(store, args.project)
     by_rows = fmt == "parquet"
     with tqdm(

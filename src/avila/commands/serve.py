@@ -33,6 +33,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def asgi_app() -> object:
+    """The application for an external ASGI server (settings from env), e.g.
+    ``granian --interface asgi --factory avila.commands.serve:asgi_app`` (benchmarks)."""
+    from avila.app import create_app
+    from avila.logs import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("serve", help="run the HTTP server (settings from env / .env)")
     parser.add_argument("--host", help="bind address (overrides HOST)")

@@ -3,7 +3,9 @@
 Two destinations, because DuckDB admits one process per database file:
 
 - :class:`DirectTarget`: no server is running; open the store in this process and ingest
-  through :class:`~avila.ingest.service.IngestService` (same validation, same dedup index).
+  through :class:`~avila.ingest.service.IngestService` (same validation, same dedup index,
+  same ingest log: each chunk is acknowledged by the log and loaded by the loader, which has
+  drained the log when the target closes).
 - :class:`HttpTarget`: a server holds the store; POST the events to its batch endpoint with an
   API key (validation and dedup happen there). Uses only the standard library.
 """

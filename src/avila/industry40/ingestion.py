@@ -1,11 +1,14 @@
-"""The one telemetry path (HTTP, MQTT bridge, factory demo): validate, register, group-commit.
+"""The one telemetry path (HTTP, MQTT bridge, factory demo): validate, register, log.
 
-:class:`TelemetryCommitter` is the events' group commit (``avila.ingest.commit``) for Arrow
-tables: requests queue their rows and await a future; when the writer is idle a flush starts at
-once with everything pending, and while it runs new rows gather for the next one. A flush
-appends the new devices' rows, then the telemetry rows (two store transactions, in that order),
-and only then resolves the futures: a 202 (or an MQTT acknowledgement) means the readings are
-durable.
+Readings of one request are one entry of the store's ingest log (:mod:`avila.storage.ingest_log`)
+together with the rows of devices seen for the first time; the request returns (202, or an MQTT
+acknowledgement) once a group fsync made the entry durable, and the loader moves readings and
+devices into the store in one transaction shortly after.
+
+Redelivery dedup: an entry may carry a message id (the MQTT bridge's, see
+:mod:`avila.industry40.mqtt`); a message id already in the log or the store within the dedup
+window is answered as a duplicate and not stored again. The ids are rebuilt at start from the
+store's ``telemetry_messages`` table and the unloaded log.
 """
 
 from __future__ import annotations
@@ -15,13 +18,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pyarrow as pa
-
-from avila.errors import ShuttingDown, StorageUnavailable
-from avila.industry40.devices import DeviceRegistry, Key
+from avila.errors import ShuttingDown
+from avila.industry40.devices import DeviceRegistry
 from avila.industry40.telemetry import (
     MAX_READINGS,
     Reading,
@@ -30,80 +31,16 @@ from avila.industry40.telemetry import (
     build_rows,
     parse_body,
 )
+from avila.ingest.idempotency import DedupIndex
+from avila.storage import frames
 from avila.storage.base import Store
+from avila.storage.ingest_log import IngestLog
 
 log = logging.getLogger("avila.industry40")
 
-Pending = tuple[pa.Table, pa.Table | None, list[Key], asyncio.Future[None]]
-
-
-class TelemetryCommitter:
-    def __init__(self, store: Store, registry: DeviceRegistry, *, max_rows: int = 500_000) -> None:
-        self.store = store
-        self.registry = registry
-        self.max_rows = max_rows
-        self._pending: list[Pending] = []
-        self._busy = False
-        self._closing = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.flushes = 0
-
-    def submit(
-        self, table: pa.Table, devices: pa.Table | None, keys: list[Key]
-    ) -> asyncio.Future[None]:
-        if self._closing:
-            raise ShuttingDown("the server is shutting down; retry shortly")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((table, devices, keys, future))
-        if not self._busy:
-            self._start()
-        return future
-
-    def _start(self) -> None:
-        batch: list[Pending] = []
-        rows = 0
-        while self._pending and (not batch or rows + self._pending[0][0].num_rows <= self.max_rows):
-            item = self._pending.pop(0)
-            batch.append(item)
-            rows += item[0].num_rows
-        self._busy = True
-        self._idle.clear()
-        task = asyncio.get_running_loop().create_task(self._flush(batch))
-        task.add_done_callback(lambda _: self._finish())
-
-    async def _flush(self, batch: list[Pending]) -> None:
-        devices = [d for _, d, _, _ in batch if d is not None]
-        try:
-            if devices:
-                await self.store.append_table_async("devices", pa.concat_tables(devices))
-            tables = [t for t, _, _, _ in batch]
-            await self.store.append_table_async(
-                "telemetry", pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-            )
-        except Exception as exc:
-            log.error("telemetry commit failed", extra={"error": str(exc)})
-            error = StorageUnavailable(f"could not commit telemetry: {exc}")
-            for _, _, keys, future in batch:
-                self.registry.forget(keys)
-                if not future.done():
-                    future.set_exception(error)
-            return
-        self.flushes += 1
-        for _, _, _, future in batch:
-            if not future.done():
-                future.set_result(None)
-
-    def _finish(self) -> None:
-        self._busy = False
-        if self._pending:
-            self._start()
-        else:
-            self._idle.set()
-
-    async def close(self) -> None:
-        self._closing = True
-        await self._idle.wait()
+#: Message ids remembered for redelivery dedup (the broker redelivers within minutes).
+MESSAGE_WINDOW_S = 24 * 3600
+MAX_MESSAGE_IDS = 2_000_000
 
 
 @dataclass
@@ -111,6 +48,7 @@ class TelemetryResult:
     accepted: int = 0
     stored_values: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    duplicate: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,27 +59,42 @@ class TelemetryResult:
 
 
 class TelemetryService:
-    """Ingest readings for a project; listeners see every committed batch (alarms)."""
+    """Ingest readings for a project; listeners see every durable batch (alarms)."""
 
     def __init__(self, store: Store, registry: DeviceRegistry | None = None) -> None:
         self.store = store
         self.registry = registry or DeviceRegistry(store)
-        self.committer: TelemetryCommitter | None = None
+        self.log: IngestLog | None = None
+        self.messages = DedupIndex(window_seconds=MESSAGE_WINDOW_S, max_keys=MAX_MESSAGE_IDS)
+        self._inflight: dict[str, asyncio.Future[int]] = {}
         self.listeners: list[Callable[[TelemetryRows], None]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
         self.last_seen_interval_s = 5.0
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.log = await loop.run_in_executor(None, self.store.open_ingest_log)
         count = await asyncio.to_thread(self.registry.load)
         log.info("device registry loaded", extra={"devices": count})
-        self.committer = TelemetryCommitter(self.store, self.registry)
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+        since = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=MESSAGE_WINDOW_S)
+        rows = await asyncio.to_thread(
+            self.store.query,
+            "SELECT project_id, message_id FROM telemetry_messages WHERE received_at >= ?",
+            [since],
+        )
+        recovery = self.store.ingest_recovery
+        known = [*rows, *(recovery.telemetry_messages if recovery else [])]
+        self.messages.add_committed(_message_key(p, m) for p, m in known)
+        self._flusher = loop.create_task(self._flush_forever())
 
     async def close(self) -> None:
+        self._closing = True
         if self._flusher is not None:
             self._flusher.cancel()
-        if self.committer is not None:
-            await self.committer.close()
+        if self._inflight:
+            pending = {id(f): f for f in self._inflight.values()}.values()
+            await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.to_thread(self.registry.flush_last_seen)
 
     async def _flush_forever(self) -> None:
@@ -167,22 +120,56 @@ class TelemetryService:
         *,
         single: bool = False,
         now: datetime | None = None,
+        message_id: str | None = None,
+        check_message: bool = True,
     ) -> TelemetryResult:
-        """Store validated readings durably; returns after the commit."""
+        """Store validated readings durably (in the ingest log); returns once they are.
+
+        ``message_id``: the identity of the message that carried them, recorded with them.
+        With ``check_message``, a message id seen before (stored, or in flight) makes this call
+        a duplicate that stores nothing."""
         result = TelemetryResult()
+        key = _message_key(project_id, message_id) if message_id else None
+        if key is not None and check_message:
+            if key in self.messages.keys:
+                result.duplicate = True
+                return result
+            other = self._inflight.get(key)
+            if other is not None:
+                await asyncio.shield(other)
+                result.duplicate = True
+                return result
         if not indexed:
             return result
         rows, rejected = build_rows(project_id, indexed, now=now, single=single)
         result.rejected = rejected
         if not len(rows):
             return result
-        if self.committer is None:
-            raise ShuttingDown("telemetry ingestion is not started")
+        if self.log is None or self._closing:
+            raise ShuttingDown("telemetry ingestion is not running")
         started = time.perf_counter()
         devices, keys = self.registry.claim_new(rows)
-        future = self.committer.submit(rows.table, devices, keys)
-        # shield: a client that goes away must not cancel a commit other requests share.
-        await asyncio.shield(future)
+        payload = frames.encode_telemetry(
+            rows.table, devices, (project_id, message_id) if message_id else None
+        )
+        try:
+            future = self.log.append(payload, rows.table.num_rows)
+        except Exception:
+            self.registry.forget(keys)
+            raise
+        if key is not None:
+            self._inflight[key] = future
+        try:
+            # shield: a client that goes away must not cancel a write other requests share.
+            await asyncio.shield(future)
+        except Exception:
+            self.registry.forget(keys)
+            raise
+        finally:
+            if key is not None:
+                self._inflight.pop(key, None)
+        if key is not None:
+            self.messages.add_committed([key])
         self.registry.touch(rows)
         for listener in self.listeners:
             try:
@@ -191,5 +178,9 @@ class TelemetryService:
                 log.exception("telemetry listener failed")
         result.accepted = len(rows)
         result.stored_values = rows.table.num_rows
-        log.debug("telemetry committed", extra={"s": time.perf_counter() - started})
+        log.debug("telemetry logged", extra={"s": time.perf_counter() - started})
         return result
+
+
+def _message_key(project_id: str, message_id: str | None) -> str:
+    return f"{project_id}\x1f{message_id}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import os
 from datetime import UTC, datetime
@@ -71,6 +72,11 @@ def parse_avila(project: str, device: str, payload: bytes) -> Parsed:
         else:
             readings.append((index, checked))
     return project, readings, rejected
+
+
+def message_digest(topic: str, payload: bytes) -> str:
+    """A message's identity for redelivery dedup: equal topic and payload, equal id."""
+    return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).hexdigest()
 
 
 class SparkplugAliases:
@@ -150,6 +156,7 @@ class MqttBridge:
         self._stopping = False
         self.received = 0
         self.stored_readings = 0
+        self.duplicates = 0
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
@@ -201,17 +208,22 @@ class MqttBridge:
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(
-            self._accept, message.topic, bytes(message.payload), message.mid, message.qos
+            self._accept,
+            message.topic,
+            bytes(message.payload),
+            message.mid,
+            message.qos,
+            bool(message.dup),
         )
 
     # -- event loop ----------------------------------------------------------------------------
 
-    def _accept(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+    def _accept(self, topic: str, payload: bytes, mid: int, qos: int, dup: bool = False) -> None:
         self.received += 1
         assert self._loop is not None
         entry: list[Any] = [mid, qos, None]
         self._unacked.append(entry)
-        task = self._loop.create_task(self._store(topic, payload, entry))
+        task = self._loop.create_task(self._store(topic, payload, entry, dup))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -223,7 +235,7 @@ class MqttBridge:
             return self.aliases.parse(parts, payload)
         return None
 
-    async def _store(self, topic: str, payload: bytes, entry: list[Any]) -> None:
+    async def _store(self, topic: str, payload: bytes, entry: list[Any], dup: bool = False) -> None:
         entry[2] = False
         try:
             try:
@@ -235,7 +247,9 @@ class MqttBridge:
                 project, readings, rejected = parsed
                 for r in rejected:
                     log.warning("mqtt reading rejected", extra={"topic": topic, **r.to_dict()})
-                await self._commit(project, readings)
+                message_id = message_digest(topic, payload)
+                timestamped = all(r.timestamp is not None for _, r in readings)
+                await self._commit(project, readings, message_id, dup or timestamped)
             entry[2] = True
         except Exception as exc:  # left unacknowledged: the broker redelivers it
             log.error("mqtt message not stored", extra={"topic": topic, "error": str(exc)})
@@ -243,11 +257,21 @@ class MqttBridge:
             entry.append("done")
             self._ack_ready()
 
-    async def _commit(self, project: str, readings: list[tuple[int, Reading]]) -> None:
+    async def _commit(
+        self,
+        project: str,
+        readings: list[tuple[int, Reading]],
+        message_id: str | None = None,
+        check_message: bool = True,
+    ) -> None:
         delay = self.retry_initial_s
         while True:
             try:
-                result = await self.telemetry.ingest_readings(readings, project)
+                result = await self.telemetry.ingest_readings(
+                    readings, project, message_id=message_id, check_message=check_message
+                )
+                if result.duplicate:
+                    self.duplicates += 1
                 self.stored_readings += result.accepted
                 for r in result.rejected:
                     log.warning("mqtt reading rejected", extra=r.to_dict())

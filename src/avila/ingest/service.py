@@ -1,12 +1,15 @@
-"""The one ingestion path: validate, drop duplicates, group-commit, report.
+"""The one ingestion path: validate, drop duplicates, append to the ingest log, report.
 
-Used by the HTTP API, the demo generator and (later) importers and protocol adapters, so every
-event gets the same validation and idempotency.
+Used by the HTTP API, the Segment adapter, the demo generator and the importer, so every event
+gets the same validation and idempotency. An accepted request is one entry of the store's ingest
+log (:mod:`avila.storage.ingest_log`); it returns once a group fsync made that entry durable,
+and the loader moves it into the store shortly after (:mod:`avila.storage.loader`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -16,11 +19,13 @@ from typing import Any
 
 import msgspec
 
-from avila.ingest.commit import FlushStats, GroupCommitter
+from avila.errors import ShuttingDown
 from avila.ingest.idempotency import DedupIndex, event_key
 from avila.ingest.validation import EventRows, Rejection, validate_events
 from avila.metrics import Metrics
+from avila.storage import frames
 from avila.storage.base import Store
+from avila.storage.ingest_log import IngestLog
 
 log = logging.getLogger("avila.ingest")
 
@@ -40,39 +45,45 @@ class IngestService:
         *,
         metrics: Metrics | None = None,
         dedup_window_hours: int = 24,
-        flush_max_events: int = 20_000,
     ) -> None:
         self.store = store
         self.metrics = metrics or Metrics()
         self.dedup = DedupIndex(window_seconds=dedup_window_hours * 3600)
-        self._inflight: dict[str, asyncio.Future[None]] = {}
-        self.committer = GroupCommitter(
-            store,
-            max_events=flush_max_events,
-            on_flush=self._record_flush,
-        )
+        self._inflight: dict[str, asyncio.Future[int]] = {}
+        self.log: IngestLog | None = None
         self.listeners: list[Callable[[EventRows], None]] = []
         self._prune_task: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def start(self) -> None:
-        """Rebuild the dedup index from the store and start the writer."""
+        """Open the ingest log (recovering it), rebuild the dedup index from the store and the
+        unloaded log."""
+        loop = asyncio.get_running_loop()
+        self.log = await loop.run_in_executor(None, self.store.open_ingest_log)
         since = datetime.now(UTC).replace(tzinfo=None) - timedelta(
             seconds=self.dedup.window_seconds
         )
-        loop = asyncio.get_running_loop()
         keys = await loop.run_in_executor(
             None, lambda: [event_key(p, e) for p, e in self.store.recent_event_keys(since)]
         )
+        recovery = self.store.ingest_recovery
+        if recovery is not None:
+            keys.extend(event_key(p, e) for p, e in recovery.event_keys)
         self.dedup.add_committed(keys)
-        log.info("dedup index loaded", extra={"keys": len(keys)})
-        self.committer.start()
+        log.info("dedup index loaded", extra={"keys": len(self.dedup)})
+        self.log.on_group = self._record_group
+        self._export_backlog(self.log)
         self._prune_task = loop.create_task(self._prune_forever(), name="dedup-prune")
 
     async def close(self) -> None:
-        """Flush everything pending (graceful shutdown)."""
+        """Stop accepting events and wait for the ones in flight (the store's close then lets
+        the loader drain the log)."""
+        self._closing = True
         if self._prune_task is not None:
             self._prune_task.cancel()
-        await self.committer.close()
+        if self._inflight:
+            pending = {id(f): f for f in self._inflight.values()}.values()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _prune_forever(self) -> None:
         while True:
@@ -80,13 +91,21 @@ class IngestService:
             self.dedup.prune()
             self.metrics.dedup_keys.set(len(self.dedup))
 
-    def _record_flush(self, stats: FlushStats) -> None:
+    def _export_backlog(self, ingest_log: IngestLog) -> None:
         m = self.metrics
-        m.commit_events.observe(stats.events)
-        m.commit_requests.observe(stats.requests)
-        m.commit_latency.observe(stats.seconds)
-        m.dedup_keys.set(len(self.dedup))
-        m.dedup_evicted.set(self.dedup.evicted_early)
+        progress = ingest_log.progress
+        m.backlog_events.set_function(lambda: ingest_log.backlog_events)
+        m.backlog_bytes.set_function(lambda: max(0, progress.durable - progress.loaded))
+        m.backlog_age.set_function(ingest_log.oldest_unloaded_age)
+        m.loader_rows_per_s.set_function(lambda: progress.rows_per_s)
+        m.loader_rows.set_function(lambda: progress.loaded_rows)
+
+    def _record_group(self, events: int, requests: int, seconds: float) -> None:
+        # Called on the log's writer thread; prometheus metrics are thread-safe.
+        m = self.metrics
+        m.commit_events.observe(events)
+        m.commit_requests.observe(requests)
+        m.commit_latency.observe(seconds)
 
     async def ingest(
         self,
@@ -96,7 +115,8 @@ class IngestService:
         path_prefix: str = "events",
         single: bool = False,
     ) -> IngestResult:
-        """Validate and durably store ``raws``; returns once accepted events are committed."""
+        """Validate ``raws`` and append the accepted events to the ingest log; returns once
+        they are durable there."""
         rows, rejected = validate_events(raws, project_id, path_prefix=path_prefix, single=single)
         return await self.ingest_rows(rows, rejected)
 
@@ -107,7 +127,7 @@ class IngestService:
         project_id = rows.project_id
         keep: list[int] = []
         keys: list[str] = []
-        waits: list[asyncio.Future[None]] = []
+        waits: list[asyncio.Future[int]] = []
         seen_here: set[str] = set()
         committed = self.dedup.keys
         inflight = self._inflight
@@ -126,15 +146,16 @@ class IngestService:
             keys.append(key)
         accepted_rows = rows if len(keep) == len(rows) else rows.keep(keep)
         if keys:
-            future = self.committer.submit(accepted_rows.to_columns(), len(keys))
+            if self._closing or self.log is None:
+                raise ShuttingDown("the server is shutting down; retry shortly")
+            future = self.log.append(frames.encode_events(accepted_rows.to_columns()), len(keys))
             for key in keys:
                 inflight[key] = future
-            future.add_done_callback(lambda f, keys=keys: self._settle(f, keys))
+            future.add_done_callback(functools.partial(self._settle, keys=keys))
             waits.append(future)
-            self.metrics.pending_events.set(self.committer.pending_events)
         if waits:
-            # A duplicate of an in-flight event is only "already stored" once that commit is.
-            # shield: a client that disconnects must not cancel a commit other requests share.
+            # A duplicate of an in-flight event is only "already stored" once its entry is.
+            # shield: a client that disconnects must not cancel a write other requests share.
             await asyncio.gather(*(asyncio.shield(w) for w in {id(w): w for w in waits}.values()))
         result.accepted = len(keys)
         result.event_ids = list(rows.event_ids)
@@ -150,7 +171,7 @@ class IngestService:
                 listener(accepted_rows)
         return result
 
-    def _settle(self, future: asyncio.Future[None], keys: list[str]) -> None:
+    def _settle(self, future: asyncio.Future[int], keys: list[str]) -> None:
         inflight = self._inflight
         for key in keys:
             inflight.pop(key, None)

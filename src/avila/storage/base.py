@@ -8,6 +8,7 @@ branches in callers.
 from __future__ import annotations
 
 import asyncio
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -15,7 +16,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from avila.storage.ingest_log import IngestLog, IngestLogConfig, LoadProgress, Recovery
 from avila.storage.schema import ColumnBatch, columns_to_arrow
+
+#: How long a read waits for the loader to catch up with what was acknowledged before it.
+READ_BARRIER_S = 5.0
+#: How long closing a store waits for the loader to drain the log (the rest stays in the log).
+DRAIN_TIMEOUT_S = 120.0
 
 
 class Store(ABC):
@@ -23,6 +30,75 @@ class Store(ABC):
 
     #: Short backend name, used to pick SQL dialect tables (``"duckdb"``).
     backend: str
+    #: Where the ingest log lives and its limits; None: the backend's default place.
+    ingest_log_config: IngestLogConfig | None = None
+    _ingest_log: IngestLog | None = None
+    ingest_recovery: Recovery | None = None
+    _load_progress: LoadProgress | None = None
+    _log_lock = threading.Lock()
+
+    # -- the ingest log (avila.storage.ingest_log): writes are acknowledged on it -----------
+
+    @property
+    def load_progress(self) -> LoadProgress:
+        if self._load_progress is None:
+            self._load_progress = LoadProgress()
+        return self._load_progress
+
+    @property
+    def ingest_log(self) -> IngestLog | None:
+        return self._ingest_log
+
+    def open_ingest_log(self) -> IngestLog:
+        """The store's ingest log, opened (recovered, loader started) on first use. Blocking:
+        recovery scans the unloaded part of the log."""
+        with self._log_lock:
+            if self._ingest_log is not None:
+                return self._ingest_log
+            config = self.ingest_log_config or self.default_ingest_log_config()
+            progress = self.load_progress
+            loaded = self._attach_loader(config)
+            ingest_log = IngestLog(config, progress, self._notify_durable)
+            self.ingest_recovery = ingest_log.recover(loaded)
+            progress.set_loaded(loaded)
+            ingest_log.start()
+            self._notify_durable(self.ingest_recovery.end)
+            self._ingest_log = ingest_log
+            return ingest_log
+
+    def default_ingest_log_config(self) -> IngestLogConfig:
+        raise NotImplementedError(f"{self.backend} has no default ingest log place")
+
+    def _attach_loader(self, config: IngestLogConfig) -> int:
+        """Start this backend's loader for the log in ``config.directory`` (paused until the first durable
+        position); returns the loaded log position recorded in the store."""
+        raise NotImplementedError
+
+    def _notify_durable(self, position: int) -> None:
+        raise NotImplementedError
+
+    def _stop_loader(self) -> None:
+        raise NotImplementedError
+
+    def _close_ingest_log(self, timeout: float = DRAIN_TIMEOUT_S) -> None:
+        """Stop appending, let the loader drain the log, stop it."""
+        ingest_log = self._ingest_log
+        if ingest_log is None:
+            return
+        ingest_log.close()
+        progress = self.load_progress
+        if not progress.wait_loaded(progress.durable, timeout):
+            import logging
+
+            logging.getLogger("avila.storage").warning(
+                "ingest log not fully loaded at close; the rest loads at the next start",
+                extra=ingest_log.backlog(),
+            )
+        self._stop_loader()
+
+    def read_barrier(self) -> None:
+        if self._ingest_log is not None:
+            self.load_progress.barrier(READ_BARRIER_S)
 
     @abstractmethod
     def append_events(self, table: pa.Table) -> None:

@@ -63,6 +63,17 @@ _IDENTITIES_DDL = (
     " ON r.project_id = e.project_id AND r.anonymous_id = e.user_id",
 )
 
+# The ingest log (avila.storage.ingest_log): the log position up to which frames are loaded,
+# committed in the same transaction as the rows (exactly once); and the MQTT messages stored, so
+# a redelivered message is recognised after a restart.
+_INGEST_LOG_DDL = (
+    "CREATE TABLE IF NOT EXISTS ingest_position (log VARCHAR NOT NULL, position BIGINT NOT NULL,"
+    " loaded_at TIMESTAMP)",
+    "INSERT INTO ingest_position VALUES ('main', 0, NULL)",
+    "CREATE TABLE IF NOT EXISTS telemetry_messages (project_id VARCHAR NOT NULL,"
+    " message_id VARCHAR NOT NULL, received_at TIMESTAMP NOT NULL)",
+)
+
 # A/B experiments (avila.experiments): immutable definitions, the spec as JSON text; start and
 # end are naive UTC (end NULL: open-ended).
 _EXPERIMENTS_DDL = (
@@ -90,6 +101,7 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (1, "events table", (_events_ddl(),)),
     (2, "industry 4.0: telemetry, devices, twin_desired, alarm_rules", _INDUSTRY40_DDL),
     (3, "identities and events_resolved (identity stitching)", _IDENTITIES_DDL),
+    (4, "ingest log position and telemetry message ids", _INGEST_LOG_DDL),
     (5, "experiments (A/B test definitions)", _EXPERIMENTS_DDL),
     (6, "alerts: alert_rules, alert_firings, alert_deliveries", _ALERTS_DDL),
 )

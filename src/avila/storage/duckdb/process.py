@@ -9,9 +9,9 @@ useful work: the server validates events, the store process builds Arrow tables 
 DuckDB admits one process per database file, so reads go through the store process as well.
 Channels (pipes), each served by a thread in the child:
 
-- ``append``: column batches (msgpack) from the event loop's group commit, one at a time; the
-  child builds the Arrow table, commits, and acknowledges after the commit. The socket
-  buffers are widened so a whole batch fits (measured: +5-10 % events/s, benchmarks/RESULTS.md).
+- ``log``: the ingest log's loader (:mod:`avila.storage.loader`) runs here, reading the log's
+  segment files itself; the server only sends it durable log positions and receives loaded
+  ones (the rows never cross the pipe).
 - ``write``: blocking writes (``execute``: deletes, migrations).
 - a few ``read`` channels, so a long query never delays a commit.
 
@@ -21,15 +21,10 @@ is killed.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
 import multiprocessing
 import os
-import pickle
 import queue
-import socket
-import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -40,18 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import msgspec
 import pyarrow as pa
 
 from avila.errors import StorageUnavailable
 from avila.storage.base import Store
-from avila.storage.schema import ColumnBatch, columns_to_arrow
+from avila.storage.ingest_log import IngestLogConfig, default_log_dir
 
 log = logging.getLogger("avila.storage")
 
 READ_CHANNELS = 4
-_encode_batches = msgspec.msgpack.Encoder().encode
-_decode_batches = msgspec.msgpack.Decoder(list[dict[str, list[Any]]]).decode
 
 
 def to_ipc(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
@@ -65,45 +57,39 @@ def from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
-def _widen_buffers(conn: Connection, size: int = 4 << 20) -> None:
-    """Let a whole batch sit in the socket: with the default ~200 KB buffer a large frame
-    ping-pongs between the two processes in small pieces. The kernel caps the size at
-    net.core.wmem_max / rmem_max; a smaller cap only costs speed."""
-    sock = socket.socket(fileno=os.dup(conn.fileno()))
-    try:
-        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            with suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, option, size)
-    finally:
-        sock.close()
-
-
-def _frame(payload: bytes) -> bytes:
-    """The framing of multiprocessing.connection.Connection: 4-byte big-endian length."""
-    return struct.pack("!i", len(payload)) + payload
-
-
 # --- child side -------------------------------------------------------------------------------
 
 
-def _serve_appends(store: Store, conn: Connection) -> None:
-    """Commit each column batch from the group committer and acknowledge it after the commit.
-    The committer keeps one batch in flight, gathering rows meanwhile, so batches arrive one at
-    a time and already as large as the load makes them."""
+def _serve_log(store: Any, conn: Connection, loaders: list[Any]) -> None:
+    """The ingest log's channel: ``("attach", dir)`` starts the loader (paused until the first
+    durable position) and answers the loaded position; ``("durable", position)`` lets it load up
+    to there. The loader reports each committed round as ``("loaded", position, rows, s)``."""
+    from avila.storage.loader import Loader
+
+    send_lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with send_lock, suppress(OSError):
+            conn.send(message)
+
+    def report(position: int, rows: int, seconds: float) -> None:
+        send(("loaded", position, rows, seconds))
+
     while True:
         try:
-            data = conn.recv_bytes()
+            message = conn.recv()
         except (EOFError, OSError):
             return
-        try:
-            store.append_events(columns_to_arrow(_decode_batches(data)))
-            reply: tuple[Any, ...] = ("ok", None)
-        except Exception as exc:  # the caller re-raises it
-            reply = ("err", type(exc).__name__, str(exc))
-        try:
-            conn.send(reply)
-        except OSError:
-            return
+        if message[0] == "durable" and loaders:
+            loaders[0].notify(message[1])
+        elif message[0] == "attach":
+            try:
+                loader = Loader(store, Path(message[1]), report, max_rows=message[2])
+                loader.start()
+                loaders.append(loader)
+                send(("attached", loader.position))
+            except Exception as exc:
+                send(("err", type(exc).__name__, str(exc)))
 
 
 def _serve_requests(store: Store, conn: Connection) -> None:
@@ -161,14 +147,16 @@ def _child_main(
         ready.send(("err", type(exc).__name__, str(exc)))
         return
     ready.send(("ok", None))
-    write, append, *readers = channels
-    _widen_buffers(append)
-    threading.Thread(target=_serve_appends, args=(store, append), daemon=True).start()
+    write, log_channel, *readers = channels
+    loaders: list[Any] = []
+    threading.Thread(target=_serve_log, args=(store, log_channel, loaders), daemon=True).start()
     for conn in readers:
         threading.Thread(target=_serve_requests, args=(store, conn), daemon=True).start()
     writer = threading.Thread(target=_serve_requests, args=(store, write), daemon=True)
     writer.start()
     writer.join()
+    for loader in loaders:
+        loader.stop()  # finishes the round in progress; the rest stays in the log
     store.close()
     # The other channel threads may sit inside DuckDB or a blocking read; interpreter
     # finalisation would tear them down mid-call. The store is closed: leave at once.
@@ -176,43 +164,6 @@ def _child_main(
 
 
 # --- parent side ------------------------------------------------------------------------------
-
-
-async def _write_all(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        with suppress(BlockingIOError):
-            view = view[os.write(fd, view) :]
-        if view:
-            ready = loop.create_future()
-            loop.add_writer(fd, ready.set_result, None)
-            try:
-                await ready
-            finally:
-                loop.remove_writer(fd)
-
-
-async def _read_exactly(loop: asyncio.AbstractEventLoop, fd: int, size: int) -> bytes:
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining:
-        try:
-            chunk = os.read(fd, remaining)
-        except BlockingIOError:
-            chunk = None
-        if chunk == b"":
-            raise EOFError("store process closed the pipe")
-        if chunk:
-            chunks.append(chunk)
-            remaining -= len(chunk)
-            continue
-        ready = loop.create_future()
-        loop.add_reader(fd, ready.set_result, None)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
-    return b"".join(chunks)
 
 
 def _raise_remote(name: str, message: str) -> None:
@@ -251,12 +202,11 @@ class ProcessStore(Store):
         ready_child.close()
         self._write = pairs[0][0]
         self._write_lock = threading.Lock()
-        self._append = pairs[1][0]
-        _widen_buffers(self._append)
-        os.set_blocking(self._append.fileno(), False)
-        self._append_lock: asyncio.Lock | None = None
-        self._replies: collections.deque[asyncio.Future[tuple[Any, ...]]] = collections.deque()
-        self._reply_reader: asyncio.Task[None] | None = None
+        self.path = Path(path)
+        self._log_channel = pairs[1][0]
+        self._log_send_lock = threading.Lock()
+        self._attached: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._log_reader: threading.Thread | None = None
         self._readers: queue.Queue[Connection] = queue.Queue()
         for parent, _ in pairs[2:]:
             self._readers.put(parent)
@@ -272,54 +222,45 @@ class ProcessStore(Store):
             _raise_remote(status[1], status[2])
         self._closed = False
 
-    # -- appends from the event loop -----------------------------------------------------------
+    # -- the ingest log's loader (in the store process) ---------------------------------------
 
-    async def append_columns_async(self, batches: list[ColumnBatch]) -> None:
-        """Send column batches (msgpack) to the store process; return after its commit.
+    def default_ingest_log_config(self) -> IngestLogConfig:
+        return IngestLogConfig(default_log_dir(self.path))
 
-        No thread is involved on this side: the event loop writes the frame and a reader task
-        resolves replies in order, so nothing has to win the GIL back to finish a commit. The
-        reader task (rather than reading in this coroutine) keeps the pipe in step even when a
-        caller is cancelled while its commit is in flight.
-        """
-        loop = asyncio.get_running_loop()
-        if self._closed:
-            raise StorageUnavailable("store is closed")
-        if self._append_lock is None:
-            self._append_lock = asyncio.Lock()
-        reply: asyncio.Future[tuple[Any, ...]] = loop.create_future()
-        frame = _frame(_encode_batches(batches))
-        async with self._append_lock:
-            self._replies.append(reply)
+    def _attach_loader(self, config: IngestLogConfig) -> int:
+        self._log_reader = threading.Thread(
+            target=self._read_log_channel, name="store-log-reader", daemon=True
+        )
+        self._log_reader.start()
+        with self._log_send_lock:
+            self._log_channel.send(("attach", str(config.directory), config.max_load_rows))
+        reply = self._attached.get(timeout=60)
+        if reply[0] == "err":
+            _raise_remote(reply[1], reply[2])
+        return int(reply[1])
+
+    def _read_log_channel(self) -> None:
+        progress = self.load_progress
+        while True:
             try:
-                await _write_all(loop, self._append.fileno(), frame)
+                message = self._log_channel.recv()
+            except (EOFError, OSError):
+                self._attached.put(("err", "StorageUnavailable", "store process exited"))
+                return
+            if message[0] == "loaded":
+                progress.set_loaded(message[1], message[2], message[3])
+            else:
+                self._attached.put(message)
+
+    def _notify_durable(self, position: int) -> None:
+        with self._log_send_lock:
+            try:
+                self._log_channel.send(("durable", position))
             except OSError as exc:
-                self._fail_replies(exc)
-        if self._reply_reader is None or self._reply_reader.done():
-            self._reply_reader = loop.create_task(self._read_replies())
-        result = await reply
-        if result[0] == "err":
-            _raise_remote(result[1], result[2])
+                log.error("store process is not answering", extra={"error": str(exc)})
 
-    async def _read_replies(self) -> None:
-        loop = asyncio.get_running_loop()
-        fd = self._append.fileno()
-        try:
-            while self._replies:
-                (size,) = struct.unpack("!i", await _read_exactly(loop, fd, 4))
-                result = pickle.loads(await _read_exactly(loop, fd, size))
-                future = self._replies.popleft()
-                if not future.done():
-                    future.set_result(result)
-        except (OSError, EOFError) as exc:
-            self._fail_replies(exc)
-
-    def _fail_replies(self, exc: BaseException) -> None:
-        error = StorageUnavailable(f"store process is not answering: {exc}")
-        while self._replies:
-            future = self._replies.popleft()
-            if not future.done():
-                future.set_exception(error)
+    def _stop_loader(self) -> None:
+        pass  # the store process stops its loader when the write channel closes
 
     # -- blocking calls ----------------------------------------------------------------------
 
@@ -376,10 +317,12 @@ class ProcessStore(Store):
         return iter(keys)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        self.read_barrier()
         with self._reader() as conn:
             return list(self._call(conn, "query", sql, list(params or []))[1])
 
     def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        self.read_barrier()
         with self._reader() as conn:
             self._call(conn, "query_arrow", sql, list(params or []))
             return from_ipc(conn.recv_bytes())
@@ -387,6 +330,7 @@ class ProcessStore(Store):
     def query_batches(
         self, sql: str, params: Sequence[Any] | None = None, batch_rows: int = 65536
     ) -> Iterator[pa.RecordBatch]:
+        self.read_barrier()
         with self._reader() as conn:
             self._call(conn, "query_batches", sql, list(params or []), batch_rows)
             finished = False
@@ -419,13 +363,14 @@ class ProcessStore(Store):
     def close(self) -> None:
         if self._closed:
             return
+        self._close_ingest_log()
         self._closed = True
         with self._write_lock:
             self._write.close()
-        self._append.close()
         while not self._readers.empty():
             self._readers.get_nowait().close()
         self._process.join(30)
+        self._log_channel.close()
         if self._process.is_alive():
             log.error("store process did not exit; terminating it")
             self._process.terminate()

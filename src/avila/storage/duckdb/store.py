@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -20,7 +20,11 @@ import pyarrow as pa
 from avila.errors import StorageUnavailable
 from avila.storage.base import Store
 from avila.storage.duckdb.migrations import migrate
+from avila.storage.ingest_log import IngestLogConfig, default_log_dir
 from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_SCHEMA
+
+if TYPE_CHECKING:
+    from avila.storage.loader import Loader
 
 CHECKPOINT_THRESHOLD = "256MB"
 
@@ -55,6 +59,8 @@ class DuckDBStore(Store):
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._closed = False
+        self._loader: Loader | None = None
+        self._memory_log_dir: Path | None = None
 
     def _connect(
         self, read_only: bool, config: dict[str, Any], lock_wait: float
@@ -123,6 +129,82 @@ class DuckDBStore(Store):
             finally:
                 cursor.unregister("_incoming_rows")
 
+    # -- the ingest log's loader ---------------------------------------------------------------
+
+    def log_position(self) -> int:
+        """The log position up to which the ingest log is loaded (see avila.storage.loader)."""
+        rows = self._cursor().execute("SELECT max(position) FROM ingest_position").fetchall()
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+    def commit_log_batch(
+        self,
+        position: int,
+        *,
+        events: pa.Table | None = None,
+        devices: pa.Table | None = None,
+        tables: Sequence[tuple[str, pa.Table]] = (),
+    ) -> None:
+        """Append rows loaded from the ingest log and record ``position``, in one transaction."""
+        with self._write_lock:
+            cursor = self._cursor()
+            cursor.execute("BEGIN TRANSACTION")
+            try:
+                if events is not None and events.num_rows:
+                    cursor.from_arrow(events).insert_into("events")
+                if devices is not None and devices.num_rows:
+                    # A device first seen in the unloaded log before a restart is claimed again
+                    # after it: keep the first row per device.
+                    cursor.register("_log_devices", devices)
+                    try:
+                        cursor.execute(
+                            "INSERT INTO devices SELECT d.* FROM (SELECT * FROM _log_devices"
+                            " QUALIFY row_number() OVER (PARTITION BY project_id, device_id) = 1) d"
+                            " WHERE NOT EXISTS (SELECT 1 FROM devices x WHERE x.project_id ="
+                            " d.project_id AND x.device_id = d.device_id)"
+                        )
+                    finally:
+                        cursor.unregister("_log_devices")
+                for name, table in tables:
+                    if name not in ("telemetry", "telemetry_messages", "identities"):
+                        raise ValueError(f"the loader does not write table {name!r}")
+                    if table.num_rows:
+                        cursor.from_arrow(table).insert_into(name)
+                cursor.execute(
+                    "UPDATE ingest_position SET position = ?, loaded_at = now()::TIMESTAMP"
+                    " WHERE log = 'main'",
+                    [position],
+                )
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+
+    def default_ingest_log_config(self) -> IngestLogConfig:
+        if str(self.path) == ":memory:":
+            import tempfile
+
+            self._memory_log_dir = Path(tempfile.mkdtemp(prefix="avila-ingest-log-"))
+            return IngestLogConfig(self._memory_log_dir)
+        return IngestLogConfig(default_log_dir(self.path))
+
+    def _attach_loader(self, config: IngestLogConfig) -> int:
+        from avila.storage.loader import Loader
+
+        self._loader = Loader(
+            self, config.directory, self.load_progress.set_loaded, max_rows=config.max_load_rows
+        )
+        self._loader.start()
+        return self._loader.position
+
+    def _notify_durable(self, position: int) -> None:
+        if self._loader is not None:
+            self._loader.notify(position)
+
+    def _stop_loader(self) -> None:
+        if self._loader is not None:
+            self._loader.stop()
+            self._loader = None
+
     def recent_event_keys(self, since: datetime) -> Iterator[tuple[str, str]]:
         reader = self._relation(
             "SELECT project_id, event_id FROM events WHERE received_at >= ?", [since]
@@ -131,14 +213,17 @@ class DuckDBStore(Store):
             yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        self.read_barrier()
         return self._cursor().execute(sql, list(params or [])).fetchall()
 
     def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        self.read_barrier()
         return self._relation(sql, params).to_arrow_table()
 
     def query_batches(
         self, sql: str, params: Sequence[Any] | None = None, batch_rows: int = 65536
     ) -> Iterator[pa.RecordBatch]:
+        self.read_barrier()
         reader = self._relation(sql, params).to_arrow_reader(batch_rows)
         yield from reader
 
@@ -155,5 +240,10 @@ class DuckDBStore(Store):
 
     def close(self) -> None:
         if not self._closed:
+            self._close_ingest_log()
             self._closed = True
             self._conn.close()
+            if self._memory_log_dir is not None:
+                import shutil
+
+                shutil.rmtree(self._memory_log_dir, ignore_errors=True)
