@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, get, post
+from litestar.params import Parameter
 
 from avila.api.component import AppContext
 from avila.errors import NotFound, ValidationFailed
@@ -128,11 +129,11 @@ def predictions(request: Request[Any, Any, Any], user_id: str) -> dict[str, Any]
     tags=["ml"],
     sync_to_thread=False,
 )
-def also_bought(request: Request[Any, Any, Any], product_id: str, limit: int = 10) -> dict:
-    if not 1 <= limit <= 100:
-        raise ValidationFailed(
-            "limit must be between 1 and 100", details=[{"path": "limit", "message": str(limit)}]
-        )
+def also_bought(
+    request: Request[Any, Any, Any],
+    product_id: str,
+    limit: Annotated[int, Parameter(ge=1, le=100)] = 10,
+) -> dict:
     return _ml(request)["service"].also_bought(_project(request), product_id, limit)
 
 
@@ -161,19 +162,11 @@ def _bucket_time(name: str, value: str | None) -> str | None:
 async def anomalies(
     request: Request[Any, Any, Any],
     metric: str | None = None,
-    detector: str | None = None,
+    detector: Literal["seasonal", "streaming"] | None = None,
     since: str | None = None,
     until: str | None = None,
-    limit: int = 100,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    if not 1 <= limit <= 1000 or detector not in (None, "seasonal", "streaming"):
-        raise ValidationFailed(
-            "invalid anomaly query",
-            details=[
-                {"path": "limit", "message": "between 1 and 1000"},
-                {"path": "detector", "message": "seasonal or streaming"},
-            ],
-        )
     rows = await asyncio.to_thread(
         _ml(request)["anomalies"].query,
         _project(request),

@@ -1,0 +1,656 @@
+"""The OpenAPI document as clients see the wire, built once from Litestar's and post-processed.
+
+Litestar documents what it can see in handler signatures. This module adds, for EVERY HTTP
+operation (so routes added later conform without edits here):
+
+- the ``x-api-key`` / ``Authorization: Bearer`` security schemes, applied to every route whose
+  handler declares ``opt={"scope": ...}`` (routes without one are documented as public);
+- the one error body ``{"error": {"code", "message", "details"}}`` (component ``Error``) for
+  every error status the route kind can return: 400 malformed JSON, 413 body too large and 422
+  schema violation for routes with a body; 422 for routes with parameters; 404 for routes with
+  path parameters or a body (named resources); 401/403/429/503 for authenticated routes;
+- ``RateLimit-*`` headers on authenticated responses and ``Retry-After`` on 429;
+- the framework's 400 ``{status_code, detail, extra}`` removed (it is never sent).
+
+Routes that read their body raw (ingestion, export, Segment) are invisible to Litestar's
+schema generation; :data:`ROUTE_DOCS` (or ``opt={"openapi": RouteDoc(...)}`` on a new handler)
+gives their request body (from the msgspec types), success status, response body, content
+types and any extra error statuses.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import OpenAPIRenderPlugin
+from litestar.routes import HTTPRoute
+from msgspec import Meta, Struct
+
+from avila import __version__
+from avila.schemas.events import DATA_TYPES, Context, EventTypeName
+
+REF = "#/components/schemas/{name}"
+ERROR_REF = {"$ref": REF.format(name="Error")}
+SECURITY_SCHEMES = {
+    "ApiKeyHeader": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+        "description": "An API key (docs/security.md). `API_KEYS` keys have every scope.",
+    },
+    "BearerAuth": {"type": "http", "scheme": "bearer", "description": "The same key as a bearer"},
+    "SegmentBasic": {
+        "type": "http",
+        "scheme": "basic",
+        "description": "Segment write key: an ingest API key as the Basic user name",
+    },
+}
+KEY_SECURITY: list[dict[str, list[str]]] = [{"ApiKeyHeader": []}, {"BearerAuth": []}]
+SEGMENT_SECURITY: list[dict[str, list[str]]] = [
+    {"SegmentBasic": []},
+    {"ApiKeyHeader": []},
+    {"BearerAuth": []},
+]
+
+_ERROR_TEXT = {
+    400: "Malformed JSON (`malformed_json`) or a request the route cannot read",
+    401: "Missing or unknown API key (`missing_api_key`, `invalid_api_key`)",
+    403: "The key lacks the scope this route needs (`missing_scope`)",
+    404: "The named resource does not exist in the key's project (`*_not_found`)",
+    409: "Conflict with the current state",
+    412: "`If-Match` does not match the current version (`version_mismatch`)",
+    413: "Request body over the route's limit; `details[0]` has `limit_bytes` and `received_bytes`",
+    415: "Unsupported Content-Type",
+    422: (
+        "Schema violation (`validation_failed` for the body, `invalid_query` for parameters) or a"
+        " semantic error with its own code; `details[*].path` names each field"
+    ),
+    429: "Rate limit exceeded (`rate_limited`); retry after `Retry-After` seconds",
+    503: "Storage unavailable or the server is shutting down; nothing was stored, retry",
+}
+_SUCCESS_TEXT = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted: durably stored",
+    204: "No content",
+    304: "Not modified (ETag matched)",
+}
+_RATE_HEADERS = {
+    "RateLimit-Limit": ("integer", "Requests allowed per window for this key"),
+    "RateLimit-Remaining": ("integer", "Requests left in the current window"),
+    "RateLimit-Reset": ("integer", "Seconds until the window resets"),
+}
+
+
+@dataclass(frozen=True)
+class RouteDoc:
+    """What Litestar cannot see in a handler's signature.
+
+    ``body``/``response`` are msgspec types (or JSON Schema dicts); ``content`` maps extra
+    success media types to schemas; ``errors`` adds error statuses; ``only_errors`` replaces
+    the derived set; ``auth`` is ``"key"`` (the default when the handler has a scope),
+    ``"segment"`` or ``"none"``.
+    """
+
+    body: Any = None
+    body_required: bool = True
+    status: int | None = None
+    response: Any = None
+    content: dict[str, Any] | None = None
+    extra_success: dict[int, str] = field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+    only_errors: tuple[int, ...] | None = None
+    auth: Literal["key", "segment", "none"] | None = None
+
+
+# --- documentation types for raw-body routes -------------------------------------------------
+
+
+class EventDoc(Struct, kw_only=True):
+    """One event (the seed's shape); see docs/ingestion.md. ``event_type`` is a ``{type,
+    data}`` pair whose ``data`` shape depends on ``type``."""
+
+    user_id: Annotated[str, Meta(min_length=1, max_length=256)]
+    event_type: dict[str, Any]
+    event_id: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    session_id: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    timestamp: datetime | None = None
+    metadata: dict[str, Any] | None = None
+    context: Context | None = None
+
+
+class SingleEventRequest(Struct):
+    event: EventDoc
+
+
+class BatchEventRequest(Struct):
+    events: Annotated[list[EventDoc], Meta(min_length=1, max_length=10_000)]
+
+
+class IngestRejection(Struct):
+    index: int
+    code: str
+    message: str
+    path: str
+
+
+class SingleIngestResult(Struct):
+    accepted: int
+    duplicates: int
+    event_ids: list[str]
+
+
+class BatchIngestResult(Struct):
+    accepted: int
+    duplicates: int
+    event_ids: list[str]
+    rejected: list[IngestRejection]
+
+
+class ReadingDoc(Struct, kw_only=True):
+    device_id: Annotated[str, Meta(min_length=1, max_length=256)]
+    metrics: Annotated[dict[str, float], Meta(min_length=1, max_length=1000)]
+    device_type: Annotated[str, Meta(max_length=128)] | None = None
+    timestamp: datetime | None = None
+    attributes: dict[str, Any] | None = None
+
+
+class ReadingBatchRequest(Struct):
+    readings: Annotated[list[ReadingDoc], Meta(min_length=1, max_length=10_000)]
+
+
+class TelemetryIngestResult(Struct):
+    accepted: int
+    rejected: list[IngestRejection]
+    stored_values: int
+
+
+class ExportFiltersDoc(Struct, kw_only=True):
+    user_ids: list[str] | None = None
+    event_types: list[str] | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    properties: dict[str, Any] | list[dict[str, Any]] | None = None
+
+
+class ExportRequestDoc(Struct, kw_only=True):
+    format: Literal["csv", "json", "ndjson", "parquet"]
+    filters: ExportFiltersDoc | None = None
+
+
+SegmentId = str | int | float | None  # Segment libraries send numeric ids; they are coerced
+
+
+class SegmentMessage(Struct, kw_only=True):
+    """A Segment message (track/identify/page/screen/group/alias); see docs/segment.md."""
+
+    type: str | None = None
+    userId: SegmentId = None  # noqa: N815 - Segment's field names
+    anonymousId: SegmentId = None  # noqa: N815
+    event: str | None = None
+    name: str | None = None
+    properties: dict[str, Any] | None = None
+    traits: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    timestamp: str | None = None
+    messageId: str | None = None  # noqa: N815
+    writeKey: str | None = None  # noqa: N815
+
+
+class SegmentBatch(Struct, kw_only=True):
+    """Envelope fields of another type are ignored, as Segment's API does."""
+
+    batch: list[SegmentMessage]
+    sentAt: str | None = None  # noqa: N815
+    writeKey: str | None = None  # noqa: N815
+    context: Any = None
+    integrations: Any = None
+
+
+class SegmentResult(Struct, kw_only=True):
+    success: bool
+    accepted: int | None = None
+    duplicates: int | None = None
+    rejected: list[IngestRejection] | None = None
+
+
+class HealthBody(Struct):
+    status: str
+    storage: str
+    version: str
+
+
+_SEGMENT_ERRORS = (400, 401, 403, 429, 503)
+_EXPORT_CONTENT: dict[str, Any] = {
+    "text/csv": {"type": "string"},
+    "application/json": {"type": "array", "items": {"type": "object"}},
+    "application/x-ndjson": {"type": "string"},
+    "application/vnd.apache.parquet": {"type": "string", "format": "binary"},
+}
+
+#: Overrides by (METHOD, path template). New handlers may instead set ``opt={"openapi": ...}``.
+ROUTE_DOCS: dict[tuple[str, str], RouteDoc] = {
+    ("POST", "/api/v1/events"): RouteDoc(
+        body=SingleEventRequest, status=202, response=SingleIngestResult
+    ),
+    ("POST", "/api/v1/events/batch"): RouteDoc(
+        body=BatchEventRequest, status=202, response=BatchIngestResult
+    ),
+    ("POST", "/api/v1/industry40/iot/ingest"): RouteDoc(
+        body={
+            "oneOf": [
+                {"$ref": REF.format(name="ReadingDoc")},
+                {"$ref": REF.format(name="ReadingBatchRequest")},
+            ]
+        },
+        status=202,
+        response=TelemetryIngestResult,
+    ),
+    ("POST", "/api/v1/export"): RouteDoc(body=ExportRequestDoc, content=_EXPORT_CONTENT),
+    ("POST", "/api/v1/ml/train"): RouteDoc(
+        body={
+            "type": "object",
+            "properties": {
+                "churn_horizon_days": {"type": ["integer", "null"]},
+                "conversion_horizon_days": {"type": ["integer", "null"]},
+            },
+            "additionalProperties": False,
+        },
+        body_required=False,
+    ),
+    ("GET", "/health"): RouteDoc(response=HealthBody, only_errors=(503,)),
+    ("GET", "/metrics"): RouteDoc(
+        content={"text/plain": {"type": "string"}}, only_errors=(), auth="none"
+    ),
+    ("GET", "/avila.js"): RouteDoc(
+        content={"text/javascript": {"type": "string"}},
+        extra_success={304: "Not modified (ETag matched)"},
+        only_errors=(),
+        auth="none",
+    ),
+    ("PUT", "/api/v1/industry40/twin/{device_id}/desired"): RouteDoc(errors=(412,)),
+}
+_SEGMENT_SINGLE = RouteDoc(
+    body=SegmentMessage, response=SegmentResult, only_errors=_SEGMENT_ERRORS, auth="segment"
+)
+_SEGMENT_BATCH = RouteDoc(
+    body=SegmentBatch, response=SegmentResult, only_errors=_SEGMENT_ERRORS, auth="segment"
+)
+for _kind in (
+    "track",
+    "identify",
+    "page",
+    "screen",
+    "group",
+    "alias",
+    "t",
+    "i",
+    "p",
+    "s",
+    "g",
+    "a",
+):
+    ROUTE_DOCS[("POST", f"/v1/{_kind}")] = _SEGMENT_SINGLE
+for _kind in ("batch", "import", "b"):
+    ROUTE_DOCS[("POST", f"/v1/{_kind}")] = _SEGMENT_BATCH
+
+_DOC_TYPES: tuple[Any, ...] = (
+    SingleEventRequest,
+    BatchEventRequest,
+    SingleIngestResult,
+    BatchIngestResult,
+    ReadingDoc,
+    ReadingBatchRequest,
+    TelemetryIngestResult,
+    ExportRequestDoc,
+    SegmentMessage,
+    SegmentBatch,
+    SegmentResult,
+    HealthBody,
+)
+
+
+# --- schema building -------------------------------------------------------------------------
+
+
+def _error_schemas() -> dict[str, Any]:
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message", "details"],
+                    "properties": {
+                        "code": {"type": "string", "description": "stable snake_case code"},
+                        "message": {"type": "string", "description": "what to change"},
+                        "details": {
+                            "type": "array",
+                            "items": {"$ref": REF.format(name="ErrorDetail")},
+                        },
+                    },
+                }
+            },
+        },
+        "ErrorDetail": {
+            "type": "object",
+            "description": (
+                "Usually `{path, message}`: `path` in the one style `events[3].event_type.data.url`"
+                ' (`""` is the whole body); `allowed` lists the values of an enum.'
+            ),
+            "properties": {
+                "path": {"type": "string"},
+                "message": {"type": "string"},
+                "allowed": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    }
+
+
+def _event_type_schema() -> dict[str, Any]:
+    """``event_type`` as a oneOf over the types, each with its own ``data`` shape."""
+    names: tuple[str, ...] = EventTypeName.__args__
+    variants = []
+    for name in names:
+        data = DATA_TYPES[name]
+        variants.append(
+            {
+                "type": "object",
+                "required": ["type"],
+                "properties": {
+                    "type": {"const": name},
+                    "data": {"$ref": REF.format(name=data.__name__)},
+                },
+            }
+        )
+    return {"oneOf": variants}
+
+
+def _type_components() -> dict[str, Any]:
+    types = (*_DOC_TYPES, *DATA_TYPES.values())
+    _, components = msgspec.json.schema_components(types, ref_template=REF)
+    components["EventDoc"]["properties"]["event_type"] = _event_type_schema()
+    return components
+
+
+def _schema_of(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    return {"$ref": REF.format(name=value.__name__)}
+
+
+def _handlers(app: Litestar) -> dict[tuple[str, str], Any]:
+    out: dict[tuple[str, str], Any] = {}
+    for route in app.routes:
+        if isinstance(route, HTTPRoute):
+            for method, (handler, _) in route.route_handler_map.items():
+                out[(method.upper(), route.path_format or "/")] = handler
+    return out
+
+
+def _optional_data(handler: Any) -> bool:
+    """Whether the handler's ``data`` (the decoded body) has a default: the body may be omitted."""
+    try:
+        data = handler.parsed_fn_signature.parameters.get("data")
+    except AttributeError:
+        return False
+    return data is not None and data.has_default
+
+
+def _error_statuses(method: str, op: dict[str, Any], doc: RouteDoc, authed: bool) -> set[int]:
+    if doc.only_errors is not None:
+        return set(doc.only_errors)
+    params = op.get("parameters", [])
+    has_body = "requestBody" in op or method in ("POST", "PUT", "PATCH")
+    path_params = any(p.get("in") == "path" for p in params)
+    statuses: set[int] = set(doc.errors)
+    if has_body:
+        statuses |= {400, 413, 422}
+    if params:
+        statuses.add(422)
+    if path_params or has_body:
+        statuses.add(404)
+    if authed:
+        statuses |= {401, 403, 429, 503}
+    return statuses
+
+
+def _rate_headers() -> dict[str, Any]:
+    return {
+        name: {"description": text, "required": False, "schema": {"type": kind}}
+        for name, (kind, text) in _RATE_HEADERS.items()
+    }
+
+
+def _conform_operation(
+    method: str, path: str, op: dict[str, Any], handler: Any, docs: dict[tuple[str, str], RouteDoc]
+) -> None:
+    opt = getattr(handler, "opt", {}) or {}
+    doc: RouteDoc = opt.get("openapi") or docs.get((method, path)) or RouteDoc()
+    auth = doc.auth or ("key" if opt.get("scope") else "none")
+    authed = auth != "none"
+    responses: dict[str, Any] = op.setdefault("responses", {})
+
+    if doc.body is not None:
+        op["requestBody"] = {
+            "required": doc.body_required,
+            "content": {"application/json": {"schema": _schema_of(doc.body)}},
+        }
+    elif "requestBody" in op and _optional_data(handler):
+        op["requestBody"]["required"] = False
+
+    # Success: the documented status and body are the ones actually sent.
+    success = sorted(k for k in responses if k.startswith("2"))
+    current = responses.pop(success[0]) if success else {}
+    status = doc.status or (int(success[0]) if success else 200)
+    for extra in success[1:]:
+        responses.pop(extra)
+    content = current.get("content") or {}
+    if doc.content is not None:
+        content = {media: {"schema": schema} for media, schema in doc.content.items()}
+    elif doc.response is not None:
+        content = {"application/json": {"schema": _schema_of(doc.response)}}
+    else:
+        json_schema = content.get("application/json", {}).get("schema")
+        if json_schema == {"type": "string"}:  # a handler returning pre-encoded JSON bytes
+            content["application/json"] = {"schema": {"type": "object"}}
+    ok: dict[str, Any] = {"description": _SUCCESS_TEXT.get(status, "OK")}
+    if content:
+        ok["content"] = content
+    if authed:
+        ok["headers"] = _rate_headers()
+    elif current.get("headers"):
+        ok["headers"] = current["headers"]
+    responses[str(status)] = ok
+    for code, text in doc.extra_success.items():
+        responses[str(code)] = {"description": text}
+
+    # Errors: the one shape, every status the route kind can return.
+    for key in [k for k in responses if k[0] in "45"]:
+        responses.pop(key)
+    for code in sorted(_error_statuses(method, op, doc, authed)):
+        response: dict[str, Any] = {
+            "description": _ERROR_TEXT.get(code, "Error"),
+            "content": {"application/json": {"schema": ERROR_REF}},
+        }
+        if code == 429:
+            response["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait",
+                    "required": True,
+                    "schema": {"type": "integer"},
+                },
+                **_rate_headers(),
+            }
+        responses[str(code)] = response
+
+    if auth == "key":
+        op["security"] = KEY_SECURITY
+    elif auth == "segment":
+        op["security"] = SEGMENT_SECURITY
+    else:
+        op["security"] = []
+
+
+_DATE_TIME = {"type": "string", "format": "date-time"}
+
+
+def _lenient_times(node: Any) -> Any:
+    """Litestar decodes parameters and bodies in msgspec's lax mode, where a date-time may also
+    be a number of Unix seconds; document what is accepted."""
+    if isinstance(node, dict):
+        if node == _DATE_TIME:
+            return {"anyOf": [dict(_DATE_TIME), {"type": "number", "description": "Unix seconds"}]}
+        return {k: _lenient_times(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_lenient_times(v) for v in node]
+    return node
+
+
+def conform(document: dict[str, Any], app: Litestar) -> dict[str, Any]:
+    """``document`` (Litestar's) rewritten to match the wire; see the module docstring."""
+    doc = _lenient_times(copy.deepcopy(document))
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for name, schema in {**_type_components(), **_error_schemas()}.items():
+        if name in schemas and schemas[name] != schema:
+            raise RuntimeError(f"OpenAPI component {name!r} defined twice, differently")
+        schemas[name] = schema
+    components["securitySchemes"] = SECURITY_SCHEMES
+    handlers = _handlers(app)
+    for path, item in doc.get("paths", {}).items():
+        for method, op in item.items():
+            if method.upper() in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"):
+                handler = handlers.get((method.upper(), path))
+                _conform_operation(method.upper(), path, op, handler, ROUTE_DOCS)
+    doc["info"]["description"] = (
+        "Self-hostable behavioural analytics and Industry 4.0. Authenticate with `x-api-key`"
+        ' (or `Authorization: Bearer`). Every error is `{"error": {"code", "message",'
+        ' "details"}}`; see docs/api.md.'
+    )
+    return doc
+
+
+_CACHE = "avila_openapi_document"
+
+
+def document(app: Litestar) -> dict[str, Any]:
+    """The conformed document of ``app`` (built on first use, then cached)."""
+    cached = app.state.get(_CACHE)
+    if cached is None:
+        cached = conform(app.openapi_schema.to_schema(), app)
+        app.state[_CACHE] = cached
+    return cached
+
+
+# --- serving: /openapi.json and the local documentation UIs (no other origin) ----------------
+
+ASSET_DIR = "static/docs"
+ASSETS_PATH = "/docs/assets"
+_ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".txt": "text/plain"}
+
+
+@get("/openapi.json", include_in_schema=False, media_type=MediaType.JSON, sync_to_thread=False)
+def openapi_json(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    return Response(document(request.app))
+
+
+class _LocalPlugin(OpenAPIRenderPlugin):
+    """A UI page whose scripts and styles come from :data:`ASSETS_PATH` on this server."""
+
+    def __init__(self, path: str | list[str], head: str, body: str) -> None:
+        super().__init__(path=path, favicon="", style="")
+        self._head, self._body = head, body
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        return (
+            "<!DOCTYPE html><html><head><meta charset='utf-8'/>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>Avila Analytics API</title>{self._head}</head><body>{self._body}</body></html>"
+        ).encode()
+
+
+class _JsonPlugin(OpenAPIRenderPlugin):
+    def __init__(self) -> None:
+        super().__init__(path="/openapi.json", media_type=MediaType.JSON)
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        return msgspec.json.encode(document(request.app))
+
+
+SWAGGER = _LocalPlugin(
+    ["/swagger"],
+    f"<link rel='stylesheet' href='{ASSETS_PATH}/swagger-ui.css'>"
+    f"<script src='{ASSETS_PATH}/swagger-ui-bundle.js'></script>"
+    f"<script src='{ASSETS_PATH}/swagger-ui-standalone-preset.js'></script>",
+    "<div id='swagger-ui'></div><script src='" + ASSETS_PATH + "/swagger-init.js'></script>",
+)
+REDOC = _LocalPlugin(
+    ["/redoc"],
+    f"<script src='{ASSETS_PATH}/redoc.standalone.js'></script>",
+    "<div id='redoc'></div><script src='" + ASSETS_PATH + "/redoc-init.js'></script>",
+)
+# Inline scripts would need 'unsafe-inline' under a strict CSP; these tiny initialisers are
+# served as files next to the vendored bundles.
+_INIT_SCRIPTS = {
+    "swagger-init.js": (
+        "window.ui = SwaggerUIBundle({url: '/openapi.json', dom_id: '#swagger-ui',"
+        " deepLinking: true, presets: [SwaggerUIBundle.presets.apis,"
+        " SwaggerUIStandalonePreset], layout: 'StandaloneLayout'});\n"
+    ),
+    "redoc-init.js": ("Redoc.init('/openapi.json', {}, document.getElementById('redoc'));\n"),
+}
+
+
+def _asset(name: str) -> tuple[bytes, str] | None:
+    from importlib import resources
+
+    if name in _INIT_SCRIPTS:
+        return _INIT_SCRIPTS[name].encode(), "text/javascript"
+    if "/" in name or name.startswith("."):
+        return None
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    kind = _ASSET_TYPES.get(suffix) or ("text/plain" if name.endswith("LICENSE") else None)
+    if kind is None:
+        return None
+    resource = resources.files("avila").joinpath(f"{ASSET_DIR}/{name}")
+    if not resource.is_file():
+        return None
+    return resource.read_bytes(), kind
+
+
+@get(f"{ASSETS_PATH}/{{name:str}}", include_in_schema=False, sync_to_thread=False)
+def docs_asset(name: str) -> Response[bytes]:
+    from avila.errors import NotFound
+
+    found = _asset(name)
+    if found is None:
+        raise NotFound(f"no documentation asset {name!r}", code="asset_not_found")
+    body, kind = found
+    return Response(
+        body,
+        media_type=kind,
+        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def openapi_config() -> OpenAPIConfig:
+    """``/docs`` (Swagger UI, the default), ``/docs/redoc``, ``/docs/openapi.json``."""
+    return OpenAPIConfig(
+        title="Avila Analytics",
+        version=__version__,
+        path="/docs",
+        render_plugins=[SWAGGER, REDOC, _JsonPlugin()],
+    )
+
+
+ROUTES = [openapi_json, docs_asset]
