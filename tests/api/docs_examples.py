@@ -41,7 +41,11 @@ class Example:
         match = re.search(r"(?:-X|--request)\s+([A-Z]+)", self.command)
         if match:
             return match.group(1)
-        return "POST" if re.search(r"\s(-d|--data\S*)\s", self.command) and " -G" not in self.command else "GET"
+        return (
+            "POST"
+            if re.search(r"\s(-d|--data\S*)\s", self.command) and " -G" not in self.command
+            else "GET"
+        )
 
 
 def doc_files() -> list[Path]:
