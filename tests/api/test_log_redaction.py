@@ -45,7 +45,10 @@ def test_no_key_in_the_whole_log(make_server: Callable[..., ServerProcess]) -> N
         # Keys in an HTTP query string are not accepted, but a client may still send them.
         assert client.get(f"{realtime}?api_key={configured['query']}").status_code == 401
         assert client.get(f"{realtime}?api_key={unknown['unknown-query']}").status_code == 401
-        assert client.get(realtime, headers={"x-api-key": unknown["unknown-header"]}).status_code == 401
+        assert (
+            client.get(realtime, headers={"x-api-key": unknown["unknown-header"]}).status_code
+            == 401
+        )
         basic = base64.b64encode(f"{configured['basic']}:".encode()).decode()
         track = {"userId": "u1", "event": "Signed Up", "type": "track"}
         segment = client.post("/v1/track", json=track, headers={"authorization": f"Basic {basic}"})

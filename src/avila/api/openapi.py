@@ -564,6 +564,14 @@ def openapi_json(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response(document(request.app))
 
 
+#: The pages load only from this server (ReDoc's "powered by" logo from its CDN is blocked).
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' blob:; worker-src 'self' blob:; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
+    "connect-src 'self'"
+)
+
+
 class _LocalPlugin(OpenAPIRenderPlugin):
     """A UI page whose scripts and styles come from :data:`ASSETS_PATH` on this server."""
 
@@ -574,6 +582,7 @@ class _LocalPlugin(OpenAPIRenderPlugin):
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
         return (
             "<!DOCTYPE html><html><head><meta charset='utf-8'/>"
+            f"<meta http-equiv='Content-Security-Policy' content=\"{DOCS_CSP}\">"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>Avila Analytics API</title>{self._head}</head><body>{self._body}</body></html>"
         ).encode()
@@ -604,7 +613,7 @@ REDOC = _LocalPlugin(
 _INIT_SCRIPTS = {
     "swagger-init.js": (
         "window.ui = SwaggerUIBundle({url: '/openapi.json', dom_id: '#swagger-ui',"
-        " deepLinking: true, presets: [SwaggerUIBundle.presets.apis,"
+        " validatorUrl: null, deepLinking: true, presets: [SwaggerUIBundle.presets.apis,"
         " SwaggerUIStandalonePreset], layout: 'StandaloneLayout'});\n"
     ),
     "redoc-init.js": ("Redoc.init('/openapi.json', {}, document.getElementById('redoc'));\n"),
