@@ -87,6 +87,7 @@ def _validation_response(
             root = params["data"].annotation if "data" in params else None
         else:
             root = params[path].annotation if path in params else None
+            message += _range_note(params.get(path))
         message, choices = with_choices(message, root, path if body else "")
         entry: dict[str, Any] = {"path": path, "message": message}
         if choices:
@@ -98,6 +99,18 @@ def _validation_response(
     names = ", ".join(d["path"] for d in details) or "query"
     first = details[0]["message"] if details else ""
     return error_response(422, "invalid_query", f"invalid parameter {names}: {first}", details)
+
+
+def _range_note(field: Any) -> str:
+    """``"; allowed: between 0 and 200"`` for a parameter declared with bounds, else ``""``."""
+    bounds = getattr(field, "kwarg_definition", None)
+    low = getattr(bounds, "ge", None)
+    high = getattr(bounds, "le", None)
+    if low is None and high is None:
+        return ""
+    if low is not None and high is not None:
+        return f"; allowed: between {low} and {high}"
+    return f"; allowed: >= {low}" if low is not None else f"; allowed: <= {high}"
 
 
 def _too_large(request: Request[Any, Any, Any]) -> Response[Any]:
