@@ -15,7 +15,7 @@ from litestar.di import Provide
 
 from avila import __version__
 from avila.api import analytics as analytics_api
-from avila.api import events, export, health, methods, openapi, segment, tracker, ws
+from avila.api import docs_ui, events, export, health, methods, segment, tracker, ws
 from avila.api import industry40 as industry40_api
 from avila.api import ml as ml_api
 from avila.api import users as users_api
@@ -109,7 +109,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         "ctx": _constant(ctx),
         "principal": Provide(provide_principal, sync_to_thread=False),
     }
-    routes: list[Any] = list(openapi.ROUTES)
+    routes: list[Any] = list(docs_ui.ROUTES)
     for module in API_MODULES:
         routes.extend(getattr(module, "ROUTES", []))
         for name, factory in getattr(module, "DEPENDENCIES", {}).items():
@@ -141,7 +141,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         before_send=[add_rate_limit_headers],
         cors_config=cors,
         lifespan=[lifespan],
-        openapi_config=openapi.openapi_config(),
+        openapi_config=docs_ui.openapi_config(),
         request_max_body_size=1024 * 1024,
         debug=False,
         logging_config=None,

@@ -13,7 +13,7 @@ operation (so routes added later conform without edits here):
 - the framework's 400 ``{status_code, detail, extra}`` removed (it is never sent).
 
 Routes that read their body raw (ingestion, export, Segment) are invisible to Litestar's
-schema generation; :data:`ROUTE_DOCS` (or ``opt={"openapi": RouteDoc(...)}`` on a new handler)
+schema generation; :data:`avila.api.route_docs.ROUTE_DOCS` (or ``opt={"openapi": RouteDoc(...)}`` on a new handler)
 gives their request body (from the msgspec types), success status, response body, content
 types and any extra error statuses.
 """
@@ -21,21 +21,15 @@ types and any extra error statuses.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, get_args
 
 import msgspec
-from litestar import Litestar, MediaType, Request, Response, get
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import OpenAPIRenderPlugin
+from litestar import Litestar
 from litestar.routes import HTTPRoute
-from msgspec import Meta, Struct
 
-from avila import __version__
-from avila.schemas.events import DATA_TYPES, Context, EventTypeName
+from avila.api.route_docs import DOC_TYPES, REF, ROUTE_DOCS, RouteDoc
+from avila.schemas.events import DATA_TYPES, EventTypeName
 
-REF = "#/components/schemas/{name}"
 ERROR_REF = {"$ref": REF.format(name="Error")}
 SECURITY_SCHEMES = {
     "ApiKeyHeader": {
@@ -88,234 +82,6 @@ _RATE_HEADERS = {
 }
 
 
-@dataclass(frozen=True)
-class RouteDoc:
-    """What Litestar cannot see in a handler's signature.
-
-    ``body``/``response`` are msgspec types (or JSON Schema dicts); ``content`` maps extra
-    success media types to schemas; ``errors`` adds error statuses; ``only_errors`` replaces
-    the derived set; ``auth`` is ``"key"`` (the default when the handler has a scope),
-    ``"segment"`` or ``"none"``.
-    """
-
-    body: Any = None
-    body_required: bool = True
-    status: int | None = None
-    response: Any = None
-    content: dict[str, Any] | None = None
-    extra_success: dict[int, str] = field(default_factory=dict)
-    errors: tuple[int, ...] = ()
-    only_errors: tuple[int, ...] | None = None
-    auth: Literal["key", "segment", "none"] | None = None
-
-
-# --- documentation types for raw-body routes -------------------------------------------------
-
-
-class EventDoc(Struct, kw_only=True):
-    """One event (the seed's shape); see docs/ingestion.md. ``event_type`` is a ``{type,
-    data}`` pair whose ``data`` shape depends on ``type``."""
-
-    user_id: Annotated[str, Meta(min_length=1, max_length=256)]
-    event_type: dict[str, Any]
-    event_id: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
-    session_id: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
-    timestamp: datetime | None = None
-    metadata: dict[str, Any] | None = None
-    context: Context | None = None
-
-
-class SingleEventRequest(Struct):
-    event: EventDoc
-
-
-class BatchEventRequest(Struct):
-    events: Annotated[list[EventDoc], Meta(min_length=1, max_length=10_000)]
-
-
-class IngestRejection(Struct):
-    index: int
-    code: str
-    message: str
-    path: str
-
-
-class SingleIngestResult(Struct):
-    accepted: int
-    duplicates: int
-    event_ids: list[str]
-
-
-class BatchIngestResult(Struct):
-    accepted: int
-    duplicates: int
-    event_ids: list[str]
-    rejected: list[IngestRejection]
-
-
-class ReadingDoc(Struct, kw_only=True):
-    device_id: Annotated[str, Meta(min_length=1, max_length=256)]
-    metrics: Annotated[dict[str, float], Meta(min_length=1, max_length=1000)]
-    device_type: Annotated[str, Meta(max_length=128)] | None = None
-    timestamp: datetime | None = None
-    attributes: dict[str, Any] | None = None
-
-
-class ReadingBatchRequest(Struct):
-    readings: Annotated[list[ReadingDoc], Meta(min_length=1, max_length=10_000)]
-
-
-class TelemetryIngestResult(Struct):
-    accepted: int
-    rejected: list[IngestRejection]
-    stored_values: int
-
-
-class ExportFiltersDoc(Struct, kw_only=True):
-    user_ids: list[str] | None = None
-    event_types: list[str] | None = None
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    properties: dict[str, Any] | list[dict[str, Any]] | None = None
-
-
-class ExportRequestDoc(Struct, kw_only=True):
-    format: Literal["csv", "json", "ndjson", "parquet"]
-    filters: ExportFiltersDoc | None = None
-
-
-SegmentId = str | int | float | None  # Segment libraries send numeric ids; they are coerced
-
-
-class SegmentMessage(Struct, kw_only=True):
-    """A Segment message (track/identify/page/screen/group/alias); see docs/segment.md."""
-
-    type: str | None = None
-    userId: SegmentId = None  # noqa: N815 - Segment's field names
-    anonymousId: SegmentId = None  # noqa: N815
-    event: str | None = None
-    name: str | None = None
-    properties: dict[str, Any] | None = None
-    traits: dict[str, Any] | None = None
-    context: dict[str, Any] | None = None
-    timestamp: str | None = None
-    messageId: str | None = None  # noqa: N815
-    writeKey: str | None = None  # noqa: N815
-
-
-class SegmentBatch(Struct, kw_only=True):
-    """Envelope fields of another type are ignored, as Segment's API does."""
-
-    batch: list[SegmentMessage]
-    sentAt: str | None = None  # noqa: N815
-    writeKey: str | None = None  # noqa: N815
-    context: Any = None
-    integrations: Any = None
-
-
-class SegmentResult(Struct, kw_only=True):
-    success: bool
-    accepted: int | None = None
-    duplicates: int | None = None
-    rejected: list[IngestRejection] | None = None
-
-
-class HealthBody(Struct):
-    status: str
-    storage: str
-    version: str
-
-
-_SEGMENT_ERRORS = (400, 401, 403, 429, 503)
-_EXPORT_CONTENT: dict[str, Any] = {
-    "text/csv": {"type": "string"},
-    "application/json": {"type": "array", "items": {"type": "object"}},
-    "application/x-ndjson": {"type": "string"},
-    "application/vnd.apache.parquet": {"type": "string", "format": "binary"},
-}
-
-#: Overrides by (METHOD, path template). New handlers may instead set ``opt={"openapi": ...}``.
-ROUTE_DOCS: dict[tuple[str, str], RouteDoc] = {
-    ("POST", "/api/v1/events"): RouteDoc(
-        body=SingleEventRequest, status=202, response=SingleIngestResult
-    ),
-    ("POST", "/api/v1/events/batch"): RouteDoc(
-        body=BatchEventRequest, status=202, response=BatchIngestResult
-    ),
-    ("POST", "/api/v1/industry40/iot/ingest"): RouteDoc(
-        body={
-            "oneOf": [
-                {"$ref": REF.format(name="ReadingDoc")},
-                {"$ref": REF.format(name="ReadingBatchRequest")},
-            ]
-        },
-        status=202,
-        response=TelemetryIngestResult,
-    ),
-    ("POST", "/api/v1/export"): RouteDoc(body=ExportRequestDoc, content=_EXPORT_CONTENT),
-    ("POST", "/api/v1/ml/train"): RouteDoc(
-        body={
-            "type": "object",
-            "properties": {
-                "churn_horizon_days": {"type": ["integer", "null"]},
-                "conversion_horizon_days": {"type": ["integer", "null"]},
-            },
-            "additionalProperties": False,
-        },
-        body_required=False,
-    ),
-    ("GET", "/health"): RouteDoc(response=HealthBody, only_errors=(503,)),
-    ("GET", "/metrics"): RouteDoc(
-        content={"text/plain": {"type": "string"}}, only_errors=(), auth="none"
-    ),
-    ("GET", "/avila.js"): RouteDoc(
-        content={"text/javascript": {"type": "string"}},
-        extra_success={304: "Not modified (ETag matched)"},
-        only_errors=(),
-        auth="none",
-    ),
-    ("PUT", "/api/v1/industry40/twin/{device_id}/desired"): RouteDoc(errors=(412,)),
-}
-_SEGMENT_SINGLE = RouteDoc(
-    body=SegmentMessage, response=SegmentResult, only_errors=_SEGMENT_ERRORS, auth="segment"
-)
-_SEGMENT_BATCH = RouteDoc(
-    body=SegmentBatch, response=SegmentResult, only_errors=_SEGMENT_ERRORS, auth="segment"
-)
-for _kind in (
-    "track",
-    "identify",
-    "page",
-    "screen",
-    "group",
-    "alias",
-    "t",
-    "i",
-    "p",
-    "s",
-    "g",
-    "a",
-):
-    ROUTE_DOCS[("POST", f"/v1/{_kind}")] = _SEGMENT_SINGLE
-for _kind in ("batch", "import", "b"):
-    ROUTE_DOCS[("POST", f"/v1/{_kind}")] = _SEGMENT_BATCH
-
-_DOC_TYPES: tuple[Any, ...] = (
-    SingleEventRequest,
-    BatchEventRequest,
-    SingleIngestResult,
-    BatchIngestResult,
-    ReadingDoc,
-    ReadingBatchRequest,
-    TelemetryIngestResult,
-    ExportRequestDoc,
-    SegmentMessage,
-    SegmentBatch,
-    SegmentResult,
-    HealthBody,
-)
-
-
 # --- schema building -------------------------------------------------------------------------
 
 
@@ -356,7 +122,7 @@ def _error_schemas() -> dict[str, Any]:
 
 def _event_type_schema() -> dict[str, Any]:
     """``event_type`` as a oneOf over the types, each with its own ``data`` shape."""
-    names: tuple[str, ...] = EventTypeName.__args__
+    names: tuple[str, ...] = get_args(EventTypeName)
     variants = []
     for name in names:
         data = DATA_TYPES[name]
@@ -374,7 +140,7 @@ def _event_type_schema() -> dict[str, Any]:
 
 
 def _type_components() -> dict[str, Any]:
-    types = (*_DOC_TYPES, *DATA_TYPES.values())
+    types = (*DOC_TYPES, *DATA_TYPES.values())
     _, components = msgspec.json.schema_components(types, ref_template=REF)
     components["EventDoc"]["properties"]["event_type"] = _event_type_schema()
     return components
@@ -518,7 +284,7 @@ def _lenient_times(node: Any) -> Any:
 
 def conform(document: dict[str, Any], app: Litestar) -> dict[str, Any]:
     """``document`` (Litestar's) rewritten to match the wire; see the module docstring."""
-    doc = _lenient_times(copy.deepcopy(document))
+    doc: dict[str, Any] = _lenient_times(copy.deepcopy(document))
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     for name, schema in {**_type_components(), **_error_schemas()}.items():
@@ -550,116 +316,3 @@ def document(app: Litestar) -> dict[str, Any]:
         cached = conform(app.openapi_schema.to_schema(), app)
         app.state[_CACHE] = cached
     return cached
-
-
-# --- serving: /openapi.json and the local documentation UIs (no other origin) ----------------
-
-ASSET_DIR = "static/docs"
-ASSETS_PATH = "/docs/assets"
-_ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".txt": "text/plain"}
-
-
-@get("/openapi.json", include_in_schema=False, media_type=MediaType.JSON, sync_to_thread=False)
-def openapi_json(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    return Response(document(request.app))
-
-
-#: The pages load only from this server (ReDoc's "powered by" logo from its CDN is blocked).
-DOCS_CSP = (
-    "default-src 'self'; script-src 'self' blob:; worker-src 'self' blob:; "
-    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
-    "connect-src 'self'"
-)
-
-
-class _LocalPlugin(OpenAPIRenderPlugin):
-    """A UI page whose scripts and styles come from :data:`ASSETS_PATH` on this server."""
-
-    def __init__(self, path: str | list[str], head: str, body: str) -> None:
-        super().__init__(path=path, favicon="", style="")
-        self._head, self._body = head, body
-
-    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        return (
-            "<!DOCTYPE html><html><head><meta charset='utf-8'/>"
-            f"<meta http-equiv='Content-Security-Policy' content=\"{DOCS_CSP}\">"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>Avila Analytics API</title>{self._head}</head><body>{self._body}</body></html>"
-        ).encode()
-
-
-class _JsonPlugin(OpenAPIRenderPlugin):
-    def __init__(self) -> None:
-        super().__init__(path="/openapi.json", media_type=MediaType.JSON)
-
-    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        return msgspec.json.encode(document(request.app))
-
-
-SWAGGER = _LocalPlugin(
-    ["/swagger"],
-    f"<link rel='stylesheet' href='{ASSETS_PATH}/swagger-ui.css'>"
-    f"<script src='{ASSETS_PATH}/swagger-ui-bundle.js'></script>"
-    f"<script src='{ASSETS_PATH}/swagger-ui-standalone-preset.js'></script>",
-    "<div id='swagger-ui'></div><script src='" + ASSETS_PATH + "/swagger-init.js'></script>",
-)
-REDOC = _LocalPlugin(
-    ["/redoc"],
-    f"<script src='{ASSETS_PATH}/redoc.standalone.js'></script>",
-    "<div id='redoc'></div><script src='" + ASSETS_PATH + "/redoc-init.js'></script>",
-)
-# Inline scripts would need 'unsafe-inline' under a strict CSP; these tiny initialisers are
-# served as files next to the vendored bundles.
-_INIT_SCRIPTS = {
-    "swagger-init.js": (
-        "window.ui = SwaggerUIBundle({url: '/openapi.json', dom_id: '#swagger-ui',"
-        " validatorUrl: null, deepLinking: true, presets: [SwaggerUIBundle.presets.apis,"
-        " SwaggerUIStandalonePreset], layout: 'StandaloneLayout'});\n"
-    ),
-    "redoc-init.js": ("Redoc.init('/openapi.json', {}, document.getElementById('redoc'));\n"),
-}
-
-
-def _asset(name: str) -> tuple[bytes, str] | None:
-    from importlib import resources
-
-    if name in _INIT_SCRIPTS:
-        return _INIT_SCRIPTS[name].encode(), "text/javascript"
-    if "/" in name or name.startswith("."):
-        return None
-    suffix = name[name.rfind(".") :] if "." in name else ""
-    kind = _ASSET_TYPES.get(suffix) or ("text/plain" if name.endswith("LICENSE") else None)
-    if kind is None:
-        return None
-    resource = resources.files("avila").joinpath(f"{ASSET_DIR}/{name}")
-    if not resource.is_file():
-        return None
-    return resource.read_bytes(), kind
-
-
-@get(f"{ASSETS_PATH}/{{name:str}}", include_in_schema=False, sync_to_thread=False)
-def docs_asset(name: str) -> Response[bytes]:
-    from avila.errors import NotFound
-
-    found = _asset(name)
-    if found is None:
-        raise NotFound(f"no documentation asset {name!r}", code="asset_not_found")
-    body, kind = found
-    return Response(
-        body,
-        media_type=kind,
-        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
-    )
-
-
-def openapi_config() -> OpenAPIConfig:
-    """``/docs`` (Swagger UI, the default), ``/docs/redoc``, ``/docs/openapi.json``."""
-    return OpenAPIConfig(
-        title="Avila Analytics",
-        version=__version__,
-        path="/docs",
-        render_plugins=[SWAGGER, REDOC, _JsonPlugin()],
-    )
-
-
-ROUTES = [openapi_json, docs_asset]
