@@ -31,6 +31,11 @@ BENCHES = [
         "Telemetry ingest, real server, durable",
     ),
     ("bench_export", ["bench_export.py", "--no-write"], "Export of 10 million rows: peak RSS"),
+    (
+        "bench_alerts",
+        ["bench_alerts.py"],
+        "Alert rule evaluation at 10 million events and 1 million readings",
+    ),
 ]
 
 

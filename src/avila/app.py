@@ -14,6 +14,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 
 from avila import __version__
+from avila.api import alerts as alerts_api
 from avila.api import analytics as analytics_api
 from avila.api import docs_ui, events, export, health, methods, segment, tracker, ws
 from avila.api import industry40 as industry40_api
@@ -44,6 +45,7 @@ API_MODULES: tuple[ModuleType, ...] = (
     ml_api,
     analytics_api,
     users_api,
+    alerts_api,  # after industry40_api: it listens to committed telemetry
 )
 
 

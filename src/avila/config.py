@@ -101,6 +101,40 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "24",
         "Idempotency window: a re-sent event_id is recognised for at least this many hours.",
     ),
+    # Alerts (docs/alerts.md): email destinations use this SMTP server; empty host: no email.
+    SettingSpec(
+        "smtp_host", "AVILA_SMTP_HOST", "", "SMTP server for alert emails; empty: email off."
+    ),
+    SettingSpec("smtp_port", "AVILA_SMTP_PORT", "587", "SMTP server port (1-65535)."),
+    SettingSpec(
+        "smtp_tls",
+        "AVILA_SMTP_TLS",
+        "starttls",
+        "SMTP transport security: `starttls`, `tls` (implicit, usually port 465) or `none`.",
+    ),
+    SettingSpec("smtp_user", "AVILA_SMTP_USER", "", "SMTP login user; empty: no login."),
+    SettingSpec("smtp_password", "AVILA_SMTP_PASSWORD", "", "SMTP login password."),
+    SettingSpec(
+        "smtp_from", "AVILA_SMTP_FROM", "avila@localhost", "Sender address of alert emails."
+    ),
+    SettingSpec(
+        "alerts_interval_seconds",
+        "AVILA_ALERTS_INTERVAL_SECONDS",
+        "1",
+        "Seconds between two evaluations of every alert rule (0.1-3600).",
+    ),
+    SettingSpec(
+        "alerts_delivery_attempts",
+        "AVILA_ALERTS_DELIVERY_ATTEMPTS",
+        "3",
+        "Tries per alert destination before it is recorded as failed (1-10).",
+    ),
+    SettingSpec(
+        "alerts_delivery_timeout_seconds",
+        "AVILA_ALERTS_DELIVERY_TIMEOUT_SECONDS",
+        "10",
+        "Time limit of one delivery try to one destination, in seconds (0.1-300).",
+    ),
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -142,6 +176,23 @@ def _parse_log_level(env: str, raw: str) -> str:
 _MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
 
 
+def _parse_float(env: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{env} must be a number, got {raw!r}") from None
+    if not low <= value <= high:  # also rejects nan
+        raise ConfigError(f"{env} must be between {low:g} and {high:g}, got {value:g}")
+    return value
+
+
+def _parse_choice(env: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{env} must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
 def _parse_memory(env: str, raw: str) -> str:
     value = raw.strip()
     if value and not _MEMORY.match(value):
@@ -174,6 +225,15 @@ class Settings:
     dedup_window_hours: int = 24
     mqtt_url: str = ""
     mqtt_client_id: str = "avila-bridge"
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_tls: str = "starttls"
+    smtp_user: str = ""
+    smtp_password: str = field(default="", repr=False)
+    smtp_from: str = "avila@localhost"
+    alerts_interval_seconds: float = 1.0
+    alerts_delivery_attempts: int = 3
+    alerts_delivery_timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.storage_url:
@@ -224,6 +284,15 @@ class Settings:
             "dedup_window_hours": lambda env, raw: _parse_int(env, raw, 1, 24 * 365),
             "mqtt_url": _parse_mqtt_url,
             "mqtt_client_id": lambda env, raw: raw.strip() or "avila-bridge",
+            "smtp_host": lambda env, raw: raw.strip(),
+            "smtp_port": lambda env, raw: _parse_int(env, raw, 1, 65535),
+            "smtp_tls": lambda env, raw: _parse_choice(env, raw, ("starttls", "tls", "none")),
+            "smtp_user": lambda env, raw: raw.strip(),
+            "smtp_password": lambda env, raw: raw,
+            "smtp_from": lambda env, raw: raw.strip() or "avila@localhost",
+            "alerts_interval_seconds": lambda env, raw: _parse_float(env, raw, 0.1, 3600),
+            "alerts_delivery_attempts": lambda env, raw: _parse_int(env, raw, 1, 10),
+            "alerts_delivery_timeout_seconds": lambda env, raw: _parse_float(env, raw, 0.1, 300),
         }
         kwargs: dict[str, Any] = {}
         for spec in SETTINGS:

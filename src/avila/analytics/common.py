@@ -115,7 +115,8 @@ _JSON_KEY_PATH = re.compile(
 def fragments(store: Store) -> dict[str, str]:
     """The SQL fragment table of the store's backend (``avila.storage.<backend>.analytics_sql``)."""
     module = importlib.import_module(f"avila.storage.{store.backend}.analytics_sql")
-    return module.FRAGMENTS
+    table: dict[str, str] = module.FRAGMENTS
+    return table
 
 
 def events_source(store: Store, project_id: str) -> str:

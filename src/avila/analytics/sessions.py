@@ -80,11 +80,11 @@ class Sessions:
 
     @property
     def duration_s(self) -> np.ndarray:
-        return (self.end_us - self.start_us) / US
+        return np.asarray((self.end_us - self.start_us) / US, dtype=float)
 
     @property
     def bounce(self) -> np.ndarray:
-        return (self.events == 1) & (self.page_views == 1)
+        return np.asarray((self.events == 1) & (self.page_views == 1), dtype=bool)
 
 
 def sessionize(

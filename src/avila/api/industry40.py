@@ -23,7 +23,7 @@ from avila.errors import ValidationFailed
 from avila.industry40 import records
 from avila.industry40.alarms import AlarmRules, AlarmService
 from avila.industry40.anomaly import detect_anomalies
-from avila.industry40.devices import DeviceRegistry
+from avila.industry40.devices import DeviceRegistry, rfc3339
 from avila.industry40.ingestion import TelemetryService
 from avila.industry40.maintenance import predict_maintenance
 from avila.industry40.mqtt import MqttBridge
@@ -215,8 +215,8 @@ async def twin_history(
     )
     return {
         "device_id": device_id,
-        "start_time": records.rfc3339(start),
-        "end_time": records.rfc3339(end),
+        "start_time": rfc3339(start),
+        "end_time": rfc3339(end),
         **out,
     }
 

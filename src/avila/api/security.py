@@ -28,7 +28,7 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     auth = headers.get("authorization")
     if auth and auth[:7].lower() == "bearer ":
         return auth[7:].strip()
-    if connection.scope["type"] == "websocket":
+    if str(connection.scope["type"]) == "websocket":
         return connection.query_params.get("api_key")
     return None
 
@@ -82,8 +82,9 @@ async def add_rate_limit_headers(message: Message, scope: Scope) -> None:
     if headers:
         raw = list(message.get("headers", []))
         raw.extend((k.lower().encode(), v.encode()) for k, v in headers.items())
-        message["headers"] = raw  # type: ignore[typeddict-unknown-key]
+        message["headers"] = raw
 
 
 def provide_principal(request: Any) -> Principal:
-    return request.state.principal
+    principal: Principal = request.state.principal
+    return principal

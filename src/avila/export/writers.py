@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import pyarrow as pa
@@ -159,8 +160,8 @@ def write_parquet(batches: Iterable[pa.RecordBatch]) -> Generator[bytes, None, N
     yield sink.take()
 
 
-def _json_rows(batch: pa.RecordBatch) -> list[dict[str, object]]:
-    rows = _with_text_times(_conform(batch)).to_pylist()
+def _json_rows(batch: pa.RecordBatch) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = _with_text_times(_conform(batch)).to_pylist()
     for row in rows:
         for name in EXPORT_JSON_COLUMNS:
             text = row[name]

@@ -22,7 +22,7 @@ from typing import Any
 from avila.errors import ValidationFailed
 from avila.industry40 import records
 from avila.industry40.alarms import AlarmService
-from avila.industry40.devices import DeviceRegistry
+from avila.industry40.devices import DeviceRegistry, rfc3339
 from avila.industry40.energy import energy_consumption
 from avila.industry40.maintenance import predict_maintenance, reliability_metrics
 from avila.industry40.oee import calculate_oee
@@ -91,7 +91,7 @@ def recorded_oee(
     out = calculate_oee(data)
     out["device_id"] = device_id
     out["production_data"] = data
-    out["start_time"], out["end_time"] = records.rfc3339(start), records.rfc3339(end)
+    out["start_time"], out["end_time"] = rfc3339(start), rfc3339(end)
     return out
 
 
@@ -153,7 +153,7 @@ def recorded_maintenance(
     )
     out["reliability"] = reliability_metrics(fixes, observed_from=start, observed_to=last_at)
     out["reliability"]["state_source"] = state_device
-    out["history_since"] = records.rfc3339(since)
+    out["history_since"] = rfc3339(since)
     return out
 
 
@@ -203,6 +203,6 @@ def recorded_energy(
         tz=tz,
         max_gap_s=900.0 if bucket is None else 3600.0,
     )
-    out["start_time"], out["end_time"] = records.rfc3339(start), records.rfc3339(end)
+    out["start_time"], out["end_time"] = rfc3339(start), rfc3339(end)
     out["resolution"] = "raw" if bucket is None else "1m"
     return out

@@ -51,18 +51,18 @@ def _k_of_m(beyond: np.ndarray, k: int, m: int) -> np.ndarray:
 
 
 def rule1(x: np.ndarray, cl: float, sigma: float) -> np.ndarray:
-    return np.abs(x - cl) > 3 * sigma
+    return np.asarray(np.abs(x - cl) > 3 * sigma, dtype=bool)
 
 
 def rule2(x: np.ndarray, cl: float, sigma: float) -> np.ndarray:
-    return _run_ending(x > cl, 9) | _run_ending(x < cl, 9)
+    return np.asarray(_run_ending(x > cl, 9) | _run_ending(x < cl, 9), dtype=bool)
 
 
 def rule3(x: np.ndarray, cl: float, sigma: float) -> np.ndarray:
     d = np.diff(x)
     up = np.concatenate([[False], _run_ending(d > 0, 5)])
     down = np.concatenate([[False], _run_ending(d < 0, 5)])
-    return up | down
+    return np.asarray(up | down, dtype=bool)
 
 
 def rule4(x: np.ndarray, cl: float, sigma: float) -> np.ndarray:
@@ -72,11 +72,13 @@ def rule4(x: np.ndarray, cl: float, sigma: float) -> np.ndarray:
 
 
 def rule5(x: np.ndarray, cl: float, sigma: float) -> np.ndarray:
-    return _k_of_m(x > cl + 2 * sigma, 2, 3) | _k_of_m(x < cl - 2 * sigma, 2, 3)
+    return np.asarray(
+        _k_of_m(x > cl + 2 * sigma, 2, 3) | _k_of_m(x < cl - 2 * sigma, 2, 3), dtype=bool
+    )
 
 
 def rule6(x: np.ndarray, cl: float, sigma: float) -> np.ndarray:
-    return _k_of_m(x > cl + sigma, 4, 5) | _k_of_m(x < cl - sigma, 4, 5)
+    return np.asarray(_k_of_m(x > cl + sigma, 4, 5) | _k_of_m(x < cl - sigma, 4, 5), dtype=bool)
 
 
 def rule7(x: np.ndarray, cl: float, sigma: float) -> np.ndarray:
@@ -88,7 +90,7 @@ def rule8(x: np.ndarray, cl: float, sigma: float) -> np.ndarray:
 
 
 def _eight_one_side(x: np.ndarray, cl: float, sigma: float) -> np.ndarray:
-    return _run_ending(x > cl, 8) | _run_ending(x < cl, 8)
+    return np.asarray(_run_ending(x > cl, 8) | _run_ending(x < cl, 8), dtype=bool)
 
 
 NELSON_RULES: dict[str, Rule] = {
@@ -134,5 +136,5 @@ def evaluate_rules(
             continue
         for i in np.flatnonzero(rule(x, center_line, sigma)):
             found.append({"rule": name, "index": int(i)})
-    found.sort(key=lambda v: (v["index"], v["rule"]))  # type: ignore[arg-type,return-value]
+    found.sort(key=lambda v: (int(str(v["index"])), str(v["rule"])))
     return found

@@ -7,6 +7,8 @@ microsecond precision: ``ts`` is the client's event time, ``received_at`` the se
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 
 EVENT_COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
@@ -65,7 +67,7 @@ TIMESTAMP_COLUMNS = frozenset({"ts", "received_at"})
 
 #: Columns of one batch of events: column name -> list of values, timestamps as integer
 #: microseconds since the Unix epoch (UTC). Cheap to build in Python and to serialise.
-ColumnBatch = dict[str, list]
+ColumnBatch = dict[str, list[Any]]
 
 
 def columns_to_arrow(batches: list[ColumnBatch]) -> pa.Table:

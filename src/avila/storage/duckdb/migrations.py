@@ -63,10 +63,26 @@ _IDENTITIES_DDL = (
     " ON r.project_id = e.project_id AND r.anonymous_id = e.user_id",
 )
 
+# Alerts (avila.alerts): rules as JSON documents; firings and per-destination delivery results
+# are append-only (a destination without a delivery row is still pending). See docs/alerts.md.
+_ALERTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS alert_rules (project_id VARCHAR NOT NULL, rule_id VARCHAR NOT NULL,"
+    " name VARCHAR NOT NULL, spec VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL,"
+    " PRIMARY KEY (project_id, rule_id))",
+    "CREATE TABLE IF NOT EXISTS alert_firings (project_id VARCHAR NOT NULL,"
+    " firing_id VARCHAR NOT NULL, rule_id VARCHAR NOT NULL, rule_name VARCHAR NOT NULL,"
+    " value DOUBLE, op VARCHAR NOT NULL, threshold DOUBLE NOT NULL, fired_at TIMESTAMP NOT NULL,"
+    " destinations VARCHAR NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS alert_deliveries (project_id VARCHAR NOT NULL,"
+    " firing_id VARCHAR NOT NULL, position INTEGER NOT NULL, status VARCHAR NOT NULL,"
+    " attempts INTEGER NOT NULL, error VARCHAR, finished_at TIMESTAMP NOT NULL)",
+)
+
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (1, "events table", (_events_ddl(),)),
     (2, "industry 4.0: telemetry, devices, twin_desired, alarm_rules", _INDUSTRY40_DDL),
     (3, "identities and events_resolved (identity stitching)", _IDENTITIES_DDL),
+    (6, "alerts: alert_rules, alert_firings, alert_deliveries", _ALERTS_DDL),
 )
 
 
@@ -76,10 +92,11 @@ def migrate(conn: duckdb.DuckDBPyConnection) -> int:
         "CREATE TABLE IF NOT EXISTS schema_version "
         "(version INTEGER PRIMARY KEY, description VARCHAR, applied_at TIMESTAMP)"
     )
-    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-    current = int(row[0]) if row else 0
+    # Apply every missing version, not only those above the newest: a data directory may have
+    # recorded a later migration before an earlier one landed from another branch.
+    applied = {int(v) for (v,) in conn.execute("SELECT version FROM schema_version").fetchall()}
     for version, description, statements in MIGRATIONS:
-        if version <= current:
+        if version in applied:
             continue
         conn.execute("BEGIN TRANSACTION")
         for statement in statements:
@@ -88,5 +105,5 @@ def migrate(conn: duckdb.DuckDBPyConnection) -> int:
             "INSERT INTO schema_version VALUES (?, ?, now()::TIMESTAMP)", [version, description]
         )
         conn.execute("COMMIT")
-        current = version
-    return current
+        applied.add(version)
+    return max(applied, default=0)
