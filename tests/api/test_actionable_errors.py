@@ -52,6 +52,13 @@ def test_413_names_the_limit_and_the_size_received(client: httpx.Client) -> None
     assert f"{len(huge):,} bytes" in error["message"] and "10,485,760" in error["message"]
 
 
+def test_segment_too_large_keeps_segments_400_and_names_the_sizes(client: httpx.Client) -> None:
+    big = json.dumps({"userId": "u", "event": "x" * 40_000, "type": "track"}).encode()
+    error = error_of(client.post("/v1/track", content=big), 400, "payload_too_large")
+    assert f"{len(big):,} bytes" in error["message"] and "32,768 bytes" in error["message"]
+    assert error["details"][0]["received_bytes"] == len(big)
+
+
 @pytest.mark.parametrize(
     ("request_kwargs", "path", "allowed", "code"),
     [
@@ -175,7 +182,7 @@ def test_one_code_per_kind_of_mistake(client: httpx.Client) -> None:
         "invalid_time_range",
     )
     # Malformed JSON: malformed_json on raw-body and framework-decoded routes alike.
-    for url in ("/api/v1/events", "/api/v1/analytics/funnel", "/api/v1/export"):
+    for url in ("/api/v1/events", "/api/v1/analytics/funnel", "/api/v1/export", "/api/v1/ml/train"):
         error_of(client.post(url, content=b"{nope"), 400, "malformed_json")
 
 

@@ -20,7 +20,7 @@ from litestar import Request, get, post
 from litestar.params import Parameter
 
 from avila.api.component import AppContext
-from avila.errors import NotFound, ValidationFailed
+from avila.errors import MalformedJSON, NotFound, ValidationFailed
 from avila.live import get_bus
 from avila.ml.anomaly import StreamingAnomalyDetector
 from avila.ml.conversion import LiveSessions
@@ -28,6 +28,7 @@ from avila.ml.monitoring import AnomalyLog, metric_series, score_hours, streamin
 from avila.ml.predictions import PredictionService
 from avila.ml.registry import ModelRegistry
 from avila.ml.training import TrainingOptions, train_project
+from avila.schemas.messages import split_msgspec_error
 
 log = logging.getLogger("avila.ml")
 
@@ -75,11 +76,12 @@ async def train(request: Request[Any, Any, Any]) -> dict[str, Any]:
     try:
         body = msgspec.json.decode(raw or b"{}", type=TrainBody)
     except msgspec.ValidationError as exc:
+        message, path = split_msgspec_error(exc, "", TrainBody)
         raise ValidationFailed(
-            f"invalid training options: {exc}", details=[{"path": "$", "message": str(exc)}]
+            f"invalid training options: {message}", details=[{"path": path, "message": message}]
         ) from None
     except msgspec.DecodeError as exc:
-        raise ValidationFailed(f"request body is not valid JSON: {exc}") from None
+        raise MalformedJSON(f"request body is not valid JSON: {exc}") from None
     ml = _ml(request)
     project = _project(request)
     options = TrainingOptions(
