@@ -158,6 +158,137 @@ class HealthBody(Struct):
     version: str
 
 
+# --- response bodies of the main read routes (the fields API.md names; others may be added) --
+
+
+class UrlViews(Struct):
+    url: str | None
+    views: int
+
+
+class FunnelStepResult(Struct):
+    name: str
+    count: int
+    conversion_rate: float
+    step_conversion_rate: float
+    drop_off: int
+    median_time_to_convert_seconds: float | None
+    avg_time_to_convert_seconds: float | None
+
+
+class FunnelBreakdown(Struct):
+    value: Any
+    steps: list[FunnelStepResult]
+
+
+class FunnelResult(Struct, kw_only=True):
+    funnel_name: str
+    steps: list[FunnelStepResult]
+    overall_conversion_rate: float
+    total_users: int
+    breakdowns: list[FunnelBreakdown] | None = None
+
+
+class Cohort(Struct):
+    cohort_start: str
+    size: int
+    retained: list[int]
+    rates: list[float]
+
+
+class CohortResult(Struct):
+    period: str
+    cohorts: list[Cohort]
+
+
+class DailyUsers(Struct):
+    date: str
+    users: int
+
+
+class OverviewResult(Struct):
+    total_events: int
+    unique_users: int
+    sessions: int
+    events_by_type: dict[str, int]
+    top_pages: list[UrlViews]
+    revenue: float
+    dau: list[DailyUsers]
+    bounce_rate: float
+    avg_session_duration_seconds: float
+
+
+class RealtimeResult(Struct):
+    events_last_minute: int
+    events_last_5_minutes: int
+    active_users_last_5_minutes: int
+    events_per_second: float
+    top_pages: list[dict[str, Any]]
+
+
+class RfmSegment(Struct):
+    segment: str
+    users: int
+    share: float
+
+
+class RfmResult(Struct):
+    segments: list[RfmSegment]
+    users_scored: int
+
+
+class SessionsResult(Struct):
+    sessions: int
+    avg_duration_seconds: float
+    bounce_rate: float
+    pages_per_session: float
+    by_day: list[dict[str, Any]]
+
+
+class UserProfile(Struct):
+    user_id: str
+    first_seen: str | None
+    last_seen: str | None
+    total_events: int
+    sessions: int
+    total_revenue: float
+    events_by_type: dict[str, int]
+    top_pages: list[UrlViews]
+    devices: list[dict[str, Any]]
+    locations: list[dict[str, Any]]
+    recent_events: list[dict[str, Any]]
+
+
+class UserSegment(Struct):
+    user_id: str
+    recency_days: float | None
+    frequency: int
+    monetary: float
+    r_score: int | None
+    f_score: int | None
+    m_score: int | None
+    rfm_score: str | None
+    segment: str | None
+
+
+class Recommendation(Struct):
+    product_id: str
+    score: float
+
+
+class UserPredictions(Struct):
+    user_id: str
+    churn_probability: float | None
+    conversion_probability: float | None
+    recommendations: list[Recommendation]
+    next_best_action: dict[str, Any] | None
+    model_versions: dict[str, Any]
+
+
+class ErasureResult(Struct):
+    deleted_events: int
+
+
 _SEGMENT_ERRORS = (400, 401, 403, 429, 503)
 _EXPORT_CONTENT: dict[str, Any] = {
     "text/csv": {"type": "string"},
@@ -207,6 +338,16 @@ ROUTE_DOCS: dict[tuple[str, str], RouteDoc] = {
         auth="none",
     ),
     ("PUT", "/api/v1/industry40/twin/{device_id}/desired"): RouteDoc(errors=(412,)),
+    ("POST", "/api/v1/analytics/funnel"): RouteDoc(response=FunnelResult),
+    ("POST", "/api/v1/analytics/cohort"): RouteDoc(response=CohortResult),
+    ("POST", "/api/v1/analytics/rfm"): RouteDoc(response=RfmResult),
+    ("GET", "/api/v1/analytics/overview"): RouteDoc(response=OverviewResult),
+    ("GET", "/api/v1/analytics/realtime"): RouteDoc(response=RealtimeResult),
+    ("GET", "/api/v1/analytics/sessions"): RouteDoc(response=SessionsResult),
+    ("GET", "/api/v1/users/{user_id}"): RouteDoc(response=UserProfile),
+    ("GET", "/api/v1/users/{user_id}/segment"): RouteDoc(response=UserSegment),
+    ("GET", "/api/v1/users/{user_id}/predictions"): RouteDoc(response=UserPredictions),
+    ("DELETE", "/api/v1/users/{user_id}"): RouteDoc(response=ErasureResult),
 }
 _SEGMENT_SINGLE = RouteDoc(
     body=SegmentMessage, response=SegmentResult, only_errors=_SEGMENT_ERRORS, auth="segment"
@@ -245,4 +386,14 @@ DOC_TYPES: tuple[Any, ...] = (
     SegmentBatch,
     SegmentResult,
     HealthBody,
+    FunnelResult,
+    CohortResult,
+    RfmResult,
+    OverviewResult,
+    RealtimeResult,
+    SessionsResult,
+    UserProfile,
+    UserSegment,
+    UserPredictions,
+    ErasureResult,
 )
