@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from avila.analytics import funnel, overview, realtime, retention, rfm
+from avila.analytics import funnel, lifecycle, overview, paths, realtime, retention, rfm, stickiness
 from avila.storage import open_store
 from avila.storage.base import Store
 from avila.storage.duckdb.analytics_sql import FRAGMENTS
@@ -155,6 +155,89 @@ FROM events WHERE project_id = $p AND received_at >= $m15 AND received_at <= $no
 """
 
 
+# --- paths, lifecycle, stickiness (issue 15) -------------------------------------------------
+SQL_PATHS = """
+WITH ev AS (SELECT user_id, ts, CASE WHEN event_type IN ('page_view', 'click')
+              THEN event_type || ':' || url ELSE event_type END AS name
+            FROM events WHERE project_id = $p AND ts >= $s AND ts < $e),
+x AS (SELECT user_id, ts, name, lag(name) OVER w AS prev FROM ev
+      WINDOW w AS (PARTITION BY user_id ORDER BY ts, name)),
+y AS (SELECT user_id, name, row_number() OVER w AS k, lead(name) OVER w AS nxt
+      FROM x WHERE prev IS DISTINCT FROM name WINDOW w AS (PARTITION BY user_id ORDER BY ts, name))
+SELECT k, name, nxt, count(*) FROM y WHERE k <= 5 GROUP BY ALL
+"""
+SQL_LIFECYCLE = """
+WITH a AS (SELECT DISTINCT user_id, date_trunc('week', ts) AS w FROM events
+           WHERE project_id = $p AND ts >= $s - INTERVAL 7 DAY AND ts < $e),
+f AS (SELECT user_id, date_trunc('week', min(ts)) AS fw FROM events
+      WHERE project_id = $p AND ts < $e GROUP BY user_id)
+SELECT a.w, CASE WHEN f.fw = a.w THEN 'new' WHEN p.user_id IS NOT NULL THEN 'returning'
+  ELSE 'resurrecting' END, count(*)
+FROM a JOIN f USING (user_id) LEFT JOIN a p ON p.user_id = a.user_id AND p.w = a.w - INTERVAL 7 DAY
+WHERE a.w >= $s GROUP BY ALL
+UNION ALL
+SELECT a.w + INTERVAL 7 DAY, 'dormant', count(*) FROM a
+LEFT JOIN a n ON n.user_id = a.user_id AND n.w = a.w + INTERVAL 7 DAY
+WHERE n.user_id IS NULL AND a.w + INTERVAL 7 DAY < $e GROUP BY ALL
+"""
+SQL_STICKINESS = """
+SELECT w, days, count(*) FROM (
+  SELECT user_id, date_trunc('week', ts) AS w, count(DISTINCT date_trunc('day', ts)) AS days
+  FROM events WHERE project_id = $p AND ts >= $s AND ts < $e GROUP BY ALL) GROUP BY ALL
+"""
+
+
+def journey_cases(
+    store: Store, conn: Any
+) -> list[tuple[str, Callable[[], Any], Callable[[], Any]]]:
+    """Paths, lifecycle and stickiness rows: ours (any time zone, whole periods, exact
+    semantics) beside the plain UTC query a person would write for the same figures."""
+    d30 = {"start_time": Q_START, "end_time": Q_END}
+    w12 = {"start_time": END - timedelta(weeks=12), "end_time": END}
+    home = {"condition_type": "page_view", "condition_value": "/"}
+    base = {"p": PROJECT, "s": Q_START, "e": Q_END}
+    base12 = {**base, "s": END - timedelta(weeks=12)}
+    return [
+        ("paths (5 steps, 30 d)", lambda: paths(store, PROJECT, {**d30, "steps": 5}),
+         lambda: conn.execute(SQL_PATHS, base).fetchall()),
+        ("paths from / (5, 30 d)", lambda: paths(store, PROJECT, {**d30, "start": home}),
+         lambda: conn.execute(SQL_PATHS, base).fetchall()),
+        ("paths to purchase", lambda: paths(store, PROJECT, {**d30, "end": {"condition_type": "purchase"}}),
+         lambda: conn.execute(SQL_PATHS, base).fetchall()),
+        ("lifecycle (day, 30 d)", lambda: lifecycle(store, PROJECT, {**d30, "period": "day",
+                                                                      "timezone": "Europe/Berlin"}),
+         lambda: conn.execute(SQL_LIFECYCLE, base).fetchall()),
+        ("lifecycle (week, 12 w)", lambda: lifecycle(store, PROJECT, {**w12, "period": "week",
+                                                                       "timezone": "Europe/Berlin"}),
+         lambda: conn.execute(SQL_LIFECYCLE, base12).fetchall()),
+        ("stickiness (week, 30 d)", lambda: stickiness(store, PROJECT, {**d30, "period": "week",
+                                                                         "timezone": "Europe/Berlin"}),
+         lambda: conn.execute(SQL_STICKINESS, base).fetchall()),
+        ("stickiness (month, 90 d)", lambda: stickiness(store, PROJECT, {"period": "month",
+                                      "start_time": END - timedelta(days=90), "end_time": END}),
+         lambda: conn.execute(SQL_STICKINESS, {**base, "s": END - timedelta(days=90)}).fetchall()),
+    ]  # fmt: skip
+
+
+def journey_cpu(cases: list[tuple[str, Callable[[], Any], Callable[[], Any]]], runs: int) -> None:
+    """CPU seconds (this process, all DuckDB threads) of our journey rows: on a shared machine
+    wall time mostly measures the neighbours, CPU time much less so."""
+    print(f"{'query (CPU time)':<24}{'ours (s)':>10}{'sql (s)':>10}{'ratio':>8}")
+    for name, mine, sql in cases:
+        a, b = median_cpu_seconds(mine, runs), median_cpu_seconds(sql, runs)
+        print(f"{name:<24}{a:>10.3f}{b:>10.3f}{a / b:>8.2f}")
+
+
+def median_cpu_seconds(fn: Callable[[], Any], runs: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.process_time()
+        fn()
+        times.append(time.process_time() - t0)
+    return statistics.median(times)
+
+
 def _stitched(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn`` reading through the identity-resolving view, as a project with links would."""
     frag = FRAGMENTS
@@ -180,6 +263,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=Path("data/bench"))
+    parser.add_argument("--only", default="", help="run only the rows whose name contains this")
     args = parser.parse_args()
     path = args.dir / f"analytics_{args.events}.duckdb"
     fresh = not path.exists()
@@ -215,13 +299,17 @@ def main() -> None:
         ("funnel, stitched view", lambda: _stitched(funnel, store, PROJECT, funnel_q),
          lambda: conn.execute(SQL_FUNNEL, {**base, "w": WINDOW}).fetchall()),
     ]  # fmt: skip
+    cases += journey_cases(store, conn)
     ours = [s["count"] for s in funnel(store, PROJECT, funnel_q)["steps"]]
     theirs = list(conn.execute(SQL_FUNNEL, {**base, "w": WINDOW}).fetchall()[0])
     print(f"funnel counts ours={ours} asof-sql={theirs}")
     print(f"{'query':<24}{'ours (s)':>10}{'sql (s)':>10}{'ratio':>8}")
     for name, mine, sql in cases:
+        if args.only not in name:
+            continue
         a, b = median_seconds(mine, args.runs), median_seconds(sql, args.runs)
         print(f"{name:<24}{a:>10.3f}{b:>10.3f}{a / b:>8.2f}")
+    journey_cpu([c for c in journey_cases(store, conn) if args.only in c[0]], args.runs)
     store.close()
 
 

@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark and record what each printed in benchmarks/RESULTS.md.
 
-bench_ingest writes its own table; the others' printed figures are recorded verbatim under
-their command, with the date and machine. Run on a quiet machine: the figures are medians of
+bench_ingest and bench_live write their own tables; the others' printed figures are recorded
+verbatim under their command, with the date and machine. Run on a quiet machine: the figures are medians of
 several runs inside each benchmark, but the machine is shared.
 """
 
@@ -32,6 +32,11 @@ BENCHES = [
     ),
     ("bench_export", ["bench_export.py", "--no-write"], "Export of 10 million rows: peak RSS"),
     (
+        "bench_experiments",
+        ["bench_experiments.py", "--no-write"],
+        "Experiment results at 10 million events",
+    ),
+    (
         "bench_alerts",
         ["bench_alerts.py"],
         "Alert rule evaluation at 10 million events and 1 million readings",
@@ -41,8 +46,9 @@ BENCHES = [
 
 def main() -> None:
     only = set(sys.argv[1:])  # e.g. `python benchmarks/run_all.py bench_analytics`
-    if not only or "bench_ingest" in only:
-        subprocess.run([sys.executable, str(HERE / "bench_ingest.py")], check=True)
+    for own in ("bench_ingest", "bench_live"):  # these write their own sections
+        if not only or own in only:
+            subprocess.run([sys.executable, str(HERE / f"{own}.py")], check=True)
     for name, args, title in BENCHES:
         if only and name not in only:
             continue

@@ -17,6 +17,7 @@ from avila import __version__
 from avila.api import alerts as alerts_api
 from avila.api import analytics as analytics_api
 from avila.api import docs_ui, events, export, health, methods, segment, tracker, ws
+from avila.api import experiments as experiments_api
 from avila.api import industry40 as industry40_api
 from avila.api import ml as ml_api
 from avila.api import users as users_api
@@ -45,6 +46,7 @@ API_MODULES: tuple[ModuleType, ...] = (
     ml_api,
     analytics_api,
     users_api,
+    experiments_api,
     alerts_api,  # after industry40_api: it listens to committed telemetry
 )
 

@@ -101,6 +101,42 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "24",
         "Idempotency window: a re-sent event_id is recognised for at least this many hours.",
     ),
+    SettingSpec(
+        "live_flush_ms",
+        "AVILA_LIVE_FLUSH_MS",
+        "200",
+        "Live stream: events go to WebSocket subscribers in one frame per this many ms (50-1000).",
+    ),
+    SettingSpec(
+        "live_max_events_per_second",
+        "AVILA_LIVE_MAX_EVENTS_PER_SECOND",
+        "1000",
+        "Live stream: above this many events/s (per project and filter) subscribers get a uniform sample.",
+    ),
+    SettingSpec(
+        "live_queue_frames",
+        "AVILA_LIVE_QUEUE_FRAMES",
+        "16",
+        "Live stream: frames queued per connection before the oldest are dropped.",
+    ),
+    SettingSpec(
+        "live_stall_timeout_seconds",
+        "AVILA_LIVE_STALL_TIMEOUT_SECONDS",
+        "30",
+        "Live stream: a connection that cannot take a frame for this long is closed (4408).",
+    ),
+    SettingSpec(
+        "live_max_connections_per_project",
+        "AVILA_LIVE_MAX_CONNECTIONS_PER_PROJECT",
+        "500",
+        "Live stream: open WebSocket connections allowed per project (more: closed with 4429).",
+    ),
+    SettingSpec(
+        "live_max_connections_per_key",
+        "AVILA_LIVE_MAX_CONNECTIONS_PER_KEY",
+        "100",
+        "Live stream: open WebSocket connections allowed per API key (more: closed with 4429).",
+    ),
     # Alerts (docs/alerts.md): email destinations use this SMTP server; empty host: no email.
     SettingSpec(
         "smtp_host", "AVILA_SMTP_HOST", "", "SMTP server for alert emails; empty: email off."
@@ -225,6 +261,12 @@ class Settings:
     dedup_window_hours: int = 24
     mqtt_url: str = ""
     mqtt_client_id: str = "avila-bridge"
+    live_flush_ms: int = 200
+    live_max_events_per_second: int = 1000
+    live_queue_frames: int = 16
+    live_stall_timeout_seconds: int = 30
+    live_max_connections_per_project: int = 500
+    live_max_connections_per_key: int = 100
     smtp_host: str = ""
     smtp_port: int = 587
     smtp_tls: str = "starttls"
@@ -284,6 +326,12 @@ class Settings:
             "dedup_window_hours": lambda env, raw: _parse_int(env, raw, 1, 24 * 365),
             "mqtt_url": _parse_mqtt_url,
             "mqtt_client_id": lambda env, raw: raw.strip() or "avila-bridge",
+            "live_flush_ms": lambda env, raw: _parse_int(env, raw, 50, 1000),
+            "live_max_events_per_second": lambda env, raw: _parse_int(env, raw, 1, 10**7),
+            "live_queue_frames": lambda env, raw: _parse_int(env, raw, 1, 10_000),
+            "live_stall_timeout_seconds": lambda env, raw: _parse_int(env, raw, 1, 3600),
+            "live_max_connections_per_project": lambda env, raw: _parse_int(env, raw, 1, 10**6),
+            "live_max_connections_per_key": lambda env, raw: _parse_int(env, raw, 1, 10**6),
             "smtp_host": lambda env, raw: raw.strip(),
             "smtp_port": lambda env, raw: _parse_int(env, raw, 1, 65535),
             "smtp_tls": lambda env, raw: _parse_choice(env, raw, ("starttls", "tls", "none")),

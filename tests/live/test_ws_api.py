@@ -11,7 +11,17 @@ from websockets.exceptions import ConnectionClosed
 
 from avila.security.keys import KeyStore
 from tests.conftest import TEST_KEY
-from tests.live.ws_client import barrier, open_ws, recv, send, subscribe, until, ws_url
+from tests.live.ws_client import (
+    barrier,
+    collect_events,
+    events_of,
+    open_ws,
+    recv,
+    send,
+    subscribe,
+    until,
+    ws_url,
+)
 
 
 def _event(user: str) -> dict[str, Any]:
@@ -53,25 +63,53 @@ def test_client_receives_only_its_own_projects_events(server: Any, other_key: st
         subscribe(theirs, "events")
         event = _event("ws-user-" + uuid.uuid4().hex[:6])
         _post(server, TEST_KEY, event)
-        message, _ = until(mine, "Event")
-        while message["payload"]["event_id"] != event["event_id"]:
-            message, _ = until(mine, "Event")
-        payload = message["payload"]
+        events, _ = collect_events(mine, {event["event_id"]})
+        payload = next(e for e in events if e["event_id"] == event["event_id"])
         assert payload["user_id"] == event["user_id"]
         assert payload["project_id"] == "default"
         assert payload["timestamp"] == "2025-11-26T10:00:00.250000Z"
         assert payload["event_type"] == event["event_type"]
         assert payload["context"] == event["context"]
-        assert message["dropped"] == 0
-        assert [m for m in barrier(theirs) if m["type"] == "Event"] == []
+        assert [m for m in barrier(theirs) if m["type"] in ("Event", "Events")] == []
 
         other = _event("ws-other-user")
         _post(server, other_key, other)
-        message, _ = until(theirs, "Event")
-        assert message["payload"]["event_id"] == other["event_id"]
-        assert message["payload"]["project_id"] == "wsother"
-        leaked = [m for m in barrier(mine) if m["type"] == "Event"]
-        assert all(m["payload"]["project_id"] == "default" for m in leaked)
+        events, _ = collect_events(theirs, {other["event_id"]})
+        assert {e["project_id"] for e in events} == {"wsother"}
+        leaked = [e for m in barrier(mine) for e in events_of(m)]
+        assert all(e["project_id"] == "default" for e in leaked)
+
+
+def test_project_b_never_receives_project_a_batches(server: Any, other_key: str) -> None:
+    """Bursts of both projects at once: every frame B gets holds only B's events, and all of
+    them; A likewise."""
+    with open_ws(server) as a_ws, open_ws(server, other_key) as b_ws:
+        subscribe(a_ws, "events")
+        subscribe(b_ws, "events")
+        a_ids: set[str] = set()
+        b_ids: set[str] = set()
+        for round_ in range(3):
+            a_batch = [_event(f"a-{round_}-{i}") for i in range(40)]
+            b_batch = [_event(f"b-{round_}-{i}") for i in range(15)]
+            for key, batch, ids in ((TEST_KEY, a_batch, a_ids), (other_key, b_batch, b_ids)):
+                response = httpx.post(
+                    server.url + "/api/v1/events/batch",
+                    json={"events": batch},
+                    headers={"x-api-key": key},
+                )
+                assert response.status_code == 202, response.text
+                ids.update(e["event_id"] for e in batch)
+        b_events, b_frames = collect_events(b_ws, b_ids)
+        a_events, _ = collect_events(a_ws, a_ids)
+        b_events += [e for m in barrier(b_ws) for e in events_of(m)]
+        assert {e["project_id"] for e in b_events} == {"wsother"}
+        assert not {e["event_id"] for e in b_events} & a_ids
+        assert {e["project_id"] for e in a_events} <= {"default"}
+        assert any(f["type"] == "Events" for f in b_frames)  # batched, not one per event
+        for frame in b_frames:
+            if frame["type"] == "Events":
+                assert frame["payload"]["sampled"] == 1.0
+                assert frame["payload"]["dropped"] == 0
 
 
 def test_ping_pong_and_errors_keep_the_connection_open(server: Any) -> None:
@@ -108,7 +146,7 @@ def test_unsubscribe_stops_events(server: Any) -> None:
         send(ws, {"type": "Unsubscribe", "payload": {"channels": ["events"]}})
         assert recv(ws) == {"type": "Subscribed", "payload": {"channels": ["alerts"]}}
         _post(server, TEST_KEY, _event("ws-unsub"))
-        assert [m for m in barrier(ws) if m["type"] == "Event"] == []
+        assert [m for m in barrier(ws) if m["type"] in ("Event", "Events")] == []
 
 
 def test_metrics_arrive_every_second(server: Any) -> None:

@@ -48,3 +48,29 @@ def barrier(ws: ClientConnection) -> list[dict[str, Any]]:
     """Ping and wait for the Pong; returns what arrived in between."""
     send(ws, {"type": "Ping", "payload": {"barrier": True}})
     return until(ws, "Pong")[1]
+
+
+def events_of(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events a data frame carries: one for ``Event``, the batch for ``Events``."""
+    if message["type"] == "Event":
+        return [message["payload"]]
+    if message["type"] == "Events":
+        return list(message["payload"]["events"])
+    return []
+
+
+def collect_events(
+    ws: ClientConnection, wanted: set[str], timeout: float = 10
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Read until every event id of ``wanted`` has arrived: (events, frames) received."""
+    events: list[dict[str, Any]] = []
+    frames: list[dict[str, Any]] = []
+    missing = set(wanted)
+    while missing:
+        message = recv(ws, timeout)
+        if message["type"] in ("Event", "Events"):
+            frames.append(message)
+            got = events_of(message)
+            events.extend(got)
+            missing -= {e["event_id"] for e in got}
+    return events, frames

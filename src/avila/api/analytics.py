@@ -1,11 +1,13 @@
-"""Analytics endpoints: funnels, cohorts, RFM, overview, trends, sessions, real time.
+"""Analytics endpoints: funnels, cohorts, RFM, overview, trends, sessions, real time, paths,
+lifecycle and stickiness.
 
 A thin transport layer over :mod:`avila.analytics`: bodies are decoded by Litestar with msgspec
 into the Structs of :mod:`avila.schemas.analytics` (schema errors: 422 ``validation_failed``
 with each field's path; malformed JSON: 400), GET query strings are collected into the same
 Structs, and the query runs in a worker thread so the event loop keeps serving ingestion.
 Semantic errors (one-step funnel, bad regex, unknown property...) are raised by the analytics
-functions as 422s with their own stable codes. Every query is scoped to the key's project.
+functions as 422s with their own stable codes. The paths, lifecycle and stickiness routes also
+say what a bad field accepts (``allowed`` values or ``minimum``/``maximum``) in each detail. Every query is scoped to the key's project.
 Semantics and examples: docs/analytics.md.
 """
 
@@ -17,23 +19,32 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import get, post
+from litestar import Request, Response, get, post
+from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 
 from avila.analytics import funnel, overview, realtime, retention, rfm, sessions, trends
 from avila.analytics.common import invalid, parse_query
+from avila.analytics.lifecycle import lifecycle
+from avila.analytics.paths import paths
+from avila.analytics.stickiness import stickiness
+from avila.api.errors import error_response
 from avila.schemas.analytics import (
     CohortQuery,
     FunnelQuery,
     Interval,
+    LifecycleQuery,
     MatchMode,
     OverviewQuery,
+    PathsQuery,
     PropertyFilter,
     RealtimeQuery,
     RFMQuery,
     SessionsQuery,
+    StickinessQuery,
     TrendsQuery,
 )
+from avila.schemas.constraints import explain
 from avila.security.keys import Principal
 from avila.storage.base import Store
 
@@ -257,6 +268,80 @@ async def realtime_report(principal: Principal, store: Store, top_n: TopN = 10) 
     return await run(realtime, store, principal.project_id, q)
 
 
+def explained_errors(model: type) -> dict[Any, Any]:
+    """Route-level handler: schema errors of ``model`` bodies with what each field accepts."""
+
+    def handle(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+        items = exc.extra if isinstance(exc.extra, list) else []
+        details = [
+            {"path": str(item.get("key", "")), "message": str(item.get("message", ""))}
+            for item in items
+            if isinstance(item, dict)
+        ]
+        details = explain(model, details)
+        message = details[0]["message"] if details else "request parameters are invalid"
+        return error_response(422, "validation_failed", message, details)
+
+    return {ValidationException: handle}
+
+
+@post(
+    "/api/v1/analytics/paths",
+    opt=_READ,
+    status_code=200,
+    summary="User paths (Sankey)",
+    description=(
+        "Per user, the first path in range from the first `start` event and/or to the first"
+        " `end` event, `steps` steps (2-20) of event names such as `page_view:/pricing`, repeats"
+        " collapsed; as Sankey `nodes` (step, name, users) and `links` (source, target, users)."
+        + _RANGE_DOC
+    ),
+    tags=_TAGS,
+    exception_handlers=explained_errors(PathsQuery),
+)
+async def paths_report(
+    principal: Principal, store: Store, data: PathsQuery | None = None
+) -> Result:
+    return await run(paths, store, principal.project_id, data or PathsQuery())
+
+
+@post(
+    "/api/v1/analytics/lifecycle",
+    opt=_READ,
+    status_code=200,
+    summary="User lifecycle",
+    description=(
+        "Per `period` (day, week, month in `timezone`) the new, returning, resurrecting and"
+        " dormant users (PostHog's definitions; `dormant` is negative) active on `event`."
+        + _RANGE_DOC
+    ),
+    tags=_TAGS,
+    exception_handlers=explained_errors(LifecycleQuery),
+)
+async def lifecycle_report(
+    principal: Principal, store: Store, data: LifecycleQuery | None = None
+) -> Result:
+    return await run(lifecycle, store, principal.project_id, data or LifecycleQuery())
+
+
+@post(
+    "/api/v1/analytics/stickiness",
+    opt=_READ,
+    status_code=200,
+    summary="Stickiness",
+    description=(
+        "Users by number of active days (local calendar days in `timezone`) within each"
+        " `period` (week or month), per period and summed." + _RANGE_DOC
+    ),
+    tags=_TAGS,
+    exception_handlers=explained_errors(StickinessQuery),
+)
+async def stickiness_report(
+    principal: Principal, store: Store, data: StickinessQuery | None = None
+) -> Result:
+    return await run(stickiness, store, principal.project_id, data or StickinessQuery())
+
+
 ROUTES = [
     funnel_report,
     cohort_report,
@@ -265,4 +350,7 @@ ROUTES = [
     trends_report,
     sessions_report,
     realtime_report,
+    paths_report,
+    lifecycle_report,
+    stickiness_report,
 ]

@@ -18,6 +18,8 @@ from avila.security.keys import KeyStore, Principal
 from avila.security.ratelimit import RateLimiter
 
 RATE_HEADERS_STATE = "avila_rate_headers"
+#: WebSocket subprotocol carrying the API key: ``avila.key.<KEY>``.
+WS_KEY_PREFIX = "avila.key."
 
 
 def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
@@ -29,6 +31,13 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     if auth and auth[:7].lower() == "bearer ":
         return auth[7:].strip()
     if str(connection.scope["type"]) == "websocket":
+        # Browsers cannot set headers on a WebSocket: the key may come as the subprotocol
+        # "avila.key.<KEY>" (docs/realtime.md) or as ?api_key=.
+        scope: dict[str, Any] = dict(connection.scope)
+        offers: list[str] = list(scope.get("subprotocols") or ())
+        for offered in offers:
+            if offered.startswith(WS_KEY_PREFIX) and len(offered) > len(WS_KEY_PREFIX):
+                return offered[len(WS_KEY_PREFIX) :]
         return connection.query_params.get("api_key")
     return None
 

@@ -1,26 +1,30 @@
 """GET /ws: live events, metrics and alerts of the caller's project over a WebSocket.
 
-Protocol (JSON text frames)::
+Protocol (JSON text frames; full reference in docs/realtime.md)::
 
-    client: {"type": "Subscribe" | "Unsubscribe", "payload": {"channels": ["events", ...]}}
+    client: {"type": "Subscribe" | "Unsubscribe",
+             "payload": {"channels": ["events", ...], "filter": {...}?}}
             {"type": "Ping", "payload": {...}?}
-    server: {"type": "Event" | "Metrics" | "Alert", "payload": {...}, "dropped": n}
-            {"type": "Subscribed", "payload": {"channels": [...]}}
+    server: {"type": "Events", "payload": {"sampled": r, "events": [...], "dropped": n}}
+            {"type": "Event" | "Metrics" | "Alert", "payload": {...}, "dropped": n}
+            {"type": "Subscribed", "payload": {"channels": [...], "filter": {...}?}}
             {"type": "Pong", "payload": {"time": "...Z", ...the Ping's payload}}
             {"type": "Error", "payload": {"code", "message", "details"}}
 
-The key comes as ``?api_key=`` (browsers cannot set headers on a WebSocket) or ``x-api-key``;
-it needs the ``read`` scope. Auth failures accept, send an Error and close with 4401 (401),
-4403 (403) or 4429 (429). A bad client message gets an Error; the connection stays open.
+The key comes as the subprotocol ``avila.key.<KEY>`` (offered with ``avila.v1``, which the server
+accepts), as ``?api_key=`` or as ``x-api-key``; it needs the ``read`` scope. Auth failures and
+refused connections accept, send an Error and close with 4401, 4403 or 4429; a connection that
+cannot take a frame for ``AVILA_LIVE_STALL_TIMEOUT_SECONDS`` is told what it missed and closed
+with 4408. A bad client message gets an Error; the connection stays open.
 
-Each connection has a bounded queue on the live bus (oldest dropped; ``dropped`` counts them),
-and one sender task that is the only writer of data messages. A client that stops reading
-blocks only its own sender (uvicorn applies TCP back-pressure); ingestion never waits for it.
+Data frames come from the connection's :class:`~avila.live.fanout.Outbox`; one sender task per
+connection is the only thing that waits on the client, so ingestion never does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,15 +35,25 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from avila.api.component import AppContext
 from avila.api.security import authenticate
+from avila.config import Settings
 from avila.errors import AvilaError
 from avila.live import CHANNELS, ActivityTracker, LiveBus, LiveFeed, MetricsPublisher, get_bus
+from avila.live.fanout import Fanout, LiveLimits, Outbox, TooManyConnections
+from avila.live.filters import EventFilter, FilterError
 
-#: Messages queued per connection before the oldest are dropped.
-QUEUE_SIZE = 1000
 #: Largest client message accepted, in bytes.
 MAX_CLIENT_MESSAGE = 64 * 1024
-_MESSAGE_TYPES = {"events": "Event", "metrics": "Metrics", "alerts": "Alert"}
-_CLOSE_CODES = {401: 4401, 403: 4403, 429: 4429}
+#: Subprotocol the server speaks (accepted when the client offers it).
+SUBPROTOCOL = "avila.v1"
+#: Close codes: auth (401, 403), caps and rate limit (429), stalled client (408).
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_STALLED = 4408
+CLOSE_TOO_MANY = 4429
+_CLOSE_CODES = {401: CLOSE_UNAUTHORIZED, 403: CLOSE_FORBIDDEN, 429: CLOSE_TOO_MANY}
+FANOUT_KEY = "live_fanout"
+#: A stalled client gets at least this long to read its Error and close frame.
+FAREWELL_MIN_SECONDS = 10.0
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -57,20 +71,43 @@ def _now() -> str:
 
 
 class LiveSession:
-    """One authenticated connection: its subscription, a reader loop and a sender task."""
+    """One authenticated connection: a reader loop and a sender task over its outbox."""
 
-    def __init__(self, socket: WebSocket[Any, Any, Any], bus: LiveBus, project_id: str) -> None:
+    def __init__(self, socket: WebSocket[Any, Any, Any], fanout: Fanout, outbox: Outbox) -> None:
         self.socket = socket
-        self.bus = bus
-        self.sub = bus.subscribe(project_id, (), maxsize=QUEUE_SIZE)
+        self.fanout = fanout
+        self.outbox = outbox
+        self.stall_timeout = fanout.limits.stall_timeout_seconds
         self._send_lock = asyncio.Lock()
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send_text(self, text: str) -> None:
         async with self._send_lock:
-            await self.socket.send_data(_encode(message).decode(), mode="text")
+            await self.socket.send_data(text, mode="text")
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.send_text(_encode(message).decode())
 
     async def run(self) -> None:
-        sender = asyncio.get_running_loop().create_task(self._pump(), name="ws-sender")
+        loop = asyncio.get_running_loop()
+        pump = loop.create_task(self._pump(), name="ws-sender")
+        reader = loop.create_task(self._read(), name="ws-reader")
+        try:
+            await asyncio.wait({pump, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, reader):
+                task.cancel()
+            await asyncio.gather(pump, reader, return_exceptions=True)
+            stalled = (
+                pump.done()
+                and not pump.cancelled()
+                and pump.exception() is None
+                and pump.result() is True
+            )
+            self.fanout.disconnect(self.outbox, "stalled" if stalled else None)
+        if stalled:
+            await self._farewell()
+
+    async def _read(self) -> None:
         try:
             while True:
                 message = await self.socket.receive()
@@ -78,27 +115,45 @@ class LiveSession:
                     return
                 text, raw = message.get("text"), message.get("bytes")
                 data = text if isinstance(text, str) else raw if isinstance(raw, bytes) else b""
-                reply = self.handle(data)
-                if sender.done():  # the client went away while we were reading
-                    return
-                await self.send(reply)
+                await self.send(self.handle(data))
         except (WebSocketDisconnect, OSError):
             return
-        finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
-            self.bus.unsubscribe(self.sub)
 
-    async def _pump(self) -> None:
-        sub = self.sub
+    async def _pump(self) -> bool:
+        """Write frames until the client goes away (False) or stalls (True)."""
+        outbox = self.outbox
         try:
             while True:
-                channel, payload = await sub.get()
-                await self.send(
-                    {"type": _MESSAGE_TYPES[channel], "payload": payload, "dropped": sub.dropped}
-                )
+                frame, text = await outbox.take()
+                try:
+                    async with asyncio.timeout(self.stall_timeout):
+                        await self.send_text(text)
+                except TimeoutError:
+                    outbox.lose(frame)
+                    return True
+                self.fanout.sent(outbox, text, frame)
         except (WebSocketDisconnect, OSError):
-            return
+            return False
+
+    async def _farewell(self) -> None:
+        """Tell a stalled client what it missed and close with 4408. Both wait until the
+        client reads again; if it does not within another stall timeout, the handler ends and
+        the server drops the connection without a close frame."""
+        outbox = self.outbox
+        message = (
+            f"closed: no frame could be written for {self.stall_timeout:g} s; "
+            f"{outbox.lost_events} events and {outbox.lost_messages} other messages missed"
+        )
+        details = [{"missed_events": outbox.lost_events, "missed_messages": outbox.lost_messages}]
+        with contextlib.suppress(TimeoutError, WebSocketDisconnect, OSError):
+            await asyncio.wait_for(
+                self._goodbye(message, details), max(self.stall_timeout, FAREWELL_MIN_SECONDS)
+            )
+
+    async def _goodbye(self, message: str, details: list[Any]) -> None:
+        await self.send(_error("client_stalled", message, details))
+        reason = f"stalled: {self.outbox.lost_events} events missed"
+        await self.socket.close(code=CLOSE_STALLED, reason=reason)
 
     def handle(self, data: str | bytes) -> dict[str, Any]:
         """The reply to one client message."""
@@ -122,82 +177,165 @@ class LiveSession:
             echo = payload if isinstance(payload, dict) else {}
             return {"type": "Pong", "payload": {**echo, "time": _now()}}
         if kind in ("Subscribe", "Unsubscribe"):
-            channels = payload.get("channels") if isinstance(payload, dict) else None
-            if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
-                return _error(
-                    "invalid_message",
-                    f"{kind} needs payload.channels, a list of channel names",
-                    [{"path": "payload.channels", "message": "a list of strings is required"}],
-                )
-            unknown = [c for c in channels if c not in CHANNELS]
-            if unknown:
-                return _error(
-                    "unknown_channel",
-                    f"unknown channel(s) {', '.join(map(repr, unknown))}; channels are "
-                    + ", ".join(CHANNELS),
-                    [{"path": "payload.channels", "message": f"unknown: {c}"} for c in unknown],
-                )
-            current = set(self.sub.channels)
-            wanted = current | set(channels) if kind == "Subscribe" else current - set(channels)
-            self.bus.set_channels(self.sub, wanted)
-            return {"type": "Subscribed", "payload": {"channels": sorted(wanted)}}
+            return self._subscribe(kind, payload)
         return _error(
             "unknown_message_type",
             f"unknown message type {kind!r}; expected Subscribe, Unsubscribe or Ping",
             [{"path": "type", "message": f"unknown: {kind}"}],
         )
 
+    def _subscribe(self, kind: str, payload: Any) -> dict[str, Any]:
+        channels = payload.get("channels") if isinstance(payload, dict) else None
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            return _error(
+                "invalid_message",
+                f"{kind} needs payload.channels, a list of channel names",
+                [{"path": "payload.channels", "message": "a list of strings is required"}],
+            )
+        unknown = [c for c in channels if c not in CHANNELS]
+        if unknown:
+            return _error(
+                "unknown_channel",
+                f"unknown channel(s) {', '.join(map(repr, unknown))}; channels are "
+                + ", ".join(CHANNELS),
+                [{"path": "payload.channels", "message": f"unknown: {c}"} for c in unknown],
+            )
+        outbox = self.outbox
+        event_filter = outbox.filter
+        if kind == "Subscribe" and isinstance(payload, dict) and "filter" in payload:
+            try:
+                event_filter = EventFilter.parse(payload["filter"])
+            except FilterError as exc:
+                return _error("invalid_filter", str(exc), exc.details)
+        current = set(outbox.channels)
+        wanted = current | set(channels) if kind == "Subscribe" else current - set(channels)
+        self.fanout.set_channels(outbox, wanted, event_filter)
+        reply: dict[str, Any] = {"channels": sorted(wanted)}
+        if outbox.filter is not None:
+            reply["filter"] = outbox.filter.to_json()
+        return {"type": "Subscribed", "payload": reply}
+
+
+async def _refuse(socket: WebSocket[Any, Any, Any], error: dict[str, Any], code: int) -> None:
+    try:
+        await socket.send_data(_encode(error).decode(), mode="text")
+        await socket.close(code=code, reason=error["payload"]["message"][:120])
+    except (WebSocketDisconnect, OSError):
+        pass
+
 
 @websocket("/ws", name="live")
 async def live_socket(socket: WebSocket[Any, Any, Any], ctx: AppContext) -> None:
-    await socket.accept()
+    offered = socket.scope.get("subprotocols") or []
+    await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     try:
         principal = authenticate(socket, "read")
     except AvilaError as exc:
         code = _CLOSE_CODES.get(exc.status, 4400 if exc.status < 500 else 1011)
-        try:
-            await socket.send_data(
-                _encode(_error(exc.code, exc.message, exc.details)).decode(), mode="text"
-            )
-            await socket.close(code=code, reason=exc.message[:120])
-        except (WebSocketDisconnect, OSError):
-            pass
+        await _refuse(socket, _error(exc.code, exc.message, exc.details), code)
         return
-    await LiveSession(socket, get_bus(ctx.state), principal.project_id).run()
+    fanout: Fanout = ctx.state[FANOUT_KEY]
+    try:
+        outbox = fanout.connect(principal.project_id, principal.key_id)
+    except TooManyConnections as exc:
+        error = _error(
+            "too_many_connections",
+            str(exc),
+            [{"limit": exc.scope, "max_connections": exc.limit}],
+        )
+        await _refuse(socket, error, CLOSE_TOO_MANY)
+        return
+    await LiveSession(socket, fanout, outbox).run()
 
 
 class _LiveCollector:
-    """Prometheus view of the bus: subscribers and messages dropped for slow ones."""
+    """Prometheus view of the live stream: totals and per-project figures."""
 
-    def __init__(self, bus: LiveBus) -> None:
+    def __init__(self, bus: LiveBus, fanout: Fanout) -> None:
         self.bus = bus
+        self.fanout = fanout
 
     def collect(self) -> Any:
+        stats = dict(self.fanout.stats)
         yield GaugeMetricFamily(
-            "avila_live_subscribers", "Live (WebSocket) subscriptions open", value=len(self.bus)
+            "avila_live_subscribers",
+            "Live subscribers open (WebSocket connections and in-process subscriptions)",
+            value=len(self.fanout) + len(self.bus),
         )
         yield CounterMetricFamily(
             "avila_live_dropped_messages",
-            "Live messages dropped (oldest first) because a subscriber fell behind",
-            value=self.bus.dropped_total(),
+            "Live events and messages dropped (oldest first) because a subscriber fell behind",
+            value=self.bus.dropped_total() + sum(s.dropped_events for s in stats.values()),
         )
+        per_project = [
+            ("avila_live_project_connections", "Open live WebSocket connections", "connections"),
+        ]
+        for name, help_text, attr in per_project:
+            gauge = GaugeMetricFamily(name, help_text, labels=["project"])
+            for project, s in stats.items():
+                gauge.add_metric([project], getattr(s, attr))
+            yield gauge
+        counters = [
+            ("avila_live_frames", "Live frames written to WebSocket clients", "frames"),
+            ("avila_live_bytes", "Live frame bytes written (UTF-8, before framing)", "bytes"),
+            (
+                "avila_live_dropped_events",
+                "Live events lost by clients that fell behind (queue overflow or close)",
+                "dropped_events",
+            ),
+            (
+                "avila_live_sampled_out_events",
+                "Live events left out of the events channel by sampling (per stream)",
+                "sampled_out_events",
+            ),
+        ]
+        for name, help_text, attr in counters:
+            counter = CounterMetricFamily(name, help_text, labels=["project"])
+            for project, s in stats.items():
+                counter.add_metric([project], getattr(s, attr))
+            yield counter
+        closed = CounterMetricFamily(
+            "avila_live_closed_connections",
+            "Live connections closed or refused by the server, by reason",
+            labels=["project", "reason"],
+        )
+        for project, s in stats.items():
+            for reason, count in s.closed.items():
+                closed.add_metric([project, reason], count)
+        yield closed
+
+
+def limits_from(settings: Settings) -> LiveLimits:
+    return LiveLimits(
+        flush_seconds=settings.live_flush_ms / 1000,
+        max_events_per_second=settings.live_max_events_per_second,
+        queue_frames=settings.live_queue_frames,
+        stall_timeout_seconds=float(settings.live_stall_timeout_seconds),
+        max_connections_per_project=settings.live_max_connections_per_project,
+        max_connections_per_key=settings.live_max_connections_per_key,
+    )
 
 
 def setup(ctx: AppContext) -> None:
-    """Hook the live feed into ingestion; create the metrics publisher."""
+    """Hook the live feed into ingestion; create the fan-out and the metrics publisher."""
     bus = get_bus(ctx.state)
-    ctx.metrics.registry.register(_LiveCollector(bus))
+    fanout = Fanout(limits_from(ctx.settings))
+    bus.attach(fanout)
+    ctx.state[FANOUT_KEY] = fanout
+    ctx.metrics.registry.register(_LiveCollector(bus, fanout))
     activity = ActivityTracker()
     ctx.ingest.listeners.append(LiveFeed(bus, activity))
     ctx.state["live_metrics"] = MetricsPublisher(bus, activity, ctx.metrics)
 
 
 async def startup(ctx: AppContext) -> None:
+    ctx.state[FANOUT_KEY].start()
     ctx.state["live_metrics"].start()
 
 
 async def shutdown(ctx: AppContext) -> None:
     await ctx.state["live_metrics"].stop()
+    await ctx.state[FANOUT_KEY].stop()
 
 
 ROUTES = [live_socket]

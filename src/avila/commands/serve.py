@@ -26,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # Live frames are encoded once and shared by every subscriber; permessage-deflate
+        # would compress them again for each connection (docs/realtime.md, "Compression").
+        ws_per_message_deflate=False,
     )
     return 0
 

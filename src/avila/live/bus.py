@@ -9,6 +9,11 @@ to the batch and a ``[start, stop)`` window into it, so offering 10,000 accepted
 O(1) per subscriber, and items (for instance event payloads) are only built when a subscriber
 actually takes them. Capacity and drops still count single messages.
 
+WebSocket connections do not take single messages from a :class:`Subscription`: they hang off
+an attached frame sink (:class:`avila.live.fanout.Fanout`, attached by ``api/ws.py``) that
+batches events, encodes each frame once for all its subscribers and samples busy projects.
+``publish``/``publish_many`` reach both kinds of subscriber.
+
 The bus belongs to the event loop: call it from the loop's thread (from another thread, use
 ``loop.call_soon_threadsafe(bus.publish, ...)``).
 """
@@ -18,11 +23,21 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterable, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 CHANNELS = ("events", "metrics", "alerts")
 #: Key of the shared bus in ``AppContext.state`` / ``app.state``.
 STATE_KEY = "live_bus"
+
+
+class FrameSink(Protocol):
+    """What the bus forwards to besides its in-process subscriptions."""
+
+    def publish_many(self, project_id: str, channel: str, items: Sequence[Any]) -> int: ...
+
+    def has_subscribers(self, project_id: str, channel: str) -> bool: ...
+
+    def projects(self, channel: str) -> set[str]: ...
 
 
 class _Entry:
@@ -126,6 +141,11 @@ class LiveBus:
         self._subscriptions: set[Subscription] = set()
         self._index: dict[tuple[str, str], set[Subscription]] = {}
         self._dropped_closed = 0
+        self._sinks: list[FrameSink] = []
+
+    def attach(self, sink: FrameSink) -> None:
+        """Forward every publish to ``sink`` too (the WebSocket fan-out)."""
+        self._sinks.append(sink)
 
     def subscribe(
         self, project_id: str, channels: Iterable[str] = (), maxsize: int = 1000
@@ -164,25 +184,30 @@ class LiveBus:
     def publish(self, project_id: str, channel: str, payload: Any) -> int:
         """Offer ``payload`` to every subscriber of ``project_id`` on ``channel``; returns how
         many subscribers it reached."""
-        members = self._index.get((project_id, channel))
-        if not members:
-            return 0
-        for sub in members:
-            sub.offer(channel, payload)
-        return len(members)
+        return self.publish_many(project_id, channel, (payload,))
 
     def publish_many(self, project_id: str, channel: str, items: Sequence[Any]) -> int:
-        """Offer every item of ``items`` (shared by reference between subscribers)."""
+        """Offer every item of ``items`` (shared by reference between subscribers); returns
+        how many subscribers (subscriptions and WebSocket connections) it reached."""
+        reached = sum(sink.publish_many(project_id, channel, items) for sink in self._sinks)
         members = self._index.get((project_id, channel))
         if not members:
-            return 0
+            return reached
         for sub in members:
             sub.offer_many(channel, items)
-        return len(members)
+        return reached + len(members)
 
     def has_subscribers(self, project_id: str | None = None, channel: str | None = None) -> bool:
         if project_id is not None and channel is not None:
-            return (project_id, channel) in self._index
+            return (project_id, channel) in self._index or any(
+                sink.has_subscribers(project_id, channel) for sink in self._sinks
+            )
+        if any(
+            (project_id is None or project_id in sink.projects(c))
+            for sink in self._sinks
+            for c in ((channel,) if channel is not None else CHANNELS)
+        ):
+            return True
         return any(
             (project_id is None or p == project_id) and (channel is None or c == channel)
             for p, c in self._index
@@ -190,7 +215,10 @@ class LiveBus:
 
     def projects(self, channel: str) -> set[str]:
         """Projects with at least one subscriber on ``channel``."""
-        return {p for p, c in self._index if c == channel}
+        found = {p for p, c in self._index if c == channel}
+        for sink in self._sinks:
+            found |= sink.projects(channel)
+        return found
 
     def __len__(self) -> int:
         return len(self._subscriptions)

@@ -44,6 +44,11 @@ class EventView(Sequence[dict[str, Any]]):
         self._project_id = rows.project_id
         self._received_at = rows.received_at.isoformat(timespec="microseconds") + "Z"
 
+    @property
+    def columns(self) -> dict[str, list[Any]]:
+        """The batch's columns (filters read ``event_type`` and ``user_id``)."""
+        return self._columns
+
     def __len__(self) -> int:
         return len(self._columns["event_id"])
 

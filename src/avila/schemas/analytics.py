@@ -134,6 +134,48 @@ class TrendsQuery(Struct, forbid_unknown_fields=True):
     timezone: str = "UTC"
 
 
+#: Path steps: at least 2 (one link), at most 20 (a readable Sankey).
+PATH_STEPS_MIN, PATH_STEPS_MAX = 2, 20
+PathSteps = Annotated[int, Meta(ge=PATH_STEPS_MIN, le=PATH_STEPS_MAX)]
+#: Event types a path may be restricted to (``include``); names as in conditions.
+EventTypeName = Annotated[str, Meta(min_length=1, max_length=40)]
+
+
+class PathsQuery(Struct, forbid_unknown_fields=True):
+    """Per user, the first path in range (see :mod:`avila.analytics.paths`)."""
+
+    start: EventCondition | None = None
+    end: EventCondition | None = None
+    steps: PathSteps = 5
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    filters: list[PropertyFilter] = []
+    include: Annotated[list[EventTypeName], Meta(max_length=20)] = []
+    limit_per_step: Annotated[int, Meta(ge=1, le=500)] = 50
+
+
+class LifecycleQuery(Struct, forbid_unknown_fields=True):
+    """New / returning / resurrecting / dormant users per period (PostHog's definitions)."""
+
+    period: Period = "week"
+    event: EventCondition | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    filters: list[PropertyFilter] = []
+    timezone: str = "UTC"
+
+
+class StickinessQuery(Struct, forbid_unknown_fields=True):
+    """Users by number of active days within each week or month."""
+
+    period: Literal["week", "month"] = "week"
+    event: EventCondition | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    filters: list[PropertyFilter] = []
+    timezone: str = "UTC"
+
+
 class RealtimeQuery(Struct, forbid_unknown_fields=True):
     """``now`` is for tests and replays; the default is the server's clock (UTC)."""
 
@@ -146,10 +188,13 @@ __all__ = [
     "EventCondition",
     "FunnelQuery",
     "FunnelStep",
+    "LifecycleQuery",
     "OverviewQuery",
+    "PathsQuery",
     "PropertyFilter",
     "RFMQuery",
     "RealtimeQuery",
     "SessionsQuery",
+    "StickinessQuery",
     "TrendsQuery",
 ]

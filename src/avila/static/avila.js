@@ -1,7 +1,8 @@
 /*! Avila Analytics browser tracker. docs/tracker.md
  * <script src="https://HOST/avila.js" data-api-key="INGEST_KEY" defer></script>
  * Records a PageView on load and on SPA navigation; window.avila.track(name, properties),
- * .identify(userId, traits), .flush(), .reset(). Events go to POST {endpoint}/api/v1/events/batch
+ * .identify(userId, traits), .flush(), .reset(), .variant(experimentKey) (a Promise of the A/B
+ * variant; records an $exposure event). Events go to POST {endpoint}/api/v1/events/batch
  * with the x-api-key header (fetch; keepalive when the page is hidden or unloads).
  */
 (function () {
@@ -298,6 +299,43 @@
     window.addEventListener("hashchange", onNavigate);
   }
 
+  // --- A/B experiments -------------------------------------------------------------------------
+  // The server assigns (md5 of project, key and user id, by weight), so every client and the
+  // results agree. One request and one $exposure event per experiment and user per page load.
+  var assignments = {};
+  function variant(key) {
+    if (typeof key !== "string" || !key) throw new TypeError("avila.variant needs an experiment key");
+    var user = load(KEY_USER) || anonymousId();
+    var slot = key + "\u001f" + user;
+    if (assignments[slot]) return assignments[slot];
+    var url = endpoint + "/api/v1/experiments/" + encodeURIComponent(key) +
+      "/assignment?user_id=" + encodeURIComponent(user);
+    var request = fetch(url, {
+      headers: { "x-api-key": apiKey },
+      credentials: "omit",
+      mode: "cors"
+    }).then(function (res) {
+      if (!res.ok) throw new Error("HTTP " + res.status);
+      return res.json();
+    }).then(
+      function (body) {
+        enqueue(build("Custom", {
+          name: "$exposure",
+          properties: { experiment: key, variant: body.variant }
+        }, null));
+        return body.variant;
+      },
+      function (err) {
+        // Show the default experience; a later call asks again.
+        delete assignments[slot];
+        if (window.console) console.warn("avila: no variant for experiment " + key + ": " + err.message);
+        return null;
+      }
+    );
+    assignments[slot] = request;
+    return request;
+  }
+
   // --- public API ----------------------------------------------------------------------------
   var api = {
     __avila: VERSION,
@@ -329,6 +367,9 @@
     flush: function () {
       return flush(false);
     },
+    /** A Promise of this user's variant name of experiment `key` (null if it cannot be had);
+     * records an $exposure event the first time per page. */
+    variant: variant,
     anonymousId: anonymousId,
     userId: function () {
       return load(KEY_USER);

@@ -48,4 +48,19 @@ FRAGMENTS: dict[str, str] = {
     # Year*12 + month-1 of the timestamp at {0} microseconds since the epoch.
     "month_index": "(year(make_timestamp({0})) * 12 + month(make_timestamp({0})) - 1)",
     "list_agg": "list({0})",
+    # The smallest (time, name) pair of a group as a record with fields t and n (ClickHouse:
+    # a named tuple, ``min(tuple({0}, {1}))``); paths use it to find a user's first event.
+    # Marks a CTE that is read more than once to be computed once ("" where not supported).
+    "cte_materialized": "MATERIALIZED",
+    # A set of small non-negative integers {0} in [{1}, {2}] as a bit string (ClickHouse:
+    # groupBitmap), and bit {1} of it as 0/1; lifecycle keeps a user's active periods so.
+    "bitset_agg": "bitstring_agg({0}, {1}, {2})",
+    "bit_at": "get_bit({0}, ({1})::INTEGER)",
+    # Stickiness: one bit per active day OR-ed per (user, period), then counted (ClickHouse:
+    # bitShiftLeft(toUInt64(1), x), groupBitOr, bitCount, toDayOfMonth).
+    "bit": "(1::UBIGINT << ({0}))",
+    "bit_or_agg": "bit_or({0})",
+    "popcount": "bit_count({0})",
+    "day_of_month": "dayofmonth(make_timestamp({0}))",
+    "min_pair": "min({{'t': {0}, 'n': {1}}})",
 }

@@ -63,6 +63,14 @@ _IDENTITIES_DDL = (
     " ON r.project_id = e.project_id AND r.anonymous_id = e.user_id",
 )
 
+# A/B experiments (avila.experiments): immutable definitions, the spec as JSON text; start and
+# end are naive UTC (end NULL: open-ended).
+_EXPERIMENTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS experiments (project_id VARCHAR NOT NULL, key VARCHAR NOT NULL,"
+    " definition VARCHAR NOT NULL, start_time TIMESTAMP NOT NULL, end_time TIMESTAMP,"
+    " created_at TIMESTAMP NOT NULL, PRIMARY KEY (project_id, key))",
+)
+
 # Alerts (avila.alerts): rules as JSON documents; firings and per-destination delivery results
 # are append-only (a destination without a delivery row is still pending). See docs/alerts.md.
 _ALERTS_DDL = (
@@ -82,6 +90,7 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (1, "events table", (_events_ddl(),)),
     (2, "industry 4.0: telemetry, devices, twin_desired, alarm_rules", _INDUSTRY40_DDL),
     (3, "identities and events_resolved (identity stitching)", _IDENTITIES_DDL),
+    (5, "experiments (A/B test definitions)", _EXPERIMENTS_DDL),
     (6, "alerts: alert_rules, alert_firings, alert_deliveries", _ALERTS_DDL),
 )
 

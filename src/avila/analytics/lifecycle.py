@@ -1,0 +1,215 @@
+"""User lifecycle: new, returning, resurrecting and dormant users per period (PostHog's
+definitions, as in its lifecycle query).
+
+Periods are calendar days, ISO weeks (Monday) or months as wall time in ``timezone``; the
+report covers every period that overlaps ``[start_time, end_time)``, each evaluated whole (as
+PostHog does: the first and last periods are not clipped to the range). A user is *active* in a
+period when they have at least one event there matching ``event`` (any event when omitted) and
+``filters``. A user's *first seen* time is their first event of any kind ever in the project,
+ignoring ``event`` and ``filters`` (PostHog uses the person's creation time, which is when the
+person's first event arrived). For each reported period P:
+
+* **new**: active in P, and first seen in P;
+* **returning**: active in P and in the period before P;
+* **resurrecting**: active in P, not active in the period before, and first seen before P
+  (so, without ``event``/``filters``, active at some time before P; with them, a user seen
+  earlier doing something else also resurrects, exactly as in PostHog);
+* **dormant**: active in the period before P and not active in P. **Reported as a negative
+  number** (PostHog's convention, so a stacked chart draws it below zero).
+
+Every active user is exactly one of new, returning or resurrecting; ``active`` is their sum.
+Users are identity-stitched persons (the same relation as every analytics query).
+
+Computed in one SQL query, in one of two shapes with the same result. Up to
+:data:`BITSET_MAX_PERIODS` periods: one aggregate per user over the history gives the first
+event and a bit set of active periods, and each period's status is read off the bits (cost:
+one scan plus users x periods bit reads). Beyond: distinct (user, period) activity, the
+previous and next active period of each (``lag``/``lead``) and each user's first event
+(cost grows with active user-periods, not with periods). The first event is aggregated over
+the whole history without a semi-join to the active users (measured cheaper), and is only
+compared when it falls inside the scanned window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from avila.analytics.common import (
+    Expr,
+    bucket_expr,
+    bucket_label,
+    bucket_of,
+    condition_expr,
+    events_source,
+    fragments,
+    invalid,
+    local_us_expr,
+    time_range,
+    where_clause,
+    zone,
+)
+from avila.analytics.query import parse_explained
+from avila.schemas.analytics import LifecycleQuery
+from avila.storage.base import Store
+
+#: The longest length of a period, in days (a month), for the scan margins.
+PERIOD_DAYS = {"day": 1, "week": 7, "month": 31}
+#: More periods than any chart can show.
+MAX_PERIODS = 1000
+#: Up to this many periods (reported ones plus the one before) the bit-set query is used.
+BITSET_MAX_PERIODS = 64
+STATUSES = ("new", "returning", "resurrecting", "dormant")
+
+
+@dataclass(frozen=True)
+class _Parts:
+    source: str
+    frag: dict[str, str]
+    active: Expr  # the row counts as activity (range window, filters, event)
+    local: Expr  # local wall-clock microseconds of ts
+    first_local: Expr  # the same for first_ts
+    bucket: str  # period of the column loc
+    project_id: str
+    scan_lo: datetime
+    scan_hi: datetime
+    lo: int
+    hi: int
+
+
+def _activity_sql(p: _Parts) -> tuple[str, list[Any]]:
+    """Distinct (user, period) rows, lag/lead over them, and first-seen periods: scales with
+    the number of active user-periods (any number of periods)."""
+    sql = f"""
+WITH acts AS (
+  SELECT DISTINCT user_id, b FROM (
+    SELECT user_id, {p.bucket} AS b FROM (
+      SELECT user_id, {p.local.sql} AS loc FROM {p.source} WHERE {p.active.sql}))
+  WHERE b BETWEEN ? AND ?
+), seq AS {p.frag["cte_materialized"]} (
+  SELECT user_id, b, lag(b) OVER w AS pb, lead(b) OVER w AS nb FROM acts
+  WINDOW w AS (PARTITION BY user_id ORDER BY b)
+), first_period AS (
+  SELECT user_id, {p.bucket} AS f FROM (
+    SELECT user_id, {p.first_local.sql} AS loc FROM (
+      SELECT user_id, min(ts) AS first_ts FROM {p.source}
+      WHERE project_id = ? AND ts < ? GROUP BY user_id)
+    WHERE first_ts >= ?)
+)
+SELECT b, CASE WHEN first_period.f = b THEN 'new' WHEN pb = b - 1 THEN 'returning'
+  ELSE 'resurrecting' END AS status, count(*)
+FROM seq LEFT JOIN first_period ON first_period.user_id = seq.user_id
+WHERE b >= ? GROUP BY 1, 2
+UNION ALL
+SELECT b + 1, 'dormant', count(*) FROM seq
+WHERE (nb IS NULL OR nb > b + 1) AND b + 1 BETWEEN ? AND ? GROUP BY 1
+"""
+    params: list[Any] = [*p.local.params, *p.active.params, p.lo - 1, p.hi]
+    params += [*p.first_local.params, p.project_id, p.scan_hi, p.scan_lo, p.lo, p.lo, p.hi]
+    return sql, params
+
+
+def _bitset_sql(p: _Parts) -> tuple[str, list[Any]]:
+    """One aggregate per user over the history: first event and a bit set of active periods
+    (bit i = period lo - 1 + i), then each period read off the bits. Scales with users times
+    periods, so it is used for up to :data:`BITSET_MAX_PERIODS` periods."""
+    n = p.hi - p.lo + 2
+    bit = p.frag["bit_at"]
+    sql = f"""
+WITH per_user AS (
+  SELECT user_id, min(ts) AS first_ts,
+    {p.frag["bitset_agg"].format("b - ?", "0", "?")} FILTER (WHERE active AND b BETWEEN ? AND ?)
+      AS bits
+  FROM (
+    SELECT user_id, ts, active, {p.bucket} AS b FROM (
+      SELECT user_id, ts, {p.active.sql} AS active,
+        CASE WHEN ts >= ? THEN {p.local.sql} END AS loc
+      FROM {p.source} WHERE project_id = ? AND ts < ?))
+  GROUP BY user_id
+), users AS (
+  SELECT bits, {p.bucket} - ? AS f FROM (
+    SELECT bits, CASE WHEN first_ts >= ? THEN {p.first_local.sql} END AS loc
+    FROM per_user WHERE bits IS NOT NULL)
+), cells AS (
+  SELECT i, {bit.format("bits", "i")} AS cur, {bit.format("bits", "i - 1")} AS prev, f
+  FROM users, range(1, ?) AS r(i)
+)
+SELECT i, CASE WHEN cur = 0 THEN 'dormant' WHEN f = i THEN 'new' WHEN prev = 1 THEN 'returning'
+  ELSE 'resurrecting' END AS status, count(*)
+FROM cells WHERE cur = 1 OR prev = 1 GROUP BY 1, 2
+"""
+    params: list[Any] = [p.lo - 1, n - 1, p.lo - 1, p.hi, *p.active.params, p.scan_lo]
+    params += [*p.local.params, p.project_id, p.scan_hi, p.lo - 1, p.scan_lo]
+    params += [*p.first_local.params, n]
+    return sql, params
+
+
+def period_span(period: str, start_lo: int, end_hi: int, path: str = "end_time") -> tuple[int, int]:
+    """``(lo, hi)`` bucket indexes, checking there are at most :data:`MAX_PERIODS`."""
+    if end_hi - start_lo + 1 > MAX_PERIODS:
+        raise invalid(
+            "too_many_periods",
+            path,
+            f"the range covers {end_hi - start_lo + 1} {period}s; at most {MAX_PERIODS}",
+        )
+    return start_lo, end_hi
+
+
+def lifecycle(
+    store: Store, project_id: str, query: LifecycleQuery | Mapping[str, Any]
+) -> dict[str, Any]:
+    """``{"period", "timezone", "dormant_sign": -1, "periods": [{"period_start", "new",
+    "returning", "resurrecting", "dormant", "active"}]}`` (see the module docstring)."""
+    q = parse_explained(LifecycleQuery, query)
+    start, end = time_range(q.start_time, q.end_time)
+    tz = zone(q.timezone)
+    lo, hi = period_span(
+        q.period,
+        bucket_of(start, tz, q.period),
+        bucket_of(end - timedelta(microseconds=1), tz, q.period),
+    )
+    days = PERIOD_DAYS[q.period]
+    # Whole periods lo-1 .. hi lie inside this scan window; buckets pick them exactly.
+    scan_lo = start - timedelta(days=2 * days + 2)
+    scan_hi = end + timedelta(days=days + 2)
+    cond = condition_expr(store, q.event, "event") if q.event else Expr("TRUE")
+    where = where_clause(store, project_id, scan_lo, scan_hi, q.filters)
+    local = local_us_expr(store, "ts", tz, scan_lo, scan_hi)
+    first_local = local_us_expr(store, "first_ts", tz, scan_lo, scan_hi)
+    bucket = bucket_expr(store, "loc", q.period)
+    parts = _Parts(
+        source=events_source(store, project_id),
+        frag=fragments(store),
+        active=Expr(f"({where.sql} AND {cond.sql})", (*where.params, *cond.params)),
+        local=local,
+        first_local=first_local,
+        bucket=bucket,
+        project_id=project_id,
+        scan_lo=scan_lo,
+        scan_hi=scan_hi,
+        lo=lo,
+        hi=hi,
+    )
+    build = _bitset_sql if hi - lo + 2 <= BITSET_MAX_PERIODS else _activity_sql
+    sql, params = build(parts)
+    counts: dict[int, dict[str, int]] = {b: dict.fromkeys(STATUSES, 0) for b in range(lo, hi + 1)}
+    offset = lo - 1 if build is _bitset_sql else 0  # the bit set numbers periods from lo - 1
+    for b, status, n in store.query(sql, params):
+        counts[int(b) + offset][status] = int(n)
+    periods = []
+    for b in range(lo, hi + 1):
+        c = counts[b]
+        active = c["new"] + c["returning"] + c["resurrecting"]
+        periods.append(
+            {
+                "period_start": bucket_label(b, q.period),
+                "new": c["new"],
+                "returning": c["returning"],
+                "resurrecting": c["resurrecting"],
+                "dormant": -c["dormant"],
+                "active": active,
+            }
+        )
+    return {"period": q.period, "timezone": q.timezone, "dormant_sign": -1, "periods": periods}

@@ -1,0 +1,105 @@
+"""Stickiness: users by the number of days they were active within each week or month.
+
+Periods are ISO weeks (Monday) or calendar months as wall time in ``timezone``; the report
+covers every period that overlaps ``[start_time, end_time)``, each evaluated whole (like
+:mod:`avila.analytics.lifecycle`). A user is active on a local calendar day when they have at
+least one event that day matching ``event`` (any event when omitted) and ``filters``; days are
+wall-clock days, so a DST-change day (23 or 25 hours) is one day.
+
+For each period, ``distribution`` counts the users active on exactly n distinct days of it,
+n = 1 .. 7 (week) or 1 .. 31 (month), every n listed (zeros included). The top-level
+``distribution`` sums the periods: a user active in two weeks counts once in each week (as
+Amplitude's weekly stickiness does), so its total is ``user_periods``. PostHog's stickiness is
+the one-period case: ask for a single week or month.
+
+Computed in one SQL query: per (user, period) the OR of one bit per active local day (day of
+week or of month), its population count is the number of active days, then users per count
+(measured cheaper than counting distinct (user, period, day) rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from avila.analytics.common import (
+    Expr,
+    bucket_expr,
+    bucket_label,
+    bucket_of,
+    condition_expr,
+    events_source,
+    fragments,
+    local_us_expr,
+    time_range,
+    where_clause,
+    zone,
+)
+from avila.analytics.lifecycle import PERIOD_DAYS, period_span
+from avila.analytics.query import parse_explained
+from avila.schemas.analytics import StickinessQuery
+from avila.storage.base import Store
+
+MAX_ACTIVE_DAYS = {"week": 7, "month": 31}
+
+
+def stickiness(
+    store: Store, project_id: str, query: StickinessQuery | Mapping[str, Any]
+) -> dict[str, Any]:
+    """``{"period", "timezone", "user_periods", "distribution": [{"active_days", "users"}],
+    "periods": [{"period_start", "active_users", "distribution": [...]}]}``."""
+    q = parse_explained(StickinessQuery, query)
+    start, end = time_range(q.start_time, q.end_time)
+    tz = zone(q.timezone)
+    lo, hi = period_span(
+        q.period,
+        bucket_of(start, tz, q.period),
+        bucket_of(end - timedelta(microseconds=1), tz, q.period),
+    )
+    margin = timedelta(days=PERIOD_DAYS[q.period] + 2)
+    scan_lo, scan_hi = start - margin, end + margin
+    cond = condition_expr(store, q.event, "event") if q.event else Expr("TRUE")
+    where = where_clause(store, project_id, scan_lo, scan_hi, q.filters)
+    local = local_us_expr(store, "ts", tz, scan_lo, scan_hi)
+    frag = fragments(store)
+    period_bucket = bucket_expr(store, "loc", q.period)
+    day = bucket_expr(store, "loc", "day")
+    # Position of the local day inside its period: Monday = 0 (1970-01-01 was a Thursday), or
+    # day of the month - 1.
+    index = (
+        f"(({day} + 3) % 7)" if q.period == "week" else frag["day_of_month"].format("loc") + " - 1"
+    )
+    sql = f"""
+SELECT b, {frag["popcount"].format("days")} AS n, count(*) FROM (
+  SELECT user_id, b, {frag["bit_or_agg"].format(frag["bit"].format("i"))} AS days FROM (
+    SELECT user_id, {period_bucket} AS b, {index} AS i
+    FROM (SELECT user_id, {local.sql} AS loc FROM {events_source(store, project_id)}
+          WHERE {where.sql} AND {cond.sql}))
+  WHERE b BETWEEN ? AND ? GROUP BY user_id, b)
+GROUP BY b, n
+"""
+    params = [*local.params, *where.params, *cond.params, lo, hi]
+    most = MAX_ACTIVE_DAYS[q.period]
+    per_period = {b: [0] * most for b in range(lo, hi + 1)}
+    for b, days, users in store.query(sql, params):
+        per_period[int(b)][int(days) - 1] = int(users)
+    total = [sum(per_period[b][i] for b in per_period) for i in range(most)]
+    return {
+        "period": q.period,
+        "timezone": q.timezone,
+        "user_periods": sum(total),
+        "distribution": _rows(total),
+        "periods": [
+            {
+                "period_start": bucket_label(b, q.period),
+                "active_users": sum(per_period[b]),
+                "distribution": _rows(per_period[b]),
+            }
+            for b in range(lo, hi + 1)
+        ],
+    }
+
+
+def _rows(counts: list[int]) -> list[dict[str, int]]:
+    return [{"active_days": i + 1, "users": n} for i, n in enumerate(counts)]

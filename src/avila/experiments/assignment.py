@@ -1,0 +1,89 @@
+"""Deterministic assignment of users to variants by weight.
+
+A user's bucket is ``int(md5(project_id + US + key + US + user_id)[:15 hex], 16) mod 10_000``
+(US = the unit separator U+001F, UTF-8 bytes). The weights are turned into cumulative integer
+bucket bounds (largest-remainder rounding of each weight's share of 10,000), and the variant is
+the first whose bound exceeds the bucket. So the same user always gets the same variant of the
+same experiment, different experiments split users independently, and the split matches the
+weights to 1/10,000.
+
+Why md5 and not a faster non-cryptographic hash (murmur3, fnv): the results query buckets every
+exposed user inside the store, and md5 is computed identically by DuckDB (``md5``, ClickHouse
+``MD5``) and by Python's standard library, so the API's answer and the results' counting can
+never disagree. Nothing here needs a cryptographic property; md5 is just the common function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from avila.analytics.common import Expr, invalid
+
+BUCKETS = 10_000
+SEPARATOR = "\x1f"
+#: Hex digits of the digest used: 60 bits, so the value fits a signed BIGINT in every backend.
+_HEX_DIGITS = 15
+
+
+def bucket(project_id: str, key: str, user_id: str) -> int:
+    """The user's bucket in ``[0, BUCKETS)`` for experiment ``key`` of ``project_id``."""
+    text = project_id + SEPARATOR + key + SEPARATOR + user_id
+    digest = hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+    return int(digest[:_HEX_DIGITS], 16) % BUCKETS
+
+
+def bucket_bounds(weights: Sequence[float], path: str = "variants") -> list[int]:
+    """Cumulative exclusive upper bucket bounds, one per variant; the last is ``BUCKETS``.
+
+    Each variant gets ``floor(share * BUCKETS)`` buckets, and the buckets left over go to the
+    largest fractional remainders (ties: the earlier variant). A variant whose weight is too
+    small to get one bucket is a ValidationFailed at ``{path}[i].weight``.
+    """
+    total = float(sum(weights))
+    shares = [w / total * BUCKETS for w in weights]
+    counts = [int(s) for s in shares]
+    left = BUCKETS - sum(counts)
+    by_remainder = sorted(range(len(weights)), key=lambda i: (-(shares[i] - counts[i]), i))
+    for i in by_remainder[:left]:
+        counts[i] += 1
+    for i, count in enumerate(counts):
+        if count == 0:
+            raise invalid(
+                "weight_too_small",
+                f"{path}[{i}].weight",
+                f"variant {i} gets less than 1/{BUCKETS} of the users; raise its weight",
+            )
+    bounds, running = [], 0
+    for count in counts:
+        running += count
+        bounds.append(running)
+    return bounds
+
+
+def variant_index(bucket_value: int, bounds: Sequence[int]) -> int:
+    for i, bound in enumerate(bounds):
+        if bucket_value < bound:
+            return i
+    raise ValueError(f"bucket {bucket_value} outside [0, {BUCKETS})")
+
+
+def assign(project_id: str, key: str, user_id: str, bounds: Sequence[int]) -> int:
+    """The index of the variant ``user_id`` sees in experiment ``key``."""
+    return variant_index(bucket(project_id, key, user_id), bounds)
+
+
+def bucket_sql(user_column: str, project_id: str, key: str) -> Expr:
+    """DuckDB SQL computing :func:`bucket` for every row's ``user_column``. ``user_column`` is
+    a column name chosen by the caller, never input; the ids are parameters."""
+    return Expr(
+        f"(('0x' || substr(md5(? || chr(31) || ? || chr(31) || {user_column}), 1, "
+        f"{_HEX_DIGITS}))::UBIGINT % {BUCKETS})",
+        (project_id, key),
+    )
+
+
+def variant_index_sql(bucket_column: str, bounds: Sequence[int]) -> Expr:
+    """SQL mapping a bucket column to the variant index, as :func:`variant_index` does."""
+    cases = " ".join(f"WHEN {bucket_column} < ? THEN {i}" for i in range(len(bounds)))
+    return Expr(f"(CASE {cases} END)", tuple(bounds))
