@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,13 +130,27 @@ def runnable(command: str, base_url: str, body_file: str) -> str:
 
 
 def has_data(value: object) -> bool:
-    """A non-zero number or a non-empty list anywhere: the answer is data, not zeros."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int | float):
-        return value != 0
-    if isinstance(value, list):
-        return bool(value)
+    """The answer is data, not zeros: when it holds numbers, one is non-zero; when it holds
+    none, a list is non-empty; when it holds neither (``{"key", "user_id", "variant"}``), a
+    string is non-empty."""
+    leaves = list(_leaves(value))
+    numbers = [v for v in leaves if isinstance(v, int | float) and not isinstance(v, bool)]
+    if numbers:
+        return any(v != 0 for v in numbers)
+    if any(isinstance(v, list) for v in leaves):
+        return True
+    return any(isinstance(v, str) and v for v in leaves)
+
+
+def _leaves(value: object) -> Iterator[object]:
+    """Every scalar of ``value``, plus each non-empty list itself."""
     if isinstance(value, dict):
-        return any(has_data(v) for v in value.values())
-    return False
+        for item in value.values():
+            yield from _leaves(item)
+    elif isinstance(value, list):
+        if value:
+            yield value
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value

@@ -59,3 +59,20 @@ def test_example_runs(example: Example, demo_server: ServerProcess, tmp_path: Pa
         assert len(lines) >= 2, f"{example.id}: no data rows in {body[:300]!r}"
         return
     assert has_data(parsed), f"{example.id}: the answer holds only zeros/empties: {body[:800]!r}"
+
+
+@pytest.mark.parametrize(
+    ("answer", "is_data"),
+    [
+        ({"rules": []}, False),
+        ({"now": "2026-11-30T00:00:00Z", "events_last_minute": 0, "top_pages": []}, False),
+        ({"funnel_name": "", "steps": [{"name": "Home", "count": 0}]}, False),
+        ({"steps": [{"name": "Home", "count": 3}]}, True),
+        ({"key": "checkout", "user_id": "u", "variant": "one-page"}, True),
+        ({"key": "checkout", "user_id": "", "variant": ""}, True),
+        ({"devices": [{"device_id": "L1-M1"}]}, True),
+        ({}, False),
+    ],
+)
+def test_data_is_told_from_zeros(answer: object, is_data: bool) -> None:
+    assert has_data(answer) is is_data
