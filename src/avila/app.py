@@ -8,16 +8,27 @@ from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import Any
 
-from litestar import Litestar, MediaType, Request, Response, get
+from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 
 from avila import __version__
 from avila.api import alerts as alerts_api
 from avila.api import analytics as analytics_api
-from avila.api import events, export, health, keys, me, segment, tracker, web, ws
+from avila.api import (
+    docs_ui,
+    events,
+    export,
+    health,
+    keys,
+    me,
+    methods,
+    segment,
+    tracker,
+    web,
+    ws,
+)
 from avila.api import experiments as experiments_api
 from avila.api import industry40 as industry40_api
 from avila.api import ml as ml_api
@@ -54,11 +65,6 @@ API_MODULES: tuple[ModuleType, ...] = (
     keys,
     web,
 )
-
-
-@get("/openapi.json", include_in_schema=False, media_type=MediaType.JSON)
-async def openapi_document(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    return Response(request.app.openapi_schema.to_schema())
 
 
 def _constant(value: Any) -> Provide:
@@ -120,7 +126,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         "ctx": _constant(ctx),
         "principal": Provide(provide_principal, sync_to_thread=False),
     }
-    routes: list[Any] = [openapi_document]
+    routes: list[Any] = list(docs_ui.ROUTES)
     for module in API_MODULES:
         routes.extend(getattr(module, "ROUTES", []))
         for name, factory in getattr(module, "DEPENDENCIES", {}).items():
@@ -144,7 +150,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         else None
     )
     app = Litestar(
-        route_handlers=routes,
+        route_handlers=methods.with_options(routes),
         state=State(ctx.state),
         dependencies=dependencies,
         guards=[scope_guard],
@@ -152,7 +158,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         before_send=[add_rate_limit_headers],
         cors_config=cors,
         lifespan=[lifespan],
-        openapi_config=OpenAPIConfig(title="Avila Analytics", version=__version__, path="/docs"),
+        openapi_config=docs_ui.openapi_config(),
         request_max_body_size=1024 * 1024,
         debug=False,
         logging_config=None,

@@ -308,8 +308,8 @@ def test_funnel_errors_are_422_with_code_and_path(a, body, code, path) -> None:
             "/api/v1/analytics/sessions",
             {"params": {"start_time": "yesterday"}},
             422,
-            "validation_failed",
-            None,
+            "invalid_query",  # a query-string mistake, as docs/analytics.md documents
+            "start_time",
         ),
         (
             "POST",

@@ -202,8 +202,8 @@ def test_optimize_production_feasible_and_infeasible(client: httpx.Client) -> No
     error = bad.json()["error"]
     assert error["code"] == "schedule_infeasible" and "deadline" in error["message"]
     assert {d["path"] for d in error["details"]} <= {
-        "$.orders[0].deadline_minute",
-        "$.orders[1].deadline_minute",
+        "orders[0].deadline_minute",
+        "orders[1].deadline_minute",
     }
     orders[1]["processing_minutes"] = {"m1": 60, "m2": 45}
     ok = client.post(f"{I40}/optimize/production", json={"orders": orders, "time_limit_s": 5})

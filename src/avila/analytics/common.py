@@ -173,6 +173,10 @@ def iso(value: datetime | None) -> str | None:
     return naive_utc(value).isoformat() + "Z"
 
 
+#: Longest range one query may span: per-day series stay bounded (10 years of days).
+MAX_RANGE = timedelta(days=3660)
+
+
 def time_range(
     start: datetime | None, end: datetime | None, *, now: datetime | None = None
 ) -> tuple[datetime, datetime]:
@@ -181,6 +185,13 @@ def time_range(
     start_v = naive_utc(start) if start is not None else end_v - DEFAULT_RANGE
     if end_v <= start_v:
         raise invalid("invalid_time_range", "end_time", "end_time must be after start_time")
+    if end_v - start_v > MAX_RANGE:
+        days = (end_v - start_v).days
+        raise invalid(
+            "time_range_too_long",
+            "start_time",
+            f"the time range is {days:,} days; the limit is {MAX_RANGE.days:,} days",
+        )
     return start_v, end_v
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.exceptions import ValidationException
+from litestar.params import Parameter
 
 from avila.analytics import funnel, overview, realtime, retention, rfm, sessions, trends
 from avila.analytics.common import invalid, parse_query
@@ -31,7 +32,9 @@ from avila.api.errors import error_response
 from avila.schemas.analytics import (
     CohortQuery,
     FunnelQuery,
+    Interval,
     LifecycleQuery,
+    MatchMode,
     OverviewQuery,
     PathsQuery,
     PropertyFilter,
@@ -46,6 +49,10 @@ from avila.security.keys import Principal
 from avila.storage.base import Store
 
 Result = dict[str, Any]
+# Query parameters carry the ranges of the query Structs so the OpenAPI document states them.
+TopN = Annotated[int, Parameter(ge=1, le=100)]
+TimeoutSeconds = Annotated[int, Parameter(ge=1, le=86400)]
+MaxSessionSeconds = Annotated[int, Parameter(ge=60, le=7 * 86400)]
 
 _READ = {"scope": "read"}
 _TAGS = ["analytics"]
@@ -149,7 +156,7 @@ async def overview_report(
     end_time: datetime | None = None,
     filters: str | None = None,
     timezone: str = "UTC",
-    top_n: int = 10,
+    top_n: TopN = 10,
 ) -> Result:
     q = parse_query(
         OverviewQuery,
@@ -172,15 +179,15 @@ async def overview_report(
 async def trends_report(
     principal: Principal,
     store: Store,
-    interval: str = "day",
+    interval: Interval = "day",
     start_time: datetime | None = None,
     end_time: datetime | None = None,
     filters: str | None = None,
     breakdown: str | None = None,
-    breakdown_limit: int = 10,
+    breakdown_limit: TopN = 10,
     event_type: str | None = None,
     event_value: str = "",
-    match: str = "exact",
+    match: MatchMode = "exact",
     timezone: str = "UTC",
 ) -> Result:
     body: dict[str, Any] = {
@@ -217,8 +224,8 @@ async def sessions_report(
     end_time: datetime | None = None,
     filters: str | None = None,
     timezone: str = "UTC",
-    timeout_seconds: int = 1800,
-    max_session_seconds: int = 86400,
+    timeout_seconds: TimeoutSeconds = 1800,
+    max_session_seconds: MaxSessionSeconds = 86400,
 ) -> Result:
     q = session_query(start_time, end_time, filters, timezone, timeout_seconds, max_session_seconds)
     return await run(sessions, store, principal.project_id, q)
@@ -255,7 +262,7 @@ def session_query(
     ),
     tags=_TAGS,
 )
-async def realtime_report(principal: Principal, store: Store, top_n: int = 10) -> Result:
+async def realtime_report(principal: Principal, store: Store, top_n: TopN = 10) -> Result:
     q = parse_query(RealtimeQuery, {"top_n": top_n})
     # Cheap (bounded to the last 15 minutes) but still a blocking store call.
     return await run(realtime, store, principal.project_id, q)

@@ -10,6 +10,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from avila.errors import AvilaError
+from avila.schemas.messages import normalize_path, with_choices
 
 log = logging.getLogger("avila.api")
 
@@ -35,7 +36,7 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response[Any]:
     return Response(
-        {"error": {"code": code, "message": message, "details": details or []}},
+        {"error": {"code": code, "message": message, "details": _normalized(details or [])}},
         status_code=status,
         media_type=MediaType.JSON,
         headers=headers,
@@ -54,19 +55,76 @@ def handle_avila_error(request: Request[Any, Any, Any], exc: AvilaError) -> Resp
 def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status = exc.status_code
     if isinstance(exc, ValidationException):
-        details = [
-            {"path": str(item.get("key", "")), "message": str(item.get("message", ""))}
-            for item in (exc.extra if isinstance(exc.extra, list) else [])
-            if isinstance(item, dict)
-        ]
-        return error_response(422, "validation_failed", "request parameters are invalid", details)
+        return _validation_response(request, exc)
     if status == 400 and _is_json_decode_error(exc):
         # Same code as the ingest routes, which decode their bodies themselves.
         return error_response(
             400, "malformed_json", f"request body is not valid JSON: {exc.detail}"
         )
+    if status == 413:
+        return _too_large(request)
     return error_response(
         status, _HTTP_CODES.get(status, f"http_{status}"), str(exc.detail), [], exc.headers
+    )
+
+
+def _validation_response(
+    request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[Any]:
+    """422 from the framework's decoding: ``validation_failed`` for the body, ``invalid_query``
+    for query/path/header parameters (the codes docs/errors.md lists), enums with choices."""
+    params = request.route_handler.parsed_fn_signature.parameters
+    details: list[dict[str, Any]] = []
+    in_body = False
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if not isinstance(item, dict):
+            continue
+        path, message = str(item.get("key", "")), str(item.get("message", ""))
+        body = item.get("source") == "body" or (path == "data" and "data" in params)
+        in_body = in_body or body
+        if body:
+            path = "" if path == "data" else path
+            root = params["data"].annotation if "data" in params else None
+        else:
+            root = params[path].annotation if path in params else None
+            message += _range_note(params.get(path))
+        message, choices = with_choices(message, root, path if body else "")
+        entry: dict[str, Any] = {"path": path, "message": message}
+        if choices:
+            entry["allowed"] = choices
+        details.append(entry)
+    if in_body:
+        first = details[0]["message"] if details else "the body does not match the schema"
+        return error_response(422, "validation_failed", f"invalid request body: {first}", details)
+    names = ", ".join(d["path"] for d in details) or "query"
+    first = details[0]["message"] if details else ""
+    return error_response(422, "invalid_query", f"invalid parameter {names}: {first}", details)
+
+
+def _range_note(field: Any) -> str:
+    """``"; allowed: between 0 and 200"`` for a parameter declared with bounds, else ``""``."""
+    bounds = getattr(field, "kwarg_definition", None)
+    low = getattr(bounds, "ge", None)
+    high = getattr(bounds, "le", None)
+    if low is None and high is None:
+        return ""
+    if low is not None and high is not None:
+        return f"; allowed: between {low} and {high}"
+    return f"; allowed: >= {low}" if low is not None else f"; allowed: <= {high}"
+
+
+def _too_large(request: Request[Any, Any, Any]) -> Response[Any]:
+    """413 naming the route's limit and the size received (from Content-Length when sent)."""
+    limit = request.route_handler.resolve_request_max_body_size()
+    length = request.headers.get("content-length", "")
+    size = int(length) if length.isdigit() else None
+    received = f"{size:,} bytes" if size is not None else f"more than {limit:,} bytes"
+    message = f"request body is {received}; the limit is {limit:,} bytes"
+    return error_response(
+        413,
+        "payload_too_large",
+        message,
+        [{"path": "", "message": message, "limit_bytes": limit, "received_bytes": size}],
     )
 
 
@@ -91,3 +149,13 @@ def _is_json_decode_error(exc: BaseException) -> bool:
             return True
         cause = cause.__cause__ or cause.__context__
     return False
+
+
+def _normalized(details: list[Any]) -> list[Any]:
+    """Every ``details[*].path`` in the one path style (``events[3].event_type.data.url``)."""
+    out: list[Any] = []
+    for item in details:
+        if isinstance(item, dict) and isinstance(item.get("path"), str):
+            item = {**item, "path": normalize_path(item["path"])}
+        out.append(item)
+    return out

@@ -13,8 +13,9 @@ from litestar import MediaType, Request, Response, post
 
 from avila.errors import MalformedJSON, PayloadTooLarge, ValidationFailed
 from avila.ingest.service import IngestService, result_body
-from avila.ingest.validation import MAX_EVENT_BYTES, split_msgspec_error
+from avila.ingest.validation import MAX_EVENT_BYTES
 from avila.schemas.events import BATCH_DECODER, SINGLE_DECODER
+from avila.schemas.messages import split_msgspec_error
 
 MAX_BATCH_EVENTS = 10_000
 MAX_BATCH_BYTES = 10 * 1024 * 1024

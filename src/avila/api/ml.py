@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, get, post
+from litestar.params import Parameter
 
 from avila.api.component import AppContext
-from avila.errors import NotFound, ValidationFailed
+from avila.errors import MalformedJSON, NotFound, ValidationFailed
 from avila.live import get_bus
 from avila.ml.anomaly import StreamingAnomalyDetector
 from avila.ml.conversion import LiveSessions
@@ -27,6 +28,7 @@ from avila.ml.monitoring import AnomalyLog, metric_series, score_hours, streamin
 from avila.ml.predictions import PredictionService
 from avila.ml.registry import ModelRegistry
 from avila.ml.training import TrainingOptions, train_project
+from avila.schemas.messages import split_msgspec_error
 
 log = logging.getLogger("avila.ml")
 
@@ -75,11 +77,12 @@ async def train(request: Request[Any, Any, Any]) -> dict[str, Any]:
     try:
         body = msgspec.json.decode(raw or b"{}", type=TrainBody)
     except msgspec.ValidationError as exc:
+        message, path = split_msgspec_error(exc, "", TrainBody)
         raise ValidationFailed(
-            f"invalid training options: {exc}", details=[{"path": "$", "message": str(exc)}]
+            f"invalid training options: {message}", details=[{"path": path, "message": message}]
         ) from None
     except msgspec.DecodeError as exc:
-        raise ValidationFailed(f"request body is not valid JSON: {exc}") from None
+        raise MalformedJSON(f"request body is not valid JSON: {exc}") from None
     ml = _ml(request)
     project = _project(request)
     options = TrainingOptions(
@@ -131,12 +134,10 @@ def predictions(request: Request[Any, Any, Any], user_id: str) -> dict[str, Any]
     sync_to_thread=False,
 )
 def also_bought(
-    request: Request[Any, Any, Any], product_id: str, limit: int = 10
+    request: Request[Any, Any, Any],
+    product_id: str,
+    limit: Annotated[int, Parameter(ge=1, le=100)] = 10,
 ) -> dict[str, Any]:
-    if not 1 <= limit <= 100:
-        raise ValidationFailed(
-            "limit must be between 1 and 100", details=[{"path": "limit", "message": str(limit)}]
-        )
     found: dict[str, Any] = _ml(request)["service"].also_bought(
         _project(request), product_id, limit
     )
@@ -168,19 +169,11 @@ def _bucket_time(name: str, value: str | None) -> str | None:
 async def anomalies(
     request: Request[Any, Any, Any],
     metric: str | None = None,
-    detector: str | None = None,
+    detector: Literal["seasonal", "streaming"] | None = None,
     since: str | None = None,
     until: str | None = None,
-    limit: int = 100,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    if not 1 <= limit <= 1000 or detector not in (None, "seasonal", "streaming"):
-        raise ValidationFailed(
-            "invalid anomaly query",
-            details=[
-                {"path": "limit", "message": "between 1 and 1000"},
-                {"path": "detector", "message": "seasonal or streaming"},
-            ],
-        )
     rows = await asyncio.to_thread(
         _ml(request)["anomalies"].query,
         _project(request),

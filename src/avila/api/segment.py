@@ -101,11 +101,16 @@ def _authenticate(request: Request[Any, Any, Any], key: str | None) -> Principal
 
 async def _read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
     """The request body, gunzipped if sent gzip-encoded; 400 past ``limit`` bytes (either form)."""
-    too_large = BadRequest(
-        f"request body exceeds the {limit // 1024} KB limit", code="payload_too_large"
-    )
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
+    received = int(length) if length and length.isdigit() else None
+    shown = f"{received:,} bytes" if received is not None else f"more than {limit:,} bytes"
+    message = f"request body is {shown}; the limit is {limit:,} bytes ({limit // 1024} KB)"
+    too_large = BadRequest(
+        message,
+        code="payload_too_large",
+        details=[{"path": "", "limit_bytes": limit, "received_bytes": received}],
+    )
+    if received is not None and received > limit:
         raise too_large
     chunks: list[bytes] = []
     size = 0

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import contextlib
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import delete, get
+from litestar.params import Parameter
 
 from avila.analytics import erase_user, user_profile, user_segment, user_sessions
 from avila.analytics.common import parse_query
 from avila.analytics.profiles import require_user
 from avila.api import ml as ml_api
-from avila.api.analytics import Result, run, session_query
+from avila.api.analytics import MaxSessionSeconds, Result, TimeoutSeconds, run, session_query
 from avila.api.component import AppContext
 from avila.errors import AvilaError
 from avila.schemas.analytics import RFMQuery
@@ -36,8 +37,12 @@ _TAGS = ["users"]
     ),
     tags=_TAGS,
 )
-async def get_user(user_id: str, principal: Principal, store: Store, recent: int = 20) -> Result:
-    recent = max(0, min(recent, 200))
+async def get_user(
+    user_id: str,
+    principal: Principal,
+    store: Store,
+    recent: Annotated[int, Parameter(ge=0, le=200)] = 20,
+) -> Result:
     return await run(_profile, store, principal.project_id, user_id, recent)
 
 
@@ -61,7 +66,7 @@ async def get_user_segment(
     principal: Principal,
     store: Store,
     reference_date: datetime | None = None,
-    window_days: int = 365,
+    window_days: Annotated[int, Parameter(ge=1, le=3650)] = 365,
 ) -> Result:
     q = parse_query(RFMQuery, {"reference_date": reference_date, "window_days": window_days})
     return await run(user_segment, store, principal.project_id, user_id, q)
@@ -85,9 +90,9 @@ async def get_user_sessions(
     end_time: datetime | None = None,
     filters: str | None = None,
     timezone: str = "UTC",
-    timeout_seconds: int = 1800,
-    max_session_seconds: int = 86400,
-    limit: int = 50,
+    timeout_seconds: TimeoutSeconds = 1800,
+    max_session_seconds: MaxSessionSeconds = 86400,
+    limit: Annotated[int, Parameter(ge=0, le=1000)] = 50,
 ) -> Result:
     q = session_query(
         start_time, end_time, filters, timezone, timeout_seconds, max_session_seconds, limit

@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> int:
     from avila.logs import configure_logging
 
     settings = Settings.from_env(host=args.host, port=args.port, mqtt_url=args.mqtt)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, secrets=settings.api_keys)
     app = create_app(settings)
     uvicorn.run(
         app,

@@ -16,8 +16,8 @@ from msgspec import Meta, Struct
 
 from avila.analytics.common import filter_expr, invalid, naive_utc
 from avila.errors import MalformedJSON, ValidationFailed
-from avila.ingest.validation import split_msgspec_error
 from avila.schemas.analytics import FilterValue, PropertyFilter, PropertyPath
+from avila.schemas.messages import split_msgspec_error
 from avila.storage.base import Store
 from avila.storage.schema import EVENT_COLUMNS, EVENT_TYPES, TIMESTAMP_COLUMNS
 

@@ -48,6 +48,10 @@ def from_us(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, UTC)
 
 
+#: Longest telemetry window a query may span (rollups are per hour and device).
+MAX_WINDOW = timedelta(days=366)
+
+
 def window(
     start: datetime | None, end: datetime | None, default: timedelta
 ) -> tuple[datetime, datetime]:
@@ -60,9 +64,17 @@ def window(
         start = start.replace(tzinfo=UTC)
     if start >= end:
         raise ValidationFailed(
-            "start_time must be before end_time",
-            code="empty_time_range",
-            details=[{"path": "$.start_time", "message": "must be before end_time"}],
+            "end_time must be after start_time",
+            code="invalid_time_range",
+            details=[{"path": "end_time", "message": "end_time must be after start_time"}],
+        )
+    if end - start > MAX_WINDOW:
+        days = (end - start).days
+        message = f"the time range is {days:,} days; the limit is {MAX_WINDOW.days:,} days"
+        raise ValidationFailed(
+            message,
+            code="time_range_too_long",
+            details=[{"path": "start_time", "message": message}],
         )
     return start, end
 

@@ -32,6 +32,7 @@ import pyarrow as pa
 from msgspec import Meta, Struct
 
 from avila.errors import MalformedJSON, ValidationFailed
+from avila.schemas.messages import join_path
 
 MAX_READINGS = 10_000
 MAX_METRICS = 1_000
@@ -92,7 +93,13 @@ class ParsedBody:
 
 
 def _path(single: bool, index: int, rest: str = "") -> str:
-    return ("$" if single else f"$.readings[{index}]") + rest
+    """The one path style of every route (``readings[3].metrics.temperature``)."""
+    return join_path("" if single else f"readings[{index}]", rest)
+
+
+def _empty_batch() -> ValidationFailed:
+    message = "readings is empty: send at least one reading"
+    return ValidationFailed(message, details=[{"path": "readings", "message": message}])
 
 
 def check_item(item: Any, index: int, single: bool) -> Reading | Rejection:
@@ -146,6 +153,8 @@ def parse_body(body: bytes, *, max_readings: int = MAX_READINGS) -> ParsedBody:
     try:
         if batch:
             readings = _BATCH.decode(body).readings
+            if not readings:
+                raise _empty_batch()
             parsed = ParsedBody(list(enumerate(readings[:max_readings])))
             _limit(parsed, len(readings), max_readings)
             return parsed
@@ -158,15 +167,17 @@ def parse_body(body: bytes, *, max_readings: int = MAX_READINGS) -> ParsedBody:
         if not isinstance(items, list):
             raise ValidationFailed(
                 "readings must be a list",
-                details=[{"path": "$.readings", "message": "expected an array of readings"}],
+                details=[{"path": "readings", "message": "expected an array of readings"}],
             )
+        if not items:
+            raise _empty_batch()
         single = False
     elif isinstance(obj, dict):
         items, single = [obj], True
     else:
         raise ValidationFailed(
             'body must be a reading object or {"readings": [...]}',
-            details=[{"path": "$", "message": "expected an object"}],
+            details=[{"path": "", "message": "expected an object"}],
         )
     parsed = ParsedBody([], single=single)
     for index, item in enumerate(items[:max_readings]):
@@ -186,7 +197,7 @@ def _limit(parsed: ParsedBody, count: int, max_readings: int) -> None:
                 index,
                 "batch_limit_exceeded",
                 f"a request takes at most {max_readings} readings; send the rest in another",
-                f"$.readings[{index}]",
+                f"readings[{index}]",
             )
         )
 

@@ -6,7 +6,6 @@ rejections carry the JSON path of the bad field relative to the request body.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,16 +18,16 @@ import pyarrow as pa
 from avila.schemas.events import (
     CONTEXT_DECODER,
     DATA_DECODERS,
+    DATA_TYPES,
     ENVELOPE_DECODER,
     Context,
+    EventEnvelope,
 )
+from avila.schemas.messages import join_path, split_msgspec_error
 from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_TYPES, ColumnBatch, columns_to_arrow
 
 MAX_EVENT_BYTES = 32 * 1024
 MAX_FUTURE = timedelta(hours=1)
-
-_MISSING = re.compile(r"^Object missing required field `([^`]*)`$")
-_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -42,21 +41,6 @@ class Rejection:
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "code": self.code, "message": self.message, "path": self.path}
-
-
-def split_msgspec_error(
-    exc: msgspec.ValidationError | msgspec.DecodeError, prefix: str
-) -> tuple[str, str]:
-    """``("message", "prefix.field[2].x")`` from a msgspec error."""
-    text = str(exc)
-    match = _PATH.match(text)
-    message, path = (
-        (match.group("message"), prefix + match.group("path")) if match else (text, prefix)
-    )
-    missing = _MISSING.match(message)
-    if missing:  # point at the missing field itself, not at its parent object
-        path = f"{path}.{missing.group(1)}" if path else missing.group(1)
-    return message, path
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -148,6 +132,7 @@ def validate_events(
 
     for index, raw in enumerate(raws):
         env = None
+        etype = ""
         if len(raw) > MAX_EVENT_BYTES:
             rejected.append(
                 Rejection(
@@ -171,13 +156,22 @@ def validate_events(
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             # Envelope errors carry their own path; data/context errors are relative to the part.
             prefix = path_prefix if single else f"{path_prefix}[{index}]"
-            message, path = split_msgspec_error(exc, prefix if env is None else prefix + part)
+            if env is None:
+                message, path = split_msgspec_error(exc, prefix, EventEnvelope)
+            else:
+                root = DATA_TYPES[etype] if part == ".event_type.data" else Context
+                message, path = split_msgspec_error(exc, join_path(prefix, part), root)
             rejected.append(Rejection(index, "invalid_event", message, path))
             continue
         if metadata_raw[:1] not in (b"{", b"n"):
             prefix = path_prefix if single else f"{path_prefix}[{index}]"
             rejected.append(
-                Rejection(index, "invalid_event", "Expected `object | null`", f"{prefix}.metadata")
+                Rejection(
+                    index,
+                    "invalid_event",
+                    "Expected `object | null`",
+                    join_path(prefix, "metadata"),
+                )
             )
             continue
         stamp = env.timestamp
@@ -193,7 +187,7 @@ def validate_events(
                         "timestamp_in_future",
                         f"timestamp {_EPOCH + ts_us * _US:%Y-%m-%dT%H:%M:%S}Z is more than 1 h"
                         " after the server time",
-                        f"{prefix}.timestamp",
+                        join_path(prefix, "timestamp"),
                     )
                 )
                 continue

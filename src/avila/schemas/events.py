@@ -59,7 +59,8 @@ class SingleEventBody(Struct):
 
 
 class BatchBody(Struct):
-    events: list[Raw]
+    # An empty batch is a client bug (nothing to store), refused like any schema violation.
+    events: Annotated[list[Raw], Meta(min_length=1)]
 
 
 # --- typed views of event_type.data, one per type --------------------------------------------

@@ -1,0 +1,55 @@
+"""A server like ``make run``'s: ``.env.example`` as its ``.env``, the default demo loaded.
+
+``make run`` copies ``.env.example`` to ``.env`` (key ``dev-key-123`` from ``API_KEYS``), runs
+``avila demo --if-empty --users 300 --days 30`` and ``avila demo --factory --days 7``, then
+``avila serve``. :func:`start_demo_server` does the same in a fresh directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from avila.testing import ServerProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV_EXAMPLE = ROOT / ".env.example"
+DEMO_COMMANDS = (
+    ["demo", "--if-empty", "--users", "300", "--days", "30"],
+    ["demo", "--factory", "--days", "7"],
+)
+
+
+def demo_key() -> str:
+    """The first key of ``.env.example``'s ``API_KEYS`` (the docs' ``dev-key-123``)."""
+    keys = dotenv_values(ENV_EXAMPLE).get("API_KEYS") or ""
+    return keys.split(",")[0].strip()
+
+
+def start_demo_server(data_dir: Path, **env: str) -> ServerProcess:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ENV_EXAMPLE, data_dir / ".env")
+    child_env = {
+        k: v for k, v in os.environ.items() if k not in dotenv_values(ENV_EXAMPLE) or k == "PATH"
+    }
+    child_env.update({"AVILA_DATA_DIR": str(data_dir), **env})
+    for args in DEMO_COMMANDS:
+        subprocess.run(
+            [sys.executable, "-m", "avila.cli", *args],
+            cwd=data_dir,
+            env=child_env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    server = ServerProcess(data_dir, env=env)
+    # The test runner's environment must not override the .env the way a shell's would not.
+    for name in dotenv_values(ENV_EXAMPLE):
+        if name not in env and name != "AVILA_DATA_DIR":
+            server.env.pop(name, None)
+    return server.start(timeout=60)
