@@ -8,7 +8,7 @@ from analytics_oracles import funnel_counts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from avila.analytics import funnel
+from avila.analytics import funnel, funnel_dropped
 from avila.errors import ValidationFailed
 
 START, END = T0 - timedelta(days=1), T0 + timedelta(days=3)
@@ -300,3 +300,107 @@ def test_json_property_filter_uses_parameterised_path(load):
         filters=[{"property": "event_type.data.properties.plan", "value": "pro"}],
     )
     assert _counts(result) == [1, 0]
+
+
+# Users who dropped at a step: the oracle's users whose level is exactly that step.
+
+
+def _body(steps, mode, window, **kw):
+    body = {
+        "steps": steps,
+        "mode": mode,
+        "conversion_window_seconds": window,
+        "start_time": START.isoformat(),
+        "end_time": END.isoformat(),
+    }
+    body.update(kw)
+    return body
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "step_ids", [[0, 3, 7, 8], [1, 5, 0], [6, 7, 8, 2, 9]], ids=["pv", "click", "cart"]
+)
+def test_dropped_users_match_oracle_levels_and_report(data_store, mode, step_ids):
+    steps = [STEP_POOL[i] for i in step_ids]
+    window = 86400
+    _, _, _, levels = funnel_counts(
+        ROWS, PROJECT, START, END, steps, timedelta(seconds=window), mode
+    )
+    counts = [s["count"] for s in funnel(data_store, PROJECT, _body(steps, mode, window))["steps"]]
+    seen = 0
+    for k in range(1, len(steps)):
+        got = funnel_dropped(data_store, PROJECT, _body(steps, mode, window, step=k, limit=1000))
+        expected = sorted(user for user, level in levels.items() if level == k)
+        assert got["step"] == k
+        assert [u["user_id"] for u in got["users"]] == expected
+        assert got["total"] == len(expected) == counts[k - 1] - counts[k]
+        seen += got["total"]
+    assert seen > 0  # the generated data has real drop-offs
+
+
+def test_dropped_limit_keeps_total_and_lists_first_users(data_store):
+    steps = [STEP_POOL[0], STEP_POOL[8]]
+    full = funnel_dropped(data_store, PROJECT, _body(steps, "ordered", 86400, step=1, limit=1000))
+    assert full["total"] > 3
+    short = funnel_dropped(data_store, PROJECT, _body(steps, "ordered", 86400, step=1, limit=3))
+    assert short["total"] == full["total"]
+    assert short["users"] == full["users"][:3]
+    default = funnel_dropped(data_store, PROJECT, _body(steps, "ordered", 86400, step=1))
+    assert default["users"] == full["users"][:100]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dropped_zero_drop_offs_and_unicode_ids(load, mode):
+    t = T0
+    users = ["Zoë", "用户-1", "😀", "u\u0301", "plain"]
+    rows = []
+    for user in users:  # everyone does A then B
+        rows += [event(user, t, url="/a"), event(user, t + timedelta(minutes=1), url="/b")]
+    rows.append(event("用户-1", t + timedelta(minutes=2), "purchase"))
+    rows.append(event("😀", t + timedelta(minutes=3), "purchase"))
+    store = load(rows)
+    body = {
+        "steps": STEPS_ABC,
+        "mode": mode,
+        "start_time": "2024-02-01T00:00:00Z",
+        "end_time": "2024-04-01T00:00:00Z",
+    }
+    assert _counts(funnel(store, PROJECT, body)) == [5, 5, 2]
+    zero = funnel_dropped(store, PROJECT, {**body, "step": 1})
+    assert zero == {"step": 1, "users": [], "total": 0}
+    at_b = funnel_dropped(store, PROJECT, {**body, "step": 2})
+    assert at_b["total"] == 3
+    assert [u["user_id"] for u in at_b["users"]] == sorted(["Zoë", "u\u0301", "plain"])
+
+
+def test_dropped_on_empty_range_is_empty(store):
+    body = {
+        "steps": STEPS_ABC,
+        "step": 2,
+        "start_time": "2020-01-01T00:00:00Z",
+        "end_time": "2020-02-01T00:00:00Z",
+    }
+    assert funnel_dropped(store, PROJECT, body) == {"step": 2, "users": [], "total": 0}
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "path"),
+    [
+        ({"steps": STEPS_ABC, "step": 3}, "funnel_step_out_of_range", "step"),
+        ({"steps": STEPS_ABC, "step": 0}, "invalid_query", "step"),
+        ({"steps": STEPS_ABC, "step": 1, "limit": 1001}, "invalid_query", "limit"),
+        ({"steps": STEPS_ABC, "step": 1, "limit": 0}, "invalid_query", "limit"),
+        ({"steps": STEPS_ABC}, "invalid_query", ""),
+        ({"steps": STEPS_ABC[:1], "step": 1}, "funnel_needs_two_steps", "steps"),
+    ],
+)
+def test_dropped_invalid_queries(store, body, code, path):
+    with pytest.raises(ValidationFailed) as info:
+        funnel_dropped(store, PROJECT, body)
+    assert info.value.code == code
+    assert info.value.status == 422
+    if path:
+        assert info.value.details[0]["path"] == path
+    else:
+        assert "step" in info.value.message

@@ -4,7 +4,7 @@ Each returns the response body of its endpoint (shared/API.md field names) and r
 :class:`avila.errors.ValidationFailed` (422, stable ``code``) for invalid queries.
 """
 
-from avila.analytics.funnels import funnel
+from avila.analytics.funnels import funnel, funnel_dropped
 from avila.analytics.lifecycle import lifecycle
 from avila.analytics.overview import overview, trends
 from avila.analytics.paths import paths
@@ -18,6 +18,7 @@ from avila.analytics.stickiness import stickiness
 __all__ = [
     "erase_user",
     "funnel",
+    "funnel_dropped",
     "lifecycle",
     "overview",
     "paths",

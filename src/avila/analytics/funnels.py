@@ -63,7 +63,7 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
-from avila.schemas.analytics import EventCondition, FunnelQuery
+from avila.schemas.analytics import EventCondition, FunnelDroppedQuery, FunnelQuery
 from avila.storage.base import Store
 
 MIN_STEPS = 2
@@ -77,12 +77,81 @@ def funnel(store: Store, project_id: str, query: FunnelQuery | Mapping[str, Any]
     "conversion_window_seconds"}`` plus ``"breakdowns"`` / ``"trend"`` when asked for.
     """
     q = parse_query(FunnelQuery, query)
+    table, (level, conv, first_row) = _user_levels(store, project_id, q)
+    start, end = time_range(q.start_time, q.end_time)
+    tz = zone(q.timezone)
+    nsteps = len(q.steps)
+    t = _int64(table.column("t"))
+    entered = level >= 1
+    names = [s.name or _default_name(s.condition_type, s.condition_value) for s in q.steps]
+    result: dict[str, Any] = {
+        "funnel_name": q.funnel_name,
+        "mode": q.mode,
+        "conversion_window_seconds": q.conversion_window_seconds,
+    }
+    all_users = np.flatnonzero(entered)
+    steps = _step_stats(names, level[all_users], conv[all_users])
+    result["steps"] = steps
+    result["overall_conversion_rate"] = steps[-1]["conversion_rate"]
+    result["total_users"] = steps[0]["count"]
+    if q.breakdown:
+        result["breakdown"] = q.breakdown
+        result["breakdowns"] = _breakdowns(
+            table.column("b"), first_row, all_users, level, conv, names, q.breakdown_limit
+        )
+    if q.trend is not None:
+        result["trend"] = _trend(t, first_row, all_users, level, nsteps, q.trend, tz, start, end)
+    return result
+
+
+def funnel_dropped(
+    store: Store, project_id: str, query: FunnelDroppedQuery | Mapping[str, Any]
+) -> dict[str, Any]:
+    """Users who reached step ``query.step`` (1-based) of the funnel and not the next one.
+
+    Returns ``{"step", "users": [{"user_id"}...], "total"}``: ``total`` is the funnel report's
+    step-``step`` count minus its step-``step + 1`` count (both come from the same per-user
+    levels); ``users`` is the first ``limit`` of them by ``user_id``. The last step is refused:
+    users there completed the funnel rather than dropped.
+    """
+    q = parse_query(FunnelDroppedQuery, query)
+    _check_steps(q)
+    if q.step >= len(q.steps):
+        raise invalid(
+            "funnel_step_out_of_range",
+            "step",
+            f"step must be between 1 and {len(q.steps) - 1} (the last step before the end);"
+            f" users at step {len(q.steps)} completed the funnel",
+        )
+    table, (level, _conv, _first_row) = _user_levels(store, project_id, q)
+    dropped = np.flatnonzero(level == q.step)  # user codes, in user_id order
+    ucode = user_codes(table.column("user_id"))
+    user_row = np.flatnonzero(np.r_[True, ucode[1:] != ucode[:-1]]) if len(ucode) else ucode
+    shown = user_row[dropped[: q.limit]]
+    ids = table.column("user_id").take(pa.array(shown)).to_pylist() if shown.size else []
+    return {
+        "step": q.step,
+        "users": [{"user_id": user_id} for user_id in ids],
+        "total": int(dropped.size),
+    }
+
+
+def _check_steps(q: FunnelQuery) -> None:
     if len(q.steps) < MIN_STEPS:
         raise invalid("funnel_needs_two_steps", "steps", "a funnel needs at least 2 steps")
     if len(q.steps) > MAX_STEPS:
         raise invalid("funnel_too_many_steps", "steps", f"a funnel has at most {MAX_STEPS} steps")
+
+
+def _user_levels(store: Store, project_id: str, q: FunnelQuery) -> tuple[pa.Table, Levels]:
+    """The candidate rows (sorted by user, time) and the per-user :data:`Levels` of ``q``.
+
+    Shared by :func:`funnel` and :func:`funnel_dropped` so their numbers agree by construction.
+    User codes number the distinct ``user_id`` values of the rows in order.
+    """
+    _check_steps(q)
     start, end = time_range(q.start_time, q.end_time)
-    tz = zone(q.timezone)
+    zone(q.timezone)  # validated here so every caller refuses a bad zone alike
     conds = [
         condition_expr(
             store,
@@ -132,28 +201,7 @@ def funnel(store: Store, project_id: str, query: FunnelQuery | Mapping[str, Any]
         levels = _strict_order_levels(ucode, t, masks, nsteps, window_us)
     else:
         levels = _unordered_levels(ucode, t, masks, nsteps, window_us)
-    level, conv, first_row = levels
-
-    entered = level >= 1
-    names = [s.name or _default_name(s.condition_type, s.condition_value) for s in q.steps]
-    result: dict[str, Any] = {
-        "funnel_name": q.funnel_name,
-        "mode": q.mode,
-        "conversion_window_seconds": q.conversion_window_seconds,
-    }
-    all_users = np.flatnonzero(entered)
-    steps = _step_stats(names, level[all_users], conv[all_users])
-    result["steps"] = steps
-    result["overall_conversion_rate"] = steps[-1]["conversion_rate"]
-    result["total_users"] = steps[0]["count"]
-    if breakdown is not None:
-        result["breakdown"] = q.breakdown
-        result["breakdowns"] = _breakdowns(
-            table.column("b"), first_row, all_users, level, conv, names, q.breakdown_limit
-        )
-    if q.trend is not None:
-        result["trend"] = _trend(t, first_row, all_users, level, nsteps, q.trend, tz, start, end)
-    return result
+    return table, levels
 
 
 def _default_name(condition_type: str, value: str) -> str:

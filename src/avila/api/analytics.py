@@ -23,7 +23,16 @@ from litestar import Request, Response, get, post
 from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 
-from avila.analytics import funnel, overview, realtime, retention, rfm, sessions, trends
+from avila.analytics import (
+    funnel,
+    funnel_dropped,
+    overview,
+    realtime,
+    retention,
+    rfm,
+    sessions,
+    trends,
+)
 from avila.analytics.common import invalid, parse_query
 from avila.analytics.lifecycle import lifecycle
 from avila.analytics.paths import paths
@@ -31,6 +40,7 @@ from avila.analytics.stickiness import stickiness
 from avila.api.errors import error_response
 from avila.schemas.analytics import (
     CohortQuery,
+    FunnelDroppedQuery,
     FunnelQuery,
     Interval,
     LifecycleQuery,
@@ -286,6 +296,25 @@ def explained_errors(model: type) -> dict[Any, Any]:
 
 
 @post(
+    "/api/v1/analytics/funnel/dropped",
+    opt=_READ,
+    status_code=200,
+    summary="Users who dropped at a funnel step",
+    description=(
+        "The funnel query's users who reached `step` (1-based, 1 to steps-1) and not the next"
+        " one: `total` equals the funnel report's step count minus the next step's count;"
+        " `users` lists the first `limit` (1-1000, default 100) by `user_id`." + _RANGE_DOC
+    ),
+    tags=_TAGS,
+    exception_handlers=explained_errors(FunnelDroppedQuery),
+)
+async def funnel_dropped_users(
+    data: FunnelDroppedQuery, principal: Principal, store: Store
+) -> Result:
+    return await run(funnel_dropped, store, principal.project_id, data)
+
+
+@post(
     "/api/v1/analytics/paths",
     opt=_READ,
     status_code=200,
@@ -344,6 +373,7 @@ async def stickiness_report(
 
 ROUTES = [
     funnel_report,
+    funnel_dropped_users,
     cohort_report,
     rfm_report,
     overview_report,

@@ -85,6 +85,18 @@ class FunnelQuery(Struct, forbid_unknown_fields=True):
     timezone: str = "UTC"
 
 
+#: Users listed by the funnel drop-off query at most (``limit``).
+DROPPED_LIMIT_MAX = 1000
+
+
+class FunnelDroppedQuery(FunnelQuery, forbid_unknown_fields=True, kw_only=True):
+    """A funnel query plus the 1-based ``step`` the listed users reached last (converted
+    through ``step``, not ``step + 1``) and how many of them to list."""
+
+    step: Annotated[int, Meta(ge=1, le=19)]
+    limit: Annotated[int, Meta(ge=1, le=DROPPED_LIMIT_MAX)] = 100
+
+
 class CohortQuery(Struct, forbid_unknown_fields=True):
     period: Period = "week"
     periods: Annotated[int, Meta(ge=1, le=400)] = 8
@@ -186,6 +198,7 @@ class RealtimeQuery(Struct, forbid_unknown_fields=True):
 __all__ = [
     "CohortQuery",
     "EventCondition",
+    "FunnelDroppedQuery",
     "FunnelQuery",
     "FunnelStep",
     "LifecycleQuery",
