@@ -369,3 +369,61 @@ def test_live_page_lists_the_alert_firings_of_the_api(
     if not server_speaks_key_subprotocol(dashboard):  # the refused handshake, until it does
         errors = [e for e in errors if "Sec-WebSocket-Protocol" not in e]
     assert errors == [] and watch.failed == []
+
+
+FUNNEL_STEPS = [
+    {"condition_type": "page_view", "condition_value": "/"},
+    {"condition_type": "page_view", "condition_value": "/product", "match": "prefix"},
+    {"condition_type": "add_to_cart"},
+    {"condition_type": "purchase"},
+]
+
+
+@pytest.mark.parametrize("mode", ["ordered", "strict_increase", "strict_order", "unordered"])
+def test_dropped_users_api_total_is_the_report_drop_off(dashboard: Dashboard, mode: str) -> None:
+    """Over HTTP on the demo server: per step, the drop-off list's total is the funnel report's
+    count difference, the listed users are distinct and at most ``limit``."""
+    body = {"steps": FUNNEL_STEPS, "mode": mode, "conversion_window_seconds": 604800}
+    counts = [
+        s["count"]
+        for s in api(dashboard, "POST", "/api/v1/analytics/funnel", json=body).json()["steps"]
+    ]
+    assert counts[0] > 0
+    for k in range(1, len(FUNNEL_STEPS)):
+        got = api(
+            dashboard,
+            "POST",
+            "/api/v1/analytics/funnel/dropped",
+            json={**body, "step": k, "limit": 5},
+        ).json()
+        assert got["step"] == k
+        assert got["total"] == counts[k - 1] - counts[k]
+        ids = [u["user_id"] for u in got["users"]]
+        assert len(ids) == min(5, got["total"]) == len(set(ids))
+        assert ids == sorted(ids)
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "path", "bounds"),
+    [
+        ({"step": 4}, "funnel_step_out_of_range", "step", None),
+        ({"step": 1, "limit": 1001}, "validation_failed", "limit", (1, 1000)),
+        ({"step": 0}, "validation_failed", "step", (1, 19)),
+    ],
+)
+def test_dropped_users_api_refuses_bad_step_and_limit(
+    dashboard: Dashboard, extra: dict[str, Any], code: str, path: str, bounds: Any
+) -> None:
+    response = httpx.post(
+        dashboard.url + "/api/v1/analytics/funnel/dropped",
+        headers={"x-api-key": dashboard.admin_key},
+        json={"steps": FUNNEL_STEPS, **extra},
+        timeout=60,
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    detail = error["details"][0]
+    assert detail["path"] == path
+    if bounds is not None:
+        assert (detail["minimum"], detail["maximum"]) == bounds
