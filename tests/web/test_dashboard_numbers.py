@@ -81,22 +81,43 @@ def test_funnel_numbers_equal_the_api_for_the_same_query(
     shown_counts = [int(c.replace(",", "")) for c in cells(page, "funnel", "count")]
     shown_rates = [parse_percent(c) for c in cells(page, "funnel", "conversion_rate")]
 
-    expected = api(
-        dashboard,
-        "POST",
-        "/api/v1/analytics/funnel",
-        json={
-            "steps": [{"condition_type": t, "condition_value": v, "match": m} for t, v, m in steps],
-            "conversion_window_seconds": 604800,
-            "mode": mode,
-            "start_time": start,
-            "end_time": end,
-            "timezone": TZ,
-        },
-    ).json()
+    body = {
+        "steps": [{"condition_type": t, "condition_value": v, "match": m} for t, v, m in steps],
+        "conversion_window_seconds": 604800,
+        "mode": mode,
+        "start_time": start,
+        "end_time": end,
+        "timezone": TZ,
+    }
+    expected = api(dashboard, "POST", "/api/v1/analytics/funnel", json=body).json()
     assert shown_counts == [s["count"] for s in expected["steps"]]
     assert shown_rates == [percent(s["conversion_rate"]) for s in expected["steps"]]
     assert shown_counts[0] > shown_counts[-1] > 0  # a real funnel, not all zeros
+    assert watch.console_errors == [] and watch.failed == []
+
+    # The drop-off after step 2 (the third row's "Dropped"): the list the page shows has the
+    # API's total for the same query, its users link to their profiles, its CSV holds them.
+    funnel_card = page.locator('[data-chart="funnel"]')
+    funnel_card.get_by_role("button", name="Table").click()
+    page.click('[data-chart="funnel"] [data-dropped="2"]')
+    page.wait_for_selector("#funnel-dropped")
+    dropped = api(
+        dashboard, "POST", "/api/v1/analytics/funnel/dropped", json={**body, "step": 2}
+    ).json()
+    shown_total = int(page.inner_text("#funnel-dropped-total").replace(",", ""))
+    assert shown_total == dropped["total"] == shown_counts[1] - shown_counts[2] > 0
+    links = page.locator('#funnel-dropped td[data-col="user_id"] a')
+    assert links.count() == min(dropped["total"], 1000)
+    first_user = dropped["users"][0]["user_id"]
+    assert links.first.inner_text() == first_user
+    assert links.first.get_attribute("href") == f"#/users?user={quote(first_user, safe='')}"
+    with page.expect_download() as download:
+        page.locator("#funnel-dropped").get_by_role("button", name="CSV").click()
+    with open(download.value.path(), encoding="utf-8", newline="") as csv_file:  # noqa: PTH123
+        csv_lines = csv_file.read().splitlines()
+    assert csv_lines[0] == "User" and csv_lines[1] == first_user
+    assert len(csv_lines) == links.count() + 1
+    assert "dropped=2" in page.url
     assert watch.console_errors == [] and watch.failed == []
 
     # The URL alone reproduces the page (no key in it): a new tab signs in and shows the same.
@@ -110,6 +131,8 @@ def test_funnel_numbers_equal_the_api_for_the_same_query(
         other.wait_for_selector('main[data-page="funnels"][aria-busy="false"]')
         again = [int(c.replace(",", "")) for c in cells(other, "funnel", "count")]
         assert again == shown_counts
+        other.wait_for_selector("#funnel-dropped")
+        assert other.get_attribute("#funnel-dropped", "data-total") == str(dropped["total"])
     finally:
         other.close()
 

@@ -1,8 +1,9 @@
 // Funnels: a builder (steps, window, mode, breakdown) whose state is in the URL, the funnel
-// chart with conversion and drop-off per step, and a breakdown table.
+// chart with conversion and drop-off per step, a breakdown table, and the users who dropped
+// after a step (POST /api/v1/analytics/funnel/dropped for the same query).
 import { api } from '../api.js';
 import { rangeQuery, updateParams } from '../state.js';
-import { chartCard, errorBox, fmt, h } from '../ui.js';
+import { chartCard, download, errorBox, fmt, h, table, toCsv } from '../ui.js';
 
 export const EVENT_TYPES = ['page_view', 'click', 'search', 'product_view', 'add_to_cart', 'remove_from_cart',
   'checkout', 'purchase', 'sign_up', 'login', 'logout', 'form_submit', 'video_play', 'custom'];
@@ -39,15 +40,28 @@ function select(label, values, current, attrs = {}) {
   return h('label', {}, label, h('select', attrs, entries.map(([v, text]) => h('option', { value: v, selected: String(v) === String(current) }, text))));
 }
 
-const STEP_COLUMNS = [
-  { key: 'step', label: 'Step', num: true },
-  { key: 'name', label: 'Name' },
-  { key: 'count', label: 'Users', num: true },
-  { key: 'conversion_rate', label: 'Conversion', num: true, format: fmt.pct },
-  { key: 'step_conversion_rate', label: 'From previous', num: true, format: fmt.pct },
-  { key: 'drop_off', label: 'Dropped', num: true },
-  { key: 'median_time_to_convert_seconds', label: 'Median time', num: true, format: fmt.secs },
+const DROPPED_LIMIT = 1000;
+const DROPPED_COLUMNS = [
+  { key: 'user_id', label: 'User', format: (v) => h('a', { href: `#/users?user=${encodeURIComponent(v)}` }, v) },
 ];
+
+// A step row's drop-off (users who reached the previous step and not this one) is a button.
+function stepColumns(showDropped) {
+  return [
+    { key: 'step', label: 'Step', num: true },
+    { key: 'name', label: 'Name' },
+    { key: 'count', label: 'Users', num: true },
+    { key: 'conversion_rate', label: 'Conversion', num: true, format: fmt.pct },
+    { key: 'step_conversion_rate', label: 'From previous', num: true, format: fmt.pct },
+    {
+      key: 'drop_off', label: 'Dropped', num: true,
+      format: (v, row) => (row.step > 1 && v > 0
+        ? h('button', { type: 'button', class: 'link', 'data-dropped': row.step - 1, 'aria-label': `List the ${v} users who dropped after step ${row.step - 1}`, onclick: () => showDropped(row.step - 1) }, fmt.int(v))
+        : fmt.int(v)),
+    },
+    { key: 'median_time_to_convert_seconds', label: 'Median time', num: true, format: fmt.secs },
+  ];
+}
 
 export async function render(view, { params, range }) {
   view.append(h('h1', {}, 'Funnels'));
@@ -89,18 +103,49 @@ export async function render(view, { params, range }) {
     h('button', { type: 'submit', id: 'funnel-run' }, 'Show funnel')));
   view.append(form);
   const results = h('div', { class: 'grid', id: 'funnel-results' });
-  view.append(results);
+  const droppedView = h('div', { id: 'funnel-dropped-view' });
+  view.append(results, droppedView);
 
+  // `after`: the 1-based step the listed users reached last.
+  const showDropped = async (after, names, query) => {
+    updateParams({ dropped: after });
+    const title = `Dropped after step ${after}${names ? ` (${names[after - 1]})` : ''}`;
+    droppedView.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
+    try {
+      const body = { ...query, step: after, limit: DROPPED_LIMIT };
+      delete body.breakdown;
+      const dropped = await api('/api/v1/analytics/funnel/dropped', { method: 'POST', body });
+      const rows = dropped.users;
+      const slug = `funnel-dropped-step-${after}`;
+      droppedView.replaceChildren(h('section', { class: 'card', 'data-chart': 'funnel-dropped', id: 'funnel-dropped', 'data-total': dropped.total },
+        h('div', { class: 'card-head' }, h('h2', {}, `${title}: `, h('span', { id: 'funnel-dropped-total' }, fmt.int(dropped.total)), ' users'),
+          h('div', { class: 'actions' },
+            h('button', { type: 'button', class: 'secondary', onclick: () => download(`${slug}.csv`, toCsv(DROPPED_COLUMNS, rows)) }, 'CSV'))),
+        rows.length < dropped.total ? h('p', { class: 'muted' }, `Showing the first ${fmt.int(rows.length)} by user id.`) : null,
+        rows.length ? h('div', { class: 'table-wrap' }, table(DROPPED_COLUMNS, rows)) : h('p', { class: 'muted' }, 'No users dropped at this step.')));
+    } catch (err) {
+      droppedView.replaceChildren(errorBox(err));
+    }
+  };
+
+  let sharedDropped = params.get('dropped');
   const run = async () => {
     options.window = windowSel.querySelector('select').value;
     options.mode = modeSel.querySelector('select').value;
     options.breakdown = breakdownSel.querySelector('select').value;
-    updateParams({ steps: JSON.stringify(steps), window: options.window, mode: options.mode, breakdown: options.breakdown });
+    updateParams({ steps: JSON.stringify(steps), window: options.window, mode: options.mode, breakdown: options.breakdown, dropped: null });
     results.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
+    droppedView.replaceChildren();
     try {
-      const funnel = await api('/api/v1/analytics/funnel', { method: 'POST', body: funnelBody(steps, options, range) });
+      const query = funnelBody(steps, options, range);
+      const funnel = await api('/api/v1/analytics/funnel', { method: 'POST', body: query });
       results.replaceChildren();
-      drawFunnel(results, funnel);
+      const names = funnel.steps.map((st) => st.name);
+      const pick = (after) => showDropped(after, names, query);
+      drawFunnel(results, funnel, pick);
+      const after = Number(sharedDropped);
+      sharedDropped = null; // a shared URL's list is shown once; a new query starts without one
+      if (Number.isInteger(after) && after >= 1 && after < steps.length) await pick(after);
     } catch (err) {
       results.replaceChildren(errorBox(err));
     }
@@ -109,14 +154,16 @@ export async function render(view, { params, range }) {
   await run();
 }
 
-function drawFunnel(results, funnel) {
+function drawFunnel(results, funnel, showDropped) {
   const rows = funnel.steps.map((s, i) => ({ step: i + 1, ...s }));
   results.append(h('p', { id: 'funnel-summary' },
     `${fmt.int(funnel.total_users)} users entered; overall conversion `,
     h('strong', { 'data-overall': funnel.overall_conversion_rate }, fmt.pct(funnel.overall_conversion_rate)), '.'));
   const names = rows.map((r) => r.name);
   const card = chartCard({
-    title: 'Funnel', name: 'funnel', tall: true, columns: STEP_COLUMNS, rows,
+    title: 'Funnel', name: 'funnel', tall: true, columns: stepColumns(showDropped), rows,
+    note: 'Select a drop-off (a grey bar, or a Dropped number in the table) to list its users.',
+    onClick: (p) => { if (p.seriesName === 'Dropped' && p.dataIndex > 0) showDropped(p.dataIndex); },
     option: {
       grid: { left: 8, right: 16, top: 30, bottom: 8, containLabel: true },
       tooltip: { trigger: 'axis', axisPointer: { type: 'shadow' } },
