@@ -27,6 +27,10 @@ window). Median and mean are over those users.
 ``trend`` buckets users by the day/week (in ``timezone``) of that first step-1 event.
 ``total_users`` is the number of users who entered the funnel (did step 1).
 
+:func:`funnel_dropped` lists the users whose level is exactly a step k < the number of steps
+(reached k, not k+1) from the same per-user levels, so its ``total`` is the report's
+``drop_off`` at step k+1 in every mode.
+
 The ordered modes are vectorised with numpy: after sorting candidate rows by (user, time), the
 latest valid step-(k-1) row at or before each step-k row (an "as-of" lookup via a running max of
 row positions) carries the latest chain start, which is the best one for the window check.
