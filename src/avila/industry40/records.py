@@ -289,10 +289,22 @@ def energy_rows(
             GROUP BY device_id, t),
         s AS (
             SELECT device_id, ts, value AS state FROM telemetry
-            WHERE project_id = ? AND metric = 'state' AND ts < ? {device_sql})
-        SELECT e.device_id, epoch_us(e.t), e.power_kw, e.energy_kwh, s.state
-        FROM e ASOF LEFT JOIN s ON e.device_id = s.device_id AND e.t >= s.ts
-        ORDER BY e.device_id, e.t"""
+            WHERE project_id = ? AND metric = 'state' AND ts < ? {device_sql}),
+        -- The state at each time is the last state reading at or before it (kind 0 sorts a
+        -- state before an energy row of the same instant). A window over the union measured
+        -- 50x faster than the equivalent ASOF LEFT JOIN on a week of 1-minute data.
+        u AS (
+            SELECT device_id, t, 1 AS kind, power_kw, energy_kwh, NULL::DOUBLE AS state FROM e
+            UNION ALL
+            SELECT device_id, ts, 0, NULL, NULL, state FROM s),
+        w AS (
+            SELECT device_id, t, kind, power_kw, energy_kwh,
+                   last_value(state IGNORE NULLS) OVER (
+                       PARTITION BY device_id ORDER BY t, kind ROWS UNBOUNDED PRECEDING) AS state
+            FROM u)
+        SELECT device_id, epoch_us(t), power_kw, energy_kwh, state
+        FROM w WHERE kind = 1
+        ORDER BY device_id, t"""
     state_params: list[Any] = [project_id, naive_utc(end)]
     if device_id:
         state_params.append(device_id)
