@@ -32,20 +32,10 @@ from typing import Any
 import numpy as np
 
 from avila.testing import ServerProcess
+from avila.testing.browser import CHROMIUM, CHROMIUM_ARGS
 
 KEY = "bench-dashboard-key"
 PAGES = ["overview", "live", "funnels", "retention", "users", "segments", "ml", "factory", "keys"]
-CHROMIUM = os.environ.get("AVILA_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 READY_JS = """() => {
   const main = document.getElementById('main');
   if (!main || main.getAttribute('aria-busy') !== 'false') return false;

@@ -7,7 +7,6 @@ install Debian's ``chromium`` package and the ``playwright`` Python package.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,17 +18,7 @@ import pytest
 
 from avila.security.keys import KeyStore
 from avila.testing import ServerProcess
-
-CHROMIUM = os.environ.get("AVILA_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from avila.testing.browser import browser_missing, chromium
 
 
 class TrackedServer:
@@ -102,21 +91,8 @@ def site() -> Iterator[Callable[[str], str]]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"Chromium is required for the tracker tests and was not found at {CHROMIUM}: "
-            "install Debian's package (apt-get install -y chromium) or set AVILA_CHROMIUM",
-            pytrace=False,
-        )
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(
-            "the tracker tests drive Chromium with Playwright: pip install playwright "
-            "(no browser download is needed; Debian's chromium is used)",
-            pytrace=False,
-        )
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    problem = browser_missing("the tracker tests")
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    with chromium() as launched:
+        yield launched

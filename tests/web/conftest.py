@@ -21,18 +21,8 @@ import pytest
 
 from avila.security.keys import KeyStore
 from avila.testing import ServerProcess
+from avila.testing.browser import browser_missing, chromium
 
-CHROMIUM = os.environ.get("AVILA_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ADMIN_KEY = "dashboard-admin-key"
 ARTEFACTS = Path(__file__).resolve().parents[2] / "artefacts" / "dashboard"
 
@@ -76,24 +66,11 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
 
 @pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"Chromium is required for the dashboard tests and was not found at {CHROMIUM}: "
-            "install Debian's package (apt-get install -y chromium) or set AVILA_CHROMIUM",
-            pytrace=False,
-        )
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(
-            "the dashboard tests drive Chromium with Playwright: pip install playwright "
-            "(no browser download is needed; Debian's chromium is used)",
-            pytrace=False,
-        )
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    problem = browser_missing("the dashboard tests")
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    with chromium() as launched:
+        yield launched
 
 
 @dataclass
