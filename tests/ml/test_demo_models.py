@@ -131,6 +131,20 @@ def test_make_run_data_trains_every_model_and_each_beats_its_baseline(
         starts = {a["bucket_start"] for a in found.json()["anomalies"]}
         # The demo's end is the hour the command ran; allow for an hour boundary in between.
         assert _flash_hour(end) in starts or _flash_hour(end - timedelta(hours=1)) in starts
+        # The README's first curl sends an event dated 2025-11-26: one stray event a year
+        # before the demo must not stretch training's snapshot grid (it made train 422).
+        seed_event = {
+            "event_id": "evt_123",
+            "user_id": "user_001",
+            "session_id": "sess_456",
+            "timestamp": "2025-11-26T10:00:00Z",
+            "event_type": {"type": "PageView", "data": {"url": "/products", "title": "Products"}},
+        }
+        assert c.post("/api/v1/events", json={"event": seed_event}).status_code == 202
+        retrained = c.post("/api/v1/ml/train", json={})
+        assert retrained.status_code == 200, retrained.text
+        assert retrained.json()["training_window"]["start"].startswith("2025-11-26")
+        _assert_beats_baselines(retrained.json()["models"])
 
 
 def test_demo_structure_holds_for_other_seeds_and_dates(other_demo: dict[str, Any]) -> None:

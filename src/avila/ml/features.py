@@ -162,6 +162,25 @@ class EventData:
             return 0.0
         return float((self.end - self.start) / pd.Timedelta(days=1))
 
+    @property
+    def bulk_start(self) -> pd.Timestamp | None:
+        """Where the bulk of the activity starts: the first percentile of the user-days.
+
+        Training lays its snapshot grid over this, not over the first event, so a few stray
+        old events (the README's example event from 2025, one backfilled user) do not stretch
+        a month of data into a year of nearly empty weekly snapshots."""
+        if self.start is None or not len(self.daily):
+            return self.start
+        return max(self.start, pd.Timestamp(self.daily["day"].quantile(0.01)))
+
+    @property
+    def bulk_span_days(self) -> float:
+        """Days from :attr:`bulk_start` to ``end`` (0 for an empty project)."""
+        start = self.bulk_start
+        if start is None:
+            return 0.0
+        return float((self.end - start) / pd.Timedelta(days=1))
+
 
 def _frame(store: Store, sql: str, params: list[Any]) -> pd.DataFrame:
     return store.query_arrow(sql, params).to_pandas()

@@ -131,12 +131,12 @@ def _check(data: EventData, opts: TrainingOptions, h_churn: int, h_conv: int) ->
             }
         )
     need = opts.min_history_days + 2 * max(h_churn, h_conv)
-    if data.span_days < need:
+    if data.bulk_span_days < need:
         missing.append(
             {
                 "path": "history_days",
                 "message": f"need at least {need} days of events ({opts.min_history_days} of "
-                f"history + 2 × {max(h_churn, h_conv)}-day horizon), have {data.span_days:.1f}",
+                f"history + 2 × {max(h_churn, h_conv)}-day horizon), have {data.bulk_span_days:.1f}",
             }
         )
     buyers = data.purchases["user_id"].nunique()
@@ -160,13 +160,14 @@ def _snapshots(
     data: EventData, horizon: int, opts: TrainingOptions
 ) -> tuple[pd.DataFrame, pd.Timestamp]:
     """Weekly snapshots back from the newest one whose label window closed; (frame, test t₀)."""
-    assert data.start is not None
+    start = data.bulk_start
+    assert start is not None
     last_day = data.end.floor("D")
     test_t0 = last_day - horizon * DAY
-    earliest = data.start.floor("D") + opts.min_history_days * DAY
+    earliest = start.floor("D") + opts.min_history_days * DAY
     frames = []
     t0 = test_t0
-    step = opts.snapshot_step_days or (7 if data.span_days >= 56 else 1)
+    step = opts.snapshot_step_days or (7 if data.bulk_span_days >= 56 else 1)
     while t0 >= earliest:
         frames.append(
             user_snapshot(
@@ -230,7 +231,7 @@ def _session_model(
     )
     if prefixes.empty or prefixes["purchased"].sum() < 20:
         return None, {"status": "skipped", "reason": "fewer than 20 sessions with a purchase"}
-    split = data.end - max(7.0, data.span_days * 0.2) * DAY
+    split = data.end - max(7.0, data.bulk_span_days * 0.2) * DAY
     train = prefixes[prefixes["session_start"] < split]
     test = prefixes[prefixes["session_start"] >= split]
     try:
@@ -258,7 +259,7 @@ def _recommendations(
     dict[str, list[tuple[str, float]]], list[tuple[str, float]], dict[str, Any], dict[str, Any]
 ]:
     inter = data.interactions
-    split = data.end - max(7.0, data.span_days * 0.2) * DAY
+    split = data.end - max(7.0, data.bulk_span_days * 0.2) * DAY
     train = inter[inter["ts"] < split]
     later = inter[(inter["ts"] >= split) & inter["event"].isin(["cart", "purchase"])]
     owned = set(zip(train["user_id"], train["item_id"], strict=True))
@@ -335,7 +336,7 @@ def _clv(data: EventData) -> tuple[pd.DataFrame, dict[str, Any]]:
 def _clv_holdout(data: EventData) -> dict[str, Any]:
     """Fit on all but the last quarter (at most 28 days); compare predicted purchase days in
     the holdout with each user's calibration-period rate (MAE, both)."""
-    hold = min(28.0, data.span_days * 0.25)
+    hold = min(28.0, data.bulk_span_days * 0.25)
     cut = data.end - hold * DAY
     cal = data.purchases[data.purchases["ts"] < cut]
     if cal.empty:
@@ -458,8 +459,8 @@ def _train(
     started = time.perf_counter()
     say("reading events")
     data = load_event_data(store, project_id)
-    h_churn = _auto_horizon(data.span_days, opts.churn_horizon_days, 14, opts)
-    h_conv = _auto_horizon(data.span_days, opts.conversion_horizon_days, 7, opts)
+    h_churn = _auto_horizon(data.bulk_span_days, opts.churn_horizon_days, 14, opts)
+    h_conv = _auto_horizon(data.bulk_span_days, opts.conversion_horizon_days, 7, opts)
     _check(data, opts, h_churn, h_conv)
     metrics: dict[str, Any] = {}
 
@@ -584,9 +585,10 @@ def _open_cart_values(
 def _anomalies(
     store: Store, data: EventData, opts: TrainingOptions
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    assert data.start is not None
+    bulk_start = data.bulk_start
+    assert bulk_start is not None
     end = data.end.ceil("h").to_pydatetime()
-    start = data.start.floor("h").to_pydatetime()
+    start = bulk_start.floor("h").to_pydatetime()
     hourly = metric_series(store, data.project_id, start, end)
     found, seasonal = seasonal_anomalies(hourly, window_hours=opts.anomaly_window_hours)
     minute_start = max(start, end - pd.Timedelta(hours=24).to_pytimedelta())
