@@ -15,19 +15,17 @@ server does.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_analytics import END, PROJECT, generate  # noqa: E402
+from bench_analytics import END, PROJECT, generate, median_seconds  # noqa: E402
 
 from avila.alerts.rules import (  # noqa: E402
     AnomalyMetric,
@@ -72,16 +70,6 @@ def generate_telemetry(store: Store) -> int:
     )
     store.append_table("devices", devices)
     return DEVICES * minutes
-
-
-def median_seconds(fn: Any, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

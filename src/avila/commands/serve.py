@@ -40,7 +40,7 @@ def asgi_app() -> object:
     from avila.logs import configure_logging
 
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, secrets=settings.api_keys)
     return create_app(settings)
 
 
