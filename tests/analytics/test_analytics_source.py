@@ -11,7 +11,7 @@ import duckdb
 import pyarrow as pa
 from analytics_data import PROJECT, T0, event, to_table
 
-from avila.analytics import erase_user, funnel, realtime, sessions, user_profile
+from avila.analytics import erase_user, funnel, overview, realtime, sessions, user_profile
 from avila.analytics.realtime import counts_sql
 from avila.storage import open_store
 
@@ -124,3 +124,28 @@ def test_stitched_person_is_counted_once(load) -> None:
     # The identity link names both ids: it is personal data and goes with them.
     assert store.query("SELECT count(*) FROM identities WHERE project_id = ?", [PROJECT])[0][0] == 0
     assert user_profile(store, "other", "alice")["total_events"] == 1
+
+
+def test_overview_counts_a_stitched_person_once_and_filters_by_the_resolved_id(load) -> None:
+    # Overview reads the events table itself for counts by type/page/referrer unless a filter
+    # names the user: then the filter must see the resolved id (anon-1 is alice).
+    m = timedelta(minutes=1)
+    store = load(
+        [
+            event("anon-1", T0, url="/"),
+            event("anon-1", T0 + m, url="/product"),
+            event("alice", T0 + 2 * m, "purchase", order_id="o1", revenue=10.0),
+            event("bob", T0, url="/"),
+            event("bob", T0 + m, url="/cart"),
+        ]
+    )
+    _link(store, "anon-1", "alice")
+    span = {"start_time": "2024-02-01T00:00:00Z", "end_time": "2024-04-01T00:00:00Z"}
+    whole = overview(store, PROJECT, span)
+    assert whole["total_events"] == 5 and whole["unique_users"] == 2
+    assert {p["url"]: p["views"] for p in whole["top_pages"]} == {"/": 2, "/product": 1, "/cart": 1}
+    alice = [{"property": "user_id", "operator": "eq", "value": "alice"}]
+    only = overview(store, PROJECT, {**span, "filters": alice})
+    assert only["total_events"] == 3 and only["unique_users"] == 1
+    assert {p["url"]: p["views"] for p in only["top_pages"]} == {"/": 1, "/product": 1}
+    assert only["events_by_type"] == {"page_view": 2, "purchase": 1}
