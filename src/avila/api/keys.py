@@ -44,8 +44,7 @@ def _public(info: KeyInfo) -> dict[str, Any]:
     tags=_TAGS,
 )
 async def list_keys(request: Request[Any, Any, Any], principal: Principal) -> dict[str, Any]:
-    mine = [k for k in _keys(request).list() if k.project_id == principal.project_id]
-    return {"keys": [_public(k) for k in mine]}
+    return {"keys": [_public(k) for k in _keys(request).list(principal.project_id)]}
 
 
 @post(
@@ -74,13 +73,7 @@ async def create_key(
 async def revoke_key(
     request: Request[Any, Any, Any], principal: Principal, key_id: str
 ) -> dict[str, Any]:
-    keys = _keys(request)
-    active = {
-        k.key_id
-        for k in keys.list()
-        if k.project_id == principal.project_id and k.revoked_at is None
-    }
-    if key_id not in active or not keys.revoke(key_id):
+    if not _keys(request).revoke(key_id, principal.project_id):
         raise NotFound(f"no active key {key_id!r} in this project", code="key_not_found")
     return {"key_id": key_id, "revoked": True}
 

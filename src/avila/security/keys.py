@@ -124,21 +124,25 @@ class KeyStore:
             )
         return secret, info
 
-    def list(self) -> list[KeyInfo]:
+    def list(self, project_id: str | None = None) -> list[KeyInfo]:
+        """Every stored key, or only ``project_id``'s."""
+        sql = "SELECT key_id, project_id, scopes, name, created_at, revoked_at FROM api_keys"
+        params: tuple[str, ...] = ()
+        if project_id is not None:
+            sql, params = sql + " WHERE project_id = ?", (project_id,)
         with self._connect() as conn:
-            rows = conn.execute(
-                "SELECT key_id, project_id, scopes, name, created_at, revoked_at FROM api_keys"
-                " ORDER BY created_at, key_id"
-            ).fetchall()
+            rows = conn.execute(sql + " ORDER BY created_at, key_id", params).fetchall()
         return [KeyInfo(r[0], r[1], tuple(r[2].split(",")), r[3], r[4], r[5]) for r in rows]
 
-    def revoke(self, key_id: str) -> bool:
+    def revoke(self, key_id: str, project_id: str | None = None) -> bool:
+        """Revoke an active key (only if it belongs to ``project_id``, when given), in one
+        statement; False if there was no such active key."""
+        sql = "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL"
+        params: tuple[str, ...] = (datetime.now(UTC).isoformat(timespec="seconds"), key_id)
+        if project_id is not None:
+            sql, params = sql + " AND project_id = ?", (*params, project_id)
         with self._connect() as conn:
-            cursor = conn.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
-                (datetime.now(UTC).isoformat(timespec="seconds"), key_id),
-            )
-            return cursor.rowcount > 0
+            return conn.execute(sql, params).rowcount > 0
 
     def _file_stamp(self) -> tuple[float, int]:
         stamps = []
