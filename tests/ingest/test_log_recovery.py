@@ -179,3 +179,28 @@ def test_read_frames_stops_a_segment_at_a_corrupt_frame_and_moves_to_the_next(
     # from a position inside the log, and bounded by an end position
     assert [bytes(p) for _, p in read_frames(tmp_path, HEADER.size + 2)] == [b"\x01b", b"\x01c"]
     assert [bytes(p) for _, p in read_frames(tmp_path, 0, end=base)] == [b"\x01a", b"\x01b"]
+
+
+def test_a_retried_round_whose_commit_already_landed_is_not_stored_twice(tmp_path: Path) -> None:
+    # The loader retries a round after any failure, including one after the COMMIT landed (a
+    # failed trim, or a commit whose outcome was unclear): the recorded position skips it.
+    from avila.storage.schema import EVENT_SCHEMA, columns_to_arrow
+
+    store = DuckDBStore(str(tmp_path / "retry.duckdb"))
+    columns: dict[str, list[object]] = {f.name: [None] * 5 for f in EVENT_SCHEMA}
+    columns.update(
+        project_id=["p"] * 5,
+        event_id=[f"e{i}" for i in range(5)],
+        user_id=[f"u{i}" for i in range(5)],
+        ts=[1_767_225_600_000_000] * 5,
+        received_at=[1_767_225_600_000_000] * 5,
+        event_type=["page_view"] * 5,
+    )
+    rows = columns_to_arrow([columns])
+    store.commit_log_batch(1_000, events=rows)
+    store.commit_log_batch(1_000, events=rows)  # the same round again
+    assert store.query("SELECT count(*) FROM events WHERE project_id = ?", ["p"]) == [(5,)]
+    assert store.query("SELECT position FROM ingest_position") == [(1_000,)]
+    store.commit_log_batch(2_000, events=rows)  # the next round still loads
+    assert store.query("SELECT count(*) FROM events WHERE project_id = ?", ["p"]) == [(10,)]
+    store.close()

@@ -144,11 +144,20 @@ class DuckDBStore(Store):
         devices: pa.Table | None = None,
         tables: Sequence[tuple[str, pa.Table]] = (),
     ) -> None:
-        """Append rows loaded from the ingest log and record ``position``, in one transaction."""
+        """Append rows loaded from the ingest log and record ``position``, in one transaction.
+
+        A round whose end is already recorded was committed before (a retry after a commit
+        whose outcome was unclear, or after a failed trim): it is skipped, never stored twice."""
         with self._write_lock:
             cursor = self._cursor()
             cursor.execute("BEGIN TRANSACTION")
             try:
+                recorded = cursor.execute(
+                    "SELECT position FROM ingest_position WHERE log = 'main'"
+                ).fetchall()
+                if recorded and int(recorded[0][0]) >= position:
+                    cursor.execute("ROLLBACK")
+                    return
                 if events is not None and events.num_rows:
                     cursor.from_arrow(events).insert_into("events")
                 if devices is not None and devices.num_rows:
