@@ -14,23 +14,20 @@ user it was identified as (earliest ``ts``, then ``received_at``), so a later lo
 else on a shared device does not move the earlier history; links chain (``a -> b -> c``
 resolves ``a`` to ``c``) up to :data:`MAX_CHAIN` hops. Links are never rewritten, only appended.
 
-Why an ingest listener: the link is written right after the event that carries it commits, for
-every ingestion path, without the HTTP layer knowing about identities. :meth:`IdentityRecorder.settle`
-lets a caller (the Segment API) wait until the links of its events are durable too.
+Where links are written: the ingest log's loader (``avila.storage.loader``) stores the links
+of a round (:func:`links_from_rows`) in the same transaction as the events that carry them, for
+every ingestion path, so an event is never readable before its link.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime
 
 import msgspec
 import pyarrow as pa
 
-from avila.errors import StorageUnavailable
 from avila.ingest.validation import EventRows
-from avila.storage.base import Store
 
 log = logging.getLogger("avila.identity")
 
@@ -91,45 +88,3 @@ def links_from_rows(rows: EventRows) -> pa.Table | None:
         for f in IDENTITY_SCHEMA
     ]
     return pa.Table.from_arrays(arrays, schema=IDENTITY_SCHEMA)
-
-
-class IdentityRecorder:
-    """Ingest listener that appends the links of committed events to ``identities``."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._pending: set[asyncio.Task[bool]] = set()
-        self.failures = 0
-
-    def on_rows(self, rows: EventRows) -> None:
-        """Called by the ingest service, on its event loop, after ``rows`` are committed."""
-        table = links_from_rows(rows)
-        if table is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._append(table), name="identities")
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _append(self, table: pa.Table) -> bool:
-        # Never raises: nobody may await this task (the REST path does not), and an unretrieved
-        # task exception would only surface at garbage collection.
-        try:
-            await self.store.append_table_async(IDENTITIES_TABLE, table)
-        except Exception:
-            self.failures += 1
-            log.exception("identity links not stored", extra={"links": table.num_rows})
-            return False
-        return True
-
-    async def settle(self) -> None:
-        """Wait until every link scheduled so far is stored; StorageUnavailable if one failed."""
-        if self._pending:
-            # shield: a caller that is cancelled must not cancel a write others wait for.
-            done = await asyncio.gather(*(asyncio.shield(t) for t in list(self._pending)))
-            if not all(done):
-                raise StorageUnavailable("identity links could not be stored")
-
-    async def close(self) -> None:
-        """Wait for pending writes (used at shutdown)."""
-        if self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)

@@ -25,10 +25,8 @@ import msgspec
 from litestar import MediaType, Request, Response, post
 from litestar.connection import ASGIConnection
 
-from avila.api.component import AppContext
 from avila.api.security import authenticate, presented_key
 from avila.errors import BadRequest, MalformedJSON, Unauthorized
-from avila.identity import IdentityRecorder
 from avila.ingest.segment import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
@@ -40,8 +38,6 @@ from avila.ingest.segment import (
 from avila.ingest.service import IngestService
 from avila.ingest.validation import Rejection
 from avila.security.keys import Principal
-
-IDENTITY_STATE = "identity_recorder"
 
 # analytics.js posts to one-letter paths (/v1/t, /v1/p ...); both spellings are accepted.
 _SHORT = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group", "a": "alias"}
@@ -155,8 +151,6 @@ async def _store(
     events: list[bytes],
 ) -> tuple[int, int, list[Rejection]]:
     result = await ingest.ingest(events, principal.project_id, path_prefix="")
-    recorder: IdentityRecorder = request.app.state[IDENTITY_STATE]
-    await recorder.settle()  # 200 means the identity links are durable too
     return result.accepted, result.duplicates, result.rejected
 
 
@@ -265,18 +259,6 @@ async def segment_batch(request: Request[Any, Any, Any], ingest: IngestService) 
             "rejected": [r.to_dict() for r in rejected],
         }
     )
-
-
-def setup(ctx: AppContext) -> None:
-    """Record identity links (identify/alias) of every committed event, from any path."""
-    recorder = IdentityRecorder(ctx.store)
-    ctx.state[IDENTITY_STATE] = recorder
-    # Identity links are stored by the ingest loader with their events (avila.storage.loader),
-    # in the same transaction: the recorder is not an ingest listener any more.
-
-
-async def shutdown(ctx: AppContext) -> None:
-    await ctx.state[IDENTITY_STATE].close()
 
 
 ROUTES = [segment_call, segment_batch]

@@ -85,6 +85,8 @@ class TelemetryService:
         )
         recovery = self.store.ingest_recovery
         known = [*rows, *(recovery.telemetry_messages if recovery else [])]
+        if recovery is not None:
+            recovery.telemetry_messages = []  # read once; up to a full backlog's worth of ids
         self.messages.add_committed(_message_key(p, m) for p, m in known)
         self._flusher = loop.create_task(self._flush_forever())
 

@@ -69,6 +69,7 @@ class IngestService:
         recovery = self.store.ingest_recovery
         if recovery is not None:
             keys.extend(event_key(p, e) for p, e in recovery.event_keys)
+            recovery.event_keys = []  # read once; up to a full backlog's worth of ids
         self.dedup.add_committed(keys)
         log.info("dedup index loaded", extra={"keys": len(self.dedup)})
         self.log.on_group = self._record_group

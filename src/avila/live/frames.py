@@ -66,8 +66,8 @@ class Frame:
         self.events = events
         self.cumulative = cumulative
         self.shared = head + "0" + tail
-        #: UTF-8 size of ``shared`` (what goes on the wire, before WebSocket framing).
-        self.nbytes = len(self.shared.encode())
+        #: Size of ``shared`` on the wire (before WebSocket framing): frames are ASCII JSON.
+        self.nbytes = len(self.shared)
 
     def text(self, dropped: int) -> str:
         return self.shared if dropped == 0 else f"{self.head}{dropped}{self.tail}"
