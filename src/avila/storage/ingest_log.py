@@ -434,11 +434,13 @@ class IngestLog:
                 self._unloaded_events -= events
                 self._load_lags.append(now - acked_at)
 
-    def load_lag(self, q: float) -> float | None:
-        """Quantile ``q`` of ack-to-loaded seconds over the most recent entries."""
+    def load_lags(self, *qs: float) -> list[float | None]:
+        """Quantiles ``qs`` of ack-to-loaded seconds over the most recent entries (the samples
+        are copied under the lock acknowledgements also take, and sorted outside it)."""
         with self._unloaded_lock:
-            lags = sorted(self._load_lags)
-        return lags[min(len(lags) - 1, int(q * len(lags)))] if lags else None
+            samples = list(self._load_lags)
+        lags = sorted(samples)
+        return [lags[min(len(lags) - 1, int(q * len(lags)))] if lags else None for q in qs]
 
     @property
     def backlog_events(self) -> int:
@@ -452,13 +454,14 @@ class IngestLog:
 
     def backlog(self) -> dict[str, float | int | str | None]:
         progress = self.progress
+        p50, p99 = self.load_lags(0.5, 0.99)
         return {
             "events": self._unloaded_events,
             "bytes": max(0, progress.durable - progress.loaded),
             "oldest_age_s": round(self.oldest_unloaded_age(), 3),
             "loader_rows_per_s": round(progress.rows_per_s, 1),
-            "load_lag_p50_s": _round(self.load_lag(0.5)),
-            "load_lag_p99_s": _round(self.load_lag(0.99)),
+            "load_lag_p50_s": _round(p50),
+            "load_lag_p99_s": _round(p99),
             "durable_position": progress.durable,
             "loaded_position": progress.loaded,
             "last_error": self.last_error,

@@ -234,7 +234,10 @@ class ProcessStore(Store):
         self._log_reader.start()
         with self._log_send_lock:
             self._log_channel.send(("attach", str(config.directory), config.max_load_rows))
-        reply = self._attached.get(timeout=60)
+        try:
+            reply = self._attached.get(timeout=60)
+        except queue.Empty:
+            raise StorageUnavailable("the store process did not attach the ingest log") from None
         if reply[0] == "err":
             _raise_remote(reply[1], reply[2])
         return int(reply[1])
