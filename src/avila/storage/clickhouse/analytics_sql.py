@@ -43,8 +43,9 @@ FRAGMENTS: dict[str, str] = {
     "replayed_event": "coalesce(JSON_VALUE(metadata, '$.source'), '')"
     " IN ('demo', 'backfill', 'import')",
     "cte_materialized": "",
-    # {2} (the largest bit) is bound as a parameter; least() keeps the parameter count equal.
-    "bitset_agg": "groupBitOr(bitShiftLeft(toUInt64(1), least({0}, {2})))",
+    # {2} (the largest bit) is bound as a parameter. The shift is clamped to [0, {2}]: the
+    # arguments are computed for rows the FILTER drops too (and the clamp uses {2} once).
+    "bitset_agg": "groupBitOr(bitShiftLeft(toUInt64(1), least(greatest({0}, 0), {2})))",
     "bit_at": "bitTest({0}, {1})",
     "bit": "bitShiftLeft(toUInt64(1), {0})",
     "bit_or_agg": "groupBitOr({0})",
