@@ -188,6 +188,8 @@ def _user_levels(store: Store, project_id: str, q: FunnelQuery) -> tuple[pa.Tabl
             f" min(e.t) AS t, 0 AS m{empty_b} FROM e JOIN s ON e.user_id = s.user_id"
             " WHERE e.m = 0 AND e.t > s.t1 GROUP BY e.user_id"
         )
+        # ORDER BY after a UNION sorts only its last SELECT in ClickHouse: sort the whole.
+        sql = f"SELECT * FROM ({sql}) AS u"
     else:
         sql += " AND (" + " OR ".join(c.sql for c in conds) + ")"
         params.extend(p for c in conds for p in c.params)
