@@ -36,6 +36,10 @@ class Store(ABC):
     ingest_recovery: Recovery | None = None
     _load_progress: LoadProgress | None = None
     _log_lock = threading.Lock()
+    #: Shortest time between the starts of two loader rounds, in seconds (0: a round starts as
+    #: soon as something is durable). ClickHouse writes every insert as a new part; at low load
+    #: one round per request would make many tiny parts, so its rounds gather for a moment.
+    min_load_round_s: float = 0.0
 
     # -- the ingest log (avila.storage.ingest_log): writes are acknowledged on it -----------
 

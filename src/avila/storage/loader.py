@@ -92,6 +92,8 @@ class Loader:
         # A round that may be partly stored (a backend without transactions crashed inside it)
         # is replayed first with exactly its old end: the same blocks, the same dedup tokens.
         self._replay_end = store.pending_log_round()
+        self._min_round_s = store.min_load_round_s
+        self._round_started = 0.0
         self._prepared_to = self.position
         self._target = self.position
         self._cond = threading.Condition()
@@ -130,7 +132,11 @@ class Loader:
                     self._cond.wait()
                 if self._stopping:
                     return
+                pause = self._round_started + self._min_round_s - time.monotonic()
+                if pause > 0:
+                    self._cond.wait(pause)  # more durable entries gather meanwhile
                 target = self._target
+            self._round_started = time.monotonic()
             try:
                 prepared = self.prepare(self._prepared_to, target)
                 delay = 0.05

@@ -95,6 +95,9 @@ def _naive_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 class ClickHouseStore(Store):
     backend = "clickhouse"
+    #: At most 5 loader rounds a second (each is a few inserts, i.e. parts): under load rounds
+    #: are large anyway; when idle an event is readable at most this much later.
+    min_load_round_s = 0.2
 
     def __init__(
         self,
