@@ -50,7 +50,7 @@ MESSAGE_SCHEMA = pa.schema(
 Report = Callable[[int, int, float], None]
 
 #: the least time between the starts of two rounds (see the module docstring)
-ROUND_INTERVAL_S = 0.025
+ROUND_INTERVAL_S = 0.05
 
 
 @dataclass
