@@ -96,11 +96,12 @@ class FastIngest:
         self, scope: Scope, send: Send, path: str, headers: dict[bytes, bytes], body: bytes
     ) -> None:
         single = path == SINGLE_PATH
+        raws: list[msgspec.Raw | bytes]
         try:
             if single:
                 raws = [SINGLE_DECODER.decode(body).event]
             else:
-                raws = BATCH_DECODER.decode(body).events
+                raws = list(BATCH_DECODER.decode(body).events)
                 if len(raws) > MAX_BATCH_EVENTS:
                     raise _Delegate
         except msgspec.DecodeError:
