@@ -108,23 +108,17 @@ def test_dashboard_covers_what_operators_watch() -> None:
 
 
 @pytest.fixture(scope="module")
-def scraped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+def scraped(server: ServerProcess) -> dict[str, set[str]]:
     """Series name -> label names on a real server's /metrics after ingest, a 4xx, and a
-    WebSocket client; fetched without a key, as the Prometheus job does."""
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("metrics-server"),
-        env={"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "0"},
-    ).start()
-    try:
-        with httpx.Client(base_url=proc.url, headers={"x-api-key": TEST_KEY}, timeout=30) as client:
-            ok = client.post("/api/v1/events", json={"event": page_view()})
-            assert ok.status_code == 202, ok.text
-            assert client.post("/api/v1/events", json={"event": {}}).status_code == 422
-            with open_ws(proc):
-                response = httpx.get(proc.url + "/metrics", timeout=30)
-        assert response.status_code == 200, "Prometheus scrapes /metrics without a key"
-    finally:
-        proc.stop()
+    WebSocket client; fetched without a key (the server has API_KEYS set), as the Prometheus
+    job does."""
+    with httpx.Client(base_url=server.url, headers={"x-api-key": TEST_KEY}, timeout=30) as client:
+        ok = client.post("/api/v1/events", json={"event": page_view()})
+        assert ok.status_code == 202, ok.text
+        assert client.post("/api/v1/events", json={"event": {}}).status_code == 422
+        with open_ws(server):
+            response = httpx.get(server.url + "/metrics", timeout=30)
+    assert response.status_code == 200, "Prometheus scrapes /metrics without a key"
     series: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
