@@ -76,3 +76,37 @@ def test_command_port_and_health_check_agree() -> None:
     (health,) = instructions("HEALTHCHECK")
     assert f"http://127.0.0.1:{exposed}/health" in health
     assert instructions("USER") and instructions("USER") != ["root"]
+
+
+def _pattern(rule: str) -> re.Pattern[str]:
+    body = re.escape(rule.rstrip("/")).replace(r"\*\*/", "(?:.*/)?").replace(r"\*", "[^/]*")
+    return re.compile(body)
+
+
+def sent_to_docker(path: str) -> bool:
+    """Docker's .dockerignore rule: the last matching line wins, a match on a parent directory
+    counts, ``!`` re-includes."""
+    rules = [
+        line.strip()
+        for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for rule in rules:
+        negated = rule.startswith("!")
+        pattern = _pattern(rule.lstrip("!"))
+        if any(pattern.fullmatch(p) for p in prefixes):
+            excluded = not negated
+    return not excluded
+
+
+def test_build_context_holds_what_the_image_copies_and_nothing_else() -> None:
+    copied = [s for copy in instructions("COPY") for s in copy.split()[:-1]]
+    for source in copied:
+        assert sent_to_docker(source), source
+    assert sent_to_docker("src/avila/cli.py") and sent_to_docker("src/avila/web/index.html")
+    for path in (".venv/bin/python", ".git/HEAD", "data/avila.duckdb", "tests/conftest.py"):
+        assert not sent_to_docker(path), path
+    assert not sent_to_docker("src/avila/__pycache__/cli.cpython-311.pyc")
