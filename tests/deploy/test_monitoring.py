@@ -31,7 +31,7 @@ def prometheus_config() -> dict[str, Any]:
 
 def mount_target(service: dict[str, Any], source: str) -> str:
     for mount in service["volumes"]:
-        parts = mount.split(":")
+        parts = str(mount).split(":")
         if parts[0] == source:
             return parts[1]
     raise AssertionError(f"{source} is not mounted")
