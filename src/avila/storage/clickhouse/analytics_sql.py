@@ -24,9 +24,12 @@ FRAGMENTS: dict[str, str] = {
     # JSONPath (bound once per "?") -> text like DuckDB's json_extract_string: NULL when the
     # path is absent or JSON null; strings unquoted; numbers, booleans as their JSON text;
     # objects and arrays as JSON text.
+    # (JSON_VALUE is '' for objects, arrays and the empty string; JSON_QUERY wraps what it
+    # finds in [...], and the brackets are cut off.)
     "json_string": (
-        "if(JSON_EXISTS({0}, ?), nullIf(if(JSON_VALUE({0}, ?) = '', JSON_QUERY({0}, ?),"
-        " JSON_VALUE({0}, ?)), 'null'), NULL)"
+        "if(NOT JSON_EXISTS({0}, ?) OR JSON_QUERY({0}, ?) = '[null]', NULL,"
+        " if(JSON_VALUE({0}, ?) = '' AND JSON_QUERY({0}, ?) <> '[\"\"]',"
+        " substring(JSON_QUERY({0}, ?), 2, length(JSON_QUERY({0}, ?)) - 2), JSON_VALUE({0}, ?)))"
     ),
     "to_double": "toFloat64OrNull(toString({0}))",
     "match_exact": "({0} = ?)",
@@ -43,9 +46,9 @@ FRAGMENTS: dict[str, str] = {
     "replayed_event": "coalesce(JSON_VALUE(metadata, '$.source'), '')"
     " IN ('demo', 'backfill', 'import')",
     "cte_materialized": "",
-    # {2} (the largest bit) is bound as a parameter. The shift is clamped to [0, {2}]: the
+    # {2} (the largest bit) is bound as a parameter. The shift is clamped to [{1}, {2}]: the
     # arguments are computed for rows the FILTER drops too (and the clamp uses {2} once).
-    "bitset_agg": "groupBitOr(bitShiftLeft(toUInt64(1), least(greatest({0}, 0), {2})))",
+    "bitset_agg": "groupBitOr(bitShiftLeft(toUInt64(1), least(greatest({0}, {1}), {2})))",
     "bit_at": "bitTest({0}, {1})",
     "bit": "bitShiftLeft(toUInt64(1), {0})",
     "bit_or_agg": "groupBitOr({0})",
