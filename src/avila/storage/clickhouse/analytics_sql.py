@@ -64,14 +64,14 @@ FRAGMENTS: dict[str, str] = {
     "last_non_null": "last_value({0})",
     "arg_max": "argMax(toNullable({0}), {1})",
     "series_from_1": "(SELECT arrayJoin(range(1, {0})) AS i) AS r",
-    "day_start": "toStartOfDay({0})",
+    "day_start": "toDateTime64(toStartOfDay({0}), 6, 'UTC')",
     "time_bucket_us": (
         "toStartOfInterval({1}, toIntervalMicrosecond({0}),"
         " toDateTime64('2000-01-03 00:00:00', 6, 'UTC'))"
     ),
     "purchase_item_ids": (
         "arrayJoin(arrayMap(x -> JSONExtract(x, 'product_id', 'Nullable(String)'),"
-        " JSONExtractArrayRaw({0}, 'items')))"
+        " JSONExtractArrayRaw(coalesce({0}, ''), 'items')))"
     ),
     "hash": "cityHash64({0})",
 }
