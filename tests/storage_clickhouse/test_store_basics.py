@@ -103,3 +103,21 @@ def test_append_table_checks_names_against_the_catalog(store: ClickHouseStore) -
 
 def test_ping_and_close(store: ClickHouseStore) -> None:
     store.ping()
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT ? , '?'", "SELECT %s , '?'"),
+        ("SELECT 'it''s ?', ?", "SELECT 'it''s ?', %s"),
+        ("SELECT 'a\\' ?', ?", "SELECT 'a\\' ?', %s"),
+        ('SELECT "col?" FROM t WHERE x = ?', 'SELECT "col?" FROM t WHERE x = %s'),
+        ("SELECT `a?b` -- ? 50%\n, ?", "SELECT `a?b` -- ? 50%%\n, %s"),
+        ("SELECT /* ? */ 5 % 2, ?", "SELECT /* ? */ 5 %% 2, %s"),
+        ("SELECT x LIKE '%?%' AND y = ?", "SELECT x LIKE '%%?%%' AND y = %s"),
+    ],
+)
+def test_placeholders_are_translated_outside_quotes_and_comments(sql: str, expected: str) -> None:
+    from avila.storage.clickhouse.params import translate
+
+    assert translate(sql) == expected

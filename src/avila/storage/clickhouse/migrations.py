@@ -173,7 +173,7 @@ IDENTITIES = Table(
 )
 INGEST_POSITION = Table(
     "ingest_position",
-    (("log", S), ("position", "Int64"), ("pending", "Int64"), ("loaded_at", NTS)),
+    (("log", S), ("position", "Int64"), ("loaded_at", NTS), ("pending", "Int64")),
     order_by="log",
     sharding_key="cityHash64(log)",
     engine="ReplacingMergeTree",

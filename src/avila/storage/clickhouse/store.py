@@ -132,13 +132,23 @@ class ClickHouseStore(Store):
 
     # -- connections ---------------------------------------------------------------------------
 
+    def _session_settings(self) -> dict[str, Any]:
+        settings = dict(SESSION_SETTINGS)
+        if self.options.cluster:
+            # events_resolved joins the Distributed events with the Distributed identities: a
+            # GLOBAL join sends the (small) identity side to every shard once.
+            settings["distributed_product_mode"] = "global"
+        return settings
+
     def _connect(self, database: str | None = None) -> Client:
         import clickhouse_connect
 
         if self.target.embedded_path is not None:
             self.target.embedded_path.mkdir(parents=True, exist_ok=True)
             return clickhouse_connect.get_client(
-                interface="chdb", path=str(self.target.embedded_path), settings=SESSION_SETTINGS
+                interface="chdb",
+                path=str(self.target.embedded_path),
+                settings=self._session_settings(),
             )
         return clickhouse_connect.get_client(
             host=self.target.host,
@@ -147,7 +157,7 @@ class ClickHouseStore(Store):
             password=self.target.password,
             database=database or self.target.database,
             secure=self.target.secure,
-            settings=SESSION_SETTINGS,
+            settings=self._session_settings(),
             # Several threads share nothing but the pool: no server session to lock.
             autogenerate_session_id=False,
         )

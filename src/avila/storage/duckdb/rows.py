@@ -58,17 +58,23 @@ class DuckDBRows(Store):
 
     def insert_new(self, table: str, key: Sequence[str], row: Mapping[str, Any]) -> bool:
         cols = self._columns(table, list(row))
-        keys = self._columns(table, key)
+        self._columns(table, key)
         marks = ", ".join("?" for _ in row)
+        params: list[Any] = list(row.values())
+        # One statement (atomic under the single writer); tables with a primary key on ``key``
+        # are protected by it as well.
+        exists = self._where({k: row[k] for k in key}, params)
         return (
             self.execute(
-                f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({keys}) DO NOTHING",
-                list(row.values()),
+                f"INSERT INTO {table} ({cols}) SELECT {marks}"
+                f" WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE {exists})",
+                params,
             )
             == 1
         )
 
     def upsert(self, table: str, key: Sequence[str], row: Mapping[str, Any]) -> None:
+        """``key`` must be the table's primary key (ON CONFLICT needs the constraint)."""
         cols = self._columns(table, list(row))
         keys = self._columns(table, key)
         rest = [n for n in row if n not in key]
