@@ -124,12 +124,12 @@ def main() -> None:
         for label, fn in cases():
             wall: dict[str, list[float]] = {n: [] for n in stores}
             cpu: dict[str, list[float]] = {n: [] for n in stores}
-            for name, store in stores.items():
+            for store in stores.values():
                 fn(store)  # warm-up
             for r in range(args.runs):
                 order = list(stores) if r % 2 == 0 else list(reversed(stores))
                 for name in order:
-                    w, c = measure(lambda s=stores[name]: fn(s))  # type: ignore[misc]
+                    w, c = measure(lambda s=stores[name], f=fn: f(s))  # type: ignore[misc]
                     wall[name].append(w)
                     cpu[name].append(c)
             dw, cw = statistics.median(wall["duckdb"]), statistics.median(wall["chdb"])
