@@ -1,7 +1,7 @@
 """Fixtures for the analytics suite: a real store per backend, and row loading helpers.
 
 The suite is backend-agnostic: it talks to :class:`avila.storage.Store` only. Every test runs
-on each backend of :data:`backend_stores.BACKENDS` (``duckdb``, ``chdb``, and ``clickhouse``
+on each backend of :data:`avila.testing.backends.BACKENDS` (``duckdb``, ``chdb``, and ``clickhouse``
 when ``CLICKHOUSE_URL`` names a live server); add a backend there.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from analytics_data import to_table
-from backend_stores import BACKENDS, open_backend
 
 from avila.storage import Store
+from avila.testing.backends import BACKENDS, open_backend
 
 
 @pytest.fixture(params=BACKENDS)

@@ -193,7 +193,9 @@ def _user_levels(store: Store, project_id: str, q: FunnelQuery) -> tuple[pa.Tabl
     else:
         sql += " AND (" + " OR ".join(c.sql for c in conds) + ")"
         params.extend(p for c in conds for p in c.params)
-    sql += " ORDER BY user_id, t"
+    # Ties broken by step mask and breakdown value, so the user's "first" row (breakdown,
+    # unordered) is the same on every run and backend.
+    sql += " ORDER BY user_id, t, m" + (", b" if breakdown is not None else "")
     table = store.query_arrow(sql, params)
 
     nsteps = len(q.steps)

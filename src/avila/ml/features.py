@@ -101,11 +101,12 @@ GROUP BY ALL
 """
 )
 
+# e.ts: in ClickHouse an alias (min(ts) AS ts) would shadow the column in WHERE.
 _INTERACTIONS_SQL = """
 SELECT user_id, product_id AS item_id,
-       CASE event_type WHEN 'product_view' THEN 'view' ELSE 'cart' END AS event, min(ts) AS ts
-FROM events
-WHERE project_id = ? AND ts < ? AND event_type IN ('product_view', 'add_to_cart')
+       CASE event_type WHEN 'product_view' THEN 'view' ELSE 'cart' END AS event, min(e.ts) AS ts
+FROM events AS e
+WHERE project_id = ? AND e.ts < ? AND event_type IN ('product_view', 'add_to_cart')
   AND product_id IS NOT NULL
 GROUP BY ALL
 UNION ALL

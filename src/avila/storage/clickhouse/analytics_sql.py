@@ -24,9 +24,12 @@ FRAGMENTS: dict[str, str] = {
     # JSONPath (bound once per "?") -> text like DuckDB's json_extract_string: NULL when the
     # path is absent or JSON null; strings unquoted; numbers, booleans as their JSON text;
     # objects and arrays as JSON text.
+    # (JSON_VALUE is '' for objects, arrays and the empty string; JSON_QUERY wraps what it
+    # finds in [...], and the brackets are cut off.)
     "json_string": (
-        "if(JSON_EXISTS({0}, ?), nullIf(if(JSON_VALUE({0}, ?) = '', JSON_QUERY({0}, ?),"
-        " JSON_VALUE({0}, ?)), 'null'), NULL)"
+        "if(NOT JSON_EXISTS({0}, ?) OR JSON_QUERY({0}, ?) = '[null]', NULL,"
+        " if(JSON_VALUE({0}, ?) = '' AND JSON_QUERY({0}, ?) <> '[\"\"]',"
+        " substring(JSON_QUERY({0}, ?), 2, length(JSON_QUERY({0}, ?)) - 2), JSON_VALUE({0}, ?)))"
     ),
     "to_double": "toFloat64OrNull(toString({0}))",
     "match_exact": "({0} = ?)",
@@ -43,9 +46,9 @@ FRAGMENTS: dict[str, str] = {
     "replayed_event": "coalesce(JSON_VALUE(metadata, '$.source'), '')"
     " IN ('demo', 'backfill', 'import')",
     "cte_materialized": "",
-    # {2} (the largest bit) is bound as a parameter. The shift is clamped to [0, {2}]: the
+    # {2} (the largest bit) is bound as a parameter. The shift is clamped to [{1}, {2}]: the
     # arguments are computed for rows the FILTER drops too (and the clamp uses {2} once).
-    "bitset_agg": "groupBitOr(bitShiftLeft(toUInt64(1), least(greatest({0}, 0), {2})))",
+    "bitset_agg": "groupBitOr(bitShiftLeft(toUInt64(1), least(greatest({0}, {1}), {2})))",
     "bit_at": "bitTest({0}, {1})",
     "bit": "bitShiftLeft(toUInt64(1), {0})",
     "bit_or_agg": "groupBitOr({0})",
@@ -61,14 +64,14 @@ FRAGMENTS: dict[str, str] = {
     "last_non_null": "last_value({0})",
     "arg_max": "argMax(toNullable({0}), {1})",
     "series_from_1": "(SELECT arrayJoin(range(1, {0})) AS i) AS r",
-    "day_start": "toStartOfDay({0})",
+    "day_start": "toDateTime64(toStartOfDay({0}), 6, 'UTC')",
     "time_bucket_us": (
         "toStartOfInterval({1}, toIntervalMicrosecond({0}),"
         " toDateTime64('2000-01-03 00:00:00', 6, 'UTC'))"
     ),
     "purchase_item_ids": (
         "arrayJoin(arrayMap(x -> JSONExtract(x, 'product_id', 'Nullable(String)'),"
-        " JSONExtractArrayRaw({0}, 'items')))"
+        " JSONExtractArrayRaw(coalesce({0}, ''), 'items')))"
     ),
     "hash": "cityHash64({0})",
 }

@@ -17,7 +17,6 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -102,8 +101,3 @@ def open_backend(backend: str, tmp: Path) -> Store:
     if backend == "clickhouse":
         return _clickhouse_store(os.environ["CLICKHOUSE_URL"], name)
     raise ValueError(backend)
-
-
-OPENERS: dict[str, Callable[[Path], Store]] = {
-    b: (lambda tmp, b=b: open_backend(b, tmp)) for b in BACKENDS
-}
