@@ -30,6 +30,9 @@ install: $(RUNTIME_STAMP)
 	cp .env.example .env
 
 run: $(RUNTIME_STAMP) .env
+	@url="$${AVILA_STORAGE_URL:-$$(sed -n 's/^AVILA_STORAGE_URL=//p' .env | tail -n 1)}"; \
+	  case "$$url" in chdb:*) $(BIN)/python -c "import chdb" 2>/dev/null || \
+	    $(BIN)/python -m pip install --quiet -e '.[chdb]';; esac
 	$(BIN)/avila demo --if-empty --users 300 --days 30
 	$(BIN)/avila demo --factory --days 7
 	@port=$$(sed -n 's/^PORT=//p' .env | tail -n 1); key=$$(sed -n 's/^API_KEYS=//p' .env | tail -n 1 | cut -d, -f1); \

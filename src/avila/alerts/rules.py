@@ -40,6 +40,7 @@ from msgspec import Meta, Struct
 
 from avila.analytics.common import condition_expr, events_source, fragments
 from avila.industry40.anomaly import robust_zscores
+from avila.ingest.validation import epoch_us
 from avila.schemas.analytics import EventCondition, MatchMode
 from avila.storage.base import Store
 
@@ -249,12 +250,14 @@ def anomaly_series(
     since = now - timedelta(seconds=window_seconds * (BASELINE_WINDOWS + 1))
     value = "count(*)" if series == "events" else "coalesce(sum(revenue), 0)"
     only = "" if series == "events" else " AND event_type = 'purchase'"
-    table = fragments(store)["events_unstitched"]
+    frag = fragments(store)
+    table = frag["events_unstitched"]
+    age_us = f"(? - {frag['epoch_us'].format('ts')} - 1)"
     # Window 0 is the current one, k the k-th before it (ts = now gives -1: window 0 too).
     rows = store.query(
-        f"SELECT greatest(0, (epoch_us(?) - epoch_us(ts) - 1) // ?) AS k, {value}"
+        f"SELECT greatest(0, {frag['int_div'].format(age_us, '?')}) AS k, {value}"
         f" FROM {table} WHERE project_id = ? AND ts BETWEEN ? AND ?{only} GROUP BY k",
-        [now, width_us, project_id, since, now],
+        [epoch_us(now), width_us, project_id, since, now],
     )
     values = [0.0] * (BASELINE_WINDOWS + 1)
     for k, v in rows:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from avila.analytics.common import Expr, invalid
+from avila.analytics.common import Expr, fragments, invalid
+from avila.storage.base import Store
 
 BUCKETS = 10_000
 SEPARATOR = "\x1f"
@@ -73,14 +74,12 @@ def assign(project_id: str, key: str, user_id: str, bounds: Sequence[int]) -> in
     return variant_index(bucket(project_id, key, user_id), bounds)
 
 
-def bucket_sql(user_column: str, project_id: str, key: str) -> Expr:
-    """DuckDB SQL computing :func:`bucket` for every row's ``user_column``. ``user_column`` is
-    a column name chosen by the caller, never input; the ids are parameters."""
-    return Expr(
-        f"(('0x' || substr(md5(? || chr(31) || ? || chr(31) || {user_column}), 1, "
-        f"{_HEX_DIGITS}))::UBIGINT % {BUCKETS})",
-        (project_id, key),
-    )
+def bucket_sql(store: Store, user_column: str, project_id: str, key: str) -> Expr:
+    """SQL computing :func:`bucket` for every row's ``user_column`` in the store's dialect.
+    ``user_column`` is a column name chosen by the caller, never input; the ids and the
+    separator are parameters."""
+    digest = fragments(store)["md5_prefix60"].format(f"concat(?, ?, ?, ?, {user_column})")
+    return Expr(f"({digest} % {BUCKETS})", (project_id, SEPARATOR, key, SEPARATOR))
 
 
 def variant_index_sql(bucket_column: str, bounds: Sequence[int]) -> Expr:

@@ -79,7 +79,7 @@ def variant_stats(
     bounds = bucket_bounds(experiment.weights)
     exposure = _exposure_expr(store, experiment)
     goal = _goal_expr(store, experiment)
-    bucket = bucket_sql("user_id", experiment.project_id, experiment.key)
+    bucket = bucket_sql(store, "user_id", experiment.project_id, experiment.key)
     variant = variant_index_sql("bucket", bounds)
     sql = f"""
         WITH ev AS (

@@ -74,4 +74,5 @@ FRAGMENTS: dict[str, str] = {
         " JSONExtractArrayRaw(coalesce({0}, ''), 'items')))"
     ),
     "hash": "cityHash64({0})",
+    "md5_prefix60": "bitShiftRight(reinterpretAsUInt64(reverse(substring(MD5({0}), 1, 8))), 4)",
 }

@@ -26,6 +26,7 @@ one process; across replicas of a cluster they are last-writer-wins (docs/scale-
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 import uuid
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from avila.errors import StorageUnavailable
+from avila.errors import ConfigError, StorageUnavailable
 from avila.storage.base import Store
 from avila.storage.clickhouse import migrations
 from avila.storage.clickhouse.params import prepare
@@ -147,6 +148,11 @@ class ClickHouseStore(Store):
         import clickhouse_connect
 
         if self.target.embedded_path is not None:
+            if importlib.util.find_spec("chdb") is None:
+                raise ConfigError(
+                    "AVILA_STORAGE_URL names the embedded ClickHouse engine (chdb:///), which is"
+                    " not installed: pip install 'avila-analytics[chdb]'"
+                )
             self.target.embedded_path.mkdir(parents=True, exist_ok=True)
             return clickhouse_connect.get_client(
                 interface="chdb",

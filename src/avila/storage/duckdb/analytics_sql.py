@@ -93,4 +93,7 @@ FRAGMENTS: dict[str, str] = {
     "purchase_item_ids": "unnest(json_extract_string({0}, '$.items[*].product_id'))",
     # A 64-bit hash of {0} for sampling (differs between backends: samples differ).
     "hash": "hash({0})",
+    # The first 60 bits (15 hex digits) of the MD5 of text {0}, as an unsigned integer: the
+    # experiments' assignment bucket, equal to Python's hashlib on every backend.
+    "md5_prefix60": "('0x' || substr(md5({0}), 1, 15))::UBIGINT",
 }
