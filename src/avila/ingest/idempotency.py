@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 
 def event_key(project_id: str, event_id: str) -> str:
@@ -60,3 +61,38 @@ class DedupIndex:
             committed.popitem(last=False)
             dropped += 1
         return dropped
+
+
+class EventClaims(Protocol):
+    """Idempotency across replicas: who stores a (project, event_id) first.
+
+    :class:`LocalClaims` (one replica: the :class:`DedupIndex` is the whole answer) or
+    :class:`avila.shared.claims.RedisClaims` (replicas sharing ``AVILA_REDIS_URL``).
+    """
+
+    async def claim(self, keys: list[str]) -> frozenset[int]:
+        """Claim ``keys`` (new on this replica) for storing; returns the positions in ``keys``
+        already stored by another replica (duplicates). Waits while another replica holds an
+        unfinished claim on a key."""
+        ...
+
+    def settled(self, keys: list[str], stored: bool) -> None:
+        """The claimed ``keys`` are durable (``stored``) or failed; never blocks."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalClaims:
+    """One replica: nothing to ask anyone."""
+
+    _NONE: frozenset[int] = frozenset()
+
+    async def claim(self, keys: list[str]) -> frozenset[int]:
+        return self._NONE
+
+    def settled(self, keys: list[str], stored: bool) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
