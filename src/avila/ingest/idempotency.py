@@ -76,8 +76,13 @@ class EventClaims(Protocol):
         unfinished claim on a key."""
         ...
 
-    def settled(self, keys: list[str], stored: bool) -> None:
-        """The claimed ``keys`` are durable (``stored``) or failed; never blocks."""
+    async def confirm(self, keys: list[str]) -> None:
+        """The claimed ``keys`` are durable: from now on they are duplicates everywhere.
+        Awaited before the write is acknowledged; never raises."""
+        ...
+
+    def release(self, keys: list[str]) -> None:
+        """Writing the claimed ``keys`` failed: others may claim them; never blocks."""
         ...
 
     async def close(self) -> None: ...
@@ -91,7 +96,10 @@ class LocalClaims:
     async def claim(self, keys: list[str]) -> frozenset[int]:
         return self._NONE
 
-    def settled(self, keys: list[str], stored: bool) -> None:
+    async def confirm(self, keys: list[str]) -> None:
+        return None
+
+    def release(self, keys: list[str]) -> None:
         return None
 
     async def close(self) -> None:

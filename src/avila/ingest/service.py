@@ -158,14 +158,14 @@ class IngestService:
         accepted_rows = rows if len(keep) == len(rows) else rows.keep(keep)
         if keys:
             if self._closing or self.log is None:
-                self.claims.settled(keys, stored=False)
+                self.claims.release(keys)
                 raise ShuttingDown("the server is shutting down; retry shortly")
             try:
                 future = self.log.append(
                     frames.encode_events(accepted_rows.to_columns()), len(keys)
                 )
             except BaseException:
-                self.claims.settled(keys, stored=False)
+                self.claims.release(keys)
                 raise
             for key in keys:
                 inflight[key] = future
@@ -175,6 +175,8 @@ class IngestService:
             # A duplicate of an in-flight event is only "already stored" once its entry is.
             # shield: a client that disconnects must not cancel a write other requests share.
             await asyncio.gather(*(asyncio.shield(w) for w in {id(w): w for w in waits}.values()))
+        if keys:
+            await self.claims.confirm(keys)
         result.accepted = len(keys)
         result.event_ids = list(rows.event_ids)
         m = self.metrics
@@ -193,10 +195,10 @@ class IngestService:
         inflight = self._inflight
         for key in keys:
             inflight.pop(key, None)
-        stored = not future.cancelled() and future.exception() is None
-        if stored:
+        if not future.cancelled() and future.exception() is None:
             self.dedup.add_committed(keys, at=time.monotonic())
-        self.claims.settled(keys, stored)
+        else:
+            self.claims.release(keys)
 
 
 def result_body(result: IngestResult, *, batch: bool) -> dict[str, Any]:

@@ -11,10 +11,15 @@ claim is *pending* until the replica's ingest log made the event durable; then i
   claim expires after :data:`PENDING_MS`) and is then claimed here. A crash between claim and
   acknowledgement therefore never turns a client's retry into a lost event.
 
+A write is acknowledged (202) only after its claims are marked done, so a retry of an
+acknowledged event is a duplicate on every replica.
+
 Redis down: the claim fails and the request answers 503 ``shared_state_unavailable`` with
-nothing stored; marking claims done after a durable write is retried in the background, and
-if it still fails the pending claim simply expires (a later retry could then be stored twice,
-never lost).
+nothing stored. If Redis fails between the durable write and the marking (tried 3 times), the
+202 still goes out (the event is durable) and the pending claim expires by itself: a retry
+elsewhere after that could be stored twice, never lost. Likewise an event made durable by a
+replica that dies before acknowledging it, then retried elsewhere, is stored twice once that
+replica restarts and loads its log (at-least-once for unacknowledged writes).
 """
 
 from __future__ import annotations
@@ -75,8 +80,15 @@ class RedisClaims:
             raise unavailable(exc) from exc
         return frozenset(duplicates)
 
-    def settled(self, keys: list[str], stored: bool) -> None:
-        task = asyncio.get_running_loop().create_task(self._settle(keys, stored))
+    async def confirm(self, keys: list[str]) -> None:
+        # A task, so a client that hangs up cannot stop the marking half-way.
+        task = asyncio.get_running_loop().create_task(self._settle(keys, stored=True))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
+
+    def release(self, keys: list[str]) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle(keys, stored=False))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -98,7 +110,7 @@ class RedisClaims:
                         extra={"events": len(keys), "error": str(exc)},
                     )
                 else:
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(0.2)
 
     async def close(self) -> None:
         if self._tasks:

@@ -28,6 +28,9 @@ RECORDS = "avila:keys"
 VERSION = "avila:keys:version"
 #: How stale the in-memory key list may get; the revocation guarantee is "within 1 s".
 RECHECK_SECONDS = 0.5
+#: An unknown key re-checks sooner, so a key created on another replica works at once; the
+#: bound keeps a flood of bad keys to at most 20 version reads a second.
+MISS_RECHECK_SECONDS = 0.05
 
 # Revoke in one atomic step: only an active key, only of the given project (when given).
 _REVOKE = """
@@ -128,9 +131,9 @@ class RedisKeyStore:
             self._checked_at = float("-inf")  # this replica sees its own revoke at once
         return bool(done)
 
-    def _refresh(self) -> None:
+    def _refresh(self, max_age: float) -> None:
         now = time.monotonic()
-        if now - self._checked_at < RECHECK_SECONDS:
+        if now - self._checked_at < max_age:
             return
         try:
             version = self._redis.get(VERSION)
@@ -151,5 +154,9 @@ class RedisKeyStore:
         if found is not None:
             return found
         with self._lock:
-            self._refresh()
-            return self._active.get(digest)
+            self._refresh(RECHECK_SECONDS)
+            found = self._active.get(digest)
+            if found is None:
+                self._refresh(MISS_RECHECK_SECONDS)
+                found = self._active.get(digest)
+            return found
