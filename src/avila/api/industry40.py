@@ -77,7 +77,12 @@ async def startup(ctx: AppContext) -> None:
     await asyncio.to_thread(i40.alarms.load)
     settings = ctx.settings
     if settings.mqtt_url:
-        i40.bridge = MqttBridge(settings.mqtt_url, i40.telemetry, client_id=settings.mqtt_client_id)
+        i40.bridge = MqttBridge(
+            settings.mqtt_url,
+            i40.telemetry,
+            client_id=settings.mqtt_client_id,
+            share_group=settings.mqtt_share_group,
+        )
     if i40.bridge is not None:
         await i40.bridge.start()
 
