@@ -42,13 +42,14 @@ class RateLimiter:
         """``storage_url``: a `limits` storage URI (``redis://...``); empty: process memory."""
         self.per_minute = per_minute
         self._item = RateLimitItemPerMinute(per_minute) if per_minute > 0 else None
-        storage: Storage = (
-            storage_from_string(
+        storage: Storage = MemoryStorage()
+        if storage_url:
+            # A redis:// URI gives the synchronous storage (async:// would be the aio one).
+            shared = storage_from_string(
                 storage_url, wrap_exceptions=True, socket_timeout=1, socket_connect_timeout=1
             )
-            if storage_url
-            else MemoryStorage()
-        )
+            assert isinstance(shared, Storage)
+            storage = shared
         self._limiter = SlidingWindowCounterRateLimiter(storage)
 
     @property
