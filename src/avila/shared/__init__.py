@@ -1,9 +1,9 @@
 """State that replicas share: chosen once at start from ``AVILA_REDIS_URL``.
 
 Without Redis every part is the in-process one (one replica, exactly the embedded tier); with
-it, API keys, idempotency claims, rate-limit counters and the live bus live in Redis
-(docs/shared-state.md). Callers only see the interfaces: ``KeyRegistry``, ``EventClaims``,
-``RateLimiter`` and ``LiveBus``.
+it, API keys, idempotency claims, rate-limit counters, the live bus
+and trained models live in Redis (docs/shared-state.md). Callers only see the interfaces:
+``KeyRegistry``, ``EventClaims``, ``RateLimiter``, ``LiveBus`` and ``RunRegistry``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from avila.config import Settings
 from avila.ingest.idempotency import EventClaims, LocalClaims
 from avila.live.bus import LiveBus
+from avila.ml.registry import ModelRegistry, RunRegistry
 from avila.security.keys import KeyRegistry, KeyStore
 from avila.security.ratelimit import RateLimiter
 
@@ -30,6 +31,15 @@ def open_key_registry(settings: Settings) -> KeyRegistry:
 
         return RedisKeyStore(sync_client(settings.redis_url), settings.api_keys)
     return KeyStore(settings.data_dir / "keys.sqlite", settings.api_keys)
+
+
+def open_model_registry(settings: Settings) -> RunRegistry:
+    """Where ``avila serve`` and ``avila train`` keep trained models."""
+    if settings.redis_url:
+        from avila.shared.models import RedisModelRegistry
+
+        return RedisModelRegistry(sync_client(settings.redis_url))
+    return ModelRegistry(settings.data_dir / "models")
 
 
 def sync_client(url: str) -> redis.Redis:
