@@ -43,6 +43,7 @@ from avila.live.bus import STATE_KEY as LIVE_BUS
 from avila.metrics import Metrics
 from avila.shared import open_shared
 from avila.storage import Store, open_store
+from avila.storage.clickhouse.target import ClickHouseOptions
 from avila.storage.ingest_log import config_from_settings
 
 log = logging.getLogger("avila")
@@ -74,7 +75,10 @@ def _constant(value: Any) -> Provide:
 def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMiddleware:
     """The ASGI application. Opens the store now so a bad store fails at start."""
     store = store or open_store(
-        settings.storage_url, in_process=False, memory_limit=settings.duckdb_memory_limit
+        settings.storage_url,
+        in_process=False,
+        memory_limit=settings.duckdb_memory_limit,
+        clickhouse=ClickHouseOptions.from_settings(settings),
     )
     if store.ingest_log_config is None:
         store.ingest_log_config = config_from_settings(settings)

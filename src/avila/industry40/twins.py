@@ -125,19 +125,19 @@ class TwinService:
                 details=[{"current_version": current, "if_match": if_match}],
             )
         doc = json.dumps(desired)
+        key = {"project_id": project_id, "device_id": device_id}
+        now = datetime.now(UTC).replace(tzinfo=None)
         if current == 0:
-            changed = self.store.execute(
-                "INSERT INTO twin_desired VALUES (?, ?, ?, 1, now()::TIMESTAMP)"
-                " ON CONFLICT (project_id, device_id) DO NOTHING",
-                [project_id, device_id, doc],
-            )
+            row = {**key, "desired": doc, "version": 1, "updated_at": now}
+            changed = int(self.store.insert_new("twin_desired", tuple(key), row))
         else:
-            # The version check in SQL too: two writers racing on one version, one wins.
-            changed = self.store.execute(
-                "UPDATE twin_desired SET desired = ?, version = version + 1,"
-                " updated_at = now()::TIMESTAMP WHERE project_id = ? AND device_id = ?"
-                " AND version = ?",
-                [doc, project_id, device_id, current],
+            # The version check in the store too (compare-and-set): two writers racing on one
+            # version, one wins.
+            changed = self.store.update_rows(
+                "twin_desired",
+                key,
+                {"desired": doc, "version": current + 1, "updated_at": now},
+                expect={"version": current},
             )
         if changed != 1:
             raise VersionMismatch(

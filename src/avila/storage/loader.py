@@ -35,7 +35,7 @@ from avila.storage.ingest_log import read_frames, segment_bases, segment_path
 from avila.storage.schema import columns_to_arrow
 
 if TYPE_CHECKING:
-    from avila.storage.duckdb.store import DuckDBStore
+    from avila.storage.base import Store
 
 log = logging.getLogger("avila.ingest.loader")
 
@@ -76,7 +76,7 @@ class Loader:
 
     def __init__(
         self,
-        store: DuckDBStore,
+        store: Store,
         directory: Path,
         report: Report,
         *,
@@ -89,6 +89,9 @@ class Loader:
         self.max_bytes = max_bytes
         self.max_rows = max_rows
         self.position = store.log_position()
+        # A round that may be partly stored (a backend without transactions crashed inside it)
+        # is replayed first with exactly its old end: the same blocks, the same dedup tokens.
+        self._replay_end = store.pending_log_round()
         self._prepared_to = self.position
         self._target = self.position
         self._cond = threading.Condition()
@@ -183,6 +186,9 @@ class Loader:
     def prepare(self, start: int, target: int) -> Prepared:
         """Read frames from ``start`` up to ``target`` (bounded by max_rows / max_bytes)."""
         started = time.perf_counter()
+        replay = start < self._replay_end
+        if replay:
+            target = self._replay_end
         event_batches: list[dict[str, list[Any]]] = []
         readings: list[pa.Table] = []
         devices: list[pa.Table] = []
@@ -190,7 +196,8 @@ class Loader:
         links: list[pa.Table] = []
         end = start
         rows = 0
-        for frame_end, payload in read_frames(self.directory, start, target, self.max_bytes):
+        max_bytes = None if replay else self.max_bytes
+        for frame_end, payload in read_frames(self.directory, start, target, max_bytes):
             kind = frames.kind(payload)
             if kind == frames.EVENTS:
                 columns = frames.decode_events(memoryview(payload))
@@ -213,7 +220,7 @@ class Loader:
             else:
                 log.error("ingest log: unknown entry kind skipped", extra={"kind": kind})
             end = frame_end
-            if rows >= self.max_rows:
+            if rows >= self.max_rows and not replay:
                 break
         if end == start:
             # Nothing readable although the log says it is durable: its segment is gone (deleted

@@ -18,8 +18,8 @@ import duckdb
 import pyarrow as pa
 
 from avila.errors import StorageUnavailable
-from avila.storage.base import Store
 from avila.storage.duckdb.migrations import migrate
+from avila.storage.duckdb.rows import DuckDBRows
 from avila.storage.ingest_log import IngestLogConfig, default_log_dir
 from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_SCHEMA
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 CHECKPOINT_THRESHOLD = "256MB"
 
 
-class DuckDBStore(Store):
+class DuckDBStore(DuckDBRows):
     backend = "duckdb"
 
     def __init__(
