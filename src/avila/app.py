@@ -41,7 +41,7 @@ from avila.config import Settings
 from avila.ingest.service import IngestService
 from avila.live.bus import STATE_KEY as LIVE_BUS
 from avila.metrics import Metrics
-from avila.shared import open_shared
+from avila.shared import CHANGES_KEY, open_shared
 from avila.storage import Store, open_store
 from avila.storage.clickhouse.target import ClickHouseOptions
 from avila.storage.ingest_log import config_from_settings
@@ -101,6 +101,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
             "key_store": shared.keys,
             "rate_limiter": shared.rate_limiter,
             LIVE_BUS: shared.bus,
+            CHANGES_KEY: shared.changes,
         }
     )
     for module in API_MODULES:

@@ -39,6 +39,7 @@ from avila.schemas.industry40 import (
     ProductionOptimizeRequest,
     QualityInspectRequest,
 )
+from avila.shared import CHANGES_KEY
 from avila.storage.base import Store
 
 log = logging.getLogger("avila.industry40")
@@ -64,7 +65,7 @@ def setup(ctx: AppContext) -> None:
     registry = DeviceRegistry(ctx.store)
     telemetry = TelemetryService(ctx.store, registry)
     bus = get_bus(ctx.state)
-    alarms = AlarmService(ctx.store, registry, bus)
+    alarms = AlarmService(ctx.store, registry, bus, ctx.state.get(CHANGES_KEY))
     telemetry.listeners.append(alarms)
     ctx.state["industry40"] = Industry40(
         ctx.store, registry, telemetry, alarms, TwinService(ctx.store, registry, alarms), bus

@@ -19,6 +19,10 @@ from avila.live.bus import LiveBus
 from avila.ml.registry import ModelRegistry, RunRegistry
 from avila.security.keys import KeyRegistry, KeyStore
 from avila.security.ratelimit import RateLimiter
+from avila.shared.changes import Changes, LocalChanges
+
+#: Key of the replica's :class:`~avila.shared.changes.Changes` in ``AppContext.state``.
+CHANGES_KEY = "shared_changes"
 
 #: Seconds a Redis call may take before the replica answers 503 (or degrades, for the bus).
 REDIS_TIMEOUT_SECONDS = 2.0
@@ -68,6 +72,8 @@ class SharedState:
     claims: EventClaims
     rate_limiter: RateLimiter
     bus: LiveBus
+    #: Counters that tell replicas to reload what they cache from the store (alarm rules).
+    changes: Changes = field(default_factory=LocalChanges)
     _async_client: aioredis.Redis | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -91,6 +97,7 @@ def open_shared(settings: Settings) -> SharedState:
             rate_limiter=RateLimiter(settings.rate_limit_per_minute),
             bus=LiveBus(),
         )
+    from avila.shared.changes import RedisChanges
     from avila.shared.claims import RedisClaims
     from avila.shared.live import RedisLiveBus
 
@@ -100,5 +107,6 @@ def open_shared(settings: Settings) -> SharedState:
         claims=RedisClaims(client, settings.dedup_window_hours * 3600),
         rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.redis_url),
         bus=RedisLiveBus(client),
+        changes=RedisChanges(sync_client(settings.redis_url)),
         _async_client=client,
     )
