@@ -146,7 +146,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "redis_url",
         "AVILA_REDIS_URL",
         "",
-        "Redis shared by all replicas (`redis://[:pass@]host:6379/0`, `rediss://` for TLS): API keys, idempotency, rate limits, live bus. Empty: all in-process (one replica). See docs/shared-state.md.",
+        "Redis shared by all replicas (`redis://[:pass@]host:6379/0`, `rediss://` for TLS): API keys, idempotency, rate limits, live bus, trained models, change signals. Empty: all in-process (one replica). See docs/shared-state.md.",
     ),
     SettingSpec(
         "dedup_window_hours",
