@@ -11,7 +11,7 @@ import httpx
 
 from avila.testing import ServerProcess
 from tests.conftest import TEST_KEY
-from tests.scaleout.conftest import RedisServer
+from tests.scaleout.conftest import RedisServer, start_all
 
 
 def _me(server: ServerProcess, key: str) -> httpx.Response:
@@ -33,8 +33,7 @@ def test_a_key_revoked_on_one_chdb_replica_is_refused_by_the_other_within_1s(
         for i in (1, 2)
     ]
     try:
-        for server in servers:
-            server.start()
+        start_all(servers)
         a, b = servers
         assert _me(a, TEST_KEY).json()  # the chdb-backed server answers
         created = httpx.post(
