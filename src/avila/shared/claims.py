@@ -1,7 +1,8 @@
 """Idempotency across replicas: one Redis key per (project, event_id), set with SET NX.
 
 A replica first checks its own :class:`~avila.ingest.idempotency.DedupIndex` (no round trip),
-then claims the keys still new in one pipeline: ``SET avila:ev:<key> p:<replica> NX PX``. A
+then claims the keys still new in one script call (``SET avila:ev:<key> p:<replica> NX PX``
+per key, atomically for the batch). A
 claim is *pending* until the replica's ingest log made the event durable; then it becomes
 ``d`` (done) for the dedup window. So:
 
@@ -43,11 +44,41 @@ PENDING_MS = 15_000
 _POLL_SECONDS = 0.05
 
 
+# One script call per batch: encoding one command with n keys costs a fraction of a pipeline
+# of n commands in the Python client (benchmarks/bench_shared_state.py).
+_CLAIM = """
+local duplicates, pending = {}, {}
+for i, key in ipairs(KEYS) do
+  if not redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    if redis.call('GET', key) == ARGV[3] then
+      duplicates[#duplicates + 1] = i - 1
+    else
+      pending[#pending + 1] = i - 1
+    end
+  end
+end
+return {duplicates, pending}
+"""
+_CONFIRM = """
+for _, key in ipairs(KEYS) do redis.call('SET', key, ARGV[1], 'EX', ARGV[2]) end
+return #KEYS
+"""
+# Only our own pending claims: one that expired and was taken by another replica stays.
+_RELEASE = """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
+return #KEYS
+"""
+
+
 class RedisClaims:
     def __init__(self, client: aioredis.Redis, window_seconds: int) -> None:
-        self._redis = client
         self._window = window_seconds
         self._token = b"p:" + secrets.token_hex(8).encode()
+        self._claim = client.register_script(_CLAIM)
+        self._confirm = client.register_script(_CONFIRM)
+        self._release = client.register_script(_RELEASE)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def claim(self, keys: list[str]) -> frozenset[int]:
@@ -58,20 +89,12 @@ class RedisClaims:
         deadline = loop.time() + PENDING_MS / 1000 + 5
         try:
             while waiting:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for i in waiting:
-                        pipe.set(names[i], self._token, nx=True, px=PENDING_MS)
-                    claimed = await pipe.execute()
-                lost = [i for i, ok in zip(waiting, claimed, strict=True) if not ok]
-                if not lost:
-                    break
-                values = await self._redis.mget([names[i] for i in lost])
-                waiting = []
-                for i, value in zip(lost, values, strict=True):
-                    if value == DONE:
-                        duplicates.add(i)
-                    else:  # pending elsewhere, or gone since the SET: ask again shortly
-                        waiting.append(i)
+                dup, pending = await self._claim(
+                    keys=[names[i] for i in waiting], args=[self._token, PENDING_MS, DONE]
+                )
+                duplicates.update(waiting[j] for j in dup)
+                # pending elsewhere, or gone since the SET: ask again shortly
+                waiting = [waiting[j] for j in pending]
                 if waiting:
                     if loop.time() > deadline:
                         raise unavailable(TimeoutError("an event claim stayed pending"))
@@ -93,15 +116,13 @@ class RedisClaims:
         task.add_done_callback(self._tasks.discard)
 
     async def _settle(self, keys: list[str], stored: bool) -> None:
+        names = [PREFIX + k for k in keys]
         for attempt in range(3):
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        if stored:
-                            pipe.set(PREFIX + key, DONE, ex=self._window)
-                        else:
-                            pipe.delete(PREFIX + key)
-                    await pipe.execute()
+                if stored:
+                    await self._confirm(keys=names, args=[DONE, self._window])
+                else:
+                    await self._release(keys=names, args=[self._token])
                 return
             except redis.RedisError as exc:
                 if attempt == 2:
