@@ -136,26 +136,34 @@ class IngestService:
         seen_here: set[str] = set()
         committed = self.dedup.keys
         inflight = self._inflight
-        for position, event_id in enumerate(rows.event_ids):
-            key = event_key(project_id, event_id)
-            if key in committed or key in seen_here:
-                result.duplicates += 1
-                continue
-            other = inflight.get(key)
-            if other is not None:
-                result.duplicates += 1
-                waits.append(other)
-                continue
-            seen_here.add(key)
-            keep.append(position)
-            keys.append(key)
+        all_keys = [event_key(project_id, event_id) for event_id in rows.event_ids]
+        if (
+            committed.keys().isdisjoint(all_keys)
+            and inflight.keys().isdisjoint(all_keys)
+            and len(set(all_keys)) == len(all_keys)
+        ):
+            keys = all_keys  # the common case, checked in C: no duplicate anywhere
+        else:
+            for position, key in enumerate(all_keys):
+                if key in committed or key in seen_here:
+                    result.duplicates += 1
+                    continue
+                other = inflight.get(key)
+                if other is not None:
+                    result.duplicates += 1
+                    waits.append(other)
+                    continue
+                seen_here.add(key)
+                keep.append(position)
+                keys.append(key)
         if keys:
             elsewhere = await self.claims.claim(keys)
-            if elsewhere:
+            if elsewhere:  # stored by another replica (shared claims only)
                 result.duplicates += len(elsewhere)
-                keep = [p for i, p in enumerate(keep) if i not in elsewhere]
+                positions = keep if len(keep) == len(keys) else list(range(len(keys)))
+                keep = [p for i, p in enumerate(positions) if i not in elsewhere]
                 keys = [k for i, k in enumerate(keys) if i not in elsewhere]
-        accepted_rows = rows if len(keep) == len(rows) else rows.keep(keep)
+        accepted_rows = rows if len(keys) == len(rows) else rows.keep(keep)
         if keys:
             if self._closing or self.log is None:
                 self.claims.release(keys)
@@ -167,14 +175,17 @@ class IngestService:
             except BaseException:
                 self.claims.release(keys)
                 raise
-            for key in keys:
-                inflight[key] = future
+            inflight.update(dict.fromkeys(keys, future))
             future.add_done_callback(functools.partial(self._settle, keys=keys))
             waits.append(future)
         if waits:
             # A duplicate of an in-flight event is only "already stored" once its entry is.
             # shield: a client that disconnects must not cancel a write other requests share.
-            await asyncio.gather(*(asyncio.shield(w) for w in {id(w): w for w in waits}.values()))
+            if len(waits) == 1:
+                await asyncio.shield(waits[0])
+            else:
+                distinct = {id(w): w for w in waits}.values()
+                await asyncio.gather(*(asyncio.shield(w) for w in distinct))
         if keys:
             await self.claims.confirm(keys)
         result.accepted = len(keys)
@@ -193,8 +204,9 @@ class IngestService:
 
     def _settle(self, future: asyncio.Future[int], keys: list[str]) -> None:
         inflight = self._inflight
+        pop = inflight.pop
         for key in keys:
-            inflight.pop(key, None)
+            pop(key, None)
         if not future.cancelled() and future.exception() is None:
             self.dedup.add_committed(keys, at=time.monotonic())
         else:
