@@ -41,9 +41,9 @@ from avila.api.observability import MetricsMiddleware
 from avila.api.security import add_rate_limit_headers, provide_principal, scope_guard
 from avila.config import Settings
 from avila.ingest.service import IngestService
+from avila.live.bus import STATE_KEY as LIVE_BUS
 from avila.metrics import Metrics
-from avila.security.keys import KeyStore
-from avila.security.ratelimit import RateLimiter
+from avila.shared import CHANGES_KEY, open_shared
 from avila.storage import Store, open_store
 from avila.storage.clickhouse.target import ClickHouseOptions
 from avila.storage.ingest_log import config_from_settings
@@ -96,7 +96,13 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
     if store.ingest_log_config is None:
         store.ingest_log_config = config_from_settings(settings)
     metrics = Metrics()
-    ingest = IngestService(store, metrics=metrics, dedup_window_hours=settings.dedup_window_hours)
+    shared = open_shared(settings)
+    ingest = IngestService(
+        store,
+        metrics=metrics,
+        dedup_window_hours=settings.dedup_window_hours,
+        claims=shared.claims,
+    )
     ctx = AppContext(settings=settings, store=store, metrics=metrics, ingest=ingest)
     ctx.state.update(
         {
@@ -105,8 +111,10 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
             "metrics": metrics,
             "ingest": ingest,
             "context": ctx,
-            "key_store": KeyStore(settings.data_dir / "keys.sqlite", settings.api_keys),
-            "rate_limiter": RateLimiter(settings.rate_limit_per_minute),
+            "key_store": shared.keys,
+            "rate_limiter": shared.rate_limiter,
+            LIVE_BUS: shared.bus,
+            CHANGES_KEY: shared.changes,
         }
     )
     for module in API_MODULES:
@@ -116,6 +124,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await ingest.start()
+        shared.start()
         started: list[ModuleType] = []
         try:
             for module in API_MODULES:
@@ -133,6 +142,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
                     except Exception:
                         log.exception("shutdown failed", extra={"module": module.__name__})
             await ingest.close()
+            await shared.close()
             store.close()
             log.info("avila stopped; pending events flushed")
 

@@ -137,6 +137,18 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "MQTT client id; the broker keeps the QoS-1 session (and unacked readings) under it.",
     ),
     SettingSpec(
+        "mqtt_share_group",
+        "AVILA_MQTT_SHARE_GROUP",
+        "",
+        "Subscribe as MQTT shared subscription `$share/<group>/...`, so each message reaches one replica; give each replica its own `AVILA_MQTT_CLIENT_ID`. Empty: plain subscription.",
+    ),
+    SettingSpec(
+        "redis_url",
+        "AVILA_REDIS_URL",
+        "",
+        "Redis shared by all replicas (`redis://[:pass@]host:6379/0`, `rediss://` for TLS): API keys, idempotency, rate limits, live bus, trained models, change signals. Empty: all in-process (one replica). See docs/shared-state.md.",
+    ),
+    SettingSpec(
         "dedup_window_hours",
         "AVILA_DEDUP_WINDOW_HOURS",
         "24",
@@ -310,6 +322,22 @@ def _parse_mqtt_url(env: str, raw: str) -> str:
     return url
 
 
+def _parse_share_group(env: str, raw: str) -> str:
+    group = raw.strip()
+    if group and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", group):
+        raise ConfigError(f"{env} must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', '-'")
+    return group
+
+
+def _parse_redis_url(env: str, raw: str) -> str:
+    url = raw.strip()
+    if url and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"{env} must look like redis://host:6379/0, got scheme {urlsplit(url).scheme!r}"
+        )
+    return url
+
+
 @dataclass(frozen=True)
 class Settings:
     """Validated settings; build with :meth:`Settings.from_env`."""
@@ -334,6 +362,8 @@ class Settings:
     dedup_window_hours: int = 24
     mqtt_url: str = ""
     mqtt_client_id: str = "avila-bridge"
+    mqtt_share_group: str = ""
+    redis_url: str = field(default="", repr=False)
     live_flush_ms: int = 200
     live_max_events_per_second: int = 1000
     live_queue_frames: int = 16
@@ -419,6 +449,8 @@ class Settings:
             "dedup_window_hours": lambda env, raw: _parse_int(env, raw, 1, 24 * 365),
             "mqtt_url": _parse_mqtt_url,
             "mqtt_client_id": lambda env, raw: raw.strip() or "avila-bridge",
+            "mqtt_share_group": _parse_share_group,
+            "redis_url": _parse_redis_url,
             "live_flush_ms": lambda env, raw: _parse_int(env, raw, 50, 1000),
             "live_max_events_per_second": lambda env, raw: _parse_int(env, raw, 1, 10**7),
             "live_queue_frames": lambda env, raw: _parse_int(env, raw, 1, 10_000),

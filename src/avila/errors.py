@@ -97,6 +97,13 @@ class StorageUnavailable(AvilaError):
     code = "storage_unavailable"
 
 
+class SharedStateUnavailable(AvilaError):
+    """Redis (``AVILA_REDIS_URL``), which holds the state replicas share, did not answer."""
+
+    status = 503
+    code = "shared_state_unavailable"
+
+
 class ShuttingDown(AvilaError):
     status = 503
     code = "shutting_down"

@@ -64,6 +64,8 @@ def test_cli_overrides_win_over_environment() -> None:
         ("AVILA_DEDUP_WINDOW_HOURS", "0"),
         ("AVILA_DUCKDB_MEMORY_LIMIT", "lots"),
         ("AVILA_MQTT_URL", "http://broker"),
+        ("AVILA_REDIS_URL", "http://cache:6379"),
+        ("AVILA_MQTT_SHARE_GROUP", "a/b"),
     ],
 )
 def test_invalid_values_fail_naming_the_variable(name: str, value: str) -> None:

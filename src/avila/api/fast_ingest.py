@@ -28,7 +28,7 @@ from avila.api.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_SINGLE_BYTES
 from avila.errors import AvilaError, RateLimited, ValidationFailed
 from avila.ingest.service import IngestService, result_body
 from avila.schemas.events import BATCH_DECODER, SINGLE_DECODER
-from avila.security.keys import KeyStore
+from avila.security.keys import KeyRegistry
 from avila.security.ratelimit import RateLimiter
 
 log = logging.getLogger("avila.api")
@@ -56,7 +56,7 @@ class FastIngest:
         app: ASGIApp,
         *,
         ingest: IngestService,
-        keys: KeyStore,
+        keys: KeyRegistry,
         limiter: RateLimiter,
         metrics: Any,
         cors: bool,
@@ -106,10 +106,17 @@ class FastIngest:
                     raise _Delegate
         except msgspec.DecodeError:
             raise _Delegate from None
-        principal = self._principal(headers)
         scope["path_template"] = path  # the route label of the request metrics
         rate_headers: list[tuple[bytes, bytes]] = []
-        decision = self.limiter.hit(principal.key_id)
+        try:
+            principal = self._principal(headers)
+            decision = self.limiter.hit(principal.key_id)
+        except AvilaError as exc:  # shared state (Redis) down: 503, as on Litestar's routes
+            log.error(
+                "request failed", extra={"path": path, "code": exc.code, "error": exc.message}
+            )
+            await _send_error(send, exc, rate_headers)
+            return
         if decision is not None:
             limit_headers = decision.headers()
             if not decision.allowed:

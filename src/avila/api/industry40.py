@@ -39,6 +39,7 @@ from avila.schemas.industry40 import (
     ProductionOptimizeRequest,
     QualityInspectRequest,
 )
+from avila.shared import CHANGES_KEY
 from avila.storage.base import Store
 
 log = logging.getLogger("avila.industry40")
@@ -64,7 +65,7 @@ def setup(ctx: AppContext) -> None:
     registry = DeviceRegistry(ctx.store)
     telemetry = TelemetryService(ctx.store, registry)
     bus = get_bus(ctx.state)
-    alarms = AlarmService(ctx.store, registry, bus)
+    alarms = AlarmService(ctx.store, registry, bus, ctx.state.get(CHANGES_KEY))
     telemetry.listeners.append(alarms)
     ctx.state["industry40"] = Industry40(
         ctx.store, registry, telemetry, alarms, TwinService(ctx.store, registry, alarms), bus
@@ -77,7 +78,12 @@ async def startup(ctx: AppContext) -> None:
     await asyncio.to_thread(i40.alarms.load)
     settings = ctx.settings
     if settings.mqtt_url:
-        i40.bridge = MqttBridge(settings.mqtt_url, i40.telemetry, client_id=settings.mqtt_client_id)
+        i40.bridge = MqttBridge(
+            settings.mqtt_url,
+            i40.telemetry,
+            client_id=settings.mqtt_client_id,
+            share_group=settings.mqtt_share_group,
+        )
     if i40.bridge is not None:
         await i40.bridge.start()
 

@@ -1,7 +1,7 @@
 """Keys admin API: list, create and revoke the API keys of the caller's project (scope
 ``admin``). The secret of a new key is in the creation answer only; the store keeps its hash.
-Keys from ``API_KEYS`` live in the environment, not in ``data/keys.sqlite``: they are not
-listed and cannot be revoked here. Semantics: docs/security.md.
+Keys from ``API_KEYS`` live in the environment, not in ``data/keys.sqlite`` (or Redis, with
+``AVILA_REDIS_URL``): they are not listed and cannot be revoked here. Semantics: docs/security.md.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from litestar import Request, delete, get, post
 from msgspec import Meta, Struct
 
 from avila.errors import NotFound
-from avila.security.keys import SCOPES, KeyInfo, KeyStore, Principal
+from avila.security.keys import SCOPES, KeyInfo, KeyRegistry, Principal
 
 _TAGS = ["security"]
 
@@ -23,8 +23,8 @@ class NewKey(Struct, forbid_unknown_fields=True):
     name: Annotated[str, Meta(max_length=200)] = ""
 
 
-def _keys(request: Request[Any, Any, Any]) -> KeyStore:
-    store: KeyStore = request.app.state.key_store
+def _keys(request: Request[Any, Any, Any]) -> KeyRegistry:
+    store: KeyRegistry = request.app.state.key_store
     return store
 
 

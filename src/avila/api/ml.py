@@ -26,15 +26,17 @@ from avila.ml.anomaly import StreamingAnomalyDetector
 from avila.ml.conversion import LiveSessions
 from avila.ml.monitoring import AnomalyLog, metric_series, score_hours, streaming_anomalies
 from avila.ml.predictions import PredictionService
-from avila.ml.registry import ModelRegistry
 from avila.ml.training import TrainingOptions, train_project
 from avila.schemas.messages import split_msgspec_error
+from avila.shared import open_model_registry
 
 log = logging.getLogger("avila.ml")
 
 #: Anomalies older than this are stored but not pushed to live subscribers.
 ALERT_MAX_AGE = timedelta(hours=2)
 MONITOR_INTERVAL_SECONDS = 60.0
+#: How soon a replica serves a model trained on another one (shared registry).
+MODEL_REFRESH_SECONDS = 5.0
 
 
 class TrainBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -191,7 +193,7 @@ ROUTES = [train, models, predictions, also_bought, anomalies]
 
 def setup(ctx: AppContext) -> None:
     root = ctx.settings.data_dir / "models"
-    registry = ModelRegistry(root)
+    registry = open_model_registry(ctx.settings)
     live = LiveSessions()
     ctx.ingest.listeners.append(live)
     get_bus(ctx.state)
@@ -211,15 +213,20 @@ async def startup(ctx: AppContext) -> None:
     loaded = await asyncio.to_thread(ml["service"].load_all)
     log.info("ml models loaded", extra={"projects": loaded})
     ml["task"] = asyncio.get_running_loop().create_task(_monitor(ctx), name="ml-monitor")
+    if ml["registry"].changes_elsewhere:
+        ml["refresh"] = asyncio.get_running_loop().create_task(
+            _refresh(ml["service"]), name="ml-refresh"
+        )
 
 
 async def shutdown(ctx: AppContext) -> None:
     ml = ctx.state["ml"]
-    task = ml.get("task")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("task", "refresh"):
+        task = ml.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     ml["anomalies"].close()
 
 
@@ -254,6 +261,19 @@ async def _monitor(ctx: AppContext) -> None:
                 log.exception("anomaly monitor failed", extra={"project": project})
                 continue
             _publish(ctx.state, project, new)
+
+
+async def _refresh(service: PredictionService) -> None:
+    """Pick up runs trained on other replicas (shared registry only)."""
+    while True:
+        await asyncio.sleep(MODEL_REFRESH_SECONDS)
+        try:
+            changed = await asyncio.to_thread(service.refresh)
+        except Exception:
+            log.warning("model refresh failed; retrying", exc_info=True)
+            continue
+        if changed:
+            log.info("ml models refreshed", extra={"projects": changed})
 
 
 def get_service(ctx: AppContext) -> PredictionService:

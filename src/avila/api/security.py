@@ -14,7 +14,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Message, Scope
 
 from avila.errors import Forbidden, RateLimited, Unauthorized
-from avila.security.keys import KeyStore, Principal
+from avila.security.keys import KeyRegistry, Principal
 from avila.security.ratelimit import RateLimiter
 
 RATE_HEADERS_STATE = "avila_rate_headers"
@@ -45,7 +45,7 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
 def authenticate(connection: ASGIConnection[Any, Any, Any, Any], scope_needed: str) -> Principal:
     """Resolve and authorise the caller; raises 401/403/429 errors."""
     state = connection.app.state
-    keys: KeyStore = state.key_store
+    keys: KeyRegistry = state.key_store
     limiter: RateLimiter = state.rate_limiter
     key = presented_key(connection)
     if not key:

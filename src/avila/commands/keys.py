@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from avila.config import Settings
-from avila.security.keys import SCOPES, KeyStore
+from avila.security.keys import SCOPES
+from avila.shared import open_key_registry
 
 
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    store = KeyStore(settings.data_dir / "keys.sqlite")
+    store = open_key_registry(dataclasses.replace(settings, api_keys=()))
     if args.keys_command == "create":
         secret, info = store.create(args.project, args.scopes.split(","), args.name or "")
         print(f"key_id:  {info.key_id}")

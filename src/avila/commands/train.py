@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from avila.ml.monitoring import AnomalyLog
-    from avila.ml.registry import ModelRegistry
     from avila.ml.training import TrainingOptions, train_project
+    from avila.shared import open_model_registry
     from avila.storage import open_store
 
     settings = Settings.from_env()
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         store.close()
     root = settings.data_dir / "models"
-    meta = ModelRegistry(root).save(args.project, artifact, meta)
+    meta = open_model_registry(settings).save(args.project, artifact, meta)
     log = AnomalyLog(root / "anomalies.sqlite")
     new = log.add(args.project, artifact.anomalies)
     log.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,7 @@ from avila.errors import ValidationFailed
 from avila.industry40.devices import DeviceRegistry, rfc3339
 from avila.industry40.telemetry import MetricName, TelemetryRows
 from avila.live.bus import LiveBus
+from avila.shared.changes import Changes, LocalChanges
 from avila.storage.base import Store
 
 log = logging.getLogger("avila.industry40")
@@ -61,24 +63,54 @@ def check_rules(rules: AlarmRules) -> None:
             )
 
 
+#: Seconds between two looks at whether another replica changed the rules.
+RULES_RECHECK_SECONDS = 1.0
+_CHANGES = "alarm_rules"
+
+
 class AlarmService:
-    def __init__(self, store: Store, registry: DeviceRegistry, bus: LiveBus) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: DeviceRegistry,
+        bus: LiveBus,
+        changes: Changes | None = None,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.bus = bus
+        #: Rules set through another replica (shared store) are reloaded within
+        #: RULES_RECHECK_SECONDS when the counter moves; in process it never does.
+        self.changes: Changes = changes or LocalChanges()
+        self._seen_version: int | None = None
+        self._checked_at = 0.0
         self._rules: dict[tuple[str, str], list[AlarmRule]] = {}
         # (project, device, metric, bound) -> the raised alert payload
         self.active: dict[tuple[str, str, str, str], dict[str, Any]] = {}
 
     def load(self) -> None:
+        self._seen_version = self.changes.version(_CHANGES)
+        self._checked_at = time.monotonic()
+        loaded: dict[tuple[str, str], list[AlarmRule]] = {}
         for project, device_type, rules in self.store.query(
             "SELECT project_id, device_type, rules FROM alarm_rules"
         ):
-            self._rules[project, device_type] = msgspec.convert(json.loads(rules), list[AlarmRule])
+            loaded[project, device_type] = msgspec.convert(json.loads(rules), list[AlarmRule])
+        self._rules = loaded
+
+    def _reload_if_changed(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_at < RULES_RECHECK_SECONDS:
+            return
+        self._checked_at = now
+        version = self.changes.version(_CHANGES)
+        if version is not None and version != self._seen_version:
+            self.load()
 
     def rules(
         self, project_id: str, device_type: str | None = None
     ) -> dict[str, list[dict[str, Any]]]:
+        self._reload_if_changed()
         return {
             dtype: [msgspec.to_builtins(r) for r in rules]
             for (p, dtype), rules in sorted(self._rules.items())
@@ -86,6 +118,7 @@ class AlarmService:
         }
 
     def rules_for(self, project_id: str, device_type: str | None) -> list[AlarmRule]:
+        self._reload_if_changed()
         return self._rules.get((project_id, device_type or ""), [])
 
     def set_rules(self, project_id: str, device_type: str, rules: AlarmRules) -> None:
@@ -102,6 +135,7 @@ class AlarmService:
             },
         )
         self._rules[project_id, device_type] = list(rules.rules)
+        self.changes.bump(_CHANGES)
 
     def active_for(self, project_id: str, device_id: str) -> list[dict[str, Any]]:
         return [
@@ -113,6 +147,7 @@ class AlarmService:
     def __call__(self, rows: TelemetryRows) -> None:
         """Telemetry listener: check committed readings against their device type's rules."""
         project = rows.project_id
+        self._reload_if_changed()
         if not any(p == project for p, _ in self._rules):
             return
         order = sorted(range(len(rows.readings)), key=lambda i: int(rows.ts_us[i]))

@@ -22,6 +22,14 @@ until it succeeds or the server stops. Malformed messages are logged and acknowl
 would fail again). Reconnects use paho's exponential backoff (1 s to 30 s). Anyone who may
 publish to these topics may write telemetry into the named project: restrict publishers with
 the broker's ACLs.
+
+**Several replicas.** With ``AVILA_MQTT_SHARE_GROUP`` set the bridge subscribes with MQTT
+shared subscriptions (``$share/<group>/<filter>``, MQTT 5 and mosquitto >= 1.6 also for 3.1.1
+clients): the broker hands each message to one member of the group, so each reading is stored
+once however many replicas run. Each replica needs its own, stable ``AVILA_MQTT_CLIENT_ID``
+(one id per replica: the broker keeps each member's session). Sparkplug aliases are learnt per
+replica from the BIRTH messages it receives: with a share group, publish metric names in DATA
+messages (or one replica handles Sparkplug).
 """
 
 from __future__ import annotations
@@ -140,9 +148,13 @@ class MqttBridge:
         telemetry: TelemetryService,
         *,
         client_id: str | None = None,
+        share_group: str = "",
         retry_initial_s: float = 0.5,
     ) -> None:
         self.url = url
+        #: Topic filters; ``$share/<group>/...`` makes the broker give each message to one
+        #: member of the group (one replica) instead of to every subscriber.
+        self.topics = tuple(f"$share/{share_group}/{t}" if share_group else t for t in TOPICS)
         self.telemetry = telemetry
         self.client_id = client_id or os.environ.get("AVILA_MQTT_CLIENT_ID") or "avila-bridge"
         self.retry_initial_s = retry_initial_s
@@ -192,7 +204,7 @@ class MqttBridge:
         if reason.is_failure:
             log.warning("mqtt connect refused", extra={"reason": str(reason)})
             return
-        client.subscribe([(topic, 1) for topic in TOPICS])
+        client.subscribe([(topic, 1) for topic in self.topics])
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self.connected.set)
         log.info("mqtt connected", extra={"session_present": bool(flags.session_present)})

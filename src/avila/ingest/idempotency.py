@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 
 def event_key(project_id: str, event_id: str) -> str:
@@ -63,3 +64,46 @@ class DedupIndex:
         for key in stale:
             del committed[key]
         return len(stale)
+
+
+class EventClaims(Protocol):
+    """Idempotency across replicas: who stores a (project, event_id) first.
+
+    :class:`LocalClaims` (one replica: the :class:`DedupIndex` is the whole answer) or
+    :class:`avila.shared.claims.RedisClaims` (replicas sharing ``AVILA_REDIS_URL``).
+    """
+
+    async def claim(self, keys: list[str]) -> frozenset[int]:
+        """Claim ``keys`` (new on this replica) for storing; returns the positions in ``keys``
+        already stored by another replica (duplicates). Waits while another replica holds an
+        unfinished claim on a key."""
+        ...
+
+    async def confirm(self, keys: list[str]) -> None:
+        """The claimed ``keys`` are durable: from now on they are duplicates everywhere.
+        Awaited before the write is acknowledged; never raises."""
+        ...
+
+    def release(self, keys: list[str]) -> None:
+        """Writing the claimed ``keys`` failed: others may claim them; never blocks."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalClaims:
+    """One replica: nothing to ask anyone."""
+
+    _NONE: frozenset[int] = frozenset()
+
+    async def claim(self, keys: list[str]) -> frozenset[int]:
+        return self._NONE
+
+    async def confirm(self, keys: list[str]) -> None:
+        return None
+
+    def release(self, keys: list[str]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from avila.errors import ShuttingDown
-from avila.ingest.idempotency import DedupIndex, event_key
+from avila.ingest.idempotency import DedupIndex, EventClaims, LocalClaims, event_key
 from avila.ingest.validation import EventRows, Rejection, validate_events
 from avila.metrics import Metrics
 from avila.storage import frames
@@ -45,10 +45,13 @@ class IngestService:
         *,
         metrics: Metrics | None = None,
         dedup_window_hours: int = 24,
+        claims: EventClaims | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics or Metrics()
         self.dedup = DedupIndex(window_seconds=dedup_window_hours * 3600)
+        #: Who else may have stored an event id (other replicas); local-only by default.
+        self.claims: EventClaims = claims or LocalClaims()
         self._inflight: dict[str, asyncio.Future[int]] = {}
         self.log: IngestLog | None = None
         self.listeners: list[Callable[[EventRows], None]] = []
@@ -85,6 +88,7 @@ class IngestService:
         if self._inflight:
             pending = {id(f): f for f in self._inflight.values()}.values()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.claims.close()
 
     async def _prune_forever(self) -> None:
         while True:
@@ -152,11 +156,25 @@ class IngestService:
                 seen_here.add(key)
                 keep.append(position)
                 keys.append(key)
+        if keys:
+            elsewhere = await self.claims.claim(keys)
+            if elsewhere:  # stored by another replica (shared claims only)
+                result.duplicates += len(elsewhere)
+                positions = keep if len(keep) == len(keys) else list(range(len(keys)))
+                keep = [p for i, p in enumerate(positions) if i not in elsewhere]
+                keys = [k for i, k in enumerate(keys) if i not in elsewhere]
         accepted_rows = rows if len(keys) == len(rows) else rows.keep(keep)
         if keys:
             if self._closing or self.log is None:
+                self.claims.release(keys)
                 raise ShuttingDown("the server is shutting down; retry shortly")
-            future = self.log.append(frames.encode_events(accepted_rows.to_columns()), len(keys))
+            try:
+                future = self.log.append(
+                    frames.encode_events(accepted_rows.to_columns()), len(keys)
+                )
+            except BaseException:
+                self.claims.release(keys)
+                raise
             inflight.update(dict.fromkeys(keys, future))
             future.add_done_callback(functools.partial(self._settle, keys=keys))
             waits.append(future)
@@ -168,6 +186,8 @@ class IngestService:
             else:
                 distinct = {id(w): w for w in waits}.values()
                 await asyncio.gather(*(asyncio.shield(w) for w in distinct))
+        if keys:
+            await self.claims.confirm(keys)
         result.accepted = len(keys)
         result.event_ids = list(rows.event_ids)
         m = self.metrics
@@ -189,6 +209,8 @@ class IngestService:
             pop(key, None)
         if not future.cancelled() and future.exception() is None:
             self.dedup.add_committed(keys, at=time.monotonic())
+        else:
+            self.claims.release(keys)
 
 
 def result_body(result: IngestResult, *, batch: bool) -> dict[str, Any]:

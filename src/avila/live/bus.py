@@ -2,7 +2,8 @@
 
 Each subscription owns a bounded queue. When a subscriber falls behind, the oldest messages are
 dropped and counted, so a slow or stuck client costs memory bounded by ``maxsize`` and never
-slows ingestion. The scale-out tier replaces this with Redis pub/sub behind the same methods.
+slows ingestion. With ``AVILA_REDIS_URL`` set, :class:`avila.shared.live.RedisLiveBus` extends it to reach
+other replicas through Redis pub/sub behind the same methods.
 
 A whole batch can be offered at once (:meth:`LiveBus.publish_many`): the queue keeps a reference
 to the batch and a ``[start, stop)`` window into it, so offering 10,000 accepted events costs
@@ -142,6 +143,12 @@ class LiveBus:
         self._index: dict[tuple[str, str], set[Subscription]] = {}
         self._dropped_closed = 0
         self._sinks: list[FrameSink] = []
+
+    def start(self) -> None:
+        """Start background work: none in process (the Redis bus listens to other replicas)."""
+
+    async def stop(self) -> None:
+        """Stop background work started by :meth:`start`."""
 
     def attach(self, sink: FrameSink) -> None:
         """Forward every publish to ``sink`` too (the WebSocket fan-out)."""

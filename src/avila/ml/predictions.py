@@ -28,7 +28,7 @@ from avila.analytics.common import fragments
 from avila.errors import NotFound
 from avila.ml.conversion import LiveSessions
 from avila.ml.features import SESSION_FEATURES
-from avila.ml.registry import ModelRegistry
+from avila.ml.registry import RunRegistry
 from avila.ml.training import MODEL_NAMES, TrainedModels
 from avila.storage.base import Store
 
@@ -72,7 +72,7 @@ class PredictionService:
     def __init__(
         self,
         store: Store,
-        registry: ModelRegistry,
+        registry: RunRegistry,
         live: LiveSessions | None = None,
         *,
         cold_cache_seconds: float = 300.0,
@@ -97,6 +97,21 @@ class PredictionService:
             if loaded is not None:
                 self.install(project, *loaded)
         return len(self._runs)
+
+    def refresh(self) -> int:
+        """Install runs saved elsewhere (another replica) since they were loaded; returns
+        how many projects changed. One cheap version read per project."""
+        changed = 0
+        for project in self.registry.projects():
+            newest = self.registry.latest_version(project)
+            current = self._runs.get(project)
+            if newest is None or (current is not None and current[0]["version"] >= newest):
+                continue
+            loaded = self.registry.load_latest(project)
+            if loaded is not None:
+                self.install(project, *loaded)
+                changed += 1
+        return changed
 
     def install(self, project_id: str, meta: dict[str, Any], models: TrainedModels) -> None:
         with self._lock:

@@ -28,10 +28,28 @@ import os
 import pickle
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
-__all__ = ["ModelRegistry"]
+__all__ = ["ModelRegistry", "RunRegistry"]
+
+
+class RunRegistry(Protocol):
+    """Where runs are kept: :class:`ModelRegistry` (files, one replica) or
+    :class:`avila.shared.models.RedisModelRegistry` (replicas sharing ``AVILA_REDIS_URL``)."""
+
+    #: True when other processes may save runs the server should pick up while it runs.
+    changes_elsewhere: bool
+
+    def projects(self) -> list[str]: ...
+
+    def runs(self, project_id: str) -> list[dict[str, Any]]: ...
+
+    def latest_version(self, project_id: str) -> int | None: ...
+
+    def save(self, project_id: str, artifact: Any, meta: dict[str, Any]) -> dict[str, Any]: ...
+
+    def load_latest(self, project_id: str) -> tuple[dict[str, Any], Any] | None: ...
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -45,6 +63,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 class ModelRegistry:
     """Runs per project on disk; thread-safe within one process."""
+
+    changes_elsewhere = False
 
     def __init__(self, root: Path, keep_artifacts: int = 3) -> None:
         self.root = Path(root)
@@ -68,6 +88,10 @@ class ModelRegistry:
         if not path.is_file():
             return []
         return list(json.loads(path.read_text())["runs"])
+
+    def latest_version(self, project_id: str) -> int | None:
+        runs = self.runs(project_id)
+        return int(runs[-1]["version"]) if runs else None
 
     def save(self, project_id: str, artifact: Any, meta: dict[str, Any]) -> dict[str, Any]:
         """Persist a run; returns ``meta`` with its new ``version`` (and ``artifact`` file)."""

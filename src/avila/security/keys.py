@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from avila.errors import ValidationFailed
 
@@ -72,16 +73,50 @@ def validate_scopes(scopes: list[str]) -> tuple[str, ...]:
     return tuple(s for s in SCOPES if s in scopes)
 
 
+class KeyRegistry(Protocol):
+    """Where keys live: :class:`KeyStore` (one replica) or
+    :class:`avila.shared.keys.RedisKeyStore` (replicas sharing ``AVILA_REDIS_URL``)."""
+
+    def create(self, project_id: str, scopes: list[str], name: str = "") -> tuple[str, KeyInfo]: ...
+
+    def list(self, project_id: str | None = None) -> list[KeyInfo]: ...
+
+    def revoke(self, key_id: str, project_id: str | None = None) -> bool: ...
+
+    def resolve(self, key: str) -> Principal | None: ...
+
+
+def new_key(project_id: str, scopes: list[str], name: str) -> tuple[str, KeyInfo]:
+    """A validated new key: its secret (shown once) and its record."""
+    project_id = validate_project(project_id)
+    ordered = validate_scopes(scopes)
+    secret = "ak_" + secrets.token_urlsafe(32)
+    info = KeyInfo(
+        key_id="key_" + secrets.token_hex(6),
+        project_id=project_id,
+        scopes=ordered,
+        name=name,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        revoked_at=None,
+    )
+    return secret, info
+
+
+def bootstrap_principals(bootstrap_keys: tuple[str, ...]) -> dict[str, Principal]:
+    """``API_KEYS``: every scope on project ``default``, by key hash."""
+    return {
+        hash_key(k): Principal(f"env:{i}", DEFAULT_PROJECT, frozenset(SCOPES))
+        for i, k in enumerate(bootstrap_keys)
+    }
+
+
 class KeyStore:
     """Keys file (SQLite) plus the bootstrap keys from ``API_KEYS``."""
 
     def __init__(self, path: Path, bootstrap_keys: tuple[str, ...] = ()) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._bootstrap = {
-            hash_key(k): Principal(f"env:{i}", DEFAULT_PROJECT, frozenset(SCOPES))
-            for i, k in enumerate(bootstrap_keys)
-        }
+        self._bootstrap = bootstrap_principals(bootstrap_keys)
         self._lock = threading.Lock()
         self._cache: dict[str, Principal] = {}
         self._cache_stamp: tuple[float, int] | None = None
@@ -99,25 +134,15 @@ class KeyStore:
 
     def create(self, project_id: str, scopes: list[str], name: str = "") -> tuple[str, KeyInfo]:
         """Create a key; returns the secret (shown once) and its record."""
-        project_id = validate_project(project_id)
-        ordered = validate_scopes(scopes)
-        secret = "ak_" + secrets.token_urlsafe(32)
-        info = KeyInfo(
-            key_id="key_" + secrets.token_hex(6),
-            project_id=project_id,
-            scopes=ordered,
-            name=name,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            revoked_at=None,
-        )
+        secret, info = new_key(project_id, scopes, name)
         with self._connect() as conn:
             conn.execute(
                 "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
                 (
                     info.key_id,
                     hash_key(secret),
-                    project_id,
-                    ",".join(ordered),
+                    info.project_id,
+                    ",".join(info.scopes),
                     name,
                     info.created_at,
                 ),

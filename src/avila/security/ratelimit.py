@@ -1,6 +1,8 @@
-"""Per-key rate limits with the `limits` library (sliding window counter: O(1) per hit, in-process storage).
+"""Per-key rate limits with the `limits` library (sliding window counter: O(1) per hit).
 
-The scale-out tier swaps the storage for Redis (`limits` supports it) so replicas share counters.
+Counters live in process memory, or with ``AVILA_REDIS_URL`` in the `limits` library's Redis
+storage, so replicas share them and the budget is per key, not per replica. Redis down: 503
+``shared_state_unavailable`` (a limit nobody can count is not silently lifted).
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ import time
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerMinute
-from limits.storage import MemoryStorage
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
+
+from avila.errors import SharedStateUnavailable
 
 
 @dataclass(frozen=True)
@@ -33,10 +38,19 @@ class RateDecision:
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, storage_url: str = "") -> None:
+        """``storage_url``: a `limits` storage URI (``redis://...``); empty: process memory."""
         self.per_minute = per_minute
         self._item = RateLimitItemPerMinute(per_minute) if per_minute > 0 else None
-        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        storage: Storage = MemoryStorage()
+        if storage_url:
+            # A redis:// URI gives the synchronous storage (async:// would be the aio one).
+            shared = storage_from_string(
+                storage_url, wrap_exceptions=True, socket_timeout=1, socket_connect_timeout=1
+            )
+            assert isinstance(shared, Storage)
+            storage = shared
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
 
     @property
     def enabled(self) -> bool:
@@ -46,7 +60,13 @@ class RateLimiter:
         """Count one request for ``key_id``; None when rate limiting is off."""
         if self._item is None:
             return None
-        allowed = self._limiter.hit(self._item, key_id)
-        stats = self._limiter.get_window_stats(self._item, key_id)
+        try:
+            allowed = self._limiter.hit(self._item, key_id)
+            stats = self._limiter.get_window_stats(self._item, key_id)
+        except StorageError as exc:
+            raise SharedStateUnavailable(
+                f"the rate limit store did not answer: {type(exc).__name__}; retry shortly",
+                details=[{"service": "redis"}],
+            ) from exc
         reset = max(0, math.ceil(stats.reset_time - time.time()))
         return RateDecision(allowed, self.per_minute, max(0, stats.remaining), reset)

@@ -37,23 +37,25 @@ class ServerProcess:
 
     def start(self, timeout: float = 90.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child's lifetime
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "avila.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=log,
-            cwd=self.data_dir,
-        )
+        # The child gets its own copy of the descriptor: close ours at once (a handle left to
+        # the garbage collector raises ResourceWarning, possibly in another test's thread).
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "avila.cli",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                cwd=self.data_dir,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,0 +1,112 @@
+"""State that replicas share: chosen once at start from ``AVILA_REDIS_URL``.
+
+Without Redis every part is the in-process one (one replica, exactly the embedded tier); with
+it, API keys, idempotency claims, rate-limit counters, the live bus
+and trained models live in Redis (docs/shared-state.md). Callers only see the interfaces:
+``KeyRegistry``, ``EventClaims``, ``RateLimiter``, ``LiveBus`` and ``RunRegistry``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+import redis.asyncio as aioredis
+
+from avila.config import Settings
+from avila.ingest.idempotency import EventClaims, LocalClaims
+from avila.live.bus import LiveBus
+from avila.ml.registry import ModelRegistry, RunRegistry
+from avila.security.keys import KeyRegistry, KeyStore
+from avila.security.ratelimit import RateLimiter
+from avila.shared.changes import Changes, LocalChanges
+
+#: Key of the replica's :class:`~avila.shared.changes.Changes` in ``AppContext.state``.
+CHANGES_KEY = "shared_changes"
+
+#: Seconds a Redis call may take before the replica answers 503 (or degrades, for the bus).
+REDIS_TIMEOUT_SECONDS = 2.0
+
+
+def open_key_registry(settings: Settings) -> KeyRegistry:
+    """Where ``avila serve`` and ``avila keys`` find API keys."""
+    if settings.redis_url:
+        from avila.shared.keys import RedisKeyStore
+
+        return RedisKeyStore(sync_client(settings.redis_url), settings.api_keys)
+    return KeyStore(settings.data_dir / "keys.sqlite", settings.api_keys)
+
+
+def open_model_registry(settings: Settings) -> RunRegistry:
+    """Where ``avila serve`` and ``avila train`` keep trained models."""
+    if settings.redis_url:
+        from avila.shared.models import RedisModelRegistry
+
+        return RedisModelRegistry(sync_client(settings.redis_url))
+    return ModelRegistry(settings.data_dir / "models")
+
+
+def sync_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        health_check_interval=30,
+    )
+
+
+def async_client(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        health_check_interval=30,
+    )
+
+
+@dataclass
+class SharedState:
+    """One replica's view of the shared state (see the module doc)."""
+
+    keys: KeyRegistry
+    claims: EventClaims
+    rate_limiter: RateLimiter
+    bus: LiveBus
+    #: Counters that tell replicas to reload what they cache from the store (alarm rules).
+    changes: Changes = field(default_factory=LocalChanges)
+    _async_client: aioredis.Redis | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        """Start background work (the Redis bus's listener); call on the running loop."""
+        self.bus.start()
+
+    async def close(self) -> None:
+        await self.bus.stop()
+        await self.claims.close()
+        if self._async_client is not None:
+            from avila.shared.live import close_quietly
+
+            await close_quietly(self._async_client)
+
+
+def open_shared(settings: Settings) -> SharedState:
+    if not settings.redis_url:
+        return SharedState(
+            keys=open_key_registry(settings),
+            claims=LocalClaims(),
+            rate_limiter=RateLimiter(settings.rate_limit_per_minute),
+            bus=LiveBus(),
+        )
+    from avila.shared.changes import RedisChanges
+    from avila.shared.claims import RedisClaims
+    from avila.shared.live import RedisLiveBus
+
+    client = async_client(settings.redis_url)
+    return SharedState(
+        keys=open_key_registry(settings),
+        claims=RedisClaims(client, settings.dedup_window_hours * 3600),
+        rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.redis_url),
+        bus=RedisLiveBus(client),
+        changes=RedisChanges(sync_client(settings.redis_url)),
+        _async_client=client,
+    )

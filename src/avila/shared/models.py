@@ -1,0 +1,94 @@
+"""Trained models and their registry in Redis, for replicas that share ``AVILA_REDIS_URL``
+(same interface as :class:`avila.ml.registry.ModelRegistry`).
+
+Layout per project (id percent-encoded): ``avila:models:<project>:runs`` (list of the runs'
+JSON metadata, oldest first), ``avila:models:<project>:artifact:<version>`` (the pickled
+models, the newest ``keep_artifacts`` runs only), ``avila:models:<project>:version`` (the
+counter that numbers runs) and the set ``avila:models:projects``. A run is written in one
+MULTI/EXEC, so a replica never sees metadata without its artifact.
+
+Replicas that did not train a run install it within :data:`REFRESH_SECONDS`
+(:meth:`avila.ml.predictions.PredictionService.refresh`).
+
+The artifacts are pickles this code wrote; they are only read back from this Redis. Anyone who
+can write to that Redis can therefore run code in the replicas: protect it (password or ACL,
+private network), as for the data directory in the embedded tier.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from typing import Any
+from urllib.parse import quote, unquote
+
+import redis
+
+from avila.shared.keys import unavailable
+
+PROJECTS = "avila:models:projects"
+REFRESH_SECONDS = 5.0
+
+
+def _prefix(project_id: str) -> str:
+    return f"avila:models:{quote(project_id, safe='')}"
+
+
+class RedisModelRegistry:
+    #: Runs may be saved by other replicas: poll for them (see PredictionService.refresh).
+    changes_elsewhere = True
+
+    def __init__(self, client: redis.Redis, keep_artifacts: int = 3) -> None:
+        self._redis = client
+        self.keep_artifacts = keep_artifacts
+
+    def projects(self) -> list[str]:
+        try:
+            members = self._redis.smembers(PROJECTS)
+        except redis.RedisError as exc:
+            raise unavailable(exc) from exc
+        return sorted(unquote(m.decode() if isinstance(m, bytes) else str(m)) for m in members)
+
+    def runs(self, project_id: str) -> list[dict[str, Any]]:
+        try:
+            raw = self._redis.lrange(_prefix(project_id) + ":runs", 0, -1)
+        except redis.RedisError as exc:
+            raise unavailable(exc) from exc
+        return [json.loads(r) for r in raw]
+
+    def latest_version(self, project_id: str) -> int | None:
+        try:
+            raw = self._redis.lindex(_prefix(project_id) + ":runs", -1)
+        except redis.RedisError as exc:
+            raise unavailable(exc) from exc
+        return None if raw is None else int(json.loads(raw)["version"])
+
+    def save(self, project_id: str, artifact: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        prefix = _prefix(project_id)
+        try:
+            version = int(self._redis.incr(prefix + ":version"))
+            if hasattr(artifact, "version"):
+                artifact.version = version
+            meta = {**meta, "version": version, "artifact": f"run-{version:06d}"}
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(f"{prefix}:artifact:{version}", pickle.dumps(artifact, protocol=5))
+                pipe.rpush(prefix + ":runs", json.dumps(meta))
+                pipe.sadd(PROJECTS, quote(project_id, safe=""))
+                stale = version - self.keep_artifacts
+                if stale >= 1:
+                    pipe.delete(f"{prefix}:artifact:{stale}")  # older ones went before
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise unavailable(exc) from exc
+        return meta
+
+    def load_latest(self, project_id: str) -> tuple[dict[str, Any], Any] | None:
+        prefix = _prefix(project_id)
+        for meta in reversed(self.runs(project_id)):
+            try:
+                blob = self._redis.get(f"{prefix}:artifact:{meta['version']}")
+            except redis.RedisError as exc:
+                raise unavailable(exc) from exc
+            if isinstance(blob, bytes):
+                return meta, pickle.loads(blob)  # noqa: S301 - written by us, see module doc
+        return None
