@@ -1,24 +1,16 @@
 """Reading the deploy files as their tools would: compose interpolation, Kubernetes documents,
-and the settings they may name.
-
-Settings still being built on sibling branches of issue 10 are listed in :data:`PENDING`, each
-group with the sign that its branch has been merged. ``test_pending_settings_are_settled``
-fails once a group has arrived, so the list cannot outlive the merge.
-"""
+and the settings they may name."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
-from avila.config import SETTINGS, Settings
-from avila.errors import ConfigError
+from avila.config import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -43,52 +35,9 @@ FOREIGN_ENV = frozenset(
 )
 
 
-def clickhouse_urls_accepted() -> bool:
-    """i10-store merged: Settings takes the live suite's ClickHouse URL."""
-    try:
-        Settings.from_env(
-            {"AVILA_STORAGE_URL": "clickhouse://default:@localhost:8123/default"}, env_file=None
-        )
-    except ConfigError:
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class PendingGroup:
-    branch: str
-    names: frozenset[str]
-    merged: Callable[[], bool]
-    merged_sign: str
-
-
-PENDING: tuple[PendingGroup, ...] = (
-    PendingGroup(
-        "i10-replicas",
-        frozenset({"AVILA_REDIS_URL", "AVILA_MQTT_SHARE_GROUP"}),
-        lambda: (ROOT / "docs" / "shared-state.md").exists(),
-        "docs/shared-state.md exists",
-    ),
-    PendingGroup(
-        "i10-store",
-        frozenset(
-            {
-                "AVILA_CLICKHOUSE_CLUSTER",
-                "AVILA_CLICKHOUSE_INSERT_QUORUM",
-                "AVILA_CLICKHOUSE_TTL_DAYS",
-            }
-        ),
-        clickhouse_urls_accepted,
-        "Settings accepts clickhouse:// URLs",
-    ),
-)
-PENDING_NAMES = frozenset(name for group in PENDING for name in group.names)
-PENDING_DOCS = {"docs/shared-state.md": "i10-replicas"}
-
-
 def unknown_settings(names: set[str]) -> list[str]:
-    """Names that are neither settings nor pending settings of a sibling branch."""
-    return sorted(n for n in names if n not in SETTING_NAMES | PENDING_NAMES | FOREIGN_ENV)
+    """Names that are not our settings (nor another program's environment)."""
+    return sorted(n for n in names if n not in SETTING_NAMES | FOREIGN_ENV)
 
 
 _DEFAULTED = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*):?-(?P<default>[^}]*)\}")

@@ -14,7 +14,6 @@ import pytest
 from avila.config import Settings
 from tests.deploy.deploy_files import (
     DEPLOY,
-    clickhouse_urls_accepted,
     compose,
     interpolate,
     unknown_settings,
@@ -169,12 +168,6 @@ def test_replica_urls_point_at_the_services_as_configured(spec: dict[str, Any]) 
     assert replica["AVILA_MQTT_SHARE_GROUP"]
 
 
-@pytest.mark.xfail(
-    not clickhouse_urls_accepted(),
-    reason="clickhouse:// URLs arrive with i10-store; runs for real once it is merged",
-    raises=Exception,
-    strict=True,
-)
 def test_replica_environment_is_valid_settings(spec: dict[str, Any]) -> None:
     for name in REPLICAS:
         settings = Settings.from_env(env(services(spec)[name]), env_file=None)

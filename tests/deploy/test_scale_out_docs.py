@@ -7,7 +7,6 @@ import shlex
 
 from tests.deploy.deploy_files import (
     DEPLOY,
-    PENDING_DOCS,
     ROOT,
     compose,
     k8s_index,
@@ -132,8 +131,7 @@ def test_relative_links_resolve() -> None:
         if link.startswith("http"):
             continue
         target = (DOC.parent / link).resolve()
-        relative = target.relative_to(ROOT).as_posix()
-        assert target.exists() or relative in PENDING_DOCS, link
+        assert target.exists(), link
 
 
 def test_operations_page_and_readme_point_here() -> None:
