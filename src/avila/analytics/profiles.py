@@ -13,6 +13,7 @@ from avila.analytics.common import Expr, events_source, fragments, iso
 from avila.analytics.sessions import sessionize, sorted_events, summary
 from avila.errors import NotFound
 from avila.storage.base import Store
+from avila.storage.rollups import forget_users
 
 
 def user_profile(
@@ -108,13 +109,16 @@ def erase_user(store: Store, project_id: str, user_id: str) -> dict[str, int]:
 
     With identity stitching the person is ``user_id`` plus every id that resolves to it
     (``FRAGMENTS["person_aliases"]``), so their anonymous history goes too, and so do the
-    identity links that name any of those ids (they are personal data as well).
+    identity links that name any of those ids (they are personal data as well). The daily
+    rollups forget them first (:func:`avila.storage.rollups.forget_users`).
     """
     ids = [user_id]
     aliases_sql = fragments(store).get("person_aliases", "")
     if aliases_sql:
         ids += [row[0] for row in store.query(aliases_sql, [project_id, user_id])]
     marks = ", ".join("?" for _ in ids)
+    if store.backend == "duckdb":  # the daily rollups are the DuckDB backend's tables
+        forget_users(store, project_id, ids)
     deleted = store.execute(
         f"DELETE FROM events WHERE project_id = ? AND user_id IN ({marks})", [project_id, *ids]
     )
