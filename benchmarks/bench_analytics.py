@@ -9,7 +9,7 @@ The same rows are exported to Parquet and loaded into chdb (ClickHouse 26.9, Mer
 by project, day, user, time; see ``analytics_clickhouse.py``), whose hand-written native SQL
 (windowFunnel, retention, uniqExact, arrays for sessions) computes the same figures as our
 endpoints. Each row first checks that both answers agree ("same answer"), then times ours and
-ClickHouse alternately after one warm-up each and prints the median wall and CPU seconds and
+ClickHouse alternately (the check is the warm-up of both) and prints the median wall and CPU seconds and
 their ratios (CPU seconds of this process, all engine threads: on a shared machine wall time
 mostly measures the neighbours). Rows without a ClickHouse twin (funnel modes, paths,
 lifecycle, stickiness, realtime) are timed the same way beside the plain DuckDB SQL a person
@@ -226,8 +226,7 @@ def interleaved(
     mine: Callable[[], Any], theirs: Callable[[], Any], runs: int
 ) -> tuple[float, float, float, float]:
     """Median wall and CPU seconds of ``mine`` and ``theirs``, run alternately in the same
-    process after one warm-up each (so both see the same neighbours on a shared machine)."""
-    mine(), theirs()
+    process (so both see the same neighbours on a shared machine); the caller warms both up."""
     wall: tuple[list[float], list[float]] = ([], [])
     cpu: tuple[list[float], list[float]] = ([], [])
     for _ in range(runs):
@@ -304,7 +303,7 @@ def main() -> None:
         for name, mine, theirs in clickhouse_cases(store, ch):
             if not any(part in name for part in wanted):
                 continue
-            agree = CH.same(mine(), theirs())
+            agree = CH.same(mine(), theirs())  # also the warm-up of both
             a, b, ca, cb = interleaved(mine, theirs, args.runs)
             print(f"{name:<26}{a:>8.3f}{b:>8.3f}{a / b:>7.2f}{ca:>10.3f}{cb:>8.3f}"
                   f"{ca / max(cb, 1e-9):>7.2f}  {'yes' if agree else 'NO'}")  # fmt: skip
@@ -332,6 +331,7 @@ def main() -> None:
     for name, mine, sql in cases:
         if not any(part in name for part in wanted):
             continue
+        mine(), sql()  # warm-up
         a, b, ca, cb = interleaved(mine, sql, args.runs)
         print(
             f"{name:<26}{a:>8.3f}{b:>8.3f}{a / b:>7.2f}{ca:>10.3f}{cb:>8.3f}"
