@@ -10,8 +10,12 @@ wholly below the position are then deleted; a crash before that deletion is harm
 same reason. A failing commit (store disk full, say) is retried with backoff and never skipped:
 the backlog grows and ingest answers 503 at its limit.
 
-Rounds start as soon as a durable position arrives, so at low load an acknowledged event is in
-the store a few milliseconds later; under load rounds grow by themselves.
+A round starts as soon as a durable position arrives, but at most one round starts per
+:data:`ROUND_INTERVAL_S`: at a trickle of single events each round would otherwise be a
+transaction (and a WAL fsync) of a row or two, and those small rounds cost the store process
+about as much CPU as the server spends answering the requests (benchmarks/RESULTS.md). So an
+acknowledged event is in the store within a few tens of milliseconds; under load rounds take
+longer than the interval and grow by themselves.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ MESSAGE_SCHEMA = pa.schema(
 )
 
 Report = Callable[[int, int, float], None]
+
+#: the least time between the starts of two rounds (see the module docstring)
+ROUND_INTERVAL_S = 0.05
 
 
 @dataclass
@@ -82,12 +89,14 @@ class Loader:
         *,
         max_bytes: int = 48 << 20,
         max_rows: int = 25_000,
+        round_interval: float = ROUND_INTERVAL_S,
     ) -> None:
         self.store = store
         self.directory = Path(directory)
         self.report = report
         self.max_bytes = max_bytes
         self.max_rows = max_rows
+        self.round_interval = round_interval
         self.position = store.log_position()
         self._prepared_to = self.position
         self._target = self.position
@@ -121,13 +130,19 @@ class Loader:
 
     def _prepare_forever(self) -> None:
         delay = 0.05
+        last_start = 0.0
         while True:
             with self._cond:
                 while self._target <= self._prepared_to and not self._stopping:
                     self._cond.wait()
+                # more frames gather meanwhile (new durable positions wake this wait early)
+                resume = last_start + self.round_interval
+                while not self._stopping and (pause := resume - time.monotonic()) > 0:
+                    self._cond.wait(pause)
                 if self._stopping:
                     return
                 target = self._target
+            last_start = time.monotonic()
             try:
                 prepared = self.prepare(self._prepared_to, target)
                 delay = 0.05
