@@ -1,16 +1,20 @@
-"""Analytics query benchmark: our functions vs hand-written DuckDB SQL on the same file.
+"""Analytics query benchmark: ours beside embedded ClickHouse computing the same answers.
 
-    .venv/bin/python benchmarks/bench_analytics.py              # 10 M events (cached)
-    .venv/bin/python benchmarks/bench_analytics.py --events 200000 --runs 3
+    .venv/bin/python benchmarks/bench_analytics.py --dir /work/benchdata            # 10 M
+    .venv/bin/python benchmarks/bench_analytics.py --dir /work/benchdata --events 100000000 --runs 3
 
-Builds (once, cached under ./data/bench/) a DuckDB file of N synthetic e-commerce events:
+Builds (once, cached under ``--dir``) a DuckDB file of N synthetic e-commerce events:
 deterministic seed, vectorised with numpy into Arrow, appended in time order through the store.
-Prints the median wall time of each query (after one warm-up) and our/SQL ratio. The SQL
-baselines are the plain queries a person would write; the funnel baseline chains DuckDB ASOF
-joins (same ordered-funnel semantics), the others compute a subset of what our functions return
-(e.g. our overview also sessionizes), so ratios above 1 are expected there. The bench project
-has no identity links, so queries read the events table; the "stitched view" rows force the
-``events_resolved`` view (events LEFT JOIN resolved identities) to show what stitching costs.
+The same rows are exported to Parquet and loaded into chdb (ClickHouse 26.9, MergeTree ordered
+by project, day, user, time; see ``analytics_clickhouse.py``), whose hand-written native SQL
+(windowFunnel, retention, uniqExact, arrays for sessions) computes the same figures as our
+endpoints. Each row first checks that both answers agree ("same answer"), then times ours and
+ClickHouse alternately (the check is the warm-up of both) and prints the median wall and CPU seconds and
+their ratios (CPU seconds of this process, all engine threads: on a shared machine wall time
+mostly measures the neighbours). Rows without a ClickHouse twin (funnel modes, paths,
+lifecycle, stickiness, realtime) are timed the same way beside the plain DuckDB SQL a person
+would write (a subset of what ours computes, so ratios above 1 are expected there). The bench
+project has no identity links; the "stitched view" rows force the ``events_resolved`` view.
 """
 
 from __future__ import annotations
@@ -23,11 +27,22 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import analytics_clickhouse as CH
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from avila.analytics import funnel, lifecycle, overview, paths, realtime, retention, rfm, stickiness
+from avila.analytics import (
+    funnel,
+    lifecycle,
+    overview,
+    paths,
+    realtime,
+    retention,
+    sessions,
+    stickiness,
+)
+from avila.analytics.rfm import score_table
 from avila.storage import open_store
 from avila.storage.base import Store
 from avila.storage.duckdb.analytics_sql import FRAGMENTS
@@ -127,28 +142,6 @@ e4 AS (SELECT c.user_id, c.ts, p.st FROM c4 c ASOF JOIN e3 p ON c.user_id = p.us
 SELECT (SELECT count(DISTINCT user_id) FROM e1), (SELECT count(DISTINCT user_id) FROM e2),
        (SELECT count(DISTINCT user_id) FROM e3), (SELECT count(DISTINCT user_id) FROM e4)
 """
-SQL_RETENTION = """
-WITH f AS (SELECT user_id, date_trunc('week', min(ts)) AS c FROM events
-           WHERE project_id = $p AND ts < $e GROUP BY user_id HAVING min(ts) >= $s),
-a AS (SELECT DISTINCT user_id, date_trunc('week', ts) AS w FROM events
-      WHERE project_id = $p AND ts >= $s)
-SELECT c, date_diff('week', c, w) AS k, count(*) FROM f JOIN a USING (user_id)
-WHERE w >= c AND date_diff('week', c, w) < 12 GROUP BY ALL
-"""
-SQL_OVERVIEW = """
-SELECT count(*), count(DISTINCT user_id), sum(revenue) FILTER (WHERE event_type = 'purchase'),
-  (SELECT list(x) FROM (SELECT url AS x FROM events WHERE project_id = $p AND ts >= $s
-    AND ts < $e AND event_type = 'page_view' GROUP BY url ORDER BY count(*) DESC LIMIT 10))
-FROM events WHERE project_id = $p AND ts >= $s AND ts < $e
-"""
-SQL_RFM = """
-WITH u AS (SELECT user_id, max(ts) AS last, count(*) AS f, sum(revenue) AS m FROM events
-           WHERE project_id = $p AND event_type = 'purchase' AND ts >= $s AND ts < $e
-           GROUP BY user_id),
-s AS (SELECT user_id, ntile(5) OVER (ORDER BY last) AS r, ntile(5) OVER (ORDER BY f) AS f,
-      ntile(5) OVER (ORDER BY m) AS m FROM u)
-SELECT r, f, count(*) FROM s GROUP BY ALL
-"""
 SQL_REALTIME = """
 SELECT count(*) FILTER (WHERE received_at >= $m1), count(*), count(DISTINCT user_id)
 FROM events WHERE project_id = $p AND received_at >= $m15 AND received_at <= $now
@@ -219,25 +212,6 @@ def journey_cases(
     ]  # fmt: skip
 
 
-def journey_cpu(cases: list[tuple[str, Callable[[], Any], Callable[[], Any]]], runs: int) -> None:
-    """CPU seconds (this process, all DuckDB threads) of our journey rows: on a shared machine
-    wall time mostly measures the neighbours, CPU time much less so."""
-    print(f"{'query (CPU time)':<24}{'ours (s)':>10}{'sql (s)':>10}{'ratio':>8}")
-    for name, mine, sql in cases:
-        a, b = median_cpu_seconds(mine, runs), median_cpu_seconds(sql, runs)
-        print(f"{name:<24}{a:>10.3f}{b:>10.3f}{a / b:>8.2f}")
-
-
-def median_cpu_seconds(fn: Callable[[], Any], runs: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.process_time()
-        fn()
-        times.append(time.process_time() - t0)
-    return statistics.median(times)
-
-
 def _stitched(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn`` reading through the identity-resolving view, as a project with links would."""
     frag = FRAGMENTS
@@ -248,14 +222,52 @@ def _stitched(fn: Callable[..., Any], *args: Any) -> Any:
         frag["stitching_probe"] = probe
 
 
-def median_seconds(fn: Callable[[], Any], runs: int) -> float:
-    fn()  # warm-up
-    times = []
+def interleaved(
+    mine: Callable[[], Any], theirs: Callable[[], Any], runs: int
+) -> tuple[float, float, float, float]:
+    """Median wall and CPU seconds of ``mine`` and ``theirs``, run alternately in the same
+    process (so both see the same neighbours on a shared machine); the caller warms both up."""
+    wall: tuple[list[float], list[float]] = ([], [])
+    cpu: tuple[list[float], list[float]] = ([], [])
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in enumerate((mine, theirs)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    med = statistics.median
+    return med(wall[0]), med(wall[1]), med(cpu[0]), med(cpu[1])
+
+
+def clickhouse_cases(
+    store: Store, ch: Any
+) -> list[tuple[str, Callable[[], Any], Callable[[], Any]]]:
+    """Rows with a ClickHouse twin: (name, ours as comparable figures, ClickHouse's figures)."""
+    funnel_q = {"steps": STEPS, "start_time": Q_START, "end_time": Q_END}
+    w12 = END - timedelta(weeks=12)
+    retention_q = {"period": "week", "periods": 12, "start_time": w12, "end_time": END}
+    d30 = {"start_time": Q_START, "end_time": Q_END}
+    session_keys = ("sessions", "avg_duration_seconds", "bounce_rate", "pages_per_session", "users")
+    return [
+        ("funnel (4 steps, 30 d)",
+         lambda: [s["count"] for s in funnel(store, PROJECT, funnel_q)["steps"]],
+         lambda: CH.ch_funnel(ch, PROJECT, Q_START, Q_END, WINDOW)),
+        ("retention (12 weeks)",
+         lambda: [(c["cohort_start"], c["retained"])
+                  for c in retention(store, PROJECT, retention_q)["cohorts"]],
+         lambda: CH.ch_retention(ch, PROJECT, w12, END, 12)),
+        ("overview (30 d)", lambda: CH.overview_figures(overview(store, PROJECT, d30)),
+         lambda: CH.ch_overview(ch, PROJECT, Q_START, Q_END)),
+        ("overview, stitched view",
+         lambda: CH.overview_figures(_stitched(overview, store, PROJECT, d30)),
+         lambda: CH.ch_overview(ch, PROJECT, Q_START, Q_END)),
+        ("sessions (30 d)",
+         lambda: {k: v for k, v in sessions(store, PROJECT, d30).items() if k in session_keys},
+         lambda: CH.ch_sessions(ch, PROJECT, Q_START, Q_END)),
+        ("rfm (365 d)",
+         lambda: CH.rfm_digit_counts(score_table(store, PROJECT, {"reference_date": END})),
+         lambda: CH.ch_rfm(ch, PROJECT, END, 365)),
+    ]  # fmt: skip
 
 
 def main() -> None:
@@ -268,6 +280,9 @@ def main() -> None:
         default="",
         help="run only the rows whose name contains this (several: separate with semicolons)",
     )
+    parser.add_argument(
+        "--no-clickhouse", action="store_true", help="skip the ClickHouse (chdb) column"
+    )
     args = parser.parse_args()
     path = args.dir / f"analytics_{args.events}.duckdb"
     fresh = not path.exists()
@@ -279,27 +294,27 @@ def main() -> None:
     (rows,) = store.query("SELECT count(*) FROM events")
     print(f"{rows[0]:,} events in {path}")
     conn = store._cursor()  # the baselines run on the very same connection
+    wanted = args.only.split(";")
+    if not args.no_clickhouse:
+        ch = CH.open_clickhouse(conn, args.dir, args.events)
+        print("ours vs ClickHouse (chdb, same rows, same run, interleaved; medians; s)")
+        print(f"{'query':<26}{'ours':>8}{'ch':>8}{'ratio':>7}{'cpu ours':>10}{'cpu ch':>8}"
+              f"{'ratio':>7}  same answer")  # fmt: skip
+        for name, mine, theirs in clickhouse_cases(store, ch):
+            if not any(part in name for part in wanted):
+                continue
+            agree = CH.same(mine(), theirs())  # also the warm-up of both
+            a, b, ca, cb = interleaved(mine, theirs, args.runs)
+            print(f"{name:<26}{a:>8.3f}{b:>8.3f}{a / b:>7.2f}{ca:>10.3f}{cb:>8.3f}"
+                  f"{ca / max(cb, 1e-9):>7.2f}  {'yes' if agree else 'NO'}")  # fmt: skip
     now = END
     base = {"p": PROJECT, "s": Q_START, "e": Q_END}
     funnel_q = {"steps": STEPS, "start_time": Q_START, "end_time": Q_END}
-    retention_q = {"period": "week", "periods": 12, "start_time": END - timedelta(weeks=12),
-                   "end_time": END}  # fmt: skip
     cases: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
-        ("funnel (4 steps, 30 d)", lambda: funnel(store, PROJECT, funnel_q),
-         lambda: conn.execute(SQL_FUNNEL, {**base, "w": WINDOW}).fetchall()),
-        ("retention (12 weeks)", lambda: retention(store, PROJECT, retention_q),
-         lambda: conn.execute(SQL_RETENTION, {**base, "s": END - timedelta(weeks=12)}).fetchall()),
-        ("overview (30 d)", lambda: overview(store, PROJECT, {"start_time": Q_START, "end_time": Q_END}),
-         lambda: conn.execute(SQL_OVERVIEW, base).fetchall()),
-        ("rfm (365 d)", lambda: rfm(store, PROJECT, {"reference_date": END}),
-         lambda: conn.execute(SQL_RFM, {**base, "s": END - timedelta(days=365)}).fetchall()),
         ("realtime (15 min)", lambda: realtime(store, PROJECT, {"now": now}),
          lambda: conn.execute(SQL_REALTIME, {"p": PROJECT, "now": now,
                                              "m1": now - timedelta(minutes=1),
                                              "m15": now - timedelta(minutes=15)}).fetchall()),
-        ("overview, stitched view", lambda: _stitched(overview, store, PROJECT,
-                                                      {"start_time": Q_START, "end_time": Q_END}),
-         lambda: conn.execute(SQL_OVERVIEW, base).fetchall()),
         ("funnel, stitched view", lambda: _stitched(funnel, store, PROJECT, funnel_q),
          lambda: conn.execute(SQL_FUNNEL, {**base, "w": WINDOW}).fetchall()),
         # The other modes against the ordered as-of SQL (the closest hand-written reference).
@@ -309,16 +324,19 @@ def main() -> None:
          lambda: conn.execute(SQL_FUNNEL, {**base, "w": WINDOW}).fetchall()),
     ]  # fmt: skip
     cases += journey_cases(store, conn)
-    ours = [s["count"] for s in funnel(store, PROJECT, funnel_q)["steps"]]
-    theirs = list(conn.execute(SQL_FUNNEL, {**base, "w": WINDOW}).fetchall()[0])
-    print(f"funnel counts ours={ours} asof-sql={theirs}")
-    print(f"{'query':<24}{'ours (s)':>10}{'sql (s)':>10}{'ratio':>8}")
+    print("ours vs hand-written DuckDB SQL (no ClickHouse twin; medians; s)")
+    print(
+        f"{'query':<26}{'ours':>8}{'sql':>8}{'ratio':>7}{'cpu ours':>10}{'cpu sql':>8}{'ratio':>7}"
+    )
     for name, mine, sql in cases:
-        if not any(part in name for part in args.only.split(";")):
+        if not any(part in name for part in wanted):
             continue
-        a, b = median_seconds(mine, args.runs), median_seconds(sql, args.runs)
-        print(f"{name:<24}{a:>10.3f}{b:>10.3f}{a / b:>8.2f}")
-    journey_cpu([c for c in journey_cases(store, conn) if args.only in c[0]], args.runs)
+        mine(), sql()  # warm-up
+        a, b, ca, cb = interleaved(mine, sql, args.runs)
+        print(
+            f"{name:<26}{a:>8.3f}{b:>8.3f}{a / b:>7.2f}{ca:>10.3f}{cb:>8.3f}"
+            f"{ca / max(cb, 1e-9):>7.2f}"
+        )
     store.close()
 
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
@@ -36,7 +36,7 @@ from avila.api import ml as ml_api
 from avila.api import users as users_api
 from avila.api.component import AppContext
 from avila.api.errors import EXCEPTION_HANDLERS
-from avila.api.fast_ingest import FastIngest
+from avila.api.fast_ingest import ASGIApp, FastIngest
 from avila.api.observability import MetricsMiddleware
 from avila.api.security import add_rate_limit_headers, provide_principal, scope_guard
 from avila.config import Settings
@@ -194,7 +194,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
     # The two event-ingest routes answered without the framework when nothing is unusual
     # (avila.api.fast_ingest): the server's CPU per request is what limits ingest.
     fast = FastIngest(
-        app,
+        cast(ASGIApp, app),  # Litestar types its scopes more narrowly than the ASGI callable
         ingest=ingest,
         keys=ctx.state["key_store"],
         limiter=ctx.state["rate_limiter"],

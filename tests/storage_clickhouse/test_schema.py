@@ -90,7 +90,13 @@ def test_every_duckdb_table_has_a_clickhouse_table(tmp_path: Path) -> None:
         }
     finally:
         duck.close()
+    # The daily rollups are DuckDB's own (kept in the events' transaction, which a MergeTree
+    # does not offer); readers use them only where ``Store.has_rollups``.
+    rollup_tables = {"rollup_daily", "rollup_user_days"}
+    assert rollup_tables <= set(duck_tables)
     for name, columns in duck_tables.items():
+        if name in rollup_tables:
+            continue
         assert name in TABLES, f"no ClickHouse table for DuckDB's {name}"
         ch_columns = [c for c, _ in TABLES[name].columns]
         # Same columns in the same order (positional INSERT ... VALUES works on both); the

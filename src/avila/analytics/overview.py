@@ -44,6 +44,7 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
+from avila.analytics.rollup_reads import overview_aggregates
 from avila.analytics.sessions import sessionize, sorted_events, summary
 from avila.schemas.analytics import OverviewQuery, TrendsQuery
 from avila.storage.base import Store
@@ -86,10 +87,16 @@ def overview(
     # the user, they read the events table itself and skip resolving identities.
     by_user = any(PROPERTY_COLUMNS.get(f.property) == "user_id" for f in q.filters)
     event_source = source if by_user else fragments(store)["events_unstitched"]
-    rows = store.query(
-        _AGGREGATES.format(source=source, event_source=event_source, where=where.sql),
-        [*where.params, q.top_n, *where.params],
-    )
+    rows = None
+    if not q.filters:
+        rows = overview_aggregates(
+            store, project_id, start, end, q.top_n, stitched=source != event_source
+        )
+    if rows is None:
+        rows = store.query(
+            _AGGREGATES.format(source=source, event_source=event_source, where=where.sql),
+            [*where.params, q.top_n, *where.params],
+        )
     total, revenue = 0, 0.0
     by_type: list[tuple[str, int]] = []
     pages: list[tuple[str, int]] = []

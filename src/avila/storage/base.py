@@ -179,6 +179,15 @@ class Store(ABC):
         """Per row: set its other columns on the stored row with its ``key`` values."""
         raise NotImplementedError
 
+    #: Whether the backend keeps the daily rollups (:mod:`avila.storage.rollups`) beside the
+    #: events; readers without them compute from raw rows.
+    has_rollups = False
+
+    def forget_users(self, project_id: str, user_ids: Sequence[str]) -> None:
+        """Before users' events are erased: derived tables (rollups) forget them. Nothing to
+        do for a backend without any."""
+        return None
+
     def delete_rows(self, table: str, where: Mapping[str, Any]) -> int:
         """Delete the rows matching ``where`` (column = value; a list or tuple value means IN;
         several entries are AND-ed); returns how many were deleted."""

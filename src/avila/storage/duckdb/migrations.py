@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
+from avila.storage import rollups
 from avila.storage.schema import EVENT_COLUMNS
 
 _DUCKDB_TYPES = {
@@ -104,6 +105,7 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (4, "ingest log position and telemetry message ids", _INGEST_LOG_DDL),
     (5, "experiments (A/B test definitions)", _EXPERIMENTS_DDL),
     (6, "alerts: alert_rules, alert_firings, alert_deliveries", _ALERTS_DDL),
+    (7, "daily rollups: rollup_daily, rollup_user_days (avila.storage.rollups)", rollups.MIGRATION),
 )
 
 

@@ -17,6 +17,12 @@ class DuckDBRows(Store):
     """Base of the DuckDB stores (in process and in the store process)."""
 
     _catalog: dict[str, frozenset[str]]
+    has_rollups = True
+
+    def forget_users(self, project_id: str, user_ids: Sequence[str]) -> None:
+        from avila.storage import rollups
+
+        rollups.forget_users(self, project_id, user_ids)
 
     def _columns(self, table: str, names: Sequence[str]) -> str:
         """``"a", "b"`` for ``names`` once each is a column of ``table`` (ValueError if not)."""

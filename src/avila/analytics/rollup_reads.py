@@ -1,0 +1,122 @@
+"""Overview figures read from the daily rollups (:mod:`avila.storage.rollups`) instead of raw rows.
+
+A range ``[start, end)`` is split into its whole UTC days ``[d0, d1)``, read from the rollups,
+and the partial days at either edge, read from the events table and aggregated by the very
+same SQL that fills the rollups; the union is then aggregated once. Counts and sums add up
+across the two parts, and distinct users are counted over the union of user ids, so the
+answer is exactly the raw-row answer (revenue up to the order of floating-point additions).
+
+Used only when it cannot change an answer: the DuckDB backend (the rollups are its tables), no
+filters (a rollup has no per-event properties), at least one whole day in the range, and the
+rollups agree with the events table over those days (:func:`rollups_agree`; otherwise a write
+bypassed them and the caller reads raw rows). With identity stitching, user ids are mapped
+through ``identity_resolved`` (the same resolution ``events_resolved`` applies).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from avila.storage.base import Store
+from avila.storage.rollups import DAILY_FROM
+
+_EDGES = (
+    "(SELECT * FROM events WHERE project_id = ? AND ((ts >= ? AND ts < ?) OR (ts >= ? AND ts < ?)))"
+)
+
+_EVENTS_PART = """
+WITH d AS (
+  SELECT event_type, kind, value, events, revenue FROM rollup_daily
+  WHERE project_id = ? AND day >= ? AND day < ?
+  UNION ALL
+  SELECT event_type, kind, value, events, revenue FROM ({edges})
+), t AS (
+  SELECT 7 AS g, NULL AS k1, NULL AS k2, coalesce(sum(events), 0) AS n, NULL::BIGINT AS pv,
+    sum(revenue) FILTER (WHERE event_type = 'purchase') AS rev FROM d WHERE kind = 'type'
+), ty AS (
+  SELECT 3, event_type, NULL, sum(events) AS n, NULL::BIGINT, NULL::DOUBLE FROM d
+  WHERE kind = 'type' GROUP BY event_type HAVING n > 0
+), u AS (
+  SELECT 5, NULL, value, NULL::BIGINT, sum(events) AS pv, NULL::DOUBLE FROM d
+  WHERE kind = 'url' AND event_type = 'page_view' GROUP BY value HAVING pv > 0
+  ORDER BY pv DESC, value LIMIT ?
+), r AS (
+  SELECT 6, NULL, value, sum(events) AS n, NULL::BIGINT, NULL::DOUBLE FROM d
+  WHERE kind = 'referrer' GROUP BY value HAVING n > 0 ORDER BY n DESC, value LIMIT ?
+)
+SELECT 'events', * FROM t UNION ALL SELECT 'events', * FROM ty
+UNION ALL SELECT 'events', * FROM u UNION ALL SELECT 'events', * FROM r
+"""
+
+_USERS_PART = """
+SELECT 'users', GROUPING(country, device_type), country, device_type,
+  count(DISTINCT {person}), NULL, NULL
+FROM (
+  SELECT user_id, country, device_type FROM rollup_user_days
+  WHERE project_id = ? AND day >= ? AND day < ?
+  UNION ALL
+  SELECT user_id, country, device_type FROM {edges}
+) x {join}
+GROUP BY GROUPING SETS ((country), (device_type))
+"""
+_STITCH_JOIN = "LEFT JOIN identity_resolved r ON r.project_id = ? AND r.anonymous_id = x.user_id"
+
+
+def whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+    """The first and last midnight of the whole UTC days inside ``[start, end)``, or None."""
+    d0 = datetime.combine(start.date(), datetime.min.time())
+    if d0 < start:
+        d0 += timedelta(days=1)
+    d1 = datetime.combine(end.date(), datetime.min.time())
+    return (d0, d1) if d0 < d1 else None
+
+
+def rollups_agree(store: Store, project_id: str, d0: datetime, d1: datetime) -> bool:
+    """Both rollups count exactly the events the table holds over ``[d0, d1)``."""
+    day0, day1 = d0.date(), d1.date()
+    rows = store.query(
+        "SELECT (SELECT coalesce(sum(events), 0) FROM rollup_daily WHERE project_id = ?"
+        " AND kind = 'type' AND day >= ? AND day < ?), (SELECT coalesce(sum(events), 0)"
+        " FROM rollup_user_days WHERE project_id = ? AND day >= ? AND day < ?),"
+        " (SELECT count(*) FROM events WHERE project_id = ? AND ts >= ? AND ts < ?)",
+        [project_id, day0, day1, project_id, day0, day1, project_id, d0, d1],
+    )
+    daily, user_days, events = rows[0]
+    return int(daily) == int(events) == int(user_days)
+
+
+def overview_aggregates(
+    store: Store,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    top_n: int,
+    *,
+    stitched: bool,
+) -> list[tuple[Any, ...]] | None:
+    """The rows of the overview's raw aggregate statement (``part, g, k1, k2, n, pv, rev``,
+    top lists already cut to ``top_n``), or None when the rollups cannot answer exactly."""
+    if not store.has_rollups:
+        return None
+    days = whole_days(start, end)
+    if days is None:
+        return None
+    d0, d1 = days
+    if not rollups_agree(store, project_id, d0, d1):
+        return None
+    edge_params = [project_id, start, d0, d1, end]
+    day_params: list[date | str] = [project_id, d0.date(), d1.date()]
+    edges = DAILY_FROM.format(src=_EDGES)
+    events_rows = store.query(
+        _EVENTS_PART.format(edges=edges),
+        [*day_params, *edge_params * 3, top_n, top_n],
+    )
+    person = "coalesce(r.user_id, x.user_id)" if stitched else "x.user_id"
+    users_sql = _USERS_PART.format(
+        person=person, edges=_EDGES, join=_STITCH_JOIN if stitched else ""
+    )
+    users_rows = store.query(
+        users_sql, [*day_params, *edge_params, *([project_id] if stitched else [])]
+    )
+    return [*events_rows, *users_rows]

@@ -1,0 +1,211 @@
+"""Rollup-backed overview answers equal raw-row answers (avila.storage.rollups).
+
+The raw-row path is the overview with a filter that every row passes (``event_type is_set``):
+filters always read raw rows. The rollup path is checked to be the one taken (its reader
+returns rows), so a comparison of two raw answers cannot pass for one. Data: random users
+over five days, loaded in shuffled batches with late events (a day's rows arriving after
+later days), by both write paths (``append_events`` and the ingest-log loader's
+``commit_log_batch``), then GDPR erasure and identity stitching.
+
+The rollups are the DuckDB backend's (``Store.has_rollups``), so these tests run on DuckDB; the
+suite's other overview tests cover the raw path on every backend.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from analytics_data import PROJECT, T0, event, random_events, to_table
+
+from avila.analytics import erase_user, overview
+from avila.analytics.rollup_reads import overview_aggregates, whole_days
+from avila.storage import open_store
+from avila.storage.base import Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = open_store("duckdb:///" + str(tmp_path / "rollups.duckdb"))
+    assert opened.has_rollups
+    yield opened
+    opened.close()
+
+
+EVERY_ROW = [{"property": "event_type", "operator": "is_set"}]
+REFERRERS = ["https://google.com/", "https://t.co/x", None, "ünïcode.example"]
+DEVICES = ["desktop", "mobile", None]
+
+RANGES = [
+    (T0, T0 + timedelta(days=5)),  # whole days only
+    (T0 + timedelta(hours=7, minutes=13), T0 + timedelta(days=3, hours=5)),  # partial edges
+    (T0 + timedelta(days=1), T0 + timedelta(days=2)),  # one day
+]
+
+
+def _rows(seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    rows = random_events(seed, 80, span=timedelta(days=5), grid=timedelta(minutes=7))
+    for row in rows:
+        row["referrer"] = rng.choice(REFERRERS)
+        row["device_type"] = rng.choice(DEVICES)
+    # a user with a huge revenue and a user on a day boundary (the last microsecond of a day)
+    rows.append(event("whale", T0 + timedelta(days=2), "purchase", order_id="w", revenue=9e12))
+    rows.append(event("edge", T0 + timedelta(days=1) - timedelta(microseconds=1), url="/"))
+    return rows
+
+
+def _load_late_and_shuffled(store: Store, rows: list[dict[str, Any]], seed: int) -> None:
+    """Batches in random order; the first day's rows come last (late events)."""
+    rng = random.Random(seed)
+    late = [r for r in rows if r["ts"] < T0 + timedelta(days=1)]
+    rest = [r for r in rows if r["ts"] >= T0 + timedelta(days=1)]
+    rng.shuffle(rest)
+    batches = [rest[i : i + 37] for i in range(0, len(rest), 37)] + [late]
+    for i, batch in enumerate(batches):
+        if i % 2:
+            store.append_events(to_table(batch))
+        else:  # the ingest-log loader's transaction (position recorded with the rows)
+            store.commit_log_batch(1000 + i, events=to_table(batch))  # type: ignore[attr-defined]
+
+
+def _raw(store: Store, span: dict[str, Any]) -> dict[str, Any]:
+    return overview(store, PROJECT, {**span, "filters": EVERY_ROW})
+
+
+def _span(lo: datetime, hi: datetime) -> dict[str, Any]:
+    return {"start_time": lo, "end_time": hi, "top_n": 3}
+
+
+def _assert_same(store: Store, lo: datetime, hi: datetime, *, stitched: bool = False) -> None:
+    assert overview_aggregates(store, PROJECT, lo, hi, 3, stitched=stitched) is not None
+    got, want = overview(store, PROJECT, _span(lo, hi)), _raw(store, _span(lo, hi))
+    assert got.pop("revenue") == pytest.approx(want.pop("revenue"), rel=1e-12)
+    assert got == want
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rollup_overview_equals_raw_rows_with_late_events(store: Store, seed: int) -> None:
+    rows = _rows(seed)
+    _load_late_and_shuffled(store, rows, seed)
+    for lo, hi in RANGES:
+        _assert_same(store, lo, hi)
+    # and an independent plain-Python oracle for the rollup-fed figures
+    lo, hi = RANGES[1]
+    mine = [r for r in rows if r["project_id"] == PROJECT and lo <= r["ts"] < hi]
+    got = overview(store, PROJECT, _span(lo, hi))
+    assert got["total_events"] == len(mine)
+    assert got["revenue"] == pytest.approx(
+        sum(r["revenue"] for r in mine if r["event_type"] == "purchase"), rel=1e-12
+    )
+    by_type: dict[str, int] = defaultdict(int)
+    countries: dict[str, set[str]] = defaultdict(set)
+    referrers: dict[str, int] = defaultdict(int)
+    for r in mine:
+        by_type[r["event_type"]] += 1
+        if r.get("country"):
+            countries[r["country"]].add(r["user_id"])
+        if r.get("referrer"):
+            referrers[r["referrer"]] += 1
+    assert got["events_by_type"] == dict(by_type)
+    want_c = sorted(((c, len(u)) for c, u in countries.items()), key=lambda p: (-p[1], p[0]))
+    assert [(c["country"], c["users"]) for c in got["countries"]] == want_c[:3]
+    want_r = sorted(referrers.items(), key=lambda p: (-p[1], p[0]))[:3]
+    assert [(r["referrer"], r["events"]) for r in got["top_referrers"]] == want_r
+
+
+def test_erased_user_is_forgotten_by_the_rollups(store: Store) -> None:
+    rows = _rows(3)
+    _load_late_and_shuffled(store, rows, 3)
+    lo, hi = RANGES[0]
+    before = overview(store, PROJECT, _span(lo, hi))
+    deleted = erase_user(store, PROJECT, "whale")["deleted_events"]
+    assert deleted == 1
+    for lo, hi in RANGES:
+        _assert_same(store, lo, hi)
+    after = overview(store, PROJECT, _span(*RANGES[0]))
+    assert after["total_events"] == before["total_events"] - 1
+    kept = [r for r in rows if r["project_id"] == PROJECT and r["user_id"] != "whale"]
+    assert after["revenue"] == pytest.approx(
+        sum(r["revenue"] for r in kept if r["event_type"] == "purchase"), rel=1e-12
+    )
+    assert store.query("SELECT count(*) FROM rollup_user_days WHERE user_id = 'whale'") == [(0,)]
+
+
+def _link(store: Store, anonymous_id: str, user_id: str) -> None:
+    store.append_table(
+        "identities",
+        pa.table(
+            {
+                "project_id": [PROJECT],
+                "anonymous_id": [anonymous_id],
+                "user_id": [user_id],
+                "ts": pa.array([T0], pa.timestamp("us")),
+                "received_at": pa.array([T0], pa.timestamp("us")),
+                "source": ["test"],
+                "event_id": ["link-" + anonymous_id],
+            }
+        ),
+    )
+
+
+def test_stitched_people_are_counted_once_from_the_rollups(store: Store) -> None:
+    rows = _rows(4)
+    _load_late_and_shuffled(store, rows, 4)
+    # u001..u004 turn out to be one person (a chain: u004 -> u003 -> u002 -> u001), in one
+    # country that all four share, so that country has 3 users fewer
+    stitched = [
+        event(f"u00{i}", T0 + timedelta(days=1, hours=i), url="/", country="XX")
+        for i in range(1, 5)
+    ]
+    store.append_events(to_table(stitched))
+    whole = {**_span(*RANGES[0]), "top_n": 50}
+    before = overview(store, PROJECT, whole)
+    assert ("XX", 4) in [(c["country"], c["users"]) for c in before["countries"]]
+    for i in range(2, 5):
+        _link(store, f"u00{i}", f"u00{i - 1}")
+    for lo, hi in RANGES:
+        _assert_same(store, lo, hi, stitched=True)
+    after = overview(store, PROJECT, whole)
+    assert ("XX", 1) in [(c["country"], c["users"]) for c in after["countries"]]
+    assert after["unique_users"] == before["unique_users"] - 3
+    # erasing the person erases the ids that resolve to them, in the rollups too
+    erase_user(store, PROJECT, "u001")
+    for lo, hi in RANGES:
+        _assert_same(store, lo, hi, stitched=False)
+
+
+def test_a_write_that_bypasses_the_rollups_falls_back_to_raw_rows(store: Store) -> None:
+    _load_late_and_shuffled(store, _rows(5), 5)
+    lo, hi = RANGES[0]
+    store.execute(
+        "INSERT INTO events (project_id, event_id, user_id, ts, received_at, event_type, url)"
+        " VALUES (?, 'sneaky', 'ghost', ?, ?, 'page_view', '/')",
+        [PROJECT, T0 + timedelta(days=1), T0 + timedelta(days=1)],
+    )
+    assert overview_aggregates(store, PROJECT, lo, hi, 3, stitched=False) is None
+    got = overview(store, PROJECT, _span(lo, hi))
+    assert got == _raw(store, _span(lo, hi))
+    assert (
+        got["total_events"]
+        == store.query(
+            "SELECT count(*) FROM events WHERE project_id = ? AND ts >= ? AND ts < ?",
+            [PROJECT, lo, hi],
+        )[0][0]
+    )
+
+
+def test_whole_days() -> None:
+    d = datetime(2024, 3, 1)
+    assert whole_days(d, d + timedelta(days=2)) == (d, d + timedelta(days=2))
+    assert whole_days(d + timedelta(hours=1), d + timedelta(days=2, hours=1)) == (
+        d + timedelta(days=1),
+        d + timedelta(days=2),
+    )
+    assert whole_days(d + timedelta(hours=1), d + timedelta(days=1, hours=1)) is None
