@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,6 +129,20 @@ class DuckDBStore(Store):
                 )
             finally:
                 cursor.unregister("_incoming_rows")
+
+    @contextmanager
+    def bulk_transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One write transaction for a bulk load (``avila import``): committed when the block
+        ends, rolled back if it raises. Holds the write lock throughout."""
+        with self._write_lock:
+            cursor = self._cursor()
+            cursor.execute("BEGIN TRANSACTION")
+            try:
+                yield cursor
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
 
     # -- the ingest log's loader ---------------------------------------------------------------
 
