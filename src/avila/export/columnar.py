@@ -355,79 +355,92 @@ class ColumnarValidator:
 
     def _decode(self, c: _Candidates) -> tuple[pa.Table, np.ndarray]:
         """Decode the JSON parts of candidate rows; returns the accepted table (row order) and
-        a mask of candidates the decoders refused (for the per-event path)."""
+        a mask of candidates the decoders refused (for the per-event path).
+
+        Each distinct text is decoded once (events repeat their context, page and product
+        payloads), and its flat values are spread to its rows with ``take``."""
         n = len(c.rows)
         failed = np.zeros(n, dtype=bool)
         parts: list[pa.Table] = []
         for index in np.unique(c.type_index):
             type_name = _PASCAL_NAMES[int(index)]
             members = np.flatnonzero(c.type_index == index)
-            values, bad = _decode_all(
-                c.data.take(members), _DATA_LISTS[type_name], _DATA_ONE[type_name]
+            texts = c.data if len(members) == n else c.data.take(members)
+            values, bad, of_row = _decode_distinct(
+                texts, _DATA_LISTS[type_name], _DATA_ONE[type_name]
             )
-            failed[members[bad]] = True
-            good = [v for v, b in zip(values, bad, strict=True) if not b]
-            flat = {
-                column: [getattr(v, attribute) for v in good]
-                for column, attribute in DATA_FLAT.get(type_name, {}).items()
-            }
-            arrays = {"_at": pa.array(members[~bad])}
+            failed[members[bad[of_row]]] = True
+            fields = DATA_FLAT.get(type_name, {})
+            arrays = {"_at": pa.array(members)}
+            spread = pa.array(of_row)
             for column in _DATA_COLUMNS:
-                found = flat.get(column)
-                arrays[column] = (
-                    pa.array(found, _TYPES[column])
-                    if found is not None
-                    else pa.nulls(len(good), _TYPES[column])
+                attribute = fields.get(column)
+                if attribute is None:
+                    arrays[column] = pa.nulls(len(members), _TYPES[column])
+                    continue
+                distinct = pa.array(
+                    [getattr(v, attribute) if v is not None else None for v in values],
+                    _TYPES[column],
                 )
+                arrays[column] = distinct.take(spread)
             parts.append(pa.table(arrays))
-        data_flat = (
-            pa.concat_tables(parts).sort_by("_at")
-            if parts
-            else pa.table(
-                {"_at": pa.array([], pa.int64())}
-                | {column: pa.array([], _TYPES[column]) for column in _DATA_COLUMNS}
-            )
-        )
+        data_flat = pa.concat_tables(parts).combine_chunks() if parts else None
 
         with_context = np.flatnonzero(_mask(pc.is_valid(c.context)))
-        contexts, bad = _decode_all(c.context.take(with_context), _CONTEXT_LIST, _CONTEXT_ONE)
-        failed[with_context[bad]] = True
-        _, _, meta_bad = _decode_optional(c.metadata)
-        failed |= meta_bad
+        context_flat = {name: pa.nulls(n, pa.string()) for name in _CONTEXT_COLUMNS}
+        if len(with_context):
+            texts = c.context if len(with_context) == n else c.context.take(with_context)
+            contexts, bad, of_row = _decode_distinct(texts, _CONTEXT_LIST, _CONTEXT_ONE)
+            failed[with_context[bad[of_row]]] = True
+            # row -> distinct context; rows without context point at a trailing null
+            spread = np.full(n, len(contexts), dtype=np.int64)
+            spread[with_context] = of_row
+            for name, distinct in _context_columns(contexts).items():
+                context_flat[name] = distinct.take(pa.array(spread))
+        with_metadata = np.flatnonzero(_mask(pc.is_valid(c.metadata)))
+        if len(with_metadata):
+            texts = c.metadata if len(with_metadata) == n else c.metadata.take(with_metadata)
+            _, bad, of_row = _decode_distinct(texts, _RAW_LIST, None)
+            failed[with_metadata[bad[of_row]]] = True
 
         keep = np.flatnonzero(~failed)
-        context_flat = _context_columns(n, with_context, contexts, bad)
-        # data_flat has one row per candidate whose data decoded; line it up with ``keep``.
-        at = data_flat.column("_at").to_numpy()
-        lookup = np.full(n, -1, dtype=np.int64)
-        lookup[at] = np.arange(len(at))
-        data_take = pa.array(lookup[keep])
-        event_id = c.event_id.take(keep)
+        everything = len(keep) == n
+        take = None if everything else pa.array(keep)
+
+        def kept(values: pa.Array) -> pa.Array:
+            return values if take is None else values.take(take)
+
+        event_id = kept(c.event_id)
         if event_id.null_count:
             fresh = pa.array([str(uuid.uuid4()) for _ in range(event_id.null_count)])
             event_id = _fill_nulls(event_id, fresh)
         k = len(keep)
         columns: dict[str, pa.Array] = {
-            "project_id": pa.array([self.project_id] * k, pa.string())
-            if k
-            else pa.array([], pa.string()),
+            "project_id": pa.array(np.full(k, self.project_id, dtype=object), pa.string()),
             "event_id": event_id,
-            "user_id": c.user_id.take(keep),
-            "session_id": c.session_id.take(keep),
+            "user_id": kept(c.user_id),
+            "session_id": kept(c.session_id),
             "ts": pa.array(c.ts[keep]).cast(pa.timestamp("us")),
             "received_at": pa.array(np.full(k, self.received_us, dtype=np.int64)).cast(
                 pa.timestamp("us")
             ),
             "event_type": _SNAKE.take(pa.array(c.type_index[keep])),
-            "data": c.data.take(keep),
-            "metadata": pc.fill_null(c.metadata.take(keep), "{}"),
-            "context": pc.fill_null(c.context.take(keep), "{}"),
+            "data": kept(c.data),
+            "metadata": pc.fill_null(kept(c.metadata), "{}"),
+            "context": pc.fill_null(kept(c.context), "{}"),
             "row": pa.array(c.rows[keep], pa.int64()),
         }
-        for column in _DATA_COLUMNS:
-            columns[column] = data_flat.column(column).take(data_take).combine_chunks()
-        for column in _CONTEXT_COLUMNS:
-            columns[column] = context_flat[column].take(pa.array(keep))
+        if data_flat is not None:
+            # data_flat is grouped by type; order it by candidate, then keep the kept ones.
+            order = np.argsort(data_flat.column("_at").to_numpy(), kind="stable")
+            by_row = pa.array(order[keep])
+            for column in _DATA_COLUMNS:
+                columns[column] = data_flat.column(column).chunk(0).take(by_row)
+        else:
+            for column in _DATA_COLUMNS:
+                columns[column] = pa.nulls(k, _TYPES[column])
+        for name in _CONTEXT_COLUMNS:
+            columns[name] = kept(context_flat[name])
         arrays = [columns[f.name].cast(f.type) for f in ACCEPTED_SCHEMA]
         return pa.Table.from_arrays(arrays, schema=ACCEPTED_SCHEMA), failed
 
@@ -511,35 +524,30 @@ def _one_line(line: bytes) -> tuple[EventEnvelope | None, bytes, str | None]:
         return None, event, None
 
 
-def _decode_optional(texts: pa.Array) -> tuple[list[Any], np.ndarray, np.ndarray]:
-    """Check that the non-null texts are single JSON values; returns (values, positions, a
-    full-length mask of failures)."""
-    failed = np.zeros(len(texts), dtype=bool)
-    present = np.flatnonzero(_mask(pc.is_valid(texts)))
-    if len(present) == 0:
-        return [], present, failed
-    values, bad = _decode_all(texts.take(present), _RAW_LIST, None)
-    failed[present[bad]] = True
-    return values, present, failed
+def _decode_distinct(
+    texts: pa.Array, whole: msgspec.json.Decoder[Any], one: msgspec.json.Decoder[Any] | None
+) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Decode each distinct text once: (values per distinct text, failure mask per distinct
+    text, the distinct index of every row)."""
+    encoded = pc.dictionary_encode(texts)
+    values, bad = _decode_all(encoded.dictionary, whole, one)
+    return values, bad, encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _context_columns(
-    n: int, positions: np.ndarray, contexts: list[Any], bad: np.ndarray
-) -> dict[str, pa.Array]:
-    """The seven flat context columns for ``n`` candidates (null where no context)."""
-    out: dict[str, list[Any]] = {name: [None] * n for name in _CONTEXT_COLUMNS}
-    device_type, os_, browser = out["device_type"], out["os"], out["browser"]
-    country, city = out["country"], out["city"]
-    referrer, agent = out["referrer"], out["user_agent"]
-    for at, ctx, failed in zip(positions.tolist(), contexts, bad.tolist(), strict=True):
-        if failed:
-            continue
-        device, location = ctx.device, ctx.location
-        if device is not None:
-            device_type[at], os_[at], browser[at] = device.device_type, device.os, device.browser
-        if location is not None:
-            country[at], city[at] = location.country, location.city
-        referrer[at], agent[at] = ctx.referrer, ctx.user_agent
+def _context_columns(contexts: list[Any]) -> dict[str, pa.Array]:
+    """The seven flat context columns of each decoded context, plus a trailing null row
+    (failed decodes are null too)."""
+    out: dict[str, list[Any]] = {name: [] for name in _CONTEXT_COLUMNS}
+    for ctx in [*contexts, None]:
+        device = ctx.device if ctx is not None else None
+        location = ctx.location if ctx is not None else None
+        out["device_type"].append(device.device_type if device else None)
+        out["os"].append(device.os if device else None)
+        out["browser"].append(device.browser if device else None)
+        out["country"].append(location.country if location else None)
+        out["city"].append(location.city if location else None)
+        out["referrer"].append(ctx.referrer if ctx is not None else None)
+        out["user_agent"].append(ctx.user_agent if ctx is not None else None)
     return {name: pa.array(values, pa.string()) for name, values in out.items()}
 
 
