@@ -225,23 +225,19 @@ class ColumnarValidator:
         )
         fast &= size.to_numpy(zero_copy_only=False) + _EVENT_OVERHEAD <= MAX_EVENT_BYTES
 
-        picked = np.flatnonzero(fast)
         candidates = _Candidates(
-            rows=rows[picked],
-            event_id=event_id.take(picked),
-            user_id=user_id.take(picked),
-            session_id=session_id.take(picked),
-            ts=ts[picked],
-            type_index=type_index[picked],
-            data=data.take(picked),
-            metadata=metadata.take(picked),
-            context=context.take(picked),
+            rows=rows,
+            event_id=event_id,
+            user_id=user_id,
+            session_id=session_id,
+            ts=ts,
+            type_index=type_index,
+            data=data,
+            metadata=metadata,
+            context=context,
         )
-        table, failed = self._decode(candidates)
-        slow = np.flatnonzero(~fast)
-        if failed.any():
-            slow = np.sort(np.concatenate([slow, picked[failed]]))
-        checked = self._slow_flat(batch, rows, slow)
+        table, refused = self._decode(candidates, fast)
+        checked = self._slow_flat(batch, rows, np.flatnonzero(~fast | refused))
         return _merge(table, checked)
 
     def _timestamps(self, batch: pa.RecordBatch, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -328,10 +324,8 @@ class ColumnarValidator:
         sure = _mask(pc.is_null(candidates.metadata)) | _object_text(candidates.metadata)
         sure &= _mask(pc.is_null(candidates.context)) | _object_text(candidates.context)
         sure &= candidates.ts <= self.latest_us
-        table, failed = self._decode(candidates.subset(np.flatnonzero(sure)))
-        unsure = np.flatnonzero(~sure)
-        if failed.any():
-            unsure = np.sort(np.concatenate([unsure, np.flatnonzero(sure)[failed]]))
+        table, refused = self._decode(candidates, sure)
+        unsure = np.flatnonzero(~sure | refused)
         slow_positions = sorted(
             {i for i, e in enumerate(envelopes) if e is None} | {keep[i] for i in unsure}
         )
@@ -353,62 +347,73 @@ class ColumnarValidator:
 
     # -- the shared column stage ---------------------------------------------------------------
 
-    def _decode(self, c: _Candidates) -> tuple[pa.Table, np.ndarray]:
-        """Decode the JSON parts of candidate rows; returns the accepted table (row order) and
-        a mask of candidates the decoders refused (for the per-event path).
+    def _decode(self, c: _Candidates, eligible: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+        """Decode the JSON parts of the ``eligible`` candidate rows; returns the accepted
+        table (row order) and a mask of eligible rows the decoders refused (for the per-event
+        path). Other rows are never decoded: their texts may be anything.
 
         Each distinct text is decoded once (events repeat their context, page and product
-        payloads), and its flat values are spread to its rows with ``take``."""
+        payloads); flat values are then spread to the rows with one ``take`` per column."""
         n = len(c.rows)
-        failed = np.zeros(n, dtype=bool)
+        refused = np.zeros(n, dtype=bool)
+        data_codes, data_texts = _distinct(c.data)
+        type_index = np.where(eligible, c.type_index, -1)
         parts: list[pa.Table] = []
-        for index in np.unique(c.type_index):
+        flat_row = np.zeros(n, dtype=np.int64)  # row -> row of the distinct flat values table
+        offset = 0
+        for index in np.unique(type_index[type_index >= 0]):
             type_name = _PASCAL_NAMES[int(index)]
-            members = np.flatnonzero(c.type_index == index)
-            texts = c.data if len(members) == n else c.data.take(members)
-            values, bad, of_row = _decode_distinct(
-                texts, _DATA_LISTS[type_name], _DATA_ONE[type_name]
+            members = np.flatnonzero(type_index == index)
+            used = np.unique(data_codes[members])
+            values, bad = _decode_all(
+                data_texts.take(pa.array(used)), _DATA_LISTS[type_name], _DATA_ONE[type_name]
             )
-            failed[members[bad[of_row]]] = True
+            at = np.searchsorted(used, data_codes[members])
+            refused[members[bad[at]]] = True
+            flat_row[members] = offset + at
+            offset += len(used)
             fields = DATA_FLAT.get(type_name, {})
-            arrays = {"_at": pa.array(members)}
-            spread = pa.array(of_row)
-            for column in _DATA_COLUMNS:
-                attribute = fields.get(column)
-                if attribute is None:
-                    arrays[column] = pa.nulls(len(members), _TYPES[column])
-                    continue
-                distinct = pa.array(
-                    [getattr(v, attribute) if v is not None else None for v in values],
-                    _TYPES[column],
+            parts.append(
+                pa.table(
+                    {
+                        column: pa.array(
+                            [getattr(v, fields[column]) if v is not None else None for v in values],
+                            _TYPES[column],
+                        )
+                        if column in fields
+                        else pa.nulls(len(used), _TYPES[column])
+                        for column in _DATA_COLUMNS
+                    }
                 )
-                arrays[column] = distinct.take(spread)
-            parts.append(pa.table(arrays))
-        data_flat = pa.concat_tables(parts).combine_chunks() if parts else None
+            )
 
-        with_context = np.flatnonzero(_mask(pc.is_valid(c.context)))
-        context_flat = {name: pa.nulls(n, pa.string()) for name in _CONTEXT_COLUMNS}
-        if len(with_context):
-            texts = c.context if len(with_context) == n else c.context.take(with_context)
-            contexts, bad, of_row = _decode_distinct(texts, _CONTEXT_LIST, _CONTEXT_ONE)
-            failed[with_context[bad[of_row]]] = True
-            # row -> distinct context; rows without context point at a trailing null
-            spread = np.full(n, len(contexts), dtype=np.int64)
-            spread[with_context] = of_row
-            for name, distinct in _context_columns(contexts).items():
-                context_flat[name] = distinct.take(pa.array(spread))
-        with_metadata = np.flatnonzero(_mask(pc.is_valid(c.metadata)))
-        if len(with_metadata):
-            texts = c.metadata if len(with_metadata) == n else c.metadata.take(with_metadata)
-            _, bad, of_row = _decode_distinct(texts, _RAW_LIST, None)
-            failed[with_metadata[bad[of_row]]] = True
+        context_row = np.zeros(n, dtype=np.int64)
+        context_codes, context_texts = _distinct(c.context)
+        has_context = _mask(pc.is_valid(c.context))
+        with_context = eligible & has_context
+        contexts: list[Any] = []
+        if with_context.any():
+            used = np.unique(context_codes[with_context])
+            contexts, bad = _decode_all(context_texts.take(pa.array(used)), _CONTEXT_LIST, _CONTEXT_ONE)
+            at = np.searchsorted(used, context_codes[with_context])
+            refused[np.flatnonzero(with_context)[bad[at]]] = True
+            context_row[with_context] = at
+        context_row[~has_context] = len(contexts)  # the trailing null row
+        metadata_codes, metadata_texts = _distinct(c.metadata)
+        with_metadata = eligible & _mask(pc.is_valid(c.metadata))
+        if with_metadata.any():
+            used = np.unique(metadata_codes[with_metadata])
+            _, bad = _decode_all(metadata_texts.take(pa.array(used)), _RAW_LIST, None)
+            at = np.searchsorted(used, metadata_codes[with_metadata])
+            refused[np.flatnonzero(with_metadata)[bad[at]]] = True
 
-        keep = np.flatnonzero(~failed)
+        accept = eligible & ~refused
+        keep = np.flatnonzero(accept)
         everything = len(keep) == n
-        take = None if everything else pa.array(keep)
+        mask = None if everything else pa.array(accept)
 
         def kept(values: pa.Array) -> pa.Array:
-            return values if take is None else values.take(take)
+            return values if mask is None else values.filter(mask)
 
         event_id = kept(c.event_id)
         if event_id.null_count:
@@ -430,19 +435,19 @@ class ColumnarValidator:
             "context": pc.fill_null(kept(c.context), "{}"),
             "row": pa.array(c.rows[keep], pa.int64()),
         }
-        if data_flat is not None:
-            # data_flat is grouped by type; order it by candidate, then keep the kept ones.
-            order = np.argsort(data_flat.column("_at").to_numpy(), kind="stable")
-            by_row = pa.array(order[keep])
+        if parts:
+            flat = pa.concat_tables(parts).combine_chunks()
+            by_row = pa.array(flat_row[keep])
             for column in _DATA_COLUMNS:
-                columns[column] = data_flat.column(column).chunk(0).take(by_row)
+                columns[column] = flat.column(column).chunk(0).take(by_row)
         else:
             for column in _DATA_COLUMNS:
                 columns[column] = pa.nulls(k, _TYPES[column])
-        for name in _CONTEXT_COLUMNS:
-            columns[name] = kept(context_flat[name])
+        by_context = pa.array(context_row[keep])
+        for name, distinct in _context_columns(contexts).items():
+            columns[name] = distinct.take(by_context)
         arrays = [columns[f.name].cast(f.type) for f in ACCEPTED_SCHEMA]
-        return pa.Table.from_arrays(arrays, schema=ACCEPTED_SCHEMA), failed
+        return pa.Table.from_arrays(arrays, schema=ACCEPTED_SCHEMA), refused
 
     # -- the per-event path ---------------------------------------------------------------------
 
@@ -485,20 +490,6 @@ class _Candidates:
     metadata: pa.Array
     context: pa.Array
 
-    def subset(self, positions: np.ndarray) -> _Candidates:
-        take = pa.array(positions, pa.int64())
-        return _Candidates(
-            self.rows[positions],
-            self.event_id.take(take),
-            self.user_id.take(take),
-            self.session_id.take(take),
-            self.ts[positions],
-            self.type_index[positions],
-            self.data.take(take),
-            self.metadata.take(take),
-            self.context.take(take),
-        )
-
 
 def _one_line(line: bytes) -> tuple[EventEnvelope | None, bytes, str | None]:
     """One NDJSON line: its envelope when it decodes, the event bytes the API would see, and why
@@ -524,14 +515,11 @@ def _one_line(line: bytes) -> tuple[EventEnvelope | None, bytes, str | None]:
         return None, event, None
 
 
-def _decode_distinct(
-    texts: pa.Array, whole: msgspec.json.Decoder[Any], one: msgspec.json.Decoder[Any] | None
-) -> tuple[list[Any], np.ndarray, np.ndarray]:
-    """Decode each distinct text once: (values per distinct text, failure mask per distinct
-    text, the distinct index of every row)."""
+def _distinct(texts: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(code of each row's text, the distinct texts); null rows get code 0 (never used)."""
     encoded = pc.dictionary_encode(texts)
-    values, bad = _decode_all(encoded.dictionary, whole, one)
-    return values, bad, encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, encoded.dictionary
 
 
 def _context_columns(contexts: list[Any]) -> dict[str, pa.Array]:
