@@ -74,7 +74,10 @@ def _constant(value: Any) -> Provide:
 def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMiddleware:
     """The ASGI application. Opens the store now so a bad store fails at start."""
     store = store or open_store(
-        settings.storage_url, in_process=False, memory_limit=settings.duckdb_memory_limit
+        settings.storage_url,
+        in_process=False,
+        memory_limit=settings.duckdb_memory_limit,
+        query_timeout=settings.query_timeout,
     )
     if store.ingest_log_config is None:
         store.ingest_log_config = config_from_settings(settings)

@@ -21,6 +21,7 @@ import pyarrow as pa
 from avila.errors import StorageUnavailable
 from avila.storage.base import Store
 from avila.storage.duckdb.migrations import migrate
+from avila.storage.duckdb.watchdog import Watchdog
 from avila.storage.ingest_log import IngestLogConfig, default_log_dir
 from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_SCHEMA
 
@@ -28,6 +29,16 @@ if TYPE_CHECKING:
     from avila.storage.loader import Loader
 
 CHECKPOINT_THRESHOLD = "256MB"
+
+
+def resolve_memory_limit(value: str) -> str:
+    """DuckDB's ``memory_limit`` from a setting: ``4GB`` as is, ``50%`` of physical RAM."""
+    if not value.endswith("%"):
+        return value
+    import os
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(64, int(total * float(value[:-1]) / 100) >> 20)}MB"
 
 
 class DuckDBStore(Store):
@@ -41,8 +52,11 @@ class DuckDBStore(Store):
         threads: int | None = None,
         lock_wait: float = 15.0,
         memory_limit: str = "",
+        query_timeout: float = 0,
     ) -> None:
         self.path = Path(path)
+        #: Reads (query, query_arrow) are cancelled past this many seconds (0: never).
+        self.watchdog = Watchdog(query_timeout)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         # Checkpoints (WAL folded into the main file) stall every commit while they run; fewer,
@@ -53,7 +67,7 @@ class DuckDBStore(Store):
         if threads:
             config["threads"] = threads
         if memory_limit:
-            config["memory_limit"] = memory_limit
+            config["memory_limit"] = resolve_memory_limit(memory_limit)
         self._conn = self._connect(read_only, config, lock_wait)
         if not read_only:
             migrate(self._conn)
@@ -238,11 +252,15 @@ class DuckDBStore(Store):
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         self.read_barrier()
-        return self._cursor().execute(sql, list(params or [])).fetchall()
+        cursor = self._cursor()
+        with self.watchdog.guard(cursor):
+            return cursor.execute(sql, list(params or [])).fetchall()
 
     def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
         self.read_barrier()
-        return self._relation(sql, params).to_arrow_table()
+        cursor = self._cursor()
+        with self.watchdog.guard(cursor):
+            return cursor.sql(sql, params=list(params or [])).to_arrow_table()
 
     def query_batches(
         self, sql: str, params: Sequence[Any] | None = None, batch_rows: int = 65536
