@@ -494,6 +494,8 @@ class _Candidates:
 def _one_line(line: bytes) -> tuple[EventEnvelope | None, bytes, str | None]:
     """One NDJSON line: its envelope when it decodes, the event bytes the API would see, and why
     it is unreadable (not JSON, not an object)."""
+    if len(line) > MAX_EVENT_BYTES:
+        return None, line, None  # the API's path rejects it as too large
     try:
         return ENVELOPE_DECODER.decode(line), line, None
     except (msgspec.ValidationError, msgspec.DecodeError):
