@@ -258,8 +258,7 @@ def _parse_memory(env: str, raw: str) -> str:
     value = raw.strip()
     if value and not (_MEMORY.match(value) or _SHARE.match(value)):
         raise ConfigError(
-            f"{env} must be a size such as 512MB or 4GB, or a share of RAM such as 50%, got"
-            f" {raw!r}"
+            f"{env} must be a size such as 512MB or 4GB, or a share of RAM such as 50%, got {raw!r}"
         )
     if _SHARE.match(value) and not 0 < float(value[:-1]) <= 100:
         raise ConfigError(f"{env}: a share of RAM must be above 0% and at most 100%, got {raw!r}")

@@ -19,11 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from tests.conftest import TEST_KEY
 
 from avila.storage.duckdb.store import DuckDBStore
 from avila.storage.schema import EVENT_SCHEMA
 from avila.testing.server import ServerProcess
-from tests.conftest import TEST_KEY
 
 ROWS = 1_200_000
 USERS = 50_000
@@ -39,7 +39,9 @@ def _generate(path: Path) -> dict[str, int]:
     types = pa.array(["page_view", "add_to_cart", "purchase"])
     columns = {
         "project_id": pa.array(np.full(ROWS, "default", dtype=object), pa.string()),
-        "event_id": pc.binary_join_element_wise("q-", pa.array(np.arange(ROWS)).cast(pa.string()), ""),
+        "event_id": pc.binary_join_element_wise(
+            "q-", pa.array(np.arange(ROWS)).cast(pa.string()), ""
+        ),
         "user_id": pc.binary_join_element_wise("u-", pa.array(users).cast(pa.string()), ""),
         "ts": pa.array(ts).cast(pa.timestamp("us")),
         "received_at": pa.array(ts + 1_000).cast(pa.timestamp("us")),

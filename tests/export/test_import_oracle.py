@@ -33,7 +33,7 @@ SNAKE = {
     "Purchase": "purchase", "SignUp": "sign_up", "Login": "login", "Logout": "logout",
     "FormSubmit": "form_submit", "VideoPlay": "video_play", "Custom": "custom",
 }  # fmt: skip
-TEXT = ("Café ☕ 東京", "naïve 👩🏽‍💻", "Ünïcödé \u0301", "plain", "tab\tquote\"back\\slash")
+TEXT = ("Café ☕ 東京", "naïve 👩🏽‍💻", "Ünïcödé \u0301", "plain", 'tab\tquote"back\\slash')
 
 # --- the oracle ------------------------------------------------------------------------------
 
@@ -75,7 +75,9 @@ def ok_value(kind: str, value: Any) -> bool:
     return {
         "text": lambda: isinstance(value, str) and len(value) <= 8192,
         "id": lambda: isinstance(value, str) and 1 <= len(value) <= 256,
-        "count": lambda: isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**9,
+        "count": lambda: (
+            isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**9
+        ),
         "finite": lambda: number and -1e15 <= value <= 1e15,
         "currency": lambda: isinstance(value, str) and len(value) == 3,
         "object": lambda: isinstance(value, dict),
@@ -145,7 +147,7 @@ def oracle(row: dict[str, Any]) -> dict[str, Any]:
         raise Reject("metadata")
     if ts is not None and ts > NOW + timedelta(hours=1):
         raise Reject("timestamp", "timestamp_in_future")
-    stored = {name: None for name in EVENT_SCHEMA.names}
+    stored = dict.fromkeys(EVENT_SCHEMA.names)
     stored.update(
         project_id=PROJECT, event_id=row.get("event_id"), user_id=user_id,
         session_id=row.get("session_id"), ts=ts, event_type=SNAKE[etype], data=row["data"],
@@ -153,7 +155,9 @@ def oracle(row: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     for name, column in FLAT.get(etype, {}).items():
         value = data.get(name)
-        stored[column] = float(value) if column in ("price", "revenue") and value is not None else value
+        stored[column] = (
+            float(value) if column in ("price", "revenue") and value is not None else value
+        )
     device, location = context.get("device") or {}, context.get("location") or {}
     for name in ("device_type", "os", "browser"):
         stored[name] = device.get(name)
@@ -263,7 +267,11 @@ def write(rows: list[dict[str, Any]], fmt: str, path: Path) -> Path:
     else:  # seed-shaped NDJSON: the API's event JSON, JSON parts embedded as they are
         with open(path, "w", encoding="utf-8") as f:
             for row in rows:
-                event = {k: row[k] for k in ("event_id", "user_id", "session_id", "timestamp") if row[k] is not None}
+                event = {
+                    k: row[k]
+                    for k in ("event_id", "user_id", "session_id", "timestamp")
+                    if row[k] is not None
+                }
                 event["event_type"] = {"type": {v: k for k, v in SNAKE.items()}.get(row["event_type"], row["event_type"]), "data": "@DATA@"}  # fmt: skip
                 text = _dumps(event).replace('"@DATA@"', row["data"])
                 for part in ("metadata", "context"):
@@ -274,7 +282,9 @@ def write(rows: list[dict[str, Any]], fmt: str, path: Path) -> Path:
     return path
 
 
-def expected(rows: list[dict[str, Any]], stored_ids: set[str], fmt: str) -> tuple[dict[str, Any], list[tuple[int, str, str]], int]:
+def expected(
+    rows: list[dict[str, Any]], stored_ids: set[str], fmt: str
+) -> tuple[dict[str, Any], list[tuple[int, str, str]], int]:
     """(stored rows by event id or session id, rejections, duplicates)."""
     kept: dict[str, Any] = {}
     rejected: list[tuple[int, str, str]] = []
@@ -325,7 +335,7 @@ def test_bulk_import_matches_the_oracle(tmp_path: Path, fmt: str) -> None:
     by_key: dict[str, dict[str, Any]] = {}
     for values in got:
         row = dict(zip(EVENT_SCHEMA.names, values, strict=True))
-        key = row["event_id"] if not row["event_id"].count("-") == 4 else None
+        key = row["event_id"] if row["event_id"].count("-") != 4 else None
         if key is None or key not in want:  # a generated UUID: match by session
             matches = [k for k in want if k.startswith(f"session:{row['session_id']}:")]
             assert len(matches) == 1, row

@@ -18,8 +18,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avila.errors import AvilaError
+
+if TYPE_CHECKING:
+    from avila.export.importer import ImportSummary
 
 SHOWN_REJECTIONS = 20
 HTTP_BATCH_ROWS = 2000
@@ -28,7 +32,7 @@ HTTP_BATCH_ROWS = 2000
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from avila.export.importer import HttpTarget, ImportSummary, run_import
+    from avila.export.importer import HttpTarget, run_import
     from avila.export.reader import detect_format, progress_total, read_chunks
 
     path = Path(args.file)
@@ -37,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     fmt = detect_format(path, args.format)
     key = args.api_key or os.environ.get("AVILA_API_KEY")
     if args.url and not key:
-        raise AvilaError("--url needs an API key with the ingest scope (--api-key or AVILA_API_KEY)")
+        raise AvilaError(
+            "--url needs an API key with the ingest scope (--api-key or AVILA_API_KEY)"
+        )
     by_rows = fmt == "parquet"
     with tqdm(
         total=progress_total(path, fmt),
@@ -56,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         if args.url:
             summary = run_import(
                 read_chunks(path, fmt, args.batch_size or HTTP_BATCH_ROWS),
-                HttpTarget(args.url, key),
+                HttpTarget(args.url, str(key)),
                 lambda chunk: advance(chunk.progress),
             )
         else:

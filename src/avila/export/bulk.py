@@ -58,9 +58,7 @@ class Batch:
     progress: int
 
 
-def _parquet_batches(
-    path: Path, validator: ColumnarValidator, batch_rows: int
-) -> Iterator[Batch]:
+def _parquet_batches(path: Path, validator: ColumnarValidator, batch_rows: int) -> Iterator[Batch]:
     file = pq.ParquetFile(path)
     done = 0
     for batch in file.iter_batches(batch_size=batch_rows):
@@ -112,9 +110,7 @@ def _csv_batches(path: Path, validator: ColumnarValidator, batch_rows: int) -> I
                 yield Batch(checked, batch.num_rows, counting.count)
 
 
-def _ndjson_batches(
-    path: Path, validator: ColumnarValidator, batch_rows: int
-) -> Iterator[Batch]:
+def _ndjson_batches(path: Path, validator: ColumnarValidator, batch_rows: int) -> Iterator[Batch]:
     lines: list[bytes] = []
     numbers: list[int] = []
     read = 0

@@ -105,7 +105,8 @@ class Checked:
 def _joined(texts: pa.Array) -> bytes:
     """``[t0,t1,...]``: the texts (no nulls) as one JSON array's bytes."""
     wrapped = pa.ListArray.from_arrays(pa.array([0, len(texts)], pa.int32()), texts)
-    return b"[" + pc.binary_join(wrapped, ",")[0].as_buffer() + b"]"
+    joined: bytes = b"[" + pc.binary_join(wrapped, ",")[0].as_buffer() + b"]"
+    return joined
 
 
 def _aligned(texts: pa.Array, blob: bytes) -> bool:
@@ -394,7 +395,9 @@ class ColumnarValidator:
         contexts: list[Any] = []
         if with_context.any():
             used = np.unique(context_codes[with_context])
-            contexts, bad = _decode_all(context_texts.take(pa.array(used)), _CONTEXT_LIST, _CONTEXT_ONE)
+            contexts, bad = _decode_all(
+                context_texts.take(pa.array(used)), _CONTEXT_LIST, _CONTEXT_ONE
+            )
             at = np.searchsorted(used, context_codes[with_context])
             refused[np.flatnonzero(with_context)[bad[at]]] = True
             context_row[with_context] = at
@@ -465,8 +468,7 @@ class ColumnarValidator:
             list(events), self.project_id, received_at=self.received_at
         )
         rejected = [
-            Rejected(int(rows[r.index]), r.code, r.message, _field_path(r.path))
-            for r in rejections
+            Rejected(int(rows[r.index]), r.code, r.message, _field_path(r.path)) for r in rejections
         ]
         table = accepted.to_arrow()
         table = table.append_column(
