@@ -64,6 +64,8 @@ class ServerProcess:
                         return self
             except OSError:
                 time.sleep(0.05)
+        # A server that never became healthy must not outlive the test that started it.
+        self.kill()
         raise RuntimeError(f"server not healthy after {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
