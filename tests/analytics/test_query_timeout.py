@@ -10,6 +10,7 @@ profile, checked against the generated rows.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ import pyarrow.compute as pc
 import pytest
 from tests.conftest import TEST_KEY
 
-from avila.storage.duckdb.store import DuckDBStore
+from avila.config import Settings
+from avila.errors import ConfigError, QueryTimeout
+from avila.storage.duckdb.store import DuckDBStore, resolve_memory_limit
 from avila.storage.schema import EVENT_SCHEMA
 from avila.testing.server import ServerProcess
 
@@ -121,3 +124,29 @@ def test_without_a_limit_the_heavy_query_answers(
 
 def _event_count(profile: dict[str, Any]) -> int:
     return int(profile["total_events"])
+
+
+def test_the_store_cancels_a_query_past_its_limit_and_the_cursor_works_after(
+    tmp_path: Path,
+) -> None:
+    store = DuckDBStore(tmp_path / "t.duckdb", query_timeout=0.2)
+    try:
+        with pytest.raises(QueryTimeout) as caught:
+            store.query("SELECT sum(hash(i)) FROM range(100000000000) t(i)")
+        assert caught.value.status == 504 and "0.2 s" in caught.value.message
+        assert store.query("SELECT 42") == [(42,)]
+        assert store.query_arrow("SELECT 7 AS x").column("x").to_pylist() == [7]
+    finally:
+        store.close()
+
+
+def test_memory_limit_setting_takes_a_share_of_ram() -> None:
+    assert Settings.from_env(environ={}).duckdb_memory_limit == "50%"
+    assert resolve_memory_limit("4GB") == "4GB"
+    total_mb = (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) >> 20
+    assert abs(int(resolve_memory_limit("25%")[:-2]) - total_mb // 4) <= 1
+    with pytest.raises(ConfigError):
+        Settings.from_env(environ={"AVILA_DUCKDB_MEMORY_LIMIT": "150%"})
+    with pytest.raises(ConfigError):
+        Settings.from_env(environ={"AVILA_QUERY_TIMEOUT": "-1"})
+    assert Settings.from_env(environ={"AVILA_QUERY_TIMEOUT": "0"}).query_timeout == 0
