@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ from avila.api import ml as ml_api
 from avila.api import users as users_api
 from avila.api.component import AppContext
 from avila.api.errors import EXCEPTION_HANDLERS
+from avila.api.fast_ingest import FastIngest
 from avila.api.observability import MetricsMiddleware
 from avila.api.security import add_rate_limit_headers, provide_principal, scope_guard
 from avila.config import Settings
@@ -43,6 +45,7 @@ from avila.metrics import Metrics
 from avila.security.keys import KeyStore
 from avila.security.ratelimit import RateLimiter
 from avila.storage import Store, open_store
+from avila.storage.clickhouse.target import ClickHouseOptions
 from avila.storage.ingest_log import config_from_settings
 
 log = logging.getLogger("avila")
@@ -71,6 +74,17 @@ def _constant(value: Any) -> Provide:
     return Provide(lambda: value, sync_to_thread=False)
 
 
+def _tune_gc() -> None:
+    """Ingest allocates many short-lived containers (a Struct and a dict per IoT reading, a
+    tuple per event); with the default thresholds the collector ran often enough, over the
+    server's large long-lived heap, to take ~45 % of the server's CPU per telemetry reading
+    (benchmarks/RESULTS.md). What exists once the app has started lives as long as the process:
+    freeze it (never scanned again), and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMiddleware:
     """The ASGI application. Opens the store now so a bad store fails at start."""
     store = store or open_store(
@@ -78,6 +92,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         in_process=False,
         memory_limit=settings.duckdb_memory_limit,
         query_timeout=settings.query_timeout,
+        clickhouse=ClickHouseOptions.from_settings(settings),
     )
     if store.ingest_log_config is None:
         store.ingest_log_config = config_from_settings(settings)
@@ -108,6 +123,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
                 if hasattr(module, "startup"):
                     await module.startup(ctx)
                 started.append(module)
+            _tune_gc()
             log.info("avila started", extra={"version": __version__, "store": settings.storage_url})
             yield
         finally:
@@ -166,4 +182,14 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         debug=False,
         logging_config=None,
     )
-    return MetricsMiddleware(app, metrics)
+    # The two event-ingest routes answered without the framework when nothing is unusual
+    # (avila.api.fast_ingest): the server's CPU per request is what limits ingest.
+    fast = FastIngest(
+        app,
+        ingest=ingest,
+        keys=ctx.state["key_store"],
+        limiter=ctx.state["rate_limiter"],
+        metrics=metrics,
+        cors=settings.enable_cors,
+    )
+    return MetricsMiddleware(fast, metrics)

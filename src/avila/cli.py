@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "import_",
     "factory",
     "train",
+    "migrate_store",
 )
 
 #: Arrow allocator for the one-shot data commands. They stream large exports/imports, and
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] in (["export"], ["import"]):
+    if arguments[:1] in (["export"], ["import"], ["migrate-store"]):
         os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", ONE_SHOT_ARROW_POOL)
     args = build_parser().parse_args(arguments)
     try:

@@ -69,7 +69,30 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "storage_url",
         "AVILA_STORAGE_URL",
         "",
-        "Store location; default `duckdb:///<data dir>/avila.duckdb`.",
+        "Store location: `duckdb:///<path>` (default `duckdb:///<data dir>/avila.duckdb`),"
+        " `chdb:///<absolute dir>` (embedded ClickHouse) or `clickhouse://user:pass@host:8123/db`"
+        " (`clickhouses://` for TLS).",
+    ),
+    SettingSpec(
+        "clickhouse_cluster",
+        "AVILA_CLICKHOUSE_CLUSTER",
+        "",
+        "ClickHouse cluster name: tables are created `ON CLUSTER` as ReplicatedMergeTree plus"
+        " Distributed, sharded by user. Empty: single node.",
+    ),
+    SettingSpec(
+        "clickhouse_ttl_days",
+        "AVILA_CLICKHOUSE_TTL_DAYS",
+        "0",
+        "ClickHouse: delete events, telemetry and MQTT message ids older than this many days"
+        " (set when the tables are created). 0: keep forever.",
+    ),
+    SettingSpec(
+        "clickhouse_insert_quorum",
+        "AVILA_CLICKHOUSE_INSERT_QUORUM",
+        "0",
+        "ClickHouse cluster: replicas that must confirm each ingest-log block before it counts as"
+        " loaded (`insert_quorum`). 0: off.",
     ),
     SettingSpec(
         "duckdb_memory_limit",
@@ -311,6 +334,9 @@ class Settings:
     rate_limit_per_minute: int = 1000
     data_dir: Path = field(default_factory=lambda: Path("./data"))
     storage_url: str = ""
+    clickhouse_cluster: str = ""
+    clickhouse_ttl_days: int = 0
+    clickhouse_insert_quorum: int = 0
     duckdb_memory_limit: str = "50%"
     query_timeout: float = 30.0
     flush_max_events: int = 25_000
@@ -340,14 +366,28 @@ class Settings:
         if not self.storage_url:
             object.__setattr__(self, "storage_url", f"duckdb:///{self.data_dir / 'avila.duckdb'}")
         scheme = urlsplit(self.storage_url).scheme
-        if scheme != "duckdb" or not self.storage_url.startswith("duckdb:///"):
+        if scheme in ("chdb", "clickhouse", "clickhouses"):
+            from avila.storage.clickhouse.migrations import check_cluster_name
+            from avila.storage.clickhouse.target import parse_url
+
+            parse_url(self.storage_url)
+            check_cluster_name(self.clickhouse_cluster)
+        elif scheme != "duckdb" or not self.storage_url.startswith("duckdb:///"):
             raise ConfigError(
-                f"AVILA_STORAGE_URL scheme must be duckdb:// (ClickHouse is planned), got {scheme!r}"
+                "AVILA_STORAGE_URL must be duckdb:///path, chdb:///abs/dir or"
+                f" clickhouse[s]://user:pass@host:port/db; got scheme {scheme!r}"
             )
 
     @property
     def duckdb_path(self) -> Path:
-        """Filesystem path of the DuckDB file named by ``storage_url``."""
+        """The local path the store is named after: the DuckDB file, the chdb directory, or for
+        a ClickHouse server ``<data dir>/avila.clickhouse`` (nothing is stored there; the ingest
+        log's default directory is named after it: ``<data dir>/avila.ingest-log``)."""
+        scheme = urlsplit(self.storage_url).scheme
+        if scheme == "chdb":
+            return Path(urlsplit(self.storage_url).path)
+        if scheme in ("clickhouse", "clickhouses"):
+            return self.data_dir / "avila.clickhouse"
         # SQLAlchemy convention: duckdb:///relative/path, duckdb:////absolute/path.
         return Path(self.storage_url[len("duckdb:///") :])
 
@@ -380,6 +420,9 @@ class Settings:
             "rate_limit_per_minute": lambda env, raw: _parse_int(env, raw, 0, 10**9),
             "data_dir": lambda env, raw: Path(raw.strip() or "./data"),
             "storage_url": lambda env, raw: raw.strip(),
+            "clickhouse_cluster": lambda env, raw: raw.strip(),
+            "clickhouse_ttl_days": lambda env, raw: _parse_int(env, raw, 0, 100 * 366),
+            "clickhouse_insert_quorum": lambda env, raw: _parse_int(env, raw, 0, 64),
             "duckdb_memory_limit": _parse_memory,
             "query_timeout": lambda env, raw: _parse_float(env, raw, 0, 86_400),
             "flush_max_events": lambda env, raw: _parse_int(env, raw, 1, 10_000_000),

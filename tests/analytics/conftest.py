@@ -1,7 +1,8 @@
 """Fixtures for the analytics suite: a real store per backend, and row loading helpers.
 
-The suite is backend-agnostic: it talks to :class:`avila.storage.Store` only. Add a backend by
-extending ``BACKENDS`` (a factory from a tmp path to a storage URL); every test runs on each.
+The suite is backend-agnostic: it talks to :class:`avila.storage.Store` only. Every test runs
+on each backend of :data:`avila.testing.backends.BACKENDS` (``duckdb``, ``chdb``, and ``clickhouse``
+when ``CLICKHOUSE_URL`` names a live server); add a backend there.
 """
 
 from __future__ import annotations
@@ -13,26 +14,23 @@ from typing import Any
 import pytest
 from analytics_data import to_table
 
-from avila.storage import Store, open_store
-
-BACKENDS: dict[str, Callable[[Path], str]] = {
-    "duckdb": lambda tmp: "duckdb:///" + str(tmp / "analytics.duckdb"),
-}
+from avila.storage import Store
+from avila.testing.backends import BACKENDS, open_backend
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(BACKENDS[request.param](tmp_path))
+    opened = open_backend(request.param, tmp_path)
     yield opened
     opened.close()
 
 
-@pytest.fixture(scope="module", params=sorted(BACKENDS))
+@pytest.fixture(scope="module", params=BACKENDS)
 def module_store(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Store]:
     """One store per test module, for read-only tests over a shared generated data set."""
-    opened = open_store(BACKENDS[request.param](tmp_path_factory.mktemp("analytics")))
+    opened = open_backend(request.param, tmp_path_factory.mktemp("analytics"))
     yield opened
     opened.close()
 

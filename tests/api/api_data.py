@@ -89,14 +89,20 @@ def ingest(client: httpx.Client, events: list[dict[str, Any]]) -> None:
 
 
 @contextmanager
-def analytics_server(data_dir: Path) -> Iterator[Api]:
-    """A server with project A (``default``: the env keys) and project B loaded."""
+def analytics_server(data_dir: Path, storage_url: str = "") -> Iterator[Api]:
+    """A server with project A (``default``: the env keys) and project B loaded; on the default
+    DuckDB store, or ``storage_url`` (e.g. ``chdb:///dir``)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     keys = KeyStore(data_dir / "keys.sqlite")
     key_b, _ = keys.create("projb", ["ingest", "read"])
     read_only, _ = keys.create("default", ["read"])
     server = ServerProcess(
-        data_dir, env={"API_KEYS": f"{ADMIN_KEY},{SEED_KEY}", "RATE_LIMIT_PER_MINUTE": "0"}
+        data_dir,
+        env={
+            "API_KEYS": f"{ADMIN_KEY},{SEED_KEY}",
+            "RATE_LIMIT_PER_MINUTE": "0",
+            **({"AVILA_STORAGE_URL": storage_url} if storage_url else {}),
+        },
     )
     server.start()
     try:

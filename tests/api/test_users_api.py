@@ -16,9 +16,12 @@ RANGE = {
 }
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    with analytics_server(tmp_path_factory.mktemp("users-api")) as running:
+@pytest.fixture(scope="module", params=["duckdb", "chdb"])
+def api(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Api]:
+    """The same server on DuckDB and on embedded ClickHouse (chdb)."""
+    data = tmp_path_factory.mktemp("users-api")
+    url = f"chdb://{data.resolve() / 'avila.chdb'}" if request.param == "chdb" else ""
+    with analytics_server(data, url) as running:
         yield running
 
 

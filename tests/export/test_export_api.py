@@ -1,17 +1,33 @@
 """POST /api/v1/export against a real server: every format read back by pandas, pyarrow and
-DuckDB equals what was ingested (types, unicode, nulls, millisecond timestamps)."""
+DuckDB equals what was ingested (types, unicode, nulls, millisecond timestamps). Every test runs
+on a DuckDB-backed server and on one backed by embedded ClickHouse (chdb)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from avila.testing import ServerProcess
 from tests.conftest import TEST_KEY
 from tests.export import export_data as d
+
+
+@pytest.fixture(scope="module", params=["duckdb", "chdb"])
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ServerProcess]:
+    data = tmp_path_factory.mktemp(f"export-{request.param}")
+    env = {"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "0"}
+    if request.param == "chdb":
+        env["AVILA_STORAGE_URL"] = f"chdb://{data.resolve() / 'avila.chdb'}"
+    proc = ServerProcess(data, env=env).start()
+    yield proc
+    proc.stop()
+
 
 READERS: dict[str, list[Callable[..., list[dict[str, Any]]]]] = {
     "csv": [d.read_csv_pandas, d.read_csv_arrow],

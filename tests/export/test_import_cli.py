@@ -14,13 +14,26 @@ from tests.conftest import TEST_KEY
 from tests.export import export_data as d
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh store for direct (no server) commands."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("AVILA_STORAGE_URL", raising=False)
-    directory = tmp_path / "data"
+def use_store(monkeypatch: pytest.MonkeyPatch, directory: Path, backend: str) -> None:
+    """Point the settings at a store of ``backend`` under ``directory``."""
     monkeypatch.setenv("AVILA_DATA_DIR", str(directory))
+    if backend == "chdb":
+        monkeypatch.setenv("AVILA_STORAGE_URL", f"chdb://{directory.resolve() / 'avila.chdb'}")
+    else:
+        monkeypatch.delenv("AVILA_STORAGE_URL", raising=False)
+
+
+@pytest.fixture(params=["duckdb", "chdb"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> Path:
+    """A fresh store (DuckDB, or embedded ClickHouse) for direct (no server) commands."""
+    monkeypatch.chdir(tmp_path)
+    directory = tmp_path / "data"
+    use_store(monkeypatch, directory, backend)
     return directory
 
 
@@ -62,14 +75,14 @@ def test_direct_import_validates_dedups_and_reports(
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "ndjson"])
 def test_export_import_round_trip(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, backend: str
 ) -> None:
     events = d.make_events("rt")
     assert main(["import", str(_ndjson(tmp_path / "seed.ndjson", events)), "-q"]) == 0
     exported = tmp_path / f"all.{fmt}"
     assert main(["export", "-o", str(exported)]) == 0
 
-    monkeypatch.setenv("AVILA_DATA_DIR", str(tmp_path / "copy"))
+    use_store(monkeypatch, tmp_path / "copy", backend)
     assert main(["import", str(exported), "-q"]) == 0
     assert _export(tmp_path, "ndjson") == d.expected_rows(events)
 

@@ -115,3 +115,26 @@ def test_batch_body_over_ten_megabytes_is_413(client: httpx.Client) -> None:
 def test_unknown_route_and_wrong_method(client: httpx.Client) -> None:
     assert_error(client.get("/api/v1/nothing-here"), 404, "not_found")
     assert_error(client.get("/api/v1/events"), 405, "method_not_allowed")
+
+
+def test_invalid_utf8_in_metadata_is_422_and_the_valid_batch_event_is_kept(
+    client: httpx.Client,
+) -> None:
+    good = b'{"event_id": "utf8-ok", "user_id": "u", "event_type": {"type": "PageView", "data": {"url": "/"}}}'
+    bad = b'{"user_id": "u", "event_type": {"type": "PageView", "data": {"url": "/"}}, "metadata": {"k": "\xff"}}'
+    single = client.post(
+        "/api/v1/events",
+        content=b'{"event": ' + bad + b"}",
+        headers={"content-type": "application/json"},
+    )
+    assert single.status_code == 422, single.text
+    assert single.json()["error"]["details"][0]["path"] == "event.metadata"
+    batch = client.post(
+        "/api/v1/events/batch",
+        content=b'{"events": [' + bad + b", " + good + b"]}",
+        headers={"content-type": "application/json"},
+    )
+    assert batch.status_code == 202, batch.text
+    body = batch.json()
+    assert body["event_ids"] == ["utf8-ok"]
+    assert [r["path"] for r in body["rejected"]] == ["events[0].metadata"]

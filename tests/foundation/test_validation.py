@@ -188,3 +188,28 @@ def test_valid_events_round_trip(user: str, url: str, revenue: float, offset_min
     assert [r["user_id"] for r in out] == [user, user]
     assert out[0]["url"] == url and out[1]["revenue"] == revenue
     assert out[0]["ts"] == (NOW + timedelta(minutes=offset_minutes)).replace(tzinfo=None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        (event().replace(b'"Home"', b'"Ho\xffme"'), "events[0].event_type.data"),
+        (event()[:-1] + b', "metadata": {"k\xc3": 1}}', "events[0].metadata"),
+        (event()[:-1] + b', "metadata": {"k": "\xed\xa0\x80"}}', "events[0].metadata"),
+        (event()[:-1] + b', "context": {"unknown": "\xff"}}', "events[0].context"),
+    ],
+)
+def test_invalid_utf8_in_kept_or_skipped_json_is_rejected_with_its_path(
+    raw: bytes, path: str
+) -> None:
+    # msgspec checks UTF-8 only where it decodes; raw JSON kept as text must be checked too.
+    row, rejected = one(raw)
+    assert row is None
+    assert rejected == [
+        {
+            "index": 0,
+            "code": "invalid_event",
+            "message": "Invalid UTF-8 encoded string",
+            "path": path,
+        }
+    ]

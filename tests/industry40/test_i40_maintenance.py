@@ -246,9 +246,12 @@ def _off_family_rmse(seed: int) -> tuple[float, float, float, float]:
 #: First run (2026-11-30), RUL RMSE ours / mean-life baseline (hours) for seeds 0–4:
 #: 42.2/67.7, 116.4/67.4, 39.9/65.1, 30.7/69.9, 42.8/69.8 — better than the baseline in four
 #: seeds, but by the stated margin (≤ 0.5×) only in one, and worse in seed 1 (trend
-#: extrapolation of the knee law). Recorded as found, not re-tuned; strict, so the mark must go
-#: the day the model meets the protocol.
-@pytest.mark.xfail(strict=True, reason="off-family RUL beats mean life by 0.5x in 1 of 5 seeds")
+#: extrapolation of the knee law); recorded then as a strict expected failure.
+#: Second run (2026-11-30 evening), after RUL fits the trends from the detected degradation
+#: onset and takes the earliest crossing of the plausible trends (developed on seeds 100–109
+#: of this simulator, where it gave 0.19–0.43× the baseline's RMSE and a lower PHM08 in all
+#: ten; the onset-only variant was looked at once on seeds 0–4 before that): 17.9/67.7,
+#: 17.7/67.4, 21.0/65.1, 13.2/69.9, 14.4/69.8 — 0.19–0.32×, every seed.
 def test_rul_off_family_with_inferred_threshold_beats_mean_life() -> None:
     """Protocol (fixed before the first run, 2026-11-30): per seed, 60 training units run to
     failure give the mean life (the baseline) and the failure threshold, inferred as the

@@ -1,5 +1,6 @@
-"""The ingest log and its loader against a real DuckDB file and real segment files: torn
-frames, a crash between the store commit and the log trim, segment rolling and trimming."""
+"""The ingest log and its loader against a real store and real segment files: torn frames, a
+crash between the store commit and the log trim, segment rolling and trimming. Every test that
+takes a store runs on DuckDB and on ClickHouse (embedded chdb)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,25 @@ from pathlib import Path
 import pytest
 
 from avila.ingest.service import IngestService
+from avila.storage.base import Store
+from avila.storage.clickhouse.store import ClickHouseStore
+from avila.storage.clickhouse.target import ClickHouseOptions, parse_url
 from avila.storage.duckdb.store import DuckDBStore
 from avila.storage.ingest_log import HEADER, IngestLogConfig, read_frames, segment_bases
+
+BACKENDS = ["duckdb", "chdb"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _store(path: Path, backend: str, *, read_only: bool = False) -> Store:
+    if backend == "chdb":
+        target = parse_url(f"chdb://{path.with_suffix('.chdb')}")
+        return ClickHouseStore(target, ClickHouseOptions(), migrate=not read_only)
+    return DuckDBStore(path, read_only=read_only)
 
 
 def _events(prefix: str, n: int) -> list[bytes]:
@@ -26,13 +44,13 @@ def _events(prefix: str, n: int) -> list[bytes]:
     ]
 
 
-def _open(path: Path, log_dir: Path, segment_bytes: int = 64 << 20) -> DuckDBStore:
-    store = DuckDBStore(path)
+def _open(path: Path, log_dir: Path, backend: str, segment_bytes: int = 64 << 20) -> Store:
+    store = _store(path, backend)
     store.ingest_log_config = IngestLogConfig(log_dir, segment_bytes=segment_bytes)
     return store
 
 
-def _ingest(store: DuckDBStore, batches: list[list[bytes]], *, close: bool = True) -> list[int]:
+def _ingest(store: Store, batches: list[list[bytes]], *, close: bool = True) -> list[int]:
     async def run() -> list[int]:
         service = IngestService(store)
         await service.start()
@@ -48,16 +66,16 @@ def _ingest(store: DuckDBStore, batches: list[list[bytes]], *, close: bool = Tru
     return accepted
 
 
-def _stored_ids(path: Path) -> list[str]:
-    store = DuckDBStore(path, read_only=True)
+def _stored_ids(path: Path, backend: str) -> list[str]:
+    store = _store(path, backend, read_only=True)
     try:
         return [r[0] for r in store.query("SELECT event_id FROM events")]
     finally:
         store.close()
 
 
-def _position(path: Path) -> int:
-    store = DuckDBStore(path, read_only=True)
+def _position(path: Path, backend: str) -> int:
+    store = _store(path, backend, read_only=True)
     try:
         return int(store.query("SELECT position FROM ingest_position")[0][0])
     finally:
@@ -65,25 +83,25 @@ def _position(path: Path) -> int:
 
 
 def test_every_accepted_event_is_loaded_once_and_loaded_segments_are_deleted(
-    tmp_path: Path,
+    tmp_path: Path, backend: str
 ) -> None:
     db, log_dir = tmp_path / "s.duckdb", tmp_path / "log"
-    store = _open(db, log_dir, segment_bytes=8192)
+    store = _open(db, log_dir, backend, segment_bytes=8192)
     accepted = _ingest(store, [_events(f"b{b}", 40) for b in range(30)])
     assert accepted == [40] * 30
-    stored = _stored_ids(db)
+    stored = _stored_ids(db, backend)
     assert len(stored) == 1200 == len(set(stored))
     bases = segment_bases(log_dir)
     # 30 frames of ~5 KB each roll the 8 KB segments many times; all but the newest are gone
     assert len(bases) == 1
-    assert _position(db) >= bases[0]
+    assert _position(db, backend) >= bases[0]
 
 
 def test_a_crash_between_the_store_commit_and_the_log_trim_loads_nothing_twice(
-    tmp_path: Path,
+    tmp_path: Path, backend: str
 ) -> None:
     db, log_dir = tmp_path / "s.duckdb", tmp_path / "log"
-    store = _open(db, log_dir)
+    store = _open(db, log_dir, backend)
     _ingest(store, [_events("first", 500)], close=False)
     # Everything is loaded (the store's position covers it) but the segment is still there:
     # the state a crash right after the loader's commit, before its trim, leaves behind.
@@ -93,12 +111,12 @@ def test_a_crash_between_the_store_commit_and_the_log_trim_loads_nothing_twice(
     store.close()
     shutil.rmtree(log_dir)
     shutil.copytree(snapshot, log_dir)
-    loaded_position = _position(db)
+    loaded_position = _position(db, backend)
     assert any(end <= loaded_position for end, _ in read_frames(log_dir, 0))
 
-    again = _open(db, log_dir)
+    again = _open(db, log_dir, backend)
     assert _ingest(again, [_events("first", 500), _events("second", 10)]) == [0, 10]
-    stored = _stored_ids(db)
+    stored = _stored_ids(db, backend)
     assert len(stored) == 510 == len(set(stored))
 
 
@@ -109,9 +127,11 @@ def _append_raw(log_dir: Path, data: bytes) -> None:
 
 
 @pytest.mark.parametrize("tear", ["half_header", "half_payload", "bad_checksum"])
-def test_a_torn_tail_frame_is_dropped_and_the_log_continues(tmp_path: Path, tear: str) -> None:
+def test_a_torn_tail_frame_is_dropped_and_the_log_continues(
+    tmp_path: Path, tear: str, backend: str
+) -> None:
     db, log_dir = tmp_path / "s.duckdb", tmp_path / "log"
-    store = _open(db, log_dir)
+    store = _open(db, log_dir, backend)
     # The store is not closed: its loader is stopped before the torn frame is written, as if
     # the process died with that frame half on disk.
     _ingest(store, [_events("ok", 100)], close=False)
@@ -126,29 +146,35 @@ def test_a_torn_tail_frame_is_dropped_and_the_log_continues(tmp_path: Path, tear
         torn = struct.pack("<II", len(payload), zlib.crc32(payload) ^ 1) + payload
     _append_raw(log_dir, torn)
 
-    reopened = _open(db, log_dir)
+    reopened = _open(db, log_dir, backend)
     assert _ingest(reopened, [_events("ok", 100), _events("after", 50)]) == [0, 50]
     assert reopened.ingest_recovery is not None
     assert reopened.ingest_recovery.torn_bytes == len(torn)
-    stored = _stored_ids(db)
+    stored = _stored_ids(db, backend)
     assert len(stored) == 150 == len(set(stored))
 
 
 def test_unloaded_frames_are_replayed_at_start_and_their_ids_are_duplicates(
-    tmp_path: Path,
+    tmp_path: Path, backend: str
 ) -> None:
     db, log_dir = tmp_path / "s.duckdb", tmp_path / "log"
-    store = _open(db, log_dir)
+    store = _open(db, log_dir, backend)
     _ingest(store, [_events("x", 300)], close=False)
     store.close()
     # Rewind the store: rows and position go back together, so the frames are again an
     # unloaded backlog, as a crash before the loader's commit leaves them.
-    rewind = DuckDBStore(db)
-    rewind.execute("DELETE FROM events")
-    rewind.execute("UPDATE ingest_position SET position = 0")
+    rewind = _store(db, backend)
+    if backend == "duckdb":
+        rewind.execute("DELETE FROM events")
+        rewind.execute("UPDATE ingest_position SET position = 0")
+    else:
+        # The state before the first insert: no rows, no position, and no remembered insert
+        # blocks (a DELETE would keep the deduplication log, which drops the replayed blocks).
+        rewind.execute("TRUNCATE TABLE events")
+        rewind.execute("TRUNCATE TABLE ingest_position")
     rewind.close()
 
-    reopened = _open(db, log_dir)
+    reopened = _open(db, log_dir, backend)
 
     async def retry() -> tuple[int, int]:
         service = IngestService(reopened)
@@ -160,7 +186,7 @@ def test_unloaded_frames_are_replayed_at_start_and_their_ids_are_duplicates(
 
     assert asyncio.run(retry()) == (0, 300)
     reopened.close()
-    stored = _stored_ids(db)
+    stored = _stored_ids(db, backend)
     assert len(stored) == 300 == len(set(stored))
 
 
@@ -181,12 +207,14 @@ def test_read_frames_stops_a_segment_at_a_corrupt_frame_and_moves_to_the_next(
     assert [bytes(p) for _, p in read_frames(tmp_path, 0, end=base)] == [b"\x01a", b"\x01b"]
 
 
-def test_a_retried_round_whose_commit_already_landed_is_not_stored_twice(tmp_path: Path) -> None:
+def test_a_retried_round_whose_commit_already_landed_is_not_stored_twice(
+    tmp_path: Path, backend: str
+) -> None:
     # The loader retries a round after any failure, including one after the COMMIT landed (a
     # failed trim, or a commit whose outcome was unclear): the recorded position skips it.
     from avila.storage.schema import EVENT_SCHEMA, columns_to_arrow
 
-    store = DuckDBStore(str(tmp_path / "retry.duckdb"))
+    store = _store(tmp_path / "retry.duckdb", backend)
     columns: dict[str, list[object]] = {f.name: [None] * 5 for f in EVENT_SCHEMA}
     columns.update(
         project_id=["p"] * 5,
@@ -200,7 +228,7 @@ def test_a_retried_round_whose_commit_already_landed_is_not_stored_twice(tmp_pat
     store.commit_log_batch(1_000, events=rows)
     store.commit_log_batch(1_000, events=rows)  # the same round again
     assert store.query("SELECT count(*) FROM events WHERE project_id = ?", ["p"]) == [(5,)]
-    assert store.query("SELECT position FROM ingest_position") == [(1_000,)]
+    assert store.log_position() == 1_000
     store.commit_log_batch(2_000, events=rows)  # the next round still loads
     assert store.query("SELECT count(*) FROM events WHERE project_id = ?", ["p"]) == [(10,)]
     store.close()

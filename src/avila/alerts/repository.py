@@ -118,10 +118,7 @@ class AlertRepository:
 
     def delete_rule(self, project_id: str, rule_id: str) -> bool:
         return (
-            self.store.execute(
-                "DELETE FROM alert_rules WHERE project_id = ? AND rule_id = ?",
-                [project_id, rule_id],
-            )
+            self.store.delete_rows("alert_rules", {"project_id": project_id, "rule_id": rule_id})
             > 0
         )
 

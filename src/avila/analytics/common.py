@@ -225,7 +225,8 @@ def property_expr(store: Store, path: str, where: str) -> Expr:
             if prefix == "properties.":
                 key = "properties." + key
             if _JSON_KEY_PATH.match(key):
-                return Expr(fragments(store)["json_string"].format(json_column), ("$." + key,))
+                sql = fragments(store)["json_string"].format(json_column)
+                return Expr(sql, ("$." + key,) * sql.count("?"))
     raise invalid(
         "unknown_property",
         where,

@@ -188,10 +188,14 @@ def _user_levels(store: Store, project_id: str, q: FunnelQuery) -> tuple[pa.Tabl
             f" min(e.t) AS t, 0 AS m{empty_b} FROM e JOIN s ON e.user_id = s.user_id"
             " WHERE e.m = 0 AND e.t > s.t1 GROUP BY e.user_id"
         )
+        # ORDER BY after a UNION sorts only its last SELECT in ClickHouse: sort the whole.
+        sql = f"SELECT * FROM ({sql}) AS u"
     else:
         sql += " AND (" + " OR ".join(c.sql for c in conds) + ")"
         params.extend(p for c in conds for p in c.params)
-    sql += " ORDER BY user_id, t"
+    # Ties broken by step mask and breakdown value, so the user's "first" row (breakdown,
+    # unordered) is the same on every run and backend.
+    sql += " ORDER BY user_id, t, m" + (", b" if breakdown is not None else "")
     table = store.query_arrow(sql, params)
 
     nsteps = len(q.steps)

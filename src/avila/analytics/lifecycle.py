@@ -89,7 +89,8 @@ WITH acts AS (
       SELECT user_id, {p.local.sql} AS loc FROM {p.source} WHERE {p.active.sql}))
   WHERE b BETWEEN ? AND ?
 ), seq AS {p.frag["cte_materialized"]} (
-  SELECT user_id, b, lag(b) OVER w AS pb, lead(b) OVER w AS nb FROM acts
+  SELECT user_id, b, {p.frag["lag"].format("b")} OVER w AS pb,
+    {p.frag["lead"].format("b")} OVER w AS nb FROM acts
   WINDOW w AS (PARTITION BY user_id ORDER BY b)
 ), first_period AS (
   SELECT user_id, {p.bucket} AS f FROM (
@@ -134,7 +135,7 @@ WITH per_user AS (
     FROM per_user WHERE bits IS NOT NULL)
 ), cells AS (
   SELECT i, {bit.format("bits", "i")} AS cur, {bit.format("bits", "i - 1")} AS prev, f
-  FROM users, range(1, ?) AS r(i)
+  FROM users, {p.frag["series_from_1"].format("?")}
 )
 SELECT i, CASE WHEN cur = 0 THEN 'dormant' WHEN f = i THEN 'new' WHEN prev = 1 THEN 'returning'
   ELSE 'resurrecting' END AS status, count(*)

@@ -196,7 +196,7 @@ def trends(
     bucket = bucket_expr(store, "loc", q.interval)
     source = events_source(store, project_id)
     if q.breakdown is None:
-        prop = Expr("CAST(NULL AS VARCHAR)")
+        prop = Expr(fragments(store)["null_text"])
     else:
         prop = property_expr(store, q.breakdown, "breakdown")
     rows = store.query(

@@ -131,8 +131,9 @@ def paths(store: Store, project_id: str, query: PathsQuery | Mapping[str, Any]) 
     # Keep one more step than asked when both ends are given, to see who needed more.
     keep = q.steps + 1 if both else q.steps
     ctes.append(
-        f"x AS {frag['cte_materialized']} (SELECT user_id, name, lag(name) OVER w AS prev, "
-        "lead(name) OVER w AS nx, row_number() OVER w AS rn "
+        f"x AS {frag['cte_materialized']} (SELECT user_id, name, "
+        f"{frag['lag'].format('name')} OVER w AS prev, {frag['lead'].format('name')} OVER w AS nx,"
+        " row_number() OVER w AS rn "
         f"FROM {rows} WINDOW w AS (PARTITION BY user_id ORDER BY {order}))"
     )
     ctes.append("rep AS (SELECT user_id, count(*) AS r FROM x WHERE prev = name GROUP BY user_id)")
@@ -145,7 +146,8 @@ def paths(store: Store, project_id: str, query: PathsQuery | Mapping[str, Any]) 
     params.append(keep)
     length = ", count(*) OVER (PARTITION BY user_id) AS len" if both else ""
     ctes.append(
-        f"z AS (SELECT user_id, name, row_number() OVER v AS k, lead(name) OVER v AS nxt{length} "
+        f"z AS (SELECT user_id, name, row_number() OVER v AS k,"
+        f" {frag['lead'].format('name')} OVER v AS nxt{length} "
         "FROM y WINDOW v AS (PARTITION BY user_id ORDER BY rn))"
     )
     head = "WITH " + ",\n".join(ctes)
@@ -159,7 +161,7 @@ def paths(store: Store, project_id: str, query: PathsQuery | Mapping[str, Any]) 
         sql = (
             f"{head}\nSELECT {step_sql} AS step, name, nxt, count(*) FROM ("
             "SELECT x.name, x.rn AS k, x.nx AS nxt FROM x LEFT JOIN rep USING (user_id) "
-            "WHERE rep.user_id IS NULL AND x.rn <= ? "
+            "WHERE coalesce(rep.r, 0) = 0 AND x.rn <= ? "
             "UNION ALL SELECT name, k, nxt FROM z WHERE k <= ?) GROUP BY ALL"
         )
         params += [*([q.steps] if backwards else []), q.steps, q.steps]

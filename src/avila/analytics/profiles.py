@@ -114,14 +114,8 @@ def erase_user(store: Store, project_id: str, user_id: str) -> dict[str, int]:
     aliases_sql = fragments(store).get("person_aliases", "")
     if aliases_sql:
         ids += [row[0] for row in store.query(aliases_sql, [project_id, user_id])]
-    marks = ", ".join("?" for _ in ids)
-    deleted = store.execute(
-        f"DELETE FROM events WHERE project_id = ? AND user_id IN ({marks})", [project_id, *ids]
-    )
+    deleted = store.delete_rows("events", {"project_id": project_id, "user_id": ids})
     if aliases_sql:
-        store.execute(
-            f"DELETE FROM identities WHERE project_id = ? AND (user_id IN ({marks})"
-            f" OR anonymous_id IN ({marks}))",
-            [project_id, *ids, *ids],
-        )
+        store.delete_rows("identities", {"project_id": project_id, "user_id": ids})
+        store.delete_rows("identities", {"project_id": project_id, "anonymous_id": ids})
     return {"deleted_events": int(deleted)}

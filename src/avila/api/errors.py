@@ -36,11 +36,15 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response[Any]:
     return Response(
-        {"error": {"code": code, "message": message, "details": _normalized(details or [])}},
+        error_body(code, message, details),
         status_code=status,
         media_type=MediaType.JSON,
         headers=headers,
     )
+
+
+def error_body(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": _normalized(details or [])}}
 
 
 def handle_avila_error(request: Request[Any, Any, Any], exc: AvilaError) -> Response[Any]:

@@ -44,8 +44,9 @@ def open_local_store(storage_url: str, *, read_only: bool) -> Any:
         return open_store(storage_url, read_only=read_only, lock_wait=1.0)
     except StorageUnavailable as exc:
         raise StorageUnavailable(
-            f"{exc.message}\nIs `avila serve` running on this store? DuckDB allows one process "
-            "per file: pass --url http://HOST:PORT (and --api-key) to go through the server."
+            f"{exc.message}\nIs `avila serve` running on this store? A DuckDB file or chdb"
+            " directory admits one process: pass --url http://HOST:PORT (and --api-key) to go"
+            " through the server."
         ) from None
 
 

@@ -75,12 +75,19 @@ class ExperimentRepository:
         end = naive_utc(spec.end_time) if spec.end_time else None
         if end is not None and end <= start:
             raise invalid("invalid_time_range", "end_time", "end_time must be after start_time")
-        changed = self.store.execute(
-            "INSERT INTO experiments VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (project_id, key) DO NOTHING",
-            [project_id, spec.key, msgspec.json.encode(spec).decode(), start, end, created],
+        inserted = self.store.insert_new(
+            "experiments",
+            ("project_id", "key"),
+            {
+                "project_id": project_id,
+                "key": spec.key,
+                "definition": msgspec.json.encode(spec).decode(),
+                "start_time": start,
+                "end_time": end,
+                "created_at": created,
+            },
         )
-        if changed != 1:
+        if not inserted:
             raise ExperimentExists(
                 f"experiment {spec.key!r} already exists; definitions cannot change, "
                 "create a new key",

@@ -91,11 +91,15 @@ class AlarmService:
     def set_rules(self, project_id: str, device_type: str, rules: AlarmRules) -> None:
         check_rules(rules)
         doc = msgspec.json.encode(rules.rules).decode()
-        self.store.execute(
-            "INSERT INTO alarm_rules VALUES (?, ?, ?, now()::TIMESTAMP) ON CONFLICT "
-            "(project_id, device_type) DO UPDATE SET rules = excluded.rules, "
-            "updated_at = excluded.updated_at",
-            [project_id, device_type, doc],
+        self.store.upsert(
+            "alarm_rules",
+            ("project_id", "device_type"),
+            {
+                "project_id": project_id,
+                "device_type": device_type,
+                "rules": doc,
+                "updated_at": datetime.now(UTC).replace(tzinfo=None),
+            },
         )
         self._rules[project_id, device_type] = list(rules.rules)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,13 @@ Key = tuple[str, str]
 
 def _from_us(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, UTC)
+
+
+def _to_us(value: datetime | None) -> int:
+    """Microseconds since the epoch of a naive UTC datetime (0 for none)."""
+    if value is None:
+        return 0
+    return (value - datetime(1970, 1, 1)) // timedelta(microseconds=1)
 
 
 @dataclass
@@ -88,13 +95,14 @@ class DeviceRegistry:
         self._dirty: set[Key] = set()
 
     def load(self) -> int:
+        # Timestamps come back as naive UTC datetimes on every backend.
         rows = self.store.query(
-            "SELECT project_id, device_id, device_type, attributes, epoch_us(first_seen),"
-            " epoch_us(last_seen) FROM devices"
+            "SELECT project_id, device_id, device_type, attributes, first_seen, last_seen"
+            " FROM devices"
         )
         for project, device, dtype, attrs, first, last in rows:
             self._devices[project, device] = Device(
-                project, device, dtype, json.loads(attrs or "{}"), int(first or 0), int(last or 0)
+                project, device, dtype, json.loads(attrs or "{}"), _to_us(first), _to_us(last)
             )
         return len(rows)
 
@@ -176,20 +184,19 @@ class DeviceRegistry:
         """Write changed first/last_seen values back; returns how many devices."""
         dirty, self._dirty = self._dirty, set()
         items = [self._devices[k] for k in dirty if k in self._devices]
-        for start in range(0, len(items), 500):
-            chunk = items[start : start + 500]
-            values = ", ".join(
-                "(?, ?, make_timestamp(?::BIGINT), make_timestamp(?::BIGINT))" for _ in chunk
-            )
-            params: list[Any] = []
-            for d in chunk:
-                params.extend([d.project_id, d.device_id, d.first_seen_us, d.last_seen_us])
-            self.store.execute(
-                "UPDATE devices SET first_seen = v.f, last_seen = v.l FROM (VALUES "
-                + values
-                + ") AS v(p, d, f, l) WHERE devices.project_id = v.p AND devices.device_id = v.d",
-                params,
-            )
+        self.store.update_many(
+            "devices",
+            ("project_id", "device_id"),
+            [
+                {
+                    "project_id": d.project_id,
+                    "device_id": d.device_id,
+                    "first_seen": _from_us(d.first_seen_us).replace(tzinfo=None),
+                    "last_seen": _from_us(d.last_seen_us).replace(tzinfo=None),
+                }
+                for d in items
+            ],
+        )
         return len(items)
 
     def update(
@@ -206,10 +213,10 @@ class DeviceRegistry:
             device.device_type = device_type
         if attributes is not None:
             device.attributes = dict(attributes)
-        self.store.execute(
-            "UPDATE devices SET device_type = ?, attributes = ? "
-            "WHERE project_id = ? AND device_id = ?",
-            [device.device_type, json.dumps(device.attributes), project_id, device_id],
+        self.store.update_rows(
+            "devices",
+            {"project_id": project_id, "device_id": device_id},
+            {"device_type": device.device_type, "attributes": json.dumps(device.attributes)},
         )
         return device
 

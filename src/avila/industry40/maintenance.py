@@ -4,10 +4,22 @@
 "threshold-crossing" approach to prognostics, e.g. Lei et al., *Machinery health prognostics:
 a systematic review*, MSSP 104, 2018). Three trend models are fitted by least squares —
 linear ``a + b·t``, quadratic ``a + b·t + c·t²`` and exponential ``exp(a + b·t)`` (fitted on
-log values; only when every value and the threshold are positive). The model used is the one
-with the lowest error forecasting the last quarter of the history from the first three
-quarters (simple time-series cross-validation), refitted on all points. RUL is the time from
-the last reading until the fitted trend first reaches the threshold.
+log values; only when every value and the threshold are positive). Each is scored by its
+error forecasting the last quarter of the fitted readings from the first three quarters
+(simple time-series cross-validation) and refitted on all of them.
+
+**Degradation onset.** Many signals stay flat while the unit is healthy and start to move
+only later (two-stage degradation; the "first predicting time" of the prognostics literature,
+Lei et al. 2018). The trends are fitted from the onset: the first reading after which the
+signal (rolling median of 9 readings) stays outside its healthy band, mean ± 3 standard
+deviations of the first 20 % of readings (at least the last 10 readings are always used).
+Without an onset the whole history is fitted.
+
+**Point RUL.** Every trend model whose forecast error is within 1.5× the best one's is
+plausible; RUL is the time from the last reading until the *earliest* of their fitted trends
+reaches the threshold (a late prediction costs more than an early one, as in the PHM08
+score), and ``model`` names that trend. This keeps RUL honest when the true degradation law is
+in none of the families: an accelerating law is not extrapolated as a straight line.
 
 **Uncertainty.** A residual bootstrap (fixed seed, 200 resamples) refits the chosen model;
 ``rul_interval_hours`` is the 5th–95th percentile of the bootstrap RULs and a metric's
@@ -108,20 +120,46 @@ def _predict(model: str, coef: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.asarray(np.exp(np.minimum(out, 700)) if model == "exponential" else out, dtype=float)
 
 
-def _choose_model(t: np.ndarray, y: np.ndarray, threshold: float) -> str:
+ONSET_WINDOW = 9
+MIN_FIT_POINTS = 10
+PLAUSIBLE_ERROR_RATIO = 1.5
+
+
+def _plausible_models(t: np.ndarray, y: np.ndarray, threshold: float) -> list[str]:
+    """Trend models whose last-quarter forecast error is within 1.5× the best one's."""
     candidates = ["linear"]
     if len(t) >= 8:
         candidates.append("quadratic")
     if np.all(y > 0) and threshold > 0:
         candidates.append("exponential")
     if len(t) < 8:
-        return "linear"
+        return ["linear"]
     cut = int(len(t) * 0.75)
     errors = {}
     for m in candidates:
         pred = _predict(m, _fit(m, t[:cut], y[:cut]), t[cut:])
         errors[m] = float(np.sqrt(np.mean((pred - y[cut:]) ** 2)))
-    return min(candidates, key=lambda m: (errors[m], _MODELS.index(m)))
+    best = min(errors.values())
+    return [m for m in candidates if errors[m] <= PLAUSIBLE_ERROR_RATIO * best]
+
+
+def _degradation_onset(y: np.ndarray) -> int:
+    """Index of the first reading after which the rolling median stays outside the healthy
+    band (mean ± 3 sd of the first 20 % of readings); 0 when it ends inside it."""
+    n = len(y)
+    if n < 2 * MIN_FIT_POINTS:
+        return 0
+    base = y[: max(MIN_POINTS, n // 5)]
+    mean, sd = float(np.mean(base)), float(np.std(base, ddof=1))
+    half = ONSET_WINDOW // 2
+    padded = np.pad(y, half, mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, ONSET_WINDOW)
+    outside = np.abs(np.median(windows, axis=1) - mean) > 3 * sd
+    if not outside[-1]:
+        return 0
+    inside = np.flatnonzero(~outside)
+    onset = int(inside[-1]) + 1 if inside.size else 0
+    return min(onset, n - MIN_FIT_POINTS)
 
 
 def _first_crossing(
@@ -158,8 +196,8 @@ def estimate_rul(
     ``t_hours`` are reading times in hours (any origin, increasing). Returns ``{"model",
     "rul_hours", "rul_interval_hours": [lo, hi], "rul_censored", "failure_probability",
     "trend_per_hour", "current_value", "failure_threshold", "direction", "progress"}`` where
-    ``progress`` is how far the fitted current value has moved from the first fitted value
-    towards the threshold (0 = new, 1 = failed).
+    ``progress`` is how far the fitted current value has moved from the healthy level (mean
+    of the first readings) towards the threshold (0 = new, 1 = failed).
     """
     t = np.asarray(t_hours, dtype=float)
     y = np.asarray(values, dtype=float)
@@ -169,14 +207,22 @@ def estimate_rul(
     if direction == "decreasing":
         sign = -1.0
     now = float(t[-1])
-    rel = t - now  # fit in time relative to now for conditioning
-    model = _choose_model(rel, y, threshold)
-    coef = _fit(model, rel, y)
-    fitted = _predict(model, coef, rel)
-    current = float(fitted[-1])
+    healthy = float(np.mean(y[:MIN_POINTS]))
     span = max(float(t[-1] - t[0]), 1e-9)
     cap = max(10 * span, 2 * horizon_hours)
     grid = np.linspace(0.0, cap, GRID + 1)
+    onset = _degradation_onset(y)
+    t, y = t[onset:], y[onset:]
+    rel = t - now  # fit in time relative to now for conditioning
+    fits = {m: _fit(m, rel, y) for m in _plausible_models(rel, y, threshold)}
+    first = {
+        m: float(_first_crossing(_predict(m, c, grid)[:, None], grid, threshold, sign)[0])
+        for m, c in fits.items()
+    }
+    model = min(fits, key=lambda m: (first[m], _MODELS.index(m)))
+    coef = fits[model]
+    fitted = _predict(model, coef, rel)
+    current = float(fitted[-1])
 
     # residual bootstrap (in the space the model is fitted in)
     target = np.log(y) if model == "exponential" else y
@@ -196,9 +242,8 @@ def estimate_rul(
     censored = not np.isfinite(point)
     boot_capped = np.minimum(boot, cap)
     slope = float(np.gradient(curves[:2, 0], grid[:2])[-1])
-    start_value = float(fitted[0])
-    denom = threshold - start_value
-    progress = (current - start_value) / denom if denom != 0 else 1.0
+    denom = threshold - healthy
+    progress = (current - healthy) / denom if denom != 0 else 1.0
     return {
         "model": model,
         "rul_hours": float(min(point, cap)),

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from avila.analytics.common import fragments
 from avila.errors import ValidationFailed
 from avila.industry40.devices import rfc3339
 from avila.storage.base import Store
@@ -89,6 +90,16 @@ def choose_resolution(start: datetime, end: datetime, resolution: Resolution) ->
 _WHERE = "project_id = ? AND device_id = ? AND ts >= ? AND ts < ?"
 
 
+def epoch_us(store: Store, ts_sql: str) -> str:
+    """Microseconds since the epoch of the timestamp expression ``ts_sql``, in the store's SQL."""
+    return fragments(store)["epoch_us"].format(ts_sql)
+
+
+def bucket(store: Store, width_us_sql: str, ts_sql: str) -> str:
+    """Start of the ``width_us_sql``-microsecond bucket holding ``ts_sql`` (a timestamp)."""
+    return fragments(store)["time_bucket_us"].format(width_us_sql, ts_sql)
+
+
 def series(
     store: Store,
     project_id: str,
@@ -111,7 +122,8 @@ def series(
     truncated = False
     if res == "raw":
         rows = store.query(
-            f"SELECT metric, epoch_us(ts), value FROM telemetry WHERE {_WHERE}{metric_sql}"
+            f"SELECT metric, {epoch_us(store, 'ts')}, value FROM telemetry"
+            f" WHERE {_WHERE}{metric_sql}"
             f" ORDER BY metric, ts LIMIT {RAW_LIMIT + 1}",
             params,
         )
@@ -120,8 +132,8 @@ def series(
             out.setdefault(metric, []).append({"timestamp": rfc3339(from_us(ts)), "value": value})
     else:
         rows = store.query(
-            f"SELECT metric, epoch_us(time_bucket(to_microseconds(?::BIGINT), ts)) AS b,"
-            f" avg(value), min(value), max(value), count(*), arg_max(value, ts)"
+            f"SELECT metric, {epoch_us(store, bucket(store, '?', 'ts'))} AS b,"
+            f" avg(value), min(value), max(value), count(*), argMax(value, ts)"
             f" FROM telemetry WHERE {_WHERE}{metric_sql} GROUP BY metric, b ORDER BY metric, b",
             [_BUCKET_US[res], *params],
         )
@@ -157,13 +169,14 @@ def values_of(
     ]
     if count <= max_points:
         rows = store.query(
-            f"SELECT epoch_us(ts), value FROM telemetry WHERE {_WHERE} AND metric = ? ORDER BY ts",
+            f"SELECT {epoch_us(store, 'ts')}, value FROM telemetry WHERE {_WHERE} AND metric = ?"
+            " ORDER BY ts",
             params,
         )
     else:
         width = max(1, int((end - start).total_seconds() * 1_000_000 / max_points) + 1)
         rows = store.query(
-            f"SELECT epoch_us(time_bucket(to_microseconds(?::BIGINT), ts)) AS b, avg(value)"
+            f"SELECT {epoch_us(store, bucket(store, '?', 'ts'))} AS b, avg(value)"
             f" FROM telemetry WHERE {_WHERE} AND metric = ? GROUP BY b ORDER BY b",
             [width, *params],
         )
@@ -173,7 +186,7 @@ def values_of(
 def latest(store: Store, project_id: str, device_id: str) -> list[tuple[str, float, int]]:
     """(metric, latest value, its epoch µs) for every metric the device ever sent."""
     return store.query(
-        "SELECT metric, arg_max(value, ts), epoch_us(max(ts)) FROM telemetry"
+        f"SELECT metric, argMax(value, ts), {epoch_us(store, 'max(ts)')} FROM telemetry"
         " WHERE project_id = ? AND device_id = ? GROUP BY metric ORDER BY metric",
         [project_id, device_id],
     )
@@ -196,12 +209,14 @@ def state_intervals(
     """The machine's states over [start, end), sample-and-hold, clipped to the window."""
     s, e = naive_utc(start), naive_utc(end)
     prior = store.query(
-        "SELECT arg_max(value, ts) FROM telemetry WHERE project_id = ? AND device_id = ?"
+        f"SELECT {fragments(store)['arg_max'].format('value', 'ts')} FROM telemetry"
+        " WHERE project_id = ? AND device_id = ?"
         " AND metric = 'state' AND ts < ?",
         [project_id, device_id, s],
     )[0][0]
     rows = store.query(
-        f"SELECT epoch_us(ts), value FROM telemetry WHERE {_WHERE} AND metric = 'state'"
+        f"SELECT {epoch_us(store, 'ts')}, value FROM telemetry WHERE {_WHERE}"
+        " AND metric = 'state'"
         " ORDER BY ts",
         [project_id, device_id, s, e],
     )
@@ -252,8 +267,8 @@ def unit_counts(
     if device_id:
         params.append(device_id)
     rows = store.query(
-        "SELECT device_id, coalesce(sum(value) FILTER (metric = 'units_good'), 0),"
-        " coalesce(sum(value) FILTER (metric = 'units_rejected'), 0) FROM telemetry"
+        "SELECT device_id, coalesce(sum(value) FILTER (WHERE metric = 'units_good'), 0),"
+        " coalesce(sum(value) FILTER (WHERE metric = 'units_rejected'), 0) FROM telemetry"
         " WHERE project_id = ? AND ts >= ? AND ts < ? AND metric IN ('units_good',"
         f" 'units_rejected'){device_sql} GROUP BY device_id",
         params,
@@ -276,13 +291,16 @@ def energy_rows(
     params: list[Any] = [project_id, naive_utc(start), naive_utc(end)]
     if device_id:
         params.append(device_id)
-    t = "ts" if bucket_us is None else "time_bucket(to_microseconds(?::BIGINT), ts)"
+    frag = fragments(store)
+    t = "ts" if bucket_us is None else bucket(store, "?", "ts")
     bucket_params: list[Any] = [] if bucket_us is None else [bucket_us]
     sql = f"""
         WITH e AS (
             SELECT device_id, {t} AS t,
-                   avg(value) FILTER (metric = 'power_kw') AS power_kw,
-                   arg_max(value, ts) FILTER (metric = 'energy_kwh') AS energy_kwh
+                   avg({frag["nullable"].format("value")})
+                       FILTER (WHERE metric = 'power_kw') AS power_kw,
+                   {frag["arg_max"].format("value", "ts")}
+                       FILTER (WHERE metric = 'energy_kwh') AS energy_kwh
             FROM telemetry
             WHERE project_id = ? AND ts >= ? AND ts < ? AND metric IN ('power_kw', 'energy_kwh')
                   {device_sql}
@@ -294,15 +312,16 @@ def energy_rows(
         -- state before an energy row of the same instant). A window over the union measured
         -- 50x faster than the equivalent ASOF LEFT JOIN on a week of 1-minute data.
         u AS (
-            SELECT device_id, t, 1 AS kind, power_kw, energy_kwh, NULL::DOUBLE AS state FROM e
+            SELECT device_id, t, 1 AS kind, power_kw, energy_kwh, {frag["null_double"]} AS state
+            FROM e
             UNION ALL
             SELECT device_id, ts, 0, NULL, NULL, state FROM s),
         w AS (
             SELECT device_id, t, kind, power_kw, energy_kwh,
-                   last_value(state IGNORE NULLS) OVER (
+                   {frag["last_non_null"].format("state")} OVER (
                        PARTITION BY device_id ORDER BY t, kind ROWS UNBOUNDED PRECEDING) AS state
             FROM u)
-        SELECT device_id, epoch_us(t), power_kw, energy_kwh, state
+        SELECT device_id, {epoch_us(store, "t")}, power_kw, energy_kwh, state
         FROM w WHERE kind = 1
         ORDER BY device_id, t"""
     state_params: list[Any] = [project_id, naive_utc(end)]

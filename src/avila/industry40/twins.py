@@ -125,19 +125,19 @@ class TwinService:
                 details=[{"current_version": current, "if_match": if_match}],
             )
         doc = json.dumps(desired)
+        key = {"project_id": project_id, "device_id": device_id}
+        now = datetime.now(UTC).replace(tzinfo=None)
         if current == 0:
-            changed = self.store.execute(
-                "INSERT INTO twin_desired VALUES (?, ?, ?, 1, now()::TIMESTAMP)"
-                " ON CONFLICT (project_id, device_id) DO NOTHING",
-                [project_id, device_id, doc],
-            )
+            row = {**key, "desired": doc, "version": 1, "updated_at": now}
+            changed = int(self.store.insert_new("twin_desired", tuple(key), row))
         else:
-            # The version check in SQL too: two writers racing on one version, one wins.
-            changed = self.store.execute(
-                "UPDATE twin_desired SET desired = ?, version = version + 1,"
-                " updated_at = now()::TIMESTAMP WHERE project_id = ? AND device_id = ?"
-                " AND version = ?",
-                [doc, project_id, device_id, current],
+            # The version check in the store too (compare-and-set): two writers racing on one
+            # version, one wins.
+            changed = self.store.update_rows(
+                "twin_desired",
+                key,
+                {"desired": doc, "version": current + 1, "updated_at": now},
+                expect={"version": current},
             )
         if changed != 1:
             raise VersionMismatch(
@@ -225,7 +225,8 @@ class TwinService:
 
     def _usual_interval_s(self, project_id: str, device_id: str) -> float:
         rows = self.store.query(
-            "SELECT epoch_us(ts) FROM (SELECT DISTINCT ts FROM telemetry WHERE project_id = ?"
+            f"SELECT {records.epoch_us(self.store, 'ts')} FROM (SELECT DISTINCT ts FROM telemetry"
+            " WHERE project_id = ?"
             " AND device_id = ? ORDER BY ts DESC LIMIT 50)",
             [project_id, device_id],
         )
@@ -238,15 +239,18 @@ class TwinService:
         if not metrics:
             return []
         rows = self.store.query(
-            "SELECT metric, list(value ORDER BY ts) FROM (SELECT metric, ts, value,"
+            "SELECT metric, value FROM (SELECT metric, ts, value,"
             " row_number() OVER (PARTITION BY metric ORDER BY ts DESC) AS k FROM telemetry"
             " WHERE project_id = ? AND device_id = ? AND metric IN ("
             + ", ".join("?" for _ in metrics)
-            + f")) WHERE k <= {ANOMALY_WINDOW + 1} GROUP BY metric",
+            + f")) WHERE k <= {ANOMALY_WINDOW + 1} ORDER BY metric, ts",
             [project_id, device_id, *metrics],
         )
+        by_metric: dict[str, list[float]] = {}
+        for metric, value in rows:
+            by_metric.setdefault(metric, []).append(value)
         out = []
-        for metric, values in sorted(rows):
+        for metric, values in sorted(by_metric.items()):
             if len(values) <= 10:
                 continue
             scores, _, _ = robust_zscores(values, window=ANOMALY_WINDOW, min_periods=10)
@@ -268,7 +272,8 @@ class TwinService:
     ) -> dict[str, Any]:
         self.registry.require(project_id, device_id)
         end_row = self.store.query(
-            "SELECT epoch_us(max(ts)) FROM telemetry WHERE project_id = ? AND device_id = ?"
+            f"SELECT {records.epoch_us(self.store, 'max(ts)')} FROM telemetry"
+            " WHERE project_id = ? AND device_id = ?"
             " AND metric = ?",
             [project_id, device_id, metric],
         )[0][0]

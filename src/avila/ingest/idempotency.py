@@ -9,8 +9,8 @@ Memory is bounded by ``max_keys``; when the bound is hit the oldest keys leave e
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 
@@ -24,7 +24,10 @@ class DedupIndex:
     def __init__(self, window_seconds: float, max_keys: int = 20_000_000) -> None:
         self.window_seconds = window_seconds
         self.max_keys = max_keys
-        self._committed: OrderedDict[str, float] = OrderedDict()
+        # A plain dict keeps insertion order and takes a batch of keys in one C call (an
+        # OrderedDict costs ~3 % of the server's CPU under batch load); the oldest keys leave
+        # in bulk (prune, overflow), never one by one from the front.
+        self._committed: dict[str, float] = {}
         self.evicted_early = 0
 
     def __len__(self) -> int:
@@ -41,22 +44,22 @@ class DedupIndex:
     def add_committed(self, keys: Iterable[str], at: float | None = None) -> None:
         stamp = time.monotonic() if at is None else at
         committed = self._committed
-        for key in keys:
-            committed[key] = stamp
+        committed.update(zip(keys, itertools.repeat(stamp)))  # one C loop
         overflow = len(committed) - self.max_keys
-        for _ in range(max(0, overflow)):
-            committed.popitem(last=False)
-            self.evicted_early += 1
+        if overflow > 0:
+            for key in list(itertools.islice(committed, overflow)):
+                del committed[key]
+            self.evicted_early += overflow
 
     def prune(self, now: float | None = None) -> int:
         """Forget keys older than the window; returns how many were dropped."""
         cutoff = (time.monotonic() if now is None else now) - self.window_seconds
         committed = self._committed
-        dropped = 0
-        while committed:
-            key, stamp = next(iter(committed.items()))
+        stale = []
+        for key, stamp in committed.items():
             if stamp >= cutoff:
                 break
-            committed.popitem(last=False)
-            dropped += 1
-        return dropped
+            stale.append(key)
+        for key in stale:
+            del committed[key]
+        return len(stale)

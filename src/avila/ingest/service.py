@@ -132,32 +132,42 @@ class IngestService:
         seen_here: set[str] = set()
         committed = self.dedup.keys
         inflight = self._inflight
-        for position, event_id in enumerate(rows.event_ids):
-            key = event_key(project_id, event_id)
-            if key in committed or key in seen_here:
-                result.duplicates += 1
-                continue
-            other = inflight.get(key)
-            if other is not None:
-                result.duplicates += 1
-                waits.append(other)
-                continue
-            seen_here.add(key)
-            keep.append(position)
-            keys.append(key)
-        accepted_rows = rows if len(keep) == len(rows) else rows.keep(keep)
+        all_keys = [event_key(project_id, event_id) for event_id in rows.event_ids]
+        if (
+            committed.keys().isdisjoint(all_keys)
+            and inflight.keys().isdisjoint(all_keys)
+            and len(set(all_keys)) == len(all_keys)
+        ):
+            keys = all_keys  # the common case, checked in C: no duplicate anywhere
+        else:
+            for position, key in enumerate(all_keys):
+                if key in committed or key in seen_here:
+                    result.duplicates += 1
+                    continue
+                other = inflight.get(key)
+                if other is not None:
+                    result.duplicates += 1
+                    waits.append(other)
+                    continue
+                seen_here.add(key)
+                keep.append(position)
+                keys.append(key)
+        accepted_rows = rows if len(keys) == len(rows) else rows.keep(keep)
         if keys:
             if self._closing or self.log is None:
                 raise ShuttingDown("the server is shutting down; retry shortly")
             future = self.log.append(frames.encode_events(accepted_rows.to_columns()), len(keys))
-            for key in keys:
-                inflight[key] = future
+            inflight.update(dict.fromkeys(keys, future))
             future.add_done_callback(functools.partial(self._settle, keys=keys))
             waits.append(future)
         if waits:
             # A duplicate of an in-flight event is only "already stored" once its entry is.
             # shield: a client that disconnects must not cancel a write other requests share.
-            await asyncio.gather(*(asyncio.shield(w) for w in {id(w): w for w in waits}.values()))
+            if len(waits) == 1:
+                await asyncio.shield(waits[0])
+            else:
+                distinct = {id(w): w for w in waits}.values()
+                await asyncio.gather(*(asyncio.shield(w) for w in distinct))
         result.accepted = len(keys)
         result.event_ids = list(rows.event_ids)
         m = self.metrics
@@ -174,8 +184,9 @@ class IngestService:
 
     def _settle(self, future: asyncio.Future[int], keys: list[str]) -> None:
         inflight = self._inflight
+        pop = inflight.pop
         for key in keys:
-            inflight.pop(key, None)
+            pop(key, None)
         if not future.cancelled() and future.exception() is None:
             self.dedup.add_committed(keys, at=time.monotonic())
 

@@ -174,6 +174,23 @@ def validate_events(
                 )
             )
             continue
+        # msgspec checks UTF-8 only in the fields it decodes; the raw JSON it keeps (data,
+        # metadata) or skips (unknown context keys) is checked here, per part.
+        try:
+            part = "event_type.data"
+            data_text = bytes(data_raw).decode()
+            part = "metadata"
+            metadata_text = metadata_raw.decode() if metadata_raw != b"null" else "{}"
+            part = "context"
+            context_text = context_raw.decode() if context_raw != b"null" else "{}"
+        except UnicodeDecodeError:
+            prefix = path_prefix if single else f"{path_prefix}[{index}]"
+            rejected.append(
+                Rejection(
+                    index, "invalid_event", "Invalid UTF-8 encoded string", join_path(prefix, part)
+                )
+            )
+            continue
         stamp = env.timestamp
         if stamp is None:
             ts_us = now_us
@@ -201,9 +218,9 @@ def validate_events(
                 EVENT_TYPES[etype],
                 *_FLATTEN_DATA[etype](data),
                 *(_flatten_context(ctx) if ctx is not None else _NO_CONTEXT),
-                bytes(data_raw).decode(),
-                metadata_raw.decode() if metadata_raw != b"null" else "{}",
-                context_raw.decode() if context_raw != b"null" else "{}",
+                data_text,
+                metadata_text,
+                context_text,
             )
         )
     if records:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from avila.analytics.common import fragments
 from avila.storage.base import Store
 
 __all__ = [
@@ -84,30 +85,33 @@ SESSION_FEATURES = [
     "duration_s",
 ]
 
-_DAILY_SQL = """
-SELECT user_id, date_trunc('day', ts) AS day, count(*) AS events,
+# Templates: {day}, {items}, {duration_s} and {sample_hash} are the backend's SQL fragments
+# (see :func:`_dialect`).
+_DAILY_SQL = (
+    """
+SELECT user_id, {day} AS day, count(*) AS events,
        greatest(count(DISTINCT session_id), 1) AS sessions,
-       {type_counts},
+       """
+    + ", ".join(f"count(*) FILTER (WHERE event_type = '{t}') AS {t}" for t in COUNTED_TYPES)
+    + """,
        coalesce(sum(revenue) FILTER (WHERE event_type = 'purchase'), 0.0) AS revenue,
        min(ts) AS first_ts, max(ts) AS last_ts
 FROM events WHERE project_id = ? AND ts < ?
 GROUP BY ALL
-""".format(
-    type_counts=", ".join(
-        f"count(*) FILTER (WHERE event_type = '{t}') AS {t}" for t in COUNTED_TYPES
-    )
+"""
 )
 
+# e.ts: in ClickHouse an alias (min(ts) AS ts) would shadow the column in WHERE.
 _INTERACTIONS_SQL = """
 SELECT user_id, product_id AS item_id,
-       CASE event_type WHEN 'product_view' THEN 'view' ELSE 'cart' END AS event, min(ts) AS ts
-FROM events
-WHERE project_id = ? AND ts < ? AND event_type IN ('product_view', 'add_to_cart')
+       CASE event_type WHEN 'product_view' THEN 'view' ELSE 'cart' END AS event, min(e.ts) AS ts
+FROM events AS e
+WHERE project_id = ? AND e.ts < ? AND event_type IN ('product_view', 'add_to_cart')
   AND product_id IS NOT NULL
 GROUP BY ALL
 UNION ALL
 SELECT user_id, item_id, 'purchase' AS event, min(ts) AS ts FROM (
-    SELECT user_id, ts, unnest(json_extract_string(data, '$.items[*].product_id')) AS item_id
+    SELECT user_id, ts, {items} AS item_id
     FROM events WHERE project_id = ? AND ts < ? AND event_type = 'purchase'
 ) WHERE item_id IS NOT NULL
 GROUP BY ALL
@@ -129,7 +133,7 @@ WITH e AS (
            count(*) FILTER (WHERE event_type = 'checkout') OVER w AS checkouts,
            count(*) FILTER (WHERE event_type = 'search') OVER w AS searches,
            count(*) FILTER (WHERE event_type = 'purchase') OVER w AS purchases_so_far,
-           epoch(ts - min(ts) OVER w) AS duration_s,
+           {duration_s} AS duration_s,
            min(ts) OVER (PARTITION BY user_id, session_id) AS session_start,
            coalesce(max(CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END) OVER (
                PARTITION BY user_id, session_id ORDER BY ts, event_id
@@ -140,8 +144,8 @@ WITH e AS (
                  ROWS UNBOUNDED PRECEDING)
 )
 SELECT session_start, purchased, {features} FROM e
-WHERE purchases_so_far = 0 AND hash(event_id) % ? = 0
-""".format(features=", ".join(SESSION_FEATURES))
+WHERE purchases_so_far = 0 AND {sample_hash} % ? = 0
+""".replace("{features}", ", ".join(SESSION_FEATURES))
 
 
 @dataclass
@@ -182,8 +186,19 @@ class EventData:
         return float((self.end - start) / pd.Timedelta(days=1))
 
 
+def _dialect(store: Store, template: str) -> str:
+    frag = fragments(store)
+    epoch = frag["epoch_us"].format("ts")
+    return template.format(
+        day=frag["day_start"].format("ts"),
+        items=frag["purchase_item_ids"].format("data"),
+        duration_s=f"(({epoch}) - min({epoch}) OVER w) / 1e6",
+        sample_hash=frag["hash"].format("event_id"),
+    )
+
+
 def _frame(store: Store, sql: str, params: list[Any]) -> pd.DataFrame:
-    return store.query_arrow(sql, params).to_pandas()
+    return store.query_arrow(_dialect(store, sql), params).to_pandas()
 
 
 def load_event_data(store: Store, project_id: str, end: Any = None) -> EventData:

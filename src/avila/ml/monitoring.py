@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from avila.analytics.common import fragments
 from avila.ml.anomaly import SeasonalAnomalyDetector, StreamingAnomalyDetector
 from avila.storage.base import Store
 
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 _SERIES_SQL = """
-SELECT time_bucket(INTERVAL '{seconds} seconds', ts) AS bucket, event_type, count(*) AS n,
+SELECT {bucket} AS bucket, event_type, count(*) AS n,
        coalesce(sum(revenue) FILTER (WHERE event_type = 'purchase'), 0.0) AS revenue,
        count(*) FILTER (WHERE event_type = 'custom' AND lower(event_name) LIKE '%error%')
            AS errors
@@ -56,7 +57,8 @@ def metric_series(
 
     ``start``/``end`` are naive UTC and should be multiples of the bucket.
     """
-    sql = _SERIES_SQL.format(seconds=int(bucket_seconds))
+    bucket = fragments(store)["time_bucket_us"].format(int(bucket_seconds) * 1_000_000, "ts")
+    sql = _SERIES_SQL.format(bucket=bucket)
     raw = store.query_arrow(sql, [project_id, start, end]).to_pandas()
     index = pd.date_range(start, end, freq=f"{bucket_seconds}s", inclusive="left")
     out = pd.DataFrame(index=index)

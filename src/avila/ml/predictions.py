@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from avila.analytics.common import fragments
 from avila.errors import NotFound
 from avila.ml.conversion import LiveSessions
 from avila.ml.features import SESSION_FEATURES
@@ -33,22 +34,24 @@ from avila.storage.base import Store
 
 __all__ = ["PredictionService"]
 
+# Churn: of the users active 28-14 days before the newest event, the share not active since;
+# conversion: of the users active before the last 7 days, the share who bought in them. One
+# pass over the user-days (no correlated subqueries: ClickHouse's are limited).
 _COLD_SQL = """
 WITH bounds AS (SELECT max(ts) AS e FROM events WHERE project_id = ?),
-     days AS (SELECT DISTINCT user_id, date_trunc('day', ts) AS day,
-                     event_type = 'purchase' AS bought
-              FROM events, bounds WHERE project_id = ? AND ts >= e - INTERVAL 35 DAY)
-SELECT
-  (SELECT avg(CASE WHEN NOT EXISTS (SELECT 1 FROM days d2 WHERE d2.user_id = a.user_id
-                                    AND d2.day >= (SELECT e FROM bounds) - INTERVAL 14 DAY)
-              THEN 1.0 ELSE 0.0 END)
-   FROM (SELECT DISTINCT user_id FROM days WHERE day >= (SELECT e FROM bounds) - INTERVAL 28 DAY
-         AND day < (SELECT e FROM bounds) - INTERVAL 14 DAY) a),
-  (SELECT avg(CASE WHEN EXISTS (SELECT 1 FROM days d2 WHERE d2.user_id = a.user_id AND d2.bought
-                                AND d2.day >= (SELECT e FROM bounds) - INTERVAL 7 DAY)
-              THEN 1.0 ELSE 0.0 END)
-   FROM (SELECT DISTINCT user_id FROM days
-         WHERE day < (SELECT e FROM bounds) - INTERVAL 7 DAY) a)
+     days AS (SELECT DISTINCT user_id, {day} AS day, event_type = 'purchase' AS bought, e
+              FROM events, bounds WHERE project_id = ? AND ts >= e - INTERVAL 35 DAY),
+     per_user AS (
+       SELECT user_id,
+         max(CASE WHEN day >= e - INTERVAL 28 DAY AND day < e - INTERVAL 14 DAY
+             THEN 1 ELSE 0 END) AS mid,
+         max(CASE WHEN day >= e - INTERVAL 14 DAY THEN 1 ELSE 0 END) AS recent,
+         max(CASE WHEN day < e - INTERVAL 7 DAY THEN 1 ELSE 0 END) AS earlier,
+         max(CASE WHEN bought AND day >= e - INTERVAL 7 DAY THEN 1 ELSE 0 END) AS bought_last
+       FROM days GROUP BY user_id)
+SELECT avg(CASE WHEN mid = 1 THEN 1.0 - recent END),
+       avg(CASE WHEN earlier = 1 THEN 1.0 * bought_last END)
+FROM per_user
 """
 
 _POPULAR_SQL = """
@@ -182,7 +185,9 @@ class PredictionService:
         cached = self._cold.get(project_id)
         if cached is not None and time.monotonic() - cached[0] < self.cold_cache_seconds:
             return cached[1]
-        churn, conversion = self.store.query(_COLD_SQL, [project_id, project_id])[0]
+        day = fragments(self.store)["day_start"].format("ts")
+        cold_sql = _COLD_SQL.format(day=day)
+        churn, conversion = self.store.query(cold_sql, [project_id, project_id])[0]
         popular = self.store.query(_POPULAR_SQL, [project_id, self.recommendations])
         value = {
             "rates": {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +36,10 @@ class Store(ABC):
     ingest_recovery: Recovery | None = None
     _load_progress: LoadProgress | None = None
     _log_lock = threading.Lock()
+    #: Shortest time between the starts of two loader rounds, in seconds (0: a round starts as
+    #: soon as something is durable). ClickHouse writes every insert as a new part; at low load
+    #: one round per request would make many tiny parts, so its rounds gather for a moment.
+    min_load_round_s: float = 0.0
 
     # -- the ingest log (avila.storage.ingest_log): writes are acknowledged on it -----------
 
@@ -122,6 +126,63 @@ class Store(ABC):
         """Append column batches (see :data:`avila.storage.schema.ColumnBatch`) in one durable
         transaction, from the event loop."""
         await self.append_events_async(columns_to_arrow(batches))
+
+    # -- the ingest log's loader (avila.storage.loader) calls these in the store's process ----
+
+    def log_position(self) -> int:
+        """The log position up to which the ingest log is loaded into this store."""
+        raise NotImplementedError
+
+    def pending_log_round(self) -> int:
+        """End position of a loader round that may be partly stored (0: none).
+
+        Backends whose round is one transaction (DuckDB) never have one. Others (ClickHouse)
+        record a round's end before writing it; after a crash the loader's first round must end
+        exactly there, so its blocks carry the same deduplication tokens as the first attempt."""
+        return 0
+
+    def commit_log_batch(
+        self,
+        position: int,
+        *,
+        events: pa.Table | None = None,
+        devices: pa.Table | None = None,
+        tables: Sequence[tuple[str, pa.Table]] = (),
+    ) -> None:
+        """Store rows loaded from the ingest log and record ``position``, exactly once: a round
+        whose end is already recorded is skipped."""
+        raise NotImplementedError
+
+    # -- small-table writes (keyed rows): no dialect in callers ------------------------------
+    # Table and column names are checked against the catalog; values are bound as parameters.
+
+    def insert_new(self, table: str, key: Sequence[str], row: Mapping[str, Any]) -> bool:
+        """Insert ``row`` unless a row with the same ``key`` columns exists; True if inserted."""
+        raise NotImplementedError
+
+    def upsert(self, table: str, key: Sequence[str], row: Mapping[str, Any]) -> None:
+        """Insert ``row``, replacing the row with the same ``key`` columns if there is one."""
+        raise NotImplementedError
+
+    def update_rows(
+        self,
+        table: str,
+        where: Mapping[str, Any],
+        values: Mapping[str, Any],
+        expect: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Set ``values`` on the rows matching ``where`` (and ``expect``, a compare-and-set
+        condition); returns how many rows changed."""
+        raise NotImplementedError
+
+    def update_many(self, table: str, key: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> int:
+        """Per row: set its other columns on the stored row with its ``key`` values."""
+        raise NotImplementedError
+
+    def delete_rows(self, table: str, where: Mapping[str, Any]) -> int:
+        """Delete the rows matching ``where`` (column = value; a list or tuple value means IN;
+        several entries are AND-ed); returns how many were deleted."""
+        raise NotImplementedError
 
     @abstractmethod
     def recent_event_keys(self, since: datetime) -> Iterator[tuple[str, str]]:

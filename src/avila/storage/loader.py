@@ -10,8 +10,12 @@ wholly below the position are then deleted; a crash before that deletion is harm
 same reason. A failing commit (store disk full, say) is retried with backoff and never skipped:
 the backlog grows and ingest answers 503 at its limit.
 
-Rounds start as soon as a durable position arrives, so at low load an acknowledged event is in
-the store a few milliseconds later; under load rounds grow by themselves.
+A round starts as soon as a durable position arrives, but at most one round starts per
+:data:`ROUND_INTERVAL_S`: at a trickle of single events each round would otherwise be a
+transaction (and a WAL fsync) of a row or two, and those small rounds cost the store process
+about as much CPU as the server spends answering the requests (benchmarks/RESULTS.md). So an
+acknowledged event is in the store within a few tens of milliseconds; under load rounds take
+longer than the interval and grow by themselves.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from avila.storage.ingest_log import read_frames, segment_bases, segment_path
 from avila.storage.schema import columns_to_arrow
 
 if TYPE_CHECKING:
-    from avila.storage.duckdb.store import DuckDBStore
+    from avila.storage.base import Store
 
 log = logging.getLogger("avila.ingest.loader")
 
@@ -44,6 +48,9 @@ MESSAGE_SCHEMA = pa.schema(
 )
 
 Report = Callable[[int, int, float], None]
+
+#: the least time between the starts of two rounds (see the module docstring)
+ROUND_INTERVAL_S = 0.05
 
 
 @dataclass
@@ -76,19 +83,25 @@ class Loader:
 
     def __init__(
         self,
-        store: DuckDBStore,
+        store: Store,
         directory: Path,
         report: Report,
         *,
         max_bytes: int = 48 << 20,
         max_rows: int = 25_000,
+        round_interval: float = ROUND_INTERVAL_S,
     ) -> None:
         self.store = store
         self.directory = Path(directory)
         self.report = report
         self.max_bytes = max_bytes
         self.max_rows = max_rows
+        # A backend may need fewer, larger rounds (ClickHouse: every insert is a part).
+        self.round_interval = max(round_interval, store.min_load_round_s)
         self.position = store.log_position()
+        # A round that may be partly stored (a backend without transactions crashed inside it)
+        # is replayed first with exactly its old end: the same blocks, the same dedup tokens.
+        self._replay_end = store.pending_log_round()
         self._prepared_to = self.position
         self._target = self.position
         self._cond = threading.Condition()
@@ -121,13 +134,19 @@ class Loader:
 
     def _prepare_forever(self) -> None:
         delay = 0.05
+        last_start = 0.0
         while True:
             with self._cond:
                 while self._target <= self._prepared_to and not self._stopping:
                     self._cond.wait()
+                # more frames gather meanwhile (new durable positions wake this wait early)
+                resume = last_start + self.round_interval
+                while not self._stopping and (pause := resume - time.monotonic()) > 0:
+                    self._cond.wait(pause)
                 if self._stopping:
                     return
                 target = self._target
+            last_start = time.monotonic()
             try:
                 prepared = self.prepare(self._prepared_to, target)
                 delay = 0.05
@@ -183,6 +202,9 @@ class Loader:
     def prepare(self, start: int, target: int) -> Prepared:
         """Read frames from ``start`` up to ``target`` (bounded by max_rows / max_bytes)."""
         started = time.perf_counter()
+        replay = start < self._replay_end
+        if replay:
+            target = self._replay_end
         event_batches: list[dict[str, list[Any]]] = []
         readings: list[pa.Table] = []
         devices: list[pa.Table] = []
@@ -190,7 +212,8 @@ class Loader:
         links: list[pa.Table] = []
         end = start
         rows = 0
-        for frame_end, payload in read_frames(self.directory, start, target, self.max_bytes):
+        max_bytes = None if replay else self.max_bytes
+        for frame_end, payload in read_frames(self.directory, start, target, max_bytes):
             kind = frames.kind(payload)
             if kind == frames.EVENTS:
                 columns = frames.decode_events(memoryview(payload))
@@ -213,7 +236,7 @@ class Loader:
             else:
                 log.error("ingest log: unknown entry kind skipped", extra={"kind": kind})
             end = frame_end
-            if rows >= self.max_rows:
+            if rows >= self.max_rows and not replay:
                 break
         if end == start:
             # Nothing readable although the log says it is durable: its segment is gone (deleted

@@ -7,6 +7,7 @@ microsecond precision: ``ts`` is the client's event time, ``received_at`` the se
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 import pyarrow as pa
@@ -74,11 +75,12 @@ def columns_to_arrow(batches: list[ColumnBatch]) -> pa.Table:
     """One Arrow table (:data:`EVENT_SCHEMA`) from several column batches."""
     arrays = []
     for field in EVENT_SCHEMA:
+        name = field.name
         if len(batches) == 1:
-            values = batches[0][field.name]
+            values = batches[0][name]
         else:
-            values = [v for batch in batches for v in batch[field.name]]
-        if field.name in TIMESTAMP_COLUMNS:
+            values = list(chain.from_iterable(batch[name] for batch in batches))
+        if name in TIMESTAMP_COLUMNS:
             arrays.append(pa.array(values, type=pa.int64()).cast(field.type))
         else:
             arrays.append(pa.array(values, type=field.type))

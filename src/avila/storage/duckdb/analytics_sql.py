@@ -68,4 +68,29 @@ FRAGMENTS: dict[str, str] = {
     "popcount": "bit_count({0})",
     "day_of_month": "dayofmonth(make_timestamp({0}))",
     "min_pair": "min({{'t': {0}, 'n': {1}}})",
+    # Typed NULLs (ClickHouse needs a Nullable type to cast NULL to).
+    "null_text": "CAST(NULL AS VARCHAR)",
+    "null_double": "CAST(NULL AS DOUBLE)",
+    # {0} as a type that admits NULL (ClickHouse aggregates of non-Nullable columns over no
+    # rows give 0 or nan instead of NULL).
+    "nullable": "{0}",
+    # Previous / next value in the window, NULL at the partition's edge (ClickHouse: the
+    # type's default value unless the argument is Nullable).
+    "lag": "lag({0})",
+    "lead": "lead({0})",
+    # The last non-NULL value of {0} in the window frame.
+    "last_non_null": "last_value({0} IGNORE NULLS)",
+    # Value of {0} at the largest {1} (NULL over no rows).
+    "arg_max": "arg_max({0}, {1})",
+    # A relation r with one column i = 1 .. {0} - 1 (a cross join makes one row per i).
+    "series_from_1": "range(1, {0}) AS r(i)",
+    # Midnight (UTC) of the timestamp {0}, as a timestamp.
+    "day_start": "date_trunc('day', {0})",
+    # Start of the {0}-microsecond bucket (an integer SQL expression) holding the timestamp
+    # {1}, buckets aligned to 2000-01-03 00:00 UTC (DuckDB's time_bucket origin).
+    "time_bucket_us": "time_bucket(to_microseconds(({0})::BIGINT), {1})",
+    # The product_id of every item of a purchase's data.items, one row each (set-returning).
+    "purchase_item_ids": "unnest(json_extract_string({0}, '$.items[*].product_id'))",
+    # A 64-bit hash of {0} for sampling (differs between backends: samples differ).
+    "hash": "hash({0})",
 }

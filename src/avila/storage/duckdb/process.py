@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from avila.errors import QueryTimeout, StorageUnavailable
 from avila.storage.base import Store
+from avila.storage.duckdb.rows import DuckDBRows
 from avila.storage.ingest_log import IngestLogConfig, default_log_dir
 
 log = logging.getLogger("avila.storage")
@@ -181,7 +182,7 @@ def _raise_remote(name: str, message: str) -> None:
     raise StorageUnavailable(f"store error ({name}): {message}")
 
 
-class ProcessStore(Store):
+class ProcessStore(DuckDBRows):
     """A :class:`Store` whose DuckDB lives in a child process."""
 
     backend = "duckdb"

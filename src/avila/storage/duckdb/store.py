@@ -19,8 +19,8 @@ import duckdb
 import pyarrow as pa
 
 from avila.errors import StorageUnavailable
-from avila.storage.base import Store
 from avila.storage.duckdb.migrations import migrate
+from avila.storage.duckdb.rows import DuckDBRows
 from avila.storage.duckdb.watchdog import Watchdog
 from avila.storage.ingest_log import IngestLogConfig, default_log_dir
 from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_SCHEMA
@@ -41,7 +41,7 @@ def resolve_memory_limit(value: str) -> str:
     return f"{max(64, int(total * float(value[:-1]) / 100) >> 20)}MB"
 
 
-class DuckDBStore(Store):
+class DuckDBStore(DuckDBRows):
     backend = "duckdb"
 
     def __init__(
@@ -76,6 +76,8 @@ class DuckDBStore(Store):
         self._closed = False
         self._loader: Loader | None = None
         self._memory_log_dir: Path | None = None
+        # the log position the last commit_log_batch committed (None: unknown)
+        self._committed_log_position: int | None = None
 
     def _connect(
         self, read_only: bool, config: dict[str, Any], lock_wait: float
@@ -179,14 +181,21 @@ class DuckDBStore(Store):
         whose outcome was unclear, or after a failed trim): it is skipped, never stored twice."""
         with self._write_lock:
             cursor = self._cursor()
+            known = self._committed_log_position
+            self._committed_log_position = None  # unknown until this COMMIT returns
             cursor.execute("BEGIN TRANSACTION")
             try:
-                recorded = cursor.execute(
-                    "SELECT position FROM ingest_position WHERE log = 'main'"
-                ).fetchall()
-                if recorded and int(recorded[0][0]) >= position:
-                    cursor.execute("ROLLBACK")
-                    return
+                # The check costs a statement per round (rounds are small at low load); it is
+                # only needed when the previous commit's outcome is unknown (it raised, or this
+                # is the first since start). This process is the file's only writer.
+                if known is None or known >= position:
+                    recorded = cursor.execute(
+                        "SELECT position FROM ingest_position WHERE log = 'main'"
+                    ).fetchall()
+                    if recorded and int(recorded[0][0]) >= position:
+                        cursor.execute("ROLLBACK")
+                        self._committed_log_position = int(recorded[0][0])
+                        return
                 if events is not None and events.num_rows:
                     cursor.from_arrow(events).insert_into("events")
                 if devices is not None and devices.num_rows:
@@ -213,6 +222,7 @@ class DuckDBStore(Store):
                     [position],
                 )
                 cursor.execute("COMMIT")
+                self._committed_log_position = position
             except BaseException:
                 cursor.execute("ROLLBACK")
                 raise

@@ -1,0 +1,1 @@
+"""ClickHouse backend: a server or cluster, or the embedded engine (chdb)."""

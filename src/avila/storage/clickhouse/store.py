@@ -1,0 +1,572 @@
+"""ClickHouse store: a server or cluster (``clickhouse[s]://``) or the embedded engine
+(``chdb:///dir``), through clickhouse-connect.
+
+**Process.** The server opens chdb in its own process, not in a child store process like
+DuckDB (:mod:`avila.storage.duckdb.process`). That child exists because DuckDB's binding takes
+the GIL again and again during an Arrow insert; chdb runs a query in its engine's own threads
+with the GIL released (clickhouse-connect hands it whole Arrow buffers), so the event loop keeps
+running, and a second process would only add a copy of every result through a pipe. chdb admits
+one process per data directory, exactly like the DuckDB file: CLI tools (export, import, train,
+migrate-store) open it only while no server holds it.
+
+**Reads** use one client per thread (clickhouse-connect's chdb backend serialises the queries
+of one client); the ``final`` setting is on for every query, so the ReplacingMergeTree tables
+(devices, twins, rules, experiments, ...) read as their newest row per key, and timestamps are
+naive UTC (``session_timezone`` UTC; Arrow results have the zone removed), as on DuckDB.
+
+**Writes.** No transactions: the ingest log's loader writes each round's tables as blocks
+tagged with ``insert_deduplication_token`` (log id and position range), records the round's end
+as *pending* first and the new position after, so a round retried after a crash carries the
+same tokens and nothing is stored twice (:meth:`commit_log_batch`). Keyed small-table writes
+(:meth:`insert_new`, :meth:`upsert`, :meth:`update_rows`, :meth:`update_many`) insert whole new
+rows into ReplacingMergeTree tables and count first under the store's write lock; deletes are
+lightweight ``DELETE``. The write lock makes compare-and-set and insert-if-absent exact within
+one process; across replicas of a cluster they are last-writer-wins (docs/scale-out.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from avila.errors import StorageUnavailable
+from avila.storage.base import Store
+from avila.storage.clickhouse import migrations
+from avila.storage.clickhouse.params import prepare
+from avila.storage.clickhouse.target import ClickHouseOptions, ClickHouseTarget
+from avila.storage.ingest_log import IngestLogConfig, default_log_dir
+from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_SCHEMA
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+    from avila.storage.loader import Loader
+
+log = logging.getLogger("avila.storage")
+
+#: Settings of every session: the stored timestamps are naive UTC; FINAL on every table that
+#: has one (ReplacingMergeTree) so a read sees one row per key.
+SESSION_SETTINGS: dict[str, Any] = {"session_timezone": "UTC", "final": 1}
+
+#: File in the ingest log's directory naming the log in ``ingest_position`` (a replica's log
+#: keeps its id across restarts and host names; two logs never share a position).
+LOG_ID_FILE = "clickhouse-log-id"
+
+#: Tables the loader writes (the DuckDB loader's list).
+LOADER_TABLES = ("telemetry", "telemetry_messages", "identities")
+
+
+def _naive(value: Any) -> Any:
+    """A datetime with a zone as naive UTC. Stored columns are DateTime64(6, 'UTC') and come back
+    naive already; an expression without a zone comes back in the zone clickhouse-connect thinks
+    the server has (chdb: the host's), so it is converted."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def _aware(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _naive_utc(table: pa.Table) -> pa.Table:
+    """Timestamps with a zone (ClickHouse's Arrow output names the session's) as naive UTC."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type) and field.type.tz is not None:
+            naive = pa.timestamp(field.type.unit)
+            table = table.set_column(i, pa.field(field.name, naive), table.column(i).cast(naive))
+    return table
+
+
+def _naive_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    if not any(pa.types.is_timestamp(f.type) and f.type.tz for f in batch.schema):
+        return batch
+    return _naive_utc(pa.Table.from_batches([batch])).combine_chunks().to_batches()[0]
+
+
+class ClickHouseStore(Store):
+    backend = "clickhouse"
+    #: At most 5 loader rounds a second (each is a few inserts, i.e. parts): under load rounds
+    #: are large anyway; when idle an event is readable at most this much later.
+    min_load_round_s = 0.2
+
+    def __init__(
+        self,
+        target: ClickHouseTarget,
+        options: ClickHouseOptions | None = None,
+        *,
+        migrate: bool = True,
+    ) -> None:
+        self.target = target
+        self.options = options or ClickHouseOptions()
+        self.path = target.embedded_path
+        self._local = threading.local()
+        self._clients: list[Client] = []
+        self._clients_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        self._closed = False
+        self._loader: Loader | None = None
+        self._log_id = "main"
+        self._catalog: dict[str, frozenset[str]] = {}
+        if not target.is_embedded and target.database != "default":
+            self._create_database()
+        try:
+            self._client()
+        except Exception as exc:
+            raise StorageUnavailable(
+                f"cannot open ClickHouse store {target.describe()} (is another process, such as a"
+                f" running avila serve, holding it?): {exc}"
+            ) from exc
+        if migrate:
+            migrations.migrate(
+                self.execute,
+                self._query_rows,
+                migrations.DDLOptions(self.options.cluster, self.options.ttl_days),
+            )
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _session_settings(self) -> dict[str, Any]:
+        settings = dict(SESSION_SETTINGS)
+        if self.options.cluster:
+            # events_resolved joins the Distributed events with the Distributed identities: a
+            # GLOBAL join sends the (small) identity side to every shard once.
+            settings["distributed_product_mode"] = "global"
+        return settings
+
+    def _connect(self, database: str | None = None) -> Client:
+        import clickhouse_connect
+
+        if self.target.embedded_path is not None:
+            self.target.embedded_path.mkdir(parents=True, exist_ok=True)
+            return clickhouse_connect.get_client(
+                interface="chdb",
+                path=str(self.target.embedded_path),
+                settings=self._session_settings(),
+            )
+        return clickhouse_connect.get_client(
+            host=self.target.host,
+            port=self.target.port,
+            username=self.target.username,
+            password=self.target.password,
+            database=database or self.target.database,
+            secure=self.target.secure,
+            settings=self._session_settings(),
+            # Several threads share nothing but the pool: no server session to lock.
+            autogenerate_session_id=False,
+        )
+
+    def _create_database(self) -> None:
+        client = self._connect("default")
+        try:
+            on = f" ON CLUSTER {self.options.cluster}" if self.options.cluster else ""
+            # The name was checked by parse_url (letters, digits, _).
+            client.command(f"CREATE DATABASE IF NOT EXISTS `{self.target.database}`{on}")
+        finally:
+            client.close()
+
+    def _client(self) -> Client:
+        if self._closed:
+            raise StorageUnavailable("store is closed")
+        client: Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._connect()
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _query_rows(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        query, values = prepare(sql, params)
+        rows = self._client().query(query, parameters=values).result_rows
+        return [tuple(_naive(v) for v in row) for row in rows]
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        self.read_barrier()
+        return self._query_rows(sql, params)
+
+    def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        self.read_barrier()
+        query, values = prepare(sql, params)
+        return _naive_utc(self._client().query_arrow(query, parameters=values, use_strings=True))
+
+    def query_batches(
+        self, sql: str, params: Sequence[Any] | None = None, batch_rows: int = 65536
+    ) -> Iterator[pa.RecordBatch]:
+        self.read_barrier()
+        query, values = prepare(sql, params)
+        stream = self._client().query_arrow_stream(
+            query,
+            parameters=values,
+            settings={"max_block_size": batch_rows},
+            use_strings=True,
+        )
+        with stream:
+            for item in stream:
+                batches = item.to_batches() if isinstance(item, pa.Table) else [item]
+                for batch in batches:
+                    yield _naive_batch(batch)
+
+    def recent_event_keys(self, since: datetime) -> Iterator[tuple[str, str]]:
+        query, values = prepare(
+            "SELECT project_id, event_id FROM events WHERE received_at >= ?", [since]
+        )
+        with self._client().query_arrow_stream(query, parameters=values, use_strings=True) as st:
+            for item in st:
+                for batch in item.to_batches() if isinstance(item, pa.Table) else [item]:
+                    yield from zip(
+                        batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
+                    )
+
+    def ping(self) -> None:
+        try:
+            self._client().query("SELECT 1")
+        except Exception as exc:
+            raise StorageUnavailable(f"ClickHouse is not answering: {exc}") from exc
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:
+        """Run one statement. ClickHouse reports no affected rows for INSERT ... SELECT, DELETE
+        or UPDATE: 0 here; callers that need a count use the keyed-row methods."""
+        query, values = prepare(sql, params)
+        with self._write_lock:
+            self._client().command(query, parameters=values)
+        return 0
+
+    def _insert_settings(self, token: str | None = None) -> dict[str, Any]:
+        settings: dict[str, Any] = {}
+        if token:
+            settings["insert_deduplication_token"] = token
+        if self.options.insert_quorum:
+            settings["insert_quorum"] = self.options.insert_quorum
+        if self.options.cluster:
+            # Acknowledge only once the shards hold the block (not a local spool).
+            settings["distributed_foreground_insert"] = 1
+        return settings
+
+    def _insert_arrow(self, table_name: str, table: pa.Table, token: str | None = None) -> None:
+        self._client().insert_arrow(table_name, table, settings=self._insert_settings(token))
+
+    def append_events(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        if table.schema != EVENT_SCHEMA:
+            table = table.select(list(EVENT_COLUMN_NAMES)).cast(EVENT_SCHEMA)
+        with self._write_lock:
+            self._insert_arrow("events", table)
+
+    def append_table(self, table_name: str, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        if table_name == "events":
+            raise ValueError(f"no appendable table named {table_name!r}")
+        self._check_columns(table_name, table.column_names)
+        with self._write_lock:
+            self._insert_arrow(table_name, table)
+
+    # -- catalog -------------------------------------------------------------------------------
+
+    def _check_columns(self, table: str, names: Sequence[str]) -> None:
+        """ValueError unless ``table`` is a table of this database with every column in
+        ``names`` (so they may be quoted into a statement)."""
+        known = self._catalog.get(table)
+        if known is None:
+            known = frozenset(
+                row[0]
+                for row in self._query_rows(
+                    "SELECT name FROM system.columns WHERE database = currentDatabase()"
+                    " AND table = ?",
+                    [table],
+                )
+            )
+            if not known:
+                raise ValueError(f"no table named {table!r}")
+            self._catalog[table] = known
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"table {table!r} has no columns {unknown}")
+
+    def _columns(self, table: str) -> list[str]:
+        self._check_columns(table, ())
+        rows = self._query_rows(
+            "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = ?"
+            " ORDER BY position",
+            [table],
+        )
+        return [r[0] for r in rows]
+
+    @staticmethod
+    def _where(where: Mapping[str, Any], params: list[Any]) -> str:
+        terms = []
+        for name, value in where.items():
+            if isinstance(value, list | tuple):
+                if not value:
+                    terms.append("0")
+                    continue
+                terms.append(f"`{name}` IN ({', '.join('?' for _ in value)})")
+                params.extend(value)
+            else:
+                terms.append(f"`{name}` = ?")
+                params.append(value)
+        return " AND ".join(terms) or "1"
+
+    def _select(self, table: str, where: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+        columns = self._columns(table)
+        self._check_columns(table, list(where))
+        params: list[Any] = []
+        cols = ", ".join(f"`{c}`" for c in columns)
+        rows = self._query_rows(
+            f"SELECT {cols} FROM {table} WHERE {self._where(where, params)}", params
+        )
+        return columns, [list(r) for r in rows]
+
+    def _count(self, table: str, where: Mapping[str, Any]) -> int:
+        self._check_columns(table, list(where))
+        params: list[Any] = []
+        rows = self._query_rows(
+            f"SELECT count() FROM {table} WHERE {self._where(where, params)}", params
+        )
+        return int(rows[0][0])
+
+    def _insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        if rows:
+            # clickhouse-connect reads a naive datetime as local time; ours are naive UTC.
+            self._client().insert(
+                table,
+                [[_aware(v) for v in r] for r in rows],
+                column_names=list(columns),
+                settings=self._insert_settings(),
+            )
+
+    # -- keyed small-table writes (see the module docstring) -------------------------------------
+
+    def insert_new(self, table: str, key: Sequence[str], row: Mapping[str, Any]) -> bool:
+        self._check_columns(table, list(row))
+        with self._write_lock:
+            if self._count(table, {k: row[k] for k in key}):
+                return False
+            self._insert_rows(table, list(row), [list(row.values())])
+            return True
+
+    def upsert(self, table: str, key: Sequence[str], row: Mapping[str, Any]) -> None:
+        self._check_columns(table, list(row))
+        with self._write_lock:
+            columns, current = self._select(table, {k: row[k] for k in key})
+            if current:
+                merged = dict(zip(columns, current[0], strict=True))
+                merged.update(row)
+                self._insert_rows(table, columns, [[merged[c] for c in columns]])
+            else:
+                self._insert_rows(table, list(row), [list(row.values())])
+
+    def update_rows(
+        self,
+        table: str,
+        where: Mapping[str, Any],
+        values: Mapping[str, Any],
+        expect: Mapping[str, Any] | None = None,
+    ) -> int:
+        self._check_columns(table, list(values))
+        with self._write_lock:
+            columns, rows = self._select(table, {**where, **(expect or {})})
+            index = {c: i for i, c in enumerate(columns)}
+            for r in rows:
+                for name, value in values.items():
+                    r[index[name]] = value
+            self._insert_rows(table, columns, rows)
+            return len(rows)
+
+    def update_many(self, table: str, key: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> int:
+        if not rows:
+            return 0
+        self._check_columns(table, list(rows[0]))
+        changed = 0
+        with self._write_lock:
+            for start in range(0, len(rows), 500):
+                chunk = rows[start : start + 500]
+                by_key = {tuple(r[k] for k in key): r for r in chunk}
+                # Narrow by the first key column (IN), then match whole keys here.
+                columns, current = self._select(table, {key[0]: sorted({k[0] for k in by_key})})
+                index = {c: i for i, c in enumerate(columns)}
+                patched = []
+                for stored in current:
+                    new = by_key.get(tuple(stored[index[k]] for k in key))
+                    if new is None:
+                        continue
+                    for name, value in new.items():
+                        stored[index[name]] = value
+                    patched.append(stored)
+                self._insert_rows(table, columns, patched)
+                changed += len(patched)
+        return changed
+
+    def delete_rows(self, table: str, where: Mapping[str, Any]) -> int:
+        with self._write_lock:
+            count = self._count(table, where)
+            if count:
+                params: list[Any] = []
+                condition = self._where(where, params)
+                if self.options.cluster:
+                    # Lightweight DELETE runs on the replicated tables, not the Distributed one.
+                    statement = (
+                        f"DELETE FROM {table}_local ON CLUSTER {self.options.cluster}"
+                        f" WHERE {condition}"
+                    )
+                else:
+                    statement = f"DELETE FROM {table} WHERE {condition}"
+                query, values = prepare(statement, params)
+                self._client().command(query, parameters=values)
+            return count
+
+    # -- the ingest log's loader -----------------------------------------------------------------
+
+    def _position_row(self) -> tuple[int, int]:
+        rows = self._query_rows(
+            "SELECT position, pending FROM ingest_position WHERE log = ?", [self._log_id]
+        )
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+
+    def _record_position(self, position: int, pending: int) -> None:
+        self._insert_rows(
+            "ingest_position",
+            ("log", "position", "pending", "loaded_at"),
+            [[self._log_id, position, pending, datetime.now(UTC).replace(tzinfo=None)]],
+        )
+
+    def log_position(self) -> int:
+        return self._position_row()[0]
+
+    def pending_log_round(self) -> int:
+        position, pending = self._position_row()
+        return pending if pending > position else 0
+
+    def commit_log_batch(
+        self,
+        position: int,
+        *,
+        events: pa.Table | None = None,
+        devices: pa.Table | None = None,
+        tables: Sequence[tuple[str, pa.Table]] = (),
+    ) -> None:
+        """Store one loader round ending at log ``position``, exactly once.
+
+        1. the round's end is recorded as pending (a restart replays exactly this round);
+        2. each table's rows go in as one insert whose deduplication token names the log, the
+           round and the table: a retry of a block that landed is dropped by ClickHouse;
+        3. the new position is recorded (a round at or below it is skipped from then on).
+        """
+        for name, _ in tables:
+            if name not in LOADER_TABLES:
+                raise ValueError(f"the loader does not write table {name!r}")
+        with self._write_lock:
+            start, pending = self._position_row()
+            if start >= position:
+                return
+            if pending != position:
+                self._record_position(start, position)
+            token = f"avila-log:{self._log_id}:{start}-{position}"
+            if events is not None and events.num_rows:
+                if events.schema != EVENT_SCHEMA:
+                    events = events.select(list(EVENT_COLUMN_NAMES)).cast(EVENT_SCHEMA)
+                self._insert_arrow("events", events, f"{token}:events")
+            if devices is not None and devices.num_rows:
+                new = self._new_devices(devices)
+                if new.num_rows:
+                    self._insert_arrow("devices", new, f"{token}:devices")
+            for name, table in tables:
+                if table.num_rows:
+                    self._insert_arrow(name, table, f"{token}:{name}")
+            self._record_position(position, 0)
+
+    def _new_devices(self, devices: pa.Table) -> pa.Table:
+        """The first row per device of ``devices`` not stored yet (a device first seen in the
+        unloaded log before a restart is claimed again after it)."""
+        keys = list(
+            zip(
+                devices.column("project_id").to_pylist(),
+                devices.column("device_id").to_pylist(),
+                strict=True,
+            )
+        )
+        stored = set()
+        if keys:
+            stored = {
+                (r[0], r[1])
+                for r in self._query_rows(
+                    "SELECT project_id, device_id FROM devices WHERE device_id IN ?",
+                    [sorted({k[1] for k in keys})],
+                )
+            }
+        keep: list[int] = []
+        seen: set[tuple[str, str]] = set()
+        for i, k in enumerate(keys):
+            if k not in stored and k not in seen:
+                seen.add(k)
+                keep.append(i)
+        return devices.take(pa.array(keep, pa.int64())) if len(keep) < len(keys) else devices
+
+    def _log_id_for(self, directory: Path) -> str:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / LOG_ID_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            ident = uuid.uuid4().hex
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(ident)
+            tmp.replace(path)
+            return ident
+
+    def default_ingest_log_config(self) -> IngestLogConfig:
+        if self.target.embedded_path is None:
+            raise StorageUnavailable(
+                "a ClickHouse server store needs the ingest log's directory"
+                " (AVILA_INGEST_LOG_DIR or the data dir)"
+            )
+        return IngestLogConfig(default_log_dir(self.target.embedded_path))
+
+    def _attach_loader(self, config: IngestLogConfig) -> int:
+        from avila.storage.loader import Loader
+
+        self._log_id = self._log_id_for(config.directory)
+        self._loader = Loader(
+            self, config.directory, self.load_progress.set_loaded, max_rows=config.max_load_rows
+        )
+        self._loader.start()
+        return self._loader.position
+
+    def _notify_durable(self, position: int) -> None:
+        if self._loader is not None:
+            self._loader.notify(position)
+
+    def _stop_loader(self) -> None:
+        if self._loader is not None:
+            self._loader.stop()
+            self._loader = None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._close_ingest_log()
+        self._closed = True
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception as exc:  # closing must not hide the caller's own error
+                log.warning("closing a ClickHouse client failed", extra={"error": str(exc)})
