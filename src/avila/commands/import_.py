@@ -94,6 +94,16 @@ def _bulk(
     try:
         # The server's ingest log: its unloaded backlog is loaded before the import.
         store.ingest_log_config = config_from_settings(settings)
+        if not hasattr(store, "bulk_transaction"):
+            # Stores without a bulk path (ClickHouse): every row through the ingest service.
+            from avila.export.importer import DirectTarget, run_import
+            from avila.export.reader import read_chunks
+
+            return run_import(
+                read_chunks(path, fmt, args.batch_size or HTTP_BATCH_ROWS),
+                DirectTarget(store, args.project),
+                lambda chunk: advance(chunk.progress),
+            )
         return bulk_import(
             path,
             fmt,
