@@ -97,8 +97,14 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "duckdb_memory_limit",
         "AVILA_DUCKDB_MEMORY_LIMIT",
-        "",
-        "Cap on DuckDB's memory in the store process, e.g. `4GB`; empty: DuckDB's default (80 % of RAM).",
+        "50%",
+        "Cap on DuckDB's memory in the store process: `4GB`, or a share of physical RAM such as `50%`; empty: DuckDB's own default (80 % of RAM).",
+    ),
+    SettingSpec(
+        "query_timeout",
+        "AVILA_QUERY_TIMEOUT",
+        "30",
+        "Seconds a read query may run before it is cancelled with a 504 `query_timeout`; 0 turns the limit off.",
     ),
     SettingSpec(
         "flush_max_events",
@@ -262,6 +268,7 @@ def _parse_log_level(env: str, raw: str) -> str:
     raise ConfigError(f"{env} must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
 
 
+_SHARE = re.compile(r"^\d+(\.\d+)?%$")
 _MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
 
 
@@ -284,8 +291,12 @@ def _parse_choice(env: str, raw: str, choices: tuple[str, ...]) -> str:
 
 def _parse_memory(env: str, raw: str) -> str:
     value = raw.strip()
-    if value and not _MEMORY.match(value):
-        raise ConfigError(f"{env} must be a size such as 512MB or 4GB, got {raw!r}")
+    if value and not (_MEMORY.match(value) or _SHARE.match(value)):
+        raise ConfigError(
+            f"{env} must be a size such as 512MB or 4GB, or a share of RAM such as 50%, got {raw!r}"
+        )
+    if _SHARE.match(value) and not 0 < float(value[:-1]) <= 100:
+        raise ConfigError(f"{env}: a share of RAM must be above 0% and at most 100%, got {raw!r}")
     return value
 
 
@@ -354,7 +365,8 @@ class Settings:
     clickhouse_cluster: str = ""
     clickhouse_ttl_days: int = 0
     clickhouse_insert_quorum: int = 0
-    duckdb_memory_limit: str = ""
+    duckdb_memory_limit: str = "50%"
+    query_timeout: float = 30.0
     flush_max_events: int = 25_000
     ingest_log_dir: Path | None = None
     ingest_backlog_max_bytes: int = 2 << 30
@@ -442,6 +454,7 @@ class Settings:
             "clickhouse_ttl_days": lambda env, raw: _parse_int(env, raw, 0, 100 * 366),
             "clickhouse_insert_quorum": lambda env, raw: _parse_int(env, raw, 0, 64),
             "duckdb_memory_limit": _parse_memory,
+            "query_timeout": lambda env, raw: _parse_float(env, raw, 0, 86_400),
             "flush_max_events": lambda env, raw: _parse_int(env, raw, 1, 10_000_000),
             "ingest_log_dir": lambda env, raw: Path(raw.strip()) if raw.strip() else None,
             "ingest_backlog_max_bytes": _parse_bytes,

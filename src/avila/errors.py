@@ -92,6 +92,13 @@ class RateLimited(AvilaError):
     code = "rate_limited"
 
 
+class QueryTimeout(AvilaError):
+    """A query ran past ``AVILA_QUERY_TIMEOUT`` and was cancelled; the server stays healthy."""
+
+    status = 504
+    code = "query_timeout"
+
+
 class StorageUnavailable(AvilaError):
     status = 503
     code = "storage_unavailable"

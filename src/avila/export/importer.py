@@ -44,6 +44,10 @@ class ImportSummary:
     duplicates: int = 0
     rejected: int = 0
     rejections: list[RowRejection] = field(default_factory=list)
+    #: Bulk import: rows the per-event validator judged (the rest were validated by column).
+    slow_rows: int = 0
+    #: Bulk import: seconds spent deduplicating and committing after the last batch.
+    finish_seconds: float = 0.0
 
     def reject(self, rejection: RowRejection) -> None:
         self.rejected += 1

@@ -19,6 +19,7 @@ def open_store(
     in_process: bool = True,
     lock_wait: float = 15.0,
     memory_limit: str = "",
+    query_timeout: float = 0,
     clickhouse: ClickHouseOptions | None = None,
 ) -> Store:
     """Open ``duckdb:///relative/path`` or ``duckdb:////absolute/path``; ``chdb:///abs/dir``
@@ -27,6 +28,7 @@ def open_store(
     ``in_process=False`` runs DuckDB in a child process (what the server does; see
     :mod:`avila.storage.duckdb.process`). ``lock_wait`` is how long to wait for another
     process (a stopping server) to release the file; CLI tools pass a short one.
+    ``query_timeout``: DuckDB reads are cancelled past this many seconds (0: never).
 
     ClickHouse stores always run in this process (see :mod:`avila.storage.clickhouse.store`);
     ``clickhouse`` defaults to the ``AVILA_CLICKHOUSE_*`` settings of the environment, so every
@@ -37,11 +39,15 @@ def open_store(
         if not in_process and not read_only:
             from avila.storage.duckdb.process import ProcessStore
 
-            return ProcessStore(path, memory_limit=memory_limit)
+            return ProcessStore(path, memory_limit=memory_limit, query_timeout=query_timeout)
         from avila.storage.duckdb.store import DuckDBStore
 
         return DuckDBStore(
-            path, read_only=read_only, lock_wait=lock_wait, memory_limit=memory_limit
+            path,
+            read_only=read_only,
+            lock_wait=lock_wait,
+            memory_limit=memory_limit,
+            query_timeout=query_timeout,
         )
     if storage_url.split(":", 1)[0] in ("chdb", "clickhouse", "clickhouses"):
         from avila.storage.clickhouse.store import ClickHouseStore

@@ -37,7 +37,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from avila.errors import StorageUnavailable
+from avila.errors import QueryTimeout, StorageUnavailable
 from avila.storage.base import Store
 from avila.storage.duckdb.rows import DuckDBRows
 from avila.storage.ingest_log import IngestLogConfig, default_log_dir
@@ -104,8 +104,11 @@ def _serve_requests(store: Store, conn: Connection) -> None:
             if op == "query":
                 conn.send(("ok", store.query(message[1], message[2])))
             elif op == "query_arrow":
+                # The query first: if it fails (a timeout, say), the caller gets ("err", ...)
+                # instead of a header promising bytes that never come.
+                result = to_ipc(store.query_arrow(message[1], message[2]))
                 conn.send(("ipc", None))
-                conn.send_bytes(to_ipc(store.query_arrow(message[1], message[2])))
+                conn.send_bytes(result)
             elif op == "query_batches":
                 conn.send(("stream", None))
                 for batch in store.query_batches(message[1], message[2], message[3]):
@@ -139,11 +142,14 @@ def _child_main(
     memory_limit: str,
     channels: list[Connection],
     ready: Connection,
+    query_timeout: float = 0,
 ) -> None:
     from avila.storage.duckdb.store import DuckDBStore
 
     try:
-        store = DuckDBStore(Path(path), threads=threads, memory_limit=memory_limit)
+        store = DuckDBStore(
+            Path(path), threads=threads, memory_limit=memory_limit, query_timeout=query_timeout
+        )
     except Exception as exc:
         ready.send(("err", type(exc).__name__, str(exc)))
         return
@@ -168,6 +174,8 @@ def _child_main(
 
 
 def _raise_remote(name: str, message: str) -> None:
+    if name == QueryTimeout.__name__:
+        raise QueryTimeout(message)
     cls = getattr(duckdb, name, None)
     if isinstance(cls, type) and issubclass(cls, Exception):
         raise cls(message)
@@ -186,13 +194,21 @@ class ProcessStore(DuckDBRows):
         threads: int | None = None,
         memory_limit: str = "",
         start_timeout: float = 60,
+        query_timeout: float = 0,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         pairs = [ctx.Pipe(duplex=True) for _ in range(2 + READ_CHANNELS)]
         ready_parent, ready_child = ctx.Pipe(duplex=False)
         self._process = ctx.Process(
             target=_child_main,
-            args=(str(path), threads, memory_limit, [child for _, child in pairs], ready_child),
+            args=(
+                str(path),
+                threads,
+                memory_limit,
+                [child for _, child in pairs],
+                ready_child,
+                query_timeout,
+            ),
             name="avila-store",
             daemon=True,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from avila.errors import StorageUnavailable
 from avila.storage import rollups
 from avila.storage.duckdb.migrations import migrate
 from avila.storage.duckdb.rows import DuckDBRows
+from avila.storage.duckdb.watchdog import Watchdog
 from avila.storage.ingest_log import IngestLogConfig, default_log_dir
 from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_SCHEMA
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 CHECKPOINT_THRESHOLD = "256MB"
 
 
-def _insert_events(cursor: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
+def insert_events(cursor: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
     """Append events and their rollups (avila.storage.rollups) in the caller's transaction."""
     # A relation over the Arrow table appended in place: no view to register and drop for the
     # events themselves; the rollups need SQL over the rows, hence the one registration.
@@ -40,6 +42,16 @@ def _insert_events(cursor: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
         rollups.add_events(cursor, "_rollup_rows")
     finally:
         cursor.unregister("_rollup_rows")
+
+
+def resolve_memory_limit(value: str) -> str:
+    """DuckDB's ``memory_limit`` from a setting: ``4GB`` as is, ``50%`` of physical RAM."""
+    if not value.endswith("%"):
+        return value
+    import os
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(64, int(total * float(value[:-1]) / 100) >> 20)}MB"
 
 
 class DuckDBStore(DuckDBRows):
@@ -53,8 +65,11 @@ class DuckDBStore(DuckDBRows):
         threads: int | None = None,
         lock_wait: float = 15.0,
         memory_limit: str = "",
+        query_timeout: float = 0,
     ) -> None:
         self.path = Path(path)
+        #: Reads (query, query_arrow) are cancelled past this many seconds (0: never).
+        self.watchdog = Watchdog(query_timeout)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         # Checkpoints (WAL folded into the main file) stall every commit while they run; fewer,
@@ -65,7 +80,7 @@ class DuckDBStore(DuckDBRows):
         if threads:
             config["threads"] = threads
         if memory_limit:
-            config["memory_limit"] = memory_limit
+            config["memory_limit"] = resolve_memory_limit(memory_limit)
         self._conn = self._connect(read_only, config, lock_wait)
         if not read_only:
             migrate(self._conn)
@@ -115,7 +130,7 @@ class DuckDBStore(DuckDBRows):
             cursor = self._cursor()
             cursor.execute("BEGIN TRANSACTION")
             try:
-                _insert_events(cursor, table)
+                insert_events(cursor, table)
                 cursor.execute("COMMIT")
             except BaseException:
                 cursor.execute("ROLLBACK")
@@ -148,6 +163,20 @@ class DuckDBStore(DuckDBRows):
                 )
             finally:
                 cursor.unregister("_incoming_rows")
+
+    @contextmanager
+    def bulk_transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One write transaction for a bulk load (``avila import``): committed when the block
+        ends, rolled back if it raises. Holds the write lock throughout."""
+        with self._write_lock:
+            cursor = self._cursor()
+            cursor.execute("BEGIN TRANSACTION")
+            try:
+                yield cursor
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
 
     # -- the ingest log's loader ---------------------------------------------------------------
 
@@ -186,7 +215,7 @@ class DuckDBStore(DuckDBRows):
                         self._committed_log_position = int(recorded[0][0])
                         return
                 if events is not None and events.num_rows:
-                    _insert_events(cursor, events)
+                    insert_events(cursor, events)
                 if devices is not None and devices.num_rows:
                     # A device first seen in the unloaded log before a restart is claimed again
                     # after it: keep the first row per device.
@@ -251,11 +280,15 @@ class DuckDBStore(DuckDBRows):
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         self.read_barrier()
-        return self._cursor().execute(sql, list(params or [])).fetchall()
+        cursor = self._cursor()
+        with self.watchdog.guard(cursor):
+            return cursor.execute(sql, list(params or [])).fetchall()
 
     def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
         self.read_barrier()
-        return self._relation(sql, params).to_arrow_table()
+        cursor = self._cursor()
+        with self.watchdog.guard(cursor):
+            return cursor.sql(sql, params=list(params or [])).to_arrow_table()
 
     def query_batches(
         self, sql: str, params: Sequence[Any] | None = None, batch_rows: int = 65536

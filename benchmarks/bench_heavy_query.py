@@ -1,0 +1,205 @@
+"""Ingest latency while heavy analytics queries run (issue 13: p99 <= 10 ms).
+
+Protocol (fixed before the runs): a copy of the largest analytics benchmark store available
+under /work/benchdata (``analytics_<N>.duckdb``, written by bench_analytics.py; the 100M file
+when it is complete, else the largest) is served by a real ``avila serve`` on a free port. Per
+round, two phases of ``--seconds`` each on the same server:
+
+- **quiet**: single-event ``POST /api/v1/events`` open loop at ``--rate`` req/s (latency from
+  the due time, no coordinated omission) and ``GET /health`` every 100 ms;
+- **heavy**: the same, while one client runs the heavy analytics query in a loop (overview and
+  weekly retention over the whole 365-day range of the bench project, alternating), each
+  under the server's ``AVILA_QUERY_TIMEOUT`` (0 here: the query runs to the end).
+
+Reported per phase: ingest p50/p99/p99.9, non-202 count, /health p50/p99/max, and the number
+and median duration of heavy queries; medians over ``--rounds`` rounds. The machine is shared.
+
+    python benchmarks/bench_heavy_query.py --rounds 3 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import loadgen  # noqa: E402
+from events import single_body  # noqa: E402
+from results import stamp, write_section  # noqa: E402
+
+from avila.security.keys import KeyStore  # noqa: E402
+from avila.testing.server import ServerProcess  # noqa: E402
+
+BENCHDATA = Path("/work/benchdata")
+INGEST_KEY = "heavy-bench-key"
+HEAVY = [
+    ("GET", "/api/v1/analytics/overview", {"start_time": "2025-01-01T00:00:00Z", "end_time": "2026-12-01T00:00:00Z"}, None),
+    ("POST", "/api/v1/analytics/cohort", None, {"period": "week", "periods": 12, "start_time": "2025-01-01T00:00:00Z", "end_time": "2026-12-01T00:00:00Z"}),
+]  # fmt: skip
+
+
+def pick_store() -> Path:
+    """The largest analytics_<N>.duckdb not written to in the last 5 minutes (one being built
+    is still growing)."""
+    found = []
+    for path in BENCHDATA.glob("analytics_*.duckdb"):
+        match = re.fullmatch(r"analytics_(\d+)\.duckdb", path.name)
+        quiet = time.time() - max(
+            p.stat().st_mtime for p in (path, path.with_name(path.name + ".wal")) if p.exists()
+        )
+        if match and quiet > 300:
+            found.append((int(match.group(1)), path))
+    if not found:
+        raise SystemExit(f"no finished analytics_<N>.duckdb under {BENCHDATA}")
+    return max(found)[1]
+
+
+def heavy_loop(url: str, key: str, stop: threading.Event, durations: list[float]) -> None:
+    with httpx.Client(base_url=url, headers={"x-api-key": key}, timeout=600) as client:
+        i = 0
+        while not stop.is_set():
+            method, path, params, body = HEAVY[i % len(HEAVY)]
+            started = time.perf_counter()
+            response = client.request(method, path, params=params, json=body)
+            if response.status_code != 200:
+                raise SystemExit(f"{path}: {response.status_code} {response.text[:300]}")
+            durations.append(time.perf_counter() - started)
+            i += 1
+
+
+def health_loop(url: str, stop: threading.Event, latencies: list[float]) -> None:
+    with httpx.Client(base_url=url, timeout=60) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            client.get("/health")
+            latencies.append(time.perf_counter() - started)
+            stop.wait(0.1)
+
+
+def phase(
+    server: ServerProcess, bench_key: str, seconds: float, rate: float, heavy: bool, tag: str
+) -> dict[str, float]:
+    stop = threading.Event()
+    durations: list[float] = []
+    health: list[float] = []
+    threads = [threading.Thread(target=health_loop, args=(server.url, stop, health))]
+    if heavy:
+        threads.append(
+            threading.Thread(target=heavy_loop, args=(server.url, bench_key, stop, durations))
+        )
+        threads[-1].start()
+        time.sleep(1.0)  # let the first heavy query get going
+    threads[0].start()
+    host, port = "127.0.0.1", int(server.url.rsplit(":", 1)[1])
+
+    def request(i: int) -> bytes:
+        return loadgen.build_request(
+            host, port, "/api/v1/events", INGEST_KEY, single_body(f"{tag}-{i}")
+        )
+
+    result = loadgen.run(loadgen.open_loop(host, port, rate, seconds, 32, request))
+    stop.set()
+    for thread in threads:
+        thread.join()
+    ordered = sorted(health)
+    return {
+        "ingest p50 (ms)": result.percentile(0.50) * 1000,
+        "ingest p99 (ms)": result.percentile(0.99) * 1000,
+        "ingest p99.9 (ms)": result.percentile(0.999) * 1000,
+        "non-202 ingest responses": float(
+            sum(n for status, n in result.statuses.items() if status != 202)
+        ),
+        "/health p50 (ms)": statistics.median(ordered) * 1000 if ordered else float("nan"),
+        "/health p99 (ms)": ordered[int(0.99 * (len(ordered) - 1))] * 1000
+        if ordered
+        else float("nan"),
+        "/health max (ms)": ordered[-1] * 1000 if ordered else float("nan"),
+        "heavy queries finished": float(len(durations)),
+        "heavy query median (s)": statistics.median(durations) if durations else float("nan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--rate", type=float, default=1000)
+    parser.add_argument("--store", type=Path, default=None, help="default: the largest bench store")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    source = args.store or pick_store()
+    rows = int(re.findall(r"\d+", source.name)[0])
+    scratch = Path(tempfile.mkdtemp(prefix="avila-bench-heavy-"))
+    try:
+        print(f"copying {source} ...", file=sys.stderr)
+        shutil.copyfile(source, scratch / "avila.duckdb")
+        wal = source.with_name(source.name + ".wal")
+        if wal.exists():
+            shutil.copyfile(wal, scratch / "avila.duckdb.wal")
+        keys = KeyStore(scratch / "keys.sqlite")
+        bench_key, _ = keys.create("bench", ["read"], "heavy-query bench")
+        server = ServerProcess(
+            scratch,
+            env={
+                "API_KEYS": INGEST_KEY,
+                "RATE_LIMIT_PER_MINUTE": "0",
+                "LOG_LEVEL": "warning",
+                "AVILA_QUERY_TIMEOUT": "0",
+            },
+        )
+        server.start(timeout=300)
+        rounds: list[tuple[dict[str, float], dict[str, float]]] = []
+        try:
+            for n in range(args.rounds):
+                quiet = phase(server, bench_key, args.seconds, args.rate, False, f"q{n}")
+                heavy = phase(server, bench_key, args.seconds, args.rate, True, f"h{n}")
+                print(f"  round {n + 1}: quiet {quiet}\n           heavy {heavy}", file=sys.stderr)
+                rounds.append((quiet, heavy))
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    lines = [
+        f"{rows:,}-event store ({source.name}), single events at {args.rate:,.0f} req/s open"
+        f" loop, {args.seconds:g} s per phase, {args.rounds} rounds (median; then each round"
+        " quiet / heavy)",
+        "",
+        "| | quiet (median) | heavy queries running (median) | rounds: quiet / heavy |",
+        "|---|---|---|---|",
+    ]
+    for name in rounds[0][0]:
+        quiet = [r[0][name] for r in rounds]
+        heavy = [r[1][name] for r in rounds]
+        each = "; ".join(f"{q:,.2f} / {h:,.2f}" for q, h in zip(quiet, heavy, strict=True))
+        lines.append(
+            f"| {name} | {statistics.median(quiet):,.2f} | **{statistics.median(heavy):,.2f}** | {each} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_write:
+        write_section(
+            "bench_heavy_query",
+            "## Ingest while heavy queries run (`python benchmarks/bench_heavy_query.py --rounds"
+            f" {args.rounds} --seconds {args.seconds:g}`)\n\n{stamp()}\nMachine: 2 cores, shared"
+            f" with other helpers' tests and benchmarks (load average {os.getloadavg()[0]:.1f}"
+            " when written); the load generator and the heavy-query client run on the same"
+            " cores. Heavy query: overview and 12-week retention over the whole bench project,"
+            " alternating, one at a time, back to back.\n\n" + table,
+        )
+
+
+if __name__ == "__main__":
+    asyncio.set_event_loop_policy(None)
+    main()

@@ -1,0 +1,588 @@
+"""Validate imported rows a column at a time: the fast path of ``avila import``.
+
+The API validates one event at a time (:func:`avila.ingest.validation.validate_events`), which
+costs ~20 µs per event in Python. An import validates a whole record batch at once instead:
+
+- plain columns (ids, event type, timestamp) with ``pyarrow.compute`` kernels;
+- the JSON parts (``event_type.data``, ``context``, ``metadata``) with the very msgspec decoders
+  the API uses, but one call per batch and event type: the batch's texts are joined into one
+  JSON array and decoded as ``list[PageViewData]`` and so on (C speed, no Python per row).
+
+The fast path is conservative by design: a row it is not sure of (an unusual timestamp, a blank
+JSON part, an id of the wrong length, a decode error, an oversized event) is not judged here but
+handed to the per-event validator, row by row. That path accepts or rejects it with the API's
+exact code, message and field path. So the fast path only ever accepts rows the API accepts,
+storing the same column values; tests/export/test_import_oracle.py checks this against a plain
+Python model of the API's rules.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from avila.export.reader import row_to_event
+from avila.ingest.validation import MAX_EVENT_BYTES, MAX_FUTURE, epoch_us, validate_events
+from avila.schemas.events import DATA_TYPES, ENVELOPE_DECODER, Context, EventEnvelope
+from avila.storage.schema import EVENT_SCHEMA, EVENT_TYPES
+
+#: The accepted rows' table: the stored event columns plus the file's 1-based row number.
+ACCEPTED_SCHEMA = EVENT_SCHEMA.append(pa.field("row", pa.int64()))
+
+_PASCAL_NAMES = list(EVENT_TYPES)
+# index_in over Pascal then snake names; position % len gives the Pascal name.
+_TYPE_LOOKUP = pa.array(_PASCAL_NAMES + [EVENT_TYPES[name] for name in _PASCAL_NAMES])
+_SNAKE = pa.array([EVENT_TYPES[name] for name in _PASCAL_NAMES])
+
+#: Stored flat column -> attribute of the decoded ``event_type.data``, per type (the same
+#: flattening as :mod:`avila.ingest.validation`; Checkout's cart_value is stored as revenue).
+DATA_FLAT: dict[str, dict[str, str]] = {
+    "PageView": {"url": "url", "title": "title"},
+    "Click": {"url": "url"},
+    "Search": {"search_query": "query"},
+    "ProductView": {"product_id": "product_id", "quantity": "quantity", "price": "price"},
+    "AddToCart": {"product_id": "product_id", "quantity": "quantity", "price": "price"},
+    "RemoveFromCart": {"product_id": "product_id", "quantity": "quantity", "price": "price"},
+    "Checkout": {"revenue": "cart_value", "currency": "currency"},
+    "Purchase": {"order_id": "order_id", "revenue": "revenue", "currency": "currency"},
+    "Custom": {"event_name": "name"},
+}
+_DATA_COLUMNS = (
+    "url", "title", "product_id", "order_id", "event_name", "search_query",
+    "revenue", "currency", "quantity", "price",
+)  # fmt: skip
+_CONTEXT_COLUMNS = ("device_type", "os", "browser", "country", "city", "referrer", "user_agent")
+_TYPES = {f.name: f.type for f in EVENT_SCHEMA}
+
+# Timestamps the fast path parses itself: RFC 3339 in UTC (or without offset, read as UTC) with
+# at most microseconds, as our exports write them. Anything else goes to the per-event path.
+_FAST_TIME = (
+    r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[T ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+    r"(\.\d{1,6})?Z?$"
+)
+# Fixed JSON around the parts of a flat row's event (keys, quotes, commas); generous.
+_EVENT_OVERHEAD = 400
+# A string field encoded into JSON grows at most 6x (control characters become \u00XX).
+_ESCAPE_GROWTH = 6
+
+_RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
+_ENVELOPES = msgspec.json.Decoder(list[EventEnvelope])
+_DATA_LISTS = {name: msgspec.json.Decoder(list[cls]) for name, cls in DATA_TYPES.items()}  # type: ignore[valid-type]
+_DATA_ONE = {name: msgspec.json.Decoder(cls) for name, cls in DATA_TYPES.items()}
+_CONTEXT_LIST = msgspec.json.Decoder(list[Context])
+_CONTEXT_ONE = msgspec.json.Decoder(Context)
+_EPOCH = datetime(1970, 1, 1)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A row the API would not accept: row number, code, message, field path in the event."""
+
+    row: int
+    code: str
+    message: str
+    path: str = ""
+
+
+@dataclass
+class Checked:
+    """One batch's outcome: accepted rows (:data:`ACCEPTED_SCHEMA`, in row order), rejections,
+    and how many rows the per-event path judged."""
+
+    accepted: pa.Table
+    rejected: list[Rejected] = field(default_factory=list)
+    slow_rows: int = 0
+
+
+def _joined(texts: pa.Array) -> bytes:
+    """``[t0,t1,...]``: the texts (no nulls) as one JSON array's bytes."""
+    wrapped = pa.ListArray.from_arrays(pa.array([0, len(texts)], pa.int32()), texts)
+    joined: bytes = b"[" + pc.binary_join(wrapped, ",")[0].as_buffer() + b"]"
+    return joined
+
+
+def _aligned(texts: pa.Array, blob: bytes) -> bool:
+    """Whether ``blob`` (from :func:`_joined`) parses as exactly one JSON value per text: a
+    text like ``{},{}`` would otherwise shift every value after it."""
+    try:
+        raws = _RAW_LIST.decode(blob)
+    except msgspec.DecodeError:
+        return False
+    if len(raws) != len(texts):
+        return False
+    lengths = np.fromiter((len(r) for r in raws), dtype=np.int64, count=len(raws))
+    return bool(np.array_equal(lengths, pc.binary_length(texts).to_numpy(zero_copy_only=False)))
+
+
+def _decode_all(
+    texts: pa.Array, whole: msgspec.json.Decoder[Any], one: msgspec.json.Decoder[Any] | None
+) -> tuple[list[Any], np.ndarray]:
+    """Decode every text (no nulls); returns the values and a mask of texts that failed (their
+    values are None). One C call when all are valid, one per text otherwise."""
+    n = len(texts)
+    blob = _joined(texts)
+    if _aligned(texts, blob):
+        try:
+            return list(whole.decode(blob)), np.zeros(n, dtype=bool)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            pass
+    values: list[Any] = []
+    failed = np.zeros(n, dtype=bool)
+    for i, text in enumerate(texts.to_pylist()):
+        try:
+            values.append(one.decode(text) if one is not None else _RAW_LIST.decode(f"[{text}]"))
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            values.append(None)
+            failed[i] = True
+        else:
+            if one is None and len(values[-1]) != 1:
+                failed[i] = True
+    return values, failed
+
+
+def _object_text(texts: pa.Array) -> np.ndarray:
+    """Non-null texts that start with ``{`` and end with ``}`` (no surrounding whitespace, so
+    the stored text equals what the API's decoder keeps)."""
+    starts = pc.starts_with(texts, "{")
+    ends = pc.ends_with(texts, "}")
+    return _mask(pc.and_(starts, ends))
+
+
+def _mask(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean Arrow array as numpy, null as False."""
+    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _length_ok(texts: pa.Array, nullable: bool) -> np.ndarray:
+    length = pc.utf8_length(texts)
+    ok = _mask(pc.and_(pc.greater_equal(length, 1), pc.less_equal(length, 256)))
+    if nullable:
+        ok |= _mask(pc.is_null(texts))
+    return ok
+
+
+class ColumnarValidator:
+    """Validates batches for one import: one project, one receive time (naive UTC)."""
+
+    def __init__(self, project_id: str, received_at: datetime) -> None:
+        self.project_id = project_id
+        self.received_at = received_at
+        self.received_us = epoch_us(received_at)
+        self.latest_us = epoch_us(received_at + MAX_FUTURE)
+
+    # -- flat rows (Parquet, CSV) ----------------------------------------------------------
+
+    def flat(self, batch: pa.RecordBatch, first_row: int) -> Checked:
+        """Validate a batch of flat rows (export-shaped columns) whose first row is
+        ``first_row`` (1-based)."""
+        n = batch.num_rows
+        rows = np.arange(first_row, first_row + n, dtype=np.int64)
+        columns = {name: _plain(batch, name) for name in batch.schema.names}
+        fast = np.ones(n, dtype=bool)
+        texts = ("event_id", "user_id", "session_id", "event_type", "data", "metadata", "context")
+        if any(columns.get(name, _NULLS) is None for name in (*texts, *_CONTEXT_COLUMNS)):
+            fast[:] = False  # a column of another type (ids as numbers ...): per event
+        if not fast.any():
+            return self._slow_flat(batch, rows, np.arange(n))
+
+        def text(name: str) -> pa.Array:
+            found = columns.get(name, _NULLS)
+            return found if found is not _NULLS and found is not None else pa.nulls(n, pa.string())
+
+        event_id, user_id, session_id = text("event_id"), text("user_id"), text("session_id")
+        fast &= _length_ok(user_id, nullable=False)
+        fast &= _length_ok(event_id, nullable=True)
+        fast &= _length_ok(session_id, nullable=True)
+        position = pc.index_in(text("event_type"), value_set=_TYPE_LOOKUP)
+        fast &= _mask(pc.is_valid(position))
+        type_index = pc.fill_null(position, 0).to_numpy(zero_copy_only=False) % len(_PASCAL_NAMES)
+
+        ts, ts_fast = self._timestamps(batch, n)
+        fast &= ts_fast
+
+        data, metadata, context = text("data"), text("metadata"), text("context")
+        fast &= _object_text(data)
+        fast &= _mask(pc.is_null(metadata)) | _object_text(metadata)
+        no_flat_context = np.ones(n, dtype=bool)
+        for name in _CONTEXT_COLUMNS:
+            no_flat_context &= _mask(pc.is_null(text(name)))
+        # A row without context is rebuilt from its flat columns by the per-event path.
+        fast &= (_mask(pc.is_null(context)) & no_flat_context) | _object_text(context)
+
+        size = pc.add(
+            pc.add(_lengths(data), pc.add(_lengths(metadata), _lengths(context))),
+            pc.multiply(
+                pc.add(_lengths(user_id), pc.add(_lengths(event_id), _lengths(session_id))),
+                _ESCAPE_GROWTH,
+            ),
+        )
+        fast &= size.to_numpy(zero_copy_only=False) + _EVENT_OVERHEAD <= MAX_EVENT_BYTES
+
+        candidates = _Candidates(
+            rows=rows,
+            event_id=event_id,
+            user_id=user_id,
+            session_id=session_id,
+            ts=ts,
+            type_index=type_index,
+            data=data,
+            metadata=metadata,
+            context=context,
+        )
+        table, refused = self._decode(candidates, fast)
+        checked = self._slow_flat(batch, rows, np.flatnonzero(~fast | refused))
+        return _merge(table, checked)
+
+    def _timestamps(self, batch: pa.RecordBatch, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Event times as epoch µs (missing: the receive time) and which rows are sure."""
+        names = batch.schema.names
+        # As the row reader does: a "timestamp" column wins even where it is null.
+        name = "timestamp" if "timestamp" in names else "ts" if "ts" in names else None
+        if name is None:
+            return np.full(n, self.received_us, dtype=np.int64), np.ones(n, dtype=bool)
+        values = _unwrap(batch.column(names.index(name)))
+        missing = _mask(pc.is_null(values))
+        us = np.full(n, self.received_us, dtype=np.int64)
+        sure = missing.copy()
+        if pa.types.is_timestamp(values.type) and values.type.unit != "ns":
+            parsed = values.cast(pa.timestamp(values.type.unit)).cast(pa.timestamp("us"))
+            sure |= ~missing
+        elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            values = values.cast(pa.string())
+            simple = _mask(pc.match_substring_regex(values, _FAST_TIME))
+            text = pc.if_else(pa.array(simple), values, pa.scalar(None, pa.string()))
+            text = pc.replace_substring_regex(text, "Z$", "")
+            try:
+                parsed = pc.replace_substring(text, " ", "T").cast(pa.timestamp("us"))
+            except pa.ArrowInvalid:  # an impossible date (Feb 30): judged per event
+                return us, missing
+            sure |= simple
+        else:
+            return us, missing
+        given = parsed.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        present = ~missing & sure
+        us[present] = given[present]
+        sure &= us <= self.latest_us  # the future check's message comes from the API's path
+        return us, sure
+
+    # -- NDJSON lines ------------------------------------------------------------------------
+
+    def lines(self, lines: Sequence[bytes], rows: Sequence[int]) -> Checked:
+        """Validate NDJSON lines (seed-shaped events or flat rows; not blank)."""
+        events: list[bytes] = list(lines)
+        envelopes: list[EventEnvelope | None]
+        unreadable: list[Rejected] = []
+        try:
+            if any(len(line) > MAX_EVENT_BYTES for line in lines):
+                raise msgspec.DecodeError
+            blob = b"[" + b",".join(lines) + b"]"
+            found = _ENVELOPES.decode(blob)
+            if len(found) != len(lines):
+                raise msgspec.DecodeError
+            envelopes = list(found)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            envelopes = []
+            for i, line in enumerate(lines):
+                envelope, event, problem = _one_line(line)
+                if problem is not None:
+                    unreadable.append(Rejected(rows[i], "malformed_json", problem))
+                events[i] = event
+                envelopes.append(envelope)
+        keep = [i for i, e in enumerate(envelopes) if e is not None]
+        good = [e for e in envelopes if e is not None]
+        candidate_rows = np.asarray([rows[i] for i in keep], dtype=np.int64)
+        metadata = [bytes(e.metadata) for e in good]
+        context = [bytes(e.context) for e in good]
+        type_position = {name: i for i, name in enumerate(_PASCAL_NAMES)}
+        candidates = _Candidates(
+            rows=candidate_rows,
+            event_id=pa.array([e.event_id for e in good], pa.string()),
+            user_id=pa.array([e.user_id for e in good], pa.string()),
+            session_id=pa.array([e.session_id for e in good], pa.string()),
+            ts=np.fromiter(
+                (self._stamp(e.timestamp) for e in good), dtype=np.int64, count=len(good)
+            ),
+            type_index=np.fromiter(
+                (type_position[e.event_type.type] for e in good), dtype=np.int64, count=len(good)
+            ),
+            data=pa.array([bytes(e.event_type.data) for e in good], pa.binary()).cast(pa.string()),
+            metadata=pa.array([m if m != b"null" else None for m in metadata], pa.binary()).cast(
+                pa.string()
+            ),
+            context=pa.array([c if c != b"null" else None for c in context], pa.binary()).cast(
+                pa.string()
+            ),
+        )
+        # Metadata must be an object or null; anything else is judged (rejected) per event.
+        sure = _mask(pc.is_null(candidates.metadata)) | _object_text(candidates.metadata)
+        sure &= _mask(pc.is_null(candidates.context)) | _object_text(candidates.context)
+        sure &= candidates.ts <= self.latest_us
+        table, refused = self._decode(candidates, sure)
+        unsure = np.flatnonzero(~sure | refused)
+        slow_positions = sorted(
+            {i for i, e in enumerate(envelopes) if e is None} | {keep[i] for i in unsure}
+        )
+        unreadable_rows = {r.row for r in unreadable}
+        slow_positions = [i for i in slow_positions if rows[i] not in unreadable_rows]
+        checked = self._slow_events(
+            [events[i] for i in slow_positions], np.asarray([rows[i] for i in slow_positions])
+        )
+        checked.rejected.extend(unreadable)
+        checked.rejected.sort(key=lambda r: r.row)
+        return _merge(table, checked)
+
+    def _stamp(self, stamp: datetime | None) -> int:
+        if stamp is None:
+            return self.received_us
+        if stamp.tzinfo is not None:
+            stamp = (stamp - stamp.utcoffset()).replace(tzinfo=None)  # type: ignore[operator]
+        return (stamp - _EPOCH) // timedelta(microseconds=1)
+
+    # -- the shared column stage ---------------------------------------------------------------
+
+    def _decode(self, c: _Candidates, eligible: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+        """Decode the JSON parts of the ``eligible`` candidate rows; returns the accepted
+        table (row order) and a mask of eligible rows the decoders refused (for the per-event
+        path). Other rows are never decoded: their texts may be anything.
+
+        Each distinct text is decoded once (events repeat their context, page and product
+        payloads); flat values are then spread to the rows with one ``take`` per column."""
+        n = len(c.rows)
+        refused = np.zeros(n, dtype=bool)
+        data_codes, data_texts = _distinct(c.data)
+        type_index = np.where(eligible, c.type_index, -1)
+        parts: list[pa.Table] = []
+        flat_row = np.zeros(n, dtype=np.int64)  # row -> row of the distinct flat values table
+        offset = 0
+        for index in np.unique(type_index[type_index >= 0]):
+            type_name = _PASCAL_NAMES[int(index)]
+            members = np.flatnonzero(type_index == index)
+            used = np.unique(data_codes[members])
+            values, bad = _decode_all(
+                data_texts.take(pa.array(used)), _DATA_LISTS[type_name], _DATA_ONE[type_name]
+            )
+            at = np.searchsorted(used, data_codes[members])
+            refused[members[bad[at]]] = True
+            flat_row[members] = offset + at
+            offset += len(used)
+            fields = DATA_FLAT.get(type_name, {})
+            parts.append(
+                pa.table(
+                    {
+                        column: pa.array(
+                            [getattr(v, fields[column]) if v is not None else None for v in values],
+                            _TYPES[column],
+                        )
+                        if column in fields
+                        else pa.nulls(len(used), _TYPES[column])
+                        for column in _DATA_COLUMNS
+                    }
+                )
+            )
+
+        context_row = np.zeros(n, dtype=np.int64)
+        context_codes, context_texts = _distinct(c.context)
+        has_context = _mask(pc.is_valid(c.context))
+        with_context = eligible & has_context
+        contexts: list[Any] = []
+        if with_context.any():
+            used = np.unique(context_codes[with_context])
+            contexts, bad = _decode_all(
+                context_texts.take(pa.array(used)), _CONTEXT_LIST, _CONTEXT_ONE
+            )
+            at = np.searchsorted(used, context_codes[with_context])
+            refused[np.flatnonzero(with_context)[bad[at]]] = True
+            context_row[with_context] = at
+        context_row[~has_context] = len(contexts)  # the trailing null row
+        metadata_codes, metadata_texts = _distinct(c.metadata)
+        with_metadata = eligible & _mask(pc.is_valid(c.metadata))
+        if with_metadata.any():
+            used = np.unique(metadata_codes[with_metadata])
+            _, bad = _decode_all(metadata_texts.take(pa.array(used)), _RAW_LIST, None)
+            at = np.searchsorted(used, metadata_codes[with_metadata])
+            refused[np.flatnonzero(with_metadata)[bad[at]]] = True
+
+        accept = eligible & ~refused
+        keep = np.flatnonzero(accept)
+        everything = len(keep) == n
+        mask = None if everything else pa.array(accept)
+
+        def kept(values: pa.Array) -> pa.Array:
+            return values if mask is None else values.filter(mask)
+
+        event_id = kept(c.event_id)
+        if event_id.null_count:
+            fresh = pa.array([str(uuid.uuid4()) for _ in range(event_id.null_count)])
+            event_id = _fill_nulls(event_id, fresh)
+        k = len(keep)
+        columns: dict[str, pa.Array] = {
+            "project_id": pa.array(np.full(k, self.project_id, dtype=object), pa.string()),
+            "event_id": event_id,
+            "user_id": kept(c.user_id),
+            "session_id": kept(c.session_id),
+            "ts": pa.array(c.ts[keep]).cast(pa.timestamp("us")),
+            "received_at": pa.array(np.full(k, self.received_us, dtype=np.int64)).cast(
+                pa.timestamp("us")
+            ),
+            "event_type": _SNAKE.take(pa.array(c.type_index[keep])),
+            "data": kept(c.data),
+            "metadata": pc.fill_null(kept(c.metadata), "{}"),
+            "context": pc.fill_null(kept(c.context), "{}"),
+            "row": pa.array(c.rows[keep], pa.int64()),
+        }
+        if parts:
+            flat = pa.concat_tables(parts).combine_chunks()
+            by_row = pa.array(flat_row[keep])
+            for column in _DATA_COLUMNS:
+                columns[column] = flat.column(column).chunk(0).take(by_row)
+        else:
+            for column in _DATA_COLUMNS:
+                columns[column] = pa.nulls(k, _TYPES[column])
+        by_context = pa.array(context_row[keep])
+        for name, distinct in _context_columns(contexts).items():
+            columns[name] = distinct.take(by_context)
+        arrays = [columns[f.name].cast(f.type) for f in ACCEPTED_SCHEMA]
+        return pa.Table.from_arrays(arrays, schema=ACCEPTED_SCHEMA), refused
+
+    # -- the per-event path ---------------------------------------------------------------------
+
+    def _slow_flat(self, batch: pa.RecordBatch, rows: np.ndarray, positions: np.ndarray) -> Checked:
+        if len(positions) == 0:
+            return Checked(ACCEPTED_SCHEMA.empty_table())
+        picked = batch.take(pa.array(positions)).to_pylist()
+        return self._slow_events([row_to_event(row) for row in picked], rows[positions])
+
+    def _slow_events(self, events: list[bytes], rows: np.ndarray) -> Checked:
+        """The API's own validator, one event at a time, for rows the fast path left."""
+        if not events:
+            return Checked(ACCEPTED_SCHEMA.empty_table())
+        accepted, rejections = validate_events(
+            list(events), self.project_id, received_at=self.received_at
+        )
+        rejected = [
+            Rejected(int(rows[r.index]), r.code, r.message, _field_path(r.path)) for r in rejections
+        ]
+        table = accepted.to_arrow()
+        table = table.append_column(
+            "row", pa.array(rows[np.asarray(accepted.indexes, dtype=np.int64)], pa.int64())
+        )
+        return Checked(table.cast(ACCEPTED_SCHEMA), rejected, slow_rows=len(events))
+
+
+_NULLS: Any = object()
+
+
+@dataclass
+class _Candidates:
+    rows: np.ndarray
+    event_id: pa.Array
+    user_id: pa.Array
+    session_id: pa.Array
+    ts: np.ndarray
+    type_index: np.ndarray
+    data: pa.Array
+    metadata: pa.Array
+    context: pa.Array
+
+
+def _one_line(line: bytes) -> tuple[EventEnvelope | None, bytes, str | None]:
+    """One NDJSON line: its envelope when it decodes, the event bytes the API would see, and why
+    it is unreadable (not JSON, not an object)."""
+    if len(line) > MAX_EVENT_BYTES:
+        return None, line, None  # the API's path rejects it as too large
+    try:
+        return ENVELOPE_DECODER.decode(line), line, None
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        pass
+    try:
+        row = msgspec.json.decode(line)
+    except msgspec.DecodeError as exc:
+        return None, line, f"line is not valid JSON: {exc}"
+    if not isinstance(row, dict):
+        return None, line, "line is not a JSON object"
+    if isinstance(row.get("event_type"), dict):
+        return None, line, None  # seed-shaped but invalid: the API's path says why
+    event = row_to_event(row)
+    if len(event) > MAX_EVENT_BYTES:
+        return None, event, None
+    try:
+        return ENVELOPE_DECODER.decode(event), event, None
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None, event, None
+
+
+def _distinct(texts: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(code of each row's text, the distinct texts); null rows get code 0 (never used)."""
+    encoded = pc.dictionary_encode(texts)
+    codes = pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, encoded.dictionary
+
+
+def _context_columns(contexts: list[Any]) -> dict[str, pa.Array]:
+    """The seven flat context columns of each decoded context, plus a trailing null row
+    (failed decodes are null too)."""
+    out: dict[str, list[Any]] = {name: [] for name in _CONTEXT_COLUMNS}
+    for ctx in [*contexts, None]:
+        device = ctx.device if ctx is not None else None
+        location = ctx.location if ctx is not None else None
+        out["device_type"].append(device.device_type if device else None)
+        out["os"].append(device.os if device else None)
+        out["browser"].append(device.browser if device else None)
+        out["country"].append(location.country if location else None)
+        out["city"].append(location.city if location else None)
+        out["referrer"].append(ctx.referrer if ctx is not None else None)
+        out["user_agent"].append(ctx.user_agent if ctx is not None else None)
+    return {name: pa.array(values, pa.string()) for name, values in out.items()}
+
+
+def _fill_nulls(values: pa.Array, fresh: pa.Array) -> pa.Array:
+    """``values`` with its nulls replaced, in order, by ``fresh``."""
+    missing = np.flatnonzero(_mask(pc.is_null(values)))
+    out = values.to_pylist()
+    for at, value in zip(missing.tolist(), fresh.to_pylist(), strict=True):
+        out[at] = value
+    return pa.array(out, pa.string())
+
+
+def _lengths(texts: pa.Array) -> pa.Array:
+    return pc.fill_null(pc.binary_length(texts), 0)
+
+
+def _unwrap(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    return array
+
+
+def _plain(batch: pa.RecordBatch, name: str) -> pa.Array | None:
+    """A text column as ``string``; None when it holds something else (numbers, objects)."""
+    array = _unwrap(batch.column(batch.schema.names.index(name)))
+    if pa.types.is_string(array.type):
+        return array
+    if pa.types.is_large_string(array.type) or pa.types.is_null(array.type):
+        return array.cast(pa.string())
+    return None
+
+
+def _field_path(path: str) -> str:
+    """``events[3].timestamp`` -> ``timestamp``: the row number says which event."""
+    return path.split("]", 1)[1].lstrip(".") if path.startswith("events[") else path
+
+
+def _merge(fast: pa.Table, slow: Checked) -> Checked:
+    if slow.accepted.num_rows == 0:
+        table = fast
+    elif fast.num_rows == 0:
+        table = slow.accepted
+    else:
+        table = pa.concat_tables([fast, slow.accepted]).sort_by("row")
+    return Checked(table, slow.rejected, slow.slow_rows)
