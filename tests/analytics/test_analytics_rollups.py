@@ -209,3 +209,20 @@ def test_whole_days() -> None:
         d + timedelta(days=2),
     )
     assert whole_days(d + timedelta(hours=1), d + timedelta(days=1, hours=1)) is None
+
+
+def test_revenue_beyond_the_rollups_decimal_is_stored_and_answered_from_raw_rows(
+    store: Store,
+) -> None:
+    # The API bounds revenue to 1e15; a direct store write (migrate-store, old data) may not.
+    rows = _rows(5)
+    rows.append(
+        event("huge", T0 + timedelta(days=1, hours=3), "purchase", order_id="h", revenue=1e308)
+    )
+    _load_late_and_shuffled(store, rows, 5)
+    lo, hi = RANGES[0]
+    assert overview_aggregates(store, PROJECT, lo, hi, 3, stitched=False) is None
+    assert overview(store, PROJECT, _span(lo, hi)) == _raw(store, _span(lo, hi))
+    # days without the huge row still read the rollups
+    day3 = (T0 + timedelta(days=3), T0 + timedelta(days=4))
+    _assert_same(store, *day3)

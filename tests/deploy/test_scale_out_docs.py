@@ -42,19 +42,16 @@ def capacity_rows() -> list[list[str]]:
 
 def test_capacity_figures_are_quoted_from_results() -> None:
     rows = capacity_rows()
-    pending = 0
+    assert rows
     for row in rows:
         figure, embedded, *others = row
-        assert embedded != "TBD", f"{figure}: the embedded figure is measured already"
         for cell in (embedded, *others):
-            if cell == "TBD":
-                pending += 1
-                continue
+            if cell == "n/m" and cell is not embedded:
+                continue  # not measured on this machine (said under the table)
             assert re.fullmatch(r"[\d,]+(\.\d+)?", cell), f"{figure}: {cell!r} is not a figure"
             assert re.search(rf"(?<![\d,.]){re.escape(cell)}(?![\d])", RESULTS), (
                 f"{figure}: {cell} is not in benchmarks/RESULTS.md"
             )
-    print(f"\ncapacity table: {pending} ClickHouse cells still TBD")
 
 
 def test_kubectl_commands_name_existing_resources() -> None:
