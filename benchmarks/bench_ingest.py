@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -220,6 +221,10 @@ def run_round(tmp: Path, seconds: float, extra_env: dict[str, str]) -> dict[str,
     }
 
 
+#: The 1-minute load average when the benchmark started (the neighbours' share of the cores).
+LOAD_AT_START = os.getloadavg()[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -258,8 +263,8 @@ def main() -> None:
         "## Ingest (`make bench-ingest`)",
         "",
         stamp(),
-        f"Machine: 2 cores, shared with up to 7 other helpers' tests and benchmarks while it ran (load average"
-        f" often above 10). One server process (plus its store process), {args.rounds} rounds of {args.seconds:g} s,"
+        f"Machine: {os.cpu_count()} cores, load average {LOAD_AT_START:.2f} when the run started"
+        f" and {os.getloadavg()[0]:.2f} at its end. One server process (plus its store process), {args.rounds} rounds of {args.seconds:g} s,"
         " fresh data dir each round; single-event scenarios run on the store the batch scenario filled;"
         " the load generator runs on the same 2 cores. Median of rounds, then each round.",
         "",
