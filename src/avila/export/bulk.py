@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from avila.export.columnar import Checked, ColumnarValidator
 from avila.export.importer import ImportSummary, RowRejection
-from avila.export.reader import _CSV_TYPES
+from avila.export.reader import _CSV_TYPES, CountingReader
 from avila.storage.duckdb.store import DuckDBStore, insert_events
 
 #: Rows per validated batch (Parquet/CSV/NDJSON): large enough that per-batch costs vanish.
@@ -67,32 +67,9 @@ def _parquet_batches(path: Path, validator: ColumnarValidator, batch_rows: int) 
         yield Batch(checked, batch.num_rows, done)
 
 
-class _Counting:
-    """A binary file that counts the bytes read (CSV progress)."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.count = 0
-        self.closed = False
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.count += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
-
-
 def _csv_batches(path: Path, validator: ColumnarValidator, batch_rows: int) -> Iterator[Batch]:
     with open(path, "rb") as raw:
-        counting = _Counting(raw)
+        counting = CountingReader(raw)
         reader = pa_csv.open_csv(
             counting,
             read_options=pa_csv.ReadOptions(block_size=16 << 20),

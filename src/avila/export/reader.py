@@ -176,7 +176,7 @@ def _read_ndjson(path: Path, chunk_rows: int) -> Iterator[Chunk]:
     yield chunk
 
 
-class _CountingReader:
+class CountingReader:
     """A binary file that remembers how many bytes were read (CSV progress)."""
 
     def __init__(self, raw: BinaryIO) -> None:
@@ -220,7 +220,7 @@ def _batches_to_chunks(
 
 def _read_csv(path: Path, chunk_rows: int) -> Iterator[Chunk]:
     with open(path, "rb") as raw:
-        counting = _CountingReader(raw)
+        counting = CountingReader(raw)
         reader = pa_csv.open_csv(
             counting,
             read_options=pa_csv.ReadOptions(block_size=1 << 20),
