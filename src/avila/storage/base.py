@@ -12,17 +12,38 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from avila.storage.ingest_log import IngestLog, IngestLogConfig, LoadProgress, Recovery
 from avila.storage.schema import ColumnBatch, columns_to_arrow
 
+if TYPE_CHECKING:
+    from avila.storage.loader import Loader
+
 #: How long a read waits for the loader to catch up with what was acknowledged before it.
 READ_BARRIER_S = 5.0
 #: How long closing a store waits for the loader to drain the log (the rest stays in the log).
 DRAIN_TIMEOUT_S = 120.0
+
+
+def where_clause(where: Mapping[str, Any], params: list[Any]) -> str:
+    """SQL for the keyed row methods' ``where`` (column = value; a list or tuple means IN; the
+    entries AND-ed), appending the values to ``params``. Column names come from code, quoted
+    the ANSI way, which DuckDB and ClickHouse both read."""
+    terms = []
+    for name, value in where.items():
+        if isinstance(value, list | tuple):
+            if not value:
+                terms.append("FALSE")
+                continue
+            terms.append(f'"{name}" IN ({", ".join("?" for _ in value)})')
+            params.extend(value)
+        else:
+            terms.append(f'"{name}" = ?')
+            params.append(value)
+    return " AND ".join(terms) or "TRUE"
 
 
 class Store(ABC):
@@ -35,6 +56,7 @@ class Store(ABC):
     _ingest_log: IngestLog | None = None
     ingest_recovery: Recovery | None = None
     _load_progress: LoadProgress | None = None
+    _loader: Loader | None = None
     _log_lock = threading.Lock()
     #: Shortest time between the starts of two loader rounds, in seconds (0: a round starts as
     #: soon as something is durable). ClickHouse writes every insert as a new part; at low load
@@ -75,14 +97,24 @@ class Store(ABC):
 
     def _attach_loader(self, config: IngestLogConfig) -> int:
         """Start this backend's loader for the log in ``config.directory`` (paused until the first durable
-        position); returns the loaded log position recorded in the store."""
-        raise NotImplementedError
+        position); returns the loaded log position recorded in the store. By default the loader
+        is a thread in this process (the DuckDB store process overrides it)."""
+        from avila.storage.loader import Loader
+
+        self._loader = Loader(
+            self, config.directory, self.load_progress.set_loaded, max_rows=config.max_load_rows
+        )
+        self._loader.start()
+        return self._loader.position
 
     def _notify_durable(self, position: int) -> None:
-        raise NotImplementedError
+        if self._loader is not None:
+            self._loader.notify(position)
 
     def _stop_loader(self) -> None:
-        raise NotImplementedError
+        if self._loader is not None:
+            self._loader.stop()
+            self._loader = None
 
     def _close_ingest_log(self, timeout: float = DRAIN_TIMEOUT_S) -> None:
         """Stop appending, let the loader drain the log, stop it."""

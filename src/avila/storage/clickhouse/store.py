@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from avila.errors import ConfigError, StorageUnavailable
-from avila.storage.base import Store
+from avila.storage.base import Store, where_clause
 from avila.storage.clickhouse import migrations
 from avila.storage.clickhouse.params import prepare
 from avila.storage.clickhouse.target import ClickHouseOptions, ClickHouseTarget
@@ -48,7 +48,6 @@ from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_SCHEMA
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
-    from avila.storage.loader import Loader
 
 log = logging.getLogger("avila.storage")
 
@@ -115,7 +114,6 @@ class ClickHouseStore(Store):
         self._clients_lock = threading.Lock()
         self._write_lock = threading.RLock()
         self._closed = False
-        self._loader: Loader | None = None
         self._log_id = "main"
         self._catalog: dict[str, frozenset[str]] = {}
         if not target.is_embedded and target.database != "default":
@@ -313,20 +311,7 @@ class ClickHouseStore(Store):
         )
         return [r[0] for r in rows]
 
-    @staticmethod
-    def _where(where: Mapping[str, Any], params: list[Any]) -> str:
-        terms = []
-        for name, value in where.items():
-            if isinstance(value, list | tuple):
-                if not value:
-                    terms.append("0")
-                    continue
-                terms.append(f"`{name}` IN ({', '.join('?' for _ in value)})")
-                params.extend(value)
-            else:
-                terms.append(f"`{name}` = ?")
-                params.append(value)
-        return " AND ".join(terms) or "1"
+    _where = staticmethod(where_clause)
 
     def _select(self, table: str, where: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
         columns = self._columns(table)
@@ -546,23 +531,8 @@ class ClickHouseStore(Store):
         return IngestLogConfig(default_log_dir(self.target.embedded_path))
 
     def _attach_loader(self, config: IngestLogConfig) -> int:
-        from avila.storage.loader import Loader
-
         self._log_id = self._log_id_for(config.directory)
-        self._loader = Loader(
-            self, config.directory, self.load_progress.set_loaded, max_rows=config.max_load_rows
-        )
-        self._loader.start()
-        return self._loader.position
-
-    def _notify_durable(self, position: int) -> None:
-        if self._loader is not None:
-            self._loader.notify(position)
-
-    def _stop_loader(self) -> None:
-        if self._loader is not None:
-            self._loader.stop()
-            self._loader = None
+        return super()._attach_loader(config)
 
     def close(self) -> None:
         if self._closed:

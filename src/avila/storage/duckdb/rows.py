@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from avila.storage.base import Store
+from avila.storage.base import Store, where_clause
 
 
 class DuckDBRows(Store):
@@ -47,20 +47,7 @@ class DuckDBRows(Store):
             raise ValueError(f"table {table!r} has no columns {unknown}")
         return ", ".join(f'"{n}"' for n in names)
 
-    @staticmethod
-    def _where(where: Mapping[str, Any], params: list[Any]) -> str:
-        terms = []
-        for name, value in where.items():
-            if isinstance(value, list | tuple):
-                if not value:
-                    terms.append("FALSE")
-                    continue
-                terms.append(f'"{name}" IN ({", ".join("?" for _ in value)})')
-                params.extend(value)
-            else:
-                terms.append(f'"{name}" = ?')
-                params.append(value)
-        return " AND ".join(terms) or "TRUE"
+    _where = staticmethod(where_clause)
 
     def insert_new(self, table: str, key: Sequence[str], row: Mapping[str, Any]) -> bool:
         cols = self._columns(table, list(row))

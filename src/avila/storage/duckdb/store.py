@@ -27,7 +27,7 @@ from avila.storage.ingest_log import IngestLogConfig, default_log_dir
 from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_SCHEMA
 
 if TYPE_CHECKING:
-    from avila.storage.loader import Loader
+    pass
 
 CHECKPOINT_THRESHOLD = "256MB"
 
@@ -87,7 +87,6 @@ class DuckDBStore(DuckDBRows):
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._closed = False
-        self._loader: Loader | None = None
         self._memory_log_dir: Path | None = None
         # the log position the last commit_log_batch committed (None: unknown)
         self._committed_log_position: int | None = None
@@ -252,24 +251,6 @@ class DuckDBStore(DuckDBRows):
             self._memory_log_dir = Path(tempfile.mkdtemp(prefix="avila-ingest-log-"))
             return IngestLogConfig(self._memory_log_dir)
         return IngestLogConfig(default_log_dir(self.path))
-
-    def _attach_loader(self, config: IngestLogConfig) -> int:
-        from avila.storage.loader import Loader
-
-        self._loader = Loader(
-            self, config.directory, self.load_progress.set_loaded, max_rows=config.max_load_rows
-        )
-        self._loader.start()
-        return self._loader.position
-
-    def _notify_durable(self, position: int) -> None:
-        if self._loader is not None:
-            self._loader.notify(position)
-
-    def _stop_loader(self) -> None:
-        if self._loader is not None:
-            self._loader.stop()
-            self._loader = None
 
     def recent_event_keys(self, since: datetime) -> Iterator[tuple[str, str]]:
         reader = self._relation(
