@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from avila.storage import frames
+from avila.storage import frames, rollups
 from avila.storage.ingest_log import read_frames, segment_bases, segment_path
 from avila.storage.schema import columns_to_arrow
 
@@ -268,10 +268,16 @@ class Loader:
                     ),
                 )
             )
+        events = columns_to_arrow(event_batches) if event_batches else None
+        if events is not None and self.store.has_rollups:
+            # The rollups' aggregation here, beside the next round's commit, not inside it.
+            found = rollups.partials(events)
+            if found is not None:
+                tables.extend(zip(rollups.TABLES, found, strict=True))
         return Prepared(
             end,
             rows,
-            columns_to_arrow(event_batches) if event_batches else None,
+            events,
             pa.concat_tables(devices) if devices else None,
             tables,
             time.perf_counter() - started,
