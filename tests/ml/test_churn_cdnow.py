@@ -134,7 +134,12 @@ def test_our_churn_model_beats_bgnbd_p_alive_across_folds(fold_aucs: pd.DataFram
 #: (``method="blend"``), chosen on three development splits that read no transaction on or
 #: after t₀ (``tests/ml/dev_churn_cdnow.py``: t₀ 1997-07-01 / 91 d, 06-01 / 122 d,
 #: 05-01 / 153 d; blend vs recency +0.028, +0.019, +0.027, ahead in 10, 8, 9 of 10 folds).
-#: Margins, split, folds and seed unchanged. Result of this third run: (filled in below).
+#: Margins, split, folds and seed unchanged. Result of this third run, per fold ours /
+#: recency: 0.807/0.800, 0.737/0.725, 0.812/0.811, 0.762/0.748, 0.772/0.774; mean 0.778 vs
+#: 0.772 (+0.0065), ahead in 4 of 5 folds (BG/NBD 0.316). Meets the fold count, short of the
+#: +0.01 mean margin: still a strict expected failure. The test split has now been looked at
+#: three times; a fourth look needs a reason other than another model tweak.
+@pytest.mark.xfail(strict=True, reason="ours 0.778 vs recency 0.772 mean AUC on CDNOW (+0.01 needed)")
 def test_our_churn_model_beats_recency_across_folds(fold_aucs: pd.DataFrame) -> None:
     mean = fold_aucs.mean()
     assert mean["ours"] >= mean["recency"] + RECENCY_MARGIN
