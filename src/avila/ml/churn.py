@@ -28,6 +28,9 @@ from avila.ml.evaluation import classification_report
 __all__ = ["ChurnModel", "churn_snapshot", "evaluate_time_split", "log_linear_classifier"]
 
 
+_METHODS = ("blend", "hist_gb", "log_linear", "logistic")
+
+
 def _signed_log1p(x: np.ndarray) -> np.ndarray:
     return np.asarray(np.sign(x) * np.log1p(np.abs(x)), dtype=float)
 
@@ -146,7 +149,7 @@ class ChurnModel:
         min_samples_leaf: int = 40,
         l2_regularization: float = 1.0,
     ) -> None:
-        if method not in ("blend", "hist_gb", "log_linear", "logistic") or calibration not in ("sigmoid", "isotonic"):
+        if method not in _METHODS or calibration not in ("sigmoid", "isotonic"):
             raise ValidationFailed(
                 "invalid churn model settings",
                 code="churn_invalid_settings",
