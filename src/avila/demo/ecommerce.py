@@ -9,13 +9,13 @@ What it contains, so analytics and models have something true to find:
   ``/`` → ``/product`` (with a ProductView) → AddToCart → Checkout → Purchase with drop-off at
   each step; searches, logins and custom events along the way;
 - repeat buyers (a per-user purchase propensity, Beta(0.8, 2): habitual buyers and window
-  shoppers) and popular products (Zipf); abandoned carts that bring 80 % of their users back
+  shoppers) and popular products (Zipf); abandoned carts that bring 90 % of their users back
   to buy within three days (a conversion driver beyond recency);
 - product tastes: 60 products in 6 categories; each user prefers one or two categories and
   draws 85 % of product views from them (what item-kNN finds and popularity cannot);
 - churners: users stop visiting at some day, after their visit rate decays over the two
   weeks before; people who rarely buy or who bounce a lot (low engagement) leave more often,
-  and half of the users whose payment fails (checkout without purchase) quit within days;
+  and 70 % of the users whose payment fails (checkout without purchase) quit within days;
   personal visit rates spread widely, so recency alone confuses quiet regulars with leavers
   (the planted signals churn models should find beyond recency);
 - search intent: sessions with a search cart and buy more often (for the session model);
@@ -114,11 +114,11 @@ CHURN_BASE = 0.85
 CHURN_ENGAGEMENT = 0.5
 #: Spread (log-normal sigma) of personal visit rates: a quiet regular and a lapsing heavy
 #: user can have the same recency, which only the user's own rhythm tells apart.
-RATE_SPREAD = 1.0
+RATE_SPREAD = 1.2
 #: A failed payment (checkout without purchase) drives this share of users away within days.
-QUIT_AFTER_FAILED_PAYMENT = 0.5
+QUIT_AFTER_FAILED_PAYMENT = 0.7
 #: An abandoned cart (no checkout, not removed) brings the user back to buy it this often.
-CART_RETURN = 0.8
+CART_RETURN = 0.9
 #: Purchase propensity ~ Beta(BUY_A, BUY_B): habitual buyers and window shoppers.
 BUY_A, BUY_B = 0.8, 2.0
 DEVICES = [
