@@ -2,8 +2,8 @@
 
 One run (:func:`train_project`) reads the store once (:mod:`avila.ml.features`) and:
 
-1. **churn** — weekly snapshots, label "no activity in [t₀, t₀ + H)"; calibrated gradient
-   boosting, evaluated on the newest snapshot whose label window has closed, trained only on
+1. **churn** — weekly snapshots, label "no activity in [t₀, t₀ + H)"; a calibrated blend of
+   gradient-boosted trees and a log-linear logistic regression (:class:`ChurnModel`), evaluated on the newest snapshot whose label window has closed, trained only on
    snapshots whose windows closed before it (time split), next to a recency-only baseline;
 2. **conversion** — the same snapshots, label "purchases in [t₀, t₀ + H_c)";
 3. **session conversion** — session prefixes, label "a purchase follows in the session",
