@@ -190,15 +190,14 @@ def test_loader_rounds_keep_the_map(duck: Store) -> None:
 
 
 def test_a_link_written_behind_the_maps_back_is_read_exactly_and_repaired(duck: Store) -> None:
-    duck.append_events(
-        to_table([event("anon", at(1)), event("alice", at(2)), event("x", at(3))])
-    )
+    duck.append_events(to_table([event("anon", at(1)), event("alice", at(2)), event("x", at(3))]))
     links = [(PROJECT, "anon", "alice", at(1), at(1))]
     duck.append_table("identities", as_table(links))
     assert map_is_current(duck)
     # a direct INSERT bypasses the map: reads notice and resolve through the recursive view
     duck.execute(
-        "INSERT INTO identities VALUES (?, 'x', 'alice', ?, ?, 'sql', 'e-x')", [PROJECT, at(0), at(0)]
+        "INSERT INTO identities VALUES (?, 'x', 'alice', ?, ?, 'sql', 'e-x')",
+        [PROJECT, at(0), at(0)],
     )
     links.append((PROJECT, "x", "alice", at(0), at(0)))
     assert events_source(duck, PROJECT) == "events_resolved_live"
@@ -251,7 +250,13 @@ def test_migration_8_backfills_a_store_that_already_has_links(tmp_path: Path) ->
     rng = random.Random(8)
     ids = [f"u{i}" for i in range(30)]
     links = [
-        (rng.choice([PROJECT, "other"]), rng.choice(ids), rng.choice(ids), at(rng.randrange(9)), at(0))
+        (
+            rng.choice([PROJECT, "other"]),
+            rng.choice(ids),
+            rng.choice(ids),
+            at(rng.randrange(9)),
+            at(0),
+        )
         for _ in range(60)
     ]
     conn.register("old_links", as_table(links))
@@ -283,7 +288,10 @@ def test_the_mapped_view_equals_the_recursive_view_row_for_row(duck: Store) -> N
         for _ in range(800)
     ]
     duck.append_events(to_table(rows))
-    links = [(PROJECT, rng.choice(users), rng.choice(users), at(rng.randrange(50)), at(0)) for _ in range(40)]
+    links = [
+        (PROJECT, rng.choice(users), rng.choice(users), at(rng.randrange(50)), at(0))
+        for _ in range(40)
+    ]
     for lo in range(0, 40, 7):
         duck.append_table("identities", as_table(links[lo : lo + 7]))
     assert map_is_current(duck)
@@ -297,7 +305,12 @@ def test_the_mapped_view_equals_the_recursive_view_row_for_row(duck: Store) -> N
     span = {"start_time": at(0).isoformat(), "end_time": at(601).isoformat()}
     persons = {resolved.get(r["user_id"], r["user_id"]) for r in rows}
     assert overview(duck, PROJECT, span)["unique_users"] == len(persons)
-    steps = [{"condition_type": "page_view", "condition_value": "/"}, {"condition_type": "purchase"}]
+    steps = [
+        {"condition_type": "page_view", "condition_value": "/"},
+        {"condition_type": "purchase"},
+    ]
     got = funnel(duck, PROJECT, {"steps": steps, **span})
-    first = {resolved.get(r["user_id"], r["user_id"]) for r in rows if r["event_type"] == "page_view"}
+    first = {
+        resolved.get(r["user_id"], r["user_id"]) for r in rows if r["event_type"] == "page_view"
+    }
     assert got["steps"][0]["count"] == len(first)

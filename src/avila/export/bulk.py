@@ -222,8 +222,8 @@ def _store_candidates(
 
 def _store_identity_links(cursor: Any, project_id: str, stamp: datetime) -> None:
     from avila.identity import LINK_EVENTS, links_from_rows
-    from avila.storage import person_map
     from avila.ingest.validation import EventRows
+    from avila.storage import person_map
 
     names = list(LINK_EVENTS)
     table = cursor.sql(
