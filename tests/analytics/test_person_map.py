@@ -314,3 +314,38 @@ def test_the_mapped_view_equals_the_recursive_view_row_for_row(duck: Store) -> N
         resolved.get(r["user_id"], r["user_id"]) for r in rows if r["event_type"] == "page_view"
     }
     assert got["steps"][0]["count"] == len(first)
+
+
+def test_avila_import_keeps_the_map(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from avila.export.bulk import bulk_import
+    from avila.storage.duckdb.store import DuckDBStore
+
+    rows = [  # (user_id, event name, metadata): anon-1 -> alice, then anon-0 -> anon-1
+        ("alice", "$identify", '{"anonymous_id":"anon-1"}'),
+        ("anon-1", "$alias", '{"previous_id":"anon-0"}'),
+        ("anon-0", "plan", "{}"),
+    ]
+    source = tmp_path / "links.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "event_id": [f"i{i}" for i in range(len(rows))],
+                "user_id": [r[0] for r in rows],
+                "timestamp": [(T0 + timedelta(minutes=i)).isoformat() + "Z" for i in range(3)],
+                "event_type": ["custom"] * len(rows),
+                "data": [f'{{"name":"{r[1]}"}}' for r in rows],
+                "metadata": [r[2] for r in rows],
+            }
+        ),
+        source,
+    )
+    store = DuckDBStore(tmp_path / "import.duckdb")
+    try:
+        summary = bulk_import(source, "parquet", store, PROJECT)
+        assert summary.accepted == 3, summary
+        assert map_is_current(store)
+        assert stored_map(store) == {"anon-1": "alice", "anon-0": "alice"}
+    finally:
+        store.close()
