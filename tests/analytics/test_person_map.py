@@ -349,3 +349,15 @@ def test_avila_import_keeps_the_map(tmp_path: Path) -> None:
         assert stored_map(store) == {"anon-1": "alice", "anon-0": "alice"}
     finally:
         store.close()
+
+
+def test_append_table_takes_link_columns_by_name(duck: Store) -> None:
+    links = [(PROJECT, "anon", "alice", at(1), at(1))]
+    table = as_table(links).select(["user_id", "received_at", "ts", "anonymous_id", "project_id"])
+    duck.append_table("identities", table)  # another column order, no source / event_id
+    assert_exact(duck, links)
+    assert duck.query("SELECT anonymous_id, user_id, source FROM identities") == [
+        ("anon", "alice", None)
+    ]
+    with pytest.raises(ValueError, match="no columns"):
+        duck.append_table("identities", table.append_column("nope", pa.array([1])))

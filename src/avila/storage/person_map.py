@@ -139,10 +139,19 @@ def links_added(cursor: Any, links: pa.Table) -> None:
 
 
 def append_links(cursor: Any, links: pa.Table) -> None:
-    """Insert ``links`` into ``identities`` and update the map, in one transaction."""
+    """Insert ``links`` into ``identities`` (by column name; the caller has checked the names
+    against the catalog) and update the map, in one transaction."""
+    columns = ", ".join(f'"{name}"' for name in links.column_names)
     cursor.execute("BEGIN TRANSACTION").fetchall()
     try:
-        cursor.from_arrow(links).insert_into(IDENTITIES_TABLE)
+        cursor.register("_person_map_incoming", links)
+        try:
+            cursor.execute(
+                f"INSERT INTO {IDENTITIES_TABLE} ({columns})"
+                f" SELECT {columns} FROM _person_map_incoming"
+            ).fetchall()
+        finally:
+            cursor.unregister("_person_map_incoming")
         links_added(cursor, links)
         cursor.execute("COMMIT").fetchall()
     except BaseException:

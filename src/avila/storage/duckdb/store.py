@@ -148,13 +148,13 @@ class DuckDBStore(DuckDBRows):
                     [table_name],
                 ).fetchall()
             }
-            if table_name == "identities":  # with the person map, in one transaction
-                return person_map.append_links(cursor, table)
             if table_name == "events" or not known:
                 raise ValueError(f"no appendable table named {table_name!r}")
             unknown = [name for name in table.column_names if name not in known]
             if unknown:
                 raise ValueError(f"table {table_name!r} has no columns {unknown}")
+            if table_name == "identities":  # with the person map, in one transaction
+                return person_map.append_links(cursor, table)
             # Names below come from the catalog (checked above), never from the caller alone.
             columns = ", ".join(f'"{name}"' for name in table.column_names)
             cursor.register("_incoming_rows", table)
