@@ -31,7 +31,8 @@ window). Median and mean are over those users.
 (reached k, not k+1) from the same per-user levels, so its ``total`` is the report's
 ``drop_off`` at step k+1 in every mode.
 
-The ordered modes are vectorised with numpy: after sorting candidate rows by (user, time), the
+The ordered modes are vectorised with numpy: after sorting candidate rows by (user, time) (the
+report by a hash of the user id, see :mod:`avila.analytics.user_order`), the
 latest valid step-(k-1) row at or before each step-k row (an "as-of" lookup via a running max of
 row positions) carries the latest chain start, which is the best one for the window check.
 ``strict_order`` and ``unordered`` are vectorised too (see their functions), so every mode
@@ -67,6 +68,7 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
+from avila.analytics.user_order import rows_by_user
 from avila.schemas.analytics import EventCondition, FunnelDroppedQuery, FunnelQuery
 from avila.storage.base import Store
 
@@ -81,7 +83,7 @@ def funnel(store: Store, project_id: str, query: FunnelQuery | Mapping[str, Any]
     "conversion_window_seconds"}`` plus ``"breakdowns"`` / ``"trend"`` when asked for.
     """
     q = parse_query(FunnelQuery, query)
-    table, (level, conv, first_row) = _user_levels(store, project_id, q)
+    table, (level, conv, first_row) = _user_levels(store, project_id, q, by_hash=True)
     start, end = time_range(q.start_time, q.end_time)
     tz = zone(q.timezone)
     nsteps = len(q.steps)
@@ -147,11 +149,15 @@ def _check_steps(q: FunnelQuery) -> None:
         raise invalid("funnel_too_many_steps", "steps", f"a funnel has at most {MAX_STEPS} steps")
 
 
-def _user_levels(store: Store, project_id: str, q: FunnelQuery) -> tuple[pa.Table, Levels]:
+def _user_levels(
+    store: Store, project_id: str, q: FunnelQuery, *, by_hash: bool = False
+) -> tuple[pa.Table, Levels]:
     """The candidate rows (sorted by user, time) and the per-user :data:`Levels` of ``q``.
 
     Shared by :func:`funnel` and :func:`funnel_dropped` so their numbers agree by construction.
-    User codes number the distinct ``user_id`` values of the rows in order.
+    User codes number the distinct ``user_id`` values of the rows in order; ``by_hash`` sorts
+    by a hash of the id instead (:mod:`avila.analytics.user_order`, no ``user_id`` column),
+    for the report, which never names a user.
     """
     _check_steps(q)
     start, end = time_range(q.start_time, q.end_time)
@@ -195,12 +201,15 @@ def _user_levels(store: Store, project_id: str, q: FunnelQuery) -> tuple[pa.Tabl
         params.extend(p for c in conds for p in c.params)
     # Ties broken by step mask and breakdown value, so the user's "first" row (breakdown,
     # unordered) is the same on every run and backend.
-    sql += " ORDER BY user_id, t, m" + (", b" if breakdown is not None else "")
-    table = store.query_arrow(sql, params)
+    order = "t, m" + (", b" if breakdown is not None else "")
+    if by_hash:
+        table, ucode = rows_by_user(store, sql, params, order, order)
+    else:
+        table = store.query_arrow(f"{sql} ORDER BY user_id, {order}", params)
+        ucode = user_codes(table.column("user_id"))
 
     nsteps = len(q.steps)
     window_us = q.conversion_window_seconds * 1_000_000
-    ucode = user_codes(table.column("user_id"))
     t = _int64(table.column("t"))
     masks = _int64(table.column("m"))
     if q.mode in ("ordered", "strict_increase"):
