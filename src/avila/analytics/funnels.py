@@ -232,6 +232,15 @@ def _int64(column: pa.ChunkedArray) -> np.ndarray:
 Levels = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+def _sorted_unique(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(codes, return_index=True)`` for non-decreasing ``codes`` (rows are sorted
+    by user), without its sort."""
+    if not len(codes):
+        return codes, np.zeros(0, dtype=np.int64)
+    first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    return codes[first], first
+
+
 def _ordered_levels(
     ucode: np.ndarray, t: np.ndarray, masks: np.ndarray, nsteps: int, window: int, strict: bool
 ) -> Levels:
@@ -255,7 +264,7 @@ def _ordered_levels(
     valid = (masks & 1) != 0
     start = t
     hit = np.flatnonzero(valid)
-    users, first = np.unique(ucode[hit], return_index=True)
+    users, first = _sorted_unique(ucode[hit])
     level[users] = 1
     first_row[users] = hit[first]
     for k in range(1, nsteps):
@@ -276,7 +285,7 @@ def _ordered_levels(
         new_start = np.zeros(n, dtype=np.int64)
         new_start[hit] = start[src]
         start = new_start
-        users, first = np.unique(ucode[hit], return_index=True)
+        users, first = _sorted_unique(ucode[hit])
         level[users] = k + 1
         conv[users, k] = (t[hit[first]] - t[src[first]]) / 1e6
     return level, conv, first_row
@@ -319,7 +328,7 @@ def _unordered_levels(
         firsts[ok, k] = t[p[ok]]
     np.maximum.at(level, s_user, count)
     best = np.flatnonzero(count == level[s_user])
-    users, first = np.unique(s_user[best], return_index=True)
+    users, first = _sorted_unique(s_user[best])
     chosen = np.sort(firsts[best[first]], axis=1)
     gaps = (chosen[:, 1:] - chosen[:, :-1]) / 1e6
     reached = np.arange(1, nsteps)[None, :] < level[users][:, None]
@@ -394,7 +403,7 @@ def _strict_order_levels(
     alive = pos < cut
     for k in range(nsteps):
         hit = np.flatnonzero(valid[k] & alive)
-        users, first = np.unique(e_user[hit], return_index=True)
+        users, first = _sorted_unique(e_user[hit])
         level[users] = k + 1
         if k:
             src = source[k][hit[first]]
