@@ -20,6 +20,7 @@ project has no identity links; the "stitched view" rows force the ``events_resol
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -294,6 +295,7 @@ def main() -> None:
         print(f"generated {args.events:,} events in {time.perf_counter() - t0:.1f} s -> {path}")
     (rows,) = store.query("SELECT count(*) FROM events")
     print(f"{rows[0]:,} events in {path}")
+    print("load average at start (1, 5, 15 min): " + _load())
     conn = store._cursor()  # the baselines run on the very same connection
     wanted = args.only.split(";")
     if not args.no_clickhouse:
@@ -338,7 +340,12 @@ def main() -> None:
             f"{name:<26}{a:>8.3f}{b:>8.3f}{a / b:>7.2f}{ca:>10.3f}{cb:>8.3f}"
             f"{ca / max(cb, 1e-9):>7.2f}"
         )
+    print("load average at end (1, 5, 15 min): " + _load())
     store.close()
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":
