@@ -252,14 +252,18 @@ def _ordered_levels(
     first_row = np.full(n_users, -1, dtype=np.int64)
     if n == 0:
         return level, conv, first_row
-    pos = np.arange(n, dtype=np.int64)
+    # Row positions in 32 bits when they fit: these passes are bound by memory traffic.
+    idx = np.int32 if n < np.iinfo(np.int32).max else np.int64
+    pos = np.arange(n, dtype=idx)
     new_group = np.ones(n, dtype=bool)
     new_group[1:] = (ucode[1:] != ucode[:-1]) | (t[1:] != t[:-1])
-    group = np.cumsum(new_group) - 1
-    group_start = np.flatnonzero(new_group)
-    group_end = np.append(group_start[1:] - 1, n - 1)
+    group_start = np.flatnonzero(new_group).astype(idx)
+    group_size = np.diff(np.append(group_start, n))
     # As-of reference row: the last row of the tie group (<=) or the row before it (<).
-    ref_row = group_start[group] - 1 if strict else group_end[group]
+    if strict:
+        ref_row = np.repeat(group_start - 1, group_size)
+    else:
+        ref_row = np.repeat(np.append(group_start[1:] - 1, n - 1).astype(idx), group_size)
 
     valid = (masks & 1) != 0
     start = t
@@ -270,7 +274,7 @@ def _ordered_levels(
     for k in range(1, nsteps):
         if hit.size == 0:
             break
-        last_valid = np.where(valid, pos, -1)
+        last_valid = np.where(valid, pos, idx(-1))
         np.maximum.accumulate(last_valid, out=last_valid)
         cand = np.flatnonzero((masks >> k) & 1)
         ref = ref_row[cand]
