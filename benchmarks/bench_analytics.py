@@ -214,7 +214,9 @@ def journey_cases(
 
 
 def _stitched(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn`` reading through the identity-resolving view, as a project with links would."""
+    """``fn`` reading through the identity-resolving view, as a project with links would.
+    The bench project has no links, so this joins an empty person map (a lower bound);
+    ``bench_stitched.py`` measures stitching with 55,000 links."""
     frag = FRAGMENTS
     probe, frag["stitching_probe"] = frag["stitching_probe"], ""
     try:

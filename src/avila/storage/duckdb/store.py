@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from avila.errors import StorageUnavailable
-from avila.storage import rollups
+from avila.storage import person_map, rollups
 from avila.storage.duckdb.migrations import migrate
 from avila.storage.duckdb.rows import DuckDBRows
 from avila.storage.duckdb.watchdog import Watchdog
@@ -153,6 +153,8 @@ class DuckDBStore(DuckDBRows):
             unknown = [name for name in table.column_names if name not in known]
             if unknown:
                 raise ValueError(f"table {table_name!r} has no columns {unknown}")
+            if table_name == "identities":  # with the person map, in one transaction
+                return person_map.append_links(cursor, table)
             # Names below come from the catalog (checked above), never from the caller alone.
             columns = ", ".join(f'"{name}"' for name in table.column_names)
             cursor.register("_incoming_rows", table)
@@ -233,6 +235,8 @@ class DuckDBStore(DuckDBRows):
                         raise ValueError(f"the loader does not write table {name!r}")
                     if table.num_rows:
                         cursor.from_arrow(table).insert_into(name)
+                        if name == "identities":  # the person map, in this transaction
+                            person_map.links_added(cursor, table)
                 cursor.execute(
                     "UPDATE ingest_position SET position = ?, loaded_at = now()::TIMESTAMP"
                     " WHERE log = 'main'",
