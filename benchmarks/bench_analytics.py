@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import analytics_clickhouse as CH
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,6 +48,7 @@ from avila.analytics.rfm import score_table
 from avila.storage import open_store
 from avila.storage.base import Store
 from avila.storage.duckdb.analytics_sql import FRAGMENTS
+from avila.storage.duckdb.migrations import MIGRATIONS
 from avila.storage.schema import EVENT_SCHEMA
 
 PROJECT = "bench"
@@ -289,8 +291,12 @@ def main() -> None:
     args = parser.parse_args()
     path = args.dir / f"analytics_{args.events}.duckdb"
     fresh = not path.exists()
-    # An existing file is only read: other benchmarks may read it at the same time.
-    store = open_store("duckdb:///" + str(path), read_only=not fresh)
+    # An existing file at the current schema is only read (other benchmarks may read it at the
+    # same time); an older one is opened for writing once so the new migrations run.
+    current = not fresh and _schema_is_current(path)
+    if not fresh and not current:
+        print(f"migrating {path} to the current schema")
+    store = open_store("duckdb:///" + str(path), read_only=current)
     if fresh:
         t0 = time.perf_counter()
         generate(store, args.events)
@@ -344,6 +350,15 @@ def main() -> None:
         )
     print("load average at end (1, 5, 15 min): " + _load())
     store.close()
+
+
+def _schema_is_current(path: Path) -> bool:
+    conn = duckdb.connect(str(path), read_only=True)
+    try:
+        (have,) = conn.execute("SELECT max(version) FROM schema_version").fetchone() or (0,)
+    finally:
+        conn.close()
+    return int(have or 0) >= max(version for version, _, _ in MIGRATIONS)
 
 
 def _load() -> str:
