@@ -32,6 +32,9 @@ ROWS = 3_000_000
 USERS = 50_000
 BASE_US = 1_761_955_200_000_000  # 2025-11-01T00:00:00Z
 LIMIT_S = 0.1
+#: On a loaded machine even the light query can pass the limit; it must answer right within a
+#: few tries (a 504 in between is the limit doing its job, not an unhealthy server).
+LIGHT_TRIES = 10
 
 
 def _generate(path: Path) -> dict[str, int]:
@@ -102,7 +105,10 @@ def test_a_query_past_the_limit_gets_504_and_the_server_stays_healthy(
         health = c.get("/health")
         assert health.status_code == 200, health.text
         for user, expected in counts.items():
-            profile = c.get(f"/api/v1/users/{user}")
+            for _ in range(LIGHT_TRIES):
+                profile = c.get(f"/api/v1/users/{user}")
+                if profile.status_code != 504:
+                    break
             assert profile.status_code == 200, profile.text
             assert _event_count(profile.json()) == expected
         # The read channels serve again: more heavy queries (warm caches may let one finish in

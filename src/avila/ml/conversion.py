@@ -74,36 +74,49 @@ class LiveSessions:
         self, project_id: str, user_id: str, session_id: str | None, ts_us: int, event_type: str
     ) -> None:
         """Count one event. A new session id, or 30 minutes of silence, starts a new session."""
-        key = (project_id, user_id)
         with self._lock:
-            state = self._states.get(key)
-            if state is not None and ts_us < state.last_us - SESSION_TIMEOUT_US:
-                return  # a late event of an older session
-            if (
-                state is None
-                or state.session_id != session_id
-                or ts_us - state.last_us > SESSION_TIMEOUT_US
-            ):
-                state = SessionState(session_id, ts_us, ts_us)
-                self._states[key] = state
-            self._states.move_to_end(key)
-            state.last_us = max(state.last_us, ts_us)
-            state.events += 1
-            if event_type == "purchase":
-                state.purchased = True
-            counter = _COUNTERS.get(event_type)
-            if counter:
-                state.counts[counter] = state.counts.get(counter, 0) + 1
-            while len(self._states) > self.max_users:
-                self._states.popitem(last=False)
+            self._observe_locked(project_id, user_id, session_id, ts_us, event_type)
+            self._evict_locked()
+
+    def _observe_locked(
+        self, project_id: str, user_id: str, session_id: str | None, ts_us: int, event_type: str
+    ) -> None:
+        key = (project_id, user_id)
+        state = self._states.get(key)
+        if state is not None and ts_us < state.last_us - SESSION_TIMEOUT_US:
+            return  # a late event of an older session
+        if (
+            state is None
+            or state.session_id != session_id
+            or ts_us - state.last_us > SESSION_TIMEOUT_US
+        ):
+            state = SessionState(session_id, ts_us, ts_us)
+            self._states[key] = state
+        self._states.move_to_end(key)
+        state.last_us = max(state.last_us, ts_us)
+        state.events += 1
+        if event_type == "purchase":
+            state.purchased = True
+        counter = _COUNTERS.get(event_type)
+        if counter:
+            state.counts[counter] = state.counts.get(counter, 0) + 1
+
+    def _evict_locked(self) -> None:
+        while len(self._states) > self.max_users:
+            self._states.popitem(last=False)
 
     def __call__(self, rows: Any) -> None:
-        """``IngestService.listeners`` hook: observe every accepted row."""
+        """``IngestService.listeners`` hook: observe every accepted row. One lock and one
+        eviction pass per batch: this runs on the event loop for every accepted event."""
         cols = rows.columns
-        for user, session, ts, kind in zip(
-            cols["user_id"], cols["session_id"], cols["ts"], cols["event_type"], strict=False
-        ):
-            self.observe(rows.project_id, user, session, ts, kind)
+        project_id = rows.project_id
+        observe = self._observe_locked
+        with self._lock:
+            for user, session, ts, kind in zip(
+                cols["user_id"], cols["session_id"], cols["ts"], cols["event_type"], strict=False
+            ):
+                observe(project_id, user, session, ts, kind)
+            self._evict_locked()
 
     def get(self, project_id: str, user_id: str, *, now_us: int) -> SessionState | None:
         """The user's session if its last event is at most 30 minutes before ``now_us``."""
