@@ -41,27 +41,29 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from avila.export.columnar import ACCEPTED_SCHEMA, ColumnarValidator, Rejected
+from avila.export.columnar import Checked, ColumnarValidator, Rejected
 from avila.export.duplicates import candidate_rows
 from avila.export.importer import ImportSummary, RowRejection
 from avila.export.reader import _CSV_TYPES, CountingReader
 from avila.storage import rollups
 from avila.storage.duckdb.store import DuckDBStore
+from avila.storage.schema import EVENT_COLUMN_NAMES
 
 #: Rows per validated batch: DuckDB's row group (122,880 rows) so that every append fills
 #: whole row groups (100,000-row appends measured ~40 % more insert CPU per row).
 BULK_BATCH_ROWS = 122_880
 _US = timedelta(microseconds=1)
-_NO_ROWS = ACCEPTED_SCHEMA.empty_table()
+_EVENT_COLUMNS = ", ".join(f'"{name}"' for name in EVENT_COLUMN_NAMES)
 
 
 @dataclass
 class Batch:
-    """One read step, validated and split: rows to append now, rows held back as possible
-    duplicates, rejections, and how far the file has been read (bytes; Parquet: rows)."""
+    """One read step, validated and split: the rows of ``append`` that ``keep`` marks (all
+    when None) go in now, ``held`` rows are possible duplicates; plus rejections and how far
+    the file has been read (bytes; Parquet: rows)."""
 
-    append: pa.Table
-    held: pa.Table
+    append: list[tuple[pa.Table, np.ndarray | None]]
+    held: list[pa.Table]
     rejected: list[Rejected]
     rows: int
     slow_rows: int
@@ -76,18 +78,29 @@ class _Splitter:
         self.validator = validator
         self.candidates = candidates
 
-    def split(self, checked: Any, rows: int, progress: int) -> Batch:
-        accepted = checked.accepted
-        held = _NO_ROWS
-        if len(self.candidates) and accepted.num_rows:
-            numbers = accepted.column("row").to_numpy()
-            at = np.searchsorted(self.candidates, numbers)
-            at[at == len(self.candidates)] = 0
-            maybe = self.candidates[at] == numbers
-            if maybe.any():
-                held = accepted.filter(pa.array(maybe))
-                accepted = accepted.filter(pa.array(~maybe))
-        return Batch(accepted, held, checked.rejected, rows, checked.slow_rows, progress)
+    def _maybe(self, table: pa.Table) -> np.ndarray | None:
+        """Which rows of ``table`` are candidates (None: none)."""
+        if not len(self.candidates) or table.num_rows == 0:
+            return None
+        numbers = table.column("row").to_numpy()
+        at = np.searchsorted(self.candidates, numbers)
+        at[at == len(self.candidates)] = 0
+        maybe = self.candidates[at] == numbers
+        return maybe if maybe.any() else None
+
+    def split(self, checked: Checked, rows: int, progress: int) -> Batch:
+        append: list[tuple[pa.Table, np.ndarray | None]] = []
+        held: list[pa.Table] = []
+        for table, keep in ((checked.fast, checked.keep), (checked.slow, None)):
+            maybe = self._maybe(table)
+            if maybe is not None:
+                hold = maybe if keep is None else maybe & keep
+                if hold.any():
+                    held.append(table.filter(pa.array(hold)))
+                keep = ~maybe if keep is None else keep & ~maybe
+            if table.num_rows and (keep is None or keep.any()):
+                append.append((table, keep))
+        return Batch(append, held, checked.rejected, rows, checked.slow_rows, progress)
 
 
 def _parquet_batches(path: Path, splitter: _Splitter, batch_rows: int) -> Iterator[Batch]:
@@ -216,9 +229,16 @@ def _received_then(stamp: datetime) -> str:
     return f"(SELECT * FROM events WHERE received_at = TIMESTAMP '{stamp.isoformat(sep=' ')}')"
 
 
-def _append(cursor: Any, table: pa.Table) -> None:
-    if table.num_rows:
-        cursor.from_arrow(table.drop_columns(["row"])).insert_into("events")
+def _append(cursor: Any, table: pa.Table, keep: np.ndarray | None = None) -> None:
+    """Append the rows of ``table`` (:data:`ACCEPTED_SCHEMA`) that ``keep`` marks (all when
+    None); DuckDB filters while it appends."""
+    events = table.drop_columns(["row"])
+    if keep is None or keep.all():
+        if events.num_rows:
+            cursor.from_arrow(events).insert_into("events")
+        return
+    marked = events.append_column("_keep", pa.array(keep))
+    cursor.from_arrow(marked).filter("_keep").project(_EVENT_COLUMNS).insert_into("events")
 
 
 def _store_candidates(
@@ -305,11 +325,11 @@ def bulk_import(
             summary.rows += batch.rows
             for r in batch.rejected:
                 summary.reject(RowRejection(r.row, r.code, r.message, r.path))
-            _append(cursor, batch.append)
-            appended += batch.append.num_rows
-            if batch.held.num_rows:
-                held.append(batch.held)
-                held_rows += batch.held.num_rows
+            for table, keep in batch.append:
+                _append(cursor, table, keep)
+                appended += table.num_rows if keep is None else int(keep.sum())
+            held.extend(batch.held)
+            held_rows += sum(table.num_rows for table in batch.held)
             summary.slow_rows += batch.slow_rows
             if on_batch is not None:
                 on_batch(batch.progress)
