@@ -586,6 +586,4 @@ def _field_path(path: str) -> str:
 
 
 def _merge(fast: pa.Table, accept: np.ndarray, slow: Checked) -> Checked:
-    return Checked(
-        fast, None if accept.all() else accept, slow.slow, slow.rejected, slow.slow_rows
-    )
+    return Checked(fast, None if accept.all() else accept, slow.slow, slow.rejected, slow.slow_rows)
