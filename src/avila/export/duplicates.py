@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from avila.export.reader import _CSV_TYPES
+from avila.export.reader import _CSV_TYPES, ndjson_batches
 
 #: Rows per batch of ids read from CSV and NDJSON files.
 _ID_BATCH_ROWS = 1 << 18
@@ -111,18 +111,7 @@ def _csv_ids(path: Path) -> Iterator[pa.RecordBatch]:
 
 
 def _ndjson_ids(path: Path) -> Iterator[pa.RecordBatch]:
-    lines: list[bytes] = []
-    numbers: list[int] = []
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            lines.append(line)
-            numbers.append(number)
-            if len(lines) >= _ID_BATCH_ROWS:
-                yield _line_ids(lines, numbers)
-                lines, numbers = [], []
-    if lines:
+    for lines, numbers, _ in ndjson_batches(path, _ID_BATCH_ROWS):
         yield _line_ids(lines, numbers)
 
 
