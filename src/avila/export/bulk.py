@@ -229,30 +229,41 @@ def _append(cursor: Any, table: pa.Table, keep: np.ndarray | None = None) -> Non
     cursor.from_arrow(marked).filter("_keep").project(_EVENT_COLUMNS).insert_into("events")
 
 
-def _store_candidates(
-    cursor: Any, project_id: str, since: datetime, candidates: list[pa.Table]
-) -> int:
+#: Held-back rows wait in a temporary DuckDB table, not in Python: re-importing a file that is
+#: already stored holds back every row, and DuckDB spills to disk where a list could not.
+_HELD = "_import_held"
+
+
+def _hold(cursor: Any, tables: list[pa.Table], created: bool) -> bool:
+    """Put held-back rows into the temporary table (created on first use); returns whether it
+    exists now."""
+    for table in tables:
+        if not created:
+            cursor.register("_import_held_batch", table)
+            try:
+                cursor.execute(
+                    f"CREATE TEMP TABLE {_HELD} AS SELECT * FROM _import_held_batch LIMIT 0"
+                )
+            finally:
+                cursor.unregister("_import_held_batch")
+            created = True
+        cursor.from_arrow(table).insert_into(_HELD)
+    return created
+
+
+def _store_candidates(cursor: Any, project_id: str, since: datetime) -> int:
     """Append the held-back rows that are not duplicates after all; returns how many. A row is
     a duplicate when its event id is stored with ``received_at`` inside the window (this import's
     rows included) or an earlier accepted row of the file has it."""
-    if not candidates:
-        return 0
-    table = pa.concat_tables(candidates)
-    if table.num_rows == 0:
-        return 0
-    cursor.register("_import_candidates", table)
-    try:
-        kept = cursor.sql(
-            "SELECT c.* FROM _import_candidates c WHERE c.event_id NOT IN ("
-            " SELECT event_id FROM events WHERE project_id = $p AND received_at >= $since"
-            " AND event_id IN (SELECT event_id FROM _import_candidates))"
-            " QUALIFY row_number() OVER (PARTITION BY c.event_id ORDER BY c.row) = 1",
-            params={"p": project_id, "since": since},
-        ).to_arrow_table()
-    finally:
-        cursor.unregister("_import_candidates")
-    _append(cursor, kept)
-    return int(kept.num_rows)
+    kept = cursor.execute(
+        f"INSERT INTO events SELECT c.* EXCLUDE (row) FROM {_HELD} c WHERE c.event_id NOT IN ("
+        " SELECT event_id FROM events WHERE project_id = $p AND received_at >= $since"
+        f" AND event_id IN (SELECT event_id FROM {_HELD}))"
+        " QUALIFY row_number() OVER (PARTITION BY c.event_id ORDER BY c.row) = 1",
+        {"p": project_id, "since": since},
+    ).fetchall()
+    cursor.execute(f"DROP TABLE {_HELD}")
+    return int(kept[0][0])
 
 
 def _store_identity_links(cursor: Any, project_id: str, stamp: datetime) -> None:
@@ -329,7 +340,7 @@ def _import(
             ColumnarValidator(project_id, stamp),
             candidate_rows(path, fmt, cursor, project_id, since),
         )
-        held: list[pa.Table] = []
+        holding = False
         held_rows = 0
         appended = 0
         for batch in _prefetched(_READERS[fmt](path, splitter, batch_rows)):
@@ -339,13 +350,13 @@ def _import(
             for table, keep in batch.append:
                 _append(cursor, table, keep)
                 appended += table.num_rows if keep is None else int(keep.sum())
-            held.extend(batch.held)
+            holding = _hold(cursor, batch.held, holding)
             held_rows += sum(table.num_rows for table in batch.held)
             summary.slow_rows += batch.slow_rows
             if on_batch is not None:
                 on_batch(batch.progress)
         started = time.perf_counter()
-        kept = _store_candidates(cursor, project_id, since, held)
+        kept = _store_candidates(cursor, project_id, since) if holding else 0
         summary.accepted = appended + kept
         summary.duplicates = held_rows - kept
         rollups.add_events(cursor, _received_then(stamp))
