@@ -297,10 +297,10 @@ def bulk_import(
     *,
     dedup_window_hours: float = 24,
     batch_rows: int = BULK_BATCH_ROWS,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> ImportSummary:
     """Import ``path`` into ``store`` in one transaction; ``on_batch`` sees the read progress
-    (bytes; Parquet: rows) after each batch. The store's ingest log must be configured
+    (bytes; Parquet: rows) and the rows read so far after each batch. The store's ingest log must be configured
     (``store.ingest_log_config``) or have its default place."""
     progress = store.load_progress
     store.open_ingest_log()
@@ -331,7 +331,7 @@ def _import(
     summary: ImportSummary,
     dedup_window_hours: float,
     batch_rows: int,
-    on_batch: Callable[[int], None] | None,
+    on_batch: Callable[[int, int], None] | None,
 ) -> ImportSummary:
     with store.bulk_transaction() as cursor:
         stamp = _unique_stamp(cursor)
@@ -354,7 +354,7 @@ def _import(
             held_rows += sum(table.num_rows for table in batch.held)
             summary.slow_rows += batch.slow_rows
             if on_batch is not None:
-                on_batch(batch.progress)
+                on_batch(batch.progress, summary.rows)
         started = time.perf_counter()
         kept = _store_candidates(cursor, project_id, since) if holding else 0
         summary.accepted = appended + kept
