@@ -33,7 +33,7 @@ run: $(RUNTIME_STAMP) .env
 	@url="$${AVILA_STORAGE_URL:-$$(sed -n 's/^AVILA_STORAGE_URL=//p' .env | tail -n 1)}"; \
 	  case "$$url" in chdb:*) $(BIN)/python -c "import chdb" 2>/dev/null || \
 	    $(BIN)/python -m pip install --quiet -e '.[chdb]';; esac
-	$(BIN)/avila demo --if-empty --users 300 --days 30
+	$(BIN)/avila demo --if-empty --users 1000 --days 30
 	$(BIN)/avila demo --factory --days 7
 	@port=$$(sed -n 's/^PORT=//p' .env | tail -n 1); key=$$(sed -n 's/^API_KEYS=//p' .env | tail -n 1 | cut -d, -f1); \
 	  echo "Dashboard: http://localhost:$${port:-3000}/  (sign in with the demo key $${key:-dev-key-123})"

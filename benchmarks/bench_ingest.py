@@ -17,8 +17,11 @@ in this order, so the single-event scenarios run on the store the batch scenario
 - loader: the log of ``LOADER_EVENTS`` events replayed into a fresh DuckDB file by the loader
   alone (read, decode, Arrow, one transaction per 100,000 rows), in this process: events/s;
 - store-only baseline: the same events appended straight into a DuckDB file from Arrow, one
-  transaction per 5,000 events, in this process, no HTTP, no validation, no log.
-Reports per-round figures and medians, and writes them to benchmarks/RESULTS.md.
+  transaction per 5,000 events, in this process, no HTTP, no validation, no log;
+- telemetry: ``bench_telemetry``'s round (1,000 readings x 3 metrics per request, 16
+  connections, a fresh server), durable readings/s.
+Reports per-round figures and medians, then each issue-9 target against its median, and writes
+them to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_telemetry  # noqa: E402
 import loadgen  # noqa: E402
 from events import EVENT, batch_template, single_body  # noqa: E402
 from results import stamp, write_section  # noqa: E402
@@ -221,6 +225,17 @@ def run_round(tmp: Path, seconds: float, extra_env: dict[str, str]) -> dict[str,
     }
 
 
+#: Issue 9's targets: (name, figure, test of its median).
+TARGETS = (
+    ("batch >= 80,000 durable events/s", "batch_events_per_s", lambda v: v >= 80_000),
+    ("batch >= 0.35 x store-only", "ratio_e2e_to_store", lambda v: v >= 0.35),
+    ("single-event p99 <= 5 ms at 1,000 req/s", "single_p99_ms", lambda v: v <= 5),
+    ("sequential p50 <= 2 ms", "sequential_p50_ms", lambda v: v <= 2),
+    ("loader >= 150,000 events/s", "loader_events_per_s", lambda v: v >= 150_000),
+    ("visibility (202 to profile read) p99 <= 1 s", "visibility_p99_ms", lambda v: v <= 1000),
+    ("telemetry >= 200,000 readings/s", "telemetry_readings_per_s", lambda v: v >= 200_000),
+)
+
 #: The 1-minute load average when the benchmark started (the neighbours' share of the cores).
 LOAD_AT_START = os.getloadavg()[0]
 
@@ -250,6 +265,10 @@ def main() -> None:
             figures["ratio_e2e_to_store"] = (
                 figures["batch_events_per_s"] / figures["store_only_events_per_s"]
             )
+            (tmp / f"telemetry-{r}").mkdir()
+            telemetry = bench_telemetry.run_round(tmp / f"telemetry-{r}", args.seconds, 1000, 16)
+            figures["telemetry_readings_per_s"] = telemetry["readings_per_s"]
+            figures["telemetry_values_missing"] = telemetry["acknowledged_values_missing"]
             rounds.append(figures)
             print(
                 f"round {r + 1}: " + ", ".join(f"{k}={v:,.2f}" for k, v in figures.items()),
@@ -257,6 +276,11 @@ def main() -> None:
             )
     median = {k: statistics.median(f[k] for f in rounds) for k in rounds[0]}
     print("median: " + ", ".join(f"{k}={v:,.2f}" for k, v in median.items()))
+    verdicts = [
+        f"| {name} | {median[key]:,.2f} | {'met' if ok(median[key]) else 'NOT met'} |"
+        for name, key, ok in TARGETS
+    ]
+    print("\n".join(["issue 9 targets (medians):", *verdicts]))
     if args.no_write:
         return
     lines = [
@@ -292,10 +316,14 @@ def main() -> None:
         "ratio_e2e_to_store": "ratio end-to-end batch / store-only",
         "batch_errors": "non-202 batch responses",
         "single_errors": "non-202 single responses",
+        "telemetry_readings_per_s": "telemetry, 1,000 readings/request, 16 clients: durable readings/s",
+        "telemetry_values_missing": "telemetry: acknowledged values not in the store after the drain",
     }
     for key, label in labels.items():
         cells = " | ".join(f"{f[key]:,.2f}" for f in rounds)
         lines.append(f"| {label} | **{median[key]:,.2f}** | {cells} |")
+    lines += ["", "Issue 9's targets against these medians:", "", "| target | median | |"]
+    lines += ["|---|---|---|", *verdicts]
     write_section("bench_ingest", "\n".join(lines))
     print("wrote benchmarks/RESULTS.md")
 

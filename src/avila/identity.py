@@ -5,6 +5,9 @@ An ``$identify`` custom event whose ``metadata.anonymous_id`` names an anonymous
 ``user_id``. Links are appended to the ``identities`` table; the backend's ``events_resolved``
 view (see ``avila.storage.duckdb.migrations``) shows every event under the user its
 ``user_id`` resolves to, so funnels, retention, profiles and sessions count a stitched person once.
+On DuckDB that view joins the materialised person map (:mod:`avila.storage.person_map`), which
+every writer of links updates in the same transaction; ``identity_resolved`` is the recursive
+definition of the same resolution.
 
 The Segment adapter (``avila.ingest.segment``) and the browser tracker (``/avila.js``) produce
 these events; any client of ``POST /api/v1/events`` may send them too.

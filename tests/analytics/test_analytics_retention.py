@@ -61,6 +61,22 @@ def test_retention_matches_pandas_oracle(data_store, tz, period, mode):
                 assert c["retained"][1:] == sorted(c["retained"][1:], reverse=True)
 
 
+@pytest.mark.parametrize("tz", ["UTC", "America/Sao_Paulo"])
+@pytest.mark.parametrize("days", [20, 53, 54, 87])
+def test_exact_daily_retention_on_both_plans(data_store, tz, days):
+    # Up to 53 days (+ 10 periods) the periods fit the per-user 63-bit mask; from 54 days on
+    # the exact mode takes the join plan. Both must give the oracle's answer.
+    end = START + timedelta(days=days)
+    for start_ev, ret_ev in [(None, None), (CONDS[1], CONDS[2])]:
+        body = {"period": "day", "periods": 10, "start_time": START.isoformat(),
+                "end_time": end.isoformat(), "timezone": tz, "mode": "exact"}  # fmt: skip
+        if start_ev:
+            body["start_event"], body["return_event"] = start_ev, ret_ev
+        got = retention(data_store, PROJECT, body)
+        want = retention_oracle(ROWS, PROJECT, START, end, "day", 10, tz, "exact", start_ev, ret_ev)
+        assert {c["cohort_start"]: c["retained"] for c in got["cohorts"]} == want
+
+
 def test_sao_paulo_dst_start_day_has_no_midnight(load):
     # 2018-11-04 02:30 UTC is 2018-11-03 23:30 (-03); 03:30 UTC is 2018-11-04 01:30 (-02).
     store = load(

@@ -1,7 +1,7 @@
 """A server like ``make run``'s: ``.env.example`` as its ``.env``, the default demo loaded.
 
 ``make run`` copies ``.env.example`` to ``.env`` (key ``dev-key-123`` from ``API_KEYS``), runs
-``avila demo --if-empty --users 300 --days 30`` and ``avila demo --factory --days 7``, then
+``avila demo --if-empty --users 1000 --days 30`` and ``avila demo --factory --days 7``, then
 ``avila serve``. :func:`start_demo_server` does the same in a fresh directory.
 """
 
@@ -20,7 +20,7 @@ from avila.testing import ServerProcess
 ROOT = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = ROOT / ".env.example"
 DEMO_COMMANDS = (
-    ["demo", "--if-empty", "--users", "300", "--days", "30"],
+    ["demo", "--if-empty", "--users", "1000", "--days", "30"],
     ["demo", "--factory", "--days", "7"],
 )
 

@@ -9,7 +9,8 @@ Protocol (fixed and written before the first run, 2026-11-30):
   Churn = 1 when the customer makes no purchase in the holdout.
 * Our model: the product's own path — each purchase day becomes a row of the daily activity
   table, :func:`avila.ml.features.user_snapshot` at t₀ = 1997-10-01 gives the snapshot
-  features, :class:`avila.ml.churn.ChurnModel` (calibrated gradient boosting, defaults)
+  features, :class:`avila.ml.churn.ChurnModel` (defaults; calibrated gradient boosting until the
+  third run, the tree + log-linear blend since)
   learns churn.
 * Folds: customers in 5 stratified folds (scikit-learn ``StratifiedKFold``, shuffled, seed
   0); each fold is scored by a model trained on the other four. Features are all before t₀
@@ -128,7 +129,19 @@ def test_our_churn_model_beats_bgnbd_p_alive_across_folds(fold_aucs: pd.DataFram
 #: 0.804/0.811, 0.755/0.748, 0.759/0.774; mean 0.770 vs 0.772, ours ahead in 2 of 5 folds.
 #: Still short of the +0.01 margin; no further tuning against this split. Strict: the day it
 #: passes, this fails and the mark must go.
-@pytest.mark.xfail(strict=True, reason="ours 0.770 vs recency 0.772 mean AUC on CDNOW")
+#: Third look (2026-11-30 night, written before the run): ChurnModel's default became the
+#: blend of those trees with a log-linear logistic regression over the same features
+#: (``method="blend"``), chosen on three development splits that read no transaction on or
+#: after t₀ (``tests/ml/dev_churn_cdnow.py``: t₀ 1997-07-01 / 91 d, 06-01 / 122 d,
+#: 05-01 / 153 d; blend vs recency +0.028, +0.019, +0.027, ahead in 10, 8, 9 of 10 folds).
+#: Margins, split, folds and seed unchanged. Result of this third run, per fold ours /
+#: recency: 0.807/0.800, 0.737/0.725, 0.812/0.811, 0.762/0.748, 0.772/0.774; mean 0.778 vs
+#: 0.772 (+0.0065), ahead in 4 of 5 folds (BG/NBD 0.316). Meets the fold count, short of the
+#: +0.01 mean margin: still a strict expected failure. The test split has now been looked at
+#: three times; a fourth look needs a reason other than another model tweak.
+@pytest.mark.xfail(
+    strict=True, reason="ours 0.778 vs recency 0.772 mean AUC on CDNOW (+0.01 needed)"
+)
 def test_our_churn_model_beats_recency_across_folds(fold_aucs: pd.DataFrame) -> None:
     mean = fold_aucs.mean()
     assert mean["ours"] >= mean["recency"] + RECENCY_MARGIN

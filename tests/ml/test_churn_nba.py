@@ -55,7 +55,7 @@ def snapshots() -> pd.DataFrame:
     )
 
 
-@pytest.mark.parametrize("method", ["hist_gb", "logistic"])
+@pytest.mark.parametrize("method", ["blend", "hist_gb", "log_linear", "logistic"])
 def test_churn_model_beats_recency_on_a_time_split(snapshots: pd.DataFrame, method: str) -> None:
     test_time = START + pd.Timedelta(days=330)
     report = evaluate_time_split(

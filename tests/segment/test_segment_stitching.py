@@ -7,6 +7,7 @@ import json
 
 import httpx
 
+from avila.analytics.common import events_source
 from avila.analytics.funnels import funnel
 from avila.analytics.profiles import user_profile
 from avila.storage.duckdb.store import DuckDBStore
@@ -64,5 +65,11 @@ def test_stitched_person_counts_once_in_funnel_and_profile(live_server: LiveServ
         profile = user_profile(store, "default", "user-s1")
         assert profile["total_events"] == 4
         assert profile["total_revenue"] == 5
+        # The loader kept the person map in the links' transaction: reads use it (not the
+        # recursive fallback), and it names the anonymous id's person.
+        assert events_source(store, "default") == "events_resolved"
+        assert store.query("SELECT anonymous_id, user_id FROM person_map") == [
+            ("anon-s1", "user-s1")
+        ]
     finally:
         store.close()

@@ -121,14 +121,28 @@ def fragments(store: Store) -> dict[str, str]:
 
 def events_source(store: Store, project_id: str) -> str:
     """The relation every analytics query of ``project_id`` reads events from:
-    ``FRAGMENTS["events_source"]``, or ``FRAGMENTS["events_unstitched"]`` when the backend's
-    ``stitching_probe`` finds no identity link in the project (so projects that never identify
-    anyone do not pay for resolving ids)."""
+    ``FRAGMENTS["events_source"]`` (DuckDB: a join with the materialised person map), or
+    ``FRAGMENTS["events_unstitched"]`` when the backend's ``stitching_probe`` finds no identity
+    link in the project (so projects that never identify anyone do not pay for resolving ids),
+    or ``FRAGMENTS["events_resolved"]`` (the recursive resolution) when the probe says the
+    project's person map is not current (:mod:`avila.storage.person_map`)."""
     frag = fragments(store)
     probe = frag.get("stitching_probe", "")
-    if probe and not store.query(probe, [project_id]):
+    if not probe:
+        return frag["events_source"]
+    rows = store.query(probe, [project_id])
+    if not rows:
         return frag["events_unstitched"]
-    return frag["events_source"]
+    return frag["events_source"] if rows[0][0] else frag["events_resolved"]
+
+
+def persons_relation(store: Store, source: str) -> str:
+    """The relation ``(project_id, anonymous_id, user_id)`` that resolves ids the way the
+    events relation ``source`` (from :func:`events_source`) does: the person map behind
+    ``events_source``, the recursive ``identity_resolved`` view otherwise."""
+    frag = fragments(store)
+    mapped = store.backend == "duckdb" and source == frag["events_source"]
+    return "person_map" if mapped else "identity_resolved"
 
 
 def invalid(code: str, path: str, message: str) -> ValidationFailed:

@@ -31,7 +31,8 @@ window). Median and mean are over those users.
 (reached k, not k+1) from the same per-user levels, so its ``total`` is the report's
 ``drop_off`` at step k+1 in every mode.
 
-The ordered modes are vectorised with numpy: after sorting candidate rows by (user, time), the
+The ordered modes are vectorised with numpy: after sorting candidate rows by (user, time) (the
+report by a hash of the user id, see :mod:`avila.analytics.user_order`), the
 latest valid step-(k-1) row at or before each step-k row (an "as-of" lookup via a running max of
 row positions) carries the latest chain start, which is the best one for the window check.
 ``strict_order`` and ``unordered`` are vectorised too (see their functions), so every mode
@@ -67,6 +68,7 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
+from avila.analytics.user_order import rows_by_user
 from avila.schemas.analytics import EventCondition, FunnelDroppedQuery, FunnelQuery
 from avila.storage.base import Store
 
@@ -81,7 +83,7 @@ def funnel(store: Store, project_id: str, query: FunnelQuery | Mapping[str, Any]
     "conversion_window_seconds"}`` plus ``"breakdowns"`` / ``"trend"`` when asked for.
     """
     q = parse_query(FunnelQuery, query)
-    table, (level, conv, first_row) = _user_levels(store, project_id, q)
+    table, (level, conv, first_row) = _user_levels(store, project_id, q, by_hash=True)
     start, end = time_range(q.start_time, q.end_time)
     tz = zone(q.timezone)
     nsteps = len(q.steps)
@@ -147,11 +149,15 @@ def _check_steps(q: FunnelQuery) -> None:
         raise invalid("funnel_too_many_steps", "steps", f"a funnel has at most {MAX_STEPS} steps")
 
 
-def _user_levels(store: Store, project_id: str, q: FunnelQuery) -> tuple[pa.Table, Levels]:
+def _user_levels(
+    store: Store, project_id: str, q: FunnelQuery, *, by_hash: bool = False
+) -> tuple[pa.Table, Levels]:
     """The candidate rows (sorted by user, time) and the per-user :data:`Levels` of ``q``.
 
     Shared by :func:`funnel` and :func:`funnel_dropped` so their numbers agree by construction.
-    User codes number the distinct ``user_id`` values of the rows in order.
+    User codes number the distinct ``user_id`` values of the rows in order; ``by_hash`` sorts
+    by a hash of the id instead (:mod:`avila.analytics.user_order`, no ``user_id`` column),
+    for the report, which never names a user.
     """
     _check_steps(q)
     start, end = time_range(q.start_time, q.end_time)
@@ -195,12 +201,15 @@ def _user_levels(store: Store, project_id: str, q: FunnelQuery) -> tuple[pa.Tabl
         params.extend(p for c in conds for p in c.params)
     # Ties broken by step mask and breakdown value, so the user's "first" row (breakdown,
     # unordered) is the same on every run and backend.
-    sql += " ORDER BY user_id, t, m" + (", b" if breakdown is not None else "")
-    table = store.query_arrow(sql, params)
+    order = "t, m" + (", b" if breakdown is not None else "")
+    if by_hash:
+        table, ucode = rows_by_user(store, sql, params, order, order)
+    else:
+        table = store.query_arrow(f"{sql} ORDER BY user_id, {order}", params)
+        ucode = user_codes(table.column("user_id"))
 
     nsteps = len(q.steps)
     window_us = q.conversion_window_seconds * 1_000_000
-    ucode = user_codes(table.column("user_id"))
     t = _int64(table.column("t"))
     masks = _int64(table.column("m"))
     if q.mode in ("ordered", "strict_increase"):
@@ -223,6 +232,15 @@ def _int64(column: pa.ChunkedArray) -> np.ndarray:
 Levels = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+def _sorted_unique(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(codes, return_index=True)`` for non-decreasing ``codes`` (rows are sorted
+    by user), without its sort."""
+    if not len(codes):
+        return codes, np.zeros(0, dtype=np.int64)
+    first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    return codes[first], first
+
+
 def _ordered_levels(
     ucode: np.ndarray, t: np.ndarray, masks: np.ndarray, nsteps: int, window: int, strict: bool
 ) -> Levels:
@@ -234,25 +252,29 @@ def _ordered_levels(
     first_row = np.full(n_users, -1, dtype=np.int64)
     if n == 0:
         return level, conv, first_row
-    pos = np.arange(n, dtype=np.int64)
+    # Row positions in 32 bits when they fit: these passes are bound by memory traffic.
+    idx = np.int32 if n < np.iinfo(np.int32).max else np.int64
+    pos = np.arange(n, dtype=idx)
     new_group = np.ones(n, dtype=bool)
     new_group[1:] = (ucode[1:] != ucode[:-1]) | (t[1:] != t[:-1])
-    group = np.cumsum(new_group) - 1
-    group_start = np.flatnonzero(new_group)
-    group_end = np.append(group_start[1:] - 1, n - 1)
+    group_start = np.flatnonzero(new_group).astype(idx)
+    group_size = np.diff(np.append(group_start, n))
     # As-of reference row: the last row of the tie group (<=) or the row before it (<).
-    ref_row = group_start[group] - 1 if strict else group_end[group]
+    if strict:
+        ref_row = np.repeat(group_start - 1, group_size)
+    else:
+        ref_row = np.repeat(np.append(group_start[1:] - 1, n - 1).astype(idx), group_size)
 
     valid = (masks & 1) != 0
     start = t
     hit = np.flatnonzero(valid)
-    users, first = np.unique(ucode[hit], return_index=True)
+    users, first = _sorted_unique(ucode[hit])
     level[users] = 1
     first_row[users] = hit[first]
     for k in range(1, nsteps):
         if hit.size == 0:
             break
-        last_valid = np.where(valid, pos, -1)
+        last_valid = np.where(valid, pos, idx(-1))
         np.maximum.accumulate(last_valid, out=last_valid)
         cand = np.flatnonzero((masks >> k) & 1)
         ref = ref_row[cand]
@@ -267,7 +289,7 @@ def _ordered_levels(
         new_start = np.zeros(n, dtype=np.int64)
         new_start[hit] = start[src]
         start = new_start
-        users, first = np.unique(ucode[hit], return_index=True)
+        users, first = _sorted_unique(ucode[hit])
         level[users] = k + 1
         conv[users, k] = (t[hit[first]] - t[src[first]]) / 1e6
     return level, conv, first_row
@@ -310,7 +332,7 @@ def _unordered_levels(
         firsts[ok, k] = t[p[ok]]
     np.maximum.at(level, s_user, count)
     best = np.flatnonzero(count == level[s_user])
-    users, first = np.unique(s_user[best], return_index=True)
+    users, first = _sorted_unique(s_user[best])
     chosen = np.sort(firsts[best[first]], axis=1)
     gaps = (chosen[:, 1:] - chosen[:, :-1]) / 1e6
     reached = np.arange(1, nsteps)[None, :] < level[users][:, None]
@@ -385,7 +407,7 @@ def _strict_order_levels(
     alive = pos < cut
     for k in range(nsteps):
         hit = np.flatnonzero(valid[k] & alive)
-        users, first = np.unique(e_user[hit], return_index=True)
+        users, first = _sorted_unique(e_user[hit])
         level[users] = k + 1
         if k:
             src = source[k][hit[first]]

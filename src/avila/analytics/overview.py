@@ -6,7 +6,7 @@ over ``[start_time, end_time)`` after ``filters``.
 
 The overview costs two passes over the range, whatever it reports:
 
-1. one sort of the range's events by (user, time), fetched as four narrow columns: sessions
+1. one sort of the range's events by (user hash, time), fetched as three narrow columns: sessions
    (:func:`avila.analytics.sessions.sessionize`), unique users and distinct users per day /
    week / month (a user's rows are contiguous and in time order, so "first row of this user in
    this bucket" is a comparison with the previous row);
@@ -40,12 +40,11 @@ from avila.analytics.common import (
     parse_query,
     property_expr,
     time_range,
-    user_codes,
     where_clause,
     zone,
 )
 from avila.analytics.rollup_reads import overview_aggregates
-from avila.analytics.sessions import sessionize, sorted_events, summary
+from avila.analytics.sessions import events_by_user, sessionize, summary
 from avila.schemas.analytics import OverviewQuery, TrendsQuery
 from avila.storage.base import Store
 
@@ -117,8 +116,7 @@ def overview(
         elif g == _BY_REFERRER:
             referrers.append((k2, int(n)))
 
-    table = sorted_events(store, project_id, where)
-    codes = user_codes(table.column("user_id"))
+    table, codes = events_by_user(store, project_id, where)
     found = sessionize(table, codes=codes)
     local = local_us_array(np.asarray(table.column("t").to_numpy(), np.int64), tz, start, end)
     active = {

@@ -12,6 +12,7 @@ from typing import Any
 from avila.analytics.common import Expr, events_source, fragments, iso
 from avila.analytics.sessions import sessionize, sorted_events, summary
 from avila.errors import NotFound
+from avila.storage import person_map
 from avila.storage.base import Store
 
 
@@ -120,4 +121,5 @@ def erase_user(store: Store, project_id: str, user_id: str) -> dict[str, int]:
     if aliases_sql:
         store.delete_rows("identities", {"project_id": project_id, "user_id": ids})
         store.delete_rows("identities", {"project_id": project_id, "anonymous_id": ids})
+        person_map.rebuild(store, project_id)
     return {"deleted_events": int(deleted)}

@@ -10,7 +10,8 @@ Used only when it cannot change an answer: the DuckDB backend (the rollups are i
 filters (a rollup has no per-event properties), at least one whole day in the range, and the
 rollups agree with the events table over those days (:func:`rollups_agree`; otherwise a write
 bypassed them and the caller reads raw rows). With identity stitching, user ids are mapped
-through ``identity_resolved`` (the same resolution ``events_resolved`` applies).
+through the relation that resolves them for the project's events source (the person map, or
+``identity_resolved`` while the map is not current: :func:`avila.analytics.common.persons_relation`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from avila.analytics.common import events_source, persons_relation
 from avila.storage.base import Store
 from avila.storage.rollups import DAILY_FROM
 
@@ -60,7 +62,7 @@ FROM (
 ) x {join}
 GROUP BY GROUPING SETS ((country), (device_type))
 """
-_STITCH_JOIN = "LEFT JOIN identity_resolved r ON r.project_id = ? AND r.anonymous_id = x.user_id"
+_STITCH_JOIN = "LEFT JOIN {persons} r ON r.project_id = ? AND r.anonymous_id = x.user_id"
 
 
 def whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
@@ -113,9 +115,11 @@ def overview_aggregates(
         [*day_params, *edge_params * 3, top_n, top_n],
     )
     person = "coalesce(r.user_id, x.user_id)" if stitched else "x.user_id"
-    users_sql = _USERS_PART.format(
-        person=person, edges=_EDGES, join=_STITCH_JOIN if stitched else ""
-    )
+    join = ""
+    if stitched:
+        persons = persons_relation(store, events_source(store, project_id))
+        join = _STITCH_JOIN.format(persons=persons)
+    users_sql = _USERS_PART.format(person=person, edges=_EDGES, join=join)
     users_rows = store.query(
         users_sql, [*day_params, *edge_params, *([project_id] if stitched else [])]
     )

@@ -10,7 +10,8 @@ form the session ``(user_id, session_id)`` as sent. Only events in ``[start_time
 Duration = last event - first event (0 for one event). Bounce = exactly one event and it is a
 page_view. ``by_day`` groups sessions by the local date (``timezone``) of their first event.
 
-How: one query returns the range's events sorted by (user, time) with four narrow columns; the
+How: one query returns the range's events sorted by (user, time) with four narrow columns (by
+a hash of the user id rather than the id, see :mod:`avila.analytics.user_order`); the
 sessions are cut with numpy (:func:`sessionize`). Cutting at 24 h needs each event's gap start,
 which in SQL is a second window pass over the data (a window over a window); here it is one
 ``cumsum`` over the sorted arrays. The same sorted rows give distinct users per calendar
@@ -43,6 +44,7 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
+from avila.analytics.user_order import rows_by_user
 from avila.schemas.analytics import SessionsQuery
 from avila.storage.base import Store
 
@@ -59,6 +61,20 @@ def sorted_events(store: Store, project_id: str, where: Expr) -> pa.Table:
         f"SELECT user_id, session_id, {epoch} AS t, event_type = 'page_view' AS pv"
         f" FROM {events_source(store, project_id)} WHERE {where.sql} ORDER BY user_id, ts",
         where.params,
+    )
+
+
+def events_by_user(store: Store, project_id: str, where: Expr) -> tuple[pa.Table, np.ndarray]:
+    """:func:`sorted_events` without the ``user_id`` column, users in hash order, and each
+    row's user number (see :func:`avila.analytics.user_order.rows_by_user`)."""
+    epoch = fragments(store)["epoch_us"].format("ts")
+    return rows_by_user(
+        store,
+        f"SELECT user_id, session_id, {epoch} AS t, event_type = 'page_view' AS pv"
+        f" FROM {events_source(store, project_id)} WHERE {where.sql}",
+        where.params,
+        "session_id, t, pv",
+        "t",
     )
 
 
@@ -93,9 +109,9 @@ def sessionize(
     max_s: int = DEFAULT_MAX_S,
     codes: np.ndarray | None = None,
 ) -> Sessions:
-    """Cut the rows of :func:`sorted_events` into sessions (see the module docstring)."""
-    users = table.column("user_id")
-    ucode = user_codes(users) if codes is None else codes
+    """Cut the rows of :func:`sorted_events` into sessions (see the module docstring); with
+    ``codes`` (the rows' user numbers) the table needs no ``user_id`` column."""
+    ucode = user_codes(table.column("user_id")) if codes is None else codes
     t = np.asarray(table.column("t").to_numpy(), dtype=np.int64)
     pv = np.asarray(table.column("pv").to_numpy(zero_copy_only=False), dtype=np.int64)
     sid = table.column("session_id").combine_chunks()
@@ -213,9 +229,12 @@ def sessions(
     where = where_clause(store, project_id, start, end, q.filters)
     if user_id is not None:
         where = Expr(where.sql + " AND user_id = ?", (*where.params, user_id))
-    found = sessionize(
-        sorted_events(store, project_id, where), q.timeout_seconds, q.max_session_seconds
-    )
+        found = sessionize(
+            sorted_events(store, project_id, where), q.timeout_seconds, q.max_session_seconds
+        )
+    else:
+        table, codes = events_by_user(store, project_id, where)
+        found = sessionize(table, q.timeout_seconds, q.max_session_seconds, codes)
     result = summary(found)
     result["start_time"], result["end_time"] = iso(start), iso(end)
     result["by_day"] = by_day(found, tz, start, end)

@@ -30,6 +30,7 @@ from avila.ingest.service import IngestService, result_body
 from avila.schemas.events import BATCH_DECODER, SINGLE_DECODER
 from avila.security.keys import KeyRegistry
 from avila.security.ratelimit import RateLimiter
+from avila.storage.ingest_log import REQUEST_POINT
 
 log = logging.getLogger("avila.api")
 
@@ -79,6 +80,11 @@ class FastIngest:
             or scope["method"] != "POST"
             or (path != SINGLE_PATH and path != BATCH_PATH)
         ):
+            ingest_log = self.ingest.log
+            if ingest_log is not None and scope["type"] == "http":
+                # This request's reads wait for what was acknowledged before it, once. (Not
+                # for a lifespan or websocket scope: tasks they start live on.)
+                REQUEST_POINT.set(ingest_log.progress.durable)
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)

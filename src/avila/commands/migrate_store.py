@@ -26,7 +26,8 @@ from typing import Any
 from avila.errors import AvilaError
 
 #: Tables never copied: each store's own bookkeeping.
-OWN_TABLES = frozenset({"schema_version", "ingest_position"})
+# person_map*: derived from identities, kept by the destination as they are copied.
+OWN_TABLES = frozenset({"schema_version", "ingest_position", "person_map", "person_map_state"})
 
 
 class MigrationRefused(AvilaError):

@@ -8,12 +8,16 @@ What it contains, so analytics and models have something true to find:
 - sessions that start at ``/`` or a landing page and walk the funnel
   ``/`` → ``/product`` (with a ProductView) → AddToCart → Checkout → Purchase with drop-off at
   each step; searches, logins and custom events along the way;
-- repeat buyers (a per-user purchase propensity) and popular products (Zipf);
+- repeat buyers (a per-user purchase propensity, Beta(0.8, 2): habitual buyers and window
+  shoppers) and popular products (Zipf); abandoned carts that bring 90 % of their users back
+  to buy within three days (a conversion driver beyond recency);
 - product tastes: 60 products in 6 categories; each user prefers one or two categories and
   draws 85 % of product views from them (what item-kNN finds and popularity cannot);
-- churners: about a third of users stop visiting at some day, after their visit rate decays
-  over the two weeks before; people who rarely buy leave more often (the planted signals
-  churn models should find beyond recency);
+- churners: users stop visiting at some day, after their visit rate decays over the two
+  weeks before; people who rarely buy or who bounce a lot (low engagement) leave more often,
+  and 70 % of the users whose payment fails (checkout without purchase) quit within days;
+  personal visit rates spread widely, so recency alone confuses quiet regulars with leavers
+  (the planted signals churn models should find beyond recency);
 - search intent: sessions with a search cart and buy more often (for the session model);
 - an anomaly: a flash sale at 15:00 UTC two days before the end brings half of the active
   users in one hour (:func:`flash_sale_hour`; the seasonal detector should flag it).
@@ -104,6 +108,19 @@ for _index, _entry in enumerate(_CATALOGUE):
     CATEGORIES.setdefault(_entry[2], []).append(_index)
 #: Share of product views drawn from the user's own categories (the planted tastes).
 TASTE_SHARE = 0.85
+#: Churn drivers beyond recency. The base chance of leaving falls with the user's purchase
+#: propensity (0.9 per unit) and engagement (this much per unit); clipped to [0.05, 0.8].
+CHURN_BASE = 0.85
+CHURN_ENGAGEMENT = 0.5
+#: Spread (log-normal sigma) of personal visit rates: a quiet regular and a lapsing heavy
+#: user can have the same recency, which only the user's own rhythm tells apart.
+RATE_SPREAD = 1.2
+#: A failed payment (checkout without purchase) drives this share of users away within days.
+QUIT_AFTER_FAILED_PAYMENT = 0.7
+#: An abandoned cart (no checkout, not removed) brings the user back to buy it this often.
+CART_RETURN = 0.9
+#: Purchase propensity ~ Beta(BUY_A, BUY_B): habitual buyers and window shoppers.
+BUY_A, BUY_B = 0.8, 2.0
 DEVICES = [
     ("Desktop", "Windows", "Chrome", 0.34),
     ("Desktop", "macOS", "Safari", 0.10),
@@ -173,6 +190,8 @@ class Persona:
     visits_per_day: float
     buy_propensity: float
     churn_at: datetime | None
+    #: How much the shop suits the user (0..1): engaged users bounce less and churn less.
+    engagement: float = 0.5
     tastes: tuple[str, ...] = ()
     #: Set when a failed payment drives the user away (sudden churn, no slowdown before).
     quit_at: datetime | None = None
@@ -194,10 +213,12 @@ def _personas(rng: random.Random, users: int, start: datetime, end: datetime) ->
             if rng.random() < 0.3
             else start + timedelta(seconds=rng.uniform(0, span * 0.9))
         )
-        buy_propensity = min(0.9, rng.betavariate(2, 5))
-        # Churn drivers: people who rarely buy leave more often (about 35 % vs 10 %).
+        buy_propensity = min(0.9, rng.betavariate(BUY_A, BUY_B))
+        engagement = rng.betavariate(2, 2)
+        # Churn drivers: people who rarely buy or bounce a lot leave more often.
         churn_at = None
-        if rng.random() < min(0.6, max(0.05, 0.55 - 0.9 * buy_propensity)):
+        leave = CHURN_BASE - 0.9 * buy_propensity - CHURN_ENGAGEMENT * engagement
+        if rng.random() < min(0.8, max(0.05, leave)):
             churn_at = max(signup, start) + timedelta(seconds=rng.uniform(0.2, 0.9) * span)
         categories = sorted(CATEGORIES)
         tastes = tuple(rng.sample(categories, 2 if rng.random() < 0.3 else 1))
@@ -207,10 +228,11 @@ def _personas(rng: random.Random, users: int, start: datetime, end: datetime) ->
                 device=_pick(rng, DEVICES),
                 place=_pick(rng, PLACES),
                 signup=signup,
-                visits_per_day=rng.lognormvariate(math.log(0.6), 0.7),
+                visits_per_day=rng.lognormvariate(math.log(0.6), RATE_SPREAD),
                 buy_propensity=buy_propensity,
                 churn_at=churn_at,
                 tastes=tastes,
+                engagement=engagement,
             )
         )
     return people
@@ -311,7 +333,7 @@ def _session(
     searched = rng.random() < 0.25
     if searched:
         emit("Search", {"query": rng.choice(SEARCHES), "results_count": rng.randint(0, 40)})
-    if landing.startswith("/promo") or rng.random() < 0.55:  # bounce otherwise
+    if landing.startswith("/promo") or rng.random() < 0.25 + 0.6 * p.engagement:  # else bounce
         emit("PageView", {"url": "/products", "title": "Produtos"})
         for _ in range(1 + int(rng.expovariate(0.8))):
             product_id, name, price = PRODUCTS[_product(rng, p)]
@@ -326,12 +348,12 @@ def _session(
                         purchase(product_id, price, quantity)
                         break
                     # Churn driver: a failed checkout drives some users away within days.
-                    if p.quit_at is None and rng.random() < 0.1:
+                    if p.quit_at is None and rng.random() < QUIT_AFTER_FAILED_PAYMENT:
                         p.quit_at = t + timedelta(days=rng.uniform(0.5, 3))
                     break
                 elif rng.random() < 0.2:
                     emit("RemoveFromCart", {"product_id": product_id, "quantity": quantity})
-                elif rng.random() < 0.4:
+                elif rng.random() < CART_RETURN:
                     # Conversion driver: an open cart brings the user back to buy it.
                     back = t + timedelta(days=rng.uniform(0.3, 3))
                     p.returns.append((back, (product_id, name, price), quantity))

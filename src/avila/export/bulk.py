@@ -269,6 +269,7 @@ def _store_candidates(cursor: Any, project_id: str, since: datetime) -> int:
 def _store_identity_links(cursor: Any, project_id: str, stamp: datetime) -> None:
     from avila.identity import LINK_EVENTS, links_from_rows
     from avila.ingest.validation import EventRows
+    from avila.storage import person_map
 
     names = list(LINK_EVENTS)
     table = cursor.sql(
@@ -287,6 +288,7 @@ def _store_identity_links(cursor: Any, project_id: str, stamp: datetime) -> None
     links = links_from_rows(EventRows(project_id, stamp, columns))
     if links is not None:
         cursor.from_arrow(links).insert_into("identities")
+        person_map.links_added(cursor, links)
 
 
 def bulk_import(

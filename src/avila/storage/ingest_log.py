@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import errno
 import logging
 import os
@@ -133,6 +134,13 @@ def config_from_settings(settings: Any) -> IngestLogConfig:
     )
 
 
+#: The durable log position when the current HTTP request arrived (set by the HTTP layer,
+#: :mod:`avila.api.fast_ingest`): the request's reads see every write acknowledged before it.
+REQUEST_POINT: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "avila_request_point", default=None
+)
+
+
 class LoadProgress:
     """Durable and loaded log positions, shared by the log's writer, the loader's reports and
     readers that want to see their own writes."""
@@ -172,15 +180,22 @@ class LoadProgress:
 
     def barrier(self, timeout: float) -> bool:
         """Wait (bounded) until everything durable now is loaded: reads see acknowledged writes.
-        Never waits on an event loop's thread (that would delay acknowledgements)."""
-        if self.loaded >= self.durable:
+        Never waits on an event loop's thread (that would delay acknowledgements).
+
+        Within an HTTP request, "now" is when the request arrived (:data:`REQUEST_POINT`): every
+        query of the request waits for the same position, so only the first may wait. (Under
+        steady ingest each fresh "now" waits for the round being loaded: a profile's seven
+        queries waited for seven rounds.)"""
+        point = REQUEST_POINT.get()
+        target = self.durable if point is None else point
+        if self.loaded >= target:
             return True
         try:
             asyncio.get_running_loop()
             return False
         except RuntimeError:
             pass
-        return self.wait_loaded(self.durable, timeout)
+        return self.wait_loaded(target, timeout)
 
 
 @dataclass

@@ -7,6 +7,12 @@ own (UTC) day; nothing is rewritten, so the rollups are updated inside the very 
 that appends the events (the loader's round, :meth:`DuckDBStore.append_events`) and are
 exactly as crash-safe as the events.
 
+Writers compute a write's partials with Arrow (:func:`partials`: one hash aggregation per key
+set, no SQL to plan) and append them as two small tables (:func:`add_partials`); the loader does
+the aggregation in its read thread, off the store transaction. ``DAILY_FROM`` is the same
+aggregation in SQL, for the migration, the readers' partial days and erasure; a test holds the
+two to the same rows.
+
 * ``rollup_daily (project_id, day, event_type, kind, value, events, revenue)``: per UTC day
   and event type, ``kind`` ``'type'`` (value NULL: events and revenue of the type), ``'url'``
   (events per url) or ``'referrer'`` (events per referrer). Counts by type, page and referrer
@@ -30,8 +36,13 @@ between the two steps of an erase, makes them read raw rows instead of a wrong r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from avila.storage.base import Store
 
@@ -77,12 +88,155 @@ MIGRATION: tuple[str, ...] = (
 )
 
 
+DAILY_SCHEMA = pa.schema(
+    [
+        ("project_id", pa.string()),
+        ("day", pa.date32()),
+        ("event_type", pa.string()),
+        ("kind", pa.string()),
+        ("value", pa.string()),
+        ("events", pa.int64()),
+        ("revenue", pa.decimal128(38, 6)),
+    ]
+)
+USER_DAYS_SCHEMA = pa.schema(
+    [
+        ("project_id", pa.string()),
+        ("day", pa.date32()),
+        ("user_id", pa.string()),
+        ("country", pa.string()),
+        ("device_type", pa.string()),
+        ("events", pa.int64()),
+    ]
+)
+#: the rollup tables, in the order of :class:`Partials`
+TABLES = ("rollup_daily", "rollup_user_days")
+_COUNT: list[tuple[list[str], str]] = [([], "count_all")]
+
+
+class Partials(NamedTuple):
+    """One write's rows for ``rollup_daily`` and ``rollup_user_days``."""
+
+    daily: pa.Table
+    user_days: pa.Table
+
+
+#: The largest revenue whose DECIMAL cast :func:`_micros` reproduces (checked against DuckDB in
+#: the tests; the API bounds revenue to this). DuckDB converts larger products approximately.
+EXACT_REVENUE = 1e15
+
+
+def _micros(revenue: float) -> int:
+    """``revenue::DECIMAL(38, 6)`` as an integer of millionths, as DuckDB casts: the double
+    product by 1e6, rounded half away from zero (checked against DuckDB in the tests)."""
+    scaled = revenue * 1e6
+    magnitude = abs(scaled)
+    whole = math.floor(magnitude)
+    if magnitude - whole >= 0.5:
+        whole += 1
+    return whole if scaled >= 0 else -whole
+
+
+def partials(events: pa.Table) -> Partials | None:
+    """The partial aggregates of ``events`` (columns of the events table), exactly the rows
+    ``DAILY_FROM`` and ``_USER_DAYS_FROM`` give over :func:`_representable` rows; None when a
+    revenue is beyond :data:`EXACT_REVENUE` (write those with :func:`add_events`)."""
+    revenue = events.column("revenue")
+    if revenue.null_count < len(revenue):
+        # NaN and infinities compare false here and in DuckDB alike: left out in both.
+        keep = pc.or_kleene(pc.is_null(revenue), pc.less(pc.abs(revenue), 1e32))
+        if not pc.all(keep).as_py():
+            events = events.filter(keep)
+            revenue = events.column("revenue")
+        if (pc.max(pc.abs(revenue)).as_py() or 0) > EXACT_REVENUE:
+            return None
+    day = pc.cast(events.column("ts"), pa.date32())
+    keys = pa.table(
+        {
+            "project_id": events.column("project_id"),
+            "day": day,
+            "event_type": events.column("event_type"),
+            "url": events.column("url"),
+            "referrer": events.column("referrer"),
+            "user_id": events.column("user_id"),
+            "country": events.column("country"),
+            "device_type": events.column("device_type"),
+        }
+    )
+    type_key = ["project_id", "day", "event_type"]
+    by_type = keys.group_by(type_key, use_threads=False).aggregate(_COUNT)
+    sums: dict[tuple[Any, ...], int] = {}
+    if revenue.null_count < len(revenue):
+        paid = pa.table({**{k: keys.column(k) for k in type_key}, "r": revenue}).filter(
+            pc.is_valid(revenue)
+        )
+        for project, d, etype, value in zip(*(c.to_pylist() for c in paid.columns), strict=True):
+            key = (project, d, etype)
+            sums[key] = sums.get(key, 0) + _micros(value)
+    n = by_type.num_rows
+    if sums:
+        group_keys = zip(*(by_type.column(k).to_pylist() for k in type_key), strict=True)
+        revenues = pa.array(
+            [Decimal(sums[key]).scaleb(-6) if key in sums else None for key in group_keys],
+            pa.decimal128(38, 6),
+        )
+    else:
+        revenues = pa.nulls(n, pa.decimal128(38, 6))
+    parts = [
+        pa.Table.from_arrays(
+            [
+                *(by_type.column(k) for k in type_key),
+                pa.array(["type"] * n, pa.string()),
+                pa.nulls(n, pa.string()),
+                by_type.column("count_all"),
+                revenues,
+            ],
+            schema=DAILY_SCHEMA,
+        )
+    ]
+    for kind in ("url", "referrer"):
+        column = keys.column(kind)
+        if column.null_count == len(column):
+            continue
+        rows = keys if column.null_count == 0 else keys.filter(pc.is_valid(column))
+        counted = rows.group_by([*type_key, kind], use_threads=False).aggregate(_COUNT)
+        m = counted.num_rows
+        parts.append(
+            pa.Table.from_arrays(
+                [
+                    *(counted.column(k) for k in type_key),
+                    pa.array([kind] * m, pa.string()),
+                    counted.column(kind),
+                    counted.column("count_all"),
+                    pa.nulls(m, pa.decimal128(38, 6)),
+                ],
+                schema=DAILY_SCHEMA,
+            )
+        )
+    user_key = ["project_id", "day", "user_id", "country", "device_type"]
+    users = keys.group_by(user_key, use_threads=False).aggregate(_COUNT)
+    user_days = pa.Table.from_arrays(
+        [*(users.column(k) for k in user_key), users.column("count_all")],
+        schema=USER_DAYS_SCHEMA,
+    )
+    return Partials(pa.concat_tables(parts), user_days)
+
+
 def add_events(cursor: Any, relation: str) -> None:
     """Append the partial aggregates of the rows in ``relation`` (a registered view or table
-    name chosen by the caller, never user input); call inside the writing transaction."""
+    name chosen by the caller, never user input) with SQL; call inside the writing
+    transaction. For writes :func:`partials` cannot take."""
     rows = _representable(relation)
     cursor.execute("INSERT INTO rollup_daily " + DAILY_FROM.format(src=rows))
     cursor.execute("INSERT INTO rollup_user_days " + _USER_DAYS_FROM.format(src=rows))
+
+
+def add_partials(cursor: Any, found: Partials) -> None:
+    """Append ``found`` (:func:`partials` of the rows being written); call inside the writing
+    transaction."""
+    for name, table in zip(TABLES, found, strict=True):
+        if table.num_rows:
+            cursor.from_arrow(table).insert_into(name)
 
 
 def forget_users(store: Store, project_id: str, user_ids: Sequence[str]) -> None:

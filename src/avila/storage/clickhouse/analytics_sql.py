@@ -13,10 +13,13 @@ names and meaning.
 from __future__ import annotations
 
 FRAGMENTS: dict[str, str] = {
-    # The store's migrations create DuckDB's identity views under the same names.
+    # The store's migrations create DuckDB's identity views under the same names. The probe's
+    # row (1: true) sends every stitched project to events_source.
     "events_source": "events_resolved",
     "stitching_probe": "SELECT 1 FROM identities WHERE project_id = ? LIMIT 1",
     "events_unstitched": "events",
+    # No materialised person map here: the recursive view is always the resolution.
+    "events_resolved": "events_resolved",
     "person_aliases": (
         "SELECT anonymous_id FROM identity_resolved WHERE project_id = ? AND user_id = ?"
     ),

@@ -9,8 +9,8 @@ text. A ClickHouse backend would map e.g. ``match_prefix`` to ``startsWith({0}, 
 sessions, profiles, realtime) takes its rows from ``FRAGMENTS["events_source"]`` (through
 :func:`avila.analytics.common.events_source`), never from ``events`` by name. It is a relation
 with the events table's columns; with identity stitching it is the ``events_resolved`` view
-(events LEFT JOIN the resolved ``identities``, see ``migrations.py``), whose ``user_id`` is the
-resolved person, so a stitched person is one user in funnels, retention, profiles, sessions and
+(events LEFT JOIN the materialised person map, :mod:`avila.storage.person_map`), whose
+``user_id`` is the resolved person, so a stitched person is one user in funnels, retention, profiles, sessions and
 RFM. Without stitching it is simply::
 
     "events_source": "events",
@@ -23,13 +23,19 @@ erase) target the ``events`` table itself, for the user and the ``person_aliases
 
 from __future__ import annotations
 
+from avila.storage.person_map import PROBE
+
 FRAGMENTS: dict[str, str] = {
     # The relation analytics read events from (see the module docstring): a table, view or
     # parenthesised subquery with the events table's columns.
+    # events_resolved joins the materialised person map (avila.storage.person_map).
     "events_source": "events_resolved",
-    # Projects without any identity link read the table directly (no join to pay for).
-    "stitching_probe": "SELECT 1 FROM identities WHERE project_id = ? LIMIT 1",
+    # No row: the project has no identity link, and reads the table directly (no join to pay
+    # for). One row: whether the project's person map is current (true: ``events_source``;
+    # false: ``events_resolved``, the recursive view, exact while the map is rebuilt).
+    "stitching_probe": PROBE,
     "events_unstitched": "events",
+    "events_resolved": "events_resolved_live",
     # The ids that resolve to a person (parameters: project_id, user_id); "" without stitching.
     "person_aliases": "SELECT anonymous_id FROM identity_resolved WHERE project_id = ? AND user_id = ?",
     # Microseconds since the Unix epoch of a naive UTC TIMESTAMP.

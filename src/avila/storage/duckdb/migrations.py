@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from avila.storage import rollups
+from avila.storage import person_map, rollups
 from avila.storage.schema import EVENT_COLUMNS
 
 _DUCKDB_TYPES = {
@@ -106,6 +106,7 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (5, "experiments (A/B test definitions)", _EXPERIMENTS_DDL),
     (6, "alerts: alert_rules, alert_firings, alert_deliveries", _ALERTS_DDL),
     (7, "daily rollups: rollup_daily, rollup_user_days (avila.storage.rollups)", rollups.MIGRATION),
+    (8, "person_map: materialised identity resolution (avila.storage.person_map)", person_map.DDL),
 )
 
 

@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from avila.errors import StorageUnavailable
-from avila.storage import rollups
+from avila.storage import person_map, rollups
 from avila.storage.duckdb.migrations import migrate
 from avila.storage.duckdb.rows import DuckDBRows
 from avila.storage.duckdb.watchdog import Watchdog
@@ -32,12 +32,17 @@ if TYPE_CHECKING:
 CHECKPOINT_THRESHOLD = "256MB"
 
 
-def insert_events(cursor: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
-    """Append events and their rollups (avila.storage.rollups) in the caller's transaction."""
-    # A relation over the Arrow table appended in place: no view to register and drop for the
-    # events themselves; the rollups need SQL over the rows, hence the one registration.
+def insert_events(
+    cursor: duckdb.DuckDBPyConnection, table: pa.Table, partials: rollups.Partials | None = None
+) -> None:
+    """Append events and their rollups (avila.storage.rollups) in the caller's transaction.
+    ``partials``: :func:`rollups.partials` of ``table`` if the caller computed it already."""
     cursor.from_arrow(table).insert_into("events")
-    cursor.register("_rollup_rows", table)
+    found = partials or rollups.partials(table)
+    if found is not None:
+        rollups.add_partials(cursor, found)
+        return
+    cursor.register("_rollup_rows", table)  # revenue the Arrow path cannot take exactly
     try:
         rollups.add_events(cursor, "_rollup_rows")
     finally:
@@ -153,6 +158,8 @@ class DuckDBStore(DuckDBRows):
             unknown = [name for name in table.column_names if name not in known]
             if unknown:
                 raise ValueError(f"table {table_name!r} has no columns {unknown}")
+            if table_name == "identities":  # with the person map, in one transaction
+                return person_map.append_links(cursor, table)
             # Names below come from the catalog (checked above), never from the caller alone.
             columns = ", ".join(f'"{name}"' for name in table.column_names)
             cursor.register("_incoming_rows", table)
@@ -195,7 +202,10 @@ class DuckDBStore(DuckDBRows):
         """Append rows loaded from the ingest log and record ``position``, in one transaction.
 
         A round whose end is already recorded was committed before (a retry after a commit
-        whose outcome was unclear, or after a failed trim): it is skipped, never stored twice."""
+        whose outcome was unclear, or after a failed trim): it is skipped, never stored twice.
+        ``tables`` may carry the events' rollup rows (``rollup_daily``, ``rollup_user_days``:
+        :func:`rollups.partials` of ``events``, computed by the loader outside the
+        transaction); without them they are computed here."""
         with self._write_lock:
             cursor = self._cursor()
             known = self._committed_log_position
@@ -213,8 +223,13 @@ class DuckDBStore(DuckDBRows):
                         cursor.execute("ROLLBACK")
                         self._committed_log_position = int(recorded[0][0])
                         return
+                given = dict(tables)
+                tables = [(name, table) for name, table in tables if name not in rollups.TABLES]
                 if events is not None and events.num_rows:
-                    insert_events(cursor, events)
+                    partials = None
+                    if rollups.TABLES[0] in given:
+                        partials = rollups.Partials(*(given[name] for name in rollups.TABLES))
+                    insert_events(cursor, events, partials)
                 if devices is not None and devices.num_rows:
                     # A device first seen in the unloaded log before a restart is claimed again
                     # after it: keep the first row per device.
@@ -233,6 +248,8 @@ class DuckDBStore(DuckDBRows):
                         raise ValueError(f"the loader does not write table {name!r}")
                     if table.num_rows:
                         cursor.from_arrow(table).insert_into(name)
+                        if name == "identities":  # the person map, in this transaction
+                            person_map.links_added(cursor, table)
                 cursor.execute(
                     "UPDATE ingest_position SET position = ?, loaded_at = now()::TIMESTAMP"
                     " WHERE log = 'main'",
