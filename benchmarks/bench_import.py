@@ -5,13 +5,17 @@ Protocol (fixed before the runs): one generated file per format with the same ``
 with valid payloads, unicode, 0.5 % duplicate event ids within the file and 0.1 % invalid rows;
 payloads drawn from 10,000 pages/products and 1,000,000 orders, contexts from 4,000 distinct
 device/browser/city/user-agent combinations, 200,000 users).
-Each round imports every format once, interleaved, each into an empty data directory, with the
-real command (``python -m avila.cli import FILE -q``) in a child process. Reported: wall rows/s
-and rows per CPU second of the child (user + system, all threads), median of ``--runs`` rounds,
-and the stored row count checked against the expected one. Files and stores live in a temporary
-directory that is deleted at the end.
+Each round imports every format once with every implementation (``--impl LABEL=SRC``: the
+source tree put on PYTHONPATH; default this tree), interleaved, each into an empty data
+directory, with the real command (``python -m avila.cli import FILE -q``) in a child process.
+Reported: wall rows/s and rows per CPU second of the child (user + system, all threads), median
+of ``--runs`` rounds, the load average before each import, and the stored row count checked
+against the expected one. With ``--data-dir`` the generated files are kept there and reused by
+later runs (stores are always deleted); without it everything lives in a temporary directory
+that is deleted at the end.
 
-    python benchmarks/bench_import.py --rows 10000000 --runs 3
+    python benchmarks/bench_import.py --rows 10000000 --runs 3 --data-dir /work/benchdata/i13-import
+    python benchmarks/bench_import.py --rows 1000000 --runs 3 --impl old=/tmp/old/src --impl new=src
 """
 
 from __future__ import annotations
@@ -180,9 +184,9 @@ def expected_rows(path: Path) -> int:
     return len(pc.unique(valid["event_id"]))
 
 
-def import_once(path: Path, data_dir: Path) -> tuple[float, float, int]:
-    """(wall s, child CPU s, stored rows) of one ``avila import``."""
-    env = dict(os.environ, AVILA_DATA_DIR=str(data_dir))
+def import_once(path: Path, data_dir: Path, src: Path) -> tuple[float, float, int]:
+    """(wall s, child CPU s, stored rows) of one ``avila import`` with the code in ``src``."""
+    env = dict(os.environ, AVILA_DATA_DIR=str(data_dir), PYTHONPATH=str(src))
     env.pop("AVILA_STORAGE_URL", None)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -202,10 +206,29 @@ def import_once(path: Path, data_dir: Path) -> tuple[float, float, int]:
     with duckdb.connect(str(data_dir / "avila.duckdb"), read_only=True) as conn:
         stored = int(conn.execute("SELECT count(*) FROM events").fetchall()[0][0])
     print(
-        f"    {path.suffix[1:]:8s} {wall:7.2f} s wall {cpu:7.2f} s CPU  {done.stderr.strip().splitlines()[0]}",
+        f"    {path.suffix[1:]:8s} {src}: {wall:7.2f} s wall {cpu:7.2f} s CPU"
+        f"  {done.stderr.strip().splitlines()[0]}",
         file=sys.stderr,
     )
     return wall, cpu, stored
+
+
+def inputs(directory: Path, rows: int) -> dict[str, Path]:
+    """The generated files for ``rows`` in ``directory`` (generated when missing)."""
+    here = directory / f"rows-{rows}"
+    paths = {fmt: here / f"events.{fmt}" for fmt in ("parquet", "csv", "ndjson")}
+    if all(path.exists() for path in paths.values()):
+        return paths
+    here.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix="generating-", dir=here))
+    made = generate(partial, rows)
+    for fmt, path in made.items():
+        path.rename(paths[fmt])
+    partial.rmdir()
+    return paths
+
+
+SRC = Path(__file__).resolve().parent.parent / "src"
 
 
 def main() -> None:
@@ -213,27 +236,40 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory (deleted)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="keep generated files here")
     parser.add_argument("--formats", default="parquet,csv,ndjson")
+    parser.add_argument(
+        "--impl",
+        action="append",
+        default=[],
+        metavar="LABEL=SRC",
+        help="an implementation to run: label and source directory (default: this tree's src)",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="avila-bench-import-", dir=args.dir))
+    impls = dict(item.split("=", 1) for item in args.impl) or {"this tree": str(SRC)}
+    scratch = Path(tempfile.mkdtemp(prefix="avila-bench-import-", dir=args.data_dir or args.dir))
     formats = args.formats.split(",")
     try:
-        paths = generate(scratch, args.rows)
+        paths = inputs(args.data_dir, args.rows) if args.data_dir else generate(scratch, args.rows)
         sizes = {fmt: paths[fmt].stat().st_size for fmt in formats}
         expected = expected_rows(paths["parquet"])
-        results: dict[str, list[tuple[float, float]]] = {fmt: [] for fmt in formats}
+        results: dict[tuple[str, str], list[tuple[float, float, float]]] = {
+            (fmt, label): [] for fmt in formats for label in impls
+        }
         for run in range(args.runs):
             print(f"  round {run + 1}", file=sys.stderr)
             for fmt in formats:
-                data_dir = scratch / f"store-{fmt}-{run}"
-                wall, cpu, stored = import_once(paths[fmt], data_dir)
-                if stored != expected:
-                    raise SystemExit(f"{fmt}: stored {stored} rows, expected {expected}")
-                results[fmt].append((wall, cpu))
-                shutil.rmtree(data_dir)
+                for label, src in impls.items():
+                    data_dir = scratch / f"store-{fmt}-{run}"
+                    load = os.getloadavg()[0]
+                    wall, cpu, stored = import_once(paths[fmt], data_dir, Path(src).resolve())
+                    shutil.rmtree(data_dir)
+                    if stored != expected:
+                        raise SystemExit(f"{fmt} ({label}): stored {stored}, expected {expected}")
+                    results[(fmt, label)].append((wall, cpu, load))
             # After every round, so a run cut short still leaves its figures.
-            report(args, formats, sizes, expected, results, run + 1)
+            report(args, formats, list(impls), sizes, expected, results, run + 1)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -241,39 +277,57 @@ def main() -> None:
 def report(
     args: argparse.Namespace,
     formats: list[str],
+    labels: list[str],
     sizes: dict[str, int],
     expected: int,
-    results: dict[str, list[tuple[float, float]]],
+    results: dict[tuple[str, str], list[tuple[float, float, float]]],
     rounds: int,
 ) -> None:
+    loads = [load for runs in results.values() for _, _, load in runs]
     lines = [
         f"{args.rows:,} rows per file ({DUPLICATE_SHARE:.1%} repeated ids, {INVALID_SHARE:.1%}"
         f" invalid rows; {expected:,} stored), {rounds} of {args.runs} rounds done, formats"
-        " interleaved",
+        f" and implementations interleaved; load average before the imports"
+        f" {min(loads):.1f}-{max(loads):.1f}",
         "",
-        "| format | file (MB) | rows/s wall (median) | rows per CPU-second (median) | wall s per round | CPU s per round |",
-        "|---|---|---|---|---|---|",
+        "| format | code | file (MB) | rows/s wall (median) | rows per CPU-second (median)"
+        " | wall s per round | CPU s per round |",
+        "|---|---|---|---|---|---|---|",
     ]
     for fmt in formats:
-        walls = [w for w, _ in results[fmt]]
-        cpus = [c for _, c in results[fmt]]
-        lines.append(
-            f"| {fmt} | {sizes[fmt] / 1e6:,.0f} | **{args.rows / statistics.median(walls):,.0f}**"
-            f" | {args.rows / statistics.median(cpus):,.0f}"
-            f" | {', '.join(f'{w:.1f}' for w in walls)} | {', '.join(f'{c:.1f}' for c in cpus)} |"
-        )
+        for label in labels:
+            runs = results[(fmt, label)]
+            walls = [w for w, _, _ in runs]
+            cpus = [c for _, c, _ in runs]
+            lines.append(
+                f"| {fmt} | {label} | {sizes[fmt] / 1e6:,.0f}"
+                f" | **{args.rows / statistics.median(walls):,.0f}**"
+                f" | {args.rows / statistics.median(cpus):,.0f}"
+                f" | {', '.join(f'{w:.1f}' for w in walls)}"
+                f" | {', '.join(f'{c:.1f}' for c in cpus)} |"
+            )
+    if len(labels) == 2:
+        first, second = labels
+        lines += ["", f"Ratio {second} / {first} (medians):", ""]
+        for fmt in formats:
+            a, b = results[(fmt, first)], results[(fmt, second)]
+            wall = statistics.median(w for w, _, _ in a) / statistics.median(w for w, _, _ in b)
+            cpu = statistics.median(c for _, c, _ in a) / statistics.median(c for _, c, _ in b)
+            lines.append(f"- {fmt}: {wall:.1f}x rows/s wall, {cpu:.1f}x rows per CPU-second")
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        load = os.getloadavg()
+        command = f"--rows {args.rows} --runs {args.runs} --formats {args.formats}"
+        command += "".join(f" --impl {label}=..." for label in labels if args.impl)
         write_section(
             "bench_import",
-            "## Bulk import (`python benchmarks/bench_import.py --rows "
-            f"{args.rows} --runs {args.runs}`)\n\n{stamp()}\nMachine: 2 cores, shared with other"
-            f" helpers' tests and benchmarks (load average {load[0]:.1f} when written). `avila"
-            " import FILE` in direct mode into an empty store; wall time includes process start"
-            " and the final dedup + commit. Rows per CPU-second counts the import process's user"
-            " + system time on all its threads (the load does not inflate it).\n\n" + table,
+            f"## Bulk import (`python benchmarks/bench_import.py {command}`)\n\n{stamp()}\n"
+            "Machine: 2 cores, shared with other helpers' tests and benchmarks (load average"
+            f" {min(loads):.1f}-{max(loads):.1f} before the imports). `avila import FILE` in"
+            " direct mode into an empty store; wall time includes process start and the final"
+            " dedup, rollups and commit. Rows per CPU-second counts the import process's user +"
+            " system time on all its threads (the load inflates it less than wall time).\n\n"
+            + table,
         )
 
 

@@ -143,3 +143,34 @@ def test_json_array_files_are_refused(data_dir: Path, tmp_path: Path) -> None:
     source = tmp_path / "events.json"
     source.write_text("[]")
     assert main(["import", str(source)]) == 2
+
+
+class _Terminal:
+    """stderr as a terminal (tqdm draws its bar only there), keeping what was written."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_direct_import_shows_rows_per_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CSV and NDJSON progress is counted in bytes; the bar carries the rows and rows/s."""
+    use_store(monkeypatch, tmp_path / "data", "duckdb")
+    events = [{**e, "event_id": f"rate-{i}"} for i, e in enumerate(d.make_events("rate"))]
+    source = _ndjson(tmp_path / "rate.ndjson", events)
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    assert main(["import", str(source), "--batch-size", "2"]) == 0
+    last_bar = [line for line in terminal.text.split("\r") if "import rate.ndjson" in line][-1]
+    assert f"{len(events):,} rows" in last_bar and "rows/s" in last_bar

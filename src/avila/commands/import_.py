@@ -55,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     ) as bar:
 
-        def advance(progress: int) -> None:
+        def advance(progress: int, rows: int | None = None) -> None:
+            if rows is not None and not by_rows:  # a bar in bytes: rows/s beside it
+                elapsed = bar.format_dict["elapsed"]
+                rate = f", {rows / elapsed:,.0f} rows/s" if elapsed else ""
+                bar.set_postfix_str(f"{rows:,} rows{rate}", refresh=False)
             bar.update(progress - bar.n)
 
         summary: ImportSummary
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _bulk(
-    path: Path, fmt: str, args: argparse.Namespace, advance: Callable[[int], None]
+    path: Path, fmt: str, args: argparse.Namespace, advance: Callable[..., None]
 ) -> ImportSummary:
     """Straight into the local store, validated by column, in one transaction."""
     from avila.commands.export import open_local_store
@@ -132,7 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument(
         "--batch-size",
         type=int,
-        help="rows per batch (default: 100000 direct; 2000 with --url, at most 10000)",
+        help="rows per batch (default: 122880 direct; 2000 with --url, at most 10000)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -7,14 +7,17 @@ appends them to ``events`` inside **one transaction**:
 
 1. the ingest log is opened and its unloaded backlog loaded first (so its events count for
    deduplication, as in the API);
-2. every accepted row is appended with one receive time, ``received_at`` = the import's start,
-   unique to this import (checked);
-3. duplicates are left out: a row whose event id appeared earlier in the file, or is already
-   stored with a ``received_at`` inside the dedup window (``AVILA_DEDUP_WINDOW_HOURS``) - the
-   API's rule. A 64-bit hash per id (:class:`SeenIds`) finds the *candidates* while reading;
-   they are held back and checked exactly by id at the end (deleting rows instead would make
-   DuckDB rewrite the whole transaction's data at commit: measured 3.7 CPU s per million rows);
-4. identity links of ``$identify``/``$alias`` events go in with their rows; then COMMIT.
+2. a first pass over the event-id column alone finds the rows that *may* be duplicates
+   (:mod:`avila.export.duplicates`): their raw id occurs twice in the file or is stored with a
+   ``received_at`` inside the dedup window (``AVILA_DEDUP_WINDOW_HOURS``), the API's rule;
+3. the second pass validates batch after batch (in a thread, while DuckDB appends the previous
+   batch with the GIL released) and appends every accepted row that is not a candidate, with
+   one receive time, ``received_at`` = the import's start, unique in the store (checked);
+4. the held-back candidates are judged exactly by id (the first accepted row of an id wins,
+   unless the id is stored in the window) and the survivors appended; deleting rows instead
+   would make DuckDB rewrite the transaction's data at commit (measured 3.7 CPU s per million);
+5. the daily rollups (:mod:`avila.storage.rollups`) are computed once from the imported rows,
+   identity links of ``$identify``/``$alias`` events go in; then COMMIT.
 
 Crash safety: nothing is visible until the commit, and a crash before it leaves the store as it
 was (DuckDB rolls the transaction back on restart). Exactly once: after the commit every row's
@@ -24,6 +27,7 @@ stores nothing new (all rows count as duplicates).
 
 from __future__ import annotations
 
+import gc
 import queue
 import threading
 import time
@@ -38,36 +42,78 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from avila.export.columnar import Checked, ColumnarValidator
+from avila.export.columnar import Checked, ColumnarValidator, Rejected
+from avila.export.duplicates import candidate_rows
 from avila.export.importer import ImportSummary, RowRejection
-from avila.export.reader import _CSV_TYPES, CountingReader
-from avila.storage.duckdb.store import DuckDBStore, insert_events
+from avila.export.reader import _CSV_TYPES, CountingReader, ndjson_batches
+from avila.storage import rollups
+from avila.storage.duckdb.store import DuckDBStore
+from avila.storage.schema import EVENT_COLUMN_NAMES
 
-#: Rows per validated batch (Parquet/CSV/NDJSON): large enough that per-batch costs vanish.
-BULK_BATCH_ROWS = 100_000
+#: Rows per validated batch: DuckDB's row group (122,880 rows) so that every append fills
+#: whole row groups (100,000-row appends measured ~40 % more insert CPU per row).
+BULK_BATCH_ROWS = 122_880
 _US = timedelta(microseconds=1)
+_EVENT_COLUMNS = ", ".join(f'"{name}"' for name in EVENT_COLUMN_NAMES)
 
 
 @dataclass
 class Batch:
-    """Validated rows of one read step and how far the file has been read (bytes; Parquet:
-    rows)."""
+    """One read step, validated and split: the rows of ``append`` that ``keep`` marks (all
+    when None) go in now, ``held`` rows are possible duplicates; plus rejections and how far
+    the file has been read (bytes; Parquet: rows)."""
 
-    checked: Checked
+    append: list[tuple[pa.Table, np.ndarray | None]]
+    held: list[pa.Table]
+    rejected: list[Rejected]
     rows: int
+    slow_rows: int
     progress: int
 
 
-def _parquet_batches(path: Path, validator: ColumnarValidator, batch_rows: int) -> Iterator[Batch]:
+class _Splitter:
+    """Validates raw record batches (or NDJSON lines) and splits the accepted rows into
+    "append now" and "held back" (their row number is a candidate)."""
+
+    def __init__(self, validator: ColumnarValidator, candidates: np.ndarray) -> None:
+        self.validator = validator
+        self.candidates = candidates
+
+    def _maybe(self, table: pa.Table) -> np.ndarray | None:
+        """Which rows of ``table`` are candidates (None: none)."""
+        if not len(self.candidates) or table.num_rows == 0:
+            return None
+        numbers = table.column("row").to_numpy()
+        at = np.searchsorted(self.candidates, numbers)
+        at[at == len(self.candidates)] = 0
+        maybe = self.candidates[at] == numbers
+        return maybe if maybe.any() else None
+
+    def split(self, checked: Checked, rows: int, progress: int) -> Batch:
+        append: list[tuple[pa.Table, np.ndarray | None]] = []
+        held: list[pa.Table] = []
+        for table, keep in ((checked.fast, checked.keep), (checked.slow, None)):
+            maybe = self._maybe(table)
+            if maybe is not None:
+                hold = maybe if keep is None else maybe & keep
+                if hold.any():
+                    held.append(table.filter(pa.array(hold)))
+                keep = ~maybe if keep is None else keep & ~maybe
+            if table.num_rows and (keep is None or keep.any()):
+                append.append((table, keep))
+        return Batch(append, held, checked.rejected, rows, checked.slow_rows, progress)
+
+
+def _parquet_batches(path: Path, splitter: _Splitter, batch_rows: int) -> Iterator[Batch]:
     file = pq.ParquetFile(path)
     done = 0
     for batch in file.iter_batches(batch_size=batch_rows):
-        checked = validator.flat(batch, done + 1)
+        checked = splitter.validator.flat(batch, done + 1)
         done += batch.num_rows
-        yield Batch(checked, batch.num_rows, done)
+        yield splitter.split(checked, batch.num_rows, done)
 
 
-def _csv_batches(path: Path, validator: ColumnarValidator, batch_rows: int) -> Iterator[Batch]:
+def _csv_batches(path: Path, splitter: _Splitter, batch_rows: int) -> Iterator[Batch]:
     with open(path, "rb") as raw:
         counting = CountingReader(raw)
         reader = pa_csv.open_csv(
@@ -80,32 +126,38 @@ def _csv_batches(path: Path, validator: ColumnarValidator, batch_rows: int) -> I
             ),
         )
         done = 0
-        for big in reader:
-            for batch in pa.Table.from_batches([big]).to_batches(batch_rows):
-                checked = validator.flat(batch, done + 1)
-                done += batch.num_rows
-                yield Batch(checked, batch.num_rows, counting.count)
+        for batch in _rebatched(reader, batch_rows):
+            checked = splitter.validator.flat(batch, done + 1)
+            done += batch.num_rows
+            yield splitter.split(checked, batch.num_rows, counting.count)
 
 
-def _ndjson_batches(path: Path, validator: ColumnarValidator, batch_rows: int) -> Iterator[Batch]:
-    lines: list[bytes] = []
-    numbers: list[int] = []
-    read = 0
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            read += len(line)
-            if not line.strip():
-                continue
-            lines.append(line)
-            numbers.append(number)
-            if len(lines) >= batch_rows:
-                yield Batch(validator.lines(lines, numbers), len(lines), read)
-                lines, numbers = [], []
-    if lines:
-        yield Batch(validator.lines(lines, numbers), len(lines), read)
+def _rebatched(batches: Any, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of exactly ``batch_rows`` rows (the last one fewer) from the CSV
+    reader's batches of one block each."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += batch.num_rows
+        if count < batch_rows:
+            continue
+        table = pa.Table.from_batches(pending)
+        full = count - count % batch_rows
+        yield from table.slice(0, full).combine_chunks().to_batches(batch_rows)
+        rest = table.slice(full)
+        pending = rest.combine_chunks().to_batches() if rest.num_rows else []
+        count = rest.num_rows
+    if count:
+        yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
 
 
-_READERS: dict[str, Callable[[Path, ColumnarValidator, int], Iterator[Batch]]] = {
+def _ndjson_batches(path: Path, splitter: _Splitter, batch_rows: int) -> Iterator[Batch]:
+    for lines, numbers, read in ndjson_batches(path, batch_rows):
+        yield splitter.split(splitter.validator.lines(lines, numbers), len(lines), read)
+
+
+_READERS: dict[str, Callable[[Path, _Splitter, int], Iterator[Batch]]] = {
     "parquet": _parquet_batches,
     "csv": _csv_batches,
     "ndjson": _ndjson_batches,
@@ -148,76 +200,70 @@ def _prefetched(batches: Iterator[Batch]) -> Iterator[Batch]:
         worker.join()
 
 
-def _unique_stamp(cursor: Any, project_id: str) -> datetime:
-    """Now (naive UTC, µs), moved on until no stored row of the project was received then."""
+def _unique_stamp(cursor: Any) -> datetime:
+    """Now (naive UTC, µs), moved on until no stored row (of any project) was received then:
+    the import's rows are then exactly the rows with this ``received_at``."""
     stamp = datetime.now(UTC).replace(tzinfo=None)
-    while cursor.execute(
-        "SELECT count(*) FROM events WHERE project_id = ? AND received_at = ?", [project_id, stamp]
-    ).fetchall()[0][0]:
+    while cursor.execute("SELECT count(*) FROM events WHERE received_at = ?", [stamp]).fetchall()[
+        0
+    ][0]:
         stamp += _US
     return stamp
 
 
-class SeenIds:
-    """64-bit hashes of the event ids seen so far, as sorted runs (memory: 8 bytes per id).
-
-    A hash seen before only makes a row a *candidate* duplicate: candidates are held back and
-    checked exactly, by event id, before the commit (:func:`_store_candidates`), so a hash
-    collision never drops an event."""
-
-    def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []
-
-    def check_and_add(self, hashes: np.ndarray) -> np.ndarray:
-        """Whether each hash was seen before (in an earlier batch or earlier in this one)."""
-        seen = np.zeros(len(hashes), dtype=bool)
-        for run in self.runs:
-            at = np.minimum(np.searchsorted(run, hashes), len(run) - 1)
-            seen |= run[at] == hashes
-        distinct, first = np.unique(hashes, return_index=True)
-        repeated = np.ones(len(hashes), dtype=bool)
-        repeated[first] = False
-        seen |= repeated
-        self.add(distinct)
-        return seen
-
-    def add(self, sorted_distinct: np.ndarray) -> None:
-        self.runs.append(sorted_distinct)
-        # Merge runs of similar size (a log-structured set: few runs, each sorted).
-        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
-            last = self.runs.pop()
-            self.runs[-1] = np.union1d(self.runs[-1], last)
+def _received_then(stamp: datetime) -> str:
+    """The events received at ``stamp`` as a subquery (the literal is our own clock's value,
+    never user input)."""
+    return f"(SELECT * FROM events WHERE received_at = TIMESTAMP '{stamp.isoformat(sep=' ')}')"
 
 
-def _hashes(cursor: Any, event_ids: pa.Array) -> np.ndarray:
-    table = pa.table({"event_id": event_ids})
-    found = cursor.from_arrow(table).project("hash(event_id) AS h").fetchnumpy()["h"]
-    return np.asarray(found, dtype=np.uint64)
+def _append(cursor: Any, table: pa.Table, keep: np.ndarray | None = None) -> None:
+    """Append the rows of ``table`` (:data:`ACCEPTED_SCHEMA`) that ``keep`` marks (all when
+    None); DuckDB filters while it appends."""
+    events = table.drop_columns(["row"])
+    if keep is None or keep.all():
+        if events.num_rows:
+            cursor.from_arrow(events).insert_into("events")
+        return
+    marked = events.append_column("_keep", pa.array(keep))
+    cursor.from_arrow(marked).filter("_keep").project(_EVENT_COLUMNS).insert_into("events")
 
 
-def _store_candidates(
-    cursor: Any, project_id: str, since: datetime, candidates: list[pa.Table]
-) -> int:
-    """Insert the held-back rows that are not duplicates after all; returns how many. A row is
+#: Held-back rows wait in a temporary DuckDB table, not in Python: re-importing a file that is
+#: already stored holds back every row, and DuckDB spills to disk where a list could not.
+_HELD = "_import_held"
+
+
+def _hold(cursor: Any, tables: list[pa.Table], created: bool) -> bool:
+    """Put held-back rows into the temporary table (created on first use); returns whether it
+    exists now."""
+    for table in tables:
+        if not created:
+            cursor.register("_import_held_batch", table)
+            try:
+                cursor.execute(
+                    f"CREATE TEMP TABLE {_HELD} AS SELECT * FROM _import_held_batch LIMIT 0"
+                )
+            finally:
+                cursor.unregister("_import_held_batch")
+            created = True
+        cursor.from_arrow(table).insert_into(_HELD)
+    return created
+
+
+def _store_candidates(cursor: Any, project_id: str, since: datetime) -> int:
+    """Append the held-back rows that are not duplicates after all; returns how many. A row is
     a duplicate when its event id is stored with ``received_at`` inside the window (this import's
-    rows included) or an earlier row of the file has it."""
-    if not candidates:
-        return 0
-    table = pa.concat_tables(candidates)
-    cursor.register("_import_candidates", table)
-    try:
-        kept = cursor.sql(
-            "SELECT c.* EXCLUDE (row) FROM _import_candidates c WHERE c.event_id NOT IN ("
-            " SELECT event_id FROM events WHERE project_id = $p AND received_at >= $since"
-            " AND event_id IN (SELECT event_id FROM _import_candidates))"
-            " QUALIFY row_number() OVER (PARTITION BY c.event_id ORDER BY c.row) = 1",
-            params={"p": project_id, "since": since},
-        ).to_arrow_table()
-    finally:
-        cursor.unregister("_import_candidates")
-    if kept.num_rows:
-        insert_events(cursor, kept)  # with its daily rollups
-    return int(kept.num_rows)
+    rows included) or an earlier accepted row of the file has it."""
+    kept = cursor.execute(
+        f"INSERT INTO events SELECT c.* EXCLUDE (row) FROM {_HELD} c WHERE c.event_id NOT IN ("
+        " SELECT event_id FROM events WHERE project_id = $p AND received_at >= $since"
+        f" AND event_id IN (SELECT event_id FROM {_HELD}))"
+        " QUALIFY row_number() OVER (PARTITION BY c.event_id ORDER BY c.row) = 1",
+        {"p": project_id, "since": since},
+    ).fetchall()
+    cursor.execute(f"DROP TABLE {_HELD}")
+    return int(kept[0][0])
 
 
 def _store_identity_links(cursor: Any, project_id: str, stamp: datetime) -> None:
@@ -253,10 +299,10 @@ def bulk_import(
     *,
     dedup_window_hours: float = 24,
     batch_rows: int = BULK_BATCH_ROWS,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> ImportSummary:
     """Import ``path`` into ``store`` in one transaction; ``on_batch`` sees the read progress
-    (bytes; Parquet: rows) after each batch. The store's ingest log must be configured
+    (bytes; Parquet: rows) and the rows read so far after each batch. The store's ingest log must be configured
     (``store.ingest_log_config``) or have its default place."""
     progress = store.load_progress
     store.open_ingest_log()
@@ -266,41 +312,56 @@ def bulk_import(
 
         raise StorageUnavailable("the ingest log's backlog did not load; try again")
     summary = ImportSummary()
+    # Validation makes and drops millions of short-lived objects: the cyclic collector's passes
+    # over them cost ~4 % of an import's CPU (perf) and find next to nothing to free.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _import(
+            path, fmt, store, project_id, summary, dedup_window_hours, batch_rows, on_batch
+        )
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _import(
+    path: Path,
+    fmt: str,
+    store: DuckDBStore,
+    project_id: str,
+    summary: ImportSummary,
+    dedup_window_hours: float,
+    batch_rows: int,
+    on_batch: Callable[[int, int], None] | None,
+) -> ImportSummary:
     with store.bulk_transaction() as cursor:
-        stamp = _unique_stamp(cursor, project_id)
+        stamp = _unique_stamp(cursor)
         since = stamp - timedelta(hours=dedup_window_hours)
-        validator = ColumnarValidator(project_id, stamp)
-        seen = SeenIds()
-        stored = cursor.sql(
-            "SELECT DISTINCT hash(event_id) AS h FROM events WHERE project_id = ?"
-            " AND received_at >= ?",
-            params=[project_id, since],
-        ).fetchnumpy()["h"]
-        if len(stored):
-            seen.add(np.unique(np.asarray(stored, dtype=np.uint64)))
-        candidates: list[pa.Table] = []
-        candidate_rows = 0
-        inserted = 0
-        for batch in _prefetched(_READERS[fmt](path, validator, batch_rows)):
+        splitter = _Splitter(
+            ColumnarValidator(project_id, stamp),
+            candidate_rows(path, fmt, cursor, project_id, since),
+        )
+        holding = False
+        held_rows = 0
+        appended = 0
+        for batch in _prefetched(_READERS[fmt](path, splitter, batch_rows)):
             summary.rows += batch.rows
-            for r in batch.checked.rejected:
+            for r in batch.rejected:
                 summary.reject(RowRejection(r.row, r.code, r.message, r.path))
-            accepted = batch.checked.accepted
-            if accepted.num_rows:
-                maybe = seen.check_and_add(_hashes(cursor, accepted.column("event_id")))
-                if maybe.any():
-                    candidates.append(accepted.filter(pa.array(maybe)))
-                    candidate_rows += int(maybe.sum())
-                    accepted = accepted.filter(pa.array(~maybe))
-                insert_events(cursor, accepted.drop_columns(["row"]))
-                inserted += accepted.num_rows
-            summary.slow_rows += batch.checked.slow_rows
+            for table, keep in batch.append:
+                _append(cursor, table, keep)
+                appended += table.num_rows if keep is None else int(keep.sum())
+            holding = _hold(cursor, batch.held, holding)
+            held_rows += sum(table.num_rows for table in batch.held)
+            summary.slow_rows += batch.slow_rows
             if on_batch is not None:
-                on_batch(batch.progress)
+                on_batch(batch.progress, summary.rows)
         started = time.perf_counter()
-        kept = _store_candidates(cursor, project_id, since, candidates)
-        summary.accepted = inserted + kept
-        summary.duplicates = candidate_rows - kept
+        kept = _store_candidates(cursor, project_id, since) if holding else 0
+        summary.accepted = appended + kept
+        summary.duplicates = held_rows - kept
+        rollups.add_events(cursor, _received_then(stamp))
         _store_identity_links(cursor, project_id, stamp)
         summary.finish_seconds = time.perf_counter() - started
     return summary

@@ -176,6 +176,34 @@ def _read_ndjson(path: Path, chunk_rows: int) -> Iterator[Chunk]:
     yield chunk
 
 
+def ndjson_batches(path: Path, batch_rows: int) -> Iterator[tuple[list[bytes], list[int], int]]:
+    """``(lines, line numbers, bytes read)`` of at most ``batch_rows`` non-blank lines each
+    (without their newline), read in large blocks rather than line by line."""
+    lines: list[bytes] = []
+    numbers: list[int] = []
+    number = 0
+    read = 0
+    rest = b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_NDJSON_BLOCK)
+            read += len(block)
+            parts = (rest + block).split(b"\n")
+            rest = parts.pop() if block else b""
+            kept = [(i, part) for i, part in enumerate(parts, start=number + 1) if part.strip()]
+            number += len(parts)
+            numbers.extend(i for i, _ in kept)
+            lines.extend(part for _, part in kept)
+            while len(lines) >= batch_rows or (not block and lines):
+                yield lines[:batch_rows], numbers[:batch_rows], read
+                del lines[:batch_rows], numbers[:batch_rows]
+            if not block:
+                return
+
+
+_NDJSON_BLOCK = 16 << 20
+
+
 class CountingReader:
     """A binary file that remembers how many bytes were read (CSV progress)."""
 
