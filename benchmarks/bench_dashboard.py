@@ -4,7 +4,7 @@ per page and the latency of each page's API calls.
     .venv/bin/python benchmarks/bench_dashboard.py                   # make-run data, 5 rounds
     .venv/bin/python benchmarks/bench_dashboard.py --rounds 3 --screenshots docs/img
 
-Loads the `make run` demo (300 users x 30 days of shop events, a 7-day factory) through the
+Loads the `make run` demo (1,000 users x 30 days of shop events, a 7-day factory) through the
 CLI into a fresh data directory, starts ``avila serve`` on a free port and drives Debian's
 Chromium (headless, Playwright) against it. Each round uses a new browser context (cold cache,
 the key put in sessionStorage as after a sign-in) and opens every page by its URL:
@@ -76,7 +76,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--users", type=int, default=300)
+    parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--factory-days", type=int, default=7)
     parser.add_argument("--train", action="store_true", help="train the models first")
