@@ -39,13 +39,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from avila.export.columnar import Checked, ColumnarValidator, Rejected
 from avila.export.duplicates import candidate_rows
 from avila.export.importer import ImportSummary, RowRejection
-from avila.export.reader import _CSV_TYPES, CountingReader, ndjson_batches
+from avila.export.reader import CountingReader, ndjson_batches, open_event_csv
 from avila.storage import rollups
 from avila.storage.duckdb.store import DuckDBStore
 from avila.storage.schema import EVENT_COLUMN_NAMES
@@ -116,15 +115,7 @@ def _parquet_batches(path: Path, splitter: _Splitter, batch_rows: int) -> Iterat
 def _csv_batches(path: Path, splitter: _Splitter, batch_rows: int) -> Iterator[Batch]:
     with open(path, "rb") as raw:
         counting = CountingReader(raw)
-        reader = pa_csv.open_csv(
-            counting,
-            read_options=pa_csv.ReadOptions(block_size=16 << 20),
-            convert_options=pa_csv.ConvertOptions(
-                column_types=_CSV_TYPES,
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-            ),
-        )
+        reader = open_event_csv(counting, block_size=16 << 20)
         done = 0
         for batch in _rebatched(reader, batch_rows):
             checked = splitter.validator.flat(batch, done + 1)

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from avila.export.reader import row_to_event
+from avila.export.reader import DATA_FIELDS, row_to_event
 from avila.ingest.validation import MAX_EVENT_BYTES, MAX_FUTURE, epoch_us, validate_events
 from avila.schemas.events import DATA_TYPES, ENVELOPE_DECODER, Context, EventEnvelope
 from avila.storage.schema import EVENT_SCHEMA, EVENT_TYPES
@@ -42,19 +42,9 @@ _PASCAL_NAMES = list(EVENT_TYPES)
 _TYPE_LOOKUP = pa.array(_PASCAL_NAMES + [EVENT_TYPES[name] for name in _PASCAL_NAMES])
 _SNAKE = pa.array([EVENT_TYPES[name] for name in _PASCAL_NAMES])
 
-#: Stored flat column -> attribute of the decoded ``event_type.data``, per type (the same
-#: flattening as :mod:`avila.ingest.validation`; Checkout's cart_value is stored as revenue).
-DATA_FLAT: dict[str, dict[str, str]] = {
-    "PageView": {"url": "url", "title": "title"},
-    "Click": {"url": "url"},
-    "Search": {"search_query": "query"},
-    "ProductView": {"product_id": "product_id", "quantity": "quantity", "price": "price"},
-    "AddToCart": {"product_id": "product_id", "quantity": "quantity", "price": "price"},
-    "RemoveFromCart": {"product_id": "product_id", "quantity": "quantity", "price": "price"},
-    "Checkout": {"revenue": "cart_value", "currency": "currency"},
-    "Purchase": {"order_id": "order_id", "revenue": "revenue", "currency": "currency"},
-    "Custom": {"event_name": "name"},
-}
+#: Stored flat column -> attribute of the decoded ``event_type.data``, per type: the
+#: reader's table (Checkout's cart_value is stored as revenue).
+DATA_FLAT = DATA_FIELDS
 _DATA_COLUMNS = (
     "url", "title", "product_id", "order_id", "event_name", "search_query",
     "revenue", "currency", "quantity", "price",

@@ -246,18 +246,24 @@ def _batches_to_chunks(
         yield Chunk(events=events, rows=rows, progress=position())
 
 
+def open_event_csv(source: Any, *, block_size: int) -> pa_csv.CSVStreamingReader:
+    """A streaming CSV reader with the flat event columns' types (empty strings stay strings,
+    empty unquoted fields are NULL)."""
+    return pa_csv.open_csv(
+        source,
+        read_options=pa_csv.ReadOptions(block_size=block_size),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=_CSV_TYPES,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
 def _read_csv(path: Path, chunk_rows: int) -> Iterator[Chunk]:
     with open(path, "rb") as raw:
         counting = CountingReader(raw)
-        reader = pa_csv.open_csv(
-            counting,
-            read_options=pa_csv.ReadOptions(block_size=1 << 20),
-            convert_options=pa_csv.ConvertOptions(
-                column_types=_CSV_TYPES,
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-            ),
-        )
+        reader = open_event_csv(counting, block_size=1 << 20)
         batches = (b for big in reader for b in pa.Table.from_batches([big]).to_batches(chunk_rows))
         yield from _batches_to_chunks(batches, lambda: counting.count)
 
