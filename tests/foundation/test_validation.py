@@ -213,3 +213,49 @@ def test_invalid_utf8_in_kept_or_skipped_json_is_rejected_with_its_path(
             "path": path,
         }
     ]
+
+
+def test_repeated_contexts_validate_and_flatten_like_the_first() -> None:
+    # The same context bytes in many events (a session's device/location) are decoded once and
+    # reused; every event must still get its own, identical result, and a bad context must be
+    # rejected every time it comes (only valid contexts are reused).
+    ctx = {
+        "device": {"device_type": "Phone", "os": "iOS", "browser": "Safari"},
+        "location": {"country": "PT", "city": "Évora"},
+        "referrer": "https://example.org/",
+        "user_agent": "UA/1.0 ✓",
+        "extra": {"kept": [1, 2]},
+    }
+    bad = {"device": {"os": 3}}
+    bad_utf8 = event(event_id="u8")[:-1] + b', "context": {"unknown": "\xff"}}'
+    raws = []
+    for i in range(6):
+        raws.append(event(event_id=f"g{i}", context=ctx))
+        raws.append(event(event_id=f"b{i}", context=bad))
+        raws.append(bad_utf8)
+    rows, rejected = validate_events(raws, "p", received_at=NOW)
+    table = rows.to_arrow().to_pylist()
+    assert [r["event_id"] for r in table] == [f"g{i}" for i in range(6)]
+    for r in table:
+        assert (r["device_type"], r["os"], r["browser"]) == ("Phone", "iOS", "Safari")
+        assert (r["country"], r["city"]) == ("PT", "Évora")
+        assert (r["referrer"], r["user_agent"]) == ("https://example.org/", "UA/1.0 ✓")
+        assert json.loads(r["context"]) == ctx
+    assert [(r.index, r.path) for r in rejected] == [
+        (i, "events[%d].context.device.os" % i if i % 3 == 1 else "events[%d].context" % i)
+        for i in range(18)
+        if i % 3
+    ]
+
+
+def test_context_reuse_stays_bounded() -> None:
+    from avila.ingest import validation
+
+    raws = [
+        event(event_id=f"c{i}", context={"referrer": f"https://r/{i}"})
+        for i in range(validation._CONTEXT_CACHE_SIZE + 10)
+    ]
+    rows, rejected = validate_events(raws, "p", received_at=NOW)
+    assert not rejected
+    assert rows.columns["referrer"] == [f"https://r/{i}" for i in range(len(raws))]
+    assert len(validation._CONTEXTS) <= validation._CONTEXT_CACHE_SIZE
