@@ -107,15 +107,39 @@ class LiveSessions:
 
     def __call__(self, rows: Any) -> None:
         """``IngestService.listeners`` hook: observe every accepted row. One lock and one
-        eviction pass per batch: this runs on the event loop for every accepted event."""
+        eviction pass per batch, and :meth:`_observe_locked`'s body inlined (it runs on the
+        event loop for every accepted event; the call per event was a third of its cost)."""
         cols = rows.columns
         project_id = rows.project_id
-        observe = self._observe_locked
+        states = self._states
+        get = states.get
+        move_to_end = states.move_to_end
+        counters = _COUNTERS
+        timeout = SESSION_TIMEOUT_US
         with self._lock:
             for user, session, ts, kind in zip(
                 cols["user_id"], cols["session_id"], cols["ts"], cols["event_type"], strict=False
             ):
-                observe(project_id, user, session, ts, kind)
+                key = (project_id, user)
+                state = get(key)
+                if state is not None:
+                    last = state.last_us
+                    if ts < last - timeout:
+                        continue  # a late event of an older session
+                    if state.session_id != session or ts - last > timeout:
+                        state = states[key] = SessionState(session, ts, ts)
+                    elif ts > last:
+                        state.last_us = ts
+                    move_to_end(key)
+                else:
+                    state = states[key] = SessionState(session, ts, ts)
+                state.events += 1
+                if kind == "purchase":
+                    state.purchased = True
+                counter = counters.get(kind)
+                if counter:
+                    counts = state.counts
+                    counts[counter] = counts.get(counter, 0) + 1
             self._evict_locked()
 
     def get(self, project_id: str, user_id: str, *, now_us: int) -> SessionState | None:
