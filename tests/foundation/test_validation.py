@@ -242,7 +242,7 @@ def test_repeated_contexts_validate_and_flatten_like_the_first() -> None:
         assert (r["referrer"], r["user_agent"]) == ("https://example.org/", "UA/1.0 ✓")
         assert json.loads(r["context"]) == ctx
     assert [(r.index, r.path) for r in rejected] == [
-        (i, "events[%d].context.device.os" % i if i % 3 == 1 else "events[%d].context" % i)
+        (i, f"events[{i}].context.device.os" if i % 3 == 1 else f"events[{i}].context")
         for i in range(18)
         if i % 3
     ]

@@ -18,7 +18,12 @@ def test_batch_hook_matches_observing_one_event_at_a_time() -> None:
     batched = LiveSessions(max_users=40)
     clock = 1_000_000
     for _ in range(300):
-        cols: dict[str, list[object]] = {"user_id": [], "session_id": [], "ts": [], "event_type": []}
+        cols: dict[str, list[object]] = {
+            "user_id": [],
+            "session_id": [],
+            "ts": [],
+            "event_type": [],
+        }
         for _ in range(rng.randint(1, 30)):
             clock += rng.choice([1, 1_000_000, 60_000_000, SESSION_TIMEOUT_US + 1])
             ts = clock - rng.choice([0, 0, 0, 5_000_000, 2 * SESSION_TIMEOUT_US])  # some late
