@@ -259,3 +259,14 @@ def test_context_reuse_stays_bounded() -> None:
     assert not rejected
     assert rows.columns["referrer"] == [f"https://r/{i}" for i in range(len(raws))]
     assert len(validation._CONTEXTS) <= validation._CONTEXT_CACHE_SIZE
+
+
+def test_large_contexts_are_validated_every_time_and_not_kept() -> None:
+    from avila.ingest import validation
+
+    validation._CONTEXTS.clear()
+    big = {"user_agent": "x" * (validation._CONTEXT_CACHE_MAX_BYTES + 10)}
+    raws = [event(event_id=f"l{i}", context=big) for i in range(3)]
+    rows, rejected = validate_events(raws, "p", received_at=NOW)
+    assert not rejected and rows.columns["user_agent"] == [big["user_agent"]] * 3
+    assert not validation._CONTEXTS

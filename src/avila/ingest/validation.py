@@ -190,9 +190,10 @@ def validate_events(
                     _flatten_context(ctx) if ctx is not None else _NO_CONTEXT,
                     context_raw.decode() if ctx is not None else "{}",
                 )
-                if len(contexts) >= _CONTEXT_CACHE_SIZE:
-                    contexts.clear()
-                contexts[context_raw] = known
+                if len(context_raw) <= _CONTEXT_CACHE_MAX_BYTES:
+                    if len(contexts) >= _CONTEXT_CACHE_SIZE:
+                        contexts.clear()
+                    contexts[context_raw] = known
         except UnicodeDecodeError:
             prefix = path_prefix if single else f"{path_prefix}[{index}]"
             rejected.append(
@@ -272,8 +273,10 @@ _NO_CONTEXT: tuple[None, ...] = (None,) * 7
 #: context (device, location, user agent) with every event of a session, and decoding it was
 #: the largest single cost of validating an event (~1 of ~4 us, benchmarks/RESULTS.md): the
 #: same bytes always validate and flatten the same way. Only contexts that passed every check
-#: are kept; the cache is emptied when full (bounded memory, no bookkeeping per hit).
+#: are kept, and only small ones (at most ~25 MB in all); the cache is emptied when full (no
+#: bookkeeping per hit).
 _CONTEXT_CACHE_SIZE = 4096
+_CONTEXT_CACHE_MAX_BYTES = 2048
 _CONTEXTS: dict[bytes, tuple[tuple[Any, ...], str]] = {}
 
 
