@@ -26,6 +26,7 @@ from tests.conftest import TEST_KEY
 
 from avila.config import Settings
 from avila.errors import ConfigError, QueryTimeout
+from avila.storage import open_store
 from avila.storage.duckdb.store import DuckDBStore, resolve_memory_limit
 from avila.storage.schema import EVENT_SCHEMA
 from avila.testing.server import ServerProcess
@@ -148,6 +149,29 @@ def test_the_store_cancels_a_query_past_its_limit_and_the_cursor_works_after(
         assert store.query_arrow("SELECT 7 AS x").column("x").to_pylist() == [7]
     finally:
         store.close()
+
+
+def test_embedded_clickhouse_cancels_a_read_past_its_limit_with_the_same_error(
+    tmp_path: Path,
+) -> None:
+    """The chdb backend gets the limit from the same setting (through ``open_store``) and the
+    engine cancels the read (``max_execution_time``); the store answers after it."""
+    store = open_store(f"chdb:///{tmp_path / 'ch'}", query_timeout=0.2)
+    try:
+        for read in (store.query, store.query_arrow):
+            with pytest.raises(QueryTimeout) as caught:
+                read("SELECT sum(cityHash64(number)) FROM numbers(100000000000)")
+            assert caught.value.status == 504 and "0.2 s" in caught.value.message
+            assert "AVILA_QUERY_TIMEOUT" in caught.value.message
+        assert store.query("SELECT 42") == [(42,)]
+        assert store.query_arrow("SELECT 7 AS x").column("x").to_pylist() == [7]
+    finally:
+        store.close()
+    unlimited = open_store(f"chdb:///{tmp_path / 'ch'}", query_timeout=0)
+    try:  # no limit: a read of a few seconds' work completes
+        assert unlimited.query("SELECT count() FROM numbers(300000000) WHERE number % 7 = 0")
+    finally:
+        unlimited.close()
 
 
 def test_memory_limit_setting_takes_a_share_of_ram() -> None:
