@@ -43,14 +43,16 @@ def _by_integration(x: int, t_x: float, big_t: float, t: float) -> float:
     def over_lambda(end: float) -> float:
         # Split at 1: the Gamma density has an integrable spike at 0 when r < 1.
         f = lambda v: v**x * np.exp(-v * end) * lam.pdf(v)  # noqa: E731
-        return sum(integrate.quad(f, lo, hi, limit=200)[0] for lo, hi in ((0, 1), (1, np.inf)))
+        parts = [integrate.quad(f, lo, hi, limit=200)[0] for lo, hi in ((0, 1), (1, np.inf))]
+        return float(sum(parts))
 
     def over_p(alive: bool) -> float:
         if alive:
             f = lambda q: (1 - q) ** x * p.pdf(q)  # noqa: E731
         else:
             f = lambda q: q * (1 - q) ** (x - 1) * p.pdf(q)  # noqa: E731
-        return sum(integrate.quad(f, lo, hi, limit=200)[0] for lo, hi in ((0, 0.5), (0.5, 1)))
+        parts = [integrate.quad(f, lo, hi, limit=200)[0] for lo, hi in ((0, 0.5), (0.5, 1))]
+        return float(sum(parts))
 
     alive_now = over_p(True) * over_lambda(big_t)
     alive_silent = over_p(True) * over_lambda(big_t + t)
@@ -119,9 +121,11 @@ def test_matches_simulated_customers(model: BetaGeoModel) -> None:
         se = np.sqrt(np.sum(predicted[group] * (1 - predicted[group])))
         assert predicted[group].sum() == pytest.approx(silent[group].sum(), abs=4 * se)
     # And it ranks: silent customers got higher predictions than returning ones.
-    assert stats.mannwhitneyu(predicted[silent], predicted[~silent]).statistic / (
-        silent.sum() * (~silent).sum()
-    ) > 0.6
+    assert (
+        stats.mannwhitneyu(predicted[silent], predicted[~silent]).statistic
+        / (silent.sum() * (~silent).sum())
+        > 0.6
+    )
 
 
 @pytest.mark.parametrize("t", [-1.0, float("nan"), float("inf")])
