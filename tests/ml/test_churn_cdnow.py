@@ -139,7 +139,7 @@ def test_our_churn_model_beats_bgnbd_p_alive_across_folds(fold_aucs: pd.DataFram
 #: 0.772 (+0.0065), ahead in 4 of 5 folds (BG/NBD 0.316). Meets the fold count, short of the
 #: +0.01 mean margin: still a strict expected failure. The test split has now been looked at
 #: three times; a fourth look needs a reason other than another model tweak.
-#: Decision rule for a fourth look (2026-12-01 01:12 UTC, committed before any fourth look and
+#: Decision rule for a fourth look (2026-12-01 01:02 UTC, committed before any fourth look and
 #: before the candidate is in the product): the candidate is grounded in the label's definition
 #: — BG/NBD's probability of no purchase in the next H days (Fader & Hardie 2019, note 039,
 #: eq. 34), fitted on the training rows' activity history, given to ChurnModel as a feature
@@ -153,7 +153,7 @@ def test_our_churn_model_beats_bgnbd_p_alive_across_folds(fold_aucs: pd.DataFram
 #: model is not changed again after that look. Margins, split, folds and seed unchanged.
 #: (A scratch prototype of the candidate ran on the development splits before this was
 #: written; nothing on or after 1997-10-01 has been scored since the third look.)
-#: Outcome (2026-12-01 01:17 UTC, ``python -m tests.ml.dev_churn_cdnow``): blend+BG/NBD feature
+#: Outcome (2026-12-01 01:04 UTC, ``python -m tests.ml.dev_churn_cdnow``): blend+BG/NBD feature
 #: vs the blend −0.0020, −0.0004, −0.0004 on the three development splits (mean −0.0010, short
 #: of +0.005); BG/NBD's no-purchase probability alone beats recency by +0.005, +0.008, +0.016
 #: but trails the blend by 0.010–0.023. So there was NO fourth look: the model is unchanged
