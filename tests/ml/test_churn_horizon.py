@@ -6,6 +6,8 @@ against an independent fit on that history, and the settings and inputs against 
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -120,3 +122,13 @@ def test_no_repeat_activity_is_too_little_data(snap: pd.DataFrame) -> None:
         ChurnModel(horizon_days=HORIZON).fit(frame, snap["churned"])
     assert err.value.code == "churn_too_little_data"
     assert err.value.details[0]["path"] == "frequency"
+
+
+def test_a_model_pickled_before_the_horizon_setting_still_scores(snap: pd.DataFrame) -> None:
+    """Stored artifacts hold pickled ChurnModels from older code without the new attributes."""
+    model = ChurnModel().fit(snap[SNAPSHOT_FEATURES], snap["churned"])
+    expected = model.predict_proba(snap[SNAPSHOT_FEATURES])
+    del model.horizon_days, model.bgnbd_  # what an old pickle's __dict__ lacks
+    old = pickle.loads(pickle.dumps(model))
+    assert "horizon_days" not in vars(old)
+    assert np.array_equal(old.predict_proba(snap[SNAPSHOT_FEATURES]), expected)

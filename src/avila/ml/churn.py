@@ -170,6 +170,11 @@ class ChurnModel:
         the default: on the CDNOW development splits it did not beat the blend (docs/ml.md).
     """
 
+    # Class-level defaults: models pickled before these settings existed (stored artifacts'
+    # session model) unpickle without them and must still score.
+    horizon_days: float | None = None
+    bgnbd_: BetaGeoModel | None = None
+
     def __init__(
         self,
         method: Literal["blend", "hist_gb", "log_linear", "logistic"] = "blend",
