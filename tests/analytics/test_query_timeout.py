@@ -4,7 +4,9 @@ process with a 504 ``query_timeout``; the server stays healthy and later queries
 Data: 3,000,000 generated events written straight into the DuckDB file before the server
 starts. The heavy query is an unordered funnel filtered by a regular expression over a metadata
 property and broken down by it: it reads and parses every row's JSON (no rollup or index can
-answer it), seconds of work against a 0.1 s limit. The light query afterwards is one user's
+answer it) and the regex keeps half the tags, so the funnel and its ~50,000-value breakdown run
+over 1.5 M rows: 2.5-3.7 s with no limit on a quiet 2-core machine (2026-12-01), 25x the 0.1 s
+limit. (A regex keeping a few tags, used before, took only 0.34 s once funnels got faster.) The light query afterwards is one user's
 profile, checked against the generated rows.
 """
 
@@ -76,7 +78,7 @@ HEAVY = {
         for kind in ("page_view", "add_to_cart", "purchase")
     ],
     "mode": "unordered",
-    "filters": [{"property": "metadata.tag", "operator": "regex", "value": "^t-(1|2|3)+7?$"}],
+    "filters": [{"property": "metadata.tag", "operator": "regex", "value": "^t-[0-9]*[13579]$"}],
     "breakdown": "metadata.tag",
     "start_time": "2025-11-01T00:00:00Z",
     "end_time": "2025-12-01T00:00:00Z",

@@ -68,7 +68,7 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
-from avila.analytics.user_order import rows_by_user
+from avila.analytics.user_order import parallel_parts, rows_by_user
 from avila.schemas.analytics import EventCondition, FunnelDroppedQuery, FunnelQuery
 from avila.storage.base import Store
 
@@ -212,13 +212,28 @@ def _user_levels(
     window_us = q.conversion_window_seconds * 1_000_000
     t = _int64(table.column("t"))
     masks = _int64(table.column("m"))
-    if q.mode in ("ordered", "strict_increase"):
-        levels = _ordered_levels(ucode, t, masks, nsteps, window_us, q.mode == "strict_increase")
-    elif q.mode == "strict_order":
-        levels = _strict_order_levels(ucode, t, masks, nsteps, window_us)
-    else:
-        levels = _unordered_levels(ucode, t, masks, nsteps, window_us)
-    return table, levels
+
+    def levels_of(lo: int, hi: int) -> tuple[int, Levels]:
+        u = ucode[lo:hi] - (ucode[lo] if hi > lo else 0)
+        part = (u, t[lo:hi], masks[lo:hi], nsteps, window_us)
+        if q.mode in ("ordered", "strict_increase"):
+            return lo, _ordered_levels(*part, strict=q.mode == "strict_increase")
+        if q.mode == "strict_order":
+            return lo, _strict_order_levels(*part)
+        return lo, _unordered_levels(*part)
+
+    return table, _joined(parallel_parts(ucode, levels_of))
+
+
+def _joined(parts: list[tuple[int, Levels]]) -> Levels:
+    """The levels of consecutive user ranges as one (``first_row`` back in whole-table rows)."""
+    if len(parts) == 1 and parts[0][0] == 0:
+        return parts[0][1]
+    return (
+        np.concatenate([levels[0] for _, levels in parts]),
+        np.concatenate([levels[1] for _, levels in parts]),
+        np.concatenate([np.where(levels[2] >= 0, levels[2] + lo, -1) for lo, levels in parts]),
+    )
 
 
 def _default_name(condition_type: str, value: str) -> str:
