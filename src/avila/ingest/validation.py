@@ -130,7 +130,12 @@ def validate_events(
     decode_envelope = ENVELOPE_DECODER.decode
     decode_context = CONTEXT_DECODER.decode
 
-    contexts = _CONTEXTS
+    # A valid context's raw JSON -> (its flattened columns, its text), for this call: the events
+    # of one batch usually share a context (one device, location and user agent per client), and
+    # decoding it was the largest single cost of validating an event (~1 of ~4 us,
+    # benchmarks/RESULTS.md). Only contexts that passed every check are kept. Per call, not per
+    # process: a process-wide cache measured ~1 us/event slower when contexts never repeat.
+    contexts: dict[bytes, tuple[tuple[Any, ...], str]] = {}
     for index, raw in enumerate(raws):
         env = None
         etype = ""
@@ -190,10 +195,7 @@ def validate_events(
                     _flatten_context(ctx) if ctx is not None else _NO_CONTEXT,
                     context_raw.decode() if ctx is not None else "{}",
                 )
-                if len(context_raw) <= _CONTEXT_CACHE_MAX_BYTES:
-                    if len(contexts) >= _CONTEXT_CACHE_SIZE:
-                        contexts.clear()
-                    contexts[context_raw] = known
+                contexts[context_raw] = known
         except UnicodeDecodeError:
             prefix = path_prefix if single else f"{path_prefix}[{index}]"
             rejected.append(
@@ -268,16 +270,6 @@ for _name in EVENT_TYPES:
     _FLATTEN_DATA.setdefault(_name, lambda d: _NONE10)
 
 _NO_CONTEXT: tuple[None, ...] = (None,) * 7
-
-#: A valid context's raw JSON -> (its flattened columns, its text). A client sends the same
-#: context (device, location, user agent) with every event of a session, and decoding it was
-#: the largest single cost of validating an event (~1 of ~4 us, benchmarks/RESULTS.md): the
-#: same bytes always validate and flatten the same way. Only contexts that passed every check
-#: are kept, and only small ones (at most ~25 MB in all); the cache is emptied when full (no
-#: bookkeeping per hit).
-_CONTEXT_CACHE_SIZE = 4096
-_CONTEXT_CACHE_MAX_BYTES = 2048
-_CONTEXTS: dict[bytes, tuple[tuple[Any, ...], str]] = {}
 
 
 def _flatten_context(ctx: Context) -> tuple[Any, ...]:
