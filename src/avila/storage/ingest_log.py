@@ -48,11 +48,6 @@ HEADER = struct.Struct("<II")
 SUFFIX = ".seg"
 #: writev takes at most IOV_MAX (1024 on Linux) buffers.
 _IOV_MAX = 1024
-#: The loader hears of new durable positions at most this often (seconds). Each message wakes
-#: the store process (a pipe read, a thread switch); at 1,000 single-event requests/s that was
-#: a message per group commit, several hundred a second, while the loader starts a round at
-#: most every 100 ms. The last position of a burst is always sent, at most this late.
-NOTIFY_INTERVAL_S = 0.005
 
 
 def segment_path(directory: Path, base: int) -> Path:
@@ -238,8 +233,6 @@ class IngestLog:
         self._base = 0
         self._size = 0  # synced bytes of the current segment
         self._needs_roll = False
-        self._notified_at = 0.0
-        self._unnotified: int | None = None  # a durable position the loader was not told of
         self.last_error: str | None = None
         self.failed_appends = 0
         # (end position, monotonic time, events) of frames not yet loaded, oldest first
@@ -342,34 +335,11 @@ class IngestLog:
         while True:
             with self._cond:
                 while not self._pending and not self._closing:
-                    if self._unnotified is None:
-                        self._cond.wait()
-                        continue
-                    due = self._notified_at + NOTIFY_INTERVAL_S - time.monotonic()
-                    if due <= 0:
-                        break
-                    self._cond.wait(due)
+                    self._cond.wait()
+                if not self._pending:
+                    return
                 batch, self._pending = self._pending, []
-                closing = self._closing
-            if batch:
-                self._write_group(batch)
-            elif self._unnotified is not None:
-                self._notify(self._unnotified)
-            if closing and not batch:
-                return
-
-    def _durable(self, position: int) -> None:
-        """Tell the loader, unless it was told less than :data:`NOTIFY_INTERVAL_S` ago (then
-        the writer tells it when that interval ends, or with the next group)."""
-        if time.monotonic() - self._notified_at >= NOTIFY_INTERVAL_S:
-            self._notify(position)
-        else:
-            self._unnotified = position
-
-    def _notify(self, position: int) -> None:
-        self._unnotified = None
-        self._notified_at = time.monotonic()
-        self.on_durable(position)
+            self._write_group(batch)
 
     def _write_group(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
@@ -398,7 +368,7 @@ class IngestLog:
                     self._unloaded.append((position, now, events))
                     self._unloaded_events += events
             self.progress.set_durable(durable)
-            self._durable(durable)
+            self.on_durable(durable)
             self.last_error = None
             if self.on_group is not None:
                 self.on_group(
