@@ -22,6 +22,7 @@ longer than the interval and grow by themselves.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -80,6 +81,14 @@ def identity_links(columns: dict[str, list[Any]]) -> pa.Table | None:
 
     received = datetime(1970, 1, 1) + timedelta(microseconds=columns["received_at"][0])
     return links_from_rows(EventRows(columns["project_id"][0], received, columns))
+
+
+@functools.cache
+def _link_names() -> frozenset[bytes]:
+    """The event names of identity links, as :func:`frames.decode_event_values` gives them."""
+    from avila.identity import LINK_EVENTS
+
+    return frozenset(name.encode() for name in LINK_EVENTS)
 
 
 class Loader:
@@ -244,7 +253,7 @@ class Loader:
         for frame_end, payload in read_frames(self.directory, start, target, max_bytes):
             kind = frames.kind(payload)
             if kind == frames.EVENTS:
-                columns = frames.decode_events(memoryview(payload))
+                columns = frames.decode_event_values(memoryview(payload))
                 event_batches.append(columns)
                 batched += len(columns["event_id"])
                 if batched >= ARROW_CHUNK_ROWS:
@@ -253,9 +262,10 @@ class Loader:
                     event_tables.append(columns_to_arrow(event_batches))
                     event_batches, batched = [], 0
                 rows += len(columns["event_id"])
-                found = identity_links(columns)
-                if found is not None:
-                    links.append(found)
+                if not _link_names().isdisjoint(columns["event_name"]):
+                    found = identity_links(frames.decode_events(memoryview(payload)))
+                    if found is not None:
+                        links.append(found)
             elif kind == frames.TELEMETRY:
                 entry = frames.decode_telemetry(memoryview(payload))
                 readings.append(entry.readings)
