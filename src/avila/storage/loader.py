@@ -58,6 +58,10 @@ ROUND_INTERVAL_S = 0.1
 CATCH_UP_BYTES = 256 << 20
 #: a round's events are turned into Arrow this many rows at a time
 ARROW_CHUNK_ROWS = 16_384
+#: Memory of the loader's Arrow tables. mimalloc, pyarrow's default, gives a finished round's
+#: pages back to the system and faults fresh ones in for the next: measured +1 us of system
+#: time per event in catch-up rounds (-0.1 to -0.3 us in ordinary ones) against glibc's malloc.
+ARROW_POOL = pa.system_memory_pool()
 
 
 @dataclass
@@ -259,7 +263,7 @@ class Loader:
                 if batched >= ARROW_CHUNK_ROWS:
                     # Python lists of a whole catch-up round would hold ~2 KB per event; Arrow
                     # holds the values in place and the fresh memory is reused.
-                    event_tables.append(columns_to_arrow(event_batches))
+                    event_tables.append(columns_to_arrow(event_batches, ARROW_POOL))
                     event_batches, batched = [], 0
                 rows += len(columns["event_id"])
                 if not _link_names().isdisjoint(columns["event_name"]):
@@ -323,7 +327,7 @@ class Loader:
                 )
             )
         if event_batches:
-            event_tables.append(columns_to_arrow(event_batches))
+            event_tables.append(columns_to_arrow(event_batches, ARROW_POOL))
         events = None
         if event_tables:
             events = event_tables[0] if len(event_tables) == 1 else pa.concat_tables(event_tables)
