@@ -173,3 +173,123 @@ def test_catch_up_then_exactly_once_across_a_restart(filled_log: Path, tmp_path:
         ]
     finally:
         store.close()
+
+
+def _run_threads(loader: Loader, end: int, timeout: float = 60.0) -> None:
+    import time
+
+    loader.start()
+    loader.notify(end)
+    deadline = time.monotonic() + timeout
+    while loader.position < end and time.monotonic() < deadline:
+        time.sleep(0.02)
+    loader.stop()
+    assert loader.position == end
+
+
+def _count(db: Path) -> tuple[int, int, int]:
+    store = DuckDBStore(db, read_only=True)
+    try:
+        (row,) = store.query(
+            "SELECT count(*), count(DISTINCT event_id), (SELECT sum(events) FROM rollup_daily"
+            " WHERE kind = 'type') FROM events"
+        )
+        return int(row[0]), int(row[1]), int(row[2])
+    finally:
+        store.close()
+
+
+def test_a_catch_up_round_streams_in_pieces_and_commits_once(
+    filled_log: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    shutil.copytree(filled_log, log)
+    end = _log_end(log)[-1]
+    store = DuckDBStore(tmp_path / "t.duckdb")
+    rounds: list[tuple[int, int]] = []
+    loader = Loader(
+        store, log, lambda e, n, _: rounds.append((e, n)), max_rows=100, catch_up_rows=600
+    )
+    loader.piece_rows = 150
+    added: list[int] = []
+    opened = store.open_log_round
+
+    def counting(start: int) -> Any:
+        transaction = opened(start)
+        add = transaction.add
+
+        def add_piece(events: Any = None, devices: Any = None, tables: Any = ()) -> None:
+            added.append(0 if events is None else events.num_rows)
+            add(events, devices, tables)
+
+        transaction.add = add_piece  # type: ignore[method-assign]
+        return transaction
+
+    store.open_log_round = counting  # type: ignore[method-assign]
+    _run_threads(loader, end)
+    store.close()
+    # three rounds of 600 / 600 / 300 rows, each a transaction of pieces of 150 rows
+    assert [n for _, n in rounds] == [600, 600, 300]
+    assert added == [150] * 10
+    assert _count(tmp_path / "t.duckdb") == (len(EVENTS), len(EVENTS), len(EVENTS))
+
+
+def test_a_failed_piece_retries_the_whole_round_and_stores_it_once(
+    filled_log: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    shutil.copytree(filled_log, log)
+    end = _log_end(log)[-1]
+    store = DuckDBStore(tmp_path / "t.duckdb")
+    loader = Loader(store, log, lambda *_: None, max_rows=100, catch_up_rows=600)
+    loader.piece_rows = 150
+    failures = {"left": 2}
+    opened = store.open_log_round
+
+    def failing(start: int) -> Any:
+        transaction = opened(start)
+        add = transaction.add
+        calls = {"n": 0}
+
+        def add_piece(events: Any = None, devices: Any = None, tables: Any = ()) -> None:
+            calls["n"] += 1
+            add(events, devices, tables)  # the rows are in the transaction, then it fails
+            if calls["n"] == 3 and failures["left"]:
+                failures["left"] -= 1
+                raise OSError("injected: disk full")
+
+        transaction.add = add_piece  # type: ignore[method-assign]
+        return transaction
+
+    store.open_log_round = failing  # type: ignore[method-assign]
+    _run_threads(loader, end)
+    store.close()
+    assert failures["left"] == 0 and loader.failures == 2
+    assert _count(tmp_path / "t.duckdb") == (len(EVENTS), len(EVENTS), len(EVENTS))
+
+
+def test_a_read_failure_inside_a_round_abandons_its_pieces(
+    filled_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "log"
+    shutil.copytree(filled_log, log)
+    end = _log_end(log)[-1]
+    store = DuckDBStore(tmp_path / "t.duckdb")
+    loader = Loader(store, log, lambda *_: None, max_rows=100, catch_up_rows=600)
+    loader.piece_rows = 150
+    from avila.storage import frames
+
+    decode = frames.decode_event_values
+    calls = {"n": 0}
+
+    def flaky(payload: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 8:  # the 8th entry: the round has sent two pieces already
+            raise OSError("injected: read error")
+        return decode(payload)
+
+    monkeypatch.setattr(frames, "decode_event_values", flaky)
+    _run_threads(loader, end)
+    store.close()
+    assert loader.failures == 1
+    assert _count(tmp_path / "t.duckdb") == (len(EVENTS), len(EVENTS), len(EVENTS))

@@ -28,12 +28,12 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
@@ -64,9 +64,16 @@ ARROW_CHUNK_ROWS = 16_384
 ARROW_POOL = pa.system_memory_pool()
 
 
+#: Rounds larger than this go into their transaction in pieces of about this many rows, each
+#: as soon as it is read: the commit thread appends one while the read thread decodes the next
+#: (a catch-up round read whole before its commit began left the two threads taking turns).
+PIECE_ROWS = 32_768
+
+
 @dataclass
 class Prepared:
-    """One round's rows, decoded and laid out as Arrow, ready for one transaction."""
+    """A round's rows (or one piece of them), decoded and laid out as Arrow. A round is one
+    transaction; its last piece (``final``) commits it with the log position ``end``."""
 
     end: int
     rows: int
@@ -74,6 +81,69 @@ class Prepared:
     devices: pa.Table | None
     tables: list[tuple[str, pa.Table]]
     seconds: float
+    start: int = 0  # the round's first log position
+    final: bool = True
+
+
+#: Tells the commit thread that the round whose pieces it holds will not be finished (reading
+#: it failed; it is read again from its start).
+ABANDON = Prepared(0, 0, None, None, [], 0.0, final=False)
+
+
+class Round(Protocol):
+    """A round's transaction: :meth:`avila.storage.duckdb.store.DuckDBStore.open_log_round`,
+    or :class:`_OneBatch` for stores that take a round in one call."""
+
+    def add(
+        self,
+        events: pa.Table | None = None,
+        devices: pa.Table | None = None,
+        tables: Sequence[tuple[str, pa.Table]] = (),
+    ) -> None: ...
+
+    def commit(self, position: int) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class _OneBatch:
+    """A round for stores without piecewise rounds: gathered, then one ``commit_log_batch``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.events: list[pa.Table] = []
+        self.devices: list[pa.Table] = []
+        self.tables: dict[str, list[pa.Table]] = {}
+
+    def add(
+        self,
+        events: pa.Table | None = None,
+        devices: pa.Table | None = None,
+        tables: Sequence[tuple[str, pa.Table]] = (),
+    ) -> None:
+        if events is not None:
+            self.events.append(events)
+        if devices is not None:
+            self.devices.append(devices)
+        for name, table in tables:
+            self.tables.setdefault(name, []).append(table)
+
+    def commit(self, position: int) -> None:
+        self.store.commit_log_batch(
+            position,
+            events=_concat(self.events),
+            devices=_concat(self.devices),
+            tables=[(name, pa.concat_tables(parts)) for name, parts in self.tables.items()],
+        )
+
+    def abort(self) -> None:
+        pass
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table | None:
+    if not tables:
+        return None
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
 def identity_links(columns: dict[str, list[Any]]) -> pa.Table | None:
@@ -137,6 +207,8 @@ class Loader:
         self._stopping = False
         self._idle = False  # the reader waits for a durable position beyond what it read
         self._ready: queue.Queue[Prepared] = queue.Queue(maxsize=1)
+        #: pieces of a large round go in as they are read, if the store takes rounds piecewise
+        self.piece_rows = PIECE_ROWS if hasattr(store, "open_log_round") else None
         self._threads: list[threading.Thread] = []
         self.failures = 0
 
@@ -184,22 +256,26 @@ class Loader:
                     return
                 target = self._target
             last_start = time.monotonic()
+            sent = False  # pieces of this round handed to the commit thread
             try:
-                prepared = self.prepare(self._prepared_to, target)
+                for piece in self.pieces(self._prepared_to, target, self.piece_rows):
+                    if not self._put(piece):
+                        return
+                    sent = True
                 delay = 0.05
             except Exception as exc:
                 self.failures += 1
                 log.error(
                     "ingest loader could not read the log; retrying", extra={"error": str(exc)}
                 )
+                if sent and not self._put(ABANDON):
+                    return
                 with self._cond:
                     self._cond.wait(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            self._prepared_to = prepared.end
-            behind = prepared.end < target
-            if not self._put(prepared):
-                return
+            self._prepared_to = piece.end
+            behind = piece.end < target
 
     def _put(self, item: Prepared) -> bool:
         while True:
@@ -211,25 +287,73 @@ class Loader:
                     return False
 
     def _commit_forever(self) -> None:
+        pieces: list[Prepared] = []  # of the round in progress
+        transaction: Round | None = None
+        spent = 0.0  # seconds this thread spent on the round
         while True:
             try:
-                prepared = self._ready.get(timeout=0.1)
+                piece = self._ready.get(timeout=0.1)
             except queue.Empty:
                 if self._stopping:
+                    if transaction is not None:
+                        transaction.abort()  # an unfinished round stays in the log
                     return
                 continue
+            if piece is ABANDON:
+                if transaction is not None:
+                    transaction.abort()
+                transaction, pieces, spent = None, [], 0.0
+                continue
+            pieces.append(piece)
             delay = 0.05
             while True:
+                started = time.perf_counter()
                 try:
-                    self.commit(prepared)
+                    # after a failure the round starts again with every piece it has had
+                    transaction = self._add(transaction, pieces if transaction is None else [piece])
+                    spent += time.perf_counter() - started
+                    if piece.final:
+                        assert transaction is not None
+                        self._finish(transaction, pieces, spent)
+                        transaction, pieces, spent = None, [], 0.0
                     break
                 except Exception as exc:  # retried, never skipped
+                    if transaction is not None:
+                        transaction.abort()
+                        transaction = None
                     self.failures += 1
                     log.error("ingest loader commit failed; retrying", extra={"error": str(exc)})
                     if self._stopping:
                         return
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
+
+    def _add(self, transaction: Round | None, pieces: list[Prepared]) -> Round:
+        """Add ``pieces`` to the round's transaction (opened first if ``None``)."""
+        if transaction is None:
+            opener = getattr(self.store, "open_log_round", None)
+            transaction = _OneBatch(self.store) if opener is None else opener(pieces[0].start)
+        try:
+            for piece in pieces:
+                transaction.add(piece.events, piece.devices, piece.tables)
+        except BaseException:
+            transaction.abort()
+            raise
+        return transaction
+
+    def _finish(self, transaction: Round, pieces: list[Prepared], spent: float) -> None:
+        started = time.perf_counter()
+        end = pieces[-1].end
+        try:
+            transaction.commit(end)
+        except BaseException:
+            transaction.abort()
+            raise
+        self.position = end
+        # rows/s of the round: its read and its commit, as if they had run one after the other
+        seconds = sum(p.seconds for p in pieces) + spent + time.perf_counter() - started
+        self.report(end, sum(p.rows for p in pieces), seconds)
+        self.trim()
 
     def load_once(self, target: int) -> int:
         """Read and commit one round up to ``target`` in this thread; returns the rows."""
@@ -238,7 +362,13 @@ class Loader:
         return prepared.rows
 
     def prepare(self, start: int, target: int) -> Prepared:
-        """Read frames from ``start`` up to ``target`` (bounded by max_rows / max_bytes)."""
+        """Read one round from ``start`` up to ``target`` (bounded by max_rows / max_bytes)."""
+        (prepared,) = self.pieces(start, target)
+        return prepared
+
+    def pieces(self, start: int, target: int, piece_rows: int | None = None) -> Iterator[Prepared]:
+        """Read one round from ``start`` up to ``target`` (bounded by max_rows / max_bytes, or
+        by the catch-up limits), in pieces of about ``piece_rows`` rows (default: whole)."""
         started = time.perf_counter()
         replay = start < self._replay_end
         if replay:
@@ -252,6 +382,7 @@ class Loader:
         links: list[pa.Table] = []
         end = start
         rows = 0
+        in_piece = 0  # rows since the last piece
         catching_up = False
         max_bytes = None if replay else max(self.max_bytes, CATCH_UP_BYTES)
         for frame_end, payload in read_frames(self.directory, start, target, max_bytes):
@@ -284,18 +415,27 @@ class Loader:
             else:
                 log.error("ingest log: unknown entry kind skipped", extra={"kind": kind})
             end = frame_end
-            if replay:
-                continue
-            if catching_up:
-                if rows >= self.catch_up_rows:
-                    break
-            elif rows >= self.max_rows or end - start >= self.max_bytes:
-                # Grow into a catch-up round only if the backlog (estimated by this round's
-                # bytes per row) fills at least half of one: one of DuckDB's row groups.
-                backlog_rows = (target - start) * rows / (end - start)
-                if rows >= self.catch_up_rows or 2 * backlog_rows < self.catch_up_rows:
-                    break
-                catching_up = True
+            if not replay:
+                if catching_up:
+                    if rows >= self.catch_up_rows:
+                        break
+                elif rows >= self.max_rows or end - start >= self.max_bytes:
+                    # Grow into a catch-up round only if the backlog (estimated by this round's
+                    # bytes per row) fills at least half of one: one of DuckDB's row groups.
+                    backlog_rows = (target - start) * rows / (end - start)
+                    if rows >= self.catch_up_rows or 2 * backlog_rows < self.catch_up_rows:
+                        break
+                    catching_up = True
+            if piece_rows is not None and rows - in_piece >= piece_rows and end < target:
+                # (a piece that ends the round is its final piece, below)
+                yield self._piece(
+                    start, end, rows - in_piece, event_tables, event_batches, links, readings,
+                    devices, messages, started, final=False,
+                )  # fmt: skip
+                event_tables, event_batches, batched = [], [], 0
+                links, readings, devices = [], [], []
+                messages = {"project_id": [], "message_id": [], "received_at": []}
+                in_piece, started = rows, time.perf_counter()
         if end == start:
             # Nothing readable although the log says it is durable: its segment is gone (deleted
             # by hand). Skip to the target rather than stall forever; say so loudly.
@@ -303,6 +443,26 @@ class Loader:
                 "ingest log: durable range unreadable; skipped", extra={"from": start, "to": target}
             )
             end = target
+        yield self._piece(
+            start, end, rows - in_piece, event_tables, event_batches, links, readings, devices,
+            messages, started, final=True,
+        )  # fmt: skip
+
+    def _piece(
+        self,
+        start: int,
+        end: int,
+        rows: int,
+        event_tables: list[pa.Table],
+        event_batches: list[dict[str, list[Any]]],
+        links: list[pa.Table],
+        readings: list[pa.Table],
+        devices: list[pa.Table],
+        messages: dict[str, list[Any]],
+        started: float,
+        *,
+        final: bool,
+    ) -> Prepared:
         tables: list[tuple[str, pa.Table]] = []
         if links:
             # Identity links ($identify / $alias events) go in with their events: a read that
@@ -343,17 +503,15 @@ class Loader:
             pa.concat_tables(devices) if devices else None,
             tables,
             time.perf_counter() - started,
+            start,
+            final,
         )
 
     def commit(self, prepared: Prepared) -> None:
+        """Commit one whole round (from :meth:`prepare`) in this thread."""
         started = time.perf_counter()
-        self.store.commit_log_batch(
-            prepared.end, events=prepared.events, devices=prepared.devices, tables=prepared.tables
-        )
-        self.position = prepared.end
-        # rows/s of the round: its read and its commit, as if they had run one after the other
-        self.report(prepared.end, prepared.rows, prepared.seconds + time.perf_counter() - started)
-        self.trim()
+        transaction = self._add(None, [prepared])
+        self._finish(transaction, [prepared], time.perf_counter() - started)
 
     def trim(self) -> None:
         """Delete segments whose every frame is loaded (the newest is never deleted: the log
