@@ -14,8 +14,10 @@ in this order, so the single-event scenarios run on the store the batch scenario
 - single: one event per request at a fixed 1,000 requests/s (open loop; latency counted from
   each request's due time, so queueing is not hidden), 32 connections;
 - sequential: one client, one request at a time, one event each;
-- loader: the log of ``LOADER_EVENTS`` events replayed into a fresh DuckDB file by the loader
-  alone (read, decode, Arrow, one transaction per 100,000 rows), in this process: events/s;
+- loader: the log of ``LOADER_EVENTS`` events (entries of 5,000) replayed into a fresh DuckDB
+  file by the loader alone (recovery scan, read, decode, Arrow, commit; its rounds as in the
+  server: a backlog this large loads in catch-up rounds), in this process: events/s
+  (``--only loader``: just this, with CPU per event of the replay and of the store's close);
 - store-only baseline: the same events appended straight into a DuckDB file from Arrow, one
   transaction per 5,000 events, in this process, no HTTP, no validation, no log;
 - telemetry: ``bench_telemetry``'s round (1,000 readings x 3 metrics per request, 16

@@ -18,6 +18,12 @@ has a fixed cost of several milliseconds of CPU in DuckDB's client whatever its 
 100 ms rounds measured 25-40 % less store CPU per single-event request than 50 ms ones). So an
 acknowledged event is in the store within about 100 ms when idle; under load rounds take
 longer than the interval and grow by themselves.
+
+A backlog (a restart's replay, a burst after a stall) loads in catch-up rounds of up to
+:attr:`Loader.catch_up_rows`, which DuckDB writes more cheaply; a round that large goes into its
+transaction in pieces of :data:`PIECE_ROWS` as they are read
+(:meth:`~avila.storage.duckdb.store.DuckDBStore.open_log_round`), still all or nothing with its
+log position.
 """
 
 from __future__ import annotations
@@ -166,8 +172,8 @@ def _link_names() -> frozenset[bytes]:
 
 
 class Loader:
-    """Two threads in a pipeline: one reads and decodes the next round (Python work, holds the
-    GIL) while the other commits the previous one (DuckDB work, releases it). Measured: the
+    """Two threads in a pipeline: one reads and decodes the next round or piece (Python work,
+    holds the GIL) while the other commits the previous one (DuckDB work, releases it). Measured: the
     two halves cost about the same, so the pipeline nearly doubles rows/s (RESULTS.md)."""
 
     def __init__(
@@ -189,8 +195,8 @@ class Loader:
         #: A round may grow to this many rows when the backlog holds at least half as many (a
         #: restart's replay, a burst after a stall); 0: never. The backend says what pays:
         #: DuckDB writes a large transaction's row groups straight into the database file,
-        #: compressed, instead of into the WAL now and again at the next checkpoint (commit CPU
-        #: per row about -40 % including that checkpoint, RESULTS.md). Ordinary rounds stay at
+        #: compressed, instead of into the WAL now and again at the next checkpoint (store CPU
+        #: per row about -25 % counting that checkpoint, RESULTS.md). Ordinary rounds stay at
         #: ``max_rows``, so the lag from a 202 to loaded stays short while the loader keeps up.
         self.catch_up_rows = (
             getattr(store, "catch_up_load_rows", 0) if catch_up_rows is None else catch_up_rows
