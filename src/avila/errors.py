@@ -98,6 +98,16 @@ class QueryTimeout(AvilaError):
     status = 504
     code = "query_timeout"
 
+    @classmethod
+    def after(cls, seconds: float) -> QueryTimeout:
+        """The error for a read cancelled at the ``seconds`` limit (either backend)."""
+        return cls(
+            f"the query ran longer than the {seconds:g} s limit and was cancelled; narrow the"
+            " time range or filters, or raise AVILA_QUERY_TIMEOUT (seconds; 0 turns the limit"
+            " off)",
+            details=[{"limit_seconds": seconds}],
+        )
+
 
 class StorageUnavailable(AvilaError):
     status = 503

@@ -68,7 +68,14 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
-from avila.analytics.user_order import rows_by_user
+from avila.analytics.funnel_levels import (
+    Levels,
+    joined,
+    ordered_levels,
+    strict_order_levels,
+    unordered_levels,
+)
+from avila.analytics.user_order import parallel_parts, rows_by_user
 from avila.schemas.analytics import EventCondition, FunnelDroppedQuery, FunnelQuery
 from avila.storage.base import Store
 
@@ -212,13 +219,17 @@ def _user_levels(
     window_us = q.conversion_window_seconds * 1_000_000
     t = _int64(table.column("t"))
     masks = _int64(table.column("m"))
-    if q.mode in ("ordered", "strict_increase"):
-        levels = _ordered_levels(ucode, t, masks, nsteps, window_us, q.mode == "strict_increase")
-    elif q.mode == "strict_order":
-        levels = _strict_order_levels(ucode, t, masks, nsteps, window_us)
-    else:
-        levels = _unordered_levels(ucode, t, masks, nsteps, window_us)
-    return table, levels
+
+    def levels_of(lo: int, hi: int) -> tuple[int, Levels]:
+        u = ucode[lo:hi] - (ucode[lo] if hi > lo else 0)
+        part = (u, t[lo:hi], masks[lo:hi], nsteps, window_us)
+        if q.mode in ("ordered", "strict_increase"):
+            return lo, ordered_levels(*part, strict=q.mode == "strict_increase")
+        if q.mode == "strict_order":
+            return lo, strict_order_levels(*part)
+        return lo, unordered_levels(*part)
+
+    return table, joined(parallel_parts(ucode, levels_of))
 
 
 def _default_name(condition_type: str, value: str) -> str:
@@ -227,194 +238,6 @@ def _default_name(condition_type: str, value: str) -> str:
 
 def _int64(column: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(column.to_numpy(), dtype=np.int64)
-
-
-Levels = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def _sorted_unique(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(codes, return_index=True)`` for non-decreasing ``codes`` (rows are sorted
-    by user), without its sort."""
-    if not len(codes):
-        return codes, np.zeros(0, dtype=np.int64)
-    first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    return codes[first], first
-
-
-def _ordered_levels(
-    ucode: np.ndarray, t: np.ndarray, masks: np.ndarray, nsteps: int, window: int, strict: bool
-) -> Levels:
-    """``(level per user, seconds to convert per user x step, first step-1 row per user)``."""
-    n = len(t)
-    n_users = int(ucode[-1]) + 1 if n else 0
-    level = np.zeros(n_users, dtype=np.int64)
-    conv = np.full((n_users, nsteps), np.nan)
-    first_row = np.full(n_users, -1, dtype=np.int64)
-    if n == 0:
-        return level, conv, first_row
-    # Row positions in 32 bits when they fit: these passes are bound by memory traffic.
-    idx = np.int32 if n < np.iinfo(np.int32).max else np.int64
-    pos = np.arange(n, dtype=idx)
-    new_group = np.ones(n, dtype=bool)
-    new_group[1:] = (ucode[1:] != ucode[:-1]) | (t[1:] != t[:-1])
-    group_start = np.flatnonzero(new_group).astype(idx)
-    group_size = np.diff(np.append(group_start, n))
-    # As-of reference row: the last row of the tie group (<=) or the row before it (<).
-    if strict:
-        ref_row = np.repeat(group_start - 1, group_size)
-    else:
-        ref_row = np.repeat(np.append(group_start[1:] - 1, n - 1).astype(idx), group_size)
-
-    valid = (masks & 1) != 0
-    start = t
-    hit = np.flatnonzero(valid)
-    users, first = _sorted_unique(ucode[hit])
-    level[users] = 1
-    first_row[users] = hit[first]
-    for k in range(1, nsteps):
-        if hit.size == 0:
-            break
-        last_valid = np.where(valid, pos, idx(-1))
-        np.maximum.accumulate(last_valid, out=last_valid)
-        cand = np.flatnonzero((masks >> k) & 1)
-        ref = ref_row[cand]
-        src = np.where(ref >= 0, last_valid[np.maximum(ref, 0)], -1)
-        ok = src >= 0
-        src0 = np.maximum(src, 0)
-        ok &= ucode[src0] == ucode[cand]
-        ok &= t[cand] <= start[src0] + window
-        hit, src = cand[ok], src0[ok]
-        valid = np.zeros(n, dtype=bool)
-        valid[hit] = True
-        new_start = np.zeros(n, dtype=np.int64)
-        new_start[hit] = start[src]
-        start = new_start
-        users, first = _sorted_unique(ucode[hit])
-        level[users] = k + 1
-        conv[users, k] = (t[hit[first]] - t[src[first]]) / 1e6
-    return level, conv, first_row
-
-
-def _empty_levels(n: int, ucode: np.ndarray, nsteps: int) -> Levels:
-    n_users = int(ucode[-1]) + 1 if n else 0
-    return (
-        np.zeros(n_users, dtype=np.int64),
-        np.full((n_users, nsteps), np.nan),
-        np.full(n_users, -1, dtype=np.int64),
-    )
-
-
-def _unordered_levels(
-    ucode: np.ndarray, t: np.ndarray, masks: np.ndarray, nsteps: int, window: int
-) -> Levels:
-    """``unordered``, vectorised: every (user, time) group starts a candidate window; per step,
-    the step's first event at or after that time (a reverse running minimum of positions)
-    counts when it is the same user's and within the window. The level is the most steps of
-    any window; times come from the user's earliest window with that many steps (the gaps
-    between its steps' first times, sorted)."""
-    n = len(t)
-    level, conv, first_row = _empty_levels(n, ucode, nsteps)
-    if n == 0:
-        return level, conv, first_row
-    new_group = np.ones(n, dtype=bool)
-    new_group[1:] = (ucode[1:] != ucode[:-1]) | (t[1:] != t[:-1])
-    starts = np.flatnonzero(new_group)
-    s_user, s_t = ucode[starts], t[starts]
-    count = np.zeros(len(starts), dtype=np.int64)
-    never = np.iinfo(np.int64).max
-    firsts = np.full((len(starts), nsteps), never, dtype=np.int64)
-    for k in range(nsteps):
-        nxt = np.where((masks >> k) & 1 != 0, np.arange(n, dtype=np.int64), n)
-        nxt = np.minimum.accumulate(nxt[::-1])[::-1][starts]
-        p = np.minimum(nxt, n - 1)
-        ok = (nxt < n) & (ucode[p] == s_user) & (t[p] <= s_t + window)
-        count += ok
-        firsts[ok, k] = t[p[ok]]
-    np.maximum.at(level, s_user, count)
-    best = np.flatnonzero(count == level[s_user])
-    users, first = _sorted_unique(s_user[best])
-    chosen = np.sort(firsts[best[first]], axis=1)
-    gaps = (chosen[:, 1:] - chosen[:, :-1]) / 1e6
-    reached = np.arange(1, nsteps)[None, :] < level[users][:, None]
-    conv[users, 1:] = np.where(reached, gaps, np.nan)
-    user_start = np.flatnonzero(np.r_[True, ucode[1:] != ucode[:-1]])
-    first_row[ucode[user_start]] = user_start  # the first row matching any step
-    return level, conv, first_row
-
-
-def _strict_order_levels(
-    ucode: np.ndarray, t: np.ndarray, masks: np.ndarray, nsteps: int, window: int
-) -> Levels:
-    """ClickHouse ``windowFunnel(...)('strict_order')``, vectorised.
-
-    The rows become entries, one per matched step (a row matching no step is one entry of
-    "step 0"), in ClickHouse's order: user, time, step index. An entry's validity depends only
-    on the entries before it, so it is computed for all entries as in the ordered mode (the
-    latest valid step-(k-1) entry strictly before it carries the chain start). A user's
-    evaluation ends at the first entry after their first step-1 entry that matches no step, or
-    matches step k+1 while no step-k entry has been reached yet; entries from there on do
-    not count."""
-    n = len(t)
-    level, conv, first_row = _empty_levels(n, ucode, nsteps)
-    if n == 0:
-        return level, conv, first_row
-    bits = [((masks >> k) & 1).astype(bool) for k in range(nsteps)]
-    per_row = np.maximum(np.sum(bits, axis=0), 1)
-    row_of = np.repeat(np.arange(n, dtype=np.int64), per_row)
-    # Step index per entry (0 = no step), in increasing order within a row.
-    offset = np.arange(len(row_of), dtype=np.int64) - np.repeat(
-        np.cumsum(per_row) - per_row, per_row
-    )
-    step_lists = np.zeros((n, nsteps), dtype=np.int64)
-    rank = np.zeros(n, dtype=np.int64)
-    for k in range(nsteps):
-        step_lists[bits[k], rank[bits[k]]] = k + 1
-        rank += bits[k]
-    idx = step_lists[row_of, np.minimum(offset, nsteps - 1)]
-    # Rows are sorted by (user, time); entries of equal time must be in step order.
-    e_user, e_t = ucode[row_of], t[row_of]
-    order = np.lexsort((idx, e_t, e_user))
-    row_of, idx, e_user, e_t = row_of[order], idx[order], e_user[order], e_t[order]
-    m = len(idx)
-    pos = np.arange(m, dtype=np.int64)
-
-    valid = [np.zeros(m, dtype=bool) for _ in range(nsteps)]
-    source = [np.full(m, -1, dtype=np.int64) for _ in range(nsteps)]
-    start = np.where(idx == 1, e_t, 0)
-    valid[0] = idx == 1
-    breaks = np.zeros(m, dtype=bool)
-    for k in range(1, nsteps):
-        last = np.where(valid[k - 1], pos, -1)
-        np.maximum.accumulate(last, out=last)
-        prev = np.r_[-1, last[:-1]]  # latest valid step-k entry strictly before
-        mine = idx == k + 1
-        p0 = np.maximum(prev, 0)
-        has_prev = (prev >= 0) & (e_user[p0] == e_user)
-        breaks |= mine & ~has_prev
-        ok = mine & has_prev & (e_t <= start[p0] + window)
-        valid[k] = ok
-        source[k] = np.where(ok, p0, -1)
-        start = np.where(ok, start[p0], start)
-    breaks |= idx == 0
-    # A break only counts after the user's first step-1 entry.
-    first_one = np.where(idx == 1, pos, m)
-    user_start = np.flatnonzero(np.r_[True, e_user[1:] != e_user[:-1]])
-    user_end = np.r_[user_start[1:], m]
-    first_one_user = np.minimum.reduceat(first_one, user_start)
-    breaks &= pos > np.repeat(first_one_user, user_end - user_start)
-    cut_pos = np.where(breaks, pos, m)
-    cut = np.repeat(np.minimum.reduceat(cut_pos, user_start), user_end - user_start)
-    alive = pos < cut
-    for k in range(nsteps):
-        hit = np.flatnonzero(valid[k] & alive)
-        users, first = _sorted_unique(e_user[hit])
-        level[users] = k + 1
-        if k:
-            src = source[k][hit[first]]
-            conv[users, k] = (e_t[hit[first]] - e_t[src]) / 1e6
-    has_one = first_one_user < m
-    first_row[e_user[user_start[has_one]]] = row_of[first_one_user[has_one]]
-    return level, conv, first_row
 
 
 def _step_stats(names: list[str], level: np.ndarray, conv: np.ndarray) -> list[dict[str, Any]]:

@@ -44,7 +44,7 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
-from avila.analytics.user_order import rows_by_user
+from avila.analytics.user_order import parallel_parts, rows_by_user
 from avila.schemas.analytics import SessionsQuery
 from avila.storage.base import Store
 
@@ -115,11 +115,17 @@ def sessionize(
     t = np.asarray(table.column("t").to_numpy(), dtype=np.int64)
     pv = np.asarray(table.column("pv").to_numpy(zero_copy_only=False), dtype=np.int64)
     sid = table.column("session_id").combine_chunks()
-    anon = sid.is_null().to_numpy(zero_copy_only=False)
-    parts = [_anonymous(ucode[anon], t[anon], pv[anon], timeout_s * US, max_s * US)]
-    if not anon.all():
-        keep = ~anon
-        parts.append(_keyed(ucode[keep], t[keep], pv[keep], sid.filter(pa.array(keep))))
+
+    def cut(lo: int, hi: int) -> list[_Part]:
+        u, s = ucode[lo:hi], sid.slice(lo, hi - lo)
+        anon = s.is_null().to_numpy(zero_copy_only=False)
+        found = [_anonymous(u[anon], t[lo:hi][anon], pv[lo:hi][anon], timeout_s * US, max_s * US)]
+        if not anon.all():
+            keep = ~anon
+            found.append(_keyed(u[keep], t[lo:hi][keep], pv[lo:hi][keep], s.filter(pa.array(keep))))
+        return found
+
+    parts = [p for found in parallel_parts(ucode, cut) for p in found]
     return Sessions(
         n_users=int(ucode[-1]) + 1 if len(ucode) else 0,
         user=np.concatenate([p[0] for p in parts]),

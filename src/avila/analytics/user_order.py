@@ -15,14 +15,18 @@ is about n² / 2¹²⁹ (5 M users: 4e-26), below any hardware error rate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from avila.analytics.common import fragments, user_codes
 from avila.storage.base import Store
+
+T = TypeVar("T")
 
 
 def rows_by_user(
@@ -58,3 +62,35 @@ def rows_by_user(
         f"SELECT user_id, {columns} FROM ({sql}) AS r ORDER BY user_id, {order}", params
     )
     return table, user_codes(table.column("user_id"))
+
+
+#: Below this many rows a second thread costs more than it saves.
+PARALLEL_MIN_ROWS = 1_000_000
+#: Threads for per-user numpy passes; None = one per core (numpy releases the GIL in them).
+PARALLEL_PARTS: int | None = None
+
+
+def user_parts(codes: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """Split rows sorted by user (``codes`` non-decreasing) into at most ``parts`` contiguous
+    ``(lo, hi)`` row ranges of about equal size that never split a user."""
+    n = len(codes)
+    cuts = {0, n}
+    for i in range(1, parts):
+        target = n * i // parts
+        if 0 < target < n:
+            cuts.add(int(np.searchsorted(codes, codes[target], side="left")))
+    bounds = sorted(cuts)
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
+
+
+def parallel_parts(codes: np.ndarray, work: Callable[[int, int], T]) -> list[T]:
+    """``work(lo, hi)`` for each :func:`user_parts` range, in threads when there are enough
+    rows; results in row order. Each range holds whole users, so per-user passes
+    (funnel levels, sessions) give the same answer as one pass over all rows."""
+    parts = PARALLEL_PARTS or max(1, min(os.cpu_count() or 1, 8))
+    parts = parts if len(codes) >= PARALLEL_MIN_ROWS else 1
+    ranges = user_parts(codes, parts) or [(0, 0)]
+    if len(ranges) == 1:
+        return [work(*ranges[0])]
+    with ThreadPoolExecutor(len(ranges)) as pool:
+        return list(pool.map(lambda r: work(*r), ranges))

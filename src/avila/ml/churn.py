@@ -23,9 +23,17 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from avila.errors import ValidationFailed
 from avila.ml._checks import require_fitted
+from avila.ml.clv import BetaGeoModel
 from avila.ml.evaluation import classification_report
 
-__all__ = ["ChurnModel", "churn_snapshot", "evaluate_time_split", "log_linear_classifier"]
+__all__ = [
+    "ACTIVITY_HISTORY",
+    "ChurnModel",
+    "activity_history",
+    "churn_snapshot",
+    "evaluate_time_split",
+    "log_linear_classifier",
+]
 
 
 _METHODS = ("blend", "hist_gb", "log_linear", "logistic")
@@ -33,6 +41,24 @@ _METHODS = ("blend", "hist_gb", "log_linear", "logistic")
 
 def _signed_log1p(x: np.ndarray) -> np.ndarray:
     return np.asarray(np.sign(x) * np.log1p(np.abs(x)), dtype=float)
+
+
+#: Snapshot columns (:func:`avila.ml.features.user_snapshot`) a BG/NBD activity history is
+#: read from when :class:`ChurnModel` is given its label horizon.
+ACTIVITY_HISTORY = ("active_days_total", "tenure_days", "recency_days")
+
+
+def activity_history(features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BG/NBD's (x, t_x, T) in days from snapshot columns, with active days as "purchases".
+
+    x = active days − 1 (repeat days, same-day activity counts once as in FHL 2005),
+    t_x = first to last activity (``tenure_days − recency_days``; 0 when x = 0),
+    T = first activity to t₀ (``tenure_days``).
+    """
+    x = features["active_days_total"].to_numpy(dtype=float) - 1.0
+    big_t = features["tenure_days"].to_numpy(dtype=float)
+    span = np.clip(big_t - features["recency_days"].to_numpy(dtype=float), 0.0, big_t)
+    return x, np.where(x > 0, span, 0.0), big_t
 
 
 def log_linear_classifier(c: float = 0.1) -> Pipeline:
@@ -134,7 +160,20 @@ class ChurnModel:
         and deeper trees (the scikit-learn defaults) overfit them and lose to recency alone.
         Chosen on a development split of CDNOW that ends before the test split's labels
         (``tests/ml/test_churn_cdnow.py``).
+    horizon_days:
+        The label's horizon H (churn = no activity in the next H days). When given, the model
+        fits BG/NBD (:class:`avila.ml.clv.BetaGeoModel`, days, penalizer 0.001) to the training
+        rows' activity history (:func:`activity_history`; the frame must hold
+        :data:`ACTIVITY_HISTORY`) and adds BG/NBD's probability of no activity in the next H
+        days (:meth:`~avila.ml.clv.BetaGeoModel.probability_no_purchase`) as a feature, so the
+        classifier sees the label's probability under a model of the purchase process. Not
+        the default: on the CDNOW development splits it did not beat the blend (docs/ml.md).
     """
+
+    # Class-level defaults: models pickled before these settings existed (stored artifacts'
+    # session model) unpickle without them and must still score.
+    horizon_days: float | None = None
+    bgnbd_: BetaGeoModel | None = None
 
     def __init__(
         self,
@@ -148,7 +187,17 @@ class ChurnModel:
         max_depth: int | None = 3,
         min_samples_leaf: int = 40,
         l2_regularization: float = 1.0,
+        horizon_days: float | None = None,
     ) -> None:
+        bad_horizon = horizon_days is not None and not (
+            np.isfinite(horizon_days) and horizon_days > 0
+        )
+        if bad_horizon:
+            raise ValidationFailed(
+                "invalid churn model settings",
+                code="churn_invalid_settings",
+                details=[{"path": "horizon_days", "message": "a number of days > 0"}],
+            )
         if method not in _METHODS or calibration not in ("sigmoid", "isotonic"):
             raise ValidationFailed(
                 "invalid churn model settings",
@@ -168,8 +217,10 @@ class ChurnModel:
         self.max_depth = max_depth
         self.min_samples_leaf = min_samples_leaf
         self.l2_regularization = l2_regularization
+        self.horizon_days = horizon_days
         self.features_: list[str] | None = None
         self.model_: CalibratedClassifierCV | None = None
+        self.bgnbd_: BetaGeoModel | None = None
 
     def _matrix(self, features: pd.DataFrame) -> np.ndarray:
         if not isinstance(features, pd.DataFrame):
@@ -190,11 +241,34 @@ class ChurnModel:
                 details=[{"path": c, "message": "missing"} for c in missing]
                 + [{"path": c, "message": "not numeric"} for c in bad],
             )
-        return np.asarray(features[columns].to_numpy(dtype=float), dtype=float)
+        x = np.asarray(features[columns].to_numpy(dtype=float), dtype=float)
+        if self.horizon_days is None:
+            return x
+        absent = [c for c in ACTIVITY_HISTORY if c not in features]
+        if absent:
+            raise ValidationFailed(
+                "a churn model with a horizon needs the activity history columns",
+                code="churn_invalid_features",
+                details=[{"path": c, "message": "missing"} for c in absent],
+            )
+        history = activity_history(features)
+        try:
+            if self.bgnbd_ is None:  # fitting: BG/NBD learns from the training rows only
+                self.bgnbd_ = BetaGeoModel(penalizer=0.001).fit(*history)
+            silent = self.bgnbd_.probability_no_purchase(self.horizon_days, *history)
+        except ValidationFailed as exc:
+            too_little = exc.code == "clv_too_few_customers"
+            raise ValidationFailed(
+                f"activity history unfit for BG/NBD: {exc.message}",
+                code="churn_too_little_data" if too_little else "churn_invalid_features",
+                details=exc.details,
+            ) from exc
+        return np.column_stack([x, silent])
 
     def fit(self, features: pd.DataFrame, churned: Any) -> ChurnModel:
         """Fit on a feature frame and 0/1 labels (1 = churned)."""
         self.features_ = None
+        self.bgnbd_ = None
         x = self._matrix(features)
         y = np.asarray(churned, dtype=int)
         counts = (

@@ -197,6 +197,28 @@ class BetaGeoModel:
         s = _summary(frequency, recency, T)
         return 1.0 / (1.0 + self._odds_dead(s, r, alpha, a, b))
 
+    def probability_no_purchase(self, t: float, frequency: Any, recency: Any, T: Any) -> np.ndarray:
+        """P(no purchase in (T, T + t] | x, t_x, T) (Fader & Hardie 2019, note 039, eq. 34).
+
+        ``(1 − P(alive)) + P(alive) · ((α + T) / (α + T + t))^(r + x)``: a customer who has
+        dropped out never buys again; one still alive at T has purchase rate λ with posterior
+        Gamma(r + x, α + T), and makes no purchase in t with probability E[e^(−λt)], the
+        Gamma's Laplace transform. Dropping out happens only right after a purchase, so a
+        customer with no purchase in the window cannot leave within it. ``1 −`` this is the
+        probability of at least one purchase, the "returns within the horizon" of a churn label.
+        """
+        if not np.isfinite(t) or t < 0:
+            raise ValidationFailed(
+                "the horizon t must be a finite number >= 0",
+                code=_CODE,
+                details=[{"path": "t", "message": str(t)}],
+            )
+        r, alpha, a, b = self._params()
+        s = _summary(frequency, recency, T)
+        alive = 1.0 / (1.0 + self._odds_dead(s, r, alpha, a, b))
+        stays_silent = np.exp((r + s.x) * (np.log(alpha + s.T) - np.log(alpha + s.T + t)))
+        return np.asarray((1.0 - alive) + alive * stays_silent, dtype=float)
+
     @staticmethod
     def _odds_dead(s: _Summary, r: float, alpha: float, a: float, b: float) -> np.ndarray:
         odds = np.zeros_like(s.x)

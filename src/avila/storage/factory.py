@@ -28,7 +28,8 @@ def open_store(
     ``in_process=False`` runs DuckDB in a child process (what the server does; see
     :mod:`avila.storage.duckdb.process`). ``lock_wait`` is how long to wait for another
     process (a stopping server) to release the file; CLI tools pass a short one.
-    ``query_timeout``: DuckDB reads are cancelled past this many seconds (0: never).
+    ``query_timeout``: reads are cancelled past this many seconds (0: never); DuckDB by a
+    watchdog thread, ClickHouse by its ``max_execution_time`` setting.
 
     ClickHouse stores always run in this process (see :mod:`avila.storage.clickhouse.store`);
     ``clickhouse`` defaults to the ``AVILA_CLICKHOUSE_*`` settings of the environment, so every
@@ -55,5 +56,5 @@ def open_store(
 
         target = parse_url(storage_url)
         options = clickhouse if clickhouse is not None else ClickHouseOptions.from_env()
-        return ClickHouseStore(target, options, migrate=not read_only)
+        return ClickHouseStore(target, options, migrate=not read_only, query_timeout=query_timeout)
     raise ConfigError(f"AVILA_STORAGE_URL: unsupported storage URL {storage_url!r}")

@@ -31,13 +31,14 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from avila.errors import ConfigError, StorageUnavailable
+from avila.errors import ConfigError, QueryTimeout, StorageUnavailable
 from avila.storage.base import Store, where_clause
 from avila.storage.clickhouse import migrations
 from avila.storage.clickhouse.params import prepare
@@ -58,6 +59,8 @@ SESSION_SETTINGS: dict[str, Any] = {"session_timezone": "UTC", "final": 1}
 #: File in the ingest log's directory naming the log in ``ingest_position`` (a replica's log
 #: keeps its id across restarts and host names; two logs never share a position).
 LOG_ID_FILE = "clickhouse-log-id"
+#: ClickHouse's error code for a query past ``max_execution_time``.
+TIMEOUT_EXCEEDED = 159
 
 #: Tables the loader writes (the DuckDB loader's list).
 LOADER_TABLES = ("telemetry", "telemetry_messages", "identities")
@@ -105,8 +108,10 @@ class ClickHouseStore(Store):
         options: ClickHouseOptions | None = None,
         *,
         migrate: bool = True,
+        query_timeout: float = 0,
     ) -> None:
         self.target = target
+        self.query_timeout = query_timeout
         self.options = options or ClickHouseOptions()
         self.path = target.embedded_path
         self._local = threading.local()
@@ -198,12 +203,35 @@ class ClickHouseStore(Store):
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         self.read_barrier()
-        return self._query_rows(sql, params)
+        query, values = prepare(sql, params)
+        with self._bounded() as settings:
+            rows = self._client().query(query, parameters=values, settings=settings).result_rows
+        return [tuple(_naive(v) for v in row) for row in rows]
 
     def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
         self.read_barrier()
         query, values = prepare(sql, params)
-        return _naive_utc(self._client().query_arrow(query, parameters=values, use_strings=True))
+        with self._bounded() as settings:
+            table = self._client().query_arrow(
+                query, parameters=values, use_strings=True, settings=settings
+            )
+        return _naive_utc(table)
+
+    @contextmanager
+    def _bounded(self) -> Iterator[dict[str, Any]]:
+        """Settings that make the server cancel a read past ``AVILA_QUERY_TIMEOUT``, and its
+        TIMEOUT_EXCEEDED error as :class:`QueryTimeout` (504), as DuckDB's watchdog does."""
+        if not self.query_timeout:
+            yield {}
+            return
+        from clickhouse_connect.driver.exceptions import DatabaseError
+
+        try:
+            yield {"max_execution_time": self.query_timeout, "timeout_overflow_mode": "throw"}
+        except DatabaseError as exc:
+            if getattr(exc, "code", None) == TIMEOUT_EXCEEDED or "TIMEOUT_EXCEEDED" in str(exc):
+                raise QueryTimeout.after(self.query_timeout) from None
+            raise
 
     def query_batches(
         self, sql: str, params: Sequence[Any] | None = None, batch_rows: int = 65536

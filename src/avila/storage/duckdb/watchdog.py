@@ -22,13 +22,6 @@ import duckdb
 from avila.errors import QueryTimeout
 
 
-def timeout_message(seconds: float) -> str:
-    return (
-        f"the query ran longer than the {seconds:g} s limit and was cancelled; narrow the time"
-        " range or filters, or raise AVILA_QUERY_TIMEOUT (seconds; 0 turns the limit off)"
-    )
-
-
 class Watchdog:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -59,9 +52,7 @@ class Watchdog:
             yield
         except duckdb.InterruptException:
             if ticket in self._expired:
-                raise QueryTimeout(
-                    timeout_message(self.seconds), details=[{"limit_seconds": self.seconds}]
-                ) from None
+                raise QueryTimeout.after(self.seconds) from None
             raise
         finally:
             with self._lock:
