@@ -34,17 +34,17 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import suppress
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from avila.storage import frames, rollups
 from avila.storage.ingest_log import read_frames, segment_bases, segment_path
+from avila.storage.load_rounds import ABANDON, OneBatch, Prepared, Round
 from avila.storage.schema import columns_to_arrow
 
 if TYPE_CHECKING:
@@ -74,82 +74,6 @@ ARROW_POOL = pa.system_memory_pool()
 #: as soon as it is read: the commit thread appends one while the read thread decodes the next
 #: (a catch-up round read whole before its commit began left the two threads taking turns).
 PIECE_ROWS = 32_768
-
-
-@dataclass
-class Prepared:
-    """A round's rows (or one piece of them), decoded and laid out as Arrow. A round is one
-    transaction; its last piece (``final``) commits it with the log position ``end``."""
-
-    end: int
-    rows: int
-    events: pa.Table | None
-    devices: pa.Table | None
-    tables: list[tuple[str, pa.Table]]
-    seconds: float
-    start: int = 0  # the round's first log position
-    final: bool = True
-
-
-#: Tells the commit thread that the round whose pieces it holds will not be finished (reading
-#: it failed; it is read again from its start).
-ABANDON = Prepared(0, 0, None, None, [], 0.0, final=False)
-
-
-class Round(Protocol):
-    """A round's transaction: :meth:`avila.storage.duckdb.store.DuckDBStore.open_log_round`,
-    or :class:`_OneBatch` for stores that take a round in one call."""
-
-    def add(
-        self,
-        events: pa.Table | None = None,
-        devices: pa.Table | None = None,
-        tables: Sequence[tuple[str, pa.Table]] = (),
-    ) -> None: ...
-
-    def commit(self, position: int) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-class _OneBatch:
-    """A round for stores without piecewise rounds: gathered, then one ``commit_log_batch``."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.events: list[pa.Table] = []
-        self.devices: list[pa.Table] = []
-        self.tables: dict[str, list[pa.Table]] = {}
-
-    def add(
-        self,
-        events: pa.Table | None = None,
-        devices: pa.Table | None = None,
-        tables: Sequence[tuple[str, pa.Table]] = (),
-    ) -> None:
-        if events is not None:
-            self.events.append(events)
-        if devices is not None:
-            self.devices.append(devices)
-        for name, table in tables:
-            self.tables.setdefault(name, []).append(table)
-
-    def commit(self, position: int) -> None:
-        self.store.commit_log_batch(
-            position,
-            events=_concat(self.events),
-            devices=_concat(self.devices),
-            tables=[(name, pa.concat_tables(parts)) for name, parts in self.tables.items()],
-        )
-
-    def abort(self) -> None:
-        pass
-
-
-def _concat(tables: list[pa.Table]) -> pa.Table | None:
-    if not tables:
-        return None
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
 def identity_links(columns: dict[str, list[Any]]) -> pa.Table | None:
@@ -338,7 +262,7 @@ class Loader:
         """Add ``pieces`` to the round's transaction (opened first if ``None``)."""
         if transaction is None:
             opener = getattr(self.store, "open_log_round", None)
-            transaction = _OneBatch(self.store) if opener is None else opener(pieces[0].start)
+            transaction = OneBatch(self.store) if opener is None else opener(pieces[0].start)
         try:
             for piece in pieces:
                 transaction.add(piece.events, piece.devices, piece.tables)
