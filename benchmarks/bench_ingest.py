@@ -1,6 +1,6 @@
 """Ingest benchmark: a real server process under load, beside a store-only baseline.
 
-    python benchmarks/bench_ingest.py [--seconds 10] [--rounds 3] [--no-write]
+    python benchmarks/bench_ingest.py [--seconds 10] [--rounds 3] [--no-write] [--only loader]
 
 Protocol (fixed before the runs; issue 9). Per round, on a fresh server and data directory,
 in this order, so the single-event scenarios run on the store the batch scenario just filled:
@@ -14,8 +14,10 @@ in this order, so the single-event scenarios run on the store the batch scenario
 - single: one event per request at a fixed 1,000 requests/s (open loop; latency counted from
   each request's due time, so queueing is not hidden), 32 connections;
 - sequential: one client, one request at a time, one event each;
-- loader: the log of ``LOADER_EVENTS`` events replayed into a fresh DuckDB file by the loader
-  alone (read, decode, Arrow, one transaction per 100,000 rows), in this process: events/s;
+- loader: the log of ``LOADER_EVENTS`` events (entries of 5,000) replayed into a fresh DuckDB
+  file by the loader alone (recovery scan, read, decode, Arrow, commit; its rounds as in the
+  server: a backlog this large loads in catch-up rounds), in this process: events/s
+  (``--only loader``: just this, with CPU per event of the replay and of the store's close);
 - store-only baseline: the same events appended straight into a DuckDB file from Arrow, one
   transaction per 5,000 events, in this process, no HTTP, no validation, no log;
 - telemetry: ``bench_telemetry``'s round (1,000 readings x 3 metrics per request, 16
@@ -77,8 +79,12 @@ def store_baseline(tmp: Path, total_events: int = 400_000, per_commit: int = 500
     return total_events / elapsed
 
 
-def loader_throughput(tmp: Path, total_events: int = LOADER_EVENTS) -> float:
-    """Fill an ingest log through the ingest service, then time its replay into a fresh store."""
+def loader_throughput(
+    tmp: Path, total_events: int = LOADER_EVENTS, details: dict[str, float] | None = None
+) -> float:
+    """Fill an ingest log through the ingest service, then time its replay into a fresh store.
+    ``details`` (if given) receives this process's CPU per event during the replay and during
+    the store's close (its checkpoint: work the replay left for later)."""
     source = DuckDBStore(tmp / "source.duckdb")
     # One big segment: the source's own loader never deletes the newest segment.
     source.ingest_log_config = IngestLogConfig(tmp / "log", segment_bytes=1 << 31)
@@ -101,13 +107,21 @@ def loader_throughput(tmp: Path, total_events: int = LOADER_EVENTS) -> float:
     source.close()
     target = DuckDBStore(tmp / "target.duckdb")
     target.ingest_log_config = IngestLogConfig(snapshot)
+    cpu = time.process_time()
     started = time.perf_counter()
     target.open_ingest_log()
     progress = target.load_progress
     progress.wait_loaded(progress.durable, 600)
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     loaded = target.query("SELECT count(*) FROM events")[0][0]
+    closing = time.process_time()
     target.close()
+    if details is not None:
+        details["loader_cpu_us_per_event"] = cpu / total_events * 1e6
+        details["loader_close_cpu_us_per_event"] = (
+            (time.process_time() - closing) / total_events * 1e6
+        )
     assert loaded == total_events, (loaded, total_events)
     return total_events / elapsed
 
@@ -240,6 +254,23 @@ TARGETS = (
 LOAD_AT_START = os.getloadavg()[0]
 
 
+def loader_only(rounds: int) -> None:
+    """Only the loader round: events/s as in the full run, plus CPU per event."""
+    figures: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="avila-bench-") as tmp_name:
+        for r in range(rounds):
+            tmp = Path(tmp_name) / f"loader-{r}"
+            tmp.mkdir()
+            found: dict[str, float] = {}
+            found["loader_events_per_s"] = loader_throughput(tmp, details=found)
+            found["load_average"] = os.getloadavg()[0]
+            figures.append(found)
+            print(f"round {r + 1}: " + ", ".join(f"{k}={v:,.2f}" for k, v in found.items()))
+            shutil.rmtree(tmp)
+    median = {k: statistics.median(f[k] for f in figures) for k in figures[0]}
+    print("median: " + ", ".join(f"{k}={v:,.2f}" for k, v in median.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -252,7 +283,15 @@ def main() -> None:
     parser.add_argument(
         "--no-write", action="store_true", help="print only; leave RESULTS.md alone"
     )
+    parser.add_argument(
+        "--only",
+        choices=["loader"],
+        help="run only this part of each round (printed, RESULTS.md left alone)",
+    )
     args = parser.parse_args()
+    if args.only == "loader":
+        loader_only(args.rounds)
+        return
     extra_env = dict(item.split("=", 1) for item in args.env)
     rounds = []
     with tempfile.TemporaryDirectory(prefix="avila-bench-") as tmp_name:

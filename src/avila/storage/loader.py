@@ -18,18 +18,24 @@ has a fixed cost of several milliseconds of CPU in DuckDB's client whatever its 
 100 ms rounds measured 25-40 % less store CPU per single-event request than 50 ms ones). So an
 acknowledged event is in the store within about 100 ms when idle; under load rounds take
 longer than the interval and grow by themselves.
+
+A backlog (a restart's replay, a burst after a stall) loads in catch-up rounds of up to
+:attr:`Loader.catch_up_rows`, which DuckDB writes more cheaply; a round that large goes into its
+transaction in pieces of :data:`PIECE_ROWS` as they are read
+(:meth:`~avila.storage.duckdb.store.DuckDBStore.open_log_round`), still all or nothing with its
+log position.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import suppress
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +44,7 @@ import pyarrow as pa
 
 from avila.storage import frames, rollups
 from avila.storage.ingest_log import read_frames, segment_bases, segment_path
+from avila.storage.load_rounds import ABANDON, OneBatch, Prepared, Round
 from avila.storage.schema import columns_to_arrow
 
 if TYPE_CHECKING:
@@ -53,18 +60,20 @@ Report = Callable[[int, int, float], None]
 
 #: the least time between the starts of two rounds (see the module docstring)
 ROUND_INTERVAL_S = 0.1
+#: the most bytes of log a catch-up round reads (see :attr:`Loader.catch_up_rows`)
+CATCH_UP_BYTES = 256 << 20
+#: a round's events are turned into Arrow this many rows at a time
+ARROW_CHUNK_ROWS = 16_384
+#: Memory of the loader's Arrow tables. mimalloc, pyarrow's default, gives a finished round's
+#: pages back to the system and faults fresh ones in for the next: measured +1 us of system
+#: time per event in catch-up rounds (-0.1 to -0.3 us in ordinary ones) against glibc's malloc.
+ARROW_POOL = pa.system_memory_pool()
 
 
-@dataclass
-class Prepared:
-    """One round's rows, decoded and laid out as Arrow, ready for one transaction."""
-
-    end: int
-    rows: int
-    events: pa.Table | None
-    devices: pa.Table | None
-    tables: list[tuple[str, pa.Table]]
-    seconds: float
+#: Rounds larger than this go into their transaction in pieces of about this many rows, each
+#: as soon as it is read: the commit thread appends one while the read thread decodes the next
+#: (a catch-up round read whole before its commit began left the two threads taking turns).
+PIECE_ROWS = 32_768
 
 
 def identity_links(columns: dict[str, list[Any]]) -> pa.Table | None:
@@ -78,9 +87,17 @@ def identity_links(columns: dict[str, list[Any]]) -> pa.Table | None:
     return links_from_rows(EventRows(columns["project_id"][0], received, columns))
 
 
+@functools.cache
+def _link_names() -> frozenset[bytes]:
+    """The event names of identity links, as :func:`frames.decode_event_values` gives them."""
+    from avila.identity import LINK_EVENTS
+
+    return frozenset(name.encode() for name in LINK_EVENTS)
+
+
 class Loader:
-    """Two threads in a pipeline: one reads and decodes the next round (Python work, holds the
-    GIL) while the other commits the previous one (DuckDB work, releases it). Measured: the
+    """Two threads in a pipeline: one reads and decodes the next round or piece (Python work,
+    holds the GIL) while the other commits the previous one (DuckDB work, releases it). Measured: the
     two halves cost about the same, so the pipeline nearly doubles rows/s (RESULTS.md)."""
 
     def __init__(
@@ -92,12 +109,22 @@ class Loader:
         max_bytes: int = 48 << 20,
         max_rows: int = 25_000,
         round_interval: float = ROUND_INTERVAL_S,
+        catch_up_rows: int | None = None,
     ) -> None:
         self.store = store
         self.directory = Path(directory)
         self.report = report
         self.max_bytes = max_bytes
         self.max_rows = max_rows
+        #: A round may grow to this many rows when the backlog holds at least half as many (a
+        #: restart's replay, a burst after a stall); 0: never. The backend says what pays:
+        #: DuckDB writes a large transaction's row groups straight into the database file,
+        #: compressed, instead of into the WAL now and again at the next checkpoint (store CPU
+        #: per row about -25 % counting that checkpoint, RESULTS.md). Ordinary rounds stay at
+        #: ``max_rows``, so the lag from a 202 to loaded stays short while the loader keeps up.
+        self.catch_up_rows = (
+            getattr(store, "catch_up_load_rows", 0) if catch_up_rows is None else catch_up_rows
+        )
         # A backend may need fewer, larger rounds (ClickHouse: every insert is a part).
         self.round_interval = max(round_interval, store.min_load_round_s)
         self.position = store.log_position()
@@ -110,6 +137,8 @@ class Loader:
         self._stopping = False
         self._idle = False  # the reader waits for a durable position beyond what it read
         self._ready: queue.Queue[Prepared] = queue.Queue(maxsize=1)
+        #: pieces of a large round go in as they are read, if the store takes rounds piecewise
+        self.piece_rows = PIECE_ROWS if hasattr(store, "open_log_round") else None
         self._threads: list[threading.Thread] = []
         self.failures = 0
 
@@ -157,22 +186,26 @@ class Loader:
                     return
                 target = self._target
             last_start = time.monotonic()
+            sent = False  # pieces of this round handed to the commit thread
             try:
-                prepared = self.prepare(self._prepared_to, target)
+                for piece in self.pieces(self._prepared_to, target, self.piece_rows):
+                    if not self._put(piece):
+                        return
+                    sent = True
                 delay = 0.05
             except Exception as exc:
                 self.failures += 1
                 log.error(
                     "ingest loader could not read the log; retrying", extra={"error": str(exc)}
                 )
+                if sent and not self._put(ABANDON):
+                    return
                 with self._cond:
                     self._cond.wait(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            self._prepared_to = prepared.end
-            behind = prepared.end < target
-            if not self._put(prepared):
-                return
+            self._prepared_to = piece.end
+            behind = piece.end < target
 
     def _put(self, item: Prepared) -> bool:
         while True:
@@ -184,25 +217,73 @@ class Loader:
                     return False
 
     def _commit_forever(self) -> None:
+        pieces: list[Prepared] = []  # of the round in progress
+        transaction: Round | None = None
+        spent = 0.0  # seconds this thread spent on the round
         while True:
             try:
-                prepared = self._ready.get(timeout=0.1)
+                piece = self._ready.get(timeout=0.1)
             except queue.Empty:
                 if self._stopping:
+                    if transaction is not None:
+                        transaction.abort()  # an unfinished round stays in the log
                     return
                 continue
+            if piece is ABANDON:
+                if transaction is not None:
+                    transaction.abort()
+                transaction, pieces, spent = None, [], 0.0
+                continue
+            pieces.append(piece)
             delay = 0.05
             while True:
+                started = time.perf_counter()
                 try:
-                    self.commit(prepared)
+                    # after a failure the round starts again with every piece it has had
+                    transaction = self._add(transaction, pieces if transaction is None else [piece])
+                    spent += time.perf_counter() - started
+                    if piece.final:
+                        assert transaction is not None
+                        self._finish(transaction, pieces, spent)
+                        transaction, pieces, spent = None, [], 0.0
                     break
                 except Exception as exc:  # retried, never skipped
+                    if transaction is not None:
+                        transaction.abort()
+                        transaction = None
                     self.failures += 1
                     log.error("ingest loader commit failed; retrying", extra={"error": str(exc)})
                     if self._stopping:
                         return
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
+
+    def _add(self, transaction: Round | None, pieces: list[Prepared]) -> Round:
+        """Add ``pieces`` to the round's transaction (opened first if ``None``)."""
+        if transaction is None:
+            opener = getattr(self.store, "open_log_round", None)
+            transaction = OneBatch(self.store) if opener is None else opener(pieces[0].start)
+        try:
+            for piece in pieces:
+                transaction.add(piece.events, piece.devices, piece.tables)
+        except BaseException:
+            transaction.abort()
+            raise
+        return transaction
+
+    def _finish(self, transaction: Round, pieces: list[Prepared], spent: float) -> None:
+        started = time.perf_counter()
+        end = pieces[-1].end
+        try:
+            transaction.commit(end)
+        except BaseException:
+            transaction.abort()
+            raise
+        self.position = end
+        # rows/s of the round: its read and its commit, as if they had run one after the other
+        seconds = sum(p.seconds for p in pieces) + spent + time.perf_counter() - started
+        self.report(end, sum(p.rows for p in pieces), seconds)
+        self.trim()
 
     def load_once(self, target: int) -> int:
         """Read and commit one round up to ``target`` in this thread; returns the rows."""
@@ -211,28 +292,45 @@ class Loader:
         return prepared.rows
 
     def prepare(self, start: int, target: int) -> Prepared:
-        """Read frames from ``start`` up to ``target`` (bounded by max_rows / max_bytes)."""
+        """Read one round from ``start`` up to ``target`` (bounded by max_rows / max_bytes)."""
+        (prepared,) = self.pieces(start, target)
+        return prepared
+
+    def pieces(self, start: int, target: int, piece_rows: int | None = None) -> Iterator[Prepared]:
+        """Read one round from ``start`` up to ``target`` (bounded by max_rows / max_bytes, or
+        by the catch-up limits), in pieces of about ``piece_rows`` rows (default: whole)."""
         started = time.perf_counter()
         replay = start < self._replay_end
         if replay:
             target = self._replay_end
         event_batches: list[dict[str, list[Any]]] = []
+        event_tables: list[pa.Table] = []
+        batched = 0  # rows in event_batches
         readings: list[pa.Table] = []
         devices: list[pa.Table] = []
         messages: dict[str, list[Any]] = {"project_id": [], "message_id": [], "received_at": []}
         links: list[pa.Table] = []
         end = start
         rows = 0
-        max_bytes = None if replay else self.max_bytes
+        in_piece = 0  # rows since the last piece
+        catching_up = False
+        max_bytes = None if replay else max(self.max_bytes, CATCH_UP_BYTES)
         for frame_end, payload in read_frames(self.directory, start, target, max_bytes):
             kind = frames.kind(payload)
             if kind == frames.EVENTS:
-                columns = frames.decode_events(memoryview(payload))
+                columns = frames.decode_event_values(memoryview(payload))
                 event_batches.append(columns)
+                batched += len(columns["event_id"])
+                if batched >= ARROW_CHUNK_ROWS:
+                    # Python lists of a whole catch-up round would hold ~2 KB per event; Arrow
+                    # holds the values in place and the fresh memory is reused.
+                    event_tables.append(columns_to_arrow(event_batches, ARROW_POOL))
+                    event_batches, batched = [], 0
                 rows += len(columns["event_id"])
-                found = identity_links(columns)
-                if found is not None:
-                    links.append(found)
+                if not _link_names().isdisjoint(columns["event_name"]):
+                    found = identity_links(frames.decode_events(memoryview(payload)))
+                    if found is not None:
+                        links.append(found)
             elif kind == frames.TELEMETRY:
                 entry = frames.decode_telemetry(memoryview(payload))
                 readings.append(entry.readings)
@@ -247,8 +345,27 @@ class Loader:
             else:
                 log.error("ingest log: unknown entry kind skipped", extra={"kind": kind})
             end = frame_end
-            if rows >= self.max_rows and not replay:
-                break
+            if not replay:
+                if catching_up:
+                    if rows >= self.catch_up_rows:
+                        break
+                elif rows >= self.max_rows or end - start >= self.max_bytes:
+                    # Grow into a catch-up round only if the backlog (estimated by this round's
+                    # bytes per row) fills at least half of one: one of DuckDB's row groups.
+                    backlog_rows = (target - start) * rows / (end - start)
+                    if rows >= self.catch_up_rows or 2 * backlog_rows < self.catch_up_rows:
+                        break
+                    catching_up = True
+            if piece_rows is not None and rows - in_piece >= piece_rows and end < target:
+                # (a piece that ends the round is its final piece, below)
+                yield self._piece(
+                    start, end, rows - in_piece, event_tables, event_batches, links, readings,
+                    devices, messages, started, final=False,
+                )  # fmt: skip
+                event_tables, event_batches, batched = [], [], 0
+                links, readings, devices = [], [], []
+                messages = {"project_id": [], "message_id": [], "received_at": []}
+                in_piece, started = rows, time.perf_counter()
         if end == start:
             # Nothing readable although the log says it is durable: its segment is gone (deleted
             # by hand). Skip to the target rather than stall forever; say so loudly.
@@ -256,6 +373,26 @@ class Loader:
                 "ingest log: durable range unreadable; skipped", extra={"from": start, "to": target}
             )
             end = target
+        yield self._piece(
+            start, end, rows - in_piece, event_tables, event_batches, links, readings, devices,
+            messages, started, final=True,
+        )  # fmt: skip
+
+    def _piece(
+        self,
+        start: int,
+        end: int,
+        rows: int,
+        event_tables: list[pa.Table],
+        event_batches: list[dict[str, list[Any]]],
+        links: list[pa.Table],
+        readings: list[pa.Table],
+        devices: list[pa.Table],
+        messages: dict[str, list[Any]],
+        started: float,
+        *,
+        final: bool,
+    ) -> Prepared:
         tables: list[tuple[str, pa.Table]] = []
         if links:
             # Identity links ($identify / $alias events) go in with their events: a read that
@@ -279,7 +416,11 @@ class Loader:
                     ),
                 )
             )
-        events = columns_to_arrow(event_batches) if event_batches else None
+        if event_batches:
+            event_tables.append(columns_to_arrow(event_batches, ARROW_POOL))
+        events = None
+        if event_tables:
+            events = event_tables[0] if len(event_tables) == 1 else pa.concat_tables(event_tables)
         if events is not None and self.store.has_rollups:
             # The rollups' aggregation here, beside the next round's commit, not inside it.
             found = rollups.partials(events)
@@ -292,17 +433,15 @@ class Loader:
             pa.concat_tables(devices) if devices else None,
             tables,
             time.perf_counter() - started,
+            start,
+            final,
         )
 
     def commit(self, prepared: Prepared) -> None:
+        """Commit one whole round (from :meth:`prepare`) in this thread."""
         started = time.perf_counter()
-        self.store.commit_log_batch(
-            prepared.end, events=prepared.events, devices=prepared.devices, tables=prepared.tables
-        )
-        self.position = prepared.end
-        # rows/s of the round: its read and its commit, as if they had run one after the other
-        self.report(prepared.end, prepared.rows, prepared.seconds + time.perf_counter() - started)
-        self.trim()
+        transaction = self._add(None, [prepared])
+        self._finish(transaction, [prepared], time.perf_counter() - started)
 
     def trim(self) -> None:
         """Delete segments whose every frame is loaded (the newest is never deleted: the log

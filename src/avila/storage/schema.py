@@ -71,8 +71,11 @@ TIMESTAMP_COLUMNS = frozenset({"ts", "received_at"})
 ColumnBatch = dict[str, list[Any]]
 
 
-def columns_to_arrow(batches: list[ColumnBatch]) -> pa.Table:
-    """One Arrow table (:data:`EVENT_SCHEMA`) from several column batches."""
+def columns_to_arrow(
+    batches: list[ColumnBatch], memory_pool: pa.MemoryPool | None = None
+) -> pa.Table:
+    """One Arrow table (:data:`EVENT_SCHEMA`) from several column batches (its buffers from
+    ``memory_pool``, default Arrow's)."""
     arrays = []
     for field in EVENT_SCHEMA:
         name = field.name
@@ -81,7 +84,8 @@ def columns_to_arrow(batches: list[ColumnBatch]) -> pa.Table:
         else:
             values = list(chain.from_iterable(batch[name] for batch in batches))
         if name in TIMESTAMP_COLUMNS:
-            arrays.append(pa.array(values, type=pa.int64()).cast(field.type))
+            ints = pa.array(values, type=pa.int64(), memory_pool=memory_pool)
+            arrays.append(ints.cast(field.type, memory_pool=memory_pool))
         else:
-            arrays.append(pa.array(values, type=field.type))
+            arrays.append(pa.array(values, type=field.type, memory_pool=memory_pool))
     return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)

@@ -18,6 +18,10 @@ class DuckDBRows(Store):
 
     _catalog: dict[str, frozenset[str]]
     has_rollups = True
+    #: Loader rounds may grow to this many rows to catch up (:class:`avila.storage.loader.
+    #: Loader`): two of DuckDB's row groups (122,880 rows each), which a transaction writes
+    #: compressed straight into the file instead of through the WAL.
+    catch_up_load_rows = 2 * 122_880
 
     def forget_users(self, project_id: str, user_ids: Sequence[str]) -> None:
         from avila.storage import rollups

@@ -206,60 +206,57 @@ class DuckDBStore(DuckDBRows):
         ``tables`` may carry the events' rollup rows (``rollup_daily``, ``rollup_user_days``:
         :func:`rollups.partials` of ``events``, computed by the loader outside the
         transaction); without them they are computed here."""
-        with self._write_lock:
-            cursor = self._cursor()
-            known = self._committed_log_position
-            self._committed_log_position = None  # unknown until this COMMIT returns
-            cursor.execute("BEGIN TRANSACTION")
+        transaction = LogRound(self, done_at=position)
+        try:
+            transaction.add(events, devices, tables)
+            transaction.commit(position)
+        except BaseException:
+            transaction.abort()
+            raise
+
+    def open_log_round(self, start: int) -> LogRound:
+        """Begin one loader round that continues the log from ``start`` (the recorded
+        position): its rows are added piece by piece as the loader reads them
+        (:meth:`LogRound.add`), and :meth:`LogRound.commit` records its end position with them
+        in the same transaction. Holds the write lock until the commit or
+        :meth:`LogRound.abort`. A round that starts below the recorded position was committed
+        before: its pieces are skipped."""
+        return LogRound(self, done_at=start + 1)
+
+    def _append_log_rows(
+        self,
+        cursor: duckdb.DuckDBPyConnection,
+        events: pa.Table | None,
+        devices: pa.Table | None,
+        tables: Sequence[tuple[str, pa.Table]],
+    ) -> None:
+        given = dict(tables)
+        tables = [(name, table) for name, table in tables if name not in rollups.TABLES]
+        if events is not None and events.num_rows:
+            partials = None
+            if rollups.TABLES[0] in given:
+                partials = rollups.Partials(*(given[name] for name in rollups.TABLES))
+            insert_events(cursor, events, partials)
+        if devices is not None and devices.num_rows:
+            # A device first seen in the unloaded log before a restart is claimed again
+            # after it: keep the first row per device.
+            cursor.register("_log_devices", devices)
             try:
-                # The check costs a statement per round (rounds are small at low load); it is
-                # only needed when the previous commit's outcome is unknown (it raised, or this
-                # is the first since start). This process is the file's only writer.
-                if known is None or known >= position:
-                    recorded = cursor.execute(
-                        "SELECT position FROM ingest_position WHERE log = 'main'"
-                    ).fetchall()
-                    if recorded and int(recorded[0][0]) >= position:
-                        cursor.execute("ROLLBACK")
-                        self._committed_log_position = int(recorded[0][0])
-                        return
-                given = dict(tables)
-                tables = [(name, table) for name, table in tables if name not in rollups.TABLES]
-                if events is not None and events.num_rows:
-                    partials = None
-                    if rollups.TABLES[0] in given:
-                        partials = rollups.Partials(*(given[name] for name in rollups.TABLES))
-                    insert_events(cursor, events, partials)
-                if devices is not None and devices.num_rows:
-                    # A device first seen in the unloaded log before a restart is claimed again
-                    # after it: keep the first row per device.
-                    cursor.register("_log_devices", devices)
-                    try:
-                        cursor.execute(
-                            "INSERT INTO devices SELECT d.* FROM (SELECT * FROM _log_devices"
-                            " QUALIFY row_number() OVER (PARTITION BY project_id, device_id) = 1) d"
-                            " WHERE NOT EXISTS (SELECT 1 FROM devices x WHERE x.project_id ="
-                            " d.project_id AND x.device_id = d.device_id)"
-                        )
-                    finally:
-                        cursor.unregister("_log_devices")
-                for name, table in tables:
-                    if name not in ("telemetry", "telemetry_messages", "identities"):
-                        raise ValueError(f"the loader does not write table {name!r}")
-                    if table.num_rows:
-                        cursor.from_arrow(table).insert_into(name)
-                        if name == "identities":  # the person map, in this transaction
-                            person_map.links_added(cursor, table)
                 cursor.execute(
-                    "UPDATE ingest_position SET position = ?, loaded_at = now()::TIMESTAMP"
-                    " WHERE log = 'main'",
-                    [position],
+                    "INSERT INTO devices SELECT d.* FROM (SELECT * FROM _log_devices"
+                    " QUALIFY row_number() OVER (PARTITION BY project_id, device_id) = 1) d"
+                    " WHERE NOT EXISTS (SELECT 1 FROM devices x WHERE x.project_id ="
+                    " d.project_id AND x.device_id = d.device_id)"
                 )
-                cursor.execute("COMMIT")
-                self._committed_log_position = position
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
+            finally:
+                cursor.unregister("_log_devices")
+        for name, table in tables:
+            if name not in ("telemetry", "telemetry_messages", "identities"):
+                raise ValueError(f"the loader does not write table {name!r}")
+            if table.num_rows:
+                cursor.from_arrow(table).insert_into(name)
+                if name == "identities":  # the person map, in this transaction
+                    person_map.links_added(cursor, table)
 
     def default_ingest_log_config(self) -> IngestLogConfig:
         if str(self.path) == ":memory:":
@@ -315,3 +312,71 @@ class DuckDBStore(DuckDBRows):
                 import shutil
 
                 shutil.rmtree(self._memory_log_dir, ignore_errors=True)
+
+
+class LogRound:
+    """One loader round's transaction (:meth:`DuckDBStore.open_log_round`)."""
+
+    def __init__(self, store: DuckDBStore, *, done_at: int) -> None:
+        """Begin; the round is skipped if the recorded position is at least ``done_at``."""
+        self._store = store
+        store._write_lock.acquire()
+        self._open = True
+        self._skip: int | None = None  # the recorded position, when the round is in already
+        try:
+            self._cursor = store._cursor()
+            known = store._committed_log_position
+            store._committed_log_position = None  # unknown until this COMMIT returns
+            self._cursor.execute("BEGIN TRANSACTION")
+            # The check costs a statement per round (rounds are small at low load); it is only
+            # needed when the previous commit's outcome is unknown (it raised, or this is the
+            # first since start). This process is the file's only writer.
+            if known is None or known >= done_at:
+                recorded = self._cursor.execute(
+                    "SELECT position FROM ingest_position WHERE log = 'main'"
+                ).fetchall()
+                if recorded and int(recorded[0][0]) >= done_at:
+                    self._skip = int(recorded[0][0])
+        except BaseException:
+            self.abort()
+            raise
+
+    def add(
+        self,
+        events: pa.Table | None = None,
+        devices: pa.Table | None = None,
+        tables: Sequence[tuple[str, pa.Table]] = (),
+    ) -> None:
+        """Append one piece of the round's rows (see :meth:`DuckDBStore.commit_log_batch`)."""
+        if self._skip is None:
+            self._store._append_log_rows(self._cursor, events, devices, tables)
+
+    def commit(self, position: int) -> None:
+        """Record ``position`` and commit everything added (on failure, call :meth:`abort`)."""
+        store = self._store
+        if self._skip is not None:
+            self.abort()
+            store._committed_log_position = self._skip
+            return
+        self._cursor.execute(
+            "UPDATE ingest_position SET position = ?, loaded_at = now()::TIMESTAMP"
+            " WHERE log = 'main'",
+            [position],
+        )
+        self._cursor.execute("COMMIT")
+        store._committed_log_position = position
+        self._open = False
+        store._write_lock.release()
+
+    def abort(self) -> None:
+        """Roll back whatever was added (idempotent; no error of its own escapes)."""
+        if not self._open:
+            return
+        self._open = False
+        try:
+            if hasattr(self, "_cursor"):
+                self._cursor.execute("ROLLBACK")
+        except Exception:  # noqa: S110 - no transaction open, or the connection is gone
+            pass
+        finally:
+            self._store._write_lock.release()
