@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -293,3 +294,41 @@ def test_a_read_failure_inside_a_round_abandons_its_pieces(
     store.close()
     assert loader.failures == 1
     assert _count(tmp_path / "t.duckdb") == (len(EVENTS), len(EVENTS), len(EVENTS))
+
+
+def test_a_small_round_lingers_until_a_reader_flushes_or_the_log_grows(
+    filled_log: Path, tmp_path: Path
+) -> None:
+    """A small round waits (here a 60 s linger); a reader's flush starts it at once, and so
+    does a pending log past ``linger_bytes``."""
+    log = tmp_path / "log"
+    shutil.copytree(filled_log, log)
+    ends = _log_end(log)
+    store = DuckDBStore(tmp_path / "t.duckdb")
+    loaded: list[int] = []
+    changed = threading.Condition()
+
+    def report(position: int, rows: int, seconds: float) -> None:
+        with changed:
+            loaded.append(position)
+            changed.notify_all()
+
+    def reaches(position: int, timeout: float) -> bool:
+        with changed:
+            return changed.wait_for(lambda: bool(loaded) and loaded[-1] >= position, timeout)
+
+    loader = Loader(store, log, report, round_interval=0.05, linger=60.0, linger_bytes=1 << 30)
+    loader.start()
+    try:
+        loader.notify(ends[0])
+        assert reaches(ends[0], 10)  # after an idle spell a round starts at once
+        loader.notify(ends[1])
+        assert not reaches(ends[1], 1.0)  # small: lingers (for up to 60 s)
+        loader.flush()
+        assert reaches(ends[1], 10)
+        loader.linger_bytes = 1
+        loader.notify(ends[2])
+        assert reaches(ends[2], 10)  # past linger_bytes: no linger
+    finally:
+        loader.stop()
+        store.close()

@@ -105,6 +105,7 @@ class Store(ABC):
             self, config.directory, self.load_progress.set_loaded, max_rows=config.max_load_rows
         )
         self._loader.start()
+        self.load_progress.on_wait(self._loader.flush)
         return self._loader.position
 
     def _notify_durable(self, position: int) -> None:

@@ -152,9 +152,14 @@ class LoadProgress:
         self.rows_per_s = 0.0
         self.loaded_rows = 0
         self._listeners: list[Callable[[int], None]] = []
+        self._on_wait: list[Callable[[], None]] = []
 
     def on_loaded(self, listener: Callable[[int], None]) -> None:
         self._listeners.append(listener)
+
+    def on_wait(self, hurry: Callable[[], None]) -> None:
+        """``hurry()`` runs when a reader starts waiting (the loader's flush: end its linger)."""
+        self._on_wait.append(hurry)
 
     def set_durable(self, position: int) -> None:
         with self._cond:
@@ -195,6 +200,8 @@ class LoadProgress:
             return False
         except RuntimeError:
             pass
+        for hurry in self._on_wait:
+            hurry()
         return self.wait_loaded(target, timeout)
 
 

@@ -83,6 +83,8 @@ def _serve_log(store: Any, conn: Connection, loaders: list[Any]) -> None:
             return
         if message[0] == "durable" and loaders:
             loaders[0].notify(message[1])
+        elif message[0] == "flush" and loaders:
+            loaders[0].flush()
         elif message[0] == "attach":
             try:
                 loader = Loader(store, Path(message[1]), report, max_rows=message[2])
@@ -249,6 +251,7 @@ class ProcessStore(DuckDBRows):
             target=self._read_log_channel, name="store-log-reader", daemon=True
         )
         self._log_reader.start()
+        self.load_progress.on_wait(self._flush_loader)
         with self._log_send_lock:
             self._log_channel.send(("attach", str(config.directory), config.max_load_rows))
         try:
@@ -273,9 +276,15 @@ class ProcessStore(DuckDBRows):
                 self._attached.put(message)
 
     def _notify_durable(self, position: int) -> None:
+        self._send_log(("durable", position))
+
+    def _flush_loader(self) -> None:
+        self._send_log(("flush",))
+
+    def _send_log(self, message: tuple[Any, ...]) -> None:
         with self._log_send_lock:
             try:
-                self._log_channel.send(("durable", position))
+                self._log_channel.send(message)
             except OSError as exc:
                 log.error("store process is not answering", extra={"error": str(exc)})
 
