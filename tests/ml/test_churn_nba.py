@@ -108,6 +108,27 @@ def test_churn_model_rejects_single_class_and_text_features() -> None:
     assert info.value.code == "churn_invalid_features"
 
 
+@pytest.mark.parametrize("method", ["blend", "hist_gb", "log_linear", "logistic"])
+def test_a_feature_empty_in_every_training_row_is_left_out(method: str) -> None:
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(
+        {"recency": rng.exponential(10, 300), "visits": rng.integers(1, 40, 300).astype(float)}
+    )
+    churned = (frame["recency"] + rng.normal(0, 4, 300) > 10).astype(int)
+    with_empty = frame.assign(value_total=np.nan)  # e.g. a shop with no purchase yet
+    model = ChurnModel(method=method, random_state=3).fit(with_empty, churned)
+    reference = ChurnModel(method=method, random_state=3).fit(frame, churned)
+    assert model.features_ == ["recency", "visits"]
+    np.testing.assert_allclose(
+        model.predict_proba(with_empty), reference.predict_proba(frame), rtol=1e-12
+    )
+    np.testing.assert_allclose(model.predict_proba(frame), reference.predict_proba(frame))
+    with pytest.raises(ValidationFailed) as info:
+        ChurnModel(method=method).fit(frame * np.nan, churned)
+    assert info.value.code == "churn_invalid_features"
+    assert {d["path"] for d in info.value.details} == {"recency", "visits"}
+
+
 CUSTOMERS = pd.DataFrame(
     {"churn_risk": [0.9, 0.9, 0.1], "ltv": [1000, 40, 1000], "country": ["DE", "DE", "FR"]},
     index=["c1", "c2", "c3"],

@@ -270,6 +270,18 @@ class ChurnModel:
         self.features_ = None
         self.bgnbd_ = None
         x = self._matrix(features)
+        # A column with no value in any training row carries nothing to learn, and
+        # HistGradientBoosting cannot bin it: leave it out, here and when predicting.
+        kept = [c for c in features.columns if features[c].notna().any()]
+        if not kept:
+            raise ValidationFailed(
+                "every feature column is empty",
+                code="churn_invalid_features",
+                details=[{"path": c, "message": "no values"} for c in features.columns],
+            )
+        if len(kept) < len(features.columns):
+            self.features_ = kept
+            x = self._matrix(features)
         y = np.asarray(churned, dtype=int)
         counts = (
             np.bincount(y, minlength=2)
@@ -315,7 +327,7 @@ class ChurnModel:
             base = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
         self.model_ = CalibratedClassifierCV(base, method=self.calibration, cv=self.cv)
         self.model_.fit(x, y)
-        self.features_ = list(features.columns)
+        self.features_ = kept
         return self
 
     def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
