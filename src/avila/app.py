@@ -92,7 +92,6 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         in_process=False,
         memory_limit=settings.duckdb_memory_limit,
         query_timeout=settings.query_timeout,
-        store_nice=settings.store_nice,
         clickhouse=ClickHouseOptions.from_settings(settings),
     )
     if store.ingest_log_config is None:

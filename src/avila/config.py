@@ -101,14 +101,6 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Cap on DuckDB's memory in the store process: `4GB`, or a share of physical RAM such as `50%`; empty: DuckDB's own default (80 % of RAM).",
     ),
     SettingSpec(
-        "store_nice",
-        "AVILA_STORE_NICE",
-        "10",
-        "Scheduling niceness (0-19) of the DuckDB store process, whose work (loading the ingest"
-        " log, checkpoints, queries) can wait a little; the server process that acknowledges"
-        " writes keeps priority 0, so the store's bursts do not delay a 202. 0: equal priority.",
-    ),
-    SettingSpec(
         "query_timeout",
         "AVILA_QUERY_TIMEOUT",
         "30",
@@ -374,7 +366,6 @@ class Settings:
     clickhouse_ttl_days: int = 0
     clickhouse_insert_quorum: int = 0
     duckdb_memory_limit: str = "50%"
-    store_nice: int = 10
     query_timeout: float = 30.0
     flush_max_events: int = 25_000
     ingest_log_dir: Path | None = None
@@ -463,7 +454,6 @@ class Settings:
             "clickhouse_ttl_days": lambda env, raw: _parse_int(env, raw, 0, 100 * 366),
             "clickhouse_insert_quorum": lambda env, raw: _parse_int(env, raw, 0, 64),
             "duckdb_memory_limit": _parse_memory,
-            "store_nice": lambda env, raw: _parse_int(env, raw, 0, 19),
             "query_timeout": lambda env, raw: _parse_float(env, raw, 0, 86_400),
             "flush_max_events": lambda env, raw: _parse_int(env, raw, 1, 10_000_000),
             "ingest_log_dir": lambda env, raw: Path(raw.strip()) if raw.strip() else None,

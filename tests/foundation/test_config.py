@@ -66,8 +66,6 @@ def test_cli_overrides_win_over_environment() -> None:
         ("AVILA_MQTT_URL", "http://broker"),
         ("AVILA_REDIS_URL", "http://cache:6379"),
         ("AVILA_MQTT_SHARE_GROUP", "a/b"),
-        ("AVILA_STORE_NICE", "20"),
-        ("AVILA_STORE_NICE", "-5"),
     ],
 )
 def test_invalid_values_fail_naming_the_variable(name: str, value: str) -> None:
@@ -103,26 +101,3 @@ def test_duckdb_memory_limit_reaches_duckdb_in_the_store_process(tmp_path: Path)
         assert store.query("SELECT current_setting('memory_limit')")[0][0] == "117.3 MiB"
     finally:
         store.close()
-
-
-def test_store_nice_defaults_to_ten_and_reaches_the_served_store_process(tmp_path: Path) -> None:
-    import os
-
-    from avila.testing.server import ServerProcess
-
-    assert Settings.from_env({}, env_file=None).store_nice == 10
-    server = ServerProcess(tmp_path, env={"AVILA_STORE_NICE": "4"}).start()
-    try:
-        assert server.proc is not None
-        children = {
-            int(pid)
-            for task in Path(f"/proc/{server.proc.pid}/task").iterdir()
-            for pid in (task / "children").read_text().split()
-        }
-        names = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children}
-        stores = [pid for pid, cmd in names.items() if b"spawn_main" in cmd]
-        assert len(stores) == 1, names
-        base = os.getpriority(os.PRIO_PROCESS, server.proc.pid)
-        assert os.getpriority(os.PRIO_PROCESS, stores[0]) == min(19, base + 4)
-    finally:
-        server.stop()

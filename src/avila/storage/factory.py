@@ -20,7 +20,6 @@ def open_store(
     lock_wait: float = 15.0,
     memory_limit: str = "",
     query_timeout: float = 0,
-    store_nice: int = 0,
     clickhouse: ClickHouseOptions | None = None,
 ) -> Store:
     """Open ``duckdb:///relative/path`` or ``duckdb:////absolute/path``; ``chdb:///abs/dir``
@@ -30,8 +29,7 @@ def open_store(
     :mod:`avila.storage.duckdb.process`). ``lock_wait`` is how long to wait for another
     process (a stopping server) to release the file; CLI tools pass a short one.
     ``query_timeout``: reads are cancelled past this many seconds (0: never); DuckDB by a
-    watchdog thread, ClickHouse by its ``max_execution_time`` setting. ``store_nice``: the
-    niceness of DuckDB's child process (``in_process=False`` only).
+    watchdog thread, ClickHouse by its ``max_execution_time`` setting.
 
     ClickHouse stores always run in this process (see :mod:`avila.storage.clickhouse.store`);
     ``clickhouse`` defaults to the ``AVILA_CLICKHOUSE_*`` settings of the environment, so every
@@ -42,9 +40,7 @@ def open_store(
         if not in_process and not read_only:
             from avila.storage.duckdb.process import ProcessStore
 
-            return ProcessStore(
-                path, memory_limit=memory_limit, query_timeout=query_timeout, nice=store_nice
-            )
+            return ProcessStore(path, memory_limit=memory_limit, query_timeout=query_timeout)
         from avila.storage.duckdb.store import DuckDBStore
 
         return DuckDBStore(

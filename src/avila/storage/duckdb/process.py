@@ -138,18 +138,6 @@ def _serve_requests(store: Store, conn: Connection) -> None:
                 return
 
 
-def _lower_priority(nice: int) -> None:
-    """Make this process ``nice`` steps nicer, so the store's loading, checkpoints and queries
-    yield the CPU to the server process, which answers 202s. Linux keeps a niceness per
-    thread: the threads that importing pyarrow and DuckDB already started are set one by one,
-    and every thread started later (DuckDB's workers) inherits it from its creator."""
-    target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice)
-    tasks = Path("/proc/self/task")
-    for tid in [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]:
-        with suppress(OSError):  # a thread that has just exited
-            os.setpriority(os.PRIO_PROCESS, tid, target)
-
-
 def _child_main(
     path: str,
     threads: int | None,
@@ -157,12 +145,9 @@ def _child_main(
     channels: list[Connection],
     ready: Connection,
     query_timeout: float = 0,
-    nice: int = 0,
 ) -> None:
     from avila.storage.duckdb.store import DuckDBStore
 
-    if nice > 0:
-        _lower_priority(nice)
     try:
         store = DuckDBStore(
             Path(path), threads=threads, memory_limit=memory_limit, query_timeout=query_timeout
@@ -212,7 +197,6 @@ class ProcessStore(DuckDBRows):
         memory_limit: str = "",
         start_timeout: float = 60,
         query_timeout: float = 0,
-        nice: int = 0,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         pairs = [ctx.Pipe(duplex=True) for _ in range(2 + READ_CHANNELS)]
@@ -226,7 +210,6 @@ class ProcessStore(DuckDBRows):
                 [child for _, child in pairs],
                 ready_child,
                 query_timeout,
-                nice,
             ),
             name="avila-store",
             daemon=True,
