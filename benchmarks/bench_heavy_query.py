@@ -50,6 +50,10 @@ HEAVY = [
 ]  # fmt: skip
 
 
+#: The 1-minute load average when the benchmark started (the neighbours' share of the cores).
+LOAD_AT_START = os.getloadavg()[0]
+
+
 def pick_store() -> Path:
     """The largest analytics_<N>.duckdb not written to in the last 5 minutes (one being built
     is still growing)."""
@@ -138,7 +142,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--store", type=Path, default=None, help="default: the largest bench store")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--env", action="append", default=[], help="extra server setting NAME=VALUE"
+    )
     args = parser.parse_args()
+    extra_env = dict(item.split("=", 1) for item in args.env)
     source = args.store or pick_store()
     rows = int(re.findall(r"\d+", source.name)[0])
     scratch = Path(tempfile.mkdtemp(prefix="avila-bench-heavy-"))
@@ -157,6 +165,7 @@ def main() -> None:
                 "RATE_LIMIT_PER_MINUTE": "0",
                 "LOG_LEVEL": "warning",
                 "AVILA_QUERY_TIMEOUT": "0",
+                **extra_env,
             },
         )
         server.start(timeout=300)
@@ -174,7 +183,7 @@ def main() -> None:
     lines = [
         f"{rows:,}-event store ({source.name}), single events at {args.rate:,.0f} req/s open"
         f" loop, {args.seconds:g} s per phase, {args.rounds} rounds (median; then each round"
-        " quiet / heavy)",
+        " quiet / heavy)" + "".join(f"; server setting {k}={v}" for k, v in extra_env.items()),
         "",
         "| | quiet (median) | heavy queries running (median) | rounds: quiet / heavy |",
         "|---|---|---|---|",
@@ -192,9 +201,9 @@ def main() -> None:
         write_section(
             "bench_heavy_query",
             "## Ingest while heavy queries run (`python benchmarks/bench_heavy_query.py --rounds"
-            f" {args.rounds} --seconds {args.seconds:g}`)\n\n{stamp()}\nMachine: 2 cores, shared"
-            f" with other helpers' tests and benchmarks (load average {os.getloadavg()[0]:.1f}"
-            " when written); the load generator and the heavy-query client run on the same"
+            f" {args.rounds} --seconds {args.seconds:g}`)\n\n{stamp()}\nMachine: {os.cpu_count()} cores,"
+            f" load average {LOAD_AT_START:.1f} when the run started and"
+            f" {os.getloadavg()[0]:.1f} when written; the load generator and the heavy-query client run on the same"
             " cores. Heavy query: overview and 12-week retention over the whole bench project,"
             " alternating, one at a time, back to back.\n\n" + table,
         )
