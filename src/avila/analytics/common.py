@@ -8,6 +8,7 @@ bound as a parameter after matching :data:`_JSON_KEY_PATH`. Values are always pa
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from collections.abc import Mapping, Sequence
@@ -371,35 +372,58 @@ def where_clause(
 # --- time zones and calendar buckets -------------------------------------------------------
 
 
-def _offset_us(tz: ZoneInfo, at_us: int) -> int:
-    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at_us)
-    offset = moment.astimezone(tz).utcoffset() or timedelta(0)
-    return int(offset / timedelta(microseconds=1))
+def _offset_at(tz: ZoneInfo, second: int) -> int:
+    """UTC offset of ``tz`` (microseconds) at ``second`` seconds since the epoch. Zones change
+    offset on whole seconds, so the second is as good as any microsecond in it."""
+    offset = datetime.fromtimestamp(second, tz).utcoffset()
+    return int(offset.total_seconds()) * US_PER_SECOND if offset else 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _transitions(tz: ZoneInfo, year: int) -> tuple[tuple[int, int], ...]:
+    """``(second, offset_us)`` for each change of ``tz``'s UTC offset in the UTC year ``year``:
+    the first second with the new offset, found by hourly sampling and bisection to the second
+    (a change reverted within the hour is missed). Cached: a dashboard asks about the same
+    years again and again, and this runs in the server process, beside the event loop."""
+    start = int(datetime(year, 1, 1, tzinfo=UTC).timestamp())
+    end = int(datetime(year + 1, 1, 1, tzinfo=UTC).timestamp())
+    found: list[tuple[int, int]] = []
+    current = _offset_at(tz, start)
+    at = start
+    while at < end:
+        nxt = min(at + 3600, end)
+        if _offset_at(tz, nxt) != current:
+            a, b = at, nxt  # offset(a) == current, offset(b) differs
+            while b - a > 1:
+                mid = (a + b) // 2
+                if _offset_at(tz, mid) == current:
+                    a = mid
+                else:
+                    b = mid
+            current = _offset_at(tz, b)
+            found.append((b, current))
+        at = nxt
+    return tuple(found)
+
+
+def _utc_year(at_us: int) -> int:
+    return (datetime(1970, 1, 1) + timedelta(microseconds=at_us)).year
 
 
 def utc_offsets(tz: ZoneInfo, lo: datetime, hi: datetime) -> list[tuple[int, int]]:
     """Piecewise-constant UTC offset of ``tz`` over ``[lo, hi]``: ``[(from_us, offset_us)]``.
 
-    The first piece starts at -inf (``from_us`` is ignored); transitions are found by hourly
-    sampling and bisection to the second, so pieces shorter than an hour may be missed.
+    The first piece starts at -inf (``from_us`` is ignored); each later one at the exact
+    microsecond its offset begins. Offset changes shorter than an hour may be missed.
     """
-    step = 3600 * US_PER_SECOND
     lo_us = int((naive_utc(lo) - datetime(1970, 1, 1)) / timedelta(microseconds=1)) - US_PER_DAY
     hi_us = int((naive_utc(hi) - datetime(1970, 1, 1)) / timedelta(microseconds=1)) + US_PER_DAY
-    pieces = [(lo_us, _offset_us(tz, lo_us))]
-    at = lo_us
-    while at < hi_us:
-        nxt = min(at + step, hi_us)
-        if _offset_us(tz, nxt) != pieces[-1][1]:
-            a, b = at, nxt  # offset(a) == current, offset(b) differs
-            while b - a > US_PER_SECOND:
-                mid = (a + b) // 2
-                if _offset_us(tz, mid) == pieces[-1][1]:
-                    a = mid
-                else:
-                    b = mid
-            pieces.append((b, _offset_us(tz, b)))
-        at = nxt
+    pieces = [(lo_us, _offset_at(tz, lo_us // US_PER_SECOND))]
+    for year in range(max(_utc_year(lo_us), 1), min(_utc_year(hi_us), 9998) + 1):
+        for second, offset in _transitions(tz, year):
+            at = second * US_PER_SECOND
+            if lo_us < at <= hi_us and offset != pieces[-1][1]:
+                pieces.append((at, offset))
     return pieces
 
 
