@@ -8,8 +8,13 @@ round, two phases of ``--seconds`` each on the same server:
 - **quiet**: single-event ``POST /api/v1/events`` open loop at ``--rate`` req/s (latency from
   the due time, no coordinated omission) and ``GET /health`` every 100 ms;
 - **heavy**: the same, while one client runs the heavy analytics query in a loop (overview and
-  weekly retention over the whole 365-day range of the bench project, alternating), each
-  under the server's ``AVILA_QUERY_TIMEOUT`` (0 here: the query runs to the end).
+  weekly retention over the whole range of the bench project's data, ``SPAN_DAYS`` up to
+  ``END`` of bench_analytics.py, alternating), each under the server's
+  ``AVILA_QUERY_TIMEOUT`` (0 here: the query runs to the end). A heavy query that finds no
+  events stops the run: it would measure nothing.
+
+The heavy-query client and the ``/health`` probe run in a process of their own: in the load
+generator's process their threads would take its GIL and delay the requests it times.
 
 Reported per phase: ingest p50/p99/p99.9, non-202 count, /health p50/p99/max, and the number
 and median duration of heavy queries; medians over ``--rounds`` rounds. The machine is shared.
@@ -29,13 +34,17 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import timedelta
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import loadgen  # noqa: E402
+from bench_analytics import END, SPAN_DAYS  # noqa: E402
 from events import single_body  # noqa: E402
 from results import stamp, write_section  # noqa: E402
 
@@ -44,9 +53,11 @@ from avila.testing.server import ServerProcess  # noqa: E402
 
 BENCHDATA = Path("/work/benchdata")
 INGEST_KEY = "heavy-bench-key"
+_FIRST = (END - timedelta(days=SPAN_DAYS)).isoformat() + "Z"
+_LAST = (END + timedelta(days=1)).isoformat() + "Z"
 HEAVY = [
-    ("GET", "/api/v1/analytics/overview", {"start_time": "2025-01-01T00:00:00Z", "end_time": "2026-12-01T00:00:00Z"}, None),
-    ("POST", "/api/v1/analytics/cohort", None, {"period": "week", "periods": 12, "start_time": "2025-01-01T00:00:00Z", "end_time": "2026-12-01T00:00:00Z"}),
+    ("GET", "/api/v1/analytics/overview", {"start_time": _FIRST, "end_time": _LAST}, None),
+    ("POST", "/api/v1/analytics/cohort", None, {"period": "week", "periods": 12, "start_time": _FIRST, "end_time": _LAST}),
 ]  # fmt: skip
 
 
@@ -79,6 +90,9 @@ def heavy_loop(url: str, key: str, stop: threading.Event, durations: list[float]
             response = client.request(method, path, params=params, json=body)
             if response.status_code != 200:
                 raise SystemExit(f"{path}: {response.status_code} {response.text[:300]}")
+            answer = response.json()
+            if not (answer.get("total_events") or answer.get("cohorts")):
+                raise SystemExit(f"{path} found no events: {response.text[:300]}")
             durations.append(time.perf_counter() - started)
             i += 1
 
@@ -92,20 +106,42 @@ def health_loop(url: str, stop: threading.Event, latencies: list[float]) -> None
             stop.wait(0.1)
 
 
-def phase(
-    server: ServerProcess, bench_key: str, seconds: float, rate: float, heavy: bool, tag: str
-) -> dict[str, float]:
+def _probes(url: str, key: str, heavy: bool, done: Any, out: Any) -> None:
+    """The /health probe and (``heavy``) the heavy-query loop, in their own process, until
+    ``done`` is set; then their timings go to ``out``."""
     stop = threading.Event()
     durations: list[float] = []
     health: list[float] = []
-    threads = [threading.Thread(target=health_loop, args=(server.url, stop, health))]
+    failed: list[str] = []
+
+    def heavy_thread() -> None:
+        try:
+            heavy_loop(url, key, stop, durations)
+        except SystemExit as exc:
+            failed.append(str(exc))
+            stop.set()
+
+    threads = [threading.Thread(target=health_loop, args=(url, stop, health))]
     if heavy:
-        threads.append(
-            threading.Thread(target=heavy_loop, args=(server.url, bench_key, stop, durations))
-        )
-        threads[-1].start()
-        time.sleep(1.0)  # let the first heavy query get going
-    threads[0].start()
+        threads.append(threading.Thread(target=heavy_thread))
+    for thread in threads:
+        thread.start()
+    while not done.wait(0.1) and not stop.is_set():
+        pass
+    stop.set()
+    for thread in threads:
+        thread.join()
+    out.put((durations, health, failed))
+
+
+def phase(
+    server: ServerProcess, bench_key: str, seconds: float, rate: float, heavy: bool, tag: str
+) -> dict[str, float]:
+    ctx = get_context("spawn")
+    done, out = ctx.Event(), ctx.Queue()
+    probes = ctx.Process(target=_probes, args=(server.url, bench_key, heavy, done, out))
+    probes.start()
+    time.sleep(2.0 if heavy else 1.0)  # the probe process starts; the first heavy query runs
     host, port = "127.0.0.1", int(server.url.rsplit(":", 1)[1])
 
     def request(i: int) -> bytes:
@@ -114,9 +150,11 @@ def phase(
         )
 
     result = loadgen.run(loadgen.open_loop(host, port, rate, seconds, 32, request))
-    stop.set()
-    for thread in threads:
-        thread.join()
+    done.set()
+    durations, health, failed = out.get(timeout=1200)
+    probes.join()
+    if failed:
+        raise SystemExit(failed[0])
     ordered = sorted(health)
     return {
         "ingest p50 (ms)": result.percentile(0.50) * 1000,
