@@ -4,6 +4,7 @@ user ranges as in one pass, on random data with ties, duplicates and client sess
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 import numpy as np
@@ -70,3 +71,50 @@ def _rounded(value):
     if isinstance(value, list):
         return [_rounded(v) for v in value]
     return value
+
+
+@pytest.mark.parametrize("chunk_rows", [50, 333])
+def test_answers_read_in_slices_of_users_equal_one_pull(load, monkeypatch, chunk_rows: int) -> None:
+    """A long range is pulled in slices of the user hash (``CHUNK_ROWS``), one at a time, to
+    bound the server's memory; sessions and the overview add the slices up."""
+    store = load(random_events(9, n_users=150, with_sessions=True))
+    queries = [
+        RANGE,
+        {**RANGE, "timezone": "America/New_York"},
+        {**RANGE, "filters": [{"property": "country", "operator": "eq", "value": "DE"}]},
+        {"start_time": RANGE["end_time"], "end_time": (T0 + timedelta(days=9)).isoformat()},
+    ]
+    one_pull = [(sessions(store, PROJECT, q), overview(store, PROJECT, q)) for q in queries]
+    slices: list[tuple[int, int | None]] = []
+    original = user_order.rows_by_user
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if kwargs.get("key_range") is not None:
+            slices.append(kwargs["key_range"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(user_order, "rows_by_user", counting)
+    monkeypatch.setattr(user_order, "CHUNK_ROWS", chunk_rows)
+    sliced = [(sessions(store, PROJECT, q), overview(store, PROJECT, q)) for q in queries]
+    for q, got, expected in zip(queries, sliced, one_pull, strict=True):
+        for name, a, b in zip(("sessions", "overview"), got, expected, strict=True):
+            assert a.keys() == b.keys()
+            assert all(_same(a[k], b[k]) for k in a), (
+                q,
+                name,
+                [k for k in a if not _same(a[k], b[k])],
+            )
+    assert len(slices) > len(queries)  # more than one slice per pull
+    assert slices[0][0] == 0 and None in {hi for _, hi in slices}  # the whole hash space
+    assert one_pull[0][0]["sessions"] > 100 and one_pull[0][1]["dau"]  # the data is there
+
+
+def _same(a, b) -> bool:  # noqa: ANN001
+    """Equal, floats to 1e-12 relative (sums of the same terms in another order)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)

@@ -19,6 +19,7 @@ The overview costs two passes over the range, whatever it reports:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -44,7 +45,7 @@ from avila.analytics.common import (
     zone,
 )
 from avila.analytics.rollup_reads import overview_aggregates
-from avila.analytics.sessions import events_by_user, sessionize, summary
+from avila.analytics.sessions import Sessions, events_by_user, sessionize, summary
 from avila.schemas.analytics import OverviewQuery, TrendsQuery
 from avila.storage.base import Store
 
@@ -116,13 +117,21 @@ def overview(
         elif g == _BY_REFERRER:
             referrers.append((k2, int(n)))
 
-    table, codes = events_by_user(store, project_id, where)
-    found = sessionize(table, codes=codes)
-    local = local_us_array(np.asarray(table.column("t").to_numpy(), np.int64), tz, start, end)
-    active = {
-        interval: distinct_users_by_bucket(codes, local, interval)
-        for interval in ("day", "week", "month")
-    }
+    # Users and sessions need the rows user by user; a long range comes in slices of whole
+    # users, whose distinct users per bucket add up (no user is in two slices).
+    slices: list[Sessions] = []
+    active: dict[str, Counter[int]] = {"day": Counter(), "week": Counter(), "month": Counter()}
+    for table, codes in events_by_user(store, project_id, where, rows=total):
+        if not len(codes):
+            continue
+        codes = codes - codes[0]
+        slices.append(sessionize(table, codes=codes))
+        t_us = np.asarray(table.column("t").to_numpy(), np.int64)
+        local = local_us_array(t_us, tz, start, end)
+        del table, t_us
+        for interval, counts in active.items():
+            counts.update(dict(distinct_users_by_bucket(codes, local, interval)))
+    found = Sessions.concat(slices)
     sessions = summary(found)
     return {
         "start_time": start.isoformat() + "Z",
@@ -136,9 +145,17 @@ def overview(
         "countries": [{"country": c, "users": n} for c, n in _ranked(countries)[: q.top_n]],
         "devices": [{"device_type": d, "users": n} for d, n in _ranked(devices)[: q.top_n]],
         "revenue": revenue,
-        "dau": [{"date": bucket_label(b, "day"), "users": n} for b, n in active["day"]],
-        "wau": [{"week_start": bucket_label(b, "week"), "users": n} for b, n in active["week"]],
-        "mau": [{"month": bucket_label(b, "month"), "users": n} for b, n in active["month"]],
+        "dau": [
+            {"date": bucket_label(b, "day"), "users": n} for b, n in sorted(active["day"].items())
+        ],
+        "wau": [
+            {"week_start": bucket_label(b, "week"), "users": n}
+            for b, n in sorted(active["week"].items())
+        ],
+        "mau": [
+            {"month": bucket_label(b, "month"), "users": n}
+            for b, n in sorted(active["month"].items())
+        ],
         "bounce_rate": sessions["bounce_rate"],
         "avg_session_duration_seconds": sessions["avg_duration_seconds"],
         "pages_per_session": sessions["pages_per_session"],

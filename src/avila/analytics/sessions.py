@@ -20,7 +20,7 @@ bucket (:func:`distinct_users_by_bucket`), so the overview sorts its events once
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,7 +44,7 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
-from avila.analytics.user_order import parallel_parts, rows_by_user
+from avila.analytics.user_order import parallel_parts, rows_by_user_chunks
 from avila.schemas.analytics import SessionsQuery
 from avila.storage.base import Store
 
@@ -64,17 +64,24 @@ def sorted_events(store: Store, project_id: str, where: Expr) -> pa.Table:
     )
 
 
-def events_by_user(store: Store, project_id: str, where: Expr) -> tuple[pa.Table, np.ndarray]:
+def events_by_user(
+    store: Store, project_id: str, where: Expr, *, rows: int | None = None
+) -> Iterator[tuple[pa.Table, np.ndarray]]:
     """:func:`sorted_events` without the ``user_id`` column, users in hash order, and each
-    row's user number (see :func:`avila.analytics.user_order.rows_by_user`)."""
+    row's user number (see :func:`avila.analytics.user_order.rows_by_user`): in slices of
+    whole users when the range holds many rows (``rows``: their number if known)."""
     epoch = fragments(store)["epoch_us"].format("ts")
-    return rows_by_user(
+    source = events_source(store, project_id)
+    if rows is None:
+        ((rows,),) = store.query(f"SELECT count(*) FROM {source} WHERE {where.sql}", where.params)
+    return rows_by_user_chunks(
         store,
         f"SELECT user_id, session_id, {epoch} AS t, event_type = 'page_view' AS pv"
-        f" FROM {events_source(store, project_id)} WHERE {where.sql}",
+        f" FROM {source} WHERE {where.sql}",
         where.params,
         "session_id, t, pv",
         "t",
+        rows=int(rows or 0),
     )
 
 
@@ -101,6 +108,25 @@ class Sessions:
     @property
     def bounce(self) -> np.ndarray:
         return np.asarray((self.events == 1) & (self.page_views == 1), dtype=bool)
+
+    @staticmethod
+    def concat(slices: Sequence[Sessions]) -> Sessions:
+        """The sessions of consecutive slices of whole users as one (users numbered on)."""
+        if len(slices) == 1:
+            return slices[0]
+        if not slices:
+            none = np.zeros(0, dtype=np.int64)
+            return Sessions(0, none, np.zeros(0, dtype=object), none, none, none, none)
+        firsts = np.cumsum([0] + [part.n_users for part in slices[:-1]])
+        return Sessions(
+            n_users=sum(part.n_users for part in slices),
+            user=np.concatenate([p.user + f for p, f in zip(slices, firsts, strict=True)]),
+            session_id=np.concatenate([p.session_id for p in slices]),
+            start_us=np.concatenate([p.start_us for p in slices]),
+            end_us=np.concatenate([p.end_us for p in slices]),
+            events=np.concatenate([p.events for p in slices]),
+            page_views=np.concatenate([p.page_views for p in slices]),
+        )
 
 
 def sessionize(
@@ -239,8 +265,13 @@ def sessions(
             sorted_events(store, project_id, where), q.timeout_seconds, q.max_session_seconds
         )
     else:
-        table, codes = events_by_user(store, project_id, where)
-        found = sessionize(table, q.timeout_seconds, q.max_session_seconds, codes)
+        found = Sessions.concat(
+            [
+                sessionize(table, q.timeout_seconds, q.max_session_seconds, codes - codes[0])
+                for table, codes in events_by_user(store, project_id, where)
+                if len(codes)
+            ]
+        )
     result = summary(found)
     result["start_time"], result["end_time"] = iso(start), iso(end)
     result["by_day"] = by_day(found, tz, start, end)

@@ -11,12 +11,17 @@ prefix, which changes the hash state from its first byte), and when two neighbou
 agree on the first hash but not on the second, the rows are fetched again sorted by the id
 itself. What is left is two users equal in both 64-bit hashes at once; for n users the chance
 is about n² / 2¹²⁹ (5 M users: 4e-26), below any hardware error rate.
+
+A range of more than :data:`CHUNK_ROWS` rows is read in slices of the hash space
+(:func:`rows_by_user_chunks`): every slice holds whole users, in the same global order, so
+per-user passes over the slices one after the other give the answer of one pass over all rows,
+while only one slice is in this process's memory at a time.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -37,18 +42,25 @@ def rows_by_user(
     order: str,
     *,
     key_sql: str | None = None,
+    key_range: tuple[int, int | None] | None = None,
 ) -> tuple[pa.Table, np.ndarray]:
     """``columns`` of the rows of ``sql`` (which has a ``user_id`` column), sorted by user and
     then by ``order``, with each row's 0-based user number.
 
     Users are numbered in hash order (the same on every run of a backend). ``key_sql`` replaces
-    the first hash (tests use a colliding one to check the fallback)."""
+    the first hash (tests use a colliding one to check the fallback). ``key_range``
+    ``(lo, hi)`` keeps the users whose first hash is in ``[lo, hi)`` (``hi`` None: no end)."""
     frag = fragments(store)
     key = key_sql or frag["hash"].format("user_id")
     check = frag["hash"].format("'#' || user_id")
+    within, bounds = "", list(params)
+    if key_range is not None:
+        within = f" WHERE {key} >= ?" + (f" AND {key} < ?" if key_range[1] is not None else "")
+        bounds += [key_range[0]] + ([key_range[1]] if key_range[1] is not None else [])
     table = store.query_arrow(
-        f"SELECT {key} AS uh, {check} AS uh2, {columns} FROM ({sql}) AS r ORDER BY uh, {order}",
-        params,
+        f"SELECT {key} AS uh, {check} AS uh2, {columns} FROM ({sql}) AS r{within}"
+        f" ORDER BY uh, {order}",
+        bounds,
     )
     uh = table.column("uh").to_numpy()
     uh2 = table.column("uh2").to_numpy()
@@ -59,9 +71,44 @@ def rows_by_user(
             codes[1:] = np.cumsum(~same)
         return table.drop_columns(["uh", "uh2"]), codes
     table = store.query_arrow(
-        f"SELECT user_id, {columns} FROM ({sql}) AS r ORDER BY user_id, {order}", params
+        f"SELECT user_id, {columns} FROM ({sql}) AS r{within} ORDER BY user_id, {order}", bounds
     )
     return table, user_codes(table.column("user_id"))
+
+
+#: Most rows one pull brings into the server process. A pulled row costs it about 100 bytes
+#: at its peak (the Arrow columns, their numpy views, the sort keys and per-session arrays),
+#: so a slice is ~3 GB; a year of a busy project read at once ran the machine out of memory.
+CHUNK_ROWS = 1 << 25
+
+
+def rows_by_user_chunks(
+    store: Store,
+    sql: str,
+    params: Sequence[Any],
+    columns: str,
+    order: str,
+    *,
+    rows: int,
+    key_sql: str | None = None,
+) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """:func:`rows_by_user` for ``sql`` of about ``rows`` rows, in slices of at most about
+    :data:`CHUNK_ROWS` rows: consecutive ranges of the (uniform 64-bit) user hash, so each
+    slice holds whole users and the user numbers continue from one slice to the next."""
+    slices = max(1, -(-rows // CHUNK_ROWS))
+    if slices == 1:
+        yield rows_by_user(store, sql, params, columns, order, key_sql=key_sql)
+        return
+    first_user = 0
+    for i in range(slices):
+        lo = (i << 64) // slices
+        hi = ((i + 1) << 64) // slices if i + 1 < slices else None
+        table, codes = rows_by_user(
+            store, sql, params, columns, order, key_sql=key_sql, key_range=(lo, hi)
+        )
+        yield table, codes + first_user
+        if len(codes):
+            first_user += int(codes[-1]) + 1
 
 
 #: Below this many rows a second thread costs more than it saves.
