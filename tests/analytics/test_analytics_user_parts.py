@@ -118,3 +118,19 @@ def _same(a, b) -> bool:  # noqa: ANN001
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
+
+
+def test_the_time_limit_holds_for_all_slices_of_a_pull(load, monkeypatch) -> None:
+    """Each slice's query has ``AVILA_QUERY_TIMEOUT``; past it between slices, the whole
+    report stops with the same 504 error instead of running the limit once per slice."""
+    from avila.errors import QueryTimeout
+
+    store = load(random_events(9, n_users=150, with_sessions=True))
+    monkeypatch.setattr(user_order, "CHUNK_ROWS", 5)
+    assert sessions(store, PROJECT, RANGE)["sessions"] > 100  # no limit: all slices read
+    clock = iter(range(0, 10**6, 10))  # every look at the clock: 10 s later
+    monkeypatch.setattr(user_order, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(store, "query_timeout", 25.0)
+    with pytest.raises(QueryTimeout) as info:
+        overview(store, PROJECT, RANGE)
+    assert info.value.details == [{"limit_seconds": 25.0}]

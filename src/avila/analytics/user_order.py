@@ -23,12 +23,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from time import monotonic
 from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from avila.analytics.common import fragments, user_codes
+from avila.errors import QueryTimeout
 from avila.storage.base import Store
 
 T = TypeVar("T")
@@ -94,13 +96,19 @@ def rows_by_user_chunks(
 ) -> Iterator[tuple[pa.Table, np.ndarray]]:
     """:func:`rows_by_user` for ``sql`` of about ``rows`` rows, in slices of at most about
     :data:`CHUNK_ROWS` rows: consecutive ranges of the (uniform 64-bit) user hash, so each
-    slice holds whole users and the user numbers continue from one slice to the next."""
+    slice holds whole users and the user numbers continue from one slice to the next.
+    Raises :class:`QueryTimeout` when the store's ``query_timeout`` has passed between two
+    slices."""
     slices = max(1, -(-rows // CHUNK_ROWS))
     if slices == 1:
         yield rows_by_user(store, sql, params, columns, order, key_sql=key_sql)
         return
     first_user = 0
+    started = monotonic()
     for i in range(slices):
+        if i and store.query_timeout and monotonic() - started > store.query_timeout:
+            # Each slice's query has the limit; so has the whole pull.
+            raise QueryTimeout.after(store.query_timeout)
         lo = (i << 64) // slices
         hi = ((i + 1) << 64) // slices if i + 1 < slices else None
         table, codes = rows_by_user(

@@ -62,6 +62,9 @@ class Store(ABC):
     #: soon as something is durable). ClickHouse writes every insert as a new part; at low load
     #: one round per request would make many tiny parts, so its rounds gather for a moment.
     min_load_round_s: float = 0.0
+    #: Reads are cancelled past this many seconds (0: never). A report made of several reads
+    #: (a long range read in slices) also checks it between them, for the whole request.
+    query_timeout: float = 0.0
 
     # -- the ingest log (avila.storage.ingest_log): writes are acknowledged on it -----------
 

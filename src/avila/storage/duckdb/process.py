@@ -222,6 +222,7 @@ class ProcessStore(DuckDBRows):
         self._write = pairs[0][0]
         self._write_lock = threading.Lock()
         self.path = Path(path)
+        self.query_timeout = query_timeout
         self._log_channel = pairs[1][0]
         self._log_send_lock = threading.Lock()
         self._attached: queue.Queue[tuple[Any, ...]] = queue.Queue()

@@ -75,6 +75,7 @@ class DuckDBStore(DuckDBRows):
         self.path = Path(path)
         #: Reads (query, query_arrow) are cancelled past this many seconds (0: never).
         self.watchdog = Watchdog(query_timeout)
+        self.query_timeout = query_timeout
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         # Checkpoints (WAL folded into the main file) stall every commit while they run; fewer,
