@@ -106,6 +106,26 @@ def health_loop(url: str, stop: threading.Event, latencies: list[float]) -> None
             stop.wait(0.1)
 
 
+def peak_memory_gb(server: ServerProcess) -> dict[str, float]:
+    """Peak resident memory (VmHWM, GB) of the server process and of its store process."""
+
+    def hwm(pid: int) -> float:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+        return float("nan")
+
+    assert server.proc is not None
+    pid = server.proc.pid
+    children = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    stores = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return {"server": hwm(pid), "store": max((hwm(c) for c in stores), default=float("nan"))}
+
+
 def _probes(url: str, key: str, heavy: bool, done: Any, out: Any) -> None:
     """The /health probe and (``heavy``) the heavy-query loop, in their own process, until
     ``done`` is set; then their timings go to ``out``."""
@@ -214,6 +234,7 @@ def main() -> None:
                 heavy = phase(server, bench_key, args.seconds, args.rate, True, f"h{n}")
                 print(f"  round {n + 1}: quiet {quiet}\n           heavy {heavy}", file=sys.stderr)
                 rounds.append((quiet, heavy))
+            peaks = peak_memory_gb(server)
         finally:
             server.stop()
     finally:
@@ -233,6 +254,11 @@ def main() -> None:
         lines.append(
             f"| {name} | {statistics.median(quiet):,.2f} | **{statistics.median(heavy):,.2f}** | {each} |"
         )
+    lines.append("")
+    lines.append(
+        "Peak resident memory over the whole run (VmHWM): server process"
+        f" {peaks['server']:.1f} GB, store process {peaks['store']:.1f} GB."
+    )
     table = "\n".join(lines)
     print(table)
     if not args.no_write:

@@ -45,7 +45,7 @@ from avila.analytics.common import (
     zone,
 )
 from avila.analytics.rollup_reads import overview_aggregates
-from avila.analytics.sessions import Sessions, events_by_user, sessionize, summary
+from avila.analytics.sessions import SessionTotals, events_by_user, sessionize
 from avila.schemas.analytics import OverviewQuery, TrendsQuery
 from avila.storage.base import Store
 
@@ -119,25 +119,24 @@ def overview(
 
     # Users and sessions need the rows user by user; a long range comes in slices of whole
     # users, whose distinct users per bucket add up (no user is in two slices).
-    slices: list[Sessions] = []
+    totals = SessionTotals(tz, start, end)
     active: dict[str, Counter[int]] = {"day": Counter(), "week": Counter(), "month": Counter()}
     for table, codes in events_by_user(store, project_id, where, rows=total):
         if not len(codes):
             continue
         codes = codes - codes[0]
-        slices.append(sessionize(table, codes=codes))
+        totals.add(sessionize(table, codes=codes))
         t_us = np.asarray(table.column("t").to_numpy(), np.int64)
         local = local_us_array(t_us, tz, start, end)
         del table, t_us
         for interval, counts in active.items():
             counts.update(dict(distinct_users_by_bucket(codes, local, interval)))
-    found = Sessions.concat(slices)
-    sessions = summary(found)
+    sessions = totals.summary()
     return {
         "start_time": start.isoformat() + "Z",
         "end_time": end.isoformat() + "Z",
         "total_events": total,
-        "unique_users": found.n_users,
+        "unique_users": totals.users,
         "sessions": sessions["sessions"],
         "events_by_type": dict(_ranked(by_type)),
         "top_pages": [{"url": u, "views": n} for u, n in _ranked(pages)],

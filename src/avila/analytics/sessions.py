@@ -20,8 +20,8 @@ bucket (:func:`distinct_users_by_bucket`), so the overview sorts its events once
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -108,25 +108,6 @@ class Sessions:
     @property
     def bounce(self) -> np.ndarray:
         return np.asarray((self.events == 1) & (self.page_views == 1), dtype=bool)
-
-    @staticmethod
-    def concat(slices: Sequence[Sessions]) -> Sessions:
-        """The sessions of consecutive slices of whole users as one (users numbered on)."""
-        if len(slices) == 1:
-            return slices[0]
-        if not slices:
-            none = np.zeros(0, dtype=np.int64)
-            return Sessions(0, none, np.zeros(0, dtype=object), none, none, none, none)
-        firsts = np.cumsum([0] + [part.n_users for part in slices[:-1]])
-        return Sessions(
-            n_users=sum(part.n_users for part in slices),
-            user=np.concatenate([p.user + f for p, f in zip(slices, firsts, strict=True)]),
-            session_id=np.concatenate([p.session_id for p in slices]),
-            start_us=np.concatenate([p.start_us for p in slices]),
-            end_us=np.concatenate([p.end_us for p in slices]),
-            events=np.concatenate([p.events for p in slices]),
-            page_views=np.concatenate([p.page_views for p in slices]),
-        )
 
 
 def sessionize(
@@ -243,6 +224,70 @@ def by_day(found: Sessions, tz: ZoneInfo, lo: datetime, hi: datetime) -> list[di
     ]
 
 
+@dataclass
+class SessionTotals:
+    """What :func:`summary` and :func:`by_day` report, added up over slices of whole users
+    (:meth:`add` each slice's :class:`Sessions`, then drop it): a long range's sessions never
+    need to be in memory at once."""
+
+    tz: ZoneInfo
+    lo: datetime
+    hi: datetime
+    users: int = 0
+    sessions: int = 0
+    duration_s: float = 0.0
+    bounces: int = 0
+    page_views: int = 0
+    days: dict[int, np.ndarray] = field(default_factory=dict)  # day: [n, duration_s, bounces]
+
+    def add(self, found: Sessions) -> None:
+        self.users += found.n_users
+        if not len(found):
+            return
+        duration, bounce = found.duration_s, found.bounce
+        self.sessions += len(found)
+        self.duration_s += float(duration.sum())
+        self.bounces += int(bounce.sum())
+        self.page_views += int(found.page_views.sum())
+        days = local_us_array(found.start_us, self.tz, self.lo, self.hi) // (86_400 * US)
+        first = int(days.min())
+        offset = days - first
+        sums = np.stack(
+            [
+                np.bincount(offset).astype(np.float64),
+                np.bincount(offset, weights=duration),
+                np.bincount(offset, weights=bounce.astype(np.float64)),
+            ],
+            axis=1,
+        )
+        for i in np.flatnonzero(sums[:, 0]).tolist():
+            day = first + i
+            self.days[day] = self.days[day] + sums[i] if day in self.days else sums[i]
+
+    def summary(self) -> dict[str, Any]:
+        """As :func:`summary` of all slices' sessions together."""
+        n = self.sessions
+        return {
+            "sessions": n,
+            "avg_duration_seconds": self.duration_s / n if n else 0.0,
+            "bounce_rate": rate(self.bounces, n),
+            "pages_per_session": rate(self.page_views, n),
+            "users": self.users,
+        }
+
+    def by_day(self) -> list[dict[str, Any]]:
+        """As :func:`by_day` of all slices' sessions together."""
+        return [
+            {
+                "date": bucket_label(day, "day"),
+                "sessions": int(self.days[day][0]),
+                "avg_duration_seconds": float(self.days[day][1] / self.days[day][0]),
+                "bounce_rate": rate(self.days[day][2], self.days[day][0]),
+            }
+            for day in sorted(self.days)
+        ]
+
+
 def sessions(
     store: Store,
     project_id: str,
@@ -264,20 +309,21 @@ def sessions(
         found = sessionize(
             sorted_events(store, project_id, where), q.timeout_seconds, q.max_session_seconds
         )
-    else:
-        found = Sessions.concat(
-            [
-                sessionize(table, q.timeout_seconds, q.max_session_seconds, codes - codes[0])
-                for table, codes in events_by_user(store, project_id, where)
-                if len(codes)
-            ]
-        )
-    result = summary(found)
-    result["start_time"], result["end_time"] = iso(start), iso(end)
-    result["by_day"] = by_day(found, tz, start, end)
-    if user_id is not None:
+        result = summary(found)
+        result["start_time"], result["end_time"] = iso(start), iso(end)
+        result["by_day"] = by_day(found, tz, start, end)
         result["user_id"] = user_id
         result["items"] = recent_items(found, q.limit)
+        return result
+    totals = SessionTotals(tz, start, end)
+    for table, codes in events_by_user(store, project_id, where):
+        if len(codes):
+            totals.add(
+                sessionize(table, q.timeout_seconds, q.max_session_seconds, codes - codes[0])
+            )
+    result = totals.summary()
+    result["start_time"], result["end_time"] = iso(start), iso(end)
+    result["by_day"] = totals.by_day()
     return result
 
 
