@@ -85,15 +85,26 @@ def _replay(log: Path, db: Path, *, max_rows: int, catch_up_rows: int, target: i
     return sizes
 
 
+@pytest.fixture
+def log(filled_log: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the filled log."""
+    copy = tmp_path / "log"
+    shutil.copytree(filled_log, copy)
+    return copy
+
+
+def _pieced_loader(store: DuckDBStore, log: Path, report: Any = lambda *_: None) -> Loader:
+    """Rounds of 100 rows, catch-up rounds of 600 committed in pieces of 150."""
+    loader = Loader(store, log, report, max_rows=100, catch_up_rows=600)
+    loader.piece_rows = 150
+    return loader
+
+
 def _log_end(log: Path) -> list[int]:
     return [end for end, _ in read_frames(log, 0)]
 
 
-def test_a_backlog_loads_in_catch_up_rounds_and_each_row_once(
-    filled_log: Path, tmp_path: Path
-) -> None:
-    log = tmp_path / "log"
-    shutil.copytree(filled_log, log)
+def test_a_backlog_loads_in_catch_up_rounds_and_each_row_once(log: Path, tmp_path: Path) -> None:
     ends = _log_end(log)
     assert len(ends) == REQUESTS
     # 1,500 events waiting: rounds grow to 600 while the backlog holds at least half of that
@@ -146,9 +157,7 @@ def test_a_backlog_loads_in_catch_up_rounds_and_each_row_once(
         store.close()
 
 
-def test_a_short_backlog_keeps_ordinary_rounds(filled_log: Path, tmp_path: Path) -> None:
-    log = tmp_path / "log"
-    shutil.copytree(filled_log, log)
+def test_a_short_backlog_keeps_ordinary_rounds(log: Path, tmp_path: Path) -> None:
     ends = _log_end(log)
     # 250 events waiting: less than half a catch-up round, so rounds stop at max_rows
     sizes = _replay(log, tmp_path / "t.duckdb", max_rows=100, catch_up_rows=600, target=ends[4])
@@ -158,11 +167,9 @@ def test_a_short_backlog_keeps_ordinary_rounds(filled_log: Path, tmp_path: Path)
     assert sizes == [100] * 15
 
 
-def test_catch_up_then_exactly_once_across_a_restart(filled_log: Path, tmp_path: Path) -> None:
+def test_catch_up_then_exactly_once_across_a_restart(log: Path, tmp_path: Path) -> None:
     # A catch-up round is one transaction with its log position: a loader stopped after it and
     # started again loads only what follows.
-    log = tmp_path / "log"
-    shutil.copytree(filled_log, log)
     ends = _log_end(log)
     db = tmp_path / "t.duckdb"
     assert _replay(log, db, max_rows=100, catch_up_rows=600, target=ends[19]) == [600, 400]
@@ -200,18 +207,11 @@ def _count(db: Path) -> tuple[int, int, int]:
         store.close()
 
 
-def test_a_catch_up_round_streams_in_pieces_and_commits_once(
-    filled_log: Path, tmp_path: Path
-) -> None:
-    log = tmp_path / "log"
-    shutil.copytree(filled_log, log)
+def test_a_catch_up_round_streams_in_pieces_and_commits_once(log: Path, tmp_path: Path) -> None:
     end = _log_end(log)[-1]
     store = DuckDBStore(tmp_path / "t.duckdb")
     rounds: list[tuple[int, int]] = []
-    loader = Loader(
-        store, log, lambda e, n, _: rounds.append((e, n)), max_rows=100, catch_up_rows=600
-    )
-    loader.piece_rows = 150
+    loader = _pieced_loader(store, log, lambda e, n, _: rounds.append((e, n)))
     added: list[int] = []
     opened = store.open_log_round
 
@@ -236,14 +236,11 @@ def test_a_catch_up_round_streams_in_pieces_and_commits_once(
 
 
 def test_a_failed_piece_retries_the_whole_round_and_stores_it_once(
-    filled_log: Path, tmp_path: Path
+    log: Path, tmp_path: Path
 ) -> None:
-    log = tmp_path / "log"
-    shutil.copytree(filled_log, log)
     end = _log_end(log)[-1]
     store = DuckDBStore(tmp_path / "t.duckdb")
-    loader = Loader(store, log, lambda *_: None, max_rows=100, catch_up_rows=600)
-    loader.piece_rows = 150
+    loader = _pieced_loader(store, log)
     failures = {"left": 2}
     opened = store.open_log_round
 
@@ -270,14 +267,11 @@ def test_a_failed_piece_retries_the_whole_round_and_stores_it_once(
 
 
 def test_a_read_failure_inside_a_round_abandons_its_pieces(
-    filled_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    log = tmp_path / "log"
-    shutil.copytree(filled_log, log)
     end = _log_end(log)[-1]
     store = DuckDBStore(tmp_path / "t.duckdb")
-    loader = Loader(store, log, lambda *_: None, max_rows=100, catch_up_rows=600)
-    loader.piece_rows = 150
+    loader = _pieced_loader(store, log)
     from avila.storage import frames
 
     decode = frames.decode_event_values
@@ -297,12 +291,10 @@ def test_a_read_failure_inside_a_round_abandons_its_pieces(
 
 
 def test_a_small_round_lingers_until_a_reader_flushes_or_the_log_grows(
-    filled_log: Path, tmp_path: Path
+    log: Path, tmp_path: Path
 ) -> None:
     """A small round waits (here a 60 s linger); a reader's flush starts it at once, and so
     does a pending log past ``linger_bytes``."""
-    log = tmp_path / "log"
-    shutil.copytree(filled_log, log)
     ends = _log_end(log)
     store = DuckDBStore(tmp_path / "t.duckdb")
     loaded: list[int] = []

@@ -188,51 +188,16 @@ def _keyed(u: np.ndarray, t: np.ndarray, pv: np.ndarray, sid: pa.Array) -> _Part
     )
 
 
-def summary(found: Sessions) -> dict[str, Any]:
-    """``sessions``, ``avg_duration_seconds``, ``bounce_rate``, ``pages_per_session``, ``users``."""
-    count = len(found)
-    return {
-        "sessions": count,
-        "avg_duration_seconds": float(found.duration_s.mean()) if count else 0.0,
-        "bounce_rate": rate(int(found.bounce.sum()), count),
-        "pages_per_session": rate(int(found.page_views.sum()), count),
-        "users": found.n_users,
-    }
-
-
-def by_day(found: Sessions, tz: ZoneInfo, lo: datetime, hi: datetime) -> list[dict[str, Any]]:
-    """Sessions per local date of their first event."""
-    if not len(found):
-        return []
-    days = local_us_array(found.start_us, tz, lo, hi) // (86_400 * US)
-    first = int(days.min())
-    offset = days - first
-    counts = np.bincount(offset)
-    durations = np.bincount(offset, weights=found.duration_s)
-    bounces = np.bincount(offset, weights=found.bounce.astype(np.float64))
-    uniq = np.flatnonzero(counts)
-    counts, durations, bounces = counts[uniq], durations[uniq], bounces[uniq]
-    uniq = uniq + first
-    return [
-        {
-            "date": bucket_label(int(d), "day"),
-            "sessions": int(n),
-            "avg_duration_seconds": float(s / n),
-            "bounce_rate": rate(b, n),
-        }
-        for d, n, s, b in zip(uniq.tolist(), counts, durations, bounces, strict=True)
-    ]
-
-
 @dataclass
 class SessionTotals:
-    """What :func:`summary` and :func:`by_day` report, added up over slices of whole users
-    (:meth:`add` each slice's :class:`Sessions`, then drop it): a long range's sessions never
-    need to be in memory at once."""
+    """What a sessions report says (:meth:`summary`, :meth:`by_day`), added up over slices
+    of whole users (:meth:`add` each slice's :class:`Sessions`, then drop it): a long range's
+    sessions never need to be in memory at once. Sessions per local day are counted when
+    ``tz`` is given (with the range ``lo``, ``hi`` its offsets are looked up for)."""
 
-    tz: ZoneInfo
-    lo: datetime
-    hi: datetime
+    tz: ZoneInfo | None = None
+    lo: datetime = datetime(1970, 1, 1)
+    hi: datetime = datetime(1970, 1, 1)
     users: int = 0
     sessions: int = 0
     duration_s: float = 0.0
@@ -240,15 +205,17 @@ class SessionTotals:
     page_views: int = 0
     days: dict[int, np.ndarray] = field(default_factory=dict)  # day: [n, duration_s, bounces]
 
-    def add(self, found: Sessions) -> None:
+    def add(self, found: Sessions) -> SessionTotals:
         self.users += found.n_users
         if not len(found):
-            return
+            return self
         duration, bounce = found.duration_s, found.bounce
         self.sessions += len(found)
         self.duration_s += float(duration.sum())
         self.bounces += int(bounce.sum())
         self.page_views += int(found.page_views.sum())
+        if self.tz is None:
+            return self
         days = local_us_array(found.start_us, self.tz, self.lo, self.hi) // (86_400 * US)
         first = int(days.min())
         offset = days - first
@@ -263,9 +230,11 @@ class SessionTotals:
         for i in np.flatnonzero(sums[:, 0]).tolist():
             day = first + i
             self.days[day] = self.days[day] + sums[i] if day in self.days else sums[i]
+        return self
 
     def summary(self) -> dict[str, Any]:
-        """As :func:`summary` of all slices' sessions together."""
+        """``sessions``, ``avg_duration_seconds``, ``bounce_rate``, ``pages_per_session``,
+        ``users``."""
         n = self.sessions
         return {
             "sessions": n,
@@ -276,7 +245,7 @@ class SessionTotals:
         }
 
     def by_day(self) -> list[dict[str, Any]]:
-        """As :func:`by_day` of all slices' sessions together."""
+        """Sessions per local date of their first event (needs ``tz``)."""
         return [
             {
                 "date": bucket_label(day, "day"),
@@ -286,6 +255,11 @@ class SessionTotals:
             }
             for day in sorted(self.days)
         ]
+
+
+def summary(found: Sessions) -> dict[str, Any]:
+    """``sessions``, ``avg_duration_seconds``, ``bounce_rate``, ``pages_per_session``, ``users``."""
+    return SessionTotals().add(found).summary()
 
 
 def sessions(
@@ -306,24 +280,25 @@ def sessions(
     where = where_clause(store, project_id, start, end, q.filters)
     if user_id is not None:
         where = Expr(where.sql + " AND user_id = ?", (*where.params, user_id))
+    totals = SessionTotals(tz, start, end)
+    found = None
+    if user_id is not None:
         found = sessionize(
             sorted_events(store, project_id, where), q.timeout_seconds, q.max_session_seconds
         )
-        result = summary(found)
-        result["start_time"], result["end_time"] = iso(start), iso(end)
-        result["by_day"] = by_day(found, tz, start, end)
-        result["user_id"] = user_id
-        result["items"] = recent_items(found, q.limit)
-        return result
-    totals = SessionTotals(tz, start, end)
-    for table, codes in events_by_user(store, project_id, where):
-        if len(codes):
-            totals.add(
-                sessionize(table, q.timeout_seconds, q.max_session_seconds, codes - codes[0])
-            )
+        totals.add(found)
+    else:
+        for table, codes in events_by_user(store, project_id, where):
+            if len(codes):
+                totals.add(
+                    sessionize(table, q.timeout_seconds, q.max_session_seconds, codes - codes[0])
+                )
     result = totals.summary()
     result["start_time"], result["end_time"] = iso(start), iso(end)
     result["by_day"] = totals.by_day()
+    if found is not None:
+        result["user_id"] = user_id
+        result["items"] = recent_items(found, q.limit)
     return result
 
 
