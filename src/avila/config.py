@@ -107,6 +107,13 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Seconds a read query may run before it is cancelled with a 504 `query_timeout`; 0 turns the limit off.",
     ),
     SettingSpec(
+        "query_workers",
+        "AVILA_QUERY_WORKERS",
+        "2",
+        "Processes that run analytics queries, away from the process that acknowledges ingest"
+        " (DuckDB store); more requests wait for a free one. 0: run them in threads of the server.",
+    ),
+    SettingSpec(
         "flush_max_events",
         "AVILA_FLUSH_MAX_EVENTS",
         "25000",
@@ -367,6 +374,7 @@ class Settings:
     clickhouse_insert_quorum: int = 0
     duckdb_memory_limit: str = "50%"
     query_timeout: float = 30.0
+    query_workers: int = 2
     flush_max_events: int = 25_000
     ingest_log_dir: Path | None = None
     ingest_backlog_max_bytes: int = 2 << 30
@@ -455,6 +463,7 @@ class Settings:
             "clickhouse_insert_quorum": lambda env, raw: _parse_int(env, raw, 0, 64),
             "duckdb_memory_limit": _parse_memory,
             "query_timeout": lambda env, raw: _parse_float(env, raw, 0, 86_400),
+            "query_workers": lambda env, raw: _parse_int(env, raw, 0, 64),
             "flush_max_events": lambda env, raw: _parse_int(env, raw, 1, 10_000_000),
             "ingest_log_dir": lambda env, raw: Path(raw.strip()) if raw.strip() else None,
             "ingest_backlog_max_bytes": _parse_bytes,

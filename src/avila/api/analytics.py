@@ -4,7 +4,8 @@ lifecycle and stickiness.
 A thin transport layer over :mod:`avila.analytics`: bodies are decoded by Litestar with msgspec
 into the Structs of :mod:`avila.schemas.analytics` (schema errors: 422 ``validation_failed``
 with each field's path; malformed JSON: 400), GET query strings are collected into the same
-Structs, and the query runs in a worker thread so the event loop keeps serving ingestion.
+Structs, and the query runs in a query worker process (:mod:`avila.analytics.workers`; a
+thread of the server without one) so the event loop keeps serving ingestion.
 Semantic errors (one-step funnel, bad regex, unknown property...) are raised by the analytics
 functions as 422s with their own stable codes. The paths, lifecycle and stickiness routes also
 say what a bad field accepts (``allowed`` values or ``minimum``/``maximum``) in each detail. Every query is scoped to the key's project.
@@ -37,6 +38,8 @@ from avila.analytics.common import invalid, parse_query
 from avila.analytics.lifecycle import lifecycle
 from avila.analytics.paths import paths
 from avila.analytics.stickiness import stickiness
+from avila.analytics.workers import QueryWorkers
+from avila.api.component import AppContext
 from avila.api.errors import error_response
 from avila.schemas.analytics import (
     CohortQuery,
@@ -64,12 +67,24 @@ TopN = Annotated[int, Parameter(ge=1, le=100)]
 TimeoutSeconds = Annotated[int, Parameter(ge=1, le=86400)]
 MaxSessionSeconds = Annotated[int, Parameter(ge=60, le=7 * 86400)]
 
+WORKERS_KEY = "query_workers"
 _READ = {"scope": "read"}
 _TAGS = ["analytics"]
 _RANGE_DOC = (
     " `start_time`/`end_time` are RFC 3339 (half-open range, default the last 30 days);"
     " `filters` is a JSON array of `{property, operator, value}`."
 )
+
+
+def setup(ctx: AppContext) -> None:
+    ctx.state[WORKERS_KEY] = QueryWorkers(ctx.store, ctx.settings.query_workers)
+
+
+async def shutdown(ctx: AppContext) -> None:
+    await asyncio.to_thread(ctx.state[WORKERS_KEY].close)
+
+
+DEPENDENCIES = {"query_workers": lambda state: state[WORKERS_KEY]}
 
 
 async def run(fn: Callable[..., Result], *args: Any) -> Result:
@@ -113,8 +128,10 @@ def range_params(
     ),
     tags=_TAGS,
 )
-async def funnel_report(data: FunnelQuery, principal: Principal, store: Store) -> Result:
-    return await run(funnel, store, principal.project_id, data)
+async def funnel_report(
+    data: FunnelQuery, principal: Principal, store: Store, query_workers: QueryWorkers
+) -> Result:
+    return await query_workers.run(funnel, store, principal.project_id, data)
 
 
 @post(
@@ -129,9 +146,9 @@ async def funnel_report(data: FunnelQuery, principal: Principal, store: Store) -
     tags=_TAGS,
 )
 async def cohort_report(
-    principal: Principal, store: Store, data: CohortQuery | None = None
+    principal: Principal, store: Store, query_workers: QueryWorkers, data: CohortQuery | None = None
 ) -> Result:
-    return await run(retention, store, principal.project_id, data or CohortQuery())
+    return await query_workers.run(retention, store, principal.project_id, data or CohortQuery())
 
 
 @post(
@@ -145,8 +162,10 @@ async def cohort_report(
     ),
     tags=_TAGS,
 )
-async def rfm_report(principal: Principal, store: Store, data: RFMQuery | None = None) -> Result:
-    return await run(rfm, store, principal.project_id, data or RFMQuery())
+async def rfm_report(
+    principal: Principal, store: Store, query_workers: QueryWorkers, data: RFMQuery | None = None
+) -> Result:
+    return await query_workers.run(rfm, store, principal.project_id, data or RFMQuery())
 
 
 @get(
@@ -162,6 +181,7 @@ async def rfm_report(principal: Principal, store: Store, data: RFMQuery | None =
 async def overview_report(
     principal: Principal,
     store: Store,
+    query_workers: QueryWorkers,
     start_time: datetime | None = None,
     end_time: datetime | None = None,
     filters: str | None = None,
@@ -172,7 +192,7 @@ async def overview_report(
         OverviewQuery,
         {**range_params(start_time, end_time, filters), "timezone": timezone, "top_n": top_n},
     )
-    return await run(overview, store, principal.project_id, q)
+    return await query_workers.run(overview, store, principal.project_id, q)
 
 
 @get(
@@ -189,6 +209,7 @@ async def overview_report(
 async def trends_report(
     principal: Principal,
     store: Store,
+    query_workers: QueryWorkers,
     interval: Interval = "day",
     start_time: datetime | None = None,
     end_time: datetime | None = None,
@@ -214,7 +235,7 @@ async def trends_report(
             "match": match,
         }
     q = parse_query(TrendsQuery, body)
-    return await run(trends, store, principal.project_id, q)
+    return await query_workers.run(trends, store, principal.project_id, q)
 
 
 @get(
@@ -230,6 +251,7 @@ async def trends_report(
 async def sessions_report(
     principal: Principal,
     store: Store,
+    query_workers: QueryWorkers,
     start_time: datetime | None = None,
     end_time: datetime | None = None,
     filters: str | None = None,
@@ -238,7 +260,7 @@ async def sessions_report(
     max_session_seconds: MaxSessionSeconds = 86400,
 ) -> Result:
     q = session_query(start_time, end_time, filters, timezone, timeout_seconds, max_session_seconds)
-    return await run(sessions, store, principal.project_id, q)
+    return await query_workers.run(sessions, store, principal.project_id, q)
 
 
 def session_query(
@@ -272,10 +294,12 @@ def session_query(
     ),
     tags=_TAGS,
 )
-async def realtime_report(principal: Principal, store: Store, top_n: TopN = 10) -> Result:
+async def realtime_report(
+    principal: Principal, store: Store, query_workers: QueryWorkers, top_n: TopN = 10
+) -> Result:
     q = parse_query(RealtimeQuery, {"top_n": top_n})
     # Cheap (bounded to the last 15 minutes) but still a blocking store call.
-    return await run(realtime, store, principal.project_id, q)
+    return await query_workers.run(realtime, store, principal.project_id, q)
 
 
 def explained_errors(model: type) -> dict[Any, Any]:
@@ -309,9 +333,9 @@ def explained_errors(model: type) -> dict[Any, Any]:
     exception_handlers=explained_errors(FunnelDroppedQuery),
 )
 async def funnel_dropped_users(
-    data: FunnelDroppedQuery, principal: Principal, store: Store
+    data: FunnelDroppedQuery, principal: Principal, store: Store, query_workers: QueryWorkers
 ) -> Result:
-    return await run(funnel_dropped, store, principal.project_id, data)
+    return await query_workers.run(funnel_dropped, store, principal.project_id, data)
 
 
 @post(
@@ -329,9 +353,9 @@ async def funnel_dropped_users(
     exception_handlers=explained_errors(PathsQuery),
 )
 async def paths_report(
-    principal: Principal, store: Store, data: PathsQuery | None = None
+    principal: Principal, store: Store, query_workers: QueryWorkers, data: PathsQuery | None = None
 ) -> Result:
-    return await run(paths, store, principal.project_id, data or PathsQuery())
+    return await query_workers.run(paths, store, principal.project_id, data or PathsQuery())
 
 
 @post(
@@ -348,9 +372,12 @@ async def paths_report(
     exception_handlers=explained_errors(LifecycleQuery),
 )
 async def lifecycle_report(
-    principal: Principal, store: Store, data: LifecycleQuery | None = None
+    principal: Principal,
+    store: Store,
+    query_workers: QueryWorkers,
+    data: LifecycleQuery | None = None,
 ) -> Result:
-    return await run(lifecycle, store, principal.project_id, data or LifecycleQuery())
+    return await query_workers.run(lifecycle, store, principal.project_id, data or LifecycleQuery())
 
 
 @post(
@@ -366,9 +393,14 @@ async def lifecycle_report(
     exception_handlers=explained_errors(StickinessQuery),
 )
 async def stickiness_report(
-    principal: Principal, store: Store, data: StickinessQuery | None = None
+    principal: Principal,
+    store: Store,
+    query_workers: QueryWorkers,
+    data: StickinessQuery | None = None,
 ) -> Result:
-    return await run(stickiness, store, principal.project_id, data or StickinessQuery())
+    return await query_workers.run(
+        stickiness, store, principal.project_id, data or StickinessQuery()
+    )
 
 
 ROUTES = [

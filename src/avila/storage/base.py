@@ -65,6 +65,10 @@ class Store(ABC):
     #: Reads are cancelled past this many seconds (0: never). A report made of several reads
     #: (a long range read in slices) also checks it between them, for the whole request.
     query_timeout: float = 0.0
+    #: ``(address, key)`` of a listener through which another process can open read channels
+    #: of its own (:class:`avila.storage.duckdb.channels.RemoteReader`); None: reads only from
+    #: this process.
+    read_address: tuple[str, bytes] | None = None
 
     # -- the ingest log (avila.storage.ingest_log): writes are acknowledged on it -----------
 

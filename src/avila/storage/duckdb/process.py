@@ -13,7 +13,10 @@ Channels (pipes), each served by a thread in the child:
   segment files itself; the server only sends it durable log positions and receives loaded
   ones (the rows never cross the pipe).
 - ``write``: blocking writes (``execute``: deletes, migrations).
-- a few ``read`` channels, so a long query never delays a commit.
+- a few ``read`` channels, so a long query never delays a commit;
+- a listener on a Linux abstract socket (a random name and key, both known only to the
+  parent), through which query worker processes open read channels of their own
+  (:class:`avila.storage.duckdb.channels.RemoteReader`).
 
 The child exits when the parent's end of the ``write`` pipe closes, including when the parent
 is killed.
@@ -25,37 +28,27 @@ import logging
 import multiprocessing
 import os
 import queue
+import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
-from datetime import datetime
-from multiprocessing.connection import Connection
+from collections.abc import Sequence
+from contextlib import suppress
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 
-from avila.errors import QueryTimeout, StorageUnavailable
+from avila.errors import StorageUnavailable
 from avila.storage.base import Store
-from avila.storage.duckdb.rows import DuckDBRows
+from avila.storage.duckdb.channels import ChannelReads, raise_remote, to_ipc
+from avila.storage.frames import from_ipc
 from avila.storage.ingest_log import IngestLogConfig, default_log_dir
 
 log = logging.getLogger("avila.storage")
 
 READ_CHANNELS = 4
-
-
-def to_ipc(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write(table)
-    return sink.getvalue()
-
-
-def from_ipc(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
 # --- child side -------------------------------------------------------------------------------
@@ -138,6 +131,19 @@ def _serve_requests(store: Store, conn: Connection) -> None:
                 return
 
 
+def _serve_listener(store: Store, listener: Listener) -> None:
+    """Read channels for other processes (query workers, :mod:`avila.analytics.workers`): each
+    connection that knows the key gets a thread of its own, until it closes."""
+    while True:
+        try:
+            conn = listener.accept()
+        except AuthenticationError:
+            continue
+        except OSError:
+            return
+        threading.Thread(target=_serve_requests, args=(store, conn), daemon=True).start()
+
+
 def _child_main(
     path: str,
     threads: int | None,
@@ -145,6 +151,7 @@ def _child_main(
     channels: list[Connection],
     ready: Connection,
     query_timeout: float = 0,
+    listen: tuple[str, bytes] | None = None,
 ) -> None:
     from avila.storage.duckdb.store import DuckDBStore
 
@@ -161,6 +168,9 @@ def _child_main(
     threading.Thread(target=_serve_log, args=(store, log_channel, loaders), daemon=True).start()
     for conn in readers:
         threading.Thread(target=_serve_requests, args=(store, conn), daemon=True).start()
+    if listen is not None:
+        listener = Listener(listen[0], family="AF_UNIX", authkey=listen[1])
+        threading.Thread(target=_serve_listener, args=(store, listener), daemon=True).start()
     writer = threading.Thread(target=_serve_requests, args=(store, write), daemon=True)
     writer.start()
     writer.join()
@@ -175,19 +185,8 @@ def _child_main(
 # --- parent side ------------------------------------------------------------------------------
 
 
-def _raise_remote(name: str, message: str) -> None:
-    if name == QueryTimeout.__name__:
-        raise QueryTimeout(message)
-    cls = getattr(duckdb, name, None)
-    if isinstance(cls, type) and issubclass(cls, Exception):
-        raise cls(message)
-    raise StorageUnavailable(f"store error ({name}): {message}")
-
-
-class ProcessStore(DuckDBRows):
+class ProcessStore(ChannelReads):
     """A :class:`Store` whose DuckDB lives in a child process."""
-
-    backend = "duckdb"
 
     def __init__(
         self,
@@ -201,6 +200,8 @@ class ProcessStore(DuckDBRows):
         ctx = multiprocessing.get_context("spawn")
         pairs = [ctx.Pipe(duplex=True) for _ in range(2 + READ_CHANNELS)]
         ready_parent, ready_child = ctx.Pipe(duplex=False)
+        # Linux's abstract socket namespace: no file to clean up when the store process is killed
+        self.read_address = ("\0avila-store-" + secrets.token_hex(12), secrets.token_bytes(32))
         self._process = ctx.Process(
             target=_child_main,
             args=(
@@ -210,6 +211,7 @@ class ProcessStore(DuckDBRows):
                 [child for _, child in pairs],
                 ready_child,
                 query_timeout,
+                self.read_address,
             ),
             name="avila-store",
             daemon=True,
@@ -239,7 +241,7 @@ class ProcessStore(DuckDBRows):
             status = ("err", "StorageUnavailable", f"store process for {path} exited at start")
         if status[0] == "err":
             self._process.join(5)
-            _raise_remote(status[1], status[2])
+            raise_remote(status[1], status[2])
         self._closed = False
 
     # -- the ingest log's loader (in the store process) ---------------------------------------
@@ -260,7 +262,7 @@ class ProcessStore(DuckDBRows):
         except queue.Empty:
             raise StorageUnavailable("the store process did not attach the ingest log") from None
         if reply[0] == "err":
-            _raise_remote(reply[1], reply[2])
+            raise_remote(reply[1], reply[2])
         return int(reply[1])
 
     def _read_log_channel(self) -> None:
@@ -294,27 +296,6 @@ class ProcessStore(DuckDBRows):
 
     # -- blocking calls ----------------------------------------------------------------------
 
-    @contextmanager
-    def _reader(self) -> Iterator[Connection]:
-        if self._closed:
-            raise StorageUnavailable("store is closed")
-        conn = self._readers.get()
-        try:
-            yield conn
-        finally:
-            self._readers.put(conn)
-
-    @staticmethod
-    def _call(conn: Connection, *message: Any) -> tuple[Any, ...]:
-        try:
-            conn.send(message)
-            reply = conn.recv()
-        except (EOFError, OSError) as exc:
-            raise StorageUnavailable(f"store process is not answering: {exc}") from exc
-        if reply[0] == "err":
-            _raise_remote(reply[1], reply[2])
-        return tuple(reply)
-
     def append_events(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
@@ -326,7 +307,7 @@ class ProcessStore(DuckDBRows):
             except (EOFError, OSError) as exc:
                 raise StorageUnavailable(f"store process is not answering: {exc}") from exc
         if reply[0] == "err":
-            _raise_remote(reply[1], reply[2])
+            raise_remote(reply[1], reply[2])
 
     def append_table(self, table_name: str, table: pa.Table) -> None:
         if table.num_rows == 0:
@@ -339,46 +320,7 @@ class ProcessStore(DuckDBRows):
             except (EOFError, OSError) as exc:
                 raise StorageUnavailable(f"store process is not answering: {exc}") from exc
         if reply[0] == "err":
-            _raise_remote(reply[1], reply[2])
-
-    def recent_event_keys(self, since: datetime) -> Iterator[tuple[str, str]]:
-        with self._reader() as conn:
-            keys = self._call(conn, "recent_keys", since)[1]
-        return iter(keys)
-
-    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-        self.read_barrier()
-        with self._reader() as conn:
-            return list(self._call(conn, "query", sql, list(params or []))[1])
-
-    def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
-        self.read_barrier()
-        with self._reader() as conn:
-            self._call(conn, "query_arrow", sql, list(params or []))
-            return from_ipc(conn.recv_bytes())
-
-    def query_batches(
-        self, sql: str, params: Sequence[Any] | None = None, batch_rows: int = 65536
-    ) -> Iterator[pa.RecordBatch]:
-        self.read_barrier()
-        with self._reader() as conn:
-            self._call(conn, "query_batches", sql, list(params or []), batch_rows)
-            finished = False
-            try:
-                while True:
-                    data = conn.recv_bytes()
-                    if not data:
-                        finished = True
-                        return
-                    yield from from_ipc(data).to_batches()
-            finally:
-                # A consumer that stops early (a client leaving mid-export) must not hand the
-                # channel back with frames still in it: read them to the end-of-stream marker.
-                while not finished:
-                    try:
-                        finished = not conn.recv_bytes()
-                    except (EOFError, OSError):
-                        break
+            raise_remote(reply[1], reply[2])
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:
         with self._write_lock:
@@ -387,8 +329,7 @@ class ProcessStore(DuckDBRows):
     def ping(self) -> None:
         if not self._process.is_alive():
             raise StorageUnavailable("store process has exited")
-        with self._reader() as conn:
-            self._call(conn, "ping")
+        self._ping_channel()
 
     def close(self) -> None:
         if self._closed:

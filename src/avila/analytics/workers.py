@@ -1,0 +1,196 @@
+"""Analytics queries in worker processes, away from the server's event loop.
+
+Why: an analytics report does part of its work in Python (Arrow to numpy, sessionizing, the
+per-user passes), and in the server process that work holds the interpreter's lock beside the
+event loop that acknowledges ingest. Measured with py-spy (``--gil``) on the server during a
+100 M-event overview: other threads held the lock about 9 % of the time, in pieces of tens of
+milliseconds (receiving a slice's Arrow bytes, ``np.full`` and ``cumsum`` over 25 M rows), and
+single-event ingest p99 went from 8 ms to 55 ms (benchmarks/RESULTS.md, "Ingest while heavy
+queries run"). The report's memory (gigabytes for a long range) also lived in the server.
+
+How: :class:`QueryWorkers` keeps ``AVILA_QUERY_WORKERS`` processes (started on first use). A
+request waits for the ingest loader as before (``read_barrier``, so it reads its own writes),
+then takes an idle worker and sends it the analytics function (by reference: a module-level
+function) and its arguments; the worker runs it against a
+:class:`~avila.storage.duckdb.channels.RemoteReader` (read channels it opened to the store
+process itself) and sends back the answer, or the error, which the server raises as if it had
+run the function: the same status, code and field paths. Requests beyond the number of
+workers wait for one. A worker that dies mid-query (the kernel's OOM killer, say) fails that
+request with 503 ``query_worker_exited`` and is started afresh for the next.
+
+Only a store that lets other processes read (``Store.read_address``: the DuckDB store
+process) gets workers; otherwise, and with ``AVILA_QUERY_WORKERS=0``, queries run in threads of
+the server as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from avila.errors import AvilaError, StorageUnavailable
+from avila.storage.base import Store
+
+log = logging.getLogger("avila.analytics")
+
+#: How long a new worker may take to import the analytics code and reach the store process.
+START_TIMEOUT_S = 60.0
+
+Result = dict[str, Any]
+
+
+def _worker_main(address: str, authkey: bytes, query_timeout: float, jobs: Connection) -> None:
+    """A worker's loop: ``(fn, args)`` in, ``("ok", fn(store, *args))`` or ``("err", exc)`` out,
+    until the server closes its end (or dies)."""
+    from avila.storage.duckdb.channels import RemoteReader
+
+    try:
+        store = RemoteReader(address, authkey, query_timeout=query_timeout)
+    except Exception as exc:
+        jobs.send(("err", exc))
+        return
+    jobs.send(("ready", None))
+    while True:
+        try:
+            fn, args = jobs.recv()
+        except (EOFError, OSError):
+            break
+        except Exception as exc:  # the function could not be unpickled here
+            reply: tuple[str, Any] = ("err", exc)
+        else:
+            try:
+                reply = ("ok", fn(store, *args))
+            except Exception as exc:
+                reply = ("err", exc)
+        try:
+            jobs.send(reply)
+        except (EOFError, OSError):
+            break
+        except Exception as exc:  # an answer or error that does not pickle: say what it was
+            failed = reply[1] if reply[0] == "err" else exc
+            jobs.send(("err", AvilaError(f"query worker: {type(failed).__name__}: {failed}")))
+    store.close()
+
+
+class _Worker:
+    """One worker process and the pipe its jobs go through (used by one request at a time)."""
+
+    def __init__(self, store: Store) -> None:
+        assert store.read_address is not None
+        self._address, self._authkey = store.read_address
+        self._query_timeout = store.query_timeout
+        self.process: BaseProcess | None = None
+        self._jobs: Connection | None = None
+
+    def _start(self) -> Connection:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        process = ctx.Process(
+            target=_worker_main,
+            args=(self._address, self._authkey, self._query_timeout, child),
+            name="avila-query-worker",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        if not parent.poll(START_TIMEOUT_S):
+            process.kill()
+            raise StorageUnavailable("the query worker did not start", code="query_worker_exited")
+        try:
+            status, value = parent.recv()
+        except (EOFError, OSError) as exc:
+            raise StorageUnavailable(
+                "the query worker exited at start", code="query_worker_exited"
+            ) from exc
+        if status == "err":
+            raise value
+        self.process, self._jobs = process, parent
+        return parent
+
+    def call(self, fn: Callable[..., Result], args: tuple[Any, ...]) -> Result:
+        """``fn(store, *args)`` in the worker (blocking: call from a thread)."""
+        jobs = self._jobs
+        if jobs is None or self.process is None or wait([self.process.sentinel], 0):
+            # (the sentinel, not is_alive(): it tells an exited worker even when waitpid cannot)
+            self.stop()
+            jobs = self._start()
+        try:
+            jobs.send((fn, args))
+        except BrokenPipeError:  # it had died idle, before the job: a new one takes it
+            self.stop()
+            jobs = self._start()
+            jobs.send((fn, args))
+        try:
+            status, value = jobs.recv()
+        except (EOFError, OSError) as exc:
+            code = self.process.exitcode if self.process is not None else None
+            self.stop()
+            log.error("query worker exited during a query", extra={"exitcode": code})
+            raise StorageUnavailable(
+                f"the query worker exited during the query (exit code {code}; -9 is the signal"
+                " of the kernel's out-of-memory killer); narrow the time range, or lower the load",
+                code="query_worker_exited",
+            ) from exc
+        if status == "err":
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def stop(self, wait: float = 0.0) -> None:
+        if self._jobs is not None:
+            self._jobs.close()
+            self._jobs = None
+        process, self.process = self.process, None
+        if process is not None:
+            process.join(wait)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+
+
+class QueryWorkers:
+    """A pool of ``count`` analytics worker processes for ``store`` (see the module's doc)."""
+
+    def __init__(self, store: Store, count: int) -> None:
+        self.count = count if store.read_address is not None else 0
+        self._workers = [_Worker(store) for _ in range(self.count)]
+        self._idle: asyncio.Queue[_Worker] | None = None
+
+    def pids(self) -> list[int]:
+        """Process ids of the running workers."""
+        return [w.process.pid for w in self._workers if w.process is not None and w.process.pid]
+
+    def _idle_queue(self) -> asyncio.Queue[_Worker]:
+        if self._idle is None:  # made in the event loop that serves the requests
+            self._idle = asyncio.Queue()
+            for worker in self._workers:
+                self._idle.put_nowait(worker)
+        return self._idle
+
+    async def run(self, fn: Callable[..., Result], store: Store, *args: Any) -> Result:
+        """``fn(store, *args)``: in a worker process when there are any, else in a thread."""
+        if not self.count:
+            return await asyncio.to_thread(fn, store, *args)
+        await asyncio.to_thread(store.read_barrier)
+        idle = self._idle_queue()
+        worker = await idle.get()
+        call = asyncio.ensure_future(asyncio.to_thread(worker.call, fn, args))
+
+        def release(done: asyncio.Future[Result]) -> None:
+            # The worker is free again when its call has ended, not when a waiting client
+            # leaves; an error nobody awaits any more is not worth asyncio's warning.
+            idle.put_nowait(worker)
+            if not done.cancelled():
+                done.exception()
+
+        call.add_done_callback(release)
+        return await asyncio.shield(call)
+
+    def close(self) -> None:
+        """Stop every worker (their queries in flight are abandoned)."""
+        for worker in self._workers:
+            worker.stop(wait=5.0)

@@ -1,0 +1,151 @@
+"""Analytics in query worker processes (avila.analytics.workers) against a real store process.
+
+The reference is the same function run in a thread of this process (the path the server took
+before workers, and still takes with ``AVILA_QUERY_WORKERS=0``): answers and errors must be the
+same, and a worker that dies must fail only its own query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from analytics_data import PROJECT, random_events, to_table
+
+from avila.analytics import funnel, overview, sessions
+from avila.analytics.workers import QueryWorkers
+from avila.errors import AvilaError, StorageUnavailable
+from avila.storage.base import Store
+from avila.storage.duckdb.process import ProcessStore
+
+RANGE = {"start_time": "2024-02-28T00:00:00Z", "end_time": "2024-03-05T00:00:00Z"}
+
+
+def exit_now(store: Store, project_id: str) -> dict[str, Any]:
+    """A query whose process dies under it, as under the kernel's OOM killer."""
+    os._exit(9)
+
+
+def unpicklable_error(store: Store, project_id: str) -> dict[str, Any]:
+    raise ValueError(lambda: None)  # a lambda does not pickle: the error cannot go back as-is
+
+
+class _Local:
+    """A lock-like object: pickling it fails, so it cannot be sent to a worker."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("not picklable")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStore]:
+    opened = ProcessStore(tmp_path_factory.mktemp("workers") / "store.duckdb")
+    opened.append_events(to_table(random_events(7, n_users=300, with_sessions=True)))
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def workers(store: ProcessStore) -> Iterator[QueryWorkers]:
+    pool = QueryWorkers(store, 1)
+    yield pool
+    pool.close()
+
+
+def in_thread(fn: Any, store: Store, *args: Any) -> Any:
+    return asyncio.run(QueryWorkers(store, 0).run(fn, store, *args))
+
+
+def in_worker(pool: QueryWorkers, fn: Any, store: Store, *args: Any) -> Any:
+    return asyncio.run(pool.run(fn, store, *args))
+
+
+@pytest.mark.parametrize(
+    ("fn", "query"),
+    [
+        (overview, {**RANGE, "timezone": "Europe/Berlin"}),
+        (sessions, RANGE),
+        (
+            funnel,
+            {**RANGE, "steps": [{"condition_type": "page_view"}, {"condition_type": "purchase"}]},
+        ),
+    ],
+    ids=["overview", "sessions", "funnel"],
+)
+def test_a_worker_answers_what_a_thread_answers(
+    store: ProcessStore, workers: QueryWorkers, fn: Any, query: dict[str, Any]
+) -> None:
+    expected = in_thread(fn, store, PROJECT, query)
+    assert str(expected) != str(in_thread(fn, store, "no-such-project", query))  # not empty
+    assert in_worker(workers, fn, store, PROJECT, query) == expected
+    (pid,) = workers.pids()
+    assert pid not in (os.getpid(), store._process.pid)
+
+
+def test_errors_keep_their_class_code_and_field_paths(
+    store: ProcessStore, workers: QueryWorkers
+) -> None:
+    bad = {**RANGE, "steps": [{"condition_type": "page_view"}]}  # a funnel needs two steps
+    with pytest.raises(AvilaError) as in_process:
+        in_thread(funnel, store, PROJECT, bad)
+    with pytest.raises(AvilaError) as from_worker:
+        in_worker(workers, funnel, store, PROJECT, bad)
+    assert type(from_worker.value) is type(in_process.value)
+    assert from_worker.value.status == in_process.value.status == 422
+    assert from_worker.value.to_dict() == in_process.value.to_dict()
+    # An error that cannot be pickled still comes back, as a 500 naming it.
+    with pytest.raises(AvilaError, match="ValueError") as odd:
+        in_worker(workers, unpicklable_error, store, PROJECT)
+    assert odd.value.status == 500
+    # ... and so does a job that cannot be sent: the worker is still there for the next one.
+    with pytest.raises(TypeError):
+        in_worker(workers, overview, store, PROJECT, _Local())
+    assert in_worker(workers, overview, store, PROJECT, RANGE)["total_events"] > 0
+
+
+def test_a_dead_worker_fails_its_own_query_and_is_replaced(
+    store: ProcessStore, workers: QueryWorkers
+) -> None:
+    expected = in_thread(overview, store, PROJECT, RANGE)
+    assert in_worker(workers, overview, store, PROJECT, RANGE) == expected
+    (first,) = workers.pids()
+    with pytest.raises(StorageUnavailable) as died:
+        in_worker(workers, exit_now, store, PROJECT)
+    assert died.value.code == "query_worker_exited" and died.value.status == 503
+    assert in_worker(workers, overview, store, PROJECT, RANGE) == expected
+    (second,) = workers.pids()
+    assert second != first
+    # killed while idle (between queries): the next query starts a new one
+    os.kill(second, signal.SIGKILL)
+    os.waitid(os.P_PID, second, os.WEXITED | os.WNOWAIT)  # until all of it is gone; not reaped
+    assert in_worker(workers, overview, store, PROJECT, RANGE) == expected
+    assert workers.pids() != [second]
+
+
+def test_more_queries_than_workers_wait_for_one(store: ProcessStore, workers: QueryWorkers) -> None:
+    async def many() -> list[Any]:
+        return await asyncio.gather(
+            *(workers.run(overview, store, PROJECT, RANGE) for _ in range(5))
+        )
+
+    answers = asyncio.run(many())
+    assert all(a == answers[0] for a in answers) and len(workers.pids()) == 1
+
+
+def test_stores_that_other_processes_cannot_read_run_queries_in_threads(tmp_path: Path) -> None:
+    from avila.storage.duckdb.store import DuckDBStore
+
+    store = DuckDBStore(tmp_path / "in-process.duckdb")
+    try:
+        store.append_events(to_table(random_events(3, n_users=20)))
+        pool = QueryWorkers(store, 2)
+        assert pool.count == 0
+        assert in_worker(pool, overview, store, PROJECT, RANGE) == overview(store, PROJECT, RANGE)
+        assert pool.pids() == []
+    finally:
+        store.close()

@@ -1,0 +1,115 @@
+"""A real server runs analytics in query worker processes (``AVILA_QUERY_WORKERS``), and
+replaces a worker that was killed. Which children are workers: the server's children other
+than the store process (the one child holding the DuckDB file open) and multiprocessing's
+resource tracker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from avila.testing import ServerProcess
+from tests.conftest import TEST_KEY
+
+RANGE = {"start_time": "2026-01-01T00:00:00Z", "end_time": "2026-02-01T00:00:00Z"}
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with open(task / "children") as listed:
+            found.update(int(p) for p in listed.read().split())
+    return found
+
+
+def _holds_duckdb(pid: int) -> bool:
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).endswith(".duckdb"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _wait_gone(pid: int) -> None:
+    """Until every thread of ``pid`` has exited (its files are closed; it may be a zombie)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if not os.listdir(f"/proc/{pid}/fd"):
+                return
+        except OSError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not exit")
+
+
+def _workers(server: ServerProcess) -> set[int]:
+    assert server.proc is not None
+    return {p for p in _children(server.proc.pid) if _spawned(p) and not _holds_duckdb(p)}
+
+
+def _spawned(pid: int) -> bool:
+    """A ``multiprocessing`` spawn child (not, say, its resource tracker)."""
+    return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def _client(server: ServerProcess) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers={"x-api-key": TEST_KEY}, timeout=60)
+
+
+def _load(client: httpx.Client) -> None:
+    events = [
+        {
+            "event_id": f"w-{i}",
+            "user_id": f"user-{i % 7}",
+            "timestamp": f"2026-01-{1 + i % 28:02d}T10:00:00Z",
+            "event_type": {"type": "PageView", "data": {"url": f"/p{i % 3}"}},
+        }
+        for i in range(50)
+    ]
+    assert client.post("/api/v1/events/batch", json={"events": events}).status_code == 202
+
+
+def _overview(client: httpx.Client) -> dict[str, Any]:
+    response = client.get("/api/v1/analytics/overview", params=RANGE)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert body["total_events"] == 50 and body["unique_users"] == 7
+    return body
+
+
+def test_analytics_run_in_workers_that_are_replaced_when_killed(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server()
+    with _client(server) as client:
+        _load(client)
+        first = _overview(client)
+        workers = _workers(server)
+        assert len(workers) == 1  # started on first use, one per query running at once
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        for pid in workers:
+            _wait_gone(pid)
+        # the server notices the exit and starts a new worker for the next query
+        assert _overview(client) == first
+        assert _workers(server) and not _workers(server) & workers
+        assert client.get("/health").status_code == 200
+
+
+def test_without_workers_queries_run_in_the_server(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server(AVILA_QUERY_WORKERS="0")
+    with _client(server) as client:
+        _load(client)
+        _overview(client)
+        assert _workers(server) == set()
