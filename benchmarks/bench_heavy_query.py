@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -107,7 +108,8 @@ def health_loop(url: str, stop: threading.Event, latencies: list[float]) -> None
 
 
 def peak_memory_gb(server: ServerProcess) -> dict[str, float]:
-    """Peak resident memory (VmHWM, GB) of the server process and of its store process."""
+    """Peak resident memory (VmHWM, GB) of the server process, its store process and the
+    largest of its query workers (nan without workers: ``AVILA_QUERY_WORKERS=0``)."""
 
     def hwm(pid: int) -> float:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -122,8 +124,23 @@ def peak_memory_gb(server: ServerProcess) -> dict[str, float]:
         for task in Path(f"/proc/{pid}/task").iterdir()
         for child in (task / "children").read_text().split()
     ]
-    stores = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-    return {"server": hwm(pid), "store": max((hwm(c) for c in stores), default=float("nan"))}
+    spawned = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    stores = [c for c in spawned if _holds_duckdb(c)]
+    workers = [c for c in spawned if c not in stores]
+    return {
+        "server": hwm(pid),
+        "store": max((hwm(c) for c in stores), default=float("nan")),
+        "workers": max((hwm(c) for c in workers), default=float("nan")),
+    }
+
+
+def _holds_duckdb(pid: int) -> bool:
+    """The store process is the child with the DuckDB file open (the others: query workers)."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).endswith(".duckdb"):
+                return True
+    return False
 
 
 def _probes(url: str, key: str, heavy: bool, done: Any, out: Any) -> None:
@@ -257,7 +274,8 @@ def main() -> None:
     lines.append("")
     lines.append(
         "Peak resident memory over the whole run (VmHWM): server process"
-        f" {peaks['server']:.1f} GB, store process {peaks['store']:.1f} GB."
+        f" {peaks['server']:.1f} GB, store process {peaks['store']:.1f} GB, largest query worker"
+        f" {peaks['workers']:.1f} GB."
     )
     table = "\n".join(lines)
     print(table)
