@@ -79,6 +79,20 @@ class Metrics:
             "Keys dropped before the dedup window ended because the index was full",
             registry=r,
         )
+        self.query_workers_busy = Gauge(
+            "avila_query_workers_busy", "Analytics queries running in a query worker", registry=r
+        )
+        self.query_workers_waiting = Gauge(
+            "avila_query_workers_waiting",
+            "Analytics queries waiting for a free query worker",
+            registry=r,
+        )
+        self.query_worker_exits = Gauge(
+            "avila_query_worker_exits",
+            "Query workers that died (e.g. out of memory) or were killed at the time limit since"
+            " start; each was replaced",
+            registry=r,
+        )
         self.rate_limited = Counter(
             "avila_rate_limited_requests", "Requests refused by the rate limiter", registry=r
         )

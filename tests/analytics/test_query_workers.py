@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from analytics_data import PROJECT, random_events, to_table
 
 from avila.analytics import funnel, overview, sessions
 from avila.analytics.workers import QueryWorkers
-from avila.errors import AvilaError, StorageUnavailable
+from avila.errors import AvilaError, QueryTimeout, StorageUnavailable
 from avila.storage.base import Store
 from avila.storage.duckdb.process import ProcessStore
 
@@ -29,6 +30,12 @@ RANGE = {"start_time": "2024-02-28T00:00:00Z", "end_time": "2024-03-05T00:00:00Z
 def exit_now(store: Store, project_id: str) -> dict[str, Any]:
     """A query whose process dies under it, as under the kernel's OOM killer."""
     os._exit(9)
+
+
+def past_the_limit(store: Store, project_id: str) -> dict[str, Any]:
+    """Python work that outlasts any time limit (no store read the store could cancel)."""
+    time.sleep(120)
+    return {}
 
 
 def unpicklable_error(store: Store, project_id: str) -> dict[str, Any]:
@@ -149,3 +156,22 @@ def test_stores_that_other_processes_cannot_read_run_queries_in_threads(tmp_path
         assert pool.pids() == []
     finally:
         store.close()
+
+
+def test_a_report_past_the_time_limit_is_ended_with_its_worker(store: ProcessStore) -> None:
+    store.query_timeout = 0.5  # the limit the pool's workers are made with
+    try:
+        pool = QueryWorkers(store, 1)
+    finally:
+        store.query_timeout = 0
+    try:
+        assert in_worker(pool, overview, store, PROJECT, RANGE)["total_events"] > 0
+        (first,) = pool.pids()
+        with pytest.raises(QueryTimeout) as late:
+            in_worker(pool, past_the_limit, store, PROJECT)
+        assert late.value.status == 504 and late.value.details == [{"limit_seconds": 0.5}]
+        assert pool.pids() == []  # killed, not left running
+        assert in_worker(pool, overview, store, PROJECT, RANGE)["total_events"] > 0
+        assert pool.pids() != [first]
+    finally:
+        pool.close()

@@ -89,12 +89,12 @@ def _overview(client: httpx.Client) -> dict[str, Any]:
 def test_analytics_run_in_workers_that_are_replaced_when_killed(
     make_server: Callable[..., ServerProcess],
 ) -> None:
-    server = make_server()
+    server = make_server(AVILA_QUERY_WORKERS="1")  # so the next query goes to the killed one
     with _client(server) as client:
         _load(client)
         first = _overview(client)
         workers = _workers(server)
-        assert len(workers) == 1  # started on first use, one per query running at once
+        assert len(workers) == 1
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
         for pid in workers:
@@ -103,6 +103,20 @@ def test_analytics_run_in_workers_that_are_replaced_when_killed(
         assert _overview(client) == first
         assert _workers(server) and not _workers(server) & workers
         assert client.get("/health").status_code == 200
+        metrics = client.get("/metrics").text
+        assert "avila_query_worker_exits 1.0" in metrics
+        assert "avila_query_workers_busy 0.0" in metrics
+
+
+def test_workers_start_on_first_use_one_per_query_running_at_once(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server()  # the default: 2 workers
+    with _client(server) as client:
+        _load(client)
+        assert _workers(server) == set()
+        _overview(client)
+        assert len(_workers(server)) == 1
 
 
 def test_without_workers_queries_run_in_the_server(

@@ -19,7 +19,10 @@ function) and its arguments; the worker runs it against a
 process itself) and sends back the answer, or the error, which the server raises as if it had
 run the function: the same status, code and field paths. Requests beyond the number of
 workers wait for one. A worker that dies mid-query (the kernel's OOM killer, say) fails that
-request with 503 ``query_worker_exited`` and is started afresh for the next.
+request with 503 ``query_worker_exited`` and is started afresh for the next. The time limit
+(``AVILA_QUERY_TIMEOUT``) holds for the whole report here, not only for each read: a worker
+whose report is still running a second past it is killed and the request answers 504
+``query_timeout`` (the store cancels each read at the limit on its own).
 
 Only a store that lets other processes read (``Store.read_address``: the DuckDB store
 process) gets workers; otherwise, and with ``AVILA_QUERY_WORKERS=0``, queries run in threads of
@@ -37,7 +40,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from avila.errors import AvilaError, StorageUnavailable
+from avila.errors import AvilaError, QueryTimeout, StorageUnavailable
 from avila.storage.base import Store
 
 log = logging.getLogger("avila.analytics")
@@ -49,6 +52,8 @@ log = logging.getLogger("avila.analytics")
 #: ``os_thread_priority`` does the same for queries.) Lowering a priority needs no privilege
 #: and costs nothing when the cores are idle.
 NICE = 10
+#: A report still running this long after ``AVILA_QUERY_TIMEOUT`` has its worker killed.
+HARD_LIMIT_GRACE_S = 1.0
 #: How long a new worker may take to import the analytics code and reach the store process.
 START_TIMEOUT_S = 60.0
 
@@ -69,13 +74,21 @@ def _worker_main(address: str, authkey: bytes, query_timeout: float, jobs: Conne
     jobs.send(("ready", None))
     while True:
         try:
-            fn, args = jobs.recv()
+            job = jobs.recv()
         except (EOFError, OSError):
             break
         except Exception as exc:  # the function could not be unpickled here
-            reply: tuple[str, Any] = ("err", exc)
+            job = exc
+        try:
+            jobs.send(("started", None))  # from now on, an exit is this job's doing
+        except (EOFError, OSError):
+            break
+        reply: tuple[str, Any]
+        if isinstance(job, Exception):
+            reply = ("err", job)
         else:
             try:
+                fn, args = job
                 reply = ("ok", fn(store, *args))
             except Exception as exc:
                 reply = ("err", exc)
@@ -92,10 +105,11 @@ def _worker_main(address: str, authkey: bytes, query_timeout: float, jobs: Conne
 class _Worker:
     """One worker process and the pipe its jobs go through (used by one request at a time)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, on_exit: Callable[[], None]) -> None:
         assert store.read_address is not None
         self._address, self._authkey = store.read_address
         self._query_timeout = store.query_timeout
+        self._on_exit = on_exit
         self.process: BaseProcess | None = None
         self._jobs: Connection | None = None
 
@@ -124,23 +138,44 @@ class _Worker:
         self.process, self._jobs = process, parent
         return parent
 
+    def _hand_over(self, job: tuple[Any, ...]) -> Connection:
+        """Send ``job`` to a live worker and wait until it says it started. A worker that died
+        idle (unnoticed, or dying just now) cannot have started the job: a new worker takes it."""
+        for _attempt in range(2):
+            jobs = self._jobs
+            if jobs is None or self.process is None or wait([self.process.sentinel], 0):
+                # (the sentinel, not is_alive(): it tells an exit even when waitpid cannot)
+                if self.process is not None:
+                    self._on_exit()
+                self.stop()
+                jobs = self._start()
+            try:
+                jobs.send(job)
+                if jobs.recv()[0] == "started":
+                    return jobs
+            except (EOFError, OSError):
+                self._on_exit()
+                self.stop()
+        raise StorageUnavailable(
+            "the query worker exited before it could start the query", code="query_worker_exited"
+        )
+
     def call(self, fn: Callable[..., Result], args: tuple[Any, ...]) -> Result:
         """``fn(store, *args)`` in the worker (blocking: call from a thread)."""
-        jobs = self._jobs
-        if jobs is None or self.process is None or wait([self.process.sentinel], 0):
-            # (the sentinel, not is_alive(): it tells an exited worker even when waitpid cannot)
+        jobs = self._hand_over((fn, args))
+        limit = self._query_timeout
+        if limit and not jobs.poll(limit + HARD_LIMIT_GRACE_S):
+            # Past the limit in Python (between the store's cancellable reads, or a slice read
+            # started just before it): end the report for real; a new worker takes the next.
+            self._on_exit()
             self.stop()
-            jobs = self._start()
-        try:
-            jobs.send((fn, args))
-        except BrokenPipeError:  # it had died idle, before the job: a new one takes it
-            self.stop()
-            jobs = self._start()
-            jobs.send((fn, args))
+            log.warning("query worker stopped at the time limit", extra={"limit_s": limit})
+            raise QueryTimeout.after(limit)
         try:
             status, value = jobs.recv()
         except (EOFError, OSError) as exc:
             code = self.process.exitcode if self.process is not None else None
+            self._on_exit()
             self.stop()
             log.error("query worker exited during a query", extra={"exitcode": code})
             raise StorageUnavailable(
@@ -169,8 +204,13 @@ class QueryWorkers:
 
     def __init__(self, store: Store, count: int) -> None:
         self.count = count if store.read_address is not None else 0
-        self._workers = [_Worker(store) for _ in range(self.count)]
+        self._workers = [_Worker(store, self._exited) for _ in range(self.count)]
         self._idle: asyncio.Queue[_Worker] | None = None
+        #: queries running in a worker / waiting for one; workers that died or were killed
+        self.busy = self.waiting = self.exits = 0
+
+    def _exited(self) -> None:
+        self.exits += 1
 
     def pids(self) -> list[int]:
         """Process ids of the running workers."""
@@ -189,12 +229,18 @@ class QueryWorkers:
             return await asyncio.to_thread(fn, store, *args)
         await asyncio.to_thread(store.read_barrier)
         idle = self._idle_queue()
-        worker = await idle.get()
+        self.waiting += 1
+        try:
+            worker = await idle.get()
+        finally:
+            self.waiting -= 1
+        self.busy += 1
         call = asyncio.ensure_future(asyncio.to_thread(worker.call, fn, args))
 
         def release(done: asyncio.Future[Result]) -> None:
             # The worker is free again when its call has ended, not when a waiting client
             # leaves; an error nobody awaits any more is not worth asyncio's warning.
+            self.busy -= 1
             idle.put_nowait(worker)
             if not done.cancelled():
                 done.exception()

@@ -77,7 +77,10 @@ _RANGE_DOC = (
 
 
 def setup(ctx: AppContext) -> None:
-    ctx.state[WORKERS_KEY] = QueryWorkers(ctx.store, ctx.settings.query_workers)
+    workers = ctx.state[WORKERS_KEY] = QueryWorkers(ctx.store, ctx.settings.query_workers)
+    ctx.metrics.query_workers_busy.set_function(lambda: workers.busy)
+    ctx.metrics.query_workers_waiting.set_function(lambda: workers.waiting)
+    ctx.metrics.query_worker_exits.set_function(lambda: workers.exits)
 
 
 async def shutdown(ctx: AppContext) -> None:
