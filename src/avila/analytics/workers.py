@@ -187,10 +187,15 @@ class _Worker:
             raise value
         return value  # type: ignore[no-any-return]
 
-    def stop(self, wait: float = 0.0) -> None:
+    def close_pipe(self) -> None:
         if self._jobs is not None:
             self._jobs.close()
             self._jobs = None
+
+    def stop(self, wait: float = 0.0) -> None:
+        """Close the job pipe (an idle worker exits on it); kill it if still there after
+        ``wait`` seconds (a busy one: its query is abandoned)."""
+        self.close_pipe()
         process, self.process = self.process, None
         if process is not None:
             process.join(wait)
@@ -249,6 +254,9 @@ class QueryWorkers:
         return await asyncio.shield(call)
 
     def close(self) -> None:
-        """Stop every worker (their queries in flight are abandoned)."""
+        """Stop every worker (their queries in flight are abandoned): all pipes first, so the
+        idle ones exit together, then a short wait each."""
         for worker in self._workers:
-            worker.stop(wait=5.0)
+            worker.close_pipe()
+        for worker in self._workers:
+            worker.stop(wait=1.0)
