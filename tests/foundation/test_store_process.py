@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+from collections.abc import Callable
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from avila.errors import StorageUnavailable
+from avila.storage.duckdb.channels import RemoteReader
 from avila.storage.duckdb.process import READ_CHANNELS, ProcessStore
 
 
@@ -35,3 +43,41 @@ def test_query_errors_come_back_as_duckdb_errors(store: ProcessStore) -> None:
     with pytest.raises(duckdb.Error):
         store.query("SELECT * FROM no_such_table")
     store.ping()  # the channel survives the error
+
+
+def _within(seconds: float, fn: Callable[[], Any]) -> Any:
+    """``fn()`` in a thread; a hang (not a slow answer) fails the test instead of the suite."""
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(("ok", fn()))
+        except BaseException as exc:
+            box.append(("err", exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert box, "no answer: the listener is held up by a client that never answered"
+    status, value = box[0]
+    if status == "err":
+        raise value
+    return value
+
+
+def test_a_silent_or_keyless_client_does_not_keep_query_workers_out(store: ProcessStore) -> None:
+    """Anyone on the host can reach the store process's abstract socket: without the key they
+    are refused, and one that connects and never answers holds up no one else."""
+    assert store.read_address is not None
+    address, key = store.read_address
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.connect(address)
+        with pytest.raises(AuthenticationError):
+            _within(60, lambda: Client(address, family="AF_UNIX", authkey=b"not the key"))
+        reader = _within(60, lambda: RemoteReader(address, key))
+        try:
+            assert reader.query("SELECT 42")[0][0] == 42
+            with pytest.raises(StorageUnavailable, match="read-only"):
+                reader.execute("DELETE FROM events")
+        finally:
+            reader.close()

@@ -34,7 +34,12 @@ import time
 from collections.abc import Sequence
 from contextlib import suppress
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Connection, Listener
+from multiprocessing.connection import (
+    Connection,
+    Listener,
+    answer_challenge,
+    deliver_challenge,
+)
 from pathlib import Path
 from typing import Any
 
@@ -131,17 +136,29 @@ def _serve_requests(store: Store, conn: Connection) -> None:
                 return
 
 
-def _serve_listener(store: Store, listener: Listener) -> None:
+def _serve_listener(store: Store, listener: Listener, authkey: bytes) -> None:
     """Read channels for other processes (query workers, :mod:`avila.analytics.workers`): each
-    connection that knows the key gets a thread of its own, until it closes."""
+    connection gets a thread of its own, which serves it once it has shown it knows the key.
+    The key check runs in that thread, not here: a client that connects and never answers
+    (anyone on the host can reach an abstract socket) must not hold up the next one."""
     while True:
         try:
             conn = listener.accept()
-        except AuthenticationError:
-            continue
         except OSError:
             return
-        threading.Thread(target=_serve_requests, args=(store, conn), daemon=True).start()
+        threading.Thread(
+            target=_serve_authenticated, args=(store, conn, authkey), daemon=True
+        ).start()
+
+
+def _serve_authenticated(store: Store, conn: Connection, authkey: bytes) -> None:
+    try:
+        deliver_challenge(conn, authkey)
+        answer_challenge(conn, authkey)
+    except (AuthenticationError, EOFError, OSError):
+        conn.close()
+        return
+    _serve_requests(store, conn)
 
 
 def _child_main(
@@ -159,18 +176,21 @@ def _child_main(
         store = DuckDBStore(
             Path(path), threads=threads, memory_limit=memory_limit, query_timeout=query_timeout
         )
+        # Listening before "ready": a worker may connect as soon as the parent has the store.
+        listener = Listener(listen[0], family="AF_UNIX") if listen is not None else None
     except Exception as exc:
         ready.send(("err", type(exc).__name__, str(exc)))
         return
-    ready.send(("ok", None))
     write, log_channel, *readers = channels
     loaders: list[Any] = []
     threading.Thread(target=_serve_log, args=(store, log_channel, loaders), daemon=True).start()
     for conn in readers:
         threading.Thread(target=_serve_requests, args=(store, conn), daemon=True).start()
-    if listen is not None:
-        listener = Listener(listen[0], family="AF_UNIX", authkey=listen[1])
-        threading.Thread(target=_serve_listener, args=(store, listener), daemon=True).start()
+    if listener is not None and listen is not None:  # the key is checked per connection
+        threading.Thread(
+            target=_serve_listener, args=(store, listener, listen[1]), daemon=True
+        ).start()
+    ready.send(("ok", None))
     writer = threading.Thread(target=_serve_requests, args=(store, write), daemon=True)
     writer.start()
     writer.join()
