@@ -91,6 +91,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         settings.storage_url,
         in_process=False,
         memory_limit=settings.duckdb_memory_limit,
+        threads=settings.duckdb_threads or None,
         query_timeout=settings.query_timeout,
         clickhouse=ClickHouseOptions.from_settings(settings),
     )

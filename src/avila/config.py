@@ -101,6 +101,13 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Cap on DuckDB's memory in the store process: `4GB`, or a share of physical RAM such as `50%`; empty: DuckDB's own default (80 % of RAM).",
     ),
     SettingSpec(
+        "duckdb_threads",
+        "AVILA_DUCKDB_THREADS",
+        "0",
+        "Threads DuckDB may use in the store process (queries and the ingest loader); 0: one per"
+        " core. Fewer leaves cores to the server, at the cost of slower queries and loading.",
+    ),
+    SettingSpec(
         "query_timeout",
         "AVILA_QUERY_TIMEOUT",
         "30",
@@ -373,6 +380,7 @@ class Settings:
     clickhouse_ttl_days: int = 0
     clickhouse_insert_quorum: int = 0
     duckdb_memory_limit: str = "50%"
+    duckdb_threads: int = 0
     query_timeout: float = 30.0
     query_workers: int = 2
     flush_max_events: int = 25_000
@@ -462,6 +470,7 @@ class Settings:
             "clickhouse_ttl_days": lambda env, raw: _parse_int(env, raw, 0, 100 * 366),
             "clickhouse_insert_quorum": lambda env, raw: _parse_int(env, raw, 0, 64),
             "duckdb_memory_limit": _parse_memory,
+            "duckdb_threads": lambda env, raw: _parse_int(env, raw, 0, 1024),
             "query_timeout": lambda env, raw: _parse_float(env, raw, 0, 86_400),
             "query_workers": lambda env, raw: _parse_int(env, raw, 0, 64),
             "flush_max_events": lambda env, raw: _parse_int(env, raw, 1, 10_000_000),

@@ -63,6 +63,8 @@ def test_cli_overrides_win_over_environment() -> None:
         ("AVILA_STORAGE_URL", "postgres://x"),
         ("AVILA_DEDUP_WINDOW_HOURS", "0"),
         ("AVILA_DUCKDB_MEMORY_LIMIT", "lots"),
+        ("AVILA_DUCKDB_THREADS", "-1"),
+        ("AVILA_QUERY_WORKERS", "many"),
         ("AVILA_MQTT_URL", "http://broker"),
         ("AVILA_REDIS_URL", "http://cache:6379"),
         ("AVILA_MQTT_SHARE_GROUP", "a/b"),
@@ -99,5 +101,19 @@ def test_duckdb_memory_limit_reaches_duckdb_in_the_store_process(tmp_path: Path)
     store = ProcessStore(tmp_path / "limited.duckdb", memory_limit="123MB")
     try:
         assert store.query("SELECT current_setting('memory_limit')")[0][0] == "117.3 MiB"
+    finally:
+        store.close()
+
+
+def test_duckdb_threads_reach_duckdb_in_the_store_process(tmp_path: Path) -> None:
+    from avila.storage import open_store
+
+    settings = Settings.from_env({"AVILA_DUCKDB_THREADS": "1"}, env_file=None)
+    assert settings.duckdb_threads == 1
+    assert Settings.from_env({}, env_file=None).duckdb_threads == 0  # 0: one per core
+    url = f"duckdb:///{tmp_path / 'threads.duckdb'}"
+    store = open_store(url, in_process=False, threads=settings.duckdb_threads or None)
+    try:
+        assert store.query("SELECT current_setting('threads')")[0][0] == 1
     finally:
         store.close()

@@ -20,6 +20,7 @@ def open_store(
     lock_wait: float = 15.0,
     memory_limit: str = "",
     query_timeout: float = 0,
+    threads: int | None = None,
     clickhouse: ClickHouseOptions | None = None,
 ) -> Store:
     """Open ``duckdb:///relative/path`` or ``duckdb:////absolute/path``; ``chdb:///abs/dir``
@@ -29,7 +30,8 @@ def open_store(
     :mod:`avila.storage.duckdb.process`). ``lock_wait`` is how long to wait for another
     process (a stopping server) to release the file; CLI tools pass a short one.
     ``query_timeout``: reads are cancelled past this many seconds (0: never); DuckDB by a
-    watchdog thread, ClickHouse by its ``max_execution_time`` setting.
+    watchdog thread, ClickHouse by its ``max_execution_time`` setting. ``threads``: DuckDB's
+    thread count (None: one per core).
 
     ClickHouse stores always run in this process (see :mod:`avila.storage.clickhouse.store`);
     ``clickhouse`` defaults to the ``AVILA_CLICKHOUSE_*`` settings of the environment, so every
@@ -40,7 +42,9 @@ def open_store(
         if not in_process and not read_only:
             from avila.storage.duckdb.process import ProcessStore
 
-            return ProcessStore(path, memory_limit=memory_limit, query_timeout=query_timeout)
+            return ProcessStore(
+                path, threads=threads, memory_limit=memory_limit, query_timeout=query_timeout
+            )
         from avila.storage.duckdb.store import DuckDBStore
 
         return DuckDBStore(
@@ -49,6 +53,7 @@ def open_store(
             lock_wait=lock_wait,
             memory_limit=memory_limit,
             query_timeout=query_timeout,
+            threads=threads,
         )
     if storage_url.split(":", 1)[0] in ("chdb", "clickhouse", "clickhouses"):
         from avila.storage.clickhouse.store import ClickHouseStore
