@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import re
 import shutil
@@ -119,28 +118,13 @@ def peak_memory_gb(server: ServerProcess) -> dict[str, float]:
 
     assert server.proc is not None
     pid = server.proc.pid
-    children = [
-        int(child)
-        for task in Path(f"/proc/{pid}/task").iterdir()
-        for child in (task / "children").read_text().split()
-    ]
-    spawned = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-    stores = [c for c in spawned if _holds_duckdb(c)]
-    workers = [c for c in spawned if c not in stores]
+    stores = server.store_pids()
+    workers = server.query_worker_pids()
     return {
         "server": hwm(pid),
         "store": max((hwm(c) for c in stores), default=float("nan")),
         "workers": max((hwm(c) for c in workers), default=float("nan")),
     }
-
-
-def _holds_duckdb(pid: int) -> bool:
-    """The store process is the child with the DuckDB file open (the others: query workers)."""
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            if os.readlink(fd).endswith(".duckdb"):
-                return True
-    return False
 
 
 def _probes(url: str, key: str, heavy: bool, done: Any, out: Any) -> None:

@@ -9,7 +9,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,24 +17,6 @@ from avila.testing import ServerProcess
 from tests.conftest import TEST_KEY
 
 RANGE = {"start_time": "2026-01-01T00:00:00Z", "end_time": "2026-02-01T00:00:00Z"}
-
-
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with open(task / "children") as listed:
-            found.update(int(p) for p in listed.read().split())
-    return found
-
-
-def _holds_duckdb(pid: int) -> bool:
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            if os.readlink(fd).endswith(".duckdb"):
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def _wait_gone(pid: int) -> None:
@@ -52,13 +33,7 @@ def _wait_gone(pid: int) -> None:
 
 
 def _workers(server: ServerProcess) -> set[int]:
-    assert server.proc is not None
-    return {p for p in _children(server.proc.pid) if _spawned(p) and not _holds_duckdb(p)}
-
-
-def _spawned(pid: int) -> bool:
-    """A ``multiprocessing`` spawn child (not, say, its resource tracker)."""
-    return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return set(server.query_worker_pids())
 
 
 def _client(server: ServerProcess) -> httpx.Client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -95,8 +96,45 @@ class ServerProcess:
         code = int(self.proc.returncode or 0)
         return 0 if code == -signal.SIGTERM else code
 
+    def children(self) -> list[int]:
+        """The server's live child processes (any thread may be the parent)."""
+        if self.proc is None:
+            return []
+        found: list[int] = []
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    found.extend(int(c) for c in (task / "children").read_text().split())
+        return found
+
+    def store_pids(self) -> list[int]:
+        """The store process: the spawned child holding the DuckDB file open."""
+        return [c for c in self.children() if _spawned(c) and _holds_duckdb(c)]
+
+    def query_worker_pids(self) -> list[int]:
+        """Query workers: the spawned children other than the store process (multiprocessing's
+        resource tracker is not a spawn child)."""
+        return [c for c in self.children() if _spawned(c) and not _holds_duckdb(c)]
+
     def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _spawned(pid: int) -> bool:
+    """A ``multiprocessing`` spawn child."""
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _holds_duckdb(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd).endswith(".duckdb"):
+                    return True
+    return False
