@@ -43,7 +43,7 @@ from avila.config import Settings
 from avila.ingest.service import IngestService
 from avila.live.bus import STATE_KEY as LIVE_BUS
 from avila.metrics import Metrics
-from avila.shared import CHANGES_KEY, open_shared
+from avila.shared import CHANGES_KEY, LEASES_KEY, open_shared
 from avila.storage import Store, open_store
 from avila.storage.clickhouse.target import ClickHouseOptions
 from avila.storage.ingest_log import config_from_settings
@@ -117,6 +117,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
             "rate_limiter": shared.rate_limiter,
             LIVE_BUS: shared.bus,
             CHANGES_KEY: shared.changes,
+            LEASES_KEY: shared.leases,
         }
     )
     for module in API_MODULES:

@@ -14,6 +14,12 @@ A firing is written to the history, published as an ``Alert`` on the WebSocket `
 channel of the rule's project, and handed to :class:`~avila.alerts.delivery.Deliverer` in a
 task of its own: evaluation never waits for a destination. Store reads run in a worker thread,
 so neither ingestion nor the event loop waits for an evaluation either.
+
+**Replicas** (``AVILA_REDIS_URL``, one shared store): every replica evaluates every rule, and
+a firing goes out once. Before firing, a replica takes the rule's lease for its cooldown
+(:mod:`avila.shared.leases`); a replica that finds the lease taken stays quiet, as if it had
+fired itself. Rules created or deleted through one replica are reloaded by the others within
+:data:`RULES_RECHECK_SECONDS` (:mod:`avila.shared.changes`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from avila.alerts.delivery import Deliverer
 from avila.alerts.repository import AlertRepository, DeliveryResult, Firing, utc_now
 from avila.alerts.rules import Rule, RuleSpec, breaches, evaluate
 from avila.live.bus import LiveBus
+from avila.shared.changes import Changes, LocalChanges
+from avila.shared.leases import Leases, LocalLeases
 
 log = logging.getLogger("avila.alerts")
 
@@ -35,6 +43,10 @@ log = logging.getLogger("avila.alerts")
 MIN_GAP_SECONDS = 0.2
 #: How long shutdown waits for deliveries in flight before cancelling them.
 DRAIN_SECONDS = 5.0
+#: How often a replica asks whether another one changed the rules.
+RULES_RECHECK_SECONDS = 1.0
+#: Name of the rules' change counter (:mod:`avila.shared.changes`).
+RULES_CHANGES = "alert_rules"
 
 
 class AlertScheduler:
@@ -44,11 +56,18 @@ class AlertScheduler:
         deliverer: Deliverer,
         bus: LiveBus,
         interval: float = 1.0,
+        *,
+        changes: Changes | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.repository = repository
         self.deliverer = deliverer
         self.bus = bus
         self.interval = interval
+        self.changes: Changes = changes or LocalChanges()
+        self.leases: Leases = leases or LocalLeases()
+        self._rules_version: int | None = None
+        self._rules_checked_at = 0.0
         self.rules: dict[str, Rule] = {}
         self.last_fired: dict[str, datetime] = {}
         self._wake = asyncio.Event()
@@ -57,9 +76,7 @@ class AlertScheduler:
         self._failing: dict[str, str] = {}  # rule id -> repr of its current evaluation error
 
     async def start(self) -> None:
-        rules = await asyncio.to_thread(self.repository.rules)
-        self.rules = {rule.id: rule for rule in rules}
-        self.last_fired = await asyncio.to_thread(self.repository.last_firings)
+        await self._load_rules()
         self.deliverer.start()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="alert-scheduler")
 
@@ -75,6 +92,21 @@ class AlertScheduler:
             await asyncio.gather(*pending, return_exceptions=True)
         await self.deliverer.close()
 
+    async def _load_rules(self) -> None:
+        self._rules_version = await asyncio.to_thread(self.changes.version, RULES_CHANGES)
+        self._rules_checked_at = time.monotonic()
+        rules = await asyncio.to_thread(self.repository.rules)
+        self.rules = {rule.id: rule for rule in rules}
+        self.last_fired = await asyncio.to_thread(self.repository.last_firings)
+
+    async def _reload_rules_if_changed(self) -> None:
+        if time.monotonic() - self._rules_checked_at < RULES_RECHECK_SECONDS:
+            return
+        self._rules_checked_at = time.monotonic()
+        version = await asyncio.to_thread(self.changes.version, RULES_CHANGES)
+        if version is not None and version != self._rules_version:
+            await self._load_rules()
+
     def nudge(self) -> None:
         """Evaluate soon (call from the event loop's thread)."""
         self._wake.set()
@@ -84,6 +116,7 @@ class AlertScheduler:
     async def add_rule(self, project_id: str, spec: RuleSpec) -> Rule:
         rule = await asyncio.to_thread(self.repository.add_rule, project_id, spec)
         self.rules[rule.id] = rule
+        await asyncio.to_thread(self.changes.bump, RULES_CHANGES)
         self.nudge()
         return rule
 
@@ -91,6 +124,7 @@ class AlertScheduler:
         deleted = await asyncio.to_thread(self.repository.delete_rule, project_id, rule_id)
         if deleted:
             self.rules.pop(rule_id, None)
+            await asyncio.to_thread(self.changes.bump, RULES_CHANGES)
         return deleted
 
     def project_rules(self, project_id: str) -> list[Rule]:
@@ -112,6 +146,7 @@ class AlertScheduler:
 
     async def tick(self, now: datetime | None = None) -> list[Firing]:
         """Evaluate every rule once at ``now`` (naive UTC); returns the firings it started."""
+        await self._reload_rules_if_changed()
         if not self.rules:
             return []
         now = now or utc_now()
@@ -124,6 +159,10 @@ class AlertScheduler:
             last = self.last_fired.get(rule.id)
             cooldown = timedelta(seconds=rule.spec.cooldown)
             if last is not None and now - last < cooldown:
+                continue
+            # Another replica that fired the rule holds its lease (cooldown 0: one round).
+            period = max(cooldown.total_seconds(), self.interval)
+            if not await asyncio.to_thread(self.leases.acquire, f"alert:{rule.id}", period):
                 continue
             assert value is not None
             firings.append(await self._fire(Firing(rule, value, now)))

@@ -23,6 +23,7 @@ from avila.api.component import AppContext
 from avila.errors import NotFound, ValidationFailed
 from avila.live.bus import get_bus
 from avila.security.keys import Principal
+from avila.shared import CHANGES_KEY, LEASES_KEY
 
 PREFIX = "/api/v1/alerts"
 TAGS = ["alerts"]
@@ -40,7 +41,12 @@ def setup(ctx: AppContext) -> None:
         smtp, attempts=s.alerts_delivery_attempts, timeout=s.alerts_delivery_timeout_seconds
     )
     scheduler = AlertScheduler(
-        AlertRepository(ctx.store), deliverer, get_bus(ctx.state), s.alerts_interval_seconds
+        AlertRepository(ctx.store),
+        deliverer,
+        get_bus(ctx.state),
+        s.alerts_interval_seconds,
+        changes=ctx.state.get(CHANGES_KEY),
+        leases=ctx.state.get(LEASES_KEY),
     )
     ctx.state[STATE_KEY] = scheduler
     i40 = ctx.state.get("industry40")

@@ -20,9 +20,12 @@ from avila.ml.registry import ModelRegistry, RunRegistry
 from avila.security.keys import KeyRegistry, KeyStore
 from avila.security.ratelimit import RateLimiter
 from avila.shared.changes import Changes, LocalChanges
+from avila.shared.leases import Leases, LocalLeases
 
 #: Key of the replica's :class:`~avila.shared.changes.Changes` in ``AppContext.state``.
 CHANGES_KEY = "shared_changes"
+#: Key of the replica's :class:`~avila.shared.leases.Leases` in ``AppContext.state``.
+LEASES_KEY = "shared_leases"
 
 #: Seconds a Redis call may take before the replica answers 503 (or degrades, for the bus).
 REDIS_TIMEOUT_SECONDS = 2.0
@@ -74,6 +77,8 @@ class SharedState:
     bus: LiveBus
     #: Counters that tell replicas to reload what they cache from the store (alarm rules).
     changes: Changes = field(default_factory=LocalChanges)
+    #: Work done once per period by one replica of many (alert deliveries).
+    leases: Leases = field(default_factory=LocalLeases)
     _async_client: aioredis.Redis | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -99,6 +104,7 @@ def open_shared(settings: Settings) -> SharedState:
         )
     from avila.shared.changes import RedisChanges
     from avila.shared.claims import RedisClaims
+    from avila.shared.leases import RedisLeases
     from avila.shared.live import RedisLiveBus
 
     client = async_client(settings.redis_url)
@@ -108,5 +114,6 @@ def open_shared(settings: Settings) -> SharedState:
         rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.redis_url),
         bus=RedisLiveBus(client),
         changes=RedisChanges(sync_client(settings.redis_url)),
+        leases=RedisLeases(sync_client(settings.redis_url)),
         _async_client=client,
     )

@@ -1,0 +1,48 @@
+"""Leases: work that one replica of many should do once per period, such as sending an alert.
+
+Every replica evaluates every alert rule (each has the rules and the shared store), so without
+coordination each would deliver the same alert. The replica that finds a rule firing first
+takes the rule's lease for its cooldown (``SET avila:lease:<name> <replica> NX PX``); the others
+find it taken and stay quiet until it expires. In process (:class:`LocalLeases`) there is no
+one else: every lease is granted, exactly the single-replica behaviour.
+
+Redis down: the lease is granted (and a warning logged). A replica that cannot reach Redis may
+then send an alert another replica sent too; a duplicate alert is the lesser harm than none.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Protocol
+
+import redis
+
+log = logging.getLogger("avila.shared")
+
+PREFIX = "avila:lease:"
+
+
+class Leases(Protocol):
+    def acquire(self, name: str, seconds: float) -> bool:
+        """True if this replica now holds ``name`` for ``seconds`` (nobody else held it)."""
+        ...
+
+
+class LocalLeases:
+    def acquire(self, name: str, seconds: float) -> bool:
+        return True
+
+
+class RedisLeases:
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._holder = secrets.token_hex(8)
+
+    def acquire(self, name: str, seconds: float) -> bool:
+        milliseconds = max(1, round(seconds * 1000))
+        try:
+            return bool(self._redis.set(PREFIX + name, self._holder, nx=True, px=milliseconds))
+        except redis.RedisError as exc:
+            log.warning("lease granted without Redis", extra={"name": name, "error": str(exc)})
+            return True
