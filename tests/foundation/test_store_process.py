@@ -10,11 +10,13 @@ from multiprocessing.connection import Client
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from avila.errors import StorageUnavailable
 from avila.storage.duckdb.channels import RemoteReader
 from avila.storage.duckdb.process import READ_CHANNELS, ProcessStore
+from avila.storage.duckdb.store import DuckDBStore
 
 
 @pytest.fixture
@@ -81,3 +83,25 @@ def test_a_silent_or_keyless_client_does_not_keep_query_workers_out(store: Proce
                 reader.execute("DELETE FROM events")
         finally:
             reader.close()
+
+
+@pytest.mark.parametrize("where", ["in the store process", "in process"])
+def test_execute_all_is_one_transaction(tmp_path: Path, where: str) -> None:
+    """All statements or none: a failing one rolls back those before it (GDPR erase runs the
+    rollups' negation and the events' delete this way)."""
+    path = tmp_path / "store.duckdb"
+    store = ProcessStore(path) if where == "in the store process" else DuckDBStore(path)
+    try:
+        store.execute("CREATE TABLE t (x INTEGER)")
+        assert store.execute_all(
+            [("INSERT INTO t VALUES (?), (?)", [1, 2]), ("DELETE FROM t WHERE x = ?", [1])]
+        ) == [2, 1]
+        with pytest.raises(duckdb.Error):
+            store.execute_all(
+                [("INSERT INTO t VALUES (?)", [3]), ("INSERT INTO no_such_table VALUES (1)", [])]
+            )
+        assert store.query("SELECT x FROM t ORDER BY x") == [(2,)]
+        store.execute_all([("INSERT INTO t VALUES (?)", [4])])  # still usable
+        assert store.query("SELECT count(*) FROM t")[0][0] == 2
+    finally:
+        store.close()

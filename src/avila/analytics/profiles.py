@@ -110,16 +110,13 @@ def erase_user(store: Store, project_id: str, user_id: str) -> dict[str, int]:
     With identity stitching the person is ``user_id`` plus every id that resolves to it
     (``FRAGMENTS["person_aliases"]``), so their anonymous history goes too, and so do the
     identity links that name any of those ids (they are personal data as well). The daily
-    rollups forget them first (:func:`avila.storage.rollups.forget_users`).
+    rollups forget them in the same transaction (:meth:`avila.storage.base.Store.erase_users`).
     """
     ids = [user_id]
     aliases_sql = fragments(store).get("person_aliases", "")
     if aliases_sql:
         ids += [row[0] for row in store.query(aliases_sql, [project_id, user_id])]
-    store.forget_users(project_id, ids)
-    deleted = store.delete_rows("events", {"project_id": project_id, "user_id": ids})
+    deleted = store.erase_users(project_id, ids, links=bool(aliases_sql))
     if aliases_sql:
-        store.delete_rows("identities", {"project_id": project_id, "user_id": ids})
-        store.delete_rows("identities", {"project_id": project_id, "anonymous_id": ids})
         person_map.rebuild(store, project_id)
     return {"deleted_events": int(deleted)}

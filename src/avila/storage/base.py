@@ -22,6 +22,9 @@ from avila.storage.schema import ColumnBatch, columns_to_arrow
 if TYPE_CHECKING:
     from avila.storage.loader import Loader
 
+#: One SQL statement and its parameters (:meth:`Store.execute_all`).
+Statement = tuple[str, Sequence[Any]]
+
 #: How long a read waits for the loader to catch up with what was acknowledged before it.
 READ_BARRIER_S = 5.0
 #: How long closing a store waits for the loader to drain the log (the rest stays in the log).
@@ -223,10 +226,21 @@ class Store(ABC):
     #: events; readers without them compute from raw rows.
     has_rollups = False
 
-    def forget_users(self, project_id: str, user_ids: Sequence[str]) -> None:
-        """Before users' events are erased: derived tables (rollups) forget them. Nothing to
-        do for a backend without any."""
-        return None
+    def execute_all(self, statements: Sequence[Statement]) -> list[int]:
+        """Run the statements in order, in one transaction where the backend has them (DuckDB:
+        all or none); returns what :meth:`execute` returns for each. ClickHouse has no
+        transactions: one after the other."""
+        return [self.execute(sql, params) for sql, params in statements]
+
+    def erase_users(self, project_id: str, user_ids: Sequence[str], *, links: bool) -> int:
+        """Delete every event of ``user_ids`` in the project (GDPR), and with ``links`` every
+        identity link naming one of them; derived tables (rollups) forget them in the same
+        transaction. Returns the number of events deleted."""
+        deleted = self.delete_rows("events", {"project_id": project_id, "user_id": user_ids})
+        if links:
+            self.delete_rows("identities", {"project_id": project_id, "user_id": user_ids})
+            self.delete_rows("identities", {"project_id": project_id, "anonymous_id": user_ids})
+        return deleted
 
     def delete_rows(self, table: str, where: Mapping[str, Any]) -> int:
         """Delete the rows matching ``where`` (column = value; a list or tuple value means IN;

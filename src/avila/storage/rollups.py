@@ -27,11 +27,12 @@ Revenue is summed as DECIMAL(38, 6), so sums and the negated sums of an erase ca
 (a double would lose a small order next to a huge one); ingest bounds revenue to +-1e15, far
 inside the 32 integer digits.
 
-GDPR erase (:func:`forget_users`) appends the negated contribution of the user's events to
-``rollup_daily`` and deletes their ``rollup_user_days`` rows before the events themselves are
-deleted. Readers check that the rollup's event count over the days they use equals the events
-table's (:mod:`avila.analytics.rollup_reads`), so a write that bypassed this module, or a crash
-between the two steps of an erase, makes them read raw rows instead of a wrong rollup.
+GDPR erase (:func:`forget_statements`) appends the negated contribution of the user's events
+to ``rollup_daily`` and deletes their ``rollup_user_days`` rows, in the transaction that
+deletes the events themselves (:meth:`avila.storage.base.Store.erase_users`). Readers check
+that the rollup's event count over the days they use equals the events table's
+(:mod:`avila.analytics.rollup_reads`), so a write that bypassed this module makes them read raw
+rows instead of a wrong rollup.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from avila.storage.base import Store
+from avila.storage.base import Statement
 
 ROLLUP_DDL: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS rollup_daily (project_id VARCHAR NOT NULL, day DATE NOT NULL,"
@@ -239,16 +240,19 @@ def add_partials(cursor: Any, found: Partials) -> None:
             cursor.from_arrow(table).insert_into(name)
 
 
-def forget_users(store: Store, project_id: str, user_ids: Sequence[str]) -> None:
-    """Make the rollups forget ``user_ids`` (call before deleting their events)."""
+def forget_statements(project_id: str, user_ids: Sequence[str]) -> list[Statement]:
+    """The statements that make the rollups forget ``user_ids``: run them in the transaction
+    that deletes their events, before the delete (they read the events)."""
     marks = ", ".join("?" for _ in user_ids)
     mine = _representable(f"(SELECT * FROM events WHERE project_id = ? AND user_id IN ({marks}))")
-    store.execute(
-        "INSERT INTO rollup_daily SELECT project_id, day, event_type, kind, value, -events,"
-        f" -revenue FROM ({DAILY_FROM.format(src=mine)})",
-        [project_id, *user_ids] * 3,
-    )
-    store.execute(
-        f"DELETE FROM rollup_user_days WHERE project_id = ? AND user_id IN ({marks})",
-        [project_id, *user_ids],
-    )
+    return [
+        (
+            "INSERT INTO rollup_daily SELECT project_id, day, event_type, kind, value, -events,"
+            f" -revenue FROM ({DAILY_FROM.format(src=mine)})",
+            [project_id, *user_ids] * 3,
+        ),
+        (
+            f"DELETE FROM rollup_user_days WHERE project_id = ? AND user_id IN ({marks})",
+            [project_id, *user_ids],
+        ),
+    ]

@@ -46,7 +46,7 @@ from typing import Any
 import pyarrow as pa
 
 from avila.errors import StorageUnavailable
-from avila.storage.base import Store
+from avila.storage.base import Statement, Store
 from avila.storage.duckdb.channels import ChannelReads, raise_remote, to_ipc
 from avila.storage.frames import from_ipc
 from avila.storage.ingest_log import IngestLogConfig, default_log_dir
@@ -122,6 +122,8 @@ def _serve_requests(store: Store, conn: Connection) -> None:
                 conn.send(("ok", None))
             elif op == "execute":
                 conn.send(("ok", store.execute(message[1], message[2])))
+            elif op == "execute_all":
+                conn.send(("ok", store.execute_all(message[1])))
             elif op == "recent_keys":
                 conn.send(("ok", list(store.recent_event_keys(message[1]))))
             elif op == "ping":
@@ -345,6 +347,11 @@ class ProcessStore(ChannelReads):
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:
         with self._write_lock:
             return int(self._call(self._write, "execute", sql, list(params or []))[1])
+
+    def execute_all(self, statements: Sequence[Statement]) -> list[int]:
+        batch = [(sql, list(params)) for sql, params in statements]
+        with self._write_lock:
+            return list(self._call(self._write, "execute_all", batch)[1])
 
     def ping(self) -> None:
         if not self._process.is_alive():

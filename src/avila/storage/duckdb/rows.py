@@ -23,10 +23,26 @@ class DuckDBRows(Store):
     #: compressed straight into the file instead of through the WAL.
     catch_up_load_rows = 2 * 122_880
 
-    def forget_users(self, project_id: str, user_ids: Sequence[str]) -> None:
+    def erase_users(self, project_id: str, user_ids: Sequence[str], *, links: bool) -> int:
+        """One transaction: the rollups forget the users, their events go, and (``links``)
+        the identity links naming them. A crash or error midway leaves all as it was, so a
+        retried erase never subtracts a user from the rollups twice."""
         from avila.storage import rollups
 
-        rollups.forget_users(self, project_id, user_ids)
+        marks = ", ".join("?" for _ in user_ids)
+        statements = rollups.forget_statements(project_id, user_ids)
+        deleting = len(statements)
+        statements.append(
+            (f"DELETE FROM events WHERE project_id = ? AND user_id IN ({marks})",
+             [project_id, *user_ids])
+        )  # fmt: skip
+        if links:
+            for column in ("user_id", "anonymous_id"):
+                statements.append(
+                    (f"DELETE FROM identities WHERE project_id = ? AND {column} IN ({marks})",
+                     [project_id, *user_ids])
+                )  # fmt: skip
+        return self.execute_all(statements)[deleting]
 
     def _columns(self, table: str, names: Sequence[str]) -> str:
         """``"a", "b"`` for ``names`` once each is a column of ``table`` (ValueError if not)."""

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from avila.errors import StorageUnavailable
 from avila.storage import person_map, rollups
+from avila.storage.base import Statement
 from avila.storage.duckdb.migrations import migrate
 from avila.storage.duckdb.rows import DuckDBRows
 from avila.storage.duckdb.watchdog import Watchdog
@@ -297,6 +298,22 @@ class DuckDBStore(DuckDBRows):
         with self._write_lock:
             rows = self._cursor().execute(sql, list(params or [])).fetchall()
         return int(rows[0][0]) if rows and rows[0] and isinstance(rows[0][0], int) else 0
+
+    def execute_all(self, statements: Sequence[Statement]) -> list[int]:
+        with self._write_lock:
+            cursor = self._cursor()
+            cursor.execute("BEGIN TRANSACTION")
+            try:
+                counts = []
+                for sql, params in statements:
+                    rows = cursor.execute(sql, list(params)).fetchall()
+                    first = rows[0][0] if rows and rows[0] else None
+                    counts.append(int(first) if isinstance(first, int) else 0)
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+        return counts
 
     def ping(self) -> None:
         try:
