@@ -42,6 +42,30 @@ def unpicklable_error(store: Store, project_id: str) -> dict[str, Any]:
     raise ValueError(lambda: None)  # a lambda does not pickle: the error cannot go back as-is
 
 
+def echo(store: Store, value: Any) -> dict[str, Any]:
+    return {"value": value}
+
+
+def _arrive(flag: str, always: bool) -> str:
+    """Called in the worker while it unpickles a job, before it can say "started": the worker
+    exits there (the first time, or ``always``)."""
+    if always or not os.path.exists(flag):
+        Path(flag).touch()
+        os._exit(3)
+    return "arrived"
+
+
+class _DiesOnArrival:
+    """An argument whose unpickling ends the worker that receives it: a worker dying after the
+    job was sent and before it started it, deterministically."""
+
+    def __init__(self, flag: Path, always: bool = False) -> None:
+        self.flag, self.always = flag, always
+
+    def __reduce__(self) -> Any:
+        return (_arrive, (str(self.flag), self.always))
+
+
 class _Local:
     """A lock-like object: pickling it fails, so it cannot be sent to a worker."""
 
@@ -175,3 +199,22 @@ def test_a_report_past_the_time_limit_is_ended_with_its_worker(store: ProcessSto
         assert pool.pids() != [first]
     finally:
         pool.close()
+
+
+def test_a_job_its_worker_never_started_goes_to_a_new_worker(
+    store: ProcessStore, workers: QueryWorkers, tmp_path: Path
+) -> None:
+    assert in_worker(workers, echo, store, "warm")["value"] == "warm"
+    (first,) = workers.pids()
+    # The worker dies after receiving the job, before "started": not the job's doing, so the
+    # next worker runs it and the caller gets its answer.
+    assert in_worker(workers, echo, store, _DiesOnArrival(tmp_path / "once")) == {
+        "value": "arrived"
+    }
+    assert workers.exits == 1 and workers.pids() != [first]
+    # A job that ends every worker it reaches is given up after the second: 503, and the pool
+    # still serves the next query.
+    with pytest.raises(StorageUnavailable, match="before it could start") as gave_up:
+        in_worker(workers, echo, store, _DiesOnArrival(tmp_path / "always", always=True))
+    assert gave_up.value.code == "query_worker_exited" and workers.exits == 3
+    assert in_worker(workers, echo, store, "after")["value"] == "after"
