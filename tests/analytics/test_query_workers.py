@@ -46,6 +46,12 @@ def echo(store: Store, value: Any) -> dict[str, Any]:
     return {"value": value}
 
 
+def pid_after(store: Store, seconds: float) -> int:
+    """Python work for ``seconds`` (no read the store could cancel), then the worker's pid."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def _arrive(flag: str, always: bool) -> str:
     """Called in the worker while it unpickles a job, before it can say "started": the worker
     exits there (the first time, or ``always``)."""
@@ -218,3 +224,23 @@ def test_a_job_its_worker_never_started_goes_to_a_new_worker(
         in_worker(workers, echo, store, _DiesOnArrival(tmp_path / "always", always=True))
     assert gave_up.value.code == "query_worker_exited" and workers.exits == 3
     assert in_worker(workers, echo, store, "after")["value"] == "after"
+
+
+def test_a_training_pool_holds_only_each_read_to_the_limit_and_starts_fresh(
+    store: ProcessStore,
+) -> None:
+    """Model training (``whole_job_limit=False, fresh=True``): a job may outlast
+    ``AVILA_QUERY_TIMEOUT`` as a whole, and each job gets a new process, which exits after it."""
+    store.query_timeout = 0.5
+    try:
+        pool = QueryWorkers(store, 1, whole_job_limit=False, fresh=True)
+    finally:
+        store.query_timeout = 0
+    try:
+        first = asyncio.run(pool.run(pid_after, store, 2.0))  # 4x the limit: still answers
+        assert pool.pids() == []  # the process is gone with its job
+        second = asyncio.run(pool.run(pid_after, store, 0.0))
+        assert first != second and os.getpid() not in (first, second)
+        assert pool.exits == 0  # stopping after a job is not a worker dying
+    finally:
+        pool.close()

@@ -105,10 +105,14 @@ def _worker_main(address: str, authkey: bytes, query_timeout: float, jobs: Conne
 class _Worker:
     """One worker process and the pipe its jobs go through (used by one request at a time)."""
 
-    def __init__(self, store: Store, on_exit: Callable[[], None]) -> None:
+    def __init__(
+        self, store: Store, on_exit: Callable[[], None], *, whole_job_limit: bool, fresh: bool
+    ) -> None:
         assert store.read_address is not None
         self._address, self._authkey = store.read_address
         self._query_timeout = store.query_timeout
+        self._hard_limit = store.query_timeout if whole_job_limit else 0
+        self._fresh = fresh
         self._on_exit = on_exit
         self.process: BaseProcess | None = None
         self._jobs: Connection | None = None
@@ -163,7 +167,7 @@ class _Worker:
     def call(self, fn: Callable[..., Result], args: tuple[Any, ...]) -> Result:
         """``fn(store, *args)`` in the worker (blocking: call from a thread)."""
         jobs = self._hand_over((fn, args))
-        limit = self._query_timeout
+        limit = self._hard_limit
         if limit and not jobs.poll(limit + HARD_LIMIT_GRACE_S):
             # Past the limit in Python (between the store's cancellable reads, or a slice read
             # started just before it): end the report for real; a new worker takes the next.
@@ -183,6 +187,8 @@ class _Worker:
                 " of the kernel's out-of-memory killer); narrow the time range, or lower the load",
                 code="query_worker_exited",
             ) from exc
+        if self._fresh:  # its memory goes back to the system; the next job starts a new one
+            self.stop(wait=5.0)
         if status == "err":
             raise value
         return value  # type: ignore[no-any-return]
@@ -207,9 +213,17 @@ class _Worker:
 class QueryWorkers:
     """A pool of ``count`` analytics worker processes for ``store`` (see the module's doc)."""
 
-    def __init__(self, store: Store, count: int) -> None:
+    def __init__(
+        self, store: Store, count: int, *, whole_job_limit: bool = True, fresh: bool = False
+    ) -> None:
+        """``whole_job_limit``: hold each job to ``AVILA_QUERY_TIMEOUT`` as a whole (reports);
+        without it only each read is (model training, which may take minutes). ``fresh``: a
+        new process for every job, so a job's memory is not kept by an idle worker."""
         self.count = count if store.read_address is not None else 0
-        self._workers = [_Worker(store, self._exited) for _ in range(self.count)]
+        self._workers = [
+            _Worker(store, self._exited, whole_job_limit=whole_job_limit, fresh=fresh)
+            for _ in range(self.count)
+        ]
         self._idle: asyncio.Queue[_Worker] | None = None
         #: queries running in a worker / waiting for one; workers that died or were killed
         self.busy = self.waiting = self.exits = 0

@@ -19,6 +19,7 @@ import msgspec
 from litestar import Request, get, post
 from litestar.params import Parameter
 
+from avila.analytics.workers import QueryWorkers
 from avila.api.component import AppContext
 from avila.errors import MalformedJSON, NotFound, ValidationFailed
 from avila.live import get_bus
@@ -93,7 +94,7 @@ async def train(request: Request[Any, Any, Any]) -> dict[str, Any]:
     )
     lock: asyncio.Lock = ml["locks"].setdefault(project, asyncio.Lock())
     async with lock:
-        artifact, meta = await asyncio.to_thread(train_project, ml["store"], project, options)
+        artifact, meta = await ml["trainer"].run(train_project, ml["store"], project, options)
         meta = await asyncio.to_thread(ml["registry"].save, project, artifact, meta)
         ml["service"].install(project, meta, artifact)
         new = await asyncio.to_thread(ml["anomalies"].add, project, artifact.anomalies)
@@ -199,6 +200,11 @@ def setup(ctx: AppContext) -> None:
     get_bus(ctx.state)
     ctx.state["ml"] = {
         "store": ctx.store,
+        # Training runs in a process of its own (started per run, so its memory goes back to
+        # the system), like reports (docs/ml.md); held to AVILA_QUERY_TIMEOUT per read only.
+        "trainer": QueryWorkers(
+            ctx.store, min(1, ctx.settings.query_workers), whole_job_limit=False, fresh=True
+        ),
         "registry": registry,
         "service": PredictionService(ctx.store, registry, live),
         "anomalies": AnomalyLog(root / "anomalies.sqlite"),
@@ -228,6 +234,7 @@ async def shutdown(ctx: AppContext) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     ml["anomalies"].close()
+    await asyncio.to_thread(ml["trainer"].close)
 
 
 def _check_minute(ctx: AppContext, project: str, minute: datetime) -> list[dict[str, Any]]:
