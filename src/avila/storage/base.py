@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,26 @@ Statement = tuple[str, Sequence[Any]]
 READ_BARRIER_S = 5.0
 #: How long closing a store waits for the loader to drain the log (the rest stays in the log).
 DRAIN_TIMEOUT_S = 120.0
+
+
+def check_columns(
+    catalog: dict[str, frozenset[str]],
+    table: str,
+    names: Sequence[str],
+    read_catalog: Callable[[str], Iterable[Sequence[Any]]],
+) -> None:
+    """ValueError unless ``table`` exists with every column in ``names``, so they may be quoted
+    into a statement. ``read_catalog(table)`` gives the table's column names (one per row) from
+    the backend's catalog; ``catalog`` caches them per table."""
+    known = catalog.get(table)
+    if known is None:
+        known = frozenset(row[0] for row in read_catalog(table))
+        if not known:
+            raise ValueError(f"no table named {table!r}")
+        catalog[table] = known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"table {table!r} has no columns {unknown}")
 
 
 def where_clause(where: Mapping[str, Any], params: list[Any]) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from avila.storage.base import Store, where_clause
+from avila.storage.base import Store, check_columns, where_clause
 from avila.storage.clickhouse.params import prepare
 from avila.storage.clickhouse.target import ClickHouseOptions
 
@@ -49,22 +49,15 @@ class ClickHouseRows(Store):
     def _check_columns(self, table: str, names: Sequence[str]) -> None:
         """ValueError unless ``table`` is a table of this database with every column in
         ``names`` (so they may be quoted into a statement)."""
-        known = self._catalog.get(table)
-        if known is None:
-            known = frozenset(
-                row[0]
-                for row in self._query_rows(
-                    "SELECT name FROM system.columns WHERE database = currentDatabase()"
-                    " AND table = ?",
-                    [table],
-                )
-            )
-            if not known:
-                raise ValueError(f"no table named {table!r}")
-            self._catalog[table] = known
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(f"table {table!r} has no columns {unknown}")
+        check_columns(
+            self._catalog,
+            table,
+            names,
+            lambda name: self._query_rows(
+                "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = ?",
+                [name],
+            ),
+        )
 
     def _columns(self, table: str) -> list[str]:
         self._check_columns(table, ())

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from avila.storage.base import Store, where_clause
+from avila.storage.base import Store, check_columns, where_clause
 
 
 class DuckDBRows(Store):
@@ -49,22 +49,16 @@ class DuckDBRows(Store):
         catalog = getattr(self, "_catalog", None)
         if catalog is None:
             catalog = self._catalog = {}
-        known = catalog.get(table)
-        if known is None:
-            known = frozenset(
-                row[0]
-                for row in self.query(
-                    "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
-                    " AND table_schema = 'main'",
-                    [table],
-                )
-            )
-            if not known:
-                raise ValueError(f"no table named {table!r}")
-            catalog[table] = known
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(f"table {table!r} has no columns {unknown}")
+        check_columns(
+            catalog,
+            table,
+            names,
+            lambda name: self.query(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
+                " AND table_schema = 'main'",
+                [name],
+            ),
+        )
         return ", ".join(f'"{n}"' for n in names)
 
     _where = staticmethod(where_clause)
