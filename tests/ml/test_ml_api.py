@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,8 +50,23 @@ def test_train_predict_and_reload(
         bad = c.post("/api/v1/ml/train", json={"churn_horizon_days": "soon"})
         assert bad.status_code == 422
 
+        # Training runs in a process of its own, started for the run and gone after it.
+        before = set(server.query_worker_pids())
+        seen: set[int] = set()
+        training = threading.Event()
+
+        def watch() -> None:
+            while not training.wait(0.02):
+                seen.update(set(server.query_worker_pids()) - before)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         trained = c.post("/api/v1/ml/train", json={})
+        training.set()
+        watcher.join()
         assert trained.status_code == 200, trained.text
+        assert seen, "no training process was started"
+        assert not seen & set(server.query_worker_pids()), "the training process stayed"
         run = trained.json()
         assert run["version"] == 1
         churn = run["models"]["churn"]["metrics"]

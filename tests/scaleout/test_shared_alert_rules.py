@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,15 +15,17 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
+import pytest
 
 from avila.alerts import AlertRepository, AlertScheduler, Deliverer, RuleSpec, SmtpConfig
-from avila.alerts.scheduler import RULES_RECHECK_SECONDS
+from avila.alerts.scheduler import RULES_CHANGES, RULES_RECHECK_SECONDS
 from avila.live.bus import LiveBus
 from avila.shared import sync_client
 from avila.shared.changes import RedisChanges
 from avila.shared.leases import RedisLeases
 from avila.storage.duckdb.store import DuckDBStore
 from avila.storage.schema import EVENT_SCHEMA
+from avila.testing import free_port
 from tests.alerts.receivers import HttpReceiver
 from tests.scaleout.conftest import RedisServer
 
@@ -97,3 +100,21 @@ def test_a_firing_is_delivered_once_by_one_of_two_replicas(
     finally:
         receiver.close()
         store.close()
+
+
+def test_without_redis_a_lease_is_granted_and_a_change_is_logged(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Held by one replica, the lease is refused to the other; with Redis unreachable it is
+    granted (a duplicate alert is the lesser harm than none) and the replica says so."""
+    holder, other = (RedisLeases(sync_client(redis_server.url)) for _ in range(2))
+    name = "alert:" + uuid.uuid4().hex
+    assert holder.acquire(name, 60) and not other.acquire(name, 60)
+    unreachable = RedisLeases(sync_client(f"redis://127.0.0.1:{free_port()}/0"))
+    with caplog.at_level(logging.WARNING, logger="avila.shared"):
+        assert unreachable.acquire(name, 60)
+    assert "lease granted without Redis" in caplog.text
+    # A rule change made meanwhile is stored but not announced: logged, not an error.
+    with caplog.at_level(logging.WARNING, logger="avila.shared"):
+        RedisChanges(sync_client(f"redis://127.0.0.1:{free_port()}/0")).bump(RULES_CHANGES)
+    assert "change not announced" in caplog.text

@@ -45,7 +45,7 @@ class RedisChanges:
             self._redis.incr(PREFIX + name)
         except redis.RedisError as exc:
             # The change is stored; the other replicas see it after their restart.
-            log.warning("change not announced", extra={"name": name, "error": str(exc)})
+            log.warning("change not announced", extra={"counter": name, "error": str(exc)})
 
     def version(self, name: str) -> int | None:
         try:

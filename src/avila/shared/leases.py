@@ -44,5 +44,5 @@ class RedisLeases:
         try:
             return bool(self._redis.set(PREFIX + name, self._holder, nx=True, px=milliseconds))
         except redis.RedisError as exc:
-            log.warning("lease granted without Redis", extra={"name": name, "error": str(exc)})
+            log.warning("lease granted without Redis", extra={"lease": name, "error": str(exc)})
             return True

@@ -247,10 +247,9 @@ class Store(ABC):
     has_rollups = False
 
     def execute_all(self, statements: Sequence[Statement]) -> list[int]:
-        """Run the statements in order, in one transaction where the backend has them (DuckDB:
-        all or none); returns what :meth:`execute` returns for each. ClickHouse has no
-        transactions: one after the other."""
-        return [self.execute(sql, params) for sql, params in statements]
+        """Run the statements in order in one transaction: all or none; returns what
+        :meth:`execute` returns for each. Only backends with transactions (DuckDB) have it."""
+        raise NotImplementedError
 
     def erase_users(self, project_id: str, user_ids: Sequence[str], *, links: bool) -> int:
         """Delete every event of ``user_ids`` in the project (GDPR), and with ``links`` every

@@ -174,7 +174,7 @@ class DuckDBStore(DuckDBRows):
 
     @contextmanager
     def bulk_transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One write transaction for a bulk load (``avila import``): committed when the block
+        """One write transaction (``avila import``, :meth:`execute_all`): committed when the block
         ends, rolled back if it raises. Holds the write lock throughout."""
         with self._write_lock:
             cursor = self._cursor()
@@ -296,24 +296,13 @@ class DuckDBStore(DuckDBRows):
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:
         with self._write_lock:
-            rows = self._cursor().execute(sql, list(params or [])).fetchall()
-        return int(rows[0][0]) if rows and rows[0] and isinstance(rows[0][0], int) else 0
+            return _changed(self._cursor().execute(sql, list(params or [])).fetchall())
 
     def execute_all(self, statements: Sequence[Statement]) -> list[int]:
-        with self._write_lock:
-            cursor = self._cursor()
-            cursor.execute("BEGIN TRANSACTION")
-            try:
-                counts = []
-                for sql, params in statements:
-                    rows = cursor.execute(sql, list(params)).fetchall()
-                    first = rows[0][0] if rows and rows[0] else None
-                    counts.append(int(first) if isinstance(first, int) else 0)
-                cursor.execute("COMMIT")
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-        return counts
+        with self.bulk_transaction() as cursor:
+            return [
+                _changed(cursor.execute(sql, list(params)).fetchall()) for sql, params in statements
+            ]
 
     def ping(self) -> None:
         try:
@@ -398,3 +387,8 @@ class LogRound:
             pass
         finally:
             self._store._write_lock.release()
+
+
+def _changed(rows: list[tuple[Any, ...]]) -> int:
+    """The row count DuckDB answers a write with (0 for a statement that has none)."""
+    return int(rows[0][0]) if rows and rows[0] and isinstance(rows[0][0], int) else 0
