@@ -43,7 +43,7 @@ from avila.config import Settings
 from avila.ingest.service import IngestService
 from avila.live.bus import STATE_KEY as LIVE_BUS
 from avila.metrics import Metrics
-from avila.shared import CHANGES_KEY, LEASES_KEY, open_shared
+from avila.shared import ALARM_STATES_KEY, CHANGES_KEY, LEASES_KEY, open_shared
 from avila.storage import Store, open_store
 from avila.storage.clickhouse.target import ClickHouseOptions
 from avila.storage.ingest_log import config_from_settings
@@ -118,6 +118,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
             LIVE_BUS: shared.bus,
             CHANGES_KEY: shared.changes,
             LEASES_KEY: shared.leases,
+            ALARM_STATES_KEY: shared.alarm_states,
         }
     )
     for module in API_MODULES:

@@ -39,7 +39,7 @@ from avila.schemas.industry40 import (
     ProductionOptimizeRequest,
     QualityInspectRequest,
 )
-from avila.shared import CHANGES_KEY
+from avila.shared import ALARM_STATES_KEY, CHANGES_KEY
 from avila.storage.base import Store
 
 log = logging.getLogger("avila.industry40")
@@ -65,7 +65,9 @@ def setup(ctx: AppContext) -> None:
     registry = DeviceRegistry(ctx.store)
     telemetry = TelemetryService(ctx.store, registry)
     bus = get_bus(ctx.state)
-    alarms = AlarmService(ctx.store, registry, bus, ctx.state.get(CHANGES_KEY))
+    alarms = AlarmService(
+        ctx.store, registry, bus, ctx.state.get(CHANGES_KEY), ctx.state.get(ALARM_STATES_KEY)
+    )
     telemetry.listeners.append(alarms)
     ctx.state["industry40"] = Industry40(
         ctx.store, registry, telemetry, alarms, TwinService(ctx.store, registry, alarms), bus
@@ -93,6 +95,7 @@ async def shutdown(ctx: AppContext) -> None:
     if i40.bridge is not None:
         await i40.bridge.stop()
     await i40.telemetry.close()
+    await asyncio.to_thread(i40.alarms.close)
 
 
 DEPENDENCIES = {"i40": lambda state: state["industry40"]}
@@ -447,7 +450,10 @@ async def set_alarm_rules(
 @get(f"{PREFIX}/alarms/active", opt={"scope": "read"}, summary="Alarms in breach now", tags=TAGS)
 async def active_alarms(request: Request[Any, Any, Any], i40: Industry40) -> dict[str, Any]:
     project = _project(request)
-    alarms = [a for (p, *_), a in sorted(i40.alarms.active.items()) if p == project]
+    if i40.alarms.states.remote:
+        alarms = await asyncio.to_thread(i40.alarms.active, project)
+    else:
+        alarms = i40.alarms.active(project)
     return {"alarms": alarms, "count": len(alarms)}
 
 

@@ -9,17 +9,22 @@ Alert payload::
     {"type": "threshold_alarm", "state": "raised"|"cleared", "device_id", "device_type",
      "metric", "value", "limit", "bound": "max"|"min", "severity", "timestamp"}
 
-Rules are stored in ``alarm_rules`` (one JSON document per project and device type). Active
-alarms live in memory: after a restart an alarm still in breach is raised again by its next
-reading. The same rules give predictive maintenance its failure thresholds (see
+Rules are stored in ``alarm_rules`` (one JSON document per project and device type). Which
+alarms are raised lives in :mod:`avila.shared.alarm_states`: in memory for one replica (after a
+restart an alarm still in breach is raised again by its next reading), in Redis for several, so
+replicas that receive readings of the same device agree and announce each transition once.
+The same rules give predictive maintenance its failure thresholds (see
 :mod:`avila.industry40.records`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -30,6 +35,7 @@ from avila.errors import ValidationFailed
 from avila.industry40.devices import DeviceRegistry, rfc3339
 from avila.industry40.telemetry import MetricName, TelemetryRows
 from avila.live.bus import LiveBus
+from avila.shared.alarm_states import AlarmKey, AlarmStates, LocalAlarmStates, Transition
 from avila.shared.changes import Changes, LocalChanges
 from avila.storage.base import Store
 
@@ -75,6 +81,7 @@ class AlarmService:
         registry: DeviceRegistry,
         bus: LiveBus,
         changes: Changes | None = None,
+        states: AlarmStates | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -85,8 +92,11 @@ class AlarmService:
         self._seen_version: int | None = None
         self._checked_at = 0.0
         self._rules: dict[tuple[str, str], list[AlarmRule]] = {}
-        # (project, device, metric, bound) -> the raised alert payload
-        self.active: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self.states: AlarmStates = states or LocalAlarmStates()
+        # Shared states are judged in one thread of their own, batch after batch in arrival
+        # order, so a slow or unreachable Redis never holds up the event loop's acknowledgements.
+        self._judge_thread: ThreadPoolExecutor | None = None
+        self._last_judged: Future[None] | None = None
 
     def load(self) -> None:
         self._seen_version = self.changes.version(_CHANGES)
@@ -137,56 +147,109 @@ class AlarmService:
         self._rules[project_id, device_type] = list(rules.rules)
         self.changes.bump(_CHANGES)
 
+    def active(self, project_id: str) -> list[dict[str, Any]]:
+        """The project's raised alarms, by (device, metric, bound)."""
+        return self.states.raised(project_id)
+
     def active_for(self, project_id: str, device_id: str) -> list[dict[str, Any]]:
-        return [
-            alert
-            for (p, d, _, _), alert in sorted(self.active.items())
-            if p == project_id and d == device_id
-        ]
+        return [a for a in self.states.raised(project_id) if a["device_id"] == device_id]
 
     def __call__(self, rows: TelemetryRows) -> None:
         """Telemetry listener: check committed readings against their device type's rules."""
-        project = rows.project_id
         self._reload_if_changed()
-        if not any(p == project for p, _ in self._rules):
+        if not any(p == rows.project_id for p, _ in self._rules):
             return
-        order = sorted(range(len(rows.readings)), key=lambda i: int(rows.ts_us[i]))
-        for pos in order:
+        if not self.states.remote:
+            self.judge(rows)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the server (a script, a test): judge here
+            self.judge(rows)
+            return
+
+        def publish(alert: dict[str, Any]) -> None:  # the bus belongs to the event loop
+            loop.call_soon_threadsafe(self.bus.publish, rows.project_id, "alerts", alert)
+
+        if self._judge_thread is None:
+            self._judge_thread = ThreadPoolExecutor(1, thread_name_prefix="avila-alarms")
+        self._last_judged = self._judge_thread.submit(self._judge_logged, rows, publish)
+
+    def wait_judged(self) -> None:
+        """Return once every batch handed to the listener so far has been judged."""
+        if self._last_judged is not None:
+            self._last_judged.result()
+
+    def close(self) -> None:
+        if self._judge_thread is not None:
+            self._judge_thread.shutdown(wait=True)
+            self._judge_thread = None
+
+    def _judge_logged(self, rows: TelemetryRows, publish: Callable[[dict[str, Any]], None]) -> None:
+        try:
+            self.judge(rows, publish)
+        except Exception:
+            log.exception("alarm judgement failed")
+
+    def judge(
+        self, rows: TelemetryRows, publish: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        """Raise and clear alarms for a batch of readings, in time order, and publish each
+        transition this replica made (see :mod:`avila.shared.alarm_states`); ``publish``
+        defaults to the live bus's ``alerts`` channel."""
+        project = rows.project_id
+        checks: list[tuple[int, str, str | None, AlarmRule, float]] = []
+        for pos in sorted(range(len(rows.readings)), key=lambda i: int(rows.ts_us[i])):
             reading = rows.readings[pos]
             device = self.registry.get(project, reading.device_id)
             device_type = device.device_type if device else reading.device_type
-            rules = self._rules.get((project, device_type or ""))
-            if not rules:
-                continue
-            for rule in rules:
+            for rule in self._rules.get((project, device_type or ""), ()):
                 value = reading.metrics.get(rule.metric)
-                if value is None:
+                if value is not None:
+                    checks.append((pos, reading.device_id, device_type, rule, value))
+        if not checks:
+            return
+        keys = {
+            (project, device_id, rule.metric, bound)
+            for _, device_id, _, rule, _ in checks
+            for bound, limit in (("max", rule.max), ("min", rule.min))
+            if limit is not None
+        }
+        raised: set[AlarmKey] = set(self.states.current(keys))
+        transitions: list[Transition] = []
+        announcements: list[dict[str, Any]] = []
+        for pos, device_id, device_type, rule, value in checks:
+            at = datetime.fromtimestamp(int(rows.ts_us[pos]) / 1e6, UTC)
+            for bound, limit, breach in (
+                ("max", rule.max, rule.max is not None and value > rule.max),
+                ("min", rule.min, rule.min is not None and value < rule.min),
+            ):
+                if limit is None:
                     continue
-                at = datetime.fromtimestamp(int(rows.ts_us[pos]) / 1e6, UTC)
-                for bound, limit, breach in (
-                    ("max", rule.max, rule.max is not None and value > rule.max),
-                    ("min", rule.min, rule.min is not None and value < rule.min),
-                ):
-                    if limit is None:
-                        continue
-                    key = (project, reading.device_id, rule.metric, bound)
-                    was = key in self.active
-                    if breach == was:
-                        continue
-                    alert = {
-                        "type": "threshold_alarm",
-                        "state": "raised" if breach else "cleared",
-                        "device_id": reading.device_id,
-                        "device_type": device_type,
-                        "metric": rule.metric,
-                        "value": value,
-                        "limit": limit,
-                        "bound": bound,
-                        "severity": rule.severity,
-                        "timestamp": rfc3339(at),
-                    }
-                    if breach:
-                        self.active[key] = alert
-                    else:
-                        self.active.pop(key, None)
+                key = (project, device_id, rule.metric, bound)
+                if breach == (key in raised):
+                    continue
+                alert = {
+                    "type": "threshold_alarm",
+                    "state": "raised" if breach else "cleared",
+                    "device_id": device_id,
+                    "device_type": device_type,
+                    "metric": rule.metric,
+                    "value": value,
+                    "limit": limit,
+                    "bound": bound,
+                    "severity": rule.severity,
+                    "timestamp": rfc3339(at),
+                }
+                if breach:
+                    raised.add(key)
+                else:
+                    raised.discard(key)
+                transitions.append((key, alert if breach else None))
+                announcements.append(alert)
+        for alert, changed in zip(announcements, self.states.apply(transitions), strict=True):
+            if changed:
+                if publish is None:
                     self.bus.publish(project, "alerts", alert)
+                else:
+                    publish(alert)

@@ -1,7 +1,7 @@
 """State that replicas share: chosen once at start from ``AVILA_REDIS_URL``.
 
 Without Redis every part is the in-process one (one replica, exactly the embedded tier); with
-it, API keys, idempotency claims, rate-limit counters, the live bus
+it, API keys, idempotency claims, rate-limit counters, the live bus, raised threshold alarms
 and trained models live in Redis (docs/shared-state.md). Callers only see the interfaces:
 ``KeyRegistry``, ``EventClaims``, ``RateLimiter``, ``LiveBus`` and ``RunRegistry``.
 """
@@ -19,6 +19,7 @@ from avila.live.bus import LiveBus
 from avila.ml.registry import ModelRegistry, RunRegistry
 from avila.security.keys import KeyRegistry, KeyStore
 from avila.security.ratelimit import RateLimiter
+from avila.shared.alarm_states import AlarmStates, LocalAlarmStates
 from avila.shared.changes import Changes, LocalChanges
 from avila.shared.leases import Leases, LocalLeases
 
@@ -26,6 +27,8 @@ from avila.shared.leases import Leases, LocalLeases
 CHANGES_KEY = "shared_changes"
 #: Key of the replica's :class:`~avila.shared.leases.Leases` in ``AppContext.state``.
 LEASES_KEY = "shared_leases"
+#: Key of the replica's :class:`~avila.shared.alarm_states.AlarmStates` in ``AppContext.state``.
+ALARM_STATES_KEY = "shared_alarm_states"
 
 #: Seconds a Redis call may take before the replica answers 503 (or degrades, for the bus).
 REDIS_TIMEOUT_SECONDS = 2.0
@@ -79,6 +82,8 @@ class SharedState:
     changes: Changes = field(default_factory=LocalChanges)
     #: Work done once per period by one replica of many (alert deliveries).
     leases: Leases = field(default_factory=LocalLeases)
+    #: Which threshold alarms are raised (telemetry judged on any replica).
+    alarm_states: AlarmStates = field(default_factory=LocalAlarmStates)
     _async_client: aioredis.Redis | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -102,6 +107,7 @@ def open_shared(settings: Settings) -> SharedState:
             rate_limiter=RateLimiter(settings.rate_limit_per_minute),
             bus=LiveBus(),
         )
+    from avila.shared.alarm_states import RedisAlarmStates
     from avila.shared.changes import RedisChanges
     from avila.shared.claims import RedisClaims
     from avila.shared.leases import RedisLeases
@@ -115,5 +121,6 @@ def open_shared(settings: Settings) -> SharedState:
         bus=RedisLiveBus(client),
         changes=RedisChanges(sync_client(settings.redis_url)),
         leases=RedisLeases(sync_client(settings.redis_url)),
+        alarm_states=RedisAlarmStates(sync_client(settings.redis_url)),
         _async_client=client,
     )
