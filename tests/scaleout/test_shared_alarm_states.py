@@ -117,9 +117,7 @@ def test_replicas_racing_on_the_same_breach_announce_it_once(
     for device in devices:
         start = threading.Barrier(2)
 
-        def judge(
-            replica: Replica, value: float, device: str = device, start: Any = start
-        ) -> None:
+        def judge(replica: Replica, value: float, device: str = device, start: Any = start) -> None:
             start.wait()
             replica.judge(device, value)
 
