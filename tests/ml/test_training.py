@@ -176,13 +176,16 @@ def test_planted_traffic_spike_is_detected_stored_and_published(
     false_alarms = len(found) - len(hits) - len(flash)
     assert false_alarms < 0.01 * 168 * len(hourly.columns)  # few false alarms
 
-    log = AnomalyLog(tmp_path / "anomalies.sqlite")
-    new = log.add("default", found)
-    assert len(new) == len(found) and log.add("default", found) == []
-    listed = log.query("default", metric="events.page_view", since="2025-02-26T00:00:00Z")
-    assert "2025-02-26T14:00:00Z" in {a["bucket_start"] for a in listed}
-    assert log.query("other") == []
-    log.close()
+    store = open_store(f"duckdb:///{tmp_path / 'log.duckdb'}")
+    try:
+        log = AnomalyLog(store)
+        new = log.add("default", found)
+        assert len(new) == len(found) and log.add("default", found) == []
+        listed = log.query("default", metric="events.page_view", since="2025-02-26T00:00:00Z")
+        assert "2025-02-26T14:00:00Z" in {a["bucket_start"] for a in listed}
+        assert log.query("other") == []
+    finally:
+        store.close()
 
     from avila.api.ml import _publish
 

@@ -193,7 +193,6 @@ ROUTES = [train, models, predictions, also_bought, anomalies]
 
 
 def setup(ctx: AppContext) -> None:
-    root = ctx.settings.data_dir / "models"
     registry = open_model_registry(ctx.settings)
     live = LiveSessions()
     ctx.ingest.listeners.append(live)
@@ -207,7 +206,7 @@ def setup(ctx: AppContext) -> None:
         ),
         "registry": registry,
         "service": PredictionService(ctx.store, registry, live),
-        "anomalies": AnomalyLog(root / "anomalies.sqlite"),
+        "anomalies": AnomalyLog(ctx.store),
         "locks": {},
         "streaming": {},
         "task": None,
@@ -218,6 +217,10 @@ async def startup(ctx: AppContext) -> None:
     ml = ctx.state["ml"]
     loaded = await asyncio.to_thread(ml["service"].load_all)
     log.info("ml models loaded", extra={"projects": loaded})
+    old_log = ctx.settings.data_dir / "models" / "anomalies.sqlite"
+    if old_log.exists():
+        moved = await asyncio.to_thread(ml["anomalies"].adopt_sqlite, old_log)
+        log.info("anomalies moved into the store", extra={"anomalies": moved, "from": str(old_log)})
     ml["task"] = asyncio.get_running_loop().create_task(_monitor(ctx), name="ml-monitor")
     if ml["registry"].changes_elsewhere:
         ml["refresh"] = asyncio.get_running_loop().create_task(
@@ -233,7 +236,6 @@ async def shutdown(ctx: AppContext) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    ml["anomalies"].close()
     await asyncio.to_thread(ml["trainer"].close)
 
 

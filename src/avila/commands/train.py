@@ -66,13 +66,10 @@ def run(args: argparse.Namespace) -> int:
                 progress,
             )
             bar.update(stages - bar.n)
+        meta = open_model_registry(settings).save(args.project, artifact, meta)
+        new = AnomalyLog(store).add(args.project, artifact.anomalies)
     finally:
         store.close()
-    root = settings.data_dir / "models"
-    meta = open_model_registry(settings).save(args.project, artifact, meta)
-    log = AnomalyLog(root / "anomalies.sqlite")
-    new = log.add(args.project, artifact.anomalies)
-    log.close()
     window = meta["training_window"]
     print(f"model version v{meta['version']} for project {args.project}")
     print(f"training window {window['start']} .. {window['end']}, {meta['users_scored']} users")

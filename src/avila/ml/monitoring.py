@@ -12,14 +12,14 @@ Two detectors (see :mod:`avila.ml.anomaly`): the *seasonal* one on hourly bucket
 value = median of the same hour of the week/day in the history; flagged beyond the band that
 targets 0.1 % false alarms), and the *streaming* Half-Space Trees on per-minute vectors of all
 metrics together (score in [0, 1]; flagged at or above ``threshold`` once warmed up).
-Detected anomalies go to :class:`AnomalyLog` (SQLite in the data directory, queryable) and, when
-new and recent, to the live bus's ``alerts`` channel.
+Detected anomalies go to :class:`AnomalyLog` (the store's ``anomalies`` table, queryable) and,
+when new and recent, to the live bus's ``alerts`` channel.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -194,7 +194,12 @@ def streaming_anomalies(
 
 
 class AnomalyLog:
-    """Detected anomalies, one SQLite table; a repeated (metric, detector, bucket) is ignored."""
+    """Detected anomalies, in the store's ``anomalies`` table (shared by every replica that
+    shares the store); a repeated (metric, detector, bucket) is ignored.
+
+    An anomaly's ``id`` is derived from its key (project, metric, detector, bucket start), so
+    every replica and every retry gives the same anomaly the same id, and it fits a JSON
+    number (below 2**53)."""
 
     COLUMNS = (
         "metric",
@@ -208,35 +213,24 @@ class AnomalyLog:
         "score",
         "detected_at",
     )
+    KEY = ("project_id", "metric", "detector", "bucket_start")
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS anomalies (id INTEGER PRIMARY KEY, project_id TEXT, "
-            "metric TEXT, detector TEXT, bucket_start TEXT, bucket_seconds INTEGER, value REAL, "
-            "expected REAL, lower REAL, upper REAL, score REAL, detected_at TEXT, "
-            "UNIQUE (project_id, metric, detector, bucket_start))"
-        )
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def add(self, project_id: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store ``records``; returns the ones that were new (with ``id`` and ``detected_at``)."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         new: list[dict[str, Any]] = []
-        with self._lock:
-            for rec in records:
-                row = {**rec, "detected_at": now}
-                cur = self._conn.execute(
-                    "INSERT OR IGNORE INTO anomalies (project_id, "
-                    + ", ".join(self.COLUMNS)
-                    + ") VALUES (?"
-                    + ", ?" * len(self.COLUMNS)
-                    + ")",
-                    [project_id, *(row.get(c) for c in self.COLUMNS)],
-                )
-                if cur.rowcount:
-                    new.append({"id": cur.lastrowid, **row})
+        for rec in records:
+            row = {c: rec.get(c) for c in self.COLUMNS}
+            row["detected_at"] = rec.get("detected_at") or now
+            anomaly_id = anomaly_id_of(
+                project_id, str(row["metric"]), str(row["detector"]), str(row["bucket_start"])
+            )
+            stored = {"project_id": project_id, "anomaly_id": anomaly_id, **row}
+            if self.store.insert_new("anomalies", self.KEY, stored):
+                new.append({"id": anomaly_id, **rec, "detected_at": row["detected_at"]})
         return new
 
     def query(
@@ -261,16 +255,38 @@ class AnomalyLog:
                 where.append(clause)
                 params.append(value)
         sql = (
-            "SELECT id, "
+            "SELECT anomaly_id, "
             + ", ".join(self.COLUMNS)
             + " FROM anomalies WHERE "
             + " AND ".join(where)
-            + " ORDER BY bucket_start DESC, id DESC LIMIT ?"
+            + " ORDER BY bucket_start DESC, anomaly_id DESC LIMIT ?"
         )
-        with self._lock:
-            rows = self._conn.execute(sql, [*params, limit]).fetchall()
+        rows = self.store.query(sql, [*params, limit])
         return [dict(zip(("id", *self.COLUMNS), row, strict=True)) for row in rows]
 
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+    def adopt_sqlite(self, path: Path) -> int:
+        """Move the anomalies of a data directory from before the store kept them
+        (``<data dir>/models/anomalies.sqlite``) into the store, then rename the file to
+        ``*.moved``; returns how many were new. Ids become the key-derived ones."""
+        if not path.exists():
+            return 0
+        conn = sqlite3.connect(path)
+        try:
+            rows = conn.execute(
+                "SELECT project_id, " + ", ".join(self.COLUMNS) + " FROM anomalies"
+            ).fetchall()
+        finally:
+            conn.close()
+        moved = 0
+        for project_id, *values in rows:
+            moved += len(self.add(project_id, [dict(zip(self.COLUMNS, values, strict=True))]))
+        path.rename(path.with_name(path.name + ".moved"))
+        return moved
+
+
+def anomaly_id_of(project_id: str, metric: str, detector: str, bucket_start: str) -> int:
+    """A stable id below 2**53 from an anomaly's key."""
+    digest = hashlib.blake2b(
+        "\x1f".join((project_id, metric, detector, bucket_start)).encode(), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "big") >> 11

@@ -12,7 +12,7 @@ Layout for scale:
   range and a user's events sit together (funnels, retention, sessions); telemetry by (project,
   device, metric, time). Dimensions with few values are ``LowCardinality``.
 - **Mutable tables** (devices, twin_desired, alarm_rules, experiments, alert_rules,
-  ingest_position) are ``ReplacingMergeTree`` keyed by their primary key: an update is an insert
+  anomalies, ingest_position) are ``ReplacingMergeTree`` keyed by their primary key: an update is an insert
   of the whole new row and the store reads with the ``final`` setting on, so a query sees only the
   newest row per key (twin_desired keeps the highest ``version``; the others the last inserted).
   Deletes are lightweight ``DELETE``. See :class:`avila.storage.clickhouse.store.ClickHouseStore`.
@@ -241,6 +241,27 @@ ALERT_DELIVERIES = Table(
     partition_by="toYYYYMM(finished_at)",
 )
 
+ANOMALIES = Table(
+    "anomalies",
+    (
+        ("project_id", LS),
+        ("anomaly_id", "Int64"),
+        ("metric", LS),
+        ("detector", LS),
+        ("bucket_start", S),
+        ("bucket_seconds", "Nullable(Int32)"),
+        ("value", NF),
+        ("expected", NF),
+        ("lower", NF),
+        ("upper", NF),
+        ("score", NF),
+        ("detected_at", S),
+    ),
+    order_by="(project_id, metric, detector, bucket_start)",
+    sharding_key="cityHash64(project_id, metric)",
+    engine="ReplacingMergeTree",
+)
+
 #: Identity stitching views, the same relations as DuckDB's (see its migration 3). ClickHouse
 #: aliases are global in a query, hence the qualified names; the LEFT JOIN fills a missing
 #: match with '' (not NULL) unless join_use_nulls is on, so both are treated as "no link".
@@ -343,6 +364,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[DDLOptions], list[str]]], ...] = (
         "alerts: alert_rules, alert_firings, alert_deliveries",
         _tables(ALERT_RULES, ALERT_FIRINGS, ALERT_DELIVERIES),
     ),
+    (7, "anomalies: detected anomalies (avila.ml.monitoring)", _tables(ANOMALIES)),
 )
 
 #: Tables every append/update helper may name (the catalog check of the store comes on top).
@@ -361,6 +383,7 @@ TABLES: dict[str, Table] = {
         ALERT_RULES,
         ALERT_FIRINGS,
         ALERT_DELIVERIES,
+        ANOMALIES,
     )
 }
 

@@ -98,6 +98,16 @@ _ALERTS_DDL = (
     " attempts INTEGER NOT NULL, error VARCHAR, finished_at TIMESTAMP NOT NULL)",
 )
 
+# Detected anomalies (avila.ml.monitoring.AnomalyLog): one row per (project, metric, detector,
+# bucket); bucket_start and detected_at are RFC 3339 UTC text, as the API returns them.
+_ANOMALIES_DDL = (
+    "CREATE TABLE IF NOT EXISTS anomalies (project_id VARCHAR NOT NULL, anomaly_id BIGINT NOT NULL,"
+    " metric VARCHAR NOT NULL, detector VARCHAR NOT NULL, bucket_start VARCHAR NOT NULL,"
+    " bucket_seconds INTEGER, value DOUBLE, expected DOUBLE, lower DOUBLE, upper DOUBLE,"
+    " score DOUBLE, detected_at VARCHAR NOT NULL,"
+    " PRIMARY KEY (project_id, metric, detector, bucket_start))",
+)
+
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (1, "events table", (_events_ddl(),)),
     (2, "industry 4.0: telemetry, devices, twin_desired, alarm_rules", _INDUSTRY40_DDL),
@@ -107,6 +117,7 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (6, "alerts: alert_rules, alert_firings, alert_deliveries", _ALERTS_DDL),
     (7, "daily rollups: rollup_daily, rollup_user_days (avila.storage.rollups)", rollups.MIGRATION),
     (8, "person_map: materialised identity resolution (avila.storage.person_map)", person_map.DDL),
+    (9, "anomalies: detected anomalies (avila.ml.monitoring)", _ANOMALIES_DDL),
 )
 
 
