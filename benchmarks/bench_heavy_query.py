@@ -13,6 +13,12 @@ round, two phases of ``--seconds`` each on the same server:
   ``AVILA_QUERY_TIMEOUT`` (0 here: the query runs to the end). A heavy query that finds no
   events stops the run: it would measure nothing.
 
+With ``--heavy export-json`` (or ``export-csv``, ``export-parquet``) the heavy load is instead one
+client streaming ``POST /api/v1/export`` of the whole bench project in that format, back to back,
+reading as fast as it can (an export that outlasts the phase is cut when the phase ends).
+Exports are encoded in the server process (pyarrow for CSV and Parquet, msgspec over Python rows
+for JSON), so this measures what an export costs the acknowledging event loop.
+
 The heavy-query client and the ``/health`` probe run in a process of their own: in the load
 generator's process their threads would take its GIL and delay the requests it times.
 
@@ -81,7 +87,33 @@ def pick_store() -> Path:
     return max(found)[1]
 
 
-def heavy_loop(url: str, key: str, stop: threading.Event, durations: list[float]) -> None:
+def export_loop(
+    url: str, key: str, fmt: str, stop: threading.Event, durations: list[float], mb: list[float]
+) -> None:
+    body = {"format": fmt, "filters": {"start_time": _FIRST, "end_time": _LAST}}
+    with httpx.Client(base_url=url, headers={"x-api-key": key}, timeout=600) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            received = 0
+            with client.stream("POST", "/api/v1/export", json=body) as response:
+                if response.status_code != 200:
+                    raise SystemExit(f"export: {response.status_code} {response.read()[:300]!r}")
+                for chunk in response.iter_raw():
+                    received += len(chunk)
+                    if stop.is_set():
+                        break
+            if not received:
+                raise SystemExit("the export sent nothing")
+            durations.append(time.perf_counter() - started)
+            mb.append(received / 1e6)
+
+
+def heavy_loop(
+    url: str, key: str, stop: threading.Event, durations: list[float], heavy: str, mb: list[float]
+) -> None:
+    if heavy.startswith("export-"):
+        export_loop(url, key, heavy.removeprefix("export-"), stop, durations, mb)
+        return
     with httpx.Client(base_url=url, headers={"x-api-key": key}, timeout=600) as client:
         i = 0
         while not stop.is_set():
@@ -127,17 +159,18 @@ def peak_memory_gb(server: ServerProcess) -> dict[str, float]:
     }
 
 
-def _probes(url: str, key: str, heavy: bool, done: Any, out: Any) -> None:
-    """The /health probe and (``heavy``) the heavy-query loop, in their own process, until
+def _probes(url: str, key: str, heavy: str, done: Any, out: Any) -> None:
+    """The /health probe and (``heavy`` not empty) the heavy loop, in their own process, until
     ``done`` is set; then their timings go to ``out``."""
     stop = threading.Event()
     durations: list[float] = []
     health: list[float] = []
     failed: list[str] = []
+    mb: list[float] = []
 
     def heavy_thread() -> None:
         try:
-            heavy_loop(url, key, stop, durations)
+            heavy_loop(url, key, stop, durations, heavy, mb)
         except SystemExit as exc:
             failed.append(str(exc))
             stop.set()
@@ -152,11 +185,11 @@ def _probes(url: str, key: str, heavy: bool, done: Any, out: Any) -> None:
     stop.set()
     for thread in threads:
         thread.join()
-    out.put((durations, health, failed))
+    out.put((durations, health, failed, sum(mb)))
 
 
 def phase(
-    server: ServerProcess, bench_key: str, seconds: float, rate: float, heavy: bool, tag: str
+    server: ServerProcess, bench_key: str, seconds: float, rate: float, heavy: str, tag: str
 ) -> dict[str, float]:
     ctx = get_context("spawn")
     done, out = ctx.Event(), ctx.Queue()
@@ -172,7 +205,7 @@ def phase(
 
     result = loadgen.run(loadgen.open_loop(host, port, rate, seconds, 32, request))
     done.set()
-    durations, health, failed = out.get(timeout=1200)
+    durations, health, failed, received_mb = out.get(timeout=1200)
     probes.join()
     if failed:
         raise SystemExit(failed[0])
@@ -191,6 +224,7 @@ def phase(
         "/health max (ms)": ordered[-1] * 1000 if ordered else float("nan"),
         "heavy queries finished": float(len(durations)),
         "heavy query median (s)": statistics.median(durations) if durations else float("nan"),
+        "export received (MB/s)": received_mb / seconds,
     }
 
 
@@ -201,6 +235,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--store", type=Path, default=None, help="default: the largest bench store")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--heavy",
+        choices=["queries", "export-json", "export-csv", "export-parquet"],
+        default="queries",
+        help="the heavy load: analytics queries (default) or one streaming export",
+    )
     parser.add_argument(
         "--env", action="append", default=[], help="extra server setting NAME=VALUE"
     )
@@ -231,8 +271,8 @@ def main() -> None:
         rounds: list[tuple[dict[str, float], dict[str, float]]] = []
         try:
             for n in range(args.rounds):
-                quiet = phase(server, bench_key, args.seconds, args.rate, False, f"q{n}")
-                heavy = phase(server, bench_key, args.seconds, args.rate, True, f"h{n}")
+                quiet = phase(server, bench_key, args.seconds, args.rate, "", f"q{n}")
+                heavy = phase(server, bench_key, args.seconds, args.rate, args.heavy, f"h{n}")
                 print(f"  round {n + 1}: quiet {quiet}\n           heavy {heavy}", file=sys.stderr)
                 rounds.append((quiet, heavy))
             peaks = peak_memory_gb(server)
@@ -245,7 +285,7 @@ def main() -> None:
         f" loop, {args.seconds:g} s per phase, {args.rounds} rounds (median; then each round"
         " quiet / heavy)" + "".join(f"; server setting {k}={v}" for k, v in extra_env.items()),
         "",
-        "| | quiet (median) | heavy queries running (median) | rounds: quiet / heavy |",
+        f"| | quiet (median) | heavy load running: {args.heavy} (median) | rounds: quiet / heavy |",
         "|---|---|---|---|",
     ]
     for name in rounds[0][0]:
@@ -263,7 +303,9 @@ def main() -> None:
     )
     table = "\n".join(lines)
     print(table)
-    if not args.no_write:
+    if not args.no_write and args.heavy != "queries":
+        print("(export runs are not written to RESULTS.md by the script: record them by hand)")
+    elif not args.no_write:
         write_section(
             "bench_heavy_query",
             "## Ingest while heavy queries run (`python benchmarks/bench_heavy_query.py --rounds"
