@@ -234,6 +234,46 @@ def test_erase_recomputes_the_map_and_forgets_the_person(duck: Store) -> None:
     assert stored_map(duck) == {"c0": "carol"}
 
 
+def test_an_erase_failing_at_its_last_statement_changes_nothing(duck: Store, monkeypatch) -> None:
+    """The person map is recomputed inside the erase's transaction: an error there (or a crash)
+    leaves the events, the links and the map as they were, and the map current; the erase
+    retried then succeeds and leaves the map current without a rebuild of its own."""
+    from avila.storage import person_map
+
+    links = [
+        (PROJECT, "a0", "alice", at(1), at(1)),
+        (PROJECT, "dev", "alice", at(1), at(1)),
+        (PROJECT, "c0", "carol", at(1), at(1)),
+    ]
+    duck.append_table("identities", as_table(links))
+    duck.append_events(to_table([event(x, at(i)) for i, x in enumerate(["a0", "dev", "c0"])]))
+
+    def state() -> tuple[object, ...]:
+        return (
+            stored_map(duck),
+            duck.query("SELECT count(*) FROM events"),
+            duck.query("SELECT count(*) FROM identities"),
+            duck.query("SELECT * FROM person_map_state ORDER BY ALL"),
+            map_is_current(duck),
+        )
+
+    before = state()
+    assert before[-1] is True
+    original = person_map.rebuild_statements
+    monkeypatch.setattr(
+        person_map,
+        "rebuild_statements",
+        lambda project: [*original(project), ("SELECT error('injected at the end')", [])],
+    )
+    with pytest.raises(Exception, match="injected at the end"):
+        erase_user(duck, PROJECT, "alice")
+    assert state() == before
+    monkeypatch.setattr(person_map, "rebuild_statements", original)
+    assert erase_user(duck, PROJECT, "alice") == {"deleted_events": 2}
+    assert_exact(duck, [links[2]])
+    assert map_is_current(duck)
+
+
 def test_migration_8_backfills_a_store_that_already_has_links(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
     conn = duckdb.connect(str(path))
@@ -270,7 +310,7 @@ def test_migration_8_backfills_a_store_that_already_has_links(tmp_path: Path) ->
     conn.close()
     store = open_store("duckdb:///" + str(path))
     try:
-        assert store.query("SELECT max(version) FROM schema_version") == [(8,)]
+        assert store.query("SELECT max(version) FROM schema_version") == [(MIGRATIONS[-1][0],)]
         assert_exact(store, links)
         assert_exact(store, links, "other")
         want = len({oracle(links).get(f"u{i}", f"u{i}") for i in range(30)})

@@ -12,7 +12,6 @@ from typing import Any
 from avila.analytics.common import Expr, events_source, fragments, iso
 from avila.analytics.sessions import sessionize, sorted_events, summary
 from avila.errors import NotFound
-from avila.storage import person_map
 from avila.storage.base import Store
 
 
@@ -110,13 +109,12 @@ def erase_user(store: Store, project_id: str, user_id: str) -> dict[str, int]:
     With identity stitching the person is ``user_id`` plus every id that resolves to it
     (``FRAGMENTS["person_aliases"]``), so their anonymous history goes too, and so do the
     identity links that name any of those ids (they are personal data as well). The daily
-    rollups forget them in the same transaction (:meth:`avila.storage.base.Store.erase_users`).
+    rollups forget them, and the person map is recomputed, in the same transaction
+    (:meth:`avila.storage.base.Store.erase_users`).
     """
     ids = [user_id]
     aliases_sql = fragments(store).get("person_aliases", "")
     if aliases_sql:
         ids += [row[0] for row in store.query(aliases_sql, [project_id, user_id])]
     deleted = store.erase_users(project_id, ids, links=bool(aliases_sql))
-    if aliases_sql:
-        person_map.rebuild(store, project_id)
     return {"deleted_events": int(deleted)}

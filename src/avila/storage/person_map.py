@@ -16,8 +16,9 @@ old one; a link may join two persons); every id whose chain passes through a cha
 ``MAX_CHAIN`` hops is *affected* (found walking the stored links backwards): its row is
 deleted and recomputed by the very walk of ``identity_resolved``, seeded with the affected ids
 and reading only the links within ``MAX_CHAIN`` hops of them, so a write costs in proportion
-to the part of the link graph it touches (plus a few scans of the project's links), not to the project's whole map. GDPR erase deletes links; :func:`rebuild` then
-recomputes the project's whole map.
+to the part of the link graph it touches (plus a few scans of the project's links), not to the
+project's whole map. GDPR erase deletes links and recomputes the project's whole map in the same
+transaction (:func:`rebuild_statements`).
 
 **Checked on every read.** ``person_map_state`` records, per project, how many ``identities``
 rows and how many ``person_map`` rows there were after the last maintenance. The backend's
@@ -40,7 +41,7 @@ from typing import Any
 import pyarrow as pa
 
 from avila.identity import IDENTITIES_TABLE, MAX_CHAIN
-from avila.storage.base import Store
+from avila.storage.base import Statement, Store
 
 #: Migration 8's tables, filled from the links already stored (the map of a store that
 #: already has links is backfilled here).
@@ -190,23 +191,21 @@ def _run(cursor: Any, sql: str, params: dict[str, Any]) -> None:
     cursor.execute(sql, params).fetchall()
 
 
+def rebuild_statements(project_id: str) -> list[Statement]:
+    """Recompute ``project_id``'s whole map from its stored links and record its counts: run
+    them in the transaction that changed the links (GDPR erase, :meth:`Store.erase_users`), so
+    the map is never stale after a crash there."""
+    return [
+        ("DELETE FROM person_map_state WHERE project_id = $1", [project_id]),
+        ("DELETE FROM person_map WHERE project_id = $1", [project_id]),
+        ("INSERT INTO person_map " + _WHOLE_PROJECT.replace("$project", "$1"), [project_id]),
+        (_SET_STATE.replace("$project", "$1"), [project_id]),
+    ]
+
+
 def rebuild(store: Store, project_id: str) -> None:
-    """Recompute ``project_id``'s map through ``store``'s one-statement writes (GDPR erase,
-    which deletes links). Safe against a concurrent :func:`links_added` and a crash between the
-    statements: the state row goes first, so reads take the live view until the last statement
-    records the counts; links written meanwhile make the counts disagree (live view again) or
-    record their own state, which this then leaves alone."""
+    """Recompute ``project_id``'s map in one transaction (after a hand-made write to
+    ``identities`` that kept both counts, see the module docstring)."""
     if store.backend != "duckdb":
         return
-    store.execute("DELETE FROM person_map_state WHERE project_id = ?", [project_id])
-    (links,) = store.query("SELECT count(*) FROM identities WHERE project_id = ?", [project_id])[0]
-    store.execute("DELETE FROM person_map WHERE project_id = ?", [project_id])
-    store.execute(
-        "INSERT INTO person_map " + _WHOLE_PROJECT.replace("$project", "$1"), [project_id]
-    )
-    store.execute(
-        "INSERT INTO person_map_state SELECT $1, $2, (SELECT count(*) FROM person_map"
-        " WHERE project_id = $1) WHERE NOT EXISTS (SELECT 1 FROM person_map_state"
-        " WHERE project_id = $1)",
-        [project_id, int(links)],
-    )
+    store.execute_all(rebuild_statements(project_id))

@@ -25,9 +25,10 @@ class DuckDBRows(Store):
 
     def erase_users(self, project_id: str, user_ids: Sequence[str], *, links: bool) -> int:
         """One transaction: the rollups forget the users, their events go, and (``links``)
-        the identity links naming them. A crash or error midway leaves all as it was, so a
-        retried erase never subtracts a user from the rollups twice."""
-        from avila.storage import rollups
+        the identity links naming them go and the project's person map is recomputed without
+        them. A crash or error midway leaves all as it was, so a retried erase never subtracts
+        a user from the rollups twice and the map is never left stale."""
+        from avila.storage import person_map, rollups
 
         marks = ", ".join("?" for _ in user_ids)
         statements = rollups.forget_statements(project_id, user_ids)
@@ -42,6 +43,7 @@ class DuckDBRows(Store):
                     (f"DELETE FROM identities WHERE project_id = ? AND {column} IN ({marks})",
                      [project_id, *user_ids])
                 )  # fmt: skip
+            statements.extend(person_map.rebuild_statements(project_id))
         return self.execute_all(statements)[deleting]
 
     def _columns(self, table: str, names: Sequence[str]) -> str:
