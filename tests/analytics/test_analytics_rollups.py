@@ -226,3 +226,61 @@ def test_revenue_beyond_the_rollups_decimal_is_stored_and_answered_from_raw_rows
     # days without the huge row still read the rollups
     day3 = (T0 + timedelta(days=3), T0 + timedelta(days=4))
     _assert_same(store, *day3)
+
+
+def test_migration_10_recomputes_revenue_written_with_the_plain_cast(tmp_path: Path) -> None:
+    """Rollups written before migration 10 hold ``revenue::DECIMAL(38, 6)``, which DuckDB
+    computes from the inexact double ``revenue * 1e6``; an erase now negates the exact decimal,
+    so the migration recomputes the stored per-type rows: afterwards a whole day's revenue is
+    exact, and erasing the big spender leaves exactly the other purchases."""
+    import duckdb
+
+    from avila.storage import rollups
+    from avila.storage.duckdb.migrations import MIGRATIONS
+
+    path = tmp_path / "old.duckdb"
+    conn = duckdb.connect(str(path))
+    conn.execute(
+        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description VARCHAR,"
+        " applied_at TIMESTAMP)"
+    )
+    for version, description, statements in MIGRATIONS:
+        if version >= 10:
+            continue
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version VALUES (?, ?, now())", [version, description])
+    day = T0 + timedelta(days=1)
+    rows = [
+        event(
+            "whale", day + timedelta(hours=2), "purchase", order_id="w", revenue=999999999999999.0
+        ),
+        event("small", day + timedelta(hours=3), "purchase", order_id="s1", revenue=5.25),
+        event("small", day + timedelta(hours=4), "purchase", order_id="s2", revenue=0.01),
+        event("small", day + timedelta(hours=5), url="/"),
+    ]
+    conn.register("new_events", to_table(rows))
+    conn.execute("INSERT INTO events BY NAME SELECT * FROM new_events")
+    old_daily = rollups.DAILY_FROM.replace(rollups.REVENUE_DECIMAL, "revenue::DECIMAL(38, 6)")
+    assert old_daily != rollups.DAILY_FROM
+    conn.execute("INSERT INTO rollup_daily " + old_daily.format(src="events"))
+    conn.execute("INSERT INTO rollup_user_days " + rollups._USER_DAYS_FROM.format(src="events"))
+    (stored,) = conn.execute("SELECT sum(revenue) FROM rollup_daily").fetchone()
+    assert str(stored) == "1000000000000004.211424"  # the whale as 999999999999998.951424
+    conn.close()
+
+    store = open_store("duckdb:///" + str(path))
+    try:
+        span = (day, day + timedelta(days=1))
+        assert overview_aggregates(store, PROJECT, *span, 3, stitched=False) is not None
+        assert overview(store, PROJECT, _span(*span))["revenue"] == 1000000000000004.25
+        assert store.query("SELECT count(*) FROM rollup_daily WHERE kind = 'type'") == [(2,)]
+        erase_user(store, PROJECT, "whale")
+        assert overview_aggregates(store, PROJECT, *span, 3, stitched=False) is not None
+        assert overview(store, PROJECT, _span(*span))["revenue"] == 5.26
+        (left,) = store.query(
+            "SELECT sum(revenue) FROM rollup_daily WHERE event_type = 'purchase'"
+        )[0]
+        assert str(left) == "5.260000"
+    finally:
+        store.close()

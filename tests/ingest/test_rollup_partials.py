@@ -149,7 +149,30 @@ def test_revenue_micros_round_like_duckdb() -> None:
         )
     con = duckdb.connect()
     con.register("doubles", pa.table({"v": pa.array(values, pa.float64())}))
-    cast = con.execute("SELECT v::DECIMAL(38, 6) FROM doubles").fetchall()
+    cast = con.execute(
+        f"SELECT {rollups.REVENUE_DECIMAL} FROM (SELECT v AS revenue FROM doubles)"
+    ).fetchall()
     for value, (decimal,) in zip(values, cast, strict=True):
         assert Decimal(rollups._micros(value)).scaleb(-6) == decimal, value
     assert not math.isnan(sum(rollups._micros(v) for v in values))
+
+
+def test_revenue_decimals_are_exact_to_the_millionth() -> None:
+    """A plain ``::DECIMAL(38, 6)`` is computed from the double ``revenue * 1e6`` and is off by
+    up to 0.07 near 1e15 (999999999999999.0 became 999999999999998.951424); the rollups'
+    decimal is the double's value rounded to millionths (compared with Python's exact
+    ``Decimal`` of the double), so a whole-day sum equals the exact sum."""
+    rng = random.Random(3)
+    values = [999999999999999.0, -999999999999998.0, 1e15, -1e15, 123.45, 0.01, -0.125]
+    values += [float(rng.randint(-(10**15), 10**15)) for _ in range(2000)]
+    values += [rng.randint(-(10**15), 10**15) / 100 for _ in range(2000)]
+    values += [rng.uniform(-1e15, 1e15) for _ in range(2000)]
+    con = duckdb.connect()
+    con.register("doubles", pa.table({"revenue": pa.array(values, pa.float64())}))
+    cast = con.execute(f"SELECT {rollups.REVENUE_DECIMAL} FROM doubles").fetchall()
+    for value, (decimal,) in zip(values, cast, strict=True):
+        exact = Decimal(value).quantize(Decimal("0.000001"))
+        # the fraction's double product may round a tie the other way: at most one millionth
+        assert abs(decimal - exact) <= Decimal("0.000001"), value
+        if value == int(value):
+            assert decimal == Decimal(int(value)), value

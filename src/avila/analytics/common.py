@@ -32,6 +32,9 @@ Q = TypeVar("Q", bound=msgspec.Struct)
 DEFAULT_RANGE = timedelta(days=30)
 #: Breakdown label of the values outside the top N.
 OTHER = "Other"
+#: Key the values outside the top N are merged under before they are labelled :data:`OTHER`:
+#: no stored value equals it, so a value that is itself the text "Other" stays apart.
+REST: Any = object()
 US_PER_SECOND = 1_000_000
 US_PER_DAY = 86_400 * US_PER_SECOND
 
@@ -441,17 +444,27 @@ def local_us_expr(store: Store, ts_sql: str, tz: ZoneInfo, lo: datetime, hi: dat
     return Expr(f"({epoch} + CASE {whens} ELSE ? END)", (*params, pieces[-1][1]))
 
 
+def _floor_div(store: Store, sql: str, divisor: int) -> str:
+    """``floor(sql / divisor)`` for a positive integer ``divisor``. The backends' ``int_div``
+    truncates toward zero (DuckDB ``//``, ClickHouse ``intDiv``), which would put a local time
+    before 1970-01-01 (a client clock reset to the epoch, seen west of UTC) in the bucket after
+    its own; ``%`` takes the sign of the dividend on both. ``sql`` is repeated: pass a column
+    or alias, not an expression with parameters."""
+    quotient = fragments(store)["int_div"].format(sql, divisor)
+    return f"({quotient} - CASE WHEN ({sql}) % {divisor} < 0 THEN 1 ELSE 0 END)"
+
+
 def bucket_expr(store: Store, local_us_sql: str, interval: str) -> str:
-    """Integer calendar bucket of a local-time microsecond value (see :func:`bucket_label`)."""
-    frag = fragments(store)
+    """Integer calendar bucket of a local-time microsecond value (see :func:`bucket_label`),
+    floored like its twins :func:`bucket_of` and :func:`bucket_array`."""
     if interval == "hour":
-        return frag["int_div"].format(local_us_sql, 3600 * US_PER_SECOND)
-    day = frag["int_div"].format(local_us_sql, US_PER_DAY)
+        return _floor_div(store, local_us_sql, 3600 * US_PER_SECOND)
+    day = _floor_div(store, local_us_sql, US_PER_DAY)
     if interval == "day":
         return day
     if interval == "week":  # 1970-01-01 is a Thursday; ISO weeks start on Monday
-        return frag["int_div"].format(f"{day} + 3", 7)
-    return frag["month_index"].format(local_us_sql)
+        return _floor_div(store, f"{day} + 3", 7)
+    return fragments(store)["month_index"].format(local_us_sql)
 
 
 def bucket_of(moment: datetime, tz: ZoneInfo, interval: str) -> int:

@@ -52,6 +52,7 @@ import pyarrow as pa
 
 from avila.analytics.common import (
     OTHER,
+    REST,
     bucket_array,
     bucket_label,
     bucket_of,
@@ -279,11 +280,12 @@ def _breakdowns(
     members: dict[Any, list[int]] = {}
     kept = set(top)
     for user, value in zip(users.tolist(), values, strict=True):
-        members.setdefault(value if value in kept else OTHER, []).append(user)
+        members.setdefault(value if value in kept else REST, []).append(user)
     out = []
-    for value in [*top, *([OTHER] if len(ranked) > limit else [])]:
+    for value in [*top, *([REST] if len(ranked) > limit else [])]:
         sel = np.array(members.get(value, []), dtype=np.int64)
-        out.append({"value": value, "steps": _step_stats(names, level[sel], conv[sel])})
+        label = OTHER if value is REST else value
+        out.append({"value": label, "steps": _step_stats(names, level[sel], conv[sel])})
     return out
 
 

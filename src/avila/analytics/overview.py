@@ -29,6 +29,7 @@ import numpy as np
 from avila.analytics.common import (
     OTHER,
     PROPERTY_COLUMNS,
+    REST,
     Expr,
     bucket_expr,
     bucket_label,
@@ -57,8 +58,7 @@ _BY_COUNTRY, _BY_DEVICE = 1, 2
 _AGGREGATES = """
 SELECT 'events' AS part, g, k1, k2, n, pv, rev FROM (
   SELECT GROUPING(event_type, url, referrer) AS g, event_type AS k1, coalesce(url, referrer) AS k2,
-    count(*) AS n, count(*) FILTER (WHERE event_type = 'page_view') AS pv,
-    sum(revenue) FILTER (WHERE event_type = 'purchase') AS rev
+    count(*) AS n, count(*) FILTER (WHERE event_type = 'page_view') AS pv, {revenue} AS rev
   FROM {event_source} WHERE {where} GROUP BY GROUPING SETS ((), (event_type), (url), (referrer))
 ) QUALIFY g IN (7, 3) OR (k2 IS NOT NULL AND (g = 6 OR pv > 0) AND row_number() OVER (
   PARTITION BY g, k2 IS NOT NULL AND (g = 6 OR pv > 0)
@@ -68,6 +68,16 @@ SELECT 'users', GROUPING(country, device_type), country, device_type, count(DIST
   NULL, NULL
 FROM {source} WHERE {where} GROUP BY GROUPING SETS ((country), (device_type))
 """
+# Revenue as exact as the doubles allow: a plain double sum drops the cents next to a +-1e15
+# purchase (the API's bound) and depends on the order of the rows. The integer parts add up
+# exactly as DECIMAL(38, 0) (a cast of an integral double is exact, unlike DECIMAL(38, 6),
+# which both engines compute from the inexact double ``revenue * 1e6``); the fractional parts
+# are exact doubles in (-1, 1) and add up with a negligible error. Revenue beyond 1e32 (only
+# from direct store writes) would overflow the DECIMAL and is added as a double.
+_REVENUE = """(CAST(sum(CAST(CASE WHEN abs(revenue) < 1e32 THEN trunc(revenue) ELSE 0 END
+    AS DECIMAL(38, 0))) FILTER (WHERE event_type = 'purchase') AS DOUBLE)
+  + sum(CASE WHEN abs(revenue) < 1e32 THEN revenue - trunc(revenue) ELSE revenue END)
+    FILTER (WHERE event_type = 'purchase'))"""
 
 
 def overview(
@@ -94,7 +104,9 @@ def overview(
         )
     if rows is None:
         rows = store.query(
-            _AGGREGATES.format(source=source, event_source=event_source, where=where.sql),
+            _AGGREGATES.format(
+                source=source, event_source=event_source, where=where.sql, revenue=_REVENUE
+            ),
             [*where.params, q.top_n, *where.params],
         )
     total, revenue = 0, 0.0
@@ -233,13 +245,13 @@ def trends(
     series: dict[Any, dict[int, list[int]]] = {}
     other_users_exact = True
     for b, v, n, u in rows:
-        key = v if v in keep else OTHER
+        key = v if v in keep else REST
         cell = series.setdefault(key, {}).setdefault(int(b), [0, 0])
         cell[0] += int(n)
-        if key == OTHER and cell[1]:
+        if key is REST and cell[1]:
             other_users_exact = False
         cell[1] += int(u)
-    if OTHER in series and not other_users_exact:
+    if REST in series and not other_users_exact:
         # distinct users of merged values cannot be summed: count them again.
         values = [v for v in ranked if v not in keep and v is not None]
         checks = ["v IN (" + ", ".join("?" for _ in values) + ")"] if values else []
@@ -251,14 +263,14 @@ def trends(
             " GROUP BY b",
             [*local.params, *prop.params, *where.params, *values],
         ):
-            series[OTHER][int(b)][1] = int(n)
-    order = [v for v in ranked if v in keep] + ([OTHER] if OTHER in series else [])
+            series[REST][int(b)][1] = int(n)
+    order = [v for v in ranked if v in keep] + ([REST] if REST in series else [])
     out = []
     for value in order or [None]:
         cells = series.get(value, {})
         out.append(
             {
-                "breakdown_value": value,
+                "breakdown_value": OTHER if value is REST else value,
                 "total": sum(c[0] for c in cells.values()),
                 "data": [
                     {

@@ -25,7 +25,11 @@ two to the same rows.
 
 Revenue is summed as DECIMAL(38, 6), so sums and the negated sums of an erase cancel exactly
 (a double would lose a small order next to a huge one); ingest bounds revenue to +-1e15, far
-inside the 32 integer digits.
+inside the 32 integer digits. Each revenue becomes its decimal as :data:`REVENUE_DECIMAL`: the
+integer part exactly, the fraction rounded to millionths. (A plain ``revenue::DECIMAL(38, 6)``
+is computed by DuckDB from the double product ``revenue * 1e6``, which is off by up to 0.07 near
+1e15: 999999999999999.0 became 999999999999998.951424. Migration 10 recomputed the rollups
+written that way.)
 
 GDPR erase (:func:`forget_statements`) appends the negated contribution of the user's events
 to ``rollup_daily`` and deletes their ``rollup_user_days`` rows, in the transaction that
@@ -56,15 +60,22 @@ ROLLUP_DDL: tuple[str, ...] = (
     " events BIGINT NOT NULL)",
 )
 
+#: A revenue double as DECIMAL(38, 6): the integer part exact (an integral double casts
+#: exactly), the fraction ``revenue - trunc(revenue)`` (exact in a double) rounded to millionths
+#: by DuckDB's cast. :func:`_micros` computes the same in Python.
+REVENUE_DECIMAL = (
+    "(CAST(trunc(revenue) AS DECIMAL(38, 0)) + CAST(revenue - trunc(revenue) AS DECIMAL(38, 6)))"
+)
+
 #: ``{src}``: a relation with the events table's columns (the rows being written).
-DAILY_FROM = """
+DAILY_FROM = f"""
 SELECT project_id, ts::DATE AS day, event_type, 'type' AS kind, NULL::VARCHAR AS value,
-  count(*) AS events, sum(revenue::DECIMAL(38, 6)) AS revenue FROM {src} GROUP BY ALL
+  count(*) AS events, sum({REVENUE_DECIMAL}) AS revenue FROM {{src}} GROUP BY ALL
 UNION ALL
-SELECT project_id, ts::DATE, event_type, 'url', url, count(*), NULL FROM {src}
+SELECT project_id, ts::DATE, event_type, 'url', url, count(*), NULL FROM {{src}}
 WHERE url IS NOT NULL GROUP BY ALL
 UNION ALL
-SELECT project_id, ts::DATE, event_type, 'referrer', referrer, count(*), NULL FROM {src}
+SELECT project_id, ts::DATE, event_type, 'referrer', referrer, count(*), NULL FROM {{src}}
 WHERE referrer IS NOT NULL GROUP BY ALL
 """
 _USER_DAYS_FROM = """
@@ -86,6 +97,15 @@ MIGRATION: tuple[str, ...] = (
     *ROLLUP_DDL,
     "INSERT INTO rollup_daily " + DAILY_FROM.format(src=_representable("events")),
     "INSERT INTO rollup_user_days " + _USER_DAYS_FROM.format(src=_representable("events")),
+)
+
+#: Migration 10: the per-type rows (events and revenue) recomputed from the events with
+#: :data:`REVENUE_DECIMAL`, one row per project, day and type, so that an erase (which negates
+#: with the new cast) cancels what is stored. Rows by url and referrer hold no revenue.
+REVENUE_MIGRATION: tuple[str, ...] = (
+    "DELETE FROM rollup_daily WHERE kind = 'type'",
+    "INSERT INTO rollup_daily SELECT project_id, ts::DATE, event_type, 'type', NULL,"
+    f" count(*), sum({REVENUE_DECIMAL}) FROM {_representable('events')} GROUP BY ALL",
 )
 
 
@@ -122,20 +142,22 @@ class Partials(NamedTuple):
     user_days: pa.Table
 
 
-#: The largest revenue whose DECIMAL cast :func:`_micros` reproduces (checked against DuckDB in
-#: the tests; the API bounds revenue to this). DuckDB converts larger products approximately.
+#: The largest revenue whose :data:`REVENUE_DECIMAL` :func:`_micros` reproduces (checked
+#: against DuckDB in the tests; the API bounds revenue to this).
 EXACT_REVENUE = 1e15
 
 
 def _micros(revenue: float) -> int:
-    """``revenue::DECIMAL(38, 6)`` as an integer of millionths, as DuckDB casts: the double
-    product by 1e6, rounded half away from zero (checked against DuckDB in the tests)."""
-    scaled = revenue * 1e6
+    """:data:`REVENUE_DECIMAL` of ``revenue`` as an integer of millionths: the integer part
+    times a million, plus the fraction as DuckDB casts it (the double product by 1e6, rounded
+    half away from zero); checked against DuckDB in the tests."""
+    whole = math.trunc(revenue)
+    scaled = (revenue - whole) * 1e6
     magnitude = abs(scaled)
-    whole = math.floor(magnitude)
-    if magnitude - whole >= 0.5:
-        whole += 1
-    return whole if scaled >= 0 else -whole
+    micros = math.floor(magnitude)
+    if magnitude - micros >= 0.5:
+        micros += 1
+    return whole * 1_000_000 + (micros if scaled >= 0 else -micros)
 
 
 def partials(events: pa.Table) -> Partials | None:

@@ -118,6 +118,11 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (7, "daily rollups: rollup_daily, rollup_user_days (avila.storage.rollups)", rollups.MIGRATION),
     (8, "person_map: materialised identity resolution (avila.storage.person_map)", person_map.DDL),
     (9, "anomalies: detected anomalies (avila.ml.monitoring)", _ANOMALIES_DDL),
+    (
+        10,
+        "rollup_daily: revenue as exact decimals (avila.storage.rollups)",
+        rollups.REVENUE_MIGRATION,
+    ),
 )
 
 
