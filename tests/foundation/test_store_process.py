@@ -39,6 +39,24 @@ def test_abandoned_stream_leaves_every_read_channel_usable(store: ProcessStore) 
         assert sum(b.num_rows for b in store.query_batches(sql, [3_000], batch_rows=1_000)) == 3_000
 
 
+def test_a_stream_closed_early_stops_its_query(store: ProcessStore) -> None:
+    """A client that leaves an export mid-way closes the stream: the store process stops
+    producing rows (rather than sending, and the reader draining, the rest of the result), and
+    a cancel that arrives after a stream ended by itself is ignored. A 10-billion-row result
+    read to its end would take hours: a close that returns shows the query stopped."""
+    huge = "SELECT range AS n FROM range(10000000000)"
+    for _ in range(READ_CHANNELS * 2):
+        stream = store.query_batches(huge, [], batch_rows=4_096)
+        assert next(stream).num_rows == 4_096
+        _within(120, stream.close)
+    # a stream that ended by itself, then a stray cancel on its channel: still answers right
+    small = store.query_batches("SELECT range AS n FROM range(?)", [10], batch_rows=4_096)
+    assert next(small).num_rows == 10
+    small.close()
+    for _ in range(READ_CHANNELS * 2):
+        assert store.query("SELECT 42")[0][0] == 42
+
+
 def test_query_errors_come_back_as_duckdb_errors(store: ProcessStore) -> None:
     import duckdb
 

@@ -42,8 +42,8 @@ def tune_for_one_export(store: Store) -> None:
 
 
 class ExportStream(Iterator[bytes]):
-    """Byte chunks of one export. Call :meth:`close` when stopping early: it finishes reading
-    the query (without encoding) so the store's read channel is left clean."""
+    """Byte chunks of one export. Call :meth:`close` when stopping early: it stops the query
+    and leaves the store's read channel clean."""
 
     def __init__(self, store: Store, query: ExportQuery, fmt: ExportFormat) -> None:
         self.format = fmt
@@ -68,12 +68,13 @@ class ExportStream(Iterator[bytes]):
     def close(self) -> None:
         """Thread-safe: waits for a ``next()`` running in another thread to finish first."""
         with self._lock:
-            if not self._exhausted:
-                # A store generator closed half-way may leave unread results on its channel.
-                for _ in self._batches:
-                    pass
-                self._exhausted = True
             self._chunks.close()
+            if not self._exhausted:
+                # Closing the store's generator stops the query (the store process is told to
+                # stop producing rows) and leaves its read channel clean; reading the rest
+                # would cost the whole export for a client that has gone.
+                self._batches.close()
+                self._exhausted = True
 
 
 def open_export(store: Store, project_id: str, request: ExportRequest) -> ExportStream:

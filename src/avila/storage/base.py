@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -281,8 +281,9 @@ class Store(ABC):
     @abstractmethod
     def query_batches(
         self, sql: str, params: Sequence[Any] | None = None, batch_rows: int = 65536
-    ) -> Iterator[pa.RecordBatch]:
-        """Stream a read query's result in Arrow record batches (constant memory)."""
+    ) -> Generator[pa.RecordBatch, None, None]:
+        """Stream a read query's result in Arrow record batches (constant memory); ``close()``
+        the generator to stop early (the query stops)."""
 
     @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:

@@ -30,7 +30,7 @@ import importlib.util
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -229,7 +229,7 @@ class ClickHouseStore(ClickHouseRows):
 
     def query_batches(
         self, sql: str, params: Sequence[Any] | None = None, batch_rows: int = 65536
-    ) -> Iterator[pa.RecordBatch]:
+    ) -> Generator[pa.RecordBatch, None, None]:
         self.read_barrier()
         query, values = prepare(sql, params)
         stream = self._client().query_arrow_stream(

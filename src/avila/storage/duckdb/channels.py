@@ -12,8 +12,8 @@ listener, so an analytics query runs in neither the server's nor the store's int
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from multiprocessing.connection import Client, Connection
 from typing import Any
@@ -91,7 +91,7 @@ class ChannelReads(DuckDBRows):
 
     def query_batches(
         self, sql: str, params: Sequence[Any] | None = None, batch_rows: int = 65536
-    ) -> Iterator[pa.RecordBatch]:
+    ) -> Generator[pa.RecordBatch, None, None]:
         self.read_barrier()
         with self._reader() as conn:
             self._call(conn, "query_batches", sql, list(params or []), batch_rows)
@@ -104,8 +104,13 @@ class ChannelReads(DuckDBRows):
                         return
                     yield from from_ipc(data).to_batches()
             finally:
-                # A consumer that stops early (a client leaving mid-export) must not hand the
-                # channel back with frames still in it: read them to the end-of-stream marker.
+                # A consumer that stops early (a client leaving mid-export) tells the store
+                # process to stop producing rows, and must not hand the channel back with
+                # frames still in it: it reads them to the end-of-stream marker, which follows
+                # within a batch or two instead of after the rest of the result.
+                if not finished:
+                    with suppress(OSError):
+                        conn.send(("cancel",))
                 while not finished:
                     try:
                         finished = not conn.recv_bytes()

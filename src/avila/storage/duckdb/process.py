@@ -100,6 +100,9 @@ def _serve_requests(store: Store, conn: Connection) -> None:
         except (EOFError, OSError):
             return
         op = message[0]
+        if op == "cancel":
+            # A reader's cancel that arrived after its stream had ended: nothing left to stop.
+            continue
         try:
             if op == "query":
                 conn.send(("ok", store.query(message[1], message[2])))
@@ -111,8 +114,16 @@ def _serve_requests(store: Store, conn: Connection) -> None:
                 conn.send_bytes(result)
             elif op == "query_batches":
                 conn.send(("stream", None))
-                for batch in store.query_batches(message[1], message[2], message[3]):
-                    conn.send_bytes(to_ipc(batch))
+                batches = store.query_batches(message[1], message[2], message[3])
+                try:
+                    for batch in batches:
+                        if conn.poll():
+                            # The reader stopped early (a client left mid-export) and sent
+                            # ("cancel",), read as the next request: stop producing rows.
+                            break
+                        conn.send_bytes(to_ipc(batch))
+                finally:
+                    batches.close()
                 conn.send_bytes(b"")
             elif op == "append":
                 store.append_events(from_ipc(conn.recv_bytes()))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -289,7 +289,7 @@ class DuckDBStore(DuckDBRows):
 
     def query_batches(
         self, sql: str, params: Sequence[Any] | None = None, batch_rows: int = 65536
-    ) -> Iterator[pa.RecordBatch]:
+    ) -> Generator[pa.RecordBatch, None, None]:
         self.read_barrier()
         reader = self._relation(sql, params).to_arrow_reader(batch_rows)
         yield from reader
