@@ -4,6 +4,7 @@ on a DuckDB-backed server and on one backed by embedded ClickHouse (chdb)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,33 @@ def test_client_leaving_mid_export_leaves_the_store_clean(
         response = client.post("/api/v1/export", json={**body, "format": "ndjson"})
         assert len(response.content.splitlines()) == 40_000
         assert client.get("/health").json()["storage"] == "ok"
+
+
+def test_an_export_runs_in_a_process_of_its_own_that_a_leaving_client_stops(
+    server: ServerProcess, client: httpx.Client
+) -> None:
+    """With the DuckDB store process the export is encoded in a fresh process (the server only
+    relays its bytes, benchmarks/RESULTS.md "Ingest while an export streams"); a client that
+    leaves mid-way has it stopped. With chdb (no store process) it runs in a server thread."""
+    prefix = d.unique_prefix()
+    template = d.make_events(prefix, n=5)
+    for start in range(0, 40_000, 5000):
+        events = [
+            {**template[i % 5], "event_id": f"{prefix}-p-{i}", "user_id": f"{prefix}-u0"}
+            for i in range(start, start + 5000)
+        ]
+        assert client.post("/api/v1/events/batch", json={"events": events}).status_code == 202
+    body = {"format": "json", "filters": {"user_ids": [f"{prefix}-u0"]}}
+    before = set(server.query_worker_pids())
+    with client.stream("POST", "/api/v1/export", json=body) as response:
+        assert response.status_code == 200
+        next(response.iter_bytes())
+        during = set(server.query_worker_pids()) - before
+        # 40,000 rows of JSON (~20 MB) do not fit the pipe and socket buffers: still running
+        assert len(during) == (1 if server.store_pids() else 0)
+    deadline = time.monotonic() + 60  # liveness, not speed: the process is killed at once
+    while set(server.query_worker_pids()) & during:
+        assert time.monotonic() < deadline, "the export process outlived its client"
+        time.sleep(0.1)
+    full = client.post("/api/v1/export", json=body)  # and a whole export still works
+    assert len(full.json()) == 40_000

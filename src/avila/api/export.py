@@ -2,9 +2,11 @@
 
 The body is validated and the first chunk produced before the response starts, so bad filters
 are a 422 and a failing store a 503, never a truncated 200. After that, chunks are produced one
-at a time in a worker thread as the client reads them: memory is bounded by one record batch
-per export, and at most :data:`MAX_CONCURRENT_EXPORTS` run at once (each holds one of the
-store's read channels for its duration; the others wait their turn).
+at a time as the client reads them: memory is bounded by one record batch per export, and at
+most :data:`MAX_CONCURRENT_EXPORTS` run at once (each holds one of the store's read channels
+for its duration; the others wait their turn). With the DuckDB store process and query workers
+on (the default), the export is encoded in a process of its own and the server relays its bytes
+(:mod:`avila.export.process`); otherwise in a server thread.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from litestar import Request, post
 from litestar.response import Stream
 
 from avila.api.component import AppContext
-from avila.export.query import parse_request
+from avila.export.process import ExportProcess, export_in_process
+from avila.export.query import ExportRequest, parse_request
 from avila.export.stream import ExportStream, filename, open_export
 from avila.storage.base import Store
 
@@ -26,7 +29,7 @@ _SLOTS = "export_slots"
 
 
 async def _chunks(
-    first: bytes | None, stream: ExportStream, slots: asyncio.Semaphore
+    first: bytes | None, stream: ExportStream | ExportProcess, slots: asyncio.Semaphore
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     finished = False
@@ -67,7 +70,9 @@ async def export_events(request: Request[Any, Any, Any], store: Store, ctx: AppC
     await slots.acquire()
     loop = asyncio.get_running_loop()
     try:
-        stream = await loop.run_in_executor(None, open_export, store, project_id, export)
+        stream = await loop.run_in_executor(
+            None, _open, store, project_id, export, ctx.settings.query_workers
+        )
     except BaseException:
         slots.release()
         raise
@@ -86,6 +91,15 @@ async def export_events(request: Request[Any, Any, Any], store: Store, ctx: AppC
             "X-Content-Type-Options": "nosniff",
         },
     )
+
+
+def _open(
+    store: Store, project_id: str, export: ExportRequest, query_workers: int
+) -> ExportStream | ExportProcess:
+    if export_in_process(store, query_workers):
+        store.read_barrier()  # the process reads without waiting for the ingest loader
+        return ExportProcess(store, project_id, export)
+    return open_export(store, project_id, export)
 
 
 def setup(ctx: AppContext) -> None:
