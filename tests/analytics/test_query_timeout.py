@@ -5,8 +5,9 @@ Data: 3,000,000 generated events written straight into the DuckDB file before th
 starts. The heavy query is an unordered funnel filtered by a regular expression over a metadata
 property and broken down by it: it reads and parses every row's JSON (no rollup or index can
 answer it) and the regex keeps half the tags, so the funnel and its ~50,000-value breakdown run
-over 1.5 M rows: 2.5-3.7 s with no limit on a quiet 2-core machine (2026-12-01), 25x the 0.1 s
-limit. (A regex keeping a few tags, used before, took only 0.34 s once funnels got faster.) The light query afterwards is one user's
+over 1.5 M rows: 2.5-3.7 s with no limit on a quiet 2-core machine (2026-12-01), 5x the 0.5 s
+limit. (The limit was 0.1 s until the light query, a profile scanning the 3 M rows for one
+user, kept passing it ten times in a row while the suite ran two files at once.) (A regex keeping a few tags, used before, took only 0.34 s once funnels got faster.) The light query afterwards is one user's
 profile, checked against the generated rows.
 """
 
@@ -34,7 +35,7 @@ from avila.testing.server import ServerProcess
 ROWS = 3_000_000
 USERS = 50_000
 BASE_US = 1_761_955_200_000_000  # 2025-11-01T00:00:00Z
-LIMIT_S = 0.1
+LIMIT_S = 0.5
 #: On a loaded machine even the light query can pass the limit; it must answer right within a
 #: few tries (a 504 in between is the limit doing its job, not an unhealthy server).
 LIGHT_TRIES = 10
