@@ -218,9 +218,10 @@ def test_client_leaving_mid_export_leaves_the_store_clean(
 def test_an_export_runs_in_a_process_of_its_own_that_a_leaving_client_stops(
     server: ServerProcess, client: httpx.Client
 ) -> None:
-    """With the DuckDB store process the export is encoded in a fresh process (the server only
-    relays its bytes, benchmarks/RESULTS.md "Ingest while an export streams"); a client that
-    leaves mid-way has it stopped. With chdb (no store process) it runs in a server thread."""
+    """With the DuckDB store process each export is encoded in a process of its own, started
+    one export ahead (the server only relays its bytes, benchmarks/RESULTS.md "Ingest while an
+    export streams"); a client that leaves mid-way has it stopped, and the next one is ready.
+    With chdb (no store process) exports run in a server thread: no process at all."""
     prefix = d.unique_prefix()
     template = d.make_events(prefix, n=5)
     for start in range(0, 40_000, 5000):
@@ -229,17 +230,31 @@ def test_an_export_runs_in_a_process_of_its_own_that_a_leaving_client_stops(
             for i in range(start, start + 5000)
         ]
         assert client.post("/api/v1/events/batch", json={"events": events}).status_code == 202
+    on_duckdb = bool(server.store_pids())
+    # an export (of nothing) leaves one process started for the next export
+    assert client.post("/api/v1/export", json={"format": "csv", "filters": {"user_ids": ["-"]}})
+    ready = _eventually_one_process(server) if on_duckdb else set()
+    assert set(server.query_worker_pids()) == ready
+
     body = {"format": "json", "filters": {"user_ids": [f"{prefix}-u0"]}}
-    before = set(server.query_worker_pids())
     with client.stream("POST", "/api/v1/export", json=body) as response:
         assert response.status_code == 200
         next(response.iter_bytes())
-        during = set(server.query_worker_pids()) - before
         # 40,000 rows of JSON (~20 MB) do not fit the pipe and socket buffers: still running
-        assert len(during) == (1 if server.store_pids() else 0)
+        assert ready <= set(server.query_worker_pids())
     deadline = time.monotonic() + 60  # liveness, not speed: the process is killed at once
-    while set(server.query_worker_pids()) & during:
+    while ready & set(server.query_worker_pids()):
         assert time.monotonic() < deadline, "the export process outlived its client"
         time.sleep(0.1)
+    if on_duckdb:
+        assert _eventually_one_process(server) != ready  # a new one waits for the next export
     full = client.post("/api/v1/export", json=body)  # and a whole export still works
     assert len(full.json()) == 40_000
+
+
+def _eventually_one_process(server: ServerProcess) -> set[int]:
+    deadline = time.monotonic() + 60
+    while len(found := set(server.query_worker_pids())) != 1:
+        assert time.monotonic() < deadline, f"export processes: {found}"
+        time.sleep(0.1)
+    return found

@@ -19,13 +19,14 @@ from litestar import Request, post
 from litestar.response import Stream
 
 from avila.api.component import AppContext
-from avila.export.process import ExportProcess, export_in_process
+from avila.export.process import ExportProcess, ExportProcesses, export_in_process
 from avila.export.query import ExportRequest, parse_request
 from avila.export.stream import ExportStream, filename, open_export
 from avila.storage.base import Store
 
 MAX_CONCURRENT_EXPORTS = 2
 _SLOTS = "export_slots"
+_PROCESSES = "export_processes"
 
 
 async def _chunks(
@@ -70,9 +71,7 @@ async def export_events(request: Request[Any, Any, Any], store: Store, ctx: AppC
     await slots.acquire()
     loop = asyncio.get_running_loop()
     try:
-        stream = await loop.run_in_executor(
-            None, _open, store, project_id, export, ctx.settings.query_workers
-        )
+        stream = await loop.run_in_executor(None, _open, store, project_id, export, ctx)
     except BaseException:
         slots.release()
         raise
@@ -94,16 +93,24 @@ async def export_events(request: Request[Any, Any, Any], store: Store, ctx: AppC
 
 
 def _open(
-    store: Store, project_id: str, export: ExportRequest, query_workers: int
+    store: Store, project_id: str, export: ExportRequest, ctx: AppContext
 ) -> ExportStream | ExportProcess:
-    if export_in_process(store, query_workers):
-        store.read_barrier()  # the process reads without waiting for the ingest loader
-        return ExportProcess(store, project_id, export)
+    processes: ExportProcesses | None = ctx.state[_PROCESSES]
+    if processes is not None:
+        return processes.open(project_id, export)
     return open_export(store, project_id, export)
 
 
 def setup(ctx: AppContext) -> None:
     ctx.state[_SLOTS] = asyncio.Semaphore(MAX_CONCURRENT_EXPORTS)
+    in_process = export_in_process(ctx.store, ctx.settings.query_workers)
+    ctx.state[_PROCESSES] = ExportProcesses(ctx.store) if in_process else None
+
+
+async def shutdown(ctx: AppContext) -> None:
+    processes: ExportProcesses | None = ctx.state[_PROCESSES]
+    if processes is not None:
+        await asyncio.to_thread(processes.close)
 
 
 ROUTES = [export_events]
