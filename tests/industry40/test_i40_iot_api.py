@@ -294,3 +294,50 @@ def test_threshold_alarm_is_published_on_the_websocket(client: httpx.Client, ser
         "timestamp": None,
     }
     assert cleared["payload"]["state"] == "cleared" and cleared["payload"]["value"] == 75.0
+
+
+def test_removing_a_rule_clears_its_raised_alarms(client: httpx.Client, server: Any) -> None:
+    """An alarm whose rule (or bound) is removed would never be judged again: setting the rules
+    clears it and announces the clear (``reason: rule_removed``); an alarm whose limit only
+    moved stays for the next reading to judge."""
+    from websockets.sync.client import connect
+
+    device_type = uid("type")
+    both = {"rules": [{"metric": "temp", "max": 80}, {"metric": "rpm", "min": 10}]}
+    assert client.put(f"{I40}/alarms/rules/{device_type}", json=both).status_code == 200
+    device = uid()
+    url = server.url.replace("http", "ws") + "/ws?api_key=test-key-all-scopes"
+    with connect(url) as ws:
+        ws.send(json.dumps({"type": "Subscribe", "payload": {"channels": ["alerts"]}}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "Subscribed"
+        reading = {
+            "device_id": device,
+            "device_type": device_type,
+            "metrics": {"temp": 90, "rpm": 5},
+        }
+        assert client.post(f"{I40}/iot/ingest", json=reading).status_code == 202
+        raised = [json.loads(ws.recv(timeout=10))["payload"] for _ in range(2)]
+        assert sorted((a["metric"], a["state"]) for a in raised) == [
+            ("rpm", "raised"),
+            ("temp", "raised"),
+        ]
+        moved = {"rules": [{"metric": "rpm", "min": 3}]}  # temp removed, rpm's limit moved
+        assert client.put(f"{I40}/alarms/rules/{device_type}", json=moved).status_code == 200
+        cleared = json.loads(ws.recv(timeout=10))["payload"]
+    assert cleared | {"timestamp": None} == {
+        "type": "threshold_alarm",
+        "state": "cleared",
+        "reason": "rule_removed",
+        "device_id": device,
+        "device_type": device_type,
+        "metric": "temp",
+        "value": 90.0,
+        "limit": 80.0,
+        "bound": "max",
+        "severity": "warning",
+        "timestamp": None,
+    }
+    active = client.get(f"{I40}/alarms/active").json()["alarms"]
+    assert [(a["device_id"], a["metric"]) for a in active if a["device_id"] == device] == [
+        (device, "rpm")
+    ]

@@ -440,7 +440,9 @@ async def set_alarm_rules(
     request: Request[Any, Any, Any], i40: Industry40, device_type: str, data: AlarmRules
 ) -> dict[str, Any]:
     project = _project(request)
-    await asyncio.to_thread(i40.alarms.set_rules, project, device_type, data)
+    cleared = await asyncio.to_thread(i40.alarms.set_rules, project, device_type, data)
+    for alert in cleared:
+        i40.bus.publish(project, "alerts", alert)
     return {
         "device_type": device_type,
         "rules": i40.alarms.rules(project, device_type)[device_type],

@@ -131,7 +131,12 @@ class AlarmService:
         self._reload_if_changed()
         return self._rules.get((project_id, device_type or ""), [])
 
-    def set_rules(self, project_id: str, device_type: str, rules: AlarmRules) -> None:
+    def set_rules(
+        self, project_id: str, device_type: str, rules: AlarmRules
+    ) -> list[dict[str, Any]]:
+        """Store the type's rules; returns the alarms this cleared (the caller announces them):
+        raised alarms of the type whose metric and bound no longer have a limit, which no
+        reading would ever judge again. A limit that only moved is judged by the next reading."""
         check_rules(rules)
         doc = msgspec.json.encode(rules.rules).decode()
         self.store.upsert(
@@ -146,6 +151,27 @@ class AlarmService:
         )
         self._rules[project_id, device_type] = list(rules.rules)
         self.changes.bump(_CHANGES)
+        limited = {
+            (rule.metric, bound)
+            for rule in rules.rules
+            for bound, limit in (("max", rule.max), ("min", rule.min))
+            if limit is not None
+        }
+        stale = [
+            alert
+            for alert in self.states.raised(project_id)
+            if alert.get("device_type") == device_type
+            and (alert["metric"], alert["bound"]) not in limited
+        ]
+        changed = self.states.apply(
+            [((project_id, a["device_id"], a["metric"], a["bound"]), None) for a in stale]
+        )
+        now = rfc3339(datetime.now(UTC))
+        return [
+            {**alert, "state": "cleared", "reason": "rule_removed", "timestamp": now}
+            for alert, cleared in zip(stale, changed, strict=True)
+            if cleared
+        ]
 
     def active(self, project_id: str) -> list[dict[str, Any]]:
         """The project's raised alarms, by (device, metric, bound)."""
