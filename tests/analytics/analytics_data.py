@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_SCHEMA
@@ -107,3 +109,22 @@ def random_events(
         if rng.random() < 0.1:
             rows.append(event(user, T0, "page_view", project_id=OTHER_PROJECT, url="/"))
     return rows
+
+
+def store_before_migration(path: Path, version: int) -> duckdb.DuckDBPyConnection:
+    """A DuckDB file as a store from before schema migration ``version`` was written: every
+    migration below it applied and recorded (the caller adds old-style rows, then closes it)."""
+    from avila.storage.duckdb.migrations import MIGRATIONS
+
+    conn = duckdb.connect(str(path))
+    conn.execute(
+        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description VARCHAR,"
+        " applied_at TIMESTAMP)"
+    )
+    for number, description, statements in MIGRATIONS:
+        if number >= version:
+            continue
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version VALUES (?, ?, now())", [number, description])
+    return conn

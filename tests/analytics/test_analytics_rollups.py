@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from analytics_data import PROJECT, T0, event, random_events, to_table
+from analytics_data import PROJECT, T0, event, random_events, store_before_migration, to_table
 
 from avila.analytics import erase_user, overview
 from avila.analytics.rollup_reads import overview_aggregates, whole_days
@@ -233,23 +233,11 @@ def test_migration_10_recomputes_revenue_written_with_the_plain_cast(tmp_path: P
     computes from the inexact double ``revenue * 1e6``; an erase now negates the exact decimal,
     so the migration recomputes the stored per-type rows: afterwards a whole day's revenue is
     exact, and erasing the big spender leaves exactly the other purchases."""
-    import duckdb
 
     from avila.storage import rollups
-    from avila.storage.duckdb.migrations import MIGRATIONS
 
     path = tmp_path / "old.duckdb"
-    conn = duckdb.connect(str(path))
-    conn.execute(
-        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description VARCHAR,"
-        " applied_at TIMESTAMP)"
-    )
-    for version, description, statements in MIGRATIONS:
-        if version >= 10:
-            continue
-        for statement in statements:
-            conn.execute(statement)
-        conn.execute("INSERT INTO schema_version VALUES (?, ?, now())", [version, description])
+    conn = store_before_migration(path, 10)
     day = T0 + timedelta(days=1)
     rows = [
         event(

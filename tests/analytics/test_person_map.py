@@ -13,10 +13,9 @@ import random
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
-from analytics_data import PROJECT, T0, event, to_table
+from analytics_data import PROJECT, T0, event, store_before_migration, to_table
 
 from avila.analytics import erase_user, funnel, overview
 from avila.analytics.common import events_source
@@ -276,17 +275,7 @@ def test_an_erase_failing_at_its_last_statement_changes_nothing(duck: Store, mon
 
 def test_migration_8_backfills_a_store_that_already_has_links(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
-    conn = duckdb.connect(str(path))
-    conn.execute(
-        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description VARCHAR,"
-        " applied_at TIMESTAMP)"
-    )
-    for version, description, statements in MIGRATIONS:
-        if version >= 8:
-            continue
-        for statement in statements:
-            conn.execute(statement)
-        conn.execute("INSERT INTO schema_version VALUES (?, ?, now())", [version, description])
+    conn = store_before_migration(path, 8)
     rng = random.Random(8)
     ids = [f"u{i}" for i in range(30)]
     links = [

@@ -195,14 +195,7 @@ def test_export_is_in_openapi(client: httpx.Client) -> None:
 def test_client_leaving_mid_export_leaves_the_store_clean(
     server: Any, client: httpx.Client
 ) -> None:
-    prefix = d.unique_prefix()
-    template = d.make_events(prefix, n=5)
-    for start in range(0, 40_000, 5000):
-        events = [
-            {**template[i % 5], "event_id": f"{prefix}-big-{i}", "user_id": f"{prefix}-u0"}
-            for i in range(start, start + 5000)
-        ]
-        assert client.post("/api/v1/events/batch", json={"events": events}).status_code == 202
+    prefix = _one_user_with_40_000_events(client)
     body = {"format": "csv", "filters": {"user_ids": [f"{prefix}-u0"]}}
     for _ in range(3):  # abandon a few exports half-way
         with client.stream("POST", "/api/v1/export", json=body) as response:
@@ -222,14 +215,7 @@ def test_an_export_runs_in_a_process_of_its_own_that_a_leaving_client_stops(
     one export ahead (the server only relays its bytes, benchmarks/RESULTS.md "Ingest while an
     export streams"); a client that leaves mid-way has it stopped, and the next one is ready.
     With chdb (no store process) exports run in a server thread: no process at all."""
-    prefix = d.unique_prefix()
-    template = d.make_events(prefix, n=5)
-    for start in range(0, 40_000, 5000):
-        events = [
-            {**template[i % 5], "event_id": f"{prefix}-p-{i}", "user_id": f"{prefix}-u0"}
-            for i in range(start, start + 5000)
-        ]
-        assert client.post("/api/v1/events/batch", json={"events": events}).status_code == 202
+    prefix = _one_user_with_40_000_events(client)
     on_duckdb = bool(server.store_pids())
     # an export (of nothing) leaves one process started for the next export
     assert client.post("/api/v1/export", json={"format": "csv", "filters": {"user_ids": ["-"]}})
@@ -258,3 +244,16 @@ def _eventually_one_process(server: ServerProcess) -> set[int]:
         assert time.monotonic() < deadline, f"export processes: {found}"
         time.sleep(0.1)
     return found
+
+
+def _one_user_with_40_000_events(client: httpx.Client) -> str:
+    """Ingest 40,000 events of user ``<prefix>-u0``; returns the prefix."""
+    prefix = d.unique_prefix()
+    template = d.make_events(prefix, n=5)
+    for start in range(0, 40_000, 5000):
+        events = [
+            {**template[i % 5], "event_id": f"{prefix}-e-{i}", "user_id": f"{prefix}-u0"}
+            for i in range(start, start + 5000)
+        ]
+        assert client.post("/api/v1/events/batch", json={"events": events}).status_code == 202
+    return prefix

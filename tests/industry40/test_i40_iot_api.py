@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -263,16 +265,11 @@ def test_openapi_lists_every_industry40_endpoint(client: httpx.Client) -> None:
 
 
 def test_threshold_alarm_is_published_on_the_websocket(client: httpx.Client, server: Any) -> None:
-    from websockets.sync.client import connect
-
     device_type = uid("type")
     rules = {"rules": [{"metric": "temp", "max": 80, "severity": "critical"}]}
     assert client.put(f"{I40}/alarms/rules/{device_type}", json=rules).status_code == 200
     device = uid()
-    url = server.url.replace("http", "ws") + "/ws?api_key=test-key-all-scopes"
-    with connect(url) as ws:
-        ws.send(json.dumps({"type": "Subscribe", "payload": {"channels": ["alerts"]}}))
-        assert json.loads(ws.recv(timeout=10))["type"] == "Subscribed"
+    with _alerts_socket(server) as ws:
         for value in (70, 85, 90, 75):
             client.post(
                 f"{I40}/iot/ingest",
@@ -300,16 +297,11 @@ def test_removing_a_rule_clears_its_raised_alarms(client: httpx.Client, server: 
     """An alarm whose rule (or bound) is removed would never be judged again: setting the rules
     clears it and announces the clear (``reason: rule_removed``); an alarm whose limit only
     moved stays for the next reading to judge."""
-    from websockets.sync.client import connect
-
     device_type = uid("type")
     both = {"rules": [{"metric": "temp", "max": 80}, {"metric": "rpm", "min": 10}]}
     assert client.put(f"{I40}/alarms/rules/{device_type}", json=both).status_code == 200
     device = uid()
-    url = server.url.replace("http", "ws") + "/ws?api_key=test-key-all-scopes"
-    with connect(url) as ws:
-        ws.send(json.dumps({"type": "Subscribe", "payload": {"channels": ["alerts"]}}))
-        assert json.loads(ws.recv(timeout=10))["type"] == "Subscribed"
+    with _alerts_socket(server) as ws:
         reading = {
             "device_id": device,
             "device_type": device_type,
@@ -341,3 +333,15 @@ def test_removing_a_rule_clears_its_raised_alarms(client: httpx.Client, server: 
     assert [(a["device_id"], a["metric"]) for a in active if a["device_id"] == device] == [
         (device, "rpm")
     ]
+
+
+@contextlib.contextmanager
+def _alerts_socket(server: Any) -> Iterator[Any]:
+    """A WebSocket subscribed to the ``alerts`` channel."""
+    from websockets.sync.client import connect
+
+    url = server.url.replace("http", "ws") + "/ws?api_key=test-key-all-scopes"
+    with connect(url) as ws:
+        ws.send(json.dumps({"type": "Subscribe", "payload": {"channels": ["alerts"]}}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "Subscribed"
+        yield ws
