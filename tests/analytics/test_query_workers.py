@@ -166,6 +166,22 @@ def test_a_dead_worker_fails_its_own_query_and_is_replaced(
     assert workers.pids() != [second]
 
 
+def test_an_idle_worker_that_dies_is_counted_at_the_next_scrape(
+    store: ProcessStore, workers: QueryWorkers
+) -> None:
+    """``avila_query_worker_exits`` reads :meth:`QueryWorkers.reap`: a worker killed between
+    queries is counted when the metrics are read, not only when a later query finds it."""
+    assert in_worker(workers, overview, store, PROJECT, RANGE)["total_events"] > 0
+    (pid,) = workers.pids()
+    assert workers.reap() == 0
+    os.kill(pid, signal.SIGKILL)
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # until all of it is gone; not reaped
+    assert workers.reap() == 1 and workers.pids() == []
+    assert workers.reap() == 1  # once
+    assert in_worker(workers, overview, store, PROJECT, RANGE)["total_events"] > 0
+    assert workers.exits == 1 and len(workers.pids()) == 1
+
+
 def test_more_queries_than_workers_wait_for_one(store: ProcessStore, workers: QueryWorkers) -> None:
     async def many() -> list[Any]:
         return await asyncio.gather(

@@ -193,6 +193,15 @@ class _Worker:
             raise value
         return value  # type: ignore[no-any-return]
 
+    def reap_if_dead(self) -> bool:
+        """If the (idle) worker's process has exited, count it and forget it (the next job
+        starts a new one); True if it had."""
+        if self.process is not None and wait([self.process.sentinel], 0):
+            self._on_exit()
+            self.stop()
+            return True
+        return False
+
     def close_pipe(self) -> None:
         if self._jobs is not None:
             self._jobs.close()
@@ -225,11 +234,21 @@ class QueryWorkers:
             for _ in range(self.count)
         ]
         self._idle: asyncio.Queue[_Worker] | None = None
+        self._in_use: set[int] = set()  # id() of the workers a request holds
         #: queries running in a worker / waiting for one; workers that died or were killed
         self.busy = self.waiting = self.exits = 0
 
     def _exited(self) -> None:
         self.exits += 1
+
+    def reap(self) -> int:
+        """Count the idle workers that died since their last query (otherwise noticed only
+        when the next query finds them) and return :attr:`exits`. Call on the event loop that
+        serves the queries: the idle workers there are in no other thread's hands."""
+        for worker in self._workers:
+            if id(worker) not in self._in_use:
+                worker.reap_if_dead()
+        return self.exits
 
     def pids(self) -> list[int]:
         """Process ids of the running workers."""
@@ -254,12 +273,14 @@ class QueryWorkers:
         finally:
             self.waiting -= 1
         self.busy += 1
+        self._in_use.add(id(worker))
         call = asyncio.ensure_future(asyncio.to_thread(worker.call, fn, args))
 
         def release(done: asyncio.Future[Result]) -> None:
             # The worker is free again when its call has ended, not when a waiting client
             # leaves; an error nobody awaits any more is not worth asyncio's warning.
             self.busy -= 1
+            self._in_use.discard(id(worker))
             idle.put_nowait(worker)
             if not done.cancelled():
                 done.exception()

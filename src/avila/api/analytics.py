@@ -80,7 +80,8 @@ def setup(ctx: AppContext) -> None:
     workers = ctx.state[WORKERS_KEY] = QueryWorkers(ctx.store, ctx.settings.query_workers)
     ctx.metrics.query_workers_busy.set_function(lambda: workers.busy)
     ctx.metrics.query_workers_waiting.set_function(lambda: workers.waiting)
-    ctx.metrics.query_worker_exits.set_function(lambda: workers.exits)
+    # read on the event loop at each scrape (/metrics is async): idle deaths count at once
+    ctx.metrics.query_worker_exits.set_function(workers.reap)
 
 
 async def shutdown(ctx: AppContext) -> None:
