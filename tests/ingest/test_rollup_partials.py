@@ -176,3 +176,34 @@ def test_revenue_decimals_are_exact_to_the_millionth() -> None:
         assert abs(decimal - exact) <= Decimal("0.000001"), value
         if value == int(value):
             assert decimal == Decimal(int(value)), value
+
+
+def test_a_day_python_cannot_hold_leaves_the_partials_to_sql(tmp_path: Any) -> None:
+    """An event at 0000-12-31 (UTC) once made every loader round holding it fail, for good:
+    its day became a Python date. Ingest now refuses such times; the loader's rollups also
+    leave them to DuckDB's SQL, so a round written some other way still loads."""
+    from avila.storage.duckdb.store import DuckDBStore
+
+    events = _events(6, 50)
+    year_zero = (datetime(1, 1, 1) - datetime(1970, 1, 1)) // timedelta(
+        microseconds=1
+    ) - 3_600_000_000
+    ts = events.column("ts").cast(pa.int64()).to_pylist()
+    ts[7] = year_zero
+    events = events.set_column(
+        events.schema.get_field_index("ts"), "ts", pa.array(ts, pa.int64()).cast(pa.timestamp("us"))
+    )
+    assert rollups.partials(events) is None
+    assert rollups.partials(_events(6, 50)) is not None
+    store = DuckDBStore(tmp_path / "zero.duckdb")
+    try:
+        store.commit_log_batch(10, events=events)
+        assert store.query("SELECT count(*) FROM events") == [(50,)]
+        assert store.query("SELECT year(min(day)) FROM rollup_daily") == [(0,)]
+        represented = store.query(
+            "SELECT count(*) FROM events WHERE revenue IS NULL OR abs(revenue) < 1e32"
+        )
+        rolled = store.query("SELECT sum(events) FROM rollup_daily WHERE kind = 'type'")
+        assert rolled == represented
+    finally:
+        store.close()

@@ -13,7 +13,7 @@ from litestar import MediaType, Request, Response, post
 
 from avila.errors import MalformedJSON, PayloadTooLarge, ValidationFailed
 from avila.ingest.service import IngestService, result_body
-from avila.ingest.validation import MAX_EVENT_BYTES
+from avila.ingest.validation import MAX_EVENT_BYTES, NESTED_TOO_DEEPLY
 from avila.schemas.events import BATCH_DECODER, SINGLE_DECODER
 from avila.schemas.messages import split_msgspec_error
 
@@ -28,6 +28,11 @@ _encode = msgspec.json.encode
 def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     try:
         return decoder.decode(body)
+    except RecursionError:
+        raise ValidationFailed(
+            f"request body cannot be read: {NESTED_TOO_DEEPLY}",
+            details=[{"path": "", "message": NESTED_TOO_DEEPLY}],
+        ) from None
     except msgspec.DecodeError as exc:
         if isinstance(exc, msgspec.ValidationError):
             message, path = split_msgspec_error(exc, "")

@@ -110,7 +110,7 @@ class FastIngest:
                 raws = list(BATCH_DECODER.decode(body).events)
                 if len(raws) > MAX_BATCH_EVENTS:
                     raise _Delegate
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             raise _Delegate from None
         scope["path_template"] = path  # the route label of the request metrics
         rate_headers: list[tuple[bytes, bytes]] = []

@@ -36,7 +36,7 @@ from avila.ingest.segment import (
     to_event,
 )
 from avila.ingest.service import IngestService
-from avila.ingest.validation import Rejection
+from avila.ingest.validation import NESTED_TOO_DEEPLY, Rejection
 from avila.security.keys import Principal
 
 # analytics.js posts to one-letter paths (/v1/t, /v1/p ...); both spellings are accepted.
@@ -48,6 +48,64 @@ _LEADING_INDEX = re.compile(r"^\[\d+\]")
 def _relative(path: str) -> str:
     """A validator path (``[0].event_type.data.name``) relative to its event."""
     return _LEADING_INDEX.sub("", path).lstrip(".")
+
+
+# Avila event field -> the Segment message field it came from (first matching prefix wins).
+_MESSAGE_FIELDS = (
+    ("event_id", "messageId"),
+    ("session_id", "context.sessionId"),
+    ("event_type.data.properties.previous_id", "previousId"),
+    ("event_type.data.properties.group_id", "groupId"),
+    ("event_type.data.properties.traits", "traits"),
+    ("event_type.data.url", "properties.url"),
+    ("event_type.data.title", "properties.title"),
+    ("metadata.anonymous_id", "anonymousId"),
+    ("metadata.integrations", "integrations"),
+    ("context.user_agent", "context.userAgent"),
+    ("context.referrer", "context.page.referrer"),
+    ("context.locale", "context.locale"),
+    ("context.location.ip_address", "context.ip"),
+    ("context.location.timezone", "context.timezone"),
+    ("context.device.device_type", "context.device.type"),
+    ("context.device.os", "context.os.name"),
+    ("context.viewport.width", "context.screen.innerWidth"),
+    ("context.viewport.height", "context.screen.innerHeight"),
+    ("context.segment", "context"),
+)
+
+
+def _message_path(path: str, message: dict[str, Any], kind: str | None) -> str:
+    """A rejection path of the event made from ``message`` (``event_id``, ``user_id``,
+    ``event_type.data.name`` ...) as the path of the message field it came from (``messageId``,
+    ``userId`` or ``anonymousId``, ``event`` ...), so the client sees what it sent."""
+    mtype = kind or message.get("type")
+
+    def swap(old: str, new: str) -> str | None:
+        if path == old or path.startswith((old + ".", old + "[")):
+            return new + path[len(old) :]
+        return None
+
+    if path == "user_id":
+        user = message.get("userId")
+        has_user = isinstance(user, str | int | float) and not isinstance(user, bool) and user != ""
+        return "userId" if has_user or mtype == "alias" else "anonymousId"
+    if mtype == "identify":
+        found = swap("event_type.data.properties", "traits")
+        if found is not None:
+            return found
+    if mtype == "track":
+        found = swap("event_type.data.name", "event")
+        if found is not None:
+            return found
+    for old, new in _MESSAGE_FIELDS:
+        found = swap(old, new)
+        if found is not None:
+            return found
+    for old, new in (("event_type.data.properties", "properties"), ("event_type.data", "")):
+        found = swap(old, new)
+        if found is not None:
+            return found.lstrip(".") or "properties"
+    return path
 
 
 class _Batch(msgspec.Struct):
@@ -130,6 +188,10 @@ async def _read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
 def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     try:
         return decoder.decode(body)
+    except RecursionError:
+        raise BadRequest(
+            f"request body cannot be read: {NESTED_TOO_DEEPLY}", details=[{"path": ""}]
+        ) from None
     except msgspec.ValidationError as exc:
         raise BadRequest(f"request body is not a Segment payload: {exc}") from None
     except msgspec.DecodeError as exc:
@@ -183,7 +245,8 @@ async def segment_call(request: Request[Any, Any, Any], ingest: IngestService) -
     accepted, duplicates, rejected = await _store(request, ingest, principal, [_encode(event)])
     if rejected:
         r = rejected[0]
-        raise BadRequest(r.message, code=r.code, details=[{"path": _relative(r.path)}])
+        path = _message_path(_relative(r.path), message, kind)
+        raise BadRequest(r.message, code=r.code, details=[{"path": path}])
     return _ok({"accepted": accepted, "duplicates": duplicates})
 
 
@@ -221,6 +284,7 @@ async def segment_batch(request: Request[Any, Any, Any], ingest: IngestService) 
     rejected: list[Rejection] = []
     events: list[bytes] = []
     origins: list[int] = []
+    messages: list[dict[str, Any]] = []
     for index, raw in enumerate(payload.batch):
         where = f"batch[{index}]"
         if len(raw) > MAX_MESSAGE_BYTES:
@@ -237,6 +301,9 @@ async def segment_batch(request: Request[Any, Any, Any], ingest: IngestService) 
             message = _OBJECT_DECODER.decode(raw)
             events.append(_encode(to_event(message, None, envelope)))
             origins.append(index)
+            messages.append(message)
+        except RecursionError:
+            rejected.append(Rejection(index, "invalid_message", NESTED_TOO_DEEPLY, where))
         except msgspec.DecodeError:
             rejected.append(Rejection(index, "invalid_message", "expected an object", where))
         except MessageError as exc:
@@ -245,7 +312,7 @@ async def segment_batch(request: Request[Any, Any, Any], ingest: IngestService) 
     accepted, duplicates, invalid = await _store(request, ingest, principal, events)
     for r in invalid:
         index = origins[r.index]
-        path = _relative(r.path)
+        path = _message_path(_relative(r.path), messages[r.index], None)
         rejected.append(
             Rejection(
                 index, r.code, r.message, f"batch[{index}].{path}" if path else f"batch[{index}]"

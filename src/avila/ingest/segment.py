@@ -84,7 +84,13 @@ def parse_time(value: Any, path: str) -> datetime | None:
         raise MessageError("invalid_timestamp", f"not an ISO 8601 time: {value!r}", path) from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+05:45 / 9999-12-31T23:00-05:00: beyond years 1-9999
+        raise MessageError("invalid_timestamp", _OUT_OF_RANGE.format(value), path) from None
+
+
+_OUT_OF_RANGE = "time {!r} is outside the years 1 to 9999 in UTC"
 
 
 def corrected_timestamp(
@@ -386,7 +392,15 @@ def to_event(message: Mapping[str, Any], kind: str | None, envelope: Envelope) -
         message.get("originalTimestamp"), "originalTimestamp"
     )
     sent_at = parse_time(message.get("sentAt"), "sentAt") or envelope.sent_at
-    ts = corrected_timestamp(client_time, sent_at, envelope.received_at)
+    try:
+        ts = corrected_timestamp(client_time, sent_at, envelope.received_at)
+    except OverflowError:  # a skew of thousands of years
+        raise MessageError(
+            "invalid_timestamp",
+            "timestamp corrected for the clock skew (receivedAt - (sentAt - timestamp)) is"
+            " outside the years 1 to 9999",
+            "timestamp",
+        ) from None
     if client_time is not None:
         metadata["original_timestamp"] = _iso(client_time)
     if sent_at is not None:

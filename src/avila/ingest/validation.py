@@ -28,6 +28,8 @@ from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_TYPES, ColumnBatch, c
 
 MAX_EVENT_BYTES = 32 * 1024
 MAX_FUTURE = timedelta(hours=1)
+#: msgspec decodes recursively; JSON nested deeper than Python's recursion limit cannot be read.
+NESTED_TOO_DEEPLY = "JSON is nested too deeply to decode"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,17 @@ class Rejection:
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
+# The earliest event time that is a date in UTC: 0001-01-01T00:00:00+05:45 is in year 0, which
+# no Python date (the loader's rollups, every read) can hold.
+_EARLIEST_US = (datetime(1, 1, 1) - _EPOCH) // _US
+
+
+def _utc_text(ts_us: int) -> str:
+    """``2024-03-01T12:00:00Z`` for epoch microseconds (which may be past year 9999)."""
+    try:
+        return f"{_EPOCH + ts_us * _US:%Y-%m-%dT%H:%M:%S}Z"
+    except OverflowError:
+        return "a time after 9999-12-31T23:59:59Z"
 
 
 def _utc_naive(ts: datetime) -> datetime:
@@ -161,6 +174,11 @@ def validate_events(
             if known is None:
                 ctx = decode_context(context_raw) if context_raw != b"null" else None
             metadata_raw = bytes(env.metadata)
+        except RecursionError:
+            prefix = path_prefix if single else f"{path_prefix}[{index}]"
+            path = prefix if env is None else join_path(prefix, part)
+            rejected.append(Rejection(index, "invalid_event", NESTED_TOO_DEEPLY, path))
+            continue
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             # Envelope errors carry their own path; data/context errors are relative to the part.
             prefix = path_prefix if single else f"{path_prefix}[{index}]"
@@ -209,14 +227,24 @@ def validate_events(
             ts_us = now_us
         else:
             ts_us = (stamp - (_EPOCH if stamp.tzinfo is None else _EPOCH_UTC)) // _US
+            if ts_us < _EARLIEST_US:
+                prefix = path_prefix if single else f"{path_prefix}[{index}]"
+                rejected.append(
+                    Rejection(
+                        index,
+                        "invalid_event",
+                        "timestamp is before 0001-01-01T00:00:00Z in UTC",
+                        join_path(prefix, "timestamp"),
+                    )
+                )
+                continue
             if ts_us > latest_allowed_us:
                 prefix = path_prefix if single else f"{path_prefix}[{index}]"
                 rejected.append(
                     Rejection(
                         index,
                         "timestamp_in_future",
-                        f"timestamp {_EPOCH + ts_us * _US:%Y-%m-%dT%H:%M:%S}Z is more than 1 h"
-                        " after the server time",
+                        f"timestamp {_utc_text(ts_us)} is more than 1 h after the server time",
                         join_path(prefix, "timestamp"),
                     )
                 )

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import date
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -160,6 +161,22 @@ def _micros(revenue: float) -> int:
     return whole * 1_000_000 + (micros if scaled >= 0 else -micros)
 
 
+_FIRST_DATE = pa.scalar(date(1, 1, 1), pa.date32())
+_LAST_DATE = pa.scalar(date(9999, 12, 31), pa.date32())
+
+
+def _python_dates(days: pa.ChunkedArray) -> bool:
+    """Whether every day is within Python's dates (the partials become Python values). Ingest
+    refuses event times outside them; before it did, one event at 0001-01-01T00:00:00+05:45
+    (year 0 in UTC) made every loader round that held it fail, so nothing after it loaded."""
+    low, high = pc.min_max(days).values()
+    return bool(
+        low.is_valid
+        and pc.greater_equal(low, _FIRST_DATE).as_py()
+        and pc.less_equal(high, _LAST_DATE).as_py()
+    )
+
+
 def partials(events: pa.Table) -> Partials | None:
     """The partial aggregates of ``events`` (columns of the events table), exactly the rows
     ``DAILY_FROM`` and ``_USER_DAYS_FROM`` give over :func:`_representable` rows; None when a
@@ -174,6 +191,8 @@ def partials(events: pa.Table) -> Partials | None:
         if (pc.max(pc.abs(revenue)).as_py() or 0) > EXACT_REVENUE:
             return None
     day = pc.cast(events.column("ts"), pa.date32())
+    if len(day) and not _python_dates(day):
+        return None  # a day Python's date cannot hold (year 0): DuckDB's SQL can
     keys = pa.table(
         {
             "project_id": events.column("project_id"),
