@@ -4,7 +4,6 @@ on a DuckDB-backed server and on one backed by embedded ClickHouse (chdb)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from avila.testing import ServerProcess
 from tests.conftest import TEST_KEY
 from tests.export import export_data as d
+from tests.industry40.test_i40_mqtt import wait_for
 
 
 @pytest.fixture(scope="module", params=["duckdb", "chdb"])
@@ -228,10 +228,8 @@ def test_an_export_runs_in_a_process_of_its_own_that_a_leaving_client_stops(
         next(response.iter_bytes())
         # 40,000 rows of JSON (~20 MB) do not fit the pipe and socket buffers: still running
         assert ready <= set(server.query_worker_pids())
-    deadline = time.monotonic() + 60  # liveness, not speed: the process is killed at once
-    while ready & set(server.query_worker_pids()):
-        assert time.monotonic() < deadline, "the export process outlived its client"
-        time.sleep(0.1)
+    # liveness, not speed: the process is killed at once
+    wait_for(lambda: not ready & set(server.query_worker_pids()), timeout=60)
     if on_duckdb:
         assert _eventually_one_process(server) != ready  # a new one waits for the next export
     full = client.post("/api/v1/export", json=body)  # and a whole export still works
@@ -239,10 +237,11 @@ def test_an_export_runs_in_a_process_of_its_own_that_a_leaving_client_stops(
 
 
 def _eventually_one_process(server: ServerProcess) -> set[int]:
-    deadline = time.monotonic() + 60
-    while len(found := set(server.query_worker_pids())) != 1:
-        assert time.monotonic() < deadline, f"export processes: {found}"
-        time.sleep(0.1)
+    def one() -> set[int] | None:
+        pids = set(server.query_worker_pids())
+        return pids if len(pids) == 1 else None
+
+    found: set[int] = wait_for(one, timeout=60)
     return found
 
 

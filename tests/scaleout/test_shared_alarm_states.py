@@ -26,6 +26,7 @@ from avila.shared.alarm_states import AlarmStates, LocalAlarmStates, RedisAlarmS
 from avila.storage.duckdb.store import DuckDBStore
 from avila.testing import free_port
 from tests.conftest import TEST_KEY
+from tests.industry40.test_i40_mqtt import wait_for
 from tests.scaleout.conftest import RedisServer
 
 T0 = datetime(2026, 11, 20, 8, tzinfo=UTC)
@@ -172,20 +173,17 @@ def test_in_a_server_shared_states_are_judged_off_the_event_loop(
                                     metrics={"temperature": value},
                                     timestamp=T0 + timedelta(seconds=n)))]  # fmt: skip
             a.service(build_rows(a.project, readings, now=T0 + timedelta(hours=1))[0])
-        await asyncio.to_thread(a.service.wait_judged)
+        await asyncio.to_thread(a.service.close)  # waits for every batch handed over
         await asyncio.sleep(0.05)  # the publications scheduled on the loop
         assert set(loop_thread) == {threading.get_ident()}
         assert len(judged_in) == 4 and threading.get_ident() not in judged_in
         return a.announced()
 
-    try:
-        assert asyncio.run(run()) == [
-            ("oven-9", "raised", 90.0),
-            ("oven-9", "cleared", 70.0),
-            ("oven-9", "raised", 85.0),
-        ]
-    finally:
-        a.service.close()
+    assert asyncio.run(run()) == [
+        ("oven-9", "raised", 90.0),
+        ("oven-9", "cleared", 70.0),
+        ("oven-9", "raised", 85.0),
+    ]
 
 
 def test_two_servers_agree_on_the_active_alarms(
@@ -217,16 +215,9 @@ def test_two_servers_agree_on_the_active_alarms(
             return [(x["device_id"], x["value"]) for x in body["alarms"]]
 
         send(clients[0], 9.0, 0)
-        _eventually(lambda: active(clients[1]) == [(device, 9.0)])
+        wait_for(lambda: active(clients[1]) == [(device, 9.0)], timeout=10)
         send(clients[1], 1.0, 1)
-        _eventually(lambda: active(clients[0]) == [])
+        wait_for(lambda: active(clients[0]) == [], timeout=10)
     finally:
         for c in clients:
             c.close()
-
-
-def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = datetime.now(UTC) + timedelta(seconds=timeout)
-    while not check():
-        assert datetime.now(UTC) < deadline, "not within the timeout"
-        threading.Event().wait(0.05)

@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -96,7 +96,6 @@ class AlarmService:
         # Shared states are judged in one thread of their own, batch after batch in arrival
         # order, so a slow or unreachable Redis never holds up the event loop's acknowledgements.
         self._judge_thread: ThreadPoolExecutor | None = None
-        self._last_judged: Future[None] | None = None
 
     def load(self) -> None:
         self._seen_version = self.changes.version(_CHANGES)
@@ -199,14 +198,10 @@ class AlarmService:
 
         if self._judge_thread is None:
             self._judge_thread = ThreadPoolExecutor(1, thread_name_prefix="avila-alarms")
-        self._last_judged = self._judge_thread.submit(self._judge_logged, rows, publish)
-
-    def wait_judged(self) -> None:
-        """Return once every batch handed to the listener so far has been judged."""
-        if self._last_judged is not None:
-            self._last_judged.result()
+        self._judge_thread.submit(self._judge_logged, rows, publish)
 
     def close(self) -> None:
+        """Wait for the batches handed to the judging thread, then stop it."""
         if self._judge_thread is not None:
             self._judge_thread.shutdown(wait=True)
             self._judge_thread = None
