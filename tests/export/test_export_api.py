@@ -4,6 +4,9 @@ on a DuckDB-backed server and on one backed by embedded ClickHouse (chdb)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -223,10 +226,8 @@ def test_an_export_runs_in_a_process_of_its_own_that_a_leaving_client_stops(
     assert set(server.query_worker_pids()) == ready
 
     body = {"format": "json", "filters": {"user_ids": [f"{prefix}-u0"]}}
-    with client.stream("POST", "/api/v1/export", json=body) as response:
-        assert response.status_code == 200
-        next(response.iter_bytes())
-        # 40,000 rows of JSON (~20 MB) do not fit the pipe and socket buffers: still running
+    with _stalled_export(server, body):
+        # the client reads nothing more: the export cannot have finished (see _stalled_export)
         assert ready <= set(server.query_worker_pids())
     # liveness, not speed: the process is killed at once
     wait_for(lambda: not ready & set(server.query_worker_pids()), timeout=60)
@@ -234,6 +235,32 @@ def test_an_export_runs_in_a_process_of_its_own_that_a_leaving_client_stops(
         assert _eventually_one_process(server) != ready  # a new one waits for the next export
     full = client.post("/api/v1/export", json=body)  # and a whole export still works
     assert len(full.json()) == 40_000
+
+
+@contextlib.contextmanager
+def _stalled_export(server: ServerProcess, body: dict[str, Any]) -> Iterator[None]:
+    """Start an export and stop reading after its first bytes, then leave on exit. The client's
+    receive buffer is made small: Linux lets an idle loopback socket's buffer grow to
+    ``net.ipv4.tcp_rmem``'s maximum (32 MB here), which holds a whole 16 MB export, and then the
+    export is over before the test looks (a CI run saw just that). Now at most the server's send
+    buffer (``tcp_wmem``, 4 MB), its 64 KB write buffer and the pipe's are in flight."""
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST /api/v1/export HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {TEST_KEY}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n"
+    ).encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)  # before connect
+        sock.settimeout(60)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(head + payload)
+        received = b""
+        while b"\r\n\r\n" not in received or len(received) < 1000:
+            more = sock.recv(4096)
+            assert more, received
+            received += more
+        assert received.startswith(b"HTTP/1.1 200"), received[:300]
+        yield
 
 
 def _eventually_one_process(server: ServerProcess) -> set[int]:
