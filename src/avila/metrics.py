@@ -63,6 +63,12 @@ class Metrics:
             "Age of the oldest ingest log entry not yet loaded",
             registry=r,
         )
+        self.quarantined = Gauge(
+            "avila_ingest_quarantined_entries",
+            "Ingest log entries the store refused for good, set aside in <log>/quarantine"
+            " (docs/ingestion.md)",
+            registry=r,
+        )
         self.loader_rows_per_s = Gauge(
             "avila_ingest_loader_rows_per_second",
             "Rows per second of the ingest loader's recent transactions",

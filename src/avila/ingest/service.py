@@ -103,6 +103,7 @@ class IngestService:
         m.backlog_bytes.set_function(lambda: max(0, progress.durable - progress.loaded))
         m.backlog_age.set_function(ingest_log.oldest_unloaded_age)
         m.loader_rows_per_s.set_function(lambda: progress.rows_per_s)
+        m.quarantined.set_function(ingest_log.quarantined)
         m.loader_rows.set_function(lambda: progress.loaded_rows)
 
     def _record_group(self, events: int, requests: int, seconds: float) -> None:

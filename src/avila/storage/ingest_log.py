@@ -268,15 +268,20 @@ class IngestLog:
             recovery.frames += 1
             kind = frames.kind(payload)
             events = 0
-            if kind == frames.EVENTS:
-                keys = list(frames.event_keys(payload))
-                events = len(keys)
-                recovery.event_keys.extend(keys)
-            elif kind == frames.TELEMETRY:
-                entry = frames.decode_telemetry(payload, tables=False)
-                if entry.message:
-                    recovery.telemetry_messages.append(entry.message)
-                events = 1
+            try:
+                if kind == frames.EVENTS:
+                    keys = list(frames.event_keys(payload))
+                    events = len(keys)
+                    recovery.event_keys.extend(keys)
+                elif kind == frames.TELEMETRY:
+                    entry = frames.decode_telemetry(payload, tables=False)
+                    if entry.message:
+                        recovery.telemetry_messages.append(entry.message)
+                    events = 1
+            except Exception as exc:  # the loader sets it aside (avila.storage.quarantine)
+                log.error(
+                    "ingest log: an unreadable entry", extra={"end": frame_end, "error": str(exc)}
+                )
             self._unloaded.append((frame_end, now, events))
             self._unloaded_events += events
             end = frame_end
@@ -487,7 +492,14 @@ class IngestLog:
             "durable_position": progress.durable,
             "loaded_position": progress.loaded,
             "last_error": self.last_error,
+            "quarantined": self.quarantined(),
         }
+
+    def quarantined(self) -> int:
+        """Entries the store refused for good, set aside (:mod:`avila.storage.quarantine`)."""
+        from avila.storage import quarantine
+
+        return quarantine.count(self.directory)
 
     # -- stop --------------------------------------------------------------------------------
 

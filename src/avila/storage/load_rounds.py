@@ -29,6 +29,9 @@ class Prepared:
     seconds: float
     start: int = 0  # the round's first log position
     final: bool = True
+    #: not rows: the commit thread is to load ``start``..``end`` entry by entry where need be,
+    #: setting aside what the store refuses for good (:mod:`avila.storage.quarantine`)
+    isolate: bool = False
 
 
 #: Tells the commit thread that the round whose pieces it holds will not be finished (reading

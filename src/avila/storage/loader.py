@@ -8,7 +8,10 @@ commits them together with the new log position in one transaction
 loads the frames again next time; after it, the position skips them: exactly once. Segments
 wholly below the position are then deleted; a crash before that deletion is harmless for the
 same reason. A failing commit (store disk full, say) is retried with backoff and never skipped:
-the backlog grows and ingest answers 503 at its limit.
+the backlog grows and ingest answers 503 at its limit. A round that fails
+:data:`~avila.storage.quarantine.ROUND_TRIES` times in a row (to read or to commit) is loaded
+entry by entry instead, and an entry the store refuses for good is set aside in the log
+directory rather than stop loading for ever (:mod:`avila.storage.quarantine`).
 
 A round starts as soon as a durable position arrives, but at most one round starts per
 :data:`ROUND_INTERVAL_S`: at a trickle of single events each round would otherwise be a
@@ -37,33 +40,25 @@ log position.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import suppress
-from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-
-from avila.storage import frames, rollups
-from avila.storage.ingest_log import read_frames, segment_bases, segment_path
+from avila.storage import quarantine
+from avila.storage.ingest_log import segment_bases, segment_path
 from avila.storage.load_rounds import ABANDON, OneBatch, Prepared, Round
-from avila.storage.schema import columns_to_arrow
+from avila.storage.round_reading import PIECE_ROWS, RoundReader
 
 if TYPE_CHECKING:
     from avila.storage.base import Store
 
 log = logging.getLogger("avila.ingest.loader")
-
-MESSAGE_SCHEMA = pa.schema(
-    [("project_id", pa.string()), ("message_id", pa.string()), ("received_at", pa.timestamp("us"))]
-)
 
 Report = Callable[[int, int, float], None]
 
@@ -73,39 +68,6 @@ ROUND_INTERVAL_S = 0.1
 LINGER_S = 0.5
 #: a round this large (log bytes) starts without lingering
 LINGER_BYTES = 256 << 10
-#: the most bytes of log a catch-up round reads (see :attr:`Loader.catch_up_rows`)
-CATCH_UP_BYTES = 256 << 20
-#: a round's events are turned into Arrow this many rows at a time
-ARROW_CHUNK_ROWS = 16_384
-#: Memory of the loader's Arrow tables. mimalloc, pyarrow's default, gives a finished round's
-#: pages back to the system and faults fresh ones in for the next: measured +1 us of system
-#: time per event in catch-up rounds (-0.1 to -0.3 us in ordinary ones) against glibc's malloc.
-ARROW_POOL = pa.system_memory_pool()
-
-
-#: Rounds larger than this go into their transaction in pieces of about this many rows, each
-#: as soon as it is read: the commit thread appends one while the read thread decodes the next
-#: (a catch-up round read whole before its commit began left the two threads taking turns).
-PIECE_ROWS = 32_768
-
-
-def identity_links(columns: dict[str, list[Any]]) -> pa.Table | None:
-    """The identity links carried by one entry's events (see :mod:`avila.identity`)."""
-    if "custom" not in columns["event_type"]:
-        return None
-    from avila.identity import links_from_rows
-    from avila.ingest.validation import EventRows
-
-    received = datetime(1970, 1, 1) + timedelta(microseconds=columns["received_at"][0])
-    return links_from_rows(EventRows(columns["project_id"][0], received, columns))
-
-
-@functools.cache
-def _link_names() -> frozenset[bytes]:
-    """The event names of identity links, as :func:`frames.decode_event_values` gives them."""
-    from avila.identity import LINK_EVENTS
-
-    return frozenset(name.encode() for name in LINK_EVENTS)
 
 
 class Loader:
@@ -129,17 +91,14 @@ class Loader:
         self.store = store
         self.directory = Path(directory)
         self.report = report
-        self.max_bytes = max_bytes
-        self.max_rows = max_rows
         #: A round may grow to this many rows when the backlog holds at least half as many (a
         #: restart's replay, a burst after a stall); 0: never. The backend says what pays:
         #: DuckDB writes a large transaction's row groups straight into the database file,
         #: compressed, instead of into the WAL now and again at the next checkpoint (store CPU
         #: per row about -25 % counting that checkpoint, RESULTS.md). Ordinary rounds stay at
         #: ``max_rows``, so the lag from a 202 to loaded stays short while the loader keeps up.
-        self.catch_up_rows = (
-            getattr(store, "catch_up_load_rows", 0) if catch_up_rows is None else catch_up_rows
-        )
+        if catch_up_rows is None:
+            catch_up_rows = getattr(store, "catch_up_load_rows", 0)
         # A backend may need fewer, larger rounds (ClickHouse: every insert is a part).
         self.round_interval = max(round_interval, store.min_load_round_s)
         self.linger = max(linger, self.round_interval)
@@ -149,6 +108,14 @@ class Loader:
         # A round that may be partly stored (a backend without transactions crashed inside it)
         # is replayed first with exactly its old end: the same blocks, the same dedup tokens.
         self._replay_end = store.pending_log_round()
+        self.reader = RoundReader(
+            store,
+            self.directory,
+            max_bytes=max_bytes,
+            max_rows=max_rows,
+            catch_up_rows=catch_up_rows,
+            replay_end=self._replay_end,
+        )
         self._prepared_to = self.position
         self._target = self.position
         self._cond = threading.Condition()
@@ -159,6 +126,11 @@ class Loader:
         self.piece_rows = PIECE_ROWS if hasattr(store, "open_log_round") else None
         self._threads: list[threading.Thread] = []
         self.failures = 0
+        self.quarantined = 0  # entries set aside since start (avila.storage.quarantine)
+        #: a round to load entry by entry, ``(start, end or None: as far as a round reads)``,
+        #: asked of the read thread (the commit thread gives up on it whole)
+        self._isolate: tuple[int, int | None] | None = None
+        quarantine.settle(self.directory, self.position)
 
     def start(self) -> None:
         self._threads = [
@@ -213,27 +185,50 @@ class Loader:
         delay = 0.05
         last_start = 0.0
         behind = False  # the last round stopped at its size limit, short of the target
+        failed_at, failed = -1, 0  # where reading last failed, how many times in a row
         while True:
             with self._cond:
                 self._idle = True
-                while self._target <= self._prepared_to and not self._stopping:
+                while (
+                    self._target <= self._prepared_to
+                    and not self._stopping
+                    and self._isolate is None
+                ):
                     self._cond.wait()
                 self._idle = False
                 # more frames gather meanwhile; a backlog beyond one round loads at once
-                if not behind:
+                if not behind and self._isolate is None:
                     self._linger(last_start)
                 if self._stopping:
                     return
                 self._flush = False
                 target = self._target
+                isolate, self._isolate = self._isolate, None
+            if isolate is not None:
+                start, end = isolate
+                if end is None:
+                    end = self.reader.round_end(start, target)
+                if not self._put(Prepared(end, 0, None, None, [], 0.0, start, isolate=True)):
+                    if self._stopping:
+                        return
+                    continue  # asked again meanwhile (by the commit thread): that one counts
+                self._prepared_to, behind = end, end < target
+                continue
             last_start = time.monotonic()
             sent = False  # pieces of this round handed to the commit thread
             try:
-                for piece in self.pieces(self._prepared_to, target, self.piece_rows):
+                for piece in self.reader.pieces(self._prepared_to, target, self.piece_rows):
                     if not self._put(piece):
-                        return
+                        break
                     sent = True
-                delay = 0.05
+                else:
+                    delay = 0.05
+                    self._prepared_to = piece.end
+                    behind = piece.end < target
+                    continue
+                if self._stopping:
+                    return
+                # the commit thread gave this round up: it is loaded entry by entry (above)
             except Exception as exc:
                 self.failures += 1
                 log.error(
@@ -241,12 +236,16 @@ class Loader:
                 )
                 if sent and not self._put(ABANDON):
                     return
+                failed = failed + 1 if failed_at == self._prepared_to else 1
+                failed_at = self._prepared_to
+                if failed >= quarantine.ROUND_TRIES and failed_at >= self._replay_end:
+                    with self._cond:
+                        if self._isolate is None:  # (the commit thread's own request wins)
+                            self._isolate = (failed_at, None)
+                    continue
                 with self._cond:
                     self._cond.wait(delay)
                 delay = min(delay * 2, 5.0)
-                continue
-            self._prepared_to = piece.end
-            behind = piece.end < target
 
     def _put(self, item: Prepared) -> bool:
         while True:
@@ -254,13 +253,14 @@ class Loader:
                 self._ready.put(item, timeout=0.1)
                 return True
             except queue.Full:
-                if self._stopping:
+                if self._stopping or self._isolate is not None:
                     return False
 
     def _commit_forever(self) -> None:
         pieces: list[Prepared] = []  # of the round in progress
         transaction: Round | None = None
         spent = 0.0  # seconds this thread spent on the round
+        awaiting: int | None = None  # asked to load from here entry by entry: skip the rest
         while True:
             try:
                 piece = self._ready.get(timeout=0.1)
@@ -270,6 +270,17 @@ class Loader:
                         transaction.abort()  # an unfinished round stays in the log
                     return
                 continue
+            if piece.isolate:
+                if piece.start == self.position and awaiting in (None, piece.start):
+                    awaiting = None
+                    self._load_entry_by_entry(piece.start, piece.end)
+                elif awaiting is None:
+                    # (cannot happen: rounds reach this thread in log order) read again from
+                    # what is loaded, rather than skip a range
+                    awaiting = self._ask_isolation(self.position, None)
+                continue
+            if awaiting is not None:
+                continue
             if piece is ABANDON:
                 if transaction is not None:
                     transaction.abort()
@@ -277,6 +288,7 @@ class Loader:
                 continue
             pieces.append(piece)
             delay = 0.05
+            tries = 0
             while True:
                 started = time.perf_counter()
                 try:
@@ -296,8 +308,67 @@ class Loader:
                     log.error("ingest loader commit failed; retrying", extra={"error": str(exc)})
                     if self._stopping:
                         return
+                    tries += 1
+                    if tries >= quarantine.ROUND_TRIES and pieces[0].start >= self._replay_end:
+                        # perhaps an entry the store can never take: load the round entry by
+                        # entry (a replayed ClickHouse round must keep its exact end: retried)
+                        awaiting = self._ask_isolation(pieces[0].start, piece.end)
+                        pieces, spent = [], 0.0
+                        break
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
+
+    def _ask_isolation(self, start: int, end: int | None) -> int:
+        """Have the read thread start again at ``start`` with a marker to load ``start``..``end``
+        entry by entry (:meth:`_load_entry_by_entry`); returns ``start``."""
+        with self._cond:
+            self._isolate = (start, end)
+            self._cond.notify_all()
+        return start
+
+    def _load_entry_by_entry(self, start: int, end: int) -> None:
+        """Load ``start``..``end`` splitting it where it fails, and set aside the entries the
+        store refuses for good (:func:`avila.storage.quarantine.isolate`); retried (from what
+        is loaded) while the store cannot commit at all."""
+        delay = 0.05
+        while not self._stopping:
+            try:
+                entries = quarantine.entries_between(self.directory, self.position, end)
+                quarantine.isolate(entries, self._load_range, self._set_aside, self.directory)
+                return
+            except Exception as exc:
+                self.failures += 1
+                log.error(
+                    "ingest loader could not load entry by entry; retrying",
+                    extra={"error": str(exc)},
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _load_range(self, start: int, end: int) -> None:
+        """Load the entries from ``start`` up to ``end`` in one transaction, or raise."""
+        transaction: Round | None = None
+        pieces: list[Prepared] = []
+        try:
+            for piece in self.reader.pieces(start, end, self.piece_rows, whole=True):
+                transaction = self._add(transaction, [piece])
+                pieces.append(piece)
+        except BaseException:
+            if transaction is not None:
+                transaction.abort()
+            raise
+        assert transaction is not None
+        self._finish(transaction, pieces, 0.0)
+
+    def _set_aside(self, start: int, end: int) -> None:
+        """Record the log position ``end`` without the entry from ``start`` (kept elsewhere)."""
+        nothing = Prepared(end, 0, None, None, [], 0.0, start)
+        self.quarantined += 1  # (counted before its report wakes a reader)
+        try:
+            self._finish(self._add(None, [nothing]), [nothing], 0.0)
+        except BaseException:
+            self.quarantined -= 1
+            raise
 
     def _add(self, transaction: Round | None, pieces: list[Prepared]) -> Round:
         """Add ``pieces`` to the round's transaction (opened first if ``None``)."""
@@ -334,149 +405,8 @@ class Loader:
 
     def prepare(self, start: int, target: int) -> Prepared:
         """Read one round from ``start`` up to ``target`` (bounded by max_rows / max_bytes)."""
-        (prepared,) = self.pieces(start, target)
+        (prepared,) = self.reader.pieces(start, target)
         return prepared
-
-    def pieces(self, start: int, target: int, piece_rows: int | None = None) -> Iterator[Prepared]:
-        """Read one round from ``start`` up to ``target`` (bounded by max_rows / max_bytes, or
-        by the catch-up limits), in pieces of about ``piece_rows`` rows (default: whole)."""
-        started = time.perf_counter()
-        replay = start < self._replay_end
-        if replay:
-            target = self._replay_end
-        event_batches: list[dict[str, list[Any]]] = []
-        event_tables: list[pa.Table] = []
-        batched = 0  # rows in event_batches
-        readings: list[pa.Table] = []
-        devices: list[pa.Table] = []
-        messages: dict[str, list[Any]] = {"project_id": [], "message_id": [], "received_at": []}
-        links: list[pa.Table] = []
-        end = start
-        rows = 0
-        in_piece = 0  # rows since the last piece
-        catching_up = False
-        max_bytes = None if replay else max(self.max_bytes, CATCH_UP_BYTES)
-        for frame_end, payload in read_frames(self.directory, start, target, max_bytes):
-            kind = frames.kind(payload)
-            if kind == frames.EVENTS:
-                columns = frames.decode_event_values(memoryview(payload))
-                event_batches.append(columns)
-                batched += len(columns["event_id"])
-                if batched >= ARROW_CHUNK_ROWS:
-                    # Python lists of a whole catch-up round would hold ~2 KB per event; Arrow
-                    # holds the values in place and the fresh memory is reused.
-                    event_tables.append(columns_to_arrow(event_batches, ARROW_POOL))
-                    event_batches, batched = [], 0
-                rows += len(columns["event_id"])
-                if not _link_names().isdisjoint(columns["event_name"]):
-                    found = identity_links(frames.decode_events(memoryview(payload)))
-                    if found is not None:
-                        links.append(found)
-            elif kind == frames.TELEMETRY:
-                entry = frames.decode_telemetry(memoryview(payload))
-                readings.append(entry.readings)
-                rows += entry.readings.num_rows
-                if entry.devices is not None:
-                    devices.append(entry.devices)
-                if entry.message is not None:
-                    messages["project_id"].append(entry.message[0])
-                    messages["message_id"].append(entry.message[1])
-                    received = entry.readings.column("received_at")
-                    messages["received_at"].append(received[0].value if len(received) else 0)
-            else:
-                log.error("ingest log: unknown entry kind skipped", extra={"kind": kind})
-            end = frame_end
-            if not replay:
-                if catching_up:
-                    if rows >= self.catch_up_rows:
-                        break
-                elif rows >= self.max_rows or end - start >= self.max_bytes:
-                    # Grow into a catch-up round only if the backlog (estimated by this round's
-                    # bytes per row) fills at least half of one: one of DuckDB's row groups.
-                    backlog_rows = (target - start) * rows / (end - start)
-                    if rows >= self.catch_up_rows or 2 * backlog_rows < self.catch_up_rows:
-                        break
-                    catching_up = True
-            if piece_rows is not None and rows - in_piece >= piece_rows and end < target:
-                # (a piece that ends the round is its final piece, below)
-                yield self._piece(
-                    start, end, rows - in_piece, event_tables, event_batches, links, readings,
-                    devices, messages, started, final=False,
-                )  # fmt: skip
-                event_tables, event_batches, batched = [], [], 0
-                links, readings, devices = [], [], []
-                messages = {"project_id": [], "message_id": [], "received_at": []}
-                in_piece, started = rows, time.perf_counter()
-        if end == start:
-            # Nothing readable although the log says it is durable: its segment is gone (deleted
-            # by hand). Skip to the target rather than stall forever; say so loudly.
-            log.error(
-                "ingest log: durable range unreadable; skipped", extra={"from": start, "to": target}
-            )
-            end = target
-        yield self._piece(
-            start, end, rows - in_piece, event_tables, event_batches, links, readings, devices,
-            messages, started, final=True,
-        )  # fmt: skip
-
-    def _piece(
-        self,
-        start: int,
-        end: int,
-        rows: int,
-        event_tables: list[pa.Table],
-        event_batches: list[dict[str, list[Any]]],
-        links: list[pa.Table],
-        readings: list[pa.Table],
-        devices: list[pa.Table],
-        messages: dict[str, list[Any]],
-        started: float,
-        *,
-        final: bool,
-    ) -> Prepared:
-        tables: list[tuple[str, pa.Table]] = []
-        if links:
-            # Identity links ($identify / $alias events) go in with their events: a read that
-            # sees the events sees the stitching too.
-            tables.append(("identities", pa.concat_tables(links)))
-        if readings:
-            tables.append(
-                ("telemetry", pa.concat_tables(readings) if len(readings) > 1 else readings[0])
-            )
-        if messages["message_id"]:
-            tables.append(
-                (
-                    "telemetry_messages",
-                    pa.Table.from_arrays(
-                        [
-                            pa.array(messages["project_id"], pa.string()),
-                            pa.array(messages["message_id"], pa.string()),
-                            pa.array(messages["received_at"], pa.int64()).cast(pa.timestamp("us")),
-                        ],
-                        schema=MESSAGE_SCHEMA,
-                    ),
-                )
-            )
-        if event_batches:
-            event_tables.append(columns_to_arrow(event_batches, ARROW_POOL))
-        events = None
-        if event_tables:
-            events = event_tables[0] if len(event_tables) == 1 else pa.concat_tables(event_tables)
-        if events is not None and self.store.has_rollups:
-            # The rollups' aggregation here, beside the next round's commit, not inside it.
-            found = rollups.partials(events)
-            if found is not None:
-                tables.extend(zip(rollups.TABLES, found, strict=True))
-        return Prepared(
-            end,
-            rows,
-            events,
-            pa.concat_tables(devices) if devices else None,
-            tables,
-            time.perf_counter() - started,
-            start,
-            final,
-        )
 
     def commit(self, prepared: Prepared) -> None:
         """Commit one whole round (from :meth:`prepare`) in this thread."""

@@ -1,0 +1,169 @@
+"""Ingest-log entries the store refuses for good, set aside so that loading goes on.
+
+Why: the loader retries a failing round and never skips acknowledged data, which is right for a
+full disk or a store that is down. But an entry the store can never take would fail every
+retry, and each later round with it: loading stops for good, the backlog fills and ingest
+answers 503. It happened once (timestamps before year 1 got a 202, then no round could hold
+their rollup day), and it can happen again with any value validation lets through and the
+store refuses, or with an entry written by a newer version.
+
+How (:func:`isolate`): after :data:`ROUND_TRIES` failed tries of one round the loader splits
+it. Each half is loaded as a transaction of its own; a half that fails is split again, so the
+entries beside a bad one still load, once each. A single entry that still fails
+:data:`ENTRY_TRIES` times is written to ``<log directory>/quarantine/<start>.json`` (its bytes,
+its log positions, the error, when), fsync'd, and only then does the store record the log
+position past it, in a transaction of its own. A store that cannot commit at all fails that
+transaction too, so nothing is set aside: the file is removed and the loader retries as before.
+A file left by a crash before that commit is removed at the next start (:func:`settle`).
+
+Set-aside entries are counted in ``/health`` (``ingest_log.quarantined``) and ``/metrics``
+(``avila_ingest_quarantined_entries``); docs/ingestion.md says how to read one. Nothing loads
+one again yet.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from avila.storage.ingest_log import HEADER, read_frames
+
+log = logging.getLogger("avila.ingest.loader")
+
+#: failed tries of one round before it is split (with the loader's backoff, about 1.5 s)
+ROUND_TRIES = 5
+#: failed tries of one entry alone before it is set aside
+ENTRY_TRIES = 3
+#: the pause before the tries of one entry after the first (seconds)
+ENTRY_BACKOFF_S = (0.2, 0.5)
+
+DIRECTORY = "quarantine"
+_SUFFIX = ".json"
+
+#: ``(start, end)`` log positions of one entry
+Entry = tuple[int, int]
+
+
+def directory(log_directory: Path) -> Path:
+    return Path(log_directory) / DIRECTORY
+
+
+def count(log_directory: Path) -> int:
+    """How many entries are set aside (a directory listing: cheap enough for ``/health``)."""
+    try:
+        return sum(1 for name in os.listdir(directory(log_directory)) if name.endswith(_SUFFIX))
+    except FileNotFoundError:
+        return 0
+
+
+def entries(log_directory: Path) -> list[dict[str, object]]:
+    """The set-aside entries, oldest first: ``start``, ``end``, ``kind``, ``error``,
+    ``quarantined_at`` and ``payload`` (the entry's bytes, as in the log)."""
+    found = []
+    place = directory(log_directory)
+    for name in sorted(os.listdir(place)) if place.exists() else []:
+        if name.endswith(_SUFFIX):
+            record = json.loads((place / name).read_text())
+            record["payload"] = base64.b64decode(record.pop("payload_base64"))
+            found.append(record)
+    return found
+
+
+def entries_between(log_directory: Path, start: int, end: int) -> list[Entry]:
+    """Where the log entries from ``start`` up to ``end`` begin and end."""
+    return [
+        (entry_end - HEADER.size - len(payload), entry_end)
+        for entry_end, payload in read_frames(log_directory, start, end)
+    ]
+
+
+def settle(log_directory: Path, loaded: int) -> None:
+    """Undo what a crash interrupted: an entry the store's position has not passed was not set
+    aside (it loads, or is set aside, again)."""
+    place = directory(log_directory)
+    if not place.exists():
+        return
+    for name in os.listdir(place):
+        if name.endswith(_SUFFIX) and int(name[: -len(_SUFFIX)]) >= loaded:
+            os.unlink(place / name)
+    _sync_directory(place)
+
+
+def isolate(
+    entries_of_range: list[Entry],
+    load: Callable[[int, int], None],
+    skip: Callable[[int, int], None],
+    log_directory: Path,
+) -> int:
+    """Load the entries of a round that failed whole (see the module doc): ``load(start, end)``
+    loads a range in one transaction or raises; ``skip(start, end)`` records the position
+    ``end`` without rows. Returns how many entries were set aside. Raises if the store cannot
+    commit even the skip: nothing was set aside then, the caller retries later."""
+    if not entries_of_range:
+        return 0
+    try:
+        load(entries_of_range[0][0], entries_of_range[-1][1])
+        return 0
+    except Exception as exc:
+        error = exc
+    if len(entries_of_range) > 1:
+        middle = len(entries_of_range) // 2
+        return isolate(entries_of_range[:middle], load, skip, log_directory) + isolate(
+            entries_of_range[middle:], load, skip, log_directory
+        )
+    start, end = entries_of_range[0]
+    for pause in ENTRY_BACKOFF_S[: ENTRY_TRIES - 1]:
+        time.sleep(pause)
+        try:
+            load(start, end)
+            return 0
+        except Exception as exc:
+            error = exc
+    _set_aside(log_directory, entries_of_range[0], error, skip)
+    return 1
+
+
+def _set_aside(
+    log_directory: Path, entry: Entry, error: Exception, skip: Callable[[int, int], None]
+) -> None:
+    start, end = entry
+    payload = b"".join(p for _, p in read_frames(log_directory, start, end))
+    place = directory(log_directory)
+    place.mkdir(exist_ok=True)
+    record = {
+        "start": start,
+        "end": end,
+        "kind": payload[0] if payload else None,
+        "error": f"{type(error).__name__}: {error}",
+        "quarantined_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "payload_base64": base64.b64encode(payload).decode(),
+    }
+    path = place / f"{start:020d}{_SUFFIX}"
+    with open(path, "w") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    _sync_directory(place)
+    try:
+        skip(start, end)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    log.error(
+        "ingest log entry set aside: it failed to load every time",
+        extra={"start": start, "end": end, "error": record["error"], "file": str(place)},
+    )
+
+
+def _sync_directory(place: Path) -> None:
+    fd = os.open(place, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
