@@ -9,7 +9,6 @@ root, as CI does), filled up with a file.
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 import uuid
@@ -24,6 +23,7 @@ import pytest
 from avila.testing import ServerProcess
 from tests.conftest import TEST_KEY
 from tests.foundation.helpers import assert_error
+from tests.ingest.small_filesystems import fill, mounted_tmpfs
 
 ENV = {"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "0"}
 
@@ -130,29 +130,8 @@ def test_a_retry_while_the_first_copy_is_in_the_backlog_is_a_duplicate(tmp_path:
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "logfs"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (the tests run as root): {done.stderr!r}")
-    try:
+    with mounted_tmpfs(tmp_path / "logfs", "3m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(mount: Path) -> Path:
-    filler = mount / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    return filler
 
 
 def test_disk_full_answers_503_loses_nothing_and_recovers_by_itself(
@@ -169,7 +148,7 @@ def test_disk_full_answers_503_loses_nothing_and_recovers_by_itself(
                 batch = _batch(f"before{n}", 50)
                 assert c.post("/api/v1/events/batch", json={"events": batch}).status_code == 202
                 acked.extend(e["event_id"] for e in batch)
-            filler = _fill(small_fs)
+            filler = fill(small_fs)
             for n in range(3):
                 batch = _batch(f"full{n}", 200)
                 response = c.post("/api/v1/events/batch", json={"events": batch})

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import threading
 import zlib
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from avila.storage.ingest_log import HEADER, read_frames, segment_path
 from avila.testing import ServerProcess
 from tests.conftest import TEST_KEY
 from tests.industry40.test_i40_mqtt import wait_for
+from tests.ingest.small_filesystems import fill, mounted_tmpfs
 from tests.ingest.test_log_recovery import (
     _events,
     _ingest,
@@ -144,17 +144,8 @@ def test_entries_the_store_refuses_are_set_aside_and_their_neighbours_load(
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "storefs"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (the tests run as root): {done.stderr!r}")
-    try:
+    with mounted_tmpfs(tmp_path / "storefs", "24m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_store_that_cannot_commit_for_a_while_sets_nothing_aside(
@@ -172,14 +163,7 @@ def test_a_store_that_cannot_commit_for_a_while_sets_nothing_aside(
     shutil.rmtree(log_dir)  # (it held nothing)
     _write_log(log_dir, good)
 
-    filler = small_fs / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    filler = fill(small_fs)
     store = _open(db, log_dir, "duckdb")
     freed = threading.Timer(6.0, filler.unlink)  # > the round's tries and a few splits
     freed.start()
