@@ -70,6 +70,10 @@ LINGER_S = 0.5
 LINGER_BYTES = 256 << 10
 
 
+class _Stopped(BaseException):
+    """The loader stops: leave a split round where it is (not an entry's failure)."""
+
+
 class Loader:
     """Two threads in a pipeline: one reads and decodes the next round or piece (Python work,
     holds the GIL) while the other commits the previous one (DuckDB work, releases it). Measured: the
@@ -165,6 +169,8 @@ class Loader:
         while not self._stopping:
             while not self._stopping and (pause := resume - time.monotonic()) > 0:
                 self._cond.wait(pause)
+                if self._isolate is not None:
+                    return
                 if self._flush and resume > last_start + self.round_interval:
                     return
             if self._flush or resume >= end:
@@ -207,7 +213,19 @@ class Loader:
             if isolate is not None:
                 start, end = isolate
                 if end is None:
-                    end = self.reader.round_end(start, target)
+                    try:
+                        end = self.reader.round_end(start, target)
+                    except Exception as exc:  # (a read error that lasts: retried)
+                        log.error(
+                            "ingest loader could not read the log; retrying",
+                            extra={"error": str(exc)},
+                        )
+                        with self._cond:
+                            if self._isolate is None:
+                                self._isolate = isolate
+                            self._cond.wait(delay)
+                        delay = min(delay * 2, 5.0)
+                        continue
                 if not self._put(Prepared(end, 0, None, None, [], 0.0, start, isolate=True)):
                     if self._stopping:
                         return
@@ -234,11 +252,11 @@ class Loader:
                 log.error(
                     "ingest loader could not read the log; retrying", extra={"error": str(exc)}
                 )
-                if sent and not self._put(ABANDON):
+                if sent and not self._put(ABANDON) and self._stopping:
                     return
                 failed = failed + 1 if failed_at == self._prepared_to else 1
                 failed_at = self._prepared_to
-                if failed >= quarantine.ROUND_TRIES and failed_at >= self._replay_end:
+                if failed >= quarantine.ROUND_TRIES and self._may_split(failed_at):
                     with self._cond:
                         if self._isolate is None:  # (the commit thread's own request wins)
                             self._isolate = (failed_at, None)
@@ -309,14 +327,21 @@ class Loader:
                     if self._stopping:
                         return
                     tries += 1
-                    if tries >= quarantine.ROUND_TRIES and pieces[0].start >= self._replay_end:
+                    if tries >= quarantine.ROUND_TRIES and self._may_split(pieces[0].start):
                         # perhaps an entry the store can never take: load the round entry by
-                        # entry (a replayed ClickHouse round must keep its exact end: retried)
+                        # entry
                         awaiting = self._ask_isolation(pieces[0].start, piece.end)
                         pieces, spent = [], 0.0
                         break
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
+
+    def _may_split(self, start: int) -> bool:
+        """Whether a failing round from ``start`` may be loaded entry by entry: only where a
+        round is one transaction (DuckDB). A ClickHouse round that failed may be partly stored;
+        only the same round, with the same end (so the same deduplication tokens), may follow
+        it, so it is retried whole, for ever, as before."""
+        return self.piece_rows is not None and start >= self._replay_end
 
     def _ask_isolation(self, start: int, end: int | None) -> int:
         """Have the read thread start again at ``start`` with a marker to load ``start``..``end``
@@ -333,8 +358,12 @@ class Loader:
         delay = 0.05
         while not self._stopping:
             try:
+                # a set-aside whose commit raised may have landed anyway: keep its file then
+                quarantine.settle(self.directory, self.store.log_position())
                 entries = quarantine.entries_between(self.directory, self.position, end)
                 quarantine.isolate(entries, self._load_range, self._set_aside, self.directory)
+                return
+            except _Stopped:
                 return
             except Exception as exc:
                 self.failures += 1
@@ -347,6 +376,8 @@ class Loader:
 
     def _load_range(self, start: int, end: int) -> None:
         """Load the entries from ``start`` up to ``end`` in one transaction, or raise."""
+        if self._stopping:
+            raise _Stopped
         transaction: Round | None = None
         pieces: list[Prepared] = []
         try:
@@ -362,6 +393,8 @@ class Loader:
 
     def _set_aside(self, start: int, end: int) -> None:
         """Record the log position ``end`` without the entry from ``start`` (kept elsewhere)."""
+        if self._stopping:
+            raise _Stopped
         nothing = Prepared(end, 0, None, None, [], 0.0, start)
         self.quarantined += 1  # (counted before its report wakes a reader)
         try:

@@ -13,8 +13,11 @@ entries beside a bad one still load, once each. A single entry that still fails
 :data:`ENTRY_TRIES` times is written to ``<log directory>/quarantine/<start>.json`` (its bytes,
 its log positions, the error, when), fsync'd, and only then does the store record the log
 position past it, in a transaction of its own. A store that cannot commit at all fails that
-transaction too, so nothing is set aside: the file is removed and the loader retries as before.
-A file left by a crash before that commit is removed at the next start (:func:`settle`).
+transaction too, so nothing is set aside and the loader retries as before: before each try, and
+at the next start, a file whose entry the store's position has not passed is removed
+(:func:`settle`). An entry whose tries fail with different errors is not set aside either (a
+store in trouble, rather than a bad entry). Only stores whose round is one transaction split
+rounds (DuckDB); a ClickHouse round is retried whole, as its deduplication needs.
 
 Set-aside entries are counted in ``/health`` (``ingest_log.quarantined``) and ``/metrics``
 (``avila_ingest_quarantined_entries``); docs/ingestion.md says how to read one. Nothing loads
@@ -118,6 +121,7 @@ def isolate(
             entries_of_range[middle:], load, skip, log_directory
         )
     start, end = entries_of_range[0]
+    errors = {str(error)}
     for pause in ENTRY_BACKOFF_S[: ENTRY_TRIES - 1]:
         time.sleep(pause)
         try:
@@ -125,6 +129,9 @@ def isolate(
             return 0
         except Exception as exc:
             error = exc
+            errors.add(str(exc))
+    if len(errors) > 1:  # failing in different ways: more likely the store than the entry
+        raise RuntimeError(f"entry at {start} failed {len(errors)} different ways: retried")
     _set_aside(log_directory, entries_of_range[0], error, skip)
     return 1
 
@@ -150,11 +157,9 @@ def _set_aside(
         f.flush()
         os.fsync(f.fileno())
     _sync_directory(place)
-    try:
-        skip(start, end)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    # If the skip raises, its commit may still have landed: the file stays, and the loader's
+    # next try keeps or removes it by the store's position (settle).
+    skip(start, end)
     log.error(
         "ingest log entry set aside: it failed to load every time",
         extra={"start": start, "end": end, "error": record["error"], "file": str(place)},
