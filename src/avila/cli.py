@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "factory",
     "train",
     "migrate_store",
+    "quarantine",
 )
 
 #: Arrow allocator for the one-shot data commands. They stream large exports/imports, and

@@ -201,3 +201,30 @@ def test_a_server_reports_set_aside_entries_in_health_and_metrics(tmp_path: Path
     assert set(_stored_ids(tmp_path / "data" / "avila.duckdb", "duckdb")) == _good_ids(
         range(BATCHES)
     )
+
+
+def test_past_the_limit_entries_are_retried_not_set_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many refusals in a row look more like a store in trouble than like bad entries: past
+    quarantine.LIMIT per window the loader retries; raised again, it goes on."""
+    monkeypatch.setattr(quarantine, "LIMIT", 1)
+    good = _good_entries(tmp_path)
+    refused = [_without_user(good[2]), _without_user(good[6])]
+    log_dir, db = tmp_path / "log", tmp_path / "s.duckdb"
+    _write_log(log_dir, [*good[:2], refused[0], *good[3:6], refused[1], *good[7:]])
+    store = _open(db, log_dir, "duckdb")
+    store.open_ingest_log()
+    loader = store._loader
+    assert loader is not None
+    wait_for(lambda: loader.quarantined == 1 or None, timeout=60)
+    failures = loader.failures
+    # the second refusal is retried (each retry splits the round again), never set aside
+    wait_for(lambda: loader.failures >= failures + 3 or None, timeout=60)
+    assert loader.quarantined == 1 and quarantine.count(log_dir) == 1
+    monkeypatch.setattr(quarantine, "LIMIT", 100)
+    assert store.load_progress.wait_loaded(store.load_progress.durable, 60)
+    store.close()
+    assert quarantine.count(log_dir) == 2
+    stored = _stored_ids(db, "duckdb")
+    assert sorted(stored) == sorted(_good_ids(range(BATCHES)) - _good_ids([2, 6]))

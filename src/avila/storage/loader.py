@@ -40,6 +40,7 @@ log position.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -131,6 +132,7 @@ class Loader:
         self._threads: list[threading.Thread] = []
         self.failures = 0
         self.quarantined = 0  # entries set aside since start (avila.storage.quarantine)
+        self._set_aside_at: collections.deque[float] = collections.deque()
         #: a round to load entry by entry, ``(start, end or None: as far as a round reads)``,
         #: asked of the read thread (the commit thread gives up on it whole)
         self._isolate: tuple[int, int | None] | None = None
@@ -361,7 +363,9 @@ class Loader:
                 # a set-aside whose commit raised may have landed anyway: keep its file then
                 quarantine.settle(self.directory, self.store.log_position())
                 entries = quarantine.entries_between(self.directory, self.position, end)
-                quarantine.isolate(entries, self._load_range, self._set_aside, self.directory)
+                quarantine.isolate(
+                    entries, self._load_range, self._set_aside, self.directory, self._allow
+                )
                 return
             except _Stopped:
                 return
@@ -391,16 +395,29 @@ class Loader:
         assert transaction is not None
         self._finish(transaction, pieces, 0.0)
 
+    def _allow(self) -> None:
+        """Raise past :data:`quarantine.LIMIT` entries set aside per window."""
+        now = time.monotonic()
+        while self._set_aside_at and self._set_aside_at[0] < now - quarantine.LIMIT_WINDOW_S:
+            self._set_aside_at.popleft()
+        if len(self._set_aside_at) >= quarantine.LIMIT:
+            raise RuntimeError(
+                f"{quarantine.LIMIT} entries set aside in {quarantine.LIMIT_WINDOW_S:.0f} s:"
+                " retrying instead"
+            )
+
     def _set_aside(self, start: int, end: int) -> None:
         """Record the log position ``end`` without the entry from ``start`` (kept elsewhere)."""
         if self._stopping:
             raise _Stopped
         nothing = Prepared(end, 0, None, None, [], 0.0, start)
+        self._set_aside_at.append(time.monotonic())
         self.quarantined += 1  # (counted before its report wakes a reader)
         try:
             self._finish(self._add(None, [nothing]), [nothing], 0.0)
         except BaseException:
             self.quarantined -= 1
+            self._set_aside_at.pop()
             raise
 
     def _add(self, transaction: Round | None, pieces: list[Prepared]) -> Round:

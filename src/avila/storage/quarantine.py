@@ -20,8 +20,8 @@ store in trouble, rather than a bad entry). Only stores whose round is one trans
 rounds (DuckDB); a ClickHouse round is retried whole, as its deduplication needs.
 
 Set-aside entries are counted in ``/health`` (``ingest_log.quarantined``) and ``/metrics``
-(``avila_ingest_quarantined_entries``); docs/ingestion.md says how to read one. Nothing loads
-one again yet.
+(``avila_ingest_quarantined_entries``); ``avila quarantine list | requeue``
+(:mod:`avila.commands.quarantine`) shows them and appends them to the log again.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from avila.storage.ingest_log import HEADER, read_frames
 
@@ -45,6 +46,11 @@ ROUND_TRIES = 5
 ENTRY_TRIES = 3
 #: the pause before the tries of one entry after the first (seconds)
 ENTRY_BACKOFF_S = (0.2, 0.5)
+
+#: At most this many entries are set aside per :data:`LIMIT_WINDOW_S`; past it the loader
+#: retries instead (so many refusals more likely mean a store in trouble than bad entries)
+LIMIT = 100
+LIMIT_WINDOW_S = 600.0
 
 DIRECTORY = "quarantine"
 _SUFFIX = ".json"
@@ -65,7 +71,7 @@ def count(log_directory: Path) -> int:
         return 0
 
 
-def entries(log_directory: Path) -> list[dict[str, object]]:
+def entries(log_directory: Path) -> list[dict[str, Any]]:
     """The set-aside entries, oldest first: ``start``, ``end``, ``kind``, ``error``,
     ``quarantined_at`` and ``payload`` (the entry's bytes, as in the log)."""
     found = []
@@ -76,6 +82,12 @@ def entries(log_directory: Path) -> list[dict[str, object]]:
             record["payload"] = base64.b64decode(record.pop("payload_base64"))
             found.append(record)
     return found
+
+
+def remove(log_directory: Path, start: int) -> None:
+    """Forget the set-aside entry at ``start`` (its copy is back in the log)."""
+    (directory(log_directory) / f"{start:020d}{_SUFFIX}").unlink(missing_ok=True)
+    _sync_directory(directory(log_directory))
 
 
 def entries_between(log_directory: Path, start: int, end: int) -> list[Entry]:
@@ -103,11 +115,13 @@ def isolate(
     load: Callable[[int, int], None],
     skip: Callable[[int, int], None],
     log_directory: Path,
+    allow: Callable[[], None] = lambda: None,
 ) -> int:
     """Load the entries of a round that failed whole (see the module doc): ``load(start, end)``
     loads a range in one transaction or raises; ``skip(start, end)`` records the position
-    ``end`` without rows. Returns how many entries were set aside. Raises if the store cannot
-    commit even the skip: nothing was set aside then, the caller retries later."""
+    ``end`` without rows; ``allow()`` raises if no entry may be set aside now. Returns how many
+    entries were set aside. Raises if one cannot be set aside (``allow``, or the store cannot
+    commit even the skip): the caller retries later."""
     if not entries_of_range:
         return 0
     try:
@@ -117,8 +131,8 @@ def isolate(
         error = exc
     if len(entries_of_range) > 1:
         middle = len(entries_of_range) // 2
-        return isolate(entries_of_range[:middle], load, skip, log_directory) + isolate(
-            entries_of_range[middle:], load, skip, log_directory
+        return isolate(entries_of_range[:middle], load, skip, log_directory, allow) + isolate(
+            entries_of_range[middle:], load, skip, log_directory, allow
         )
     start, end = entries_of_range[0]
     errors = {str(error)}
@@ -132,6 +146,7 @@ def isolate(
             errors.add(str(exc))
     if len(errors) > 1:  # failing in different ways: more likely the store than the entry
         raise RuntimeError(f"entry at {start} failed {len(errors)} different ways: retried")
+    allow()
     _set_aside(log_directory, entries_of_range[0], error, skip)
     return 1
 
