@@ -31,6 +31,7 @@ from tests.ingest.test_log_recovery import (
     _open,
     _position,
     _stored_ids,
+    backend,  # noqa: F401  (the fixture: DuckDB and chdb)
 )
 
 BATCHES = 12
@@ -84,10 +85,11 @@ def _good_ids(batches: range) -> set[str]:
     ids=["unknown-kind", "unreadable"],
 )
 def test_an_entry_that_cannot_be_read_is_set_aside_and_the_rest_loads_once(
-    tmp_path: Path, newer: bytes, error: str
+    tmp_path: Path,
+    backend: str,  # noqa: F811
+    newer: bytes,
+    error: str,
 ) -> None:
-    """(DuckDB only: a ClickHouse round is retried whole, see avila.storage.quarantine.)"""
-    backend = "duckdb"
     good = _good_entries(tmp_path)
     entries = [*good[:5], newer, *good[5:]]
     log_dir, db = tmp_path / "log", tmp_path / "s.duckdb"

@@ -75,6 +75,11 @@ class _Stopped(BaseException):
     """The loader stops: leave a split round where it is (not an entry's failure)."""
 
 
+class _PartlyStored(BaseException):
+    """A range failed while being stored in a store without round transactions: it may be
+    partly stored, so only that range, whole, may be loaded next (never split)."""
+
+
 class Loader:
     """Two threads in a pipeline: one reads and decodes the next round or piece (Python work,
     holds the GIL) while the other commits the previous one (DuckDB work, releases it). Measured: the
@@ -128,7 +133,8 @@ class Loader:
         self._idle = False  # the reader waits for a durable position beyond what it read
         self._ready: queue.Queue[Prepared] = queue.Queue(maxsize=1)
         #: pieces of a large round go in as they are read, if the store takes rounds piecewise
-        self.piece_rows = PIECE_ROWS if hasattr(store, "open_log_round") else None
+        self._transactional = hasattr(store, "open_log_round")
+        self.piece_rows = PIECE_ROWS if self._transactional else None
         self._threads: list[threading.Thread] = []
         self.failures = 0
         self.quarantined = 0  # entries set aside since start (avila.storage.quarantine)
@@ -258,7 +264,7 @@ class Loader:
                     return
                 failed = failed + 1 if failed_at == self._prepared_to else 1
                 failed_at = self._prepared_to
-                if failed >= quarantine.ROUND_TRIES and self._may_split(failed_at):
+                if failed >= quarantine.ROUND_TRIES and self._may_split(failed_at, reading=True):
                     with self._cond:
                         if self._isolate is None:  # (the commit thread's own request wins)
                             self._isolate = (failed_at, None)
@@ -329,7 +335,9 @@ class Loader:
                     if self._stopping:
                         return
                     tries += 1
-                    if tries >= quarantine.ROUND_TRIES and self._may_split(pieces[0].start):
+                    if tries >= quarantine.ROUND_TRIES and self._may_split(
+                        pieces[0].start, reading=False
+                    ):
                         # perhaps an entry the store can never take: load the round entry by
                         # entry
                         awaiting = self._ask_isolation(pieces[0].start, piece.end)
@@ -338,12 +346,12 @@ class Loader:
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
 
-    def _may_split(self, start: int) -> bool:
-        """Whether a failing round from ``start`` may be loaded entry by entry: only where a
-        round is one transaction (DuckDB). A ClickHouse round that failed may be partly stored;
-        only the same round, with the same end (so the same deduplication tokens), may follow
-        it, so it is retried whole, for ever, as before."""
-        return self.piece_rows is not None and start >= self._replay_end
+    def _may_split(self, start: int, *, reading: bool) -> bool:
+        """Whether a failing round from ``start`` may be loaded entry by entry. Where a round is
+        one transaction (DuckDB), always. Elsewhere (ClickHouse) only a round that failed to be
+        read: one that failed to be stored may be partly stored, and only the same round, with
+        the same end (so the same deduplication tokens), may follow it; it is retried whole."""
+        return start >= self._replay_end and (reading or self._transactional)
 
     def _ask_isolation(self, start: int, end: int | None) -> int:
         """Have the read thread start again at ``start`` with a marker to load ``start``..``end``
@@ -360,6 +368,9 @@ class Loader:
         delay = 0.05
         while not self._stopping:
             try:
+                pending = self.store.pending_log_round()
+                if pending > self.position:  # partly stored (ClickHouse): that round, whole
+                    self._load_range(self.position, pending)
                 # a set-aside whose commit raised may have landed anyway: keep its file then
                 quarantine.settle(self.directory, self.store.log_position())
                 entries = quarantine.entries_between(self.directory, self.position, end)
@@ -369,7 +380,7 @@ class Loader:
                 return
             except _Stopped:
                 return
-            except Exception as exc:
+            except (Exception, _PartlyStored) as exc:
                 self.failures += 1
                 log.error(
                     "ingest loader could not load entry by entry; retrying",
@@ -393,7 +404,13 @@ class Loader:
                 transaction.abort()
             raise
         assert transaction is not None
-        self._finish(transaction, pieces, 0.0)
+        try:
+            self._finish(transaction, pieces, 0.0)
+        except Exception as exc:
+            if self._transactional:
+                raise
+            # not to be split (see _may_split): the next try loads this range whole
+            raise _PartlyStored(str(exc)) from exc
 
     def _allow(self) -> None:
         """Raise past :data:`quarantine.LIMIT` entries set aside per window."""

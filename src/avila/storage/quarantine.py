@@ -16,8 +16,10 @@ position past it, in a transaction of its own. A store that cannot commit at all
 transaction too, so nothing is set aside and the loader retries as before: before each try, and
 at the next start, a file whose entry the store's position has not passed is removed
 (:func:`settle`). An entry whose tries fail with different errors is not set aside either (a
-store in trouble, rather than a bad entry). Only stores whose round is one transaction split
-rounds (DuckDB); a ClickHouse round is retried whole, as its deduplication needs.
+store in trouble, rather than a bad entry). A store whose round is one transaction (DuckDB)
+splits any failing round; ClickHouse only one that failed to be read: one that failed to be
+stored may be partly stored, and is retried whole, as its deduplication needs
+(:meth:`avila.storage.loader.Loader._may_split`).
 
 Set-aside entries are counted in ``/health`` (``ingest_log.quarantined``) and ``/metrics``
 (``avila_ingest_quarantined_entries``); ``avila quarantine list | requeue``
