@@ -370,7 +370,13 @@ class Loader:
             try:
                 pending = self.store.pending_log_round()
                 if pending > self.position:  # partly stored (ClickHouse): that round, whole
-                    self._load_range(self.position, pending)
+                    held = quarantine.entries_between(self.directory, self.position, pending)
+                    if len(held) == 1:  # (perhaps a set-aside whose skip failed half-way)
+                        quarantine.isolate(
+                            held, self._load_range, self._set_aside, self.directory, self._allow
+                        )
+                    else:
+                        self._load_range(self.position, pending)
                 # a set-aside whose commit raised may have landed anyway: keep its file then
                 quarantine.settle(self.directory, self.store.log_position())
                 entries = quarantine.entries_between(self.directory, self.position, end)
