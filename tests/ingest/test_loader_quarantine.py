@@ -285,3 +285,26 @@ def _alive(pid: int) -> bool:
         return "zombie" not in status.read_text().lower()
     except OSError:
         return False
+
+
+def test_a_round_split_across_a_torn_tail_loads_every_entry_once(tmp_path: Path) -> None:
+    """A torn tail ends the first segment (a crash mid-write, never acknowledged); the round
+    that fails spans it. Its split ranges follow each other across the torn bytes."""
+    good = _good_entries(tmp_path)
+    log_dir, db = tmp_path / "log", tmp_path / "s.duckdb"
+    _write_log(log_dir, good[:3])
+    first = segment_path(log_dir, 0)
+    torn = HEADER.pack(500, 0) + b"half a frame"
+    with open(first, "ab") as f:
+        f.write(torn)
+    second = first.stat().st_size
+    refused = _without_user(good[3])
+    with open(segment_path(log_dir, second), "wb") as f:
+        for payload in [refused, *good[4:]]:
+            f.write(HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
+    store = _open(db, log_dir, "duckdb")
+    _load(store)
+    store.close()
+    assert sorted(_stored_ids(db, "duckdb")) == sorted(_good_ids(range(BATCHES)) - _good_ids([3]))
+    (kept,) = quarantine.entries(log_dir)
+    assert kept["payload"] == refused

@@ -324,3 +324,18 @@ def test_a_small_round_lingers_until_a_reader_flushes_or_the_log_grows(
     finally:
         loader.stop()
         store.close()
+
+
+def test_a_round_that_would_skip_unloaded_log_is_refused(tmp_path: Path) -> None:
+    """A round continues from the recorded position: one starting beyond it would record its
+    end and leave the log between unloaded, so the store refuses to open it."""
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    try:
+        recorded = store.log_position()
+        with pytest.raises(ValueError, match="unloaded"):
+            store.open_log_round(recorded + 10)
+        round_ = store.open_log_round(recorded)  # and the store is usable afterwards
+        round_.commit(recorded + 10)
+        assert store.log_position() == recorded + 10
+    finally:
+        store.close()

@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from avila.storage.ingest_log import HEADER, read_frames
+from avila.storage.ingest_log import read_frames
 
 log = logging.getLogger("avila.ingest.loader")
 
@@ -93,11 +93,14 @@ def remove(log_directory: Path, start: int) -> None:
 
 
 def entries_between(log_directory: Path, start: int, end: int) -> list[Entry]:
-    """Where the log entries from ``start`` up to ``end`` begin and end."""
-    return [
-        (entry_end - HEADER.size - len(payload), entry_end)
-        for entry_end, payload in read_frames(log_directory, start, end)
-    ]
+    """The log entries from ``start`` up to ``end``, each from the end of the one before (the
+    first from ``start``): ranges that follow each other, as rounds must, even across bytes no
+    entry holds (a torn tail before the next segment)."""
+    found = []
+    for entry_end, _ in read_frames(log_directory, start, end):
+        found.append((start, entry_end))
+        start = entry_end
+    return found
 
 
 def settle(log_directory: Path, loaded: int) -> None:

@@ -223,7 +223,7 @@ class DuckDBStore(DuckDBRows):
         in the same transaction. Holds the write lock until the commit or
         :meth:`LogRound.abort`. A round that starts below the recorded position was committed
         before: its pieces are skipped."""
-        return LogRound(self, done_at=start + 1)
+        return LogRound(self, done_at=start + 1, start=start)
 
     def _append_log_rows(
         self,
@@ -324,8 +324,9 @@ class DuckDBStore(DuckDBRows):
 class LogRound:
     """One loader round's transaction (:meth:`DuckDBStore.open_log_round`)."""
 
-    def __init__(self, store: DuckDBStore, *, done_at: int) -> None:
-        """Begin; the round is skipped if the recorded position is at least ``done_at``."""
+    def __init__(self, store: DuckDBStore, *, done_at: int, start: int | None = None) -> None:
+        """Begin; the round is skipped if the recorded position is at least ``done_at``, and
+        refused if it is below ``start`` (the round's first position, when known)."""
         self._store = store
         store._write_lock.acquire()
         self._open = True
@@ -342,8 +343,15 @@ class LogRound:
                 recorded = self._cursor.execute(
                     "SELECT position FROM ingest_position WHERE log = 'main'"
                 ).fetchall()
-                if recorded and int(recorded[0][0]) >= done_at:
-                    self._skip = int(recorded[0][0])
+                known = int(recorded[0][0]) if recorded else 0
+                if known >= done_at:
+                    self._skip = known
+            if start is not None and known < start:
+                # A round always continues from the recorded position; one that starts beyond
+                # it would record its end and so skip the log between, unloaded.
+                raise ValueError(
+                    f"a loader round from {start} would leave the log from {known} unloaded"
+                )
         except BaseException:
             self.abort()
             raise
