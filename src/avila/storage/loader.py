@@ -383,6 +383,8 @@ class Loader:
                 quarantine.isolate(
                     entries, self._load_range, self._set_aside, self.directory, self._allow
                 )
+                if self.position < end:  # bytes after the last entry (a torn tail): passed
+                    self._load_range(self.position, end)
                 return
             except _Stopped:
                 return
