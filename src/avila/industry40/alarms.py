@@ -219,43 +219,73 @@ class AlarmService:
         transition this replica made (see :mod:`avila.shared.alarm_states`); ``publish``
         defaults to the live bus's ``alerts`` channel."""
         project = rows.project_id
-        checks: list[tuple[int, str, str | None, AlarmRule, float]] = []
+        # One check per reading and metric with every rule of that metric: a warning and a
+        # critical limit on one bound are one alarm, in breach when either limit is crossed.
+        checks: list[tuple[int, str, str | None, str, float, list[AlarmRule]]] = []
         for pos in sorted(range(len(rows.readings)), key=lambda i: int(rows.ts_us[i])):
             reading = rows.readings[pos]
             device = self.registry.get(project, reading.device_id)
             device_type = device.device_type if device else reading.device_type
+            by_metric: dict[str, list[AlarmRule]] = {}
             for rule in self._rules.get((project, device_type or ""), ()):
-                value = reading.metrics.get(rule.metric)
-                if value is not None:
-                    checks.append((pos, reading.device_id, device_type, rule, value))
+                if reading.metrics.get(rule.metric) is not None:
+                    by_metric.setdefault(rule.metric, []).append(rule)
+            for metric, metric_rules in by_metric.items():
+                value = reading.metrics[metric]
+                checks.append((pos, reading.device_id, device_type, metric, value, metric_rules))
         if not checks:
             return
         keys = {
             (project, device_id, rule.metric, bound)
-            for _, device_id, _, rule, _ in checks
+            for _, device_id, _, _, _, metric_rules in checks
+            for rule in metric_rules
             for bound, limit in (("max", rule.max), ("min", rule.min))
             if limit is not None
         }
-        raised: set[AlarmKey] = set(self.states.current(keys))
+        previous = self.states.current(keys)
+        raised: set[AlarmKey] = set(previous)
+        # (severity, limit) of each raised alarm: a clear announces the alarm it ends
+        raised_as = {k: (a.get("severity"), a.get("limit")) for k, a in previous.items()}
         transitions: list[Transition] = []
         announcements: list[dict[str, Any]] = []
-        for pos, device_id, device_type, rule, value in checks:
+        for pos, device_id, device_type, metric, value, metric_rules in checks:
             at = datetime.fromtimestamp(int(rows.ts_us[pos]) / 1e6, UTC)
-            for bound, limit, breach in (
-                ("max", rule.max, rule.max is not None and value > rule.max),
-                ("min", rule.min, rule.min is not None and value < rule.min),
-            ):
-                if limit is None:
+            for bound in ("max", "min"):
+                limited = [
+                    (rule, limit)
+                    for rule in metric_rules
+                    if (limit := rule.max if bound == "max" else rule.min) is not None
+                ]
+                if not limited:
                     continue
-                key = (project, device_id, rule.metric, bound)
+                breached = [
+                    (rule, limit)
+                    for rule, limit in limited
+                    if (value > limit if bound == "max" else value < limit)
+                ]
+                breach = bool(breached)
+                key = (project, device_id, metric, bound)
                 if breach == (key in raised):
                     continue
+                # the most severe rule in breach; for a clear, the rule of the raised alarm
+                candidates = (
+                    breached
+                    or [rl for rl in limited if (rl[0].severity, rl[1]) == raised_as.get(key)]
+                    or limited
+                )
+                rule, limit = min(
+                    candidates,
+                    key=lambda rl: (
+                        rl[0].severity != "critical",
+                        -rl[1] if bound == "max" else rl[1],
+                    ),
+                )
                 alert = {
                     "type": "threshold_alarm",
                     "state": "raised" if breach else "cleared",
                     "device_id": device_id,
                     "device_type": device_type,
-                    "metric": rule.metric,
+                    "metric": metric,
                     "value": value,
                     "limit": limit,
                     "bound": bound,
@@ -264,6 +294,7 @@ class AlarmService:
                 }
                 if breach:
                     raised.add(key)
+                    raised_as[key] = (rule.severity, limit)
                 else:
                     raised.discard(key)
                 transitions.append((key, alert if breach else None))

@@ -175,7 +175,7 @@ def energy_consumption(
     """
     try:
         zone = ZoneInfo(tz)
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, OSError) as exc:  # OSError: a tz database directory
         raise _fail("energy_unknown_timezone", "$.tz", f"unknown time zone {tz!r}") from exc
     if co2_kg_per_kwh is not None and co2_kg_per_kwh < 0:
         raise _fail("energy_negative_co2_factor", "$.co2_kg_per_kwh", "factor must be >= 0")

@@ -46,7 +46,7 @@ d = predicted − true; e^(−d/13) − 1 if d < 0 else e^(d/10) − 1, summed.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -261,9 +261,20 @@ def estimate_rul(
     }
 
 
+#: Epoch seconds a timestamp may take: the datetime range (years 1 to 9999).
+_EPOCH_S_MIN = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_EPOCH_S_MAX = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
 def _hours(stamps: Sequence[datetime | float]) -> np.ndarray:
+    """Hours since the epoch; a naive datetime is UTC (not the server's local time)."""
     return np.asarray(
-        [s.timestamp() / 3600.0 if isinstance(s, datetime) else float(s) / 3600.0 for s in stamps]
+        [
+            (s if s.tzinfo else s.replace(tzinfo=UTC)).timestamp() / 3600.0
+            if isinstance(s, datetime)
+            else float(s) / 3600.0
+            for s in stamps
+        ]
     )
 
 
@@ -274,6 +285,13 @@ def _prepare(name: str, h: MetricHistory) -> tuple[np.ndarray, np.ndarray] | Non
             f"$.metrics.{name}",
             f"metric {name!r} has {len(h.timestamps)} timestamps but {len(h.values)} values",
         )
+    for i, s in enumerate(h.timestamps):
+        if not isinstance(s, datetime) and not _EPOCH_S_MIN <= s <= _EPOCH_S_MAX:
+            raise _fail(
+                "maintenance_invalid_timestamp",
+                f"$.metrics.{name}.timestamps[{i}]",
+                f"timestamp {s!r} is not epoch seconds of a date in years 1 to 9999",
+            )
     if len(h.values) < MIN_POINTS:
         return None
     t = _hours(h.timestamps)
