@@ -8,7 +8,7 @@ telemetry rule is evaluated right after the reading that may breach it.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -17,7 +17,15 @@ from litestar.params import Parameter
 
 from avila.alerts import AlertRepository, AlertScheduler, Deliverer, RuleSpec, SmtpConfig
 from avila.alerts.repository import MAX_HISTORY, public_rule, rfc3339, utc_now
-from avila.alerts.rules import EmailDestination, PreviewSpec, breaches, check_metric, evaluate
+from avila.alerts.rules import (
+    BASELINE_WINDOWS,
+    AnomalyMetric,
+    EmailDestination,
+    PreviewSpec,
+    breaches,
+    check_metric,
+    evaluate,
+)
 from avila.analytics.common import naive_utc
 from avila.api.component import AppContext
 from avila.errors import NotFound, ValidationFailed
@@ -161,6 +169,19 @@ async def history(
     return {"firings": firings}
 
 
+def _window_end(data: PreviewSpec) -> datetime:
+    """``at`` as naive UTC (default now); a 422 at ``at`` when the data the metric reads (the
+    window, or an anomaly score's baseline windows too) would begin before year 1."""
+    windows = BASELINE_WINDOWS + 1 if isinstance(data.metric, AnomalyMetric) else 1
+    try:
+        at = utc_now() if data.at is None else naive_utc(data.at)
+        at - timedelta(seconds=data.window_seconds * windows)
+    except OverflowError:
+        message = "the window would begin before year 1: choose a later `at`"
+        raise ValidationFailed(message, details=[{"path": "at", "message": message}]) from None
+    return at
+
+
 @post(
     f"{PREFIX}/evaluate",
     opt={"scope": "read"},
@@ -177,7 +198,7 @@ async def evaluate_metric(
     data: PreviewSpec, principal: Principal, alerts: AlertScheduler
 ) -> Result:
     store = alerts.repository.store
-    at = utc_now() if data.at is None else naive_utc(data.at)
+    at = _window_end(data)
 
     def run() -> float | None:
         check_metric(store, data.metric)

@@ -15,8 +15,10 @@ never disagree. Nothing here needs a cryptographic property; md5 is just the com
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
+from fractions import Fraction
 
 from avila.analytics.common import Expr, fragments, invalid
 from avila.storage.base import Store
@@ -41,13 +43,7 @@ def bucket_bounds(weights: Sequence[float], path: str = "variants") -> list[int]
     largest fractional remainders (ties: the earlier variant). A variant whose weight is too
     small to get one bucket is a ValidationFailed at ``{path}[i].weight``.
     """
-    total = float(sum(weights))
-    shares = [w / total * BUCKETS for w in weights]
-    counts = [int(s) for s in shares]
-    left = BUCKETS - sum(counts)
-    by_remainder = sorted(range(len(weights)), key=lambda i: (-(shares[i] - counts[i]), i))
-    for i in by_remainder[:left]:
-        counts[i] += 1
+    counts = _bucket_counts(tuple(str(w) for w in weights))
     for i, count in enumerate(counts):
         if count == 0:
             raise invalid(
@@ -60,6 +56,22 @@ def bucket_bounds(weights: Sequence[float], path: str = "variants") -> list[int]
         running += count
         bounds.append(running)
     return bounds
+
+
+@functools.lru_cache(maxsize=1024)
+def _bucket_counts(weights: tuple[str, ...]) -> tuple[int, ...]:
+    """Largest-remainder bucket counts of the weights (decimal strings). Exact rationals of
+    the weights as written (0.4 is 2/5), so equal remainders are equal and a tie goes to the
+    earlier variant; float shares would break such ties by rounding error."""
+    exact = [Fraction(w) for w in weights]
+    total = sum(exact)
+    shares = [w * BUCKETS / total for w in exact]
+    counts = [int(s) for s in shares]
+    left = BUCKETS - sum(counts)
+    by_remainder = sorted(range(len(weights)), key=lambda i: (-(shares[i] - counts[i]), i))
+    for i in by_remainder[:left]:
+        counts[i] += 1
+    return tuple(counts)
 
 
 def variant_index(bucket_value: int, bounds: Sequence[int]) -> int:

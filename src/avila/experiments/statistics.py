@@ -110,7 +110,10 @@ def _probability_best(
     centres: Sequence[float],
 ) -> list[float]:
     """``P(i best)`` from each variant's density and distribution function; each integral runs
-    over the support of ``f_i`` (where all its mass is) with the centres as break points."""
+    over the support of ``f_i`` (where all its mass is), broken at every variant's centre and
+    support ends: a narrow variant's ``F_j`` steps from 0 to 1 inside its support, a feature
+    the quadrature of a wide ``f_i`` misses unless the step is an interval of its own."""
+    marks = sorted({*centres, *(end for support in supports for end in support)})
     out = []
     for i, (lo, hi) in enumerate(supports):
         pdf_i = pdfs[i]
@@ -124,7 +127,13 @@ def _probability_best(
                 value *= cdf(x)
             return value
 
-        points = sorted({c for c in centres if lo < c < hi})
+        # Break points inside (lo, hi), none so close to another that the piece between them
+        # is a few floating-point numbers wide (quad reports "bad integrand behaviour" then).
+        gap = max((hi - lo) * 1e-9, 1e6 * math.ulp(max(abs(lo), abs(hi))))
+        points: list[float] = []
+        for mark in marks:
+            if lo + gap < mark < hi - gap and (not points or mark - points[-1] > gap):
+                points.append(mark)
         value, _ = integrate.quad(
             integrand, lo, hi, points=points or None, limit=500, epsabs=1e-11, epsrel=1e-9
         )
