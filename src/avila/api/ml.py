@@ -40,9 +40,13 @@ MONITOR_INTERVAL_SECONDS = 60.0
 MODEL_REFRESH_SECONDS = 5.0
 
 
+#: A label window of at least one day (zero or negative days leave no label to learn).
+HorizonDays = Annotated[int, msgspec.Meta(ge=1)]
+
+
 class TrainBody(msgspec.Struct, forbid_unknown_fields=True):
-    churn_horizon_days: int | None = None
-    conversion_horizon_days: int | None = None
+    churn_horizon_days: HorizonDays | None = None
+    conversion_horizon_days: HorizonDays | None = None
 
 
 def _project(request: Request[Any, Any, Any]) -> str:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from datetime import datetime
 from typing import Annotated, Any
@@ -14,7 +15,7 @@ from litestar import delete, get
 from litestar.params import Parameter
 
 from avila.analytics import erase_user, user_profile, user_segment, user_sessions
-from avila.analytics.common import parse_query
+from avila.analytics.common import fragments, parse_query
 from avila.analytics.profiles import require_user
 from avila.api import ml as ml_api
 from avila.api.analytics import MaxSessionSeconds, Result, TimeoutSeconds, run, session_query
@@ -117,11 +118,23 @@ def _user_sessions(store: Store, project_id: str, user_id: str, q: Any) -> Resul
     tags=_TAGS,
 )
 async def delete_user(user_id: str, principal: Principal, store: Store, ctx: AppContext) -> Result:
-    result = await run(erase_user, store, principal.project_id, user_id)
-    # Scores computed at training time would otherwise keep serving the erased user.
+    result, erased = await asyncio.to_thread(_erase, store, principal.project_id, user_id)
+    # Scores computed at training time, and the live session state kept per id as sent,
+    # would otherwise keep serving the erased person and their anonymous ids.
     with contextlib.suppress(AvilaError):
-        ml_api.get_service(ctx).forget(principal.project_id, user_id)
+        service = ml_api.get_service(ctx)
+        for erased_id in erased:
+            service.forget(principal.project_id, erased_id)
     return result
+
+
+def _erase(store: Store, project_id: str, user_id: str) -> tuple[Result, list[str]]:
+    """Erase the person; also returns the ids erased with them (read before their links go)."""
+    ids = [user_id]
+    aliases_sql = fragments(store).get("person_aliases", "")
+    if aliases_sql:
+        ids += [row[0] for row in store.query(aliases_sql, [project_id, user_id])]
+    return erase_user(store, project_id, user_id), list(dict.fromkeys(ids))
 
 
 ROUTES = [get_user, get_user_segment, get_user_sessions, delete_user]

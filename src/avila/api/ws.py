@@ -157,7 +157,11 @@ class LiveSession:
 
     def handle(self, data: str | bytes) -> dict[str, Any]:
         """The reply to one client message."""
-        if len(data) > MAX_CLIENT_MESSAGE:
+        # The limit is in UTF-8 bytes; a text of at most MAX/4 characters cannot exceed it.
+        size = len(data)
+        if isinstance(data, str) and size > MAX_CLIENT_MESSAGE // 4:
+            size = len(data.encode("utf-8", "surrogatepass"))
+        if size > MAX_CLIENT_MESSAGE:
             return _error(
                 "message_too_large", f"messages are limited to {MAX_CLIENT_MESSAGE} bytes"
             )
@@ -165,6 +169,9 @@ class LiveSession:
             message = _decode(data)
         except msgspec.DecodeError as exc:
             return _error("malformed_json", f"message is not valid JSON: {exc}")
+        except RecursionError:
+            # A few KB of brackets exceed the decoder's depth limit: answer, do not drop.
+            return _error("invalid_message", "message is nested too deeply")
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             return _error(
                 "invalid_message",

@@ -24,7 +24,6 @@ from typing import Any
 
 import pandas as pd
 
-from avila.analytics.common import fragments
 from avila.errors import NotFound
 from avila.ml.conversion import LiveSessions
 from avila.ml.features import SESSION_FEATURES
@@ -36,19 +35,21 @@ __all__ = ["PredictionService"]
 
 # Churn: of the users active 28-14 days before the newest event, the share not active since;
 # conversion: of the users active before the last 7 days, the share who bought in them. One
-# pass over the user-days (no correlated subqueries: ClickHouse's are limited).
+# pass over the events (no correlated subqueries: ClickHouse's are limited). The windows
+# compare event times, not their calendar days: E is not midnight, so an event on a boundary's
+# day can fall on either side of it.
 _COLD_SQL = """
 WITH bounds AS (SELECT max(ts) AS e FROM events WHERE project_id = ?),
-     days AS (SELECT DISTINCT user_id, {day} AS day, event_type = 'purchase' AS bought, e
-              FROM events, bounds WHERE project_id = ? AND ts >= e - INTERVAL 35 DAY),
      per_user AS (
        SELECT user_id,
-         max(CASE WHEN day >= e - INTERVAL 28 DAY AND day < e - INTERVAL 14 DAY
+         max(CASE WHEN ts >= e - INTERVAL 28 DAY AND ts < e - INTERVAL 14 DAY
              THEN 1 ELSE 0 END) AS mid,
-         max(CASE WHEN day >= e - INTERVAL 14 DAY THEN 1 ELSE 0 END) AS recent,
-         max(CASE WHEN day < e - INTERVAL 7 DAY THEN 1 ELSE 0 END) AS earlier,
-         max(CASE WHEN bought AND day >= e - INTERVAL 7 DAY THEN 1 ELSE 0 END) AS bought_last
-       FROM days GROUP BY user_id)
+         max(CASE WHEN ts >= e - INTERVAL 14 DAY THEN 1 ELSE 0 END) AS recent,
+         max(CASE WHEN ts < e - INTERVAL 7 DAY THEN 1 ELSE 0 END) AS earlier,
+         max(CASE WHEN event_type = 'purchase' AND ts >= e - INTERVAL 7 DAY
+             THEN 1 ELSE 0 END) AS bought_last
+       FROM events, bounds WHERE project_id = ? AND ts >= e - INTERVAL 35 DAY
+       GROUP BY user_id)
 SELECT avg(CASE WHEN mid = 1 THEN 1.0 - recent END),
        avg(CASE WHEN earlier = 1 THEN 1.0 * bought_last END)
 FROM per_user
@@ -91,11 +92,12 @@ class PredictionService:
     # -- runs ------------------------------------------------------------------------------
 
     def load_all(self) -> int:
-        """Load the newest run of every project in the registry; returns how many."""
+        """Load the newest run of every project in the registry; returns how many. Users
+        erased since a run was saved (no stored event left) are dropped from it."""
         for project in self.registry.projects():
             loaded = self.registry.load_latest(project)
             if loaded is not None:
-                self.install(project, *loaded)
+                self.install(project, loaded[0], self._drop_erased(project, loaded[1]))
         return len(self._runs)
 
     def refresh(self) -> int:
@@ -113,8 +115,23 @@ class PredictionService:
                 changed += 1
         return changed
 
+    def _drop_erased(self, project_id: str, models: TrainedModels) -> TrainedModels:
+        """``models`` without the scores of users who have no stored event any more: the
+        saved run still holds users erased after it was trained (GDPR), and the set of
+        :meth:`forget`-ten users does not survive a restart of the server."""
+        rows = self.store.query(
+            "SELECT DISTINCT user_id FROM events WHERE project_id = ?", [project_id]
+        )
+        present = {str(row[0]) for row in rows}
+        models.users = {u: r for u, r in models.users.items() if u in present}
+        return models
+
     def install(self, project_id: str, meta: dict[str, Any], models: TrainedModels) -> None:
         with self._lock:
+            # Users erased while the run was training must not come back with it.
+            erased = {user for project, user in self._forgotten if project == project_id}
+            if erased:
+                models.users = {u: r for u, r in models.users.items() if u not in erased}
             self._runs[project_id] = (meta, models)
             self._forgotten = {k for k in self._forgotten if k[0] != project_id}
 
@@ -200,9 +217,7 @@ class PredictionService:
         cached = self._cold.get(project_id)
         if cached is not None and time.monotonic() - cached[0] < self.cold_cache_seconds:
             return cached[1]
-        day = fragments(self.store)["day_start"].format("ts")
-        cold_sql = _COLD_SQL.format(day=day)
-        churn, conversion = self.store.query(cold_sql, [project_id, project_id])[0]
+        churn, conversion = self.store.query(_COLD_SQL, [project_id, project_id])[0]
         popular = self.store.query(_POPULAR_SQL, [project_id, self.recommendations])
         value = {
             "rates": {

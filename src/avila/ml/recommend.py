@@ -255,6 +255,13 @@ def _top_n(scores: np.ndarray, n: int) -> np.ndarray:
     if n <= 0:
         return np.empty((scores.shape[0], 0), dtype=int)
     part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    # argpartition keeps an arbitrary subset of the items tied with the n-th score: take the
+    # lowest-index ones instead (rows with NaN scores keep argpartition's choice).
+    cutoff = np.take_along_axis(scores, part, axis=1).min(axis=1)
+    for row in np.flatnonzero(~np.isnan(cutoff)):
+        above = np.flatnonzero(scores[row] > cutoff[row])
+        tied = np.flatnonzero(scores[row] == cutoff[row])[: n - len(above)]
+        part[row] = np.concatenate([above, tied])
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -part_scores), axis=1)
     return np.take_along_axis(part, order, axis=1)
