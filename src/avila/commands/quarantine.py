@@ -9,13 +9,17 @@ was set aside again; the old file is removed once its copy is durable in the log
 
 ``requeue`` opens the store itself: stop ``avila serve`` first (a DuckDB file or chdb directory
 admits one process). A crash between the copy's append and the removal of the old file leaves
-the file: requeueing it again would load its events twice.
+the file, and the copy may load (or be set aside again, a second file with the same bytes).
+So before appending, requeue looks the entry's rows up in the store: an entry whose rows are
+all stored is not appended again (its file goes), one partly stored is left alone, and files
+holding the same bytes are appended once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -91,37 +95,137 @@ def run_requeue(args: argparse.Namespace) -> int:
         # the backlog first: what is set aside again below is then among the requeued
         progress.wait_loaded(progress.durable, args.timeout)
         before = {int(e["start"]) for e in quarantine.entries(config.directory)}
-        copies = asyncio.run(_append(ingest_log, chosen, config.directory))
+        loaded = failed = 0
+        groups: list[list[dict[str, Any]]] = []
+        for group in _same_bytes(chosen):
+            first = group[0]["start"]
+            for twin in group[1:]:
+                print(f"{twin['start']}: the same bytes as the entry at {first}: requeued once")
+            stored, rows = _stored_rows(store, group[0]["payload"])
+            if rows and stored == rows:
+                for entry in group:
+                    quarantine.remove(config.directory, int(entry["start"]))
+                loaded += len(group)
+                print(f"{first}: already stored (an earlier requeue loaded it): file removed")
+            elif stored:
+                failed += len(group)
+                print(
+                    f"{first}: {stored} of its {rows} rows are already stored: left set aside"
+                    " (appending it would store those twice)"
+                )
+            else:
+                groups.append(group)
+        copies = asyncio.run(_append(ingest_log, groups, config.directory))
         if not progress.wait_loaded(progress.durable, args.timeout):
             print(f"the log is not loaded after {args.timeout} s; it goes on at the next start")
             return 1
         again = {int(e["start"]): e for e in quarantine.entries(config.directory)}
-        failed = 0
-        for entry, (start, _end) in zip(chosen, copies, strict=True):
+        for group, (start, _end) in zip(groups, copies, strict=True):
             if start in again and start not in before:
-                failed += 1
-                print(f"{entry['start']}: set aside again at {start}: {again[start]['error']}")
+                failed += len(group)
+                print(f"{group[0]['start']}: set aside again at {start}: {again[start]['error']}")
             else:
-                print(f"{entry['start']}: loaded (log position {start})")
+                loaded += len(group)
+                print(f"{group[0]['start']}: loaded (log position {start})")
     finally:
         store.close()
-    print(f"{len(chosen) - failed} of {len(chosen)} entries loaded")
+    print(f"{loaded} of {len(chosen)} entries loaded")
     return 1 if failed else 0
 
 
+def _same_bytes(chosen: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The entries grouped by their bytes, in order of first appearance: a copy that was set
+    aside again beside the file a crash left holds the same entry."""
+    groups: dict[bytes, list[dict[str, Any]]] = {}
+    for entry in chosen:
+        groups.setdefault(entry["payload"], []).append(entry)
+    return list(groups.values())
+
+
+#: Event ids per lookup: one query per chunk keeps the parameter list short on both backends.
+_ID_CHUNK = 1000
+
+
+def _stored_rows(store: Any, payload: bytes) -> tuple[int, int]:
+    """``(stored, rows)``: how many of the entry's rows the store already holds, by identity —
+    an event by ``(project_id, event_id)``, a reading by all its columns (its request's
+    ``received_at`` stamp included). ``(0, 0)`` for an entry that cannot be read."""
+    from avila.storage import frames
+
+    try:
+        kind = frames.kind(payload)
+        readings = frames.decode_telemetry(payload).readings if kind == frames.TELEMETRY else None
+        keys = set(frames.event_keys(payload)) if kind == frames.EVENTS else set()
+    except Exception:  # an entry this version cannot read: nothing of it can be stored
+        return 0, 0
+    if readings is not None:
+        return _stored_readings(store, readings)
+    by_project: dict[str, list[str]] = {}
+    for project_id, event_id in keys:
+        by_project.setdefault(project_id, []).append(event_id)
+    stored = 0
+    for project_id, ids in by_project.items():
+        for at in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[at : at + _ID_CHUNK]
+            ((found,),) = store.query(
+                "SELECT count(DISTINCT event_id) FROM events WHERE project_id = ?"
+                f" AND event_id IN ({', '.join('?' * len(chunk))})",
+                [project_id, *chunk],
+            )
+            stored += int(found)
+    return stored, len(keys)
+
+
+#: A reading's identity: every column the loader writes (``received_at`` is its request's stamp).
+_READING_COLUMNS = ("project_id", "device_id", "ts", "metric", "value", "received_at")
+
+
+def _stored_readings(store: Any, readings: Any) -> tuple[int, int]:
+    wanted = _reading_identities(readings)
+    found: set[tuple[Any, ...]] = set()
+    # one request's readings share project and stamp: one narrow range read per request
+    for project_id, received_at in {(r[0], r[5]) for r in wanted}:
+        times = [r[2] for r in wanted if r[0] == project_id and r[5] == received_at]
+        found |= _reading_identities(
+            store.query_arrow(
+                f"SELECT {', '.join(_READING_COLUMNS)} FROM telemetry WHERE project_id = ?"
+                " AND received_at = ? AND ts BETWEEN ? AND ?",
+                [project_id, *map(_naive_utc, (received_at, min(times), max(times)))],
+            )
+        )
+    return len(wanted & found), len(wanted)
+
+
+def _reading_identities(table: Any) -> set[tuple[Any, ...]]:
+    import pyarrow as pa
+
+    def values(name: str) -> list[Any]:
+        column = table.column(name)
+        if name in ("ts", "received_at"):  # epoch µs: the same on both backends' types
+            column = column.cast(pa.timestamp("us")).cast(pa.int64())
+        return list(column.to_pylist())
+
+    return set(zip(*(values(name) for name in _READING_COLUMNS), strict=True))
+
+
+def _naive_utc(micros: int) -> datetime:
+    return datetime(1970, 1, 1) + timedelta(microseconds=micros)
+
+
 async def _append(
-    ingest_log: Any, chosen: list[dict[str, Any]], directory: Path
+    ingest_log: Any, groups: list[list[dict[str, Any]]], directory: Path
 ) -> list[tuple[int, int]]:
-    """Append each entry again; remove its old file once the copy is durable."""
+    """Append each group's entry once; remove the group's files once the copy is durable."""
     from avila.storage import quarantine
     from avila.storage.ingest_log import HEADER
 
     copies = []
-    for entry in chosen:
-        payload: bytes = entry["payload"]
+    for group in groups:
+        payload: bytes = group[0]["payload"]
         end = await ingest_log.append(payload, 0)
         copies.append((end - HEADER.size - len(payload), end))
-        quarantine.remove(directory, int(entry["start"]))
+        for entry in group:
+            quarantine.remove(directory, int(entry["start"]))
     return copies
 
 
