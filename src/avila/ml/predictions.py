@@ -17,6 +17,7 @@ A user with no stored event at all is unknown (404).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from avila.errors import NotFound
+from avila.errors import AvilaError, NotFound
 from avila.ml.conversion import LiveSessions
 from avila.ml.features import SESSION_FEATURES
 from avila.ml.registry import RunRegistry
@@ -32,6 +33,8 @@ from avila.ml.training import MODEL_NAMES, TrainedModels
 from avila.storage.base import Store
 
 __all__ = ["PredictionService"]
+
+log = logging.getLogger("avila.ml")
 
 # Churn: of the users active 28-14 days before the newest event, the share not active since;
 # conversion: of the users active before the last 7 days, the share who bought in them. One
@@ -87,6 +90,8 @@ class PredictionService:
         self._runs: dict[str, tuple[dict[str, Any], TrainedModels]] = {}
         self._cold: dict[str, tuple[float, dict[str, Any]]] = {}
         self._forgotten: set[tuple[str, str]] = set()
+        #: where this replica is in the registry's erasure announcements (other replicas')
+        self._erased_cursor: str | None = None
         self._lock = threading.Lock()
 
     # -- runs ------------------------------------------------------------------------------
@@ -94,6 +99,8 @@ class PredictionService:
     def load_all(self) -> int:
         """Load the newest run of every project in the registry; returns how many. Users
         erased since a run was saved (no stored event left) are dropped from it."""
+        # erasures announced from now on are applied by refresh; earlier ones by the filter
+        self._erased_cursor, _ = self.registry.erased_since(None)
         for project in self.registry.projects():
             loaded = self.registry.load_latest(project)
             if loaded is not None:
@@ -101,8 +108,13 @@ class PredictionService:
         return len(self._runs)
 
     def refresh(self) -> int:
-        """Install runs saved elsewhere (another replica) since they were loaded; returns
-        how many projects changed. One cheap version read per project."""
+        """Forget users other replicas erased, and install runs saved elsewhere (another
+        replica) since they were loaded; returns how many projects changed. One cheap version
+        read per project. A new run is filtered against the store like a loaded one: it may
+        have been trained before an erasure and saved after it."""
+        self._erased_cursor, erased = self.registry.erased_since(self._erased_cursor)
+        for project_id, user_id in erased:
+            self._forget_here(project_id, user_id)
         changed = 0
         for project in self.registry.projects():
             newest = self.registry.latest_version(project)
@@ -111,7 +123,7 @@ class PredictionService:
                 continue
             loaded = self.registry.load_latest(project)
             if loaded is not None:
-                self.install(project, *loaded)
+                self.install(project, loaded[0], self._drop_erased(project, loaded[1]))
                 changed += 1
         return changed
 
@@ -143,7 +155,17 @@ class PredictionService:
         return self._runs.get(project_id)
 
     def forget(self, project_id: str, user_id: str) -> None:
-        """Stop serving a user's precomputed scores (after their data was erased)."""
+        """Stop serving a user's precomputed scores and live state (after their data was
+        erased), here and, through the registry, on the replicas that share it."""
+        self._forget_here(project_id, user_id)
+        try:
+            self.registry.announce_erased(project_id, [user_id])
+        except AvilaError as exc:
+            # The events are gone; replicas that loaded the run keep the scores until they
+            # restart (their load filters against the store).
+            log.warning("erasure not announced to other replicas", extra={"error": exc.message})
+
+    def _forget_here(self, project_id: str, user_id: str) -> None:
         with self._lock:
             self._forgotten.add((project_id, user_id))
         self.live.forget(project_id, user_id)

@@ -51,6 +51,15 @@ class RunRegistry(Protocol):
 
     def load_latest(self, project_id: str) -> tuple[dict[str, Any], Any] | None: ...
 
+    def announce_erased(self, project_id: str, user_ids: list[str]) -> None:
+        """Tell the replicas sharing these runs that the users' data was erased (GDPR)."""
+        ...
+
+    def erased_since(self, cursor: str | None) -> tuple[str | None, list[tuple[str, str]]]:
+        """``(project_id, user_id)`` erasures announced after ``cursor`` (None: none yet, only
+        the cursor of now), and the cursor to pass next time."""
+        ...
+
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -65,6 +74,13 @@ class ModelRegistry:
     """Runs per project on disk; thread-safe within one process."""
 
     changes_elsewhere = False
+
+    # One replica: the service that erased a user is the only one serving predictions.
+    def announce_erased(self, project_id: str, user_ids: list[str]) -> None:
+        return None
+
+    def erased_since(self, cursor: str | None) -> tuple[str | None, list[tuple[str, str]]]:
+        return cursor, []
 
     def __init__(self, root: Path, keep_artifacts: int = 3) -> None:
         self.root = Path(root)

@@ -10,6 +10,10 @@ MULTI/EXEC, so a replica never sees metadata without its artifact.
 Replicas that did not train a run install it within :data:`REFRESH_SECONDS`
 (:meth:`avila.ml.predictions.PredictionService.refresh`).
 
+Erasures (GDPR): the replica that erased a user appends ``(project, user)`` to the stream
+``avila:models:erased`` (the newest :data:`ERASURES_KEPT` entries); the others read it at each
+refresh and stop serving the user's scores and live state, as the erasing replica did at once.
+
 The artifacts are pickles this code wrote; they are only read back from this Redis. Anyone who
 can write to that Redis can therefore run code in the replicas: protect it (password or ACL,
 private network), as for the data directory in the embedded tier.
@@ -28,6 +32,10 @@ from avila.shared.keys import unavailable
 
 PROJECTS = "avila:models:projects"
 REFRESH_SECONDS = 5.0
+ERASED = "avila:models:erased"
+#: Erasure announcements kept; a replica that missed more (down longer than the erasures of
+#: this many users take) filters its runs against the store when it loads them at start.
+ERASURES_KEPT = 100_000
 
 
 def _prefix(project_id: str) -> str:
@@ -92,3 +100,37 @@ class RedisModelRegistry:
             if isinstance(blob, bytes):
                 return meta, pickle.loads(blob)  # noqa: S301 - written by us, see module doc
         return None
+
+    def announce_erased(self, project_id: str, user_ids: list[str]) -> None:
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for user_id in user_ids:
+                    pipe.xadd(
+                        ERASED,
+                        {"p": project_id, "u": user_id},
+                        maxlen=ERASURES_KEPT,
+                        approximate=True,
+                    )
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise unavailable(exc) from exc
+
+    def erased_since(self, cursor: str | None) -> tuple[str | None, list[tuple[str, str]]]:
+        try:
+            if cursor is None:
+                newest = self._redis.xrevrange(ERASED, count=1)
+                return (_text(newest[0][0]) if newest else "0-0"), []
+            found = self._redis.xrange(ERASED, min=f"({cursor}")
+        except redis.RedisError as exc:
+            raise unavailable(exc) from exc
+        if not found:
+            return cursor, []
+        erased = []
+        for _, fields in found:
+            if fields:  # an announcement trimmed while being read comes back empty
+                erased.append((_text(fields[b"p"]), _text(fields[b"u"])))
+        return _text(found[-1][0]), erased
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
