@@ -25,6 +25,7 @@ from avila.api import (
     keys,
     me,
     methods,
+    path_ids,
     segment,
     tracker,
     web,
@@ -188,6 +189,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         guards=[scope_guard],
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[add_rate_limit_headers],
+        middleware=[path_ids.decode_path_params],  # ids with an encoded '/' (api/path_ids)
         cors_config=cors,
         lifespan=[lifespan],
         openapi_config=docs_ui.openapi_config(),
@@ -198,7 +200,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
     # The two event-ingest routes answered without the framework when nothing is unusual
     # (avila.api.fast_ingest): the server's CPU per request is what limits ingest.
     fast = FastIngest(
-        cast(ASGIApp, app),  # Litestar types its scopes more narrowly than the ASGI callable
+        cast(ASGIApp, path_ids.RawPathRouting(app)),  # route '%2F' inside an id's segment
         ingest=ingest,
         keys=ctx.state["key_store"],
         limiter=ctx.state["rate_limiter"],
