@@ -9,6 +9,11 @@ Alert payload::
     {"type": "threshold_alarm", "state": "raised"|"cleared", "device_id", "device_type",
      "metric", "value", "limit", "bound": "max"|"min", "severity", "timestamp"}
 
+A warning and a critical limit on one bound are one alarm, raised under the most severe limit in
+breach. A raised alarm whose most severe breached limit changes severity is replaced and
+announced with ``"state": "escalated"`` (warning to critical) or ``"de-escalated"`` (critical to
+warning) and ``"previous_severity"``: the active list always shows the current breach.
+
 Rules are stored in ``alarm_rules`` (one JSON document per project and device type). Which
 alarms are raised lives in :mod:`avila.shared.alarm_states`: in memory for one replica (after a
 restart an alarm still in breach is raised again by its next reading), in Redis for several, so
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +61,15 @@ class AlarmRules(Struct, kw_only=True):
 
 def check_rules(rules: AlarmRules) -> None:
     for i, rule in enumerate(rules.rules):
+        # JSON cannot carry NaN or infinity: stored, such a limit would come back as null (a
+        # rule without that limit). Refused, whichever way the rule was built.
+        for bound, limit in (("max", rule.max), ("min", rule.min)):
+            if limit is not None and not math.isfinite(limit):
+                raise ValidationFailed(
+                    f"rule for {rule.metric!r}: {bound} must be a finite number, not {limit}",
+                    code="alarm_rule_non_finite_limit",
+                    details=[{"path": f"$.rules[{i}].{bound}", "message": "not a finite number"}],
+                )
         if rule.max is None and rule.min is None:
             raise ValidationFailed(
                 f"rule for {rule.metric!r} needs max and/or min",
@@ -247,7 +262,8 @@ class AlarmService:
         # (severity, limit) of each raised alarm: a clear announces the alarm it ends
         raised_as = {k: (a.get("severity"), a.get("limit")) for k, a in previous.items()}
         transitions: list[Transition] = []
-        announcements: list[dict[str, Any]] = []
+        # (index of the transition whose change makes it announced, the alert)
+        announcements: list[tuple[int, dict[str, Any]]] = []
         for pos, device_id, device_type, metric, value, metric_rules in checks:
             at = datetime.fromtimestamp(int(rows.ts_us[pos]) / 1e6, UTC)
             for bound in ("max", "min"):
@@ -263,26 +279,31 @@ class AlarmService:
                     for rule, limit in limited
                     if (value > limit if bound == "max" else value < limit)
                 ]
-                breach = bool(breached)
                 key = (project, device_id, metric, bound)
-                if breach == (key in raised):
+                was_raised = key in raised
+                if not breached and not was_raised:
                     continue
-                # the most severe rule in breach; for a clear, the rule of the raised alarm
-                candidates = (
-                    breached
-                    or [rl for rl in limited if (rl[0].severity, rl[1]) == raised_as.get(key)]
-                    or limited
-                )
-                rule, limit = min(
-                    candidates,
-                    key=lambda rl: (
-                        rl[0].severity != "critical",
-                        -rl[1] if bound == "max" else rl[1],
-                    ),
-                )
-                alert = {
+                before = raised_as.get(key, (None, None))[0]
+                if breached:
+                    # the most severe rule in breach: a raised alarm takes its severity
+                    rule, limit = _most_severe(breached, bound)
+                    if not was_raised:
+                        state = "raised"
+                    elif rule.severity == before:
+                        continue
+                    else:
+                        state = "escalated" if rule.severity == "critical" else "de-escalated"
+                else:
+                    # a clear announces the alarm it ends: the rule it was raised under
+                    rule, limit = _most_severe(
+                        [rl for rl in limited if (rl[0].severity, rl[1]) == raised_as.get(key)]
+                        or limited,
+                        bound,
+                    )
+                    state = "cleared"
+                alert: dict[str, Any] = {
                     "type": "threshold_alarm",
-                    "state": "raised" if breach else "cleared",
+                    "state": state,
                     "device_id": device_id,
                     "device_type": device_type,
                     "metric": metric,
@@ -290,18 +311,33 @@ class AlarmService:
                     "limit": limit,
                     "bound": bound,
                     "severity": rule.severity,
-                    "timestamp": rfc3339(at),
                 }
-                if breach:
+                if state in ("escalated", "de-escalated"):
+                    alert["previous_severity"] = before
+                alert["timestamp"] = rfc3339(at)
+                if breached:
+                    if was_raised:
+                        # AlarmStates has raise and clear only: a change of severity replaces
+                        # the raised alert (clear, then raise) and is announced if the raise took
+                        transitions.append((key, None))
                     raised.add(key)
                     raised_as[key] = (rule.severity, limit)
                 else:
                     raised.discard(key)
-                transitions.append((key, alert if breach else None))
-                announcements.append(alert)
-        for alert, changed in zip(announcements, self.states.apply(transitions), strict=True):
-            if changed:
+                transitions.append((key, alert if breached else None))
+                announcements.append((len(transitions) - 1, alert))
+        changed = self.states.apply(transitions)
+        for index, alert in announcements:
+            if changed[index]:
                 if publish is None:
                     self.bus.publish(project, "alerts", alert)
                 else:
                     publish(alert)
+
+
+def _most_severe(candidates: list[tuple[AlarmRule, float]], bound: str) -> tuple[AlarmRule, float]:
+    """Critical before warning; within a severity, the limit furthest out."""
+    return min(
+        candidates,
+        key=lambda rl: (rl[0].severity != "critical", -rl[1] if bound == "max" else rl[1]),
+    )

@@ -18,7 +18,9 @@ group commit, and PUBACKs go out in the order the messages arrived. A message th
 acknowledged (server crash, broker restart) is redelivered by the broker, so no acknowledged
 reading is lost; delivery is at least once, so a redelivered message can store its readings
 twice (same device, metric, time and value). A commit that fails is retried with backoff
-until it succeeds or the server stops. Malformed messages are logged and acknowledged (they
+until it succeeds or the server stops. Readings are validated one by one as over HTTP (Sparkplug
+ones too): a bad reading is logged and rejected, the others are stored. Malformed messages (and
+topics with an empty project, group, edge node or device) are logged and acknowledged (they
 would fail again). Reconnects use paho's exponential backoff (1 s to 30 s). Anyone who may
 publish to these topics may write telemetry into the named project: restrict publishers with
 the broker's ACLs.
@@ -43,14 +45,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import msgspec
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from avila.errors import AvilaError
 from avila.industry40.ingestion import TelemetryService
 from avila.industry40.sparkplug import decode_payload
-from avila.industry40.telemetry import Reading, Rejection, check_item
+from avila.industry40.telemetry import Reading, Rejection, check_item, loads_lenient
 
 log = logging.getLogger("avila.industry40.mqtt")
 
@@ -61,10 +62,11 @@ Parsed = tuple[str, list[tuple[int, Reading]], list[Rejection]]
 
 
 def parse_avila(project: str, device: str, payload: bytes) -> Parsed:
-    try:
-        obj = msgspec.json.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"payload is not JSON: {exc}") from None
+    """The HTTP body: decoded as leniently as HTTP does (``NaN`` / ``Infinity`` tokens, numbers
+    past a double) so that such a reading is rejected on its own, not the whole message."""
+    if not project:
+        raise ValueError("the topic names no project")
+    obj = loads_lenient(payload)  # MalformedJSON (logged, acknowledged) when not JSON at all
     single = not (isinstance(obj, dict) and "readings" in obj)
     items = [obj] if single else obj["readings"]
     if not isinstance(items, list):
@@ -82,6 +84,13 @@ def parse_avila(project: str, device: str, payload: bytes) -> Parsed:
     return project, readings, rejected
 
 
+def _log_rejection(r: Rejection, topic: str | None = None) -> None:
+    # ``message`` is a LogRecord attribute: passed in ``extra`` it raises, and the message
+    # that carried the reading was then never acknowledged.
+    fields = {"index": r.index, "code": r.code, "reason": r.message, "path": r.path}
+    log.warning("mqtt reading rejected", extra={"topic": topic, **fields} if topic else fields)
+
+
 def message_digest(topic: str, payload: bytes) -> str:
     """A message's identity for redelivery dedup: equal topic and payload, equal id."""
     return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).hexdigest()
@@ -96,6 +105,8 @@ class SparkplugAliases:
     def parse(self, parts: list[str], payload: bytes) -> Parsed:
         _, group, kind, edge, *rest = parts
         device = rest[0] if rest else None
+        if not group or not edge or device == "":
+            raise ValueError("the topic has an empty group, edge node or device id")
         scope = (group, edge, device)
         payload_ts, metrics = decode_payload(payload)
         names = self._names.setdefault(scope, {})
@@ -110,21 +121,36 @@ class SparkplugAliases:
                 continue
             groups.setdefault(m.timestamp_ms or payload_ts, {})[name] = m.value
         device_id = f"{edge}:{device}" if device else edge
-        readings = []
+        # Each reading is checked as an HTTP one is (device id and metric name lengths, values);
+        # a bad one is rejected on its own.
+        readings: list[tuple[int, Reading]] = []
+        rejected: list[Rejection] = []
         for index, (ts_ms, values) in enumerate(sorted(groups.items(), key=lambda kv: kv[0] or 0)):
-            readings.append(
-                (
-                    index,
-                    Reading(
-                        device_id=device_id,
-                        device_type="sparkplug",
-                        metrics=values,
-                        timestamp=datetime.fromtimestamp(ts_ms / 1000, UTC) if ts_ms else None,
-                        attributes={"sparkplug_group": group, "edge_node": edge},
-                    ),
-                )
-            )
-        return group, readings, []
+            item: dict[str, Any] = {
+                "device_id": device_id,
+                "device_type": "sparkplug",
+                "metrics": values,
+                "attributes": {"sparkplug_group": group, "edge_node": edge},
+            }
+            if ts_ms:
+                try:
+                    item["timestamp"] = datetime.fromtimestamp(ts_ms / 1000, UTC)
+                except (ValueError, OverflowError, OSError):  # past year 9999
+                    rejected.append(
+                        Rejection(
+                            index,
+                            "timestamp_in_future",
+                            f"timestamp {ts_ms} ms is past year 9999",
+                            f"readings[{index}].timestamp",
+                        )
+                    )
+                    continue
+            checked = check_item(item, index, False)
+            if isinstance(checked, Rejection):
+                rejected.append(checked)
+            else:
+                readings.append((index, checked))
+        return group, readings, rejected
 
 
 def _mqtt_url(url: str) -> tuple[str, int, str | None, str | None, bool]:
@@ -258,7 +284,7 @@ class MqttBridge:
             if parsed is not None:
                 project, readings, rejected = parsed
                 for r in rejected:
-                    log.warning("mqtt reading rejected", extra={"topic": topic, **r.to_dict()})
+                    _log_rejection(r, topic)
                 message_id = message_digest(topic, payload)
                 timestamped = all(r.timestamp is not None for _, r in readings)
                 await self._commit(project, readings, message_id, dup or timestamped)
@@ -286,7 +312,7 @@ class MqttBridge:
                     self.duplicates += 1
                 self.stored_readings += result.accepted
                 for r in result.rejected:
-                    log.warning("mqtt reading rejected", extra=r.to_dict())
+                    _log_rejection(r)
                 return
             except AvilaError as exc:
                 if self._stopping and exc.status == 503:

@@ -16,6 +16,12 @@ World class is OEE 85 % (Availability 90 %, Performance 95 %, Quality 99.9 %).
 We report ``performance_raw`` unchanged, cap ``performance`` (and hence ``oee``) at 1 and set
 ``performance_capped: true`` so that every reported fraction stays in [0, 1].
 
+**Run time (near) zero.** Performance = ideal cycle time × total count / run time has no
+value when units were counted in no run time (x / 0) or when the ratio is past the largest
+double (a run time of ~1e-300 h): that is a performance above 1 without a number, so
+``performance_raw`` is ``None`` (JSON ``null``), ``performance`` is capped at 1 and
+``performance_capped`` is true; availability stays run time / PPT (0 for no run time). With no units and no run time (0 / 0, nothing made) performance is 0, as with no units.
+
 **Losses** are expressed as time (hours) so the three categories add up to
 PPT − fully productive time:
 
@@ -30,6 +36,7 @@ otherwise the unsplit parts are ``None``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,7 +79,9 @@ def calculate_oee(production_data: ProductionData | Mapping[str, Any]) -> dict[s
     "planned_production_time_hours", "run_time_hours", "fully_productive_time_hours",
     "performance_from_cycle_times"? (ideal / actual cycle time, when the actual is given)}``.
 
-    With no units produced, performance and quality are 0 (nothing good was made). Raises
+    With no units produced, performance and quality are 0 (nothing good was made); with units
+    but a run time of 0 (or one so small the ratio is past any double) ``performance_raw`` is
+    ``None`` and performance is capped at 1 (module docs). Raises
     :class:`ValidationFailed` with codes ``oee_good_exceeds_total``,
     ``oee_defects_exceed_total``, ``oee_runtime_exceeds_planned``,
     ``oee_planned_time_zero``, ``oee_all_time_below_planned`` and
@@ -117,8 +126,12 @@ def calculate_oee(production_data: ProductionData | Mapping[str, Any]) -> dict[s
     good = d.good_units
 
     availability = run / ppt
-    performance_raw = (ideal_h * total / run) if run > 0 else 0.0
-    performance = min(performance_raw, 1.0)
+    # None: units counted in no run time, or a ratio past the largest double (module docs)
+    performance_raw: float | None = 0.0
+    if total:
+        ratio = ideal_h * total / run if run > 0 else math.inf
+        performance_raw = ratio if math.isfinite(ratio) else None
+    performance = 1.0 if performance_raw is None else min(performance_raw, 1.0)
     quality = good / total if total else 0.0
     oee = availability * performance * quality
 
@@ -126,7 +139,7 @@ def calculate_oee(production_data: ProductionData | Mapping[str, Any]) -> dict[s
         "availability": availability,
         "performance": performance,
         "performance_raw": performance_raw,
-        "performance_capped": performance_raw > 1.0,
+        "performance_capped": performance_raw is None or performance_raw > 1.0,
         "quality": quality,
         "oee": oee,
     }
@@ -148,7 +161,7 @@ def calculate_oee(production_data: ProductionData | Mapping[str, Any]) -> dict[s
 
 
 def _losses(
-    d: ProductionData, ppt: float, run: float, ideal_h: float, performance_raw: float
+    d: ProductionData, ppt: float, run: float, ideal_h: float, performance_raw: float | None
 ) -> dict[str, float | None]:
     availability_loss = ppt - run
     # When performance is capped, the excess "speed gain" is not a loss; keep losses ≥ 0 and
@@ -175,7 +188,7 @@ def _losses(
             setup = availability_loss - known
 
     reduced_speed = idling = None
-    if d.actual_cycle_time_ms is not None and performance_raw <= 1:
+    if d.actual_cycle_time_ms is not None and performance_raw is not None and performance_raw <= 1:
         actual_h = d.actual_cycle_time_ms / 3_600_000.0
         reduced_speed = min(max(actual_h - ideal_h, 0.0) * d.total_units_produced, performance_loss)
         idling = performance_loss - reduced_speed

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,6 +29,9 @@ from avila.industry40.maintenance import predict_maintenance, reliability_metric
 from avila.industry40.oee import calculate_oee
 from avila.schemas.industry40 import EnergyReading, MetricHistory
 from avila.storage.base import Store
+
+#: The most units an OEE body takes (``ProductionData`` counts).
+MAX_RECORDED_UNITS = 1e12
 
 
 def _fail(code: str, path: str, message: str) -> ValidationFailed:
@@ -63,11 +67,19 @@ def recorded_production(
     good, rejected = records.unit_counts(store, project_id, device_id, start, end).get(
         device_id, (0.0, 0.0)
     )
+    total = good + rejected
+    if not (math.isfinite(total) and 0 <= rejected <= total <= MAX_RECORDED_UNITS and good >= 0):
+        raise _fail(
+            "oee_recorded_counts_out_of_range",
+            "$.production_data.total_units_produced",
+            f"the units_good ({good:g}) and units_rejected ({rejected:g}) of device "
+            f"{device_id!r} in the window must each be 0..{MAX_RECORDED_UNITS:g} in sum",
+        )
     return {
         "planned_production_time_hours": ppt / 3600,
         "actual_runtime_hours": max(ppt - down - setup, 0.0) / 3600,
         "ideal_cycle_time_ms": float(ideal),
-        "total_units_produced": round(good + rejected),
+        "total_units_produced": round(total),
         "good_units": round(good),
         "defects": round(rejected),
         "all_time_hours": all_time / 3600,

@@ -10,7 +10,8 @@ offending field, and the valid ones are kept. Codes:
 * ``invalid_reading`` — shape or type error (missing ``device_id``, ``metrics`` not an object ...);
 * ``non_numeric_value`` — a metric value that is not a number (strings, booleans, null);
 * ``non_finite_value`` — NaN or ±infinity (accepted as JSON tokens ``NaN``/``Infinity`` or as an
-  out-of-range number such as ``1e999``, then rejected here);
+  out-of-range number such as ``1e999`` or a 400-digit integer, then rejected here), in a metric
+  or anywhere in ``attributes`` (JSON would store it back as null);
 * ``timestamp_in_future`` — more than :data:`FUTURE_TOLERANCE_S` after the server's clock;
 * ``batch_limit_exceeded`` — readings past index :data:`MAX_READINGS` - 1 of one request.
 
@@ -119,8 +120,20 @@ def check_item(item: Any, index: int, single: bool) -> Reading | Rejection:
                     f"metric {name!r} is {type(value).__name__}, not a number",
                     where,
                 )
-            if isinstance(value, float) and not math.isfinite(value):
-                return Rejection(index, "non_finite_value", f"metric {name!r} is {value}", where)
+            if not _finite(value):
+                shown = value if isinstance(value, float) else "beyond ±1.8e308"
+                return Rejection(index, "non_finite_value", f"metric {name!r} is {shown}", where)
+    attributes = item.get("attributes")
+    if isinstance(attributes, dict):
+        # JSON has no NaN or infinity: stored, such an attribute would come back as null
+        bad = _non_finite_at(attributes, ".attributes")
+        if bad is not None:
+            return Rejection(
+                index,
+                "non_finite_value",
+                f"attribute {bad[1:].removeprefix('attributes.')!r} is not a finite number",
+                _path(single, index, bad),
+            )
     try:
         return msgspec.convert(item, Reading)
     except msgspec.ValidationError as exc:
@@ -133,7 +146,35 @@ def check_item(item: Any, index: int, single: bool) -> Reading | Rejection:
         )
 
 
-def _loads_lenient(body: bytes) -> Any:
+def _finite(value: int | float) -> bool:
+    """A JSON number a double holds: not NaN / infinity, no integer past ±1.8e308 (1e999 and a
+    400-digit integer are the same number)."""
+    if isinstance(value, int):
+        return -_MAX_INT_AS_DOUBLE <= value <= _MAX_INT_AS_DOUBLE
+    return math.isfinite(value)
+
+
+_MAX_INT_AS_DOUBLE = int(np.finfo(np.float64).max)
+
+
+def _non_finite_at(obj: Any, where: str) -> str | None:
+    """The path of the first non-finite number in a JSON value, or None."""
+    if isinstance(obj, float | int) and not isinstance(obj, bool):
+        return None if _finite(obj) else where
+    if isinstance(obj, dict):
+        items = ((f"{where}.{k}", v) for k, v in obj.items())
+    elif isinstance(obj, list):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for at, value in items:
+        found = _non_finite_at(value, at)
+        if found is not None:
+            return found
+    return None
+
+
+def loads_lenient(body: bytes) -> Any:
     try:
         return msgspec.json.decode(body)
     except msgspec.DecodeError:
@@ -161,7 +202,7 @@ def parse_body(body: bytes, *, max_readings: int = MAX_READINGS) -> ParsedBody:
         return ParsedBody([(0, _SINGLE.decode(body))], single=True)
     except msgspec.DecodeError:
         pass
-    obj = _loads_lenient(body)
+    obj = loads_lenient(body)
     if isinstance(obj, dict) and "readings" in obj:
         items = obj["readings"]
         if not isinstance(items, list):

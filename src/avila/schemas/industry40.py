@@ -12,6 +12,7 @@ msgspec error onto :class:`avila.errors.ValidationFailed` with the JSON path of 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -161,7 +162,8 @@ class AnomalyDetectRequest(Struct, kw_only=True):
     values: Annotated[list[Finite], Meta(min_length=1)]
     timestamps: list[datetime] | None = None
     window: Annotated[int, Meta(ge=3, le=100_000)] = 30
-    threshold: Annotated[float, Meta(gt=0)] = 3.5
+    # bounded so that infinity (and NaN) are refused: echoed back, they would be JSON null
+    threshold: Annotated[float, Meta(gt=0, le=sys.float_info.max)] = 3.5
     min_periods: Annotated[int, Meta(ge=3)] | None = None
 
 
