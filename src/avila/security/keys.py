@@ -14,6 +14,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from avila.errors import ValidationFailed
 
 SCOPES = ("ingest", "read", "admin")
 #: How long a known key's principal is served without looking at the keys file again (two
-#: ``stat`` calls and a lock: ~5 of the ~5.6 us a stored key cost per request). A revoke by this
+#: ``stat`` calls, one ``PRAGMA data_version`` and a lock). A revoke by this
 #: process applies at once; by another process (``avila keys revoke``) within this time plus
 #: the file check. An unknown key always checks the file (a key created elsewhere works at once).
 KEY_RECHECK_S = 0.25
@@ -92,10 +93,30 @@ class KeyRegistry(Protocol):
     def resolve(self, key: str) -> Principal | None: ...
 
 
+#: Bidirectional embeddings, overrides and isolates: they reorder how a line is displayed.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def validate_name(name: str) -> str:
+    """A key's label: any text on one line. Control characters (newlines, tabs, NUL, terminal
+    escape sequences), line separators and bidi overrides are refused: a project admin chooses
+    the name over HTTP and the operator reads it in ``avila keys list``, where a newline forges
+    a line of another project's key and an escape sequence drives the operator's terminal."""
+    for index, char in enumerate(name):
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS:
+            message = (
+                f"name must be one line of printable text; character {index} is"
+                f" U+{ord(char):04X} ({unicodedata.name(char, 'a control character')})"
+            )
+            raise ValidationFailed(message, details=[{"path": "name", "message": message}])
+    return name
+
+
 def new_key(project_id: str, scopes: list[str], name: str) -> tuple[str, KeyInfo]:
     """A validated new key: its secret (shown once) and its record."""
     project_id = validate_project(project_id)
     ordered = validate_scopes(scopes)
+    name = validate_name(name)
     secret = "ak_" + secrets.token_urlsafe(32)
     info = KeyInfo(
         key_id="key_" + secrets.token_hex(6),
@@ -125,8 +146,11 @@ class KeyStore:
         self._bootstrap = bootstrap_principals(bootstrap_keys)
         self._lock = threading.Lock()
         self._cache: dict[str, Principal] = {}
-        self._cache_stamp: tuple[float, int] | None = None
+        self._cache_stamp: tuple[int, tuple[tuple[int, int, int], ...]] | None = None
         self._checked_at = float("-inf")
+        # Kept open to read ``PRAGMA data_version`` (see _stamp); opened on first use.
+        self._watch: sqlite3.Connection | None = None
+        self._watch_inode = 0
         with self._connect() as conn:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS api_keys (key_id TEXT PRIMARY KEY, key_hash TEXT UNIQUE,"
@@ -176,21 +200,42 @@ class KeyStore:
         with self._connect() as conn:
             revoked = conn.execute(sql, params).rowcount > 0
         with self._lock:
-            self._checked_at = float("-inf")  # the next request reads the file again
+            # The next request reads the file again, whatever its stamp says.
+            self._checked_at = float("-inf")
+            self._cache_stamp = None
         return revoked
 
-    def _file_stamp(self) -> tuple[float, int]:
+    def _file_stamp(self) -> tuple[tuple[int, int, int], ...]:
         stamps = []
         for suffix in ("", "-wal"):
             try:
                 st = os.stat(f"{self.path}{suffix}")
-                stamps.append((st.st_mtime_ns, st.st_size))
+                stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
             except FileNotFoundError:
-                stamps.append((0, 0))
-        return (float(stamps[0][0] + stamps[1][0]), stamps[0][1] + stamps[1][1])
+                stamps.append((0, 0, 0))
+        return tuple(stamps)
+
+    def _stamp(self) -> tuple[int, tuple[tuple[int, int, int], ...]]:
+        """What changes whenever the keys change. Modification times alone do not: they are
+        as coarse as the file system's clock (1 s on ext3 or HFS+, one kernel tick on ext4),
+        and after a checkpoint SQLite rewrites its WAL in place, so a revoke landing in the
+        same tick as the previous write left inode, size and mtime as they were and the revoked
+        key was served until the next change. SQLite's ``data_version``, read on a connection
+        kept open, changes with every commit made by any other connection, in this process or
+        another. The files' identity is still part of the stamp: a keys file replaced or
+        restored from a backup is a new inode (and the watching connection is reopened)."""
+        files = self._file_stamp()
+        if self._watch is not None and files[0][0] != self._watch_inode:
+            self._watch.close()
+            self._watch = None
+        if self._watch is None:
+            self._watch = sqlite3.connect(self.path, timeout=5, check_same_thread=False)
+            self._watch_inode = files[0][0]
+        row = self._watch.execute("PRAGMA data_version").fetchone()
+        return int(row[0]), files
 
     def _reload_if_changed(self) -> None:
-        stamp = self._file_stamp()
+        stamp = self._stamp()  # before reading: a change made meanwhile is seen next time
         if stamp == self._cache_stamp:
             return
         with self._connect() as conn:
