@@ -88,7 +88,7 @@ class FastIngest:
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
-        if self.cors and b"origin" in headers:
+        if (self.cors and b"origin" in headers) or b"content-encoding" in headers:
             await self.app(scope, receive, send)
             return
         body = _Body()
@@ -184,12 +184,17 @@ class FastIngest:
         return principal
 
 
+#: Headers this layer reads. A ``content-encoding`` (gzip) goes to Litestar's route, which
+#: inflates it (avila.api.bodies).
+_READ = (b"x-api-key", b"authorization", b"content-length", b"origin", b"content-encoding")
+
+
 def _headers(scope: Scope) -> dict[bytes, bytes]:
     """The request headers this layer reads (names are lower case in ASGI; the first of a
     repeated header wins, as in Litestar's lookups)."""
     found: dict[bytes, bytes] = {}
     for name, value in scope["headers"]:
-        if name in (b"x-api-key", b"authorization", b"content-length", b"origin"):
+        if name in _READ:
             found.setdefault(name, value)
     return found
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import zlib
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -25,8 +24,15 @@ import msgspec
 from litestar import MediaType, Request, Response, post
 from litestar.connection import ASGIConnection
 
+from avila.api.bodies import decoded
 from avila.api.security import authenticate, presented_key
-from avila.errors import BadRequest, MalformedJSON, Unauthorized
+from avila.errors import (
+    BadRequest,
+    MalformedJSON,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from avila.ingest.segment import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
@@ -173,16 +179,12 @@ async def _read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
         if size > limit:
             raise too_large
         chunks.append(chunk)
-    body = b"".join(chunks)
-    if request.headers.get("content-encoding", "").lower() == "gzip":
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            body = inflater.decompress(body, limit + 1)
-        except zlib.error:
-            raise MalformedJSON("request body is not valid gzip") from None
-        if len(body) > limit or inflater.unconsumed_tail:
-            raise too_large
-    return body
+    try:
+        return decoded(b"".join(chunks), request.headers.get("content-encoding", ""), limit)
+    except PayloadTooLarge:
+        raise too_large from None  # Segment's answer to any size: 400 (module docstring)
+    except UnsupportedMediaType as exc:  # likewise 400, with our code and message
+        raise BadRequest(exc.message, code=exc.code, details=exc.details) from None
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
