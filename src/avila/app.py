@@ -39,7 +39,12 @@ from avila.api.component import AppContext
 from avila.api.errors import EXCEPTION_HANDLERS
 from avila.api.fast_ingest import ASGIApp, FastIngest
 from avila.api.observability import MetricsMiddleware
-from avila.api.security import add_rate_limit_headers, provide_principal, scope_guard
+from avila.api.security import (
+    CorsMiddleware,
+    add_rate_limit_headers,
+    provide_principal,
+    scope_guard,
+)
 from avila.config import Settings
 from avila.ingest.service import IngestService
 from avila.live.bus import STATE_KEY as LIVE_BUS
@@ -190,7 +195,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[add_rate_limit_headers],
         middleware=[path_ids.decode_path_params],  # ids with an encoded '/' (api/path_ids)
-        cors_config=cors,
+        cors_config=None,  # CORS is avila.api.security.CorsMiddleware's, below
         lifespan=[lifespan],
         openapi_config=docs_ui.openapi_config(),
         request_max_body_size=1024 * 1024,
@@ -207,4 +212,4 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         metrics=metrics,
         cors=settings.enable_cors,
     )
-    return MetricsMiddleware(fast, metrics)
+    return MetricsMiddleware(fast if cors is None else CorsMiddleware(fast, cors), metrics)

@@ -1,4 +1,4 @@
-"""Authentication, scopes and rate limits for every route but /health and /metrics.
+"""Authentication, scopes and rate limits for every route but /health and /metrics; CORS.
 
 Routes declare the scope they need with ``opt={"scope": "read"}``; one guard resolves the key,
 checks the scope, counts the request against the key's rate limit and leaves the caller's
@@ -7,12 +7,17 @@ checks the scope, counts the request against the key's rate limit and leaves the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+import msgspec
+from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
+from litestar.constants import DEFAULT_ALLOWED_CORS_HEADERS
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Message, Scope
 
+from avila.api.errors import error_body
 from avila.errors import Forbidden, RateLimited, Unauthorized
 from avila.security.keys import KeyRegistry, Principal
 from avila.security.ratelimit import RateLimiter
@@ -97,3 +102,162 @@ async def add_rate_limit_headers(message: Message, scope: Scope) -> None:
 def provide_principal(request: Any) -> Principal:
     principal: Principal = request.state.principal
     return principal
+
+
+#: Request headers a browser may always send (CORS-safelisted), allowed in every preflight.
+_SAFELISTED_HEADERS = frozenset(h.lower() for h in DEFAULT_ALLOWED_CORS_HEADERS)
+#: Longest header value quoted back in a refused preflight's error.
+_QUOTE_MAX = 200
+
+
+class CorsMiddleware:
+    """CORS (``ENABLE_CORS``) for every HTTP answer, in place of Litestar's middleware, which
+    answered refused preflights with a plain-text 400 and sent no ``Vary: Origin`` when the
+    origin was refused or absent. The settings are a :class:`CORSConfig` all the same.
+
+    - ``CORS_ORIGINS=*``: every answer carries ``Access-Control-Allow-Origin: *`` (and the
+      exposed headers), whether the request sent an ``Origin`` or not, so the answer is the
+      same for everyone and a shared cache may keep one copy (the Fetch standard's advice).
+    - A list of origins: every answer carries ``Vary: Origin`` (merged into any ``Vary`` the
+      route set), the allowed origins' answers ``Access-Control-Allow-Origin: <origin>``.
+    - A preflight (``OPTIONS`` with ``Origin``) is answered here: 204 with the allowed methods
+      and headers, or 400 ``cors_not_allowed`` in the API's error shape naming what was
+      refused (the origin, a request header, the method).
+    """
+
+    def __init__(self, app: Any, config: CORSConfig) -> None:
+        self.app = app
+        self.config = config
+        self.any_origin = config.is_allow_all_origins
+        self.allowed_methods = sorted(set(config.allow_methods) | {"OPTIONS"})
+        self.allowed_headers = sorted(set(config.allow_headers) | _SAFELISTED_HEADERS)
+        # Answers to actual requests: the same bytes for every allowed origin but the origin.
+        expose = ", ".join(sorted(set(config.expose_headers)))
+        self.simple: list[tuple[bytes, bytes]] = (
+            [(b"access-control-expose-headers", expose.encode())] if expose else []
+        )
+        self.preflight: list[tuple[bytes, bytes]] = [
+            (b"access-control-allow-methods", ", ".join(self.allowed_methods).encode()),
+            (b"access-control-allow-headers", ", ".join(self.allowed_headers).encode()),
+            (b"access-control-max-age", str(config.max_age).encode()),
+        ]
+
+    def __getattr__(self, name: str) -> Any:
+        # Tests and tools reach the wrapped Litestar app's attributes (state, openapi ...).
+        return getattr(self.app, name)
+
+    def _origin_headers(self, origin: str | None) -> list[tuple[bytes, bytes]]:
+        """The CORS headers of an answer to a request from ``origin`` (None: no Origin)."""
+        if self.any_origin:
+            return [(b"access-control-allow-origin", b"*")]
+        if origin is not None and self.config.is_origin_allowed(origin):
+            return [(b"access-control-allow-origin", origin.encode("latin-1"))]
+        return []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        origin = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value.decode("latin-1")
+                break
+        if origin is not None and scope["method"] == "OPTIONS":
+            await self._answer_preflight(scope, origin, send)
+            return
+        added = self._origin_headers(origin)
+        if added:
+            added += self.simple
+        vary = not self.any_origin
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = _with_headers(message.get("headers", ()), added, vary)
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    async def _answer_preflight(self, scope: Any, origin: str, send: Any) -> None:
+        headers = dict(scope["headers"])
+        method = headers.get(b"access-control-request-method", b"").decode("latin-1").strip()
+        requested = [
+            h.strip()
+            for h in headers.get(b"access-control-request-headers", b"")
+            .decode("latin-1")
+            .split(",")
+            if h.strip()
+        ]
+        refused: list[dict[str, Any]] = []
+        if not self.any_origin and not self.config.is_origin_allowed(origin):
+            refused.append(
+                {
+                    "header": "Origin",
+                    "value": _quoted(origin),
+                    "message": f"origin {_quoted(origin)!r} is not allowed (CORS_ORIGINS)",
+                }
+            )
+        if method and method not in self.allowed_methods and not self.config.is_allow_all_methods:
+            refused.append(
+                {
+                    "header": "Access-Control-Request-Method",
+                    "value": _quoted(method),
+                    "message": f"method {_quoted(method)!r} is not allowed",
+                    "allowed": self.allowed_methods,
+                }
+            )
+        unknown = [h for h in requested if h.lower() not in self.allowed_headers]
+        if unknown and not self.config.is_allow_all_headers:
+            listed = _quoted(", ".join(unknown))
+            verb = "is" if len(unknown) == 1 else "are"
+            refused.append(
+                {
+                    "header": "Access-Control-Request-Headers",
+                    "value": listed,
+                    "message": f"request header {listed!r} {verb} not allowed",
+                    "allowed": self.allowed_headers,
+                }
+            )
+        vary = not self.any_origin
+        if refused:
+            message = "CORS preflight refused: " + "; ".join(r["message"] for r in refused)
+            body = msgspec.json.encode(error_body("cors_not_allowed", message, refused))
+            head = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await _respond(send, 400, _with_headers(head, [], vary), body)
+            return
+        head = _with_headers([], [*self._origin_headers(origin), *self.preflight], vary)
+        await _respond(send, 204, head, b"")
+
+
+def _quoted(value: str) -> str:
+    return value if len(value) <= _QUOTE_MAX else value[:_QUOTE_MAX] + "..."
+
+
+def _with_headers(
+    headers: Iterable[tuple[bytes, bytes]], added: list[tuple[bytes, bytes]], vary: bool
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` plus ``added`` (no route sets CORS headers itself); with ``vary``, ``Origin``
+    is merged into the route's ``Vary`` (kept as it is when it names Origin already, or ``*``)."""
+    out: list[tuple[bytes, bytes]] = []
+    varies: list[bytes] = []
+    for name, value in headers:
+        if name.lower() == b"vary":
+            varies.append(value)
+        else:
+            out.append((name, value))
+    out.extend(added)
+    if vary:
+        names = {v.strip().lower() for value in varies for v in value.split(b",")}
+        if not names & {b"origin", b"*"}:
+            varies.append(b"Origin")
+    if varies:
+        out.append((b"vary", b", ".join(varies)))
+    return out
+
+
+async def _respond(send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

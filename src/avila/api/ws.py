@@ -15,7 +15,9 @@ The key comes as the subprotocol ``avila.key.<KEY>`` (offered with ``avila.v1``,
 accepts), as ``?api_key=`` or as ``x-api-key``; it needs the ``read`` scope. Auth failures and
 refused connections accept, send an Error and close with 4401, 4403 or 4429; a connection that
 cannot take a frame for ``AVILA_LIVE_STALL_TIMEOUT_SECONDS`` is told what it missed and closed
-with 4408. A bad client message gets an Error; the connection stays open.
+with 4408. An open connection re-checks its key every :data:`KEY_RECHECK_SECONDS` and is closed
+like a refused one (Error ``invalid_api_key``, 4401) once the key is revoked. A bad client
+message gets an Error; the connection stays open.
 
 Data frames come from the connection's :class:`~avila.live.fanout.Outbox`; one sender task per
 connection is the only thing that waits on the client, so ingestion never does.
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,12 +38,15 @@ from litestar.exceptions import WebSocketDisconnect
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from avila.api.component import AppContext
-from avila.api.security import authenticate
+from avila.api.security import authenticate, presented_key
 from avila.config import Settings
-from avila.errors import AvilaError
+from avila.errors import AvilaError, Forbidden, Unauthorized
 from avila.live import CHANNELS, ActivityTracker, LiveBus, LiveFeed, MetricsPublisher, get_bus
 from avila.live.fanout import Fanout, LiveLimits, Outbox, TooManyConnections
 from avila.live.filters import EventFilter, FilterError
+from avila.security.keys import KeyRegistry, Principal
+
+log = logging.getLogger("avila.live")
 
 #: Largest client message accepted, in bytes.
 MAX_CLIENT_MESSAGE = 64 * 1024
@@ -54,6 +61,13 @@ _CLOSE_CODES = {401: CLOSE_UNAUTHORIZED, 403: CLOSE_FORBIDDEN, 429: CLOSE_TOO_MA
 FANOUT_KEY = "live_fanout"
 #: A stalled client gets at least this long to read its Error and close frame.
 FAREWELL_MIN_SECONDS = 10.0
+#: How often an open connection asks the key registry whether its key still holds. The
+#: registry answers from memory and looks at the keys file (or Redis) at most every 0.25 s
+#: (0.5 s), so a revoke closes the connection within about a second. One timer per
+#: connection, never a check per frame: the fan-out's hot path is untouched.
+KEY_RECHECK_SECONDS = 0.5
+#: The scope a live connection needs.
+LIVE_SCOPE = "read"
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -73,11 +87,20 @@ def _now() -> str:
 class LiveSession:
     """One authenticated connection: a reader loop and a sender task over its outbox."""
 
-    def __init__(self, socket: WebSocket[Any, Any, Any], fanout: Fanout, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        socket: WebSocket[Any, Any, Any],
+        fanout: Fanout,
+        outbox: Outbox,
+        credentials: tuple[KeyRegistry, str, Principal] | None = None,
+    ) -> None:
         self.socket = socket
         self.fanout = fanout
         self.outbox = outbox
         self.stall_timeout = fanout.limits.stall_timeout_seconds
+        #: The key registry, the key presented and whom it named at connect time: re-checked
+        #: every KEY_RECHECK_SECONDS (None: never, for in-process uses without a key).
+        self.credentials = credentials
         self._send_lock = asyncio.Lock()
 
     async def send_text(self, text: str) -> None:
@@ -91,21 +114,64 @@ class LiveSession:
         loop = asyncio.get_running_loop()
         pump = loop.create_task(self._pump(), name="ws-sender")
         reader = loop.create_task(self._read(), name="ws-reader")
+        tasks: set[asyncio.Task[Any]] = {pump, reader}
+        watcher: asyncio.Task[AvilaError] | None = None
+        if self.credentials is not None:
+            watcher = loop.create_task(self._watch_key(*self.credentials), name="ws-key")
+            tasks.add(watcher)
+        refused: AvilaError | None = None
         try:
-            await asyncio.wait({pump, reader}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (pump, reader):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(pump, reader, return_exceptions=True)
-            stalled = (
-                pump.done()
-                and not pump.cancelled()
-                and pump.exception() is None
-                and pump.result() is True
-            )
-            self.fanout.disconnect(self.outbox, "stalled" if stalled else None)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            stalled = _returned(pump) is True
+            refused = _returned(watcher) if watcher is not None else None
+            reason = "stalled" if stalled else None
+            if refused is not None:
+                reason = "key_revoked" if refused.status < 500 else "key_unchecked"
+            self.fanout.disconnect(self.outbox, reason)
         if stalled:
             await self._farewell()
+        elif refused is not None:
+            await self._refused(refused)
+
+    async def _watch_key(self, keys: KeyRegistry, key: str, principal: Principal) -> AvilaError:
+        """Sleep until the key no longer allows this connection; returns the error to close
+        with: ``invalid_api_key`` for a revoked key, or the registry's own error (Redis down:
+        503, as an HTTP request would get; a list that may miss a revocation is not trusted)."""
+        # Connections opened together do not all wake together.
+        await asyncio.sleep(KEY_RECHECK_SECONDS * random.random())
+        while True:
+            try:
+                current = keys.resolve(key)
+            except AvilaError as exc:
+                return exc
+            except Exception:  # the keys file unreadable ...: refuse, as an HTTP request is
+                log.exception("live connection: the API key could not be checked")
+                return AvilaError("the API key of this connection could not be checked")
+            if current is None or current.key_id != principal.key_id:
+                return Unauthorized(
+                    "the API key of this connection was revoked", code="invalid_api_key"
+                )
+            if not current.can(LIVE_SCOPE):
+                return Forbidden(
+                    f"this key lacks the '{LIVE_SCOPE}' scope",
+                    code="missing_scope",
+                    details=[{"required_scope": LIVE_SCOPE, "key_scopes": sorted(current.scopes)}],
+                )
+            await asyncio.sleep(KEY_RECHECK_SECONDS)
+
+    async def _refused(self, exc: AvilaError) -> None:
+        """Close a connection whose key no longer holds as a refused one is (4401 for a
+        revoked key). The outbox is already gone, so nothing more is queued; the Error and the
+        close frame wait for the client to read, up to FAREWELL_MIN_SECONDS."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                _refuse(self.socket, _error(exc.code, exc.message, exc.details), _close_code(exc)),
+                FAREWELL_MIN_SECONDS,
+            )
 
     async def _read(self) -> None:
         try:
@@ -223,6 +289,17 @@ class LiveSession:
         return {"type": "Subscribed", "payload": reply}
 
 
+def _returned(task: asyncio.Task[Any]) -> Any:
+    """What ``task`` returned, or None when it was cancelled or raised."""
+    if not task.done() or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
+
+
+def _close_code(exc: AvilaError) -> int:
+    return _CLOSE_CODES.get(exc.status, 4400 if exc.status < 500 else 1011)
+
+
 async def _refuse(socket: WebSocket[Any, Any, Any], error: dict[str, Any], code: int) -> None:
     try:
         await socket.send_data(_encode(error).decode(), mode="text")
@@ -236,11 +313,12 @@ async def live_socket(socket: WebSocket[Any, Any, Any], ctx: AppContext) -> None
     offered = socket.scope.get("subprotocols") or []
     await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     try:
-        principal = authenticate(socket, "read")
+        principal = authenticate(socket, LIVE_SCOPE)
     except AvilaError as exc:
-        code = _CLOSE_CODES.get(exc.status, 4400 if exc.status < 500 else 1011)
-        await _refuse(socket, _error(exc.code, exc.message, exc.details), code)
+        await _refuse(socket, _error(exc.code, exc.message, exc.details), _close_code(exc))
         return
+    key = presented_key(socket)
+    assert key is not None  # authenticate refused a connection without one
     fanout: Fanout = ctx.state[FANOUT_KEY]
     try:
         outbox = fanout.connect(principal.project_id, principal.key_id)
@@ -252,7 +330,8 @@ async def live_socket(socket: WebSocket[Any, Any, Any], ctx: AppContext) -> None
         )
         await _refuse(socket, error, CLOSE_TOO_MANY)
         return
-    await LiveSession(socket, fanout, outbox).run()
+    keys: KeyRegistry = ctx.state["key_store"]
+    await LiveSession(socket, fanout, outbox, (keys, key, principal)).run()
 
 
 class _LiveCollector:
