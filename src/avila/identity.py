@@ -13,9 +13,24 @@ The Segment adapter (``avila.ingest.segment``) and the browser tracker (``/avila
 these events; any client of ``POST /api/v1/events`` may send them too.
 
 Resolution rules (the same as Mixpanel's "simplified ID merge"): an id links to the *first*
-user it was identified as (earliest ``ts``, then ``received_at``), so a later login of someone
-else on a shared device does not move the earlier history; links chain (``a -> b -> c``
-resolves ``a`` to ``c``) up to :data:`MAX_CHAIN` hops. Links are never rewritten, only appended.
+user it was identified as (earliest ``ts``, then ``received_at``, then ``user_id``), so a later
+login of someone else on a shared device does not move the earlier history; links chain
+(``a -> b -> c`` resolves ``a`` to ``c``) up to :data:`MAX_CHAIN` hops. Links are never
+rewritten, only appended.
+
+Cycles: where the first links form a cycle (``alias`` or ``$identify`` both ways: ``a -> b``,
+then ``b -> a``; or ``a -> b -> c -> a``) of at most :data:`MAX_CHAIN` links, the *latest* of
+the cycle's links by the same key (``ts``, ``received_at``, ``user_id``; distinct within a
+cycle) is not followed: when it was made its ids were already one person, so it adds nothing,
+as a link inside one of Mixpanel's identity clusters adds nothing. The id whose link that is
+becomes the person: ``a -> b`` then ``b -> a`` resolve both to ``b``, ``a -> b``, ``b -> c``,
+``c -> a`` all to ``c``, and a tail ``x -> a`` follows them. That id's own later links still
+move nobody (its first link was into the cycle), nor do the others' (their first links stand);
+a late link with an earlier ``ts`` may replace a first link and so dissolve or close a cycle,
+like any late link. A cycle of more than :data:`MAX_CHAIN` links is not seen as one: each of
+its ids resolves :data:`MAX_CHAIN` hops on, as in a chain that long. Before this rule
+(DuckDB migration 11, ClickHouse migration 8), a cycle was walked round until the hop limit
+and its ids resolved by the parity of :data:`MAX_CHAIN`: one person counted as two.
 
 Where links are written: the ingest log's loader (``avila.storage.loader``) stores the links
 of a round (:func:`links_from_rows`) in the same transaction as the events that carry them, for

@@ -4,7 +4,8 @@ independent resolution in plain Python, through every write path that adds or re
 Oracle (written from the rules in ``avila.identity``, not from the SQL): an id's link is its
 earliest one by (ts, received_at, user_id), self-links ignored; an id resolves by following
 links at most MAX_CHAIN (8) times, stopping where an id has no link; ids without links are not
-in the map. Cycles are followed like any chain (the hop limit ends them).
+in the map. In a cycle of at most MAX_CHAIN links the latest link (same key) is not followed
+(avila.identity; tests/analytics/test_identity_cycles.py covers cycles through every path).
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ def oracle(links: list[Link], project: str = PROJECT) -> dict[str, str]:
         if anon not in first or (ts, received, user) < first[anon]:
             first[anon] = (ts, received, user)
     link = {anon: key[2] for anon, key in first.items()}
+    closing = set()  # ids whose link is the latest of a cycle of at most 8 links
+    for start in link:
+        ring, hop = [start], link[start]
+        while hop != start and hop in link and len(ring) < 8:
+            ring.append(hop)
+            hop = link[hop]
+        if hop == start and max(ring, key=first.__getitem__) == start:
+            closing.add(start)
+    link = {anon: user for anon, user in link.items() if anon not in closing}
     resolved = {}
     for anon, target in link.items():
         for _ in range(7):

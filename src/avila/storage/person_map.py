@@ -1,10 +1,11 @@
 """The materialised person map: every id that identity links resolve, and the person it resolves to.
 
 ``person_map (project_id, anonymous_id, user_id)`` holds exactly the rows of the
-``identity_resolved`` view (:mod:`avila.identity` gives the rules: earliest link wins, chains up
-to :data:`~avila.identity.MAX_CHAIN` hops), kept as a table so that the ``events_resolved`` view
-is a plain hash join against it instead of a recursive walk over the links on every query
-(benchmarks/RESULTS.md, "Funnel modes and the stitched overview"). ``anonymous_id`` is an
+``identity_resolved`` view (:mod:`avila.identity` gives the rules: earliest link wins, the
+latest link of a cycle is not followed, chains up to :data:`~avila.identity.MAX_CHAIN` hops),
+kept as a table so that the ``events_resolved`` view is a plain hash join against it instead
+of a recursive walk over the links on every query (benchmarks/RESULTS.md, "Funnel modes and
+the stitched overview"). ``anonymous_id`` is an
 event's ``user_id`` as sent; ``user_id`` is the person it counts as. Ids without links have no
 row (they are their own person).
 
@@ -12,10 +13,13 @@ row (they are their own person).
 (:func:`links_added`: the ingest log's loader, ``avila import``; :func:`append_links`: the
 store's ``append_table``), so the map is exactly as crash-safe as the links. New links change
 the earliest link of their ``anonymous_id`` s (a late link with an earlier ``ts`` replaces the
-old one; a link may join two persons); every id whose chain passes through a changed id within
-``MAX_CHAIN`` hops is *affected* (found walking the stored links backwards): its row is
-deleted and recomputed by the very walk of ``identity_resolved``, seeded with the affected ids
-and reading only the links within ``MAX_CHAIN`` hops of them, so a write costs in proportion
+old one; a link may join two persons, or close or dissolve a cycle); every id whose resolution
+reads a changed id's link is *affected*: its walk reads the links up to ``MAX_CHAIN - 1`` hops
+on, and whether each of those is followed (the cycle rule) reads the links of its cycle, up to
+``MAX_CHAIN - 1`` hops further, so the affected ids are those within ``2 * MAX_CHAIN`` hops
+upstream of a changed id (found walking the stored links backwards). Their rows are deleted and
+recomputed by the very resolution of ``identity_resolved``, seeded with the affected ids and
+reading only the links within ``2 * MAX_CHAIN`` hops of them, so a write costs in proportion
 to the part of the link graph it touches (plus a few scans of the project's links), not to the
 project's whole map. GDPR erase deletes links and recomputes the project's whole map in the same
 transaction (:func:`rebuild_statements`).
@@ -43,6 +47,14 @@ import pyarrow as pa
 from avila.identity import IDENTITIES_TABLE, MAX_CHAIN
 from avila.storage.base import Statement, Store
 
+# Every project's map and counts from the stored links, through identity_resolved.
+_BACKFILL = (
+    "INSERT INTO person_map SELECT project_id, anonymous_id, user_id FROM identity_resolved",
+    "INSERT INTO person_map_state SELECT l.project_id, l.n, coalesce(m.n, 0) FROM"
+    " (SELECT project_id, count(*) AS n FROM identities GROUP BY ALL) l LEFT JOIN"
+    " (SELECT project_id, count(*) AS n FROM person_map GROUP BY ALL) m USING (project_id)",
+)
+
 #: Migration 8's tables, filled from the links already stored (the map of a store that
 #: already has links is backfilled here).
 DDL: tuple[str, ...] = (
@@ -54,13 +66,18 @@ DDL: tuple[str, ...] = (
     "CREATE OR REPLACE VIEW events_resolved_live AS SELECT e.* REPLACE"
     " (coalesce(r.user_id, e.user_id) AS user_id) FROM events e LEFT JOIN identity_resolved r"
     " ON r.project_id = e.project_id AND r.anonymous_id = e.user_id",
-    "INSERT INTO person_map SELECT project_id, anonymous_id, user_id FROM identity_resolved",
-    "INSERT INTO person_map_state SELECT l.project_id, l.n, coalesce(m.n, 0) FROM"
-    " (SELECT project_id, count(*) AS n FROM identities GROUP BY ALL) l LEFT JOIN"
-    " (SELECT project_id, count(*) AS n FROM person_map GROUP BY ALL) m USING (project_id)",
+    *_BACKFILL,
     "CREATE OR REPLACE VIEW events_resolved AS SELECT e.* REPLACE"
     " (coalesce(m.user_id, e.user_id) AS user_id) FROM events e LEFT JOIN person_map m"
     " ON m.project_id = e.project_id AND m.anonymous_id = e.user_id",
+)
+
+#: Every project's map recomputed from its links by the current ``identity_resolved`` (after a
+#: migration that changed the resolution, such as migration 11's cycle rule).
+RECOMPUTE_ALL: tuple[str, ...] = (
+    "DELETE FROM person_map",
+    "DELETE FROM person_map_state",
+    *_BACKFILL,
 )
 
 #: Whether the project has links (no row: none) and its map is current (parameter: project_id).
@@ -72,29 +89,47 @@ PROBE = (
     " WHERE s.project_id = (SELECT id FROM p) LIMIT 1), false) FROM l, m WHERE l.n > 0"
 )
 
-# The walk of identity_resolved (avila.storage.duckdb.migrations) over one project's links,
-# started from the ids {seed} admits: the same earliest-link rule, the same hop limit, so the
-# rows are exactly the view's rows for those ids. {only} limits the links read to the ids the
-# walk can visit.
+# The resolution of identity_resolved (avila.storage.duckdb.migrations, migration 11) over one
+# project's links, started from the ids {seed} admits: the same earliest links, the same cycle
+# rule, the same hop limit, so the rows are exactly the view's rows for those ids. {only} limits
+# the links read to the ids the walk can visit. ``ring`` walks from every id that has a link and
+# is linked to (only those can be on a cycle) until it is back or MAX_CHAIN links on; an id back
+# at itself is on a cycle of at most MAX_CHAIN links, whose ids are the ``cur`` it passed, and
+# its link is not followed when it is the latest of the cycle's links (keys (ts, received_at,
+# user_id) are distinct within a cycle: each id of it is the user_id of exactly one of them).
 _WALK = (
     "WITH RECURSIVE {reach}links AS MATERIALIZED (SELECT anonymous_id,"
-    " arg_min(user_id, (ts, received_at, user_id)) AS user_id FROM identities"
+    " arg_min(user_id, (ts, received_at, user_id)) AS user_id,"
+    " min((ts, received_at, user_id)) AS k FROM identities"
     " WHERE project_id = $project AND anonymous_id <> user_id{only} GROUP BY anonymous_id),"
+    " ring(start, cur, depth) AS ("
+    " SELECT anonymous_id, user_id, 1 FROM links"
+    " WHERE anonymous_id IN (SELECT user_id FROM links) UNION ALL"
+    " SELECT r.start, l.user_id, r.depth + 1 FROM ring r JOIN links l ON l.anonymous_id = r.cur"
+    f" WHERE r.depth < {MAX_CHAIN} AND r.cur <> r.start),"
+    " kept AS MATERIALIZED (SELECT anonymous_id, user_id FROM links WHERE anonymous_id NOT IN"
+    " (SELECT r.start FROM ring r JOIN links l ON l.anonymous_id = r.cur GROUP BY r.start"
+    " HAVING bool_or(r.cur = r.start) AND arg_max(r.cur, l.k) = r.start)),"
     " walk(anonymous_id, user_id, depth) AS ("
-    " SELECT anonymous_id, user_id, 1 FROM links WHERE {seed} UNION ALL"
-    " SELECT w.anonymous_id, l.user_id, w.depth + 1 FROM walk w JOIN links l"
+    " SELECT anonymous_id, user_id, 1 FROM kept WHERE {seed} UNION ALL"
+    " SELECT w.anonymous_id, l.user_id, w.depth + 1 FROM walk w JOIN kept l"
     f" ON l.anonymous_id = w.user_id WHERE w.depth < {MAX_CHAIN})"
     " SELECT $project AS project_id, anonymous_id, arg_max(user_id, depth) AS user_id"
     " FROM walk GROUP BY anonymous_id"
 )
 _WHOLE_PROJECT = _WALK.format(reach="", only="", seed="true")
-# The ids within MAX_CHAIN hops downstream of the affected ones, over every stored link (a
+#: How far a changed link reaches: an id's walk reads the links of the ids up to MAX_CHAIN - 1
+#: hops on, and whether each of those links is followed reads the links of its cycle, up to
+#: MAX_CHAIN - 1 hops further: so an id's resolution reads links up to 2 * MAX_CHAIN - 2 hops
+#: on (a late link dissolving or closing a cycle 14 hops downstream moves the start of a chain).
+_RADIUS = 2 * MAX_CHAIN
+# The ids within _RADIUS hops downstream of the affected ones, over every stored link (a
 # superset of the earliest links the walk follows).
 _REACH = (
     "reach(anonymous_id, depth) AS (SELECT anonymous_id, 0 FROM _person_map_affected"
     " UNION SELECT i.user_id, r.depth + 1 FROM reach r JOIN identities i"
     " ON i.project_id = $project AND i.anonymous_id = r.anonymous_id"
-    f" WHERE r.depth < {MAX_CHAIN}), "
+    f" WHERE r.depth < {_RADIUS}), "
 )
 _AFFECTED_ONLY = "anonymous_id IN (SELECT anonymous_id FROM _person_map_affected)"
 _SUBGRAPH = _WALK.format(
@@ -102,15 +137,15 @@ _SUBGRAPH = _WALK.format(
     only=" AND anonymous_id IN (SELECT anonymous_id FROM reach)",
     seed=_AFFECTED_ONLY,
 )
-# The changed ids and every id whose chain can reach one within MAX_CHAIN hops (its
-# resolution reads the changed id's link): walked backwards over every stored link (a
-# superset: recomputing an id that did not change is harmless).
+# The changed ids and every id whose resolution can read a changed id's link (within _RADIUS
+# hops upstream): walked backwards over every stored link (a superset: recomputing an id that
+# did not change is harmless).
 _AFFECTED = (
     "WITH RECURSIVE up(anonymous_id, depth) AS ("
     " SELECT DISTINCT anonymous_id, 0 FROM _person_map_changed WHERE project_id = $project"
     " UNION SELECT i.anonymous_id, u.depth + 1 FROM up u JOIN identities i"
     " ON i.project_id = $project AND i.user_id = u.anonymous_id"
-    f" WHERE u.depth < {MAX_CHAIN}) SELECT DISTINCT anonymous_id FROM up"
+    f" WHERE u.depth < {_RADIUS}) SELECT DISTINCT anonymous_id FROM up"
 )
 _COUNTS = (
     "SELECT (SELECT count(*) FROM identities WHERE project_id = $project),"

@@ -282,6 +282,36 @@ IDENTITY_VIEWS = (
     " ON r.project_id = e.project_id AND r.anonymous_id = e.user_id",
 )
 
+#: Migration 8: a cycle of identity links (a -> b then b -> a, or a longer ring) is one person,
+#: the same rows as DuckDB's migration 11 (see there): the latest link of a cycle of at most 8
+#: links is not followed. ClickHouse inlines a CTE wherever it is named, so the form differs:
+#: one walk over the earliest links from every id (depth 0: the id itself) until it is back at
+#: its start or 8 links on; ``closing`` (the ids whose link is the latest of their cycle) comes
+#: from the same walk, and an id resolves to the first closing id its walk meets within 7 links
+#: (none: where the walk ends; itself: no row). ``CREATE OR REPLACE``: idempotent, and it
+#: replaces migration 3's view in stores created before (``events_resolved`` reads it by name).
+IDENTITY_CYCLES_VIEWS = (
+    "CREATE OR REPLACE VIEW {db}identity_resolved{on_cluster} AS WITH RECURSIVE links AS"
+    " (SELECT i.project_id AS project_id, i.anonymous_id AS anonymous_id,"
+    " argMin(i.user_id, (i.ts, i.received_at, i.user_id)) AS user_id,"
+    " min((i.ts, i.received_at, i.user_id)) AS k FROM {db}identities AS i"
+    " WHERE i.anonymous_id <> i.user_id GROUP BY i.project_id, i.anonymous_id),"
+    " walk AS (SELECT project_id, anonymous_id AS start, anonymous_id AS cur, 0 AS depth"
+    " FROM links UNION ALL SELECT w.project_id, w.start, l.user_id, w.depth + 1 FROM walk AS w"
+    " JOIN links AS l ON l.project_id = w.project_id AND l.anonymous_id = w.cur"
+    " WHERE w.depth < 8 AND (w.depth = 0 OR w.cur <> w.start)),"
+    " closing AS (SELECT w.project_id AS project_id, w.start AS anonymous_id, 1 AS stop"
+    " FROM walk AS w JOIN links AS l ON l.project_id = w.project_id AND l.anonymous_id = w.cur"
+    " GROUP BY w.project_id, w.start HAVING max(w.depth > 0 AND w.cur = w.start) = 1"
+    " AND argMax(w.cur, l.k) = w.start)"
+    " SELECT w.project_id AS project_id, w.start AS anonymous_id,"
+    " if(max(coalesce(c.stop, 0) = 1 AND w.depth < 8) = 1,"
+    " argMinIf(w.cur, w.depth, coalesce(c.stop, 0) = 1 AND w.depth < 8),"
+    " argMax(w.cur, w.depth)) AS user_id FROM walk AS w LEFT JOIN closing AS c"
+    " ON c.project_id = w.project_id AND c.anonymous_id = w.cur GROUP BY w.project_id, w.start"
+    " HAVING max(coalesce(c.stop, 0) = 1 AND w.depth = 0) = 0",
+)
+
 SCHEMA_VERSION_COLUMNS = (("version", "UInt32"), ("description", S), ("applied_at", TS))
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -333,8 +363,12 @@ def table_ddl(table: Table, options: DDLOptions) -> list[str]:
 
 
 def views_ddl(options: DDLOptions) -> list[str]:
+    return _views(IDENTITY_VIEWS, options)
+
+
+def _views(views: Sequence[str], options: DDLOptions) -> list[str]:
     on = f" ON CLUSTER {check_cluster_name(options.cluster)}" if options.cluster else ""
-    return [view.format(db="", on_cluster=on) for view in IDENTITY_VIEWS]
+    return [view.format(db="", on_cluster=on) for view in views]
 
 
 def _tables(*tables: Table) -> Callable[[DDLOptions], list[str]]:
@@ -365,6 +399,11 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[DDLOptions], list[str]]], ...] = (
         _tables(ALERT_RULES, ALERT_FIRINGS, ALERT_DELIVERIES),
     ),
     (7, "anomalies: detected anomalies (avila.ml.monitoring)", _tables(ANOMALIES)),
+    (
+        8,
+        "identity_resolved: a cycle of links is one person (avila.identity)",
+        lambda o: _views(IDENTITY_CYCLES_VIEWS, o),
+    ),
 )
 
 #: Tables every append/update helper may name (the catalog check of the store comes on top).

@@ -64,6 +64,38 @@ _IDENTITIES_DDL = (
     " ON r.project_id = e.project_id AND r.anonymous_id = e.user_id",
 )
 
+# Identity link cycles (avila.identity): a -> b then b -> a (or a longer ring) no longer resolve
+# by the parity of the hop limit. ``links`` are the earliest links (with their key); ``ring``
+# walks from every id that has a link and is linked to until it is back at itself or 8 links on;
+# an id back at itself lies on a cycle of at most 8 links (its ids: the ``cur`` it passed), and
+# its link is not followed when it is the latest of the cycle's links by (ts, received_at,
+# user_id). The walk then follows the remaining links as before. The person map is recomputed
+# with the new rule (avila.storage.person_map keeps it so from then on).
+_IDENTITY_CYCLES_DDL = (
+    "CREATE OR REPLACE VIEW identity_resolved AS WITH RECURSIVE links AS (SELECT project_id,"
+    " anonymous_id, arg_min(user_id, (ts, received_at, user_id)) AS user_id,"
+    " min((ts, received_at, user_id)) AS k FROM identities WHERE anonymous_id <> user_id"
+    " GROUP BY project_id, anonymous_id),"
+    " ring(project_id, start, cur, depth) AS (SELECT l.project_id, l.anonymous_id, l.user_id, 1"
+    " FROM links l SEMI JOIN links i ON i.project_id = l.project_id"
+    " AND i.user_id = l.anonymous_id UNION ALL"
+    " SELECT r.project_id, r.start, l.user_id, r.depth + 1 FROM ring r JOIN links l"
+    " ON l.project_id = r.project_id AND l.anonymous_id = r.cur"
+    " WHERE r.depth < 8 AND r.cur <> r.start),"
+    " closing AS (SELECT r.project_id, r.start AS anonymous_id FROM ring r JOIN links l"
+    " ON l.project_id = r.project_id AND l.anonymous_id = r.cur GROUP BY r.project_id, r.start"
+    " HAVING bool_or(r.cur = r.start) AND arg_max(r.cur, l.k) = r.start),"
+    " kept AS (SELECT l.project_id, l.anonymous_id, l.user_id FROM links l ANTI JOIN closing c"
+    " ON c.project_id = l.project_id AND c.anonymous_id = l.anonymous_id),"
+    " walk(project_id, anonymous_id, user_id, depth) AS (SELECT project_id, anonymous_id,"
+    " user_id, 1 FROM kept UNION ALL SELECT w.project_id, w.anonymous_id, l.user_id,"
+    " w.depth + 1 FROM walk w JOIN kept l ON l.project_id = w.project_id"
+    " AND l.anonymous_id = w.user_id WHERE w.depth < 8)"
+    " SELECT project_id, anonymous_id, arg_max(user_id, depth) AS user_id FROM walk"
+    " GROUP BY project_id, anonymous_id",
+    *person_map.RECOMPUTE_ALL,
+)
+
 # The ingest log (avila.storage.ingest_log): the log position up to which frames are loaded,
 # committed in the same transaction as the rows (exactly once); and the MQTT messages stored, so
 # a redelivered message is recognised after a restart.
@@ -122,6 +154,11 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         10,
         "rollup_daily: revenue as exact decimals (avila.storage.rollups)",
         rollups.REVENUE_MIGRATION,
+    ),
+    (
+        11,
+        "identity_resolved: a cycle of links is one person (avila.identity)",
+        _IDENTITY_CYCLES_DDL,
     ),
 )
 
