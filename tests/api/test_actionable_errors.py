@@ -232,3 +232,34 @@ def test_an_empty_batch_is_refused(client: httpx.Client) -> None:
         "validation_failed",
     )
     assert readings["details"][0]["path"] == "readings"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        (
+            "PUT",
+            "/api/v1/industry40/alarms/rules/press",
+            b'{"rules": [{"metric": "t", "max": 80}, {"metric": "p", "max": 1e999}]}',
+            "rules[1].max",
+        ),
+        (
+            "POST",
+            "/api/v1/analytics/funnel",
+            b'{"steps": [{"condition_type": "page_view"}], "window_days": -1e400}',
+            "window_days",
+        ),
+        ("POST", "/api/v1/analytics/rfm", b'{"window_days": ' + b"9" * 400 + b".5}", "window_days"),
+    ],
+)
+def test_a_number_past_any_double_is_422_at_its_field(
+    client: httpx.Client, method: str, path: str, body: bytes, field: str
+) -> None:
+    """``1e999`` is valid JSON text but no number the server can hold: the framework refused it
+    before any schema as a 400 naming no field (``$[...][0][...]``)."""
+    response = client.request(
+        method, path, content=body, headers={"content-type": "application/json"}
+    )
+    error = error_of(response, 422, "validation_failed")
+    assert error["details"][0]["path"] == field
+    assert "out of range" in error["message"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from typing import Any
 
 import msgspec
@@ -60,6 +62,8 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     status = exc.status_code
     if isinstance(exc, ValidationException):
         return _validation_response(request, exc)
+    if status == 400 and "Number out of range" in str(exc.detail):
+        return _out_of_range(request)
     if status == 400 and _is_json_decode_error(exc):
         # Same code as the ingest routes, which decode their bodies themselves.
         return error_response(
@@ -142,6 +146,48 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }
+
+
+#: The largest finite double: a JSON number past it (``1e999``, a 400-digit integer) is valid
+#: JSON text but no number the server can hold.
+_DOUBLE_MAX = 1.7976931348623157e308
+
+
+def _out_of_range(request: Request[Any, Any, Any]) -> Response[Any]:
+    """422 at the field for a number past any double. The framework's first, untyped decode
+    refuses it before any schema runs, naming no field (``$[...][0][...]``); the body is read
+    again here with Python's json, which takes such a number (as inf or an int), to find it."""
+    body = getattr(getattr(request, "_connection_state", None), "body", None)
+    path = _non_finite_path(body) if isinstance(body, bytes) else None
+    message = f"a number is out of range: JSON numbers must be finite, within ±{_DOUBLE_MAX:.4g}"
+    return error_response(
+        422, "validation_failed", message, [{"path": path or "", "message": message}]
+    )
+
+
+def _non_finite_path(body: bytes) -> str | None:
+    """The path of the first number past any double in ``body`` (``rules[0].max``)."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[str, Any]] = [("", document)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            keys = list(value)
+            stack.extend((f"{path}.{k}" if path else str(k), value[k]) for k in reversed(keys))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", value[i]) for i in reversed(range(len(value))))
+        elif _past_doubles(value):
+            return path
+    return None
+
+
+def _past_doubles(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) > _DOUBLE_MAX
 
 
 def _is_json_decode_error(exc: BaseException) -> bool:
