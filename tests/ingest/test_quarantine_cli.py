@@ -28,6 +28,17 @@ def _stored_ids(db: Path) -> list[str]:
         store.close()
 
 
+def _data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data directory the CLI finds through the environment, as `avila serve` would."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AVILA_STORAGE_URL", raising=False)
+    monkeypatch.delenv("AVILA_INGEST_LOG_DIR", raising=False)
+    data = tmp_path / "data"
+    monkeypatch.setenv("AVILA_DATA_DIR", str(data))
+    data.mkdir()
+    return data
+
+
 def _load(monkeypatch: pytest.MonkeyPatch, data: Path) -> None:
     """Open the store as the server would (its log beside it) and load all of the log."""
     from avila.config import Settings
@@ -43,12 +54,7 @@ def _load(monkeypatch: pytest.MonkeyPatch, data: Path) -> None:
 def test_set_aside_entries_are_listed_and_requeued(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("AVILA_STORAGE_URL", raising=False)
-    monkeypatch.delenv("AVILA_INGEST_LOG_DIR", raising=False)
-    data = tmp_path / "data"
-    monkeypatch.setenv("AVILA_DATA_DIR", str(data))
-    data.mkdir()
+    data = _data_dir(tmp_path, monkeypatch)
     log_dir = data / "avila.ingest-log"
     good = _good_entries(tmp_path)
     refused = _without_user(good[1])
@@ -129,12 +135,7 @@ def test_a_requeue_cut_short_by_a_crash_stores_nothing_twice(
     """A crash after a copy's append, before its old file went: the copy loaded (events and
     readings already stored) or was set aside again (a second file with the same bytes).
     Requeueing again stores each row once."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("AVILA_STORAGE_URL", raising=False)
-    monkeypatch.delenv("AVILA_INGEST_LOG_DIR", raising=False)
-    data = tmp_path / "data"
-    monkeypatch.setenv("AVILA_DATA_DIR", str(data))
-    data.mkdir()
+    data = _data_dir(tmp_path, monkeypatch)
     log_dir = data / "avila.ingest-log"
     good = _good_entries(tmp_path)
     at = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -170,12 +171,7 @@ def test_a_requeue_cut_short_by_a_crash_stores_nothing_twice(
 def test_an_entry_partly_stored_is_left_set_aside(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("AVILA_STORAGE_URL", raising=False)
-    monkeypatch.delenv("AVILA_INGEST_LOG_DIR", raising=False)
-    data = tmp_path / "data"
-    monkeypatch.setenv("AVILA_DATA_DIR", str(data))
-    data.mkdir()
+    data = _data_dir(tmp_path, monkeypatch)
     log_dir = data / "avila.ingest-log"
     good = _good_entries(tmp_path)
     _write_log(log_dir, good[:2])

@@ -13,6 +13,7 @@ import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -62,11 +63,9 @@ DEMO_END = "2025-03-01T00:00:00+00:00"
 def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DuckDB file holding the e-commerce demo (1,500 users, 90 days, planted churn),
     written through the ingestion path into project ``default``. Copy it before writing."""
-    import asyncio
     from datetime import datetime
 
     from avila.demo.ecommerce import generate_user_events
-    from avila.ingest.service import IngestService
     from avila.storage import open_store
 
     path = tmp_path_factory.mktemp("ml-demo") / "avila.duckdb"
@@ -76,6 +75,18 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for e in user
     ]
     store = open_store(f"duckdb:///{path}")
+    try:
+        ingest_events(store, events)
+    finally:
+        store.close()
+    return path
+
+
+def ingest_events(store: Any, events: list[bytes]) -> None:
+    """Write seed-format events (JSON bytes) through the ingestion path into ``default``."""
+    import asyncio
+
+    from avila.ingest.service import IngestService
 
     async def write() -> None:
         service = IngestService(store)
@@ -83,15 +94,11 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         try:
             for start in range(0, len(events), 10_000):
                 result = await service.ingest(events[start : start + 10_000], "default")
-                assert not result.rejected
+                assert not result.rejected, result.rejected[:3]
         finally:
             await service.close()
 
-    try:
-        asyncio.run(write())
-    finally:
-        store.close()
-    return path
+    asyncio.run(write())
 
 
 @pytest.fixture(scope="session")

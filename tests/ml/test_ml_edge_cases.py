@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from collections.abc import Callable
@@ -15,15 +14,14 @@ import pandas as pd
 import pytest
 
 from avila.errors import NotFound
-from avila.ingest.service import IngestService
 from avila.ml.predictions import PredictionService
 from avila.ml.recommend import PopularityRecommender
 from avila.ml.registry import ModelRegistry
 from avila.ml.training import TrainedModels
 from avila.storage import open_store
-from avila.storage.base import Store
 from avila.testing import ServerProcess
 from tests.conftest import TEST_KEY
+from tests.ml.conftest import ingest_events
 
 END = "2025-03-01T00:00:00+00:00"
 UNICODE_USER = "usér-東京-😀"
@@ -31,20 +29,6 @@ UNICODE_USER = "usér-東京-😀"
 
 def _client(server: ServerProcess) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers={"x-api-key": TEST_KEY}, timeout=180)
-
-
-def _ingest(store: Store, events: list[bytes]) -> None:
-    async def write() -> None:
-        service = IngestService(store)
-        await service.start()
-        try:
-            for start in range(0, len(events), 10_000):
-                result = await service.ingest(events[start : start + 10_000], "default")
-                assert not result.rejected, result.rejected[:3]
-        finally:
-            await service.close()
-
-    asyncio.run(write())
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +46,7 @@ def small_demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ml-edge") / "avila.duckdb"
     store = open_store(f"duckdb:///{path}")
     try:
-        _ingest(store, events)
+        ingest_events(store, events)
     finally:
         store.close()
     return path
@@ -174,7 +158,7 @@ def test_cold_base_rates_follow_the_documented_windows(tmp_path: Path) -> None:
     ]
     store = open_store(f"duckdb:///{tmp_path / 'cold.duckdb'}")
     try:
-        _ingest(store, [_event(n, u, ts, k) for n, (u, ts, k) in enumerate(plan)])
+        ingest_events(store, [_event(n, u, ts, k) for n, (u, ts, k) in enumerate(plan)])
         service = PredictionService(store, ModelRegistry(tmp_path / "models"))
         body = service.predict("default", "stayer")
     finally:
