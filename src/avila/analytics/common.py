@@ -193,14 +193,47 @@ def iso(value: datetime | None) -> str | None:
 
 #: Longest range one query may span: per-day series stay bounded (10 years of days).
 MAX_RANGE = timedelta(days=3660)
+#: The instants a query may name (``start_time``, ``end_time``, ``reference_date``...): two days
+#: inside what a ``datetime`` can hold, so every report's margins (local time in any zone, the
+#: scan windows of lifecycle and stickiness) stay representable. Before, a time at either end
+#: (``0001-01-01T00:00:00+14:00``, ``9999-12-31T23:59:59-12:00``) overflowed into a 500.
+EARLIEST_QUERY_TIME = datetime(1, 1, 3)
+LATEST_QUERY_TIME = datetime(9999, 12, 30)
+
+
+def query_time(value: datetime, path: str) -> datetime:
+    """``value`` as naive UTC; ValidationFailed(code="invalid_time_range") at ``path`` when it
+    is outside [:data:`EARLIEST_QUERY_TIME`, :data:`LATEST_QUERY_TIME`]."""
+    try:
+        moment: datetime | None = naive_utc(value)
+    except OverflowError:  # an offset that moves it past year 1 or 9999
+        moment = None
+    if moment is None or not EARLIEST_QUERY_TIME <= moment <= LATEST_QUERY_TIME:
+        raise invalid(
+            "invalid_time_range",
+            path,
+            f"{path} must be between {iso(EARLIEST_QUERY_TIME)} and {iso(LATEST_QUERY_TIME)}",
+        )
+    return moment
+
+
+def shifted(moment: datetime, delta: timedelta) -> datetime:
+    """``moment + delta``, saturating at ``datetime.min`` / ``datetime.max`` (scan margins)."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return datetime.max if delta > timedelta(0) else datetime.min
 
 
 def time_range(
     start: datetime | None, end: datetime | None, *, now: datetime | None = None
 ) -> tuple[datetime, datetime]:
     """Half-open ``[start, end)`` as naive UTC; defaults to the 30 days before ``now``."""
-    end_v = naive_utc(end) if end is not None else (now or utcnow())
-    start_v = naive_utc(start) if start is not None else end_v - DEFAULT_RANGE
+    end_v = query_time(end, "end_time") if end is not None else (now or utcnow())
+    if start is not None:
+        start_v = query_time(start, "start_time")
+    else:
+        start_v = max(shifted(end_v, -DEFAULT_RANGE), EARLIEST_QUERY_TIME)
     if end_v <= start_v:
         raise invalid("invalid_time_range", "end_time", "end_time must be after start_time")
     if end_v - start_v > MAX_RANGE:
@@ -375,6 +408,11 @@ def where_clause(
 # --- time zones and calendar buckets -------------------------------------------------------
 
 
+#: A day inside datetime's ends: any zone's local time of these instants is representable.
+_FIRST_SAFE_US = (datetime(1, 1, 2) - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+_LAST_SAFE_US = (datetime(9999, 12, 31) - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+
+
 def _offset_at(tz: ZoneInfo, second: int) -> int:
     """UTC offset of ``tz`` (microseconds) at ``second`` seconds since the epoch. Zones change
     offset on whole seconds, so the second is as good as any microsecond in it."""
@@ -388,8 +426,8 @@ def _transitions(tz: ZoneInfo, year: int) -> tuple[tuple[int, int], ...]:
     the first second with the new offset, found by hourly sampling and bisection to the second
     (a change reverted within the hour is missed). Cached: a dashboard asks about the same
     years again and again, and this runs in the server process, beside the event loop."""
-    start = int(datetime(year, 1, 1, tzinfo=UTC).timestamp())
-    end = int(datetime(year + 1, 1, 1, tzinfo=UTC).timestamp())
+    start = max(int(datetime(year, 1, 1, tzinfo=UTC).timestamp()), _FIRST_SAFE_US // US_PER_SECOND)
+    end = min(int(datetime(year + 1, 1, 1, tzinfo=UTC).timestamp()), _LAST_SAFE_US // US_PER_SECOND)
     found: list[tuple[int, int]] = []
     current = _offset_at(tz, start)
     at = start
@@ -421,6 +459,8 @@ def utc_offsets(tz: ZoneInfo, lo: datetime, hi: datetime) -> list[tuple[int, int
     """
     lo_us = int((naive_utc(lo) - datetime(1970, 1, 1)) / timedelta(microseconds=1)) - US_PER_DAY
     hi_us = int((naive_utc(hi) - datetime(1970, 1, 1)) / timedelta(microseconds=1)) + US_PER_DAY
+    # Within a day of datetime's ends any zone's local time is still representable.
+    lo_us, hi_us = max(lo_us, _FIRST_SAFE_US), min(hi_us, _LAST_SAFE_US)
     pieces = [(lo_us, _offset_at(tz, lo_us // US_PER_SECOND))]
     for year in range(max(_utc_year(lo_us), 1), min(_utc_year(hi_us), 9998) + 1):
         for second, offset in _transitions(tz, year):
@@ -491,6 +531,20 @@ def bucket_label(index: int, interval: str) -> str:
     if interval == "week":
         return (date(1970, 1, 1) + timedelta(days=index * 7 - 3)).isoformat()
     return date(index // 12, index % 12 + 1, 1).isoformat()
+
+
+def exact_sum_sql(value: str, where: str = "TRUE") -> str:
+    """SQL summing the double ``value`` over the rows where ``where`` holds, keeping the cents
+    next to +-1e15 (the API's bound on revenue), in any row order; NULL without rows. A plain
+    double sum loses them (1e15 + 0.01 - 1e15 is 0.0 or 0.125): the integer parts add up exactly
+    as DECIMAL(38, 0) and the fractions, exact doubles in (-1, 1), as doubles (as the overview's
+    revenue does). Values beyond 1e32 (only from direct store writes) are added as doubles."""
+    whole = f"CASE WHEN abs({value}) < 1e32 THEN trunc({value}) ELSE 0 END"
+    part = f"CASE WHEN abs({value}) < 1e32 THEN {value} - trunc({value}) ELSE {value} END"
+    return (
+        f"(CAST(sum(CAST({whole} AS DECIMAL(38, 0))) FILTER (WHERE {where}) AS DOUBLE)"
+        f" + sum({part}) FILTER (WHERE {where}))"
+    )
 
 
 def rate(numerator: float, denominator: float) -> float:

@@ -47,6 +47,7 @@ from avila.analytics.common import (
     fragments,
     invalid,
     local_us_expr,
+    shifted,
     time_range,
     where_clause,
     zone,
@@ -81,7 +82,9 @@ class _Parts:
 
 def _activity_sql(p: _Parts) -> tuple[str, list[Any]]:
     """Distinct (user, period) rows, lag/lead over them, and first-seen periods: scales with
-    the number of active user-periods (any number of periods)."""
+    the number of active user-periods (any number of periods). ``seen`` tells a user first
+    seen in the scan window: ClickHouse's LEFT JOIN fills a missing row with 0, not NULL, and
+    an ``f`` of 0 would make every earlier user "new" in period 0 (1970-01-01's)."""
     sql = f"""
 WITH acts AS (
   SELECT DISTINCT user_id, b FROM (
@@ -93,13 +96,14 @@ WITH acts AS (
     {p.frag["lead"].format("b")} OVER w AS nb FROM acts
   WINDOW w AS (PARTITION BY user_id ORDER BY b)
 ), first_period AS (
-  SELECT user_id, {p.bucket} AS f FROM (
+  SELECT user_id, {p.bucket} AS f, 1 AS seen FROM (
     SELECT user_id, {p.first_local.sql} AS loc FROM (
       SELECT user_id, min(ts) AS first_ts FROM {p.source}
       WHERE project_id = ? AND ts < ? GROUP BY user_id)
     WHERE first_ts >= ?)
 )
-SELECT b, CASE WHEN first_period.f = b THEN 'new' WHEN pb = b - 1 THEN 'returning'
+SELECT b, CASE WHEN first_period.seen = 1 AND first_period.f = b THEN 'new'
+  WHEN pb = b - 1 THEN 'returning'
   ELSE 'resurrecting' END AS status, count(*)
 FROM seq LEFT JOIN first_period ON first_period.user_id = seq.user_id
 WHERE b >= ? GROUP BY 1, 2
@@ -173,8 +177,8 @@ def lifecycle(
     )
     days = PERIOD_DAYS[q.period]
     # Whole periods lo-1 .. hi lie inside this scan window; buckets pick them exactly.
-    scan_lo = start - timedelta(days=2 * days + 2)
-    scan_hi = end + timedelta(days=days + 2)
+    scan_lo = shifted(start, -timedelta(days=2 * days + 2))
+    scan_hi = shifted(end, timedelta(days=days + 2))
     cond = condition_expr(store, q.event, "event") if q.event else Expr("TRUE")
     where = where_clause(store, project_id, scan_lo, scan_hi, q.filters)
     local = local_us_expr(store, "ts", tz, scan_lo, scan_hi)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from avila.analytics.common import Expr, events_source, fragments, iso
+from avila.analytics.common import Expr, events_source, exact_sum_sql, fragments, iso
 from avila.analytics.sessions import sessionize, sorted_events, summary
 from avila.errors import NotFound
 from avila.storage.base import Store
@@ -25,9 +25,10 @@ def user_profile(
     key = [project_id, user_id]
     where = "project_id = ? AND user_id = ?"
     source = events_source(store, project_id)
+    revenue_sql = exact_sum_sql("revenue", "event_type = 'purchase'")
     head = store.query(
-        f"SELECT min(ts), max(ts), count(*), coalesce(sum(CASE WHEN event_type = 'purchase'"
-        f" THEN revenue END), 0) FROM {source} WHERE {where}",
+        f"SELECT min(ts), max(ts), count(*), coalesce({revenue_sql}, 0)"
+        f" FROM {source} WHERE {where}",
         key,
     )
     first, last, total, revenue = head[0]

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from avila.analytics.common import events_source, fragments, iso, naive_utc, parse_query, utcnow
+from avila.analytics.common import events_source, fragments, iso, parse_query, query_time, utcnow
 from avila.schemas.analytics import RealtimeQuery
 from avila.storage.base import Store
 
@@ -44,7 +44,7 @@ def realtime(
     "events_per_second" (last minute / 60), "top_pages": [{"url", "views"}] (last 5 minutes),
     "events_by_type" (last 5 minutes), "now"}``; windows are ``[now - d, now]`` by receive time."""
     q = parse_query(RealtimeQuery, query)
-    now = naive_utc(q.now) if q.now else utcnow()
+    now = query_time(q.now, "now") if q.now else utcnow()
     m1, m5, m15 = (now - timedelta(minutes=m) for m in (1, 5, 15))
     source = events_source(store, project_id)
     replayed = fragments(store)["replayed_event"]

@@ -3,7 +3,8 @@
 Semantics (shared/REFERENCES.md, "RFM"): purchases in ``[reference_date - window_days,
 reference_date)``. An *order* is a distinct ``order_id`` (a purchase without one is its own
 order), so a purchase event sent twice counts once; its revenue is the largest revenue seen for
-it. Frequency = orders; monetary = sum of order revenues; recency = reference date - last
+it. Frequency = orders; monetary = sum of order revenues (cents kept next to +-1e15, see
+:func:`avila.analytics.common.exact_sum_sql`); recency = reference date - last
 purchase (scored in microseconds, reported in days).
 
 Scores 1..5 by quintile, like ``pandas.qcut(x, 5)``: the interior edges are the 20/40/60/80 %
@@ -23,9 +24,11 @@ import numpy as np
 
 from avila.analytics.common import (
     events_source,
-    naive_utc,
+    exact_sum_sql,
     parse_query,
+    query_time,
     rate,
+    shifted,
     utcnow,
     where_clause,
 )
@@ -74,10 +77,11 @@ def score_table(
     ``m``, ``segment`` (users with at least one purchase in the window, sorted by user_id)."""
     q = parse_query(RFMQuery, query)
 
-    ref = naive_utc(q.reference_date) if q.reference_date else utcnow()
-    where = where_clause(store, project_id, ref - timedelta(days=q.window_days), ref, q.filters)
+    ref = query_time(q.reference_date, "reference_date") if q.reference_date else utcnow()
+    since = shifted(ref, -timedelta(days=q.window_days))
+    where = where_clause(store, project_id, since, ref, q.filters)
     rows = store.query(
-        "SELECT user_id, max(last_ts), count(*), sum(rev) FROM ("
+        f"SELECT user_id, max(last_ts), count(*), {exact_sum_sql('rev')} FROM ("
         " SELECT user_id, coalesce(order_id, event_id) AS oid, max(ts) AS last_ts,"
         f" coalesce(max(revenue), 0.0) AS rev FROM {events_source(store, project_id)}"
         f" WHERE {where.sql} AND event_type = 'purchase' GROUP BY user_id, oid"

@@ -32,6 +32,7 @@ from avila.analytics.common import (
     events_source,
     fragments,
     local_us_expr,
+    shifted,
     time_range,
     where_clause,
     zone,
@@ -42,6 +43,8 @@ from avila.schemas.analytics import StickinessQuery
 from avila.storage.base import Store
 
 MAX_ACTIVE_DAYS = {"week": 7, "month": 31}
+#: A multiple of 7 larger than the days from year 1 to 1970 (719,162).
+_WEEK_SHIFT = 7 * 200_000
 
 
 def stickiness(
@@ -58,7 +61,7 @@ def stickiness(
         bucket_of(end - timedelta(microseconds=1), tz, q.period),
     )
     margin = timedelta(days=PERIOD_DAYS[q.period] + 2)
-    scan_lo, scan_hi = start - margin, end + margin
+    scan_lo, scan_hi = shifted(start, -margin), shifted(end, margin)
     cond = condition_expr(store, q.event, "event") if q.event else Expr("TRUE")
     where = where_clause(store, project_id, scan_lo, scan_hi, q.filters)
     local = local_us_expr(store, "ts", tz, scan_lo, scan_hi)
@@ -66,9 +69,12 @@ def stickiness(
     period_bucket = bucket_expr(store, "loc", q.period)
     day = bucket_expr(store, "loc", "day")
     # Position of the local day inside its period: Monday = 0 (1970-01-01 was a Thursday), or
-    # day of the month - 1.
+    # day of the month - 1. The day number is negative before 1970, where both engines' % is
+    # negative too (a negative shift is an error): shifted by a multiple of 7 past year 1 first.
     index = (
-        f"(({day} + 3) % 7)" if q.period == "week" else frag["day_of_month"].format("loc") + " - 1"
+        f"(({day} + {_WEEK_SHIFT + 3}) % 7)"
+        if q.period == "week"
+        else frag["day_of_month"].format("loc") + " - 1"
     )
     sql = f"""
 SELECT b, {frag["popcount"].format("days")} AS n, count(*) FROM (
