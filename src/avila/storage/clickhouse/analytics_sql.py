@@ -12,6 +12,10 @@ names and meaning.
 
 from __future__ import annotations
 
+#: The JSONPath bound as the parameter ("$.a.b", keys of letters, digits, "_" and "-") with
+#: every key quoted: ``$."a"."b"``.
+_JSON_PATH = "concat('$.\"', replaceAll(substring(?, 3), '.', '\".\"'), '\"')"
+
 FRAGMENTS: dict[str, str] = {
     # The store's migrations create DuckDB's identity views under the same names. The probe's
     # row (1: true) sends every stitched project to events_source.
@@ -28,18 +32,32 @@ FRAGMENTS: dict[str, str] = {
     # path is absent or JSON null; strings unquoted; numbers, booleans as their JSON text;
     # objects and arrays as JSON text.
     # (JSON_VALUE is '' for objects, arrays and the empty string; JSON_QUERY wraps what it
-    # finds in [...], and the brackets are cut off.)
+    # finds in [...], and the brackets are cut off.) Every key of the bound path is quoted
+    # ($.a.my-key -> $."a"."my-key"): ClickHouse's JSONPath parser refuses a bare key with a
+    # "-", which the documented property paths allow. A constant expression, folded once.
     "json_string": (
-        "if(NOT JSON_EXISTS({0}, ?) OR JSON_QUERY({0}, ?) = '[null]', NULL,"
-        " if(JSON_VALUE({0}, ?) = '' AND JSON_QUERY({0}, ?) <> '[\"\"]',"
-        " substring(JSON_QUERY({0}, ?), 2, length(JSON_QUERY({0}, ?)) - 2), JSON_VALUE({0}, ?)))"
+        f"if(NOT JSON_EXISTS({{0}}, {_JSON_PATH}) OR JSON_QUERY({{0}}, {_JSON_PATH}) = '[null]',"
+        f" NULL, if(JSON_VALUE({{0}}, {_JSON_PATH}) = ''"
+        f" AND JSON_QUERY({{0}}, {_JSON_PATH}) <> '[\"\"]',"
+        f" substring(JSON_QUERY({{0}}, {_JSON_PATH}), 2,"
+        f" length(JSON_QUERY({{0}}, {_JSON_PATH})) - 2), JSON_VALUE({{0}}, {_JSON_PATH})))"
     ),
-    "to_double": "toFloat64OrNull(toString({0}))",
+    # DuckDB's TRY_CAST(text AS DOUBLE): surrounding ASCII white space is ignored and a single
+    # "_" between two digits is a digit separator (" 3" is 3, "1_000" is 1000, "1__0" and
+    # "_1" are NULL). {0} appears once (it may carry parameters); two non-overlapping passes
+    # remove every separator of a valid number ("1_2_3": "12_3", then "123").
+    "to_double": (
+        "toFloat64OrNull(replaceRegexpAll(replaceRegexpAll("
+        r"trim(BOTH ' \t\n\x0B\x0C\r' FROM toString({0})),"
+        r" '([0-9])_([0-9])', '\\1\\2'), '([0-9])_([0-9])', '\\1\\2'))"
+    ),
     "match_exact": "({0} = ?)",
     "match_prefix": "startsWith({0}, ?)",
     "match_contains": "(position({0}, ?) > 0)",
-    "match_regex": "match({0}, ?)",
-    "regex_probe": "SELECT match('', ?)",
+    # ClickHouse compiles patterns with RE2's dot_nl on ("." matches a newline); DuckDB (and
+    # RE2 by default) do not. "(?-s)" turns it off; a pattern's own "(?s)" turns it on again.
+    "match_regex": "match({0}, concat('(?-s)', ?))",
+    "regex_probe": "SELECT match('', concat('(?-s)', ?))",
     "int_div": "intDiv({0}, {1})",
     "month_index": (
         "(toYear(fromUnixTimestamp64Micro(toInt64({0}), 'UTC')) * 12"
@@ -67,10 +85,18 @@ FRAGMENTS: dict[str, str] = {
     "last_non_null": "last_value({0})",
     "arg_max": "argMax(toNullable({0}), {1})",
     "series_from_1": "(SELECT arrayJoin(range(1, {0})) AS i) AS r",
-    "day_start": "toDateTime64(toStartOfDay({0}), 6, 'UTC')",
+    # Integer arithmetic on epoch microseconds, not toStartOfDay/toStartOfInterval: those
+    # return a DateTime (1970..2106) or refuse a time before their origin, and events may be
+    # from any year 1..9999 (a device clock reset to 1970, a client's 1969). {0} (day_start)
+    # and {1} (time_bucket_us) are column expressions, used twice; {0} of time_bucket_us
+    # (the width, possibly a parameter) once. 946857600000000: 2000-01-03 00:00 UTC.
+    "day_start": (
+        "fromUnixTimestamp64Micro(toInt64(toUnixTimestamp64Micro({0})"
+        " - positiveModulo(toUnixTimestamp64Micro({0}), toInt64(86400000000))), 'UTC')"
+    ),
     "time_bucket_us": (
-        "toStartOfInterval({1}, toIntervalMicrosecond({0}),"
-        " toDateTime64('2000-01-03 00:00:00', 6, 'UTC'))"
+        "fromUnixTimestamp64Micro(toInt64(toUnixTimestamp64Micro({1})"
+        " - positiveModulo(toUnixTimestamp64Micro({1}) - 946857600000000, toInt64({0}))), 'UTC')"
     ),
     "purchase_item_ids": (
         "arrayJoin(arrayMap(x -> JSONExtract(x, 'product_id', 'Nullable(String)'),"

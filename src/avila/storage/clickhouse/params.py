@@ -6,8 +6,9 @@ query with Python's ``%`` operator when parameters are given). The values themse
 formatted by clickhouse-connect's own escaping (``format_query_value``), never pasted here.
 
 Datetimes: clickhouse-connect renders a plain ``datetime`` with second precision, so each is
-wrapped in its ``DT64Param`` (microseconds kept); aware values are converted to naive UTC first,
-the convention of every stored timestamp.
+wrapped in a ``DT64Param`` (microseconds kept); aware values are converted to naive UTC first,
+the convention of every stored timestamp. The year is written with four digits: ``strftime``
+leaves a year below 1000 unpadded (``1-01-01``), which ClickHouse reads as 2001.
 """
 
 from __future__ import annotations
@@ -64,11 +65,23 @@ def translate(sql: str) -> str:
     return "".join(out)
 
 
+class UTCDateTime64(DT64Param):
+    """A naive UTC datetime as a ``DateTime64(6)`` literal, any year 1..9999 (zero-padded)."""
+
+    def format(self, tz: Any, top_level: bool) -> str:
+        v = self.value
+        text = (
+            f"{v.year:04d}-{v.month:02d}-{v.day:02d}"
+            f" {v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+        )
+        return text if top_level else f"'{text}'"
+
+
 def bind_value(value: Any) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             value = value.astimezone(UTC).replace(tzinfo=None)
-        return DT64Param(value)
+        return UTCDateTime64(value)
     return value
 
 
