@@ -581,3 +581,17 @@ def test_semantic_errors_name_the_field(
     client: httpx.Client, route: str, body: dict[str, Any], code: str, path: str
 ) -> None:
     _assert_422(_post(client, route, body), path, code)
+
+
+def test_cohort_whose_horizon_passes_the_calendar_answers(client: httpx.Client) -> None:
+    # end + (periods + 2) months is past year 9999: the scan horizon saturates (was a 500)
+    body = {
+        "start_time": "9999-11-30T00:00:00Z",
+        "end_time": "9999-12-30T00:00:00Z",
+        "period": "month",
+        "periods": 400,
+    }
+    for tz in ["UTC", "Pacific/Kiritimati", "Etc/GMT+12"]:
+        response = _post(client, "/api/v1/analytics/cohort", {**body, "timezone": tz})
+        assert response.status_code == 200, (tz, response.text)
+        assert response.json()["cohorts"] == []

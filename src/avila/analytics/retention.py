@@ -37,6 +37,7 @@ from avila.analytics.common import (
     local_us_expr,
     parse_query,
     rate,
+    shifted,
     time_range,
     where_clause,
     zone,
@@ -62,7 +63,7 @@ def retention(
     start_c = condition_expr(store, q.start_event, "start_event") if q.start_event else true
     return_c = condition_expr(store, q.return_event, "return_event") if q.return_event else true
     base = where_clause(store, project_id, None, None, q.filters)
-    horizon = end + timedelta(days=_PERIOD_DAYS[q.period] * (q.periods + 2))
+    horizon = shifted(end, timedelta(days=_PERIOD_DAYS[q.period] * (q.periods + 2)))
     first_local = local_us_expr(store, "first_ts", tz, start, horizon)
     ret_local = local_us_expr(store, "ts", tz, start, horizon)
     bucket = bucket_expr(store, "loc", q.period)
