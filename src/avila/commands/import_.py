@@ -136,7 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument(
         "--batch-size",
         type=int,
-        help="rows per batch (default: 122880 direct; 2000 with --url, at most 10000)",
+        help="rows per batch (default: 122880 direct; 2000 with --url)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

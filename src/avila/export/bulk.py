@@ -115,7 +115,7 @@ def _parquet_batches(path: Path, splitter: _Splitter, batch_rows: int) -> Iterat
 def _csv_batches(path: Path, splitter: _Splitter, batch_rows: int) -> Iterator[Batch]:
     with open(path, "rb") as raw:
         counting = CountingReader(raw)
-        reader = open_event_csv(counting, block_size=16 << 20)
+        reader = open_event_csv(counting, path, block_size=16 << 20)
         done = 0
         for batch in _rebatched(reader, batch_rows):
             checked = splitter.validator.flat(batch, done + 1)

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from avila.export.reader import DATA_FIELDS, row_to_event
+from avila.export.reader import DATA_FIELDS, flat_rows, row_to_event
 from avila.ingest.validation import MAX_EVENT_BYTES, MAX_FUTURE, epoch_us, validate_events
 from avila.schemas.events import DATA_TYPES, ENVELOPE_DECODER, Context, EventEnvelope
 from avila.storage.schema import EVENT_SCHEMA, EVENT_TYPES
@@ -58,6 +58,9 @@ _FAST_TIME = (
     r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[T ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
     r"(\.\d{1,6})?Z?$"
 )
+# The earliest event time the API accepts (0001-01-01T00:00:00Z); an earlier one (year 0, or a
+# year-1 time whose offset moves it before the first instant of year 1) is judged per event.
+_EARLIEST_US = epoch_us(datetime(1, 1, 1))
 # Fixed JSON around the parts of a flat row's event (keys, quotes, commas); generous.
 _EVENT_OVERHEAD = 400
 # A string field encoded into JSON grows at most 6x (control characters become \u00XX).
@@ -272,7 +275,8 @@ class ColumnarValidator:
         given = parsed.cast(pa.int64()).to_numpy(zero_copy_only=False)
         present = ~missing & sure
         us[present] = given[present]
-        sure &= us <= self.latest_us  # the future check's message comes from the API's path
+        # The future and year-1 checks' messages come from the API's path.
+        sure &= (us <= self.latest_us) & (us >= _EARLIEST_US)
         return us, sure
 
     # -- NDJSON lines ------------------------------------------------------------------------
@@ -306,7 +310,7 @@ class ColumnarValidator:
         # Metadata must be an object or null; anything else is judged (rejected) per event.
         sure = _mask(pc.is_null(candidates.metadata)) | _object_text(candidates.metadata)
         sure &= _mask(pc.is_null(candidates.context)) | _object_text(candidates.context)
-        sure &= candidates.ts <= self.latest_us
+        sure &= (candidates.ts <= self.latest_us) & (candidates.ts >= _EARLIEST_US)
         table, accept = self._decode(candidates, sure)
         unsure = np.flatnonzero(~accept)
         slow_positions = sorted(
@@ -432,7 +436,7 @@ class ColumnarValidator:
     def _slow_flat(self, batch: pa.RecordBatch, rows: np.ndarray, positions: np.ndarray) -> Checked:
         if len(positions) == 0:
             return Checked(ACCEPTED_SCHEMA.empty_table())
-        picked = batch.take(pa.array(positions)).to_pylist()
+        picked = flat_rows(batch.take(pa.array(positions)))
         return self._slow_events([row_to_event(row) for row in picked], rows[positions])
 
     def _slow_events(self, events: list[bytes], rows: np.ndarray) -> Checked:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from avila.export.reader import _CSV_TYPES, ndjson_batches
+from avila.export.reader import _CSV_TYPES, CSV_NULLS, CSV_PARSE, ndjson_batches
 
 #: Rows per batch of ids read from CSV and NDJSON files.
 _ID_BATCH_ROWS = 1 << 18
@@ -94,10 +94,12 @@ def _csv_ids(path: Path) -> Iterator[pa.RecordBatch]:
     reader = pa_csv.open_csv(
         path,
         read_options=pa_csv.ReadOptions(block_size=16 << 20),
+        parse_options=CSV_PARSE,
         convert_options=pa_csv.ConvertOptions(
             column_types={"event_id": _CSV_TYPES["event_id"]},
             include_columns=["event_id"],
             include_missing_columns=True,
+            null_values=CSV_NULLS,
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
         ),

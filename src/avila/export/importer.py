@@ -16,13 +16,14 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from avila.errors import AvilaError, StorageUnavailable
 from avila.export.reader import Chunk
 from avila.ingest.service import IngestService
+from avila.ingest.validation import MAX_EVENT_BYTES, validate_events
 from avila.storage.base import Store
 
 #: Rejections kept for the summary (all are counted).
@@ -102,8 +103,33 @@ class DirectTarget:
             self._runner.close()
 
 
+#: The batch endpoint's limits (``avila.api.events``: ``MAX_BATCH_BYTES``, ``MAX_BATCH_EVENTS``);
+#: a request past either is refused whole (413), so a chunk is sent in as many requests as it
+#: takes to stay within both.
+HTTP_BATCH_BYTES = 10 * 1024 * 1024
+HTTP_BATCH_EVENTS = 10_000
+_ENVELOPE_BYTES = len(b'{"events":[]}')
+
+
+def _requests(events: list[bytes]) -> Iterator[tuple[int, list[bytes]]]:
+    """``(index of the first event, events)`` of each request that ``events`` need."""
+    start = 0
+    size = _ENVELOPE_BYTES
+    for i, event in enumerate(events):
+        grown = size + len(event) + (i > start)
+        if i > start and (grown > HTTP_BATCH_BYTES or i - start >= HTTP_BATCH_EVENTS):
+            yield start, events[start:i]
+            start, grown = i, _ENVELOPE_BYTES + len(event)
+        size = grown
+    if start < len(events):
+        yield start, events[start:]
+
+
 class HttpTarget:
-    """POST chunks to ``{url}/api/v1/events/batch`` (at most 10,000 events each)."""
+    """POST chunks to ``{url}/api/v1/events/batch``, each in requests within the endpoint's
+    limits (10,000 events, 10 MB). An event over the 32 KB event limit is rejected here with
+    the API's own validator (the same code and message) rather than sent: one large enough
+    would make its whole request too large."""
 
     def __init__(self, url: str, api_key: str, timeout: float = 120) -> None:
         self.endpoint = url.rstrip("/") + "/api/v1/events/batch"
@@ -111,9 +137,27 @@ class HttpTarget:
         self.timeout = timeout
 
     def send(self, chunk: Chunk) -> dict[str, Any]:
-        if not chunk.events:
-            return {}
-        body = b'{"events":[' + b",".join(chunk.events) + b"]}"
+        total: dict[str, Any] = {"accepted": 0, "duplicates": 0, "rejected": []}
+        sent: list[bytes] = []
+        positions: list[int] = []  # index in ``chunk.events`` of each event in ``sent``
+        for i, event in enumerate(chunk.events):
+            if len(event) > MAX_EVENT_BYTES:
+                _, rejections = validate_events([event], "", path_prefix="events")
+                total["rejected"].extend({**r.to_dict(), "index": i} for r in rejections)
+            else:
+                sent.append(event)
+                positions.append(i)
+        for start, events in _requests(sent):
+            body = self._post(events)
+            total["accepted"] += int(body.get("accepted", 0))
+            total["duplicates"] += int(body.get("duplicates", 0))
+            for item in body.get("rejected", []):
+                total["rejected"].append({**item, "index": positions[start + int(item["index"])]})
+        total["rejected"].sort(key=lambda item: item["index"])
+        return total
+
+    def _post(self, events: list[bytes]) -> dict[str, Any]:
+        body = b'{"events":[' + b",".join(events) + b"]}"
         request = urllib.request.Request(
             self.endpoint,
             data=body,

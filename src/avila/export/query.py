@@ -109,6 +109,17 @@ def _property_filters(properties: Any) -> list[PropertyFilter]:
     ]
 
 
+def _utc_bound(value: datetime) -> datetime:
+    """``value`` as naive UTC. An offset may move a time at the calendar's ends past them
+    (``0001-01-01T00:00:00+01:00`` is in year 0), which no datetime holds (it raised, a 500):
+    such a bound is the calendar's first or last instant, before or after every stored event
+    time, so it selects what the range means."""
+    try:
+        return naive_utc(value)
+    except OverflowError:
+        return datetime.min if value.year == 1 else datetime.max
+
+
 @dataclass(frozen=True)
 class ExportQuery:
     sql: str
@@ -123,8 +134,8 @@ def build_query(store: Store, project_id: str, filters: ExportFilters) -> Export
     """
     parts = ["project_id = ?"]
     params: list[Any] = [project_id]
-    start = naive_utc(filters.start_time) if filters.start_time else None
-    end = naive_utc(filters.end_time) if filters.end_time else None
+    start = _utc_bound(filters.start_time) if filters.start_time else None
+    end = _utc_bound(filters.end_time) if filters.end_time else None
     if start is not None and end is not None and end <= start:
         raise invalid("invalid_time_range", "filters.end_time", "end_time must be after start_time")
     if start is not None:
