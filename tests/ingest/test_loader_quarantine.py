@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import pytest
 
@@ -308,3 +309,31 @@ def test_a_round_split_across_a_torn_tail_loads_every_entry_once(tmp_path: Path)
     assert sorted(_stored_ids(db, "duckdb")) == sorted(_good_ids(range(BATCHES)) - _good_ids([3]))
     (kept,) = quarantine.entries(log_dir)
     assert kept["payload"] == refused
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(28, "No space left on device"),
+        duckdb.IOException('Could not write file "s.duckdb.wal": No space left on device'),
+        MemoryError(),
+        RuntimeError("Out of Memory Error: could not allocate block"),
+    ],
+)
+def test_an_entry_failing_on_the_stores_side_is_never_set_aside(
+    tmp_path: Path, error: BaseException
+) -> None:
+    """However often it fails: a disk that frees space between an entry's last try and its
+    skip would otherwise let the skip commit, setting a good entry aside (CI saw it once)."""
+    good = _good_entries(tmp_path)[:2]
+    log_dir = tmp_path / "log"
+    _write_log(log_dir, good)
+    entries = quarantine.entries_between(log_dir, 0, 2 * HEADER.size + sum(map(len, good)))
+    skipped: list[tuple[int, int]] = []
+
+    def load(start: int, end: int) -> None:
+        raise error
+
+    with pytest.raises(RuntimeError, match="store's side"):
+        quarantine.isolate(entries, load, lambda s, e: skipped.append((s, e)), log_dir)
+    assert skipped == [] and quarantine.count(log_dir) == 0

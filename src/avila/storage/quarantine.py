@@ -16,7 +16,8 @@ position past it, in a transaction of its own. A store that cannot commit at all
 transaction too, so nothing is set aside and the loader retries as before: before each try, and
 at the next start, a file whose entry the store's position has not passed is removed
 (:func:`settle`). An entry whose tries fail with different errors is not set aside either (a
-store in trouble, rather than a bad entry). A store whose round is one transaction (DuckDB)
+store in trouble, rather than a bad entry), nor one whose error says the disk, memory or the
+connection failed (:func:`environmental`). A store whose round is one transaction (DuckDB)
 splits any failing round; ClickHouse only one that failed to be read: one that failed to be
 stored may be partly stored, and is retried whole, as its deduplication needs
 (:meth:`avila.storage.loader.Loader._may_split`).
@@ -151,9 +152,34 @@ def isolate(
             errors.add(str(exc))
     if len(errors) > 1:  # failing in different ways: more likely the store than the entry
         raise RuntimeError(f"entry at {start} failed {len(errors)} different ways: retried")
+    if environmental(error):
+        raise RuntimeError(f"entry at {start} failed on the store's side ({error}): retried")
     allow()
     _set_aside(log_directory, entries_of_range[0], error, skip)
     return 1
+
+
+#: Store errors (by class name, so no backend is imported here) that no entry can cause.
+_ENVIRONMENTAL_TYPES = frozenset({"IOException", "OutOfMemoryException", "OperationalError"})
+_ENVIRONMENTAL_TEXT = (
+    "no space left",
+    "disk full",
+    "disk quota",
+    "input/output error",
+    "read-only file system",
+    "out of memory",
+    "cannot allocate memory",
+)
+
+
+def environmental(error: BaseException) -> bool:
+    """Whether ``error`` says the disk, memory or the connection failed, not the entry: such
+    an entry is never set aside, however often it fails (a disk that fills up and frees space
+    again between an entry's tries and its skip would otherwise set a good entry aside)."""
+    if isinstance(error, (OSError, MemoryError)) or type(error).__name__ in _ENVIRONMENTAL_TYPES:
+        return True
+    text = str(error).lower()
+    return any(marker in text for marker in _ENVIRONMENTAL_TEXT)
 
 
 def _set_aside(
