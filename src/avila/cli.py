@@ -53,6 +53,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # The machine, not the program, is at fault (a file that cannot be opened or is not what
+        # it should be, a database error): one line on stderr and status 2, like AvilaError.
+        # Anything else is a bug and keeps its traceback.
+        if not isinstance(exc, _environment_errors()):
+            raise
+        print(f"avila: {_describe(exc)}", file=sys.stderr)
+        return 2
+
+
+def _environment_errors() -> tuple[type[BaseException], ...]:
+    """OSError, and the database / Arrow errors of the libraries a command has loaded."""
+    found: list[type[BaseException]] = [OSError]
+    for module, name in (("sqlite3", "Error"), ("duckdb", "Error"), ("pyarrow", "ArrowException")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(getattr(loaded, name, None), type):
+            found.append(getattr(loaded, name))
+    return tuple(found)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        return f"{exc.strerror}{where}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from avila.errors import ConfigError
 
+MQTT_SCHEMES = ("mqtt", "tcp", "mqtts", "ssl")
 LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical")
 
 
@@ -98,7 +99,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "duckdb_memory_limit",
         "AVILA_DUCKDB_MEMORY_LIMIT",
         "50%",
-        "Cap on DuckDB's memory in the store process: `4GB`, or a share of physical RAM such as `50%`; empty: DuckDB's own default (80 % of RAM).",
+        "Cap on DuckDB's memory in the store process: `4GB` (at least `16MB`), or a share of physical RAM such as `50%`; empty: DuckDB's own default (80 % of RAM).",
     ),
     SettingSpec(
         "duckdb_threads",
@@ -148,7 +149,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "mqtt_url",
         "AVILA_MQTT_URL",
         "",
-        "MQTT broker to bridge telemetry from, `mqtt://[user:pass@]host[:port]`; empty: off.",
+        "MQTT broker to bridge telemetry from, `mqtt://[user:pass@]host[:port]` (`mqtts://` for"
+        " TLS); empty: off.",
     ),
     SettingSpec(
         "mqtt_client_id",
@@ -311,8 +313,16 @@ def _parse_memory(env: str, raw: str) -> str:
         )
     if _SHARE.match(value) and not 0 < float(value[:-1]) <= 100:
         raise ConfigError(f"{env}: a share of RAM must be above 0% and at most 100%, got {raw!r}")
+    match = _MEMORY.match(value)
+    if match and _size_in_bytes(value, match, decimal=True) < MIN_DUCKDB_MEMORY:
+        # DuckDB cannot even open (replay the WAL of) a store below a few MB: it would fail at
+        # start with an OutOfMemoryException traceback from the store process.
+        raise ConfigError(f"{env} must be at least 16MB, got {raw!r}")
     return value
 
+
+#: The smallest AVILA_DUCKDB_MEMORY_LIMIT accepted (a share of RAM is floored at 64MB).
+MIN_DUCKDB_MEMORY = 16 * 10**6
 
 _UNITS = {
     "b": 1,
@@ -327,23 +337,46 @@ _UNITS = {
 }
 
 
+def _size_in_bytes(value: str, match: re.Match[str], *, decimal: bool) -> int:
+    """Bytes of a matched ``<number><unit>``; ``decimal``: KB/MB/GB are powers of 1000 (DuckDB's
+    ``memory_limit``), else powers of 1024."""
+    unit = match.group(2).lower()
+    binary = {"kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
+    factor = _UNITS[unit] if decimal else binary.get(unit, _UNITS[unit])
+    return int(float(value[: match.start(2)].strip()) * factor)
+
+
 def _parse_bytes(env: str, raw: str) -> int:
     """``2GB`` (GB read as GiB, as DuckDB does), ``512MB``, or a number of bytes."""
     value = raw.strip()
     if value.isdigit() and int(value) > 0:
         return int(value)
     match = _MEMORY.match(value)
-    if not match:
-        raise ConfigError(f"{env} must be a size such as 512MB or 2GB, got {raw!r}")
-    unit = match.group(2).lower()
-    factor = {"kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}.get(unit, _UNITS[unit])
-    return max(1, int(float(value[: match.start(2)].strip()) * factor))
+    if not match or _size_in_bytes(value, match, decimal=False) < 1:
+        # "0GB" used to become 1 byte: every ingest request would answer 503.
+        raise ConfigError(f"{env} must be a size above zero such as 512MB or 2GB, got {raw!r}")
+    return _size_in_bytes(value, match, decimal=False)
+
+
+def _url_host_and_port(url: str) -> tuple[str | None, int | None]:
+    parts = urlsplit(url)
+    try:
+        return parts.hostname, parts.port
+    except ValueError:  # a port that is not a number or is out of range
+        return parts.hostname, -1
 
 
 def _parse_mqtt_url(env: str, raw: str) -> str:
+    # The bridge (industry40/mqtt.py) speaks mqtt:// and tcp://, and TLS as mqtts:// or ssl://.
+    # A URL without a host (a typo such as ``mqtt:/broker``) must not fall back to localhost.
     url = raw.strip()
-    if url and urlsplit(url).scheme not in ("mqtt", "tcp"):
-        raise ConfigError(f"{env} must look like mqtt://host:1883, got {raw!r}")
+    if not url:
+        return url
+    host, port = _url_host_and_port(url)
+    if urlsplit(url).scheme not in MQTT_SCHEMES or not host or port == -1:
+        raise ConfigError(
+            f"{env} must look like mqtt://[user:pass@]host[:port] (mqtts:// for TLS), got {raw!r}"
+        )
     return url
 
 
@@ -361,6 +394,58 @@ def _parse_redis_url(env: str, raw: str) -> str:
             f"{env} must look like redis://host:6379/0, got scheme {urlsplit(url).scheme!r}"
         )
     return url
+
+
+#: How each setting's raw text becomes its value; ``env`` is the name used in error messages.
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "host": lambda env, raw: raw.strip() or "0.0.0.0",
+    "port": lambda env, raw: _parse_int(env, raw, 1, 65535),
+    "log_level": _parse_log_level,
+    "api_keys": lambda env, raw: _parse_list(raw),
+    "enable_cors": _parse_bool,
+    "cors_origins": lambda env, raw: _parse_list(raw) or ("*",),
+    "rate_limit_per_minute": lambda env, raw: _parse_int(env, raw, 0, 10**9),
+    "data_dir": lambda env, raw: Path(raw.strip() or "./data"),
+    "storage_url": lambda env, raw: raw.strip(),
+    "clickhouse_cluster": lambda env, raw: raw.strip(),
+    "clickhouse_ttl_days": lambda env, raw: _parse_int(env, raw, 0, 100 * 366),
+    "clickhouse_insert_quorum": lambda env, raw: _parse_int(env, raw, 0, 64),
+    "duckdb_memory_limit": _parse_memory,
+    "duckdb_threads": lambda env, raw: _parse_int(env, raw, 0, 1024),
+    "query_timeout": lambda env, raw: _parse_float(env, raw, 0, 86_400),
+    "query_workers": lambda env, raw: _parse_int(env, raw, 0, 64),
+    "flush_max_events": lambda env, raw: _parse_int(env, raw, 1, 10_000_000),
+    "ingest_log_dir": lambda env, raw: Path(raw.strip()) if raw.strip() else None,
+    "ingest_backlog_max_bytes": _parse_bytes,
+    "ingest_backlog_max_seconds": lambda env, raw: float(_parse_int(env, raw, 1, 86_400)),
+    "dedup_window_hours": lambda env, raw: _parse_int(env, raw, 1, 24 * 365),
+    "mqtt_url": _parse_mqtt_url,
+    "mqtt_client_id": lambda env, raw: raw.strip() or "avila-bridge",
+    "mqtt_share_group": _parse_share_group,
+    "redis_url": _parse_redis_url,
+    "live_flush_ms": lambda env, raw: _parse_int(env, raw, 50, 1000),
+    "live_max_events_per_second": lambda env, raw: _parse_int(env, raw, 1, 10**7),
+    "live_queue_frames": lambda env, raw: _parse_int(env, raw, 1, 10_000),
+    "live_stall_timeout_seconds": lambda env, raw: _parse_int(env, raw, 1, 3600),
+    "live_max_connections_per_project": lambda env, raw: _parse_int(env, raw, 1, 10**6),
+    "live_max_connections_per_key": lambda env, raw: _parse_int(env, raw, 1, 10**6),
+    "smtp_host": lambda env, raw: raw.strip(),
+    "smtp_port": lambda env, raw: _parse_int(env, raw, 1, 65535),
+    "smtp_tls": lambda env, raw: _parse_choice(env, raw, ("starttls", "tls", "none")),
+    "smtp_user": lambda env, raw: raw.strip(),
+    "smtp_password": lambda env, raw: raw,
+    "smtp_from": lambda env, raw: raw.strip() or "avila@localhost",
+    "alerts_interval_seconds": lambda env, raw: _parse_float(env, raw, 0.1, 3600),
+    "alerts_delivery_attempts": lambda env, raw: _parse_int(env, raw, 1, 10),
+    "alerts_delivery_timeout_seconds": lambda env, raw: _parse_float(env, raw, 0.1, 300),
+}
+
+
+def parse_setting(name: str, raw: str, label: str | None = None) -> Any:
+    """One setting's value from its text, as for its variable; errors name ``label`` (default:
+    the variable), e.g. a command-line flag."""
+    spec = next(s for s in SETTINGS if s.name == name)
+    return _PARSERS[name](label or spec.env, raw)
 
 
 @dataclass(frozen=True)
@@ -418,6 +503,11 @@ class Settings:
 
             parse_url(self.storage_url)
             check_cluster_name(self.clickhouse_cluster)
+        elif scheme == "duckdb" and self.storage_url.rstrip("/") == "duckdb:":
+            raise ConfigError(
+                "AVILA_STORAGE_URL must name the DuckDB file, e.g. duckdb:///data/avila.duckdb;"
+                f" got {self.storage_url!r}"
+            )
         elif scheme != "duckdb" or not self.storage_url.startswith("duckdb:///"):
             raise ConfigError(
                 "AVILA_STORAGE_URL must be duckdb:///path, chdb:///abs/dir or"
@@ -436,6 +526,33 @@ class Settings:
             return self.data_dir / "avila.clickhouse"
         # SQLAlchemy convention: duckdb:///relative/path, duckdb:////absolute/path.
         return Path(self.storage_url[len("duckdb:///") :])
+
+    def ensure_directories(self) -> None:
+        """Create the local directories the settings name (the data directory, the ingest log's,
+        the DuckDB file's), so that a path that cannot hold them stops a command at once with a
+        message naming its variable rather than a traceback from deep inside the store."""
+        scheme = urlsplit(self.storage_url).scheme
+        checks: list[tuple[str, Path]] = [("AVILA_DATA_DIR", self.data_dir)]
+        if self.ingest_log_dir is not None:
+            checks.append(("AVILA_INGEST_LOG_DIR", self.ingest_log_dir))
+        if scheme in ("duckdb", "chdb"):
+            checks.append(("AVILA_STORAGE_URL", self.duckdb_path.parent))
+        for env, path in checks:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise ConfigError(f"{env} must name a directory; {str(path)!r} is a file") from None
+            except OSError as exc:
+                raise ConfigError(
+                    f"{env} must name a directory Avila can create; {str(path)!r}: {exc.strerror}"
+                ) from None
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise ConfigError(f"{env} must name a writable directory; {str(path)!r} is not")
+        if scheme == "duckdb" and self.duckdb_path.is_dir():
+            raise ConfigError(
+                f"AVILA_STORAGE_URL must name the DuckDB file; {str(self.duckdb_path)!r} is a"
+                " directory"
+            )
 
     @classmethod
     def from_env(
@@ -456,53 +573,17 @@ class Settings:
             values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
         values.update(os.environ if environ is None else environ)
 
-        parsers: dict[str, Callable[[str, str], Any]] = {
-            "host": lambda env, raw: raw.strip() or "0.0.0.0",
-            "port": lambda env, raw: _parse_int(env, raw, 1, 65535),
-            "log_level": _parse_log_level,
-            "api_keys": lambda env, raw: _parse_list(raw),
-            "enable_cors": _parse_bool,
-            "cors_origins": lambda env, raw: _parse_list(raw) or ("*",),
-            "rate_limit_per_minute": lambda env, raw: _parse_int(env, raw, 0, 10**9),
-            "data_dir": lambda env, raw: Path(raw.strip() or "./data"),
-            "storage_url": lambda env, raw: raw.strip(),
-            "clickhouse_cluster": lambda env, raw: raw.strip(),
-            "clickhouse_ttl_days": lambda env, raw: _parse_int(env, raw, 0, 100 * 366),
-            "clickhouse_insert_quorum": lambda env, raw: _parse_int(env, raw, 0, 64),
-            "duckdb_memory_limit": _parse_memory,
-            "duckdb_threads": lambda env, raw: _parse_int(env, raw, 0, 1024),
-            "query_timeout": lambda env, raw: _parse_float(env, raw, 0, 86_400),
-            "query_workers": lambda env, raw: _parse_int(env, raw, 0, 64),
-            "flush_max_events": lambda env, raw: _parse_int(env, raw, 1, 10_000_000),
-            "ingest_log_dir": lambda env, raw: Path(raw.strip()) if raw.strip() else None,
-            "ingest_backlog_max_bytes": _parse_bytes,
-            "ingest_backlog_max_seconds": lambda env, raw: float(_parse_int(env, raw, 1, 86_400)),
-            "dedup_window_hours": lambda env, raw: _parse_int(env, raw, 1, 24 * 365),
-            "mqtt_url": _parse_mqtt_url,
-            "mqtt_client_id": lambda env, raw: raw.strip() or "avila-bridge",
-            "mqtt_share_group": _parse_share_group,
-            "redis_url": _parse_redis_url,
-            "live_flush_ms": lambda env, raw: _parse_int(env, raw, 50, 1000),
-            "live_max_events_per_second": lambda env, raw: _parse_int(env, raw, 1, 10**7),
-            "live_queue_frames": lambda env, raw: _parse_int(env, raw, 1, 10_000),
-            "live_stall_timeout_seconds": lambda env, raw: _parse_int(env, raw, 1, 3600),
-            "live_max_connections_per_project": lambda env, raw: _parse_int(env, raw, 1, 10**6),
-            "live_max_connections_per_key": lambda env, raw: _parse_int(env, raw, 1, 10**6),
-            "smtp_host": lambda env, raw: raw.strip(),
-            "smtp_port": lambda env, raw: _parse_int(env, raw, 1, 65535),
-            "smtp_tls": lambda env, raw: _parse_choice(env, raw, ("starttls", "tls", "none")),
-            "smtp_user": lambda env, raw: raw.strip(),
-            "smtp_password": lambda env, raw: raw,
-            "smtp_from": lambda env, raw: raw.strip() or "avila@localhost",
-            "alerts_interval_seconds": lambda env, raw: _parse_float(env, raw, 0.1, 3600),
-            "alerts_delivery_attempts": lambda env, raw: _parse_int(env, raw, 1, 10),
-            "alerts_delivery_timeout_seconds": lambda env, raw: _parse_float(env, raw, 0.1, 300),
-        }
         kwargs: dict[str, Any] = {}
         for spec in SETTINGS:
             env_name = next((n for n in (spec.env, *spec.aliases) if n in values), None)
             raw = values[env_name] if env_name else spec.default
-            kwargs[spec.name] = parsers[spec.name](env_name or spec.env, raw)
+            kwargs[spec.name] = _PARSERS[spec.name](env_name or spec.env, raw)
         known = {f.name for f in fields(cls)}
-        kwargs.update({k: v for k, v in overrides.items() if k in known and v is not None})
+        for name, value in overrides.items():
+            if name not in known or value is None:
+                continue
+            # An override (a command-line flag) is held to the same rules as its variable:
+            # ``--port 99999`` must not bind port 34463, ``--mqtt http://x`` must not start.
+            textual = isinstance(value, str | int | float | os.PathLike)
+            kwargs[name] = parse_setting(name, str(value)) if textual else value
         return cls(**kwargs)

@@ -13,6 +13,8 @@ from avila.shared import open_key_registry
 
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    if not settings.redis_url:  # keys.sqlite lives in the data directory
+        settings.ensure_directories()
     store = open_key_registry(dataclasses.replace(settings, api_keys=()))
     if args.keys_command == "create":
         secret, info = store.create(args.project, args.scopes.split(","), args.name or "")

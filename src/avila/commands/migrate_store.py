@@ -23,6 +23,7 @@ import argparse
 import sys
 from typing import Any
 
+from avila.commands.factory import positive_int
 from avila.errors import AvilaError
 
 #: Tables never copied: each store's own bookkeeping.
@@ -172,7 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--from", dest="source", required=True, help="source storage URL")
     parser.add_argument("--to", dest="destination", required=True, help="destination storage URL")
     parser.add_argument(
-        "--batch-rows", type=int, default=100_000, help="rows per batch (default 100000)"
+        "--batch-rows", type=positive_int, default=100_000, help="rows per batch (default 100000)"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
-from avila.config import Settings
+from avila.config import Settings, parse_setting
+from avila.errors import ConfigError
 
 
 def run(args: argparse.Namespace) -> int:
@@ -15,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from avila.logs import configure_logging
 
     settings = Settings.from_env(host=args.host, port=args.port, mqtt_url=args.mqtt)
+    settings.ensure_directories()
     configure_logging(settings.log_level, secrets=settings.api_keys)
     app = create_app(settings)
     uvicorn.run(
@@ -42,17 +46,32 @@ def asgi_app() -> object:
     from avila.logs import configure_logging
 
     settings = Settings.from_env()
+    settings.ensure_directories()
     configure_logging(settings.log_level, secrets=settings.api_keys)
     return create_app(settings)
+
+
+def _setting(name: str) -> Callable[[str], Any]:
+    """An argparse ``type`` holding a flag to the rules of the setting it overrides."""
+
+    def parse(raw: str) -> Any:
+        try:
+            return parse_setting(name, raw, "the value")
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    parse.__name__ = name
+    return parse
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("serve", help="run the HTTP server (settings from env / .env)")
     parser.add_argument("--host", help="bind address (overrides HOST)")
-    parser.add_argument("--port", type=int, help="port (overrides PORT)")
+    parser.add_argument("--port", type=_setting("port"), help="port, 1-65535 (overrides PORT)")
     parser.add_argument(
         "--mqtt",
         metavar="URL",
+        type=_setting("mqtt_url"),
         help="bridge telemetry from this MQTT broker (overrides AVILA_MQTT_URL)",
     )
     parser.set_defaults(func=run)

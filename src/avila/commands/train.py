@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from avila.storage import open_store
 
     settings = Settings.from_env()
+    settings.ensure_directories()
     store = open_store(settings.storage_url, lock_wait=1.0)
     stages = 11
     try:
