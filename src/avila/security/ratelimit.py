@@ -45,6 +45,9 @@ class RateLimiter:
         storage: Storage = MemoryStorage()
         if storage_url:
             # A redis:// URI gives the synchronous storage (async:// would be the aio one).
+            # `limits` spells a Redis Unix socket redis+unix:// (redis-py: unix://).
+            if storage_url.startswith("unix://"):
+                storage_url = "redis+" + storage_url
             shared = storage_from_string(
                 storage_url, wrap_exceptions=True, socket_timeout=1, socket_connect_timeout=1
             )

@@ -8,12 +8,16 @@ and trained models live in Redis (docs/shared-state.md). Callers only see the in
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
+from redis.connection import parse_url
 
 from avila.config import Settings
+from avila.errors import ConfigError
 from avila.ingest.idempotency import EventClaims, LocalClaims
 from avila.live.bus import LiveBus
 from avila.ml.registry import ModelRegistry, RunRegistry
@@ -52,7 +56,37 @@ def open_model_registry(settings: Settings) -> RunRegistry:
     return ModelRegistry(settings.data_dir / "models")
 
 
+_URL_SHAPE = "redis://[user:password@]host:6379/0 (rediss:// for TLS, unix:///path?db=0)"
+
+
+def check_redis_url(url: str) -> str:
+    """``url`` if Redis clients would connect where it says, else a :class:`ConfigError`.
+
+    The clients forgive too much: a database that is not a number (``/1O``) silently becomes
+    database 0, so one replica with a typo would share nothing with the others. The message
+    never repeats the URL (it may hold a password).
+    """
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError as exc:
+        raise ConfigError(f"AVILA_REDIS_URL must look like {_URL_SHAPE}: {exc}") from None
+    if parts.scheme == "unix":
+        problem = "" if parts.path else "no socket path"
+    elif not parts.hostname:
+        problem = "no host"
+    elif not re.fullmatch(r"/?|/\d+", unquote(parts.path)):
+        problem = f"the database must be a number, got {unquote(parts.path)[1:]!r}"
+    else:
+        problem = ""
+    if problem:
+        raise ConfigError(f"AVILA_REDIS_URL must look like {_URL_SHAPE}: {problem}")
+    return url
+
+
 def sync_client(url: str) -> redis.Redis:
+    check_redis_url(url)
     return redis.Redis.from_url(
         url,
         socket_timeout=REDIS_TIMEOUT_SECONDS,
@@ -62,6 +96,7 @@ def sync_client(url: str) -> redis.Redis:
 
 
 def async_client(url: str) -> aioredis.Redis:
+    check_redis_url(url)
     return aioredis.Redis.from_url(
         url,
         socket_timeout=REDIS_TIMEOUT_SECONDS,

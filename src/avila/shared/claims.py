@@ -2,7 +2,11 @@
 
 A replica first checks its own :class:`~avila.ingest.idempotency.DedupIndex` (no round trip),
 then claims the keys still new in one script call (``SET avila:ev:<key> p:<replica> NX PX``
-per key, atomically for the batch). A
+per key, atomically for the batch). A batch takes all its new keys or none: when one of them
+is pending elsewhere, the script gives back those it just took and the replica asks again
+shortly. Holding some keys while waiting for others would let two overlapping batches wait
+for each other until their claims expire, and then both store the keys (and a claim held
+longer than :data:`PENDING_MS` expires under its holder). A
 claim is *pending* until the replica's ingest log made the event durable; then it becomes
 ``d`` (done) for the dedup window. So:
 
@@ -46,16 +50,22 @@ _POLL_SECONDS = 0.05
 
 # One script call per batch: encoding one command with n keys costs a fraction of a pipeline
 # of n commands in the Python client (benchmarks/bench_shared_state.py).
+# All or nothing: when some key is pending elsewhere, the keys taken by this call are given
+# back (nobody saw them: the script is atomic) and the caller asks again for every key that
+# is not a duplicate.
 _CLAIM = """
-local duplicates, pending = {}, {}
+local duplicates, pending, taken = {}, {}, {}
 for i, key in ipairs(KEYS) do
-  if not redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
-    if redis.call('GET', key) == ARGV[3] then
-      duplicates[#duplicates + 1] = i - 1
-    else
-      pending[#pending + 1] = i - 1
-    end
+  if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    taken[#taken + 1] = key
+  elseif redis.call('GET', key) == ARGV[3] then
+    duplicates[#duplicates + 1] = i - 1
+  else
+    pending[#pending + 1] = i - 1
   end
+end
+if #pending > 0 then
+  for _, key in ipairs(taken) do redis.call('DEL', key) end
 end
 return {duplicates, pending}
 """
@@ -93,12 +103,15 @@ class RedisClaims:
                     keys=[names[i] for i in waiting], args=[self._token, PENDING_MS, DONE]
                 )
                 duplicates.update(waiting[j] for j in dup)
-                # pending elsewhere, or gone since the SET: ask again shortly
-                waiting = [waiting[j] for j in pending]
-                if waiting:
-                    if loop.time() > deadline:
-                        raise unavailable(TimeoutError("an event claim stayed pending"))
-                    await asyncio.sleep(_POLL_SECONDS)
+                if not pending:
+                    break  # every other key is now claimed here
+                # Some key is pending elsewhere (or went between SET and GET): nothing was
+                # claimed; ask again shortly for every key that is not a duplicate.
+                found = set(dup)
+                waiting = [k for j, k in enumerate(waiting) if j not in found]
+                if loop.time() > deadline:
+                    raise unavailable(TimeoutError("an event claim stayed pending"))
+                await asyncio.sleep(_POLL_SECONDS)
         except redis.RedisError as exc:
             raise unavailable(exc) from exc
         return frozenset(duplicates)
