@@ -16,7 +16,13 @@
   var FLUSH_DELAY_MS = 1000;
   var MAX_BATCH = 50;
   var MAX_QUEUE = 1000;
-  var KEEPALIVE_BYTES = 60000; // browsers cap in-flight keepalive bodies at 64 KiB
+  // Browsers cap the keepalive bodies in flight, all requests together, at 64 KiB (UTF-8
+  // bytes, not characters): a request past the cap fails whole.
+  var KEEPALIVE_BYTES = 60000;
+  // The server refuses an event over 32 KB of JSON (docs/ingestion.md): the page's own strings
+  // are clipped so a long URL (state in the query) or title never costs the page view.
+  var MAX_URL = 4096; // url, path and referrer: ASCII (the browser percent-encodes them)
+  var MAX_TEXT = 1024; // title, user agent, locale: up to 3 UTF-8 bytes a character
   var KEY_ANON = "avila_anonymous_id";
   var KEY_USER = "avila_user_id";
   var KEY_SESSION = "avila_session";
@@ -99,6 +105,14 @@
     return s.id;
   }
 
+  // The first `max` UTF-16 units of `text`, never half of a surrogate pair (JSON cannot carry
+  // a lone one to the server's decoder).
+  function clip(text, max) {
+    if (typeof text !== "string" || text.length <= max) return text;
+    var code = text.charCodeAt(max - 1);
+    return text.slice(0, code >= 0xd800 && code <= 0xdbff ? max - 1 : max);
+  }
+
   // --- context (same coarse rules as avila.ingest.segment.user_agent_fields) -----------------
   function uaFields(ua) {
     var browsers = [
@@ -132,12 +146,12 @@
     }
     var ctx = {
       device: device,
-      user_agent: ua,
+      user_agent: clip(ua, MAX_TEXT),
       viewport: {
         width: Math.max(0, Math.round(window.innerWidth || 0)),
         height: Math.max(0, Math.round(window.innerHeight || 0))
       },
-      locale: navigator.language || undefined
+      locale: clip(navigator.language, MAX_TEXT) || undefined
     };
     try {
       var tz = Intl.DateTimeFormat().resolvedOptions().timeZone;
@@ -145,7 +159,7 @@
     } catch (e) {
       /* no Intl */
     }
-    if (referrer) ctx.referrer = referrer;
+    if (referrer) ctx.referrer = clip(referrer, MAX_URL);
     return ctx;
   }
 
@@ -157,7 +171,9 @@
   } catch (e) {
     queue = [];
   }
-  var inflight = {}; // event_id -> true while a normal (non-keepalive) request carries it
+  var inflight = {}; // event_id -> true while a request carries it
+  var kept = {}; // event_id -> true while a keepalive request carries it
+  var keepaliveBytes = 0; // bytes of keepalive bodies in flight
   var timer = null;
   var backoffMs = 0;
 
@@ -173,18 +189,48 @@
   function release(ids) {
     ids.forEach(function (id) { delete inflight[id]; });
   }
+  function utf8Length(text) {
+    if (typeof TextEncoder === "function") return new TextEncoder().encode(text).length;
+    return encodeURIComponent(text).replace(/%[0-9A-F]{2}/gi, "x").length;
+  }
 
   function post(events, keepalive) {
     var ids = events.map(function (e) { return e.event_id; });
+    var body = JSON.stringify({ events: events });
+    var bytes = keepalive ? utf8Length(body) : 0;
+    if (keepalive) {
+      keepaliveBytes += bytes;
+      ids.forEach(function (id) { kept[id] = true; });
+    }
+    var done = function () {
+      if (!keepalive) return;
+      keepaliveBytes -= bytes;
+      ids.forEach(function (id) { delete kept[id]; });
+    };
     var init = {
       method: "POST",
       headers: { "content-type": "application/json", "x-api-key": apiKey },
-      body: JSON.stringify({ events: events }),
+      body: body,
       credentials: "omit",
       mode: "cors",
       keepalive: !!keepalive
     };
-    return fetch(batchUrl, init).then(
+    var sent;
+    try {
+      sent = fetch(batchUrl, init);
+    } catch (e) {
+      sent = Promise.reject(e);
+    }
+    return sent.then(
+      function (res) {
+        done();
+        return res;
+      },
+      function (err) {
+        done();
+        throw err;
+      }
+    ).then(
       function (res) {
         // 2xx: stored (or rejected as invalid, which a retry cannot fix); other 4xx but
         // 408/429: a bad key or request, equally hopeless. Retry the rest later; event ids make
@@ -193,6 +239,16 @@
           if (!res.ok && window.console) console.warn("avila: events refused with HTTP " + res.status);
           settle(ids);
           backoffMs = 0;
+          // A 202 lists the events it refused (invalid, too large): say so, as for a 4xx.
+          if (res.ok && !keepalive) {
+            return res.json().then(function (body) {
+              var refused = (body && body.rejected) || [];
+              if (refused.length && window.console) {
+                console.warn("avila: " + refused.length + " events refused: " +
+                  refused.map(function (r) { return r.code + " (" + r.message + ")"; }).join("; "));
+              }
+            }, function () {});
+          }
         } else {
           release(ids);
           retryLater();
@@ -225,24 +281,37 @@
       clearTimeout(timer);
       timer = null;
     }
-    var pending = queue.filter(function (e) { return keepalive || !inflight[e.event_id]; });
+    // A normal request may be cancelled by an unload, so keepalive re-sends what it carries
+    // (event ids make that a duplicate at worst), but never what another keepalive carries.
+    var pending = queue.filter(function (e) {
+      return keepalive ? !kept[e.event_id] : !inflight[e.event_id];
+    });
     var sends = [];
     var chunk = [];
-    var bytes = 0;
+    var budget = KEEPALIVE_BYTES - keepaliveBytes;
+    var skipped = false;
     function emit() {
       if (!chunk.length) return;
       chunk.forEach(function (e) { inflight[e.event_id] = true; });
       sends.push(post(chunk, keepalive));
       chunk = [];
-      bytes = 0;
     }
     pending.forEach(function (e) {
-      var size = JSON.stringify(e).length + 1;
-      if (chunk.length >= MAX_BATCH || (keepalive && bytes + size > KEEPALIVE_BYTES)) emit();
+      if (chunk.length >= MAX_BATCH) emit();
+      if (keepalive) {
+        // What does not fit in the keepalive budget stays queued (localStorage) and is sent
+        // by the next page load. 16: the body's {"events":[...]} around a chunk.
+        var size = utf8Length(JSON.stringify(e)) + 1 + (chunk.length ? 0 : 16);
+        if (size > budget) {
+          skipped = true;
+          return;
+        }
+        budget -= size;
+      }
       chunk.push(e);
-      bytes += size;
     });
     emit();
+    if (skipped) schedule(FLUSH_DELAY_MS); // if the page lives on (only hidden), send the rest
     return Promise.all(sends).then(function () {});
   }
 
@@ -277,8 +346,8 @@
     if (url === lastUrl) return; // replaceState to the same URL, or a hashchange after popstate
     var referrer = lastUrl || document.referrer || null;
     lastUrl = url;
-    var data = { url: url, path: location.pathname };
-    if (document.title) data.title = document.title;
+    var data = { url: clip(url, MAX_URL), path: clip(location.pathname, MAX_URL) };
+    if (document.title) data.title = clip(document.title, MAX_TEXT);
     enqueue(build("PageView", data, referrer));
   }
   function onNavigate() {

@@ -53,8 +53,9 @@ function queryString(query) {
   return text ? `?${text}` : '';
 }
 
-// api('/api/v1/analytics/funnel', {method: 'POST', body}) → {data, etag}
-export async function request(path, { method = 'GET', body, query, headers = {}, key } = {}) {
+// api('/api/v1/analytics/funnel', {method: 'POST', body}) → {data, etag}; with `raw` the
+// body of a success is returned as text (ndjson exports), errors are handled the same way.
+export async function request(path, { method = 'GET', body, query, headers = {}, key, raw = false } = {}) {
   const sent = { 'x-api-key': key || session.key, ...headers };
   if (body !== undefined) sent['content-type'] = 'application/json';
   let response;
@@ -70,6 +71,7 @@ export async function request(path, { method = 'GET', body, query, headers = {},
   }
   const text = await response.text();
   let data = null;
+  if (raw && response.ok) return { data: text, etag: response.headers.get('etag') };
   try { data = text ? JSON.parse(text) : null; } catch { data = text; }
   if (!response.ok) {
     const failure = errorFrom(response, data);

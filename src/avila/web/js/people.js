@@ -1,21 +1,15 @@
 // Which users to list: the API has profiles by id but no user index, so lists are built from
 // the purchases in a time range (POST /api/v1/export, ndjson, purchase events only).
-import { errorFrom, session } from './api.js';
+import { request } from './api.js';
 
 // [{user_id, last_purchase, purchases}] newest purchase first, at most `limit`.
 export async function purchasers(start, end, limit = 200) {
-  const response = await fetch('/api/v1/export', {
+  // Through api.js like every call: errors in words, and a 401 (a revoked key) signs out.
+  const { data: text } = await request('/api/v1/export', {
     method: 'POST',
-    headers: { 'x-api-key': session.key, 'content-type': 'application/json' },
-    body: JSON.stringify({ format: 'ndjson', filters: { event_types: ['purchase'], start_time: start, end_time: end } }),
-    cache: 'no-store',
+    body: { format: 'ndjson', filters: { event_types: ['purchase'], start_time: start, end_time: end } },
+    raw: true,
   });
-  const text = await response.text();
-  if (!response.ok) {
-    let data = null;
-    try { data = JSON.parse(text); } catch { /* not JSON: worded from the status */ }
-    throw errorFrom(response, data);
-  }
   const byUser = new Map();
   for (const line of text.split('\n')) {
     if (!line.trim()) continue;

@@ -17,8 +17,18 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-const integer = new Intl.NumberFormat('en-US', { maximumFractionDigits: 0 });
-const decimal = new Intl.NumberFormat('en-US', { maximumFractionDigits: 2 });
+// A value that rounds to zero (-0.001, -0) is "0", never "-0" (signDisplay 'negative'; browsers
+// older than that option get the same by removing the sign of a zero).
+function numberFormat(options) {
+  try {
+    return new Intl.NumberFormat('en-US', { ...options, signDisplay: 'negative' });
+  } catch {
+    const plain = new Intl.NumberFormat('en-US', options);
+    return { format: (n) => plain.format(n).replace(/^-(?=0(\.0*)?$)/, '') };
+  }
+}
+const integer = numberFormat({ maximumFractionDigits: 0 });
+const decimal = numberFormat({ maximumFractionDigits: 2 });
 export const fmt = {
   int: (n) => (n === null || n === undefined ? '—' : integer.format(n)),
   num: (n) => (n === null || n === undefined ? '—' : decimal.format(n)),
@@ -38,6 +48,13 @@ export function tiles(items) {
   return h('div', { class: 'tiles' }, items.map(([label, value, id]) =>
     h('div', { class: 'tile', 'data-kpi': id },
       h('div', { class: 'label' }, label), h('div', { class: 'value' }, value))));
+}
+
+// Text for a place ECharts renders as HTML (a tooltip `formatter` that returns a string):
+// names and ids come from the data (user, device and event names) and must stay text.
+const HTML_ESCAPES = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
+export function escapeHtml(value) {
+  return String(value ?? '').replace(/[&<>"']/g, (c) => HTML_ESCAPES[c]);
 }
 
 export function errorBox(err) {

@@ -4,7 +4,7 @@
 import { api } from '../api.js';
 import { mapLimited } from '../people.js';
 import { updateParams } from '../state.js';
-import { chartCard, errorBox, fmt, h, tiles } from '../ui.js';
+import { chartCard, errorBox, escapeHtml, fmt, h, tiles } from '../ui.js';
 
 const SUBGROUP = 5;
 const SUBGROUPS = 30;
@@ -185,7 +185,8 @@ async function drawSchedule(out, machines) {
     columns: [{ key: 'order_id', label: 'Order' }, { key: 'machine_id', label: 'Machine' }, { key: 'start', label: 'Start (min)', num: true }, { key: 'end', label: 'End (min)', num: true }, { key: 'tardiness', label: 'Tardiness', num: true }],
     rows,
     option: {
-      tooltip: { formatter: (p) => `${p.value[3]} on ${lanes[p.value[0]]}: ${p.value[1]}–${p.value[2]} min` },
+      // A string formatter is HTML to ECharts: the device id (any text) is escaped.
+      tooltip: { formatter: (p) => escapeHtml(`${p.value[3]} on ${lanes[p.value[0]]}: ${p.value[1]}–${p.value[2]} min`) },
       grid: { left: 8, right: 16, top: 8, bottom: 24, containLabel: true },
       xAxis: { type: 'value', name: 'minutes' }, yAxis: { type: 'category', data: lanes },
       series: [{

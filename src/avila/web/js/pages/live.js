@@ -8,6 +8,8 @@ import { chartCard, errorBox, fmt, h, tiles } from '../ui.js';
 const FEED_LIMIT = 100;
 const POLL_MS = 5000;
 const MINUTES = 30;
+const RETRY_MIN_MS = 1000; // reconnect backoff after the stream drops: 1 s doubling to 15 s
+const RETRY_MAX_MS = 15000;
 
 function describe(event) {
   const type = event.event_type || {};
@@ -95,6 +97,20 @@ export async function render(view) {
   let socket = null;
   let poller = null;
   let closed = false;
+  let reconnect = null;
+  let everOpened = false; // once the server spoke the protocol, a failed connect is an outage
+  let retryMs = RETRY_MIN_MS;
+  const reconnectLater = () => {
+    status.textContent = `The live stream was interrupted; reconnecting in ${Math.round(retryMs / 1000)} s…`;
+    status.dataset.mode = 'reconnecting';
+    reconnect = setTimeout(() => {
+      reconnect = null;
+      if (closed) return;
+      // A key revoked meanwhile: the REST answer (401) signs out instead of retrying forever.
+      api('/api/v1/me').then(() => { if (!closed) connect(); }, (err) => { if (!closed && err.status !== 401) connect(); });
+    }, retryMs);
+    retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
+  };
   const poll = () => {
     if (poller) return;
     poller = setInterval(async () => {
@@ -120,6 +136,8 @@ export async function render(view) {
     }
     socket.addEventListener('open', () => {
       opened = true;
+      everOpened = true;
+      retryMs = RETRY_MIN_MS;
       status.textContent = 'Live: connected over the WebSocket.';
       status.dataset.mode = 'websocket';
       socket.send(JSON.stringify({ type: 'Subscribe', payload: { channels: ['events', 'metrics', 'alerts'] } }));
@@ -142,7 +160,11 @@ export async function render(view) {
     });
     socket.addEventListener('close', (event) => {
       if (closed) return;
-      if (!opened) {
+      if (!opened && everOpened) {
+        // The server is restarting or unreachable: keep trying (backoff) rather than settle
+        // for polling, which is only for servers without the key subprotocol.
+        reconnectLater();
+      } else if (!opened) {
         status.textContent = 'The live stream is not available on this server; the counters refresh every 5 seconds.';
         status.dataset.mode = 'polling';
         poll();
@@ -150,7 +172,7 @@ export async function render(view) {
         status.textContent = `The live stream closed: ${event.reason || event.code}.`;
         status.dataset.mode = 'closed';
       } else {
-        setTimeout(() => { if (!closed) connect(); }, 2000);
+        reconnectLater();
       }
     });
   };
@@ -160,5 +182,6 @@ export async function render(view) {
     if (socket) socket.close(1000);
     clearInterval(poller);
     clearTimeout(redraw);
+    clearTimeout(reconnect);
   };
 }

@@ -1,7 +1,7 @@
 // Retention: cohort heatmap (rows = cohorts, columns = periods since) with period and mode.
 import { api } from '../api.js';
 import { rangeQuery, updateParams } from '../state.js';
-import { chartCard, emptyState, errorBox, fmt, h } from '../ui.js';
+import { chartCard, emptyState, errorBox, escapeHtml, fmt, h } from '../ui.js';
 import { EVENT_TYPES } from './funnels.js';
 
 const PERIODS = ['day', 'week', 'month'];
@@ -79,7 +79,7 @@ function draw(results, cohort) {
   results.append(chartCard({
     title: 'Cohort retention', name: 'retention', tall: true, columns, rows,
     option: {
-      tooltip: { formatter: (p) => `${labels[p.value[1]]}, ${cohort.period} ${p.value[0]}: ${p.value[2]} %` },
+      tooltip: { formatter: (p) => escapeHtml(`${labels[p.value[1]]}, ${cohort.period} ${p.value[0]}: ${p.value[2]} %`) },
       grid: { left: 8, right: 16, top: 8, bottom: 60, containLabel: true },
       xAxis: { type: 'category', data: Array.from({ length: n }, (_, k) => `${k}`), name: `${cohort.period}s since`, nameLocation: 'middle', nameGap: 24 },
       yAxis: { type: 'category', data: labels, inverse: true },

@@ -3,7 +3,7 @@
 import { api } from '../api.js';
 import { mapLimited, purchasers } from '../people.js';
 import { updateParams } from '../state.js';
-import { chartCard, emptyState, fmt, h, table } from '../ui.js';
+import { chartCard, emptyState, escapeHtml, fmt, h, table } from '../ui.js';
 
 const WINDOW_DAYS = 365;
 const DRILL_LIMIT = 500; // users scored one by one for the drill-down
@@ -57,7 +57,7 @@ export async function render(view, { params, range }) {
     ],
     rows,
     option: {
-      tooltip: { formatter: (p) => `${p.name}: ${fmt.int(p.value)} users, revenue ${fmt.money(p.data.revenue)}` },
+      tooltip: { formatter: (p) => escapeHtml(`${p.name}: ${fmt.int(p.value)} users, revenue ${fmt.money(p.data.revenue)}`) },
       series: [{
         type: 'treemap', roam: false, nodeClick: false, breadcrumb: { show: false },
         label: { lineHeight: 16, formatter: (p) => `${p.name}\n${fmt.int(p.value)} users · ${fmt.money(p.data.revenue)}` },
