@@ -35,7 +35,8 @@ run: $(RUNTIME_STAMP) .env
 	    $(BIN)/python -m pip install --quiet -e '.[chdb]';; esac
 	$(BIN)/avila demo --if-empty --users 1000 --days 30
 	$(BIN)/avila demo --factory --days 7
-	@port=$$(sed -n 's/^PORT=//p' .env | tail -n 1); key=$$(sed -n 's/^API_KEYS=//p' .env | tail -n 1 | cut -d, -f1); \
+	@port="$${PORT:-$$(sed -n 's/^PORT=//p' .env | tail -n 1)}"; \
+	  key=$$(printf '%s' "$${API_KEYS:-$$(sed -n 's/^API_KEYS=//p' .env | tail -n 1)}" | cut -d, -f1); \
 	  echo "Dashboard: http://localhost:$${port:-3000}/  (sign in with the demo key $${key:-dev-key-123})"
 	$(BIN)/avila serve
 
