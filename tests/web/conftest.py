@@ -22,6 +22,7 @@ import pytest
 from avila.security.keys import KeyStore
 from avila.testing import ServerProcess
 from avila.testing.browser import browser_missing, chromium
+from tests.static_site import site  # noqa: F401 - a fixture, shared with tests/tracker
 
 ADMIN_KEY = "dashboard-admin-key"
 ARTEFACTS = Path(__file__).resolve().parents[2] / "artefacts" / "dashboard"
