@@ -13,7 +13,6 @@ tolerated.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -23,10 +22,10 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from analytics_data import to_table
+from tests.analytics.backend_pair import both_stores, normal
 
 from avila import analytics as A
 from avila.storage import Store
-from avila.testing.backends import open_backend
 
 PROJECT = "diff"
 T0 = datetime(2024, 3, 20)  # spans the EU (Mar 31) and Brazil-free / Chile (Apr 7) DST changes
@@ -125,23 +124,11 @@ def _links() -> pa.Table:
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Store]]:
-    opened = {b: open_backend(b, tmp_path_factory.mktemp(b)) for b in ("duckdb", "chdb")}
-    for store in opened.values():
+    def fill(store: Store) -> None:
         store.append_events(to_table(ROWS))
         store.append_table("identities", _links())
-    yield opened
-    for store in opened.values():
-        store.close()
 
-
-def _normal(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) else float(f"{value:.9g}")
-    if isinstance(value, dict):
-        return {k: _normal(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_normal(v) for v in value]
-    return value
+    yield from both_stores(tmp_path_factory, fill)
 
 
 SPAN = {"start_time": T0.isoformat(), "end_time": (T0 + timedelta(days=29)).isoformat()}
@@ -219,7 +206,7 @@ for user in ("u03", "用户", "O'Brien", "%?"):
 
 @pytest.mark.parametrize("report", [c[1] for c in CASES], ids=[c[0] for c in CASES])
 def test_duckdb_and_clickhouse_agree(stores: dict[str, Store], report: Report) -> None:
-    assert _normal(report(stores["chdb"])) == _normal(report(stores["duckdb"]))
+    assert normal(report(stores["chdb"])) == normal(report(stores["duckdb"]))
 
 
 def test_the_data_has_the_edge_cases() -> None:

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from analytics_data import to_table
+from tests.analytics.backend_pair import both_stores
 
 from avila.analytics.common import fragments
 from avila.industry40 import records
@@ -29,7 +30,6 @@ from avila.ml.monitoring import metric_series
 from avila.ml.predictions import _COLD_SQL
 from avila.ml.training import _open_cart_values
 from avila.storage import Store
-from avila.testing.backends import open_backend
 
 PROJECT = "mlp"
 T0 = datetime(2024, 5, 1)
@@ -96,14 +96,13 @@ def _telemetry() -> pa.Table:
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Store]]:
-    opened = {b: open_backend(b, tmp_path_factory.mktemp(b)) for b in ("duckdb", "chdb")}
     events, telemetry = to_table(_events()), _telemetry()
-    for store in opened.values():
+
+    def fill(store: Store) -> None:
         store.append_events(events)
         store.append_table("telemetry", telemetry)
-    yield opened
-    for store in opened.values():
-        store.close()
+
+    yield from both_stores(tmp_path_factory, fill)
 
 
 def _normal(value: Any) -> Any:

@@ -21,7 +21,6 @@ parameters are formatted client-side), and a GDPR erase of odd ids leaves both s
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,6 +36,7 @@ from avila.ml.monitoring import metric_series
 from avila.storage import Store
 from avila.storage.schema import EVENT_COLUMN_NAMES, EVENT_SCHEMA
 from avila.testing.backends import open_backend
+from tests.analytics.backend_pair import both_stores, normal
 
 P = "edge"
 T0 = datetime(2024, 10, 26, 12)
@@ -111,29 +111,18 @@ def _telemetry() -> pa.Table:
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Store]]:
-    opened = {b: open_backend(b, tmp_path_factory.mktemp(b)) for b in ("duckdb", "chdb")}
     events, telemetry = _table(_rows()), _telemetry()
-    for store in opened.values():
+
+    def fill(store: Store) -> None:
         store.append_events(events)
         store.append_table("telemetry", telemetry)
-    yield opened
-    for store in opened.values():
-        store.close()
 
-
-def _normal(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) else float(f"{value:.9g}")
-    if isinstance(value, dict):
-        return {str(k): _normal(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_normal(v) for v in value]
-    return value
+    yield from both_stores(tmp_path_factory, fill)
 
 
 def _both(stores: dict[str, Store], report: Any) -> Any:
     """The report's answer, the same on both stores."""
-    ours, reference = _normal(report(stores["chdb"])), _normal(report(stores["duckdb"]))
+    ours, reference = normal(report(stores["chdb"])), normal(report(stores["duckdb"]))
     assert ours == reference
     return ours
 
