@@ -13,7 +13,7 @@ import json
 import math
 import struct
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from tests.conftest import TEST_KEY
 from tests.industry40.test_i40_mqtt import Broker, _key, _varint, publish, wait_for
 from tests.live.ws_client import open_ws, recv, subscribe
 
@@ -300,24 +299,6 @@ def test_warning_alarm_escalates_to_critical_and_back_and_each_change_is_announc
 
 
 # --- MQTT / Sparkplug: one bad reading must not cost the others --------------------------------
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def bridged(broker: Broker, make_server: Callable[..., Any]) -> Iterator[httpx.Client]:
-    proc = make_server(
-        AVILA_MQTT_URL=f"mqtt://127.0.0.1:{broker.port}",
-        AVILA_MQTT_CLIENT_ID=f"avila-test-{uuid.uuid4().hex[:8]}",
-    )
-    with httpx.Client(base_url=proc.url, headers={"x-api-key": TEST_KEY}, timeout=30) as c:
-        yield c
 
 
 T0 = datetime(2026, 11, 20, tzinfo=UTC)

@@ -14,14 +14,13 @@ import struct
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import TEST_KEY
 
 from avila.testing.server import free_port
 
@@ -73,14 +72,6 @@ class Broker:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file
             self.proc.wait(10)
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
 
 
 def publish(
@@ -144,14 +135,9 @@ def sparkplug_payload(ts_ms: int, metrics: list[bytes]) -> bytes:
 
 
 @pytest.fixture
-def client(broker: Broker, make_server: Callable[..., Any]) -> Iterator[httpx.Client]:
-    """A client of a server whose bridge subscribes to ``broker``."""
-    proc = make_server(
-        AVILA_MQTT_URL=f"mqtt://127.0.0.1:{broker.port}",
-        AVILA_MQTT_CLIENT_ID=f"avila-test-{uuid.uuid4().hex[:8]}",
-    )
-    with httpx.Client(base_url=proc.url, headers={"x-api-key": TEST_KEY}, timeout=30) as c:
-        yield c
+def client(bridged: httpx.Client) -> httpx.Client:
+    """A client of a server whose bridge subscribes to ``broker`` (tests/industry40/conftest)."""
+    return bridged
 
 
 def _reported(client: httpx.Client, device: str) -> dict[str, Any] | None:
