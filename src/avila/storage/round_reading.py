@@ -19,7 +19,6 @@ import pyarrow as pa
 from avila.storage import frames, rollups
 from avila.storage.ingest_log import read_frames
 from avila.storage.load_rounds import Prepared
-from avila.storage.schema import columns_to_arrow
 
 if TYPE_CHECKING:
     from avila.storage.base import Store
@@ -110,7 +109,7 @@ class RoundReader:
         replay = start < self.replay_end
         if replay:
             target = self.replay_end
-        event_batches: list[dict[str, list[Any]]] = []
+        event_batches: list[dict[str, Any]] = []
         event_tables: list[pa.Table] = []
         batched = 0  # rows in event_batches
         readings: list[pa.Table] = []
@@ -131,7 +130,7 @@ class RoundReader:
                 if batched >= ARROW_CHUNK_ROWS:
                     # Python lists of a whole catch-up round would hold ~2 KB per event; Arrow
                     # holds the values in place and the fresh memory is reused.
-                    event_tables.append(columns_to_arrow(event_batches, ARROW_POOL))
+                    event_tables.append(frames.events_to_arrow(event_batches, ARROW_POOL))
                     event_batches, batched = [], 0
                 rows += len(columns["event_id"])
                 if not _link_names().isdisjoint(columns["event_name"]):
@@ -191,7 +190,7 @@ class RoundReader:
         end: int,
         rows: int,
         event_tables: list[pa.Table],
-        event_batches: list[dict[str, list[Any]]],
+        event_batches: list[dict[str, Any]],
         links: list[pa.Table],
         readings: list[pa.Table],
         devices: list[pa.Table],
@@ -224,7 +223,7 @@ class RoundReader:
                 )
             )
         if event_batches:
-            event_tables.append(columns_to_arrow(event_batches, ARROW_POOL))
+            event_tables.append(frames.events_to_arrow(event_batches, ARROW_POOL))
         events = None
         if event_tables:
             events = event_tables[0] if len(event_tables) == 1 else pa.concat_tables(event_tables)
