@@ -52,7 +52,9 @@ def _events(user: str, n: int) -> list[dict[str, Any]]:
 
 
 def _gzip(body: Any) -> bytes:
-    return gzip.compress(json.dumps(body).encode())
+    # mtime=0: the bytes (and so the test ids of parametrized bodies) must not depend on the
+    # second they were made, or two pytest-xdist workers collect different tests.
+    return gzip.compress(json.dumps(body).encode(), mtime=0)
 
 
 GZIP = {"content-encoding": "gzip", "content-type": "application/json"}
