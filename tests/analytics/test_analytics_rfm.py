@@ -107,3 +107,47 @@ def test_quintile_scores_in_range_and_monotone(values):
     assert np.all(np.diff(scores[order]) >= 0)
     edges = np.quantile(arr, [0.2, 0.4, 0.6, 0.8])
     assert list(scores) == [1 + sum(e < v for e in edges) for v in values]
+
+
+@pytest.mark.parametrize(("seed", "members"), [(5, 0), (6, 1), (7, 4), (8, 1000)])
+def test_segment_revenue_and_members_match_pandas(load, seed, members):
+    rows = _purchases(seed)
+    # ties on monetary across users: the member order falls back to user_id
+    for u in ("u000", "u001", "u002"):
+        rows.append(event(u, REF - timedelta(days=2), "purchase", order_id=f"tie-{u}", revenue=1e9))
+    store = load(rows)
+    want = _oracle(rows)
+    got = rfm(store, PROJECT, {"reference_date": REF.isoformat() + "Z", "members": members})
+    revenue = want.groupby("segment")["m"].sum()
+    for seg in got["segments"]:
+        name = seg["segment"]
+        expected_revenue = float(revenue.get(name, 0.0))
+        assert seg["revenue"] == pytest.approx(expected_revenue, rel=1e-12, abs=1e-9)
+        if not members:
+            assert "members" not in seg
+            continue
+        group = want[want.segment == name].reset_index()
+        top = group.sort_values(["m", "user_id"], ascending=[False, True]).head(members)
+        assert [m["user_id"] for m in seg["members"]] == list(top.user_id)
+        for member, (_, row) in zip(seg["members"], top.iterrows(), strict=True):
+            assert (member["r_score"], member["f_score"], member["m_score"]) == (
+                row.R,
+                row.F,
+                row.M,
+            )
+            assert member["segment"] == name and member["frequency"] == row.f
+            assert member["monetary"] == pytest.approx(row.m)
+            # the same answer as the per-user endpoint
+            assert member == user_segment(
+                store, PROJECT, member["user_id"], {"reference_date": REF.isoformat()}
+            )
+
+
+def test_members_are_bounded_and_empty_ranges_list_nothing(load):
+    store = load(_purchases(9, n_users=10))
+    with pytest.raises(ValidationFailed) as info:
+        rfm(store, PROJECT, {"members": 1001})
+    assert info.value.code == "invalid_query" and info.value.details[0]["path"] == "members"
+    empty = rfm(store, PROJECT, {"reference_date": "1990-01-01T00:00:00Z", "members": 5})
+    assert empty["users_scored"] == 0
+    assert all(s["members"] == [] and s["revenue"] == 0.0 for s in empty["segments"])

@@ -136,6 +136,25 @@ def test_rfm_scores_only_this_projects_buyers(a: httpx.Client, b: httpx.Client) 
     assert b.post("/api/v1/analytics/rfm", json={}).json()["users_scored"] == 1
 
 
+def test_rfm_lists_each_segments_members_as_the_user_endpoint_scores_them(
+    a: httpx.Client,
+) -> None:
+    got = a.post("/api/v1/analytics/rfm", json={"members": 10}).json()
+    members = [m for s in got["segments"] for m in s["members"]]
+    assert len(members) == got["users_scored"] == 2
+    for segment in got["segments"]:
+        assert segment["revenue"] == pytest.approx(sum(m["monetary"] for m in segment["members"]))
+    for member in members:
+        one = a.get(
+            f"/api/v1/users/{member['user_id']}/segment",
+            params={"reference_date": got["reference_date"]},
+        ).json()
+        assert one == member
+    assert_error(
+        a.post("/api/v1/analytics/rfm", json={"members": -1}), 422, "validation_failed", "members"
+    )
+
+
 def test_overview(a: httpx.Client) -> None:
     response = a.get("/api/v1/analytics/overview", params=RANGE)
     assert response.status_code == 200, response.text

@@ -251,3 +251,32 @@ def test_an_empty_project_says_how_to_send_the_first_event(
     visit(page, dashboard.url, "factory")
     assert "No devices yet" in page.inner_text("main")
     assert watch.console_errors == [] and watch.failed == [] and watch.foreign == []
+
+
+def test_segments_page_asks_once_and_lists_the_members_the_api_scores(
+    dashboard: Dashboard, page_and_watch: tuple[Any, Watch]
+) -> None:
+    page, watch = page_and_watch
+    sign_in(page, dashboard.url, dashboard.admin_key)
+    watch.reset()
+    with page.expect_response(lambda r: r.url.endswith("/api/v1/analytics/rfm")) as answer:
+        visit(page, dashboard.url, "segments")
+    rfm = answer.value.json()
+    wait_for_charts(page, 1)
+    # one RFM request, not one per buyer (which could spend the key's rate limit)
+    assert [u for u in watch.urls if "/api/v1/users/" in u] == []
+    assert len([u for u in watch.urls if u.endswith("/api/v1/analytics/rfm")]) == 1
+    largest = rfm["segments"][0]
+    assert largest["users"] > 0
+    page.locator('[data-chart="rfm"] table tbody tr').first.locator("button").click()
+    page.wait_for_selector("#segment-users h2")
+    listed = page.locator("#segment-users tbody tr td:first-child").all_inner_texts()
+    assert listed == [m["user_id"] for m in largest["members"]]
+    for user_id in listed[:3]:
+        one = httpx.get(
+            f"{dashboard.url}/api/v1/users/{user_id}/segment",
+            params={"window_days": 365, "reference_date": rfm["reference_date"]},
+            headers={"x-api-key": dashboard.admin_key},
+            timeout=30,
+        ).json()
+        assert one["segment"] == largest["segment"]

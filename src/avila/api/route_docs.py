@@ -230,6 +230,9 @@ class RfmSegment(Struct):
     segment: str
     users: int
     share: float
+    revenue: float
+    #: present when the request asked for ``members`` > 0
+    members: list[UserSegment] | None = None
 
 
 class RfmResult(Struct):

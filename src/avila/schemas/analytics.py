@@ -115,6 +115,8 @@ class RFMQuery(Struct, forbid_unknown_fields=True):
     reference_date: datetime | None = None
     window_days: Annotated[int, Meta(ge=1, le=3650)] = 365
     filters: list[PropertyFilter] = []
+    #: list up to this many users per segment, highest monetary first (0: none)
+    members: Annotated[int, Meta(ge=0, le=1000)] = 0
 
 
 class SessionsQuery(Struct, forbid_unknown_fields=True):

@@ -1,47 +1,34 @@
 // Segments: the RFM segments (users, share, revenue) as a treemap, and a drill-down into a
 // segment's users. RFM is scored over the 365 days before the range's end.
 import { api } from '../api.js';
-import { mapLimited, purchasers } from '../people.js';
 import { updateParams } from '../state.js';
 import { chartCard, emptyState, escapeHtml, fmt, h, table } from '../ui.js';
 
 const WINDOW_DAYS = 365;
-const DRILL_LIMIT = 500; // users scored one by one for the drill-down
+const DRILL_LIMIT = 200; // users listed per segment in the drill-down, highest revenue first
 
 export async function render(view, { params, range }) {
   view.append(h('h1', {}, 'Segments'));
   const reference = range.end;
-  const windowStart = new Date(Date.parse(reference) - WINDOW_DAYS * 86400000).toISOString();
-  const [rfm, buyers] = await Promise.all([
-    api('/api/v1/analytics/rfm', { method: 'POST', body: { reference_date: reference, window_days: WINDOW_DAYS } }),
-    purchasers(windowStart, reference, DRILL_LIMIT),
-  ]);
+  // One request: the segments with their revenue and their most valuable members.
+  const rfm = await api('/api/v1/analytics/rfm', {
+    method: 'POST', body: { reference_date: reference, window_days: WINDOW_DAYS, members: DRILL_LIMIT },
+  });
   if (!rfm.users_scored) {
     view.append(emptyState('No purchases in the 365 days before the end of this range.'));
     return;
   }
-  // The API has no "users of a segment" list: score each buyer (bounded) and group them.
-  const scored = await mapLimited(buyers, 6, (b) => api(`/api/v1/users/${encodeURIComponent(b.user_id)}/segment`,
-    { query: { reference_date: reference, window_days: WINDOW_DAYS } }));
-  const complete = scored.length === rfm.users_scored;
-  const members = new Map();
-  for (const s of scored) {
-    if (!s.segment) continue;
-    if (!members.has(s.segment)) members.set(s.segment, []);
-    members.get(s.segment).push(s);
-  }
-  const rows = rfm.segments.map((s) => ({
-    ...s,
-    revenue: (members.get(s.segment) || []).reduce((sum, u) => sum + (u.monetary || 0), 0),
-  }));
+  const members = new Map(rfm.segments.map((s) => [s.segment, s.members]));
+  const rows = rfm.segments;
   view.append(h('p', { class: 'muted' },
-    `${fmt.int(rfm.users_scored)} buyers scored as of ${fmt.time(reference)} over ${WINDOW_DAYS} days.`,
-    complete ? '' : ` Revenue and members come from the ${fmt.int(scored.length)} most recent buyers.`));
+    `${fmt.int(rfm.users_scored)} buyers scored as of ${fmt.time(reference)} over ${WINDOW_DAYS} days.`));
   const drill = h('div', { id: 'segment-users' });
   const showSegment = (name) => {
     updateParams({ segment: name });
-    const users = (members.get(name) || []).sort((a, b) => b.monetary - a.monetary);
-    drill.replaceChildren(h('section', { class: 'card' }, h('h2', {}, `${name}: ${fmt.int(users.length)} users`),
+    const users = members.get(name) || [];
+    const total = (rows.find((r) => r.segment === name) || { users: users.length }).users;
+    const shown = users.length < total ? `, the ${fmt.int(users.length)} with the most revenue` : '';
+    drill.replaceChildren(h('section', { class: 'card' }, h('h2', {}, `${name}: ${fmt.int(total)} users${shown}`),
       users.length ? h('div', { class: 'table-wrap' }, table([
         { key: 'user_id', label: 'User', format: (v) => h('a', { href: `#/users?user=${encodeURIComponent(v)}` }, v) },
         { key: 'rfm_score', label: 'RFM' }, { key: 'recency_days', label: 'Days since purchase', num: true, format: fmt.num },
