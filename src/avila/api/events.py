@@ -15,6 +15,7 @@ from litestar import MediaType, Request, Response, post
 
 from avila.api.bodies import decoded
 from avila.errors import MalformedJSON, PayloadTooLarge, ValidationFailed
+from avila.ingest.batch_split import split_events
 from avila.ingest.service import IngestService, result_body
 from avila.ingest.validation import MAX_EVENT_BYTES, NESTED_TOO_DEEPLY
 from avila.schemas.events import BATCH_DECODER, SINGLE_DECODER
@@ -89,13 +90,23 @@ async def ingest_event(request: Request[Any, Any, Any], ingest: IngestService) -
     tags=["events"],
 )
 async def ingest_batch(request: Request[Any, Any, Any], ingest: IngestService) -> Response[bytes]:
-    body = _decode(BATCH_DECODER, await _body(request, MAX_BATCH_BYTES))
-    if len(body.events) > MAX_BATCH_EVENTS:
+    raw = await _body(request, MAX_BATCH_BYTES)
+    events: list[msgspec.Raw | bytes]
+    try:
+        events = list(_decode(BATCH_DECODER, raw).events)
+    except (MalformedJSON, ValidationFailed):
+        # One unreadable event must not cost the others: split the array and let each be
+        # validated (and the unreadable ones rejected) on its own.
+        split = split_events(raw)
+        if not split:
+            raise
+        events = list(split)
+    if len(events) > MAX_BATCH_EVENTS:
         raise PayloadTooLarge(
-            f"batch has {len(body.events)} events; the limit is {MAX_BATCH_EVENTS}",
+            f"batch has {len(events)} events; the limit is {MAX_BATCH_EVENTS}",
             code="batch_too_large",
         )
-    result = await ingest.ingest(body.events, request.state.principal.project_id)
+    result = await ingest.ingest(events, request.state.principal.project_id)
     return _accepted(result_body(result, batch=True))
 
 
