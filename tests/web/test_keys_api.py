@@ -40,7 +40,7 @@ def test_keys_api_creates_lists_and_revokes_within_the_project(dashboard: Dashbo
     assert call(dashboard, "GET", "/api/v1/keys", secret).status_code == 403
     bad = call(dashboard, "POST", "/api/v1/keys", dashboard.admin_key, json={"scopes": ["root"]})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_scopes"
-    assert bad.json()["error"]["details"][0]["path"] == "scopes"
+    assert bad.json()["error"]["details"][0]["path"] == "scopes[0]"
     extra = call(
         dashboard, "POST", "/api/v1/keys", dashboard.admin_key, json={"scopes": ["read"], "x": 1}
     )

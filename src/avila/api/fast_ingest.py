@@ -114,6 +114,11 @@ class FastIngest:
             raise _Delegate from None
         scope["path_template"] = path  # the route label of the request metrics
         rate_headers: list[tuple[bytes, bytes]] = []
+        client = scope.get("client")
+        if self.limiter.auth_failures.retry_after(client[0] if client else None) is not None:
+            # An address blocked for guessing keys: the guard answers its 429, for a right key
+            # too, or this route would tell a guesser which guess was right.
+            raise _Delegate
         try:
             principal = self._principal(headers)
             decision = self.limiter.hit(principal.key_id)

@@ -1,12 +1,14 @@
 """Authentication, scopes and rate limits for every route but /health and /metrics; CORS.
 
-Routes declare the scope they need with ``opt={"scope": "read"}``; one guard resolves the key,
-checks the scope, counts the request against the key's rate limit and leaves the caller's
-:class:`~avila.security.keys.Principal` in ``connection.state.principal``.
+Routes declare the scope they need with ``opt={"scope": "read"}``; one guard refuses client
+addresses blocked for guessing keys, resolves the key (counting an unknown one against the
+address), checks the scope, counts the request against the key's rate limit and leaves the
+caller's :class:`~avila.security.keys.Principal` in ``connection.state.principal``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,8 +21,11 @@ from litestar.types import Message, Scope
 
 from avila.api.errors import error_body
 from avila.errors import Forbidden, RateLimited, Unauthorized
+from avila.security.auth_failures import AuthFailures
 from avila.security.keys import KeyRegistry, Principal
 from avila.security.ratelimit import RateLimiter
+
+log = logging.getLogger("avila.api")
 
 RATE_HEADERS_STATE = "avila_rate_headers"
 #: WebSocket subprotocol carrying the API key: ``avila.key.<KEY>``.
@@ -52,6 +57,8 @@ def authenticate(connection: ASGIConnection[Any, Any, Any, Any], scope_needed: s
     state = connection.app.state
     keys: KeyRegistry = state.key_store
     limiter: RateLimiter = state.rate_limiter
+    client = connection.client.host if connection.client else None
+    _refuse_if_blocked(limiter.auth_failures, client, state)
     key = presented_key(connection)
     if not key:
         raise Unauthorized(
@@ -59,6 +66,15 @@ def authenticate(connection: ASGIConnection[Any, Any, Any, Any], scope_needed: s
         )
     principal = keys.resolve(key)
     if principal is None:
+        if limiter.auth_failures.record_failure(client):
+            log.warning(
+                "client blocked after failed authentications",
+                extra={
+                    "client": client,
+                    "failures": limiter.auth_failures.limit,
+                    "seconds": limiter.auth_failures.window_s,
+                },
+            )
         raise Unauthorized("unknown or revoked API key", code="invalid_api_key")
     if not principal.can(scope_needed):
         raise Forbidden(
@@ -78,6 +94,25 @@ def authenticate(connection: ASGIConnection[Any, Any, Any, Any], scope_needed: s
         connection.scope.setdefault("state", {})[RATE_HEADERS_STATE] = headers
     connection.state.principal = principal
     return principal
+
+
+def _refuse_if_blocked(failures: AuthFailures, client: str | None, state: Any) -> None:
+    retry_after = failures.retry_after(client)
+    if retry_after is None:
+        return
+    state.metrics.rate_limited.inc()
+    raise RateLimited(
+        f"too many unknown API keys from this address ({failures.limit} within"
+        f" {failures.window_s:g} s): every request from it is refused for {retry_after} s",
+        details=[
+            {
+                "limit": failures.limit,
+                "window_seconds": failures.window_s,
+                "retry_after_seconds": retry_after,
+            }
+        ],
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 async def scope_guard(

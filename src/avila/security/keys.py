@@ -70,12 +70,16 @@ def validate_project(project_id: str) -> str:
 
 
 def validate_scopes(scopes: list[str]) -> tuple[str, ...]:
-    unknown = sorted(set(scopes) - set(SCOPES))
+    unknown = [(i, s) for i, s in enumerate(scopes) if s not in SCOPES]
     if unknown or not scopes:
+        named = ", ".join(repr(s) for _, s in unknown)
         raise ValidationFailed(
-            f"scopes must be a non-empty subset of {', '.join(SCOPES)}; unknown: {', '.join(unknown)}",
+            f"scopes must be a non-empty subset of {', '.join(SCOPES)}; unknown: {named}",
             code="invalid_scopes",
-            details=[{"path": "scopes", "message": "unknown scope"}],
+            details=[
+                {"path": f"scopes[{i}]", "message": f"unknown scope {s!r}"} for i, s in unknown
+            ]
+            or [{"path": "scopes", "message": "at least one scope is needed"}],
         )
     return tuple(s for s in SCOPES if s in scopes)
 
@@ -130,10 +134,13 @@ def new_key(project_id: str, scopes: list[str], name: str) -> tuple[str, KeyInfo
 
 
 def bootstrap_principals(bootstrap_keys: tuple[str, ...]) -> dict[str, Principal]:
-    """``API_KEYS``: every scope on project ``default``, by key hash."""
+    """``API_KEYS``: every scope on project ``default``, by key hash. A key's id comes from the
+    key, not its place in the list: replicas whose ``API_KEYS`` are in another order (a rolling
+    update) must not charge one key's requests to another's rate budget."""
+    by_hash = (hash_key(k) for k in bootstrap_keys)
     return {
-        hash_key(k): Principal(f"env:{i}", DEFAULT_PROJECT, frozenset(SCOPES))
-        for i, k in enumerate(bootstrap_keys)
+        digest: Principal(f"env:{digest[:12]}", DEFAULT_PROJECT, frozenset(SCOPES))
+        for digest in by_hash
     }
 
 

@@ -3,6 +3,9 @@
 Counters live in process memory, or with ``AVILA_REDIS_URL`` in the `limits` library's Redis
 storage, so replicas share them and the budget is per key, not per replica. Redis down: 503
 ``shared_state_unavailable`` (a limit nobody can count is not silently lifted).
+
+The limiter also carries the failed-authentication counters per client address
+(:mod:`avila.security.auth_failures`, in process memory), on and off with it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from avila.errors import SharedStateUnavailable
+from avila.security.auth_failures import AUTH_FAILURE_LIMIT, AuthFailures
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class RateLimiter:
         """``storage_url``: a `limits` storage URI (``redis://...``); empty: process memory."""
         self.per_minute = per_minute
         self._item = RateLimitItemPerMinute(per_minute) if per_minute > 0 else None
+        # RATE_LIMIT_PER_MINUTE=0 is documented as "no rate limits": this one included.
+        self.auth_failures = AuthFailures(AUTH_FAILURE_LIMIT if per_minute > 0 else 0)
         storage: Storage = MemoryStorage()
         if storage_url:
             # A redis:// URI gives the synchronous storage (async:// would be the aio one).
