@@ -254,3 +254,35 @@ def test_messages_are_stored_mapped_deduplicated_skew_corrected_and_stitched(
     resolved = rows(conn, "SELECT DISTINCT user_id FROM events_resolved")
     assert resolved == [{"user_id": "user-1"}]
     conn.close()
+
+
+def test_a_value_msgspec_cannot_read_is_named_and_costs_only_its_message(
+    shared_live_server: LiveServer,
+) -> None:
+    """1e309 and a lone surrogate escape made msgspec refuse the whole body: a single call got
+    400 with no path (or "Input data was truncated"), and a batch lost every message in it."""
+    live = shared_live_server
+    auth = basic(live.ingest_key)
+    for value, reason in ((b"1e309", "number out of range"), (b'"\\ud800"', "lone UTF-16")):
+        single = b'{"userId": "u", "event": "x", "properties": {"a": [1, ' + value + b"]}}"
+        response = post(live, "/v1/track", single, auth)
+        _error(response, 400, "invalid_message")
+        (detail,) = response.json()["error"]["details"]
+        assert detail["path"] == "properties.a[1]" and reason in detail["message"]
+
+        good = b'{"type": "track", "userId": "ok", "event": "Kept"}'
+        bad = b'{"type": "track", "userId": "u", "event": "x", "properties": {"k": ' + value + b"}}"
+        body = (
+            b'{"sentAt": "2026-01-01T00:00:00Z", "batch": [' + b", ".join([good, bad, good]) + b"]}"
+        )
+        response = post(live, "/v1/batch", body, auth)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["accepted"] + answer["duplicates"] == 2
+        assert [(r["index"], r["path"]) for r in answer["rejected"]] == [
+            (1, "batch[1].properties.k")
+        ]
+        assert reason in answer["rejected"][0]["message"]
+    # Outside the messages (or not JSON at all) the body is still refused whole.
+    _error(post(live, "/v1/batch", b'{"sentAt": 1e309, "batch": []}', auth), 400, "invalid_message")
+    _error(post(live, "/v1/batch", b'{"batch": [1e309', auth), 400, "malformed_json")

@@ -33,6 +33,7 @@ from avila.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from avila.ingest import lenient_json
 from avila.ingest.segment import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
@@ -194,10 +195,47 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         raise BadRequest(
             f"request body cannot be read: {NESTED_TOO_DEEPLY}", details=[{"path": ""}]
         ) from None
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"request body is not a Segment payload: {exc}") from None
     except msgspec.DecodeError as exc:
+        _refuse_unreadable(body)
+        if isinstance(exc, msgspec.ValidationError):
+            raise BadRequest(f"request body is not a Segment payload: {exc}") from None
         raise MalformedJSON(f"request body is not valid JSON: {exc}") from None
+
+
+def _refuse_unreadable(body: bytes) -> None:
+    """A body msgspec refused for one value (``1e309``, a lone surrogate): 400 naming it."""
+    found = lenient_json.first_unreadable(lenient_json.loads(body))
+    if found is not None:
+        path, reason = found
+        raise BadRequest(
+            f"request body has a value that cannot be stored at {path or 'the top level'}: {reason}",
+            code="invalid_message",
+            details=[{"path": path, "message": reason}],
+        )
+
+
+def _lenient_batch(body: bytes) -> tuple[_Batch, dict[int, Rejection]] | None:
+    """A batch body msgspec refused whole, read again leniently: its messages, with those
+    holding a value msgspec cannot read already rejected (at their field). None when the
+    body is unreadable for another reason, or the unreadable value is outside the messages."""
+    value = lenient_json.loads(body)
+    if not isinstance(value, dict) or not isinstance(value.get("batch"), list):
+        return None
+    if lenient_json.first_unreadable({k: v for k, v in value.items() if k != "batch"}):
+        return None
+    messages: list[msgspec.Raw] = []
+    rejected: dict[int, Rejection] = {}
+    for index, message in enumerate(value["batch"]):
+        found = lenient_json.first_unreadable(message)
+        if found is None:
+            messages.append(msgspec.Raw(_encode(message)))
+            continue
+        path, reason = found
+        where = f"batch[{index}].{path}" if path else f"batch[{index}]"
+        rejected[index] = Rejection(index, "invalid_message", reason, where)
+        messages.append(msgspec.Raw(b"null"))
+    extras = {k: value.get(k) for k in ("sentAt", "writeKey", "context", "integrations")}
+    return _Batch(batch=messages, **extras), rejected
 
 
 def _now() -> datetime:
@@ -268,7 +306,15 @@ async def segment_batch(request: Request[Any, Any, Any], ingest: IngestService) 
     header_key = _basic_key(request) or presented_key(request)
     principal = _authenticate(request, header_key) if header_key else None
     body = await _read_body(request, MAX_BATCH_BYTES)
-    payload: _Batch = _decode(_BATCH_DECODER, body)
+    unreadable: dict[int, Rejection] = {}
+    try:
+        payload: _Batch = _decode(_BATCH_DECODER, body)
+    except (BadRequest, MalformedJSON):
+        # One message holding a value msgspec cannot read must not cost the others.
+        lenient = _lenient_batch(body)
+        if lenient is None:
+            raise
+        payload, unreadable = lenient
     if principal is None:
         key = payload.writeKey
         principal = _authenticate(request, key if isinstance(key, str) else None)
@@ -289,6 +335,9 @@ async def segment_batch(request: Request[Any, Any, Any], ingest: IngestService) 
     messages: list[dict[str, Any]] = []
     for index, raw in enumerate(payload.batch):
         where = f"batch[{index}]"
+        if index in unreadable:
+            rejected.append(unreadable[index])
+            continue
         if len(raw) > MAX_MESSAGE_BYTES:
             rejected.append(
                 Rejection(
@@ -306,8 +355,8 @@ async def segment_batch(request: Request[Any, Any, Any], ingest: IngestService) 
             messages.append(message)
         except RecursionError:
             rejected.append(Rejection(index, "invalid_message", NESTED_TOO_DEEPLY, where))
-        except msgspec.DecodeError:
-            rejected.append(Rejection(index, "invalid_message", "expected an object", where))
+        except msgspec.DecodeError as exc:
+            rejected.append(_unreadable_message(index, raw, exc))
         except MessageError as exc:
             path = f"{where}.{exc.path}" if exc.path else where
             rejected.append(Rejection(index, exc.code, exc.message, path))
@@ -328,6 +377,17 @@ async def segment_batch(request: Request[Any, Any, Any], ingest: IngestService) 
             "rejected": [r.to_dict() for r in rejected],
         }
     )
+
+
+def _unreadable_message(index: int, raw: msgspec.Raw, exc: msgspec.DecodeError) -> Rejection:
+    where = f"batch[{index}]"
+    found = lenient_json.first_unreadable(lenient_json.loads(bytes(raw)))
+    if found is not None:
+        path, reason = found
+        return Rejection(index, "invalid_message", reason, f"{where}.{path}" if path else where)
+    if isinstance(exc, msgspec.ValidationError):  # valid JSON, but not an object
+        return Rejection(index, "invalid_message", "expected an object", where)
+    return Rejection(index, "invalid_message", f"not valid JSON: {exc}", where)
 
 
 ROUTES = [segment_call, segment_batch]
