@@ -44,7 +44,13 @@ import pyarrow.parquet as pq
 from avila.export.columnar import Checked, ColumnarValidator, Rejected
 from avila.export.duplicates import candidate_rows
 from avila.export.importer import ImportSummary, RowRejection
-from avila.export.reader import CountingReader, ndjson_batches, open_event_csv
+from avila.export.reader import (
+    CountingReader,
+    ndjson_batches,
+    open_event_csv,
+    read_guarded,
+    reading,
+)
 from avila.storage import rollups
 from avila.storage.duckdb.store import DuckDBStore
 from avila.storage.schema import EVENT_COLUMN_NAMES
@@ -104,9 +110,10 @@ class _Splitter:
 
 
 def _parquet_batches(path: Path, splitter: _Splitter, batch_rows: int) -> Iterator[Batch]:
-    file = pq.ParquetFile(path)
+    with reading(path, "parquet"):
+        file = pq.ParquetFile(path)
     done = 0
-    for batch in file.iter_batches(batch_size=batch_rows):
+    for batch in read_guarded(path, "parquet", file.iter_batches(batch_size=batch_rows)):
         checked = splitter.validator.flat(batch, done + 1)
         done += batch.num_rows
         yield splitter.split(checked, batch.num_rows, done)
@@ -117,7 +124,7 @@ def _csv_batches(path: Path, splitter: _Splitter, batch_rows: int) -> Iterator[B
         counting = CountingReader(raw)
         reader = open_event_csv(counting, path, block_size=16 << 20)
         done = 0
-        for batch in _rebatched(reader, batch_rows):
+        for batch in _rebatched(read_guarded(path, "csv", reader), batch_rows):
             checked = splitter.validator.flat(batch, done + 1)
             done += batch.num_rows
             yield splitter.split(checked, batch.num_rows, counting.count)

@@ -29,7 +29,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from avila.export.reader import DATA_FIELDS, flat_rows, row_to_event
+from avila.export.reader import (
+    DATA_FIELDS,
+    INVALID_UTF8,
+    flat_rows,
+    invalid_utf8,
+    row_to_event,
+    with_json_bytes,
+)
 from avila.ingest.validation import MAX_EVENT_BYTES, MAX_FUTURE, epoch_us, validate_events
 from avila.schemas.events import DATA_TYPES, ENVELOPE_DECODER, Context, EventEnvelope
 from avila.storage.schema import EVENT_SCHEMA, EVENT_TYPES
@@ -187,9 +194,30 @@ class ColumnarValidator:
 
     def flat(self, batch: pa.RecordBatch, first_row: int) -> Checked:
         """Validate a batch of flat rows (export-shaped columns) whose first row is
-        ``first_row`` (1-based)."""
+        ``first_row`` (1-based). Rows with text that is not UTF-8 (a CSV or Parquet file can
+        hold any bytes) are rejected at their field's path, as the API rejects such an event,
+        and the others validated without them."""
+        rows = np.arange(first_row, first_row + batch.num_rows, dtype=np.int64)
+        bad = invalid_utf8(batch)
+        if bad is None:
+            return self._flat(batch, rows)
+        mask, paths = bad
+        rejected = [
+            Rejected(int(row), "invalid_event", INVALID_UTF8, path)
+            for row, path in zip(rows[mask].tolist(), paths, strict=True)
+        ]
+        keep = ~mask
+        checked = (
+            self._flat(batch.filter(pa.array(keep)), rows[keep])
+            if keep.any()
+            else Checked(ACCEPTED_SCHEMA.empty_table())
+        )
+        checked.rejected = sorted([*checked.rejected, *rejected], key=lambda r: r.row)
+        return checked
+
+    def _flat(self, batch: pa.RecordBatch, rows: np.ndarray) -> Checked:
+        """:meth:`flat` of a batch whose text is UTF-8; ``rows[i]`` is row i's number."""
         n = batch.num_rows
-        rows = np.arange(first_row, first_row + n, dtype=np.int64)
         columns = {name: _plain(batch, name) for name in batch.schema.names}
         fast = np.ones(n, dtype=bool)
         texts = ("event_id", "user_id", "session_id", "event_type", "data", "metadata", "context")
@@ -533,7 +561,7 @@ def _one_line(line: bytes) -> tuple[EventEnvelope | None, bytes, str | None]:
         return None, line, "line is not a JSON object"
     if isinstance(row.get("event_type"), dict):
         return None, line, None  # seed-shaped but invalid: the API's path says why
-    event = row_to_event(row)
+    event = row_to_event(with_json_bytes(line, row))
     if len(event) > MAX_EVENT_BYTES:
         return None, event, None
     try:

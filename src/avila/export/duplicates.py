@@ -24,10 +24,20 @@ from typing import Any
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from avila.export.reader import _CSV_TYPES, CSV_NULLS, CSV_PARSE, ndjson_batches
+from avila.export.reader import (
+    _CSV_TYPES,
+    CSV_CHECK_UTF8,
+    CSV_NULLS,
+    CSV_PARSE,
+    invalid_utf8,
+    ndjson_batches,
+    read_guarded,
+    reading,
+)
 
 #: Rows per batch of ids read from CSV and NDJSON files.
 _ID_BATCH_ROWS = 1 << 18
@@ -57,7 +67,8 @@ def candidate_rows(
     """Sorted 1-based row numbers (NDJSON: line numbers) of the rows that may be duplicates."""
     params = {"project": project_id, "since": since}
     if fmt == "parquet":
-        names = pq.read_schema(path).names
+        with reading(path, fmt):
+            names = pq.read_schema(path).names
         if "event_id" not in names:
             return np.empty(0, dtype=np.int64)
         # DuckDB reads the one column itself; the cast makes ids of any type comparable text
@@ -71,7 +82,8 @@ def candidate_rows(
                 _CANDIDATES_SQL.format(ids=ids), params={**params, "path": str(path)}
             ).fetchnumpy()["row"]
         except Exception:  # an id column DuckDB cannot cast: every row with an id is checked
-            column = pq.read_table(path, columns=["event_id"]).column(0)
+            with reading(path, fmt):
+                column = pq.read_table(path, columns=["event_id"]).column(0)
             present = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
             return np.flatnonzero(present).astype(np.int64) + 1
         return np.asarray(found, dtype=np.int64)
@@ -91,25 +103,31 @@ _IDS_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("row", pa.int64()
 
 def _csv_ids(path: Path) -> Iterator[pa.RecordBatch]:
     # The second pass's parser and options, so row i here is row i there.
-    reader = pa_csv.open_csv(
-        path,
-        read_options=pa_csv.ReadOptions(block_size=16 << 20),
-        parse_options=CSV_PARSE,
-        convert_options=pa_csv.ConvertOptions(
-            column_types={"event_id": _CSV_TYPES["event_id"]},
-            include_columns=["event_id"],
-            include_missing_columns=True,
-            null_values=CSV_NULLS,
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-        ),
-    )
+    with reading(path, "csv"):
+        reader = pa_csv.open_csv(
+            path,
+            read_options=pa_csv.ReadOptions(block_size=16 << 20),
+            parse_options=CSV_PARSE,
+            convert_options=pa_csv.ConvertOptions(
+                column_types={"event_id": _CSV_TYPES["event_id"]},
+                include_columns=["event_id"],
+                include_missing_columns=True,
+                null_values=CSV_NULLS,
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+                check_utf8=CSV_CHECK_UTF8,
+            ),
+        )
     done = 0
-    for batch in reader:
+    for batch in read_guarded(path, "csv", reader):
         n = batch.num_rows
         rows = pa.array(np.arange(done + 1, done + n + 1, dtype=np.int64))
         done += n
-        yield pa.RecordBatch.from_arrays([batch.column(0).cast(pa.string()), rows], ["id", "row"])
+        ids = batch.column(0).cast(pa.string())
+        bad = invalid_utf8(batch)
+        if bad is not None:  # such a row is rejected in the second pass: never a candidate
+            ids = pc.if_else(pa.array(bad[0]), pa.scalar(None, pa.string()), ids)
+        yield pa.RecordBatch.from_arrays([ids, rows], ["id", "row"])
 
 
 def _ndjson_ids(path: Path) -> Iterator[pa.RecordBatch]:

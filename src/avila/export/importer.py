@@ -60,8 +60,8 @@ class ImportSummary:
         self.rows += len(chunk.events) + len(chunk.unreadable)
         self.accepted += int(body.get("accepted", 0))
         self.duplicates += int(body.get("duplicates", 0))
-        for row, message in chunk.unreadable:
-            self.reject(RowRejection(row, "malformed_json", message))
+        for bad in chunk.unreadable:
+            self.reject(RowRejection(bad.row, bad.code, bad.message, bad.path))
         for item in body.get("rejected", []):
             path = str(item.get("path", ""))
             # "events[3].timestamp" -> "timestamp": the row number says which event.

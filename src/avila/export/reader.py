@@ -14,13 +14,15 @@ exactly like the API. Two row shapes are understood:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -54,6 +56,16 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
 
 
+class Unreadable(NamedTuple):
+    """A row that could not even be turned into an event: a line that is not JSON, text that
+    is not UTF-8 (code and field path as the API gives them)."""
+
+    row: int
+    message: str
+    code: str = "malformed_json"
+    path: str = ""
+
+
 @dataclass
 class Chunk:
     """Events of consecutive rows; ``rows[i]`` is the 1-based row (NDJSON: line) of
@@ -62,8 +74,8 @@ class Chunk:
     events: list[bytes] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
     progress: int = 0
-    #: ``(row, message)`` of rows that could not even be turned into an event (bad JSON line).
-    unreadable: list[tuple[int, str]] = field(default_factory=list)
+    #: Rows that could not even be turned into an event (bad JSON line, invalid UTF-8).
+    unreadable: list[Unreadable] = field(default_factory=list)
 
 
 def detect_format(path: Path, explicit: str | None = None) -> str:
@@ -85,8 +97,140 @@ def detect_format(path: Path, explicit: str | None = None) -> str:
 def progress_total(path: Path, fmt: str) -> int:
     """The ``progress`` value at the end of the file (bytes; Parquet: rows)."""
     if fmt == "parquet":
-        return int(pq.ParquetFile(path).metadata.num_rows)
+        with reading(path, fmt):
+            return int(pq.ParquetFile(path).metadata.num_rows)
     return path.stat().st_size
+
+
+# -- files that cannot be read -------------------------------------------------------------
+
+#: Longest library message quoted in an unreadable file's error (a CSV parse error quotes the
+#: offending row, which may be long or span lines).
+_DETAIL_CHARS = 300
+
+
+def unreadable_file(path: Path, fmt: str, exc: BaseException) -> ValidationFailed:
+    """The one-line error for a file the reader cannot parse (not Parquet, a broken CSV
+    quote, a truncated file ...), naming the file: the CLI prints it and exits 2."""
+    detail = str(exc).replace("\r", "\\r").replace("\n", "\\n").strip() or type(exc).__name__
+    if len(detail) > _DETAIL_CHARS:
+        detail = detail[:_DETAIL_CHARS] + " ..."
+    return ValidationFailed(f"cannot read {path} as {fmt}: {detail}", code="unreadable_file")
+
+
+#: What Arrow raises for a file it cannot parse (OSError: Arrow's I/O errors, such as a
+#: truncated Parquet file, are plain OSError).
+_FILE_ERRORS = (pa.ArrowException, OSError)
+
+
+@contextmanager
+def reading(path: Path, fmt: str) -> Iterator[None]:
+    """Turn a library's file-format error raised inside into :func:`unreadable_file`. Only
+    around reads of the input: an Arrow error elsewhere is a bug and keeps its traceback."""
+    try:
+        yield
+    except _FILE_ERRORS as exc:
+        raise unreadable_file(path, fmt, exc) from exc
+
+
+_T = TypeVar("_T")
+
+
+def read_guarded(path: Path, fmt: str, items: Iterable[_T]) -> Iterator[_T]:
+    """``items`` (a reader's batches), each read inside :func:`reading`; the caller's work
+    between reads is not."""
+    with reading(path, fmt):
+        iterator = iter(items)
+    while True:
+        with reading(path, fmt):
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+        yield item
+
+
+# -- text that is not UTF-8 ------------------------------------------------------------------
+
+#: The API's message for bytes that are not UTF-8 (:func:`avila.ingest.validation.validate_events`).
+INVALID_UTF8 = "Invalid UTF-8 encoded string"
+
+#: Where a flat column's text goes in the event: the field path of a row rejected for it.
+COLUMN_PATHS: dict[str, str] = {
+    "ts": "timestamp",
+    "event_type": "event_type.type",
+    "data": "event_type.data",
+    "properties": "event_type.data.properties",
+    "event_name": "event_type.data.name",
+    "search_query": "event_type.data.query",
+    **{name: f"event_type.data.{name}" for name in ("url", "title", "product_id", "order_id")},
+    "currency": "event_type.data.currency",
+    **{name: f"context.device.{name}" for name in ("device_type", "os", "browser")},
+    **{name: f"context.location.{name}" for name in ("country", "city")},
+    "referrer": "context.referrer",
+    "user_agent": "context.user_agent",
+}
+
+#: Values per validation when a column is known to hold bytes that are not UTF-8: slices that
+#: pass are not looked at value by value.
+_UTF8_SLICE = 1024
+
+
+def _bad_text(array: pa.Array) -> np.ndarray | None:
+    """Positions of ``array``'s values (a string column) that are not UTF-8; None when all
+    are. One full validation of the column, as Arrow's CSV reader does with ``check_utf8``
+    (which stopped the whole import at the first bad value); the slow search only when it
+    fails."""
+    if pa.types.is_dictionary(array.type):
+        bad_values = _bad_text(array.dictionary)
+        if bad_values is None:
+            return None
+        hit = pc.is_in(array.indices, value_set=pa.array(bad_values, array.indices.type))
+        rows = np.flatnonzero(pc.fill_null(hit, False).to_numpy(zero_copy_only=False))
+        return rows if len(rows) else None
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        return None
+    try:
+        array.validate(full=True)
+        return None
+    except pa.ArrowInvalid:
+        pass
+    found: list[int] = []
+    for start in range(0, len(array), _UTF8_SLICE):
+        part = array.slice(start, _UTF8_SLICE)
+        try:
+            part.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        binary = pa.large_binary() if pa.types.is_large_string(array.type) else pa.binary()
+        for i, value in enumerate(part.view(binary).to_pylist()):
+            if value is None:
+                continue
+            try:
+                value.decode()
+            except UnicodeDecodeError:
+                found.append(start + i)
+    return np.asarray(found, dtype=np.int64)
+
+
+def invalid_utf8(batch: pa.RecordBatch) -> tuple[np.ndarray, list[str]] | None:
+    """The rows of ``batch`` that hold text that is not UTF-8: a mask of them and, for each in
+    order, the field path of its first such column; None when every text is UTF-8 (the usual
+    case: one validation per column)."""
+    paths: dict[int, str] = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        bad = _bad_text(column)
+        if bad is None:
+            continue
+        for position in bad.tolist():
+            paths.setdefault(position, COLUMN_PATHS.get(name, name))
+    if not paths:
+        return None
+    mask = np.zeros(batch.num_rows, dtype=bool)
+    order = sorted(paths)
+    mask[order] = True
+    return mask, [paths[p] for p in order]
 
 
 def _time_text(value: Any) -> Any:
@@ -164,6 +308,33 @@ def row_to_event(row: dict[str, Any]) -> bytes:
     return _encode(event)
 
 
+class _JsonParts(msgspec.Struct):
+    """The JSON parts of a flat NDJSON line (an NDJSON export) as the line's own bytes."""
+
+    data: msgspec.Raw = msgspec.Raw(b"")  # empty: the key is absent
+    metadata: msgspec.Raw = msgspec.Raw(b"")
+    context: msgspec.Raw = msgspec.Raw(b"")
+
+
+_JSON_PARTS = msgspec.json.Decoder(_JsonParts)
+
+
+def with_json_bytes(line: bytes, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` (the decoded flat NDJSON ``line``) with its object-valued ``data``,
+    ``metadata`` and ``context`` replaced by their bytes in the line: an NDJSON export embeds
+    the stored JSON texts as they are, so the import stores them byte for byte (spacing,
+    ``\\u`` escapes, number spelling), as the API keeps a client's JSON, instead of a compact
+    re-encoding of the decoded objects. Only lines with such an object pay the second decode."""
+    if not any(isinstance(row.get(name), dict) for name in ("data", "metadata", "context")):
+        return row
+    parts = _JSON_PARTS.decode(line)
+    for name in ("data", "metadata", "context"):
+        raw = getattr(parts, name)
+        if len(raw) and isinstance(row.get(name), dict):
+            row[name] = raw
+    return row
+
+
 #: A UTF-8 byte-order mark, which Windows tools put at the start of a text file.
 BOM = b"\xef\xbb\xbf"
 
@@ -181,14 +352,16 @@ def _read_ndjson(path: Path, chunk_rows: int) -> Iterator[Chunk]:
             try:
                 row = _decode(line)
             except msgspec.DecodeError as exc:
-                chunk.unreadable.append((number, f"line is not valid JSON: {exc}"))
+                chunk.unreadable.append(Unreadable(number, f"line is not valid JSON: {exc}"))
                 continue
             if not isinstance(row, dict):
-                chunk.unreadable.append((number, "line is not a JSON object"))
+                chunk.unreadable.append(Unreadable(number, "line is not a JSON object"))
                 continue
             # Seed-shaped lines go through byte for byte (their unknown fields included).
             chunk.events.append(
-                line if isinstance(row.get("event_type"), dict) else row_to_event(row)
+                line
+                if isinstance(row.get("event_type"), dict)
+                else row_to_event(with_json_bytes(line, row))
             )
             chunk.rows.append(number)
             if len(chunk.events) >= chunk_rows:
@@ -271,13 +444,17 @@ CSV_NULLS = [""]
 
 def csv_columns(path: Path) -> list[str]:
     """The header's column names (only the file's first block is read)."""
-    reader = pa_csv.open_csv(
-        path, read_options=pa_csv.ReadOptions(block_size=1 << 20), parse_options=CSV_PARSE
-    )
-    try:
-        return list(reader.schema.names)
-    finally:
-        reader.close()
+    with reading(path, "csv"):
+        reader = pa_csv.open_csv(
+            path,
+            read_options=pa_csv.ReadOptions(block_size=1 << 20),
+            parse_options=CSV_PARSE,
+            convert_options=pa_csv.ConvertOptions(check_utf8=False),
+        )
+        try:
+            return list(reader.schema.names)
+        finally:
+            reader.close()
 
 
 def flat_rows(batch: pa.RecordBatch) -> list[dict[str, Any]]:
@@ -303,47 +480,71 @@ def _batches_to_chunks(
 ) -> Iterator[Chunk]:
     row_number = first_row
     for batch in batches:
+        rows = list(range(row_number, row_number + batch.num_rows))
+        row_number += batch.num_rows
+        unreadable: list[Unreadable] = []
+        bad = invalid_utf8(batch)
+        if bad is not None:  # rejected here; the API's validator never sees such text
+            mask, paths = bad
+            unreadable = [
+                Unreadable(rows[i], INVALID_UTF8, "invalid_event", path)
+                for i, path in zip(np.flatnonzero(mask).tolist(), paths, strict=True)
+            ]
+            rows = [row for row, skip in zip(rows, mask.tolist(), strict=True) if not skip]
+            batch = batch.filter(pa.array(~mask))
         events = [row_to_event(row) for row in flat_rows(batch)]
-        rows = list(range(row_number, row_number + len(events)))
-        row_number += len(events)
-        yield Chunk(events=events, rows=rows, progress=position())
+        yield Chunk(events=events, rows=rows, progress=position(), unreadable=unreadable)
+
+
+#: Text columns are read without Arrow's UTF-8 check (with it, one bad value stopped the whole
+#: import); :func:`invalid_utf8` checks every batch instead and its rows are rejected one by
+#: one. The reader's own check also cost more CPU than one validation per column afterwards.
+CSV_CHECK_UTF8 = False
 
 
 def open_event_csv(source: Any, path: Path, *, block_size: int) -> pa_csv.CSVStreamingReader:
     """A streaming CSV reader (of ``source``, the file ``path``) with the flat event columns'
     types (empty strings stay strings, only empty unquoted fields are NULL) and only the
     columns an event is made of: another column's type would be guessed from the first block,
-    and a later value that does not fit it stopped the import."""
+    and a later value that does not fit it stopped the import. Its text is not checked for
+    UTF-8: the caller runs :func:`invalid_utf8` on each batch."""
     used = [name for name in csv_columns(path) if name in _CSV_TYPES]
-    return pa_csv.open_csv(
-        source,
-        read_options=pa_csv.ReadOptions(block_size=block_size),
-        parse_options=CSV_PARSE,
-        convert_options=pa_csv.ConvertOptions(
-            column_types=_CSV_TYPES,
-            include_columns=used,
-            null_values=CSV_NULLS,
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-        ),
-    )
+    with reading(path, "csv"):
+        return pa_csv.open_csv(
+            source,
+            read_options=pa_csv.ReadOptions(block_size=block_size),
+            parse_options=CSV_PARSE,
+            convert_options=pa_csv.ConvertOptions(
+                column_types=_CSV_TYPES,
+                include_columns=used,
+                null_values=CSV_NULLS,
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+                check_utf8=CSV_CHECK_UTF8,
+            ),
+        )
 
 
 def _read_csv(path: Path, chunk_rows: int) -> Iterator[Chunk]:
     with open(path, "rb") as raw:
         counting = CountingReader(raw)
         reader = open_event_csv(counting, path, block_size=1 << 20)
-        batches = (b for big in reader for b in pa.Table.from_batches([big]).to_batches(chunk_rows))
+        batches = (
+            b
+            for big in read_guarded(path, "csv", reader)
+            for b in pa.Table.from_batches([big]).to_batches(chunk_rows)
+        )
         yield from _batches_to_chunks(batches, lambda: counting.count)
 
 
 def _read_parquet(path: Path, chunk_rows: int) -> Iterator[Chunk]:
-    file = pq.ParquetFile(path)
+    with reading(path, "parquet"):
+        file = pq.ParquetFile(path)
     done = 0
 
     def batches() -> Iterator[pa.RecordBatch]:
         nonlocal done
-        for batch in file.iter_batches(batch_size=chunk_rows):
+        for batch in read_guarded(path, "parquet", file.iter_batches(batch_size=chunk_rows)):
             done += batch.num_rows
             yield batch
 
