@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
@@ -265,6 +265,14 @@ class Expr:
     numeric: bool = False
 
 
+def _json_string(store: Store, depth: int) -> str:
+    """The ``json_string`` fragment, or the backend's ``json_string_at_depth(depth)`` when it
+    has one (ClickHouse: its JSON functions take the keys as separate arguments)."""
+    module = importlib.import_module(f"avila.storage.{store.backend}.analytics_sql")
+    at_depth: Callable[[int], str] | None = getattr(module, "json_string_at_depth", None)
+    return at_depth(depth) if at_depth is not None else fragments(store)["json_string"]
+
+
 def property_expr(store: Store, path: str, where: str) -> Expr:
     """The SQL for a property path; ValidationFailed(code="unknown_property") if not allowed."""
     column = PROPERTY_COLUMNS.get(path)
@@ -276,7 +284,7 @@ def property_expr(store: Store, path: str, where: str) -> Expr:
             if prefix == "properties.":
                 key = "properties." + key
             if _JSON_KEY_PATH.match(key):
-                sql = fragments(store)["json_string"].format(json_column)
+                sql = _json_string(store, key.count(".") + 1).format(json_column)
                 return Expr(sql, ("$." + key,) * sql.count("?"))
     raise invalid(
         "unknown_property",
