@@ -29,8 +29,8 @@ from avila.analytics.common import (
     Expr,
     condition_expr,
     events_source,
-    fragments,
     iso,
+    property_expr,
     utcnow,
 )
 from avila.experiments import statistics as st
@@ -55,11 +55,12 @@ def _exposure_expr(store: Store, experiment: Experiment) -> Expr:
         EventCondition(exposure.condition_type, exposure.condition_value, exposure.match),
         "exposure",
     )
-    other = fragments(store)["json_string"].format("data")
+    # The same expression as a filter on properties.experiment (each backend's own JSON read).
+    other = property_expr(store, "properties.experiment", "exposure")
     return Expr(
         f"({cond.sql} AND NOT (event_type = 'custom' AND event_name = ?"
-        f" AND coalesce({other}, '') <> ?))",
-        cond.params + (EXPOSURE_EVENT, "$.properties.experiment", experiment.key),
+        f" AND coalesce({other.sql}, '') <> ?))",
+        cond.params + (EXPOSURE_EVENT, *other.params, experiment.key),
     )
 
 
@@ -84,7 +85,7 @@ def variant_stats(
     sql = f"""
         WITH ev AS (
             SELECT user_id, ts, {exposure.sql} AS is_exposure, {goal.sql} AS is_goal,
-                   coalesce(revenue, 0) AS value
+                   coalesce(revenue, 0) AS value, 1 AS hit
             FROM {events_source(store, experiment.project_id)}
             WHERE project_id = ? AND ts >= ? AND ts < ?
         ),
@@ -92,7 +93,10 @@ def variant_stats(
             SELECT user_id, min(ts) AS first_ts FROM ev WHERE is_exposure GROUP BY user_id
         ),
         per_user AS (
-            SELECT x.user_id, count(g.ts) > 0 AS converted, coalesce(sum(g.value), 0) AS value
+            -- hit, not count(g.ts): ClickHouse fills a LEFT JOIN's missing side with defaults
+            -- (ts 1970, hit 0), not NULL, so only a summed marker tells "no goal" on both.
+            SELECT x.user_id, coalesce(sum(g.hit), 0) > 0 AS converted,
+                   coalesce(sum(g.value), 0) AS value
             FROM exposed x
             LEFT JOIN ev g ON g.user_id = x.user_id AND g.is_goal AND g.ts >= x.first_ts
             GROUP BY x.user_id
