@@ -8,7 +8,8 @@ devices into the store in one transaction shortly after.
 Redelivery dedup: an entry may carry a message id (the MQTT bridge's, see
 :mod:`avila.industry40.mqtt`); a message id already in the log or the store within the dedup
 window is answered as a duplicate and not stored again. The ids are rebuilt at start from the
-store's ``telemetry_messages`` table and the unloaded log.
+store's ``telemetry_messages`` table and the unloaded log, and ids older than the window are
+forgotten every :data:`MESSAGE_PRUNE_INTERVAL_S` (as the event dedup index is).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ log = logging.getLogger("avila.industry40")
 #: Message ids remembered for redelivery dedup (the broker redelivers within minutes).
 MESSAGE_WINDOW_S = 24 * 3600
 MAX_MESSAGE_IDS = 2_000_000
+#: How often message ids older than the window are forgotten.
+MESSAGE_PRUNE_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -66,6 +69,10 @@ class TelemetryService:
         self.registry = registry or DeviceRegistry(store)
         self.log: IngestLog | None = None
         self.messages = DedupIndex(window_seconds=MESSAGE_WINDOW_S, max_keys=MAX_MESSAGE_IDS)
+        #: Monotonic seconds that date message ids (a seam: tests move it past the window).
+        self.clock: Callable[[], float] = time.monotonic
+        self.message_prune_interval_s = MESSAGE_PRUNE_INTERVAL_S
+        self._pruner: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Future[int]] = {}
         self.listeners: list[Callable[[TelemetryRows], None]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -87,13 +94,16 @@ class TelemetryService:
         known = [*rows, *(recovery.telemetry_messages if recovery else [])]
         if recovery is not None:
             recovery.telemetry_messages = []  # read once; up to a full backlog's worth of ids
-        self.messages.add_committed(_message_key(p, m) for p, m in known)
+        self.messages.add_committed((_message_key(p, m) for p, m in known), at=self.clock())
         self._flusher = loop.create_task(self._flush_forever())
+        self._pruner = loop.create_task(self._prune_forever(), name="telemetry-message-prune")
 
     async def close(self) -> None:
         self._closing = True
         if self._flusher is not None:
             self._flusher.cancel()
+        if self._pruner is not None:
+            self._pruner.cancel()
         if self._inflight:
             pending = {id(f): f for f in self._inflight.values()}.values()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -106,6 +116,19 @@ class TelemetryService:
                 await asyncio.to_thread(self.registry.flush_last_seen)
             except Exception as exc:  # retried next round; last_seen is advisory
                 log.warning("last_seen flush failed", extra={"error": str(exc)})
+
+    async def _prune_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.message_prune_interval_s)
+            self.prune_messages()
+
+    def prune_messages(self, now: float | None = None) -> int:
+        """Forget message ids older than the window (at ``now``, by :attr:`clock`); returns
+        how many."""
+        dropped = self.messages.prune(self.clock() if now is None else now)
+        if dropped:
+            log.debug("telemetry message ids pruned", extra={"dropped": dropped})
+        return dropped
 
     async def ingest_body(self, body: bytes, project_id: str) -> tuple[TelemetryResult, bool]:
         """Decode and store a request body; returns the result and whether it was a single
@@ -171,7 +194,7 @@ class TelemetryService:
             if key is not None:
                 self._inflight.pop(key, None)
         if key is not None:
-            self.messages.add_committed([key])
+            self.messages.add_committed([key], at=self.clock())
         self.registry.touch(rows)
         for listener in self.listeners:
             try:

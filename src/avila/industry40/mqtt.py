@@ -21,7 +21,10 @@ twice (same device, metric, time and value). A commit that fails is retried with
 until it succeeds or the server stops. Readings are validated one by one as over HTTP (Sparkplug
 ones too): a bad reading is logged and rejected, the others are stored. Malformed messages (and
 topics with an empty project, group, edge node or device) are logged and acknowledged (they
-would fail again). Reconnects use paho's exponential backoff (1 s to 30 s). Anyone who may
+would fail again), as is a message of more than :data:`~avila.industry40.telemetry.MAX_READINGS`
+readings (Sparkplug: distinct timestamps), HTTP's cap: it stores nothing (``code``
+``batch_limit_exceeded`` in the log line), since a publisher gets no answer and would not learn
+that the rest was left out. :attr:`MqttBridge.dropped` counts the messages dropped whole. Reconnects use paho's exponential backoff (1 s to 30 s). Anyone who may
 publish to these topics may write telemetry into the named project: restrict publishers with
 the broker's ACLs.
 
@@ -51,7 +54,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from avila.errors import AvilaError
 from avila.industry40.ingestion import TelemetryService
 from avila.industry40.sparkplug import decode_payload
-from avila.industry40.telemetry import Reading, Rejection, check_item, loads_lenient
+from avila.industry40.telemetry import MAX_READINGS, Reading, Rejection, check_item, loads_lenient
 
 log = logging.getLogger("avila.industry40.mqtt")
 
@@ -59,6 +62,24 @@ TOPICS = ("avila/+/+/telemetry", "spBv1.0/+/+/+", "spBv1.0/+/+/+/+")
 _SPARKPLUG_TYPES = {"NBIRTH", "DBIRTH", "NDATA", "DDATA"}
 
 Parsed = tuple[str, list[tuple[int, Reading]], list[Rejection]]
+
+
+class TooManyReadings(ValueError):
+    """A message carries more readings than one HTTP request may: dropped whole."""
+
+    code = "batch_limit_exceeded"
+
+    def __init__(self, count: int) -> None:
+        super().__init__(
+            f"the message has {count} readings; a message takes at most {MAX_READINGS}: "
+            "split it (nothing of it was stored)"
+        )
+        self.count = count
+
+
+def _check_count(count: int) -> None:
+    if count > MAX_READINGS:
+        raise TooManyReadings(count)
 
 
 def parse_avila(project: str, device: str, payload: bytes) -> Parsed:
@@ -71,6 +92,7 @@ def parse_avila(project: str, device: str, payload: bytes) -> Parsed:
     items = [obj] if single else obj["readings"]
     if not isinstance(items, list):
         raise ValueError("readings must be a list")
+    _check_count(len(items))
     readings: list[tuple[int, Reading]] = []
     rejected: list[Rejection] = []
     for index, item in enumerate(items):
@@ -120,6 +142,7 @@ class SparkplugAliases:
             if not name:
                 continue
             groups.setdefault(m.timestamp_ms or payload_ts, {})[name] = m.value
+        _check_count(len(groups))
         device_id = f"{edge}:{device}" if device else edge
         # Each reading is checked as an HTTP one is (device id and metric name lengths, values);
         # a bad one is rejected on its own.
@@ -195,6 +218,8 @@ class MqttBridge:
         self.received = 0
         self.stored_readings = 0
         self.duplicates = 0
+        #: Messages dropped whole: unreadable, or past :data:`MAX_READINGS` readings.
+        self.dropped = 0
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
@@ -279,7 +304,11 @@ class MqttBridge:
             try:
                 parsed = self._parse(topic, payload)
             except (ValueError, AvilaError) as exc:
-                log.warning("mqtt message dropped", extra={"topic": topic, "error": str(exc)})
+                self.dropped += 1
+                fields: dict[str, Any] = {"topic": topic, "error": str(exc)}
+                if isinstance(exc, TooManyReadings):
+                    fields.update(code=exc.code, readings=exc.count)
+                log.warning("mqtt message dropped", extra=fields)
                 parsed = None
             if parsed is not None:
                 project, readings, rejected = parsed

@@ -12,10 +12,14 @@ Who listens where: each replica keeps its (replica, project, channel) triples wi
 subscriber in the sorted set :data:`INTEREST` (score = expiry time, refreshed every second) and
 reads the other replicas' back every :data:`INTEREST_SECONDS`; nobody watching a project means no payloads are built and
 nothing is published, as on one replica. The ``metrics`` channel is not relayed: its figures
-are each replica's own.
+are each replica's own. Expiry times are Redis's clock (``TIME`` inside one Lua script that
+refreshes, expires and reads), never a replica's: replicas whose clocks disagree still see each
+other. How far this replica's clock is from Redis's is kept in
+:attr:`RedisLiveBus.clock_skew` (logged when it passes 1 s).
 
-Redis down: each replica's live stream carries its own events only (logged); it resumes by
-itself when Redis answers again. Ingestion never waits for the bus.
+Redis down: each replica's live stream carries its own events only; it resumes by itself when
+Redis answers again. Each outage is logged when it starts and when it ends (not per failed
+call). Ingestion never waits for the bus.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +49,21 @@ INTEREST = "avila:live:interest"
 RELAYED = ("events", "alerts")
 INTEREST_SECONDS = 0.25
 _INTEREST_TTL = 5.0
+#: A replica clock this far from Redis's is logged (the relay does not depend on it).
+_SKEW_LOGGED_S = 1.0
+#: ARGV[1] = time to live, ARGV[2..] = this replica's entries to refresh. By Redis's clock:
+#: refresh them, drop expired entries, return Redis's time and the entries still alive.
+_INTEREST_SCRIPT = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local expires = now + tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], expires, ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return {t[1], t[2], redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}
+"""
 _SEP = "\x1f"
 #: Batches waiting for Redis; beyond this the oldest are dropped (the live stream is lossy).
 _OUTBOX = 1000
@@ -104,15 +123,26 @@ def _items(envelope: _Envelope) -> Sequence[Any]:
 class RedisLiveBus(LiveBus):
     """A :class:`LiveBus` whose publishes reach every replica's subscribers."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__()
         self._redis = client
+        #: This replica's wall clock, only compared with Redis's (a seam for tests).
+        self._clock = clock
+        #: Seconds this replica's clock is ahead of Redis's (negative: behind), last measured.
+        self.clock_skew = 0.0
+        self._skew_logged = False
+        self._interest_script = client.register_script(_INTEREST_SCRIPT)
         self.origin = secrets.token_hex(8)
         self._remote: frozenset[tuple[str, str]] = frozenset()
         self._outbox: deque[bytes] = deque(maxlen=_OUTBOX)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Outage bookkeeping: whether Redis is failing, since / until when (monotonic), and
+        # when each loop began its current Redis call.
         self._failing = False
+        self._failing_since = float("-inf")
+        self._recovered_at = float("-inf")
+        self._began: dict[str, float] = {}
 
     # -- the LiveBus seam --------------------------------------------------------------------
 
@@ -150,23 +180,55 @@ class RedisLiveBus(LiveBus):
         while True:
             try:
                 await step()
-                self._failing = False
             except asyncio.CancelledError:
                 raise
             except (redis.RedisError, OSError) as exc:
-                if not self._failing:
-                    log.warning(
-                        "live bus: Redis unreachable; local events only", extra={"error": str(exc)}
-                    )
-                self._failing = True
+                if self._unreachable(exc, step.__name__.strip("_")):
+                    # The pool's idle connections died with the server: dropped now, they do
+                    # not fail one more call each once Redis is back.
+                    with contextlib.suppress(redis.RedisError, OSError):
+                        await self._redis.connection_pool.disconnect(inuse_connections=False)
                 await asyncio.sleep(1.0)
+
+    # One log line when an outage starts and one when it ends, whichever loop notices. A call
+    # that began before the last change (the client retries a call for seconds) says nothing
+    # about Redis now: its failure after a recovery, or its success after an outage started,
+    # is not a new change.
+
+    def _begin(self, loop: str) -> None:
+        self._began[loop] = time.monotonic()
+
+    def _unreachable(self, exc: BaseException, loop: str) -> bool:
+        """Whether this failure starts an outage."""
+        if self._failing or self._began.get(loop, time.monotonic()) < self._recovered_at:
+            return False
+        self._failing = True
+        self._failing_since = time.monotonic()
+        log.warning(
+            "live bus: Redis unreachable; local events only",
+            extra={"error": str(exc), "loop": loop},
+        )
+        return True
+
+    def _reachable(self, loop: str) -> None:
+        if not self._failing or self._began.get(loop, time.monotonic()) < self._failing_since:
+            return
+        self._failing = False
+        self._recovered_at = time.monotonic()
+        log.info(
+            "live bus: Redis reachable again; relaying between replicas",
+            extra={"down_s": round(self._recovered_at - self._failing_since, 1)},
+        )
 
     # -- the three loops ---------------------------------------------------------------------
 
     async def _listen(self) -> None:
+        self._begin("listen")
         async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
             await pubsub.subscribe(CHANNEL)
+            self._reachable("listen")
             while True:
+                self._begin("listen")
                 message = await pubsub.get_message(timeout=1.0)
                 if message is None or message.get("type") != "message":
                     continue
@@ -186,7 +248,9 @@ class RedisLiveBus(LiveBus):
             async with self._redis.pipeline(transaction=False) as pipe:
                 while self._outbox:
                     pipe.publish(CHANNEL, self._outbox.popleft())
+                self._begin("send")
                 await pipe.execute()
+            self._reachable("send")
 
     def _local_interest(self) -> set[tuple[str, str]]:
         return {(p, c) for c in RELAYED for p in LiveBus.projects(self, c)}
@@ -195,18 +259,20 @@ class RedisLiveBus(LiveBus):
         announced: set[tuple[str, str]] = set()
         announced_at = float("-inf")
         while True:
-            now = time.time()
+            # Intervals by the monotonic clock; expiry times by Redis's (in the script).
+            now = time.monotonic()
             local = self._local_interest()
+            refresh: list[str] = []
             if local and (local != announced or now - announced_at >= 1.0):
-                await self._redis.zadd(
-                    INTEREST,
-                    {_SEP.join((self.origin, p, c)): now + _INTEREST_TTL for p, c in local},
-                )
+                refresh = [_SEP.join((self.origin, p, c)) for p, c in local]
+            self._begin("interest")
+            seconds, micros, members = await self._interest_script(
+                keys=[INTEREST], args=[_INTEREST_TTL, *refresh]
+            )
+            if refresh:
                 announced, announced_at = local, now
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zremrangebyscore(INTEREST, "-inf", now)
-                pipe.zrangebyscore(INTEREST, now, "+inf")
-                _, members = await pipe.execute()
+            self._reachable("interest")
+            self._measure_skew(int(seconds) + int(micros) / 1e6)
             remote = set()
             for member in members:
                 text = member.decode() if isinstance(member, bytes) else member
@@ -215,6 +281,19 @@ class RedisLiveBus(LiveBus):
                     remote.add((project, channel))
             self._remote = frozenset(remote)
             await asyncio.sleep(INTEREST_SECONDS)
+
+    def _measure_skew(self, redis_now: float) -> None:
+        self.clock_skew = self._clock() - redis_now
+        off = abs(self.clock_skew) > _SKEW_LOGGED_S
+        if off != self._skew_logged:
+            self._skew_logged = off
+            if off:
+                log.warning(
+                    "live bus: this replica's clock is off Redis's (the relay uses Redis's)",
+                    extra={"skew_s": round(self.clock_skew, 1)},
+                )
+            else:
+                log.info("live bus: this replica's clock agrees with Redis's again")
 
 
 def close_quietly(client: aioredis.Redis) -> Any:
