@@ -5,21 +5,13 @@ window instead of waiting a day."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from tests.waiting import until
 
 from avila.industry40.ingestion import MESSAGE_WINDOW_S, TelemetryService
 from avila.industry40.telemetry import Reading
 from avila.storage.duckdb.store import DuckDBStore
-
-
-async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def test_message_ids_are_pruned_once_older_than_the_window(tmp_path: Path) -> None:
@@ -50,7 +42,7 @@ def test_message_ids_are_pruned_once_older_than_the_window(tmp_path: Path) -> No
 
             # past the window of m-old (not of m-new): the periodic prune forgets it
             now[0] += 120
-            await _until(lambda: len(service.messages) == 1)
+            await until(lambda: len(service.messages) == 1, interval=0.02)
             assert await send("m-new") == (0, True)
             assert await send("m-old") == (1, False)  # stored again: outside the window
 

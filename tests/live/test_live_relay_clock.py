@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from avila.live import LiveBus
 from avila.shared import async_client
 from avila.shared.live import _INTEREST_TTL, INTEREST, RedisLiveBus, close_quietly
 from tests.scaleout.conftest import RedisServer
+from tests.waiting import until
 
 SKEW_S = 30.0
 
@@ -29,14 +30,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
-
-
-async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 def _members_by_origin(url: str) -> dict[str, list[float]]:
@@ -74,7 +67,7 @@ def test_replicas_with_skewed_clocks_still_relay_to_each_other(redis_server: Red
             on_behind = behind.subscribe("p-behind", ["events"])
             on_ahead = ahead.subscribe("p-ahead", ["alerts"])
             # each replica learns that the other one watches a project
-            await _until(
+            await until(
                 lambda: (
                     ahead.has_subscribers("p-behind", "events")
                     and behind.has_subscribers("p-ahead", "alerts")

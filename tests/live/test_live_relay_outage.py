@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,17 +12,10 @@ import pytest
 from avila.shared import async_client
 from avila.shared.live import RedisLiveBus, close_quietly
 from tests.scaleout.conftest import RedisServer
+from tests.waiting import until
 
 DOWN = "live bus: Redis unreachable"
 UP = "live bus: Redis reachable again"
-
-
-async def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 def test_each_outage_is_logged_when_it_starts_and_when_it_ends(
@@ -46,13 +37,13 @@ def test_each_outage_is_logged_when_it_starts_and_when_it_ends(
             assert count(DOWN) == count(UP) == 0
             for outage in (1, 2):
                 await asyncio.to_thread(server.stop)
-                await _until(lambda: count(DOWN) == outage)  # noqa: B023
+                await until(lambda: count(DOWN) == outage, timeout=20.0)  # noqa: B023
                 # the loops keep failing (each retries every second): no more lines
                 await asyncio.sleep(3.0)
                 assert count(DOWN) == outage
                 assert count(UP) == outage - 1
                 await asyncio.to_thread(server.start)
-                await _until(lambda: count(UP) == outage)  # noqa: B023
+                await until(lambda: count(UP) == outage, timeout=20.0)  # noqa: B023
                 await asyncio.sleep(2.0)  # every loop back at work: still one line each
                 assert (count(DOWN), count(UP)) == (outage, outage), [
                     (r.message, getattr(r, "error", None), getattr(r, "loop", None), r.created)
