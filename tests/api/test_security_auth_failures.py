@@ -104,6 +104,14 @@ def test_no_limit_when_rate_limiting_is_off(server: ServerProcess) -> None:
         assert_error(_guess(server, address, guess), 401, "invalid_api_key")
 
 
+def test_a_repeated_unknown_key_does_not_block_its_address(limited_server: ServerProcess) -> None:
+    for _ in range(AUTH_FAILURE_LIMIT + 5):
+        response = httpx.get(limited_server.url + "/api/v1/me", headers=_from(ATTACKER, "revoked"))
+        assert_error(response, 401, "invalid_api_key")
+    ok = httpx.get(limited_server.url + "/api/v1/me", headers=_from(ATTACKER, TEST_KEY))
+    assert ok.status_code == 200, ok.text
+
+
 class _Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -115,9 +123,9 @@ class _Clock:
 def test_the_block_ends_with_its_window() -> None:
     clock = _Clock()
     failures = AuthFailures(limit=3, window_s=60, clock=clock)
-    for _ in range(3):
+    for guess in range(3):
         assert failures.retry_after(ATTACKER) is None
-        failures.record_failure(ATTACKER)
+        failures.record_failure(ATTACKER, f"guess-{guess}")
     assert failures.retry_after(ATTACKER) == 60
     clock.now += 59.5
     assert failures.retry_after(ATTACKER) == 1
@@ -129,9 +137,9 @@ def test_the_block_ends_with_its_window() -> None:
 def test_failures_spread_over_more_than_a_window_are_forgiven() -> None:
     clock = _Clock()
     failures = AuthFailures(limit=3, window_s=60, clock=clock)
-    for _ in range(4):
-        failures.record_failure(ATTACKER)
-        failures.record_failure(ATTACKER)
+    for n in range(4):
+        failures.record_failure(ATTACKER, f"guess-{n}-a")
+        failures.record_failure(ATTACKER, f"guess-{n}-b")
         clock.now += 61
     assert failures.retry_after(ATTACKER) is None
 
@@ -139,7 +147,7 @@ def test_failures_spread_over_more_than_a_window_are_forgiven() -> None:
 def test_memory_is_bounded_when_addresses_rotate() -> None:
     failures = AuthFailures(limit=3, window_s=60, max_addresses=100, clock=_Clock())
     for n in range(10_000):
-        failures.record_failure(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
+        failures.record_failure(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}", "guess")
     assert len(failures) == 100
 
 
@@ -156,6 +164,18 @@ def test_ipv6_clients_are_counted_by_their_64_network(
     first: str, second: str, shared: bool
 ) -> None:
     failures = AuthFailures(limit=2, window_s=60, clock=_Clock())
-    failures.record_failure(first)
-    failures.record_failure(second)
+    failures.record_failure(first, "guess-1")
+    failures.record_failure(second, "guess-2")
     assert (failures.retry_after(first) is not None) is shared
+
+
+def test_one_key_repeated_is_a_misconfigured_client_not_a_guesser() -> None:
+    """A revoked key in a device (or an old dashboard tab) retried every second must not block
+    every other client behind the same NAT or proxy address."""
+    failures = AuthFailures(limit=3, window_s=60, clock=_Clock())
+    for _ in range(1000):
+        assert failures.record_failure(ATTACKER, "revoked-key") is False
+    assert failures.retry_after(ATTACKER) is None
+    failures.record_failure(ATTACKER, "guess-1")
+    assert failures.record_failure(ATTACKER, "guess-2") is True
+    assert failures.retry_after(ATTACKER) == 60

@@ -66,7 +66,7 @@ def authenticate(connection: ASGIConnection[Any, Any, Any, Any], scope_needed: s
         )
     principal = keys.resolve(key)
     if principal is None:
-        if limiter.auth_failures.record_failure(client):
+        if limiter.auth_failures.record_failure(client, key):
             log.warning(
                 "client blocked after failed authentications",
                 extra={

@@ -1,10 +1,13 @@
 """Failed authentications per client address, so weak ``API_KEYS`` values cannot be guessed.
 
-Like fail2ban: an address that presented :data:`AUTH_FAILURE_LIMIT` unknown keys within
+Like fail2ban: an address that presented :data:`AUTH_FAILURE_LIMIT` different unknown keys within
 :data:`AUTH_FAILURE_WINDOW_S` seconds is refused for that long again, counted from the failure
 that tripped the block, whatever it sends: a right key during the block is refused too, or the
 block would tell a guesser which guess was right. An IPv6 client counts by its /64 network, the
-block one subscriber gets, so rotating addresses inside it gains nothing.
+block one subscriber gets, so rotating addresses inside it gains nothing. Only *different*
+keys count: a guesser tries many, while a misconfigured client (a revoked key in a device, an
+old dashboard tab) repeats one, and must not block every other client behind the same NAT or
+proxy address.
 
 Counters live in process memory (per replica) and are bounded by :data:`MAX_TRACKED_ADDRESSES`:
 past it the entry nearest its end is dropped. An attacker with that many addresses already has
@@ -23,7 +26,7 @@ from collections.abc import Callable
 
 AUTH_FAILURE_LIMIT = 20
 AUTH_FAILURE_WINDOW_S = 60
-MAX_TRACKED_ADDRESSES = 100_000
+MAX_TRACKED_ADDRESSES = 20_000
 
 
 def client_of(host: str | None) -> str:
@@ -43,12 +46,17 @@ def client_of(host: str | None) -> str:
 
 
 class _Entry:
-    __slots__ = ("count", "until")
+    __slots__ = ("keys", "until")
 
     def __init__(self, until: float) -> None:
-        self.count = 0
+        #: Hashes of the different unknown keys seen (about the limit at most).
+        self.keys: set[int] = set()
         #: End of the counting window; once ``count`` reaches the limit, end of the block.
         self.until = until
+
+    @property
+    def count(self) -> int:
+        return len(self.keys)
 
 
 class AuthFailures:
@@ -84,8 +92,9 @@ class AuthFailures:
                 return None
             return max(1, math.ceil(entry.until - now))
 
-    def record_failure(self, host: str | None) -> bool:
-        """Count one unknown key from ``host``; True when this failure starts its block."""
+    def record_failure(self, host: str | None, key: str) -> bool:
+        """Count the unknown ``key`` from ``host`` (once per different key); True when this
+        failure starts its block."""
         if self.limit <= 0:
             return False
         client = client_of(host)
@@ -97,7 +106,9 @@ class AuthFailures:
                 entry = self._entries[client] = _Entry(now + self.window_s)
                 while len(self._entries) > self.max_addresses:
                     self._entries.popitem(last=False)
-            entry.count += 1
+            # (A blocked address is refused before its key is looked at, so the set stops
+            # growing at the limit.)
+            entry.keys.add(hash(key))
             if entry.count < self.limit:
                 return False
             entry.until = now + self.window_s
