@@ -144,12 +144,11 @@ def decode_event_values(payload: bytes | memoryview) -> dict[str, Any]:
     no such mode, ``msgpack``'s ``raw=True`` is it), and the shared and context columns as
     stored (``@shared``, ``@context``). Every other column is a list with a value per event."""
     body = msgpack.unpackb(payload[1:], raw=True)
-    out: dict[str, Any] = {}
-    for key, values in body.items():
-        name = key.decode()
-        if name in (_SHARED, _CONTEXT):
-            values = {k.decode(): v for k, v in values.items()}
-        out[name] = values
+    out: dict[str, Any] = {key.decode(): values for key, values in body.items()}
+    for name in (_SHARED, _CONTEXT):
+        stored = out.get(name)
+        if stored is not None:
+            out[name] = {key.decode(): values for key, values in stored.items()}
     return out
 
 
@@ -167,11 +166,15 @@ def events_to_arrow(
     :func:`decode_event_values` entries, in order. A column stored once per distinct value is
     built from those values and spread by index in Arrow (``take``), never per event in Python."""
     counts = [len(entry["event_id"]) for entry in entries]
+    # Rounds of single events hold no spread entry: no index to build (numpy per entry).
+    spread = any(_SHARED in entry or _CONTEXT in entry for entry in entries)
     context_index: pa.Array | None = None
     arrays = []
     for field in EVENT_SCHEMA:
         name = field.name
-        if name in SHARED_COLUMNS:
+        if not spread:
+            values, index = _plain_values(entries, name), None
+        elif name in SHARED_COLUMNS:
             values, index = _spread(entries, counts, name, _SHARED)
         elif name in CONTEXT_COLUMNS:
             if context_index is None:
@@ -180,16 +183,21 @@ def events_to_arrow(
                 values = _distinct_values(entries, name)
             index = context_index
         else:
-            if len(entries) == 1:
-                values = entries[0][name]
-            else:
-                values = []
-                for entry in entries:
-                    values.extend(entry[name])  # (a pointer copy: far cheaper than chain())
-            index = None
+            values, index = _plain_values(entries, name), None
         array = column_array(values, field, memory_pool)
         arrays.append(array if index is None else pc.take(array, index, memory_pool=memory_pool))
     return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+
+
+def _plain_values(entries: list[dict[str, Any]], name: str) -> list[Any]:
+    """Column ``name`` of entries that store it in full, in order."""
+    if len(entries) == 1:
+        values: list[Any] = entries[0][name]
+        return values
+    values = []
+    for entry in entries:
+        values.extend(entry[name])  # (a pointer copy: far cheaper than chain())
+    return values
 
 
 def _distinct_values(entries: list[dict[str, Any]], name: str) -> list[Any]:
