@@ -20,6 +20,8 @@ import pytest
 from avila.security.keys import KeyStore
 from avila.testing import ServerProcess
 
+from .test_dashboard_pages import sign_in, visit
+
 ADMIN_KEY = "edge-admin-key"
 HTML_DEVICE = '<b class="pwn">press</b>'
 ODD_USERS = [
@@ -109,20 +111,6 @@ def page(browser: Any) -> Iterator[Any]:
     opened.errors = errors
     yield opened
     context.close()
-
-
-def sign_in(page: Any, url: str, key: str) -> None:
-    page.goto(url + "/")
-    page.fill("#signin-key", key)
-    page.press("#signin-key", "Enter")
-    page.wait_for_selector('main[aria-busy="false"]', timeout=30_000)
-
-
-def visit(page: Any, url: str, route: str) -> None:
-    name = route.split("?")[0]
-    page.evaluate("document.getElementById('main').removeAttribute('aria-busy')")
-    page.goto(f"{url}/#/{route}")
-    page.wait_for_selector(f'main[data-page="{name}"][aria-busy="false"]', timeout=60_000)
 
 
 # ---- ids in links ---------------------------------------------------------------------------

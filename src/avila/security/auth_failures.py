@@ -82,8 +82,8 @@ class AuthFailures:
 
     def retry_after(self, host: str | None) -> int | None:
         """Whole seconds until ``host`` may authenticate again; None when it is not blocked."""
-        if self.limit <= 0:
-            return None
+        if self.limit <= 0 or not self._entries:
+            return None  # (every request asks: nothing tracked, no lock and no address parse)
         with self._lock:
             now = self._clock()
             self._expire(now)
