@@ -10,6 +10,8 @@ Protocol (fixed before the runs; issue 9 speed work). Per round, a fresh server 
   32 connections; server and store CPU seconds per 1,000 requests, p50/p99 latency;
 - telemetry: ``--telemetry`` requests of 1,000 readings (3 metrics each), 16 connections; CPU
   seconds per 100,000 readings, wall readings/s.
+With ``--browser`` every request carries an ``Origin`` header and the server has CORS on for
+that origin (``ENABLE_CORS``, ``CORS_ORIGINS``), as for the JavaScript SDK in a web page.
 CPU is read before and after each phase for the server's pid and every descendant.
 Medians of rounds are printed; nothing is written (the figures go into RESULTS.md by hand).
 """
@@ -80,8 +82,16 @@ def _drain(url: str) -> None:
         time.sleep(0.05)
 
 
-def run_round(tmp: Path, batches: int, singles: int, telemetry: int) -> dict[str, float]:
+BROWSER_ORIGIN = "https://shop.example"
+
+
+def run_round(
+    tmp: Path, batches: int, singles: int, telemetry: int, *, browser: bool = False
+) -> dict[str, float]:
     env = {"API_KEYS": KEY, "RATE_LIMIT_PER_MINUTE": "0", "LOG_LEVEL": "warning"}
+    origin = BROWSER_ORIGIN if browser else None
+    if browser:
+        env.update(ENABLE_CORS="true", CORS_ORIGINS=BROWSER_ORIGIN)
     server = ServerProcess(tmp / f"server-{uuid.uuid4().hex[:6]}", env=env).start(timeout=180)
     assert server.proc is not None
     pid = server.proc.pid
@@ -91,7 +101,7 @@ def run_round(tmp: Path, batches: int, singles: int, telemetry: int) -> dict[str
         run_id = uuid.uuid4().hex[:8]
         marker = b"#" * 17
         template = loadgen.build_request(
-            host, port, "/api/v1/events/batch", KEY, batch_template(100, marker)
+            host, port, "/api/v1/events/batch", KEY, batch_template(100, marker), origin=origin
         )
 
         def batch_request(i: int) -> bytes:
@@ -120,7 +130,7 @@ def run_round(tmp: Path, batches: int, singles: int, telemetry: int) -> dict[str
 
         def single_request(i: int) -> bytes:
             return loadgen.build_request(
-                host, port, "/api/v1/events", KEY, single_body(f"s{run_id}-{i}")
+                host, port, "/api/v1/events", KEY, single_body(f"s{run_id}-{i}"), origin=origin
             )
 
         before = cpu(pid)
@@ -138,7 +148,9 @@ def run_round(tmp: Path, batches: int, singles: int, telemetry: int) -> dict[str
         if telemetry:
             bodies = make_bodies(64, 1000)
             requests = [
-                loadgen.build_request(host, port, "/api/v1/industry40/iot/ingest", KEY, b)
+                loadgen.build_request(
+                    host, port, "/api/v1/industry40/iot/ingest", KEY, b, origin=origin
+                )
                 for b in bodies
             ]
             before = cpu(pid)
@@ -193,12 +205,17 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=2000)
     parser.add_argument("--singles", type=int, default=3000)
     parser.add_argument("--telemetry", type=int, default=300)
+    parser.add_argument(
+        "--browser", action="store_true", help="requests with an Origin, CORS on (web SDK)"
+    )
     args = parser.parse_args()
     rounds = []
     with tempfile.TemporaryDirectory(prefix="avila-bench-cpu-") as tmp_name:
         for r in range(args.rounds):
             load = os.getloadavg()[0]
-            figures = run_round(Path(tmp_name), args.batches, args.singles, args.telemetry)
+            figures = run_round(
+                Path(tmp_name), args.batches, args.singles, args.telemetry, browser=args.browser
+            )
             figures["load_avg"] = load
             rounds.append(figures)
             print(f"round {r + 1}: " + ", ".join(f"{k}={v:,.3f}" for k, v in figures.items()))

@@ -40,10 +40,14 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)
 
 
-def build_request(host: str, port: int, path: str, key: str, body: bytes) -> bytes:
+def build_request(
+    host: str, port: int, path: str, key: str, body: bytes, *, origin: str | None = None
+) -> bytes:
+    """A POST of JSON ``body``; with ``origin``, sent as a browser page on that origin would."""
+    extra = f"Origin: {origin}\r\n" if origin else ""
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"x-api-key: {key}\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"x-api-key: {key}\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body
 

@@ -210,6 +210,5 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         keys=ctx.state["key_store"],
         limiter=ctx.state["rate_limiter"],
         metrics=metrics,
-        cors=settings.enable_cors,
     )
     return MetricsMiddleware(fast if cors is None else CorsMiddleware(fast, cors), metrics)

@@ -90,3 +90,53 @@ def test_cors_requests_get_cors_headers_and_requests_are_counted(server) -> None
         and 'status="202"' in m
     )
     assert float(line.rsplit(" ", 1)[1]) >= 2
+
+
+def test_browser_requests_are_answered_with_cors_headers_on_every_outcome(make_server) -> None:  # noqa: ANN001
+    """A web page's request always carries ``Origin``; with CORS on for a list of origins its
+    answers (accepted, a rejected event, over the rate limit, from a refused origin) carry what
+    a browser needs to read them, whichever layer answers."""
+    shop = "https://shop.example"
+    server = make_server(ENABLE_CORS="true", CORS_ORIGINS=shop, RATE_LIMIT_PER_MINUTE="4")
+    browser = {**HEADERS, "origin": shop}
+
+    def readable_by_shop(response: httpx.Response) -> None:
+        assert response.headers["access-control-allow-origin"] == shop
+        assert "ratelimit-remaining" in response.headers["access-control-expose-headers"].lower()
+        assert "origin" in response.headers["vary"].lower()
+
+    single = httpx.post(server.url + "/api/v1/events", json={"event": page_view()}, headers=browser)
+    assert single.status_code == 202, single.text
+    readable_by_shop(single)
+    assert single.headers["ratelimit-limit"] == "4"
+
+    batch = httpx.post(
+        server.url + "/api/v1/events/batch",
+        json={"events": [page_view(), {**page_view(), "timestamp": "not a time"}]},
+        headers=browser,
+    )
+    assert batch.status_code == 202, batch.text
+    assert batch.json()["accepted"] == 1 and batch.json()["rejected"][0]["index"] == 1
+    readable_by_shop(batch)
+
+    bad = {**page_view(), "timestamp": "not a time"}
+    rejected = httpx.post(server.url + "/api/v1/events", json={"event": bad}, headers=browser)
+    assert assert_error(rejected, 422, "invalid_event")["details"][0]["path"] == "event.timestamp"
+    readable_by_shop(rejected)
+
+    other = httpx.post(
+        server.url + "/api/v1/events",
+        json={"event": page_view()},
+        headers={**HEADERS, "origin": "https://elsewhere.example"},
+    )
+    # CORS is the browser's rule: the event is stored, the page just may not read the answer.
+    assert other.status_code == 202, other.text
+    assert "access-control-allow-origin" not in other.headers
+    assert "origin" in other.headers["vary"].lower()
+
+    limited = httpx.post(
+        server.url + "/api/v1/events", json={"event": page_view()}, headers=browser
+    )
+    assert_error(limited, 429, "rate_limited")
+    readable_by_shop(limited)
+    assert int(limited.headers["retry-after"]) >= 1

@@ -11,7 +11,9 @@ replayed), before anything was counted or stored. So those answers are the frame
 byte. What this layer does answer itself, in the one error shape: 202 (with the RateLimit
 headers the app's ``before_send`` hook adds), 429 from the key's rate limit, and the errors the
 ingest service raises (backlog full, log unavailable, shutting down, a rejected single event).
-Requests with an ``Origin`` header go to Litestar when CORS is on (it adds the CORS headers).
+CORS (``ENABLE_CORS``) is :class:`avila.api.security.CorsMiddleware`'s, in front of this layer:
+it adds the CORS headers to this layer's answers as to Litestar's, so a browser's request (it
+always sends ``Origin``) takes this path too.
 The routes stay declared in :mod:`avila.api.events` (OpenAPI, docs, the slow path).
 """
 
@@ -60,14 +62,12 @@ class FastIngest:
         keys: KeyRegistry,
         limiter: RateLimiter,
         metrics: Any,
-        cors: bool,
     ) -> None:
         self.app = app
         self.ingest = ingest
         self.keys = keys
         self.limiter = limiter
         self.metrics = metrics
-        self.cors = cors
 
     def __getattr__(self, name: str) -> Any:
         # Tests and tools reach the wrapped Litestar app's attributes (state, openapi ...).
@@ -88,7 +88,7 @@ class FastIngest:
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
-        if (self.cors and b"origin" in headers) or b"content-encoding" in headers:
+        if b"content-encoding" in headers:
             await self.app(scope, receive, send)
             return
         body = _Body()
@@ -191,7 +191,7 @@ class FastIngest:
 
 #: Headers this layer reads. A ``content-encoding`` (gzip) goes to Litestar's route, which
 #: inflates it (avila.api.bodies).
-_READ = (b"x-api-key", b"authorization", b"content-length", b"origin", b"content-encoding")
+_READ = (b"x-api-key", b"authorization", b"content-length", b"content-encoding")
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
