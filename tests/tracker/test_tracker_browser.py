@@ -179,3 +179,46 @@ def test_script_is_served_public_cacheable_with_javascript_type(
         tracked_server.url + "/avila.js", headers={"if-none-match": response.headers["etag"]}
     )
     assert again.status_code == 304
+
+
+def test_an_id_the_server_would_refuse_is_refused_at_identify_and_the_old_one_kept(
+    tracked_server: TrackedServer, site: Callable[[str], str], browser: Any
+) -> None:
+    """identify() keeps its id for every later event; one over the server's 256 characters
+    used to be kept and make each later event of the browser invalid. Characters, as the
+    server counts them: 256 emoji (512 UTF-16 code units) are a valid id."""
+    server = tracked_server
+    origin = site(PAGE.format(server=server.url, key=server.ingest_key))
+    page = browser.new_page()
+    page.goto(origin + "/")
+    page.wait_for_function("window.avila && window.avila.__avila")
+    page.evaluate("avila.identify('shopper-2')")
+    refused = page.evaluate(
+        """() => { try { avila.identify('x'.repeat(257)); return null; }
+                   catch (e) { return e.name + ': ' + e.message; } }"""
+    )
+    assert refused == "RangeError: avila.identify: a user id is at most 256 characters"
+    too_long_name = page.evaluate(
+        """() => { try { avila.track('n'.repeat(257)); return null; }
+                   catch (e) { return e.name; } }"""
+    )
+    assert too_long_name == "RangeError"
+    page.evaluate("avila.track('After Refusal')")
+    page.evaluate("avila.identify('\\u{1F600}'.repeat(256))")
+    page.evaluate("avila.track('Emoji User')")
+    page.evaluate("avila.flush()")
+    # Preloaded, page view, 2 x $identify, After Refusal, Emoji User: none refused
+    wait_for_accepted(server.url, 6)
+    page.close()
+    metrics = httpx.get(server.url + "/metrics", timeout=10).text
+    assert 'avila_events_total{outcome="rejected"}' not in metrics
+
+    conn = server.stored()
+    users = dict(
+        conn.execute(
+            "SELECT event_name, user_id FROM events WHERE event_name IN"
+            " ('After Refusal', 'Emoji User')"
+        ).fetchall()
+    )
+    conn.close()
+    assert users == {"After Refusal": "shopper-2", "Emoji User": "\U0001f600" * 256}

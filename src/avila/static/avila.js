@@ -406,17 +406,31 @@
   }
 
   // --- public API ----------------------------------------------------------------------------
+  // The server's limit on ids and event names, in characters (a surrogate pair is one).
+  var MAX_ID = 256;
+  function characters(text) {
+    return text.replace(/[\uD800-\uDBFF][\uDC00-\uDFFF]/g, "_").length;
+  }
+
   var api = {
     __avila: VERSION,
     /** A Custom event {name, properties}. */
     track: function (name, properties) {
       if (typeof name !== "string" || !name) throw new TypeError("avila.track needs an event name");
+      if (characters(name) > MAX_ID) {
+        throw new RangeError("avila.track: an event name is at most " + MAX_ID + " characters");
+      }
       enqueue(build("Custom", { name: name, properties: properties || {} }, null));
     },
     /** Tie this browser's anonymous id (and its past events) to userId; later events use it. */
     identify: function (userId, traits) {
       if (userId === null || userId === undefined || userId === "") {
         throw new TypeError("avila.identify needs a user id");
+      }
+      // Checked before it is kept: every later event of this browser would carry it, and the
+      // server refuses events whose user id is longer.
+      if (characters(String(userId)) > MAX_ID) {
+        throw new RangeError("avila.identify: a user id is at most " + MAX_ID + " characters");
       }
       save(KEY_USER, String(userId));
       enqueue(build("Custom", { name: "$identify", properties: traits || {} }, null));
