@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avila.analytics.common import local_us_array, utc_offsets
+from avila.analytics.calendar import (
+    local_us_array,
+    utc_offsets,
+)
 
 ZONES = [
     "UTC",

@@ -50,17 +50,19 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pyarrow as pa
 
-from avila.analytics.common import (
-    OTHER,
-    REST,
+from avila.analytics.calendar import (
     bucket_array,
     bucket_label,
     bucket_of,
+    local_us_array,
+)
+from avila.analytics.common import (
+    OTHER,
+    REST,
     condition_expr,
     events_source,
     fragments,
     invalid,
-    local_us_array,
     parse_query,
     property_expr,
     rate,

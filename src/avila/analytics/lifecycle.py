@@ -37,16 +37,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from avila.analytics.common import (
-    Expr,
+from avila.analytics.calendar import (
     bucket_expr,
     bucket_label,
     bucket_of,
+    local_us_expr,
+)
+from avila.analytics.common import (
+    Expr,
     condition_expr,
     events_source,
     fragments,
     invalid,
-    local_us_expr,
     shifted,
     time_range,
     where_clause,

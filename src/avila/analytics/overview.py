@@ -26,19 +26,21 @@ from typing import Any
 
 import numpy as np
 
+from avila.analytics.calendar import (
+    bucket_expr,
+    bucket_label,
+    bucket_of,
+    local_us_array,
+    local_us_expr,
+)
 from avila.analytics.common import (
     OTHER,
     PROPERTY_COLUMNS,
     REST,
     Expr,
-    bucket_expr,
-    bucket_label,
-    bucket_of,
     condition_expr,
     events_source,
     fragments,
-    local_us_array,
-    local_us_expr,
     parse_query,
     property_expr,
     time_range,

@@ -26,15 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from avila.analytics.common import (
-    Expr,
+from avila.analytics.calendar import (
     bucket_expr,
     bucket_label,
     bucket_of,
+    local_us_expr,
+)
+from avila.analytics.common import (
+    Expr,
     condition_expr,
     events_source,
     fragments,
-    local_us_expr,
     parse_query,
     rate,
     shifted,

@@ -30,13 +30,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from avila.analytics.calendar import (
+    bucket_label,
+    local_us_array,
+)
 from avila.analytics.common import (
     Expr,
-    bucket_label,
     events_source,
     fragments,
     iso,
-    local_us_array,
     parse_query,
     rate,
     time_range,
