@@ -4,11 +4,16 @@ Some state lives in the (shared) store but is cached in memory, such as alarm ru
 replica that changes it bumps a named counter; the others compare the counter at most once a
 second and reload from the store when it moved. In process (:class:`LocalChanges`) nobody
 else changes anything, so nothing is ever reloaded: exactly the single-replica behaviour.
+
+A counter that Redis lost (a restart without persistence, a failover to a replica that had not
+seen it) starts again at a random number, not at 0: counting up from 0 again would bring it back
+to a version the replicas already saw, and the first changes after the loss would go unnoticed.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Protocol
 
 import redis
@@ -16,6 +21,8 @@ import redis
 log = logging.getLogger("avila.shared")
 
 PREFIX = "avila:changes:"
+#: A new counter starts below this (random): far from any version seen before it was lost.
+_START_BELOW = 1 << 48
 
 
 class Changes(Protocol):
@@ -42,7 +49,10 @@ class RedisChanges:
 
     def bump(self, name: str) -> None:
         try:
-            self._redis.incr(PREFIX + name)
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(PREFIX + name, secrets.randbelow(_START_BELOW), nx=True)
+            pipe.incr(PREFIX + name)
+            pipe.execute()
         except redis.RedisError as exc:
             # The change is stored; the other replicas see it after their restart.
             log.warning("change not announced", extra={"counter": name, "error": str(exc)})
