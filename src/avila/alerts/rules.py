@@ -198,13 +198,15 @@ def _conversion_rate(
     second = condition_expr(store, metric.steps[1], "metric.steps[1]")
     source = events_source(store, project_id)
     # A user converts when their latest step-2 event in the window is at or after their first
-    # step-1 event: the same as "some step-2 event at or after it".
+    # step-1 event: the same as "some step-2 event at or after it". ``c.n > 0`` marks a user
+    # with step-2 events: without a match ClickHouse fills ``c.t1`` with 1970-01-01, not NULL
+    # (avila.storage.clickhouse.analytics_sql), which is ">= t0" for a t0 at or before 1970.
     rows = store.query(
         f"WITH s AS (SELECT user_id, min(ts) AS t0 FROM {source}"
         f" WHERE project_id = ? AND ts BETWEEN ? AND ? AND {first.sql} GROUP BY user_id),"
-        f" c AS (SELECT user_id, max(ts) AS t1 FROM {source}"
+        f" c AS (SELECT user_id, max(ts) AS t1, count(*) AS n FROM {source}"
         f" WHERE project_id = ? AND ts BETWEEN ? AND ? AND {second.sql} GROUP BY user_id)"
-        " SELECT count(*), count(*) FILTER (WHERE c.t1 >= s.t0)"
+        " SELECT count(*), count(*) FILTER (WHERE c.n > 0 AND c.t1 >= s.t0)"
         " FROM s LEFT JOIN c ON c.user_id = s.user_id",
         [project_id, since, now, *first.params, project_id, since, now, *second.params],
     )

@@ -568,16 +568,20 @@ def _train(
 def _open_cart_values(
     store: Store, project_id: str, data: EventData, customers: pd.DataFrame
 ) -> pd.Series:
-    """Value (price × quantity) of carted items after the user's last purchase, per user."""
+    """Value (price × quantity) of carted items after the user's last purchase (every carted
+    item when the user never bought), per user."""
+    # ``p.buys`` marks a user with purchases: without a match DuckDB gives NULLs, ClickHouse
+    # the types' defaults (0, and 1970-01-01 for ``last_buy``; see
+    # avila.storage.clickhouse.analytics_sql), so "no purchase" is never a time to compare.
     rows = store.query(
         """
         SELECT c.user_id, sum(coalesce(c.price, 0) * coalesce(c.quantity, 1))
         FROM events c
-        LEFT JOIN (SELECT user_id, max(ts) AS last_buy FROM events
+        LEFT JOIN (SELECT user_id, max(ts) AS last_buy, count(*) AS buys FROM events
                    WHERE project_id = ? AND event_type = 'purchase' GROUP BY user_id) p
           ON p.user_id = c.user_id
         WHERE c.project_id = ? AND c.event_type = 'add_to_cart' AND c.ts < ?
-          AND c.ts > coalesce(p.last_buy, TIMESTAMP '1970-01-01')
+          AND (coalesce(p.buys, 0) = 0 OR c.ts > p.last_buy)
         GROUP BY c.user_id
         """,
         [project_id, project_id, data.end.to_pydatetime()],
