@@ -102,3 +102,11 @@ class Metrics:
         self.rate_limited = Counter(
             "avila_rate_limited_requests", "Requests refused by the rate limiter", registry=r
         )
+        self.mqtt_dropped = Counter(
+            "avila_mqtt_messages_dropped",
+            "MQTT messages dropped whole (acknowledged, nothing stored) by the bridge, by reason:"
+            " malformed (unreadable payload or topic), batch_limit_exceeded (past 10,000"
+            " readings)",
+            ["reason"],
+            registry=r,
+        )

@@ -85,6 +85,7 @@ async def startup(ctx: AppContext) -> None:
             i40.telemetry,
             client_id=settings.mqtt_client_id,
             share_group=settings.mqtt_share_group,
+            metrics=ctx.metrics,
         )
     if i40.bridge is not None:
         await i40.bridge.start()

@@ -9,12 +9,17 @@ Redelivery dedup: an entry may carry a message id (the MQTT bridge's, see
 :mod:`avila.industry40.mqtt`); a message id already in the log or the store within the dedup
 window is answered as a duplicate and not stored again. The ids are rebuilt at start from the
 store's ``telemetry_messages`` table and the unloaded log, and ids older than the window are
-forgotten every :data:`MESSAGE_PRUNE_INTERVAL_S` (as the event dedup index is).
+forgotten every :data:`MESSAGE_PRUNE_INTERVAL_S` (as the event dedup index is). An id from the
+store is dated by its message's receive time (``received_at``, to the second, never earlier),
+so it leaves when its window ends, not a window after the restart; an id from the unloaded log
+is dated at start (the log's recovery keeps no receive time; such entries are seconds old
+unless the server was down with a backlog).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from avila.errors import ShuttingDown
+from avila.industry40 import records
 from avila.industry40.devices import DeviceRegistry
 from avila.industry40.telemetry import (
     MAX_READINGS,
@@ -33,6 +39,7 @@ from avila.industry40.telemetry import (
     parse_body,
 )
 from avila.ingest.idempotency import DedupIndex
+from avila.ingest.validation import epoch_us
 from avila.storage import frames
 from avila.storage.base import Store
 from avila.storage.ingest_log import IngestLog
@@ -84,19 +91,36 @@ class TelemetryService:
         self.log = await loop.run_in_executor(None, self.store.open_ingest_log)
         count = await asyncio.to_thread(self.registry.load)
         log.info("device registry loaded", extra={"devices": count})
-        since = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=MESSAGE_WINDOW_S)
+        wall = datetime.now(UTC).replace(tzinfo=None)
         rows = await asyncio.to_thread(
             self.store.query,
-            "SELECT project_id, message_id FROM telemetry_messages WHERE received_at >= ?",
-            [since],
+            f"SELECT project_id, message_id, {records.epoch_us(self.store, 'received_at')}"
+            " FROM telemetry_messages WHERE received_at >= ? ORDER BY received_at",
+            [wall - timedelta(seconds=MESSAGE_WINDOW_S)],
         )
+        self._add_stored_messages(rows, wall)
         recovery = self.store.ingest_recovery
-        known = [*rows, *(recovery.telemetry_messages if recovery else [])]
         if recovery is not None:
+            known = recovery.telemetry_messages
             recovery.telemetry_messages = []  # read once; up to a full backlog's worth of ids
-        self.messages.add_committed((_message_key(p, m) for p, m in known), at=self.clock())
+            self.messages.add_committed((_message_key(p, m) for p, m in known), at=self.clock())
         self._flusher = loop.create_task(self._flush_forever())
         self._pruner = loop.create_task(self._prune_forever(), name="telemetry-message-prune")
+
+    def _add_stored_messages(self, rows: list[tuple[Any, ...]], wall: datetime) -> None:
+        """Remember the store's message ids ``(project, id, received epoch µs)``, oldest first,
+        each dated ``clock() - age`` (``age``: whole seconds from its receive time to ``wall``,
+        rounded down: the id is kept at least its window)."""
+        now = self.clock()
+        wall_us = epoch_us(wall)
+
+        def age_s(row: tuple[Any, ...]) -> int:
+            return max(0, (wall_us - int(row[2])) // 1_000_000)
+
+        # Oldest first (the prune stops at the first id still in its window): one call per
+        # second of receive times.
+        for age, group in itertools.groupby(rows, key=age_s):
+            self.messages.add_committed((_message_key(p, m) for p, m, _ in group), at=now - age)
 
     async def close(self) -> None:
         self._closing = True

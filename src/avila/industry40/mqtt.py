@@ -24,7 +24,9 @@ topics with an empty project, group, edge node or device) are logged and acknowl
 would fail again), as is a message of more than :data:`~avila.industry40.telemetry.MAX_READINGS`
 readings (Sparkplug: distinct timestamps), HTTP's cap: it stores nothing (``code``
 ``batch_limit_exceeded`` in the log line), since a publisher gets no answer and would not learn
-that the rest was left out. :attr:`MqttBridge.dropped` counts the messages dropped whole. Reconnects use paho's exponential backoff (1 s to 30 s). Anyone who may
+that the rest was left out. :attr:`MqttBridge.dropped` counts the messages dropped whole, and
+``/metrics`` has them as ``avila_mqtt_messages_dropped_total`` by ``reason``
+(:data:`DROP_REASONS`). Reconnects use paho's exponential backoff (1 s to 30 s). Anyone who may
 publish to these topics may write telemetry into the named project: restrict publishers with
 the broker's ACLs.
 
@@ -55,6 +57,7 @@ from avila.errors import AvilaError
 from avila.industry40.ingestion import TelemetryService
 from avila.industry40.sparkplug import decode_payload
 from avila.industry40.telemetry import MAX_READINGS, Reading, Rejection, check_item, loads_lenient
+from avila.metrics import Metrics
 
 log = logging.getLogger("avila.industry40.mqtt")
 
@@ -62,6 +65,11 @@ TOPICS = ("avila/+/+/telemetry", "spBv1.0/+/+/+", "spBv1.0/+/+/+/+")
 _SPARKPLUG_TYPES = {"NBIRTH", "DBIRTH", "NDATA", "DDATA"}
 
 Parsed = tuple[str, list[tuple[int, Reading]], list[Rejection]]
+
+#: ``reason`` labels of ``avila_mqtt_messages_dropped_total``: a message past
+#: :data:`MAX_READINGS` readings (the log line's ``code``), or one that cannot be read at all
+#: (not JSON, not a Sparkplug payload, a topic with an empty project, group, edge or device).
+DROP_REASONS = ("batch_limit_exceeded", "malformed")
 
 
 class TooManyReadings(ValueError):
@@ -199,6 +207,7 @@ class MqttBridge:
         client_id: str | None = None,
         share_group: str = "",
         retry_initial_s: float = 0.5,
+        metrics: Metrics | None = None,
     ) -> None:
         self.url = url
         #: Topic filters; ``$share/<group>/...`` makes the broker give each message to one
@@ -220,6 +229,12 @@ class MqttBridge:
         self.duplicates = 0
         #: Messages dropped whole: unreadable, or past :data:`MAX_READINGS` readings.
         self.dropped = 0
+        # Every reason exported from the start (at 0), so a rate() has its first sample.
+        self._dropped_by = (
+            {reason: metrics.mqtt_dropped.labels(reason) for reason in DROP_REASONS}
+            if metrics is not None
+            else {}
+        )
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
@@ -306,8 +321,12 @@ class MqttBridge:
             except (ValueError, AvilaError) as exc:
                 self.dropped += 1
                 fields: dict[str, Any] = {"topic": topic, "error": str(exc)}
+                reason = "malformed"
                 if isinstance(exc, TooManyReadings):
                     fields.update(code=exc.code, readings=exc.count)
+                    reason = exc.code
+                if reason in self._dropped_by:
+                    self._dropped_by[reason].inc()
                 log.warning("mqtt message dropped", extra=fields)
                 parsed = None
             if parsed is not None:
