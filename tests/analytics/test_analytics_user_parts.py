@@ -76,7 +76,8 @@ def _rounded(value):
 @pytest.mark.parametrize("chunk_rows", [50, 333])
 def test_answers_read_in_slices_of_users_equal_one_pull(load, monkeypatch, chunk_rows: int) -> None:
     """A long range is pulled in slices of the user hash (``CHUNK_ROWS``), one at a time, to
-    bound the server's memory; sessions and the overview add the slices up."""
+    bound the server's memory; sessions, the overview and the funnel report (every mode, with
+    a breakdown and a trend) add the slices up."""
     store = load(random_events(9, n_users=150, with_sessions=True))
     queries = [
         RANGE,
@@ -84,7 +85,27 @@ def test_answers_read_in_slices_of_users_equal_one_pull(load, monkeypatch, chunk
         {**RANGE, "filters": [{"property": "country", "operator": "eq", "value": "DE"}]},
         {"start_time": RANGE["end_time"], "end_time": (T0 + timedelta(days=9)).isoformat()},
     ]
-    one_pull = [(sessions(store, PROJECT, q), overview(store, PROJECT, q)) for q in queries]
+
+    def reports(q):  # noqa: ANN001, ANN202
+        funnels = [
+            funnel(
+                store,
+                PROJECT,
+                {
+                    **q,
+                    "steps": STEPS,
+                    "mode": mode,
+                    "conversion_window_seconds": 3600,
+                    "breakdown": "country",
+                    "breakdown_limit": 3,
+                    "trend": "day",
+                },
+            )  # fmt: skip
+            for mode in ("ordered", "strict_increase", "strict_order", "unordered")
+        ]
+        return (sessions(store, PROJECT, q), overview(store, PROJECT, q), *funnels)
+
+    one_pull = [reports(q) for q in queries]
     slices: list[tuple[int, int | None]] = []
     original = user_order.rows_by_user
 
@@ -95,9 +116,11 @@ def test_answers_read_in_slices_of_users_equal_one_pull(load, monkeypatch, chunk
 
     monkeypatch.setattr(user_order, "rows_by_user", counting)
     monkeypatch.setattr(user_order, "CHUNK_ROWS", chunk_rows)
-    sliced = [(sessions(store, PROJECT, q), overview(store, PROJECT, q)) for q in queries]
+    sliced = [reports(q) for q in queries]
+    names = ("sessions", "overview", "funnel", "funnel strict_increase", "funnel strict_order",
+             "funnel unordered")  # fmt: skip
     for q, got, expected in zip(queries, sliced, one_pull, strict=True):
-        for name, a, b in zip(("sessions", "overview"), got, expected, strict=True):
+        for name, a, b in zip(names, got, expected, strict=True):
             assert a.keys() == b.keys()
             assert all(_same(a[k], b[k]) for k in a), (
                 q,
@@ -107,6 +130,12 @@ def test_answers_read_in_slices_of_users_equal_one_pull(load, monkeypatch, chunk
     assert len(slices) > len(queries)  # more than one slice per pull
     assert slices[0][0] == 0 and None in {hi for _, hi in slices}  # the whole hash space
     assert one_pull[0][0]["sessions"] > 100 and one_pull[0][1]["dau"]  # the data is there
+    slices.clear()
+    funnel(store, PROJECT, {**RANGE, "steps": STEPS})
+    assert len(slices) > 1  # the funnel report too reads in slices
+    steps = one_pull[0][2]["steps"]
+    assert steps[0]["count"] > 50 and steps[1]["count"] > 0
+    assert len(one_pull[0][2]["breakdowns"]) == 4  # the top 3 countries and "Other"
 
 
 def _same(a, b) -> bool:  # noqa: ANN001
