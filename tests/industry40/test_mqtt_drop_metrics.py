@@ -4,7 +4,6 @@ real server process, its metrics read over HTTP as Prometheus does."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,13 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import TEST_KEY
 from tests.industry40.test_i40_mqtt import Broker, publish, wait_for
-from tests.industry40.test_mqtt_limits import _batch, _iso, _sparkplug, _stored
+from tests.industry40.test_mqtt_limits import (
+    _batch,
+    _sparkplug,
+    _stored,
+    mqtt_settings,
+    wait_until_subscribed,
+)
 
 from avila.industry40.telemetry import MAX_READINGS
 from avila.testing import ServerProcess
@@ -39,17 +44,11 @@ def _dropped(server: ServerProcess) -> dict[str, float]:
 def test_dropped_messages_are_counted_by_reason_on_metrics(
     broker: Broker, make_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
-    server = make_server(
-        AVILA_MQTT_URL=f"mqtt://127.0.0.1:{broker.port}",
-        AVILA_MQTT_CLIENT_ID=f"avila-test-{uuid.uuid4().hex[:8]}",
-    )
+    server = make_server(**mqtt_settings(broker))
     tag = uuid.uuid4().hex[:8]
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     with httpx.Client(base_url=server.url, headers={"x-api-key": TEST_KEY}, timeout=30) as c:
-        # the bridge subscribes once connected: publish a first reading until it is stored
-        ready = f"avila/default/ready-{tag}/telemetry"
-        first = json.dumps({"timestamp": _iso(start), "metrics": {"seq": 0}})
-        wait_for(lambda: publish(broker, ready, message=first) or _stored(c, f"ready-{tag}", start))
+        first = wait_until_subscribed(broker, c, tag, start)
         # every reason is there from the start, at 0 (a rate() has a first sample)
         assert _dropped(server) == {"batch_limit_exceeded": 0.0, "malformed": 0.0}
 

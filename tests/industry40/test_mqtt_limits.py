@@ -62,6 +62,25 @@ def _stored(client: httpx.Client, device: str, start: datetime) -> int | None:
     return sum(int(p["count"]) for p in response.json()["series"].get("seq", []))
 
 
+def mqtt_settings(broker: Broker) -> dict[str, str]:
+    """A server's settings for a bridge to ``broker`` (a client id of its own)."""
+    return {
+        "AVILA_MQTT_URL": f"mqtt://127.0.0.1:{broker.port}",
+        "AVILA_MQTT_CLIENT_ID": f"avila-test-{uuid.uuid4().hex[:8]}",
+    }
+
+
+def wait_until_subscribed(broker: Broker, client: httpx.Client, tag: str, start: datetime) -> str:
+    """The bridge subscribes once connected: publish a first reading (device ``ready-<tag>``)
+    until it is stored; returns that message."""
+    ready = f"avila/default/ready-{tag}/telemetry"
+    first = json.dumps({"timestamp": _iso(start), "metrics": {"seq": 0}})
+    wait_for(
+        lambda: publish(broker, ready, message=first) or _stored(client, f"ready-{tag}", start)
+    )
+    return first
+
+
 def _log_lines(server: ServerProcess, message: str) -> list[dict[str, Any]]:
     lines = []
     for line in server.log_path.read_text().splitlines():
@@ -73,17 +92,11 @@ def _log_lines(server: ServerProcess, message: str) -> list[dict[str, Any]]:
 def test_a_message_past_the_cap_stores_nothing_and_one_at_the_cap_is_stored_whole(
     broker: Broker, make_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
-    server = make_server(
-        AVILA_MQTT_URL=f"mqtt://127.0.0.1:{broker.port}",
-        AVILA_MQTT_CLIENT_ID=f"avila-test-{uuid.uuid4().hex[:8]}",
-    )
+    server = make_server(**mqtt_settings(broker))
     tag = uuid.uuid4().hex[:8]
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     with httpx.Client(base_url=server.url, headers={"x-api-key": TEST_KEY}, timeout=30) as c:
-        # the bridge subscribes once connected: publish a first reading until it is stored
-        ready = f"avila/default/ready-{tag}/telemetry"
-        first = json.dumps({"timestamp": _iso(start), "metrics": {"seq": 0}})
-        wait_for(lambda: publish(broker, ready, message=first) or _stored(c, f"ready-{tag}", start))
+        wait_until_subscribed(broker, c, tag, start)
 
         over, at_cap = tmp_path / "over.json", tmp_path / "at_cap.json"
         over.write_bytes(_batch(MAX_READINGS + 1, start))

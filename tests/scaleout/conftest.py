@@ -64,6 +64,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test alone, which it may stop and start again."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
 def start_all(servers: list[ServerProcess]) -> None:
     """Start the servers side by side (each start is mostly waiting for imports and the store)."""
     errors: list[BaseException] = []

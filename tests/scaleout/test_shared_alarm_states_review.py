@@ -33,14 +33,6 @@ def store(tmp_path: Path) -> Iterator[DuckDBStore]:
     store.close()
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test alone: it is stopped and started again."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
 def _pair(
     store: DuckDBStore, make_states: Callable[[], AlarmStates], rules: list[dict[str, Any]]
 ) -> tuple[Replica, Replica]:

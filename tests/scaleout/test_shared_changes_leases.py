@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -23,14 +23,6 @@ from tests.scaleout.conftest import RedisServer
 
 def _rules(limit: float) -> AlarmRules:
     return msgspec.convert({"rules": [{"metric": "temperature", "max": limit}]}, AlarmRules)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test alone: it is restarted (empty, as without persistence)."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def test_a_change_after_redis_lost_its_counters_is_still_reloaded(
