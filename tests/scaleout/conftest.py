@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from avila.storage.duckdb.store import DuckDBStore
 from avila.testing import ServerProcess, free_port
 
 
@@ -62,6 +63,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[DuckDBStore]:
+    """One DuckDB file that several in-process replicas share."""
+    store = DuckDBStore(str(tmp_path / "shared.duckdb"))
+    yield store
+    store.close()
 
 
 @pytest.fixture

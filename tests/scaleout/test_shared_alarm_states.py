@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
-import pytest
 
 from avila.industry40.alarms import AlarmRules, AlarmService
 from avila.industry40.devices import DeviceRegistry
@@ -56,13 +54,6 @@ class Replica:
             alert = item[1]
             out.append((alert["device_id"], alert["state"], alert["value"]))
         return out
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[DuckDBStore]:
-    store = DuckDBStore(str(tmp_path / "shared.duckdb"))
-    yield store
-    store.close()
 
 
 def _replicas(

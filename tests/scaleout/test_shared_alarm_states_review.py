@@ -5,8 +5,7 @@ severity judged on two replicas at once, and a Redis outage on one replica. Two
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -24,13 +23,6 @@ TWO_LIMITS = [
     {"metric": "temperature", "max": 80.0, "severity": "warning"},
     {"metric": "temperature", "max": 100.0, "severity": "critical"},
 ]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[DuckDBStore]:
-    store = DuckDBStore(str(tmp_path / "shared.duckdb"))
-    yield store
-    store.close()
 
 
 def _pair(
