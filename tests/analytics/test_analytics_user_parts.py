@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from analytics_data import PROJECT, T0, random_events
 
-from avila.analytics import funnel, overview, sessions, user_order
+from avila.analytics import funnel, funnel_dropped, overview, sessions, user_order
 from avila.analytics.user_order import user_parts
 
 STEPS = [
@@ -103,7 +103,11 @@ def test_answers_read_in_slices_of_users_equal_one_pull(load, monkeypatch, chunk
             )  # fmt: skip
             for mode in ("ordered", "strict_increase", "strict_order", "unordered")
         ]
-        return (sessions(store, PROJECT, q), overview(store, PROJECT, q), *funnels)
+        dropped = [
+            funnel_dropped(store, PROJECT, {**q, "steps": STEPS, "step": step, "limit": limit})
+            for step, limit in ((1, 7), (2, 1000), (3, 1))
+        ]
+        return (sessions(store, PROJECT, q), overview(store, PROJECT, q), *funnels, *dropped)
 
     one_pull = [reports(q) for q in queries]
     slices: list[tuple[int, int | None]] = []
@@ -118,7 +122,7 @@ def test_answers_read_in_slices_of_users_equal_one_pull(load, monkeypatch, chunk
     monkeypatch.setattr(user_order, "CHUNK_ROWS", chunk_rows)
     sliced = [reports(q) for q in queries]
     names = ("sessions", "overview", "funnel", "funnel strict_increase", "funnel strict_order",
-             "funnel unordered")  # fmt: skip
+             "funnel unordered", "dropped 1", "dropped 2", "dropped 3")  # fmt: skip
     for q, got, expected in zip(queries, sliced, one_pull, strict=True):
         for name, a, b in zip(names, got, expected, strict=True):
             assert a.keys() == b.keys()
@@ -133,6 +137,11 @@ def test_answers_read_in_slices_of_users_equal_one_pull(load, monkeypatch, chunk
     slices.clear()
     funnel(store, PROJECT, {**RANGE, "steps": STEPS})
     assert len(slices) > 1  # the funnel report too reads in slices
+    slices.clear()
+    funnel_dropped(store, PROJECT, {**RANGE, "steps": STEPS, "step": 1})
+    assert len(slices) > 1  # and the users who dropped
+    dropped = one_pull[0][-3]
+    assert dropped["total"] > 7 and len(dropped["users"]) == 7  # the first 7 of them, by id
     steps = one_pull[0][2]["steps"]
     assert steps[0]["count"] > 50 and steps[1]["count"] > 0
     assert len(one_pull[0][2]["breakdowns"]) == 4  # the top 3 countries and "Other"

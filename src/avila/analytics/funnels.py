@@ -53,6 +53,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from avila.analytics.calendar import (
     bucket_array,
@@ -72,7 +73,6 @@ from avila.analytics.common import (
     property_expr,
     rate,
     time_range,
-    user_codes,
     where_clause,
     zone,
 )
@@ -159,16 +159,20 @@ def funnel_dropped(
             f"step must be between 1 and {len(q.steps) - 1} (the last step before the end);"
             f" users at step {len(q.steps)} completed the funnel",
         )
-    table, (level, _conv, _first_row) = _user_levels(store, project_id, q)
-    dropped = np.flatnonzero(level == q.step)  # user codes, in user_id order
-    ucode = user_codes(table.column("user_id"))
-    user_row = np.flatnonzero(np.r_[True, ucode[1:] != ucode[:-1]]) if len(ucode) else ucode
-    shown = user_row[dropped[: q.limit]]
-    ids = table.column("user_id").take(pa.array(shown)).to_pylist() if shown.size else []
+    total = 0
+    first_ids: list[pa.Array] = []  # per slice, its first ``limit`` dropped users by id
+    for table, _t, (level, _conv, first_row) in _report_slices(store, project_id, q, with_ids=True):
+        dropped = np.flatnonzero(level == q.step)  # user numbers of the slice
+        total += int(dropped.size)
+        if dropped.size:
+            ids = table.column("user_id").combine_chunks().take(pa.array(first_row[dropped]))
+            first_ids.append(ids.take(pc.sort_indices(ids)[: q.limit]))
+    ids = pa.concat_arrays(first_ids) if first_ids else pa.array([], pa.string())
+    shown = ids.take(pc.sort_indices(ids)[: q.limit]).to_pylist() if len(ids) else []
     return {
         "step": q.step,
-        "users": [{"user_id": user_id} for user_id in ids],
-        "total": int(dropped.size),
+        "users": [{"user_id": user_id} for user_id in shown],
+        "total": total,
     }
 
 
@@ -179,31 +183,23 @@ def _check_steps(q: FunnelQuery) -> None:
         raise invalid("funnel_too_many_steps", "steps", f"a funnel has at most {MAX_STEPS} steps")
 
 
-def _user_levels(store: Store, project_id: str, q: FunnelQuery) -> tuple[pa.Table, Levels]:
-    """The candidate rows sorted by ``user_id`` then time, and the per-user :data:`Levels` of
-    ``q`` (users numbered in ``user_id`` order), for :func:`funnel_dropped`, which lists users
-    by id. The report reads the same rows and levels by :func:`_report_slices`, so their
-    numbers agree by construction."""
-    sql, params, order, _ = _candidate_rows(store, project_id, q)
-    table = store.query_arrow(f"{sql} ORDER BY user_id, {order}", params)
-    ucode = user_codes(table.column("user_id"))
-    return table, _levels(q, _int64(table.column("t")), table, ucode)
-
-
 def _report_slices(
-    store: Store, project_id: str, q: FunnelQuery
+    store: Store, project_id: str, q: FunnelQuery, *, with_ids: bool = False
 ) -> Iterator[tuple[pa.Table, np.ndarray, Levels]]:
     """The candidate rows, their times (epoch µs) and their per-user :data:`Levels`, in
     slices of whole users (by a hash of the id,
     :func:`avila.analytics.user_order.rows_by_user_chunks`): a long range of a busy project
-    is never in memory at once. Each slice numbers its users from 0."""
+    is never in memory at once. Each slice numbers its users from 0; its rows have a
+    ``user_id`` column when ``with_ids``. :func:`funnel` and :func:`funnel_dropped` read the
+    same rows and levels, so their numbers agree by construction."""
     sql, params, order, where = _candidate_rows(store, project_id, q)
+    columns = f"user_id, {order}" if with_ids else order
     # The range's events bound the candidate rows from above (a count without the step
     # conditions costs a fraction of one with them: 0.05 s against 0.8 s for 25 M events).
     ((rows,),) = store.query(
         f"SELECT count(*) FROM {events_source(store, project_id)} WHERE {where.sql}", where.params
     )
-    for table, ucode in rows_by_user_chunks(store, sql, params, order, order, rows=int(rows)):
+    for table, ucode in rows_by_user_chunks(store, sql, params, columns, order, rows=int(rows)):
         if len(ucode) and ucode[0]:
             ucode = ucode - ucode[0]
         t = _int64(table.column("t"))

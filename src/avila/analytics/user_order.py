@@ -47,7 +47,8 @@ def rows_by_user(
     key_range: tuple[int, int | None] | None = None,
 ) -> tuple[pa.Table, np.ndarray]:
     """``columns`` of the rows of ``sql`` (which has a ``user_id`` column), sorted by user and
-    then by ``order``, with each row's 0-based user number.
+    then by ``order``, with each row's 0-based user number (``user_id`` may be one of the
+    columns; when two users share a hash, it is there in any case).
 
     Users are numbered in hash order (the same on every run of a backend). ``key_sql`` replaces
     the first hash (tests use a colliding one to check the fallback). ``key_range``
@@ -72,8 +73,10 @@ def rows_by_user(
         if len(uh) > 1:
             codes[1:] = np.cumsum(~same)
         return table.drop_columns(["uh", "uh2"]), codes
+    named = [c.strip() for c in columns.split(",")]
+    with_id = columns if "user_id" in named else f"user_id, {columns}"
     table = store.query_arrow(
-        f"SELECT user_id, {columns} FROM ({sql}) AS r{within} ORDER BY user_id, {order}", bounds
+        f"SELECT {with_id} FROM ({sql}) AS r{within} ORDER BY user_id, {order}", bounds
     )
     return table, user_codes(table.column("user_id"))
 
