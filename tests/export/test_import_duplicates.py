@@ -12,12 +12,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
 from avila.export.bulk import _rebatched, bulk_import
+from avila.export.csvrows import BadRow, CsvBlock
 from avila.storage.duckdb.store import DuckDBStore
 from avila.storage.schema import EVENT_SCHEMA
 
@@ -143,12 +145,22 @@ def test_ids_of_another_type_are_rejected_not_lost(tmp_path: Path) -> None:
 
 
 def test_csv_blocks_are_rebatched_to_whole_batches() -> None:
+    """Row numbers travel with their rows; a row the parser rejected goes with the batch its
+    number falls in (row 6, skipped between blocks, with the first batch; rows 30 and 31, after
+    the last row read, with the last batch)."""
     schema = pa.schema([pa.field("x", pa.int64())])
 
-    def batch(start: int, n: int) -> pa.RecordBatch:
-        return pa.RecordBatch.from_arrays([pa.array(range(start, start + n))], schema=schema)
+    def block(start: int, n: int, bad: list[int]) -> CsvBlock:
+        rows = np.arange(start, start + n) + 1
+        rows[rows > 5] += 1  # row 6 was skipped
+        batch = pa.RecordBatch.from_arrays([pa.array(range(start, start + n))], schema=schema)
+        return CsvBlock(batch, rows, [BadRow(r, "bad") for r in bad], progress=start + n)
 
-    blocks = [batch(0, 5), batch(5, 7), batch(12, 3), batch(15, 10)]
+    blocks = [block(0, 5, []), block(5, 7, [6]), block(12, 3, []), block(15, 10, [30, 31])]
     out = list(_rebatched(iter(blocks), 8))
-    assert [b.num_rows for b in out] == [8, 8, 8, 1]
-    assert [v for b in out for v in b.column(0).to_pylist()] == list(range(25))
+    assert [b.num_rows for b, _, _, _ in out] == [8, 8, 8, 1]
+    assert [v for b, _, _, _ in out for v in b.column(0).to_pylist()] == list(range(25))
+    numbers = [n for _, rows, _, _ in out for n in rows.tolist()]
+    assert numbers == [*range(1, 6), *range(7, 27)]
+    assert [[r.row for r in bad] for _, _, bad, _ in out] == [[6], [], [], [30, 31]]
+    assert [b.column_names for b, _, _, _ in out] == [["x"]] * 4

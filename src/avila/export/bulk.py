@@ -31,7 +31,7 @@ import gc
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,16 +41,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from avila.export.columnar import Checked, ColumnarValidator, Rejected
-from avila.export.duplicates import candidate_rows
+from avila.export.columnar import ACCEPTED_SCHEMA, Checked, ColumnarValidator, Rejected
+from avila.export.csvrows import MALFORMED_CSV, BadRow, CsvBlock, CsvRows, parse_numbers
+from avila.export.duplicates import Candidates, candidate_rows
 from avila.export.importer import ImportSummary, RowRejection
-from avila.export.reader import (
-    CountingReader,
-    ndjson_batches,
-    open_event_csv,
-    read_guarded,
-    reading,
-)
+from avila.export.reader import ndjson_batches, read_guarded, reading
 from avila.storage import rollups
 from avila.storage.duckdb.store import DuckDBStore
 from avila.storage.schema import EVENT_COLUMN_NAMES
@@ -80,19 +75,31 @@ class _Splitter:
     """Validates raw record batches (or NDJSON lines) and splits the accepted rows into
     "append now" and "held back" (their row number is a candidate)."""
 
-    def __init__(self, validator: ColumnarValidator, candidates: np.ndarray) -> None:
+    def __init__(self, validator: ColumnarValidator, candidates: Candidates) -> None:
         self.validator = validator
-        self.candidates = candidates
+        self.candidates = candidates.rows
+        self.after = candidates.after
 
     def _maybe(self, table: pa.Table) -> np.ndarray | None:
         """Which rows of ``table`` are candidates (None: none)."""
-        if not len(self.candidates) or table.num_rows == 0:
+        if table.num_rows == 0:
             return None
         numbers = table.column("row").to_numpy()
-        at = np.searchsorted(self.candidates, numbers)
-        at[at == len(self.candidates)] = 0
-        maybe = self.candidates[at] == numbers
-        return maybe if maybe.any() else None
+        if self.after is not None and int(numbers.max()) > self.after:
+            beyond = numbers > self.after
+        elif not len(self.candidates):
+            return None
+        else:
+            beyond = None
+        if len(self.candidates):
+            at = np.searchsorted(self.candidates, numbers)
+            at[at == len(self.candidates)] = 0
+            maybe = self.candidates[at] == numbers
+            if beyond is not None:
+                maybe |= beyond
+        else:
+            maybe = beyond
+        return maybe if maybe is not None and maybe.any() else None
 
     def split(self, checked: Checked, rows: int, progress: int) -> Batch:
         append: list[tuple[pa.Table, np.ndarray | None]] = []
@@ -120,34 +127,70 @@ def _parquet_batches(path: Path, splitter: _Splitter, batch_rows: int) -> Iterat
 
 
 def _csv_batches(path: Path, splitter: _Splitter, batch_rows: int) -> Iterator[Batch]:
-    with open(path, "rb") as raw:
-        counting = CountingReader(raw)
-        reader = open_event_csv(counting, path, block_size=16 << 20)
-        done = 0
-        for batch in _rebatched(read_guarded(path, "csv", reader), batch_rows):
-            checked = splitter.validator.flat(batch, done + 1)
-            done += batch.num_rows
-            yield splitter.split(checked, batch.num_rows, counting.count)
+    """Rows the CSV parser rejects (:mod:`avila.export.csvrows`) join the rejections of the
+    batch their row number falls in; number columns are converted per batch."""
+    for batch, rows, bad, progress in _rebatched(CsvRows(path, block_size=16 << 20), batch_rows):
+        if batch.num_rows:
+            batch, unparsed = parse_numbers(batch)
+            checked = splitter.validator.flat(batch, rows, unparsed)
+        else:
+            checked = Checked(ACCEPTED_SCHEMA.empty_table())
+        if bad:
+            malformed = [Rejected(b.row, MALFORMED_CSV, b.message, b.path) for b in bad]
+            checked.rejected = sorted([*checked.rejected, *malformed], key=lambda r: r.row)
+        yield splitter.split(checked, batch.num_rows + len(bad), progress)
 
 
-def _rebatched(batches: Any, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """Record batches of exactly ``batch_rows`` rows (the last one fewer) from the CSV
-    reader's batches of one block each."""
-    pending: list[pa.RecordBatch] = []
+_ROW = "__avila_row"
+
+
+def _rebatched(
+    blocks: Iterable[CsvBlock], batch_rows: int
+) -> Iterator[tuple[pa.RecordBatch, np.ndarray, list[BadRow], int]]:
+    """``(batch, row numbers, bad rows, progress)`` with batches of exactly ``batch_rows`` rows
+    (the last one fewer) from the CSV reader's batches of one block each; each bad row goes
+    with the batch its number falls in (the last batch: every one left)."""
+    pending: list[pa.RecordBatch] = []  # each with its row numbers as a last column
     count = 0
-    for batch in batches:
-        pending.append(batch)
-        count += batch.num_rows
+    bad: list[BadRow] = []
+    progress = 0
+    schema: pa.Schema | None = None
+
+    def out(
+        batch: pa.RecordBatch, last: bool
+    ) -> tuple[pa.RecordBatch, np.ndarray, list[BadRow], int]:
+        nonlocal bad
+        rows = batch.column(batch.num_columns - 1).to_numpy()
+        upto = int(rows[-1]) if len(rows) and not last else None
+        taken = [b for b in bad if upto is None or b.row <= upto]
+        bad = bad[len(taken) :]
+        return batch.drop_columns([_ROW]), rows, taken, progress
+
+    for block in blocks:
+        bad.extend(block.bad)
+        progress = block.progress
+        numbered = block.batch.append_column(_ROW, pa.array(block.rows, pa.int64()))
+        schema = numbered.schema
+        if block.batch.num_rows:
+            pending.append(numbered)
+            count += block.batch.num_rows
         if count < batch_rows:
             continue
         table = pa.Table.from_batches(pending)
         full = count - count % batch_rows
-        yield from table.slice(0, full).combine_chunks().to_batches(batch_rows)
+        for batch in table.slice(0, full).combine_chunks().to_batches(batch_rows):
+            yield out(batch, False)
         rest = table.slice(full)
         pending = rest.combine_chunks().to_batches() if rest.num_rows else []
         count = rest.num_rows
     if count:
-        yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
+        *most, last = pa.Table.from_batches(pending).combine_chunks().to_batches()
+        for batch in most:
+            yield out(batch, False)
+        yield out(last, True)
+    elif bad and schema is not None:
+        empty = [pa.array([], f.type) for f in schema]
+        yield out(pa.RecordBatch.from_arrays(empty, schema=schema), True)
 
 
 def _ndjson_batches(path: Path, splitter: _Splitter, batch_rows: int) -> Iterator[Batch]:

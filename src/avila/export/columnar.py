@@ -19,7 +19,7 @@ Python model of the API's rules.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -192,15 +192,27 @@ class ColumnarValidator:
 
     # -- flat rows (Parquet, CSV) ----------------------------------------------------------
 
-    def flat(self, batch: pa.RecordBatch, first_row: int) -> Checked:
+    def flat(
+        self,
+        batch: pa.RecordBatch,
+        first_row: int | np.ndarray,
+        unparsed: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> Checked:
         """Validate a batch of flat rows (export-shaped columns) whose first row is
-        ``first_row`` (1-based). Rows with text that is not UTF-8 (a CSV or Parquet file can
-        hold any bytes) are rejected at their field's path, as the API rejects such an event,
-        and the others validated without them."""
-        rows = np.arange(first_row, first_row + batch.num_rows, dtype=np.int64)
+        ``first_row`` (1-based), or whose rows have the numbers ``first_row`` (an array). Rows
+        with text that is not UTF-8 (a CSV or Parquet file can hold any bytes) are rejected at
+        their field's path, as the API rejects such an event, and the others validated without
+        them. ``unparsed``: CSV number cells that hold no number, ``{position: {column: value as
+        written}}`` (null in ``batch``): their rows' events get the value as written (the fast
+        path never reads the flat number columns; a row without ``data`` goes per event)."""
+        if isinstance(first_row, np.ndarray):
+            rows = first_row.astype(np.int64, copy=False)
+        else:
+            rows = np.arange(first_row, first_row + batch.num_rows, dtype=np.int64)
+        by_row = {int(rows[p]): cells for p, cells in unparsed.items()} if unparsed else None
         bad = invalid_utf8(batch)
         if bad is None:
-            return self._flat(batch, rows)
+            return self._flat(batch, rows, by_row)
         mask, paths = bad
         rejected = [
             Rejected(int(row), "invalid_event", INVALID_UTF8, path)
@@ -208,15 +220,21 @@ class ColumnarValidator:
         ]
         keep = ~mask
         checked = (
-            self._flat(batch.filter(pa.array(keep)), rows[keep])
+            self._flat(batch.filter(pa.array(keep)), rows[keep], by_row)
             if keep.any()
             else Checked(ACCEPTED_SCHEMA.empty_table())
         )
         checked.rejected = sorted([*checked.rejected, *rejected], key=lambda r: r.row)
         return checked
 
-    def _flat(self, batch: pa.RecordBatch, rows: np.ndarray) -> Checked:
-        """:meth:`flat` of a batch whose text is UTF-8; ``rows[i]`` is row i's number."""
+    def _flat(
+        self,
+        batch: pa.RecordBatch,
+        rows: np.ndarray,
+        unparsed: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> Checked:
+        """:meth:`flat` of a batch whose text is UTF-8; ``rows[i]`` is row i's number,
+        ``unparsed`` by row number."""
         n = batch.num_rows
         columns = {name: _plain(batch, name) for name in batch.schema.names}
         fast = np.ones(n, dtype=bool)
@@ -224,7 +242,7 @@ class ColumnarValidator:
         if any(columns.get(name, _NULLS) is None for name in (*texts, *_CONTEXT_COLUMNS)):
             fast[:] = False  # a column of another type (ids as numbers ...): per event
         if not fast.any():
-            return self._slow_flat(batch, rows, np.arange(n))
+            return self._slow_flat(batch, rows, np.arange(n), unparsed)
 
         def text(name: str) -> pa.Array:
             found = columns.get(name, _NULLS)
@@ -271,7 +289,7 @@ class ColumnarValidator:
             context=context,
         )
         table, accept = self._decode(candidates, fast)
-        checked = self._slow_flat(batch, rows, np.flatnonzero(~accept))
+        checked = self._slow_flat(batch, rows, np.flatnonzero(~accept), unparsed)
         return _merge(table, accept, checked)
 
     def _timestamps(self, batch: pa.RecordBatch, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -461,10 +479,19 @@ class ColumnarValidator:
 
     # -- the per-event path ---------------------------------------------------------------------
 
-    def _slow_flat(self, batch: pa.RecordBatch, rows: np.ndarray, positions: np.ndarray) -> Checked:
+    def _slow_flat(
+        self,
+        batch: pa.RecordBatch,
+        rows: np.ndarray,
+        positions: np.ndarray,
+        unparsed: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> Checked:
         if len(positions) == 0:
             return Checked(ACCEPTED_SCHEMA.empty_table())
         picked = flat_rows(batch.take(pa.array(positions)))
+        if unparsed:
+            for row, number in zip(picked, rows[positions].tolist(), strict=True):
+                row.update(unparsed.get(number, ()))
         return self._slow_events([row_to_event(row) for row in picked], rows[positions])
 
     def _slow_events(self, events: list[bytes], rows: np.ndarray) -> Checked:

@@ -17,6 +17,7 @@ get a fresh UUID and are never candidates.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,19 +26,10 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from avila.export.reader import (
-    _CSV_TYPES,
-    CSV_CHECK_UTF8,
-    CSV_NULLS,
-    CSV_PARSE,
-    invalid_utf8,
-    ndjson_batches,
-    read_guarded,
-    reading,
-)
+from avila.export.csvrows import CsvRows
+from avila.export.reader import invalid_utf8, ndjson_batches, reading
 
 #: Rows per batch of ids read from CSV and NDJSON files.
 _ID_BATCH_ROWS = 1 << 18
@@ -61,10 +53,33 @@ ORDER BY row
 """
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """The rows that may be duplicates: ``rows`` (sorted 1-based row numbers; NDJSON: line
+    numbers) and, for CSV, every row numbered above ``after``: rows this pass did not see (read
+    again after a quote that never closes, :mod:`avila.export.csvrows`)."""
+
+    rows: np.ndarray
+    after: int | None = None
+
+
 def candidate_rows(
     path: Path, fmt: str, cursor: Any, project_id: str, since: datetime
-) -> np.ndarray:
-    """Sorted 1-based row numbers (NDJSON: line numbers) of the rows that may be duplicates."""
+) -> Candidates:
+    """The rows that may be duplicates."""
+    if fmt == "csv":
+        seen = _Seen()
+        found = _candidates(
+            pa.Table.from_batches(list(_csv_ids(path, seen)), _IDS_SCHEMA),
+            cursor,
+            project_id,
+            since,
+        )
+        return Candidates(found, seen.last if seen.any_ids else None)
+    return Candidates(_rows(path, fmt, cursor, project_id, since))
+
+
+def _rows(path: Path, fmt: str, cursor: Any, project_id: str, since: datetime) -> np.ndarray:
     params = {"project": project_id, "since": since}
     if fmt == "parquet":
         with reading(path, fmt):
@@ -87,9 +102,12 @@ def candidate_rows(
             present = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
             return np.flatnonzero(present).astype(np.int64) + 1
         return np.asarray(found, dtype=np.int64)
-    table = pa.Table.from_batches(
-        list(_csv_ids(path) if fmt == "csv" else _ndjson_ids(path)), schema=_IDS_SCHEMA
-    )
+    table = pa.Table.from_batches(list(_ndjson_ids(path)), schema=_IDS_SCHEMA)
+    return _candidates(table, cursor, project_id, since)
+
+
+def _candidates(table: pa.Table, cursor: Any, project_id: str, since: datetime) -> np.ndarray:
+    params = {"project": project_id, "since": since}
     cursor.register("_import_ids", table)
     try:
         found = cursor.sql(_CANDIDATES_SQL.format(ids="_import_ids"), params=params).fetchnumpy()
@@ -101,33 +119,29 @@ def candidate_rows(
 _IDS_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("row", pa.int64())])
 
 
-def _csv_ids(path: Path) -> Iterator[pa.RecordBatch]:
-    # The second pass's parser and options, so row i here is row i there.
-    with reading(path, "csv"):
-        reader = pa_csv.open_csv(
-            path,
-            read_options=pa_csv.ReadOptions(block_size=16 << 20),
-            parse_options=CSV_PARSE,
-            convert_options=pa_csv.ConvertOptions(
-                column_types={"event_id": _CSV_TYPES["event_id"]},
-                include_columns=["event_id"],
-                include_missing_columns=True,
-                null_values=CSV_NULLS,
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-                check_utf8=CSV_CHECK_UTF8,
-            ),
-        )
-    done = 0
-    for batch in read_guarded(path, "csv", reader):
-        n = batch.num_rows
-        rows = pa.array(np.arange(done + 1, done + n + 1, dtype=np.int64))
-        done += n
-        ids = batch.column(0).cast(pa.string())
-        bad = invalid_utf8(batch)
+@dataclass
+class _Seen:
+    any_ids: bool = False
+    last: int = 0  # the last row number read
+
+
+def _csv_ids(path: Path, seen: _Seen) -> Iterator[pa.RecordBatch]:
+    # The second pass's parser and row numbers (rows it rejects are not given), so row i here
+    # is row i there; only the check for a quote that never closes is left to the second pass
+    # (it needs every column, and the rows read again after one are all candidates).
+    rows = CsvRows(path, block_size=16 << 20, columns=("event_id",), check_quotes=False)
+    if not rows.used:
+        return  # no ids: every row gets a fresh one, none is a duplicate
+    seen.any_ids = True
+    for block in rows:
+        if not block.batch.num_rows:
+            continue
+        seen.last = int(block.rows[-1])
+        ids = block.batch.column(0).cast(pa.string())
+        bad = invalid_utf8(block.batch)
         if bad is not None:  # such a row is rejected in the second pass: never a candidate
             ids = pc.if_else(pa.array(bad[0]), pa.scalar(None, pa.string()), ids)
-        yield pa.RecordBatch.from_arrays([ids, rows], ["id", "row"])
+        yield pa.RecordBatch.from_arrays([ids, pa.array(block.rows, pa.int64())], ["id", "row"])
 
 
 def _ndjson_ids(path: Path) -> Iterator[pa.RecordBatch]:

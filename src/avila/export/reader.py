@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 import numpy as np
@@ -29,7 +29,6 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from avila.errors import ValidationFailed
-from avila.export.query import EXPORT_COLUMNS, EXPORT_JSON_COLUMNS, EXPORT_TIMESTAMPS
 from avila.storage.schema import EVENT_TYPES
 
 IMPORT_FORMATS = ("ndjson", "csv", "parquet")
@@ -400,37 +399,6 @@ def ndjson_batches(path: Path, batch_rows: int) -> Iterator[tuple[list[bytes], l
 _NDJSON_BLOCK = 16 << 20
 
 
-class CountingReader:
-    """A binary file that remembers how many bytes were read (CSV progress)."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.count = 0
-        self.closed = False
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.count += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-# Our own columns keep their types (ids stay text even when they look like numbers).
-_CSV_TYPES = {
-    name: (pa.string() if name in EXPORT_TIMESTAMPS or name in EXPORT_JSON_COLUMNS else dtype)
-    for name, _, dtype, _ in EXPORT_COLUMNS
-}
-_CSV_TYPES["ts"] = pa.string()
-_CSV_TYPES["properties"] = pa.string()  # a Custom event's properties (JSON text)
-
 #: CSV as our exports write it (RFC 4180): a quoted value may hold line breaks. Without this
 #: the reader splits the file into blocks at the last line break it finds, and a block ending
 #: inside a quoted value stopped the import ("CSV parser got out of sync with chunker"). It
@@ -448,7 +416,11 @@ def csv_columns(path: Path) -> list[str]:
         reader = pa_csv.open_csv(
             path,
             read_options=pa_csv.ReadOptions(block_size=1 << 20),
-            parse_options=CSV_PARSE,
+            # A bad row in the first block is the import's to reject, not a reason to stop.
+            parse_options=pa_csv.ParseOptions(
+                newlines_in_values=CSV_PARSE.newlines_in_values,
+                invalid_row_handler=lambda row: "skip",
+            ),
             convert_options=pa_csv.ConvertOptions(check_utf8=False),
         )
         try:
@@ -475,25 +447,35 @@ def flat_rows(batch: pa.RecordBatch) -> list[dict[str, Any]]:
     return rows
 
 
-def _batches_to_chunks(
-    batches: Iterator[pa.RecordBatch], position: Any, first_row: int = 1
-) -> Iterator[Chunk]:
-    row_number = first_row
-    for batch in batches:
-        rows = list(range(row_number, row_number + batch.num_rows))
-        row_number += batch.num_rows
-        unreadable: list[Unreadable] = []
-        bad = invalid_utf8(batch)
-        if bad is not None:  # rejected here; the API's validator never sees such text
-            mask, paths = bad
-            unreadable = [
-                Unreadable(rows[i], INVALID_UTF8, "invalid_event", path)
-                for i, path in zip(np.flatnonzero(mask).tolist(), paths, strict=True)
-            ]
-            rows = [row for row, skip in zip(rows, mask.tolist(), strict=True) if not skip]
-            batch = batch.filter(pa.array(~mask))
-        events = [row_to_event(row) for row in flat_rows(batch)]
-        yield Chunk(events=events, rows=rows, progress=position(), unreadable=unreadable)
+def _chunk(
+    batch: pa.RecordBatch,
+    rows: list[int],
+    progress: int,
+    unreadable: list[Unreadable] | None = None,
+    unparsed: dict[int, dict[str, Any]] | None = None,
+) -> Chunk:
+    """The events of ``batch`` (``rows[i]`` is row i's number); rows with text that is not
+    UTF-8 are rejected here (the API's validator never sees such text). ``unparsed``: values of
+    CSV number columns that are not numbers, by position, put into the events as written."""
+    unreadable = list(unreadable or [])
+    bad = invalid_utf8(batch)
+    positions = list(range(batch.num_rows))
+    if bad is not None:
+        mask, paths = bad
+        unreadable += [
+            Unreadable(rows[i], INVALID_UTF8, "invalid_event", path)
+            for i, path in zip(np.flatnonzero(mask).tolist(), paths, strict=True)
+        ]
+        positions = np.flatnonzero(~mask).tolist()
+        rows = [rows[i] for i in positions]
+        batch = batch.filter(pa.array(~mask))
+    flat = flat_rows(batch)
+    if unparsed:
+        for position, row in zip(positions, flat, strict=True):
+            row.update(unparsed.get(position, ()))
+    unreadable.sort(key=lambda u: u.row)
+    events = [row_to_event(row) for row in flat]
+    return Chunk(events=events, rows=rows, progress=progress, unreadable=unreadable)
 
 
 #: Text columns are read without Arrow's UTF-8 check (with it, one bad value stopped the whole
@@ -502,53 +484,26 @@ def _batches_to_chunks(
 CSV_CHECK_UTF8 = False
 
 
-def open_event_csv(source: Any, path: Path, *, block_size: int) -> pa_csv.CSVStreamingReader:
-    """A streaming CSV reader (of ``source``, the file ``path``) with the flat event columns'
-    types (empty strings stay strings, only empty unquoted fields are NULL) and only the
-    columns an event is made of: another column's type would be guessed from the first block,
-    and a later value that does not fit it stopped the import. Its text is not checked for
-    UTF-8: the caller runs :func:`invalid_utf8` on each batch."""
-    used = [name for name in csv_columns(path) if name in _CSV_TYPES]
-    with reading(path, "csv"):
-        return pa_csv.open_csv(
-            source,
-            read_options=pa_csv.ReadOptions(block_size=block_size),
-            parse_options=CSV_PARSE,
-            convert_options=pa_csv.ConvertOptions(
-                column_types=_CSV_TYPES,
-                include_columns=used,
-                null_values=CSV_NULLS,
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-                check_utf8=CSV_CHECK_UTF8,
-            ),
-        )
-
-
 def _read_csv(path: Path, chunk_rows: int) -> Iterator[Chunk]:
-    with open(path, "rb") as raw:
-        counting = CountingReader(raw)
-        reader = open_event_csv(counting, path, block_size=1 << 20)
-        batches = (
-            b
-            for big in read_guarded(path, "csv", reader)
-            for b in pa.Table.from_batches([big]).to_batches(chunk_rows)
-        )
-        yield from _batches_to_chunks(batches, lambda: counting.count)
+    from avila.export.csvrows import MALFORMED_CSV, CsvRows, parse_numbers
+
+    for block in CsvRows(path, block_size=1 << 20):
+        bad = [Unreadable(b.row, b.message, MALFORMED_CSV, b.path) for b in block.bad]
+        for start in range(0, max(block.batch.num_rows, 1), chunk_rows):
+            batch, unparsed = parse_numbers(block.batch.slice(start, chunk_rows))
+            rows = block.rows[start : start + chunk_rows].tolist()
+            yield _chunk(batch, rows, block.progress, bad, unparsed)
+            bad = []
 
 
 def _read_parquet(path: Path, chunk_rows: int) -> Iterator[Chunk]:
     with reading(path, "parquet"):
         file = pq.ParquetFile(path)
     done = 0
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        nonlocal done
-        for batch in read_guarded(path, "parquet", file.iter_batches(batch_size=chunk_rows)):
-            done += batch.num_rows
-            yield batch
-
-    yield from _batches_to_chunks(batches(), lambda: done)
+    for batch in read_guarded(path, "parquet", file.iter_batches(batch_size=chunk_rows)):
+        rows = list(range(done + 1, done + batch.num_rows + 1))
+        done += batch.num_rows
+        yield _chunk(batch, rows, done)
 
 
 def read_chunks(path: Path, fmt: str, chunk_rows: int = 2000) -> Iterator[Chunk]:
