@@ -32,7 +32,7 @@ OWN_TABLES = frozenset({"schema_version", "ingest_position", "person_map", "pers
 
 
 class MigrationRefused(AvilaError):
-    status_code = 409
+    status = 409
     code = "migration_refused"
 
 
