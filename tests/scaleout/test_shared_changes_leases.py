@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from avila.industry40.alarms import RULES_RECHECK_SECONDS, AlarmRules, AlarmService
+from avila.industry40.alarms import AlarmRules, AlarmService
 from avila.industry40.devices import DeviceRegistry
 from avila.live.bus import LiveBus
 from avila.shared import sync_client
@@ -19,6 +20,7 @@ from avila.shared.changes import RedisChanges
 from avila.shared.leases import Leases, LocalLeases, RedisLeases
 from avila.storage.duckdb.store import DuckDBStore
 from tests.scaleout.conftest import RedisServer
+from tests.waiting import until
 
 
 def _rules(limit: float) -> AlarmRules:
@@ -39,18 +41,18 @@ def test_a_change_after_redis_lost_its_counters_is_still_reloaded(
             AlarmService(store, registry, LiveBus(), RedisChanges(sync_client(own_redis.url)))
             for _ in range(2)
         )
-        a.load()
-        b.load()
+        a.start()
+        b.start()
         a.set_rules(project, "oven", _rules(80.0))
-        time.sleep(RULES_RECHECK_SECONDS + 0.1)
-        assert [r.max for r in b.rules_for(project, "oven")] == [80.0]
+        asyncio.run(until(lambda: [r.max for r in b.rules_for(project, "oven")] == [80.0]))
 
         own_redis.stop()
         own_redis.start()  # same port, no persistence: every counter is gone
         a.set_rules(project, "oven", _rules(95.5))
-        time.sleep(RULES_RECHECK_SECONDS + 0.1)
-        assert [r.max for r in b.rules_for(project, "oven")] == [95.5]
+        asyncio.run(until(lambda: [r.max for r in b.rules_for(project, "oven")] == [95.5]))
     finally:
+        a.close()
+        b.close()
         store.close()
 
 

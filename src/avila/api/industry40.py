@@ -77,7 +77,7 @@ def setup(ctx: AppContext) -> None:
 async def startup(ctx: AppContext) -> None:
     i40: Industry40 = ctx.state["industry40"]
     await i40.telemetry.start()
-    await asyncio.to_thread(i40.alarms.load)
+    await asyncio.to_thread(i40.alarms.start)  # loads, then follows other replicas
     settings = ctx.settings
     if settings.mqtt_url:
         i40.bridge = MqttBridge(

@@ -14,10 +14,14 @@ breach. A raised alarm whose most severe breached limit changes severity is repl
 announced with ``"state": "escalated"`` (warning to critical) or ``"de-escalated"`` (critical to
 warning) and ``"previous_severity"``: the active list always shows the current breach.
 
-Rules are stored in ``alarm_rules`` (one JSON document per project and device type). Which
-alarms are raised lives in :mod:`avila.shared.alarm_states`: in memory for one replica (after a
-restart an alarm still in breach is raised again by its next reading), in Redis for several, so
-replicas that receive readings of the same device agree and announce each transition once.
+Rules are stored in ``alarm_rules`` (one JSON document per project and device type) and cached
+in memory: the listener and the API read the cached rules without any I/O. With several replicas
+(``AVILA_REDIS_URL``) a thread of the service's own follows the rules changed through the others
+(:meth:`AlarmService.start`), so no request ever waits for Redis or the store because of them.
+Which alarms are raised lives in :mod:`avila.shared.alarm_states`: in memory for one replica
+(after a restart an alarm still in breach is raised again by its next reading), in Redis for
+several, so replicas that receive readings of the same device agree and announce each transition
+once.
 The same rules give predictive maintenance its failure thresholds (see
 :mod:`avila.industry40.records`).
 """
@@ -28,7 +32,7 @@ import asyncio
 import json
 import logging
 import math
-import time
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -101,48 +105,81 @@ class AlarmService:
         self.store = store
         self.registry = registry
         self.bus = bus
-        #: Rules set through another replica (shared store) are reloaded within
-        #: RULES_RECHECK_SECONDS when the counter moves; in process it never does.
+        #: Rules set through another replica (shared store) are reloaded by the follower thread
+        #: (:meth:`start`) within RULES_RECHECK_SECONDS of the counter moving; in process it
+        #: never moves and nothing follows it.
         self.changes: Changes = changes or LocalChanges()
         self._seen_version: int | None = None
-        self._checked_at = 0.0
+        #: The rules by (project, device type). Replaced whole, never changed in place: a reader
+        #: on any thread (the event loop included) takes the current one, without a lock or I/O.
         self._rules: dict[tuple[str, str], list[AlarmRule]] = {}
+        # One reload or rules change at a time, so a reload that read the store before a change
+        # cannot put back the rules the change just replaced.
+        self._rules_lock = threading.Lock()
+        self._follower: threading.Thread | None = None
+        self._stop_following = threading.Event()
         self.states: AlarmStates = states or LocalAlarmStates()
         # Shared states are judged in one thread of their own, batch after batch in arrival
         # order, so a slow or unreachable Redis never holds up the event loop's acknowledgements.
         self._judge_thread: ThreadPoolExecutor | None = None
 
     def load(self) -> None:
-        self._seen_version = self.changes.version(_CHANGES)
-        self._checked_at = time.monotonic()
-        loaded: dict[tuple[str, str], list[AlarmRule]] = {}
-        for project, device_type, rules in self.store.query(
-            "SELECT project_id, device_type, rules FROM alarm_rules"
-        ):
-            loaded[project, device_type] = msgspec.convert(json.loads(rules), list[AlarmRule])
-        self._rules = loaded
+        """Read every rule from the store (blocking: call it off the event loop)."""
+        with self._rules_lock:
+            # The counter before the rules: a change made meanwhile is reloaded next time.
+            version = self.changes.version(_CHANGES)
+            loaded: dict[tuple[str, str], list[AlarmRule]] = {}
+            for project, device_type, rules in self.store.query(
+                "SELECT project_id, device_type, rules FROM alarm_rules"
+            ):
+                loaded[project, device_type] = msgspec.convert(json.loads(rules), list[AlarmRule])
+            self._rules = loaded
+            # Only once they are loaded: a failed reload is tried again at the next look.
+            self._seen_version = version
 
-    def _reload_if_changed(self) -> None:
-        now = time.monotonic()
-        if now - self._checked_at < RULES_RECHECK_SECONDS:
+    def start(self) -> None:
+        """Load the rules, then follow the changes made through other replicas: a thread looks
+        at the change counter every RULES_RECHECK_SECONDS and reloads when it moved. Blocking
+        (the first load): call it off the event loop. In process (:class:`LocalChanges`) no
+        other replica changes anything and no thread is started."""
+        self.load()
+        if self._follower is not None or isinstance(self.changes, LocalChanges):
             return
-        self._checked_at = now
+        self._stop_following.clear()
+        self._follower = threading.Thread(
+            target=self._follow, name="avila-alarm-rules", daemon=True
+        )
+        self._follower.start()
+
+    def _follow(self) -> None:
+        while not self._stop_following.wait(RULES_RECHECK_SECONDS):
+            try:
+                self.reload_if_changed()
+            except Exception as exc:  # the store failed: keep the cached rules, look again
+                log.warning("alarm rules not reloaded", extra={"error": repr(exc)})
+
+    def reload_if_changed(self) -> bool:
+        """Reload the rules if another replica changed them (blocking: Redis, the store);
+        True when it did. Redis not answering keeps the cached rules."""
         version = self.changes.version(_CHANGES)
-        if version is not None and version != self._seen_version:
-            self.load()
+        if version is None or version == self._seen_version:
+            return False
+        self.load()
+        return True
 
     def rules(
         self, project_id: str, device_type: str | None = None
     ) -> dict[str, list[dict[str, Any]]]:
-        self._reload_if_changed()
+        """The project's cached rules by device type (no I/O: safe on the event loop)."""
+        current = self._rules
         return {
             dtype: [msgspec.to_builtins(r) for r in rules]
-            for (p, dtype), rules in sorted(self._rules.items())
+            for (p, dtype), rules in sorted(current.items())
             if p == project_id and (device_type is None or dtype == device_type)
         }
 
     def rules_for(self, project_id: str, device_type: str | None) -> list[AlarmRule]:
-        self._reload_if_changed()
+        """The cached rules of one device type (no I/O: safe on the event loop)."""
         return self._rules.get((project_id, device_type or ""), [])
 
     def set_rules(
@@ -153,17 +190,19 @@ class AlarmService:
         reading would ever judge again. A limit that only moved is judged by the next reading."""
         check_rules(rules)
         doc = msgspec.json.encode(rules.rules).decode()
-        self.store.upsert(
-            "alarm_rules",
-            ("project_id", "device_type"),
-            {
-                "project_id": project_id,
-                "device_type": device_type,
-                "rules": doc,
-                "updated_at": datetime.now(UTC).replace(tzinfo=None),
-            },
-        )
-        self._rules[project_id, device_type] = list(rules.rules)
+        with self._rules_lock:
+            self.store.upsert(
+                "alarm_rules",
+                ("project_id", "device_type"),
+                {
+                    "project_id": project_id,
+                    "device_type": device_type,
+                    "rules": doc,
+                    "updated_at": datetime.now(UTC).replace(tzinfo=None),
+                },
+            )
+            # Seen by this replica's next request at once; by the others after the bump.
+            self._rules = {**self._rules, (project_id, device_type): list(rules.rules)}
         self.changes.bump(_CHANGES)
         limited = {
             (rule.metric, bound)
@@ -195,8 +234,8 @@ class AlarmService:
         return [a for a in self.states.raised(project_id) if a["device_id"] == device_id]
 
     def __call__(self, rows: TelemetryRows) -> None:
-        """Telemetry listener: check committed readings against their device type's rules."""
-        self._reload_if_changed()
+        """Telemetry listener: check committed readings against their device type's rules.
+        Runs on the event loop: reads the cached rules only."""
         if not any(p == rows.project_id for p, _ in self._rules):
             return
         if not self.states.remote:
@@ -216,7 +255,12 @@ class AlarmService:
         self._judge_thread.submit(self._judge_logged, rows, publish)
 
     def close(self) -> None:
-        """Wait for the batches handed to the judging thread, then stop it."""
+        """Stop following the other replicas' changes; wait for the batches handed to the
+        judging thread, then stop it. Blocking: call it off the event loop."""
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            self._stop_following.set()
+            follower.join()  # at most one look at Redis (its timeout) and one reload
         if self._judge_thread is not None:
             self._judge_thread.shutdown(wait=True)
             self._judge_thread = None
@@ -234,6 +278,7 @@ class AlarmService:
         transition this replica made (see :mod:`avila.shared.alarm_states`); ``publish``
         defaults to the live bus's ``alerts`` channel."""
         project = rows.project_id
+        current = self._rules
         # One check per reading and metric with every rule of that metric: a warning and a
         # critical limit on one bound are one alarm, in breach when either limit is crossed.
         checks: list[tuple[int, str, str | None, str, float, list[AlarmRule]]] = []
@@ -242,7 +287,7 @@ class AlarmService:
             device = self.registry.get(project, reading.device_id)
             device_type = device.device_type if device else reading.device_type
             by_metric: dict[str, list[AlarmRule]] = {}
-            for rule in self._rules.get((project, device_type or ""), ()):
+            for rule in current.get((project, device_type or ""), ()):
                 if reading.metrics.get(rule.metric) is not None:
                     by_metric.setdefault(rule.metric, []).append(rule)
             for metric, metric_rules in by_metric.items():

@@ -8,6 +8,7 @@ and trained models live in Redis (docs/shared-state.md). Callers only see the in
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
@@ -120,6 +121,8 @@ class SharedState:
     #: Which threshold alarms are raised (telemetry judged on any replica).
     alarm_states: AlarmStates = field(default_factory=LocalAlarmStates)
     _async_client: aioredis.Redis | None = field(default=None, repr=False)
+    #: The synchronous client the keys, counters, leases and alarm states share.
+    _sync_client: redis.Redis | None = field(default=None, repr=False)
 
     def start(self) -> None:
         """Start background work (the Redis bus's listener); call on the running loop."""
@@ -132,6 +135,10 @@ class SharedState:
             from avila.shared.live import close_quietly
 
             await close_quietly(self._async_client)
+        if self._sync_client is not None:
+            # Call after the modules' shutdown: their threads (alarm judging, rule following)
+            # are done with it. Closing only drops sockets, but off the loop all the same.
+            await asyncio.to_thread(self._sync_client.close)
 
 
 def open_shared(settings: Settings) -> SharedState:
@@ -145,17 +152,22 @@ def open_shared(settings: Settings) -> SharedState:
     from avila.shared.alarm_states import RedisAlarmStates
     from avila.shared.changes import RedisChanges
     from avila.shared.claims import RedisClaims
+    from avila.shared.keys import RedisKeyStore
     from avila.shared.leases import RedisLeases
     from avila.shared.live import RedisLiveBus
 
     client = async_client(settings.redis_url)
+    # One synchronous client (one thread-safe connection pool) for the parts that block,
+    # closed with the rest by SharedState.close.
+    blocking = sync_client(settings.redis_url)
     return SharedState(
-        keys=open_key_registry(settings),
+        keys=RedisKeyStore(blocking, settings.api_keys),
         claims=RedisClaims(client, settings.dedup_window_hours * 3600),
         rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.redis_url),
         bus=RedisLiveBus(client),
-        changes=RedisChanges(sync_client(settings.redis_url)),
-        leases=RedisLeases(sync_client(settings.redis_url)),
-        alarm_states=RedisAlarmStates(sync_client(settings.redis_url)),
+        changes=RedisChanges(blocking),
+        leases=RedisLeases(blocking),
+        alarm_states=RedisAlarmStates(blocking),
         _async_client=client,
+        _sync_client=blocking,
     )

@@ -1,8 +1,9 @@
 """Change counters: how a replica learns that another one changed something it caches.
 
 Some state lives in the (shared) store but is cached in memory, such as alarm rules. The
-replica that changes it bumps a named counter; the others compare the counter at most once a
-second and reload from the store when it moved. In process (:class:`LocalChanges`) nobody
+replica that changes it bumps a named counter; the others compare the counter once a second and
+reload from the store when it moved, off the event loop (a thread of their own or
+``asyncio.to_thread``): both calls block. In process (:class:`LocalChanges`) nobody
 else changes anything, so nothing is ever reloaded: exactly the single-replica behaviour.
 
 A counter that Redis lost (a restart without persistence, a failover to a replica that had not
