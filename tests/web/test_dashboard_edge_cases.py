@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import duckdb
 import httpx
@@ -30,6 +31,8 @@ ODD_USERS = [
     "\"quoted\" 'user'",
     "ünï 用户",
 ]
+#: A user id far wider than any screen, with no place to break it.
+LONG_USER = "user_" + "ü" * 10 + "_" + "x" * 200
 
 
 def _iso(moment: datetime) -> str:
@@ -60,6 +63,14 @@ def _seed(url: str) -> None:
                 },
             }
         )
+    events.append(
+        {
+            "event_id": "edge-buy-long",
+            "user_id": LONG_USER,
+            "timestamp": _iso(now - timedelta(hours=1)),
+            "event_type": {"type": "Purchase", "data": {"order_id": "o-long", "revenue": 5.0}},
+        }
+    )
     headers = {"x-api-key": ADMIN_KEY}
     done = httpx.post(url + "/api/v1/events/batch", json={"events": events}, headers=headers)
     assert done.status_code == 202 and not done.json().get("rejected"), done.text
@@ -133,6 +144,58 @@ def test_user_links_open_the_profile_of_ids_with_plus_slash_percent_and_quotes(
         assert page.locator("#user-profile h2").first.inner_text() == user, shown
         assert page.evaluate("document.getElementById('user-id').value") == user
     assert page.errors == []
+
+
+# ---- long ids ----------------------------------------------------------------------------------
+
+BAR_ROOM = """(name) => {
+  const el = document.querySelector(`[data-chart="${name}"] .chart`);
+  const chart = echarts.getInstanceByDom(el);
+  const box = el.getBoundingClientRect();
+  const outside = [...el.querySelectorAll('svg text')].filter((t) => {
+    const r = t.getBoundingClientRect();
+    return r.width > 0 && (r.left < box.left - 1 || r.right > box.right + 1);
+  }).map((t) => t.textContent);
+  const zero = chart.convertToPixel({ xAxisIndex: 0 }, 0);
+  const end = chart.getModel().getComponent('xAxis', 0).axis.scale.getExtent()[1];
+  const top = chart.convertToPixel({ xAxisIndex: 0 }, end);
+  return { width: box.width, bars: top - zero, outside };
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+@pytest.mark.parametrize(("route", "chart"), [("users", "recent-buyers"), ("ml", "churn-risk")])
+def test_a_long_user_id_leaves_the_bars_room_and_stays_in_the_chart(
+    odd_shop: ServerProcess, browser: Any, width: int, route: str, chart: str
+) -> None:
+    """One buyer id of 200 characters took the whole chart for its axis label: the bars of
+    every buyer shrank to a few pixels and the labels ran out of the card."""
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    try:
+        sign_in(page, odd_shop.url, ADMIN_KEY)
+        visit(page, odd_shop.url, f"{route}?preset=7d")
+        page.wait_for_selector(f"[data-chart='{chart}'] .chart svg path", state="attached")
+        room = page.evaluate(BAR_ROOM, chart)
+        assert room["outside"] == [] and room["bars"] >= 0.4 * room["width"], room
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_the_profile_of_a_long_user_id_does_not_scroll_sideways(
+    odd_shop: ServerProcess, browser: Any, width: int
+) -> None:
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    try:
+        sign_in(page, odd_shop.url, ADMIN_KEY)
+        visit(page, odd_shop.url, f"users?preset=7d&user={quote(LONG_USER)}")
+        assert page.locator("#user-profile h2").first.inner_text() == LONG_USER
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1
+    finally:
+        context.close()
 
 
 # ---- markup in chart tooltips ---------------------------------------------------------------

@@ -113,6 +113,30 @@ export function disposeCharts() {
 }
 window.addEventListener('resize', () => { for (const chart of live) chart.resize(); });
 
+// Axis labels that fit the chart's width. Category labels on a y axis are names from the data
+// (users, devices, pages): each gets at most a third of the width, cut with an ellipsis (the
+// tooltip has it whole), so one long id cannot squeeze every bar to nothing or run out of the
+// card. On an x axis that shows every category (interval 0, e.g. funnel steps) each label gets its
+// column's width, so on a phone the names are cut instead of written over each other. Value
+// axes drop the tick labels that would overlap ("0 2,0004,0006,000" on a phone).
+function fitAxisLabels(option, width) {
+  const cap = Math.max(48, Math.round(width / 3));
+  for (const axis of [].concat(option.yAxis ?? [])) {
+    if (!axis || axis.type !== 'category') continue;
+    const label = axis.axisLabel || {};
+    axis.axisLabel = { overflow: 'truncate', ...label, width: Math.min(label.width ?? cap, cap) };
+  }
+  for (const axis of [].concat(option.xAxis ?? [])) {
+    const label = axis?.axisLabel || {};
+    if (axis?.type !== 'category' || label.interval !== 0 || !axis.data?.length) continue;
+    const column = Math.max(24, Math.floor((width * 0.9) / axis.data.length) - 6);
+    axis.axisLabel = { overflow: 'truncate', ...label, width: Math.min(label.width ?? column, column) };
+  }
+  for (const axis of [...[].concat(option.xAxis ?? []), ...[].concat(option.yAxis ?? [])]) {
+    if (axis && axis.type === 'value') axis.axisLabel = { hideOverlap: true, ...(axis.axisLabel || {}) };
+  }
+}
+
 export const palette = ['#2456a6', '#e07b39', '#3a9d5d', '#b83b5e', '#7a5cc7', '#2c9fb0', '#a68a24', '#6b7785'];
 
 // A card with a chart, a "Table" toggle and a "CSV" download of the same numbers.
@@ -141,6 +165,7 @@ export function chartCard({ title, name, option, columns, rows, tall = false, no
       live.add(chart);
       if (onClick) chart.on('click', onClick);
     }
+    fitAxisLabels(state.option, plot.clientWidth || 300);
     chart.setOption(state.option, true);
   };
   state.option = { color: palette, animation: false, animationDuration: 0, animationDurationUpdate: 0, ...option };

@@ -110,16 +110,32 @@ async function drawSpc(grid, sensor, range) {
   }).card);
 }
 
+function energyOption(days) {
+  return {
+    grid: { left: 8, right: 16, top: 30, bottom: 8, containLabel: true }, tooltip: { trigger: 'axis' }, legend: { top: 0 },
+    xAxis: { type: 'category', data: days.map((d) => d.date) }, yAxis: { type: 'value', name: 'kWh' },
+    series: [{ type: 'bar', name: 'Producing', stack: 'e', data: days.map((d) => Math.max(0, d.kwh - (d.idle_kwh || 0))) }, { type: 'bar', name: 'Idle', stack: 'e', data: days.map((d) => d.idle_kwh || 0) }],
+  };
+}
+
+function energyTiles(device, energy, co2) {
+  const co2kg = device.co2_kg ?? energy.co2_kg ?? device.kwh * co2;
+  return tiles([
+    ['kWh', fmt.num(device.kwh), 'kwh'], ['Peak 15 min (kW)', fmt.num(device.peak_demand_kw), 'peak'],
+    ['kWh per good unit', fmt.num(device.specific_energy_kwh_per_unit), 'sec'], ['CO₂ (kg)', fmt.num(co2kg), 'co2'],
+  ]);
+}
+
 async function drawEnergy(grid, machine, range, params) {
-  const co2 = Number(params.get('co2')) || 0.4;
   // No readings exist before the device was first seen: asking from then on gives the same
   // kWh and days and spares the store a scan of the empty part of a long range.
   const from = machine.first_seen && machine.first_seen > range.start ? machine.first_seen : range.start;
-  const energy = await api('/api/v1/industry40/energy/consumption', { query: { device_id: machine.device_id, start_time: from, end_time: range.end, tz: range.tz, co2_kg_per_kwh: co2 } });
+  const ask = (co2) => api('/api/v1/industry40/energy/consumption', { query: { device_id: machine.device_id, start_time: from, end_time: range.end, tz: range.tz, co2_kg_per_kwh: co2 } });
+  const co2 = Number(params.get('co2')) || 0.4;
+  const energy = await ask(co2);
   const device = energy.devices?.[0];
   const card = h('section', { class: 'card', 'data-section': 'energy' });
   const factor = h('input', { id: 'co2-factor', type: 'number', step: '0.01', min: '0', max: '10', value: co2 });
-  factor.addEventListener('change', () => { updateParams({ co2: factor.value }); });
   if (!device) {
     grid.append(card);
     card.append(h('h2', {}, 'Energy'), h('p', { class: 'muted' }, 'No energy readings in this range.'));
@@ -130,18 +146,30 @@ async function drawEnergy(grid, machine, range, params) {
     title: `Energy · ${machine.device_id}`, name: 'energy',
     columns: [{ key: 'date', label: 'Day' }, { key: 'kwh', label: 'kWh', num: true, format: fmt.num }, { key: 'idle_kwh', label: 'Idle kWh', num: true, format: fmt.num }],
     rows: days,
-    option: {
-      grid: { left: 8, right: 16, top: 30, bottom: 8, containLabel: true }, tooltip: { trigger: 'axis' }, legend: { top: 0 },
-      xAxis: { type: 'category', data: days.map((d) => d.date) }, yAxis: { type: 'value', name: 'kWh' },
-      series: [{ type: 'bar', name: 'Producing', stack: 'e', data: days.map((d) => Math.max(0, d.kwh - (d.idle_kwh || 0))) }, { type: 'bar', name: 'Idle', stack: 'e', data: days.map((d) => d.idle_kwh || 0) }],
-    },
+    option: energyOption(days),
   });
   grid.append(chart.card);
-  const co2kg = device.co2_kg ?? energy.co2_kg ?? device.kwh * co2;
-  chart.card.append(tiles([
-    ['kWh', fmt.num(device.kwh), 'kwh'], ['Peak 15 min (kW)', fmt.num(device.peak_demand_kw), 'peak'],
-    ['kWh per good unit', fmt.num(device.specific_energy_kwh_per_unit), 'sec'], ['CO₂ (kg)', fmt.num(co2kg), 'co2'],
-  ]), h('label', {}, 'kg CO₂ per kWh (reload to apply)', factor));
+  const figures = h('div', {}, energyTiles(device, energy, co2));
+  const message = h('div', { role: 'status' });
+  // A new factor asks the API again (it computes the CO₂) and redraws the figures in place.
+  let asked = 0;
+  factor.addEventListener('change', async () => {
+    const next = Number(factor.value);
+    if (factor.value === '' || !factor.checkValidity() || !(next >= 0)) return;
+    updateParams({ co2: factor.value });
+    const mine = ++asked;
+    try {
+      const again = await ask(next);
+      const now = again.devices?.[0];
+      if (mine !== asked || !now) return;
+      chart.update(energyOption(now.days || []), now.days || []);
+      figures.replaceChildren(energyTiles(now, again, next));
+      message.replaceChildren();
+    } catch (err) {
+      if (mine === asked) message.replaceChildren(errorBox(err));
+    }
+  });
+  chart.card.append(figures, h('label', {}, 'kg CO₂ per kWh', factor), message);
 }
 
 async function drawMaintenance(out, devices) {
@@ -157,8 +185,8 @@ async function drawMaintenance(out, devices) {
       { key: 'failure_probability', label: 'Failure probability', num: true, format: fmt.pct }, { key: 'recommendation', label: 'Recommendation' }],
     rows, showTable: true,
     option: {
-      grid: { left: 8, right: 16, top: 8, bottom: 8, containLabel: true }, tooltip: { trigger: 'axis' },
-      xAxis: { type: 'value', name: 'hours' }, yAxis: { type: 'category', inverse: true, data: shown.map((r) => r.device_id) },
+      grid: { left: 8, right: 16, top: 8, bottom: 28, containLabel: true }, tooltip: { trigger: 'axis' },
+      xAxis: { type: 'value', name: 'hours', nameLocation: 'middle', nameGap: 24 }, yAxis: { type: 'category', inverse: true, data: shown.map((r) => r.device_id) },
       series: [{ type: 'bar', name: 'RUL (h)', data: shown.map((r) => ({ value: r.rul_hours, itemStyle: { color: { critical: '#b3261e', high: '#e07b39', medium: '#a68a24' }[r.risk_level] || '#3a9d5d' } })) }],
     },
   }).card);
@@ -187,8 +215,8 @@ async function drawSchedule(out, machines) {
     option: {
       // A string formatter is HTML to ECharts: the device id (any text) is escaped.
       tooltip: { formatter: (p) => escapeHtml(`${p.value[3]} on ${lanes[p.value[0]]}: ${p.value[1]}–${p.value[2]} min`) },
-      grid: { left: 8, right: 16, top: 8, bottom: 24, containLabel: true },
-      xAxis: { type: 'value', name: 'minutes' }, yAxis: { type: 'category', data: lanes },
+      grid: { left: 8, right: 16, top: 8, bottom: 28, containLabel: true },
+      xAxis: { type: 'value', name: 'minutes', nameLocation: 'middle', nameGap: 24 }, yAxis: { type: 'category', data: lanes },
       series: [{
         type: 'custom',
         renderItem: (params, api2) => {

@@ -140,6 +140,13 @@ export async function render(view, { params, range }) {
       const query = funnelBody(steps, options, range);
       const funnel = await api('/api/v1/analytics/funnel', { method: 'POST', body: query });
       results.replaceChildren();
+      if (!funnel.total_users) {
+        // Nobody did step 1: a chart of zeros (and "0 % conversion") would look like a result.
+        results.append(h('div', { class: 'empty', 'data-empty': '' }, h('p', {},
+          h('strong', {}, 'No user did step 1 in this range.'),
+          ' Check the first step\u2019s event and value, or choose a longer date range.')));
+        return;
+      }
       const names = funnel.steps.map((st) => st.name);
       const pick = (after) => showDropped(after, names, query);
       drawFunnel(results, funnel, pick);

@@ -107,7 +107,8 @@ export async function render(view, { params, range, admin }) {
     columns: [{ key: 'user_id', label: 'User', format: (v) => h('a', { href: `#/users?user=${encodeURIComponent(v)}` }, v) }, { key: 'churn_probability', label: 'Churn', num: true, format: fmt.pct }, { key: 'conversion_probability', label: 'Conversion', num: true, format: fmt.pct }, { key: 'last_purchase', label: 'Last purchase', format: fmt.time }],
     rows: predictions,
     option: {
-      grid: { left: 8, right: 16, top: 8, bottom: 8, containLabel: true }, tooltip: { trigger: 'axis' },
+      // right: room for half of the "100 %" label centred on the axis end
+      grid: { left: 8, right: 28, top: 8, bottom: 8, containLabel: true }, tooltip: { trigger: 'axis' },
       xAxis: { type: 'value', max: 1, axisLabel: { formatter: (v) => `${Math.round(v * 100)} %` } },
       yAxis: { type: 'category', inverse: true, data: risky.map((p) => p.user_id) },
       series: [{ type: 'bar', name: 'Churn probability', data: risky.map((p) => p.churn_probability), itemStyle: { color: '#b83b5e' } }],

@@ -1,6 +1,6 @@
 // Retention: cohort heatmap (rows = cohorts, columns = periods since) with period and mode.
 import { api } from '../api.js';
-import { rangeQuery, updateParams } from '../state.js';
+import { rangeQuery, updateParams, zonedMidnight } from '../state.js';
 import { chartCard, emptyState, errorBox, escapeHtml, fmt, h } from '../ui.js';
 import { EVENT_TYPES } from './funnels.js';
 
@@ -49,7 +49,7 @@ export async function render(view, { params, range }) {
     try {
       const cohort = await api('/api/v1/analytics/cohort', { method: 'POST', body: cohortBody(state, range) });
       results.replaceChildren();
-      draw(results, cohort);
+      draw(results, cohort, range);
     } catch (err) {
       results.replaceChildren(errorBox(err));
     }
@@ -58,28 +58,56 @@ export async function render(view, { params, range }) {
   await run();
 }
 
-function draw(results, cohort) {
+// 'YYYY-MM-DD' of the start of period k of a cohort that began on `first` (a local day).
+function periodStart(first, period, k) {
+  const [y, m, d] = first.split('-').map(Number);
+  const day = period === 'month'
+    ? new Date(Date.UTC(y, m - 1 + k, d))
+    : new Date(Date.UTC(y, m - 1, d + k * (period === 'week' ? 7 : 1)));
+  return day.toISOString().slice(0, 10);
+}
+
+function draw(results, cohort, range) {
   if (!cohort.cohorts.length) {
     results.append(emptyState('No cohorts in this range.'));
     return;
   }
   const n = Math.max(...cohort.cohorts.map((c) => c.rates.length));
   const labels = cohort.cohorts.map((c) => c.cohort_start.slice(0, 10));
+  // The API answers 0 for periods that begin after the range ends (not lived yet): those cells
+  // stay empty, as "0 % retained" would be a claim about the future. A period still running
+  // at the end of the range is shown and called "so far".
+  const tz = cohort.timezone || range.tz;
+  const end = Date.parse(range.end);
+  const begins = (y, k) => zonedMidnight(periodStart(labels[y], cohort.period, k), tz).getTime();
+  const lived = (y, k) => begins(y, k) < end;
+  const running = (y, k) => lived(y, k) && begins(y, k + 1) > end;
   const data = [];
-  cohort.cohorts.forEach((c, y) => c.rates.forEach((r, x) => data.push([x, y, Math.round(r * 1000) / 10])));
+  cohort.cohorts.forEach((c, y) => c.rates.forEach((r, x) => {
+    if (lived(y, x)) data.push([x, y, Math.round(r * 1000) / 10]);
+  }));
   const columns = [
     { key: 'cohort', label: 'Cohort' }, { key: 'size', label: 'Users', num: true },
-    ...Array.from({ length: n }, (_, k) => ({ key: `p${k}`, label: `${cohort.period} ${k}`, num: true, format: (v, row) => `${fmt.pct(v)} (${row[`n${k}`]})` })),
+    ...Array.from({ length: n }, (_, k) => ({
+      key: `p${k}`, label: `${cohort.period} ${k}`, num: true,
+      format: (v, row) => (v === null || v === undefined ? '' : `${fmt.pct(v)} (${row[`n${k}`]})`),
+    })),
   ];
   const rows = cohort.cohorts.map((c, y) => {
     const row = { cohort: labels[y], size: c.size };
-    c.rates.forEach((r, k) => { row[`p${k}`] = r; row[`n${k}`] = c.retained[k]; });
+    c.rates.forEach((r, k) => {
+      row[`p${k}`] = lived(y, k) ? r : null;
+      row[`n${k}`] = lived(y, k) ? c.retained[k] : null;
+    });
     return row;
   });
   results.append(chartCard({
     title: 'Cohort retention', name: 'retention', tall: true, columns, rows,
+    note: 'Empty cells: periods that begin after the end of the range.',
     option: {
-      tooltip: { formatter: (p) => escapeHtml(`${labels[p.value[1]]}, ${cohort.period} ${p.value[0]}: ${p.value[2]} %`) },
+      tooltip: {
+        formatter: (p) => escapeHtml(`${labels[p.value[1]]}, ${cohort.period} ${p.value[0]}: ${p.value[2]} %${running(p.value[1], p.value[0]) ? ' (so far: the period is not over)' : ''}`),
+      },
       grid: { left: 8, right: 16, top: 8, bottom: 60, containLabel: true },
       xAxis: { type: 'category', data: Array.from({ length: n }, (_, k) => `${k}`), name: `${cohort.period}s since`, nameLocation: 'middle', nameGap: 24 },
       yAxis: { type: 'category', data: labels, inverse: true },
