@@ -34,6 +34,16 @@ class Prepared:
     isolate: bool = False
 
 
+class NothingStored(Exception):
+    """A round's commit failed and provably stored nothing of it, in a store without round
+    transactions (ClickHouse, :meth:`~avila.storage.clickhouse.store.ClickHouseStore.commit_log_batch`):
+    its first insert was refused before anything of it was written and no earlier try of the
+    round left it pending. Such a round may be loaded entry by entry like a failed transaction
+    (:meth:`avila.storage.loader.Loader._may_split`); any other failure of such a store may have
+    stored part of the round, which is then retried whole. Carries the store's error
+    (``__cause__``) and its text."""
+
+
 #: Tells the commit thread that the round whose pieces it holds will not be finished (reading
 #: it failed; it is read again from its start).
 ABANDON = Prepared(0, 0, None, None, [], 0.0, final=False)

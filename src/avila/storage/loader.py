@@ -11,7 +11,9 @@ same reason. A failing commit (store disk full, say) is retried with backoff and
 the backlog grows and ingest answers 503 at its limit. A round that fails
 :data:`~avila.storage.quarantine.ROUND_TRIES` times in a row (to read or to commit) is loaded
 entry by entry instead, and an entry the store refuses for good is set aside in the log
-directory rather than stop loading for ever (:mod:`avila.storage.quarantine`).
+directory rather than stop loading for ever (:mod:`avila.storage.quarantine`). In a store
+without round transactions (ClickHouse) only a round that provably stored nothing is split
+(:meth:`Loader._may_split`); one that may be partly stored is retried whole.
 
 A round starts as soon as a durable position arrives, but at most one round starts per
 :data:`ROUND_INTERVAL_S`: at a trickle of single events each round would otherwise be a
@@ -53,7 +55,7 @@ from typing import TYPE_CHECKING
 
 from avila.storage import quarantine
 from avila.storage.ingest_log import segment_bases, segment_path
-from avila.storage.load_rounds import ABANDON, OneBatch, Prepared, Round
+from avila.storage.load_rounds import ABANDON, NothingStored, OneBatch, Prepared, Round
 from avila.storage.round_reading import PIECE_ROWS, RoundReader
 
 if TYPE_CHECKING:
@@ -315,6 +317,7 @@ class Loader:
             pieces.append(piece)
             delay = 0.05
             tries = 0
+            stored_nothing = True  # every try of this round provably stored nothing of it
             while True:
                 started = time.perf_counter()
                 try:
@@ -335,8 +338,9 @@ class Loader:
                     if self._stopping:
                         return
                     tries += 1
+                    stored_nothing = stored_nothing and isinstance(exc, NothingStored)
                     if tries >= quarantine.ROUND_TRIES and self._may_split(
-                        pieces[0].start, reading=False
+                        pieces[0].start, reading=False, stored_nothing=stored_nothing
                     ):
                         # perhaps an entry the store can never take: load the round entry by
                         # entry
@@ -346,12 +350,20 @@ class Loader:
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
 
-    def _may_split(self, start: int, *, reading: bool) -> bool:
+    def _may_split(self, start: int, *, reading: bool, stored_nothing: bool = False) -> bool:
         """Whether a failing round from ``start`` may be loaded entry by entry. Where a round is
-        one transaction (DuckDB), always. Elsewhere (ClickHouse) only a round that failed to be
-        read: one that failed to be stored may be partly stored, and only the same round, with
-        the same end (so the same deduplication tokens), may follow it; it is retried whole."""
-        return start >= self._replay_end and (reading or self._transactional)
+        one transaction (DuckDB), always. Elsewhere (ClickHouse) a round that failed to be read,
+        or one whose every try to store it failed storing nothing of it (``stored_nothing``:
+        each raised :class:`~avila.storage.load_rounds.NothingStored`, its first insert refused
+        before anything was written): its entries, each a round of its own with its own
+        deduplication tokens, can then duplicate nothing. Any other failure to store it may have
+        stored part of it, and only the same round, with the same end (so the same tokens), may
+        follow it: it is retried whole. Never a round a restart replays (below
+        :attr:`_replay_end`): an earlier process may have stored part of it (the store says
+        "nothing stored" of such a round's tries anyway: it finds it pending)."""
+        if start < self._replay_end:
+            return False
+        return reading or self._transactional or stored_nothing
 
     def _ask_isolation(self, start: int, end: int | None) -> int:
         """Have the read thread start again at ``start`` with a marker to load ``start``..``end``
@@ -414,6 +426,8 @@ class Loader:
         assert transaction is not None
         try:
             self._finish(transaction, pieces, 0.0)
+        except NothingStored:
+            raise  # (may be split: see _may_split)
         except Exception as exc:
             if self._transactional:
                 raise

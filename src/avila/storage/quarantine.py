@@ -18,9 +18,14 @@ at the next start, a file whose entry the store's position has not passed is rem
 (:func:`settle`). An entry whose tries fail with different errors is not set aside either (a
 store in trouble, rather than a bad entry), nor one whose error says the disk, memory or the
 connection failed (:func:`environmental`). A store whose round is one transaction (DuckDB)
-splits any failing round; ClickHouse only one that failed to be read: one that failed to be
-stored may be partly stored, and is retried whole, as its deduplication needs
-(:meth:`avila.storage.loader.Loader._may_split`).
+splits any failing round. ClickHouse has no transactions: it splits a round that failed to be
+read, or one whose every try failed storing provably nothing of it (its first insert refused
+while ClickHouse checked the block's values, say a ``CHECK`` constraint, before it wrote any
+part: :class:`avila.storage.load_rounds.NothingStored`), so that each entry, loaded as a round
+of its own with its own deduplication tokens, duplicates nothing. A round that may be partly
+stored (a later insert failed, the connection was lost, a restart replays it) is retried
+whole, as its deduplication needs (:meth:`avila.storage.loader.Loader._may_split`); so is a
+single entry, which is then never set aside.
 
 Set-aside entries are counted in ``/health`` (``ingest_log.quarantined``) and ``/metrics``
 (``avila_ingest_quarantined_entries``); ``avila quarantine list | requeue``
@@ -169,17 +174,33 @@ _ENVIRONMENTAL_TEXT = (
     "read-only file system",
     "out of memory",
     "cannot allocate memory",
+    # ClickHouse
+    "memory limit",
+    "memory_limit_exceeded",
+    "not_enough_space",
+    "too_many_parts",
+    "timeout",
+    "connection refused",
+    "connection reset",
 )
 
 
 def environmental(error: BaseException) -> bool:
     """Whether ``error`` says the disk, memory or the connection failed, not the entry: such
     an entry is never set aside, however often it fails (a disk that fills up and frees space
-    again between an entry's tries and its skip would otherwise set a good entry aside)."""
-    if isinstance(error, (OSError, MemoryError)) or type(error).__name__ in _ENVIRONMENTAL_TYPES:
-        return True
-    text = str(error).lower()
-    return any(marker in text for marker in _ENVIRONMENTAL_TEXT)
+    again between an entry's tries and its skip would otherwise set a good entry aside). The
+    errors it was raised from count too (a store's error wrapped by the store layer)."""
+    seen: BaseException | None = error
+    for _ in range(8):  # (a cause chain is short; never loop on a cycle)
+        if seen is None:
+            return False
+        if isinstance(seen, (OSError, MemoryError)) or type(seen).__name__ in _ENVIRONMENTAL_TYPES:
+            return True
+        text = str(seen).lower()
+        if any(marker in text for marker in _ENVIRONMENTAL_TEXT):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _set_aside(
