@@ -64,6 +64,9 @@ def test_seed_readme_funnel_curl_verbatim(api: Api) -> None:
         api.server.url + "/api/v1/analytics/funnel",
         content=body,
         headers={"Content-Type": "application/json", "x-api-key": SEED_KEY},
+        # curl waits as long as it takes; the module's first report also starts a query
+        # worker process, which on a loaded machine took over httpx's default 5 s
+        timeout=60,
     )
     assert response.status_code == 200, response.text
     got = response.json()
