@@ -120,7 +120,7 @@ class FastIngest:
             # too, or this route would tell a guesser which guess was right.
             raise _Delegate
         try:
-            principal = self._principal(headers)
+            principal = await self._principal(headers)
             decision = self.limiter.hit(principal.key_id)
         except AvilaError as exc:  # shared state (Redis) down: 503, as on Litestar's routes
             log.error(
@@ -170,7 +170,7 @@ class FastIngest:
             return
         await _send(send, 202, _encode(result_body(result, batch=not single)), rate_headers)
 
-    def _principal(self, headers: dict[bytes, bytes]) -> Any:
+    async def _principal(self, headers: dict[bytes, bytes]) -> Any:
         """The caller's principal when the key is known and may ingest; else Litestar's guard
         explains (nothing counted yet)."""
         raw = headers.get(b"x-api-key")
@@ -183,7 +183,7 @@ class FastIngest:
             key = raw.decode("latin-1")
         except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
             raise _Delegate from None
-        principal = self.keys.resolve(key) if key else None
+        principal = await self.keys.resolve_async(key) if key else None
         if principal is None or not principal.can("ingest"):
             raise _Delegate
         return principal

@@ -53,18 +53,44 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
 
 
 def authenticate(connection: ASGIConnection[Any, Any, Any, Any], scope_needed: str) -> Principal:
-    """Resolve and authorise the caller; raises 401/403/429 errors."""
-    state = connection.app.state
-    keys: KeyRegistry = state.key_store
-    limiter: RateLimiter = state.rate_limiter
+    """Resolve and authorise the caller; raises 401/403/429 errors. Blocking: with Redis the
+    key lookup may wait for it, so on the event loop use :func:`authenticate_async`."""
+    keys: KeyRegistry = connection.app.state.key_store
+    key = _check_presented(connection)
+    return _authorise(connection, scope_needed, key, keys.resolve(key))
+
+
+async def authenticate_async(
+    connection: ASGIConnection[Any, Any, Any, Any], scope_needed: str
+) -> Principal:
+    """:func:`authenticate` for the event loop: the key lookup never waits there for Redis."""
+    keys: KeyRegistry = connection.app.state.key_store
+    key = _check_presented(connection)
+    return _authorise(connection, scope_needed, key, await keys.resolve_async(key))
+
+
+def _check_presented(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The presented key, after refusing a blocked address and a missing key."""
+    limiter: RateLimiter = connection.app.state.rate_limiter
     client = connection.client.host if connection.client else None
-    _refuse_if_blocked(limiter.auth_failures, client, state)
+    _refuse_if_blocked(limiter.auth_failures, client, connection.app.state)
     key = presented_key(connection)
     if not key:
         raise Unauthorized(
             "missing API key: send it in the x-api-key header", code="missing_api_key"
         )
-    principal = keys.resolve(key)
+    return key
+
+
+def _authorise(
+    connection: ASGIConnection[Any, Any, Any, Any],
+    scope_needed: str,
+    key: str,
+    principal: Principal | None,
+) -> Principal:
+    state = connection.app.state
+    limiter: RateLimiter = state.rate_limiter
+    client = connection.client.host if connection.client else None
     if principal is None:
         if limiter.auth_failures.record_failure(client, key):
             log.warning(
@@ -120,7 +146,7 @@ async def scope_guard(
 ) -> None:
     needed = handler.opt.get("scope")
     if needed:
-        authenticate(connection, needed)
+        await authenticate_async(connection, needed)
 
 
 async def add_rate_limit_headers(message: Message, scope: Scope) -> None:

@@ -94,7 +94,21 @@ class KeyRegistry(Protocol):
 
     def revoke(self, key_id: str, project_id: str | None = None) -> bool: ...
 
-    def resolve(self, key: str) -> Principal | None: ...
+    def resolve(self, key: str) -> Principal | None:
+        """Blocking lookup: for callers outside the event loop (the CLI)."""
+        ...
+
+    async def resolve_async(self, key: str) -> Principal | None:
+        """The lookup of the server's event loop: never waits there for a network."""
+        ...
+
+    def start(self) -> None:
+        """Start background work, if any (idempotent)."""
+        ...
+
+    def close(self) -> None:
+        """Stop background work and close what the registry holds open."""
+        ...
 
 
 #: Bidirectional embeddings, overrides and isolates: they reorder how a line is displayed.
@@ -266,3 +280,18 @@ class KeyStore:
                 self._checked_at = now
                 found = self._cache.get(digest)
             return found
+
+    async def resolve_async(self, key: str) -> Principal | None:
+        """:meth:`resolve`: a local file (two ``stat`` calls and a ``PRAGMA`` at most every
+        :data:`KEY_RECHECK_S`, more for an unknown key), no network, so on the loop."""
+        return self.resolve(key)
+
+    def start(self) -> None:
+        """Nothing runs in the background."""
+
+    def close(self) -> None:
+        """Close the connection that watches the keys file (reopened if used again)."""
+        with self._lock:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None

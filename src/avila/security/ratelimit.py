@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from limits import RateLimitItemPerMinute
 from limits.errors import StorageError
-from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.storage import MemoryStorage, RedisStorage, Storage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from avila.errors import SharedStateUnavailable
@@ -49,6 +49,7 @@ class RateLimiter:
         # RATE_LIMIT_PER_MINUTE=0 is documented as "no rate limits": this one included.
         self.auth_failures = AuthFailures(AUTH_FAILURE_LIMIT if per_minute > 0 else 0)
         storage: Storage = MemoryStorage()
+        self._redis: RedisStorage | None = None
         if storage_url:
             # A redis:// URI gives the synchronous storage (async:// would be the aio one).
             # `limits` spells a Redis Unix socket redis+unix:// (redis-py: unix://).
@@ -59,7 +60,14 @@ class RateLimiter:
             )
             assert isinstance(shared, Storage)
             storage = shared
+            if isinstance(shared, RedisStorage):
+                self._redis = shared
         self._limiter = SlidingWindowCounterRateLimiter(storage)
+
+    def close(self) -> None:
+        """Close the Redis connections of the shared counters, if any (blocking)."""
+        if self._redis is not None:
+            self._redis.storage.close()
 
     @property
     def enabled(self) -> bool:

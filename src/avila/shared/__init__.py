@@ -125,8 +125,10 @@ class SharedState:
     _sync_client: redis.Redis | None = field(default=None, repr=False)
 
     def start(self) -> None:
-        """Start background work (the Redis bus's listener); call on the running loop."""
+        """Start background work (the Redis bus's listener, the key list's follower); call on
+        the running loop."""
         self.bus.start()
+        self.keys.start()
 
     async def close(self) -> None:
         await self.bus.stop()
@@ -135,6 +137,10 @@ class SharedState:
             from avila.shared.live import close_quietly
 
             await close_quietly(self._async_client)
+        # The key follower (it may sit in a look at a hung Redis) and the rate limiter's own
+        # Redis client: both block, so off the loop.
+        await asyncio.to_thread(self.keys.close)
+        await asyncio.to_thread(self.rate_limiter.close)
         if self._sync_client is not None:
             # Call after the modules' shutdown: their threads (alarm judging, rule following)
             # are done with it. Closing only drops sockets, but off the loop all the same.
