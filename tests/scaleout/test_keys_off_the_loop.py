@@ -241,7 +241,7 @@ def test_close_ends_the_key_follower_and_the_rate_limiters_connections(
         shared = open_shared(settings)
         shared.keys.start()
         assert await shared.keys.resolve_async("ak_unknown-" + uuid.uuid4().hex) is None
-        await asyncio.to_thread(shared.rate_limiter.hit, "close-test")
+        assert await shared.rate_limiter.hit_async("close-test") is not None
         opened = connections() - before
         assert followers()
         await shared.close()
@@ -252,3 +252,50 @@ def test_close_ends_the_key_follower_and_the_rate_limiters_connections(
         asyncio.run(scenario())
     finally:
         watcher.close()
+
+
+def test_rate_limits_counted_in_a_frozen_redis_stall_nobody(
+    own_redis: RedisServer, make_server: Callable[..., Any]
+) -> None:
+    """Before: each keyed request was counted against its limit with blocking Redis calls
+    (1 s timeout each) on the event loop, so with Redis frozen concurrent keyed requests held
+    the loop one after the other and /health waited behind them. Now the count is awaited:
+    each keyed request answers 503 by itself, nobody else waits."""
+    server = make_server(AVILA_REDIS_URL=own_redis.url, RATE_LIMIT_PER_MINUTE="1000")
+    admin = {"x-api-key": TEST_KEY}
+    with httpx.Client(base_url=server.url, timeout=30) as patient:
+        first = patient.get("/api/v1/me", headers=admin)
+        assert first.status_code == 200, first.text
+        assert first.headers["ratelimit-limit"] == "1000"
+        answers: list[tuple[int, str]] = []
+
+        async def keyed() -> None:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+
+                async def one(i: int) -> None:
+                    if i % 2:
+                        response = await client.get("/api/v1/me", headers=admin)
+                    else:  # the event-ingest hot path counts with the same limiter
+                        response = await client.post(
+                            "/api/v1/events", json={"event": _event()}, headers=admin
+                        )
+                    code = response.json()["error"]["code"] if response.status_code >= 400 else ""
+                    answers.append((response.status_code, code))
+
+                await asyncio.gather(*(one(i) for i in range(8)))
+
+        with frozen(own_redis), httpx.Client(base_url=server.url, timeout=QUICK) as quick:
+            counting = threading.Thread(target=asyncio.run, args=(keyed(),))
+            counting.start()
+            try:
+                for _ in range(6):
+                    assert _quick(quick, "GET", "/health").status_code == 200
+                    threading.Event().wait(0.2)
+            finally:
+                counting.join()
+        # A limit nobody can count is not lifted: every keyed request was refused, by itself.
+        assert answers == [(503, "shared_state_unavailable")] * 8, answers
+        # Redis answers again: requests are counted again.
+        asyncio.run(until(lambda: patient.get("/api/v1/me", headers=admin).status_code == 200, 30))
+        again = patient.get("/api/v1/me", headers=admin)
+        assert int(again.headers["ratelimit-remaining"]) < 1000

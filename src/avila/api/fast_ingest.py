@@ -121,7 +121,7 @@ class FastIngest:
             raise _Delegate
         try:
             principal = await self._principal(headers)
-            decision = self.limiter.hit(principal.key_id)
+            decision = await self.limiter.hit_async(principal.key_id)
         except AvilaError as exc:  # shared state (Redis) down: 503, as on Litestar's routes
             log.error(
                 "request failed", extra={"path": path, "code": exc.code, "error": exc.message}

@@ -23,7 +23,7 @@ from avila.api.errors import error_body
 from avila.errors import Forbidden, RateLimited, Unauthorized
 from avila.security.auth_failures import AuthFailures
 from avila.security.keys import KeyRegistry, Principal
-from avila.security.ratelimit import RateLimiter
+from avila.security.ratelimit import RateDecision, RateLimiter
 
 log = logging.getLogger("avila.api")
 
@@ -52,21 +52,19 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return None
 
 
-def authenticate(connection: ASGIConnection[Any, Any, Any, Any], scope_needed: str) -> Principal:
-    """Resolve and authorise the caller; raises 401/403/429 errors. Blocking: with Redis the
-    key lookup may wait for it, so on the event loop use :func:`authenticate_async`."""
-    keys: KeyRegistry = connection.app.state.key_store
-    key = _check_presented(connection)
-    return _authorise(connection, scope_needed, key, keys.resolve(key))
-
-
-async def authenticate_async(
+async def authenticate(
     connection: ASGIConnection[Any, Any, Any, Any], scope_needed: str
 ) -> Principal:
-    """:func:`authenticate` for the event loop: the key lookup never waits there for Redis."""
-    keys: KeyRegistry = connection.app.state.key_store
+    """Resolve and authorise the caller, and count the request against its key's rate limit;
+    raises 401/403/429 errors (503 when Redis does not answer). Nothing here waits on the event
+    loop for Redis: the key lookup and the rate limit's count are awaited."""
+    state = connection.app.state
+    keys: KeyRegistry = state.key_store
     key = _check_presented(connection)
-    return _authorise(connection, scope_needed, key, await keys.resolve_async(key))
+    principal = _authorise(connection, scope_needed, key, await keys.resolve_async(key))
+    limiter: RateLimiter = state.rate_limiter
+    _apply_limit(connection, principal, await limiter.hit_async(principal.key_id))
+    return principal
 
 
 def _check_presented(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
@@ -108,18 +106,25 @@ def _authorise(
             code="missing_scope",
             details=[{"required_scope": scope_needed, "key_scopes": sorted(principal.scopes)}],
         )
-    decision = limiter.hit(principal.key_id)
+    return principal
+
+
+def _apply_limit(
+    connection: ASGIConnection[Any, Any, Any, Any],
+    principal: Principal,
+    decision: RateDecision | None,
+) -> None:
+    """Refuse the request over its key's limit (429), else note the RateLimit headers."""
     if decision is not None:
         headers = decision.headers()
         if not decision.allowed:
-            state.metrics.rate_limited.inc()
+            connection.app.state.metrics.rate_limited.inc()
             raise RateLimited(
                 f"rate limit of {decision.limit} requests per minute exceeded",
                 headers=headers,
             )
         connection.scope.setdefault("state", {})[RATE_HEADERS_STATE] = headers
     connection.state.principal = principal
-    return principal
 
 
 def _refuse_if_blocked(failures: AuthFailures, client: str | None, state: Any) -> None:
@@ -146,7 +151,7 @@ async def scope_guard(
 ) -> None:
     needed = handler.opt.get("scope")
     if needed:
-        await authenticate_async(connection, needed)
+        await authenticate(connection, needed)
 
 
 async def add_rate_limit_headers(message: Message, scope: Scope) -> None:

@@ -150,14 +150,14 @@ def _basic_key(request: Request[Any, Any, Any]) -> str | None:
     return user or password or None
 
 
-def _authenticate(request: Request[Any, Any, Any], key: str | None) -> Principal:
+async def _authenticate(request: Request[Any, Any, Any], key: str | None) -> Principal:
     if not key:
         raise Unauthorized(
             "missing write key: send an ingest API key as the HTTP Basic user name or as writeKey",
             code="missing_api_key",
         )
     view = cast(ASGIConnection[Any, Any, Any, Any], _KeyedConnection(request, key))
-    return authenticate(view, "ingest")
+    return await authenticate(view, "ingest")
 
 
 async def _read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
@@ -272,12 +272,12 @@ async def segment_call(request: Request[Any, Any, Any], ingest: IngestService) -
     kind = request.url.path.rsplit("/", 1)[-1]
     kind = _SHORT.get(kind, kind)
     header_key = _basic_key(request) or presented_key(request)
-    principal = _authenticate(request, header_key) if header_key else None
+    principal = await _authenticate(request, header_key) if header_key else None
     body = await _read_body(request, MAX_MESSAGE_BYTES)
     message = _decode(_OBJECT_DECODER, body)
     if principal is None:
         key = message.get("writeKey")
-        principal = _authenticate(request, key if isinstance(key, str) else None)
+        principal = await _authenticate(request, key if isinstance(key, str) else None)
     try:
         event = to_event(message, kind, Envelope(received_at=_now()))
     except MessageError as exc:
@@ -304,7 +304,7 @@ async def segment_call(request: Request[Any, Any, Any], ingest: IngestService) -
 )
 async def segment_batch(request: Request[Any, Any, Any], ingest: IngestService) -> Response[bytes]:
     header_key = _basic_key(request) or presented_key(request)
-    principal = _authenticate(request, header_key) if header_key else None
+    principal = await _authenticate(request, header_key) if header_key else None
     body = await _read_body(request, MAX_BATCH_BYTES)
     unreadable: dict[int, Rejection] = {}
     try:
@@ -317,7 +317,7 @@ async def segment_batch(request: Request[Any, Any, Any], ingest: IngestService) 
         payload, unreadable = lenient
     if principal is None:
         key = payload.writeKey
-        principal = _authenticate(request, key if isinstance(key, str) else None)
+        principal = await _authenticate(request, key if isinstance(key, str) else None)
     received_at = _now()
     try:
         envelope = Envelope(

@@ -38,7 +38,7 @@ from litestar.exceptions import WebSocketDisconnect
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from avila.api.component import AppContext
-from avila.api.security import authenticate_async, presented_key
+from avila.api.security import authenticate, presented_key
 from avila.config import Settings
 from avila.errors import AvilaError, Forbidden, Unauthorized
 from avila.live import CHANNELS, ActivityTracker, LiveBus, LiveFeed, MetricsPublisher, get_bus
@@ -313,7 +313,7 @@ async def live_socket(socket: WebSocket[Any, Any, Any], ctx: AppContext) -> None
     offered = socket.scope.get("subprotocols") or []
     await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     try:
-        principal = await authenticate_async(socket, LIVE_SCOPE)
+        principal = await authenticate(socket, LIVE_SCOPE)
     except AvilaError as exc:
         await _refuse(socket, _error(exc.code, exc.message, exc.details), _close_code(exc))
         return

@@ -13,10 +13,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from limits import RateLimitItemPerMinute
+from limits.aio.storage import RedisStorage as AsyncRedisStorage
+from limits.aio.strategies import (
+    SlidingWindowCounterRateLimiter as AsyncSlidingWindowCounterRateLimiter,
+)
 from limits.errors import StorageError
-from limits.storage import MemoryStorage, RedisStorage, Storage, storage_from_string
+from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from avila.errors import SharedStateUnavailable
@@ -42,48 +47,77 @@ class RateDecision:
 
 
 class RateLimiter:
+    """Per-key limits. With Redis (``storage_url``) the counters are counted with the `limits`
+    library's asyncio storage on redis-py (:meth:`hit_async`): a hung Redis holds up the request
+    that asked (1 s, then 503), never the event loop and every other request with it, as the
+    blocking client did. In process memory a hit is a dictionary update: :meth:`hit`."""
+
     def __init__(self, per_minute: int, storage_url: str = "") -> None:
-        """``storage_url``: a `limits` storage URI (``redis://...``); empty: process memory."""
+        """``storage_url``: a Redis URL (``redis://...``, ``rediss://``, ``unix://``); empty:
+        process memory."""
         self.per_minute = per_minute
         self._item = RateLimitItemPerMinute(per_minute) if per_minute > 0 else None
         # RATE_LIMIT_PER_MINUTE=0 is documented as "no rate limits": this one included.
         self.auth_failures = AuthFailures(AUTH_FAILURE_LIMIT if per_minute > 0 else 0)
-        storage: Storage = MemoryStorage()
-        self._redis: RedisStorage | None = None
+        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._shared: AsyncRedisStorage | None = None
+        self._shared_limiter: AsyncSlidingWindowCounterRateLimiter | None = None
         if storage_url:
-            # A redis:// URI gives the synchronous storage (async:// would be the aio one).
-            # `limits` spells a Redis Unix socket redis+unix:// (redis-py: unix://).
+            # `limits` spells the asyncio storage async+redis://, a Unix socket
+            # async+redis+unix:// (redis-py: unix://).
             if storage_url.startswith("unix://"):
                 storage_url = "redis+" + storage_url
-            shared = storage_from_string(
-                storage_url, wrap_exceptions=True, socket_timeout=1, socket_connect_timeout=1
+            self._shared = AsyncRedisStorage(
+                "async+" + storage_url,
+                implementation="redispy",
+                wrap_exceptions=True,
+                socket_timeout=1,
+                socket_connect_timeout=1,
             )
-            assert isinstance(shared, Storage)
-            storage = shared
-            if isinstance(shared, RedisStorage):
-                self._redis = shared
-        self._limiter = SlidingWindowCounterRateLimiter(storage)
+            self._shared_limiter = AsyncSlidingWindowCounterRateLimiter(self._shared)
 
-    def close(self) -> None:
-        """Close the Redis connections of the shared counters, if any (blocking)."""
-        if self._redis is not None:
-            self._redis.storage.close()
+    async def aclose(self) -> None:
+        """Close the Redis connections of the shared counters, if any (on the event loop that
+        used them)."""
+        if self._shared is not None:
+            client: Any = getattr(self._shared.bridge, "storage", None)  # redis.asyncio.Redis
+            if client is not None:
+                await client.aclose()
 
     @property
     def enabled(self) -> bool:
         return self._item is not None
 
     def hit(self, key_id: str) -> RateDecision | None:
-        """Count one request for ``key_id``; None when rate limiting is off."""
+        """Count one request for ``key_id`` in process memory; None when rate limiting is off.
+        With Redis, use :meth:`hit_async`."""
         if self._item is None:
             return None
+        if self._shared_limiter is not None:
+            raise RuntimeError("counters in Redis are counted with hit_async")
+        allowed = self._limiter.hit(self._item, key_id)
+        stats = self._limiter.get_window_stats(self._item, key_id)
+        return self._decision(allowed, stats.reset_time, stats.remaining)
+
+    async def hit_async(self, key_id: str) -> RateDecision | None:
+        """Count one request for ``key_id``; None when rate limiting is off; 503
+        ``shared_state_unavailable`` when Redis does not answer (a limit nobody can count is
+        not silently lifted)."""
+        if self._item is None:
+            return None
+        shared = self._shared_limiter
+        if shared is None:
+            return self.hit(key_id)
         try:
-            allowed = self._limiter.hit(self._item, key_id)
-            stats = self._limiter.get_window_stats(self._item, key_id)
+            allowed = await shared.hit(self._item, key_id)
+            stats = await shared.get_window_stats(self._item, key_id)
         except StorageError as exc:
             raise SharedStateUnavailable(
                 f"the rate limit store did not answer: {type(exc).__name__}; retry shortly",
                 details=[{"service": "redis"}],
             ) from exc
-        reset = max(0, math.ceil(stats.reset_time - time.time()))
-        return RateDecision(allowed, self.per_minute, max(0, stats.remaining), reset)
+        return self._decision(allowed, stats.reset_time, stats.remaining)
+
+    def _decision(self, allowed: bool, reset_time: float, remaining: int) -> RateDecision:
+        reset = max(0, math.ceil(reset_time - time.time()))
+        return RateDecision(allowed, self.per_minute, max(0, remaining), reset)

@@ -137,10 +137,9 @@ class SharedState:
             from avila.shared.live import close_quietly
 
             await close_quietly(self._async_client)
-        # The key follower (it may sit in a look at a hung Redis) and the rate limiter's own
-        # Redis client: both block, so off the loop.
+        # The key follower (it may sit in a look at a hung Redis): blocks, so off the loop.
         await asyncio.to_thread(self.keys.close)
-        await asyncio.to_thread(self.rate_limiter.close)
+        await self.rate_limiter.aclose()
         if self._sync_client is not None:
             # Call after the modules' shutdown: their threads (alarm judging, rule following)
             # are done with it. Closing only drops sockets, but off the loop all the same.
