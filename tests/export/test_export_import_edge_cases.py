@@ -26,15 +26,6 @@ from tests.export.test_import_cli import use_store
 _REPORT = re.compile(r"^  row (\d+): (\w+): (.*?)(?: at (\S+))?$")
 
 
-@pytest.fixture
-def store_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh DuckDB store for direct (no server) commands."""
-    monkeypatch.chdir(tmp_path)
-    directory = tmp_path / "data"
-    use_store(monkeypatch, directory, "duckdb")
-    return directory
-
-
 def _import(path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
     code = main(["import", str(path), "-q", *extra])
     return code, capsys.readouterr().err

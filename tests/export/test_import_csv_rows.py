@@ -15,10 +15,9 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from avila.cli import main
 from tests.conftest import TEST_KEY
 from tests.export import export_data as d
-from tests.export.test_export_import_edge_cases import _exported, _report
+from tests.export.test_export_import_edge_cases import _exported, _import, _report
 from tests.export.test_import_cli import use_store
 
 _TS = "2025-11-26T10:00:00Z"
@@ -91,19 +90,6 @@ def _numbers_csv(path: Path, prefix: str) -> Path:
         lines.append(",".join(fields))
     path.write_text("\n".join(lines) + "\n", "utf-8")
     return path
-
-
-@pytest.fixture
-def store_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    directory = tmp_path / "data"
-    use_store(monkeypatch, directory, "duckdb")
-    return directory
-
-
-def _import(path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
-    code = main(["import", str(path), "-q", *extra])
-    return code, capsys.readouterr().err
 
 
 def _stored_by_server(client: httpx.Client, user_id: str) -> dict[str, dict[str, Any]]:
