@@ -54,6 +54,8 @@ def test_each_outage_is_logged_when_it_starts_and_when_it_ends(
             await close_quietly(client)
 
     try:
-        asyncio.run(scenario())
+        # Bounded: a shutdown that hung once (inside the Redis client's pub/sub cleanup) must
+        # fail this test, not stall the suite.
+        asyncio.run(asyncio.wait_for(scenario(), 180))
     finally:
         server.stop()

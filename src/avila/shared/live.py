@@ -51,6 +51,8 @@ INTEREST_SECONDS = 0.25
 _INTEREST_TTL = 5.0
 #: A replica clock this far from Redis's is logged (the relay does not depend on it).
 _SKEW_LOGGED_S = 1.0
+#: Longest a shutdown waits for the relay's loops, and for its Redis client to close.
+STOP_WAIT_S = 5.0
 #: ARGV[1] = time to live, ARGV[2..] = this replica's entries to refresh. By Redis's clock:
 #: refresh them, drop expired entries, return Redis's time and the entries still alive.
 _INTEREST_SCRIPT = """
@@ -172,9 +174,19 @@ class RedisLiveBus(LiveBus):
         ]
 
     async def stop(self) -> None:
+        """Cancel the three loops and wait for them, at most :data:`STOP_WAIT_S`: a loop
+        cancelled inside the Redis client's pub/sub cleanup was seen to never finish (a test
+        run hung on it), and shutdown must not wait for it."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+        if pending:
+            log.warning(
+                "live bus: loops did not stop in time; left behind",
+                extra={"loops": sorted(t.get_name() for t in pending)},
+            )
 
     async def _forever(self, step: Any) -> None:
         while True:
@@ -297,10 +309,11 @@ class RedisLiveBus(LiveBus):
 
 
 def close_quietly(client: aioredis.Redis) -> Any:
-    """``await`` it at shutdown: closes the pool, ignoring a Redis already gone."""
+    """``await`` it at shutdown: closes the pool, ignoring a Redis already gone, and giving up
+    after :data:`STOP_WAIT_S` (shutdown must not hang on a connection's cleanup)."""
 
     async def _close() -> None:
-        with contextlib.suppress(redis.RedisError, OSError):
-            await client.aclose()
+        with contextlib.suppress(redis.RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(client.aclose(), STOP_WAIT_S)
 
     return _close()
