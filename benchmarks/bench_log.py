@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from events import EVENT  # noqa: E402
 from results import stamp, write_section  # noqa: E402
 
-from avila.storage.ingest_log import HEADER  # noqa: E402
+from avila.storage.log_segments import HEADER  # noqa: E402
 
 
 class SegmentLog:

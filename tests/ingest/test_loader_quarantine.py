@@ -23,7 +23,7 @@ import pytest
 
 from avila.storage import frames, quarantine
 from avila.storage.base import Store
-from avila.storage.ingest_log import HEADER, read_frames, segment_path
+from avila.storage.log_segments import HEADER, read_frames, segment_path
 from avila.testing import ServerProcess
 from tests.conftest import TEST_KEY
 from tests.industry40.test_i40_mqtt import wait_for

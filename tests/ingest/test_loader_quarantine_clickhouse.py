@@ -18,7 +18,8 @@ from avila.storage import frames, quarantine
 from avila.storage.base import Store
 from avila.storage.clickhouse.store import ClickHouseStore
 from avila.storage.clickhouse.target import ClickHouseOptions, parse_url
-from avila.storage.ingest_log import HEADER, IngestLogConfig
+from avila.storage.ingest_log import IngestLogConfig
+from avila.storage.log_segments import HEADER
 from avila.storage.schema import EVENT_COLUMN_NAMES
 from avila.testing import ServerProcess
 from tests.conftest import TEST_KEY

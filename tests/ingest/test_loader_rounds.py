@@ -15,8 +15,9 @@ import pytest
 
 from avila.ingest.service import IngestService
 from avila.storage.duckdb.store import DuckDBStore
-from avila.storage.ingest_log import IngestLogConfig, read_frames
+from avila.storage.ingest_log import IngestLogConfig
 from avila.storage.loader import Loader
+from avila.storage.log_segments import read_frames
 from avila.storage.rollups import DAILY_FROM
 
 PER_REQUEST = 50

@@ -17,7 +17,8 @@ from avila.storage.base import Store
 from avila.storage.clickhouse.store import ClickHouseStore
 from avila.storage.clickhouse.target import ClickHouseOptions, parse_url
 from avila.storage.duckdb.store import DuckDBStore
-from avila.storage.ingest_log import HEADER, IngestLogConfig, read_frames, segment_bases
+from avila.storage.ingest_log import IngestLogConfig
+from avila.storage.log_segments import HEADER, read_frames, segment_bases
 
 BACKENDS = ["duckdb", "chdb"]
 

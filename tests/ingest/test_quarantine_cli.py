@@ -14,7 +14,7 @@ import pytest
 from avila.cli import main
 from avila.storage import frames, quarantine
 from avila.storage.duckdb.store import DuckDBStore
-from avila.storage.ingest_log import HEADER
+from avila.storage.log_segments import HEADER
 from tests.ingest.test_loader_quarantine import _good_entries, _without_user, _write_log
 
 UNKNOWN = b"\x63" + b"an entry kind this version does not know"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextvars
 import threading
 
-from avila.storage.ingest_log import REQUEST_POINT, LoadProgress
+from avila.storage.load_progress import REQUEST_POINT, LoadProgress
 
 
 def test_barrier_waits_for_the_durable_position_outside_a_request() -> None:

@@ -17,7 +17,8 @@ import pytest
 from avila.storage import frames
 from avila.storage.clickhouse.store import ClickHouseStore
 from avila.storage.clickhouse.target import ClickHouseOptions, parse_url
-from avila.storage.ingest_log import IngestLog, IngestLogConfig, LoadProgress
+from avila.storage.ingest_log import IngestLog, IngestLogConfig
+from avila.storage.load_progress import LoadProgress
 from avila.storage.loader import Loader
 from avila.storage.schema import EVENT_COLUMN_NAMES
 

@@ -18,7 +18,8 @@ from avila.storage import frames
 from avila.storage.clickhouse.store import ClickHouseStore
 from avila.storage.clickhouse.target import ClickHouseOptions, parse_url
 from avila.storage.duckdb.store import DuckDBStore
-from avila.storage.ingest_log import IngestLog, IngestLogConfig, LoadProgress, default_log_dir
+from avila.storage.ingest_log import IngestLog, IngestLogConfig, default_log_dir
+from avila.storage.load_progress import LoadProgress
 from avila.storage.schema import EVENT_COLUMN_NAMES, columns_to_arrow
 
 EPOCH = datetime(1970, 1, 1)

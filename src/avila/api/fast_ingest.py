@@ -32,7 +32,7 @@ from avila.ingest.service import IngestService, result_body
 from avila.schemas.events import BATCH_DECODER, SINGLE_DECODER
 from avila.security.keys import KeyRegistry
 from avila.security.ratelimit import RateLimiter
-from avila.storage.ingest_log import REQUEST_POINT
+from avila.storage.load_progress import REQUEST_POINT
 
 log = logging.getLogger("avila.api")
 

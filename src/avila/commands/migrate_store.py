@@ -66,7 +66,8 @@ def _count(store: Any, table: str) -> int:
 def _check_source_log(url: str) -> None:
     """Refuse while the source's ingest log holds frames not loaded into it."""
     from avila.config import Settings
-    from avila.storage.ingest_log import config_from_settings, default_log_dir, read_frames
+    from avila.storage.ingest_log import config_from_settings, default_log_dir
+    from avila.storage.log_segments import read_frames
 
     settings = Settings.from_env()
     if url == settings.storage_url:

@@ -217,7 +217,7 @@ async def _append(
 ) -> list[tuple[int, int]]:
     """Append each group's entry once; remove the group's files once the copy is durable."""
     from avila.storage import quarantine
-    from avila.storage.ingest_log import HEADER
+    from avila.storage.log_segments import HEADER
 
     copies = []
     for group in groups:

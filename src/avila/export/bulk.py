@@ -41,7 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from avila.export.columnar import ACCEPTED_SCHEMA, Checked, ColumnarValidator, Rejected
+from avila.export.checked import ACCEPTED_SCHEMA, Checked, Rejected
+from avila.export.columnar import ColumnarValidator
 from avila.export.csvrows import MALFORMED_CSV, BadRow, CsvBlock, CsvRows, parse_numbers
 from avila.export.duplicates import Candidates, candidate_rows
 from avila.export.importer import ImportSummary, RowRejection

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,20 +29,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from avila.export.reader import (
-    DATA_FIELDS,
-    INVALID_UTF8,
-    flat_rows,
-    invalid_utf8,
-    row_to_event,
-    with_json_bytes,
+from avila.export.checked import ACCEPTED_SCHEMA, Checked, Rejected, field_path, merge
+from avila.export.column_kernels import (
+    RAW_LIST,
+    as_mask,
+    byte_lengths,
+    decode_all,
+    distinct_codes,
+    fill_nulls,
+    length_ok,
+    object_text,
+    plain_text,
+    unwrap,
 )
+from avila.export.flat_events import DATA_FIELDS, row_to_event
+from avila.export.ndjson_envelopes import read_envelopes
+from avila.export.reader import INVALID_UTF8, flat_rows, invalid_utf8
 from avila.ingest.validation import MAX_EVENT_BYTES, MAX_FUTURE, epoch_us, validate_events
-from avila.schemas.events import DATA_TYPES, ENVELOPE_DECODER, Context, EventEnvelope
+from avila.schemas.events import DATA_TYPES, Context
 from avila.storage.schema import EVENT_SCHEMA, EVENT_TYPES
-
-#: The accepted rows' table: the stored event columns plus the file's 1-based row number.
-ACCEPTED_SCHEMA = EVENT_SCHEMA.append(pa.field("row", pa.int64()))
 
 _PASCAL_NAMES = list(EVENT_TYPES)
 # index_in over Pascal then snake names; position % len gives the Pascal name.
@@ -73,112 +78,10 @@ _EVENT_OVERHEAD = 400
 # A string field encoded into JSON grows at most 6x (control characters become \u00XX).
 _ESCAPE_GROWTH = 6
 
-_RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
-_ENVELOPES = msgspec.json.Decoder(list[EventEnvelope])
 _DATA_LISTS = {name: msgspec.json.Decoder(list[cls]) for name, cls in DATA_TYPES.items()}  # type: ignore[valid-type]
 _DATA_ONE = {name: msgspec.json.Decoder(cls) for name, cls in DATA_TYPES.items()}
 _CONTEXT_LIST = msgspec.json.Decoder(list[Context])
 _CONTEXT_ONE = msgspec.json.Decoder(Context)
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A row the API would not accept: row number, code, message, field path in the event."""
-
-    row: int
-    code: str
-    message: str
-    path: str = ""
-
-
-@dataclass
-class Checked:
-    """One batch's outcome. The accepted rows (:data:`ACCEPTED_SCHEMA`) are the rows of
-    ``fast`` that ``keep`` marks (all when None; the others were rejected or judged per event),
-    then ``slow``: the rows the per-event path accepted. Masks instead of filtered copies: the
-    store filters while it appends (copying every column of every batch cost ~25 % of
-    validation)."""
-
-    fast: pa.Table
-    keep: np.ndarray | None = None
-    slow: pa.Table = field(default_factory=ACCEPTED_SCHEMA.empty_table)
-    rejected: list[Rejected] = field(default_factory=list)
-    slow_rows: int = 0
-
-    @property
-    def accepted(self) -> pa.Table:
-        """The accepted rows as one table, in row order."""
-        fast = self.fast if self.keep is None else self.fast.filter(pa.array(self.keep))
-        if self.slow.num_rows == 0:
-            return fast
-        return pa.concat_tables([fast, self.slow]).sort_by("row")
-
-
-def _joined(texts: pa.Array) -> bytes:
-    """``[t0,t1,...]``: the texts (no nulls) as one JSON array's bytes."""
-    wrapped = pa.ListArray.from_arrays(pa.array([0, len(texts)], pa.int32()), texts)
-    joined: bytes = b"[" + pc.binary_join(wrapped, ",")[0].as_buffer() + b"]"
-    return joined
-
-
-def _aligned(texts: pa.Array, blob: bytes) -> bool:
-    """Whether ``blob`` (from :func:`_joined`) parses as exactly one JSON value per text: a
-    text like ``{},{}`` would otherwise shift every value after it."""
-    try:
-        raws = _RAW_LIST.decode(blob)
-    except msgspec.DecodeError:
-        return False
-    if len(raws) != len(texts):
-        return False
-    lengths = np.fromiter((len(r) for r in raws), dtype=np.int64, count=len(raws))
-    return bool(np.array_equal(lengths, pc.binary_length(texts).to_numpy(zero_copy_only=False)))
-
-
-def _decode_all(
-    texts: pa.Array, whole: msgspec.json.Decoder[Any], one: msgspec.json.Decoder[Any] | None
-) -> tuple[list[Any], np.ndarray]:
-    """Decode every text (no nulls); returns the values and a mask of texts that failed (their
-    values are None). One C call when all are valid, one per text otherwise."""
-    n = len(texts)
-    blob = _joined(texts)
-    if _aligned(texts, blob):
-        try:
-            return list(whole.decode(blob)), np.zeros(n, dtype=bool)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            pass
-    values: list[Any] = []
-    failed = np.zeros(n, dtype=bool)
-    for i, text in enumerate(texts.to_pylist()):
-        try:
-            values.append(one.decode(text) if one is not None else _RAW_LIST.decode(f"[{text}]"))
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            values.append(None)
-            failed[i] = True
-        else:
-            if one is None and len(values[-1]) != 1:
-                failed[i] = True
-    return values, failed
-
-
-def _object_text(texts: pa.Array) -> np.ndarray:
-    """Non-null texts that start with ``{`` and end with ``}`` (no surrounding whitespace, so
-    the stored text equals what the API's decoder keeps)."""
-    starts = pc.starts_with(texts, "{")
-    ends = pc.ends_with(texts, "}")
-    return _mask(pc.and_(starts, ends))
-
-
-def _mask(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A boolean Arrow array as numpy, null as False."""
-    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def _length_ok(texts: pa.Array, nullable: bool) -> np.ndarray:
-    length = pc.utf8_length(texts)
-    ok = _mask(pc.and_(pc.greater_equal(length, 1), pc.less_equal(length, 256)))
-    if nullable:
-        ok |= _mask(pc.is_null(texts))
-    return ok
 
 
 class ColumnarValidator:
@@ -236,7 +139,7 @@ class ColumnarValidator:
         """:meth:`flat` of a batch whose text is UTF-8; ``rows[i]`` is row i's number,
         ``unparsed`` by row number."""
         n = batch.num_rows
-        columns = {name: _plain(batch, name) for name in batch.schema.names}
+        columns = {name: plain_text(batch, name) for name in batch.schema.names}
         fast = np.ones(n, dtype=bool)
         texts = ("event_id", "user_id", "session_id", "event_type", "data", "metadata", "context")
         if any(columns.get(name, _NULLS) is None for name in (*texts, *_CONTEXT_COLUMNS)):
@@ -249,29 +152,31 @@ class ColumnarValidator:
             return found if found is not _NULLS and found is not None else pa.nulls(n, pa.string())
 
         event_id, user_id, session_id = text("event_id"), text("user_id"), text("session_id")
-        fast &= _length_ok(user_id, nullable=False)
-        fast &= _length_ok(event_id, nullable=True)
-        fast &= _length_ok(session_id, nullable=True)
+        fast &= length_ok(user_id, nullable=False)
+        fast &= length_ok(event_id, nullable=True)
+        fast &= length_ok(session_id, nullable=True)
         position = pc.index_in(text("event_type"), value_set=_TYPE_LOOKUP)
-        fast &= _mask(pc.is_valid(position))
+        fast &= as_mask(pc.is_valid(position))
         type_index = pc.fill_null(position, 0).to_numpy(zero_copy_only=False) % len(_PASCAL_NAMES)
 
         ts, ts_fast = self._timestamps(batch, n)
         fast &= ts_fast
 
         data, metadata, context = text("data"), text("metadata"), text("context")
-        fast &= _object_text(data)
-        fast &= _mask(pc.is_null(metadata)) | _object_text(metadata)
+        fast &= object_text(data)
+        fast &= as_mask(pc.is_null(metadata)) | object_text(metadata)
         no_flat_context = np.ones(n, dtype=bool)
         for name in _CONTEXT_COLUMNS:
-            no_flat_context &= _mask(pc.is_null(text(name)))
+            no_flat_context &= as_mask(pc.is_null(text(name)))
         # A row without context is rebuilt from its flat columns by the per-event path.
-        fast &= (_mask(pc.is_null(context)) & no_flat_context) | _object_text(context)
+        fast &= (as_mask(pc.is_null(context)) & no_flat_context) | object_text(context)
 
         size = pc.add(
-            pc.add(_lengths(data), pc.add(_lengths(metadata), _lengths(context))),
+            pc.add(byte_lengths(data), pc.add(byte_lengths(metadata), byte_lengths(context))),
             pc.multiply(
-                pc.add(_lengths(user_id), pc.add(_lengths(event_id), _lengths(session_id))),
+                pc.add(
+                    byte_lengths(user_id), pc.add(byte_lengths(event_id), byte_lengths(session_id))
+                ),
                 _ESCAPE_GROWTH,
             ),
         )
@@ -290,7 +195,7 @@ class ColumnarValidator:
         )
         table, accept = self._decode(candidates, fast)
         checked = self._slow_flat(batch, rows, np.flatnonzero(~accept), unparsed)
-        return _merge(table, accept, checked)
+        return merge(table, accept, checked)
 
     def _timestamps(self, batch: pa.RecordBatch, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Event times as epoch µs (missing: the receive time) and which rows are sure."""
@@ -299,8 +204,8 @@ class ColumnarValidator:
         name = "timestamp" if "timestamp" in names else "ts" if "ts" in names else None
         if name is None:
             return np.full(n, self.received_us, dtype=np.int64), np.ones(n, dtype=bool)
-        values = _unwrap(batch.column(names.index(name)))
-        missing = _mask(pc.is_null(values))
+        values = unwrap(batch.column(names.index(name)))
+        missing = as_mask(pc.is_null(values))
         us = np.full(n, self.received_us, dtype=np.int64)
         sure = missing.copy()
         if pa.types.is_timestamp(values.type) and values.type.unit != "ns":
@@ -308,7 +213,7 @@ class ColumnarValidator:
             sure |= ~missing
         elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
             values = values.cast(pa.string())
-            simple = _mask(pc.match_substring_regex(values, _FAST_TIME))
+            simple = as_mask(pc.match_substring_regex(values, _FAST_TIME))
             text = pc.if_else(pa.array(simple), values, pa.scalar(None, pa.string()))
             text = pc.replace_substring_regex(text, "Z$", "")
             try:
@@ -329,7 +234,7 @@ class ColumnarValidator:
 
     def lines(self, lines: Sequence[bytes], rows: Sequence[int]) -> Checked:
         """Validate NDJSON lines (seed-shaped events or flat rows; not blank)."""
-        envelopes, events, unreadable = _read_envelopes(lines, rows)
+        envelopes, events, unreadable = read_envelopes(lines, rows)
         keep = [i for i, e in enumerate(envelopes) if e is not None]
         good = [e for e in envelopes if e is not None]
         candidate_rows = np.asarray([rows[i] for i in keep], dtype=np.int64)
@@ -354,8 +259,8 @@ class ColumnarValidator:
             ),
         )
         # Metadata must be an object or null; anything else is judged (rejected) per event.
-        sure = _mask(pc.is_null(candidates.metadata)) | _object_text(candidates.metadata)
-        sure &= _mask(pc.is_null(candidates.context)) | _object_text(candidates.context)
+        sure = as_mask(pc.is_null(candidates.metadata)) | object_text(candidates.metadata)
+        sure &= as_mask(pc.is_null(candidates.context)) | object_text(candidates.context)
         sure &= (candidates.ts <= self.latest_us) & (candidates.ts >= _EARLIEST_US)
         table, accept = self._decode(candidates, sure)
         unsure = np.flatnonzero(~accept)
@@ -369,7 +274,7 @@ class ColumnarValidator:
         )
         checked.rejected.extend(unreadable)
         checked.rejected.sort(key=lambda r: r.row)
-        return _merge(table, accept, checked)
+        return merge(table, accept, checked)
 
     def _stamps(self, stamps: list[datetime | None]) -> np.ndarray:
         """Epoch µs (UTC) of each time; naive times are UTC, missing ones the receive time."""
@@ -390,7 +295,7 @@ class ColumnarValidator:
         payloads); flat values are then spread to the rows with one ``take`` per column."""
         n = len(c.rows)
         refused = np.zeros(n, dtype=bool)
-        data_codes, data_texts = _distinct(c.data)
+        data_codes, data_texts = distinct_codes(c.data)
         type_index = np.where(eligible, c.type_index, -1)
         parts: list[pa.Table] = []
         flat_row = np.zeros(n, dtype=np.int64)  # row -> row of the distinct flat values table
@@ -399,7 +304,7 @@ class ColumnarValidator:
             type_name = _PASCAL_NAMES[int(index)]
             members = np.flatnonzero(type_index == index)
             used = np.unique(data_codes[members])
-            values, bad = _decode_all(
+            values, bad = decode_all(
                 data_texts.take(pa.array(used)), _DATA_LISTS[type_name], _DATA_ONE[type_name]
             )
             at = np.searchsorted(used, data_codes[members])
@@ -422,24 +327,24 @@ class ColumnarValidator:
             )
 
         context_row = np.zeros(n, dtype=np.int64)
-        context_codes, context_texts = _distinct(c.context)
-        has_context = _mask(pc.is_valid(c.context))
+        context_codes, context_texts = distinct_codes(c.context)
+        has_context = as_mask(pc.is_valid(c.context))
         with_context = eligible & has_context
         contexts: list[Any] = []
         if with_context.any():
             used = np.unique(context_codes[with_context])
-            contexts, bad = _decode_all(
+            contexts, bad = decode_all(
                 context_texts.take(pa.array(used)), _CONTEXT_LIST, _CONTEXT_ONE
             )
             at = np.searchsorted(used, context_codes[with_context])
             refused[np.flatnonzero(with_context)[bad[at]]] = True
             context_row[with_context] = at
         context_row[~has_context] = len(contexts)  # the trailing null row
-        metadata_codes, metadata_texts = _distinct(c.metadata)
-        with_metadata = eligible & _mask(pc.is_valid(c.metadata))
+        metadata_codes, metadata_texts = distinct_codes(c.metadata)
+        with_metadata = eligible & as_mask(pc.is_valid(c.metadata))
         if with_metadata.any():
             used = np.unique(metadata_codes[with_metadata])
-            _, bad = _decode_all(metadata_texts.take(pa.array(used)), _RAW_LIST, None)
+            _, bad = decode_all(metadata_texts.take(pa.array(used)), RAW_LIST, None)
             at = np.searchsorted(used, metadata_codes[with_metadata])
             refused[np.flatnonzero(with_metadata)[bad[at]]] = True
 
@@ -447,7 +352,7 @@ class ColumnarValidator:
         event_id = c.event_id
         if event_id.null_count:
             fresh = pa.array([str(uuid.uuid4()) for _ in range(event_id.null_count)])
-            event_id = _fill_nulls(event_id, fresh)
+            event_id = fill_nulls(event_id, fresh)
         columns: dict[str, pa.Array] = {
             "project_id": pa.repeat(pa.scalar(self.project_id, pa.string()), n),
             "event_id": event_id,
@@ -502,7 +407,7 @@ class ColumnarValidator:
             list(events), self.project_id, received_at=self.received_at
         )
         rejected = [
-            Rejected(int(rows[r.index]), r.code, r.message, _field_path(r.path)) for r in rejections
+            Rejected(int(rows[r.index]), r.code, r.message, field_path(r.path)) for r in rejections
         ]
         table = accepted.to_arrow()
         table = table.append_column(
@@ -528,82 +433,6 @@ class _Candidates:
     context: pa.Array
 
 
-#: Lines per decoder call when a batch's single call fails (see :func:`_read_envelopes`).
-_LINE_CHUNK = 32
-
-
-def _read_envelopes(
-    lines: Sequence[bytes], rows: Sequence[int]
-) -> tuple[list[EventEnvelope | None], list[bytes], list[Rejected]]:
-    """Each line's envelope (None: for the per-event path), the event bytes the API would
-    see, and the lines that are not even JSON objects. One C call for the batch; when any line
-    fails it, one per chunk of :data:`_LINE_CHUNK` lines and, in a failing chunk, one per
-    line (0.1 % bad lines used to send every line of every batch down the per-line path)."""
-    events = list(lines)
-    found = _envelopes(lines)
-    if found is not None:
-        return found, events, []
-    envelopes: list[EventEnvelope | None] = []
-    unreadable: list[Rejected] = []
-    for start in range(0, len(lines), _LINE_CHUNK):
-        chunk = lines[start : start + _LINE_CHUNK]
-        found = _envelopes(chunk)
-        if found is not None:
-            envelopes.extend(found)
-            continue
-        for i, line in enumerate(chunk, start=start):
-            envelope, event, problem = _one_line(line)
-            if problem is not None:
-                unreadable.append(Rejected(rows[i], "malformed_json", problem))
-            events[i] = event
-            envelopes.append(envelope)
-    return envelopes, events, unreadable
-
-
-def _envelopes(lines: Sequence[bytes]) -> list[EventEnvelope | None] | None:
-    """The envelopes of all ``lines`` with one decoder call, or None when any line fails."""
-    if any(len(line) > MAX_EVENT_BYTES for line in lines):
-        return None
-    try:
-        found = _ENVELOPES.decode(b"[" + b",".join(lines) + b"]")
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
-    return list(found) if len(found) == len(lines) else None  # "{},{}" is two values
-
-
-def _one_line(line: bytes) -> tuple[EventEnvelope | None, bytes, str | None]:
-    """One NDJSON line: its envelope when it decodes, the event bytes the API would see, and why
-    it is unreadable (not JSON, not an object)."""
-    if len(line) > MAX_EVENT_BYTES:
-        return None, line, None  # the API's path rejects it as too large
-    try:
-        return ENVELOPE_DECODER.decode(line), line, None
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        pass
-    try:
-        row = msgspec.json.decode(line)
-    except msgspec.DecodeError as exc:
-        return None, line, f"line is not valid JSON: {exc}"
-    if not isinstance(row, dict):
-        return None, line, "line is not a JSON object"
-    if isinstance(row.get("event_type"), dict):
-        return None, line, None  # seed-shaped but invalid: the API's path says why
-    event = row_to_event(with_json_bytes(line, row))
-    if len(event) > MAX_EVENT_BYTES:
-        return None, event, None
-    try:
-        return ENVELOPE_DECODER.decode(event), event, None
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None, event, None
-
-
-def _distinct(texts: pa.Array) -> tuple[np.ndarray, pa.Array]:
-    """(code of each row's text, the distinct texts); null rows get code 0 (never used)."""
-    encoded = pc.dictionary_encode(texts)
-    codes = pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    return codes, encoded.dictionary
-
-
 def _context_columns(contexts: list[Any]) -> dict[str, pa.Array]:
     """The seven flat context columns of each decoded context, plus a trailing null row
     (failed decodes are null too)."""
@@ -619,42 +448,3 @@ def _context_columns(contexts: list[Any]) -> dict[str, pa.Array]:
         out["referrer"].append(ctx.referrer if ctx is not None else None)
         out["user_agent"].append(ctx.user_agent if ctx is not None else None)
     return {name: pa.array(values, pa.string()) for name, values in out.items()}
-
-
-def _fill_nulls(values: pa.Array, fresh: pa.Array) -> pa.Array:
-    """``values`` with its nulls replaced, in order, by ``fresh``."""
-    missing = np.flatnonzero(_mask(pc.is_null(values)))
-    out = values.to_pylist()
-    for at, value in zip(missing.tolist(), fresh.to_pylist(), strict=True):
-        out[at] = value
-    return pa.array(out, pa.string())
-
-
-def _lengths(texts: pa.Array) -> pa.Array:
-    return pc.fill_null(pc.binary_length(texts), 0)
-
-
-def _unwrap(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if pa.types.is_dictionary(array.type):
-        array = array.dictionary_decode()
-    return array
-
-
-def _plain(batch: pa.RecordBatch, name: str) -> pa.Array | None:
-    """A text column as ``string``; None when it holds something else (numbers, objects)."""
-    array = _unwrap(batch.column(batch.schema.names.index(name)))
-    if pa.types.is_string(array.type):
-        return array
-    if pa.types.is_large_string(array.type) or pa.types.is_null(array.type):
-        return array.cast(pa.string())
-    return None
-
-
-def _field_path(path: str) -> str:
-    """``events[3].timestamp`` -> ``timestamp``: the row number says which event."""
-    return path.split("]", 1)[1].lstrip(".") if path.startswith("events[") else path
-
-
-def _merge(fast: pa.Table, accept: np.ndarray, slow: Checked) -> Checked:
-    return Checked(fast, None if accept.all() else accept, slow.slow, slow.rejected, slow.slow_rows)

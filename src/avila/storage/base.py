@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from avila.storage.ingest_log import IngestLog, IngestLogConfig, LoadProgress, Recovery
+from avila.storage.ingest_log import IngestLog, IngestLogConfig, Recovery
+from avila.storage.load_progress import LoadProgress
 from avila.storage.schema import ColumnBatch, columns_to_arrow
 
 if TYPE_CHECKING:

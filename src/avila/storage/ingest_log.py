@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 import errno
 import logging
 import os
-import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,69 +39,13 @@ from typing import Any
 
 from avila.errors import BacklogFull, IngestLogUnavailable, ShuttingDown
 from avila.storage import frames
+from avila.storage.load_progress import LoadProgress
+from avila.storage.log_segments import HEADER, read_frames, segment_bases, segment_path
 
 log = logging.getLogger("avila.ingest.log")
 
-HEADER = struct.Struct("<II")
-SUFFIX = ".seg"
 #: writev takes at most IOV_MAX (1024 on Linux) buffers.
 _IOV_MAX = 1024
-
-
-def segment_path(directory: Path, base: int) -> Path:
-    return directory / f"{base:020d}{SUFFIX}"
-
-
-def segment_bases(directory: Path) -> list[int]:
-    bases = []
-    for entry in os.listdir(directory):
-        if entry.endswith(SUFFIX) and entry[: -len(SUFFIX)].isdigit():
-            bases.append(int(entry[: -len(SUFFIX)]))
-    return sorted(bases)
-
-
-def read_frames(
-    directory: Path, start: int, end: int | None = None, max_bytes: int | None = None
-) -> Iterator[tuple[int, bytes]]:
-    """``(end position, payload)`` of each valid frame from log position ``start`` (a frame
-    boundary) up to ``end`` (default: the end of valid data). A segment is read to its first
-    torn or corrupt frame, then reading continues at the next segment. ``max_bytes`` stops after
-    the frame that reaches it (so one huge frame is still read)."""
-    consumed = 0
-    bases = segment_bases(directory)
-    for i, base in enumerate(bases):
-        following = bases[i + 1] if i + 1 < len(bases) else None
-        if following is not None and following <= start:
-            continue
-        if end is not None and base >= end:
-            return
-        position = max(start, base)
-        limit = following
-        if end is not None:
-            limit = end if limit is None else min(limit, end)
-        try:
-            f = open(segment_path(directory, base), "rb", buffering=1 << 20)  # noqa: SIM115
-        except FileNotFoundError:
-            continue
-        with f:
-            f.seek(position - base)
-            while limit is None or position < limit:
-                header = f.read(HEADER.size)
-                if len(header) < HEADER.size:
-                    break
-                length, crc = HEADER.unpack(header)
-                if length == 0:
-                    break
-                payload = f.read(length)
-                if len(payload) < length or zlib.crc32(payload) != crc:
-                    break
-                position += HEADER.size + length
-                yield position, payload
-                consumed += HEADER.size + length
-                if max_bytes is not None and consumed >= max_bytes:
-                    return
-        if end is not None and position >= end:
-            return
 
 
 @dataclass(frozen=True)
@@ -132,77 +74,6 @@ def config_from_settings(settings: Any) -> IngestLogConfig:
         max_backlog_seconds=settings.ingest_backlog_max_seconds,
         max_load_rows=settings.flush_max_events,
     )
-
-
-#: The durable log position when the current HTTP request arrived (set by the HTTP layer,
-#: :mod:`avila.api.fast_ingest`): the request's reads see every write acknowledged before it.
-REQUEST_POINT: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "avila_request_point", default=None
-)
-
-
-class LoadProgress:
-    """Durable and loaded log positions, shared by the log's writer, the loader's reports and
-    readers that want to see their own writes."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.durable = 0
-        self.loaded = 0
-        self.rows_per_s = 0.0
-        self.loaded_rows = 0
-        self._listeners: list[Callable[[int], None]] = []
-        self._on_wait: list[Callable[[], None]] = []
-
-    def on_loaded(self, listener: Callable[[int], None]) -> None:
-        self._listeners.append(listener)
-
-    def on_wait(self, hurry: Callable[[], None]) -> None:
-        """``hurry()`` runs when a reader starts waiting (the loader's flush: end its linger)."""
-        self._on_wait.append(hurry)
-
-    def set_durable(self, position: int) -> None:
-        with self._cond:
-            self.durable = max(self.durable, position)
-
-    def set_loaded(self, position: int, rows: int = 0, seconds: float = 0.0) -> None:
-        with self._cond:
-            self.loaded = max(self.loaded, position)
-            self.durable = max(self.durable, position)
-            self.loaded_rows += rows
-            if rows and seconds > 0:
-                rate = rows / seconds
-                self.rows_per_s = (
-                    rate if not self.rows_per_s else 0.8 * self.rows_per_s + 0.2 * rate
-                )
-            self._cond.notify_all()
-        for listener in self._listeners:
-            listener(position)
-
-    def wait_loaded(self, position: int, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.loaded >= position, timeout)
-
-    def barrier(self, timeout: float) -> bool:
-        """Wait (bounded) until everything durable now is loaded: reads see acknowledged writes.
-        Never waits on an event loop's thread (that would delay acknowledgements).
-
-        Within an HTTP request, "now" is when the request arrived (:data:`REQUEST_POINT`): every
-        query of the request waits for the same position, so only the first may wait. (Under
-        steady ingest each fresh "now" waits for the round being loaded: a profile's seven
-        queries waited for seven rounds.)"""
-        point = REQUEST_POINT.get()
-        target = self.durable if point is None else point
-        if self.loaded >= target:
-            return True
-        try:
-            asyncio.get_running_loop()
-            return False
-        except RuntimeError:
-            pass
-        for hurry in self._on_wait:
-            hurry()
-        return self.wait_loaded(target, timeout)
 
 
 @dataclass

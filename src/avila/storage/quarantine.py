@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from avila.storage.ingest_log import read_frames
+from avila.storage.log_segments import read_frames
 
 log = logging.getLogger("avila.ingest.loader")
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from avila.storage import frames, rollups
-from avila.storage.ingest_log import read_frames
 from avila.storage.load_rounds import Prepared
+from avila.storage.log_segments import read_frames
 
 if TYPE_CHECKING:
     from avila.storage.base import Store
