@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -91,6 +92,19 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+async def _close_model_registry(ctx: AppContext) -> None:
+    """Close what the model registry holds open (with ``AVILA_REDIS_URL``: its own Redis client,
+    from ``avila.shared.open_model_registry``), as ``SharedState.close`` closes the shared
+    state's: after the modules' shutdown, off the loop."""
+    ml = ctx.state.get("ml")
+    close = getattr(ml.get("registry"), "close", None) if isinstance(ml, dict) else None
+    if callable(close):
+        try:
+            await asyncio.to_thread(close)
+        except Exception:
+            log.exception("shutdown failed", extra={"module": "model registry"})
+
+
 def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMiddleware:
     """The ASGI application. Opens the store now so a bad store fails at start."""
     store = store or open_store(
@@ -152,6 +166,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
                     except Exception:
                         log.exception("shutdown failed", extra={"module": module.__name__})
             await ingest.close()
+            await _close_model_registry(ctx)
             await shared.close()
             store.close()
             log.info("avila stopped; pending events flushed")

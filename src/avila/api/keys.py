@@ -2,6 +2,10 @@
 ``admin``). The secret of a new key is in the creation answer only; the store keeps its hash.
 Keys from ``API_KEYS`` live in the environment, not in ``data/keys.sqlite`` (or Redis, with
 ``AVILA_REDIS_URL``): they are not listed and cannot be revoked here. Semantics: docs/security.md.
+
+The handlers use the registry's ``*_async`` methods: with Redis, its calls run in threads of
+their own, so a hung Redis answers these routes 503 ``shared_state_unavailable`` and holds up
+no other request (``/health`` included).
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ def _public(info: KeyInfo) -> dict[str, Any]:
     tags=_TAGS,
 )
 async def list_keys(request: Request[Any, Any, Any], principal: Principal) -> dict[str, Any]:
-    return {"keys": [_public(k) for k in _keys(request).list(principal.project_id)]}
+    keys = await _keys(request).list_async(principal.project_id)
+    return {"keys": [_public(k) for k in keys]}
 
 
 @post(
@@ -58,7 +63,7 @@ async def list_keys(request: Request[Any, Any, Any], principal: Principal) -> di
 async def create_key(
     request: Request[Any, Any, Any], principal: Principal, data: NewKey
 ) -> dict[str, Any]:
-    secret, info = _keys(request).create(principal.project_id, data.scopes, data.name)
+    secret, info = await _keys(request).create_async(principal.project_id, data.scopes, data.name)
     return {"key": secret, **_public(info)}
 
 
@@ -73,7 +78,7 @@ async def create_key(
 async def revoke_key(
     request: Request[Any, Any, Any], principal: Principal, key_id: str
 ) -> dict[str, Any]:
-    if not _keys(request).revoke(key_id, principal.project_id):
+    if not await _keys(request).revoke_async(key_id, principal.project_id):
         raise NotFound(f"no active key {key_id!r} in this project", code="key_not_found")
     return {"key_id": key_id, "revoked": True}
 

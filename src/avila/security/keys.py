@@ -8,6 +8,7 @@ second without a restart.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import secrets
@@ -93,6 +94,20 @@ class KeyRegistry(Protocol):
     def list(self, project_id: str | None = None) -> list[KeyInfo]: ...
 
     def revoke(self, key_id: str, project_id: str | None = None) -> bool: ...
+
+    async def create_async(
+        self, project_id: str, scopes: builtins.list[str], name: str = ""
+    ) -> tuple[str, KeyInfo]:
+        """:meth:`create` for the server's event loop: never waits there for a network."""
+        ...
+
+    async def list_async(self, project_id: str | None = None) -> builtins.list[KeyInfo]:
+        """:meth:`list` for the server's event loop: never waits there for a network."""
+        ...
+
+    async def revoke_async(self, key_id: str, project_id: str | None = None) -> bool:
+        """:meth:`revoke` for the server's event loop: never waits there for a network."""
+        ...
 
     def resolve(self, key: str) -> Principal | None:
         """Blocking lookup: for callers outside the event loop (the CLI)."""
@@ -285,6 +300,19 @@ class KeyStore:
         """:meth:`resolve`: a local file (two ``stat`` calls and a ``PRAGMA`` at most every
         :data:`KEY_RECHECK_S`, more for an unknown key), no network, so on the loop."""
         return self.resolve(key)
+
+    # The keys admin routes: a local file, no network, so on the loop (as resolve_async).
+
+    async def create_async(
+        self, project_id: str, scopes: builtins.list[str], name: str = ""
+    ) -> tuple[str, KeyInfo]:
+        return self.create(project_id, scopes, name)
+
+    async def list_async(self, project_id: str | None = None) -> builtins.list[KeyInfo]:
+        return self.list(project_id)
+
+    async def revoke_async(self, key_id: str, project_id: str | None = None) -> bool:
+        return self.revoke(key_id, project_id)
 
     def start(self) -> None:
         """Nothing runs in the background."""

@@ -9,8 +9,9 @@ a second, and a request costs no Redis round trip. An unknown key asks the follo
 at once (a key created on another replica works at once), at most every
 :data:`MISS_RECHECK_SECONDS` whatever the number of unknown keys presented.
 
-Nothing here waits for Redis on the event loop (:meth:`RedisKeyStore.resolve_async`): a hung
-Redis (connections accepted, nothing answered) holds up the follower thread, not the requests.
+Nothing here waits for Redis on the event loop (:meth:`RedisKeyStore.resolve_async`, and the
+keys admin routes' ``*_async`` methods): a hung Redis (connections accepted, nothing answered)
+holds up the follower thread and the admin calls' own threads, not the requests.
 
 Redis down: a request with a stored key answers 503 ``shared_state_unavailable`` rather than
 trust a list that may miss a revocation: when the last look failed, or when the list is older
@@ -20,13 +21,15 @@ than :data:`STALE_SECONDS` (a look hung). Bootstrap keys (``API_KEYS``) never ne
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import redis
@@ -52,6 +55,15 @@ MISS_RECHECK_SECONDS = 0.05
 MISS_WAIT_SECONDS = 1.0
 #: How long :meth:`RedisKeyStore.close` waits for the follower to end.
 CLOSE_WAIT_SECONDS = 3.0
+#: Threads of the keys admin calls (list, create, revoke over HTTP): their own, not the loop's
+#: default executor (``/health`` uses it), so admin calls hung on Redis hold up nothing else.
+ADMIN_THREADS = 2
+#: How long an admin call waits (queued behind hung ones included) before the answer is 503:
+#: a bit longer than the client's timeout (``avila.shared.REDIS_TIMEOUT_SECONDS``), so a call
+#: that ran usually ends with the client's own error.
+ADMIN_WAIT_SECONDS = 3.0
+
+_T = TypeVar("_T")
 
 # Revoke in one atomic step: only an active key, only of the given project (when given).
 _REVOKE = """
@@ -134,6 +146,8 @@ class RedisKeyStore:
         #: One look at a time (held across the Redis calls, never on the event loop).
         self._looking = threading.Lock()
         self._version: Any = object()
+        #: Runs the admin calls off the loop (threads start on first use).
+        self._admin = ThreadPoolExecutor(ADMIN_THREADS, thread_name_prefix="avila-keys-admin")
 
     def create(self, project_id: str, scopes: list[str], name: str = "") -> tuple[str, KeyInfo]:
         secret, info = new_key(project_id, scopes, name)
@@ -179,6 +193,32 @@ class RedisKeyStore:
                 self._revoked_here.add(key_id)
                 self._active = {h: p for h, p in self._active.items() if p.key_id != key_id}
         return bool(done)
+
+    # -- the keys admin routes, off the loop -------------------------------------------------
+
+    async def _off_loop(self, call: Callable[[], _T]) -> _T:
+        """``call()`` in the admin threads; 503 ``shared_state_unavailable`` when Redis does
+        not answer within :data:`ADMIN_WAIT_SECONDS` (a call that reached Redis may still be
+        done when it wakes: a 503 create left an unusable key, a 503 revoke may have revoked)."""
+        with self._cond:
+            if self._closed:
+                raise unavailable(redis.ConnectionError())
+            running = asyncio.wrap_future(self._admin.submit(call))
+        try:
+            return await asyncio.wait_for(running, ADMIN_WAIT_SECONDS)
+        except TimeoutError:  # wait_for cancelled the call if it had not started
+            raise unavailable(redis.TimeoutError()) from None
+
+    async def create_async(
+        self, project_id: str, scopes: builtins.list[str], name: str = ""
+    ) -> tuple[str, KeyInfo]:
+        return await self._off_loop(lambda: self.create(project_id, scopes, name))
+
+    async def list_async(self, project_id: str | None = None) -> builtins.list[KeyInfo]:
+        return await self._off_loop(lambda: self.list(project_id))
+
+    async def revoke_async(self, key_id: str, project_id: str | None = None) -> bool:
+        return await self._off_loop(lambda: self.revoke(key_id, project_id))
 
     # -- following Redis ---------------------------------------------------------------------
 
@@ -254,12 +294,14 @@ class RedisKeyStore:
             self._follower.start()
 
     def close(self) -> None:
-        """Stop the follower (a look hung on Redis is left to its timeout: daemon thread)."""
+        """Stop the follower (a look hung on Redis is left to its timeout: daemon thread) and
+        the admin threads (a call hung on Redis ends with the client's timeout)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
             follower = self._follower
             waiting, self._waiters = self._waiters, []
+        self._admin.shutdown(wait=False)
         for _, wake in waiting:
             wake()
         if follower is not None:

@@ -50,6 +50,12 @@ class RedisModelRegistry:
         self._redis = client
         self.keep_artifacts = keep_artifacts
 
+    def close(self) -> None:
+        """Close the registry's Redis client (each registry has its own, see
+        ``avila.shared.open_model_registry``): at the server's shutdown. Blocks briefly (drops
+        sockets): call off the event loop."""
+        self._redis.close()
+
     def projects(self) -> list[str]:
         try:
             members = self._redis.smembers(PROJECTS)
