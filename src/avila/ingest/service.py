@@ -53,6 +53,8 @@ class IngestService:
         #: Who else may have stored an event id (other replicas); local-only by default.
         self.claims: EventClaims = claims or LocalClaims()
         self._inflight: dict[str, asyncio.Future[int]] = {}
+        #: claims confirmed in the background (their request was cancelled during its write)
+        self._confirming: set[asyncio.Task[None]] = set()
         self.log: IngestLog | None = None
         self.listeners: list[Callable[[EventRows], None]] = []
         self._prune_task: asyncio.Task[None] | None = None
@@ -88,6 +90,8 @@ class IngestService:
         if self._inflight:
             pending = {id(f): f for f in self._inflight.values()}.values()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._confirming:
+            await asyncio.gather(*self._confirming, return_exceptions=True)
         await self.claims.close()
 
     async def _prune_forever(self) -> None:
@@ -165,30 +169,44 @@ class IngestService:
                 keep = [p for i, p in enumerate(positions) if i not in elsewhere]
                 keys = [k for i, k in enumerate(keys) if i not in elsewhere]
         accepted_rows = rows if len(keys) == len(rows) else rows.keep(keep)
+        own: asyncio.Future[int] | None = None
         if keys:
             if self._closing or self.log is None:
                 self.claims.release(keys)
                 raise ShuttingDown("the server is shutting down; retry shortly")
             try:
-                future = self.log.append(
-                    frames.encode_events(accepted_rows.to_columns()), len(keys)
-                )
+                own = self.log.append(frames.encode_events(accepted_rows.to_columns()), len(keys))
             except BaseException:
                 self.claims.release(keys)
                 raise
-            inflight.update(dict.fromkeys(keys, future))
-            future.add_done_callback(functools.partial(self._settle, keys=keys))
-            waits.append(future)
+            inflight.update(dict.fromkeys(keys, own))
+            own.add_done_callback(functools.partial(self._settle, keys=keys))
+            waits.append(own)
+        failure: BaseException | None = None
         if waits:
             # A duplicate of an in-flight event is only "already stored" once its entry is.
             # shield: a client that disconnects must not cancel a write other requests share.
-            if len(waits) == 1:
-                await asyncio.shield(waits[0])
-            else:
-                distinct = {id(w): w for w in waits}.values()
-                await asyncio.gather(*(asyncio.shield(w) for w in distinct))
-        if keys:
+            try:
+                if len(waits) == 1:
+                    await asyncio.shield(waits[0])
+                else:
+                    # Every write is waited for even when one fails first: our own keys are
+                    # confirmed (below) if our own write is durable, whatever the others did.
+                    distinct = {id(w): w for w in waits}.values()
+                    outcomes = await asyncio.gather(
+                        *(asyncio.shield(w) for w in distinct), return_exceptions=True
+                    )
+                    failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            except BaseException:
+                # Cancelled (the caller went away) or our own write failed (released by
+                # _settle): a write that goes on without us is still confirmed once durable.
+                if own is not None:
+                    own.add_done_callback(functools.partial(self._confirm_later, keys=keys))
+                raise
+        if own is not None and (failure is None or _succeeded(own)):
             await self.claims.confirm(keys)
+        if failure is not None:
+            raise failure
         result.accepted = len(keys)
         result.event_ids = list(rows.event_ids)
         m = self.metrics
@@ -203,15 +221,29 @@ class IngestService:
                 listener(accepted_rows)
         return result
 
+    def _confirm_later(self, future: asyncio.Future[int], keys: list[str]) -> None:
+        """``future`` (a write of ``keys``) is done and nobody waits to confirm its claims: do it
+        in the background when it is durable (if not, :meth:`_settle` released them)."""
+        if not _succeeded(future):
+            return
+        task = asyncio.get_running_loop().create_task(self.claims.confirm(keys))
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
     def _settle(self, future: asyncio.Future[int], keys: list[str]) -> None:
         inflight = self._inflight
         pop = inflight.pop
         for key in keys:
             pop(key, None)
-        if not future.cancelled() and future.exception() is None:
+        if _succeeded(future):
             self.dedup.add_committed(keys, at=time.monotonic())
         else:
             self.claims.release(keys)
+
+
+def _succeeded(future: asyncio.Future[int]) -> bool:
+    """``future`` (done) has a result: that write is durable."""
+    return not future.cancelled() and future.exception() is None
 
 
 def result_body(result: IngestResult, *, batch: bool) -> dict[str, Any]:
