@@ -39,6 +39,7 @@ def test_retention_leaves_the_periods_after_the_range_blank_instead_of_zero(
     future_cells = 0
     for y, one in enumerate(cohort["cohorts"]):
         first = date.fromisoformat(one["cohort_start"])
+        lived = 0
         for k, (rate, retained) in enumerate(zip(one["rates"], one["retained"], strict=True)):
             starts = datetime(*(first + timedelta(weeks=k)).timetuple()[:3], tzinfo=end.tzinfo)
             shown = rows.nth(y).locator(f'td[data-col="p{k}"]').inner_text()
@@ -46,7 +47,10 @@ def test_retention_leaves_the_periods_after_the_range_blank_instead_of_zero(
                 future_cells += 1
                 assert shown == "", (one["cohort_start"], k, shown)
             else:
+                lived += 1
                 assert shown == f"{_number(rate * 100)} % ({retained})", (one["cohort_start"], k)
+        # The server says the same: the weeks that began before the end of the range.
+        assert one["periods_observed"] == lived, one["cohort_start"]
     assert future_cells > 0  # the demo's last cohort began this week
     drawn = page.evaluate(
         """() => echarts.getInstanceByDom(document.querySelector('[data-chart="retention"] .chart'))
@@ -54,6 +58,47 @@ def test_retention_leaves_the_periods_after_the_range_blank_instead_of_zero(
     )
     cells = sum(len(one["rates"]) for one in cohort["cohorts"])
     assert drawn == cells - future_cells
+    assert watch.console_errors == []
+
+
+def test_retention_blanks_the_periods_the_server_did_not_observe(
+    dashboard: Dashboard, page_and_watch: tuple[Any, Watch]
+) -> None:
+    """The page blanks what the API's ``periods_observed`` says was not lived, not what its own
+    calendar says: the real answer is passed through with each cohort's count lowered by one
+    (to at least 1), and exactly those cells go empty."""
+    page, watch = page_and_watch
+    sign_in(page, dashboard.url, dashboard.admin_key)
+    seen: list[dict[str, Any]] = []
+
+    def lower(route: Any) -> None:
+        answer = route.fetch()
+        body = answer.json()
+        for one in body["cohorts"]:
+            one["periods_observed"] = max(1, one["periods_observed"] - 1)
+        seen.append(body)
+        route.fulfill(response=answer, json=body)
+
+    page.route("**/api/v1/analytics/cohort", lower)
+    visit(page, dashboard.url, "retention?preset=30d&tz=UTC&period=day&periods=10")
+    wait_for_charts(page, 1)
+    page.locator('[data-chart="retention"]').get_by_role("button", name="Table").click()
+    rows = page.locator('[data-chart="retention"] tbody tr')
+    cohort = seen[-1]
+    assert rows.count() == len(cohort["cohorts"]) > 1
+    for y, one in enumerate(cohort["cohorts"]):
+        for k, (rate, retained) in enumerate(zip(one["rates"], one["retained"], strict=True)):
+            shown = rows.nth(y).locator(f'td[data-col="p{k}"]').inner_text()
+            if k >= one["periods_observed"]:
+                assert shown == "", (one["cohort_start"], k, shown)
+            else:
+                assert shown == f"{_number(rate * 100)} % ({retained})", (one["cohort_start"], k)
+    drawn = page.evaluate(
+        """() => echarts.getInstanceByDom(document.querySelector('[data-chart="retention"] .chart'))
+             .getOption().series[0].data.length"""
+    )
+    assert drawn == sum(one["periods_observed"] for one in cohort["cohorts"])
+    page.unroute("**/api/v1/analytics/cohort")
     assert watch.console_errors == []
 
 

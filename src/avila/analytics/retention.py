@@ -6,8 +6,14 @@ starting Monday, or month, as wall time in ``timezone``) of their first-ever qua
 included. Retained at period k (``exact``) = cohort users with at least one ``return_event`` in
 period P0 + k; ``on_or_after`` = at least one return event in any period >= k (no upper bound).
 Period 0 is the whole cohort by definition. ``retained``/``rates`` have ``periods`` entries
-(k = 0 .. periods-1); periods that have not happened yet report 0. Only non-empty cohorts are
-listed. Missing ``start_event``/``return_event`` mean "any event". ``filters`` apply to both.
+(k = 0 .. periods-1); periods that have not happened yet report 0. ``periods_observed`` (per
+cohort) is how many of those periods began before ``end_time``: period P0 + k counts when some
+instant before ``end_time`` has a wall time (in ``timezone``) at or after the period's local
+start, i.e. k <= B - P0 for B the latest bucket reached before ``end_time``
+(:func:`last_begun_bucket`); a period beginning exactly at ``end_time`` does not count, the
+period running at ``end_time`` does. Entries from ``periods_observed`` on are no measurement of
+the range (the dashboard leaves them blank). Only non-empty cohorts are listed. Missing
+``start_event``/``return_event`` mean "any event". ``filters`` apply to both.
 
 How: one hash aggregation per user over the project's events before the horizon gives the
 user's first qualifying time and their return periods (:func:`_per_user_sql`): ``exact`` keeps
@@ -21,8 +27,9 @@ millions of users by their string id is what made retention grow faster than the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -31,12 +38,14 @@ from avila.analytics.calendar import (
     bucket_label,
     bucket_of,
     local_us_expr,
+    utc_offsets,
 )
 from avila.analytics.common import (
     Expr,
     condition_expr,
     events_source,
     fragments,
+    naive_utc,
     parse_query,
     rate,
     shifted,
@@ -51,6 +60,7 @@ _PERIOD_DAYS = {"day": 1, "week": 7, "month": 31}
 #: Bits of the per-user period mask: a 64-bit integer without its top bit (ClickHouse's
 #: bitShiftLeft of a Nullable gives a signed Int64, where bit 63 would be the sign).
 MASK_BITS = 63
+_UTC = ZoneInfo("UTC")
 
 
 def retention(
@@ -78,7 +88,7 @@ def retention(
             store, project_id, q.mode, (start, end, horizon), (start_c, return_c), base,
             (first_local, ret_local, bucket), lo, last,
         )  # fmt: skip
-        return _report(q, per_cohort)
+        return _report(q, per_cohort, last_begun_bucket(end, tz, q.period))
     # exact mode over more than MASK_BITS periods: first times, (user, period) pairs, a join.
     source = events_source(store, project_id)
     sql = f"""
@@ -107,7 +117,30 @@ WHERE b > c AND b - c <= ? GROUP BY c, b - c
             sizes[int(c)] = int(n)
         else:
             counts.setdefault(int(c), [0] * q.periods)[int(k)] += int(n)
-    return _report(q, {c: (size, counts.get(c, [0] * q.periods)) for c, size in sizes.items()})
+    per_cohort = {c: (size, counts.get(c, [0] * q.periods)) for c, size in sizes.items()}
+    return _report(q, per_cohort, last_begun_bucket(end, tz, q.period))
+
+
+def last_begun_bucket(end: datetime, tz: ZoneInfo, period: str) -> int:
+    """The latest ``period`` bucket (as :func:`bucket_expr` numbers them) that any instant
+    before ``end`` (naive UTC) falls in, in wall time of ``tz``: the bucket of the microsecond
+    before ``end``, or of the one before a backward clock change shortly before ``end`` that
+    had already reached a later bucket (St. John's fell back from 00:01 to 23:01 until 2010).
+    Local times come from the same offset pieces as the SQL's (:func:`utc_offsets`)."""
+    epoch = datetime(1970, 1, 1)
+    end_us = (naive_utc(end) - epoch) // timedelta(microseconds=1)
+    # A clock change moves wall time by less than two days: older ones cannot be ahead of end.
+    pieces = utc_offsets(tz, shifted(end, -timedelta(days=2)), end)
+    # Wall time of the microsecond before end, and of the last microsecond of every offset piece
+    # that ended by then (the first piece reaches back to -inf: its start is no boundary).
+    current = [o for at, o in pieces[1:] if at < end_us]
+    walls = [end_us - 1 + (current[-1] if current else pieces[0][1])]
+    walls += [
+        at - 1 + before
+        for (_, before), (at, _) in zip(pieces, pieces[1:], strict=False)
+        if at <= end_us
+    ]
+    return bucket_of(epoch + timedelta(microseconds=max(walls)), _UTC, period)
 
 
 def _per_user_counts(
@@ -178,7 +211,10 @@ SELECT c, {key} AS k, count(*) AS n FROM c GROUP BY c, k
     return out
 
 
-def _report(q: CohortQuery, per_cohort: dict[int, tuple[int, list[int]]]) -> dict[str, Any]:
+def _report(
+    q: CohortQuery, per_cohort: dict[int, tuple[int, list[int]]], last_begun: int
+) -> dict[str, Any]:
+    """The response; ``last_begun`` is :func:`last_begun_bucket` of the range's end."""
     cohorts = []
     sizes = {c: size for c, (size, _) in per_cohort.items()}
     counts = {c: list(retained) for c, (_, retained) in per_cohort.items()}
@@ -196,6 +232,7 @@ def _report(q: CohortQuery, per_cohort: dict[int, tuple[int, list[int]]]) -> dic
                 "size": sizes[c],
                 "retained": retained,
                 "rates": [rate(n, sizes[c]) for n in retained],
+                "periods_observed": max(0, min(q.periods, last_begun - c + 1)),
             }
         )
     return {

@@ -194,6 +194,18 @@ class Cohort(Struct):
     size: int
     retained: list[int]
     rates: list[float]
+    periods_observed: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description=(
+                "How many of the cohort's periods (from period 0) began before end_time, in"
+                " `timezone`. The retained/rates entries from this index on are periods the"
+                " range has not lived: 0 while they are in the future (with a past end_time,"
+                " the returns stored after it); no measurement of the range."
+            ),
+        ),
+    ]
 
 
 class CohortResult(Struct):
@@ -286,6 +298,8 @@ class UserPredictions(Struct):
     recommendations: list[Recommendation]
     next_best_action: dict[str, Any] | None
     model_versions: dict[str, Any]
+    #: why a number above is null: ``{field: {"code", "message"}}`` (empty when none is)
+    unavailable: dict[str, dict[str, str]]
 
 
 class ErasureResult(Struct):

@@ -74,14 +74,15 @@ function draw(results, cohort, range) {
   }
   const n = Math.max(...cohort.cohorts.map((c) => c.rates.length));
   const labels = cohort.cohorts.map((c) => c.cohort_start.slice(0, 10));
-  // The API answers 0 for periods that begin after the range ends (not lived yet): those cells
-  // stay empty, as "0 % retained" would be a claim about the future. A period still running
-  // at the end of the range is shown and called "so far".
+  // Periods k >= periods_observed (the API's count of a cohort's periods that began before the
+  // range's end) have not been lived: their 0 is no measurement, so those cells stay empty, as
+  // "0 % retained" would be a claim about the future. A period still running at the end of the
+  // range is shown and called "so far".
   const tz = cohort.timezone || range.tz;
   const end = Date.parse(range.end);
   const begins = (y, k) => zonedMidnight(periodStart(labels[y], cohort.period, k), tz).getTime();
-  const lived = (y, k) => begins(y, k) < end;
-  const running = (y, k) => lived(y, k) && begins(y, k + 1) > end;
+  const lived = (y, k) => k < cohort.cohorts[y].periods_observed;
+  const running = (y, k) => k === cohort.cohorts[y].periods_observed - 1 && begins(y, k + 1) > end;
   const data = [];
   cohort.cohorts.forEach((c, y) => c.rates.forEach((r, x) => {
     if (lived(y, x)) data.push([x, y, Math.round(r * 1000) / 10]);
