@@ -107,7 +107,9 @@ def test_predict_maintenance_device():
     assert r["device_id"] == "pump_7"
     assert r["contributing_metrics"][0]["metric"] == "vibration"
     assert r["rul_hours"] == pytest.approx(26, abs=5)  # 11 reached at t = 225
-    assert r["risk_level"] == "critical"
+    # true RUL 26 h: the "high" band (24-72 h); sure to fail within the 168 h horizon, which
+    # made it "critical" before the bands got their own windows
+    assert r["risk_level"] == "high"
     assert r["failure_probability"] > 0.8
     assert r["skipped_metrics"] == ["pressure"]
     assert "vibration" in r["recommendation"]
@@ -146,9 +148,9 @@ def test_length_mismatch_is_rejected():
 @pytest.mark.parametrize(
     ("p", "rul", "level"),
     [
-        (0.9, 500, "critical"),
+        (0.9, 500, "medium"),  # likely within the horizon, not within 72 h
         (0.1, 10, "critical"),
-        (0.6, 500, "high"),
+        (0.6, 500, "medium"),
         (0.1, 60, "high"),
         (0.3, 500, "medium"),
         (0.0, 100, "medium"),

@@ -16,6 +16,12 @@ One site (``plant-1``), ``lines`` lines of ``machines`` machines. Each machine `
   minor stops (idle, state 2, ~2 % of minutes); the reject rate grows with wear.
 * **Energy**: 18 kW running, 6 kW idle or setup, 1.5 kW down, 0.4 kW planned stop (± noise).
 
+What the endpoints then say, and why they do not contradict each other: the twins are
+``good`` (no alarm until 11 mm/s; minus 20 for ``stale`` once the data stop, and a sensor is
+silent whenever its machine is stopped), while ``maintenance/predict`` gives each sensor's
+time to 11 mm/s: every worn bearing fails within the 168 h horizon (``failure_probability``
+≈ 1, which is true), risk ``high`` for 1–3 days left and ``critical`` under a day.
+
 Same ``seed`` and ``end`` → same readings. Alarm rules (``vibration_sensor``: vibration max 11
 critical, bearing temperature max 85 warning) are set too.
 """

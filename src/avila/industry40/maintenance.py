@@ -29,8 +29,19 @@ its failure probability is 1 − Π(1 − pₘ) over metrics (independence assum
 not reach the threshold within ten times the observed span (or twice the horizon) are
 reported at that cap with ``rul_censored: true``.
 
-**Risk level**: ``critical`` when p ≥ 0.8 or RUL ≤ 24 h; ``high`` when p ≥ 0.5 or RUL ≤ 72 h;
-``medium`` when p ≥ 0.2 or RUL ≤ horizon; otherwise ``low``.
+**Risk level** — each band has its own time window, and a probability only counts for the
+band whose window it covers: ``critical`` when RUL ≤ 24 h or P(failure within 24 h) ≥ 0.5;
+``high`` when RUL ≤ 72 h or P(within 72 h) ≥ 0.5; ``medium`` when RUL ≤ horizon or
+P(within the horizon) ≥ 0.2; otherwise ``low``. The probabilities are bootstrap shares, like
+``failure_probability`` (``failure_probability_24h`` / ``_72h`` in the answer). A unit certain to
+fail within a week but not within three days is ``high``, not ``critical``: the band does not
+rise when the caller widens the horizon (it did, when P(within the horizon) ≥ 0.8 alone made a
+unit critical). ``failure_probability`` stays the probability within ``horizon_hours``.
+
+**What it is not**: the digital twin's ``health_score`` (:mod:`avila.industry40.twins`) scores
+the condition *now* (alarms, anomalies, limits, silence) and does not extrapolate a trend; a
+machine can be healthy now (no alarm, health ≥ 80) and still be certain to reach its failure
+limit within the horizon. The two answers are complementary, not contradictory.
 
 **Without a threshold** a metric's threshold is inferred as its baseline (first 20 % of
 points) mean ± 6 baseline standard deviations in the direction of its trend
@@ -92,14 +103,28 @@ def phm08_score(
     return float(np.where(d < 0, np.expm1(-d / 13.0), np.expm1(d / 10.0)).sum())
 
 
-def risk_level(failure_probability: float, rul_hours: float | None, horizon_hours: float) -> str:
-    """Risk band from failure probability within the horizon and RUL (see module doc)."""
+#: (band, window in hours, probability of failure within the window that puts a unit in it);
+#: the last band's window is the request's horizon.
+RISK_BANDS = (("critical", 24.0, 0.5), ("high", 72.0, 0.5))
+MEDIUM_PROBABILITY = 0.2
+
+
+def risk_level(
+    failure_probability: float,
+    rul_hours: float | None,
+    horizon_hours: float,
+    *,
+    within_24h: float = 0.0,
+    within_72h: float = 0.0,
+) -> str:
+    """Risk band (see module doc): ``failure_probability`` is P(failure within
+    ``horizon_hours``), ``within_24h`` / ``within_72h`` P(failure within 24 / 72 h)."""
     rul = np.inf if rul_hours is None else rul_hours
-    if failure_probability >= 0.8 or rul <= 24:
-        return "critical"
-    if failure_probability >= 0.5 or rul <= 72:
-        return "high"
-    if failure_probability >= 0.2 or rul <= horizon_hours:
+    within = {24.0: within_24h, 72.0: within_72h}
+    for level, window, p_min in RISK_BANDS:
+        if rul <= window or within[window] >= p_min:
+            return level
+    if failure_probability >= MEDIUM_PROBABILITY or rul <= horizon_hours:
         return "medium"
     return "low"
 
@@ -196,6 +221,7 @@ def estimate_rul(
     ``t_hours`` are reading times in hours (any origin, increasing). Returns ``{"model",
     "rul_hours", "rul_interval_hours": [lo, hi], "rul_censored", "failure_probability",
     "trend_per_hour", "current_value", "failure_threshold", "direction", "progress"}`` where
+    ``failure_probability_24h`` / ``_72h`` are the same bootstrap shares within 24 / 72 h, and
     ``progress`` is how far the fitted current value has moved from the healthy level (mean
     of the first readings) towards the threshold (0 = new, 1 = failed).
     """
@@ -253,6 +279,8 @@ def estimate_rul(
         ],
         "rul_censored": bool(censored),
         "failure_probability": float(np.mean(boot <= horizon_hours)),
+        "failure_probability_24h": float(np.mean(boot <= 24.0)),
+        "failure_probability_72h": float(np.mean(boot <= 72.0)),
         "trend_per_hour": slope,
         "current_value": current,
         "failure_threshold": float(threshold),
@@ -312,12 +340,16 @@ def _inferred_threshold(t: np.ndarray, y: np.ndarray) -> tuple[float, str] | Non
     return float(np.mean(base) + np.sign(slope) * 6 * sd), direction
 
 
+_PROBABILITY_KEYS = ("failure_probability", "failure_probability_24h", "failure_probability_72h")
+
+
 def predict_maintenance(
     request: MaintenancePredictRequest | Mapping[str, Any],
 ) -> dict[str, Any]:
     """Failure risk of one device from its metric histories.
 
-    Returns ``{"device_id", "failure_probability", "risk_level", "rul_hours",
+    Returns ``{"device_id", "failure_probability", "failure_probability_24h",
+    "failure_probability_72h", "risk_level", "rul_hours",
     "rul_interval_hours": [lo, hi], "contributing_metrics": [per-metric dicts from
     :func:`estimate_rul` plus "metric" and "threshold_source", most urgent first],
     "recommendation", "horizon_hours", "skipped_metrics": [names with < 5 points or no
@@ -349,6 +381,8 @@ def predict_maintenance(
         return {
             "device_id": req.device_id,
             "failure_probability": 0.0,
+            "failure_probability_24h": 0.0,
+            "failure_probability_72h": 0.0,
             "risk_level": "low",
             "rul_hours": None,
             "rul_interval_hours": None,
@@ -359,11 +393,17 @@ def predict_maintenance(
             "skipped_metrics": skipped,
         }
     worst = results[0]
-    p = 1.0 - float(np.prod([1.0 - r["failure_probability"] for r in results]))
-    level = risk_level(p, worst["rul_hours"], req.horizon_hours)
+
+    def any_fails(key: str) -> float:
+        return 1.0 - float(np.prod([1.0 - r[key] for r in results]))
+
+    p, p24, p72 = (any_fails(k) for k in _PROBABILITY_KEYS)
+    level = risk_level(p, worst["rul_hours"], req.horizon_hours, within_24h=p24, within_72h=p72)
     return {
         "device_id": req.device_id,
         "failure_probability": p,
+        "failure_probability_24h": p24,
+        "failure_probability_72h": p72,
         "risk_level": level,
         "rul_hours": worst["rul_hours"],
         "rul_interval_hours": worst["rul_interval_hours"],
@@ -371,7 +411,9 @@ def predict_maintenance(
             r for r in results if r["failure_probability"] > 0 or r["progress"] > 0.5
         ]
         or [worst],
-        "recommendation": f"{RECOMMENDATIONS[level]} Most urgent metric: {worst['metric']}.",
+        "recommendation": f"{RECOMMENDATIONS[level]} Most urgent metric: {worst['metric']}"
+        f" (RUL {worst['rul_hours']:.0f} h; failure within 24 h: {p24:.0%}, 72 h: {p72:.0%},"
+        f" {req.horizon_hours:g} h: {p:.0%}).",
         "horizon_hours": req.horizon_hours,
         "skipped_metrics": skipped,
     }

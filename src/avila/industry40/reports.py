@@ -122,19 +122,34 @@ def recorded_maintenance(
     last = records.latest(store, project_id, device_id)
     if not last:
         raise _fail("maintenance_no_data", "$.device_id", f"device {device_id!r} has no readings")
-    last_at = records.from_us(max(ts for _, _, ts in last))
-    if now is not None:
-        last_at = max(last_at, now)
+    seen_at = records.from_us(max(ts for _, _, ts in last))  # the device's last reading
+    last_at = seen_at if now is None else max(seen_at, now)
     start, end = last_at - timedelta(hours=lookback_hours), last_at + timedelta(microseconds=1)
     # A sensor's failures are its machine's: use the machine's state when it has none itself.
     state_device = device_id
+    state_to = last_at
     if not any(m == records.STATE_METRIC for m, _, _ in last) and device.machine != device_id:
         state_device = device.machine
-    intervals = records.state_intervals(store, project_id, state_device, start, last_at)
+        # The machine's state can be newer than the sensor's readings (the demo's sensors are
+        # silent while their machine is stopped): read it to its own last reading, so that a
+        # failure and repair after the sensor's last reading are seen.
+        state_to = max(
+            [last_at]
+            + [
+                records.from_us(ts) + timedelta(microseconds=1)
+                for m, _, ts in records.latest(store, project_id, state_device)
+                if m == records.STATE_METRIC
+            ]
+        )
+    intervals = records.state_intervals(store, project_id, state_device, start, state_to)
     fixes = records.repairs(intervals)
+    down_now = bool(intervals) and intervals[-1].state == 0
     since = start
-    if fixes and fixes[-1]["restored_at"] < last_at:
-        since = fixes[-1]["restored_at"]
+    if fixes and (not down_now or len(fixes) > 1):
+        since = fixes[-1 if not down_now else -2]["restored_at"]
+    # A failure after the device's last reading: its readings show the part that failed (and,
+    # once repaired, was replaced), so they no longer predict anything.
+    failed_since_seen = bool(fixes) and fixes[-1]["failed_at"] >= seen_at
     rules: dict[str, tuple[float, str]] = {}
     ordered = sorted(
         alarms.rules_for(project_id, device.device_type), key=lambda r: r.severity != "critical"
@@ -160,10 +175,40 @@ def recorded_maintenance(
             failure_threshold=threshold,
             direction=direction,  # type: ignore[arg-type]
         )
+    if failed_since_seen:
+        metrics = {}  # nothing since the repair (or the unit is still down)
+        since = fixes[-1]["failed_at"] if down_now else fixes[-1]["restored_at"]
     out = predict_maintenance(
         {"device_id": device_id, "metrics": metrics, "horizon_hours": horizon_hours}
     )
-    out["reliability"] = reliability_metrics(fixes, observed_from=start, observed_to=last_at)
+    if failed_since_seen:
+        failed = rfc3339(fixes[-1]["failed_at"])
+        if down_now:
+            out.update(
+                failure_probability=1.0,
+                failure_probability_24h=1.0,
+                failure_probability_72h=1.0,
+                risk_level="critical",
+                rul_hours=0.0,
+                rul_interval_hours=[0.0, 0.0],
+                recommendation=f"{state_device} has been down since {failed}, after this "
+                "device's last reading: repair it; the trend restarts with new readings.",
+            )
+        else:
+            out["recommendation"] = (
+                f"{state_device} failed at {failed} and was back after repair at "
+                f"{rfc3339(fixes[-1]['restored_at'])}, after this device's last reading "
+                f"({rfc3339(seen_at)}): no readings since the repair, so no trend yet."
+            )
+    out["last_failure"] = (
+        {
+            "failed_at": rfc3339(fixes[-1]["failed_at"]),
+            "restored_at": None if down_now else rfc3339(fixes[-1]["restored_at"]),
+        }
+        if fixes
+        else None
+    )
+    out["reliability"] = reliability_metrics(fixes, observed_from=start, observed_to=state_to)
     out["reliability"]["state_source"] = state_device
     out["history_since"] = rfc3339(since)
     return out

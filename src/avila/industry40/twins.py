@@ -12,6 +12,9 @@ relationships, health and a short-horizon forecast.
   previous 60 readings; 10 per metric), a latest value within 10 % of an alarm limit (5 per
   metric), a machine ``state`` of down (30) and a silent device (no reading for more than five
   of its usual intervals, at least 5 min; 20). Bands: ``good`` ≥ 80, ``fair`` ≥ 50, ``poor``.
+  It is the condition *now* and extrapolates no trend: a signal rising towards its limit is
+  :mod:`avila.industry40.maintenance`'s business (RUL and risk), so a twin can be ``good``
+  while maintenance says ``high``.
 * ``forecast`` — ordinary least squares line through the last readings (at most 500, within
   24 h), extrapolated with its 95 % prediction band
   ŷ ± 1.96·s·√(1 + 1/n + (t − t̄)²/Σ(tᵢ − t̄)²), s the residual standard deviation.

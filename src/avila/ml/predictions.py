@@ -13,6 +13,14 @@ flagged with ``"baseline": true`` and a ``baseline_reason``:
   and popularity list.
 
 A user with no stored event at all is unknown (404).
+
+**Nulls say why.** Every answer carries ``unavailable``: for each prediction field that is
+``null``, ``{"code", "message"}`` (``{}`` when none is). Before any run, ``churn_probability``
+is ``null`` when no user was active in [E − 28 d, E − 14 d) — a store with less than 14 days of
+events, as a small demo — code ``churn_base_rate_undefined``; ``conversion_probability`` alike
+(``conversion_base_rate_undefined``) when no user was seen before E − 7 d. ``clv`` is ``null`` in
+every baseline (``no_model_trained`` / ``user_not_in_run``). The fields keep the contract's
+types (number or null).
 """
 
 from __future__ import annotations
@@ -50,11 +58,13 @@ WITH bounds AS (SELECT max(ts) AS e FROM events WHERE project_id = ?),
          max(CASE WHEN ts >= e - INTERVAL 14 DAY THEN 1 ELSE 0 END) AS recent,
          max(CASE WHEN ts < e - INTERVAL 7 DAY THEN 1 ELSE 0 END) AS earlier,
          max(CASE WHEN event_type = 'purchase' AND ts >= e - INTERVAL 7 DAY
-             THEN 1 ELSE 0 END) AS bought_last
+             THEN 1 ELSE 0 END) AS bought_last,
+         min(ts) AS first_ts, max(e) AS newest
        FROM events, bounds WHERE project_id = ? AND ts >= e - INTERVAL 35 DAY
        GROUP BY user_id)
 SELECT avg(CASE WHEN mid = 1 THEN 1.0 - recent END),
-       avg(CASE WHEN earlier = 1 THEN 1.0 * bought_last END)
+       avg(CASE WHEN earlier = 1 THEN 1.0 * bought_last END),
+       min(first_ts), max(newest)
 FROM per_user
 """
 
@@ -64,6 +74,39 @@ FROM events WHERE project_id = ? AND product_id IS NOT NULL
   AND event_type IN ('product_view', 'add_to_cart')
 GROUP BY product_id ORDER BY score DESC, product_id LIMIT ?
 """
+
+
+_TRAIN_HINT = (
+    "POST /api/v1/ml/train to score every user (a refusal, 422 insufficient_training_data,"
+    " names what the store still lacks)"
+)
+
+
+def _cold_gaps(
+    churn: Any, conversion: Any, first: datetime | None, newest: datetime | None
+) -> dict[str, dict[str, str]]:
+    """``unavailable`` entries for the store base rates that are undefined (no user in
+    their window)."""
+    span = ""
+    if first is not None and newest is not None:
+        days = (newest - first).total_seconds() / 86400
+        span = f" (its events of the last 35 days span {days:.1f} days, to {newest:%Y-%m-%d %H:%M})"
+    out = {}
+    if churn is None:
+        out["churn_probability"] = {
+            "code": "churn_base_rate_undefined",
+            "message": "no model trained yet, and the churn base rate is undefined on this"
+            " store: it is the share of users active 28 to 14 days before the newest event"
+            f" with no event since, and no user was active then{span}. {_TRAIN_HINT}.",
+        }
+    if conversion is None:
+        out["conversion_probability"] = {
+            "code": "conversion_base_rate_undefined",
+            "message": "no model trained yet, and the conversion base rate is undefined on"
+            " this store: it is the share of users seen before the last 7 days who purchase"
+            f" in them, and no user was seen before them{span}. {_TRAIN_HINT}.",
+        }
+    return out
 
 
 def _now_us() -> int:
@@ -194,6 +237,7 @@ class PredictionService:
                 raise NotFound(f"unknown user {user_id!r}", code="user_not_found")
             body = self._baseline(project_id, user_id, run)
         body["session"] = self._session(run, session) if session is not None else None
+        body.setdefault("unavailable", {})
         return body
 
     def _exists(self, project_id: str, user_id: str) -> bool:
@@ -206,18 +250,30 @@ class PredictionService:
     def _baseline(
         self, project_id: str, user_id: str, run: tuple[dict[str, Any], TrainedModels] | None
     ) -> dict[str, Any]:
+        unavailable: dict[str, dict[str, str]] = {}
         if run is not None:
             models = run[1]
             rates: dict[str, Any] = dict(models.base_rates)
             popular = models.popularity
             reason = "user has no history in the trained run (first seen after training)"
             version = f"v{run[0]['version']}-baseline"
+            unavailable["clv"] = {
+                "code": "user_not_in_run",
+                "message": f"{reason}: no customer lifetime value until the next run",
+            }
         else:
             cold = self._cold_baseline(project_id)
             rates, popular = cold["rates"], cold["popularity"]
             reason = "no model trained yet: store base rates and product popularity"
             version = "baseline"
+            unavailable.update(cold["unavailable"])
+            unavailable["clv"] = {
+                "code": "no_model_trained",
+                "message": "no model trained yet (POST /api/v1/ml/train): customer lifetime"
+                " value needs the CLV model",
+            }
         return {
+            "unavailable": unavailable,
             "user_id": user_id,
             "churn_probability": rates.get("churn"),
             "conversion_probability": rates.get("conversion"),
@@ -239,9 +295,10 @@ class PredictionService:
         cached = self._cold.get(project_id)
         if cached is not None and time.monotonic() - cached[0] < self.cold_cache_seconds:
             return cached[1]
-        churn, conversion = self.store.query(_COLD_SQL, [project_id, project_id])[0]
+        churn, conversion, first, newest = self.store.query(_COLD_SQL, [project_id, project_id])[0]
         popular = self.store.query(_POPULAR_SQL, [project_id, self.recommendations])
         value = {
+            "unavailable": _cold_gaps(churn, conversion, first, newest),
             "rates": {
                 "churn": None if churn is None else round(float(churn), 6),
                 "conversion": None if conversion is None else round(float(conversion), 6),
