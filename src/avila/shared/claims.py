@@ -19,6 +19,10 @@ claim is *pending* until the replica's ingest log made the event durable; then i
 A write is acknowledged (202) only after its claims are marked done, so a retry of an
 acknowledged event is a duplicate on every replica.
 
+A request cancelled (its client went away) while it waits for the claim script's answer does
+not lose that answer: the script call goes on in a task of its own, and the keys it took are
+released as soon as it answers, so a retry is not held up until they expire.
+
 Redis down: the claim fails and the request answers 503 ``shared_state_unavailable`` with
 nothing stored. If Redis fails between the durable write and the marking (tried 3 times), the
 202 still goes out (the event is durable) and the pending claim expires by itself: a retry
@@ -32,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Coroutine
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -99,9 +105,18 @@ class RedisClaims:
         deadline = loop.time() + PENDING_MS / 1000 + 5
         try:
             while waiting:
-                dup, pending = await self._claim(
-                    keys=[names[i] for i in waiting], args=[self._token, PENDING_MS, DONE]
+                # A task of its own, shielded: if this request is cancelled meanwhile, the
+                # script may already have taken keys, which only its answer tells.
+                call = loop.create_task(
+                    self._claim(
+                        keys=[names[i] for i in waiting], args=[self._token, PENDING_MS, DONE]
+                    )
                 )
+                try:
+                    dup, pending = await asyncio.shield(call)
+                except asyncio.CancelledError:
+                    self._spawn(self._give_back(call, [keys[i] for i in waiting]))
+                    raise
                 duplicates.update(waiting[j] for j in dup)
                 if not pending:
                     break  # every other key is now claimed here
@@ -116,17 +131,38 @@ class RedisClaims:
             raise unavailable(exc) from exc
         return frozenset(duplicates)
 
+    async def _give_back(self, call: asyncio.Task[Any], keys: list[str]) -> None:
+        """Release what the claim script ``call`` for ``keys`` took, once it answers; its
+        request was cancelled. Exactly those keys: the replica's other requests hold theirs
+        under the same token."""
+        try:
+            dup, pending = await call
+        except redis.RedisError as exc:
+            # Unknown whether the script ran: what it may have taken expires by itself.
+            log.warning(
+                "claims of a cancelled request not released; they expire by themselves",
+                extra={"events": len(keys), "error": str(exc)},
+            )
+            return
+        if pending:
+            return  # all or nothing: the script gave back what it took
+        found = set(dup)
+        taken = [k for j, k in enumerate(keys) if j not in found]
+        if taken:
+            await self._settle(taken, stored=False)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     async def confirm(self, keys: list[str]) -> None:
         # A task, so a client that hangs up cannot stop the marking half-way.
-        task = asyncio.get_running_loop().create_task(self._settle(keys, stored=True))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        await asyncio.shield(task)
+        await asyncio.shield(self._spawn(self._settle(keys, stored=True)))
 
     def release(self, keys: list[str]) -> None:
-        task = asyncio.get_running_loop().create_task(self._settle(keys, stored=False))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._settle(keys, stored=False))
 
     async def _settle(self, keys: list[str], stored: bool) -> None:
         names = [PREFIX + k for k in keys]
