@@ -1,6 +1,7 @@
 // Which users to list: the API has profiles by id but no user index, so lists are built from
 // the purchases in a time range (POST /api/v1/export, ndjson, purchase events only).
-import { request } from './api.js';
+import { api, request } from './api.js';
+import { MIXED } from './ui.js';
 
 // [{user_id, last_purchase, purchases}] newest purchase first, at most `limit`.
 export async function purchasers(start, end, limit = 200) {
@@ -34,4 +35,16 @@ export async function mapLimited(items, width, task) {
   };
   await Promise.all(Array.from({ length: Math.min(width, items.length) }, worker));
   return out;
+}
+
+// The currency of the purchases in [start, end) (of one user when `userId` is given): their ISO
+// code when every purchase that names a currency names the same one, MIXED when they differ
+// (a sum of them has no currency), null when none names one. Revenue sums only purchases.
+export async function currencyOf(start, end, userId) {
+  const query = { event_type: 'purchase', breakdown: 'currency', breakdown_limit: 10, interval: 'month', start_time: start, end_time: end };
+  if (userId !== undefined) query.filters = JSON.stringify([{ property: 'user_id', operator: 'eq', value: userId }]);
+  const trend = await api('/api/v1/analytics/trends', { query });
+  const codes = new Set((trend.series || []).filter((s) => s.breakdown_value && s.total > 0).map((s) => s.breakdown_value));
+  if (codes.size > 1) return MIXED;
+  return codes.size ? [...codes][0] : null;
 }

@@ -1,6 +1,7 @@
 // Small DOM helpers shared by the pages: elements, numbers, chart cards (chart + table + CSV),
 // empty states and errors in words.
 import { ApiError } from './api.js';
+import { parseHash } from './state.js';
 
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -33,7 +34,15 @@ export const fmt = {
   int: (n) => (n === null || n === undefined ? '—' : integer.format(n)),
   num: (n) => (n === null || n === undefined ? '—' : decimal.format(n)),
   pct: (r) => (r === null || r === undefined ? '—' : `${decimal.format(r * 100)} %`),
-  money: (n) => (n === null || n === undefined ? '—' : decimal.format(n)),
+  // An amount in `currency` (an ISO 4217 code, from currencyOf in people.js): "R$49.90",
+  // "€12.00". Without one (the events name none) the bare number; MIXED says the sum adds
+  // amounts in different currencies.
+  money: (n, currency) => {
+    if (n === null || n === undefined) return '—';
+    if (currency === MIXED) return `${decimal.format(n)} (mixed currencies)`;
+    if (!currency) return decimal.format(n);
+    return moneyFormat(currency).format(n);
+  },
   secs: (s) => {
     if (s === null || s === undefined) return '—';
     if (s < 90) return `${decimal.format(s)} s`;
@@ -41,8 +50,50 @@ export const fmt = {
     if (s < 172800) return `${decimal.format(s / 3600)} h`;
     return `${decimal.format(s / 86400)} d`;
   },
-  time: (iso) => (iso ? new Date(iso).toLocaleString('en-GB', { timeZone: 'UTC', timeZoneName: 'short' }) : '—'),
+  // In the time zone chosen in the range bar (the URL's tz), named: "02/12/2026, 09:14:58 GMT-3".
+  time: (iso) => (iso ? new Date(iso).toLocaleString('en-GB', { timeZone: displayZone(), timeZoneName: 'short' }) : '—'),
+  // An axis tick in that zone: "09:14" in a range of a day or less, "02/12 09:14" beyond.
+  axisTime: (ms, spanHours) => (spanHours > 24
+    ? new Date(ms).toLocaleString('en-GB', { timeZone: displayZone(), hourCycle: 'h23', day: '2-digit', month: '2-digit', hour: '2-digit', minute: '2-digit' })
+    : fmt.clock(ms, { seconds: false })),
+  // A time of day in that zone: "09:14:58" (seconds: false gives "09:14").
+  clock: (ms, { seconds = true } = {}) => new Date(ms).toLocaleTimeString('en-GB', {
+    timeZone: displayZone(), hourCycle: 'h23', hour: '2-digit', minute: '2-digit', second: seconds ? '2-digit' : undefined,
+  }),
 };
+
+// The time zone picked in the range bar; UTC when none is set or the URL names an unknown one.
+export function displayZone() {
+  const tz = parseHash().params.get('tz') || 'UTC';
+  try {
+    new Intl.DateTimeFormat('en-GB', { timeZone: tz });
+    return tz;
+  } catch {
+    return 'UTC';
+  }
+}
+
+export const MIXED = 'mixed';
+const moneyFormats = new Map();
+function moneyFormat(currency) {
+  if (!moneyFormats.has(currency)) {
+    let format;
+    try {
+      format = numberFormat({ style: 'currency', currency });
+    } catch {
+      // Not a code Intl knows: the number, then the code as the events wrote it.
+      format = { format: (n) => `${decimal.format(n)} ${currency}` };
+    }
+    moneyFormats.set(currency, format);
+  }
+  return moneyFormats.get(currency);
+}
+
+// An id from the data (a user id can be 200 characters with no place to break): one line, cut
+// with an ellipsis to fit its table column, whole in the tooltip and in the link.
+export function idLink(id, href) {
+  return h('a', { href, class: 'id', title: id }, id);
+}
 
 export function tiles(items) {
   return h('div', { class: 'tiles' }, items.map(([label, value, id]) =>
@@ -73,14 +124,14 @@ export function emptyState(what = 'No events in this range yet.') {
 }
 
 // ---- tables and CSV -------------------------------------------------------------------
-// columns: [{key, label, num?, format?}]
+// columns: [{key, label, num?, format?, wrap?}]; wrap lets a long value (a time) take two lines.
 export function table(columns, rows, caption) {
   return h('table', {},
     caption ? h('caption', { class: 'muted' }, caption) : null,
     h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col', class: c.num ? 'num' : null }, c.label)))),
     h('tbody', {}, rows.map((row) => h('tr', {}, columns.map((c) => {
       const value = row[c.key];
-      return h('td', { class: c.num ? 'num' : null, 'data-col': c.key },
+      return h('td', { class: [c.num ? 'num' : '', c.wrap ? 'wrap' : ''].join(' ').trim() || null, 'data-col': c.key },
         c.format ? c.format(value, row) : value ?? '—');
     })))));
 }

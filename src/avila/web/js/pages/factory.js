@@ -124,7 +124,9 @@ async function drawDevice(out, deviceId, range, canWrite) {
       rows: points,
       option: {
         grid: { left: 8, right: 16, top: 16, bottom: 8, containLabel: true }, tooltip: { trigger: 'axis' },
-        xAxis: { type: 'time' }, yAxis: { type: 'value', scale: true },
+        // Times in the range bar's time zone (ECharts would use the browser's own).
+        xAxis: { type: 'time', axisLabel: { formatter: (v) => fmt.axisTime(v, hours) }, axisPointer: { label: { formatter: (p) => fmt.time(p.value) } } },
+        yAxis: { type: 'value', scale: true },
         series: [{ type: 'line', name: metric, showSymbol: false, data: points.map((p) => [p.timestamp, value(p)]) }],
       },
     }).card);

@@ -182,7 +182,7 @@ async function drawMaintenance(out, devices) {
     title: 'Maintenance: remaining useful life', name: 'maintenance',
     columns: [{ key: 'device_id', label: 'Device' }, { key: 'risk_level', label: 'Risk', format: (v) => h('span', { class: `badge ${v}` }, v) },
       { key: 'rul_hours', label: 'RUL (h)', num: true, format: fmt.num }, { key: 'low', label: '5 %', num: true, format: fmt.num }, { key: 'high', label: '95 %', num: true, format: fmt.num },
-      { key: 'failure_probability', label: 'Failure probability', num: true, format: fmt.pct }, { key: 'recommendation', label: 'Recommendation' }],
+      { key: 'failure_probability', label: `Failure within ${predictions[0]?.horizon_hours ?? 168} h`, num: true, format: fmt.pct }, { key: 'recommendation', label: 'Recommendation' }],
     rows, showTable: true,
     option: {
       grid: { left: 8, right: 16, top: 8, bottom: 28, containLabel: true }, tooltip: { trigger: 'axis' },

@@ -3,7 +3,7 @@
 // after a step (POST /api/v1/analytics/funnel/dropped for the same query).
 import { api } from '../api.js';
 import { rangeQuery, updateParams } from '../state.js';
-import { chartCard, download, errorBox, fmt, h, table, toCsv } from '../ui.js';
+import { chartCard, download, errorBox, fmt, h, idLink, table, toCsv } from '../ui.js';
 
 export const EVENT_TYPES = ['page_view', 'click', 'search', 'product_view', 'add_to_cart', 'remove_from_cart',
   'checkout', 'purchase', 'sign_up', 'login', 'logout', 'form_submit', 'video_play', 'custom'];
@@ -42,7 +42,7 @@ function select(label, values, current, attrs = {}) {
 
 const DROPPED_LIMIT = 1000;
 const DROPPED_COLUMNS = [
-  { key: 'user_id', label: 'User', format: (v) => h('a', { href: `#/users?user=${encodeURIComponent(v)}` }, v) },
+  { key: 'user_id', label: 'User', format: (v) => idLink(v, `#/users?user=${encodeURIComponent(v)}`) },
 ];
 
 // A step row's drop-off (users who reached the previous step and not this one) is a button.
@@ -176,7 +176,7 @@ function drawFunnel(results, funnel, showDropped) {
       tooltip: { trigger: 'axis', axisPointer: { type: 'shadow' } },
       legend: { top: 0 },
       xAxis: { type: 'category', data: names, axisLabel: { interval: 0, width: 110, overflow: 'truncate' } },
-      yAxis: { type: 'value' },
+      yAxis: { type: 'value', minInterval: 1 }, // users
       series: [
         { type: 'bar', name: 'Converted', stack: 'f', data: rows.map((r) => r.count), label: { show: true, position: 'inside', formatter: (p) => fmt.pct(rows[p.dataIndex].conversion_rate) } },
         { type: 'bar', name: 'Dropped', stack: 'f', data: rows.map((r, i) => (i === 0 ? 0 : rows[i - 1].count - r.count)), itemStyle: { color: '#d8dde6' } },
@@ -198,7 +198,7 @@ function drawFunnel(results, funnel, showDropped) {
         grid: { left: 8, right: 16, top: 30, bottom: 8, containLabel: true },
         tooltip: { trigger: 'axis' }, legend: { top: 0, type: 'scroll' },
         xAxis: { type: 'category', data: names, axisLabel: { interval: 0, width: 110, overflow: 'truncate' } },
-        yAxis: { type: 'value' },
+        yAxis: { type: 'value', minInterval: 1 }, // users
         series: bRows.map((r) => ({ type: 'bar', name: String(r.value), data: names.map((_, i) => r[`s${i}`]) })),
       },
     }).card);

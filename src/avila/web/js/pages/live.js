@@ -3,7 +3,7 @@
 // (["avila.v1", "avila.key.<KEY>"]), never in the URL; a server that does not speak it yet gets
 // polled over REST instead.
 import { api, session } from '../api.js';
-import { chartCard, errorBox, fmt, h, tiles } from '../ui.js';
+import { chartCard, displayZone, errorBox, fmt, h, tiles } from '../ui.js';
 
 const FEED_LIMIT = 100;
 const POLL_MS = 5000;
@@ -37,7 +37,9 @@ export async function render(view) {
 
   // Per-minute buckets of the events this page has received.
   const perMinute = new Map();
-  const minuteKey = (ms) => new Date(Math.floor(ms / 60000) * 60000).toISOString().slice(11, 16);
+  // Minutes and times of day in the time zone of the range bar (fmt.clock).
+  const zone = displayZone();
+  const minuteKey = (ms) => fmt.clock(Math.floor(ms / 60000) * 60000, { seconds: false });
   const series = () => {
     const now = Date.now();
     const rows = [];
@@ -54,9 +56,9 @@ export async function render(view) {
     yAxis: { type: 'value', minInterval: 1 },
     series: [{ type: 'bar', name: 'Events', data: rows.map((r) => r.events) }],
   });
-  const columns = [{ key: 'minute', label: 'Minute (UTC)' }, { key: 'events', label: 'Events received', num: true }];
+  const columns = [{ key: 'minute', label: `Minute (${zone})` }, { key: 'events', label: 'Events received', num: true }];
   const rows0 = series();
-  const chart = chartCard({ title: 'Events per minute (this page, UTC)', name: 'events-per-minute', option: option(rows0), columns, rows: rows0 });
+  const chart = chartCard({ title: `Events per minute (this page, ${zone})`, name: 'events-per-minute', option: option(rows0), columns, rows: rows0 });
   const feed = h('ul', { class: 'feed', id: 'live-feed', 'aria-live': 'polite' });
   const alerts = h('ul', { class: 'feed', id: 'live-alerts' });
   const dropped = h('p', { class: 'muted', id: 'live-dropped' });
@@ -80,7 +82,7 @@ export async function render(view) {
       const key = minuteKey(Date.now());
       perMinute.set(key, (perMinute.get(key) || 0) + 1);
       feed.prepend(h('li', { 'data-event-id': event.event_id },
-        h('span', { class: 'muted' }, new Date(at).toISOString().slice(11, 19)),
+        h('span', { class: 'muted' }, fmt.clock(at)),
         h('strong', {}, describe(event)), h('span', {}, event.user_id || '')));
     }
     while (feed.children.length > FEED_LIMIT) feed.lastChild.remove();
@@ -90,7 +92,7 @@ export async function render(view) {
     alerts.querySelector('[data-placeholder]')?.remove();
     const name = alert.rule || alert.type || 'alert';
     const detail = [alert.device_id, alert.metric, alert.value !== undefined ? `value ${fmt.num(alert.value)}` : '', alert.state].filter(Boolean).join(' · ');
-    alerts.prepend(h('li', {}, h('span', { class: 'muted' }, new Date().toISOString().slice(11, 19)), h('strong', {}, name), h('span', {}, detail)));
+    alerts.prepend(h('li', {}, h('span', { class: 'muted' }, fmt.clock(Date.now())), h('strong', {}, name), h('span', {}, detail)));
     while (alerts.children.length > FEED_LIMIT) alerts.lastChild.remove();
   };
 

@@ -3,7 +3,7 @@
 import { api } from '../api.js';
 import { mapLimited, purchasers } from '../people.js';
 import { rangeQuery, updateParams } from '../state.js';
-import { chartCard, errorBox, fmt, h, table } from '../ui.js';
+import { chartCard, errorBox, fmt, h, idLink, table } from '../ui.js';
 import { trendOption } from './overview.js';
 
 const CHURN_SAMPLE = 40;
@@ -104,7 +104,7 @@ export async function render(view, { params, range, admin }) {
   view.append(chartCard({
     title: 'Churn risk', name: 'churn-risk',
     note: `The ${fmt.int(sample.length)} buyers of the range whose last purchase is oldest, by churn probability.`,
-    columns: [{ key: 'user_id', label: 'User', format: (v) => h('a', { href: `#/users?user=${encodeURIComponent(v)}` }, v) }, { key: 'churn_probability', label: 'Churn', num: true, format: fmt.pct }, { key: 'conversion_probability', label: 'Conversion', num: true, format: fmt.pct }, { key: 'last_purchase', label: 'Last purchase', format: fmt.time }],
+    columns: [{ key: 'user_id', label: 'User', format: (v) => idLink(v, `#/users?user=${encodeURIComponent(v)}`) }, { key: 'churn_probability', label: 'Churn', num: true, format: fmt.pct }, { key: 'conversion_probability', label: 'Conversion', num: true, format: fmt.pct }, { key: 'last_purchase', label: 'Last purchase', format: fmt.time, wrap: true }],
     rows: predictions,
     option: {
       // right: room for half of the "100 %" label centred on the axis end

@@ -1,7 +1,8 @@
 // Overview: KPI tiles, the trend with its interval, top pages, referrers, devices, countries.
 import { api } from '../api.js';
+import { currencyOf } from '../people.js';
 import { rangeQuery, updateParams } from '../state.js';
-import { chartCard, emptyState, errorBox, fmt, h, tiles } from '../ui.js';
+import { chartCard, emptyState, errorBox, escapeHtml, fmt, h, tiles } from '../ui.js';
 
 const INTERVALS = ['hour', 'day', 'week', 'month'];
 
@@ -9,7 +10,7 @@ function barOption(labels, values, name) {
   return {
     grid: { left: 8, right: 24, top: 8, bottom: 8, containLabel: true },
     tooltip: { trigger: 'axis' },
-    xAxis: { type: 'value' },
+    xAxis: { type: 'value', minInterval: 1 }, // counts: no 0.5 ticks
     yAxis: { type: 'category', data: labels, inverse: true, axisLabel: { width: 160, overflow: 'truncate' } },
     series: [{ type: 'bar', name, data: values }],
   };
@@ -21,7 +22,7 @@ export function trendOption(points, extraSeries = []) {
     tooltip: { trigger: 'axis' },
     legend: { top: 0 },
     xAxis: { type: 'category', data: points.map((p) => p.time) },
-    yAxis: [{ type: 'value', name: '' }],
+    yAxis: [{ type: 'value', name: '', minInterval: 1 }], // events and users: whole numbers
     series: [
       { type: 'line', name: 'Events', data: points.map((p) => p.count), showSymbol: false, areaStyle: { opacity: 0.12 } },
       { type: 'line', name: 'Users', data: points.map((p) => p.users), showSymbol: false },
@@ -37,9 +38,10 @@ export async function render(view, { params, range }) {
   // Conversion = users with a purchase in the range / users in the range. RFM scores exactly
   // the users with a purchase in [reference_date - window_days, reference_date).
   const days = Math.max(1, Math.round((Date.parse(range.end) - Date.parse(range.start)) / 86400000));
-  const [overview, buyers] = await Promise.all([
+  const [overview, buyers, currency] = await Promise.all([
     api('/api/v1/analytics/overview', { query: { ...query, top_n: 10 } }),
     api('/api/v1/analytics/rfm', { method: 'POST', body: { reference_date: range.end, window_days: days } }),
+    currencyOf(range.start, range.end),
   ]);
   if (!overview.total_events) {
     view.append(emptyState());
@@ -49,7 +51,7 @@ export async function render(view, { params, range }) {
     ['Events', fmt.int(overview.total_events), 'events'],
     ['Users', fmt.int(overview.unique_users), 'users'],
     ['Sessions', fmt.int(overview.sessions), 'sessions'],
-    ['Revenue', fmt.money(overview.revenue), 'revenue'],
+    ['Revenue', fmt.money(overview.revenue, currency), 'revenue'],
     ['Conversion', fmt.pct(buyers.users_scored / overview.unique_users), 'conversion'],
     ['Bounce rate', fmt.pct(overview.bounce_rate), 'bounce'],
   ]));
@@ -93,8 +95,14 @@ export async function render(view, { params, range }) {
   grid.append(chartCard({
     title: 'Devices',
     option: {
-      tooltip: { trigger: 'item' }, legend: { bottom: 0 },
-      series: [{ type: 'pie', radius: ['40%', '70%'], data: devices.map((d) => ({ name: d.device_type, value: d.users })) }],
+      // The names are in the legend, not around the ring: outside labels ran out of a phone's
+      // card. A legend wider than the card scrolls (arrows) instead of being cut.
+      tooltip: { trigger: 'item', formatter: (p) => escapeHtml(`${p.name}: ${fmt.int(p.value)} users (${fmt.num(p.percent)} %)`) },
+      legend: { type: 'scroll', bottom: 0, left: 'center', width: '90%' },
+      series: [{
+        type: 'pie', radius: ['38%', '66%'], center: ['50%', '45%'], label: { show: false }, labelLine: { show: false },
+        data: devices.map((d) => ({ name: d.device_type, value: d.users })),
+      }],
     },
     columns: [{ key: 'device_type', label: 'Device' }, { key: 'users', label: 'Users', num: true }], rows: devices,
   }).card);
