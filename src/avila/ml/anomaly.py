@@ -30,8 +30,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from river import anomaly, compose, preprocessing
-from scipy import stats
 
 from avila.errors import ValidationFailed
 from avila.ml._checks import require_fitted
@@ -76,6 +74,9 @@ class StreamingAnomalyDetector:
         self.height = height
         self.window_size = window_size
         self.seed = seed
+        # river is imported where a detector is built, not when the server starts.
+        from river import anomaly, compose, preprocessing
+
         self._model = compose.Pipeline(
             preprocessing.MinMaxScaler(),
             anomaly.HalfSpaceTrees(
@@ -172,6 +173,8 @@ class SeasonalAnomalyDetector:
         self.min_history = min_history
         self.direction = direction
         self.scale_pooling = scale_pooling
+        from scipy import stats  # here, not when the server starts
+
         self.threshold_ = float(
             stats.norm.isf(false_alarm_rate / (2 if direction == "both" else 1))
         )

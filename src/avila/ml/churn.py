@@ -10,16 +10,14 @@ calibration, Platt scaling / isotonic via scikit-learn ``CalibratedClassifierCV`
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.ensemble import HistGradientBoostingClassifier, VotingClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+if TYPE_CHECKING:
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.pipeline import Pipeline
 
 from avila.errors import ValidationFailed
 from avila.ml._checks import require_fitted
@@ -69,6 +67,12 @@ def log_linear_classifier(c: float = 0.1) -> Pipeline:
     BG/NBD-style models), which small trees only approximate in steps. Missing values (e.g.
     days since a purchase that never happened) become the median plus a missing-indicator.
     """
+    # scikit-learn is imported where a model is built, not when the server starts (~0.5 s).
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
     return make_pipeline(
         SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
         FunctionTransformer(_signed_log1p),
@@ -299,6 +303,12 @@ class ChurnModel:
                     }
                 ],
             )
+        from sklearn.calibration import CalibratedClassifierCV
+        from sklearn.ensemble import HistGradientBoostingClassifier, VotingClassifier
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
         if self.method in ("hist_gb", "blend"):
             trees = HistGradientBoostingClassifier(
                 max_iter=self.max_iter,

@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, special
 
 from avila.errors import ValidationFailed
 from avila.ml._checks import as_float_array, require_fitted, same_length
@@ -84,6 +83,8 @@ def _summary(frequency: Any, recency: Any, T: Any) -> _Summary:
 
 def _bgnbd_loglik(params: np.ndarray, s: _Summary) -> np.ndarray:
     """Per-customer log-likelihood, FHL (2005) eq. 6 written in logs for stability."""
+    from scipy import special
+
     r, alpha, a, b = params
     x, t_x, big_t = s.x, s.t_x, s.T
     a1 = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
@@ -127,6 +128,8 @@ class BetaGeoModel:
 
     def fit(self, frequency: Any, recency: Any, T: Any) -> BetaGeoModel:
         """Maximise the summed per-customer log-likelihood (FHL 2005 eq. 6) over r, α, a, b."""
+        from scipy import optimize
+
         s = _summary(frequency, recency, T)
         if len(s.x) < self.min_customers or not np.any(s.x > 0):
             raise ValidationFailed(
@@ -180,6 +183,8 @@ class BetaGeoModel:
 
     def expected_purchases(self, t: Any) -> np.ndarray:
         """E[X(t)]: purchases a *new* customer makes in (0, t] (FHL 2005 eq. 9)."""
+        from scipy import special
+
         r, alpha, a, b = self._params()
         t = np.asarray(t, dtype=float)
         z = t / (alpha + t)
@@ -230,6 +235,8 @@ class BetaGeoModel:
 
     def predict(self, t: float, frequency: Any, recency: Any, T: Any) -> np.ndarray:
         """E[Y(t) | x, t_x, T]: expected purchases in the next ``t`` time units (FHL 2005 eq. 10)."""
+        from scipy import special
+
         r, alpha, a, b = self._params()
         s = _summary(frequency, recency, T)
         x = s.x
@@ -242,6 +249,8 @@ class BetaGeoModel:
 
 def _gg_loglik(params: np.ndarray, x: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Per-customer log-likelihood of mean spend m over x transactions (Fader & Hardie 2013)."""
+    from scipy import special
+
     p, q, v = params
     px = p * x
     loglik: np.ndarray = (
@@ -286,6 +295,8 @@ class GammaGammaModel:
 
     def fit(self, frequency: Any, monetary_value: Any) -> GammaGammaModel:
         """Maximum likelihood over p, q, γ on the repeat buyers (``frequency > 0``)."""
+        from scipy import optimize
+
         x, m = self._inputs(frequency, monetary_value)
         keep = x > 0
         x, m = x[keep], m[keep]

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from avila.errors import ValidationFailed
 from avila.ml._checks import as_float_array, same_length
@@ -168,6 +167,8 @@ def _binary(y_true: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
 def roc_auc(y_true: Any, scores: Any) -> float:
     """Area under the ROC curve = P(score of a positive > score of a negative), ties ½."""
     y, s = _binary(y_true, scores)
+    from scipy import stats
+
     ranks = stats.rankdata(s)
     n_pos = y.sum()
     n_neg = len(y) - n_pos

@@ -37,14 +37,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Collection, Hashable, Mapping, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from avila.errors import NotFound, ValidationFailed
 from avila.ml._checks import require_fitted
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 __all__ = [
     "DEFAULT_EVENT_WEIGHTS",
@@ -113,6 +115,8 @@ class Recommender:
         event_col: str | None = "event",
     ) -> Recommender:
         """Learn from an interaction log; ``event_col`` may be absent (every row weighs 1)."""
+        from scipy import sparse
+
         missing = [c for c in (user_col, item_col) if c not in interactions]
         if missing:
             raise ValidationFailed(
@@ -226,6 +230,8 @@ class Recommender:
         For item-kNN this is the item's cosine neighbours, for EASE its learned weights, for
         popularity the best sellers. Fit on purchase events only for a literal "also bought".
         """
+        from scipy import sparse
+
         require_fitted(self, "_matrix")
         assert self.items_ is not None
         if item_id not in self._item_index:

@@ -1,0 +1,32 @@
+"""The server starts without the numerical libraries only some requests need.
+
+SciPy, scikit-learn and river cost ~3 CPU-seconds of every ``avila serve`` start (and of every
+CLI command) when imported with the app; they are imported where a model is fitted or a test
+statistic computed. ``Z_95`` replaces SciPy's quantile at import: it must be that quantile.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from scipy.stats import norm
+
+from avila.experiments.statistics import Z_95
+
+HEAVY = ("scipy", "sklearn", "river")
+
+
+def test_importing_the_app_leaves_the_numerical_libraries_unimported() -> None:
+    probe = (
+        "import sys, avila.app, avila.cli;"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == ""
+
+
+def test_z95_is_scipys_two_sided_95_percent_quantile_to_the_last_bit() -> None:
+    assert float(norm.isf(0.025)) == Z_95
