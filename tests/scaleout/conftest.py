@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,16 @@ class RedisServer:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError((self.workdir / "redis.log").read_text()) from None
                 time.sleep(0.05)
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """A hung Redis (SIGSTOP): connections accepted, nothing answered, until the end."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +32,13 @@ from avila.shared import REDIS_TIMEOUT_SECONDS, sync_client
 from avila.shared.keys import RedisKeyStore
 from tests.conftest import TEST_KEY
 from tests.scaleout.conftest import RedisServer
-from tests.waiting import until
+from tests.waiting import LoopTicks, until
 
 #: Shorter than the Redis client's timeout: an answer within it did not wait for a frozen Redis.
 QUICK = REDIS_TIMEOUT_SECONDS * 0.75
 #: Generous: an admin request (or a shutdown) that took longer is stuck, not merely slow.
 STUCK = 15.0
 ADMIN = {"x-api-key": TEST_KEY}
-
-
-@contextmanager
-def frozen(server: RedisServer) -> Iterator[None]:
-    assert server.proc is not None
-    server.proc.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        server.proc.send_signal(signal.SIGCONT)
 
 
 def _admin(key_id: str) -> list[tuple[str, str, dict[str, Any]]]:
@@ -127,7 +115,7 @@ def test_key_admin_routes_with_redis_frozen_answer_503_and_stall_nobody(
         assert created.status_code == 201, created.text
         key_id = created.json()["key_id"]
         answers: list[tuple[int, str, float]] = []
-        with frozen(own_redis), httpx.Client(base_url=server.url, timeout=QUICK) as quick:
+        with own_redis.frozen(), httpx.Client(base_url=server.url, timeout=QUICK) as quick:
             admin = threading.Thread(target=_admin_calls, args=(server.url, key_id, answers))
             admin.start()
             try:
@@ -168,7 +156,7 @@ def test_a_replica_stops_promptly_and_cleanly_while_redis_is_frozen(
         rules = {"rules": [{"metric": "temperature", "max": 80}]}
         put = patient.put("/api/v1/industry40/alarms/rules/oven", json=rules)
         assert put.status_code == 200, put.text
-    with frozen(own_redis):
+    with own_redis.frozen():
         threading.Event().wait(REDIS_TIMEOUT_SECONDS / 2)  # the followers' looks hang
         # Twelve admin requests written whole to the server before it is told to stop.
         sent = [
@@ -234,27 +222,16 @@ def test_the_key_stores_admin_calls_never_wait_on_the_loop_for_a_frozen_redis(
     async def scenario() -> None:
         secret, info = await keys.create_async("p", ["read"], "admin")
         assert [k.key_id for k in await keys.list_async("p")] == [info.key_id]
-        ticks = 0
-
-        async def heartbeat() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.01)
-
-        beating = asyncio.create_task(heartbeat())
-        try:
-            with frozen(own_redis):
+        async with LoopTicks() as ticks:
+            with own_redis.frozen():
                 calls = [keys.list_async("p") for _ in range(3)]
                 calls += [keys.create_async("p", ["read"]) for _ in range(3)]
                 calls += [keys.revoke_async(info.key_id, "p") for _ in range(3)]
-                before = ticks
+                before = ticks.count
                 started = time.monotonic()
                 results = await asyncio.gather(*calls, return_exceptions=True)
                 took = time.monotonic() - started
-                assert ticks - before > 10, "the loop stood still"
-        finally:
-            beating.cancel()
+                assert ticks.count - before > 10, "the loop stood still"
         assert all(isinstance(r, SharedStateUnavailable) for r in results), results
         assert took < STUCK
         # Redis answers again: so do the admin calls. (A command that reached the frozen Redis

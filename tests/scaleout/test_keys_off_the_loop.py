@@ -10,11 +10,9 @@ request, so /health and bootstrap keys stalled with it."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -27,20 +25,10 @@ from avila.shared import REDIS_TIMEOUT_SECONDS, open_shared, sync_client
 from avila.shared.keys import MISS_WAIT_SECONDS, STALE_SECONDS, RedisKeyStore
 from tests.conftest import TEST_KEY
 from tests.scaleout.conftest import RedisServer
-from tests.waiting import until
+from tests.waiting import LoopTicks, until
 
 #: Shorter than the Redis client's timeout: an answer within it did not wait for a frozen Redis.
 QUICK = REDIS_TIMEOUT_SECONDS * 0.75
-
-
-@contextmanager
-def frozen(server: RedisServer) -> Iterator[None]:
-    assert server.proc is not None
-    server.proc.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        server.proc.send_signal(signal.SIGCONT)
 
 
 def _quick(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -72,7 +60,7 @@ def test_a_stored_key_with_redis_frozen_is_a_quick_503_and_stalls_nobody(
         assert created.status_code == 201, created.text
         stored = {"x-api-key": created.json()["key"]}
         assert patient.get("/api/v1/me", headers=stored).status_code == 200
-        with frozen(own_redis):
+        with own_redis.frozen():
             threading.Event().wait(STALE_SECONDS + 0.3)  # past the revocation guarantee
             for _ in range(3):
                 me = _quick(quick, "GET", "/api/v1/me", headers=stored)
@@ -112,7 +100,7 @@ def test_a_flood_of_unknown_keys_while_redis_freezes_stalls_nobody(
             await asyncio.gather(*(guess() for _ in range(60)))
 
     with (
-        frozen(own_redis),
+        own_redis.frozen(),
         httpx.Client(base_url=server.url, timeout=QUICK) as quick,
     ):
         flooding = threading.Thread(target=asyncio.run, args=(flood(),))
@@ -187,28 +175,17 @@ def test_the_async_lookup_never_waits_on_the_loop_for_a_frozen_redis(
     async def scenario() -> None:
         secret, _info = a.create("p", ["read"])
         assert await a.resolve_async(secret) is not None
-        ticks = 0
-
-        async def heartbeat() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.01)
-
-        beating = asyncio.create_task(heartbeat())
-        try:
-            with frozen(own_redis):
+        async with LoopTicks() as ticks:
+            with own_redis.frozen():
                 with pytest.raises(SharedStateUnavailable):  # waits, but off the loop
                     await asyncio.wait_for(a.resolve_async("ak_unknown"), QUICK)
-                before = ticks
+                before = ticks.count
                 await asyncio.sleep(0.05)
-                assert ticks > before, "the loop stood still"
+                assert ticks.count > before, "the loop stood still"
                 await asyncio.sleep(STALE_SECONDS)
                 with pytest.raises(SharedStateUnavailable):
                     await asyncio.wait_for(a.resolve_async(secret), QUICK)
                 assert await a.resolve_async(TEST_KEY) is not None  # bootstrap: no Redis
-        finally:
-            beating.cancel()
         await until(lambda: a.resolve(secret) is not None, timeout=30)
 
     asyncio.run(scenario())
@@ -284,7 +261,7 @@ def test_rate_limits_counted_in_a_frozen_redis_stall_nobody(
 
                 await asyncio.gather(*(one(i) for i in range(8)))
 
-        with frozen(own_redis), httpx.Client(base_url=server.url, timeout=QUICK) as quick:
+        with own_redis.frozen(), httpx.Client(base_url=server.url, timeout=QUICK) as quick:
             counting = threading.Thread(target=asyncio.run, args=(keyed(),))
             counting.start()
             try:
