@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+from avila.testing import ServerProcess
 
 HERE = Path(__file__).resolve().parent.parent / "src"
 
@@ -44,40 +43,10 @@ def import_cpu(src: Path) -> float:
 
 def serve_cpu(src: Path) -> float:
     with tempfile.TemporaryDirectory() as data:
-        env = {**_env(src), "AVILA_DATA_DIR": data, "API_KEYS": "bench-key"}
-        env.pop("AVILA_STORAGE_URL", None)
-        from avila.testing import free_port
-
-        port = free_port()
+        server = ServerProcess(Path(data), env={"PYTHONPATH": str(src), "API_KEYS": "bench-key"})
         before = _children_cpu()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "avila.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            cwd=data,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    proc.kill()
-                    raise RuntimeError("the server did not become healthy") from None
-                time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        server.start(timeout=120)
+        server.stop(timeout=60)
         return _children_cpu() - before
 
 
