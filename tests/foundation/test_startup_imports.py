@@ -30,3 +30,24 @@ def test_importing_the_app_leaves_the_numerical_libraries_unimported() -> None:
 
 def test_z95_is_scipys_two_sided_95_percent_quantile_to_the_last_bit() -> None:
     assert float(norm.isf(0.025)) == Z_95
+
+
+def test_building_the_command_line_imports_no_data_library() -> None:
+    """Every ``avila`` command builds the whole parser; ``avila keys`` or ``avila demo`` must not
+    pay for the export machinery, the analytics package or the Redis client to do so."""
+    probe = (
+        "import sys, avila.cli; avila.cli.build_parser();"
+        "print(','.join(m for m in ('pyarrow', 'pandas', 'duckdb', 'redis', 'avila.analytics')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == ""
+
+
+def test_the_export_commands_format_choices_are_the_writers_formats() -> None:
+    from avila.commands.export import FORMAT_NAMES
+    from avila.export.writers import FORMATS
+
+    assert tuple(sorted(FORMATS)) == FORMAT_NAMES

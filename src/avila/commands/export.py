@@ -19,13 +19,19 @@ import urllib.error
 import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
 from avila.errors import AvilaError, StorageUnavailable
-from avila.export.query import ExportRequest, parse_request
-from avila.export.writers import FORMATS
+
+if TYPE_CHECKING:
+    from avila.export.query import ExportRequest
+
+#: The ``--format`` choices, the keys of :data:`avila.export.writers.FORMATS` (a test holds them
+#: equal). Written out so building the command line does not import the export machinery
+#: (pyarrow, the analytics package): every ``avila`` command builds the whole parser.
+FORMAT_NAMES = ("csv", "json", "ndjson", "parquet")
 
 _EXT_FORMATS = {
     ".csv": "csv",
@@ -51,6 +57,8 @@ def open_local_store(storage_url: str, *, read_only: bool) -> Any:
 
 
 def _request(args: argparse.Namespace) -> ExportRequest:
+    from avila.export.query import parse_request
+
     filters: dict[str, Any] = {}
     if args.user_id:
         filters["user_ids"] = args.user_id
@@ -136,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
             raise
     if target is not None and partial is not None:
         partial.replace(target)
+        from avila.export.writers import FORMATS
+
         counted = f"{rows} events " if rows is not None else ""
         print(f"exported {counted}to {target} ({FORMATS[args.format].name})", file=sys.stderr)
     return 0
@@ -152,7 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument(
         "-f",
         "--format",
-        choices=sorted(FORMATS),
+        choices=FORMAT_NAMES,
         help="default: from the file extension, else ndjson",
     )
     parser.add_argument("--user-id", action="append", help="only this user (repeatable)")

@@ -8,10 +8,13 @@ import sys
 
 from avila.config import Settings
 from avila.security.keys import SCOPES
-from avila.shared import open_key_registry
 
 
 def run(args: argparse.Namespace) -> int:
+    # Here, not at the top: every ``avila`` command imports this module to build its parser,
+    # and the shared-state package brings the Redis client.
+    from avila.shared import open_key_registry
+
     settings = Settings.from_env()
     if not settings.redis_url:  # keys.sqlite lives in the data directory
         settings.ensure_directories()
