@@ -25,12 +25,14 @@ import smtplib
 import ssl
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import msgspec
 
 from avila.alerts.rules import EmailDestination, SlackDestination, WebhookDestination
+
+if TYPE_CHECKING:
+    import httpx
 
 SIGNATURE_HEADER = "X-Avila-Signature"
 USER_AGENT = "avila-alerts/1"

@@ -161,8 +161,11 @@ def _micros(revenue: float) -> int:
     return whole * 1_000_000 + (micros if scaled >= 0 else -micros)
 
 
-_FIRST_DATE = pa.scalar(date(1, 1, 1), pa.date32())
-_LAST_DATE = pa.scalar(date(9999, 12, 31), pa.date32())
+#: Python's first and last dates as days since 1970-01-01 (date32's unit). Plain numbers, not
+#: Arrow scalars: building one at import would import pandas into every process (pyarrow looks
+#: for pandas the first time it converts a Python value).
+_FIRST_DAY = (date(1, 1, 1) - date(1970, 1, 1)).days
+_LAST_DAY = (date(9999, 12, 31) - date(1970, 1, 1)).days
 
 
 def _python_dates(days: pa.ChunkedArray) -> bool:
@@ -172,8 +175,8 @@ def _python_dates(days: pa.ChunkedArray) -> bool:
     low, high = pc.min_max(days).values()
     return bool(
         low.is_valid
-        and pc.greater_equal(low, _FIRST_DATE).as_py()
-        and pc.less_equal(high, _LAST_DATE).as_py()
+        and low.cast(pa.int32()).as_py() >= _FIRST_DAY
+        and high.cast(pa.int32()).as_py() <= _LAST_DAY
     )
 
 
