@@ -7,8 +7,10 @@ statistic computed. ``Z_95`` replaces SciPy's quantile at import: it must be tha
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from scipy.stats import norm
 
@@ -51,3 +53,26 @@ def test_the_export_commands_format_choices_are_the_writers_formats() -> None:
     from avila.export.writers import FORMATS
 
     assert tuple(sorted(FORMATS)) == FORMAT_NAMES
+
+
+def test_the_app_is_built_without_the_pydantic_and_attrs_plugins(tmp_path: Path) -> None:
+    """No route takes a pydantic or attrs model, yet Litestar loads plugins for both whenever
+    the libraries are installed (test and docs tools bring them): ~0.5 CPU-s of every start, and
+    a test server unlike a production one."""
+    probe = (
+        "import sys; from avila.app import create_app; from avila.config import Settings;"
+        "s = Settings.from_env(); s.ensure_directories(); create_app(s);"
+        "print(','.join(m for m in ('pydantic', 'attrs') if m in sys.modules))"
+    )
+    env = {**os.environ, "AVILA_DATA_DIR": str(tmp_path), "API_KEYS": "probe-key"}
+    env.pop("AVILA_STORAGE_URL", None)
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert out.stdout.strip() == "", out.stderr[-2000:]
