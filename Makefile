@@ -49,8 +49,11 @@ test-data: $(TEST_STAMP)
 # Test files run in parallel, one pytest-xdist worker per core (at most 4), each file whole in
 # one worker (its module fixtures start once). Most tests wait on real server processes, so
 # on 2 cores the suite took 10 min instead of 18 (2026-12-01). TEST_WORKERS=0: one process.
+# compileall first: the suite starts hundreds of servers and CLI commands, and where the
+# environment sets PYTHONDONTWRITEBYTECODE (CI does) each of them would compile src/ again.
 TEST_WORKERS ?= auto
 test: $(TEST_STAMP) test-data
+	$(BIN)/python -m compileall -q src tests
 	$(BIN)/pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile
 
 lint: $(TEST_STAMP)
