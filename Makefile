@@ -50,7 +50,7 @@ test-data: $(TEST_STAMP)
 # one worker (its module fixtures start once). Most tests wait on real server processes, so
 # on 2 cores the suite took 10 min instead of 18 (2026-12-01). TEST_WORKERS=0: one process.
 # compileall first: the suite starts hundreds of servers and CLI commands, and where the
-# environment sets PYTHONDONTWRITEBYTECODE (CI does) each of them would compile src/ again.
+# environment sets PYTHONDONTWRITEBYTECODE (this machine's does) each would compile src/ again.
 TEST_WORKERS ?= auto
 test: $(TEST_STAMP) test-data
 	$(BIN)/python -m compileall -q src tests
