@@ -11,14 +11,16 @@ from avila.errors import ConfigError
 
 
 def run(args: argparse.Namespace) -> int:
+    # Settings first: a configuration error is reported before ~2 CPU-s of imports.
+    settings = Settings.from_env(host=args.host, port=args.port, mqtt_url=args.mqtt)
+    settings.ensure_directories()
+
     import uvicorn
 
     from avila.api.http_protocol import CoalescingHttpToolsProtocol
     from avila.app import create_app
     from avila.logs import configure_logging
 
-    settings = Settings.from_env(host=args.host, port=args.port, mqtt_url=args.mqtt)
-    settings.ensure_directories()
     configure_logging(settings.log_level, secrets=settings.api_keys)
     app = create_app(settings)
     uvicorn.run(
