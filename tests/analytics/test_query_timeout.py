@@ -41,6 +41,11 @@ LIMIT_S = 0.5
 LIGHT_TRIES = 10
 
 
+def _same(value: str) -> pa.Array:
+    """ROWS copies of ``value`` (a string column built in Arrow, not from 3 M Python objects)."""
+    return pa.repeat(pa.scalar(value, pa.string()), ROWS)
+
+
 def _generate(path: Path) -> dict[str, int]:
     """Write the events; returns the event count per user."""
     rng = np.random.default_rng(13)
@@ -48,7 +53,7 @@ def _generate(path: Path) -> dict[str, int]:
     ts = BASE_US + np.sort(rng.integers(0, 28 * 86_400_000_000, ROWS))
     types = pa.array(["page_view", "add_to_cart", "purchase"])
     columns = {
-        "project_id": pa.array(np.full(ROWS, "default", dtype=object), pa.string()),
+        "project_id": _same("default"),
         "event_id": pc.binary_join_element_wise(
             "q-", pa.array(np.arange(ROWS)).cast(pa.string()), ""
         ),
@@ -56,11 +61,11 @@ def _generate(path: Path) -> dict[str, int]:
         "ts": pa.array(ts).cast(pa.timestamp("us")),
         "received_at": pa.array(ts + 1_000).cast(pa.timestamp("us")),
         "event_type": pc.take(types, pa.array(rng.integers(0, 3, ROWS))),
-        "data": pa.array(np.full(ROWS, '{"url":"/"}', dtype=object), pa.string()),
+        "data": _same('{"url":"/"}'),
         "metadata": pc.binary_join_element_wise(
             '{"tag":"t-', pa.array(rng.integers(0, 100_000, ROWS)).cast(pa.string()), '"}', ""
         ),
-        "context": pa.array(np.full(ROWS, "{}", dtype=object), pa.string()),
+        "context": _same("{}"),
     }
     arrays = [
         columns[f.name] if f.name in columns else pa.nulls(ROWS, f.type) for f in EVENT_SCHEMA

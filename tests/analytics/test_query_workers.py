@@ -96,6 +96,15 @@ def workers(store: ProcessStore) -> Iterator[QueryWorkers]:
     pool.close()
 
 
+@pytest.fixture(scope="module")
+def shared_workers(store: ProcessStore) -> Iterator[QueryWorkers]:
+    """One pool for the tests whose jobs end no worker (none dies or is killed): its worker is
+    spawned once for all of them."""
+    pool = QueryWorkers(store, 1)
+    yield pool
+    pool.close()
+
+
 def in_thread(fn: Any, store: Store, *args: Any) -> Any:
     return asyncio.run(QueryWorkers(store, 0).run(fn, store, *args))
 
@@ -117,34 +126,34 @@ def in_worker(pool: QueryWorkers, fn: Any, store: Store, *args: Any) -> Any:
     ids=["overview", "sessions", "funnel"],
 )
 def test_a_worker_answers_what_a_thread_answers(
-    store: ProcessStore, workers: QueryWorkers, fn: Any, query: dict[str, Any]
+    store: ProcessStore, shared_workers: QueryWorkers, fn: Any, query: dict[str, Any]
 ) -> None:
     expected = in_thread(fn, store, PROJECT, query)
     assert str(expected) != str(in_thread(fn, store, "no-such-project", query))  # not empty
-    assert in_worker(workers, fn, store, PROJECT, query) == expected
-    (pid,) = workers.pids()
+    assert in_worker(shared_workers, fn, store, PROJECT, query) == expected
+    (pid,) = shared_workers.pids()
     assert pid not in (os.getpid(), store._process.pid)
 
 
 def test_errors_keep_their_class_code_and_field_paths(
-    store: ProcessStore, workers: QueryWorkers
+    store: ProcessStore, shared_workers: QueryWorkers
 ) -> None:
     bad = {**RANGE, "steps": [{"condition_type": "page_view"}]}  # a funnel needs two steps
     with pytest.raises(AvilaError) as in_process:
         in_thread(funnel, store, PROJECT, bad)
     with pytest.raises(AvilaError) as from_worker:
-        in_worker(workers, funnel, store, PROJECT, bad)
+        in_worker(shared_workers, funnel, store, PROJECT, bad)
     assert type(from_worker.value) is type(in_process.value)
     assert from_worker.value.status == in_process.value.status == 422
     assert from_worker.value.to_dict() == in_process.value.to_dict()
     # An error that cannot be pickled still comes back, as a 500 naming it.
     with pytest.raises(AvilaError, match="ValueError") as odd:
-        in_worker(workers, unpicklable_error, store, PROJECT)
+        in_worker(shared_workers, unpicklable_error, store, PROJECT)
     assert odd.value.status == 500
     # ... and so does a job that cannot be sent: the worker is still there for the next one.
     with pytest.raises(TypeError):
-        in_worker(workers, overview, store, PROJECT, _Local())
-    assert in_worker(workers, overview, store, PROJECT, RANGE)["total_events"] > 0
+        in_worker(shared_workers, overview, store, PROJECT, _Local())
+    assert in_worker(shared_workers, overview, store, PROJECT, RANGE)["total_events"] > 0
 
 
 def test_a_dead_worker_fails_its_own_query_and_is_replaced(
@@ -182,14 +191,16 @@ def test_an_idle_worker_that_dies_is_counted_at_the_next_scrape(
     assert workers.exits == 1 and len(workers.pids()) == 1
 
 
-def test_more_queries_than_workers_wait_for_one(store: ProcessStore, workers: QueryWorkers) -> None:
+def test_more_queries_than_workers_wait_for_one(
+    store: ProcessStore, shared_workers: QueryWorkers
+) -> None:
     async def many() -> list[Any]:
         return await asyncio.gather(
-            *(workers.run(overview, store, PROJECT, RANGE) for _ in range(5))
+            *(shared_workers.run(overview, store, PROJECT, RANGE) for _ in range(5))
         )
 
     answers = asyncio.run(many())
-    assert all(a == answers[0] for a in answers) and len(workers.pids()) == 1
+    assert all(a == answers[0] for a in answers) and len(shared_workers.pids()) == 1
 
 
 def test_stores_that_other_processes_cannot_read_run_queries_in_threads(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from tests.api.demo_server import demo_key, start_demo_server
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """``make run``'s server (``.env.example``, default demo) plus a little live traffic, so
     the real-time counters, which count only what arrives now, have something to show."""
-    server = start_demo_server(tmp_path_factory.mktemp("demo-server"))
+    server = start_demo_server(tmp_path_factory, "demo-server")
     now = datetime.now(UTC).isoformat()
     live = [
         {

@@ -3,16 +3,22 @@
 ``make run`` copies ``.env.example`` to ``.env`` (key ``dev-key-123`` from ``API_KEYS``), runs
 ``avila demo --if-empty --users 1000 --days 30`` and ``avila demo --factory --days 7``, then
 ``avila serve``. :func:`start_demo_server` does the same in a fresh directory.
+
+The two demo commands cost ~7 CPU-s, and three fixtures of one run ask for this data (a
+worker's ``demo_server`` on each xdist worker, the schemathesis server): the first one runs
+them into a template directory the run's workers share, the others copy it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from dotenv import dotenv_values
 
 from avila.testing import ServerProcess
@@ -31,13 +37,13 @@ def demo_key() -> str:
     return keys.split(",")[0].strip()
 
 
-def start_demo_server(data_dir: Path, **env: str) -> ServerProcess:
+def _run_demo_commands(data_dir: Path) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(ENV_EXAMPLE, data_dir / ".env")
     child_env = {
         k: v for k, v in os.environ.items() if k not in dotenv_values(ENV_EXAMPLE) or k == "PATH"
     }
-    child_env.update({"AVILA_DATA_DIR": str(data_dir), **env})
+    child_env["AVILA_DATA_DIR"] = str(data_dir)
     for args in DEMO_COMMANDS:
         subprocess.run(
             [sys.executable, "-m", "avila.cli", *args],
@@ -47,9 +53,32 @@ def start_demo_server(data_dir: Path, **env: str) -> ServerProcess:
             capture_output=True,
             timeout=300,
         )
+
+
+def _demo_template(factory: pytest.TempPathFactory) -> Path:
+    """The run's one copy of the demo data, made by whichever worker asks first. The base
+    directory of an xdist worker is inside the run's, which its sibling workers share."""
+    run_dir = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_dir = run_dir.parent
+    template = run_dir / "make-run-demo"
+    with open(run_dir / "make-run-demo.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (template / "done").exists():
+            shutil.rmtree(template, ignore_errors=True)
+            _run_demo_commands(template)
+            (template / "done").touch()
+    return template
+
+
+def start_demo_server(factory: pytest.TempPathFactory, name: str, **env: str) -> ServerProcess:
+    """A server on a fresh copy of the demo data, in a new directory named after ``name``."""
+    data_dir = factory.mktemp(name)
+    template = _demo_template(factory)
+    shutil.copytree(template, data_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("done"))
     server = ServerProcess(data_dir, env=env)
     # The test runner's environment must not override the .env the way a shell's would not.
-    for name in dotenv_values(ENV_EXAMPLE):
-        if name not in env and name != "AVILA_DATA_DIR":
-            server.env.pop(name, None)
+    for setting in dotenv_values(ENV_EXAMPLE):
+        if setting not in env and setting != "AVILA_DATA_DIR":
+            server.env.pop(setting, None)
     return server.start(timeout=60)

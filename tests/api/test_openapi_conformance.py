@@ -29,7 +29,7 @@ PHASES = "examples,fuzzing,stateful"
 @pytest.fixture(scope="module")
 def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Its own demo server: the run writes garbage and deletes users."""
-    server = start_demo_server(tmp_path_factory.mktemp("schemathesis"), RATE_LIMIT_PER_MINUTE="0")
+    server = start_demo_server(tmp_path_factory, "schemathesis", RATE_LIMIT_PER_MINUTE="0")
     yield server
     server.stop()
 

@@ -2,12 +2,15 @@
 (429 ``rate_limited`` with Retry-After) before any key it sends is looked at (docs/security.md).
 
 The servers run on 127.0.0.1, which uvicorn trusts for ``X-Forwarded-For`` by default, so each
-test plays several clients by sending that header.
+test plays several clients by sending that header. The tests of the limited server share one
+server (starting one is most of a test's cost); each plays its own addresses, so no test sees
+another's failures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -21,6 +24,8 @@ from tests.live.ws_client import open_ws, recv
 
 ATTACKER = "203.0.113.7"
 NEIGHBOUR = "203.0.113.8"
+#: Fresh client addresses for the tests of the shared limited server (TEST-NET-3, 203.0.113.0/24).
+_ADDRESSES = (f"203.0.113.{n}" for n in itertools.count(10))
 
 
 def _from(address: str, key: str | None = None) -> dict[str, str]:
@@ -39,62 +44,81 @@ def _guess(server: ServerProcess, address: str, guess: int) -> httpx.Response:
     return httpx.get(server.url + "/api/v1/me", headers=headers)
 
 
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server with rate limits on (as ``make_server(RATE_LIMIT_PER_MINUTE="1000")``) for
+    the module: the tests use addresses of their own (:func:`attacker`, :func:`neighbour`)."""
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("auth-failures"),
+        env={"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "1000"},
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
 @pytest.fixture
-def limited_server(make_server: Callable[..., ServerProcess]) -> ServerProcess:
-    return make_server(RATE_LIMIT_PER_MINUTE="1000")
+def attacker() -> str:
+    """An address no other test has used on the shared server."""
+    return next(_ADDRESSES)
+
+
+@pytest.fixture
+def neighbour() -> str:
+    return next(_ADDRESSES)
 
 
 def test_an_address_guessing_keys_is_refused_before_its_keys_are_checked(
-    limited_server: ServerProcess,
+    limited_server: ServerProcess, attacker: str, neighbour: str
 ) -> None:
     server = limited_server
     for guess in range(AUTH_FAILURE_LIMIT):
-        assert_error(_guess(server, ATTACKER, guess), 401, "invalid_api_key")
+        assert_error(_guess(server, attacker, guess), 401, "invalid_api_key")
 
-    blocked = assert_error(_guess(server, ATTACKER, AUTH_FAILURE_LIMIT), 429, "rate_limited")
+    blocked = assert_error(_guess(server, attacker, AUTH_FAILURE_LIMIT), 429, "rate_limited")
     assert blocked["details"][0]["limit"] == AUTH_FAILURE_LIMIT
     # A right key from the blocked address is refused as well (nothing tells it apart), on the
     # ingest route as on the others.
-    me = httpx.get(server.url + "/api/v1/me", headers=_from(ATTACKER, TEST_KEY))
+    me = httpx.get(server.url + "/api/v1/me", headers=_from(attacker, TEST_KEY))
     assert_error(me, 429, "rate_limited")
     assert 1 <= int(me.headers["Retry-After"]) <= AUTH_FAILURE_WINDOW_S
 
     # Other addresses are not affected.
-    neighbour = httpx.get(server.url + "/api/v1/me", headers=_from(NEIGHBOUR, TEST_KEY))
-    assert neighbour.status_code == 200, neighbour.text
-    assert_error(_guess(server, NEIGHBOUR, 1), 401, "invalid_api_key")
-    assert httpx.get(server.url + "/health", headers=_from(ATTACKER)).status_code == 200
+    other = httpx.get(server.url + "/api/v1/me", headers=_from(neighbour, TEST_KEY))
+    assert other.status_code == 200, other.text
+    assert_error(_guess(server, neighbour, 1), 401, "invalid_api_key")
+    assert httpx.get(server.url + "/health", headers=_from(attacker)).status_code == 200
 
 
 def test_a_right_key_from_a_blocked_address_is_refused_on_the_fast_ingest_route(
-    limited_server: ServerProcess,
+    limited_server: ServerProcess, attacker: str
 ) -> None:
     for guess in range(AUTH_FAILURE_LIMIT):
-        _guess(limited_server, ATTACKER, guess)
+        _guess(limited_server, attacker, guess)
     event = {"event": page_view()}
     response = httpx.post(
-        limited_server.url + "/api/v1/events", json=event, headers=_from(ATTACKER, TEST_KEY)
+        limited_server.url + "/api/v1/events", json=event, headers=_from(attacker, TEST_KEY)
     )
     assert_error(response, 429, "rate_limited")
 
 
 def test_a_blocked_address_gets_rate_limited_on_the_live_socket(
-    limited_server: ServerProcess,
+    limited_server: ServerProcess, attacker: str
 ) -> None:
     for guess in range(AUTH_FAILURE_LIMIT):
-        _guess(limited_server, ATTACKER, guess)
-    with open_ws(limited_server, TEST_KEY, additional_headers=_from(ATTACKER)) as ws:
+        _guess(limited_server, attacker, guess)
+    with open_ws(limited_server, TEST_KEY, additional_headers=_from(attacker)) as ws:
         error = recv(ws)
         assert error["type"] == "Error" and error["payload"]["code"] == "rate_limited"
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=5)
 
 
-def test_failures_on_the_live_socket_count(limited_server: ServerProcess) -> None:
+def test_failures_on_the_live_socket_count(limited_server: ServerProcess, attacker: str) -> None:
     for guess in range(AUTH_FAILURE_LIMIT):
-        with open_ws(limited_server, f"guess-{guess}", additional_headers=_from(ATTACKER)) as ws:
+        with open_ws(limited_server, f"guess-{guess}", additional_headers=_from(attacker)) as ws:
             assert recv(ws)["payload"]["code"] == "invalid_api_key"
-    assert_error(_guess(limited_server, ATTACKER, 0), 429, "rate_limited")
+    assert_error(_guess(limited_server, attacker, 0), 429, "rate_limited")
 
 
 def test_no_limit_when_rate_limiting_is_off(server: ServerProcess) -> None:
@@ -104,11 +128,13 @@ def test_no_limit_when_rate_limiting_is_off(server: ServerProcess) -> None:
         assert_error(_guess(server, address, guess), 401, "invalid_api_key")
 
 
-def test_a_repeated_unknown_key_does_not_block_its_address(limited_server: ServerProcess) -> None:
+def test_a_repeated_unknown_key_does_not_block_its_address(
+    limited_server: ServerProcess, attacker: str
+) -> None:
     for _ in range(AUTH_FAILURE_LIMIT + 5):
-        response = httpx.get(limited_server.url + "/api/v1/me", headers=_from(ATTACKER, "revoked"))
+        response = httpx.get(limited_server.url + "/api/v1/me", headers=_from(attacker, "revoked"))
         assert_error(response, 401, "invalid_api_key")
-    ok = httpx.get(limited_server.url + "/api/v1/me", headers=_from(ATTACKER, TEST_KEY))
+    ok = httpx.get(limited_server.url + "/api/v1/me", headers=_from(attacker, TEST_KEY))
     assert ok.status_code == 200, ok.text
 
 

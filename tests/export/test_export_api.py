@@ -195,10 +195,18 @@ def test_export_is_in_openapi(client: httpx.Client) -> None:
     assert "post" in client.get("/openapi.json").json()["paths"]["/api/v1/export"]
 
 
+@pytest.fixture(scope="module")
+def user_with_40_000_events(server: ServerProcess) -> str:
+    """The prefix of user ``<prefix>-u0``, who has 40,000 events; built once per server (the
+    tests only read them)."""
+    with httpx.Client(base_url=server.url, headers={"x-api-key": TEST_KEY}, timeout=30) as c:
+        return _one_user_with_40_000_events(c)
+
+
 def test_client_leaving_mid_export_leaves_the_store_clean(
-    server: Any, client: httpx.Client
+    server: Any, client: httpx.Client, user_with_40_000_events: str
 ) -> None:
-    prefix = _one_user_with_40_000_events(client)
+    prefix = user_with_40_000_events
     body = {"format": "csv", "filters": {"user_ids": [f"{prefix}-u0"]}}
     for _ in range(3):  # abandon a few exports half-way
         with client.stream("POST", "/api/v1/export", json=body) as response:
@@ -212,13 +220,13 @@ def test_client_leaving_mid_export_leaves_the_store_clean(
 
 
 def test_an_export_runs_in_a_process_of_its_own_that_a_leaving_client_stops(
-    server: ServerProcess, client: httpx.Client
+    server: ServerProcess, client: httpx.Client, user_with_40_000_events: str
 ) -> None:
     """With the DuckDB store process each export is encoded in a process of its own, started
     one export ahead (the server only relays its bytes, benchmarks/RESULTS.md "Ingest while an
     export streams"); a client that leaves mid-way has it stopped, and the next one is ready.
     With chdb (no store process) exports run in a server thread: no process at all."""
-    prefix = _one_user_with_40_000_events(client)
+    prefix = user_with_40_000_events
     on_duckdb = bool(server.store_pids())
     # an export (of nothing) leaves one process started for the next export
     assert client.post("/api/v1/export", json={"format": "csv", "filters": {"user_ids": ["-"]}})

@@ -5,11 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from avila.security.keys import KeyStore
+from avila.testing import ServerProcess
 from tests.conftest import TEST_KEY
 from tests.foundation.helpers import assert_error, page_view
 
@@ -57,11 +60,9 @@ def test_scope_enforcement_and_project_isolation(make_server, tmp_path: Path) ->
     assert rows == [("alpha", 1), ("beta", 1)]
 
 
-def test_keys_cli_and_revocation_take_effect_on_a_running_server(
-    make_server, tmp_path: Path
-) -> None:  # noqa: ANN001
-    data = tmp_path / "data"
-    server = make_server(data_dir=data)
+def test_keys_cli_and_revocation_take_effect_on_a_running_server(server) -> None:  # noqa: ANN001
+    # The shared server: the key is new (project gamma, random secret) and revoked at the end.
+    data = server.data_dir
     env = {"AVILA_DATA_DIR": str(data), "PATH": ""}
     created = subprocess.run(
         [
@@ -118,8 +119,21 @@ def test_keys_cli_and_revocation_take_effect_on_a_running_server(
     assert status == 401
 
 
-def test_rate_limit_headers_and_429(make_server) -> None:  # noqa: ANN001
-    server = make_server(RATE_LIMIT_PER_MINUTE="3")
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A rate limit of 3 a minute per key, CORS off (the default): the limit test counts the
+    bootstrap key's requests, the CORS test sends with a key of its own."""
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("limited-server"),
+        env={"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "3", "ENABLE_CORS": "false"},
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def test_rate_limit_headers_and_429(limited_server: ServerProcess) -> None:
+    server = limited_server
     headers = {"x-api-key": TEST_KEY}
     responses = [
         httpx.post(server.url + "/api/v1/events", json={"event": page_view()}, headers=headers)
@@ -158,11 +172,13 @@ def test_cors_preflight_and_headers(server) -> None:  # noqa: ANN001
     assert actual.headers["access-control-allow-origin"] in ("*", "https://shop.example")
 
 
-def test_cors_disabled_sends_no_cors_headers(make_server) -> None:  # noqa: ANN001
-    server = make_server(ENABLE_CORS="false")
+def test_cors_disabled_sends_no_cors_headers(limited_server: ServerProcess) -> None:
+    server = limited_server
+    # A key of its own: the bootstrap key's budget belongs to the rate limit test.
+    key, _ = KeyStore(server.data_dir / "keys.sqlite").create("default", ["ingest"], "cors")
     response = httpx.post(
         server.url + "/api/v1/events",
         json={"event": page_view()},
-        headers={"Origin": "https://shop.example", "x-api-key": TEST_KEY},
+        headers={"Origin": "https://shop.example", "x-api-key": key},
     )
     assert response.status_code == 202 and "access-control-allow-origin" not in response.headers

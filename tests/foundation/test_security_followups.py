@@ -101,8 +101,10 @@ def _streaming(server: ServerProcess, key: str, stack: ExitStack) -> ClientConne
     return ws
 
 
-def test_live_socket_is_closed_with_4401_once_its_key_is_revoked(make_server: Any) -> None:
-    server = make_server(AVILA_LIVE_FLUSH_MS="50")
+def test_live_socket_is_closed_with_4401_once_its_key_is_revoked(
+    cors_server: ServerProcess,
+) -> None:
+    server = cors_server  # the only test of this module that revokes keys or opens sockets
     keys = KeyStore(server.data_dir / "keys.sqlite")  # what `avila keys` uses, from this process
     over_http, http_info = keys.create("default", ["read"], "revoked over HTTP")
     by_cli, cli_info = keys.create("default", ["read"], "revoked by avila keys revoke")
@@ -192,7 +194,8 @@ OTHER = "https://evil.example"
 
 @pytest.fixture(scope="module")
 def cors_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """CORS on for one origin only."""
+    """CORS on for a list of origins. Also the server of the live test of section 1 (its
+    sockets are no CORS requests): live frames flushed every 50 ms."""
     proc = ServerProcess(
         tmp_path_factory.mktemp("cors-server"),
         env={
@@ -200,6 +203,7 @@ def cors_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
             "RATE_LIMIT_PER_MINUTE": "0",
             "ENABLE_CORS": "true",
             "CORS_ORIGINS": f"{ALLOWED},https://admin.example",
+            "AVILA_LIVE_FLUSH_MS": "50",
         },
     )
     proc.start()

@@ -41,13 +41,21 @@ BATCHES = 12
 PER_BATCH = 5
 
 
+#: The entries of the first _good_entries call of this process: every call logs the same
+#: events through the same service, and each test writes them into a log of its own.
+_GOOD: list[bytes] = []
+
+
 def _good_entries(tmp: Path) -> list[bytes]:
-    """BATCHES entries of PER_BATCH events each, as the ingest service logs them."""
-    source = _open(tmp / "source.duckdb", tmp / "source-log", "duckdb", segment_bytes=1 << 30)
-    _ingest(source, [_events(f"g{b}", PER_BATCH) for b in range(BATCHES)])
-    entries = [payload for _, payload in read_frames(tmp / "source-log", 0)]
-    assert len(entries) == BATCHES
-    return entries
+    """BATCHES entries of PER_BATCH events each, as the ingest service logs them (logged by a
+    real service once per process, in ``tmp`` of the first caller; a fresh list each call)."""
+    if not _GOOD:
+        source = _open(tmp / "source.duckdb", tmp / "source-log", "duckdb", segment_bytes=1 << 30)
+        _ingest(source, [_events(f"g{b}", PER_BATCH) for b in range(BATCHES)])
+        entries = [payload for _, payload in read_frames(tmp / "source-log", 0)]
+        assert len(entries) == BATCHES
+        _GOOD.extend(entries)
+    return list(_GOOD)
 
 
 def _without_user(entry: bytes) -> bytes:
@@ -168,7 +176,21 @@ def test_a_store_that_cannot_commit_for_a_while_sets_nothing_aside(
 
     filler = fill(small_fs)
     store = _open(db, log_dir, "duckdb")
-    freed = threading.Timer(6.0, filler.unlink)  # > the round's tries and a few splits
+
+    def free_after_splits() -> None:
+        """Space returns once the round's tries and two loads entry by entry (each split down
+        to a single entry, whose tries fail too) have failed (at the latest after 60 s)."""
+        with contextlib.suppress(AssertionError):
+            wait_for(
+                lambda: (
+                    store._loader is not None
+                    and store._loader.failures >= quarantine.ROUND_TRIES + 2
+                ),
+                timeout=60,
+            )
+        filler.unlink()
+
+    freed = threading.Thread(target=free_after_splits)
     freed.start()
     try:
         _load(store)

@@ -8,6 +8,7 @@ test *failure*, not a skip, so a green run always means the published figures we
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import zipfile
@@ -18,6 +19,8 @@ from typing import Any
 import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
+
+from avila.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEEL_DIR = Path(os.environ.get("AVILA_TEST_WHEELS", ROOT / ".cache" / "wheels"))
@@ -62,13 +65,37 @@ DEMO_END = "2025-03-01T00:00:00+00:00"
 @pytest.fixture(scope="session")
 def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DuckDB file holding the e-commerce demo (1,500 users, 90 days, planted churn),
-    written through the ingestion path into project ``default``. Copy it before writing."""
+    written through the ingestion path into project ``default``. Copy it before writing.
+
+    Under pytest-xdist the workers of one run share a single file (made once, under a lock,
+    in the run's base temporary directory) instead of each generating the same data."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        path = tmp_path_factory.mktemp("ml-demo") / "avila.duckdb"
+        _write_demo_db(path)
+        return path
+    shared = tmp_path_factory.getbasetemp().parent / "ml-demo-shared"
+    shared.mkdir(exist_ok=True)
+    done = shared / "done"
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done.exists():
+                # A directory of this worker's own: a failed attempt leaves no half file
+                # for the next worker to build on.
+                path = tmp_path_factory.mktemp("ml-demo") / "avila.duckdb"
+                _write_demo_db(path)
+                done.write_text(str(path))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return Path(done.read_text())
+
+
+def _write_demo_db(path: Path) -> None:
     from datetime import datetime
 
     from avila.demo.ecommerce import generate_user_events
     from avila.storage import open_store
 
-    path = tmp_path_factory.mktemp("ml-demo") / "avila.duckdb"
     events = [
         e
         for user in generate_user_events(7, 1500, 90, datetime.fromisoformat(DEMO_END))
@@ -79,7 +106,6 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ingest_events(store, events)
     finally:
         store.close()
-    return path
 
 
 def ingest_events(store: Any, events: list[bytes]) -> None:
@@ -114,6 +140,21 @@ def cdnow_transactions() -> pd.DataFrame:
     )  # fmt: skip
     frame["date"] = pd.to_datetime(frame["date"].astype(str), format="%Y%m%d")
     return frame
+
+
+@pytest.fixture(scope="session")
+def empty_ml_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server on an empty data directory, for requests it must refuse (a bad training
+    option, training an empty project): they store nothing, so the tests share it."""
+    from tests.conftest import TEST_KEY
+
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("ml-empty-server"),
+        env={"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "0"},
+    )
+    proc.start()
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture(autouse=True)

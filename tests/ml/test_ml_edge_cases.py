@@ -91,10 +91,10 @@ def test_erased_user_stays_erased_after_a_restart(
 
 @pytest.mark.parametrize("value", [0, -3])
 def test_training_horizon_below_one_day_is_a_validation_error(
-    value: int, make_server: Callable[..., ServerProcess]
+    value: int, empty_ml_server: ServerProcess
 ) -> None:
     """A horizon of zero or fewer days is an invalid option (field path), not missing data."""
-    with _client(make_server()) as c:
+    with _client(empty_ml_server) as c:
         response = c.post("/api/v1/ml/train", json={"churn_horizon_days": value})
     assert response.status_code == 422, response.text
     error = response.json()["error"]

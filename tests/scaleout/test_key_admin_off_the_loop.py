@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from avila.config import Settings
 from avila.errors import SharedStateUnavailable
 from avila.shared import REDIS_TIMEOUT_SECONDS, sync_client
 from avila.shared.keys import RedisKeyStore
+from avila.testing import ServerProcess
 from tests.conftest import TEST_KEY
 from tests.scaleout.conftest import RedisServer
 from tests.waiting import LoopTicks, until
@@ -106,10 +107,45 @@ def _admin_calls(url: str, key_id: str, answers: list[tuple[int, str, float]]) -
     asyncio.run(calls())
 
 
+@pytest.fixture(scope="module")
+def _replicas(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[ServerProcess]]:
+    """The replicas started for this module: the last one is reused while it runs."""
+    started: list[ServerProcess] = []
+    try:
+        yield started
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+@pytest.fixture
+def replica(
+    _replicas: list[ServerProcess],
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> ServerProcess:
+    """A replica (no rate limit) on the module's Redis, shared by the tests that freeze Redis;
+    a new one after a test stopped it. Handed over once Redis answers through it again."""
+    if not _replicas or _replicas[-1].proc is None or _replicas[-1].proc.poll() is not None:
+        env = {"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "0"}
+        proc = ServerProcess(
+            tmp_path_factory.mktemp("frozen-replica"),
+            env={**env, "AVILA_REDIS_URL": redis_server.url},
+        )
+        _replicas.append(proc)
+        proc.start()
+    server = _replicas[-1]
+    with httpx.Client(base_url=server.url, headers=ADMIN, timeout=30) as client:
+        asyncio.run(until(lambda: client.get("/api/v1/keys").status_code == 200, 30))
+    return server
+
+
 def test_key_admin_routes_with_redis_frozen_answer_503_and_stall_nobody(
-    own_redis: RedisServer, make_server: Callable[..., Any]
+    redis_server: RedisServer, replica: ServerProcess
 ) -> None:
-    server = make_server(AVILA_REDIS_URL=own_redis.url)
+    server, own_redis = replica, redis_server
     with httpx.Client(base_url=server.url, headers=ADMIN, timeout=30) as patient:
         created = patient.post("/api/v1/keys", json={"scopes": ["read"], "name": "victim"})
         assert created.status_code == 201, created.text
@@ -143,13 +179,13 @@ def test_key_admin_routes_with_redis_frozen_answer_503_and_stall_nobody(
 
 
 def test_a_replica_stops_promptly_and_cleanly_while_redis_is_frozen(
-    own_redis: RedisServer, make_server: Callable[..., Any]
+    redis_server: RedisServer, replica: ServerProcess
 ) -> None:
     """Shutdown waits for no Redis call longer than its client's timeout, not once per thread
     that follows Redis (keys, alarm rules ...) nor per admin request in flight. Before: the
     twelve admin requests in flight held the loop 2 s each, one after the other (24 s), and
     the graceful shutdown waited for them."""
-    server = make_server(AVILA_REDIS_URL=own_redis.url)
+    server, own_redis = replica, redis_server
     with httpx.Client(base_url=server.url, headers=ADMIN, timeout=30) as patient:
         created = patient.post("/api/v1/keys", json={"scopes": ["read"]})
         assert created.status_code == 201, created.text

@@ -23,6 +23,7 @@ from avila.config import Settings
 from avila.errors import SharedStateUnavailable
 from avila.shared import REDIS_TIMEOUT_SECONDS, open_shared, sync_client
 from avila.shared.keys import MISS_WAIT_SECONDS, STALE_SECONDS, RedisKeyStore
+from avila.testing import ServerProcess
 from tests.conftest import TEST_KEY
 from tests.scaleout.conftest import RedisServer
 from tests.waiting import LoopTicks, until
@@ -47,10 +48,37 @@ def _event() -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="module")
+def _replica(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("frozen-replica"),
+        env={
+            "API_KEYS": TEST_KEY,
+            "RATE_LIMIT_PER_MINUTE": "0",
+            "AVILA_REDIS_URL": redis_server.url,
+        },
+    )
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def replica(_replica: ServerProcess) -> ServerProcess:
+    """One replica (no rate limit) on the module's Redis for the tests that freeze it, handed
+    over once Redis answers through it again (after the freeze of a previous test)."""
+    with httpx.Client(base_url=_replica.url, headers={"x-api-key": TEST_KEY}, timeout=30) as c:
+        asyncio.run(until(lambda: c.get("/api/v1/keys").status_code == 200, 30))
+    return _replica
+
+
 def test_a_stored_key_with_redis_frozen_is_a_quick_503_and_stalls_nobody(
-    own_redis: RedisServer, make_server: Callable[..., Any]
+    redis_server: RedisServer, replica: ServerProcess
 ) -> None:
-    server = make_server(AVILA_REDIS_URL=own_redis.url)
+    server, own_redis = replica, redis_server
     admin = {"x-api-key": TEST_KEY}
     with (
         httpx.Client(base_url=server.url, timeout=30) as patient,
@@ -78,11 +106,11 @@ def test_a_stored_key_with_redis_frozen_is_a_quick_503_and_stalls_nobody(
 
 
 def test_a_flood_of_unknown_keys_while_redis_freezes_stalls_nobody(
-    own_redis: RedisServer, make_server: Callable[..., Any]
+    redis_server: RedisServer, replica: ServerProcess
 ) -> None:
     """Unknown keys ask for a fresh look at Redis (a key created on another replica works at
     once): with Redis just frozen those looks hang, but off the loop and shared."""
-    server = make_server(AVILA_REDIS_URL=own_redis.url)
+    server, own_redis = replica, redis_server
     admin = {"x-api-key": TEST_KEY}
     with httpx.Client(base_url=server.url, timeout=30) as patient:
         created = patient.post("/api/v1/keys", json={"scopes": ["read"]}, headers=admin)
