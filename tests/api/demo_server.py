@@ -11,7 +11,6 @@ them into a template directory the run's workers share, the others copy it.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ import pytest
 from dotenv import dotenv_values
 
 from avila.testing import ServerProcess
+from tests.built_once import built_once
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -55,27 +55,12 @@ def _run_demo_commands(data_dir: Path) -> None:
         )
 
 
-def _demo_template(factory: pytest.TempPathFactory) -> Path:
-    """The run's one copy of the demo data, made by whichever worker asks first. The base
-    directory of an xdist worker is inside the run's, which its sibling workers share."""
-    run_dir = factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        run_dir = run_dir.parent
-    template = run_dir / "make-run-demo"
-    with open(run_dir / "make-run-demo.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not (template / "done").exists():
-            shutil.rmtree(template, ignore_errors=True)
-            _run_demo_commands(template)
-            (template / "done").touch()
-    return template
-
-
 def start_demo_server(factory: pytest.TempPathFactory, name: str, **env: str) -> ServerProcess:
     """A server on a fresh copy of the demo data, in a new directory named after ``name``."""
     data_dir = factory.mktemp(name)
-    template = _demo_template(factory)
-    shutil.copytree(template, data_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("done"))
+    shutil.copytree(
+        built_once(factory, "make-run-demo", _run_demo_commands), data_dir, dirs_exist_ok=True
+    )
     server = ServerProcess(data_dir, env=env)
     # The test runner's environment must not override the .env the way a shell's would not.
     for setting in dotenv_values(ENV_EXAMPLE):

@@ -8,7 +8,6 @@ test *failure*, not a skip, so a green run always means the published figures we
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
 import zipfile
@@ -21,6 +20,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from avila.testing import ServerProcess
+from tests.built_once import built_once
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEEL_DIR = Path(os.environ.get("AVILA_TEST_WHEELS", ROOT / ".cache" / "wheels"))
@@ -67,35 +67,17 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DuckDB file holding the e-commerce demo (1,500 users, 90 days, planted churn),
     written through the ingestion path into project ``default``. Copy it before writing.
 
-    Under pytest-xdist the workers of one run share a single file (made once, under a lock,
-    in the run's base temporary directory) instead of each generating the same data."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        path = tmp_path_factory.mktemp("ml-demo") / "avila.duckdb"
-        _write_demo_db(path)
-        return path
-    shared = tmp_path_factory.getbasetemp().parent / "ml-demo-shared"
-    shared.mkdir(exist_ok=True)
-    done = shared / "done"
-    with open(shared / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not done.exists():
-                # A directory of this worker's own: a failed attempt leaves no half file
-                # for the next worker to build on.
-                path = tmp_path_factory.mktemp("ml-demo") / "avila.duckdb"
-                _write_demo_db(path)
-                done.write_text(str(path))
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return Path(done.read_text())
+    The workers of one run share it (:func:`tests.built_once.built_once`)."""
+    return built_once(tmp_path_factory, "ml-demo", _write_demo_db) / "avila.duckdb"
 
 
-def _write_demo_db(path: Path) -> None:
+def _write_demo_db(directory: Path) -> None:
     from datetime import datetime
 
     from avila.demo.ecommerce import generate_user_events
     from avila.storage import open_store
 
+    path = directory / "avila.duckdb"
     events = [
         e
         for user in generate_user_events(7, 1500, 90, datetime.fromisoformat(DEMO_END))
