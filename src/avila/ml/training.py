@@ -310,6 +310,11 @@ def train_project(
     """
     # One BLAS/OpenMP thread: training runs beside the server (or other jobs), where
     # oversubscribed OpenMP threads spin and run several times slower than one thread.
+    # threadpoolctl limits only the runtimes already loaded, and scikit-learn (its OpenMP)
+    # and SciPy (its BLAS) are imported where they are used: load them first.
+    import scipy.linalg  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+
     with threadpool_limits(limits=1):
         return _train(store, project_id, options or TrainingOptions(), progress)
 
