@@ -20,16 +20,21 @@ if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One shared server for tests that only add data under unique ids (no rate limit)."""
+def server_for(factory: pytest.TempPathFactory, name: str, **env: str) -> Iterator[ServerProcess]:
+    """A server in a new directory named after ``name`` for a module or session fixture to
+    yield from: ``make_server``'s settings (the test key, no rate limit) updated by ``env``."""
     proc = ServerProcess(
-        tmp_path_factory.mktemp("shared-server"),
-        env={"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "0", "ENABLE_CORS": "true"},
+        factory.mktemp(name), env={"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "0", **env}
     )
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One shared server for tests that only add data under unique ids (no rate limit)."""
+    yield from server_for(tmp_path_factory, "shared-server", ENABLE_CORS="true")
 
 
 @pytest.fixture

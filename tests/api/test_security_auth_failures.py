@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from avila.security.auth_failures import AUTH_FAILURE_LIMIT, AUTH_FAILURE_WINDOW_S, AuthFailures
 from avila.testing import ServerProcess
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, server_for
 from tests.foundation.helpers import assert_error, page_view
 from tests.live.ws_client import open_ws, recv
 
@@ -48,13 +48,7 @@ def _guess(server: ServerProcess, address: str, guess: int) -> httpx.Response:
 def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server with rate limits on (as ``make_server(RATE_LIMIT_PER_MINUTE="1000")``) for
     the module: the tests use addresses of their own (:func:`attacker`, :func:`neighbour`)."""
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("auth-failures"),
-        env={"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "1000"},
-    )
-    proc.start()
-    yield proc
-    proc.stop()
+    yield from server_for(tmp_path_factory, "auth-failures", RATE_LIMIT_PER_MINUTE="1000")
 
 
 @pytest.fixture

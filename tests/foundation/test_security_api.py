@@ -13,7 +13,7 @@ import pytest
 
 from avila.security.keys import KeyStore
 from avila.testing import ServerProcess
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, server_for
 from tests.foundation.helpers import assert_error, page_view
 
 
@@ -123,13 +123,9 @@ def test_keys_cli_and_revocation_take_effect_on_a_running_server(server) -> None
 def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A rate limit of 3 a minute per key, CORS off (the default): the limit test counts the
     bootstrap key's requests, the CORS test sends with a key of its own."""
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("limited-server"),
-        env={"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "3", "ENABLE_CORS": "false"},
+    yield from server_for(
+        tmp_path_factory, "limited-server", RATE_LIMIT_PER_MINUTE="3", ENABLE_CORS="false"
     )
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 def test_rate_limit_headers_and_429(limited_server: ServerProcess) -> None:

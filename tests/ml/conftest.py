@@ -128,15 +128,9 @@ def cdnow_transactions() -> pd.DataFrame:
 def empty_ml_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server on an empty data directory, for requests it must refuse (a bad training
     option, training an empty project): they store nothing, so the tests share it."""
-    from tests.conftest import TEST_KEY
+    from tests.conftest import server_for
 
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("ml-empty-server"),
-        env={"API_KEYS": TEST_KEY, "RATE_LIMIT_PER_MINUTE": "0"},
-    )
-    proc.start()
-    yield proc
-    proc.stop()
+    yield from server_for(tmp_path_factory, "ml-empty-server")
 
 
 @pytest.fixture(autouse=True)
