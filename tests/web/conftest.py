@@ -1,5 +1,8 @@
-"""One real server loaded with the demo data (shop + factory) for the package, one headless
-Debian Chromium driven by Playwright, and a watcher that records what each page did wrong.
+"""One real server loaded with the demo data (shop + factory), one headless Debian Chromium
+driven by Playwright, and a watcher that records what each page did wrong.
+
+The demo data is generated once per test run (the xdist workers share it) and copied for
+each server. Tests on the demo server add data only under ids of their own.
 
 The browser tests fail (they do not skip) when Chromium or Playwright is missing: CI installs
 Debian's ``chromium`` package (.ci/run) and the ``playwright`` Python package (no browser
@@ -9,6 +12,7 @@ download: Debian's binary is used).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +26,7 @@ import pytest
 from avila.security.keys import KeyStore
 from avila.testing import ServerProcess
 from avila.testing.browser import browser_missing, chromium
+from tests.built_once import built_once
 from tests.static_site import site  # noqa: F401 - a fixture, shared with tests/tracker
 
 ADMIN_KEY = "dashboard-admin-key"
@@ -50,10 +55,18 @@ class Dashboard:
     process: ServerProcess
 
 
+def demo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh data directory holding :func:`load_demo`'s data, generated once per test run."""
+    data_dir = tmp_path_factory.mktemp("dashboard")
+    shutil.copytree(
+        built_once(tmp_path_factory, "dashboard-demo", load_demo), data_dir, dirs_exist_ok=True
+    )
+    return data_dir
+
+
 @pytest.fixture(scope="package")
 def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
-    data_dir = tmp_path_factory.mktemp("dashboard")
-    load_demo(data_dir)
+    data_dir = demo_copy(tmp_path_factory)
     read_key, _ = KeyStore(data_dir / "keys.sqlite").create("default", ["read"], name="viewer")
     process = ServerProcess(
         data_dir, env={"API_KEYS": ADMIN_KEY, "RATE_LIMIT_PER_MINUTE": "0", "LOG_LEVEL": "warning"}
@@ -67,6 +80,8 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
 
 @pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    # Package scope, not session: Playwright's sync API cannot start while another instance
+    # runs in the same thread (tests/tracker has its own), so this one ends with the package.
     problem = browser_missing("the dashboard tests")
     if problem:
         pytest.fail(problem, pytrace=False)
