@@ -312,3 +312,26 @@ def test_times_follow_the_time_zone_chosen_in_the_range_bar(
     assert page.inner_text("#user-profile dd[data-field='Last seen']").endswith("GMT-3")
     visit(page, server.url, f"live?tz={tz}")
     assert "America/Sao_Paulo" in page.inner_text("[data-chart='events-per-minute'] h2")
+
+
+# ---- 6. tiles inside a card ----------------------------------------------------------------
+
+TILE_LINES = """() => [...document.querySelectorAll('[data-chart="energy"] .tile .value')].map((v) => {
+  const range = document.createRange();
+  range.selectNodeContents(v);
+  const tops = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+  return [v.closest('.tile').dataset.kpi, v.textContent, tops.size];
+})"""
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_the_energy_figures_stay_on_one_line(
+    dashboard: Dashboard, open_page: Any, viewport: dict[str, int]
+) -> None:
+    """The energy tiles sit in a half-width card: six columns (the page-wide tiles' layout on
+    a wide window) broke "262.26" into "262." and "26"."""
+    page = open_page(dashboard.url, "factory?preset=7d", viewport, key=dashboard.admin_key)
+    page.wait_for_selector('[data-chart="energy"] [data-kpi="co2"] .value')
+    tiles = page.evaluate(TILE_LINES)
+    assert len(tiles) == 4 and all(text for _, text, _ in tiles)
+    assert [t for t in tiles if t[2] != 1] == []
