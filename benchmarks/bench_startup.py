@@ -12,23 +12,17 @@ so two versions are compared under the same load; medians are printed per tree.
 
 from __future__ import annotations
 
-import argparse
 import os
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from avila.testing import ServerProcess
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-HERE = Path(__file__).resolve().parent.parent / "src"
+from trees import alternate, children_cpu, tree_arguments  # noqa: E402
 
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+from avila.testing import ServerProcess  # noqa: E402
 
 
 def _env(src: Path) -> dict[str, str]:
@@ -36,43 +30,23 @@ def _env(src: Path) -> dict[str, str]:
 
 
 def import_cpu(src: Path) -> float:
-    before = _children_cpu()
+    before = children_cpu()
     subprocess.run([sys.executable, "-c", "import avila.app, avila.cli"], env=_env(src), check=True)
-    return _children_cpu() - before
+    return children_cpu() - before
 
 
 def serve_cpu(src: Path) -> float:
     with tempfile.TemporaryDirectory() as data:
         server = ServerProcess(Path(data), env={"PYTHONPATH": str(src), "API_KEYS": "bench-key"})
-        before = _children_cpu()
+        before = children_cpu()
         server.start(timeout=120)
         server.stop(timeout=60)
-        return _children_cpu() - before
+        return children_cpu() - before
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--src", type=Path, action="append", default=[], help="another tree's src")
-    args = parser.parse_args()
-    trees = [HERE, *args.src]
-    figures: dict[Path, dict[str, list[float]]] = {t: {"import": [], "serve": []} for t in trees}
-    print(f"load average at start: {os.getloadavg()[0]:.1f}")
-    for round_ in range(1, args.rounds + 1):
-        for tree in trees:
-            figures[tree]["import"].append(import_cpu(tree))
-            figures[tree]["serve"].append(serve_cpu(tree))
-            print(
-                f"round {round_} {tree}: import {figures[tree]['import'][-1]:.2f} CPU-s,"
-                f" serve start+stop {figures[tree]['serve'][-1]:.2f} CPU-s",
-                flush=True,
-            )
-    print(f"load average at end: {os.getloadavg()[0]:.1f}")
-    print(f"{'tree':60} {'import (median)':>16} {'serve (median)':>15}")
-    for tree in trees:
-        imp = statistics.median(figures[tree]["import"])
-        srv = statistics.median(figures[tree]["serve"])
-        print(f"{str(tree):60} {imp:16.2f} {srv:15.2f}")
+    args = tree_arguments(__doc__.split("\n\n")[0], rounds=5)
+    alternate(args.trees, args.rounds, {"import": import_cpu, "serve start+stop": serve_cpu})
 
 
 if __name__ == "__main__":

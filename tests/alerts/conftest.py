@@ -11,7 +11,7 @@ import pytest
 from avila.security.keys import KeyStore
 from avila.testing import ServerProcess
 from tests.alerts.receivers import HttpReceiver, SmtpSink
-from tests.conftest import TEST_KEY
+from tests.conftest import server_for
 
 SMTP_FROM = "alerts@avila.test"
 #: Server settings of the module (fixed before any test ran; see docs/alerts.md).
@@ -37,22 +37,16 @@ def receiver() -> Iterator[HttpReceiver]:
 def alerts_server(
     tmp_path_factory: pytest.TempPathFactory, smtp: SmtpSink
 ) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("alerts-server"),
-        env={
-            "API_KEYS": TEST_KEY,
-            "RATE_LIMIT_PER_MINUTE": "0",
-            "AVILA_SMTP_HOST": "127.0.0.1",
-            "AVILA_SMTP_PORT": str(smtp.port),
-            "AVILA_SMTP_TLS": "none",
-            "AVILA_SMTP_FROM": SMTP_FROM,
-            "AVILA_ALERTS_DELIVERY_TIMEOUT_SECONDS": str(DELIVERY_TIMEOUT_SECONDS),
-            "AVILA_ALERTS_DELIVERY_ATTEMPTS": str(DELIVERY_ATTEMPTS),
-        },
+    yield from server_for(
+        tmp_path_factory,
+        "alerts-server",
+        AVILA_SMTP_HOST="127.0.0.1",
+        AVILA_SMTP_PORT=str(smtp.port),
+        AVILA_SMTP_TLS="none",
+        AVILA_SMTP_FROM=SMTP_FROM,
+        AVILA_ALERTS_DELIVERY_TIMEOUT_SECONDS=str(DELIVERY_TIMEOUT_SECONDS),
+        AVILA_ALERTS_DELIVERY_ATTEMPTS=str(DELIVERY_ATTEMPTS),
     )
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture

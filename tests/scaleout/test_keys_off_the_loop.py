@@ -24,7 +24,7 @@ from avila.errors import SharedStateUnavailable
 from avila.shared import REDIS_TIMEOUT_SECONDS, open_shared, sync_client
 from avila.shared.keys import MISS_WAIT_SECONDS, STALE_SECONDS, RedisKeyStore
 from avila.testing import ServerProcess
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, server_for
 from tests.scaleout.conftest import RedisServer
 from tests.waiting import LoopTicks, until
 
@@ -52,18 +52,7 @@ def _event() -> dict[str, Any]:
 def _replica(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("frozen-replica"),
-        env={
-            "API_KEYS": TEST_KEY,
-            "RATE_LIMIT_PER_MINUTE": "0",
-            "AVILA_REDIS_URL": redis_server.url,
-        },
-    )
-    try:
-        yield proc.start()
-    finally:
-        proc.stop()
+    yield from server_for(tmp_path_factory, "frozen-replica", AVILA_REDIS_URL=redis_server.url)
 
 
 @pytest.fixture
