@@ -37,15 +37,3 @@ async def until(check: Callable[[], bool], timeout: float = 10.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
-
-
-def clear_of_a_minute_boundary(margin: float = 10.0) -> None:
-    """Sleep into the next minute when less than ``margin`` seconds are left of this one.
-
-    The rate limiter's sliding window counter floors the previous minute's weighted count, so
-    just after a minute starts one request more than the budget passes (3 a minute: 3 hits at
-    12:00:59.8, a 4th at 12:01:00.1 is let through). Tests that count an exact budget start
-    clear of the boundary."""
-    left = 60 - time.time() % 60
-    if left < margin:
-        time.sleep(left + 0.05)

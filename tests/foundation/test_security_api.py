@@ -15,7 +15,6 @@ from avila.security.keys import KeyStore
 from avila.testing import ServerProcess
 from tests.conftest import TEST_KEY, server_for
 from tests.foundation.helpers import assert_error, page_view
-from tests.waiting import clear_of_a_minute_boundary
 
 
 def test_missing_and_unknown_keys_are_401(server) -> None:  # noqa: ANN001
@@ -132,7 +131,6 @@ def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
 def test_rate_limit_headers_and_429(limited_server: ServerProcess) -> None:
     server = limited_server
     headers = {"x-api-key": TEST_KEY}
-    clear_of_a_minute_boundary()
     responses = [
         httpx.post(server.url + "/api/v1/events", json={"event": page_view()}, headers=headers)
         for _ in range(4)

@@ -28,7 +28,6 @@ from avila.shared.claims import PREFIX as CLAIM_PREFIX
 from avila.testing import ServerProcess, free_port
 from tests.conftest import TEST_KEY
 from tests.scaleout.conftest import RedisServer, start_all
-from tests.waiting import clear_of_a_minute_boundary
 
 
 def _event(event_id: str) -> dict[str, Any]:
@@ -210,7 +209,6 @@ def test_replicas_on_a_unix_socket_share_one_rate_limit(tmp_path: Path) -> None:
         env = {"API_KEYS": TEST_KEY, "AVILA_REDIS_URL": url, "RATE_LIMIT_PER_MINUTE": "5"}
         servers = [ServerProcess(tmp_path / f"replica{i}", env=env) for i in (1, 2)]
         start_all(servers)
-        clear_of_a_minute_boundary()
         responses = _hits(servers, 6)
         assert [r.status_code for r in responses] == [200] * 5 + [429]
         assert [r.headers["RateLimit-Remaining"] for r in responses] == list("432100")

@@ -76,9 +76,9 @@ _SUCCESS_TEXT = {
     304: "Not modified (ETag matched)",
 }
 _RATE_HEADERS = {
-    "RateLimit-Limit": ("integer", "Requests allowed per window for this key"),
-    "RateLimit-Remaining": ("integer", "Requests left in the current window"),
-    "RateLimit-Reset": ("integer", "Seconds until the window resets"),
+    "RateLimit-Limit": ("integer", "Requests allowed per sliding minute for this key"),
+    "RateLimit-Remaining": ("integer", "Requests the sliding minute lets through now"),
+    "RateLimit-Reset": ("integer", "Seconds until the count frees the next request"),
 }
 
 
