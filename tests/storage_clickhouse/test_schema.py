@@ -94,7 +94,16 @@ def test_every_duckdb_table_has_a_clickhouse_table(tmp_path: Path) -> None:
     # does not offer); readers use them only where ``Store.has_rollups``.
     # So is the person map (avila.storage.person_map, kept in the links' transaction; the
     # ClickHouse backend resolves through its recursive events_resolved view).
-    rollup_tables = {"rollup_daily", "rollup_user_days", "person_map", "person_map_state"}
+    # So are the kept sessions (avila.storage.session_table: a chain is recomputed in the
+    # events' transaction).
+    rollup_tables = {
+        "rollup_daily",
+        "rollup_user_days",
+        "person_map",
+        "person_map_state",
+        "kept_sessions",
+        "kept_keyed_sessions",
+    }
     assert rollup_tables <= set(duck_tables)
     for name, columns in duck_tables.items():
         if name in rollup_tables:

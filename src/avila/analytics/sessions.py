@@ -49,6 +49,7 @@ from avila.analytics.common import (
 from avila.analytics.user_order import parallel_parts, rows_by_user_chunks
 from avila.schemas.analytics import SessionsQuery
 from avila.storage.base import Store
+from avila.storage.session_table import cut as cut_chains
 
 US = 1_000_000
 DEFAULT_TIMEOUT_S = 1800
@@ -154,13 +155,7 @@ def _anonymous(u: np.ndarray, t: np.ndarray, pv: np.ndarray, timeout: int, cut: 
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, np.empty(0, dtype=object), empty, empty, empty, empty
-    brk = np.ones(n, dtype=bool)
-    brk[1:] = (u[1:] != u[:-1]) | (np.diff(t) > timeout)
-    gap_start = t[brk][np.cumsum(brk) - 1]
-    piece = (t - gap_start) // cut
-    new = brk.copy()
-    new[1:] |= piece[1:] != piece[:-1]
-    starts = np.flatnonzero(new)
+    starts = cut_chains(u, t, timeout, cut)[0]
     ends = np.append(starts[1:] - 1, n - 1)
     return (
         u[starts],
@@ -216,23 +211,50 @@ class SessionTotals:
         self.duration_s += float(duration.sum())
         self.bounces += int(bounce.sum())
         self.page_views += int(found.page_views.sum())
-        if self.tz is None:
+        if self.tz is not None:
+            ones = np.ones(len(found), dtype=np.float64)
+            self._by_day(found.start_us, ones, duration, bounce.astype(np.float64))
+        return self
+
+    def add_groups(
+        self,
+        start_us: np.ndarray,
+        n: np.ndarray,
+        duration_s: np.ndarray,
+        bounces: np.ndarray,
+        page_views: np.ndarray,
+    ) -> SessionTotals:
+        """Add groups of sessions already summed: ``n`` sessions whose first events fall on the
+        local day of ``start_us``, with their total duration, bounces and page views (users
+        are counted by the caller)."""
+        if not len(n):
             return self
-        days = local_us_array(found.start_us, self.tz, self.lo, self.hi) // (86_400 * US)
+        self.sessions += int(n.sum())
+        self.duration_s += float(duration_s.sum())
+        self.bounces += int(bounces.sum())
+        self.page_views += int(page_views.sum())
+        if self.tz is not None:
+            self._by_day(start_us, n.astype(np.float64), duration_s, bounces.astype(np.float64))
+        return self
+
+    def _by_day(
+        self, start_us: np.ndarray, n: np.ndarray, duration: np.ndarray, bounce: np.ndarray
+    ) -> None:
+        assert self.tz is not None
+        days = local_us_array(start_us, self.tz, self.lo, self.hi) // (86_400 * US)
         first = int(days.min())
         offset = days - first
         sums = np.stack(
             [
-                np.bincount(offset).astype(np.float64),
+                np.bincount(offset, weights=n),
                 np.bincount(offset, weights=duration),
-                np.bincount(offset, weights=bounce.astype(np.float64)),
+                np.bincount(offset, weights=bounce),
             ],
             axis=1,
         )
         for i in np.flatnonzero(sums[:, 0]).tolist():
             day = first + i
             self.days[day] = self.days[day] + sums[i] if day in self.days else sums[i]
-        return self
 
     def summary(self) -> dict[str, Any]:
         """``sessions``, ``avg_duration_seconds``, ``bounce_rate``, ``pages_per_session``,
@@ -270,18 +292,26 @@ def sessions(
     query: SessionsQuery | Mapping[str, Any] | None = None,
     *,
     user_id: str | None = None,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """``{"sessions", "avg_duration_seconds", "bounce_rate", "pages_per_session", "users",
     "by_day": [{"date", "sessions", "avg_duration_seconds", "bounce_rate"}]}``; with
     ``user_id``, only that user's sessions and also ``"items"``: the ``limit`` most recent
     sessions ``{"session_id", "start", "end", "duration_seconds", "events", "page_views",
-    "bounce"}``."""
+    "bounce"}``. The default question over a project is read from the kept sessions
+    (:mod:`avila.analytics.session_reads`) unless ``raw``; both give the same answer."""
+    from avila.analytics import session_reads
+
     q = parse_query(SessionsQuery, query)
     start, end = time_range(q.start_time, q.end_time)
     tz = zone(q.timezone)
     where = where_clause(store, project_id, start, end, q.filters)
     if user_id is not None:
         where = Expr(where.sql + " AND user_id = ?", (*where.params, user_id))
+    if user_id is None and not raw and session_reads.answers(store, project_id, q):
+        kept = session_reads.kept_totals(store, project_id, start, end, tz)
+        if kept is not None:
+            return _report(kept, start, end)
     totals = SessionTotals(tz, start, end)
     found = None
     if user_id is not None:
@@ -295,12 +325,17 @@ def sessions(
                 totals.add(
                     sessionize(table, q.timeout_seconds, q.max_session_seconds, codes - codes[0])
                 )
-    result = totals.summary()
-    result["start_time"], result["end_time"] = iso(start), iso(end)
-    result["by_day"] = totals.by_day()
+    result = _report(totals, start, end)
     if found is not None:
         result["user_id"] = user_id
         result["items"] = recent_items(found, q.limit)
+    return result
+
+
+def _report(totals: SessionTotals, start: datetime, end: datetime) -> dict[str, Any]:
+    result = totals.summary()
+    result["start_time"], result["end_time"] = iso(start), iso(end)
+    result["by_day"] = totals.by_day()
     return result
 
 

@@ -246,6 +246,9 @@ class Store(ABC):
     #: Whether the backend keeps the daily rollups (:mod:`avila.storage.rollups`) beside the
     #: events; readers without them compute from raw rows.
     has_rollups = False
+    #: Whether the backend keeps sessions as events are written (:mod:`avila.storage.
+    #: session_table`).
+    has_kept_sessions = False
 
     def execute_all(self, statements: Sequence[Statement]) -> list[int]:
         """Run the statements in order in one transaction: all or none; returns what

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import duckdb
 import pyarrow as pa
 
-from avila.storage import person_map, rollups
+from avila.storage import person_map, rollups, session_table
 from avila.storage.schema import EVENT_COLUMNS
 
 _DUCKDB_TYPES = {
@@ -140,7 +142,10 @@ _ANOMALIES_DDL = (
     " PRIMARY KEY (project_id, metric, detector, bucket_start))",
 )
 
-MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+#: A migration step: a statement, or a function of the connection (inside the transaction).
+Step = str | Callable[[duckdb.DuckDBPyConnection], None]
+
+MIGRATIONS: tuple[tuple[int, str, tuple[Step, ...]], ...] = (
     (1, "events table", (_events_ddl(),)),
     (2, "industry 4.0: telemetry, devices, twin_desired, alarm_rules", _INDUSTRY40_DDL),
     (3, "identities and events_resolved (identity stitching)", _IDENTITIES_DDL),
@@ -160,6 +165,12 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "identity_resolved: a cycle of links is one person (avila.identity)",
         _IDENTITY_CYCLES_DDL,
     ),
+    (
+        12,
+        "kept_sessions, kept_keyed_sessions: sessions kept as events load"
+        " (avila.storage.session_table)",
+        (*session_table.DDL, session_table.build),
+    ),
 )
 
 
@@ -177,7 +188,10 @@ def migrate(conn: duckdb.DuckDBPyConnection) -> int:
             continue
         conn.execute("BEGIN TRANSACTION")
         for statement in statements:
-            conn.execute(statement)
+            if isinstance(statement, str):
+                conn.execute(statement)
+            else:
+                statement(conn)
         conn.execute(
             "INSERT INTO schema_version VALUES (?, ?, now()::TIMESTAMP)", [version, description]
         )

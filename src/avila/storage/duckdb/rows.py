@@ -18,6 +18,7 @@ class DuckDBRows(Store):
 
     _catalog: dict[str, frozenset[str]]
     has_rollups = True
+    has_kept_sessions = True
     #: Loader rounds may grow to this many rows to catch up (:class:`avila.storage.loader.
     #: Loader`): two of DuckDB's row groups (122,880 rows each), which a transaction writes
     #: compressed straight into the file instead of through the WAL.
@@ -28,10 +29,11 @@ class DuckDBRows(Store):
         the identity links naming them go and the project's person map is recomputed without
         them. A crash or error midway leaves all as it was, so a retried erase never subtracts
         a user from the rollups twice and the map is never left stale."""
-        from avila.storage import person_map, rollups
+        from avila.storage import person_map, rollups, session_table
 
         marks = ", ".join("?" for _ in user_ids)
         statements = rollups.forget_statements(project_id, user_ids)
+        statements.extend(session_table.forget_statements(project_id, user_ids))
         deleting = len(statements)
         statements.append(
             (f"DELETE FROM events WHERE project_id = ? AND user_id IN ({marks})",

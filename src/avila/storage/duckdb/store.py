@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from avila.errors import StorageUnavailable
-from avila.storage import person_map, rollups
+from avila.storage import person_map, rollups, session_table
 from avila.storage.base import Statement
 from avila.storage.duckdb.migrations import migrate
 from avila.storage.duckdb.rows import DuckDBRows
@@ -34,11 +34,24 @@ CHECKPOINT_THRESHOLD = "256MB"
 
 
 def insert_events(
-    cursor: duckdb.DuckDBPyConnection, table: pa.Table, partials: rollups.Partials | None = None
+    cursor: duckdb.DuckDBPyConnection,
+    table: pa.Table,
+    partials: rollups.Partials | None = None,
+    touches: list[pa.Table] | None = None,
 ) -> None:
-    """Append events and their rollups (avila.storage.rollups) in the caller's transaction.
-    ``partials``: :func:`rollups.partials` of ``table`` if the caller computed it already."""
+    """Append events, their rollups (avila.storage.rollups) and their kept sessions
+    (avila.storage.session_table) in the caller's transaction. ``partials``:
+    :func:`rollups.partials` of ``table`` if the caller computed it already. ``touches``: where
+    a transaction of several pieces collects what :func:`session_table.settle` recomputes
+    before its commit (None: recomputed here)."""
     cursor.from_arrow(table).insert_into("events")
+    session_table.add_keyed(cursor, table)
+    touch = session_table.touched(table)
+    if touch is not None:
+        if touches is None:
+            session_table.settle(cursor, [touch])
+        else:
+            touches.append(touch)
     found = partials or rollups.partials(table)
     if found is not None:
         rollups.add_partials(cursor, found)
@@ -231,6 +244,7 @@ class DuckDBStore(DuckDBRows):
         events: pa.Table | None,
         devices: pa.Table | None,
         tables: Sequence[tuple[str, pa.Table]],
+        touches: list[pa.Table],
     ) -> None:
         given = dict(tables)
         tables = [(name, table) for name, table in tables if name not in rollups.TABLES]
@@ -238,7 +252,7 @@ class DuckDBStore(DuckDBRows):
             partials = None
             if rollups.TABLES[0] in given:
                 partials = rollups.Partials(*(given[name] for name in rollups.TABLES))
-            insert_events(cursor, events, partials)
+            insert_events(cursor, events, partials, touches)
         if devices is not None and devices.num_rows:
             # A device first seen in the unloaded log before a restart is claimed again
             # after it: keep the first row per device.
@@ -331,6 +345,7 @@ class LogRound:
         store._write_lock.acquire()
         self._open = True
         self._skip: int | None = None  # the recorded position, when the round is in already
+        self._touches: list[pa.Table] = []  # (avila.storage.session_table.settle at commit)
         try:
             self._cursor = store._cursor()
             known = store._committed_log_position
@@ -364,7 +379,7 @@ class LogRound:
     ) -> None:
         """Append one piece of the round's rows (see :meth:`DuckDBStore.commit_log_batch`)."""
         if self._skip is None:
-            self._store._append_log_rows(self._cursor, events, devices, tables)
+            self._store._append_log_rows(self._cursor, events, devices, tables, self._touches)
 
     def commit(self, position: int) -> None:
         """Record ``position`` and commit everything added (on failure, call :meth:`abort`)."""
@@ -373,6 +388,8 @@ class LogRound:
             self.abort()
             store._committed_log_position = self._skip
             return
+        # the round's sessions, once for all its pieces
+        session_table.settle(self._cursor, self._touches)
         self._cursor.execute(
             "UPDATE ingest_position SET position = ?, loaded_at = now()::TIMESTAMP"
             " WHERE log = 'main'",

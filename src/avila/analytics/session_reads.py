@@ -1,0 +1,217 @@
+"""The sessions report read from the kept sessions (:mod:`avila.storage.session_table`).
+
+A range ``[start, end)`` clips sessions: only its events count. A stored chain (a run of a
+user's events without a gap above the timeout) that lies wholly inside the range gives exactly
+the sessions the raw path cuts from the range's rows; one wholly outside gives none. Chains
+that cross an edge of the range, and keyed sessions with stored events on both sides of an
+edge, are cut again from the range's raw rows (only those users' rows near the edges). Whole
+sessions are summed in SQL per 15-minute bucket of their start; a bucket maps to one local day
+unless a local midnight or an offset change falls inside it, and such buckets are read
+session by session. Distinct users are counted in SQL over the union of both parts.
+
+Used only when it cannot change an answer: the DuckDB backend, no filters, the default timeout
+and 24 h cut, no identity links in the project (the tables hold raw user ids), and the events
+the two parts account for equal the events table's count over the range (otherwise a write
+bypassed the tables and the caller reads raw rows).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from avila.analytics.calendar import local_us_array, utc_offsets
+from avila.analytics.common import events_source, fragments
+from avila.analytics.sessions import SessionTotals, sessionize
+from avila.schemas.analytics import SessionsQuery
+from avila.storage.base import Store
+from avila.storage.session_table import MAX_SESSION_US, TIMEOUT_US, US
+
+BUCKET_US = 900 * US
+
+#: Users whose stored chains cross an edge of the range: ``a`` the end of the chain across the
+#: start, ``b`` the start of the chain across the end (either may be NULL).
+_CHAIN_EDGES = """
+SELECT user_id, max(chain_end_us) FILTER (WHERE chain_start_us < $s) AS a,
+  min(chain_start_us) FILTER (WHERE chain_end_us >= $e) AS b
+FROM kept_sessions WHERE project_id = $p AND chain_end_us >= $s AND chain_start_us < $e
+  AND (chain_start_us < $s OR chain_end_us >= $e)
+GROUP BY user_id
+"""
+#: Keyed sessions with stored events on both sides of an edge.
+_KEYED_EDGES = """
+SELECT DISTINCT user_id, session_id FROM kept_keyed_sessions
+WHERE project_id = $p AND end_us >= $s AND start_us < $e AND (start_us < $s OR end_us >= $e)
+"""
+#: The range's raw rows of the edge chains (``$users``, ``$a``, ``$b``: :data:`_CHAIN_EDGES`
+#: as lists). The IN list and the constant time bounds narrow the scan; the join applies each
+#: user's own bounds.
+_CHAIN_EDGE_ROWS = """
+SELECT e.user_id, e.session_id, epoch_us(e.ts) AS t, e.event_type = 'page_view' AS pv
+FROM events e JOIN (SELECT unnest($users) AS user_id, unnest($a) AS a, unnest($b) AS b) x
+  ON e.user_id = x.user_id
+WHERE e.project_id = $p AND e.ts >= $start AND e.ts < $end AND e.session_id IS NULL
+  AND e.user_id IN (SELECT unnest($users)) AND (e.ts < $start_side OR e.ts >= $end_side)
+  AND (epoch_us(e.ts) <= x.a OR epoch_us(e.ts) >= x.b)
+"""
+#: The range's raw rows of the edge keyed sessions (``$key_users``, ``$key_ids``).
+_KEYED_EDGE_ROWS = """
+SELECT e.user_id, e.session_id, epoch_us(e.ts) AS t, e.event_type = 'page_view' AS pv
+FROM events e JOIN (SELECT unnest($key_users) AS user_id, unnest($key_ids) AS session_id) k
+  ON e.user_id = k.user_id AND e.session_id = k.session_id
+WHERE e.project_id = $p AND e.ts >= $start AND e.ts < $end
+  AND e.session_id IN (SELECT unnest($key_ids))
+"""
+#: Sessions wholly inside the range: keyed partials merged per session, less the edge ones.
+_INSIDE = """
+SELECT user_id, start_us, end_us, events, page_views FROM kept_sessions
+WHERE project_id = $p AND chain_start_us >= $s AND chain_end_us < $e
+UNION ALL
+SELECT user_id, min(start_us), max(end_us), sum(events), sum(page_views)
+FROM kept_keyed_sessions k
+WHERE project_id = $p AND start_us >= $s AND end_us < $e AND NOT EXISTS (
+  SELECT 1 FROM (SELECT unnest($key_users) AS user_id, unnest($key_ids) AS session_id) x
+  WHERE x.user_id = k.user_id AND x.session_id = k.session_id)
+GROUP BY user_id, session_id
+"""
+_BY_BUCKET = f"""
+SELECT start_us // $bucket AS b, count(*), sum(end_us - start_us),
+  count(*) FILTER (WHERE events = 1 AND page_views = 1), sum(page_views), sum(events)
+FROM ({_INSIDE}) GROUP BY b
+"""
+_IN_BUCKETS = f"""
+SELECT start_us, end_us, events, page_views FROM ({_INSIDE})
+WHERE start_us // $bucket IN (SELECT unnest($buckets))
+"""
+#: Users with a session inside, and the edge rows' users (``$edge_users``).
+_USERS = f"""
+SELECT count(DISTINCT user_id) FROM (
+  SELECT user_id FROM ({_INSIDE}) UNION ALL SELECT unnest($edge_users))
+"""
+
+
+def answers(store: Store, project_id: str, q: SessionsQuery) -> bool:
+    """Whether the kept sessions can answer ``q`` for the project (see the module docstring)."""
+    return (
+        store.has_kept_sessions
+        and not q.filters
+        and q.timeout_seconds * US == TIMEOUT_US
+        and q.max_session_seconds * US == MAX_SESSION_US
+        and events_source(store, project_id) == fragments(store)["events_unstitched"]
+    )
+
+
+def kept_totals(
+    store: Store, project_id: str, start: datetime, end: datetime, tz: ZoneInfo | None
+) -> SessionTotals | None:
+    """The range's :class:`SessionTotals` from the kept sessions, or None when they do not
+    account for the range's events."""
+    s, e = _us(start), _us(end)
+    params: dict[str, Any] = {"p": project_id, "s": s, "e": e, "start": start, "end": end}
+    chains = store.query(*_numbered(_CHAIN_EDGES, params))
+    keys = store.query(*_numbered(_KEYED_EDGES, params))
+    params["key_users"] = [k[0] for k in keys]
+    params["key_ids"] = [k[1] for k in keys]
+    parts = []
+    if chains:
+        ends = [c[1] for c in chains if c[1] is not None]
+        starts = [c[2] for c in chains if c[2] is not None]
+        edge_params = {
+            **params,
+            "users": [c[0] for c in chains],
+            "a": [c[1] for c in chains],
+            "b": [c[2] for c in chains],
+            # the rows lie within the chains across the edges: skip the rest of the range
+            "start_side": _at(max(ends) + 1) if ends else start,
+            "end_side": _at(min(starts)) if starts else end,
+        }
+        parts.append(store.query_arrow(*_numbered(_CHAIN_EDGE_ROWS, edge_params)))
+    if keys:
+        parts.append(store.query_arrow(*_numbered(_KEYED_EDGE_ROWS, params)))
+    grouped = store.query(*_numbered(_BY_BUCKET, {**params, "bucket": BUCKET_US}))
+    ((in_range,),) = store.query(
+        "SELECT count(*) FROM events WHERE project_id = ? AND ts >= ? AND ts < ?",
+        [project_id, start, end],
+    )
+    edge = _sorted(parts)
+    if sum(int(row[5]) for row in grouped) + edge.num_rows != in_range:
+        return None
+    totals = SessionTotals(tz, start, end)
+    if edge.num_rows:
+        totals.add(sessionize(edge))
+    _add_buckets(store, totals, grouped, params)
+    params["edge_users"] = pc.unique(edge.column("user_id")).to_pylist() if edge.num_rows else []
+    ((totals.users,),) = store.query(*_numbered(_USERS, params))
+    return totals
+
+
+def _add_buckets(
+    store: Store, totals: SessionTotals, grouped: list[tuple[Any, ...]], params: dict[str, Any]
+) -> None:
+    if not grouped:
+        return
+    rows = np.array([row[:5] for row in grouped], dtype=np.int64)
+    first = rows[:, 0] * BUCKET_US
+    split = np.zeros(len(rows), dtype=bool)
+    if totals.tz is not None:
+        last = first + BUCKET_US - 1
+        split = local_us_array(first, totals.tz, totals.lo, totals.hi) // 86_400_000_000 != (
+            local_us_array(last, totals.tz, totals.lo, totals.hi) // 86_400_000_000
+        )
+        for at, _ in utc_offsets(totals.tz, totals.lo, totals.hi)[1:]:
+            split |= (first < at) & (at <= last)
+    whole = rows[~split]
+    totals.add_groups(
+        whole[:, 0] * BUCKET_US, whole[:, 1], whole[:, 2] / US, whole[:, 3], whole[:, 4]
+    )
+    if split.any():
+        one = np.array(
+            store.query(
+                *_numbered(
+                    _IN_BUCKETS,
+                    {**params, "bucket": BUCKET_US, "buckets": rows[split, 0].tolist()},
+                )
+            ),
+            dtype=np.int64,
+        ).reshape(-1, 4)
+        totals.add_groups(
+            one[:, 0],
+            np.ones(len(one), dtype=np.int64),
+            (one[:, 1] - one[:, 0]) / US,
+            (one[:, 2] == 1) & (one[:, 3] == 1),
+            one[:, 3],
+        )
+
+
+def _sorted(parts: list[pa.Table]) -> pa.Table:
+    """The edge rows by user, then time (what :func:`sessionize` takes)."""
+    if not parts:
+        return pa.table({"user_id": pa.array([], pa.string())})
+    rows = pa.concat_tables(parts, promote_options="permissive")
+    return rows.sort_by([("user_id", "ascending"), ("t", "ascending")])
+
+
+def _numbered(sql: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
+    """``sql`` with its ``$name`` parameters as DuckDB's ``$1``.. and their values in order (a
+    store takes a list)."""
+    order = [name for name in params if re.search(rf"\${name}\b", sql)]
+    for i, name in enumerate(order, 1):
+        sql = re.sub(rf"\${name}\b", f"${i}", sql)
+    return sql, [params[name] for name in order]
+
+
+def _us(at: datetime) -> int:
+    return (at - datetime(1970, 1, 1)) // _ONE_US
+
+
+def _at(us: int) -> datetime:
+    return datetime(1970, 1, 1) + us * _ONE_US
+
+
+_ONE_US = datetime(1970, 1, 1, microsecond=1) - datetime(1970, 1, 1)

@@ -1,0 +1,244 @@
+"""Sessions kept as events are written (avila.storage.session_table) answer exactly as raw rows do.
+
+Every write path keeps them: single appends, loader rounds of several pieces, bulk import,
+the migration that builds them from stored events, and erasure. The data has what breaks
+incremental sessions: late events inside and between stored chains, chains merged by a late
+event, a chain over 24 h (the cut is measured from the chain's first event), client
+session ids whose events arrive in several writes, ties, unicode ids, and ranges whose edges
+cut chains. Each answer is compared with the raw-row path (itself checked against the plain
+Python oracle in test_analytics_sessions_overview) and, for the whole range, the oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from analytics_data import PROJECT, event, to_table
+from analytics_oracles import sessions_oracle
+
+from avila.analytics import session_reads, sessions
+from avila.export.bulk import bulk_import
+from avila.identity import IDENTITY_SCHEMA
+from avila.storage.duckdb.store import DuckDBStore
+from avila.storage.session_table import DDL, build
+
+T0 = datetime(2025, 3, 1)
+ZONES = ["UTC", "Asia/Kolkata", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu"]
+
+
+def _writes(seed: int) -> list[list[dict[str, Any]]]:
+    """Twenty writes: mostly recent events, some late ones anywhere in ten days, keyed
+    sessions spread over writes, a bot with an event every 20 min (one chain of days), ties."""
+    rng = random.Random(seed)
+    users = [f"u{i}" for i in range(30)] + ["ü-ñ", "用户"]
+    out = []
+    for w in range(20):
+        rows = []
+        for _ in range(rng.randint(1, 120)):
+            if rng.random() < 0.3:
+                ts = T0 + timedelta(minutes=10 * rng.randint(0, 10 * 144))  # late, on a grid
+            else:
+                ts = T0 + timedelta(hours=12 * w, seconds=rng.randint(0, 43_200))
+            sid = f"s{rng.randint(0, 4)}" if rng.random() < 0.2 else None
+            kind = rng.choice(["page_view", "page_view", "click", "purchase"])
+            rows.append(event(rng.choice(users), ts, kind, session_id=sid))
+        rows += [
+            event("bot", T0 + timedelta(minutes=20 * k), "page_view")
+            for k in range(36 * w, 36 * w + 36)
+        ]
+        rng.shuffle(rows)
+        out.append(rows)
+    return out
+
+
+WRITES = _writes(11)
+ALL_ROWS = [r for rows in WRITES for r in rows]
+
+
+def _ranges(seed: int, n: int) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    out = [
+        {
+            "start_time": (T0 - timedelta(days=1)).isoformat(),
+            "end_time": (T0 + timedelta(days=12)).isoformat(),
+        }
+    ]
+    for _ in range(n):
+        start = T0 + timedelta(seconds=rng.randint(-86_400, 11 * 86_400))
+        end = start + timedelta(seconds=rng.randint(60, 6 * 86_400))
+        out.append(
+            {
+                "start_time": start.isoformat(),
+                "end_time": end.isoformat(),
+                "timezone": rng.choice(ZONES),
+            }
+        )
+    out.append(
+        {
+            "start_time": (T0 + timedelta(days=30)).isoformat(),
+            "end_time": (T0 + timedelta(days=31)).isoformat(),
+        }
+    )
+    return out
+
+
+RANGES = _ranges(5, 25)
+
+
+def _same(store: DuckDBStore, query: dict[str, str]) -> dict[str, Any]:
+    """The kept answer (checked to come from the kept tables) after checking it equals the
+    raw one."""
+    q = session_reads.SessionsQuery(
+        **{k: v for k, v in query.items() if k != "start_time" and k != "end_time"}
+    )  # type: ignore[arg-type]
+    assert session_reads.answers(store, PROJECT, q)
+    kept, raw = sessions(store, PROJECT, query), sessions(store, PROJECT, query, raw=True)
+    for got in (kept, raw):
+        for key in ("avg_duration_seconds", "bounce_rate", "pages_per_session"):
+            got[key] = pytest.approx(got[key], rel=1e-12)
+        for day in got["by_day"]:
+            day["avg_duration_seconds"] = pytest.approx(day["avg_duration_seconds"], rel=1e-12)
+    assert kept == raw, query
+    return kept
+
+
+def _kept_used(store: DuckDBStore, query: dict[str, str]) -> bool:
+    start, end = (
+        datetime.fromisoformat(query["start_time"]),
+        datetime.fromisoformat(query["end_time"]),
+    )
+    return session_reads.kept_totals(store, PROJECT, start, end, None) is not None
+
+
+def _check_all(store: DuckDBStore) -> None:
+    for query in RANGES:
+        _same(store, query)
+        assert _kept_used(store, query)
+
+
+@pytest.fixture
+def duck(tmp_path: Path) -> DuckDBStore:
+    opened = DuckDBStore(tmp_path / "kept.duckdb")
+    yield opened
+    opened.close()
+
+
+def test_single_appends_keep_sessions_equal_to_raw_rows_and_the_oracle(duck: DuckDBStore) -> None:
+    for rows in WRITES:
+        duck.append_events(to_table(rows))
+    _check_all(duck)
+    whole = RANGES[0]
+    want = sessions_oracle(
+        ALL_ROWS,
+        PROJECT,
+        datetime.fromisoformat(whole["start_time"]),
+        datetime.fromisoformat(whole["end_time"]),
+    )
+    got = sessions(duck, PROJECT, whole)
+    assert got["sessions"] == len(want)
+    assert got["users"] == len({w[0] for w in want})
+    assert got["avg_duration_seconds"] == pytest.approx(
+        statistics.fmean((e - s).total_seconds() for _, s, e, _, _ in want)
+    )
+    # the bot's chain is cut every 24 h from its first event, not per write
+    bot = [w for w in want if w[0] == "bot"]
+    assert max((e - s).total_seconds() for _, s, e, _, _ in bot) < 86_400
+    stored = duck.query("SELECT count(*) FROM kept_sessions WHERE user_id = 'bot'")[0][0]
+    assert stored == len(bot)
+
+
+def test_loader_rounds_of_several_pieces_keep_the_same_sessions(duck: DuckDBStore) -> None:
+    position = duck.log_position()
+    for i in range(0, len(WRITES), 4):
+        transaction = duck.open_log_round(position)
+        for rows in WRITES[i : i + 4]:
+            transaction.add(to_table(rows))
+        position += 1
+        transaction.commit(position)
+    _check_all(duck)
+
+
+def test_migration_builds_the_tables_from_stored_events(duck: DuckDBStore) -> None:
+    for rows in WRITES:
+        duck.append_events(to_table(rows))
+    cursor = duck._cursor()
+    cursor.execute("DROP TABLE kept_sessions")
+    cursor.execute("DROP TABLE kept_keyed_sessions")
+    for statement in DDL:
+        cursor.execute(statement)
+    build(cursor)
+    _check_all(duck)
+
+
+def test_erased_users_leave_the_kept_sessions(duck: DuckDBStore) -> None:
+    for rows in WRITES:
+        duck.append_events(to_table(rows))
+    duck.erase_users(PROJECT, ["bot", "u3", "ü-ñ"], links=False)
+    left = duck.query(
+        "SELECT count(*) FROM kept_sessions WHERE user_id IN ('bot', 'u3', 'ü-ñ')"
+        " UNION ALL SELECT count(*) FROM kept_keyed_sessions WHERE user_id IN ('bot', 'u3', 'ü-ñ')"
+    )
+    assert left == [(0,), (0,)]
+    _check_all(duck)
+
+
+def test_bulk_import_keeps_sessions(duck: DuckDBStore, tmp_path: Path) -> None:
+    duck.append_events(to_table(WRITES[0]))
+    path = tmp_path / "more.ndjson"
+
+    with path.open("w") as out:
+        for rows in WRITES[1:]:
+            for r in rows:
+                body = {
+                    "event_id": r["event_id"],
+                    "user_id": r["user_id"],
+                    "event_type": "click" if r["event_type"] == "purchase" else r["event_type"],
+                    "timestamp": r["ts"].isoformat() + "Z",
+                    "data": json.dumps({"url": "/"}),
+                }
+                if r.get("session_id"):
+                    body["session_id"] = r["session_id"]
+                out.write(json.dumps(body) + "\n")
+    summary = bulk_import(path, "ndjson", duck, PROJECT)
+    assert (summary.accepted, summary.rejections) == (len(ALL_ROWS) - len(WRITES[0]), [])
+    _check_all(duck)
+
+
+def test_a_write_that_bypasses_the_tables_makes_reads_take_raw_rows(duck: DuckDBStore) -> None:
+    for rows in WRITES[:5]:
+        duck.append_events(to_table(rows))
+    query = RANGES[0]
+    assert _kept_used(duck, query)
+    late = to_table([event("u1", T0 + timedelta(hours=30), "page_view")])
+    duck._cursor().from_arrow(late).insert_into("events")  # not through insert_events
+    assert not _kept_used(duck, query)
+    assert sessions(duck, PROJECT, query) == sessions(duck, PROJECT, query, raw=True)
+
+
+def test_questions_the_tables_cannot_answer_read_raw_rows(duck: DuckDBStore) -> None:
+    duck.append_events(to_table(WRITES[0]))
+    for extra in (
+        {"timeout_seconds": 600},
+        {"max_session_seconds": 3600},
+        {"filters": [{"property": "event_type", "operator": "eq", "value": "click"}]},
+    ):
+        q = session_reads.SessionsQuery(**extra)  # type: ignore[arg-type]
+        assert not session_reads.answers(duck, PROJECT, q)
+    link = {
+        "project_id": [PROJECT],
+        "anonymous_id": ["u1"],
+        "user_id": ["u2"],
+        "ts": pa.array([T0], pa.timestamp("us")),
+        "received_at": pa.array([T0], pa.timestamp("us")),
+        "source": ["test"],
+        "event_id": ["link-1"],
+    }
+    duck.append_table("identities", pa.table(link, schema=IDENTITY_SCHEMA))
+    assert not session_reads.answers(duck, PROJECT, session_reads.SessionsQuery())
