@@ -65,50 +65,58 @@ SESSION_SCHEMA = pa.schema(
         ("chain_end_us", pa.int64()),
     ]
 )
-_TOUCHED_SCHEMA = pa.schema(
-    [("project_id", pa.string()), ("user_id", pa.string()), ("lo", pa.int64()), ("hi", pa.int64())]
+#: The written events without a ``session_id`` (:func:`touched`).
+NEW_SCHEMA = pa.schema(
+    [
+        ("project_id", pa.string()),
+        ("user_id", pa.string()),
+        ("t", pa.int64()),
+        ("pv", pa.int64()),
+    ]
 )
 #: Rows of anonymous events recomputed per pass of :func:`build`.
 BUILD_SLICE_ROWS = 4_000_000
 
 
 def cut(
-    user: np.ndarray, t: np.ndarray, timeout_us: int, max_us: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    user: np.ndarray, t: np.ndarray, timeout_us: int, max_us: int, origin: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Inactivity sessions of rows sorted by ``user`` (any integer code) then time ``t``
-    (epoch µs): the first row of each session, the first row of its chain, and each row's
-    chain number (:data:`TIMEOUT_US`, :data:`MAX_SESSION_US` for the kept tables)."""
+    (epoch µs): the first row of each session, the first row of each chain, each row's chain
+    number, and each chain's start (:data:`TIMEOUT_US`, :data:`MAX_SESSION_US` for the kept
+    tables). ``origin`` (per row, -1 for none) gives a chain that continues a stored one its
+    stored start: the 24 h pieces are measured from it."""
     n = len(t)
     brk = np.ones(n, dtype=bool)
     brk[1:] = (user[1:] != user[:-1]) | (np.diff(t) > timeout_us)
     chain = np.cumsum(brk) - 1
     chain_first = np.flatnonzero(brk)
-    piece = (t - t[chain_first][chain]) // max_us
+    chain_start = t[chain_first]
+    if origin is not None:
+        stored = origin[chain_first]
+        chain_start = np.where(stored >= 0, stored, chain_start)
+    piece = (t - chain_start[chain]) // max_us
     new = brk.copy()
     new[1:] |= piece[1:] != piece[:-1]
-    return np.flatnonzero(new), chain_first, chain
+    return np.flatnonzero(new), chain_first, chain, chain_start
 
 
 def touched(events: pa.Table) -> pa.Table | None:
-    """``(project_id, user_id, lo, hi)``: the written events without a ``session_id``, their
-    first and last time per user (what :func:`settle` recomputes around); None if none."""
-    anon = events.filter(pc.is_null(events.column("session_id")))
-    if anon.num_rows == 0:
+    """:data:`NEW_SCHEMA` rows of the written events without a ``session_id`` (what
+    :func:`settle` keeps the sessions of); None if none."""
+    sid = events.column("session_id")
+    if sid.null_count == 0:
         return None
-    rows = pa.table(
-        {
-            "project_id": anon.column("project_id"),
-            "user_id": anon.column("user_id"),
-            "t": pc.cast(anon.column("ts"), pa.int64()),
-        }
+    found = pa.Table.from_arrays(
+        [
+            events.column("project_id"),
+            events.column("user_id"),
+            pc.cast(events.column("ts"), pa.int64()),
+            pc.cast(pc.equal(events.column("event_type"), "page_view"), pa.int64()),
+        ],
+        schema=NEW_SCHEMA,
     )
-    found = rows.group_by(["project_id", "user_id"], use_threads=False).aggregate(
-        [("t", "min"), ("t", "max")]
-    )
-    return pa.Table.from_arrays(
-        [found.column(0), found.column(1), found.column("t_min"), found.column("t_max")],
-        schema=_TOUCHED_SCHEMA,
-    )
+    return found if sid.null_count == len(sid) else found.filter(pc.is_null(sid))
 
 
 def add_keyed(cursor: Any, events: pa.Table) -> None:
@@ -141,49 +149,159 @@ def add_events(cursor: Any, relation: str) -> None:
         " min(epoch_us(ts)), max(epoch_us(ts)), count(*), count(*) FILTER (event_type ="
         f" 'page_view') FROM {relation} WHERE session_id IS NOT NULL GROUP BY ALL"
     )
-    found = _arrow(
+    new = _arrow(
         cursor,
-        "SELECT project_id, user_id, min(epoch_us(ts)) AS lo, max(epoch_us(ts)) AS hi"
-        f" FROM {relation} WHERE session_id IS NULL GROUP BY ALL",
+        "SELECT project_id, user_id, epoch_us(ts) AS t, (event_type = 'page_view')::BIGINT AS pv"
+        f" FROM {relation} WHERE session_id IS NULL",
     )
-    if found.num_rows:
-        settle(cursor, [found.cast(_TOUCHED_SCHEMA)])
+    if new.num_rows:
+        settle(cursor, [new.cast(NEW_SCHEMA)])
+
+
+#: Per user of the new rows (``_kept_new``: project, user, lo, hi), the stored chains within
+#: the timeout of the user's new span: how many, their extent, and the latest session.
+_TOUCHED_CHAINS = """
+SELECT n.project_id, n.user_id, n.lo, n.hi,
+  count(DISTINCT k.chain_start_us) AS chains, min(k.chain_start_us) AS cs,
+  max(k.chain_end_us) AS ce, max(k.start_us) AS last_start,
+  arg_max(k.end_us, k.start_us) AS last_end, arg_max(k.events, k.start_us) AS last_events,
+  arg_max(k.page_views, k.start_us) AS last_pv
+FROM _kept_new n LEFT JOIN
+  (SELECT * FROM kept_sessions WHERE chain_end_us >= $low AND chain_start_us <= $high) k
+  ON k.project_id = n.project_id AND k.user_id = n.user_id
+  AND k.chain_end_us >= n.lo - $gap AND k.chain_start_us <= n.hi + $gap
+GROUP BY n.project_id, n.user_id, n.lo, n.hi
+"""
 
 
 def settle(cursor: Any, touches: Sequence[pa.Table]) -> None:
-    """Recompute the inactivity sessions of every chain the written events touch (``touches``:
-    :func:`touched` of each piece written, the events already in the events table); call inside
-    the writing transaction, after the events."""
+    """Keep the inactivity sessions of the written events (``touches``: :func:`touched` of
+    each piece written, the events already in the events table); call inside the writing
+    transaction, after the events.
+
+    Events after every stored event of their user (live traffic) extend the user's latest
+    chain from its stored latest session alone. Late events (before a stored chain's end)
+    make every chain they touch be recomputed from the events table."""
     if not touches:
         return
     new = pa.concat_tables(touches)
-    if len(touches) > 1:
-        grouped = new.group_by(["project_id", "user_id"], use_threads=False).aggregate(
-            [("lo", "min"), ("hi", "max")]
-        )
-        new = pa.Table.from_arrays(
-            [grouped.column(0), grouped.column(1), grouped.column(2), grouped.column(3)],
-            schema=_TOUCHED_SCHEMA,
-        )
-    low, high = pc.min(new.column("lo")).as_py(), pc.max(new.column("hi")).as_py()
-    cursor.register("_kept_new", new)
+    spans = new.group_by(["project_id", "user_id"], use_threads=False).aggregate(
+        [("t", "min"), ("t", "max")]
+    )
+    spans = spans.rename_columns(["project_id", "user_id", "lo", "hi"])
+    low, high = pc.min(spans.column("lo")).as_py(), pc.max(spans.column("hi")).as_py()
+    cursor.register("_kept_new", spans)
     try:
-        # Every stored chain within the timeout of a new event's user span, widened to whole
-        # chains. The constant bounds let the scan skip row groups by their min/max.
-        span = _arrow(
+        # The constant bounds let the scan skip row groups by their min/max.
+        found = _arrow(
             cursor,
-            "SELECT n.project_id, n.user_id, least(n.lo, min(k.chain_start_us)) AS lo,"
-            " greatest(n.hi, max(k.chain_end_us)) AS hi FROM _kept_new n LEFT JOIN"
-            " (SELECT project_id, user_id, chain_start_us, chain_end_us FROM kept_sessions"
-            "  WHERE chain_end_us >= $low AND chain_start_us <= $high) k"
-            " ON k.project_id = n.project_id AND k.user_id = n.user_id"
-            " AND k.chain_end_us >= n.lo - $gap AND k.chain_start_us <= n.hi + $gap"
-            " GROUP BY n.project_id, n.user_id, n.lo, n.hi",
+            _TOUCHED_CHAINS,
             {"low": low - TIMEOUT_US, "high": high + TIMEOUT_US, "gap": TIMEOUT_US},
         )
     finally:
         cursor.unregister("_kept_new")
-    _recompute(cursor, span)
+    chains = found.column("chains")
+    at_tail = pc.fill_null(
+        pc.or_kleene(
+            pc.equal(chains, 0),
+            pc.and_kleene(
+                pc.equal(chains, 1), pc.greater_equal(found.column("lo"), found.column("ce"))
+            ),
+        ),
+        False,
+    )
+    late = found.filter(pc.invert(at_tail))
+    if late.num_rows:
+        # whole chains: from the first touched chain's start to the last one's end
+        _recompute(
+            cursor,
+            pa.table(
+                {
+                    "project_id": late.column("project_id"),
+                    "user_id": late.column("user_id"),
+                    "lo": pc.min_element_wise(late.column("lo"), late.column("cs")),
+                    "hi": pc.max_element_wise(late.column("hi"), late.column("ce")),
+                }
+            ),
+        )
+    tail = found.filter(at_tail)
+    if tail.num_rows:
+        if late.num_rows:
+            new = new.filter(pc.is_in(_user_keys(new), value_set=_user_keys(tail)))
+        _extend(cursor, tail, new)
+
+
+def _extend(cursor: Any, tail: pa.Table, new: pa.Table) -> None:
+    """Cut the new rows of users whose new events all come at or after their stored events'
+    end: a user's latest stored session (if within the timeout) is replaced by a row that
+    stands for it, the new rows are cut after it, and the chain's other sessions learn its new
+    end."""
+    rows = new
+    stored = tail.filter(pc.equal(tail.column("chains"), 1))
+    n = stored.num_rows
+    # the stored session as one row: at its end, counting its events, starting at its start
+    standing = pa.table(
+        {
+            "project_id": stored.column("project_id"),
+            "user_id": stored.column("user_id"),
+            "t": stored.column("last_end"),
+            "pv": stored.column("last_pv"),
+            "events": stored.column("last_events"),
+            "start": stored.column("last_start"),
+            "origin": stored.column("cs"),
+        }
+    )
+    m = rows.num_rows
+    fresh = rows.append_column("events", pa.array(np.ones(m, dtype=np.int64)))
+    fresh = fresh.append_column("start", rows.column("t"))
+    fresh = fresh.append_column("origin", pa.array(np.full(m, -1, dtype=np.int64)))
+    both = pa.concat_tables([standing, fresh], promote_options="permissive")
+    codes = _user_codes(both)
+    order = np.lexsort((np.asarray(both.column("t").to_numpy(), dtype=np.int64), codes))
+    both, codes = both.take(pa.array(order)), codes[order]
+    if n:
+        cursor.register("_kept_tail", stored)
+        try:
+            cursor.execute(
+                "DELETE FROM kept_sessions k USING _kept_tail s WHERE k.project_id ="
+                " s.project_id AND k.user_id = s.user_id AND k.chain_start_us = s.cs"
+                " AND k.start_us = s.last_start AND k.chain_end_us >= $low",
+                {"low": pc.min(stored.column("ce")).as_py()},
+            )
+        finally:
+            cursor.unregister("_kept_tail")
+    sessions = sessions_of(both, codes)
+    cursor.from_arrow(sessions).insert_into("kept_sessions")
+    if n:
+        # the chains that went on: their earlier sessions' chain end
+        went_on = sessions.filter(pc.is_in(sessions.column("chain_start_us"), stored.column("cs")))
+        cursor.register("_kept_went_on", went_on)
+        try:
+            cursor.execute(
+                "UPDATE kept_sessions k SET chain_end_us = w.chain_end_us FROM (SELECT DISTINCT"
+                " project_id, user_id, chain_start_us, chain_end_us FROM _kept_went_on) w"
+                " WHERE k.project_id = w.project_id AND k.user_id = w.user_id"
+                " AND k.chain_start_us = w.chain_start_us AND k.chain_end_us < w.chain_end_us"
+                " AND k.chain_end_us >= $low",
+                {"low": pc.min(stored.column("ce")).as_py()},
+            )
+        finally:
+            cursor.unregister("_kept_went_on")
+
+
+def _user_codes(table: pa.Table) -> np.ndarray:
+    """A number per (project_id, user_id) of the table's rows."""
+    project = pc.dictionary_encode(table.column("project_id").combine_chunks())
+    user = pc.dictionary_encode(table.column("user_id").combine_chunks())
+    return np.asarray(project.indices.to_numpy(), dtype=np.int64) * len(user.dictionary) + (
+        np.asarray(user.indices.to_numpy(), dtype=np.int64)
+    )
+
+
+def _user_keys(table: pa.Table) -> pa.Array:
+    return pc.binary_join_element_wise(
+        table.column("project_id"), table.column("user_id"), "\x00"
+    ).combine_chunks()
 
 
 def _recompute(cursor: Any, span: pa.Table) -> None:
@@ -201,7 +319,7 @@ def _recompute(cursor: Any, span: pa.Table) -> None:
         rows = _arrow(
             cursor,
             "SELECT e.project_id, e.user_id, epoch_us(e.ts) AS t,"
-            " e.event_type = 'page_view' AS pv FROM events e JOIN _kept_span s"
+            " (e.event_type = 'page_view')::BIGINT AS pv FROM events e JOIN _kept_span s"
             " ON e.project_id = s.project_id AND e.user_id = s.user_id"
             " WHERE e.session_id IS NULL AND e.ts >= make_timestamp($low)"
             " AND e.ts <= make_timestamp($high) AND epoch_us(e.ts) BETWEEN s.lo AND s.hi"
@@ -214,32 +332,40 @@ def _recompute(cursor: Any, span: pa.Table) -> None:
         cursor.from_arrow(sessions_of(rows)).insert_into("kept_sessions")
 
 
-def sessions_of(rows: pa.Table) -> pa.Table:
+def sessions_of(rows: pa.Table, user: np.ndarray | None = None) -> pa.Table:
     """:data:`SESSION_SCHEMA` rows of ``(project_id, user_id, t, pv)`` rows sorted by project,
-    user and time."""
-    key = pc.binary_join_element_wise(
-        rows.column("project_id"), rows.column("user_id"), "\x00"
-    ).combine_chunks()
-    user = np.asarray(pc.dictionary_encode(key).indices.to_numpy(), dtype=np.int64)
+    user and time; optional columns make a row stand for a stored session: ``events`` (its
+    events), ``start`` (its first event's time; ``t`` is its last) and ``origin`` (its chain's
+    start, -1 for none). ``user``: the rows' :func:`_user_codes`, if known."""
+    if user is None:
+        user = _user_codes(rows)
     t = np.asarray(rows.column("t").to_numpy(), dtype=np.int64)
-    pv = np.asarray(rows.column("pv").to_numpy(zero_copy_only=False), dtype=np.int64)
-    first, chain_first, chain = cut(user, t, TIMEOUT_US, MAX_SESSION_US)
+    pv = np.asarray(rows.column("pv").to_numpy(), dtype=np.int64)
+    names = rows.column_names
+    origin = _int64(rows, "origin") if "origin" in names else None
+    first, chain_first, chain, chain_start = cut(user, t, TIMEOUT_US, MAX_SESSION_US, origin)
     last = np.append(first[1:] - 1, len(t) - 1)
     chain_last = np.append(chain_first[1:] - 1, len(t) - 1)
+    events = _int64(rows, "events") if "events" in names else np.ones(len(t), dtype=np.int64)
+    start = _int64(rows, "start") if "start" in names else t
     take = pa.array(first)
     return pa.Table.from_arrays(
         [
             rows.column("project_id").take(take),
             rows.column("user_id").take(take),
-            pa.array(t[first]),
+            pa.array(start[first]),
             pa.array(t[last]),
-            pa.array(last - first + 1),
+            pa.array(np.add.reduceat(events, first)),
             pa.array(np.add.reduceat(pv, first)),
-            pa.array(t[chain_first][chain[first]]),
+            pa.array(chain_start[chain[first]]),
             pa.array(t[chain_last][chain[first]]),
         ],
         schema=SESSION_SCHEMA,
     )
+
+
+def _int64(rows: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(rows.column(name).to_numpy(), dtype=np.int64)
 
 
 def _arrow(cursor: Any, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
