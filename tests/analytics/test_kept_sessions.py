@@ -23,7 +23,9 @@ import pytest
 from analytics_data import PROJECT, event, to_table
 from analytics_oracles import sessions_oracle
 
-from avila.analytics import session_reads, sessions
+from avila.analytics import overview, session_reads, sessions
+from avila.analytics.overview import _kept_users_and_sessions
+from avila.analytics.rollup_reads import whole_days
 from avila.export.bulk import bulk_import
 from avila.identity import IDENTITY_SCHEMA
 from avila.storage.duckdb.store import DuckDBStore
@@ -272,3 +274,24 @@ def test_questions_the_tables_cannot_answer_read_raw_rows(duck: DuckDBStore) -> 
     }
     duck.append_table("identities", pa.table(link, schema=IDENTITY_SCHEMA))
     assert not session_reads.answers(duck, PROJECT, session_reads.SessionsQuery())
+
+
+def test_the_overview_reads_kept_sessions_and_rollups_in_utc(duck: DuckDBStore) -> None:
+    for rows in WRITES:
+        duck.append_events(to_table(rows))
+    duck.erase_users(PROJECT, ["u7"], links=False)
+    utc = [q for q in RANGES if q.get("timezone", "UTC") == "UTC"]
+    nine_days = {"start_time": T0.isoformat(), "end_time": (T0 + timedelta(days=9)).isoformat()}
+    for query in [*utc, nine_days, {**nine_days, "timezone": "Europe/London"}]:
+        kept, raw = overview(duck, PROJECT, query), overview(duck, PROJECT, query, raw=True)
+        for got in (kept, raw):
+            for key in ("avg_session_duration_seconds", "bounce_rate", "pages_per_session"):
+                got[key] = pytest.approx(got[key], rel=1e-12)
+        assert kept == raw, query
+        start = datetime.fromisoformat(query["start_time"])
+        end = datetime.fromisoformat(query["end_time"])
+        if whole_days(start, end) is not None:  # (the rollups answer)
+            assert _kept_users_and_sessions(duck, PROJECT, start, end) is not None
+    # another zone's days are not UTC days: raw rows, the same answer as ever
+    kolkata = {**nine_days, "timezone": "Asia/Kolkata"}
+    assert overview(duck, PROJECT, kolkata) == overview(duck, PROJECT, kolkata, raw=True)

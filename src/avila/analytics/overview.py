@@ -4,7 +4,11 @@ DAU/WAU/MAU are distinct users per calendar day / ISO week (Monday) / month in `
 (not rolling windows). Revenue is the sum of ``revenue`` over purchase events. Everything is
 over ``[start_time, end_time)`` after ``filters``.
 
-The overview costs two passes over the range, whatever it reports:
+Without filters, in a zone that is UTC over the range (the default), for a project without
+identity links, the first pass below is replaced by kept state: sessions and unique users from
+the kept sessions (:mod:`avila.analytics.session_reads`) and DAU/WAU/MAU from the daily
+rollups' user days (:func:`avila.analytics.rollup_reads.active_users`). Otherwise the
+overview costs two passes over the range:
 
 1. one sort of the range's events by (user hash, time), fetched as three narrow columns: sessions
    (:func:`avila.analytics.sessions.sessionize`), unique users and distinct users per day /
@@ -21,8 +25,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -32,6 +37,7 @@ from avila.analytics.calendar import (
     bucket_of,
     local_us_array,
     local_us_expr,
+    utc_offsets,
 )
 from avila.analytics.common import (
     OTHER,
@@ -49,7 +55,7 @@ from avila.analytics.common import (
 )
 from avila.analytics.rollup_reads import overview_aggregates
 from avila.analytics.sessions import SessionTotals, events_by_user, sessionize
-from avila.schemas.analytics import OverviewQuery, TrendsQuery
+from avila.schemas.analytics import OverviewQuery, SessionsQuery, TrendsQuery
 from avila.storage.base import Store
 
 # GROUPING(event_type, url, referrer): a set bit means "not grouped by that column".
@@ -83,13 +89,21 @@ _REVENUE = """(CAST(sum(CAST(CASE WHEN abs(revenue) < 1e32 THEN trunc(revenue) E
 
 
 def overview(
-    store: Store, project_id: str, query: OverviewQuery | Mapping[str, Any] | None = None
+    store: Store,
+    project_id: str,
+    query: OverviewQuery | Mapping[str, Any] | None = None,
+    *,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """``{"total_events", "unique_users", "sessions", "events_by_type", "top_pages": [{"url",
     "views"}], "top_referrers": [{"referrer", "events"}], "countries": [{"country", "users"}],
     "devices": [{"device_type", "users"}], "revenue", "dau": [{"date", "users"}], "wau":
     [{"week_start", "users"}], "mau": [{"month", "users"}], "bounce_rate",
-    "avg_session_duration_seconds", "pages_per_session", "start_time", "end_time"}``."""
+    "avg_session_duration_seconds", "pages_per_session", "start_time", "end_time"}``.
+
+    Without filters, in a zone that is UTC over the range, for a project without identity
+    links, users and sessions come from the kept sessions and the daily rollups; otherwise (or
+    ``raw``) from the range's raw rows, sorted user by user. Both give the same answer."""
     q = parse_query(OverviewQuery, query)
     start, end = time_range(q.start_time, q.end_time)
     tz = zone(q.timezone)
@@ -131,20 +145,13 @@ def overview(
         elif g == _BY_REFERRER:
             referrers.append((k2, int(n)))
 
-    # Users and sessions need the rows user by user; a long range comes in slices of whole
-    # users, whose distinct users per bucket add up (no user is in two slices).
-    totals = SessionTotals()  # the overview reports no sessions per day
-    active: dict[str, Counter[int]] = {"day": Counter(), "week": Counter(), "month": Counter()}
-    for table, codes in events_by_user(store, project_id, where, rows=total):
-        if not len(codes):
-            continue
-        codes = codes - codes[0]
-        totals.add(sessionize(table, codes=codes))
-        t_us = np.asarray(table.column("t").to_numpy(), np.int64)
-        local = local_us_array(t_us, tz, start, end)
-        del table, t_us
-        for interval, counts in active.items():
-            counts.update(dict(distinct_users_by_bucket(codes, local, interval)))
+    kept = None
+    if not (raw or q.filters) and source == event_source and _utc_throughout(tz, start, end):
+        kept = _kept_users_and_sessions(store, project_id, start, end)
+    if kept is not None:
+        totals, active = kept
+    else:
+        totals, active = _users_and_sessions(store, project_id, where, total, tz, start, end)
     sessions = totals.summary()
     return {
         "start_time": start.isoformat() + "Z",
@@ -173,6 +180,58 @@ def overview(
         "avg_session_duration_seconds": sessions["avg_duration_seconds"],
         "pages_per_session": sessions["pages_per_session"],
     }
+
+
+def _utc_throughout(tz: ZoneInfo, start: datetime, end: datetime) -> bool:
+    """Whether local time in ``tz`` is UTC over the range (its days are UTC days)."""
+    return all(offset == 0 for _, offset in utc_offsets(tz, start, end))
+
+
+def _kept_users_and_sessions(
+    store: Store, project_id: str, start: datetime, end: datetime
+) -> tuple[SessionTotals, dict[str, Counter[int]]] | None:
+    """Sessions and users from the kept sessions, active users per UTC day, week and month
+    from the daily rollups (no raw rows but the range's partial days); None when either
+    cannot answer exactly."""
+    from avila.analytics import session_reads
+    from avila.analytics.rollup_reads import active_users
+
+    if not session_reads.answers(store, project_id, SessionsQuery()):
+        return None
+    active = active_users(store, project_id, start, end)
+    if active is None:
+        return None
+    totals = session_reads.kept_totals(store, project_id, start, end, None)
+    if totals is None:
+        return None
+    return totals, {interval: Counter(found) for interval, found in active.items()}
+
+
+def _users_and_sessions(
+    store: Store,
+    project_id: str,
+    where: Expr,
+    total: int,
+    tz: ZoneInfo,
+    start: datetime,
+    end: datetime,
+) -> tuple[SessionTotals, dict[str, Counter[int]]]:
+    """Sessions, users and active users per local day, week and month from the range's raw
+    rows, sorted user by user; a long range comes in slices of whole users, whose distinct
+    users per bucket add up (no user is in two slices)."""
+    totals = SessionTotals()  # the overview reports no sessions per day
+    active: dict[str, Counter[int]] = {"day": Counter(), "week": Counter(), "month": Counter()}
+    for table, codes in events_by_user(store, project_id, where, rows=total):
+        if not len(codes):
+            continue
+        codes = codes - codes[0]
+        totals.add(sessionize(table, codes=codes))
+        t_us = np.asarray(table.column("t").to_numpy(), np.int64)
+        local = local_us_array(t_us, tz, start, end)
+        del table, t_us
+        for interval, counts in active.items():
+            counts.update(dict(distinct_users_by_bucket(codes, local, interval)))
+    return totals, active
 
 
 def _ranked(pairs: list[tuple[Any, int]]) -> list[tuple[Any, int]]:

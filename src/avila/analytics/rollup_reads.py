@@ -124,3 +124,47 @@ def overview_aggregates(
         users_sql, [*day_params, *edge_params, *([project_id] if stitched else [])]
     )
     return [*events_rows, *users_rows]
+
+
+_ACTIVE = """
+SELECT GROUPING(w, m) AS g, d, w, m, count(DISTINCT user_id) FROM (
+  SELECT day - DATE '1970-01-01' AS d, CAST(floor((day - DATE '1970-01-01' + 3) / 7) AS BIGINT)
+    AS w, year(day) * 12 + month(day) - 1 AS m, user_id
+  FROM (
+    SELECT day, user_id FROM rollup_user_days WHERE project_id = ? AND day >= ? AND day < ?
+    UNION ALL
+    SELECT ts::DATE AS day, user_id FROM {edges}
+  )
+) GROUP BY GROUPING SETS ((d), (w), (m))
+"""
+
+
+def active_users(
+    store: Store, project_id: str, start: datetime, end: datetime
+) -> dict[str, dict[int, int]] | None:
+    """Distinct users per UTC ``day``, ``week`` (Monday) and ``month`` of ``[start, end)``
+    (bucket numbers as :func:`avila.analytics.calendar.bucket_label` reads them): the whole
+    days from ``rollup_user_days``, the partial ones from raw rows. None when the rollups
+    cannot answer exactly (no whole day, or they disagree with the events table). Unstitched
+    projects only (the rollups hold raw user ids)."""
+    if not store.has_rollups:
+        return None
+    days = whole_days(start, end)
+    if days is None:
+        return None
+    d0, d1 = days
+    if not rollups_agree(store, project_id, d0, d1):
+        return None
+    found: dict[str, dict[int, int]] = {"day": {}, "week": {}, "month": {}}
+    rows = store.query(
+        _ACTIVE.format(edges=_EDGES),
+        [project_id, d0.date(), d1.date(), project_id, start, d0, d1, end],
+    )
+    for g, d, w, m, users in rows:
+        if g == 3:
+            found["day"][int(d)] = int(users)
+        elif g == 1:
+            found["week"][int(w)] = int(users)
+        else:
+            found["month"][int(m)] = int(users)
+    return found
