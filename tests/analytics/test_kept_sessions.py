@@ -295,3 +295,25 @@ def test_the_overview_reads_kept_sessions_and_rollups_in_utc(duck: DuckDBStore) 
     # another zone's days are not UTC days: raw rows, the same answer as ever
     kolkata = {**nine_days, "timezone": "Asia/Kolkata"}
     assert overview(duck, PROJECT, kolkata) == overview(duck, PROJECT, kolkata, raw=True)
+
+
+def test_active_users_over_ranges_of_several_bit_words(duck: DuckDBStore) -> None:
+    """Days 63 and 126 of a range open a new 63-day word of the per-user day bits."""
+    rng = random.Random(3)
+    rows = [
+        event(f"w{rng.randint(0, 25)}", T0 + timedelta(hours=rng.randint(0, 24 * 140)))
+        for _ in range(900)
+    ]
+    duck.append_events(to_table(rows))
+    for days, shift in ((63, 0), (64, 5), (130, 7.5), (140, 0.25)):
+        start = T0 + timedelta(hours=shift)
+        query = {
+            "start_time": start.isoformat(),
+            "end_time": (start + timedelta(days=days)).isoformat(),
+        }
+        kept, raw = overview(duck, PROJECT, query), overview(duck, PROJECT, query, raw=True)
+        for got in (kept, raw):
+            for key in ("avg_session_duration_seconds", "bounce_rate", "pages_per_session"):
+                got[key] = pytest.approx(got[key], rel=1e-12)
+        assert kept == raw, query
+        assert _kept_users_and_sessions(duck, PROJECT, start, start + timedelta(days=days))

@@ -149,15 +149,16 @@ def overview(
     if not (raw or q.filters) and source == event_source and _utc_throughout(tz, start, end):
         kept = _kept_users_and_sessions(store, project_id, start, end)
     if kept is not None:
-        totals, active = kept
+        totals, active, unique_users = kept
     else:
         totals, active = _users_and_sessions(store, project_id, where, total, tz, start, end)
+        unique_users = totals.users
     sessions = totals.summary()
     return {
         "start_time": start.isoformat() + "Z",
         "end_time": end.isoformat() + "Z",
         "total_events": total,
-        "unique_users": totals.users,
+        "unique_users": unique_users,
         "sessions": sessions["sessions"],
         "events_by_type": dict(_ranked(by_type)),
         "top_pages": [{"url": u, "views": n} for u, n in _ranked(pages)],
@@ -189,8 +190,8 @@ def _utc_throughout(tz: ZoneInfo, start: datetime, end: datetime) -> bool:
 
 def _kept_users_and_sessions(
     store: Store, project_id: str, start: datetime, end: datetime
-) -> tuple[SessionTotals, dict[str, Counter[int]]] | None:
-    """Sessions and users from the kept sessions, active users per UTC day, week and month
+) -> tuple[SessionTotals, dict[str, Counter[int]], int] | None:
+    """Sessions from the kept sessions, users and active users per UTC day, week and month
     from the daily rollups (no raw rows but the range's partial days); None when either
     cannot answer exactly."""
     from avila.analytics import session_reads
@@ -201,10 +202,11 @@ def _kept_users_and_sessions(
     active = active_users(store, project_id, start, end)
     if active is None:
         return None
-    totals = session_reads.kept_totals(store, project_id, start, end, None)
+    totals = session_reads.kept_totals(store, project_id, start, end, None, users=False)
     if totals is None:
         return None
-    return totals, {interval: Counter(found) for interval, found in active.items()}
+    users, per_bucket = active
+    return totals, {interval: Counter(found) for interval, found in per_bucket.items()}, users
 
 
 def _users_and_sessions(

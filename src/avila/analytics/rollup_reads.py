@@ -126,45 +126,68 @@ def overview_aggregates(
     return [*events_rows, *users_rows]
 
 
+#: Per user, a bit per day of the range (63 to a BIGINT word): which days the user was active.
 _ACTIVE = """
-SELECT GROUPING(w, m) AS g, d, w, m, count(DISTINCT user_id) FROM (
-  SELECT day - DATE '1970-01-01' AS d, CAST(floor((day - DATE '1970-01-01' + 3) / 7) AS BIGINT)
-    AS w, year(day) * 12 + month(day) - 1 AS m, user_id
-  FROM (
-    SELECT day, user_id FROM rollup_user_days WHERE project_id = ? AND day >= ? AND day < ?
-    UNION ALL
-    SELECT ts::DATE AS day, user_id FROM {edges}
-  )
-) GROUP BY GROUPING SETS ((d), (w), (m))
+WITH x AS (
+  SELECT user_id, day - ?::DATE AS off FROM rollup_user_days
+  WHERE project_id = ? AND day >= ? AND day < ?
+  UNION ALL
+  SELECT user_id, ts::DATE - ?::DATE FROM {edges}
+), u AS (SELECT {words} FROM x GROUP BY user_id)
+SELECT count(*), {counts} FROM u
 """
+_WORD = "bit_or(CASE WHEN off >= {lo} AND off < {hi} THEN 1::BIGINT << (off - {lo}) END) AS m{w}"
+#: The longest range whose active users are counted from the rollups (days; longer: raw rows).
+ACTIVE_DAYS = 400
 
 
 def active_users(
     store: Store, project_id: str, start: datetime, end: datetime
-) -> dict[str, dict[int, int]] | None:
-    """Distinct users per UTC ``day``, ``week`` (Monday) and ``month`` of ``[start, end)``
-    (bucket numbers as :func:`avila.analytics.calendar.bucket_label` reads them): the whole
-    days from ``rollup_user_days``, the partial ones from raw rows. None when the rollups
-    cannot answer exactly (no whole day, or they disagree with the events table). Unstitched
-    projects only (the rollups hold raw user ids)."""
+) -> tuple[int, dict[str, dict[int, int]]] | None:
+    """The distinct users of ``[start, end)`` and those per UTC ``day``, ``week`` (Monday) and
+    ``month`` (bucket numbers as :func:`avila.analytics.calendar.bucket_label` reads them):
+    the whole days from ``rollup_user_days``, the partial ones from raw rows, in one pass
+    grouping by user (a bit per day; a week or month is any of its days). None when the
+    rollups cannot answer exactly (no whole day, or they disagree with the events table) or
+    the range is over :data:`ACTIVE_DAYS`. Unstitched projects only (the rollups hold raw
+    user ids)."""
     if not store.has_rollups:
         return None
     days = whole_days(start, end)
     if days is None:
         return None
     d0, d1 = days
-    if not rollups_agree(store, project_id, d0, d1):
+    first = start.date()
+    n = ((end - timedelta(microseconds=1)).date() - first).days + 1
+    if n > ACTIVE_DAYS or not rollups_agree(store, project_id, d0, d1):
         return None
-    found: dict[str, dict[int, int]] = {"day": {}, "week": {}, "month": {}}
-    rows = store.query(
-        _ACTIVE.format(edges=_EDGES),
-        [project_id, d0.date(), d1.date(), project_id, start, d0, d1, end],
+    buckets: dict[str, dict[int, list[int]]] = {"day": {}, "week": {}, "month": {}}
+    for k in range(n):
+        day = first + timedelta(days=k)
+        epoch_day = (day - date(1970, 1, 1)).days
+        for interval, b in (
+            ("day", epoch_day),
+            ("week", (epoch_day + 3) // 7),
+            ("month", day.year * 12 + day.month - 1),
+        ):
+            masks = buckets[interval].setdefault(b, [0] * (-(-n // 63)))
+            masks[k // 63] |= 1 << (k % 63)
+    words = ", ".join(_WORD.format(lo=63 * w, hi=63 * w + 63, w=w) for w in range(-(-n // 63)))
+    order = [(interval, b) for interval, found in buckets.items() for b in found]
+    counts = ", ".join(
+        "count(*) FILTER (WHERE "
+        + " OR ".join(
+            f"(m{w} & {mask}) <> 0" for w, mask in enumerate(buckets[interval][b]) if mask
+        )
+        + ")"
+        for interval, b in order
     )
-    for g, d, w, m, users in rows:
-        if g == 3:
-            found["day"][int(d)] = int(users)
-        elif g == 1:
-            found["week"][int(w)] = int(users)
-        else:
-            found["month"][int(m)] = int(users)
-    return found
+    ((users, *found),) = store.query(
+        _ACTIVE.format(edges=_EDGES, words=words, counts=counts),
+        [first, project_id, d0.date(), d1.date(), first, project_id, start, d0, d1, end],
+    )
+    active: dict[str, dict[int, int]] = {"day": {}, "week": {}, "month": {}}
+    for (interval, b), count in zip(order, found, strict=True):
+        if count:
+            active[interval][b] = int(count)
+    return int(users), active

@@ -68,10 +68,13 @@ FROM events e JOIN (SELECT unnest($key_users) AS user_id, unnest($key_ids) AS se
 WHERE e.project_id = $p AND e.ts >= $start AND e.ts < $end
   AND e.session_id IN (SELECT unnest($key_ids))
 """
-#: Sessions wholly inside the range: keyed partials merged per session, less the edge ones.
+#: Sessions wholly inside the range.
 _INSIDE = """
 SELECT user_id, start_us, end_us, events, page_views FROM kept_sessions
 WHERE project_id = $p AND chain_start_us >= $s AND chain_end_us < $e
+"""
+#: ... with the keyed partials merged per session, less the edge ones.
+_INSIDE_WITH_KEYED = f"""{_INSIDE}
 UNION ALL
 SELECT user_id, min(start_us), max(end_us), sum(events), sum(page_views)
 FROM kept_keyed_sessions k
@@ -80,19 +83,22 @@ WHERE project_id = $p AND start_us >= $s AND end_us < $e AND NOT EXISTS (
   WHERE x.user_id = k.user_id AND x.session_id = k.session_id)
 GROUP BY user_id, session_id
 """
-_BY_BUCKET = f"""
+_KEYED_IN_RANGE = """
+SELECT count(*) FROM kept_keyed_sessions WHERE project_id = $p AND end_us >= $s AND start_us < $e
+"""
+_BY_BUCKET = """
 SELECT start_us // $bucket AS b, count(*), sum(end_us - start_us),
   count(*) FILTER (WHERE events = 1 AND page_views = 1), sum(page_views), sum(events)
-FROM ({_INSIDE}) GROUP BY b
+FROM ({inside}) GROUP BY b
 """
-_IN_BUCKETS = f"""
-SELECT start_us, end_us, events, page_views FROM ({_INSIDE})
+_IN_BUCKETS = """
+SELECT start_us, end_us, events, page_views FROM ({inside})
 WHERE start_us // $bucket IN (SELECT unnest($buckets))
 """
 #: Users with a session inside, and the edge rows' users (``$edge_users``).
-_USERS = f"""
+_USERS = """
 SELECT count(DISTINCT user_id) FROM (
-  SELECT user_id FROM ({_INSIDE}) UNION ALL SELECT unnest($edge_users))
+  SELECT user_id FROM ({inside}) UNION ALL SELECT unnest($edge_users))
 """
 
 
@@ -108,14 +114,23 @@ def answers(store: Store, project_id: str, q: SessionsQuery) -> bool:
 
 
 def kept_totals(
-    store: Store, project_id: str, start: datetime, end: datetime, tz: ZoneInfo | None
+    store: Store,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    tz: ZoneInfo | None,
+    *,
+    users: bool = True,
 ) -> SessionTotals | None:
     """The range's :class:`SessionTotals` from the kept sessions, or None when they do not
-    account for the range's events."""
+    account for the range's events. Without ``users`` its ``users`` stays 0 (the overview
+    counts them with its active users)."""
     s, e = _us(start), _us(end)
     params: dict[str, Any] = {"p": project_id, "s": s, "e": e, "start": start, "end": end}
     chains = store.query(*_numbered(_CHAIN_EDGES, params))
-    keys = store.query(*_numbered(_KEYED_EDGES, params))
+    ((keyed,),) = store.query(*_numbered(_KEYED_IN_RANGE, params))
+    keys = store.query(*_numbered(_KEYED_EDGES, params)) if keyed else []
+    inside = _INSIDE_WITH_KEYED if keyed else _INSIDE
     params["key_users"] = [k[0] for k in keys]
     params["key_ids"] = [k[1] for k in keys]
     parts = []
@@ -134,7 +149,9 @@ def kept_totals(
         parts.append(store.query_arrow(*_numbered(_CHAIN_EDGE_ROWS, edge_params)))
     if keys:
         parts.append(store.query_arrow(*_numbered(_KEYED_EDGE_ROWS, params)))
-    grouped = store.query(*_numbered(_BY_BUCKET, {**params, "bucket": BUCKET_US}))
+    grouped = store.query(
+        *_numbered(_BY_BUCKET.format(inside=inside), {**params, "bucket": BUCKET_US})
+    )
     ((in_range,),) = store.query(
         "SELECT count(*) FROM events WHERE project_id = ? AND ts >= ? AND ts < ?",
         [project_id, start, end],
@@ -145,14 +162,21 @@ def kept_totals(
     totals = SessionTotals(tz, start, end)
     if edge.num_rows:
         totals.add(sessionize(edge))
-    _add_buckets(store, totals, grouped, params)
-    params["edge_users"] = pc.unique(edge.column("user_id")).to_pylist() if edge.num_rows else []
-    ((totals.users,),) = store.query(*_numbered(_USERS, params))
+    _add_buckets(store, totals, grouped, inside, params)
+    if users:
+        params["edge_users"] = (
+            pc.unique(edge.column("user_id")).to_pylist() if edge.num_rows else []
+        )
+        ((totals.users,),) = store.query(*_numbered(_USERS.format(inside=inside), params))
     return totals
 
 
 def _add_buckets(
-    store: Store, totals: SessionTotals, grouped: list[tuple[Any, ...]], params: dict[str, Any]
+    store: Store,
+    totals: SessionTotals,
+    grouped: list[tuple[Any, ...]],
+    inside: str,
+    params: dict[str, Any],
 ) -> None:
     if not grouped:
         return
@@ -174,7 +198,7 @@ def _add_buckets(
         one = np.array(
             store.query(
                 *_numbered(
-                    _IN_BUCKETS,
+                    _IN_BUCKETS.format(inside=inside),
                     {**params, "bucket": BUCKET_US, "buckets": rows[split, 0].tolist()},
                 )
             ),
