@@ -28,8 +28,9 @@ from avila.analytics.overview import _kept_users_and_sessions
 from avila.analytics.rollup_reads import whole_days
 from avila.export.bulk import bulk_import
 from avila.identity import IDENTITY_SCHEMA
+from avila.storage import session_table
 from avila.storage.duckdb.store import DuckDBStore
-from avila.storage.session_table import DDL, build
+from avila.storage.session_table import build
 
 T0 = datetime(2025, 3, 1)
 ZONES = ["UTC", "Asia/Kolkata", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu"]
@@ -195,16 +196,32 @@ def test_loader_rounds_of_several_pieces_keep_the_same_sessions(duck: DuckDBStor
     _check_all(duck)
 
 
-def test_migration_builds_the_tables_from_stored_events(duck: DuckDBStore) -> None:
+def test_migration_builds_the_tables_from_stored_events(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store from before migration 12 (its tables and version row taken away) gets the
+    kept sessions built when it is opened, from the events it holds."""
+    path = tmp_path / "old.duckdb"
+    old = DuckDBStore(path)
     for rows in WRITES:
-        duck.append_events(to_table(rows))
-    cursor = duck._cursor()
+        old.append_events(to_table(rows))
+    cursor = old._cursor()
     cursor.execute("DROP TABLE kept_sessions")
     cursor.execute("DROP TABLE kept_keyed_sessions")
-    for statement in DDL:
-        cursor.execute(statement)
-    build(cursor)
-    _check_all(duck)
+    cursor.execute("DELETE FROM schema_version WHERE version = 12")
+    old.close()
+    monkeypatch.setattr(session_table, "BUILD_SLICE_ROWS", 500)  # several passes over users
+    with caplog.at_level("INFO", logger="avila.storage.migrations"):
+        upgraded = DuckDBStore(path)
+    try:
+        passes = [r for r in caplog.records if getattr(r, "progress", "").startswith("sessions")]
+        assert len(passes) > 1
+        assert upgraded.query("SELECT max(version) FROM schema_version") == [(12,)]
+        kept, rebuilt = _rebuilt(upgraded)
+        assert kept == rebuilt and len(kept) > 100
+        _check_all(upgraded)
+    finally:
+        upgraded.close()
 
 
 def test_erased_users_leave_the_kept_sessions(duck: DuckDBStore) -> None:

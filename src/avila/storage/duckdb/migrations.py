@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 
 import duckdb
@@ -9,6 +11,8 @@ import pyarrow as pa
 
 from avila.storage import person_map, rollups, session_table
 from avila.storage.schema import EVENT_COLUMNS
+
+log = logging.getLogger("avila.storage.migrations")
 
 _DUCKDB_TYPES = {
     pa.string(): "VARCHAR",
@@ -142,6 +146,14 @@ _ANOMALIES_DDL = (
     " PRIMARY KEY (project_id, metric, detector, bucket_start))",
 )
 
+
+def _build_kept_sessions(conn: duckdb.DuckDBPyConnection) -> None:
+    def report(progress: str) -> None:
+        log.info("schema migration 12: building the kept sessions", extra={"progress": progress})
+
+    session_table.build(conn, report)
+
+
 #: A migration step: a statement, or a function of the connection (inside the transaction).
 Step = str | Callable[[duckdb.DuckDBPyConnection], None]
 
@@ -169,7 +181,7 @@ MIGRATIONS: tuple[tuple[int, str, tuple[Step, ...]], ...] = (
         12,
         "kept_sessions, kept_keyed_sessions: sessions kept as events load"
         " (avila.storage.session_table)",
-        (*session_table.DDL, session_table.build),
+        (*session_table.DDL, _build_kept_sessions),
     ),
 )
 
@@ -186,6 +198,7 @@ def migrate(conn: duckdb.DuckDBPyConnection) -> int:
     for version, description, statements in MIGRATIONS:
         if version in applied:
             continue
+        started = time.perf_counter()
         conn.execute("BEGIN TRANSACTION")
         for statement in statements:
             if isinstance(statement, str):
@@ -197,4 +210,10 @@ def migrate(conn: duckdb.DuckDBPyConnection) -> int:
         )
         conn.execute("COMMIT")
         applied.add(version)
+        seconds = time.perf_counter() - started
+        if seconds >= 1:  # (a new store's migrations take milliseconds: not worth a line)
+            log.info(
+                "schema migration applied",
+                extra={"version": version, "description": description, "seconds": seconds},
+            )
     return max(applied, default=0)
