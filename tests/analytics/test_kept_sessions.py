@@ -293,6 +293,14 @@ def test_questions_the_tables_cannot_answer_read_raw_rows(duck: DuckDBStore) -> 
     assert not session_reads.answers(duck, PROJECT, session_reads.SessionsQuery())
 
 
+def _same_overview(store: DuckDBStore, query: dict[str, str]) -> None:
+    kept, raw = overview(store, PROJECT, query), overview(store, PROJECT, query, raw=True)
+    for got in (kept, raw):
+        for key in ("avg_session_duration_seconds", "bounce_rate", "pages_per_session"):
+            got[key] = pytest.approx(got[key], rel=1e-12)
+    assert kept == raw, query
+
+
 def test_the_overview_reads_kept_sessions_and_rollups_in_utc(duck: DuckDBStore) -> None:
     for rows in WRITES:
         duck.append_events(to_table(rows))
@@ -300,11 +308,7 @@ def test_the_overview_reads_kept_sessions_and_rollups_in_utc(duck: DuckDBStore) 
     utc = [q for q in RANGES if q.get("timezone", "UTC") == "UTC"]
     nine_days = {"start_time": T0.isoformat(), "end_time": (T0 + timedelta(days=9)).isoformat()}
     for query in [*utc, nine_days, {**nine_days, "timezone": "Europe/London"}]:
-        kept, raw = overview(duck, PROJECT, query), overview(duck, PROJECT, query, raw=True)
-        for got in (kept, raw):
-            for key in ("avg_session_duration_seconds", "bounce_rate", "pages_per_session"):
-                got[key] = pytest.approx(got[key], rel=1e-12)
-        assert kept == raw, query
+        _same_overview(duck, query)
         start = datetime.fromisoformat(query["start_time"])
         end = datetime.fromisoformat(query["end_time"])
         if whole_days(start, end) is not None:  # (the rollups answer)
@@ -328,9 +332,5 @@ def test_active_users_over_ranges_of_several_bit_words(duck: DuckDBStore) -> Non
             "start_time": start.isoformat(),
             "end_time": (start + timedelta(days=days)).isoformat(),
         }
-        kept, raw = overview(duck, PROJECT, query), overview(duck, PROJECT, query, raw=True)
-        for got in (kept, raw):
-            for key in ("avg_session_duration_seconds", "bounce_rate", "pages_per_session"):
-                got[key] = pytest.approx(got[key], rel=1e-12)
-        assert kept == raw, query
+        _same_overview(duck, query)
         assert _kept_users_and_sessions(duck, PROJECT, start, start + timedelta(days=days))

@@ -88,6 +88,18 @@ def rollups_agree(store: Store, project_id: str, d0: datetime, d1: datetime) -> 
     return int(daily) == int(events) == int(user_days)
 
 
+def _agreeing_days(
+    store: Store, project_id: str, start: datetime, end: datetime
+) -> tuple[datetime, datetime] | None:
+    """The range's whole UTC days (:func:`whole_days`) when the rollups hold them exactly."""
+    if not store.has_rollups:
+        return None
+    days = whole_days(start, end)
+    if days is None or not rollups_agree(store, project_id, *days):
+        return None
+    return days
+
+
 def overview_aggregates(
     store: Store,
     project_id: str,
@@ -99,14 +111,10 @@ def overview_aggregates(
 ) -> list[tuple[Any, ...]] | None:
     """The rows of the overview's raw aggregate statement (``part, g, k1, k2, n, pv, rev``,
     top lists already cut to ``top_n``), or None when the rollups cannot answer exactly."""
-    if not store.has_rollups:
-        return None
-    days = whole_days(start, end)
+    days = _agreeing_days(store, project_id, start, end)
     if days is None:
         return None
     d0, d1 = days
-    if not rollups_agree(store, project_id, d0, d1):
-        return None
     edge_params = [project_id, start, d0, d1, end]
     day_params: list[date | str] = [project_id, d0.date(), d1.date()]
     edges = DAILY_FROM.format(src=_EDGES)
@@ -151,16 +159,12 @@ def active_users(
     rollups cannot answer exactly (no whole day, or they disagree with the events table) or
     the range is over :data:`ACTIVE_DAYS`. Unstitched projects only (the rollups hold raw
     user ids)."""
-    if not store.has_rollups:
-        return None
-    days = whole_days(start, end)
+    first = start.date()
+    n = ((end - timedelta(microseconds=1)).date() - first).days + 1
+    days = _agreeing_days(store, project_id, start, end) if n <= ACTIVE_DAYS else None
     if days is None:
         return None
     d0, d1 = days
-    first = start.date()
-    n = ((end - timedelta(microseconds=1)).date() - first).days + 1
-    if n > ACTIVE_DAYS or not rollups_agree(store, project_id, d0, d1):
-        return None
     buckets: dict[str, dict[int, list[int]]] = {"day": {}, "week": {}, "month": {}}
     for k in range(n):
         day = first + timedelta(days=k)
