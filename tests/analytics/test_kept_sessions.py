@@ -158,7 +158,10 @@ def test_single_appends_keep_sessions_equal_to_raw_rows_and_the_oracle(duck: Duc
 
 
 def _rebuilt(store: DuckDBStore) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The stored sessions, and what a build from the events gives (rolled back)."""
+    """The stored sessions (pending writes cut first), and what a build from the events
+    gives (rolled back)."""
+    store.settle_kept_sessions()
+    assert store.query("SELECT count(*) FROM kept_pending") == [(0,)]
     cursor = store._cursor()
     read = "SELECT * EXCLUDE (project_id) FROM kept_sessions ORDER BY ALL"
     kept = cursor.execute(read).fetchall()
@@ -199,7 +202,7 @@ def test_loader_rounds_of_several_pieces_keep_the_same_sessions(duck: DuckDBStor
 def test_migration_builds_the_tables_from_stored_events(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A store from before migration 12 (its tables and version row taken away) gets the
+    """A store from before migration 12 (its tables and version rows taken away) gets the
     kept sessions built when it is opened, from the events it holds."""
     path = tmp_path / "old.duckdb"
     old = DuckDBStore(path)
@@ -208,7 +211,8 @@ def test_migration_builds_the_tables_from_stored_events(
     cursor = old._cursor()
     cursor.execute("DROP TABLE kept_sessions")
     cursor.execute("DROP TABLE kept_keyed_sessions")
-    cursor.execute("DELETE FROM schema_version WHERE version = 12")
+    cursor.execute("DROP TABLE kept_pending")
+    cursor.execute("DELETE FROM schema_version WHERE version >= 12")
     old.close()
     monkeypatch.setattr(session_table, "BUILD_SLICE_ROWS", 500)  # several passes over users
     with caplog.at_level("INFO", logger="avila.storage.migrations"):
@@ -216,7 +220,7 @@ def test_migration_builds_the_tables_from_stored_events(
     try:
         passes = [r for r in caplog.records if getattr(r, "progress", "").startswith("sessions")]
         assert len(passes) > 1
-        assert upgraded.query("SELECT max(version) FROM schema_version") == [(12,)]
+        assert upgraded.query("SELECT max(version) FROM schema_version") == [(13,)]
         kept, rebuilt = _rebuilt(upgraded)
         assert kept == rebuilt and len(kept) > 100
         _check_all(upgraded)
@@ -224,15 +228,90 @@ def test_migration_builds_the_tables_from_stored_events(
         upgraded.close()
 
 
+def _pending(store: DuckDBStore) -> int:
+    return int(store.query("SELECT count(*) FROM kept_pending")[0][0])
+
+
+def test_small_writes_wait_and_a_read_cuts_them(duck: DuckDBStore) -> None:
+    """Writes below SETTLE_ROWS only append to kept_pending; the first sessions read cuts them
+    all, and every answer equals the raw rows'."""
+    for rows in WRITES:
+        duck.append_events(to_table(rows))
+    anonymous = sum(1 for r in ALL_ROWS if not r.get("session_id"))
+    assert _pending(duck) == anonymous
+    assert duck.query("SELECT count(*) FROM kept_sessions") == [(0,)]
+    _check_all(duck)
+    assert _pending(duck) == 0
+
+
+def test_pending_rows_go_with_every_cut(
+    duck: DuckDBStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a small SETTLE_ROWS some writes cut and some wait; erasure, a restart and a bulk
+    import (which cuts its rows at once) come while rows wait. Every cut takes the waiting
+    rows with it, so nothing is cut twice: the stored sessions are always a rebuild's."""
+    monkeypatch.setattr(session_table, "SETTLE_ROWS", 150)
+    seen = set()
+    for i, rows in enumerate(WRITES[:10]):
+        duck.append_events(to_table(rows))
+        seen.add(_pending(duck) > 0)
+        if i == 4:
+            duck.erase_users(PROJECT, ["u3"], links=False)
+    assert seen == {True, False}  # (the protocol above makes both happen)
+    assert _pending(duck) > 0
+    duck.close()
+    reopened = DuckDBStore(tmp_path / "kept.duckdb")  # the count of waiting rows survives
+    try:
+        assert reopened._sessions is not None and reopened._sessions.pending == _pending(reopened)
+        path = tmp_path / "more.ndjson"
+        with path.open("w") as out:
+            for r in WRITES[10]:
+                body = {
+                    "event_id": r["event_id"],
+                    "user_id": r["user_id"],
+                    "event_type": "click" if r["event_type"] == "purchase" else r["event_type"],
+                    "timestamp": r["ts"].isoformat() + "Z",
+                }
+                out.write(json.dumps(body) + "\n")
+        bulk_import(path, "ndjson", reopened, PROJECT)
+        assert _pending(reopened) == 0
+        for rows in WRITES[11:]:
+            reopened.append_events(to_table(rows))
+        kept, rebuilt = _rebuilt(reopened)
+        assert kept == rebuilt
+        _check_all(reopened)
+    finally:
+        reopened.close()
+
+
+def test_rows_that_waited_long_enough_are_cut_by_the_next_write(
+    duck: DuckDBStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_table, "SETTLE_SECONDS", 0.0)
+    duck.append_events(to_table(WRITES[0]))
+    assert _pending(duck) > 0  # nothing waited before it
+    duck.append_events(to_table(WRITES[1]))
+    assert _pending(duck) == 0
+    kept, rebuilt = _rebuilt(duck)
+    assert kept == rebuilt
+
+
 def test_erased_users_leave_the_kept_sessions(duck: DuckDBStore) -> None:
     for rows in WRITES:
         duck.append_events(to_table(rows))
+    duck.settle_kept_sessions()
+    more = [
+        event(u, T0 + timedelta(days=2, minutes=m), "click") for u in ("u3", "u1") for m in (5, 9)
+    ]
+    duck.append_events(to_table(more))  # (and some waiting to be cut)
+    assert _pending(duck) > 0
     duck.erase_users(PROJECT, ["bot", "u3", "ü-ñ"], links=False)
     left = duck.query(
         "SELECT count(*) FROM kept_sessions WHERE user_id IN ('bot', 'u3', 'ü-ñ')"
         " UNION ALL SELECT count(*) FROM kept_keyed_sessions WHERE user_id IN ('bot', 'u3', 'ü-ñ')"
+        " UNION ALL SELECT count(*) FROM kept_pending WHERE user_id IN ('bot', 'u3', 'ü-ñ')"
     )
-    assert left == [(0,), (0,)]
+    assert left == [(0,), (0,), (0,)]
     _check_all(duck)
 
 

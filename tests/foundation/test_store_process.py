@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
 from pathlib import Path
@@ -123,3 +124,37 @@ def test_execute_all_is_one_transaction(tmp_path: Path, where: str) -> None:
         assert store.query("SELECT count(*) FROM t")[0][0] == 2
     finally:
         store.close()
+
+
+def test_a_query_worker_has_waiting_sessions_cut_by_the_store_process(
+    store: ProcessStore,
+) -> None:
+    """A small write leaves its sessions to be cut later (avila.storage.session_table.Upkeep);
+    a read-only query worker asks the store process to cut them before it reads."""
+    import pyarrow as pa
+
+    from avila.storage.schema import EVENT_SCHEMA
+
+    at = datetime(2025, 1, 1)
+    rows = {name: [None] * 3 for name in EVENT_SCHEMA.names}
+    rows.update(
+        project_id=["p"] * 3,
+        event_id=["e1", "e2", "e3"],
+        user_id=["u", "u", "v"],
+        ts=[at, at + timedelta(minutes=10), at],
+        received_at=[at] * 3,
+        event_type=["page_view"] * 3,
+    )
+    store.append_events(pa.table(rows, schema=EVENT_SCHEMA))
+    assert store.query("SELECT count(*) FROM kept_pending") == [(3,)]
+    assert store.read_address is not None
+    reader = RemoteReader(*store.read_address)
+    try:
+        reader.settle_kept_sessions()
+    finally:
+        reader.close()
+    assert store.query("SELECT count(*) FROM kept_pending") == [(0,)]
+    assert store.query("SELECT user_id, events FROM kept_sessions ORDER BY 1") == [
+        ("u", 2),
+        ("v", 1),
+    ]

@@ -250,6 +250,11 @@ class Store(ABC):
     #: session_table`).
     has_kept_sessions = False
 
+    def settle_kept_sessions(self) -> None:
+        """Cut the sessions of events written since the last cut (a sessions read calls it
+        first; see :class:`avila.storage.session_table.Upkeep`)."""
+        return None
+
     def execute_all(self, statements: Sequence[Statement]) -> list[int]:
         """Run the statements in order in one transaction: all or none; returns what
         :meth:`execute` returns for each. Only backends with transactions (DuckDB) have it."""

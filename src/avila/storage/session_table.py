@@ -18,6 +18,15 @@ default 30 min timeout and 24 h cut, a project without identity links):
   session per write. A keyed session is a group, not a run, so its partials merge exactly
   (min, max, sums) and no write has to read what is stored.
 
+* ``kept_pending (project_id, user_id, t, pv)``: written events without a ``session_id`` whose
+  sessions are not cut yet. Cutting costs a few statements, so a small write only appends here
+  (one insert) and :class:`Upkeep` cuts the pending rows in bulk: when they pass
+  :data:`SETTLE_ROWS`, when the oldest has waited :data:`SETTLE_SECONDS`, and before a
+  sessions read (the store's ``settle_kept_sessions``). Every cut takes all pending rows with
+  it (:func:`settle`): ``kept_sessions`` always holds the sessions of the stored events less
+  the pending ones, which is what the live path's extension from the stored latest session
+  relies on.
+
 Times are epoch microseconds (BIGINT). Rows are appended roughly in time order, so the
 readers' and the recompute's time bounds skip old row groups by their min/max (zone maps).
 Erasure deletes a user's rows in the transaction that deletes their events
@@ -28,6 +37,7 @@ module).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,7 +61,16 @@ DDL: tuple[str, ...] = (
     " user_id VARCHAR NOT NULL, session_id VARCHAR NOT NULL, start_us BIGINT NOT NULL,"
     " end_us BIGINT NOT NULL, events BIGINT NOT NULL, page_views BIGINT NOT NULL)",
 )
-TABLES = ("kept_sessions", "kept_keyed_sessions")
+#: Migration 13: events written whose sessions are not cut yet (:class:`Upkeep`).
+PENDING_DDL = (
+    "CREATE TABLE IF NOT EXISTS kept_pending (project_id VARCHAR NOT NULL,"
+    " user_id VARCHAR NOT NULL, t BIGINT NOT NULL, pv BIGINT NOT NULL)",
+)
+TABLES = ("kept_sessions", "kept_keyed_sessions", "kept_pending")
+#: Pending rows that make a write cut them all (a loader round at volume cuts its own rows).
+SETTLE_ROWS = 20_000
+#: A write cuts the pending rows once the oldest has waited this long.
+SETTLE_SECONDS = 10.0
 
 SESSION_SCHEMA = pa.schema(
     [
@@ -158,6 +177,39 @@ def add_events(cursor: Any, relation: str) -> None:
         settle(cursor, [new.cast(NEW_SCHEMA)])
 
 
+class Upkeep:
+    """When the sessions of written events are cut: one per writing store, used under its
+    write lock. ``pending``: the rows in ``kept_pending`` when the store opened. The count
+    may run high (a write that rolled back, an erasure, a bulk import that cut them), never
+    low, so a read never skips pending rows."""
+
+    def __init__(self, pending: int) -> None:
+        self.pending = pending
+        self._since = time.monotonic() if pending else None
+
+    def write(self, cursor: Any, touches: Sequence[pa.Table]) -> bool:
+        """Defer or cut the sessions of the written events (:func:`touched` of each piece),
+        in the writing transaction, after the events. True when it cut them: call
+        :meth:`settled` once the transaction has committed."""
+        rows = sum(touch.num_rows for touch in touches)
+        if not rows:
+            return False
+        waited = self._since is not None and time.monotonic() - self._since >= SETTLE_SECONDS
+        if waited or self.pending + rows >= SETTLE_ROWS:
+            settle(cursor, touches)
+            return True
+        cursor.from_arrow(pa.concat_tables(touches)).insert_into("kept_pending")
+        self.pending += rows
+        if self._since is None:
+            self._since = time.monotonic()
+        return False
+
+    def settled(self) -> None:
+        """The transaction that cut every pending row has committed."""
+        self.pending = 0
+        self._since = None
+
+
 #: Per user of the new rows (``_kept_new``: project, user, lo, hi), the stored chains within
 #: the timeout of the user's new span: how many, their extent, and the latest session.
 _TOUCHED_CHAINS = """
@@ -176,13 +228,17 @@ GROUP BY n.project_id, n.user_id, n.lo, n.hi
 
 
 def settle(cursor: Any, touches: Sequence[pa.Table]) -> None:
-    """Keep the inactivity sessions of the written events (``touches``: :func:`touched` of
-    each piece written, the events already in the events table); call inside the writing
-    transaction, after the events.
+    """Cut the inactivity sessions of the written events (``touches``: :func:`touched` of
+    each piece written, the events already in the events table) and of every pending row;
+    call inside the writing transaction, after the events.
 
     Events after every stored event of their user (live traffic) extend the user's latest
     chain from its stored latest session alone. Late events (before a stored chain's end)
     make every chain they touch be recomputed from the events table."""
+    pending = _arrow(cursor, "SELECT project_id, user_id, t, pv FROM kept_pending")
+    if pending.num_rows:
+        cursor.execute("DELETE FROM kept_pending")
+        touches = [pending.cast(NEW_SCHEMA), *touches]
     if not touches:
         return
     new = pa.concat_tables(touches)
@@ -371,7 +427,8 @@ def _arrow(cursor: Any, sql: str, params: dict[str, Any] | None = None) -> pa.Ta
 
 def build(cursor: Any, report: Callable[[str], None] | None = None) -> None:
     """Fill the (empty) tables from the events already stored: the keyed partials in one
-    statement, the inactivity sessions in passes over slices of users."""
+    statement, the inactivity sessions in passes over slices of users. Nothing may be
+    pending (it would be cut twice)."""
     cursor.execute(
         "INSERT INTO kept_keyed_sessions SELECT project_id, user_id, session_id,"
         " min(epoch_us(ts)), max(epoch_us(ts)), count(*), count(*) FILTER (event_type ="

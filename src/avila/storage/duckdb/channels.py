@@ -117,6 +117,11 @@ class ChannelReads(DuckDBRows):
                     except (EOFError, OSError):
                         break
 
+    def settle_kept_sessions(self) -> None:
+        # (a write the store process decides on, so a read-only reader may ask for it)
+        with self._reader() as conn:
+            self._call(conn, "settle_sessions")
+
     def _ping_channel(self) -> None:
         with self._reader() as conn:
             self._call(conn, "ping")

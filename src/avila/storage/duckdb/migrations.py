@@ -183,6 +183,11 @@ MIGRATIONS: tuple[tuple[int, str, tuple[Step, ...]], ...] = (
         " (avila.storage.session_table)",
         (*session_table.DDL, _build_kept_sessions),
     ),
+    (
+        13,
+        "kept_pending: events whose sessions are cut later, in bulk (avila.storage.session_table)",
+        session_table.PENDING_DDL,
+    ),
 )
 
 

@@ -137,6 +137,9 @@ def _serve_requests(store: Store, conn: Connection) -> None:
                 conn.send(("ok", store.execute_all(message[1])))
             elif op == "recent_keys":
                 conn.send(("ok", list(store.recent_event_keys(message[1]))))
+            elif op == "settle_sessions":
+                store.settle_kept_sessions()
+                conn.send(("ok", None))
             elif op == "ping":
                 store.ping()
                 conn.send(("ok", None))

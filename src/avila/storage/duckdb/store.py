@@ -36,22 +36,19 @@ CHECKPOINT_THRESHOLD = "256MB"
 def insert_events(
     cursor: duckdb.DuckDBPyConnection,
     table: pa.Table,
+    touches: list[pa.Table],
     partials: rollups.Partials | None = None,
-    touches: list[pa.Table] | None = None,
 ) -> None:
-    """Append events, their rollups (avila.storage.rollups) and their kept sessions
-    (avila.storage.session_table) in the caller's transaction. ``partials``:
-    :func:`rollups.partials` of ``table`` if the caller computed it already. ``touches``: where
-    a transaction of several pieces collects what :func:`session_table.settle` recomputes
-    before its commit (None: recomputed here)."""
+    """Append events and their rollups (avila.storage.rollups) in the caller's transaction,
+    and add to ``touches`` what their kept sessions need (avila.storage.session_table: the
+    caller hands the transaction's touches to its :class:`~session_table.Upkeep` before the
+    commit). ``partials``: :func:`rollups.partials` of ``table`` if the caller computed it
+    already."""
     cursor.from_arrow(table).insert_into("events")
     session_table.add_keyed(cursor, table)
     touch = session_table.touched(table)
     if touch is not None:
-        if touches is None:
-            session_table.settle(cursor, [touch])
-        else:
-            touches.append(touch)
+        touches.append(touch)
     found = partials or rollups.partials(table)
     if found is not None:
         rollups.add_partials(cursor, found)
@@ -102,8 +99,12 @@ class DuckDBStore(DuckDBRows):
         if memory_limit:
             config["memory_limit"] = resolve_memory_limit(memory_limit)
         self._conn = self._connect(read_only, config, lock_wait)
+        #: When the kept sessions of written events are cut (None: a read-only store).
+        self._sessions: session_table.Upkeep | None = None
         if not read_only:
             migrate(self._conn)
+            ((pending,),) = self._conn.execute("SELECT count(*) FROM kept_pending").fetchall()
+            self._sessions = session_table.Upkeep(int(pending))
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._closed = False
@@ -149,11 +150,27 @@ class DuckDBStore(DuckDBRows):
             cursor = self._cursor()
             cursor.execute("BEGIN TRANSACTION")
             try:
-                insert_events(cursor, table)
+                touches: list[pa.Table] = []
+                insert_events(cursor, table, touches)
+                settled = self._upkeep().write(cursor, touches)
                 cursor.execute("COMMIT")
             except BaseException:
                 cursor.execute("ROLLBACK")
                 raise
+            if settled:
+                self._upkeep().settled()
+
+    def _upkeep(self) -> session_table.Upkeep:
+        if self._sessions is None:
+            raise StorageUnavailable("the store was opened read-only")
+        return self._sessions
+
+    def settle_kept_sessions(self) -> None:
+        if self._sessions is None or not self._sessions.pending:
+            return
+        with self.bulk_transaction() as cursor:
+            session_table.settle(cursor, [])
+        self._sessions.settled()
 
     def append_table(self, table_name: str, table: pa.Table) -> None:
         if table.num_rows == 0:
@@ -252,7 +269,7 @@ class DuckDBStore(DuckDBRows):
             partials = None
             if rollups.TABLES[0] in given:
                 partials = rollups.Partials(*(given[name] for name in rollups.TABLES))
-            insert_events(cursor, events, partials, touches)
+            insert_events(cursor, events, touches, partials)
         if devices is not None and devices.num_rows:
             # A device first seen in the unloaded log before a restart is claimed again
             # after it: keep the first row per device.
@@ -345,7 +362,7 @@ class LogRound:
         store._write_lock.acquire()
         self._open = True
         self._skip: int | None = None  # the recorded position, when the round is in already
-        self._touches: list[pa.Table] = []  # (avila.storage.session_table.settle at commit)
+        self._touches: list[pa.Table] = []  # (the store's session Upkeep at commit)
         try:
             self._cursor = store._cursor()
             known = store._committed_log_position
@@ -389,7 +406,7 @@ class LogRound:
             store._committed_log_position = self._skip
             return
         # the round's sessions, once for all its pieces
-        session_table.settle(self._cursor, self._touches)
+        settled = store._upkeep().write(self._cursor, self._touches)
         self._cursor.execute(
             "UPDATE ingest_position SET position = ?, loaded_at = now()::TIMESTAMP"
             " WHERE log = 'main'",
@@ -397,6 +414,8 @@ class LogRound:
         )
         self._cursor.execute("COMMIT")
         store._committed_log_position = position
+        if settled:
+            store._upkeep().settled()
         self._open = False
         store._write_lock.release()
 
