@@ -413,3 +413,51 @@ def test_active_users_over_ranges_of_several_bit_words(duck: DuckDBStore) -> Non
         }
         _same_overview(duck, query)
         assert _kept_users_and_sessions(duck, PROJECT, start, start + timedelta(days=days))
+
+
+def test_the_loader_cuts_waiting_rows_when_it_is_idle(tmp_path: Path) -> None:
+    """Events acknowledged on the ingest log and loaded in small rounds wait to be cut; a
+    second after the last round the loader cuts them, with no read asking for it."""
+    import asyncio
+
+    from avila.ingest.service import IngestService
+    from avila.storage.ingest_log import IngestLogConfig
+    from avila.storage.loader import IDLE_CUT_S
+
+    store = DuckDBStore(tmp_path / "idle.duckdb")
+    store.ingest_log_config = IngestLogConfig(tmp_path / "log")
+    bodies = [
+        json.dumps(
+            {
+                "event_id": f"idle-{i}",
+                "user_id": f"u{i % 3}",
+                "timestamp": f"2026-01-10T10:{i:02d}:00Z",
+                "event_type": {"type": "PageView", "data": {"url": "/"}},
+            }
+        ).encode()
+        for i in range(12)
+    ]
+    seen: list[int] = []
+
+    async def ingest_then_watch() -> None:
+        service = IngestService(store)
+        await service.start()
+        assert (await service.ingest(bodies, PROJECT)).accepted == len(bodies)
+        deadline = asyncio.get_running_loop().time() + 30 * IDLE_CUT_S
+        while asyncio.get_running_loop().time() < deadline:
+            loaded = store.query("SELECT count(*) FROM events")[0][0]
+            waiting = _pending(store)
+            seen.append(waiting)
+            if loaded == len(bodies) and waiting == 0:
+                break
+            await asyncio.sleep(0.05)
+        await service.close()
+
+    try:
+        asyncio.run(ingest_then_watch())
+        assert seen[-1] == 0 and any(seen)  # the rows waited, then were cut without a read
+        assert store.query("SELECT sum(events) FROM kept_sessions") == [(len(bodies),)]
+        kept, rebuilt = _rebuilt(store)
+        assert kept == rebuilt
+    finally:
+        store.close()

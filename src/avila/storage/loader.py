@@ -38,6 +38,10 @@ A backlog (a restart's replay, a burst after a stall) loads in catch-up rounds o
 transaction in pieces of :data:`PIECE_ROWS` as they are read
 (:meth:`~avila.storage.duckdb.store.DuckDBStore.open_log_round`), still all or nothing with its
 log position.
+
+Small rounds leave their events' sessions to be cut later, in bulk
+(:class:`avila.storage.session_table.Upkeep`). After :data:`IDLE_CUT_S` without a round the
+loader cuts them, so the next sessions read does not have to.
 """
 
 from __future__ import annotations
@@ -65,6 +69,9 @@ ROUND_INTERVAL_S = 0.1
 LINGER_S = 0.5
 #: a round this large (log bytes) starts without lingering
 LINGER_BYTES = 256 << 10
+#: after this long without a round, the sessions of waiting rows are cut
+#: (avila.storage.session_table.Upkeep), so the next sessions read need not
+IDLE_CUT_S = 1.0
 
 
 class Loader(RoundCommits):
@@ -274,6 +281,7 @@ class Loader(RoundCommits):
         transaction: Round | None = None
         spent = 0.0  # seconds this thread spent on the round
         awaiting: int | None = None  # asked to load from here entry by entry: skip the rest
+        quiet_since = time.monotonic()  # when the last piece came
         while True:
             try:
                 piece = self._ready.get(timeout=0.1)
@@ -282,7 +290,10 @@ class Loader(RoundCommits):
                     if transaction is not None:
                         transaction.abort()  # an unfinished round stays in the log
                     return
+                if transaction is None and time.monotonic() - quiet_since >= IDLE_CUT_S:
+                    quiet_since = self._cut_sessions()
                 continue
+            quiet_since = time.monotonic()
             if piece.isolate:
                 if piece.start == self.position and awaiting in (None, piece.start):
                     awaiting = None
@@ -334,6 +345,18 @@ class Loader(RoundCommits):
                         break
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
+
+    def _cut_sessions(self) -> float:
+        """At idle, cut the sessions of the rows that wait for it (a no-op when none do); when
+        to try again (a failure waits a minute: the next read cuts them anyway)."""
+        try:
+            self.store.settle_kept_sessions()
+        except Exception as exc:
+            log.warning(
+                "ingest loader could not cut the waiting sessions", extra={"error": str(exc)}
+            )
+            return time.monotonic() + 60
+        return time.monotonic()
 
     def _may_split(self, start: int, *, reading: bool, stored_nothing: bool = False) -> bool:
         """Whether a failing round from ``start`` may be loaded entry by entry. Where a round is
