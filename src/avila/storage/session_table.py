@@ -197,7 +197,7 @@ class Upkeep:
             return False
         waited = self._since is not None and time.monotonic() - self._since >= SETTLE_SECONDS
         if waited or self.pending + rows >= SETTLE_ROWS:
-            settle(cursor, touches)
+            settle(cursor, touches, waiting=self.pending > 0)
             return True
         cursor.from_arrow(pa.concat_tables(touches)).insert_into("kept_pending")
         self.pending += rows
@@ -229,18 +229,20 @@ GROUP BY n.project_id, n.user_id, n.lo, n.hi
 """
 
 
-def settle(cursor: Any, touches: Sequence[pa.Table]) -> None:
+def settle(cursor: Any, touches: Sequence[pa.Table], *, waiting: bool = True) -> None:
     """Cut the inactivity sessions of the written events (``touches``: :func:`touched` of
     each piece written, the events already in the events table) and of every pending row;
-    call inside the writing transaction, after the events.
+    call inside the writing transaction, after the events. ``waiting=False``: the caller
+    knows no row is pending (:class:`Upkeep`: a loader round at volume skips a statement).
 
     Events after every stored event of their user (live traffic) extend the user's latest
     chain from its stored latest session alone. Late events (before a stored chain's end)
     make every chain they touch be recomputed from the events table."""
-    pending = _arrow(cursor, "SELECT project_id, user_id, t, pv FROM kept_pending")
-    if pending.num_rows:
-        cursor.execute("DELETE FROM kept_pending")
-        touches = [pending.cast(NEW_SCHEMA), *touches]
+    if waiting:
+        pending = _arrow(cursor, "SELECT project_id, user_id, t, pv FROM kept_pending")
+        if pending.num_rows:
+            cursor.execute("DELETE FROM kept_pending")
+            touches = [pending.cast(NEW_SCHEMA), *touches]
     if not touches:
         return
     new = pa.concat_tables(touches)
