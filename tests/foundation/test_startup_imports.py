@@ -16,8 +16,10 @@ from scipy.stats import norm
 
 from avila.experiments.statistics import Z_95
 
-#: httpx is the alert deliverer's, made at the first webhook (~0.3 CPU-s of every start).
-HEAVY = ("scipy", "sklearn", "river", "httpx")
+#: httpx is the alert deliverer's, made at the first webhook (~0.3 CPU-s of every start); pandas
+#: loads with the first model fit or training read (~0.4 CPU-s); the Redis client only where
+#: ``AVILA_REDIS_URL`` is set (~0.15 CPU-s).
+HEAVY = ("scipy", "sklearn", "river", "httpx", "pandas", "redis")
 
 
 def test_importing_the_app_leaves_the_libraries_few_requests_need_unimported() -> None:

@@ -26,13 +26,15 @@ True"""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from avila.errors import ValidationFailed
 from avila.ml._checks import require_fitted
+
+if TYPE_CHECKING:
+    import pandas as pd  # loaded by the first fit or read: the app starts without it
 
 __all__ = ["SeasonalAnomalyDetector", "StreamingAnomalyDetector"]
 
@@ -181,6 +183,8 @@ class SeasonalAnomalyDetector:
         self.baseline_: pd.DataFrame | None = None
 
     def _slots(self, series: pd.Series) -> np.ndarray:
+        import pandas as pd
+
         if not isinstance(series, pd.Series) or not isinstance(series.index, pd.DatetimeIndex):
             raise ValidationFailed(
                 "expected a pandas Series with a DatetimeIndex",
@@ -198,6 +202,8 @@ class SeasonalAnomalyDetector:
 
     def fit(self, history: pd.Series) -> SeasonalAnomalyDetector:
         """Learn per-slot median and robust scale from ``history`` (NaN points ignored)."""
+        import pandas as pd
+
         slots = self._slots(history)
         frame = pd.DataFrame({"slot": slots, "value": history.to_numpy(dtype=float)}).dropna()
         n_slots = {"hour_of_week": 168, "hour_of_day": 24, "none": 1}[self.season]
@@ -248,6 +254,8 @@ class SeasonalAnomalyDetector:
 
         Bands are ``expected ± threshold_ · scale``; NaN values are never anomalies.
         """
+        import pandas as pd
+
         require_fitted(self, "baseline_")
         assert self.baseline_ is not None
         slots = self._slots(series)

@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 if TYPE_CHECKING:
+    import pandas as pd  # loaded by the first fit or read: the app starts without it
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.pipeline import Pipeline
 
@@ -99,6 +99,8 @@ def churn_snapshot(
     Times are UTC; ``snapshot`` holds ``t0``. ``active_within_days`` keeps only users with an
     event in the last that many days (long-gone users are not worth scoring).
     """
+    import pandas as pd
+
     for col in (user_col, time_col, *([value_col] if value_col else [])):
         if col not in events:
             raise ValidationFailed(
@@ -227,6 +229,8 @@ class ChurnModel:
         self.bgnbd_: BetaGeoModel | None = None
 
     def _matrix(self, features: pd.DataFrame) -> np.ndarray:
+        import pandas as pd
+
         if not isinstance(features, pd.DataFrame):
             raise ValidationFailed(
                 "features must be a pandas DataFrame",
@@ -367,6 +371,8 @@ def evaluate_time_split(
     looks at events the test features could not see. Returns :meth:`ChurnModel.score` plus
     ``n_train``.
     """
+    import pandas as pd
+
     times = pd.to_datetime(snapshots[snapshot_col], utc=True)
     cutoff = pd.Timestamp(test_snapshot)
     cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")

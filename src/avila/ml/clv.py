@@ -35,13 +35,15 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from avila.errors import ValidationFailed
 from avila.ml._checks import as_float_array, require_fitted, same_length
+
+if TYPE_CHECKING:
+    import pandas as pd  # loaded by the first fit or read: the app starts without it
 
 __all__ = [
     "BetaGeoModel",
@@ -397,6 +399,8 @@ def summarise_transactions(
     Gamma-Gamma model expects. ``observation_end`` defaults to the last transaction.
     Returns a frame indexed by customer id.
     """
+    import pandas as pd
+
     missing = [c for c in (customer_col, time_col, value_col) if c and c not in transactions]
     if missing:
         raise ValidationFailed(

@@ -9,10 +9,9 @@ best action.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from avila.errors import ValidationFailed
 from avila.ml.clv import (
@@ -24,7 +23,8 @@ from avila.ml.clv import (
 from avila.ml.features import EventData
 from avila.ml.nba import Action, NextBestAction
 
-DAY = pd.Timedelta(days=1)
+if TYPE_CHECKING:
+    import pandas as pd  # loaded by the first fit or read: the app starts without it
 
 
 class ClvFitFailed(Exception):
@@ -33,6 +33,8 @@ class ClvFitFailed(Exception):
 
 def fit_clv(data: EventData) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per user p_alive, expected purchases (30 days), expected order value, 12-month CLV."""
+    import pandas as pd
+
     purchases = data.purchases
     week = 7.0
     summary = summarise_transactions(
@@ -75,8 +77,10 @@ def fit_clv(data: EventData) -> tuple[pd.DataFrame, dict[str, Any]]:
 def clv_holdout(data: EventData) -> dict[str, Any]:
     """Fit on all but the last quarter (at most 28 days); compare predicted purchase days in
     the holdout with each user's calibration-period rate (MAE, both)."""
+    import pandas as pd
+
     hold = min(28.0, data.bulk_span_days * 0.25)
-    cut = data.end - hold * DAY
+    cut = data.end - hold * pd.Timedelta(days=1)
     cal = data.purchases[data.purchases["ts"] < cut]
     if cal.empty:
         return {}
@@ -121,6 +125,8 @@ ACTION_COST = {"win_back_offer": 5.0, "cart_reminder": 0.05, "cross_sell": 0.10,
 
 def next_best_actions(customers: pd.DataFrame, margin: float) -> pd.DataFrame:
     """Each customer's next best action (:class:`NextBestAction` over the catalogue)."""
+    import pandas as pd
+
     eov = customers["expected_order_value"]
     values = {
         "win_back_offer": customers["clv_12m"] * margin,

@@ -24,13 +24,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Collection, Hashable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from avila.errors import ValidationFailed
 from avila.ml._checks import as_float_array, same_length
+
+if TYPE_CHECKING:
+    import pandas as pd  # loaded by the first fit or read: the app starts without it
 
 __all__ = [
     "average_precision",
@@ -102,6 +104,8 @@ def per_user_holdout(
 
     Deterministic for a given ``seed``; users with too few rows keep everything in train.
     """
+    import pandas as pd
+
     if not 0 < test_fraction < 1:
         raise ValidationFailed(
             "test_fraction must be in (0, 1)",

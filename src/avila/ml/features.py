@@ -7,6 +7,7 @@ REFERENCES (supervised churn/conversion): features use only days before ``t0``; 
 
 Example (a hand-built daily table):
 
+>>> import pandas as pd
 >>> daily = pd.DataFrame({
 ...     "user_id": ["a", "a", "b"],
 ...     "day": pd.to_datetime(["2024-01-01", "2024-01-09", "2024-01-02"]),
@@ -24,13 +25,15 @@ Example (a hand-built daily table):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from avila.analytics.common import fragments
 from avila.storage.base import Store
+
+if TYPE_CHECKING:
+    import pandas as pd  # loaded by the first fit or read: the app starts without it
 
 __all__ = [
     "COUNTED_TYPES",
@@ -162,6 +165,8 @@ class EventData:
     @property
     def span_days(self) -> float:
         """Days from the first event to ``end`` (0 for an empty project)."""
+        import pandas as pd
+
         if self.start is None:
             return 0.0
         return float((self.end - self.start) / pd.Timedelta(days=1))
@@ -173,6 +178,8 @@ class EventData:
         Training lays its snapshot grid over this, not over the first event, so a few stray
         old events (the README's example event from 2025, one backfilled user) do not stretch
         a month of data into a year of nearly empty weekly snapshots."""
+        import pandas as pd
+
         if self.start is None or not len(self.daily):
             return self.start
         return max(self.start, pd.Timestamp(self.daily["day"].quantile(0.01)))
@@ -180,6 +187,8 @@ class EventData:
     @property
     def bulk_span_days(self) -> float:
         """Days from :attr:`bulk_start` to ``end`` (0 for an empty project)."""
+        import pandas as pd
+
         start = self.bulk_start
         if start is None:
             return 0.0
@@ -206,6 +215,8 @@ def load_event_data(store: Store, project_id: str, end: Any = None) -> EventData
 
     ``end`` defaults to just after the newest stored event, so the whole history is read.
     """
+    import pandas as pd
+
     if end is None:
         row = store.query("SELECT min(ts), max(ts) FROM events WHERE project_id = ?", [project_id])[
             0
@@ -238,6 +249,8 @@ def load_session_prefixes(
     session) and :data:`SESSION_FEATURES`. ``sample_every`` keeps about one prefix in that many
     (a deterministic hash of the event id), to bound training time on large stores.
     """
+    import pandas as pd
+
     end = pd.Timestamp(end).to_pydatetime()
     frame = _frame(store, _SESSION_SQL, [project_id, end, max(1, int(sample_every))])
     frame["session_start"] = pd.to_datetime(frame["session_start"]).astype("datetime64[us]")
@@ -263,6 +276,8 @@ def user_snapshot(
     ``horizon_days``). ``recency_days`` and ``tenure_days`` count from the last / first event
     to ``t0``. ``active_within_days`` keeps users whose last event is at most that old.
     """
+    import pandas as pd
+
     t0 = pd.Timestamp(t0)
     past = daily[daily["day"] < t0]
     age = (t0 - past["day"]) / pd.Timedelta(days=1)  # 1 for the day before t0

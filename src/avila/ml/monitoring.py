@@ -22,14 +22,16 @@ import hashlib
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from avila.analytics.common import fragments
 from avila.ml.anomaly import SeasonalAnomalyDetector, StreamingAnomalyDetector
 from avila.storage.base import Store
+
+if TYPE_CHECKING:
+    import pandas as pd  # loaded by the first fit or read: the app starts without it
 
 __all__ = [
     "AnomalyLog",
@@ -57,6 +59,8 @@ def metric_series(
 
     ``start``/``end`` are naive UTC and should be multiples of the bucket.
     """
+    import pandas as pd
+
     bucket = fragments(store)["time_bucket_us"].format(int(bucket_seconds) * 1_000_000, "ts")
     sql = _SERIES_SQL.format(bucket=bucket)
     raw = store.query_arrow(sql, [project_id, start, end]).to_pandas()
@@ -84,6 +88,8 @@ def metric_series(
 def _record(
     metric: str, detector: str, bucket: Any, seconds: int, **values: float | None
 ) -> dict[str, Any]:
+    import pandas as pd
+
     return {
         "metric": metric,
         "detector": detector,

@@ -25,12 +25,14 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from avila.errors import ValidationFailed
+
+if TYPE_CHECKING:
+    import pandas as pd  # loaded by the first fit or read: the app starts without it
 
 __all__ = ["Action", "NextBestAction"]
 
@@ -98,6 +100,8 @@ class NextBestAction:
         ``propensity`` has one column per action name (P(response) in [0, 1]) and the same
         index as ``customers``.
         """
+        import pandas as pd
+
         missing = [a.name for a in self.actions if a.name not in propensity]
         if missing or not propensity.index.equals(customers.index):
             raise ValidationFailed(

@@ -29,9 +29,7 @@ import logging
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from avila.errors import AvilaError, NotFound
 from avila.ml.conversion import LiveSessions
@@ -39,6 +37,9 @@ from avila.ml.features import SESSION_FEATURES
 from avila.ml.registry import RunRegistry
 from avila.ml.training import MODEL_NAMES, TrainedModels
 from avila.storage.base import Store
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = ["PredictionService"]
 
@@ -310,6 +311,8 @@ class PredictionService:
 
     @staticmethod
     def _session(run: tuple[dict[str, Any], TrainedModels] | None, state: Any) -> dict[str, Any]:
+        import pandas as pd
+
         features = state.features()
         model = run[1].session_model if run is not None else None
         if state.purchased:

@@ -40,12 +40,12 @@ from collections.abc import Collection, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 
 from avila.errors import NotFound, ValidationFailed
 from avila.ml._checks import require_fitted
 
 if TYPE_CHECKING:
+    import pandas as pd  # loaded by the first fit or read: the app starts without it
     from scipy import sparse
 
 __all__ = [
@@ -115,6 +115,7 @@ class Recommender:
         event_col: str | None = "event",
     ) -> Recommender:
         """Learn from an interaction log; ``event_col`` may be absent (every row weighs 1)."""
+        import pandas as pd
         from scipy import sparse
 
         missing = [c for c in (user_col, item_col) if c not in interactions]

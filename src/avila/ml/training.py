@@ -26,9 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from avila.errors import ValidationFailed
@@ -54,6 +53,9 @@ from avila.ml.monitoring import metric_series, seasonal_anomalies, streaming_ano
 from avila.ml.recommend import ItemKNNRecommender, PopularityRecommender
 from avila.storage.base import Store
 
+if TYPE_CHECKING:
+    import pandas as pd  # loaded by the first fit or read: the app starts without it
+
 __all__ = [
     "InsufficientTrainingData",
     "TrainedModels",
@@ -61,7 +63,6 @@ __all__ = [
     "train_project",
 ]
 
-DAY = pd.Timedelta(days=1)
 MODEL_NAMES = ("churn", "conversion", "session_conversion", "recommendations", "clv", "nba")
 
 
@@ -160,11 +161,13 @@ def _snapshots(
     data: EventData, horizon: int, opts: TrainingOptions
 ) -> tuple[pd.DataFrame, pd.Timestamp]:
     """Weekly snapshots back from the newest one whose label window closed; (frame, test t₀)."""
+    import pandas as pd
+
     start = data.bulk_start
     assert start is not None
     last_day = data.end.floor("D")
-    test_t0 = last_day - horizon * DAY
-    earliest = start.floor("D") + opts.min_history_days * DAY
+    test_t0 = last_day - horizon * pd.Timedelta(days=1)
+    earliest = start.floor("D") + opts.min_history_days * pd.Timedelta(days=1)
     frames = []
     t0 = test_t0
     step = opts.snapshot_step_days or (7 if data.bulk_span_days >= 56 else 1)
@@ -178,7 +181,7 @@ def _snapshots(
                 active_within_days=opts.active_within_days,
             )
         )
-        t0 -= step * DAY
+        t0 -= step * pd.Timedelta(days=1)
     return pd.concat(frames), test_t0
 
 
@@ -203,8 +206,10 @@ def _supervised(
     name: str, label: str, data: EventData, horizon: int, opts: TrainingOptions
 ) -> tuple[ChurnModel, dict[str, Any]]:
     """Time-split evaluation against a recency-only baseline, then a refit on all snapshots."""
+    import pandas as pd
+
     snaps, test_t0 = _snapshots(data, horizon, opts)
-    train = snaps[snaps["snapshot"] + horizon * DAY <= test_t0]
+    train = snaps[snaps["snapshot"] + horizon * pd.Timedelta(days=1) <= test_t0]
     test = snaps[snaps["snapshot"] == test_t0]
     try:
         model = _snapshot_model().fit(train[SNAPSHOT_FEATURES], train[label])
@@ -231,13 +236,15 @@ def _supervised(
 def _session_model(
     store: Store, data: EventData, opts: TrainingOptions
 ) -> tuple[ChurnModel | None, dict[str, Any]]:
+    import pandas as pd
+
     total = int(data.daily["events"].sum())
     prefixes = load_session_prefixes(
         store, data.project_id, data.end, sample_every=max(1, total // 40_000)
     )
     if prefixes.empty or prefixes["purchased"].sum() < 20:
         return None, {"status": "skipped", "reason": "fewer than 20 sessions with a purchase"}
-    split = data.end - max(7.0, data.bulk_span_days * 0.2) * DAY
+    split = data.end - max(7.0, data.bulk_span_days * 0.2) * pd.Timedelta(days=1)
     train = prefixes[prefixes["session_start"] < split]
     test = prefixes[prefixes["session_start"] >= split]
     try:
@@ -264,8 +271,10 @@ def _recommendations(
 ) -> tuple[
     dict[str, list[tuple[str, float]]], list[tuple[str, float]], dict[str, Any], dict[str, Any]
 ]:
+    import pandas as pd
+
     inter = data.interactions
-    split = data.end - max(7.0, data.bulk_span_days * 0.2) * DAY
+    split = data.end - max(7.0, data.bulk_span_days * 0.2) * pd.Timedelta(days=1)
     train = inter[inter["ts"] < split]
     later = inter[(inter["ts"] >= split) & inter["event"].isin(["cart", "purchase"])]
     owned = set(zip(train["user_id"], train["item_id"], strict=True))
@@ -434,6 +443,8 @@ def _open_cart_values(
 ) -> pd.Series:
     """Value (price × quantity) of carted items after the user's last purchase (every carted
     item when the user never bought), per user."""
+    import pandas as pd
+
     # ``p.buys`` marks a user with purchases: without a match DuckDB gives NULLs, ClickHouse
     # the types' defaults (0, and 1970-01-01 for ``last_buy``; see
     # avila.storage.clickhouse.analytics_sql), so "no purchase" is never a time to compare.
@@ -459,6 +470,8 @@ def _open_cart_values(
 def _anomalies(
     store: Store, data: EventData, opts: TrainingOptions
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    import pandas as pd
+
     bulk_start = data.bulk_start
     assert bulk_start is not None
     end = data.end.ceil("h").to_pydatetime()

@@ -34,9 +34,10 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger("avila.shared")
 
@@ -143,6 +144,9 @@ class RedisAlarmStates:
     remote = True
 
     def __init__(self, client: redis.Redis) -> None:
+        from redis import RedisError  # only a replica that shares state loads the client
+
+        self._failure: type[Exception] = RedisError
         self._redis = client
         self._apply = client.register_script(_APPLY)
         self._reconcile_script = client.register_script(_RECONCILE)
@@ -201,7 +205,7 @@ class RedisAlarmStates:
             for project, project_keys in by_project.items():
                 pipe.hmget(PREFIX + project, [_field(k) for k in project_keys])
             answers = pipe.execute()
-        except redis.RedisError as exc:
+        except self._failure as exc:
             self._unreachable(exc)
             return self._fallback.current(k for ks in by_project.values() for k in ks)
         out: dict[AlarmKey, dict[str, Any]] = {}
@@ -248,7 +252,7 @@ class RedisAlarmStates:
         try:
             self._write_outage()
             results = self._apply(keys=[PREFIX + key[0] for _, key, _ in ops], args=args)
-        except redis.RedisError as exc:
+        except self._failure as exc:
             self._unreachable(exc)
             with self._outage_lock:
                 for key, _ in transitions:
@@ -271,7 +275,7 @@ class RedisAlarmStates:
         try:
             self._write_outage()
             entries = self._redis.hgetall(PREFIX + project_id)
-        except redis.RedisError as exc:
+        except self._failure as exc:
             self._unreachable(exc)
             return self._fallback.raised(project_id)
         return [json.loads(v) for _, v in sorted(entries.items())]

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import redis
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger("avila.shared")
 
@@ -46,6 +47,9 @@ class LocalChanges:
 
 class RedisChanges:
     def __init__(self, client: redis.Redis) -> None:
+        from redis import RedisError  # only a replica that shares state loads the client
+
+        self._failure: type[Exception] = RedisError
         self._redis = client
 
     def bump(self, name: str) -> None:
@@ -54,13 +58,13 @@ class RedisChanges:
             pipe.set(PREFIX + name, secrets.randbelow(_START_BELOW), nx=True)
             pipe.incr(PREFIX + name)
             pipe.execute()
-        except redis.RedisError as exc:
+        except self._failure as exc:
             # The change is stored; the other replicas see it after their restart.
             log.warning("change not announced", extra={"counter": name, "error": str(exc)})
 
     def version(self, name: str) -> int | None:
         try:
             raw = self._redis.get(PREFIX + name)
-        except redis.RedisError:
+        except self._failure:
             return None
         return int(raw) if isinstance(raw, bytes) else 0

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import redis
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger("avila.shared")
 
@@ -49,6 +50,9 @@ class LocalLeases:
 
 class RedisLeases:
     def __init__(self, client: redis.Redis) -> None:
+        from redis import RedisError  # only a replica that shares state loads the client
+
+        self._failure: type[Exception] = RedisError
         self._redis = client
         self._holder = secrets.token_hex(8)
         self._acquire = client.register_script(_ACQUIRE)
@@ -57,6 +61,6 @@ class RedisLeases:
         milliseconds = max(1, round(seconds * 1000))
         try:
             return bool(self._acquire(keys=[PREFIX + name], args=[self._holder, milliseconds]))
-        except redis.RedisError as exc:
+        except self._failure as exc:
             log.warning("lease granted without Redis", extra={"lease": name, "error": str(exc)})
             return True
