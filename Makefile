@@ -49,7 +49,9 @@ test-data: $(TEST_STAMP)
 # Test files run in parallel, one pytest-xdist worker per core (at most 4), each file whole in
 # one worker (its module fixtures start once). Most tests wait on real server processes, so
 # on 2 cores the suite took 10 min instead of 18 (2026-12-01); 12 min for 2,697 tests on a
-# slower 2-core VM (2026-12-02, was 20 before that day's work). TEST_WORKERS=0: one process.
+# slower 2-core VM (2026-12-02, was 20 before that day's work). On that day's later AMD EPYC
+# VM the same tree (f054fd9) took 19 min, 1,932 CPU-s: the machine, not the tests, moved it.
+# TEST_WORKERS=0: one process.
 # compileall first: the suite starts hundreds of servers and CLI commands, and where the
 # environment sets PYTHONDONTWRITEBYTECODE (this machine's does) each would compile src/ again.
 TEST_WORKERS ?= auto
