@@ -201,8 +201,8 @@ def migrate(conn: duckdb.DuckDBPyConnection) -> int:
     # recorded a later migration before an earlier one landed from another branch.
     applied = {int(v) for (v,) in conn.execute("SELECT version FROM schema_version").fetchall()}
     if not applied:
-        # A new database: every migration in one transaction (one commit, not one per version;
-        # a new store opens in about half the time, and it is all or nothing).
+        # A new database: every migration in one transaction (one commit, not one per version:
+        # migrate took 0.18 s instead of 0.24 s here, and it is all or nothing).
         conn.execute("BEGIN TRANSACTION")
         for version, description, statements in MIGRATIONS:
             _apply(conn, version, description, statements)
