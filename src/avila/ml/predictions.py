@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from avila.errors import AvilaError, NotFound
 from avila.ml.conversion import LiveSessions
@@ -37,9 +37,6 @@ from avila.ml.features import SESSION_FEATURES
 from avila.ml.registry import RunRegistry
 from avila.ml.training import MODEL_NAMES, TrainedModels
 from avila.storage.base import Store
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["PredictionService"]
 

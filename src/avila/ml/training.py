@@ -165,9 +165,10 @@ def _snapshots(
 
     start = data.bulk_start
     assert start is not None
+    day = pd.Timedelta(days=1)
     last_day = data.end.floor("D")
-    test_t0 = last_day - horizon * pd.Timedelta(days=1)
-    earliest = start.floor("D") + opts.min_history_days * pd.Timedelta(days=1)
+    test_t0 = last_day - horizon * day
+    earliest = start.floor("D") + opts.min_history_days * day
     frames = []
     t0 = test_t0
     step = opts.snapshot_step_days or (7 if data.bulk_span_days >= 56 else 1)
@@ -181,7 +182,7 @@ def _snapshots(
                 active_within_days=opts.active_within_days,
             )
         )
-        t0 -= step * pd.Timedelta(days=1)
+        t0 -= step * day
     return pd.concat(frames), test_t0
 
 
