@@ -27,8 +27,11 @@ A round smaller than :data:`LINGER_BYTES` of log waits for more, up to :data:`LI
 the previous round's start (a "linger", as Kafka producers batch): at 1,000 single-event
 requests/s that makes rounds of ~500 events instead of ~100, and each round's commit (a WAL
 fsync, the transaction's fixed CPU) competes less with the acknowledgements' own fsyncs and
-CPU (single-event p99 6.5 -> 4.6 ms, RESULTS.md). Under full load rounds are larger than that
-and start every :data:`ROUND_INTERVAL_S`, so the load lag stays short there. A reader that has
+CPU (single-event p99 6.5 -> 4.6 ms, RESULTS.md). The byte limit is 1 MB, not the 256 KB first
+chosen: a single event's log entry is ~850 bytes, so 256 KB ended the linger after ~300 events
+(rounds every ~0.3 s at 1,000 requests/s) and an A/B kept 1 MB (RESULTS.md, 2026-12-03).
+Under full load rounds are larger than that and start every :data:`ROUND_INTERVAL_S`, so the
+load lag stays short there. A reader that has
 to wait for its own write (:meth:`LoadProgress.barrier`) ends the linger (:meth:`Loader.flush`):
 read-your-writes never waits the linger out. So an acknowledged event is in the store within
 about 0.5 s at a trickle, and at once after an idle spell.
@@ -68,7 +71,7 @@ ROUND_INTERVAL_S = 0.1
 #: how long a small round may wait for more (see the module docstring)
 LINGER_S = 0.5
 #: a round this large (log bytes) starts without lingering
-LINGER_BYTES = 256 << 10
+LINGER_BYTES = 1 << 20
 #: after this long without a round, the sessions of waiting rows are cut
 #: (avila.storage.session_table.Upkeep), so the next sessions read need not
 IDLE_CUT_S = 1.0
