@@ -7,10 +7,15 @@ includes the events of every id resolved to them. Erasure deletes from the ``eve
 
 from __future__ import annotations
 
+import math
+from datetime import datetime, timedelta
 from typing import Any
 
-from avila.analytics.common import Expr, events_source, exact_sum_sql, fragments, iso
-from avila.analytics.sessions import sessionize, sorted_events, summary
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from avila.analytics.common import events_source, fragments, iso
+from avila.analytics.sessions import sessionize, summary
 from avila.errors import NotFound
 from avila.storage.base import Store
 
@@ -21,57 +26,51 @@ def user_profile(
     """``{"user_id", "first_seen", "last_seen", "total_events", "sessions", "total_revenue",
     "events_by_type", "top_pages": [{"url", "views"}], "devices": [{"device_type", "os",
     "browser", "events"}], "locations": [{"country", "city", "events"}], "recent_events": [...]}``
-    over every stored event of the user; times RFC 3339 UTC. Unknown user: NotFound."""
+    over every stored event of the user; times RFC 3339 UTC. Unknown user: NotFound.
+
+    Three store queries: the stitching probe, the user's rows with the columns the counts and
+    the sessions need (sessions need every row anyway), and the most recent events. The counts
+    are taken from those rows here; ties sort as the SQL ``ORDER BY count DESC, key`` did
+    (NULL keys last). Before, each count was its own scan of the events table: nine queries,
+    each a round trip to the store process (~100 ms a profile on an idle server with 450,000
+    events, benchmarks/RESULTS.md)."""
     key = [project_id, user_id]
     where = "project_id = ? AND user_id = ?"
     source = events_source(store, project_id)
-    revenue_sql = exact_sum_sql("revenue", "event_type = 'purchase'")
-    head = store.query(
-        f"SELECT min(ts), max(ts), count(*), coalesce({revenue_sql}, 0)"
-        f" FROM {source} WHERE {where}",
+    rows = store.query_arrow(
+        f"SELECT {_ROW_COLUMNS.format(t=fragments(store)['epoch_us'].format('ts'))}"
+        f" FROM {source} WHERE {where} ORDER BY user_id, ts",
         key,
     )
-    first, last, total, revenue = head[0]
-    if not total:
+    if not rows.num_rows:
         raise NotFound(f"user {user_id!r} not found", code="user_not_found")
-    by_type = store.query(
-        f"SELECT event_type, count(*) FROM {source} WHERE {where} GROUP BY 1 ORDER BY 2 DESC, 1",
-        key,
-    )
-    pages = store.query(
-        f"SELECT url, count(*) FROM {source} WHERE {where} AND event_type = 'page_view'"
-        " AND url IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
-        [*key, top_n],
-    )
-    devices = store.query(
-        f"SELECT device_type, os, browser, count(*) FROM {source} WHERE {where}"
-        " GROUP BY ALL ORDER BY 4 DESC, 1, 2, 3 LIMIT ?",
-        [*key, top_n],
-    )
-    locations = store.query(
-        f"SELECT country, city, count(*) FROM {source} WHERE {where}"
-        " GROUP BY ALL ORDER BY 3 DESC, 1, 2 LIMIT ?",
-        [*key, top_n],
-    )
     recent_rows = store.query(
         "SELECT event_id, event_type, ts, session_id, url, product_id, event_name, revenue"
         f" FROM {source} WHERE {where} ORDER BY ts DESC, event_id LIMIT ?",
         [*key, recent],
     )
-    found = summary(sessionize(sorted_events(store, project_id, Expr(where, tuple(key)))))
+    first, last = pc.min_max(rows.column("t")).values()
+    types = rows.column("event_type")
+    purchases = rows.filter(pc.equal(types, "purchase")).column("revenue")
+    page_views = rows.filter(pc.and_(pc.equal(types, "page_view"), pc.is_valid(rows["url"])))
     return {
         "user_id": user_id,
-        "first_seen": iso(first),
-        "last_seen": iso(last),
-        "total_events": int(total),
-        "sessions": found["sessions"],
-        "total_revenue": float(revenue),
-        "events_by_type": {t: int(n) for t, n in by_type},
-        "top_pages": [{"url": u, "views": int(n)} for u, n in pages],
+        "first_seen": iso(_from_epoch_us(first.as_py())),
+        "last_seen": iso(_from_epoch_us(last.as_py())),
+        "total_events": rows.num_rows,
+        "sessions": summary(sessionize(rows))["sessions"],
+        # exact whatever the order and magnitudes (the cents next to 1e15)
+        "total_revenue": math.fsum(v for v in purchases.to_pylist() if v is not None),
+        "events_by_type": {t: n for (t,), n in _top(rows, ["event_type"], None)},
+        "top_pages": [{"url": u, "views": n} for (u,), n in _top(page_views, ["url"], top_n)],
         "devices": [
-            {"device_type": d, "os": o, "browser": b, "events": int(n)} for d, o, b, n in devices
+            {"device_type": d, "os": o, "browser": b, "events": n}
+            for (d, o, b), n in _top(rows, ["device_type", "os", "browser"], top_n)
         ],
-        "locations": [{"country": c, "city": ci, "events": int(n)} for c, ci, n in locations],
+        "locations": [
+            {"country": c, "city": ci, "events": n}
+            for (c, ci), n in _top(rows, ["country", "city"], top_n)
+        ],
         "recent_events": [
             {
                 "event_id": eid,
@@ -86,6 +85,28 @@ def user_profile(
             for eid, et, ts, sid, url, pid, name, rev in recent_rows
         ],
     }
+
+
+#: The user's rows a profile reads: :func:`sessionize`'s four columns, then what it counts.
+_ROW_COLUMNS = (
+    "user_id, session_id, {t} AS t, event_type = 'page_view' AS pv, event_type, revenue, url,"
+    " device_type, os, browser, country, city"
+)
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _from_epoch_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _top(rows: pa.Table, keys: list[str], limit: int | None) -> list[tuple[tuple[Any, ...], int]]:
+    """``(key values, rows)`` per distinct ``keys`` of ``rows``: most rows first, ties by the
+    keys ascending with None last (SQL's ``ORDER BY count DESC, key...``); at most ``limit``."""
+    counted = rows.select(keys).group_by(keys, use_threads=False).aggregate([([], "count_all")])
+    groups = zip(*(counted.column(k).to_pylist() for k in keys), strict=True)
+    found = list(zip(groups, counted.column("count_all").to_pylist(), strict=True))
+    found.sort(key=lambda item: (-item[1], *((v is None, "" if v is None else v) for v in item[0])))
+    return found if limit is None else found[:limit]
 
 
 def user_exists(store: Store, project_id: str, user_id: str) -> bool:
