@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import loadgen  # noqa: E402
 from bench_analytics import END, SPAN_DAYS  # noqa: E402
 from events import single_body  # noqa: E402
-from results import stamp, write_section  # noqa: E402
+from results import add_env_option, env_settings, stamp, write_section  # noqa: E402
 
 from avila.security.keys import KeyStore  # noqa: E402
 from avila.testing.server import ServerProcess  # noqa: E402
@@ -241,11 +241,9 @@ def main() -> None:
         default="queries",
         help="the heavy load: analytics queries (default) or one streaming export",
     )
-    parser.add_argument(
-        "--env", action="append", default=[], help="extra server setting NAME=VALUE"
-    )
+    add_env_option(parser)
     args = parser.parse_args()
-    extra_env = dict(item.split("=", 1) for item in args.env)
+    extra_env = env_settings(args)
     source = args.store or pick_store()
     rows = int(re.findall(r"\d+", source.name)[0])
     scratch = Path(tempfile.mkdtemp(prefix="avila-bench-heavy-"))

@@ -33,7 +33,6 @@ import asyncio
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -46,7 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_telemetry  # noqa: E402
 import loadgen  # noqa: E402
 from events import EVENT, batch_template, single_body  # noqa: E402
-from results import stamp, write_section  # noqa: E402
+from results import (  # noqa: E402
+    add_env_option,
+    env_settings,
+    print_median,
+    stamp,
+    write_section,
+)
 
 from avila.ingest.service import IngestService  # noqa: E402
 from avila.ingest.validation import validate_events  # noqa: E402
@@ -267,8 +272,7 @@ def loader_only(rounds: int) -> None:
             figures.append(found)
             print(f"round {r + 1}: " + ", ".join(f"{k}={v:,.2f}" for k, v in found.items()))
             shutil.rmtree(tmp)
-    median = {k: statistics.median(f[k] for f in figures) for k in figures[0]}
-    print("median: " + ", ".join(f"{k}={v:,.2f}" for k, v in median.items()))
+    print_median(figures)
 
 
 def main() -> None:
@@ -277,9 +281,7 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--env", action="append", default=[], help="extra server setting NAME=VALUE"
-    )
+    add_env_option(parser)
     parser.add_argument(
         "--no-write", action="store_true", help="print only; leave RESULTS.md alone"
     )
@@ -292,7 +294,7 @@ def main() -> None:
     if args.only == "loader":
         loader_only(args.rounds)
         return
-    extra_env = dict(item.split("=", 1) for item in args.env)
+    extra_env = env_settings(args)
     rounds = []
     with tempfile.TemporaryDirectory(prefix="avila-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -313,8 +315,7 @@ def main() -> None:
                 f"round {r + 1}: " + ", ".join(f"{k}={v:,.2f}" for k, v in figures.items()),
                 flush=True,
             )
-    median = {k: statistics.median(f[k] for f in rounds) for k in rounds[0]}
-    print("median: " + ", ".join(f"{k}={v:,.2f}" for k, v in median.items()))
+    median = print_median(rounds)
     verdicts = [
         f"| {name} | {median[key]:,.2f} | {'met' if ok(median[key]) else 'NOT met'} |"
         for name, key, ok in TARGETS

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen  # noqa: E402
 from bench_telemetry import make_bodies  # noqa: E402
 from events import batch_template, single_body  # noqa: E402
+from results import print_median  # noqa: E402
 
 from avila.testing import ServerProcess  # noqa: E402
 
@@ -219,8 +219,7 @@ def main() -> None:
             figures["load_avg"] = load
             rounds.append(figures)
             print(f"round {r + 1}: " + ", ".join(f"{k}={v:,.3f}" for k, v in figures.items()))
-    median = {k: statistics.median(f[k] for f in rounds) for k in rounds[0]}
-    print("median: " + ", ".join(f"{k}={v:,.3f}" for k, v in median.items()))
+    print_median(rounds, 3)
 
 
 if __name__ == "__main__":

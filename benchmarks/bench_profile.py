@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen  # noqa: E402
 from bench_ingest_cpu import _drain  # noqa: E402
 from events import batch_template  # noqa: E402
+from results import add_env_option, env_settings, print_median  # noqa: E402
 
 from avila.testing import ServerProcess  # noqa: E402
 
@@ -106,19 +106,16 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument(
-        "--env", action="append", default=[], help="extra server setting NAME=VALUE"
-    )
+    add_env_option(parser)
     args = parser.parse_args()
-    extra_env = dict(item.split("=", 1) for item in args.env)
+    extra_env = env_settings(args)
     rounds = []
     with tempfile.TemporaryDirectory(prefix="avila-bench-") as tmp_name:
         for r in range(args.rounds):
             figures = run_round(Path(tmp_name), args.seconds, extra_env)
             rounds.append(figures)
             print(f"round {r + 1}: " + ", ".join(f"{k}={v:,.1f}" for k, v in figures.items()))
-    median = {k: statistics.median(f[k] for f in rounds) for k in rounds[0]}
-    print("median: " + ", ".join(f"{k}={v:,.1f}" for k, v in median.items()))
+    print_median(rounds, 1)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ it replaces that section (adding it at the end the first time) and leaves the ot
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
+import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,3 +46,22 @@ def write_section(name: str, body: str) -> None:
         else text.rstrip() + "\n\n" + section + "\n"
     )
     RESULTS.write_text(text)
+
+
+def add_env_option(parser: argparse.ArgumentParser) -> None:
+    """``--env NAME=VALUE``, repeatable: a setting for the benchmark's server (or another
+    tree's ``PYTHONPATH``, for A/B runs); read them with :func:`env_settings`."""
+    parser.add_argument(
+        "--env", action="append", default=[], help="extra server setting NAME=VALUE"
+    )
+
+
+def env_settings(args: argparse.Namespace) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in args.env)
+
+
+def print_median(rounds: list[dict[str, float]], digits: int = 2) -> dict[str, float]:
+    """Print and return the median of each figure over ``rounds``."""
+    median = {k: statistics.median(f[k] for f in rounds) for k in rounds[0]}
+    print("median: " + ", ".join(f"{k}={v:,.{digits}f}" for k, v in median.items()))
+    return median
