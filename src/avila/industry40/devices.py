@@ -159,16 +159,19 @@ class DeviceRegistry:
             self._devices.pop(key, None)
 
     def touch(self, rows: TelemetryRows) -> None:
-        """Move ``last_seen`` (and ``first_seen`` for late, older readings) after a commit."""
+        """Move ``last_seen`` (and ``first_seen`` for late, older readings) after a commit.
+
+        With the readings in time order, ``dict(zip(ids, times))`` keeps each device's latest
+        time and the same over the reversed order its earliest, both built in C. A 1,000-reading
+        request: ~280 us instead of the ~500 us of a loop over its readings, which was ~6 % of
+        the server's CPU under telemetry load (RESULTS.md)."""
         project = rows.project_id
         order = np.argsort(rows.ts_us, kind="stable")
-        latest: dict[str, int] = {}
-        earliest: dict[str, int] = {}
         readings = rows.readings
-        for pos in order.tolist():
-            device_id = readings[pos].device_id
-            earliest.setdefault(device_id, int(rows.ts_us[pos]))
-            latest[device_id] = int(rows.ts_us[pos])
+        ids = [readings[pos].device_id for pos in order.tolist()]
+        times = rows.ts_us[order].tolist()
+        latest = dict(zip(ids, times, strict=True))
+        earliest = dict(zip(reversed(ids), reversed(times), strict=True))
         for device_id, ts in latest.items():
             device = self._devices.get((project, device_id))
             if device is None:
