@@ -94,3 +94,21 @@ def test_profile_equals_a_python_oracle(load) -> None:
     assert [e["timestamp"] for e in profile["recent_events"]] == [
         _iso(r["ts"]) for r in recent[:25]
     ]
+
+
+def test_a_profile_reads_the_store_three_times_not_once_per_list(load, monkeypatch) -> None:
+    """The identity probe, the user's rows, the newest events: every list is counted from the
+    rows the sessions need anyway (before, nine queries, each a scan of the events table)."""
+    store = load(_rows(3))
+    calls: list[str] = []
+    for name in ("query", "query_arrow"):
+        real = getattr(store, name)
+
+        def counted(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            calls.append(args[0])
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, counted)
+    profile = user_profile(store, PROJECT, USER)
+    assert profile["total_events"] == 400
+    assert len(calls) <= 3, calls

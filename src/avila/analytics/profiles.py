@@ -14,8 +14,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from avila.analytics.common import events_source, fragments, iso
-from avila.analytics.sessions import sessionize, summary
+from avila.analytics.common import Expr, events_source, fragments, iso
+from avila.analytics.sessions import sessionize, sorted_events, summary
 from avila.errors import NotFound
 from avila.storage.base import Store
 
@@ -37,11 +37,7 @@ def user_profile(
     key = [project_id, user_id]
     where = "project_id = ? AND user_id = ?"
     source = events_source(store, project_id)
-    rows = store.query_arrow(
-        f"SELECT {_ROW_COLUMNS.format(t=fragments(store)['epoch_us'].format('ts'))}"
-        f" FROM {source} WHERE {where} ORDER BY user_id, ts",
-        key,
-    )
+    rows = sorted_events(store, project_id, Expr(where, tuple(key)), extra=_COUNTED, source=source)
     if not rows.num_rows:
         raise NotFound(f"user {user_id!r} not found", code="user_not_found")
     recent_rows = store.query(
@@ -87,11 +83,8 @@ def user_profile(
     }
 
 
-#: The user's rows a profile reads: :func:`sessionize`'s four columns, then what it counts.
-_ROW_COLUMNS = (
-    "user_id, session_id, {t} AS t, event_type = 'page_view' AS pv, event_type, revenue, url,"
-    " device_type, os, browser, country, city"
-)
+#: The columns a profile counts, read beside :func:`sorted_events`' session columns.
+_COUNTED = "event_type, revenue, url, device_type, os, browser, country, city"
 _EPOCH = datetime(1970, 1, 1)
 
 

@@ -56,13 +56,19 @@ DEFAULT_TIMEOUT_S = 1800
 DEFAULT_MAX_S = 86400
 
 
-def sorted_events(store: Store, project_id: str, where: Expr) -> pa.Table:
-    """Columns ``user_id``, ``session_id``, ``t`` (epoch µs), ``pv`` (is a page view) of the
-    events matching ``where``, sorted by user then time (ties in any order)."""
+def sorted_events(
+    store: Store, project_id: str, where: Expr, *, extra: str = "", source: str | None = None
+) -> pa.Table:
+    """Columns ``user_id``, ``session_id``, ``t`` (epoch µs), ``pv`` (is a page view), then the
+    ``extra`` columns (SQL from the caller's constants, never input), of the events matching
+    ``where``, sorted by user then time (ties in any order). ``source``: the events relation if
+    the caller has it already (:func:`events_source`)."""
     epoch = fragments(store)["epoch_us"].format("ts")
+    columns = f"user_id, session_id, {epoch} AS t, event_type = 'page_view' AS pv"
     return store.query_arrow(
-        f"SELECT user_id, session_id, {epoch} AS t, event_type = 'page_view' AS pv"
-        f" FROM {events_source(store, project_id)} WHERE {where.sql} ORDER BY user_id, ts",
+        f"SELECT {columns}{', ' + extra if extra else ''}"
+        f" FROM {source or events_source(store, project_id)} WHERE {where.sql}"
+        " ORDER BY user_id, ts",
         where.params,
     )
 
