@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
@@ -94,6 +95,23 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+#: A shutdown step taking longer is logged with its time: a stop that outlasts an orchestrator's
+#: grace period (Kubernetes: 30 s) ends in SIGKILL, and the log then says which step held it.
+SLOW_SHUTDOWN_STEP_S = 2.0
+
+
+@asynccontextmanager
+async def _shutdown_step(name: str) -> AsyncIterator[None]:
+    """One step of the shutdown, its time logged when it is slow."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        took = time.monotonic() - started
+        if took > SLOW_SHUTDOWN_STEP_S:
+            log.warning("shutdown step slow", extra={"component": name, "seconds": round(took, 2)})
+
+
 async def _close_model_registry(ctx: AppContext) -> None:
     """Close what the model registry holds open (with ``AVILA_REDIS_URL``: its own Redis client,
     from ``avila.shared.open_model_registry``), as ``SharedState.close`` closes the shared
@@ -104,7 +122,7 @@ async def _close_model_registry(ctx: AppContext) -> None:
         try:
             await asyncio.to_thread(close)
         except Exception:
-            log.exception("shutdown failed", extra={"module": "model registry"})
+            log.exception("shutdown failed", extra={"component": "model registry"})
 
 
 class _Litestar(Litestar):
@@ -174,14 +192,19 @@ def create_app(settings: Settings, *, store: Store | None = None) -> MetricsMidd
         finally:
             for module in reversed(started):
                 if hasattr(module, "shutdown"):
-                    try:
-                        await module.shutdown(ctx)
-                    except Exception:
-                        log.exception("shutdown failed", extra={"module": module.__name__})
-            await ingest.close()
-            await _close_model_registry(ctx)
-            await shared.close()
-            store.close()
+                    async with _shutdown_step(module.__name__):
+                        try:
+                            await module.shutdown(ctx)
+                        except Exception:
+                            log.exception("shutdown failed", extra={"component": module.__name__})
+            async with _shutdown_step("ingest"):
+                await ingest.close()
+            async with _shutdown_step("model registry"):
+                await _close_model_registry(ctx)
+            async with _shutdown_step("shared state"):
+                await shared.close()
+            async with _shutdown_step("store"):
+                store.close()
             log.info("avila stopped; pending events flushed")
 
     dependencies: dict[str, Provide] = {

@@ -1,11 +1,18 @@
-"""The test harness itself: a server that never turns healthy is not left running."""
+"""The test harness itself: a server that never turns healthy is not left running, and one
+that does not stop says why; the server's own shutdown diagnostics."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from avila import app as app_module
 from avila.testing import ServerProcess
 
 
@@ -15,3 +22,49 @@ def test_a_start_that_times_out_kills_the_child(tmp_path: Path) -> None:
         proc.start(timeout=0)
     assert proc.proc is not None
     assert proc.proc.poll() is not None, "the child outlived a failed start"
+
+
+def test_sigusr1_writes_the_threads_stacks_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path).start()
+    try:
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "(most recent call first)" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "(most recent call first)" in server.log()
+        assert 'File "' in server.log()  # frames, not only a header
+        with urllib.request.urlopen(server.url + "/health", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_stop_that_outlasts_its_timeout_shows_the_stacks_and_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = ServerProcess(tmp_path).start()
+    # no server finishes a graceful stop in no time: the timeout path runs (the server may
+    # end its stop while the report is written, or be killed after it)
+    assert server.stop(timeout=0) in (0, -signal.SIGKILL)
+    shown = capsys.readouterr().err
+    assert "still running 0 s after SIGTERM" in shown
+    assert "(most recent call first)" in shown and "avila started" in shown
+
+
+def test_a_slow_shutdown_step_is_logged_with_its_module(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(app_module, "SLOW_SHUTDOWN_STEP_S", 0.01)
+
+    async def steps() -> None:
+        async with app_module._shutdown_step("quick"):
+            pass
+        async with app_module._shutdown_step("avila.api.slow"):
+            await asyncio.sleep(0.05)
+
+    with caplog.at_level(logging.WARNING, logger="avila"):
+        asyncio.run(steps())
+    slow = [r for r in caplog.records if r.getMessage() == "shutdown step slow"]
+    assert [r.component for r in slow] == ["avila.api.slow"]
+    assert slow[0].seconds >= 0.05

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from avila.logs import configure_logging
 
     configure_logging(settings.log_level, secrets=settings.api_keys)
+    # `kill -USR1 <pid>` writes every thread's stack to stderr: what a hung server is doing.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     app = create_app(settings)
     uvicorn.run(
         app,

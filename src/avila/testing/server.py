@@ -91,10 +91,26 @@ class ServerProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self._report_hang(timeout)
                 self.proc.kill()
                 self.proc.wait(10)
         code = int(self.proc.returncode or 0)
         return 0 if code == -signal.SIGTERM else code
+
+    def _report_hang(self, timeout: float) -> None:
+        """A stop that did not finish: have the server write its threads' stacks into its log
+        (``avila serve`` registers SIGUSR1 with faulthandler), then show the log's end on
+        stderr, which pytest prints beside the failing test."""
+        assert self.proc is not None
+        with contextlib.suppress(OSError):
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+        tail = self.log()[-20_000:]
+        print(
+            f"avila serve (pid {self.proc.pid}) still running {timeout:.0f} s after SIGTERM; "
+            f"the end of its log:\n{tail}",
+            file=sys.stderr,
+        )
 
     def children(self) -> list[int]:
         """The server's live child processes (any thread may be the parent)."""
