@@ -11,8 +11,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from litestar.testing import TestClient
 
 from avila import app as app_module
+from avila.api import export
+from avila.config import Settings
 from avila.testing import ServerProcess
 
 
@@ -68,3 +71,20 @@ def test_a_slow_shutdown_step_is_logged_with_its_module(
     slow = [r for r in caplog.records if r.getMessage() == "shutdown step slow"]
     assert [r.component for r in slow] == ["avila.api.slow"]
     assert slow[0].seconds >= 0.05
+
+
+def test_a_failing_module_shutdown_is_logged_and_the_rest_still_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(ctx: object) -> None:
+        raise RuntimeError("export shutdown broke")
+
+    monkeypatch.setattr(export, "shutdown", broken)
+    app = app_module.create_app(
+        Settings(data_dir=tmp_path, api_keys=("k1",), rate_limit_per_minute=0)
+    )
+    with caplog.at_level(logging.INFO, logger="avila"), TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+    failed = [r for r in caplog.records if r.getMessage() == "shutdown failed"]
+    assert [r.component for r in failed] == ["avila.api.export"]
+    assert "avila stopped; pending events flushed" in [r.getMessage() for r in caplog.records]
