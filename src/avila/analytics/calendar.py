@@ -59,6 +59,11 @@ def _utc_year(at_us: int) -> int:
     return (datetime(1970, 1, 1) + timedelta(microseconds=at_us)).year
 
 
+def utc_throughout(tz: ZoneInfo, start: datetime, end: datetime) -> bool:
+    """Whether local time in ``tz`` is UTC over ``[start, end]`` (its days are UTC days)."""
+    return all(offset == 0 for _, offset in utc_offsets(tz, start, end))
+
+
 def utc_offsets(tz: ZoneInfo, lo: datetime, hi: datetime) -> list[tuple[int, int]]:
     """Piecewise-constant UTC offset of ``tz`` over ``[lo, hi]``: ``[(from_us, offset_us)]``.
 

@@ -37,7 +37,7 @@ from avila.analytics.calendar import (
     bucket_of,
     local_us_array,
     local_us_expr,
-    utc_offsets,
+    utc_throughout,
 )
 from avila.analytics.common import (
     OTHER,
@@ -146,7 +146,7 @@ def overview(
             referrers.append((k2, int(n)))
 
     kept = None
-    if not (raw or q.filters) and source == event_source and _utc_throughout(tz, start, end):
+    if not (raw or q.filters) and source == event_source and utc_throughout(tz, start, end):
         kept = _kept_users_and_sessions(store, project_id, start, end)
     if kept is not None:
         totals, active, unique_users = kept
@@ -181,11 +181,6 @@ def overview(
         "avg_session_duration_seconds": sessions["avg_duration_seconds"],
         "pages_per_session": sessions["pages_per_session"],
     }
-
-
-def _utc_throughout(tz: ZoneInfo, start: datetime, end: datetime) -> bool:
-    """Whether local time in ``tz`` is UTC over the range (its days are UTC days)."""
-    return all(offset == 0 for _, offset in utc_offsets(tz, start, end))
 
 
 def _kept_users_and_sessions(

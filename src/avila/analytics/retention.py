@@ -22,6 +22,11 @@ the periods as bits of a 63-bit mask (one bit per period from the one before ``s
 masks expanded with numpy. Only when an ``exact`` question spans more than 63 periods does it
 take the older plan (first times, distinct (user, period) pairs, a join). Sorting or joining
 millions of users by their string id is what made retention grow faster than the data.
+
+The default question (any event, no filters, UTC, bounds at midnight) reads the daily
+rollups' user days (:mod:`avila.storage.rollups`: a row per user and day active) instead of
+the events, when they agree with the events table: the same aggregation over a fraction of
+the rows, and the same answer (:func:`_user_days_answer` says when).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from avila.analytics.calendar import (
     bucket_of,
     local_us_expr,
     utc_offsets,
+    utc_throughout,
 )
 from avila.analytics.common import (
     Expr,
@@ -53,6 +59,7 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
+from avila.analytics.rollup_reads import rollups_agree
 from avila.schemas.analytics import CohortQuery
 from avila.storage.base import Store
 
@@ -64,10 +71,12 @@ _UTC = ZoneInfo("UTC")
 
 
 def retention(
-    store: Store, project_id: str, query: CohortQuery | Mapping[str, Any]
+    store: Store, project_id: str, query: CohortQuery | Mapping[str, Any], *, raw: bool = False
 ) -> dict[str, Any]:
     """``{"period", "periods", "mode", "timezone", "cohorts": [{"cohort_start", "size",
-    "retained": [n0, ...], "rates": [1.0, ...]}]}``; ``cohort_start`` is the local date."""
+    "retained": [n0, ...], "rates": [1.0, ...]}]}``; ``cohort_start`` is the local date.
+    The user days of the daily rollups stand in for the events when that cannot change the
+    answer (:func:`_user_days_answer`); ``raw`` reads the events in any case."""
     q = parse_query(CohortQuery, query)
     start, end = time_range(q.start_time, q.end_time)
     tz = zone(q.timezone)
@@ -84,8 +93,11 @@ def retention(
     lo = bucket_of(start, tz, q.period) - 1
     span = bucket_of(end - timedelta(microseconds=1), tz, q.period) - lo + last
     if q.mode == "on_or_after" or span < MASK_BITS:
+        source = events_source(store, project_id)
+        if not raw and _user_days_answer(store, project_id, q, (start, end, horizon), tz):
+            source = USER_DAYS
         per_cohort = _per_user_counts(
-            store, project_id, q.mode, (start, end, horizon), (start_c, return_c), base,
+            store, source, q.mode, (start, end, horizon), (start_c, return_c), base,
             (first_local, ret_local, bucket), lo, last,
         )  # fmt: skip
         return _report(q, per_cohort, last_begun_bucket(end, tz, q.period))
@@ -143,9 +155,43 @@ def last_begun_bucket(end: datetime, tz: ZoneInfo, period: str) -> int:
     return bucket_of(epoch + timedelta(microseconds=max(walls)), _UTC, period)
 
 
-def _per_user_counts(
+#: The rollups' user days as the events they stand for: a row per user and UTC day the user
+#: was active on, at that day's midnight (several rows per user and day: country and device
+#: variants and partial rows, which a minimum or a bitwise or does not mind).
+USER_DAYS = "(SELECT project_id, user_id, CAST(day AS TIMESTAMP) AS ts FROM rollup_user_days)"
+#: The rollups are checked against the events of every day before the horizon.
+_EARLIEST = datetime(1, 1, 1)
+
+
+def _user_days_answer(
     store: Store,
     project_id: str,
+    q: CohortQuery,
+    bounds: tuple[datetime, datetime, datetime],
+    tz: ZoneInfo,
+) -> bool:
+    """Whether :data:`USER_DAYS` gives exactly the events' answer: the question is about any
+    event (no start or return event, no filters), its bounds are UTC midnights and its
+    periods UTC days, weeks or months (every comparison and bucket then treats a day's events
+    alike), the project has no identity links (the rollups hold raw user ids), and the
+    rollups count the events of every day before the horizon exactly (a write that bypassed
+    them would show there; an erasure forgets the user in both)."""
+    start, end, horizon = bounds
+    return (
+        store.has_rollups
+        and q.start_event is None
+        and q.return_event is None
+        and not q.filters
+        and all(t == datetime.combine(t.date(), datetime.min.time()) for t in bounds)
+        and utc_throughout(tz, start, horizon)
+        and events_source(store, project_id) == fragments(store)["events_unstitched"]
+        and rollups_agree(store, project_id, _EARLIEST, horizon)
+    )
+
+
+def _per_user_counts(
+    store: Store,
+    source: str,
     mode: str,
     bounds: tuple[Any, Any, Any],
     conds: tuple[Expr, Expr],
@@ -155,7 +201,8 @@ def _per_user_counts(
     last: int,
 ) -> dict[int, tuple[int, list[int]]]:
     """``{cohort: (size, users retained at k = 0 .. last)}`` from one aggregation per user
-    (see the module docstring); ``lo`` is the bucket of mask bit 0 (exact mode)."""
+    over ``source`` (see the module docstring); ``lo`` is the bucket of mask bit 0 (exact
+    mode)."""
     start, end, horizon = bounds
     start_c, return_c = conds
     first_local, ret_local, bucket = exprs
@@ -175,7 +222,6 @@ def _per_user_counts(
         act = "max(b)"
         key = f"CASE WHEN act > c THEN least(act - c, {last}) ELSE 0 END"
         upto, upto_params = "", []
-    source = events_source(store, project_id)
     sql = f"""
 WITH u AS (
   SELECT min(ts) FILTER (WHERE ts < ? AND sc) AS first_ts, {act} AS act FROM (

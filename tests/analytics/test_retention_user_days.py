@@ -1,0 +1,223 @@
+"""Retention read from the daily rollups' user days equals retention read from the events
+(``raw=True``) and the pandas oracle (avila.analytics.retention, ``_user_days_answer``).
+
+Data: random users over ten weeks on an hourly grid (ties), a user active in the last and
+the first microsecond of days, unicode ids, another project's rows, loaded in shuffled
+batches with late events (the first weeks arrive last) through both write paths; then GDPR
+erasure. Each comparison first checks which path was taken, so two raw answers cannot pass
+for one. Questions the user days cannot answer (an event condition, filters, a time zone
+with an offset, bounds off midnight, identity links, a write that bypassed the rollups) must
+read the events.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from analytics_data import OTHER_PROJECT, PROJECT, T0, event, random_events, to_table
+from analytics_oracles import retention_oracle
+
+from avila.analytics import erase_user, retention
+from avila.storage import open_store
+from avila.storage.base import Store
+
+# the module (the package's ``retention`` is the function)
+retention_module = importlib.import_module("avila.analytics.retention")
+
+SPAN = timedelta(weeks=10)
+# (start, end, period, periods): bounds at UTC midnight; T0 (2024-03-01) is a Friday
+QUESTIONS = [
+    (T0, T0 + SPAN, "week", 8),
+    (T0 + timedelta(days=10), T0 + timedelta(days=40), "day", 20),
+    (T0 + timedelta(days=3), T0 + timedelta(weeks=6), "week", 5),
+    (T0, T0 + SPAN, "month", 3),
+    (T0 + timedelta(days=31), T0 + timedelta(days=32), "day", 30),  # one day, later returns
+]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = open_store("duckdb:///" + str(tmp_path / "retention.duckdb"))
+    assert opened.has_rollups
+    yield opened
+    opened.close()
+
+
+def _rows(seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    rows = random_events(seed, 90, span=SPAN, grid=timedelta(hours=1), max_events=20)
+    day = T0 + timedelta(days=20)
+    rows += [
+        event("édge ☕", day - timedelta(microseconds=1)),  # the last microsecond of a day
+        event("édge ☕", day + timedelta(days=7)),  # the first of a day a week later
+        event("late", T0 + timedelta(days=60)),
+        event("late", T0 + timedelta(days=2)),  # its first event, written last (below)
+        event("u001", T0 + timedelta(days=5), project_id=OTHER_PROJECT),
+    ]
+    rng.shuffle(rows)
+    return rows
+
+
+def _load_late_and_shuffled(store: Store, rows: list[dict[str, Any]], seed: int) -> None:
+    """Batches in random order through both write paths; the first three weeks come last."""
+    rng = random.Random(seed)
+    late = [r for r in rows if r["ts"] < T0 + timedelta(weeks=3)]
+    rest = [r for r in rows if r["ts"] >= T0 + timedelta(weeks=3)]
+    rng.shuffle(rest)
+    batches = [rest[i : i + 53] for i in range(0, len(rest), 53)] + [late]
+    for i, batch in enumerate(batches):
+        if i % 2:
+            store.append_events(to_table(batch))
+        else:  # the ingest-log loader's transaction (position recorded with the rows)
+            store.commit_log_batch(2000 + i, events=to_table(batch))  # type: ignore[attr-defined]
+
+
+def _body(start: datetime, end: datetime, period: str, periods: int, mode: str) -> dict[str, Any]:
+    return {
+        "period": period,
+        "periods": periods,
+        "start_time": start,
+        "end_time": end,
+        "mode": mode,
+    }
+
+
+def _takes_user_days(store: Store, body: dict[str, Any]) -> bool:
+    taken: list[str] = []
+    original = retention_module._per_user_counts
+
+    def spy(store: Store, source: str, *args: Any) -> Any:
+        taken.append(source)
+        return original(store, source, *args)
+
+    retention_module._per_user_counts = spy  # type: ignore[assignment]
+    try:
+        retention(store, PROJECT, body)
+    finally:
+        retention_module._per_user_counts = original  # type: ignore[assignment]
+    return taken == [retention_module.USER_DAYS]
+
+
+def _assert_same(store: Store, rows: list[dict[str, Any]], *, user_days: bool = True) -> None:
+    for start, end, period, periods in QUESTIONS:
+        for mode in ("exact", "on_or_after"):
+            body = _body(start, end, period, periods, mode)
+            assert _takes_user_days(store, body) is user_days, body
+            got = retention(store, PROJECT, body)
+            assert got == retention(store, PROJECT, body, raw=True), body
+            want = retention_oracle(
+                rows, PROJECT, start, end, period, periods, "UTC", mode, None, None
+            )
+            assert {c["cohort_start"]: c["retained"] for c in got["cohorts"]} == want, body
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_user_days_answer_equals_the_events_and_the_oracle(store: Store, seed: int) -> None:
+    rows = _rows(seed)
+    _load_late_and_shuffled(store, rows, seed)
+    _assert_same(store, rows)
+    # an erased user is forgotten by both sources
+    erase_user(store, PROJECT, "u003")
+    erase_user(store, PROJECT, "édge ☕")
+    _assert_same(store, [r for r in rows if r["user_id"] not in ("u003", "édge ☕")])
+
+
+def test_a_user_first_seen_before_the_range_is_no_cohort(store: Store) -> None:
+    rows = [
+        event("old", T0 + timedelta(days=1, hours=23)),
+        event("old", T0 + timedelta(days=9)),
+        event("new", T0 + timedelta(days=7)),  # Friday: start's midnight
+        event("new", T0 + timedelta(days=14, hours=5)),
+    ]
+    store.append_events(to_table(rows))
+    body = _body(T0 + timedelta(days=7), T0 + timedelta(days=21), "week", 3, "exact")
+    assert _takes_user_days(store, body)
+    got = retention(store, PROJECT, body)
+    assert [(c["cohort_start"], c["retained"]) for c in got["cohorts"]] == [
+        ("2024-03-04", [1, 1, 0])
+    ]
+    assert got == retention(store, PROJECT, body, raw=True)
+
+
+def _link(store: Store, anonymous_id: str, user_id: str) -> None:
+    store.append_table(
+        "identities",
+        pa.table(
+            {
+                "project_id": [PROJECT],
+                "anonymous_id": [anonymous_id],
+                "user_id": [user_id],
+                "ts": pa.array([T0], pa.timestamp("us")),
+                "received_at": pa.array([T0], pa.timestamp("us")),
+                "source": ["test"],
+                "event_id": ["link-" + anonymous_id],
+            }
+        ),
+    )
+
+
+def test_identity_links_read_the_events(store: Store) -> None:
+    rows = _rows(3)
+    _load_late_and_shuffled(store, rows, 3)
+    _link(store, "u002", "u001")
+    for start, end, period, periods in QUESTIONS:
+        body = _body(start, end, period, periods, "exact")
+        assert not _takes_user_days(store, body)
+        assert retention(store, PROJECT, body) == retention(store, PROJECT, body, raw=True)
+
+
+def test_a_write_that_bypasses_the_rollups_reads_the_events(store: Store) -> None:
+    rows = _rows(4)
+    _load_late_and_shuffled(store, rows, 4)
+    sneaky = T0 + timedelta(days=30)
+    store.execute(
+        "INSERT INTO events (project_id, event_id, user_id, ts, received_at, event_type, url)"
+        " VALUES (?, 'sneaky', 'ghost', ?, ?, 'page_view', '/')",
+        [PROJECT, sneaky, sneaky],
+    )
+    body = _body(T0, T0 + SPAN, "week", 8, "exact")
+    assert not _takes_user_days(store, body)
+    got = retention(store, PROJECT, body)
+    want = retention_oracle(
+        [*rows, event("ghost", sneaky)], PROJECT, T0, T0 + SPAN, "week", 8, "UTC", "exact",
+        None, None,
+    )  # fmt: skip
+    assert {c["cohort_start"]: c["retained"] for c in got["cohorts"]} == want
+    assert "2024-03-25" in want  # the ghost's cohort week
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"start_event": {"condition_type": "page_view", "condition_value": ""}},
+        {"return_event": {"condition_type": "purchase", "condition_value": ""}},
+        {"filters": [{"property": "country", "operator": "eq", "value": "BR"}]},
+        {"timezone": "Europe/Berlin"},
+        {"start_time": T0 + timedelta(hours=6)},
+        {"end_time": T0 + SPAN - timedelta(microseconds=1)},
+    ],
+)
+def test_questions_the_user_days_cannot_answer_read_the_events(
+    store: Store, change: dict[str, Any]
+) -> None:
+    _load_late_and_shuffled(store, _rows(5), 5)
+    body = {**_body(T0, T0 + SPAN, "week", 8, "exact"), **change}
+    assert not _takes_user_days(store, body)
+    assert retention(store, PROJECT, body) == retention(store, PROJECT, body, raw=True)
+
+
+def test_a_time_zone_named_otherwise_but_utc_throughout_reads_the_user_days(
+    store: Store,
+) -> None:
+    rows = _rows(6)
+    _load_late_and_shuffled(store, rows, 6)
+    body = {**_body(T0, T0 + SPAN, "week", 8, "exact"), "timezone": "Etc/UTC"}
+    assert _takes_user_days(store, body)
+    assert retention(store, PROJECT, body) == retention(store, PROJECT, body, raw=True)
