@@ -44,7 +44,6 @@ from avila.analytics.calendar import (
     bucket_of,
     local_us_expr,
     utc_offsets,
-    utc_throughout,
 )
 from avila.analytics.common import (
     Expr,
@@ -59,7 +58,7 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
-from avila.analytics.rollup_reads import rollups_agree
+from avila.analytics.rollup_reads import USER_DAYS, user_days_answer
 from avila.schemas.analytics import CohortQuery
 from avila.storage.base import Store
 
@@ -155,11 +154,7 @@ def last_begun_bucket(end: datetime, tz: ZoneInfo, period: str) -> int:
     return bucket_of(epoch + timedelta(microseconds=max(walls)), _UTC, period)
 
 
-#: The rollups' user days as the events they stand for: a row per user and UTC day the user
-#: was active on, at that day's midnight (several rows per user and day: country and device
-#: variants and partial rows, which a minimum or a bitwise or does not mind).
-USER_DAYS = "(SELECT project_id, user_id, CAST(day AS TIMESTAMP) AS ts FROM rollup_user_days)"
-#: The rollups are checked against the events of every day before the horizon.
+#: Every day before the horizon counts for a user's first event.
 _EARLIEST = datetime(1, 1, 1)
 
 
@@ -171,21 +166,16 @@ def _user_days_answer(
     tz: ZoneInfo,
 ) -> bool:
     """Whether :data:`USER_DAYS` gives exactly the events' answer: the question is about any
-    event (no start or return event, no filters), its bounds are UTC midnights and its
-    periods UTC days, weeks or months (every comparison and bucket then treats a day's events
-    alike), the project has no identity links (the rollups hold raw user ids), and the
-    rollups count the events of every day before the horizon exactly (a write that bypassed
-    them would show there; an erasure forgets the user in both)."""
+    event (no start or return event, no filters) and its bounds are UTC midnights (every
+    comparison and period boundary then treats a day's events alike), and the user days can
+    stand in for the events of every day before the horizon (:func:`user_days_answer`)."""
     start, end, horizon = bounds
     return (
-        store.has_rollups
-        and q.start_event is None
+        q.start_event is None
         and q.return_event is None
         and not q.filters
         and all(t == datetime.combine(t.date(), datetime.min.time()) for t in bounds)
-        and utc_throughout(tz, start, horizon)
-        and events_source(store, project_id) == fragments(store)["events_unstitched"]
-        and rollups_agree(store, project_id, _EARLIEST, horizon)
+        and user_days_answer(store, project_id, tz, start, horizon, read_from=_EARLIEST)
     )
 
 

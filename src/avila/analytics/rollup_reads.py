@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from avila.analytics.common import events_source, persons_relation
+from avila.analytics.calendar import utc_throughout
+from avila.analytics.common import events_source, fragments, persons_relation
 from avila.storage.base import Store
 from avila.storage.rollups import DAILY_FROM
 
@@ -86,6 +88,43 @@ def rollups_agree(store: Store, project_id: str, d0: datetime, d1: datetime) -> 
     )
     daily, user_days, events = rows[0]
     return int(daily) == int(events) == int(user_days)
+
+
+#: The user days as the events they stand for: a row per user and UTC day the user was active
+#: on, at that day's midnight (several rows per user and day, for countries, devices and partial
+#: rows, which a minimum, a maximum or a bitwise or does not mind). A report that only asks
+#: *whether* a user was active on a day, in UTC days, weeks or months, and compares event times
+#: only with midnights, gets the events' answer from it (:func:`user_days_answer`).
+USER_DAYS = "(SELECT project_id, user_id, CAST(day AS TIMESTAMP) AS ts FROM rollup_user_days)"
+
+
+def user_days_answer(
+    store: Store,
+    project_id: str,
+    tz: ZoneInfo,
+    lo: datetime,
+    hi: datetime,
+    *,
+    read_from: datetime | None = None,
+) -> bool:
+    """Whether :data:`USER_DAYS` can stand in for the project's events read over ``[lo, hi)``
+    (from ``read_from`` when the question also reads earlier events, in UTC) by a question
+    about any event without filters (the caller checks that): local time in ``tz`` is UTC over
+    ``[lo, hi)``, the project has no identity links (the rollups hold raw user ids), and the
+    rollups count exactly the events of the whole days that cover what is read (a write that
+    bypassed them would show; an erasure forgets the user in both)."""
+    d0 = datetime.combine((read_from or lo).date(), datetime.min.time())
+    d1 = datetime.combine(hi.date(), datetime.min.time())
+    if d1 < hi:
+        if d1.date() == date.max:
+            return False  # no midnight after the calendar's last day: read the events
+        d1 += timedelta(days=1)
+    return (
+        store.has_rollups
+        and utc_throughout(tz, lo, hi)
+        and events_source(store, project_id) == fragments(store)["events_unstitched"]
+        and rollups_agree(store, project_id, d0, d1)
+    )
 
 
 def _agreeing_days(

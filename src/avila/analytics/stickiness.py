@@ -41,6 +41,7 @@ from avila.analytics.common import (
 )
 from avila.analytics.lifecycle import PERIOD_DAYS, period_span
 from avila.analytics.query import parse_explained
+from avila.analytics.rollup_reads import USER_DAYS, user_days_answer
 from avila.schemas.analytics import StickinessQuery
 from avila.storage.base import Store
 
@@ -50,10 +51,17 @@ _WEEK_SHIFT = 7 * 200_000
 
 
 def stickiness(
-    store: Store, project_id: str, query: StickinessQuery | Mapping[str, Any]
+    store: Store,
+    project_id: str,
+    query: StickinessQuery | Mapping[str, Any],
+    *,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """``{"period", "timezone", "user_periods", "distribution": [{"active_days", "users"}],
-    "periods": [{"period_start", "active_users", "distribution": [...]}]}``."""
+    "periods": [{"period_start", "active_users", "distribution": [...]}]}``. Without an
+    ``event`` or filters, in UTC, the daily rollups' user days stand in for the events
+    (:data:`avila.analytics.rollup_reads.USER_DAYS`; the same answer, checked first); ``raw``
+    reads the events in any case."""
     q = parse_explained(StickinessQuery, query)
     start, end = time_range(q.start_time, q.end_time)
     tz = zone(q.timezone)
@@ -78,11 +86,18 @@ def stickiness(
         if q.period == "week"
         else frag["day_of_month"].format("loc") + " - 1"
     )
+    source = events_source(store, project_id)
+    # The scan's partial edge days lie outside every reported period (its margins are longer
+    # than a period): whole days of user activity give the same bits.
+    if not (raw or q.event or q.filters) and user_days_answer(
+        store, project_id, tz, scan_lo, scan_hi
+    ):
+        source = USER_DAYS
     sql = f"""
 SELECT b, {frag["popcount"].format("days")} AS n, count(*) FROM (
   SELECT user_id, b, {frag["bit_or_agg"].format(frag["bit"].format("i"))} AS days FROM (
     SELECT user_id, {period_bucket} AS b, {index} AS i
-    FROM (SELECT user_id, {local.sql} AS loc FROM {events_source(store, project_id)}
+    FROM (SELECT user_id, {local.sql} AS loc FROM {source}
           WHERE {where.sql} AND {cond.sql}))
   WHERE b BETWEEN ? AND ? GROUP BY user_id, b)
 GROUP BY b, n

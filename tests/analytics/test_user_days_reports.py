@@ -1,5 +1,5 @@
-"""Retention read from the daily rollups' user days equals retention read from the events
-(``raw=True``) and the pandas oracle (avila.analytics.retention, ``_user_days_answer``).
+"""Retention and stickiness read from the daily rollups' user days equal the same reports read
+from the events (``raw=True``) and the pandas oracles (avila.analytics.rollup_reads.USER_DAYS).
 
 Data: random users over ten weeks on an hourly grid (ties), a user active in the last and
 the first microsecond of days, unicode ids, another project's rows, loaded in shuffled
@@ -23,8 +23,10 @@ import pyarrow as pa
 import pytest
 from analytics_data import OTHER_PROJECT, PROJECT, T0, event, random_events, to_table
 from analytics_oracles import retention_oracle
+from journey_oracles import stickiness_oracle
 
-from avila.analytics import erase_user, retention
+from avila.analytics import erase_user, retention, stickiness
+from avila.analytics.rollup_reads import USER_DAYS
 from avila.storage import open_store
 from avila.storage.base import Store
 
@@ -102,7 +104,7 @@ def _takes_user_days(store: Store, body: dict[str, Any]) -> bool:
         retention(store, PROJECT, body)
     finally:
         retention_module._per_user_counts = original  # type: ignore[assignment]
-    return taken == [retention_module.USER_DAYS]
+    return taken == [USER_DAYS]
 
 
 def _assert_same(store: Store, rows: list[dict[str, Any]], *, user_days: bool = True) -> None:
@@ -221,3 +223,97 @@ def test_a_time_zone_named_otherwise_but_utc_throughout_reads_the_user_days(
     body = {**_body(T0, T0 + SPAN, "week", 8, "exact"), "timezone": "Etc/UTC"}
     assert _takes_user_days(store, body)
     assert retention(store, PROJECT, body) == retention(store, PROJECT, body, raw=True)
+
+
+# -- stickiness ---------------------------------------------------------------------------------
+
+stickiness_module = importlib.import_module("avila.analytics.stickiness")
+
+# (start, end, period): stickiness reports whole periods, so bounds off midnight are fine too
+STICKY = [
+    (T0, T0 + SPAN, "week"),
+    (T0 + timedelta(hours=6, minutes=13), T0 + timedelta(days=40, hours=5), "week"),
+    (T0 + timedelta(days=3), T0 + SPAN, "month"),
+    (T0 + timedelta(days=30, microseconds=-1), T0 + timedelta(days=31), "month"),
+]
+
+
+def _sticky_takes_user_days(store: Store, body: dict[str, Any]) -> bool:
+    answers: list[bool] = []
+    original = stickiness_module.user_days_answer
+
+    def spy(*args: Any, **kwargs: Any) -> bool:
+        answers.append(original(*args, **kwargs))
+        return answers[-1]
+
+    stickiness_module.user_days_answer = spy
+    try:
+        stickiness(store, PROJECT, body)
+    finally:
+        stickiness_module.user_days_answer = original
+    return answers == [True]
+
+
+def _assert_same_stickiness(
+    store: Store, rows: list[dict[str, Any]], *, user_days: bool = True
+) -> None:
+    for start, end, period in STICKY:
+        body = {"period": period, "start_time": start, "end_time": end}
+        assert _sticky_takes_user_days(store, body) is user_days, body
+        got = stickiness(store, PROJECT, body)
+        assert got == stickiness(store, PROJECT, body, raw=True), body
+        want = stickiness_oracle(rows, start, end, period, "UTC")
+        assert {
+            p["period_start"]: [r["users"] for r in p["distribution"]] for p in got["periods"]
+        } == want, body
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_stickiness_from_user_days_equals_the_events_and_the_oracle(
+    store: Store, seed: int
+) -> None:
+    rows = _rows(seed)
+    _load_late_and_shuffled(store, rows, seed)
+    _assert_same_stickiness(store, rows)
+    erase_user(store, PROJECT, "late")
+    _assert_same_stickiness(store, [r for r in rows if r["user_id"] != "late"])
+    _link(store, "u002", "u001")  # identity links: the events, stitched
+    for start, end, period in STICKY:
+        body = {"period": period, "start_time": start, "end_time": end}
+        assert not _sticky_takes_user_days(store, body)
+        assert stickiness(store, PROJECT, body) == stickiness(store, PROJECT, body, raw=True)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"event": {"condition_type": "page_view", "condition_value": ""}},
+        {"filters": [{"property": "country", "operator": "eq", "value": "BR"}]},
+        {"timezone": "Asia/Kolkata"},
+    ],
+)
+def test_stickiness_questions_the_user_days_cannot_answer_read_the_events(
+    store: Store, change: dict[str, Any]
+) -> None:
+    _load_late_and_shuffled(store, _rows(9), 9)
+    body = {"period": "week", "start_time": T0, "end_time": T0 + SPAN, **change}
+    assert not _sticky_takes_user_days(store, body)
+    assert stickiness(store, PROJECT, body) == stickiness(store, PROJECT, body, raw=True)
+
+
+def test_stickiness_after_a_bypassing_write_reads_the_events(store: Store) -> None:
+    rows = _rows(10)
+    _load_late_and_shuffled(store, rows, 10)
+    sneaky = T0 + timedelta(days=30, hours=1)
+    store.execute(
+        "INSERT INTO events (project_id, event_id, user_id, ts, received_at, event_type, url)"
+        " VALUES (?, 'sneaky', 'ghost', ?, ?, 'page_view', '/')",
+        [PROJECT, sneaky, sneaky],
+    )
+    body = {"period": "week", "start_time": T0, "end_time": T0 + SPAN}
+    assert not _sticky_takes_user_days(store, body)
+    got = stickiness(store, PROJECT, body)
+    want = stickiness_oracle([*rows, event("ghost", sneaky)], T0, T0 + SPAN, "week", "UTC")
+    assert {
+        p["period_start"]: [r["users"] for r in p["distribution"]] for p in got["periods"]
+    } == want
