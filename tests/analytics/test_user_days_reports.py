@@ -1,4 +1,4 @@
-"""Retention and stickiness read from the daily rollups' user days equal the same reports read
+"""Retention, stickiness and lifecycle read from the daily rollups' user days equal the same reports read
 from the events (``raw=True``) and the pandas oracles (avila.analytics.rollup_reads.USER_DAYS).
 
 Data: random users over ten weeks on an hourly grid (ties), a user active in the last and
@@ -23,9 +23,9 @@ import pyarrow as pa
 import pytest
 from analytics_data import OTHER_PROJECT, PROJECT, T0, event, random_events, to_table
 from analytics_oracles import retention_oracle
-from journey_oracles import stickiness_oracle
+from journey_oracles import lifecycle_oracle, stickiness_oracle
 
-from avila.analytics import erase_user, retention, stickiness
+from avila.analytics import erase_user, lifecycle, retention, stickiness
 from avila.analytics.rollup_reads import USER_DAYS
 from avila.storage import open_store
 from avila.storage.base import Store
@@ -238,20 +238,25 @@ STICKY = [
 ]
 
 
-def _sticky_takes_user_days(store: Store, body: dict[str, Any]) -> bool:
+def _reads_user_days(module: Any, report: Any, store: Store, body: dict[str, Any]) -> bool:
+    """Whether ``report`` (of ``module``) asked for the user days and got them."""
     answers: list[bool] = []
-    original = stickiness_module.user_days_answer
+    original = module.user_days_answer
 
     def spy(*args: Any, **kwargs: Any) -> bool:
         answers.append(original(*args, **kwargs))
         return answers[-1]
 
-    stickiness_module.user_days_answer = spy
+    module.user_days_answer = spy
     try:
-        stickiness(store, PROJECT, body)
+        report(store, PROJECT, body)
     finally:
-        stickiness_module.user_days_answer = original
+        module.user_days_answer = original
     return answers == [True]
+
+
+def _sticky_takes_user_days(store: Store, body: dict[str, Any]) -> bool:
+    return _reads_user_days(stickiness_module, stickiness, store, body)
 
 
 def _assert_same_stickiness(
@@ -317,3 +322,81 @@ def test_stickiness_after_a_bypassing_write_reads_the_events(store: Store) -> No
     assert {
         p["period_start"]: [r["users"] for r in p["distribution"]] for p in got["periods"]
     } == want
+
+
+# -- lifecycle ----------------------------------------------------------------------------------
+
+lifecycle_module = importlib.import_module("avila.analytics.lifecycle")
+
+LIFECYCLE = [
+    (T0, T0 + SPAN, "week"),
+    (T0 + timedelta(days=20, hours=6), T0 + timedelta(days=34, hours=1), "day"),
+    (T0 + timedelta(days=3), T0 + SPAN, "month"),
+    (T0 + timedelta(days=7), T0 + timedelta(days=8), "week"),
+]
+
+
+def _lifecycle_table(result: dict[str, Any]) -> dict[str, dict[str, int]]:
+    return {
+        p["period_start"]: {k: p[k] for k in ("new", "returning", "resurrecting", "dormant")}
+        for p in result["periods"]
+    }
+
+
+def _assert_same_lifecycle(
+    store: Store, rows: list[dict[str, Any]], *, user_days: bool = True
+) -> None:
+    for start, end, period in LIFECYCLE:
+        body = {"period": period, "start_time": start, "end_time": end}
+        assert _reads_user_days(lifecycle_module, lifecycle, store, body) is user_days, body
+        got = lifecycle(store, PROJECT, body)
+        assert got == lifecycle(store, PROJECT, body, raw=True), body
+        assert _lifecycle_table(got) == lifecycle_oracle(rows, start, end, period, "UTC"), body
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_lifecycle_from_user_days_equals_the_events_and_the_oracle(store: Store, seed: int) -> None:
+    rows = _rows(seed)
+    _load_late_and_shuffled(store, rows, seed)
+    _assert_same_lifecycle(store, rows)
+    erase_user(store, PROJECT, "late")  # its first event was days before the rest
+    _assert_same_lifecycle(store, [r for r in rows if r["user_id"] != "late"])
+    _link(store, "u002", "u001")
+    for start, end, period in LIFECYCLE:
+        body = {"period": period, "start_time": start, "end_time": end}
+        assert not _reads_user_days(lifecycle_module, lifecycle, store, body)
+        assert lifecycle(store, PROJECT, body) == lifecycle(store, PROJECT, body, raw=True)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"event": {"condition_type": "page_view", "condition_value": ""}},
+        {"filters": [{"property": "country", "operator": "eq", "value": "BR"}]},
+        {"timezone": "America/Sao_Paulo"},
+    ],
+)
+def test_lifecycle_questions_the_user_days_cannot_answer_read_the_events(
+    store: Store, change: dict[str, Any]
+) -> None:
+    _load_late_and_shuffled(store, _rows(13), 13)
+    body = {"period": "week", "start_time": T0, "end_time": T0 + SPAN, **change}
+    assert not _reads_user_days(lifecycle_module, lifecycle, store, body)
+    assert lifecycle(store, PROJECT, body) == lifecycle(store, PROJECT, body, raw=True)
+
+
+def test_lifecycle_after_a_bypassing_write_reads_the_events(store: Store) -> None:
+    rows = _rows(14)
+    _load_late_and_shuffled(store, rows, 14)
+    sneaky = T0 - timedelta(days=400)  # long before: a first event that makes a user older
+    store.execute(
+        "INSERT INTO events (project_id, event_id, user_id, ts, received_at, event_type, url)"
+        " VALUES (?, 'sneaky', 'u005', ?, ?, 'page_view', '/')",
+        [PROJECT, sneaky, sneaky],
+    )
+    body = {"period": "week", "start_time": T0, "end_time": T0 + SPAN}
+    assert not _reads_user_days(lifecycle_module, lifecycle, store, body)
+    got = lifecycle(store, PROJECT, body)
+    assert _lifecycle_table(got) == lifecycle_oracle(
+        [*rows, event("u005", sneaky)], T0, T0 + SPAN, "week", "UTC"
+    )

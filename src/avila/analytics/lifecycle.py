@@ -55,6 +55,7 @@ from avila.analytics.common import (
     zone,
 )
 from avila.analytics.query import parse_explained
+from avila.analytics.rollup_reads import EARLIEST, USER_DAYS, user_days_answer
 from avila.schemas.analytics import LifecycleQuery
 from avila.storage.base import Store
 
@@ -165,10 +166,17 @@ def period_span(period: str, start_lo: int, end_hi: int, path: str = "end_time")
 
 
 def lifecycle(
-    store: Store, project_id: str, query: LifecycleQuery | Mapping[str, Any]
+    store: Store,
+    project_id: str,
+    query: LifecycleQuery | Mapping[str, Any],
+    *,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """``{"period", "timezone", "dormant_sign": -1, "periods": [{"period_start", "new",
-    "returning", "resurrecting", "dormant", "active"}]}`` (see the module docstring)."""
+    "returning", "resurrecting", "dormant", "active"}]}`` (see the module docstring).
+    Without an ``event`` or filters, in UTC, the daily rollups' user days stand in for the
+    events (:data:`avila.analytics.rollup_reads.USER_DAYS`; the same answer, checked first);
+    ``raw`` reads the events in any case."""
     q = parse_explained(LifecycleQuery, query)
     start, end = time_range(q.start_time, q.end_time)
     tz = zone(q.timezone)
@@ -186,8 +194,16 @@ def lifecycle(
     local = local_us_expr(store, "ts", tz, scan_lo, scan_hi)
     first_local = local_us_expr(store, "first_ts", tz, scan_lo, scan_hi)
     bucket = bucket_expr(store, "loc", q.period)
+    source = events_source(store, project_id)
+    # The scan's partial edge days lie outside periods lo-1 .. hi (its margins are longer than
+    # two periods), so whole days of activity give the same bits; first-seen times are read
+    # over all history before scan_hi, and only compared inside the window.
+    if not (raw or q.event or q.filters) and user_days_answer(
+        store, project_id, tz, scan_lo, scan_hi, read_from=EARLIEST
+    ):
+        source = USER_DAYS
     parts = _Parts(
-        source=events_source(store, project_id),
+        source=source,
         frag=fragments(store),
         active=Expr(f"({where.sql} AND {cond.sql})", (*where.params, *cond.params)),
         local=local,

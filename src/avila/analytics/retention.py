@@ -58,7 +58,7 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
-from avila.analytics.rollup_reads import USER_DAYS, user_days_answer
+from avila.analytics.rollup_reads import EARLIEST, USER_DAYS, user_days_answer
 from avila.schemas.analytics import CohortQuery
 from avila.storage.base import Store
 
@@ -154,10 +154,6 @@ def last_begun_bucket(end: datetime, tz: ZoneInfo, period: str) -> int:
     return bucket_of(epoch + timedelta(microseconds=max(walls)), _UTC, period)
 
 
-#: Every day before the horizon counts for a user's first event.
-_EARLIEST = datetime(1, 1, 1)
-
-
 def _user_days_answer(
     store: Store,
     project_id: str,
@@ -175,7 +171,7 @@ def _user_days_answer(
         and q.return_event is None
         and not q.filters
         and all(t == datetime.combine(t.date(), datetime.min.time()) for t in bounds)
-        and user_days_answer(store, project_id, tz, start, horizon, read_from=_EARLIEST)
+        and user_days_answer(store, project_id, tz, start, horizon, read_from=EARLIEST)
     )
 
 

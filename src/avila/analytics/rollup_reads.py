@@ -96,6 +96,8 @@ def rollups_agree(store: Store, project_id: str, d0: datetime, d1: datetime) -> 
 #: *whether* a user was active on a day, in UTC days, weeks or months, and compares event times
 #: only with midnights, gets the events' answer from it (:func:`user_days_answer`).
 USER_DAYS = "(SELECT project_id, user_id, CAST(day AS TIMESTAMP) AS ts FROM rollup_user_days)"
+#: ``read_from`` of a report that reads every event before some time (a user's first event).
+EARLIEST = datetime(1, 1, 1)
 
 
 def user_days_answer(

@@ -1,14 +1,18 @@
-"""Retention from the rollups' user days against retention from the events, same question,
-same file, same process, alternating (protocol: benchmarks/RESULTS.md, "Retention from the
-user days").
+"""Reports from the rollups' user days against the same reports from the events: same
+question, same file, same process, alternating (protocol: benchmarks/RESULTS.md, "Retention and
+stickiness from the user days").
 
-    python benchmarks/bench_retention_user_days.py /work/benchdata/analytics_10000000.duckdb --pairs 5
+    python benchmarks/bench_user_days.py /work/benchdata/analytics_10000000.duckdb --pairs 5 \
+        --report retention
 
-The question is bench_analytics' "retention (12 weeks)" row (weekly, 12 periods, any event,
-UTC, the 12 weeks before 2025-01-01). Each pair times the events path (``raw=True``) and the
-user-days path once each, in alternating order, after one warm-up of both; wall and CPU
-seconds (``time.process_time``: all of DuckDB's threads) are printed per pair, then medians
-and the pairs in which the user days took less CPU. Answers are asserted equal in every pair.
+Questions (``--report``): ``retention`` is bench_analytics' "retention (12 weeks)" row (weekly,
+12 periods, any event, UTC, the 12 weeks before 2025-01-01); ``stickiness-month`` its
+"stickiness (month, 90 d)" row; ``stickiness-week`` its "stickiness (week, 30 d)" row in UTC
+(the bench row asks in Europe/Berlin, which the user days cannot answer). Each pair times the
+events path (``raw=True``) and the user-days path once each, in alternating order, after one
+warm-up of both; wall and CPU seconds (``time.process_time``: all of DuckDB's threads) are
+printed per pair, then medians and the pairs in which the user days took less CPU. Answers are
+asserted equal in every pair.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from avila.analytics import retention
+from avila.analytics import retention, stickiness
 from avila.storage import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,8 +34,14 @@ from results import stamp  # noqa: E402
 
 PROJECT = "bench"
 END = datetime(2025, 1, 1)
-QUESTION = {"period": "week", "periods": 12, "start_time": END - timedelta(weeks=12),
-            "end_time": END}  # fmt: skip
+REPORTS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
+    "retention": (retention, {"period": "week", "periods": 12,
+                              "start_time": END - timedelta(weeks=12), "end_time": END}),
+    "stickiness-month": (stickiness, {"period": "month", "start_time": END - timedelta(days=90),
+                                      "end_time": END}),
+    "stickiness-week": (stickiness, {"period": "week", "start_time": END - timedelta(days=30),
+                                     "end_time": END}),
+}  # fmt: skip
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
@@ -44,12 +54,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("file", type=Path, help="a bench_analytics store file")
     parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--report", choices=sorted(REPORTS), default="retention")
     args = parser.parse_args()
     store = open_store("duckdb:///" + str(args.file), read_only=True)
     (rows,) = store.query("SELECT count(*) FROM events")
     print(f"{stamp()}; {rows[0]:,} events in {args.file}")
-    events = lambda: retention(store, PROJECT, QUESTION, raw=True)  # noqa: E731
-    user_days = lambda: retention(store, PROJECT, QUESTION)  # noqa: E731
+    report, question = REPORTS[args.report]
+    print(f"{args.report}: {question}")
+    events = lambda: report(store, PROJECT, question, raw=True)  # noqa: E731
+    user_days = lambda: report(store, PROJECT, question)  # noqa: E731
     assert events() == user_days(), "the two paths disagree"  # also the warm-up
     figures: dict[str, list[tuple[float, float]]] = {"events": [], "user days": []}
     wins = 0
