@@ -1,4 +1,4 @@
-"""Retention, stickiness and lifecycle read from the daily rollups' user days equal the same reports read
+"""Retention, stickiness, lifecycle and trends read from the daily rollups' user days equal the same reports read
 from the events (``raw=True``) and the pandas oracles (avila.analytics.rollup_reads.USER_DAYS).
 
 Data: random users over ten weeks on an hourly grid (ties), a user active in the last and
@@ -25,7 +25,7 @@ from analytics_data import OTHER_PROJECT, PROJECT, T0, event, random_events, to_
 from analytics_oracles import retention_oracle
 from journey_oracles import lifecycle_oracle, stickiness_oracle
 
-from avila.analytics import erase_user, lifecycle, retention, stickiness
+from avila.analytics import erase_user, lifecycle, retention, rollup_reads, stickiness, trends
 from avila.analytics.rollup_reads import USER_DAYS
 from avila.storage import open_store
 from avila.storage.base import Store
@@ -400,3 +400,96 @@ def test_lifecycle_after_a_bypassing_write_reads_the_events(store: Store) -> Non
     assert _lifecycle_table(got) == lifecycle_oracle(
         [*rows, event("u005", sneaky)], T0, T0 + SPAN, "week", "UTC"
     )
+
+
+# -- trends -------------------------------------------------------------------------------------
+
+TRENDS = [
+    (T0, T0 + SPAN, "day"),
+    (T0 + timedelta(days=3), T0 + timedelta(days=45), "week"),
+    (T0, T0 + SPAN, "month"),
+    (T0 + timedelta(days=20), T0 + timedelta(days=21), "day"),
+]
+
+
+def _bucket_start(ts: datetime, interval: str) -> str:
+    day = ts.date()
+    if interval == "week":
+        day -= timedelta(days=day.weekday())
+    elif interval == "month":
+        day = day.replace(day=1)
+    return day.isoformat()
+
+
+def _trends_oracle(
+    rows: list[dict[str, Any]], start: datetime, end: datetime, interval: str
+) -> dict[str, tuple[int, int]]:
+    """Plain Python: events and distinct users per UTC bucket that has events."""
+    events: dict[str, int] = {}
+    users: dict[str, set[str]] = {}
+    for r in rows:
+        if r["project_id"] == PROJECT and start <= r["ts"] < end:
+            key = _bucket_start(r["ts"], interval)
+            events[key] = events.get(key, 0) + 1
+            users.setdefault(key, set()).add(r["user_id"])
+    return {key: (n, len(users[key])) for key, n in events.items()}
+
+
+def _trend_cells(result: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    (series,) = result["series"]
+    return {d["time"]: (d["count"], d["users"]) for d in series["data"] if d["count"]}
+
+
+def _assert_same_trends(store: Store, rows: list[dict[str, Any]]) -> None:
+    for start, end, interval in TRENDS:
+        body = {"interval": interval, "start_time": start, "end_time": end}
+        assert _reads_user_days(rollup_reads, trends, store, body), body
+        got = trends(store, PROJECT, body)
+        assert got == trends(store, PROJECT, body, raw=True), body
+        assert _trend_cells(got) == _trends_oracle(rows, start, end, interval), body
+
+
+def test_trends_from_the_rollups_equal_the_events_and_the_oracle(store: Store) -> None:
+    rows = _rows(15)
+    _load_late_and_shuffled(store, rows, 15)
+    _assert_same_trends(store, rows)
+    erase_user(store, PROJECT, "u004")
+    _assert_same_trends(store, [r for r in rows if r["user_id"] != "u004"])
+    for user in {r["user_id"] for r in rows if r["project_id"] == PROJECT}:
+        erase_user(store, PROJECT, user)  # everything erased: zero-filled, as from raw rows
+    _assert_same_trends(store, [])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"event": {"condition_type": "page_view", "condition_value": ""}},
+        {"filters": [{"property": "country", "operator": "eq", "value": "BR"}]},
+        {"breakdown": "country"},
+        {"timezone": "Asia/Kolkata"},
+        {"interval": "hour", "end_time": T0 + timedelta(days=2)},
+        {"start_time": T0 + timedelta(hours=1)},
+    ],
+)
+def test_trends_questions_the_rollups_cannot_answer_read_the_events(
+    store: Store, change: dict[str, Any]
+) -> None:
+    _load_late_and_shuffled(store, _rows(16), 16)
+    body = {"interval": "day", "start_time": T0, "end_time": T0 + SPAN, **change}
+    assert not _reads_user_days(rollup_reads, trends, store, body)
+    assert trends(store, PROJECT, body) == trends(store, PROJECT, body, raw=True)
+
+
+def test_trends_with_links_or_after_a_bypassing_write_read_the_events(store: Store) -> None:
+    rows = _rows(17)
+    _load_late_and_shuffled(store, rows, 17)
+    body = {"interval": "week", "start_time": T0, "end_time": T0 + SPAN}
+    sneaky = T0 + timedelta(days=30, hours=1)
+    store.execute(
+        "INSERT INTO events (project_id, event_id, user_id, ts, received_at, event_type, url)"
+        " VALUES (?, 'sneaky', 'ghost', ?, ?, 'page_view', '/')",
+        [PROJECT, sneaky, sneaky],
+    )
+    assert not _reads_user_days(rollup_reads, trends, store, body)
+    want = _trends_oracle([*rows, event("ghost", sneaky)], T0, T0 + SPAN, "week")
+    assert _trend_cells(trends(store, PROJECT, body)) == want

@@ -53,7 +53,7 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
-from avila.analytics.rollup_reads import overview_aggregates
+from avila.analytics.rollup_reads import overview_aggregates, trend_rows
 from avila.analytics.sessions import SessionTotals, events_by_user, sessionize
 from avila.schemas.analytics import OverviewQuery, SessionsQuery, TrendsQuery
 from avila.storage.base import Store
@@ -268,12 +268,19 @@ def distinct_users_by_bucket(
 
 
 def trends(
-    store: Store, project_id: str, query: TrendsQuery | Mapping[str, Any] | None = None
+    store: Store,
+    project_id: str,
+    query: TrendsQuery | Mapping[str, Any] | None = None,
+    *,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """Event counts per ``interval`` bucket (local to ``timezone``, zero-filled):
     ``{"interval", "timezone", "series": [{"breakdown_value", "total", "data": [{"time",
     "count", "users"}]}]}``. Without ``breakdown`` there is one series with value null; with it,
-    the ``breakdown_limit`` values with most events, then ``"Other"`` for the rest."""
+    the ``breakdown_limit`` values with most events, then ``"Other"`` for the rest. The plain
+    question (any event, no filters or breakdown, daily or longer in UTC, midnight bounds) is
+    read from the daily rollups when they agree with the events
+    (:func:`avila.analytics.rollup_reads.trend_rows`); ``raw`` reads the events in any case."""
     q = parse_query(TrendsQuery, query)
     start, end = time_range(q.start_time, q.end_time)
     tz = zone(q.timezone)
@@ -290,11 +297,15 @@ def trends(
         prop = Expr(fragments(store)["null_text"])
     else:
         prop = property_expr(store, q.breakdown, "breakdown")
-    rows = store.query(
-        f"SELECT {bucket} AS b, v, count(*), count(DISTINCT user_id) FROM (SELECT user_id,"
-        f" {local.sql} AS loc, {prop.sql} AS v FROM {source} WHERE {where.sql}) GROUP BY b, v",
-        [*local.params, *prop.params, *where.params],
-    )
+    plain = not (raw or q.event or q.filters or q.breakdown)
+    rows = trend_rows(store, project_id, start, end, tz, q.interval) if plain else None
+    if rows is None:
+        rows = store.query(
+            f"SELECT {bucket} AS b, v, count(*), count(DISTINCT user_id) FROM (SELECT user_id,"
+            f" {local.sql} AS loc, {prop.sql} AS v FROM {source} WHERE {where.sql})"
+            " GROUP BY b, v",
+            [*local.params, *prop.params, *where.params],
+        )
     totals: dict[Any, int] = {}
     for _, v, n, _u in rows:
         totals[v] = totals.get(v, 0) + int(n)

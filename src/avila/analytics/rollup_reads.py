@@ -20,7 +20,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from avila.analytics.calendar import utc_throughout
+from avila.analytics.calendar import bucket_expr, local_us_expr, utc_throughout
 from avila.analytics.common import events_source, fragments, persons_relation
 from avila.storage.base import Store
 from avila.storage.rollups import DAILY_FROM
@@ -236,3 +236,41 @@ def active_users(
         if count:
             active[interval][b] = int(count)
     return int(users), active
+
+
+#: Events and distinct users per bucket of whole UTC days: ``(b, NULL, events, users)`` rows,
+#: the shape of the trends query's raw rows without a breakdown.
+_TRENDS = """
+SELECT b, NULL AS v, sum(n), sum(u) FROM (
+  SELECT {bucket} AS b, events AS n, 0 AS u FROM (
+    SELECT events, {local} AS loc FROM (
+      SELECT CAST(day AS TIMESTAMP) AS ts, events FROM rollup_daily
+      WHERE project_id = ? AND kind = 'type' AND day >= ? AND day < ?))
+  UNION ALL
+  SELECT b, 0, count(DISTINCT user_id) FROM (
+    SELECT {bucket} AS b, user_id FROM (
+      SELECT user_id, {local} AS loc FROM (
+        SELECT CAST(day AS TIMESTAMP) AS ts, user_id FROM rollup_user_days
+        WHERE project_id = ? AND day >= ? AND day < ?)))
+  GROUP BY b)
+GROUP BY b
+"""
+
+
+def trend_rows(
+    store: Store, project_id: str, start: datetime, end: datetime, tz: ZoneInfo, interval: str
+) -> list[tuple[Any, ...]] | None:
+    """The trends query's rows for any event without filters or breakdown, from the rollups;
+    None unless that gives the events' answer: ``interval`` a day or longer, ``start`` and
+    ``end`` UTC midnights, and the user days standing in for the events
+    (:func:`user_days_answer`; the daily counts are checked with them)."""
+    if interval == "hour" or any(
+        t != datetime.combine(t.date(), datetime.min.time()) for t in (start, end)
+    ):
+        return None
+    if not user_days_answer(store, project_id, tz, start, end):
+        return None
+    local = local_us_expr(store, "ts", tz, start, end)
+    sql = _TRENDS.format(bucket=bucket_expr(store, "loc", interval), local=local.sql)
+    days = [project_id, start.date(), end.date()]
+    return store.query(sql, [*local.params, *days, *local.params, *days])
