@@ -9,7 +9,8 @@ Questions (``--report``): ``retention`` is bench_analytics' "retention (12 weeks
 12 periods, any event, UTC, the 12 weeks before 2025-01-01); ``stickiness-month`` its
 "stickiness (month, 90 d)" row; ``stickiness-week``, ``lifecycle-day`` and ``lifecycle-week``
 its "stickiness (week, 30 d)", "lifecycle (day, 30 d)" and "lifecycle (week, 12 w)" rows asked
-in UTC (the bench rows ask in Europe/Berlin, which the user days cannot answer). Each pair times the
+in UTC (the bench rows ask in Europe/Berlin, which the user days cannot answer);
+``trends-day`` is trends by day over the overview's 30 days. Each pair times the
 events path (``raw=True``) and the user-days path once each, in alternating order, after one
 warm-up of both; wall and CPU seconds (``time.process_time``: all of DuckDB's threads) are
 printed per pair, then medians and the pairs in which the user days took less CPU. Answers are
@@ -27,7 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from avila.analytics import lifecycle, retention, stickiness
+from avila.analytics import lifecycle, retention, stickiness, trends
 from avila.storage import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,6 +47,8 @@ REPORTS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
                                   "end_time": END}),
     "lifecycle-week": (lifecycle, {"period": "week", "start_time": END - timedelta(weeks=12),
                                    "end_time": END}),
+    "trends-day": (trends, {"interval": "day", "start_time": END - timedelta(days=30),
+                            "end_time": END}),
 }  # fmt: skip
 
 
