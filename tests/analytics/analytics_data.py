@@ -111,6 +111,25 @@ def random_events(
     return rows
 
 
+def link_identity(store: Any, anonymous_id: str, user_id: str) -> None:
+    """Store an identity link (``anonymous_id`` is ``user_id``) in :data:`PROJECT`, as an
+    ``$identify`` would."""
+    store.append_table(
+        "identities",
+        pa.table(
+            {
+                "project_id": [PROJECT],
+                "anonymous_id": [anonymous_id],
+                "user_id": [user_id],
+                "ts": pa.array([T0], pa.timestamp("us")),
+                "received_at": pa.array([T0], pa.timestamp("us")),
+                "source": ["test"],
+                "event_id": ["link-" + anonymous_id],
+            }
+        ),
+    )
+
+
 def store_before_migration(path: Path, version: int) -> duckdb.DuckDBPyConnection:
     """A DuckDB file as a store from before schema migration ``version`` was written: every
     migration below it applied and recorded (the caller adds old-style rows, then closes it)."""

@@ -20,9 +20,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pytest
-from analytics_data import PROJECT, T0, event, random_events, store_before_migration, to_table
+from analytics_data import (
+    PROJECT,
+    T0,
+    event,
+    link_identity,
+    random_events,
+    store_before_migration,
+    to_table,
+)
 
 from avila.analytics import erase_user, overview
 from avila.analytics.rollup_reads import overview_aggregates, whole_days
@@ -140,23 +147,6 @@ def test_erased_user_is_forgotten_by_the_rollups(store: Store) -> None:
     assert store.query("SELECT count(*) FROM rollup_user_days WHERE user_id = 'whale'") == [(0,)]
 
 
-def _link(store: Store, anonymous_id: str, user_id: str) -> None:
-    store.append_table(
-        "identities",
-        pa.table(
-            {
-                "project_id": [PROJECT],
-                "anonymous_id": [anonymous_id],
-                "user_id": [user_id],
-                "ts": pa.array([T0], pa.timestamp("us")),
-                "received_at": pa.array([T0], pa.timestamp("us")),
-                "source": ["test"],
-                "event_id": ["link-" + anonymous_id],
-            }
-        ),
-    )
-
-
 def test_stitched_people_are_counted_once_from_the_rollups(store: Store) -> None:
     rows = _rows(4)
     _load_late_and_shuffled(store, rows, 4)
@@ -171,7 +161,7 @@ def test_stitched_people_are_counted_once_from_the_rollups(store: Store) -> None
     before = overview(store, PROJECT, whole)
     assert ("XX", 4) in [(c["country"], c["users"]) for c in before["countries"]]
     for i in range(2, 5):
-        _link(store, f"u00{i}", f"u00{i - 1}")
+        link_identity(store, f"u00{i}", f"u00{i - 1}")
     for lo, hi in RANGES:
         _assert_same(store, lo, hi, stitched=True)
     after = overview(store, PROJECT, whole)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-from analytics_data import PROJECT, T0, event, to_table
+from analytics_data import PROJECT, T0, event, link_identity, to_table
 
 from avila.analytics import erase_user, funnel, overview, realtime, sessions, user_profile
 from avila.analytics.realtime import counts_sql
@@ -46,7 +46,7 @@ def test_realtime_scans_only_recent_row_groups(tmp_path: Path) -> None:
             ]
         )
     )
-    _link(store, "someone-anonymous", "someone")  # the project reads the resolving view
+    link_identity(store, "someone-anonymous", "someone")  # the project reads the resolving view
     assert realtime(store, PROJECT, {"now": now.isoformat()})["events_last_5_minutes"] == recent
     source = counts_sql(store, PROJECT)
     assert "events_resolved" in source
@@ -79,23 +79,6 @@ def _widen(table: pa.Table) -> pa.Table:
     )
 
 
-def _link(store, anonymous_id: str, user_id: str) -> None:
-    store.append_table(
-        "identities",
-        pa.table(
-            {
-                "project_id": [PROJECT],
-                "anonymous_id": [anonymous_id],
-                "user_id": [user_id],
-                "ts": pa.array([T0], pa.timestamp("us")),
-                "received_at": pa.array([T0], pa.timestamp("us")),
-                "source": ["test"],
-                "event_id": ["link-" + anonymous_id],
-            }
-        ),
-    )
-
-
 def test_stitched_person_is_counted_once(load) -> None:
     m = timedelta(minutes=1)
     store = load(
@@ -107,7 +90,7 @@ def test_stitched_person_is_counted_once(load) -> None:
             event("alice", T0, url="/", project_id="other"),
         ]
     )
-    _link(store, "anon-1", "alice")
+    link_identity(store, "anon-1", "alice")
     steps = [
         {"condition_type": "page_view", "condition_value": "/"},
         {"condition_type": "page_view", "condition_value": "/product"},
@@ -139,7 +122,7 @@ def test_overview_counts_a_stitched_person_once_and_filters_by_the_resolved_id(l
             event("bob", T0 + m, url="/cart"),
         ]
     )
-    _link(store, "anon-1", "alice")
+    link_identity(store, "anon-1", "alice")
     span = {"start_time": "2024-02-01T00:00:00Z", "end_time": "2024-04-01T00:00:00Z"}
     whole = overview(store, PROJECT, span)
     assert whole["total_events"] == 5 and whole["unique_users"] == 2

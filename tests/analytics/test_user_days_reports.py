@@ -19,9 +19,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pytest
-from analytics_data import OTHER_PROJECT, PROJECT, T0, event, random_events, to_table
+from analytics_data import OTHER_PROJECT, PROJECT, T0, event, link_identity, random_events, to_table
 from analytics_oracles import retention_oracle
 from journey_oracles import lifecycle_oracle, stickiness_oracle
 
@@ -79,6 +78,15 @@ def _load_late_and_shuffled(store: Store, rows: list[dict[str, Any]], seed: int)
             store.append_events(to_table(batch))
         else:  # the ingest-log loader's transaction (position recorded with the rows)
             store.commit_log_batch(2000 + i, events=to_table(batch))  # type: ignore[attr-defined]
+
+
+def _bypass_the_rollups(store: Store, user: str, ts: datetime) -> None:
+    """A page view written straight into the events table, as no writer of ours does."""
+    store.execute(
+        "INSERT INTO events (project_id, event_id, user_id, ts, received_at, event_type, url)"
+        " VALUES (?, ?, ?, ?, ?, 'page_view', '/')",
+        [PROJECT, f"sneaky-{user}", user, ts, ts],
+    )
 
 
 def _body(start: datetime, end: datetime, period: str, periods: int, mode: str) -> dict[str, Any]:
@@ -148,27 +156,10 @@ def test_a_user_first_seen_before_the_range_is_no_cohort(store: Store) -> None:
     assert got == retention(store, PROJECT, body, raw=True)
 
 
-def _link(store: Store, anonymous_id: str, user_id: str) -> None:
-    store.append_table(
-        "identities",
-        pa.table(
-            {
-                "project_id": [PROJECT],
-                "anonymous_id": [anonymous_id],
-                "user_id": [user_id],
-                "ts": pa.array([T0], pa.timestamp("us")),
-                "received_at": pa.array([T0], pa.timestamp("us")),
-                "source": ["test"],
-                "event_id": ["link-" + anonymous_id],
-            }
-        ),
-    )
-
-
 def test_identity_links_read_the_events(store: Store) -> None:
     rows = _rows(3)
     _load_late_and_shuffled(store, rows, 3)
-    _link(store, "u002", "u001")
+    link_identity(store, "u002", "u001")
     for start, end, period, periods in QUESTIONS:
         body = _body(start, end, period, periods, "exact")
         assert not _takes_user_days(store, body)
@@ -179,11 +170,7 @@ def test_a_write_that_bypasses_the_rollups_reads_the_events(store: Store) -> Non
     rows = _rows(4)
     _load_late_and_shuffled(store, rows, 4)
     sneaky = T0 + timedelta(days=30)
-    store.execute(
-        "INSERT INTO events (project_id, event_id, user_id, ts, received_at, event_type, url)"
-        " VALUES (?, 'sneaky', 'ghost', ?, ?, 'page_view', '/')",
-        [PROJECT, sneaky, sneaky],
-    )
+    _bypass_the_rollups(store, "ghost", sneaky)
     body = _body(T0, T0 + SPAN, "week", 8, "exact")
     assert not _takes_user_days(store, body)
     got = retention(store, PROJECT, body)
@@ -282,7 +269,7 @@ def test_stickiness_from_user_days_equals_the_events_and_the_oracle(
     _assert_same_stickiness(store, rows)
     erase_user(store, PROJECT, "late")
     _assert_same_stickiness(store, [r for r in rows if r["user_id"] != "late"])
-    _link(store, "u002", "u001")  # identity links: the events, stitched
+    link_identity(store, "u002", "u001")  # identity links: the events, stitched
     for start, end, period in STICKY:
         body = {"period": period, "start_time": start, "end_time": end}
         assert not _sticky_takes_user_days(store, body)
@@ -310,11 +297,7 @@ def test_stickiness_after_a_bypassing_write_reads_the_events(store: Store) -> No
     rows = _rows(10)
     _load_late_and_shuffled(store, rows, 10)
     sneaky = T0 + timedelta(days=30, hours=1)
-    store.execute(
-        "INSERT INTO events (project_id, event_id, user_id, ts, received_at, event_type, url)"
-        " VALUES (?, 'sneaky', 'ghost', ?, ?, 'page_view', '/')",
-        [PROJECT, sneaky, sneaky],
-    )
+    _bypass_the_rollups(store, "ghost", sneaky)
     body = {"period": "week", "start_time": T0, "end_time": T0 + SPAN}
     assert not _sticky_takes_user_days(store, body)
     got = stickiness(store, PROJECT, body)
@@ -361,7 +344,7 @@ def test_lifecycle_from_user_days_equals_the_events_and_the_oracle(store: Store,
     _assert_same_lifecycle(store, rows)
     erase_user(store, PROJECT, "late")  # its first event was days before the rest
     _assert_same_lifecycle(store, [r for r in rows if r["user_id"] != "late"])
-    _link(store, "u002", "u001")
+    link_identity(store, "u002", "u001")
     for start, end, period in LIFECYCLE:
         body = {"period": period, "start_time": start, "end_time": end}
         assert not _reads_user_days(lifecycle_module, lifecycle, store, body)
@@ -389,11 +372,7 @@ def test_lifecycle_after_a_bypassing_write_reads_the_events(store: Store) -> Non
     rows = _rows(14)
     _load_late_and_shuffled(store, rows, 14)
     sneaky = T0 - timedelta(days=400)  # long before: a first event that makes a user older
-    store.execute(
-        "INSERT INTO events (project_id, event_id, user_id, ts, received_at, event_type, url)"
-        " VALUES (?, 'sneaky', 'u005', ?, ?, 'page_view', '/')",
-        [PROJECT, sneaky, sneaky],
-    )
+    _bypass_the_rollups(store, "u005", sneaky)
     body = {"period": "week", "start_time": T0, "end_time": T0 + SPAN}
     assert not _reads_user_days(lifecycle_module, lifecycle, store, body)
     got = lifecycle(store, PROJECT, body)
@@ -485,11 +464,7 @@ def test_trends_with_links_or_after_a_bypassing_write_read_the_events(store: Sto
     _load_late_and_shuffled(store, rows, 17)
     body = {"interval": "week", "start_time": T0, "end_time": T0 + SPAN}
     sneaky = T0 + timedelta(days=30, hours=1)
-    store.execute(
-        "INSERT INTO events (project_id, event_id, user_id, ts, received_at, event_type, url)"
-        " VALUES (?, 'sneaky', 'ghost', ?, ?, 'page_view', '/')",
-        [PROJECT, sneaky, sneaky],
-    )
+    _bypass_the_rollups(store, "ghost", sneaky)
     assert not _reads_user_days(rollup_reads, trends, store, body)
     want = _trends_oracle([*rows, event("ghost", sneaky)], T0, T0 + SPAN, "week")
     assert _trend_cells(trends(store, PROJECT, body)) == want
