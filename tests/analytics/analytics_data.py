@@ -111,6 +111,30 @@ def random_events(
     return rows
 
 
+def load_late_and_shuffled(
+    store: Any,
+    rows: list[dict[str, Any]],
+    seed: int,
+    *,
+    late_before: datetime,
+    batch_rows: int,
+    first_position: int = 1000,
+) -> None:
+    """Write ``rows`` in batches of ``batch_rows`` in random order, alternating the two write
+    paths (``append_events`` and the ingest-log loader's ``commit_log_batch``, which records a
+    log position with the rows); the rows before ``late_before`` come last (late events)."""
+    rng = random.Random(seed)
+    late = [r for r in rows if r["ts"] < late_before]
+    rest = [r for r in rows if r["ts"] >= late_before]
+    rng.shuffle(rest)
+    batches = [rest[i : i + batch_rows] for i in range(0, len(rest), batch_rows)] + [late]
+    for i, batch in enumerate(batches):
+        if i % 2:
+            store.append_events(to_table(batch))
+        else:
+            store.commit_log_batch(first_position + i, events=to_table(batch))
+
+
 def link_identity(store: Any, anonymous_id: str, user_id: str) -> None:
     """Store an identity link (``anonymous_id`` is ``user_id``) in :data:`PROJECT`, as an
     ``$identify`` would."""

@@ -26,6 +26,7 @@ from analytics_data import (
     T0,
     event,
     link_identity,
+    load_late_and_shuffled,
     random_events,
     store_before_migration,
     to_table,
@@ -70,16 +71,7 @@ def _rows(seed: int) -> list[dict[str, Any]]:
 
 def _load_late_and_shuffled(store: Store, rows: list[dict[str, Any]], seed: int) -> None:
     """Batches in random order; the first day's rows come last (late events)."""
-    rng = random.Random(seed)
-    late = [r for r in rows if r["ts"] < T0 + timedelta(days=1)]
-    rest = [r for r in rows if r["ts"] >= T0 + timedelta(days=1)]
-    rng.shuffle(rest)
-    batches = [rest[i : i + 37] for i in range(0, len(rest), 37)] + [late]
-    for i, batch in enumerate(batches):
-        if i % 2:
-            store.append_events(to_table(batch))
-        else:  # the ingest-log loader's transaction (position recorded with the rows)
-            store.commit_log_batch(1000 + i, events=to_table(batch))  # type: ignore[attr-defined]
+    load_late_and_shuffled(store, rows, seed, late_before=T0 + timedelta(days=1), batch_rows=37)
 
 
 def _raw(store: Store, span: dict[str, Any]) -> dict[str, Any]:

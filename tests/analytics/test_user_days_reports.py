@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from analytics_data import OTHER_PROJECT, PROJECT, T0, event, link_identity, random_events, to_table
+from analytics_data import (
+    OTHER_PROJECT,
+    PROJECT,
+    T0,
+    event,
+    link_identity,
+    load_late_and_shuffled,
+    random_events,
+    to_table,
+)
 from analytics_oracles import retention_oracle
 from journey_oracles import lifecycle_oracle, stickiness_oracle
 
@@ -68,16 +77,9 @@ def _rows(seed: int) -> list[dict[str, Any]]:
 
 def _load_late_and_shuffled(store: Store, rows: list[dict[str, Any]], seed: int) -> None:
     """Batches in random order through both write paths; the first three weeks come last."""
-    rng = random.Random(seed)
-    late = [r for r in rows if r["ts"] < T0 + timedelta(weeks=3)]
-    rest = [r for r in rows if r["ts"] >= T0 + timedelta(weeks=3)]
-    rng.shuffle(rest)
-    batches = [rest[i : i + 53] for i in range(0, len(rest), 53)] + [late]
-    for i, batch in enumerate(batches):
-        if i % 2:
-            store.append_events(to_table(batch))
-        else:  # the ingest-log loader's transaction (position recorded with the rows)
-            store.commit_log_batch(2000 + i, events=to_table(batch))  # type: ignore[attr-defined]
+    load_late_and_shuffled(
+        store, rows, seed, late_before=T0 + timedelta(weeks=3), batch_rows=53, first_position=2000
+    )
 
 
 def _bypass_the_rollups(store: Store, user: str, ts: datetime) -> None:
