@@ -33,7 +33,15 @@ from analytics_data import (
 from analytics_oracles import retention_oracle
 from journey_oracles import lifecycle_oracle, stickiness_oracle
 
-from avila.analytics import erase_user, lifecycle, retention, rollup_reads, stickiness, trends
+from avila.analytics import (
+    erase_user,
+    lifecycle,
+    retention,
+    rollup_reads,
+    sessions,
+    stickiness,
+    trends,
+)
 from avila.analytics.rollup_reads import USER_DAYS
 from avila.storage import open_store
 from avila.storage.base import Store
@@ -470,3 +478,40 @@ def test_trends_with_links_or_after_a_bypassing_write_read_the_events(store: Sto
     assert not _reads_user_days(rollup_reads, trends, store, body)
     want = _trends_oracle([*rows, event("ghost", sneaky)], T0, T0 + SPAN, "week")
     assert _trend_cells(trends(store, PROJECT, body)) == want
+
+
+# -- the sessions report's distinct users -------------------------------------------------------
+
+SESSION_RANGES = [
+    (T0, T0 + SPAN),  # whole days
+    (T0 + timedelta(days=2, hours=7, minutes=13), T0 + timedelta(days=30, hours=5)),  # edges
+    (T0 + timedelta(days=19, hours=23), T0 + timedelta(days=21, hours=1)),
+]
+
+
+def _distinct_users_oracle(rows: list[dict[str, Any]], start: datetime, end: datetime) -> int:
+    return len(
+        {r["user_id"] for r in rows if r["project_id"] == PROJECT and start <= r["ts"] < end}
+    )
+
+
+def test_sessions_count_users_from_the_user_days_as_from_the_events(store: Store) -> None:
+    rows = _rows(18)
+    _load_late_and_shuffled(store, rows, 18)
+    erase_user(store, PROJECT, "u006")
+    rows = [r for r in rows if r["user_id"] != "u006"]
+    for start, end in SESSION_RANGES:
+        body = {"start_time": start, "end_time": end}
+        assert rollup_reads.distinct_users(store, PROJECT, start, end) is not None
+        got = sessions(store, PROJECT, body)
+        assert got == sessions(store, PROJECT, body, raw=True), body
+        assert got["users"] == _distinct_users_oracle(rows, start, end)
+    # rollups that disagree with the events (a day inside every range lost its user days):
+    # the users are counted from the kept sessions
+    store.execute("DELETE FROM rollup_user_days WHERE day = ?", [(T0 + timedelta(days=20)).date()])
+    for start, end in SESSION_RANGES:
+        body = {"start_time": start, "end_time": end}
+        assert rollup_reads.distinct_users(store, PROJECT, start, end) is None
+        got = sessions(store, PROJECT, body)
+        assert got == sessions(store, PROJECT, body, raw=True), body
+        assert got["users"] == _distinct_users_oracle(rows, start, end)

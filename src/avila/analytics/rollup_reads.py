@@ -175,6 +175,31 @@ def overview_aggregates(
     return [*events_rows, *users_rows]
 
 
+_DISTINCT_USERS = """
+SELECT count(DISTINCT user_id) FROM (
+  SELECT user_id FROM rollup_user_days WHERE project_id = ? AND day >= ? AND day < ?
+  UNION ALL
+  SELECT user_id FROM {edges})
+"""
+
+
+def distinct_users(store: Store, project_id: str, start: datetime, end: datetime) -> int | None:
+    """The distinct users with events in ``[start, end)``: the whole UTC days' from
+    ``rollup_user_days`` (one row per user, day, country and device, far fewer than events
+    or sessions), the partial days' from raw rows; None when the rollups cannot answer exactly
+    (no whole day, or they disagree with the events table). Raw user ids: unstitched
+    projects only."""
+    days = _agreeing_days(store, project_id, start, end)
+    if days is None:
+        return None
+    d0, d1 = days
+    ((users,),) = store.query(
+        _DISTINCT_USERS.format(edges=_EDGES),
+        [project_id, d0.date(), d1.date(), project_id, start, d0, d1, end],
+    )
+    return int(users)
+
+
 #: Per user, a bit per day of the range (63 to a BIGINT word): which days the user was active.
 _ACTIVE = """
 WITH x AS (

@@ -7,7 +7,9 @@ that cross an edge of the range, and keyed sessions with stored events on both s
 edge, are cut again from the range's raw rows (only those users' rows near the edges). Whole
 sessions are summed in SQL per 15-minute bucket of their start; a bucket maps to one local day
 unless a local midnight or an offset change falls inside it, and such buckets are read
-session by session. Distinct users are counted in SQL over the union of both parts.
+session by session. Distinct users come from the daily rollups' user days for the range's
+whole UTC days and raw rows for its partial ones (:func:`avila.analytics.rollup_reads.
+distinct_users`), or, when the rollups disagree, from the union of both parts.
 
 Used only when it cannot change an answer: the DuckDB backend, no filters, the default timeout
 and 24 h cut, no identity links in the project (the tables hold raw user ids), and the events
@@ -29,6 +31,7 @@ import pyarrow.compute as pc
 
 from avila.analytics.calendar import local_us_array, utc_offsets
 from avila.analytics.common import events_source, fragments
+from avila.analytics.rollup_reads import distinct_users
 from avila.analytics.sessions import SessionTotals, sessionize
 from avila.schemas.analytics import SessionsQuery
 from avila.storage.base import Store
@@ -182,10 +185,14 @@ def _read_totals(
         totals.add(sessionize(edge))
     _add_buckets(store, totals, grouped, inside, params)
     if users:
-        params["edge_users"] = (
-            pc.unique(edge.column("user_id")).to_pylist() if edge.num_rows else []
-        )
-        ((totals.users,),) = store.query(*_numbered(_USERS.format(inside=inside), params))
+        from_days = distinct_users(store, project_id, start, end)
+        if from_days is not None:
+            totals.users = from_days
+        else:
+            params["edge_users"] = (
+                pc.unique(edge.column("user_id")).to_pylist() if edge.num_rows else []
+            )
+            ((totals.users,),) = store.query(*_numbered(_USERS.format(inside=inside), params))
     return totals
 
 
