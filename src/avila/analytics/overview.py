@@ -4,11 +4,13 @@ DAU/WAU/MAU are distinct users per calendar day / ISO week (Monday) / month in `
 (not rolling windows). Revenue is the sum of ``revenue`` over purchase events. Everything is
 over ``[start_time, end_time)`` after ``filters``.
 
-Without filters, in a zone that is UTC over the range (the default), for a project without
-identity links, the first pass below is replaced by kept state: sessions and unique users from
-the kept sessions (:mod:`avila.analytics.session_reads`) and DAU/WAU/MAU from the daily
-rollups' user days (:func:`avila.analytics.rollup_reads.active_users`). Otherwise the
-overview costs two passes over the range:
+Without filters, in a zone that is UTC over the range (the default), the first pass below is
+replaced by kept state: sessions from the kept sessions (:mod:`avila.analytics.session_reads`;
+with identity links, the linked ids' sessions cut again by person:
+:func:`~avila.analytics.session_reads.stitched_totals`) and unique users and DAU/WAU/MAU from
+the daily rollups' user days, mapped to persons with identity links
+(:func:`avila.analytics.rollup_reads.active_users`). Otherwise the overview costs two passes
+over the range:
 
 1. one sort of the range's events by (user hash, time), fetched as three narrow columns: sessions
    (:func:`avila.analytics.sessions.sessionize`), unique users and distinct users per day /
@@ -48,6 +50,7 @@ from avila.analytics.common import (
     events_source,
     fragments,
     parse_query,
+    persons_relation,
     property_expr,
     time_range,
     where_clause,
@@ -101,9 +104,10 @@ def overview(
     [{"week_start", "users"}], "mau": [{"month", "users"}], "bounce_rate",
     "avg_session_duration_seconds", "pages_per_session", "start_time", "end_time"}``.
 
-    Without filters, in a zone that is UTC over the range, for a project without identity
-    links, users and sessions come from the kept sessions and the daily rollups; otherwise (or
-    ``raw``) from the range's raw rows, sorted user by user. Both give the same answer."""
+    Without filters, in a zone that is UTC over the range, users and sessions come from the
+    kept sessions and the daily rollups (with identity links, plus the linked ids' raw rows);
+    otherwise (or ``raw``) from the range's raw rows, sorted user by user. Both give the same
+    answer."""
     q = parse_query(OverviewQuery, query)
     start, end = time_range(q.start_time, q.end_time)
     tz = zone(q.timezone)
@@ -146,8 +150,9 @@ def overview(
             referrers.append((k2, int(n)))
 
     kept = None
-    if not (raw or q.filters) and source == event_source and utc_throughout(tz, start, end):
-        kept = _kept_users_and_sessions(store, project_id, start, end)
+    if not (raw or q.filters) and utc_throughout(tz, start, end):
+        persons = persons_relation(store, source) if source != event_source else None
+        kept = _kept_users_and_sessions(store, project_id, start, end, persons)
     if kept is not None:
         totals, active, unique_users = kept
     else:
@@ -184,20 +189,26 @@ def overview(
 
 
 def _kept_users_and_sessions(
-    store: Store, project_id: str, start: datetime, end: datetime
+    store: Store, project_id: str, start: datetime, end: datetime, persons: str | None = None
 ) -> tuple[SessionTotals, dict[str, Counter[int]], int] | None:
     """Sessions from the kept sessions, users and active users per UTC day, week and month
-    from the daily rollups (no raw rows but the range's partial days); None when either
-    cannot answer exactly."""
+    from the daily rollups (no raw rows but the range's partial days, and with identity links,
+    resolved through ``persons``, the linked ids' rows); None when either cannot answer
+    exactly."""
     from avila.analytics import session_reads
     from avila.analytics.rollup_reads import active_users
 
-    if not session_reads.answers(store, project_id, SessionsQuery()):
+    if not session_reads.default_question(store, SessionsQuery()):
         return None
-    active = active_users(store, project_id, start, end)
+    if persons is None and not session_reads.answers(store, project_id, SessionsQuery()):
+        return None
+    active = active_users(store, project_id, start, end, persons=persons)
     if active is None:
         return None
-    totals = session_reads.kept_totals(store, project_id, start, end, None, users=False)
+    if persons is None:
+        totals = session_reads.kept_totals(store, project_id, start, end, None, users=False)
+    else:
+        totals = session_reads.stitched_totals(store, project_id, start, end, persons)
     if totals is None:
         return None
     users, per_bucket = active

@@ -65,6 +65,8 @@ FROM (
 GROUP BY GROUPING SETS ((country), (device_type))
 """
 _STITCH_JOIN = "LEFT JOIN {persons} r ON r.project_id = ? AND r.anonymous_id = x.user_id"
+#: The relations a stitched read may map user ids through (never text from a request).
+PERSONS_RELATIONS = ("person_map", "identity_resolved")
 
 
 def whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
@@ -201,12 +203,15 @@ def distinct_users(store: Store, project_id: str, start: datetime, end: datetime
 
 
 #: Per user, a bit per day of the range (63 to a BIGINT word): which days the user was active.
+#: With identity links, ``{person}`` and ``{join}`` map each raw id to its person.
 _ACTIVE = """
 WITH x AS (
-  SELECT user_id, day - ?::DATE AS off FROM rollup_user_days
-  WHERE project_id = ? AND day >= ? AND day < ?
-  UNION ALL
-  SELECT user_id, ts::DATE - ?::DATE FROM {edges}
+  SELECT {person} AS user_id, off FROM (
+    SELECT user_id, day - ?::DATE AS off FROM rollup_user_days
+    WHERE project_id = ? AND day >= ? AND day < ?
+    UNION ALL
+    SELECT user_id, ts::DATE - ?::DATE FROM {edges}
+  ) x {join}
 ), u AS (SELECT {words} FROM x GROUP BY user_id)
 SELECT count(*), {counts} FROM u
 """
@@ -216,15 +221,21 @@ ACTIVE_DAYS = 400
 
 
 def active_users(
-    store: Store, project_id: str, start: datetime, end: datetime
+    store: Store,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    *,
+    persons: str | None = None,
 ) -> tuple[int, dict[str, dict[int, int]]] | None:
     """The distinct users of ``[start, end)`` and those per UTC ``day``, ``week`` (Monday) and
     ``month`` (bucket numbers as :func:`avila.analytics.calendar.bucket_label` reads them):
     the whole days from ``rollup_user_days``, the partial ones from raw rows, in one pass
     grouping by user (a bit per day; a week or month is any of its days). None when the
     rollups cannot answer exactly (no whole day, or they disagree with the events table) or
-    the range is over :data:`ACTIVE_DAYS`. Unstitched projects only (the rollups hold raw
-    user ids)."""
+    the range is over :data:`ACTIVE_DAYS`. The rollups hold raw user ids: for a project with
+    identity links, ``persons`` (:func:`avila.analytics.common.persons_relation`) maps each to
+    its person before grouping, so a person active under two ids counts once."""
     first = start.date()
     n = ((end - timedelta(microseconds=1)).date() - first).days + 1
     days = _agreeing_days(store, project_id, start, end) if n <= ACTIVE_DAYS else None
@@ -252,9 +263,16 @@ def active_users(
         + ")"
         for interval, b in order
     )
+    person, join, join_params = "x.user_id", "", []
+    if persons is not None:
+        if persons not in PERSONS_RELATIONS:
+            raise ValueError(f"unknown persons relation {persons!r}")
+        person, join = "coalesce(r.user_id, x.user_id)", _STITCH_JOIN.format(persons=persons)
+        join_params = [project_id]
     ((users, *found),) = store.query(
-        _ACTIVE.format(edges=_EDGES, words=words, counts=counts),
-        [first, project_id, d0.date(), d1.date(), first, project_id, start, d0, d1, end],
+        _ACTIVE.format(edges=_EDGES, words=words, counts=counts, person=person, join=join),
+        [first, project_id, d0.date(), d1.date(), first, project_id, start, d0, d1, end]
+        + join_params,
     )
     active: dict[str, dict[int, int]] = {"day": {}, "week": {}, "month": {}}
     for (interval, b), count in zip(order, found, strict=True):

@@ -16,6 +16,12 @@ and 24 h cut, no identity links in the project (the tables hold raw user ids), a
 the two parts account for equal the events table's count over the range (otherwise a write
 bypassed the tables and the caller reads raw rows). Writes whose sessions are pending
 (:class:`avila.storage.session_table.Upkeep`) are cut before the read.
+
+With identity links (:func:`stitched_totals`, the overview's sessions), an id that no link
+names is its own person, so its kept sessions are its person's: only the ids in the person
+map (either side of a link) are cut again, from their raw rows in the range. Their sessions
+by raw id are taken away from the kept totals and their sessions by person added, so the cost
+follows the linked ids' rows, not the range's.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import pyarrow.compute as pc
 
 from avila.analytics.calendar import local_us_array, utc_offsets
 from avila.analytics.common import events_source, fragments
-from avila.analytics.rollup_reads import distinct_users
+from avila.analytics.rollup_reads import PERSONS_RELATIONS, distinct_users
 from avila.analytics.sessions import SessionTotals, sessionize
 from avila.schemas.analytics import SessionsQuery
 from avila.storage.base import Store
@@ -106,15 +112,56 @@ SELECT count(DISTINCT user_id) FROM (
 """
 
 
+#: The range's raw rows of the ids a link names (either side), with the person each counts
+#: as (``{persons}``: :func:`avila.analytics.common.persons_relation`).
+_LINKED_ROWS = """
+SELECT e.user_id AS raw_id, coalesce(m.user_id, e.user_id) AS user_id, e.session_id,
+  epoch_us(e.ts) AS t, e.event_type = 'page_view' AS pv
+FROM events e LEFT JOIN {persons} m ON m.project_id = e.project_id AND m.anonymous_id = e.user_id
+WHERE e.project_id = $p AND e.ts >= $start AND e.ts < $end AND e.user_id IN (
+  SELECT anonymous_id FROM {persons} WHERE project_id = $p
+  UNION ALL SELECT user_id FROM {persons} WHERE project_id = $p)
+"""
+
+
 def answers(store: Store, project_id: str, q: SessionsQuery) -> bool:
     """Whether the kept sessions can answer ``q`` for the project (see the module docstring)."""
+    return default_question(store, q) and (
+        events_source(store, project_id) == fragments(store)["events_unstitched"]
+    )
+
+
+def default_question(store: Store, q: SessionsQuery) -> bool:
+    """Whether the store keeps sessions and ``q`` asks for them as they are kept: no filters,
+    the default timeout and cut (raw user ids: the caller checks for identity links)."""
     return (
         store.has_kept_sessions
         and not q.filters
         and q.timeout_seconds * US == TIMEOUT_US
         and q.max_session_seconds * US == MAX_SESSION_US
-        and events_source(store, project_id) == fragments(store)["events_unstitched"]
     )
+
+
+def stitched_totals(
+    store: Store, project_id: str, start: datetime, end: datetime, persons: str
+) -> SessionTotals | None:
+    """The range's :class:`SessionTotals` by person (``users`` left 0, no days) for a project
+    with identity links resolved through ``persons`` (one of :data:`PERSONS_RELATIONS`): the
+    kept totals with the linked ids' sessions cut again by person (see the module docstring);
+    None when the kept sessions do not account for the range's events."""
+    if persons not in PERSONS_RELATIONS:
+        raise ValueError(f"unknown persons relation {persons!r}")
+    totals = kept_totals(store, project_id, start, end, None, users=False)
+    if totals is None:
+        return None
+    params = {"p": project_id, "start": start, "end": end}
+    rows = store.query_arrow(*_numbered(_LINKED_ROWS.format(persons=persons), params))
+    if rows.num_rows:
+        by_id = rows.drop_columns(["user_id"]).rename_columns(["user_id", "session_id", "t", "pv"])
+        totals.add(sessionize(_sorted([by_id])), sign=-1)
+        totals.add(sessionize(_sorted([rows.drop_columns(["raw_id"])])))
+    totals.users = 0
+    return totals
 
 
 def kept_totals(
