@@ -18,10 +18,10 @@ bypassed the tables and the caller reads raw rows). Writes whose sessions are pe
 (:class:`avila.storage.session_table.Upkeep`) are cut before the read.
 
 With identity links (:func:`stitched_totals`, the overview's sessions), an id that no link
-names is its own person, so its kept sessions are its person's: only the ids in the person
-map (either side of a link) are cut again, from their raw rows in the range. Their sessions
-by raw id are taken away from the kept totals and their sessions by person added, so the cost
-follows the linked ids' rows, not the range's.
+names is its own person, so its kept sessions are its person's: the kept tables are read for
+those ids only, and the ids in the person map (either side of a link) are cut again, by
+person, from their raw rows in the range. The cost follows the linked ids' rows, not the
+range's.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from avila.analytics.calendar import local_us_array, utc_offsets
 from avila.analytics.common import events_source, fragments
 from avila.analytics.rollup_reads import PERSONS_RELATIONS, distinct_users
-from avila.analytics.sessions import SessionTotals, sessionize
+from avila.analytics.sessions import Sessions, SessionTotals, sessionize
 from avila.schemas.analytics import SessionsQuery
 from avila.storage.base import Store
 from avila.storage.session_table import MAX_SESSION_US, TIMEOUT_US, US
@@ -51,13 +51,13 @@ _CHAIN_EDGES = """
 SELECT user_id, max(chain_end_us) FILTER (WHERE chain_start_us < $s) AS a,
   min(chain_start_us) FILTER (WHERE chain_end_us >= $e) AS b
 FROM kept_sessions WHERE project_id = $p AND chain_end_us >= $s AND chain_start_us < $e
-  AND (chain_start_us < $s OR chain_end_us >= $e)
+  AND (chain_start_us < $s OR chain_end_us >= $e){unlinked}
 GROUP BY user_id
 """
 #: Keyed sessions with stored events on both sides of an edge.
 _KEYED_EDGES = """
 SELECT DISTINCT user_id, session_id FROM kept_keyed_sessions
-WHERE project_id = $p AND end_us >= $s AND start_us < $e AND (start_us < $s OR end_us >= $e)
+WHERE project_id = $p AND end_us >= $s AND start_us < $e AND (start_us < $s OR end_us >= $e){unlinked}
 """
 #: The range's raw rows of the edge chains (``$users``, ``$a``, ``$b``: :data:`_CHAIN_EDGES`
 #: as lists). The IN list and the constant time bounds narrow the scan; the join applies each
@@ -81,7 +81,7 @@ WHERE e.project_id = $p AND e.ts >= $start AND e.ts < $end
 #: Sessions wholly inside the range.
 _INSIDE = """
 SELECT user_id, start_us, end_us, events, page_views FROM kept_sessions
-WHERE project_id = $p AND chain_start_us >= $s AND chain_end_us < $e
+WHERE project_id = $p AND chain_start_us >= $s AND chain_end_us < $e{unlinked}
 """
 #: ... with the keyed partials merged per session, less the edge ones.
 _INSIDE_WITH_KEYED = f"""{_INSIDE}
@@ -90,11 +90,16 @@ SELECT user_id, min(start_us), max(end_us), sum(events), sum(page_views)
 FROM kept_keyed_sessions k
 WHERE project_id = $p AND start_us >= $s AND end_us < $e AND NOT EXISTS (
   SELECT 1 FROM (SELECT unnest($key_users) AS user_id, unnest($key_ids) AS session_id) x
-  WHERE x.user_id = k.user_id AND x.session_id = k.session_id)
+  WHERE x.user_id = k.user_id AND x.session_id = k.session_id){{unlinked}}
 GROUP BY user_id, session_id
 """
 _KEYED_IN_RANGE = """
 SELECT count(*) FROM kept_keyed_sessions WHERE project_id = $p AND end_us >= $s AND start_us < $e
+  {unlinked}
+"""
+#: The range's events (of the ids no link names, with ``{unlinked}``).
+_IN_RANGE = """
+SELECT count(*) FROM events WHERE project_id = $p AND ts >= $start AND ts < $end{unlinked}
 """
 _BY_BUCKET = """
 SELECT start_us // $bucket AS b, count(*), sum(end_us - start_us),
@@ -112,15 +117,18 @@ SELECT count(DISTINCT user_id) FROM (
 """
 
 
-#: The range's raw rows of the ids a link names (either side), with the person each counts
-#: as (``{persons}``: :func:`avila.analytics.common.persons_relation`).
+#: The ids a link names, either side (``{persons}``: :func:`avila.analytics.common.persons_relation`).
+_LINKED_IDS = """
+SELECT anonymous_id FROM {persons} WHERE project_id = $p
+UNION ALL SELECT user_id FROM {persons} WHERE project_id = $p"""
+#: What restricts the kept tables' reads to the ids no link names (``{unlinked}``).
+_UNLINKED = f" AND user_id NOT IN ({_LINKED_IDS})"
+#: The range's raw rows of the ids a link names, with the person each counts as.
 _LINKED_ROWS = """
-SELECT e.user_id AS raw_id, coalesce(m.user_id, e.user_id) AS user_id, e.session_id,
+SELECT coalesce(m.user_id, e.user_id) AS user_id, e.session_id,
   epoch_us(e.ts) AS t, e.event_type = 'page_view' AS pv
 FROM events e LEFT JOIN {persons} m ON m.project_id = e.project_id AND m.anonymous_id = e.user_id
-WHERE e.project_id = $p AND e.ts >= $start AND e.ts < $end AND e.user_id IN (
-  SELECT anonymous_id FROM {persons} WHERE project_id = $p
-  UNION ALL SELECT user_id FROM {persons} WHERE project_id = $p)
+WHERE e.project_id = $p AND e.ts >= $start AND e.ts < $end AND e.user_id IN ({linked})
 """
 
 
@@ -147,21 +155,30 @@ def stitched_totals(
 ) -> SessionTotals | None:
     """The range's :class:`SessionTotals` by person (``users`` left 0, no days) for a project
     with identity links resolved through ``persons`` (one of :data:`PERSONS_RELATIONS`): the
-    kept totals with the linked ids' sessions cut again by person (see the module docstring);
-    None when the kept sessions do not account for the range's events."""
-    if persons not in PERSONS_RELATIONS:
-        raise ValueError(f"unknown persons relation {persons!r}")
-    totals = kept_totals(store, project_id, start, end, None, users=False)
+    kept totals of the ids no link names and the linked ids' sessions cut by person (see the
+    module docstring); None when the kept sessions do not account for those ids' events."""
+    totals = kept_totals(store, project_id, start, end, None, users=False, persons=persons)
     if totals is None:
         return None
     params = {"p": project_id, "start": start, "end": end}
-    rows = store.query_arrow(*_numbered(_LINKED_ROWS.format(persons=persons), params))
+    linked = _LINKED_IDS.format(persons=persons)
+    rows = store.query_arrow(
+        *_numbered(_LINKED_ROWS.format(persons=persons, linked=linked), params)
+    )
     if rows.num_rows:
-        by_id = rows.drop_columns(["user_id"]).rename_columns(["user_id", "session_id", "t", "pv"])
-        totals.add(sessionize(_sorted([by_id])), sign=-1)
-        totals.add(sessionize(_sorted([rows.drop_columns(["raw_id"])])))
-    totals.users = 0
+        totals.add(_sessions_by_person(rows))
     return totals
+
+
+def _sessions_by_person(rows: pa.Table) -> Sessions:
+    """The sessions of ``rows`` (in any order): sorted by the dictionary code of ``user_id``,
+    then time, with numpy (a string sort in Arrow costs several times more)."""
+    ids = pc.dictionary_encode(rows.column("user_id")).combine_chunks().indices.to_numpy()
+    order = np.lexsort((rows.column("t").to_numpy(), ids))
+    ids = ids[order]
+    codes = np.zeros(len(ids), dtype=np.int64)
+    codes[1:] = np.cumsum(ids[1:] != ids[:-1])
+    return sessionize(rows.select(["session_id", "t", "pv"]).take(order), codes=codes)
 
 
 def kept_totals(
@@ -172,14 +189,20 @@ def kept_totals(
     tz: ZoneInfo | None,
     *,
     users: bool = True,
+    persons: str | None = None,
 ) -> SessionTotals | None:
     """The range's :class:`SessionTotals` from the kept sessions, or None when they do not
     account for the range's events. Without ``users`` its ``users`` stays 0 (the overview
-    counts them with its active users). Pending writes are cut first; a write that lands
-    between the reads (they are not one snapshot) makes them cut and read once more."""
+    counts them with its active users). With ``persons`` (one of :data:`PERSONS_RELATIONS`),
+    only the sessions and events of the ids no link names (the caller adds the others').
+    Pending writes are cut first; a write that lands between the reads (they are not one
+    snapshot) makes them cut and read once more."""
+    if persons is not None and persons not in PERSONS_RELATIONS:
+        raise ValueError(f"unknown persons relation {persons!r}")
+    unlinked = _UNLINKED.format(persons=persons) if persons else ""
     for _ in range(2):
         store.settle_kept_sessions()
-        found = _read_totals(store, project_id, start, end, tz, users)
+        found = _read_totals(store, project_id, start, end, tz, users, unlinked)
         if found is not None:
             return found
     return None
@@ -192,13 +215,14 @@ def _read_totals(
     end: datetime,
     tz: ZoneInfo | None,
     users: bool,
+    unlinked: str,
 ) -> SessionTotals | None:
     s, e = _us(start), _us(end)
     params: dict[str, Any] = {"p": project_id, "s": s, "e": e, "start": start, "end": end}
-    chains = store.query(*_numbered(_CHAIN_EDGES, params))
-    ((keyed,),) = store.query(*_numbered(_KEYED_IN_RANGE, params))
-    keys = store.query(*_numbered(_KEYED_EDGES, params)) if keyed else []
-    inside = _INSIDE_WITH_KEYED if keyed else _INSIDE
+    chains = store.query(*_numbered(_CHAIN_EDGES.format(unlinked=unlinked), params))
+    ((keyed,),) = store.query(*_numbered(_KEYED_IN_RANGE.format(unlinked=unlinked), params))
+    keys = store.query(*_numbered(_KEYED_EDGES.format(unlinked=unlinked), params)) if keyed else []
+    inside = (_INSIDE_WITH_KEYED if keyed else _INSIDE).format(unlinked=unlinked)
     params["key_users"] = [k[0] for k in keys]
     params["key_ids"] = [k[1] for k in keys]
     parts = []
@@ -220,10 +244,7 @@ def _read_totals(
     grouped = store.query(
         *_numbered(_BY_BUCKET.format(inside=inside), {**params, "bucket": BUCKET_US})
     )
-    ((in_range,),) = store.query(
-        "SELECT count(*) FROM events WHERE project_id = ? AND ts >= ? AND ts < ?",
-        [project_id, start, end],
-    )
+    ((in_range,),) = store.query(*_numbered(_IN_RANGE.format(unlinked=unlinked), params))
     edge = _sorted(parts)
     if sum(int(row[5]) for row in grouped) + edge.num_rows != in_range:
         return None
@@ -232,7 +253,8 @@ def _read_totals(
         totals.add(sessionize(edge))
     _add_buckets(store, totals, grouped, inside, params)
     if users:
-        from_days = distinct_users(store, project_id, start, end)
+        # the user days hold every id: restricted to unlinked ids, count the kept ones
+        from_days = None if unlinked else distinct_users(store, project_id, start, end)
         if from_days is not None:
             totals.users = from_days
         else:

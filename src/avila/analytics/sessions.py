@@ -208,20 +208,18 @@ class SessionTotals:
     page_views: int = 0
     days: dict[int, np.ndarray] = field(default_factory=dict)  # day: [n, duration_s, bounces]
 
-    def add(self, found: Sessions, *, sign: int = 1) -> SessionTotals:
-        """Add ``found`` (``sign=-1``: take away sessions added before, such as a user's kept
-        sessions that identity stitching replaces)."""
-        self.users += sign * found.n_users
+    def add(self, found: Sessions) -> SessionTotals:
+        self.users += found.n_users
         if not len(found):
             return self
         duration, bounce = found.duration_s, found.bounce
-        self.sessions += sign * len(found)
-        self.duration_s += sign * float(duration.sum())
-        self.bounces += sign * int(bounce.sum())
-        self.page_views += sign * int(found.page_views.sum())
+        self.sessions += len(found)
+        self.duration_s += float(duration.sum())
+        self.bounces += int(bounce.sum())
+        self.page_views += int(found.page_views.sum())
         if self.tz is not None:
-            ones = np.full(len(found), float(sign))
-            self._by_day(found.start_us, ones, sign * duration, sign * bounce.astype(np.float64))
+            ones = np.ones(len(found), dtype=np.float64)
+            self._by_day(found.start_us, ones, duration, bounce.astype(np.float64))
         return self
 
     def add_groups(
@@ -263,8 +261,6 @@ class SessionTotals:
         for i in np.flatnonzero(sums[:, 0]).tolist():
             day = first + i
             self.days[day] = self.days[day] + sums[i] if day in self.days else sums[i]
-            if not self.days[day][0]:  # all its sessions taken away
-                del self.days[day]
 
     def summary(self) -> dict[str, Any]:
         """``sessions``, ``avg_duration_seconds``, ``bounce_rate``, ``pages_per_session``,
