@@ -152,7 +152,7 @@ def overview(
     kept = None
     if not (raw or q.filters) and utc_throughout(tz, start, end):
         persons = persons_relation(store, source) if source != event_source else None
-        kept = _kept_users_and_sessions(store, project_id, start, end, persons)
+        kept = _kept_users_and_sessions(store, project_id, start, end, persons, events=total)
     if kept is not None:
         totals, active, unique_users = kept
     else:
@@ -189,12 +189,19 @@ def overview(
 
 
 def _kept_users_and_sessions(
-    store: Store, project_id: str, start: datetime, end: datetime, persons: str | None = None
+    store: Store,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    persons: str | None = None,
+    *,
+    events: int | None = None,
 ) -> tuple[SessionTotals, dict[str, Counter[int]], int] | None:
     """Sessions from the kept sessions, users and active users per UTC day, week and month
     from the daily rollups (no raw rows but the range's partial days, and with identity links,
     resolved through ``persons``, the linked ids' rows); None when either cannot answer
-    exactly."""
+    exactly, or the linked ids' rows are most of the range's ``events`` (if known) and one
+    pass over raw rows costs less (:func:`avila.analytics.session_reads.stitched_totals`)."""
     from avila.analytics import session_reads
     from avila.analytics.rollup_reads import active_users
 
@@ -202,14 +209,16 @@ def _kept_users_and_sessions(
         return None
     if persons is None and not session_reads.answers(store, project_id, SessionsQuery()):
         return None
-    active = active_users(store, project_id, start, end, persons=persons)
-    if active is None:
-        return None
     if persons is None:
         totals = session_reads.kept_totals(store, project_id, start, end, None, users=False)
     else:
-        totals = session_reads.stitched_totals(store, project_id, start, end, persons)
+        totals = session_reads.stitched_totals(
+            store, project_id, start, end, persons, events=events
+        )
     if totals is None:
+        return None
+    active = active_users(store, project_id, start, end, persons=persons)
+    if active is None:
         return None
     users, per_bucket = active
     return totals, {interval: Counter(found) for interval, found in per_bucket.items()}, users
