@@ -152,7 +152,7 @@ def overview(
     kept = None
     if not (raw or q.filters) and utc_throughout(tz, start, end):
         persons = persons_relation(store, source) if source != event_source else None
-        kept = _kept_users_and_sessions(store, project_id, start, end, persons, events=total)
+        kept = _kept_users_and_sessions(store, project_id, start, end, persons)
     if kept is not None:
         totals, active, unique_users = kept
     else:
@@ -194,14 +194,12 @@ def _kept_users_and_sessions(
     start: datetime,
     end: datetime,
     persons: str | None = None,
-    *,
-    events: int | None = None,
 ) -> tuple[SessionTotals, dict[str, Counter[int]], int] | None:
     """Sessions from the kept sessions, users and active users per UTC day, week and month
     from the daily rollups (no raw rows but the range's partial days, and with identity links,
     resolved through ``persons``, the linked ids' rows); None when either cannot answer
-    exactly, or the linked ids' rows are most of the range's ``events`` (if known) and one
-    pass over raw rows costs less (:func:`avila.analytics.session_reads.stitched_totals`)."""
+    exactly, or the linked ids' rows are most of the range's and one pass over raw rows costs
+    less (:func:`avila.analytics.session_reads.stitched_totals`)."""
     from avila.analytics import session_reads
     from avila.analytics.rollup_reads import active_users
 
@@ -212,9 +210,7 @@ def _kept_users_and_sessions(
     if persons is None:
         totals = session_reads.kept_totals(store, project_id, start, end, None, users=False)
     else:
-        totals = session_reads.stitched_totals(
-            store, project_id, start, end, persons, events=events
-        )
+        totals = session_reads.stitched_totals(store, project_id, start, end, persons)
     if totals is None:
         return None
     active = active_users(store, project_id, start, end, persons=persons)
