@@ -12,12 +12,12 @@ whole UTC days and raw rows for its partial ones (:func:`avila.analytics.rollup_
 distinct_users`), or, when the rollups disagree, from the union of both parts.
 
 Used only when it cannot change an answer: the DuckDB backend, no filters, the default timeout
-and 24 h cut, no identity links in the project (the tables hold raw user ids), and the events
+and 24 h cut, the tables' raw user ids resolved as below in a project with identity links, and the events
 the two parts account for equal the events table's count over the range (otherwise a write
 bypassed the tables and the caller reads raw rows). Writes whose sessions are pending
 (:class:`avila.storage.session_table.Upkeep`) are cut before the read.
 
-With identity links (:func:`stitched_totals`, the overview's sessions), an id that no link
+With identity links (:func:`stitched_totals`; :func:`project_totals` picks the way), an id that no link
 names is its own person, so its kept sessions are its person's: the kept tables are read for
 those ids only, and the ids in the person map (either side of a link) are cut again, by
 person, from their raw rows in the range. The cost follows the linked ids' rows, not the
@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from avila.analytics.calendar import local_us_array, utc_offsets
-from avila.analytics.common import events_source, fragments
+from avila.analytics.common import events_source, fragments, persons_relation
 from avila.analytics.rollup_reads import PERSONS_RELATIONS, distinct_users
 from avila.analytics.sessions import Sessions, SessionTotals, sessionize
 from avila.schemas.analytics import SessionsQuery
@@ -164,18 +164,41 @@ def default_question(store: Store, q: SessionsQuery) -> bool:
     )
 
 
+def project_totals(
+    store: Store,
+    project_id: str,
+    start: datetime,
+    end: datetime,
+    tz: ZoneInfo | None,
+    *,
+    users: bool = True,
+) -> SessionTotals | None:
+    """The range's :class:`SessionTotals` from the kept sessions, the project's identity links
+    applied (:func:`kept_totals` without links, :func:`stitched_totals` with them); None when
+    they cannot answer."""
+    source = events_source(store, project_id)
+    if source == fragments(store)["events_unstitched"]:
+        return kept_totals(store, project_id, start, end, tz, users=users)
+    persons = persons_relation(store, source)
+    return stitched_totals(store, project_id, start, end, persons, tz, users=users)
+
+
 def stitched_totals(
     store: Store,
     project_id: str,
     start: datetime,
     end: datetime,
     persons: str,
+    tz: ZoneInfo | None = None,
+    *,
+    users: bool = False,
 ) -> SessionTotals | None:
-    """The range's :class:`SessionTotals` by person (``users`` left 0, no days) for a project
-    with identity links resolved through ``persons`` (one of :data:`PERSONS_RELATIONS`): the
-    kept totals of the ids no link names and the linked ids' sessions cut by person (see the
-    module docstring). None when the kept sessions do not account for those ids' events, or
-    when the linked ids have more than :data:`LINKED_SHARE` of the events on the range's days
+    """The range's :class:`SessionTotals` by person (with ``users``, the distinct persons;
+    otherwise only the linked ones) for a project with identity links resolved through
+    ``persons`` (one of :data:`PERSONS_RELATIONS`): the kept totals of the ids no link names
+    and the linked ids' sessions cut by person (see the module docstring; they are different
+    persons, so sessions, days and users add up). None when the kept sessions do not account
+    for those ids' events, or when the linked ids have more than :data:`LINKED_SHARE` of the events on the range's days
     (from the user days): then one sorted pass over all raw rows costs less."""
     if persons not in PERSONS_RELATIONS:
         raise ValueError(f"unknown persons relation {persons!r}")
@@ -187,7 +210,7 @@ def stitched_totals(
     )
     if linked_events > LINKED_SHARE * day_events:
         return None
-    totals = kept_totals(store, project_id, start, end, None, users=False, persons=persons)
+    totals = kept_totals(store, project_id, start, end, tz, users=users, persons=persons)
     if totals is None:
         return None
     rows = store.query_arrow(

@@ -314,8 +314,8 @@ def sessions(
     where = where_clause(store, project_id, start, end, q.filters)
     if user_id is not None:
         where = Expr(where.sql + " AND user_id = ?", (*where.params, user_id))
-    if user_id is None and not raw and session_reads.answers(store, project_id, q):
-        kept = session_reads.kept_totals(store, project_id, start, end, tz)
+    if user_id is None and not raw and session_reads.default_question(store, q):
+        kept = session_reads.project_totals(store, project_id, start, end, tz)
         if kept is not None:
             return _report(kept, start, end)
     totals = SessionTotals(tz, start, end)

@@ -1,5 +1,6 @@
-"""The overview of a project with identity links, read from the kept sessions and the user days,
-equals the raw-row answer and a plain-Python oracle over the events mapped to their persons.
+"""The overview and the sessions report of a project with identity links, read from the kept
+sessions and the user days, equal the raw-row answers and a plain-Python oracle over the
+events mapped to their persons.
 
 The kept tables hold raw user ids; only the ids a link names are cut again by person
 (:func:`avila.analytics.session_reads.stitched_totals`). The data has what that must get right:
@@ -20,11 +21,11 @@ import pytest
 from analytics_data import OTHER_PROJECT, PROJECT, event, link_identity, load_late_and_shuffled
 from analytics_oracles import sessions_oracle
 
-from avila.analytics import erase_user, overview
+from avila.analytics import erase_user, overview, sessions
 from avila.analytics.common import events_source, fragments
 from avila.analytics.overview import _kept_users_and_sessions
 from avila.analytics.rollup_reads import whole_days
-from avila.analytics.session_reads import stitched_totals
+from avila.analytics.session_reads import project_totals, stitched_totals
 from avila.storage.duckdb.store import DuckDBStore
 
 T0 = datetime(2025, 5, 1)
@@ -46,6 +47,7 @@ PERSON = {
     "anon-6": "ana",
 }
 PLAIN = [f"u{i}" for i in range(12)] + ["ü-ñ"]
+ZONES = ["UTC", "Asia/Kathmandu", "America/New_York"]
 
 
 def _rows(seed: int) -> list[dict[str, Any]]:
@@ -145,6 +147,27 @@ def _check(
         assert kept["dau"] == want["dau"], query
         if want["sessions"]:
             assert kept["bounce_rate"] == pytest.approx(want["bounces"] / want["sessions"])
+        for zone in ZONES:
+            _check_sessions(store, {**query, "timezone": zone}, want, kept_used)
+
+
+def _check_sessions(
+    store: DuckDBStore, query: dict[str, str], want: dict[str, Any], kept_used: bool
+) -> None:
+    start = datetime.fromisoformat(query["start_time"])
+    end = datetime.fromisoformat(query["end_time"])
+    found = project_totals(store, PROJECT, start, end, None)
+    assert (found is not None) == (kept_used or not want["sessions"]), query
+    kept, raw = sessions(store, PROJECT, query), sessions(store, PROJECT, query, raw=True)
+    for got in (kept, raw):
+        for key in ("avg_duration_seconds", "bounce_rate", "pages_per_session"):
+            got[key] = pytest.approx(got[key], rel=1e-9, abs=1e-12)
+        for day in got["by_day"]:
+            day["avg_duration_seconds"] = pytest.approx(
+                day["avg_duration_seconds"], rel=1e-9, abs=1e-12
+            )
+    assert kept == raw, query
+    assert (kept["sessions"], kept["users"]) == (want["sessions"], want["unique_users"]), query
 
 
 def test_the_stitched_overview_from_kept_state_equals_raw_rows_and_the_oracle(
