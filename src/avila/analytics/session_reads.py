@@ -336,9 +336,7 @@ def _add_buckets(
         for at, _ in utc_offsets(totals.tz, totals.lo, totals.hi)[1:]:
             split |= (first < at) & (at <= last)
     whole = rows[~split]
-    totals.add_groups(
-        whole[:, 0] * BUCKET_US, whole[:, 1], whole[:, 2] / US, whole[:, 3], whole[:, 4]
-    )
+    totals.add_groups(whole[:, 0] * BUCKET_US, whole[:, 1], whole[:, 2], whole[:, 3], whole[:, 4])
     if split.any():
         one = np.array(
             store.query(
@@ -352,7 +350,7 @@ def _add_buckets(
         totals.add_groups(
             one[:, 0],
             np.ones(len(one), dtype=np.int64),
-            (one[:, 1] - one[:, 0]) / US,
+            one[:, 1] - one[:, 0],
             (one[:, 2] == 1) & (one[:, 3] == 1),
             one[:, 3],
         )

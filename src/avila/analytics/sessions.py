@@ -203,44 +203,54 @@ class SessionTotals:
     hi: datetime = datetime(1970, 1, 1)
     users: int = 0
     sessions: int = 0
-    duration_s: float = 0.0
+    # Durations are summed in whole microseconds (exact in int64, and in the days' float64
+    # sums below 2**53 us): the totals do not depend on the order sessions are added in, so
+    # the kept and the raw paths give the same figures to the last bit.
+    duration_us: int = 0
     bounces: int = 0
     page_views: int = 0
-    days: dict[int, np.ndarray] = field(default_factory=dict)  # day: [n, duration_s, bounces]
+    days: dict[int, np.ndarray] = field(default_factory=dict)  # day: [n, duration_us, bounces]
 
     def add(self, found: Sessions) -> SessionTotals:
         self.users += found.n_users
         if not len(found):
             return self
-        duration, bounce = found.duration_s, found.bounce
+        duration, bounce = found.end_us - found.start_us, found.bounce
         self.sessions += len(found)
-        self.duration_s += float(duration.sum())
+        self.duration_us += int(duration.sum())
         self.bounces += int(bounce.sum())
         self.page_views += int(found.page_views.sum())
         if self.tz is not None:
             ones = np.ones(len(found), dtype=np.float64)
-            self._by_day(found.start_us, ones, duration, bounce.astype(np.float64))
+            self._by_day(
+                found.start_us, ones, duration.astype(np.float64), bounce.astype(np.float64)
+            )
         return self
 
     def add_groups(
         self,
         start_us: np.ndarray,
         n: np.ndarray,
-        duration_s: np.ndarray,
+        duration_us: np.ndarray,
         bounces: np.ndarray,
         page_views: np.ndarray,
     ) -> SessionTotals:
         """Add groups of sessions already summed: ``n`` sessions whose first events fall on the
-        local day of ``start_us``, with their total duration, bounces and page views (users
-        are counted by the caller)."""
+        local day of ``start_us``, with their total duration (microseconds), bounces and page
+        views (users are counted by the caller)."""
         if not len(n):
             return self
         self.sessions += int(n.sum())
-        self.duration_s += float(duration_s.sum())
+        self.duration_us += int(duration_us.sum())
         self.bounces += int(bounces.sum())
         self.page_views += int(page_views.sum())
         if self.tz is not None:
-            self._by_day(start_us, n.astype(np.float64), duration_s, bounces.astype(np.float64))
+            self._by_day(
+                start_us,
+                n.astype(np.float64),
+                duration_us.astype(np.float64),
+                bounces.astype(np.float64),
+            )
         return self
 
     def _by_day(
@@ -268,7 +278,7 @@ class SessionTotals:
         n = self.sessions
         return {
             "sessions": n,
-            "avg_duration_seconds": self.duration_s / n if n else 0.0,
+            "avg_duration_seconds": self.duration_us / US / n if n else 0.0,
             "bounce_rate": rate(self.bounces, n),
             "pages_per_session": rate(self.page_views, n),
             "users": self.users,
@@ -280,7 +290,7 @@ class SessionTotals:
             {
                 "date": bucket_label(day, "day"),
                 "sessions": int(self.days[day][0]),
-                "avg_duration_seconds": float(self.days[day][1] / self.days[day][0]),
+                "avg_duration_seconds": float(self.days[day][1] / US / self.days[day][0]),
                 "bounce_rate": rate(self.days[day][2], self.days[day][0]),
             }
             for day in sorted(self.days)
