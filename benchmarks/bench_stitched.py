@@ -19,7 +19,8 @@ Protocol (fixed before the first run, 2026-11-30):
   queries' window). The links are written once, through ``append_table`` (the maintained path:
   its time is printed, the map's incremental build for 55,000 new links).
 * Queries: the overview and the 4-step funnel over the last 30 days (``bench_analytics.py``'s),
-  and (added 2026-12-04, before its first run) the sessions report over the same 30 days.
+  and (added 2026-12-04, each before its first run) the sessions report over the same 30 days
+  and 12-week retention (``bench_analytics.py``'s question).
   Three ways, in the same process and run, interleaved (each run times all three in turn, the
   order rotating every run): **unstitched** (the events table; what the project would cost
   without links), **old view** (the recursive ``events_resolved_live`` view and
@@ -45,7 +46,7 @@ from typing import Any
 import pyarrow as pa
 from bench_analytics import END, PROJECT, Q_END, Q_START, STEPS
 
-from avila.analytics import funnel, overview, sessions
+from avila.analytics import funnel, overview, retention, sessions
 from avila.identity import IDENTITY_SCHEMA
 from avila.storage import open_store
 from avila.storage.base import Store
@@ -148,10 +149,13 @@ def run(store: Store, runs: int) -> None:
     ((mapped,),) = store.query("SELECT count(*) FROM person_map WHERE project_id = ?", [PROJECT])
     print(f"{events:,} events, {users:,} user ids, {mapped:,} ids in the person map")
     span = {"start_time": Q_START, "end_time": Q_END}
+    w12 = END - timedelta(weeks=12)  # bench_analytics.py's retention question
+    retention_q = {"period": "week", "periods": 12, "start_time": w12, "end_time": END}
     queries: dict[str, Callable[[], Any]] = {
         "overview (30 d)": lambda: overview(store, PROJECT, span),
         "funnel (4 steps, 30 d)": lambda: funnel(store, PROJECT, {"steps": STEPS, **span}),
         "sessions (30 d)": lambda: sessions(store, PROJECT, span),
+        "retention (12 weeks)": lambda: retention(store, PROJECT, retention_q),
     }
     print(f"medians of {runs} runs, interleaved; wall s / CPU s of this process")
     print(f"{'query':<24}{'way':<12}{'wall':>8}{'cpu':>8}{'wall/unst.':>12}  answer")

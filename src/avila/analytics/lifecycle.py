@@ -55,7 +55,7 @@ from avila.analytics.common import (
     zone,
 )
 from avila.analytics.query import parse_explained
-from avila.analytics.rollup_reads import EARLIEST, USER_DAYS, user_days_answer
+from avila.analytics.rollup_reads import EARLIEST, user_days_answer
 from avila.schemas.analytics import LifecycleQuery
 from avila.storage.base import Store
 
@@ -194,14 +194,13 @@ def lifecycle(
     local = local_us_expr(store, "ts", tz, scan_lo, scan_hi)
     first_local = local_us_expr(store, "first_ts", tz, scan_lo, scan_hi)
     bucket = bucket_expr(store, "loc", q.period)
-    source = events_source(store, project_id)
     # The scan's partial edge days lie outside periods lo-1 .. hi (its margins are longer than
     # two periods), so whole days of activity give the same bits; first-seen times are read
     # over all history before scan_hi, and only compared inside the window.
-    if not (raw or q.event or q.filters) and user_days_answer(
-        store, project_id, tz, scan_lo, scan_hi, read_from=EARLIEST
-    ):
-        source = USER_DAYS
+    user_days = None
+    if not (raw or q.event or q.filters):
+        user_days = user_days_answer(store, project_id, tz, scan_lo, scan_hi, read_from=EARLIEST)
+    source = user_days or events_source(store, project_id)
     parts = _Parts(
         source=source,
         frag=fragments(store),

@@ -26,7 +26,7 @@ millions of users by their string id is what made retention grow faster than the
 The default question (any event, no filters, UTC, bounds at midnight) reads the daily
 rollups' user days (:mod:`avila.storage.rollups`: a row per user and day active) instead of
 the events, when they agree with the events table: the same aggregation over a fraction of
-the rows, and the same answer (:func:`_user_days_answer` says when).
+the rows, and the same answer (:func:`_user_days` says when).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
-from avila.analytics.rollup_reads import EARLIEST, USER_DAYS, user_days_answer
+from avila.analytics.rollup_reads import EARLIEST, user_days_answer
 from avila.schemas.analytics import CohortQuery
 from avila.storage.base import Store
 
@@ -75,7 +75,7 @@ def retention(
     """``{"period", "periods", "mode", "timezone", "cohorts": [{"cohort_start", "size",
     "retained": [n0, ...], "rates": [1.0, ...]}]}``; ``cohort_start`` is the local date.
     The user days of the daily rollups stand in for the events when that cannot change the
-    answer (:func:`_user_days_answer`); ``raw`` reads the events in any case."""
+    answer (:func:`_user_days`); ``raw`` reads the events in any case."""
     q = parse_query(CohortQuery, query)
     start, end = time_range(q.start_time, q.end_time)
     tz = zone(q.timezone)
@@ -92,9 +92,8 @@ def retention(
     lo = bucket_of(start, tz, q.period) - 1
     span = bucket_of(end - timedelta(microseconds=1), tz, q.period) - lo + last
     if q.mode == "on_or_after" or span < MASK_BITS:
-        source = events_source(store, project_id)
-        if not raw and _user_days_answer(store, project_id, q, (start, end, horizon), tz):
-            source = USER_DAYS
+        days = None if raw else _user_days(store, project_id, q, (start, end, horizon), tz)
+        source = days or events_source(store, project_id)
         per_cohort = _per_user_counts(
             store, source, q.mode, (start, end, horizon), (start_c, return_c), base,
             (first_local, ret_local, bucket), lo, last,
@@ -154,25 +153,24 @@ def last_begun_bucket(end: datetime, tz: ZoneInfo, period: str) -> int:
     return bucket_of(epoch + timedelta(microseconds=max(walls)), _UTC, period)
 
 
-def _user_days_answer(
+def _user_days(
     store: Store,
     project_id: str,
     q: CohortQuery,
     bounds: tuple[datetime, datetime, datetime],
     tz: ZoneInfo,
-) -> bool:
-    """Whether :data:`USER_DAYS` gives exactly the events' answer: the question is about any
-    event (no start or return event, no filters) and its bounds are UTC midnights (every
-    comparison and period boundary then treats a day's events alike), and the user days can
-    stand in for the events of every day before the horizon (:func:`user_days_answer`)."""
+) -> str | None:
+    """The user days (:data:`USER_DAYS`, mapped to persons with identity links) when they give
+    exactly the events' answer, else None: the question is about any event (no start or return
+    event, no filters) and its bounds are UTC midnights (every comparison and period boundary
+    then treats a day's events alike), and the user days can stand in for the events of every
+    day before the horizon (:func:`user_days_answer`)."""
     start, end, horizon = bounds
-    return (
-        q.start_event is None
-        and q.return_event is None
-        and not q.filters
-        and all(t == datetime.combine(t.date(), datetime.min.time()) for t in bounds)
-        and user_days_answer(store, project_id, tz, start, horizon, read_from=EARLIEST)
-    )
+    if q.start_event or q.return_event or q.filters:
+        return None
+    if any(t != datetime.combine(t.date(), datetime.min.time()) for t in bounds):
+        return None
+    return user_days_answer(store, project_id, tz, start, horizon, read_from=EARLIEST)
 
 
 def _per_user_counts(

@@ -102,6 +102,15 @@ USER_DAYS = "(SELECT project_id, user_id, CAST(day AS TIMESTAMP) AS ts FROM roll
 EARLIEST = datetime(1, 1, 1)
 
 
+#: :data:`USER_DAYS` with each raw id mapped to its person (``{persons}``: one of
+#: :data:`PERSONS_RELATIONS`), for a project with identity links.
+_PERSON_DAYS = (
+    "(SELECT d.project_id, coalesce(r.user_id, d.user_id) AS user_id,"
+    " CAST(d.day AS TIMESTAMP) AS ts FROM rollup_user_days d LEFT JOIN {persons} r"
+    " ON r.project_id = d.project_id AND r.anonymous_id = d.user_id)"
+)
+
+
 def user_days_answer(
     store: Store,
     project_id: str,
@@ -110,25 +119,31 @@ def user_days_answer(
     hi: datetime,
     *,
     read_from: datetime | None = None,
-) -> bool:
-    """Whether :data:`USER_DAYS` can stand in for the project's events read over ``[lo, hi)``
-    (from ``read_from`` when the question also reads earlier events, in UTC) by a question
-    about any event without filters (the caller checks that): local time in ``tz`` is UTC over
-    ``[lo, hi)``, the project has no identity links (the rollups hold raw user ids), and the
-    rollups count exactly the events of the whole days that cover what is read (a write that
-    bypassed them would show; an erasure forgets the user in both)."""
+) -> str | None:
+    """The user days as a relation that can stand in for the project's events read over
+    ``[lo, hi)`` (from ``read_from`` when the question also reads earlier events, in UTC) by a
+    question about any event without filters (the caller checks that), or None: local time in
+    ``tz`` is UTC over ``[lo, hi)``, and the rollups count exactly the events of the whole days
+    that cover what is read (a write that bypassed them would show; an erasure forgets the
+    user in both). :data:`USER_DAYS` for a project without identity links; with them the
+    rollups' raw ids are mapped to persons through the relation the project's events source
+    resolves them with (a person active under two ids on a day is active that day)."""
     d0 = datetime.combine((read_from or lo).date(), datetime.min.time())
     d1 = datetime.combine(hi.date(), datetime.min.time())
     if d1 < hi:
         if d1.date() == date.max:
-            return False  # no midnight after the calendar's last day: read the events
+            return None  # no midnight after the calendar's last day: read the events
         d1 += timedelta(days=1)
-    return (
+    if not (
         store.has_rollups
         and utc_throughout(tz, lo, hi)
-        and events_source(store, project_id) == fragments(store)["events_unstitched"]
         and rollups_agree(store, project_id, d0, d1)
-    )
+    ):
+        return None
+    source = events_source(store, project_id)
+    if source == fragments(store)["events_unstitched"]:
+        return USER_DAYS
+    return _PERSON_DAYS.format(persons=persons_relation(store, source))
 
 
 def _agreeing_days(
@@ -311,8 +326,8 @@ def trend_rows(
         t != datetime.combine(t.date(), datetime.min.time()) for t in (start, end)
     ):
         return None
-    if not user_days_answer(store, project_id, tz, start, end):
-        return None
+    if user_days_answer(store, project_id, tz, start, end) != USER_DAYS:
+        return None  # (the daily rollups below read raw ids)
     local = local_us_expr(store, "ts", tz, start, end)
     sql = _TRENDS.format(bucket=bucket_expr(store, "loc", interval), local=local.sql)
     days = [project_id, start.date(), end.date()]

@@ -41,7 +41,7 @@ from avila.analytics.common import (
 )
 from avila.analytics.lifecycle import PERIOD_DAYS, period_span
 from avila.analytics.query import parse_explained
-from avila.analytics.rollup_reads import USER_DAYS, user_days_answer
+from avila.analytics.rollup_reads import user_days_answer
 from avila.schemas.analytics import StickinessQuery
 from avila.storage.base import Store
 
@@ -86,13 +86,12 @@ def stickiness(
         if q.period == "week"
         else frag["day_of_month"].format("loc") + " - 1"
     )
-    source = events_source(store, project_id)
     # The scan's partial edge days lie outside every reported period (its margins are longer
     # than a period): whole days of user activity give the same bits.
-    if not (raw or q.event or q.filters) and user_days_answer(
-        store, project_id, tz, scan_lo, scan_hi
-    ):
-        source = USER_DAYS
+    days = None
+    if not (raw or q.event or q.filters):
+        days = user_days_answer(store, project_id, tz, scan_lo, scan_hi)
+    source = days or events_source(store, project_id)
     sql = f"""
 SELECT b, {frag["popcount"].format("days")} AS n, count(*) FROM (
   SELECT user_id, b, {frag["bit_or_agg"].format(frag["bit"].format("i"))} AS days FROM (
