@@ -469,7 +469,20 @@ def test_trends_questions_the_rollups_cannot_answer_read_the_events(
     assert trends(store, PROJECT, body) == trends(store, PROJECT, body, raw=True)
 
 
-def test_trends_with_links_or_after_a_bypassing_write_read_the_events(store: Store) -> None:
+def test_trends_with_links_read_the_user_days_mapped_to_persons(store: Store) -> None:
+    rows = _rows(19)
+    _load_late_and_shuffled(store, rows, 19)
+    link_identity(store, "u002", "u001")
+    assert _linked(rows) != rows
+    for interval in ("day", "week", "month"):
+        body = {"interval": interval, "start_time": T0, "end_time": T0 + SPAN}
+        assert _reads_user_days(rollup_reads, trends, store, body)
+        got = trends(store, PROJECT, body)
+        assert got == trends(store, PROJECT, body, raw=True), body
+        assert _trend_cells(got) == _trends_oracle(_linked(rows), T0, T0 + SPAN, interval)
+
+
+def test_trends_after_a_bypassing_write_read_the_events(store: Store) -> None:
     rows = _rows(17)
     _load_late_and_shuffled(store, rows, 17)
     body = {"interval": "week", "start_time": T0, "end_time": T0 + SPAN}

@@ -307,12 +307,14 @@ SELECT b, NULL AS v, sum(n), sum(u) FROM (
   UNION ALL
   SELECT b, 0, count(DISTINCT user_id) FROM (
     SELECT {bucket} AS b, user_id FROM (
-      SELECT user_id, {local} AS loc FROM (
-        SELECT CAST(day AS TIMESTAMP) AS ts, user_id FROM rollup_user_days
-        WHERE project_id = ? AND day >= ? AND day < ?)))
+      SELECT user_id, {local} AS loc FROM ({user_days})))
   GROUP BY b)
 GROUP BY b
 """
+_TREND_USER_DAYS = """SELECT CAST(day AS TIMESTAMP) AS ts, user_id FROM rollup_user_days
+        WHERE project_id = ? AND day >= ? AND day < ?"""
+#: With identity links: the user days mapped to persons (``{days}``), bounds at midnights.
+_TREND_PERSON_DAYS = "SELECT ts, user_id FROM {days} WHERE project_id = ? AND ts >= ? AND ts < ?"
 
 
 def trend_rows(
@@ -321,14 +323,24 @@ def trend_rows(
     """The trends query's rows for any event without filters or breakdown, from the rollups;
     None unless that gives the events' answer: ``interval`` a day or longer, ``start`` and
     ``end`` UTC midnights, and the user days standing in for the events
-    (:func:`user_days_answer`; the daily counts are checked with them)."""
+    (:func:`user_days_answer`; the daily counts are checked with them). Event counts do not
+    depend on who a user is; with identity links the distinct users come from the user days
+    mapped to persons."""
     if interval == "hour" or any(
         t != datetime.combine(t.date(), datetime.min.time()) for t in (start, end)
     ):
         return None
-    if user_days_answer(store, project_id, tz, start, end) != USER_DAYS:
-        return None  # (the daily rollups below read raw ids)
+    user_days = user_days_answer(store, project_id, tz, start, end)
+    if user_days is None:
+        return None
     local = local_us_expr(store, "ts", tz, start, end)
-    sql = _TRENDS.format(bucket=bucket_expr(store, "loc", interval), local=local.sql)
     days = [project_id, start.date(), end.date()]
-    return store.query(sql, [*local.params, *days, *local.params, *days])
+    if user_days == USER_DAYS:
+        users_from, users_params = _TREND_USER_DAYS, days
+    else:
+        users_from = _TREND_PERSON_DAYS.format(days=user_days)
+        users_params = [project_id, start, end]
+    sql = _TRENDS.format(
+        bucket=bucket_expr(store, "loc", interval), local=local.sql, user_days=users_from
+    )
+    return store.query(sql, [*local.params, *days, *local.params, *users_params])
