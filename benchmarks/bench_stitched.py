@@ -20,7 +20,8 @@ Protocol (fixed before the first run, 2026-11-30):
   its time is printed, the map's incremental build for 55,000 new links).
 * Queries: the overview and the 4-step funnel over the last 30 days (``bench_analytics.py``'s),
   and (added 2026-12-04, each before its first run) the sessions report over the same 30 days
-  and 12-week retention (``bench_analytics.py``'s question), and trends by day over the 30 days.
+  and 12-week retention (``bench_analytics.py``'s question), trends by day, stickiness by week
+  and lifecycle by day over the 30 days (UTC).
   Three ways, in the same process and run, interleaved (each run times all three in turn, the
   order rotating every run): **unstitched** (the events table; what the project would cost
   without links), **old view** (the recursive ``events_resolved_live`` view and
@@ -46,7 +47,15 @@ from typing import Any
 import pyarrow as pa
 from bench_analytics import END, PROJECT, Q_END, Q_START, STEPS
 
-from avila.analytics import funnel, overview, retention, sessions, trends
+from avila.analytics import (
+    funnel,
+    lifecycle,
+    overview,
+    retention,
+    sessions,
+    stickiness,
+    trends,
+)
 from avila.identity import IDENTITY_SCHEMA
 from avila.storage import open_store
 from avila.storage.base import Store
@@ -157,6 +166,8 @@ def run(store: Store, runs: int) -> None:
         "sessions (30 d)": lambda: sessions(store, PROJECT, span),
         "retention (12 weeks)": lambda: retention(store, PROJECT, retention_q),
         "trends (30 d, by day)": lambda: trends(store, PROJECT, {"interval": "day", **span}),
+        "stickiness (30 d, week)": lambda: stickiness(store, PROJECT, {"period": "week", **span}),
+        "lifecycle (30 d, day)": lambda: lifecycle(store, PROJECT, {"period": "day", **span}),
     }
     print(f"medians of {runs} runs, interleaved; wall s / CPU s of this process")
     print(f"{'query':<24}{'way':<12}{'wall':>8}{'cpu':>8}{'wall/unst.':>12}  answer")
