@@ -170,3 +170,38 @@ def test_invalid_filters(store):
     with pytest.raises(ValidationFailed) as info:
         trends(store, PROJECT, {"interval": "fortnight"})
     assert (info.value.code, info.value.details[0]["path"]) == ("invalid_query", "interval")
+
+
+def test_session_totals_do_not_depend_on_the_order_sessions_are_added_in():
+    """Durations are summed in whole microseconds: 0.1 + 0.2 + 0.3 s in float seconds gives
+    0.6000000000000001 one way and 0.6 the other, so the kept path (sessions grouped by
+    bucket) and the raw path (sessions by user) could differ in the last digit."""
+    from zoneinfo import ZoneInfo
+
+    import numpy as np
+
+    from avila.analytics.sessions import Sessions, SessionTotals
+
+    first = 1_700_000_000_000_000  # three sessions on one UTC day, an hour apart
+
+    def one(k: int, duration_us: int) -> Sessions:
+        start = np.array([first + k * 3_600_000_000], dtype=np.int64)
+        return Sessions(
+            n_users=1,
+            user=np.zeros(1, dtype=np.int64),
+            session_id=np.array([None], dtype=object),
+            start_us=start,
+            end_us=start + duration_us,
+            events=np.array([2]),
+            page_views=np.array([1]),
+        )
+
+    parts = [one(0, 100_000), one(1, 200_000), one(2, 300_000)]
+
+    def totals(order: list[int]) -> tuple[dict, list]:
+        t = SessionTotals(ZoneInfo("UTC"), datetime(2023, 11, 1), datetime(2023, 12, 1))
+        for i in order:
+            t.add(parts[i])
+        return t.summary(), t.by_day()
+
+    assert totals([0, 1, 2]) == totals([2, 1, 0])

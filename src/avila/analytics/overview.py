@@ -197,15 +197,14 @@ def _kept_users_and_sessions(
 ) -> tuple[SessionTotals, dict[str, Counter[int]], int] | None:
     """Sessions from the kept sessions, users and active users per UTC day, week and month
     from the daily rollups (no raw rows but the range's partial days, and with identity links,
-    resolved through ``persons``, the linked ids' rows); None when either cannot answer
+    resolved through ``persons``, the linked ids' rows; ``persons`` None: the caller found no
+    link in the project); None when either cannot answer
     exactly, or the linked ids' rows are most of the range's and one pass over raw rows costs
     less (:func:`avila.analytics.session_reads.stitched_totals`)."""
     from avila.analytics import session_reads
     from avila.analytics.rollup_reads import active_users
 
     if not session_reads.default_question(store, SessionsQuery()):
-        return None
-    if persons is None and not session_reads.answers(store, project_id, SessionsQuery()):
         return None
     if persons is None:
         totals = session_reads.kept_totals(store, project_id, start, end, None, users=False)

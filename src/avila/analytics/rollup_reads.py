@@ -69,6 +69,13 @@ _STITCH_JOIN = "LEFT JOIN {persons} r ON r.project_id = ? AND r.anonymous_id = x
 PERSONS_RELATIONS = ("person_map", "identity_resolved")
 
 
+def checked_persons(persons: str) -> str:
+    """``persons`` if it is one of :data:`PERSONS_RELATIONS` (it goes into SQL as a name)."""
+    if persons not in PERSONS_RELATIONS:
+        raise ValueError(f"unknown persons relation {persons!r}")
+    return persons
+
+
 def whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
     """The first and last midnight of the whole UTC days inside ``[start, end)``, or None."""
     d0 = datetime.combine(start.date(), datetime.min.time())
@@ -280,9 +287,8 @@ def active_users(
     )
     person, join, join_params = "x.user_id", "", []
     if persons is not None:
-        if persons not in PERSONS_RELATIONS:
-            raise ValueError(f"unknown persons relation {persons!r}")
-        person, join = "coalesce(r.user_id, x.user_id)", _STITCH_JOIN.format(persons=persons)
+        join = _STITCH_JOIN.format(persons=checked_persons(persons))
+        person = "coalesce(r.user_id, x.user_id)"
         join_params = [project_id]
     ((users, *found),) = store.query(
         _ACTIVE.format(edges=_EDGES, words=words, counts=counts, person=person, join=join),
@@ -311,6 +317,8 @@ SELECT b, NULL AS v, sum(n), sum(u) FROM (
   GROUP BY b)
 GROUP BY b
 """
+# Without links the filter stays on ``day`` itself (the column the table's zone maps know);
+# the mapped relation exposes only the cast ``ts``.
 _TREND_USER_DAYS = """SELECT CAST(day AS TIMESTAMP) AS ts, user_id FROM rollup_user_days
         WHERE project_id = ? AND day >= ? AND day < ?"""
 #: With identity links: the user days mapped to persons (``{days}``), bounds at midnights.

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 
 from avila.analytics.calendar import local_us_array, utc_offsets
 from avila.analytics.common import events_source, fragments, persons_relation
-from avila.analytics.rollup_reads import PERSONS_RELATIONS, distinct_users
+from avila.analytics.rollup_reads import checked_persons, distinct_users
 from avila.analytics.sessions import Sessions, SessionTotals, sessionize
 from avila.schemas.analytics import SessionsQuery
 from avila.storage.base import Store
@@ -195,15 +195,14 @@ def stitched_totals(
 ) -> SessionTotals | None:
     """The range's :class:`SessionTotals` by person (with ``users``, the distinct persons;
     otherwise only the linked ones) for a project with identity links resolved through
-    ``persons`` (one of :data:`PERSONS_RELATIONS`): the kept totals of the ids no link names
+    ``persons`` (one of :data:`avila.analytics.rollup_reads.PERSONS_RELATIONS`): the kept totals of the ids no link names
     and the linked ids' sessions cut by person (see the module docstring; they are different
     persons, so sessions, days and users add up). None when the kept sessions do not account
-    for those ids' events, or when the linked ids have more than :data:`LINKED_SHARE` of the events on the range's days
-    (from the user days): then one sorted pass over all raw rows costs less."""
-    if persons not in PERSONS_RELATIONS:
-        raise ValueError(f"unknown persons relation {persons!r}")
+    for those ids' events, or when the linked ids have more than :data:`LINKED_SHARE` of the
+    events on the range's days (from the user days): then one sorted pass over all raw rows
+    costs less."""
     params: dict[str, Any] = {"p": project_id, "start": start, "end": end}
-    linked = _LINKED_IDS.format(persons=persons)
+    linked = _LINKED_IDS.format(persons=checked_persons(persons))
     share_params = {"p": project_id, "day0": start.date(), "day1": end.date()}
     ((linked_events, day_events),) = store.query(
         *_numbered(_LINKED_SHARE.format(linked=linked), share_params)
@@ -244,13 +243,11 @@ def kept_totals(
 ) -> SessionTotals | None:
     """The range's :class:`SessionTotals` from the kept sessions, or None when they do not
     account for the range's events. Without ``users`` its ``users`` stays 0 (the overview
-    counts them with its active users). With ``persons`` (one of :data:`PERSONS_RELATIONS`),
+    counts them with its active users). With ``persons`` (one of :data:`avila.analytics.rollup_reads.PERSONS_RELATIONS`),
     only the sessions and events of the ids no link names (the caller adds the others').
     Pending writes are cut first; a write that lands between the reads (they are not one
     snapshot) makes them cut and read once more."""
-    if persons is not None and persons not in PERSONS_RELATIONS:
-        raise ValueError(f"unknown persons relation {persons!r}")
-    unlinked = _UNLINKED.format(persons=persons) if persons else ""
+    unlinked = _UNLINKED.format(persons=checked_persons(persons)) if persons else ""
     for _ in range(2):
         store.settle_kept_sessions()
         found = _read_totals(store, project_id, start, end, tz, users, unlinked)
