@@ -53,6 +53,7 @@ def _oracle(rows: list[dict], window_days: int = 365) -> pd.DataFrame:
     users = orders.groupby("user_id").agg(last=("last", "max"), f=("rev", "size"), m=("rev", "sum"))
     users = users.sort_index()
     recency = (REF - users["last"]) / pd.Timedelta(microseconds=1)
+    users["recency_days"] = recency / 86_400e6
     users["R"] = 5 - pd.qcut(recency, 5, labels=False)
     users["F"] = pd.qcut(users["f"].rank(method="first"), 5, labels=False) + 1
     users["M"] = pd.qcut(users["m"], 5, labels=False) + 1
@@ -75,6 +76,7 @@ def test_rfm_matches_pandas_qcut(load, seed):
         row = want.loc[user]
         assert (seg["r_score"], seg["f_score"], seg["m_score"]) == (row.R, row.F, row.M)
         assert seg["frequency"] == row.f
+        assert seg["recency_days"] == pytest.approx(row.recency_days, rel=1e-12)
         assert seg["monetary"] == pytest.approx(row.m)
         assert seg["segment"] == row.segment
         assert seg["rfm_score"] == f"{row.R}{row.F}{row.M}"

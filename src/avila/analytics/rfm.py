@@ -18,14 +18,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from avila.analytics.common import (
     events_source,
     exact_sum_sql,
+    fragments,
     parse_query,
     query_time,
     rate,
@@ -52,6 +54,7 @@ SEGMENT_MAP: tuple[tuple[str, str], ...] = (
 )
 SEGMENTS: tuple[str, ...] = tuple(name for _, name in SEGMENT_MAP)
 _COMPILED = tuple((re.compile(p), name) for p, name in SEGMENT_MAP)
+_EPOCH = datetime(1970, 1, 1)
 
 
 def segment_of(r_score: int, f_score: int) -> str:
@@ -71,6 +74,24 @@ def quintile_scores(values: np.ndarray) -> np.ndarray:
     return 1 + np.searchsorted(edges, values, side="left").astype(np.int64)
 
 
+#: Segment name per (R - 1, F - 1): :func:`segment_of` for all 25 pairs, looked up per user.
+_SEGMENT_GRID = np.array(
+    [[segment_of(r, f) for f in range(1, 6)] for r in range(1, 6)], dtype=object
+)
+#: Index into :data:`SEGMENTS` per (R - 1, F - 1).
+_SEGMENT_INDEX = np.array(
+    [[SEGMENTS.index(name) for name in row] for row in _SEGMENT_GRID.tolist()], dtype=np.int64
+)
+
+
+def _epoch_us(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _int64(column: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
 def score_table(
     store: Store, project_id: str, query: RFMQuery | Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -81,24 +102,25 @@ def score_table(
     ref = query_time(q.reference_date, "reference_date") if q.reference_date else utcnow()
     since = shifted(ref, -timedelta(days=q.window_days))
     where = where_clause(store, project_id, since, ref, q.filters)
-    rows = store.query(
-        f"SELECT user_id, max(last_ts), count(*), {exact_sum_sql('rev')} FROM ("
-        " SELECT user_id, coalesce(order_id, event_id) AS oid, max(ts) AS last_ts,"
+    last_us = fragments(store)["epoch_us"].format("max(last_ts)")
+    table = store.query_arrow(
+        f"SELECT user_id, {last_us} AS last_us, count(*) AS orders, {exact_sum_sql('rev')} AS m"
+        " FROM ( SELECT user_id, coalesce(order_id, event_id) AS oid, max(ts) AS last_ts,"
         f" coalesce(max(revenue), 0.0) AS rev FROM {events_source(store, project_id)}"
         f" WHERE {where.sql} AND event_type = 'purchase' GROUP BY user_id, oid"
         ") GROUP BY user_id ORDER BY user_id",
         where.params,
     )
-    users = [r[0] for r in rows]
-    recency = np.array([(ref - r[1]) // timedelta(microseconds=1) for r in rows], dtype=np.int64)
-    frequency = np.array([r[2] for r in rows], dtype=np.int64)
-    monetary = np.array([float(r[3]) for r in rows], dtype=np.float64)
+    users = table.column("user_id").to_pylist()
+    recency = _epoch_us(ref) - _int64(table.column("last_us"))
+    frequency = _int64(table.column("orders"))
+    monetary = np.asarray(table.column("m").to_numpy(zero_copy_only=False), dtype=np.float64)
     r_score = 6 - quintile_scores(recency)
-    f_rank = np.empty(len(rows), dtype=np.int64)
-    f_rank[np.argsort(frequency, kind="stable")] = np.arange(1, len(rows) + 1)
+    f_rank = np.empty(len(users), dtype=np.int64)
+    f_rank[np.argsort(frequency, kind="stable")] = np.arange(1, len(users) + 1)
     f_score = quintile_scores(f_rank)
     m_score = quintile_scores(monetary)
-    segments = [segment_of(int(r), int(f)) for r, f in zip(r_score, f_score, strict=True)]
+    segments = _SEGMENT_GRID[r_score - 1, f_score - 1].tolist()
     return {
         "reference_date": ref,
         "user_id": users,
@@ -124,10 +146,12 @@ def rfm(
     q = parse_query(RFMQuery, query)
     table = score_table(store, project_id, q)
     scored = len(table["user_id"])
-    by_segment: dict[str, list[int]] = {name: [] for name in SEGMENTS}
-    for i, name in enumerate(table["segment"]):
-        by_segment[name].append(i)
+    codes = _SEGMENT_INDEX[table["r"] - 1, table["f"] - 1]
     monetary = table["monetary"]
+    # members of each segment, in user order; a stable sort keeps that order within each
+    by_code = np.argsort(codes, kind="stable")
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=len(SEGMENTS)))))
+    by_segment = {name: by_code[bounds[k] : bounds[k + 1]] for k, name in enumerate(SEGMENTS)}
     order = sorted(SEGMENTS, key=lambda s: (-len(by_segment[s]), SEGMENTS.index(s)))
     segments = []
     for name in order:
@@ -136,11 +160,11 @@ def rfm(
             "segment": name,
             "users": len(users),
             "share": rate(len(users), scored),
-            "revenue": math.fsum(float(monetary[i]) for i in users),
+            "revenue": math.fsum(monetary[users].tolist()),
         }
         if q.members:
-            top = sorted(users, key=lambda i: (-monetary[i], table["user_id"][i]))[: q.members]
-            entry["members"] = [_scored_user(table, i) for i in top]
+            top = sorted(users.tolist(), key=lambda i: (-monetary[i], table["user_id"][i]))
+            entry["members"] = [_scored_user(table, i) for i in top[: q.members]]
         segments.append(entry)
     return {
         "segments": segments,
