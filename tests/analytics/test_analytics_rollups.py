@@ -33,7 +33,7 @@ from analytics_data import (
 )
 
 from avila.analytics import erase_user, overview
-from avila.analytics.rollup_reads import overview_aggregates, whole_days
+from avila.analytics.rollup_reads import ACTIVE_DAYS, active_users, overview_aggregates, whole_days
 from avila.storage import open_store
 from avila.storage.base import Store
 
@@ -119,6 +119,31 @@ def test_rollup_overview_equals_raw_rows_with_late_events(store: Store, seed: in
     assert [(c["country"], c["users"]) for c in got["countries"]] == want_c[:3]
     want_r = sorted(referrers.items(), key=lambda p: (-p[1], p[0]))[:3]
     assert [(r["referrer"], r["events"]) for r in got["top_referrers"]] == want_r
+
+
+@pytest.mark.parametrize("days_before", [0, ACTIVE_DAYS])
+def test_users_per_country_and_device_from_the_active_users_pass_or_without_it(
+    store: Store, days_before: int
+) -> None:
+    """The kept way counts users per place in its active-users pass; over a range too long for
+    that pass (``ACTIVE_DAYS``) the rollups' own users rows must come back instead."""
+    rows = _rows(3)
+    rng = random.Random(3)
+    for row in rows:  # users seen in several countries and on several devices
+        row["country"] = rng.choice(["DE", "FR", "ÜN", None])
+    _load_late_and_shuffled(store, rows, 3)
+    lo, hi = T0 - timedelta(days=days_before), T0 + timedelta(days=3, hours=5)
+    assert (active_users(store, PROJECT, lo, hi, places=True) is None) == (days_before > 0)
+    got = overview(store, PROJECT, {**_span(lo, hi), "top_n": 10})
+    mine = [r for r in rows if r["project_id"] == PROJECT and lo <= r["ts"] < hi]
+    for column, key in (("country", "countries"), ("device_type", "devices")):
+        users: dict[str, set[str]] = defaultdict(set)
+        for r in mine:
+            if r.get(column):
+                users[r[column]].add(r["user_id"])
+        want = sorted(((v, len(u)) for v, u in users.items()), key=lambda p: (-p[1], p[0]))
+        assert len(want) > 1
+        assert [(c[column], c["users"]) for c in got[key]] == want[:10]
 
 
 def test_erased_user_is_forgotten_by_the_rollups(store: Store) -> None:

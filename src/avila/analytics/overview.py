@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -56,15 +56,18 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
-from avila.analytics.rollup_reads import overview_aggregates, trend_rows
+from avila.analytics.rollup_reads import (
+    BY_COUNTRY,
+    active_users,
+    overview_aggregates,
+    trend_rows,
+)
 from avila.analytics.sessions import SessionTotals, events_by_user, sessionize
 from avila.schemas.analytics import OverviewQuery, SessionsQuery, TrendsQuery
 from avila.storage.base import Store
 
 # GROUPING(event_type, url, referrer): a set bit means "not grouped by that column".
 _TOTAL, _BY_TYPE, _BY_URL, _BY_REFERRER = 7, 3, 5, 6
-# GROUPING(country, device_type)
-_BY_COUNTRY, _BY_DEVICE = 1, 2
 
 _AGGREGATES = """
 SELECT 'events' AS part, g, k1, k2, n, pv, rev FROM (
@@ -117,11 +120,24 @@ def overview(
     # the user, they read the events table itself and skip resolving identities.
     by_user = any(PROPERTY_COLUMNS.get(f.property) == "user_id" for f in q.filters)
     event_source = source if by_user else fragments(store)["events_unstitched"]
+    kept_way = not (raw or q.filters) and utc_throughout(tz, start, end)
     rows = None
     if not q.filters:
+        # the kept way counts users per country and device in its active-users pass
         rows = overview_aggregates(
-            store, project_id, start, end, q.top_n, stitched=source != event_source
+            store, project_id, start, end, q.top_n, stitched=source != event_source,
+            users=not kept_way,
+        )  # fmt: skip
+    kept = None
+    if kept_way:
+        persons = persons_relation(store, source) if source != event_source else None
+        kept = _kept_users_and_sessions(
+            store, project_id, start, end, persons, places=rows is not None
         )
+        if kept is None and rows is not None:  # its users rows were left to the kept way
+            rows = overview_aggregates(
+                store, project_id, start, end, q.top_n, stitched=source != event_source
+            )
     if rows is None:
         rows = store.query(
             _AGGREGATES.format(
@@ -129,6 +145,8 @@ def overview(
             ),
             [*where.params, q.top_n, *where.params],
         )
+    if kept is not None:
+        rows = [*rows, *kept.places]
     total, revenue = 0, 0.0
     by_type: list[tuple[str, int]] = []
     pages: list[tuple[str, int]] = []
@@ -137,9 +155,9 @@ def overview(
     devices: list[tuple[str, int]] = []
     for part, g, k1, k2, n, pv, rev in rows:
         if part == "users":
-            key = k1 if g == _BY_COUNTRY else k2
+            key = k1 if g == BY_COUNTRY else k2
             if key is not None:
-                (countries if g == _BY_COUNTRY else devices).append((key, int(n)))
+                (countries if g == BY_COUNTRY else devices).append((key, int(n)))
         elif g == _TOTAL:
             total, revenue = int(n), float(rev or 0.0)
         elif g == _BY_TYPE:
@@ -149,12 +167,8 @@ def overview(
         elif g == _BY_REFERRER:
             referrers.append((k2, int(n)))
 
-    kept = None
-    if not (raw or q.filters) and utc_throughout(tz, start, end):
-        persons = persons_relation(store, source) if source != event_source else None
-        kept = _kept_users_and_sessions(store, project_id, start, end, persons)
     if kept is not None:
-        totals, active, unique_users = kept
+        totals, active, unique_users = kept.totals, kept.active, kept.users
     else:
         totals, active = _users_and_sessions(store, project_id, where, total, tz, start, end)
         unique_users = totals.users
@@ -188,21 +202,30 @@ def overview(
     }
 
 
+class _KeptUsers(NamedTuple):
+    totals: SessionTotals
+    active: dict[str, Counter[int]]
+    users: int
+    #: users rows per country and device type (with ``places``; else empty)
+    places: list[tuple[Any, ...]]
+
+
 def _kept_users_and_sessions(
     store: Store,
     project_id: str,
     start: datetime,
     end: datetime,
     persons: str | None = None,
-) -> tuple[SessionTotals, dict[str, Counter[int]], int] | None:
+    *,
+    places: bool = False,
+) -> _KeptUsers | None:
     """Sessions from the kept sessions, users and active users per UTC day, week and month
-    from the daily rollups (no raw rows but the range's partial days, and with identity links,
-    resolved through ``persons``, the linked ids' rows; ``persons`` None: the caller found no
-    link in the project); None when either cannot answer
-    exactly, or the linked ids' rows are most of the range's and one pass over raw rows costs
-    less (:func:`avila.analytics.session_reads.stitched_totals`)."""
+    (with ``places``, also users per country and device type) from the daily rollups (no raw
+    rows but the range's partial days, and with identity links, resolved through ``persons``,
+    the linked ids' rows; ``persons`` None: the caller found no link in the project); None
+    when either cannot answer exactly, or the linked ids' rows are most of the range's and one
+    pass over raw rows costs less (:func:`avila.analytics.session_reads.stitched_totals`)."""
     from avila.analytics import session_reads
-    from avila.analytics.rollup_reads import active_users
 
     if not session_reads.default_question(store, SessionsQuery()):
         return None
@@ -212,11 +235,11 @@ def _kept_users_and_sessions(
         totals = session_reads.stitched_totals(store, project_id, start, end, persons)
     if totals is None:
         return None
-    active = active_users(store, project_id, start, end, persons=persons)
+    active = active_users(store, project_id, start, end, persons=persons, places=places)
     if active is None:
         return None
-    users, per_bucket = active
-    return totals, {interval: Counter(found) for interval, found in per_bucket.items()}, users
+    per_bucket = {interval: Counter(found) for interval, found in active.per_bucket.items()}
+    return _KeptUsers(totals, per_bucket, active.users, active.places)
 
 
 def _users_and_sessions(

@@ -17,7 +17,7 @@ through the relation that resolves them for the project's events source (the per
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from avila.analytics.calendar import bucket_expr, local_us_expr, utc_throughout
@@ -173,9 +173,12 @@ def overview_aggregates(
     top_n: int,
     *,
     stitched: bool,
+    users: bool = True,
 ) -> list[tuple[Any, ...]] | None:
     """The rows of the overview's raw aggregate statement (``part, g, k1, k2, n, pv, rev``,
-    top lists already cut to ``top_n``), or None when the rollups cannot answer exactly."""
+    top lists already cut to ``top_n``), or None when the rollups cannot answer exactly.
+    ``users`` False: the ``'events'`` rows only (the caller counts users per country and
+    device with its active users: :func:`active_users` ``places``)."""
     days = _agreeing_days(store, project_id, start, end)
     if days is None:
         return None
@@ -187,6 +190,8 @@ def overview_aggregates(
         _EVENTS_PART.format(edges=edges),
         [*day_params, *edge_params * 3, top_n, top_n],
     )
+    if not users:
+        return list(events_rows)
     person = "coalesce(r.user_id, x.user_id)" if stitched else "x.user_id"
     join = ""
     if stitched:
@@ -225,21 +230,46 @@ def distinct_users(store: Store, project_id: str, start: datetime, end: datetime
 
 
 #: Per user, a bit per day of the range (63 to a BIGINT word): which days the user was active.
-#: With identity links, ``{person}`` and ``{join}`` map each raw id to its person.
+#: With identity links, ``{person}`` and ``{join}`` map each raw id to its person. With places,
+#: the rows are first grouped by user, country and device type (``c``), which both the users
+#: per country / device and the per-user day bits read: one hash pass over the user days
+#: instead of two (the overview's users by place and its active users).
 _ACTIVE = """
 WITH x AS (
-  SELECT {person} AS user_id, off FROM (
-    SELECT user_id, day - ?::DATE AS off FROM rollup_user_days
+  SELECT {person} AS user_id{places}, off FROM (
+    SELECT user_id{places}, day - ?::DATE AS off FROM rollup_user_days
     WHERE project_id = ? AND day >= ? AND day < ?
     UNION ALL
-    SELECT user_id, ts::DATE - ?::DATE FROM {edges}
+    SELECT user_id{places}, ts::DATE - ?::DATE FROM {edges}
   ) x {join}
-), u AS (SELECT {words} FROM x GROUP BY user_id)
-SELECT count(*), {counts} FROM u
+){by_place}, u AS (SELECT {words} FROM {per_user} GROUP BY user_id)
+SELECT count(*), {counts}{place_lists} FROM u
 """
 _WORD = "bit_or(CASE WHEN off >= {lo} AND off < {hi} THEN 1::BIGINT << (off - {lo}) END) AS m{w}"
+_PLACE_COLUMNS = ", country, device_type"
+_BY_PLACE = (
+    ", c AS MATERIALIZED (SELECT user_id, country, device_type, {words} FROM x GROUP BY ALL)"
+)
+_PLACE_LISTS = """,
+  (SELECT list((country, n)) FROM (
+    SELECT country, count(DISTINCT user_id) AS n FROM c GROUP BY country)),
+  (SELECT list((device_type, n)) FROM (
+    SELECT device_type, count(DISTINCT user_id) AS n FROM c GROUP BY device_type))"""
+#: ``GROUPING(country, device_type)`` of the overview's users rows: by country, by device type.
+BY_COUNTRY, BY_DEVICE = 1, 2
 #: The longest range whose active users are counted from the rollups (days; longer: raw rows).
 ACTIVE_DAYS = 400
+
+
+class ActiveUsers(NamedTuple):
+    """:func:`active_users`' answer."""
+
+    users: int
+    #: distinct users per bucket number, per ``"day"``, ``"week"``, ``"month"``
+    per_bucket: dict[str, dict[int, int]]
+    #: with ``places``: the overview's users rows (``'users', g, country, device_type, users,
+    #: None, None``; ``g`` :data:`BY_COUNTRY` or :data:`BY_DEVICE`), else empty
+    places: list[tuple[Any, ...]]
 
 
 def active_users(
@@ -249,11 +279,13 @@ def active_users(
     end: datetime,
     *,
     persons: str | None = None,
-) -> tuple[int, dict[str, dict[int, int]]] | None:
+    places: bool = False,
+) -> ActiveUsers | None:
     """The distinct users of ``[start, end)`` and those per UTC ``day``, ``week`` (Monday) and
     ``month`` (bucket numbers as :func:`avila.analytics.calendar.bucket_label` reads them):
     the whole days from ``rollup_user_days``, the partial ones from raw rows, in one pass
-    grouping by user (a bit per day; a week or month is any of its days). None when the
+    grouping by user (a bit per day; a week or month is any of its days). With ``places``,
+    also the distinct users per country and per device type, from the same pass. None when the
     rollups cannot answer exactly (no whole day, or they disagree with the events table) or
     the range is over :data:`ACTIVE_DAYS`. The rollups hold raw user ids: for a project with
     identity links, ``persons`` (:func:`avila.analytics.common.persons_relation`) maps each to
@@ -275,7 +307,8 @@ def active_users(
         ):
             masks = buckets[interval].setdefault(b, [0] * (-(-n // 63)))
             masks[k // 63] |= 1 << (k % 63)
-    words = ", ".join(_WORD.format(lo=63 * w, hi=63 * w + 63, w=w) for w in range(-(-n // 63)))
+    n_words = -(-n // 63)
+    words = ", ".join(_WORD.format(lo=63 * w, hi=63 * w + 63, w=w) for w in range(n_words))
     order = [(interval, b) for interval, found in buckets.items() for b in found]
     counts = ", ".join(
         "count(*) FILTER (WHERE "
@@ -290,16 +323,34 @@ def active_users(
         join = _STITCH_JOIN.format(persons=checked_persons(persons))
         person = "coalesce(r.user_id, x.user_id)"
         join_params = [project_id]
+    sql = _ACTIVE.format(
+        edges=_EDGES,
+        person=person,
+        join=join,
+        counts=counts,
+        places=_PLACE_COLUMNS if places else "",
+        by_place=_BY_PLACE.format(words=words) if places else "",
+        words=", ".join(f"bit_or(m{w}) AS m{w}" for w in range(n_words)) if places else words,
+        per_user="c" if places else "x",
+        place_lists=_PLACE_LISTS if places else "",
+    )
     ((users, *found),) = store.query(
-        _ACTIVE.format(edges=_EDGES, words=words, counts=counts, person=person, join=join),
+        sql,
         [first, project_id, d0.date(), d1.date(), first, project_id, start, d0, d1, end]
         + join_params,
     )
+    place_rows: list[tuple[Any, ...]] = []
+    if places:
+        *found, countries, devices = found
+        for g, pairs in ((BY_COUNTRY, countries), (BY_DEVICE, devices)):
+            for key, users_there in pairs or ():
+                country, device = (key, None) if g == BY_COUNTRY else (None, key)
+                place_rows.append(("users", g, country, device, users_there, None, None))
     active: dict[str, dict[int, int]] = {"day": {}, "week": {}, "month": {}}
     for (interval, b), count in zip(order, found, strict=True):
         if count:
             active[interval][b] = int(count)
-    return int(users), active
+    return ActiveUsers(int(users), active, place_rows)
 
 
 #: Events and distinct users per bucket of whole UTC days: ``(b, NULL, events, users)`` rows,
