@@ -255,6 +255,11 @@ class Store(ABC):
         first; see :class:`avila.storage.session_table.Upkeep`)."""
         return None
 
+    def compact_rollups(self, max_days: int = 8) -> int:
+        """Sum the partial rollup rows of up to ``max_days`` (table, day) pairs that many small
+        writes made grow (:func:`avila.storage.rollups.compact`); how many were compacted."""
+        return 0
+
     def execute_all(self, statements: Sequence[Statement]) -> list[int]:
         """Run the statements in order in one transaction: all or none; returns what
         :meth:`execute` returns for each. Only backends with transactions (DuckDB) have it."""

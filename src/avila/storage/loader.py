@@ -75,6 +75,8 @@ LINGER_BYTES = 1 << 20
 #: after this long without a round, the sessions of waiting rows are cut
 #: (avila.storage.session_table.Upkeep), so the next sessions read need not
 IDLE_CUT_S = 1.0
+#: how often the loader looks for rollup days to compact (avila.storage.rollups.compact)
+COMPACT_EVERY_S = 60.0
 
 
 class Loader(RoundCommits):
@@ -127,6 +129,7 @@ class Loader(RoundCommits):
         self._target = self.position
         self._cond = threading.Condition()
         self._stopping = False
+        self._next_compaction = time.monotonic() + COMPACT_EVERY_S
         self._idle = False  # the reader waits for a durable position beyond what it read
         self._ready: queue.Queue[Prepared] = queue.Queue(maxsize=1)
         #: pieces of a large round go in as they are read, if the store takes rounds piecewise
@@ -295,7 +298,10 @@ class Loader(RoundCommits):
                     return
                 if transaction is None and time.monotonic() - quiet_since >= IDLE_CUT_S:
                     quiet_since = self._cut_sessions()
+                    self._compact_rollups()
                 continue
+            if transaction is None:  # between rounds: a busy store is compacted too
+                self._compact_rollups()
             quiet_since = time.monotonic()
             if piece.isolate:
                 if piece.start == self.position and awaiting in (None, piece.start):
@@ -360,6 +366,18 @@ class Loader(RoundCommits):
             )
             return time.monotonic() + 60
         return time.monotonic()
+
+    def _compact_rollups(self) -> None:
+        """Every :data:`COMPACT_EVERY_S`, sum the rollup rows of the days small rounds made grow
+        (:meth:`avila.storage.base.Store.compact_rollups`); a failure is retried next time."""
+        now = time.monotonic()
+        if now < self._next_compaction:
+            return
+        self._next_compaction = now + COMPACT_EVERY_S
+        try:
+            self.store.compact_rollups()
+        except Exception as exc:
+            log.warning("ingest loader could not compact the rollups", extra={"error": str(exc)})
 
     def _may_split(self, start: int, *, reading: bool, stored_nothing: bool = False) -> bool:
         """Whether a failing round from ``start`` may be loaded entry by entry. Where a round is

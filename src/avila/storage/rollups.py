@@ -300,3 +300,72 @@ def forget_statements(project_id: str, user_ids: Sequence[str]) -> list[Statemen
             [project_id, *user_ids],
         ),
     ]
+
+
+# -- compaction ------------------------------------------------------------------------------
+# Every write appends its own partial rows, so a day written by many small loader rounds holds
+# a row per key per round: at a trickle, about as many rows as events, and the readers' sums
+# cost what raw rows cost. Compaction replaces a day's rows of one table by their sums per key
+# (as a SummingMergeTree merge does), in one transaction: every sum a reader takes is the same
+# before and after, and keys whose events sum to zero (erased) are dropped.
+
+#: Migration 14: rows per table and day right after the day's last compaction (or when first
+#: seen), the baseline its growth is measured from.
+COMPACTIONS_DDL: tuple[str, ...] = (
+    "CREATE TABLE IF NOT EXISTS rollup_compactions (table_name VARCHAR NOT NULL,"
+    " day DATE NOT NULL, row_count BIGINT NOT NULL, PRIMARY KEY (table_name, day))",
+)
+#: A day is compacted once it holds this many times its baseline rows ...
+COMPACT_GROWTH = 2
+#: ... and at least this many rows more (small days are cheap to read as they are).
+COMPACT_MIN_ROWS = 1000
+#: Per table: the key columns its partial rows are summed over, then the sums, in the table's
+#: column order (names from this module, never from a caller).
+_SUMMED = {
+    "rollup_daily": "project_id, day, event_type, kind, value, sum(events), sum(revenue)",
+    "rollup_user_days": "project_id, day, user_id, country, device_type, sum(events)",
+}
+_DUE = """
+WITH n AS (
+  SELECT 'rollup_daily' AS table_name, day, count(*) AS row_count FROM rollup_daily GROUP BY day
+  UNION ALL
+  SELECT 'rollup_user_days', day, count(*) FROM rollup_user_days GROUP BY day
+)
+SELECT n.table_name, n.day, n.row_count, c.row_count FROM n
+LEFT JOIN rollup_compactions c ON c.table_name = n.table_name AND c.day = n.day
+WHERE c.row_count IS NULL OR (n.row_count >= ? * c.row_count AND n.row_count - c.row_count >= ?)
+ORDER BY n.day, n.table_name
+"""
+
+
+def due_compactions(cursor: Any) -> list[tuple[str, date]]:
+    """The (table, day) pairs whose rows grew past the compaction rule since their baseline;
+    days seen for the first time get their current rows as baseline (a bulk-loaded day holds
+    few partial rows per key; a day that keeps growing is compacted once it doubles). Call
+    inside a write transaction."""
+    due: list[tuple[str, date]] = []
+    for table, day, rows, baseline in cursor.execute(
+        _DUE, [COMPACT_GROWTH, COMPACT_MIN_ROWS]
+    ).fetchall():
+        if baseline is None:
+            cursor.execute("INSERT INTO rollup_compactions VALUES (?, ?, ?)", [table, day, rows])
+        else:
+            due.append((table, day))
+    return due
+
+
+def compact(cursor: Any, table: str, day: date) -> int:
+    """Replace ``table``'s rows of ``day`` by their sums per key (see above) and record the
+    new baseline; the rows left. Call inside a write transaction."""
+    summed = _SUMMED[table]
+    cursor.execute(
+        f"CREATE OR REPLACE TEMP TABLE _compacted AS SELECT {summed} FROM {table}"
+        " WHERE day = ? GROUP BY ALL HAVING sum(events) <> 0",
+        [day],
+    )
+    cursor.execute(f"DELETE FROM {table} WHERE day = ?", [day])
+    cursor.execute(f"INSERT INTO {table} SELECT * FROM _compacted")
+    ((rows,),) = cursor.execute("SELECT count(*) FROM _compacted").fetchall()
+    cursor.execute("DROP TABLE _compacted")
+    cursor.execute("INSERT OR REPLACE INTO rollup_compactions VALUES (?, ?, ?)", [table, day, rows])
+    return int(rows)

@@ -188,6 +188,11 @@ MIGRATIONS: tuple[tuple[int, str, tuple[Step, ...]], ...] = (
         "kept_pending: events whose sessions are cut later, in bulk (avila.storage.session_table)",
         session_table.PENDING_DDL,
     ),
+    (
+        14,
+        "rollup_compactions: when each day's rollup rows were last summed (avila.storage.rollups)",
+        rollups.COMPACTIONS_DDL,
+    ),
 )
 
 

@@ -172,6 +172,17 @@ class DuckDBStore(DuckDBRows):
             session_table.settle(cursor, [])
         self._sessions.settled()
 
+    def compact_rollups(self, max_days: int = 8) -> int:
+        if self._sessions is None:  # a read-only store
+            return 0
+        with self.bulk_transaction() as cursor:
+            due = rollups.due_compactions(cursor)
+        # a day per transaction: a loader round waits for one day's rewrite at most
+        for table, day in due[:max_days]:
+            with self.bulk_transaction() as cursor:
+                rollups.compact(cursor, table, day)
+        return min(len(due), max_days)
+
     def append_table(self, table_name: str, table: pa.Table) -> None:
         if table.num_rows == 0:
             return

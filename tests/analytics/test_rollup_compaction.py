@@ -1,0 +1,216 @@
+"""Compaction of the daily rollups (avila.storage.rollups.compact) changes no answer.
+
+Many small writes (both write paths, two events each, late events, duplicates), identity links
+and a GDPR erasure leave each rollup key spread over many partial rows. Compaction must leave
+exactly one row per key (keys whose events sum to zero gone), rows equal to what the rollups'
+own SQL computes from the stored events (an independent recomputation), and every
+rollup-backed report, including the stitched ones, answering as before and as the raw rows do.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from analytics_data import (
+    PROJECT,
+    T0,
+    event,
+    link_identity,
+    load_late_and_shuffled,
+    random_events,
+    to_table,
+)
+
+from avila.analytics import erase_user, overview, retention, stickiness, trends
+from avila.ingest.service import IngestService
+from avila.storage import rollups
+from avila.storage.duckdb.store import DuckDBStore
+from avila.storage.ingest_log import IngestLogConfig
+from avila.storage.rollups import DAILY_FROM
+
+EVERY_ROW = [{"property": "event_type", "operator": "is_set"}]
+DAILY_KEY = "project_id, day, event_type, kind, value"
+USER_DAY_KEY = "project_id, day, user_id, country, device_type"
+
+
+def _rows(seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    rows = random_events(seed, 70, span=timedelta(days=4), grid=timedelta(minutes=9))
+    for row in rows:
+        row["referrer"] = rng.choice(["https://google.com/", None, "ünïcode.example"])
+        row["device_type"] = rng.choice(["desktop", "mobile", None])
+    rows.append(event("whale", T0 + timedelta(days=2), "purchase", order_id="w", revenue=9e12))
+    # the only user of a page and a referrer: erased, their keys sum to zero
+    rows.append(event("gone", T0 + timedelta(days=3), url="/only", referrer="https://only/"))
+    rows.append(event("ユーザー", T0 + timedelta(days=1) - timedelta(microseconds=1), url="/ü"))
+    return rows
+
+
+def _answers(store: DuckDBStore) -> dict[str, Any]:
+    spans = [
+        {"start_time": T0, "end_time": T0 + timedelta(days=4)},
+        {"start_time": T0 + timedelta(hours=5), "end_time": T0 + timedelta(days=2, hours=3)},
+    ]
+    out: dict[str, Any] = {}
+    for i, span in enumerate(spans):
+        out[f"overview {i}"] = overview(store, PROJECT, {**span, "top_n": 50})
+        out[f"trends {i}"] = trends(store, PROJECT, {**span, "interval": "day"})
+        out[f"stickiness {i}"] = stickiness(store, PROJECT, {**span, "period": "week"})
+    out["retention"] = retention(
+        store,
+        PROJECT,
+        {"period": "day", "periods": 4, "start_time": T0, "end_time": T0 + timedelta(days=4)},
+    )
+    return out
+
+
+def _same_rows(store: DuckDBStore, sql: str, want: str) -> bool:
+    """The multisets of rows of two queries are equal."""
+    return store.query(f"SELECT count(*) FROM (({sql}) EXCEPT ALL ({want}))") == [
+        (0,)
+    ] and store.query(f"SELECT count(*) FROM (({want}) EXCEPT ALL ({sql}))") == [(0,)]
+
+
+def _one_row_per_key(store: DuckDBStore) -> bool:
+    return all(
+        store.query(f"SELECT count(*) = count(DISTINCT ({key})) FROM {table}") == [(True,)]
+        for table, key in (("rollup_daily", DAILY_KEY), ("rollup_user_days", USER_DAY_KEY))
+    )
+
+
+def _bounded(store: DuckDBStore) -> bool:
+    """Every (table, day) holds no more rows than the compaction rule lets it grow to from its
+    distinct keys."""
+    return all(
+        store.query(
+            f"SELECT bool_and(n < {rollups.COMPACT_GROWTH} * k OR n - k < {rollups.COMPACT_MIN_ROWS})"
+            f" FROM (SELECT day, count(*) AS n, count(DISTINCT ({key})) AS k FROM {table} GROUP BY day)"
+        )
+        == [(True,)]
+        for table, key in (("rollup_daily", DAILY_KEY), ("rollup_user_days", USER_DAY_KEY))
+    )
+
+
+def test_compaction_sums_partial_rows_and_changes_no_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rollups, "COMPACT_MIN_ROWS", 1)
+    store = DuckDBStore(tmp_path / "compact.duckdb")
+    rows = _rows(7)
+    first = [event("first", T0 + timedelta(days=d, hours=1), url="/") for d in range(5)]
+    rows += first
+    store.append_events(to_table(first))
+    assert store.compact_rollups() == 0  # first sight of each day: its baseline only
+    load_late_and_shuffled(store, rows[:-5], 7, late_before=T0 + timedelta(days=1), batch_rows=2)
+    link_identity(store, "u002", "u001")
+    link_identity(store, "u003", "u002")
+    erase_user(store, PROJECT, "u005")
+    erase_user(store, PROJECT, "whale")
+    erase_user(store, PROJECT, "gone")
+    assert not _one_row_per_key(store)
+    zero = "SELECT count(*) FROM rollup_daily WHERE value IN ('/only', 'https://only/')"
+    assert store.query(zero)[0][0] == 4  # their rows and the negated ones
+    before = _answers(store)
+    daily_rows = store.query("SELECT count(*) FROM rollup_daily")[0][0]
+
+    compacted = store.compact_rollups(max_days=100)
+
+    assert compacted > 0
+    assert _one_row_per_key(store)
+    assert store.query(zero) == [(0,)]
+    assert store.query("SELECT count(*) FROM rollup_daily")[0][0] < daily_rows / 3
+    # the rows are what the rollups' SQL computes from the events now stored (erased users
+    # included: their negated partials and their rows cancelled out and are gone)
+    stored = "(SELECT * FROM events WHERE revenue IS NULL OR abs(revenue) < 1e32)"
+    assert _same_rows(store, "SELECT * FROM rollup_daily", DAILY_FROM.format(src=stored))
+    assert _same_rows(
+        store,
+        "SELECT * FROM rollup_user_days",
+        f"SELECT {USER_DAY_KEY}, count(*) FROM (SELECT *, ts::DATE AS day FROM {stored})"
+        " GROUP BY ALL",
+    )
+    assert _answers(store) == before
+    for span in ({"start_time": T0, "end_time": T0 + timedelta(days=4)},):
+        got = overview(store, PROJECT, span)
+        raw = overview(store, PROJECT, {**span, "filters": EVERY_ROW})
+        for key in ("revenue", "avg_session_duration_seconds", "bounce_rate", "pages_per_session"):
+            assert got.pop(key) == pytest.approx(raw.pop(key), rel=1e-12)
+        assert got == raw
+    # nothing grew since: nothing is due
+    assert store.compact_rollups(max_days=100) == 0
+    store.close()
+
+
+def test_a_day_is_due_once_it_doubles_by_enough_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rollups, "COMPACT_MIN_ROWS", 20)
+    store = DuckDBStore(tmp_path / "due.duckdb")
+
+    def write(n: int, user: str) -> None:
+        for i in range(n):  # each write a partial row per table, for the same keys
+            when = T0 + timedelta(minutes=i)
+            store.append_events(to_table([event(user, when, "custom", event_name="x")]))
+
+    write(12, "a")
+    assert store.compact_rollups() == 0  # baselines: 12 rows in each table
+    write(11, "a")  # 23 rows: doubled less than twice the baseline
+    assert store.compact_rollups() == 0
+    write(1, "a")  # 24 rows: twice the baseline, but only 12 more (< 20)
+    assert store.compact_rollups() == 0
+    write(8, "a")  # 32 rows: twice the baseline and 20 more
+    assert store.compact_rollups() == 2
+    assert store.query("SELECT events FROM rollup_user_days") == [(32,)]
+    assert store.query(
+        "SELECT table_name, row_count FROM rollup_compactions ORDER BY table_name"
+    ) == [("rollup_daily", 1), ("rollup_user_days", 1)]
+    store.close()
+
+
+def test_the_loader_compacts_while_small_rounds_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real ingest service writes many small requests through the log; the store's own
+    loader, told to look every round, leaves one rollup row per key, and the stored rows are
+    all there."""
+    import asyncio
+    import json
+
+    from avila.storage import loader as loader_module
+
+    monkeypatch.setattr(rollups, "COMPACT_MIN_ROWS", 5)
+    monkeypatch.setattr(loader_module, "COMPACT_EVERY_S", 0.0)
+    store = DuckDBStore(tmp_path / "loaded.duckdb")
+    store.ingest_log_config = IngestLogConfig(tmp_path / "log")
+    requests = 60
+
+    async def send() -> None:
+        service = IngestService(store)
+        await service.start()
+        for r in range(requests):
+            body = {
+                "event_id": f"e{r}",
+                "user_id": f"u{r % 3}",
+                "timestamp": (T0 + timedelta(hours=r % 30)).isoformat() + "Z",
+                "event_type": {"type": "PageView", "data": {"url": f"/p{r % 2}"}},
+            }
+            result = await service.ingest([json.dumps(body).encode()], "p")
+            assert result.accepted == 1
+            await asyncio.sleep(0.02)  # rounds of one or two requests
+        deadline = time.monotonic() + 30
+        while not _bounded(store) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)  # the loader compacts between rounds and at idle
+        await service.close()
+
+    asyncio.run(send())
+    assert store.query("SELECT count(*) FROM events") == [(requests,)]
+    assert store.query("SELECT sum(events) FROM rollup_user_days") == [(requests,)]
+    assert _bounded(store)
+    # without compaction, each round would have left a row per key it wrote (about 40 here)
+    assert store.query("SELECT count(*) FROM rollup_user_days")[0][0] < 20
+    store.close()
