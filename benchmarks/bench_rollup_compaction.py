@@ -5,9 +5,10 @@ Protocol (fixed before the first run, 2026-12-04):
   tables are rebuilt as a server fed by small rounds leaves them: the events in time order,
   cut into rounds of ``--round-events`` (default 20), one partial row per key per round (what
   :func:`avila.storage.rollups.partials` appends for each loader round).
-- Copy B is then compacted by the store's own rule, as a server that saw each day from its
-  first round on would (each day's baseline: one row), with :meth:`Store.compact_rollups`
-  until nothing is due; its wall time and rows per table are printed.
+- Copy B is then compacted by the store's own rule (each day first seen: its distinct keys
+  are its baseline, as for a store upgraded to migration 14), with
+  :meth:`Store.compact_rollups` until nothing is due; its wall time and rows per table are
+  printed.
 - The rollup-backed reports (overview 30 d, retention 12 weeks, trends 30 d, stickiness
   30 d by week) run on A and B alternately, ``--runs`` times (default 5), after one warm-up
   each whose answers must be equal; medians of wall and CPU seconds.
@@ -60,20 +61,14 @@ GROUP BY round, project_id, day, user_id, country, device_type
 
 
 def trickled(store: DuckDBStore, round_events: int) -> None:
-    """The rollups as loader rounds of ``round_events`` events would have left them, and each
-    day's compaction baseline as a server that saw the day's first round would have set it."""
+    """The rollups as loader rounds of ``round_events`` events would have left them."""
     with store.bulk_transaction() as cursor:
         cursor.execute(f"CREATE TEMP TABLE r AS {_ROUNDS.format(n=round_events)}")
         cursor.execute("DELETE FROM rollup_daily")
         cursor.execute("DELETE FROM rollup_user_days")
         cursor.execute("INSERT INTO rollup_daily " + _DAILY_BY_ROUND)
         cursor.execute("INSERT INTO rollup_user_days " + _USER_DAYS_BY_ROUND)
-        cursor.execute("DELETE FROM rollup_compactions")
-        cursor.execute(
-            "INSERT INTO rollup_compactions SELECT 'rollup_daily', day, 1 FROM rollup_daily"
-            " GROUP BY day UNION ALL SELECT 'rollup_user_days', day, 1 FROM rollup_user_days"
-            " GROUP BY day"
-        )
+        cursor.execute("DELETE FROM rollup_compactions")  # every day first seen next
         cursor.execute("DROP TABLE r")
     store._cursor().execute("CHECKPOINT")
 

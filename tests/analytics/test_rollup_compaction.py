@@ -152,23 +152,41 @@ def test_a_day_is_due_once_it_doubles_by_enough_rows(
     monkeypatch.setattr(rollups, "COMPACT_MIN_ROWS", 20)
     store = DuckDBStore(tmp_path / "due.duckdb")
 
-    def write(n: int, user: str) -> None:
+    def write(n: int, users: list[str], day: int) -> None:
         for i in range(n):  # each write a partial row per table, for the same keys
-            when = T0 + timedelta(minutes=i)
+            when = T0 + timedelta(days=day, minutes=i)
+            user = users[i % len(users)]
             store.append_events(to_table([event(user, when, "custom", event_name="x")]))
 
-    write(12, "a")
-    assert store.compact_rollups() == 0  # baselines: 12 rows in each table
-    write(11, "a")  # 23 rows: doubled less than twice the baseline
-    assert store.compact_rollups() == 0
-    write(1, "a")  # 24 rows: twice the baseline, but only 12 more (< 20)
-    assert store.compact_rollups() == 0
-    write(8, "a")  # 32 rows: twice the baseline and 20 more
+    def user_day_rows(day: int) -> int:
+        sql = "SELECT count(*) FROM rollup_user_days WHERE day = ?"
+        return int(store.query(sql, [(T0 + timedelta(days=day)).date()])[0][0])
+
+    # a day first seen with its keys' partial rows already past the rule (a store from before
+    # compaction): due at once; its baseline is its distinct keys, not its rows
+    write(25, ["old"], day=2)
     assert store.compact_rollups() == 2
-    assert store.query("SELECT events FROM rollup_user_days") == [(32,)]
-    assert store.query(
-        "SELECT table_name, row_count FROM rollup_compactions ORDER BY table_name"
-    ) == [("rollup_daily", 1), ("rollup_user_days", 1)]
+    assert user_day_rows(2) == 1
+    # day 0: first seen with 12 rows of one key: baseline 1, grown by 11 (< 20)
+    write(12, ["a"], day=0)
+    assert store.compact_rollups() == 0
+    write(9, ["a"], day=0)  # 21 rows: 20 more than the baseline of 1
+    assert store.compact_rollups() == 2
+    assert store.query("SELECT events FROM rollup_user_days WHERE user_id = 'a'") == [(21,)]
+    # day 1: 30 user-day keys seen once each (baseline 30); 25 rows more is enough rows but
+    # not double. (Its one rollup_daily key, one row per write, is due each time it has grown
+    # by 20 rows.)
+    users = [f"u{i}" for i in range(30)]
+    write(30, users, day=1)
+    assert store.compact_rollups() == 1  # rollup_daily only
+    assert user_day_rows(1) == 30
+    write(25, users, day=1)
+    assert store.compact_rollups() == 1  # rollup_daily only
+    assert user_day_rows(1) == 55
+    write(5, users, day=1)  # 60 rows: twice the baseline
+    assert store.compact_rollups() == 1  # rollup_user_days (rollup_daily: 5 rows more)
+    assert user_day_rows(1) == 30
+    assert store.query("SELECT sum(events) FROM rollup_user_days") == [(25 + 21 + 60,)]
     store.close()
 
 

@@ -309,8 +309,9 @@ def forget_statements(project_id: str, user_ids: Sequence[str]) -> list[Statemen
 # (as a SummingMergeTree merge does), in one transaction: every sum a reader takes is the same
 # before and after, and keys whose events sum to zero (erased) are dropped.
 
-#: Migration 14: rows per table and day right after the day's last compaction (or when first
-#: seen), the baseline its growth is measured from.
+#: Migration 14: rows per table and day right after the day's last compaction (or, for a day
+#: first seen, its distinct keys then: the rows a compaction would have left), the baseline its
+#: growth is measured from.
 COMPACTIONS_DDL: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS rollup_compactions (table_name VARCHAR NOT NULL,"
     " day DATE NOT NULL, row_count BIGINT NOT NULL, PRIMARY KEY (table_name, day))",
@@ -319,13 +320,15 @@ COMPACTIONS_DDL: tuple[str, ...] = (
 COMPACT_GROWTH = 2
 #: ... and at least this many rows more (small days are cheap to read as they are).
 COMPACT_MIN_ROWS = 1000
-#: Per table: the key columns its partial rows are summed over, then the sums, in the table's
-#: column order (names from this module, never from a caller).
-_SUMMED = {
-    "rollup_daily": "project_id, day, event_type, kind, value, sum(events), sum(revenue)",
-    "rollup_user_days": "project_id, day, user_id, country, device_type, sum(events)",
+#: Per table: the key columns its partial rows are summed over (names from this module,
+#: never from a caller).
+_KEYS = {
+    "rollup_daily": "project_id, day, event_type, kind, value",
+    "rollup_user_days": "project_id, day, user_id, country, device_type",
 }
-_DUE = """
+#: Per table: the sums of a key's rows, in the table's column order after the keys.
+_SUMS = {"rollup_daily": "sum(events), sum(revenue)", "rollup_user_days": "sum(events)"}
+_ROWS_PER_DAY = """
 WITH n AS (
   SELECT 'rollup_daily' AS table_name, day, count(*) AS row_count FROM rollup_daily GROUP BY day
   UNION ALL
@@ -333,34 +336,61 @@ WITH n AS (
 )
 SELECT n.table_name, n.day, n.row_count, c.row_count FROM n
 LEFT JOIN rollup_compactions c ON c.table_name = n.table_name AND c.day = n.day
-WHERE c.row_count IS NULL OR (n.row_count >= ? * c.row_count AND n.row_count - c.row_count >= ?)
-ORDER BY n.day, n.table_name
 """
+_KEYS_PER_DAY = (
+    "SELECT day, count(DISTINCT ({keys})) FROM {table} WHERE day IN ({days}) GROUP BY day"
+)
 
 
-def due_compactions(cursor: Any) -> list[tuple[str, date]]:
-    """The (table, day) pairs whose rows grew past the compaction rule since their baseline;
-    days seen for the first time get their current rows as baseline (a bulk-loaded day holds
-    few partial rows per key; a day that keeps growing is compacted once it doubles). Call
-    inside a write transaction."""
-    due: list[tuple[str, date]] = []
-    for table, day, rows, baseline in cursor.execute(
-        _DUE, [COMPACT_GROWTH, COMPACT_MIN_ROWS]
-    ).fetchall():
+def _grown(rows: int, baseline: int) -> bool:
+    return rows >= COMPACT_GROWTH * baseline and rows - baseline >= COMPACT_MIN_ROWS
+
+
+class Due(NamedTuple):
+    """:func:`due_compactions`' answer."""
+
+    #: (table, day) pairs to compact, oldest day first
+    pairs: list[tuple[str, date]]
+    #: (table, day, distinct keys) of the days seen for the first time: their baselines
+    baselines: list[tuple[str, date, int]]
+
+
+def due_compactions(cursor: Any) -> Due:
+    """The (table, day) pairs whose rows grew past the rule above since their baseline. A day
+    seen for the first time (a new day, or every day of a store from before migration 14) gets
+    its distinct keys as baseline (the caller records them: :func:`record_baselines`) and is
+    due at once if its rows are already past the rule. Only reads: run it outside the write
+    transaction (a first sight scans the day's rows)."""
+    pairs: list[tuple[str, date]] = []
+    unseen: dict[str, dict[date, int]] = {}
+    for table, day, rows, baseline in cursor.execute(_ROWS_PER_DAY).fetchall():
         if baseline is None:
-            cursor.execute("INSERT INTO rollup_compactions VALUES (?, ?, ?)", [table, day, rows])
-        else:
-            due.append((table, day))
-    return due
+            unseen.setdefault(table, {})[day] = rows
+        elif _grown(rows, baseline):
+            pairs.append((table, day))
+    baselines: list[tuple[str, date, int]] = []
+    for table, rows_of in unseen.items():
+        marks = ", ".join("?" for _ in rows_of)
+        sql = _KEYS_PER_DAY.format(keys=_KEYS[table], table=table, days=marks)
+        for day, distinct in cursor.execute(sql, list(rows_of)).fetchall():
+            baselines.append((table, day, int(distinct)))
+            if _grown(rows_of[day], distinct):
+                pairs.append((table, day))
+    return Due(sorted(pairs, key=lambda pair: (pair[1], pair[0])), baselines)
+
+
+def record_baselines(cursor: Any, baselines: Sequence[tuple[str, date, int]]) -> None:
+    """Store :attr:`Due.baselines`; call inside a write transaction."""
+    if baselines:
+        cursor.executemany("INSERT OR REPLACE INTO rollup_compactions VALUES (?, ?, ?)", baselines)
 
 
 def compact(cursor: Any, table: str, day: date) -> int:
     """Replace ``table``'s rows of ``day`` by their sums per key (see above) and record the
     new baseline; the rows left. Call inside a write transaction."""
-    summed = _SUMMED[table]
     cursor.execute(
-        f"CREATE OR REPLACE TEMP TABLE _compacted AS SELECT {summed} FROM {table}"
-        " WHERE day = ? GROUP BY ALL HAVING sum(events) <> 0",
+        f"CREATE OR REPLACE TEMP TABLE _compacted AS SELECT {_KEYS[table]}, {_SUMS[table]}"
+        f" FROM {table} WHERE day = ? GROUP BY ALL HAVING sum(events) <> 0",
         [day],
     )
     cursor.execute(f"DELETE FROM {table} WHERE day = ?", [day])

@@ -175,13 +175,20 @@ class DuckDBStore(DuckDBRows):
     def compact_rollups(self, max_days: int = 8) -> int:
         if self._sessions is None:  # a read-only store
             return 0
-        with self.bulk_transaction() as cursor:
-            due = rollups.due_compactions(cursor)
+        # only reads (a day's first sight scans it for its keys): no write lock held meanwhile
+        reader = self._conn.cursor()
+        try:
+            due = rollups.due_compactions(reader)
+        finally:
+            reader.close()
+        if due.baselines:
+            with self.bulk_transaction() as cursor:
+                rollups.record_baselines(cursor, due.baselines)
         # a day per transaction: a loader round waits for one day's rewrite at most
-        for table, day in due[:max_days]:
+        for table, day in due.pairs[:max_days]:
             with self.bulk_transaction() as cursor:
                 rollups.compact(cursor, table, day)
-        return min(len(due), max_days)
+        return min(len(due.pairs), max_days)
 
     def append_table(self, table_name: str, table: pa.Table) -> None:
         if table.num_rows == 0:
