@@ -190,6 +190,27 @@ def test_a_day_is_due_once_it_doubles_by_enough_rows(
     store.close()
 
 
+def test_days_first_seen_are_counted_a_few_per_call_newest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rollups, "COMPACT_MIN_ROWS", 2)
+    monkeypatch.setattr(rollups, "FIRST_SIGHTS", 1)
+    store = DuckDBStore(tmp_path / "sights.duckdb")
+    for day in range(3):
+        for i in range(4):
+            when = T0 + timedelta(days=day, minutes=i)
+            store.append_events(to_table([event("a", when, "custom", event_name="x")]))
+    seen = "SELECT DISTINCT day FROM rollup_compactions ORDER BY day"
+    for k in range(3):
+        assert store.compact_rollups() == 2  # one day, both tables
+        assert [d for (d,) in store.query(seen)] == [
+            (T0 + timedelta(days=day)).date() for day in range(2 - k, 3)
+        ]
+    assert store.compact_rollups() == 0
+    assert store.query("SELECT count(*) FROM rollup_user_days") == [(3,)]
+    store.close()
+
+
 def test_the_loader_compacts_while_small_rounds_load(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
