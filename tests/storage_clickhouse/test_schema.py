@@ -91,7 +91,8 @@ def test_every_duckdb_table_has_a_clickhouse_table(tmp_path: Path) -> None:
     finally:
         duck.close()
     # The daily rollups are DuckDB's own (kept in the events' transaction, which a MergeTree
-    # does not offer); readers use them only where ``Store.has_rollups``.
+    # does not offer); readers use them only where ``Store.has_rollups``; so is the record of
+    # their compaction (rollup_compactions).
     # So is the person map (avila.storage.person_map, kept in the links' transaction; the
     # ClickHouse backend resolves through its recursive events_resolved view).
     # So are the kept sessions (avila.storage.session_table: a chain is recomputed in the
@@ -99,6 +100,7 @@ def test_every_duckdb_table_has_a_clickhouse_table(tmp_path: Path) -> None:
     rollup_tables = {
         "rollup_daily",
         "rollup_user_days",
+        "rollup_compactions",
         "person_map",
         "person_map_state",
         "kept_sessions",
