@@ -190,11 +190,11 @@ def test_a_day_is_due_once_it_doubles_by_enough_rows(
     store.close()
 
 
-def test_days_first_seen_are_counted_a_few_per_call_newest_first(
+def test_days_first_seen_are_counted_a_few_rows_per_call_newest_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(rollups, "COMPACT_MIN_ROWS", 2)
-    monkeypatch.setattr(rollups, "FIRST_SIGHTS", 1)
+    monkeypatch.setattr(rollups, "FIRST_SIGHT_ROWS", 5)
     store = DuckDBStore(tmp_path / "sights.duckdb")
     for day in range(3):
         for i in range(4):

@@ -356,9 +356,10 @@ class Due(NamedTuple):
     baselines: list[tuple[str, date, int]]
 
 
-#: Days first seen whose keys one look counts, per table (newest first): at 100 M events a
-#: store upgraded to migration 14 would otherwise count all its user days at once (11 s).
-FIRST_SIGHTS = 8
+#: Rows of days first seen whose keys one look counts, per table (newest day first; at least
+#: one day): at 100 M events a store upgraded to migration 14 would otherwise count all its
+#: 50 M user-day rows in one look (11 s); 1 M rows take ~0.4 s.
+FIRST_SIGHT_ROWS = 1_000_000
 
 
 def due_compactions(cursor: Any) -> Due:
@@ -366,14 +367,15 @@ def due_compactions(cursor: Any) -> Due:
     seen for the first time (a new day, or every day of a store from before migration 14) gets
     its distinct keys as baseline (the caller records them: :func:`record_baselines`) and is
     due at once if its rows are already past the rule. Only reads: run it outside the write
-    transaction (a first sight scans the day's rows); at most :data:`FIRST_SIGHTS` days per
-    table are first seen per call, the newest first, the rest on later calls."""
+    transaction (a first sight scans the day's rows); days are first seen newest first, up to
+    :data:`FIRST_SIGHT_ROWS` rows per table per call (at least a day), the rest on later calls."""
     pairs: list[tuple[str, date]] = []
     unseen: dict[str, dict[date, int]] = {}
     for table, day, rows, baseline in cursor.execute(_ROWS_PER_DAY).fetchall():
         if baseline is None:
-            if len(unseen.setdefault(table, {})) < FIRST_SIGHTS:
-                unseen[table][day] = rows
+            counted = unseen.setdefault(table, {})
+            if not counted or sum(counted.values()) + rows <= FIRST_SIGHT_ROWS:
+                counted[day] = rows
         elif _grown(rows, baseline):
             pairs.append((table, day))
     baselines: list[tuple[str, date, int]] = []
