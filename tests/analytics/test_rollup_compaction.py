@@ -187,7 +187,12 @@ def test_a_day_is_due_once_it_doubles_by_enough_rows(
     assert store.compact_rollups() == 1  # rollup_user_days (rollup_daily: 5 rows more)
     assert user_day_rows(1) == 30
     assert store.query("SELECT sum(events) FROM rollup_user_days") == [(25 + 21 + 60,)]
+    write(40, ["a"], day=0)  # due again, but a read-only store never writes
     store.close()
+    reader = DuckDBStore(tmp_path / "due.duckdb", read_only=True)
+    assert reader.compact_rollups() == 0
+    assert reader.query("SELECT count(*) FROM rollup_user_days WHERE user_id = 'a'") == [(41,)]
+    reader.close()
 
 
 def test_days_first_seen_are_counted_a_few_rows_per_call_newest_first(

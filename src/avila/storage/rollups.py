@@ -320,11 +320,11 @@ COMPACTIONS_DDL: tuple[str, ...] = (
 COMPACT_GROWTH = 2
 #: ... and at least this many rows more (small days are cheap to read as they are).
 COMPACT_MIN_ROWS = 1000
-#: Per table: the key columns its partial rows are summed over (names from this module,
-#: never from a caller).
+#: Per table: the key columns its partial rows are summed over (its schema's columns but the
+#: summed ones, in the table's order; names from this module, never from a caller).
 _KEYS = {
-    "rollup_daily": "project_id, day, event_type, kind, value",
-    "rollup_user_days": "project_id, day, user_id, country, device_type",
+    name: ", ".join(c for c in schema.names if c not in ("events", "revenue"))
+    for name, schema in (("rollup_daily", DAILY_SCHEMA), ("rollup_user_days", USER_DAYS_SCHEMA))
 }
 #: Per table: the sums of a key's rows, in the table's column order after the keys.
 _SUMS = {"rollup_daily": "sum(events), sum(revenue)", "rollup_user_days": "sum(events)"}
