@@ -248,6 +248,9 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args()
     impls = dict(item.split("=", 1) for item in args.impl) or {"this tree": str(SRC)}
+    for given in (args.data_dir, args.dir):
+        if given is not None:
+            given.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="avila-bench-import-", dir=args.data_dir or args.dir))
     formats = args.formats.split(",")
     try:
