@@ -22,6 +22,8 @@ class LoadResult:
     errors: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+    #: open loop only: each latency's request due time, seconds from the run's start
+    due: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     def percentile(self, q: float) -> float:
@@ -116,6 +118,7 @@ async def open_loop(
         writer.write(make_request(i))
         status = await _read_response(reader)
         result.latencies.append(time.perf_counter() - due)
+        result.due.append(due - start)
         result.statuses[status] = result.statuses.get(status, 0) + 1
         result.requests += 1
         pool.put_nowait(conn)
