@@ -39,6 +39,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -170,53 +171,73 @@ async def sequential(host: str, port: int, seconds: float, make_request) -> load
     return await loadgen.closed_loop(host, port, 1, seconds, make_request)
 
 
+class BatchPhase(NamedTuple):
+    batch: loadgen.LoadResult
+    lags: list[float]  # the visibility probe's, seconds
+    backlog_at_end: dict[str, Any]  # /health's ingest_log when the batch phase ended
+    drain_s: float
+
+
+def one_event_request(host: str, port: int, event_id: str) -> bytes:
+    return loadgen.build_request(host, port, "/api/v1/events", KEY, single_body(event_id))
+
+
+def batch_phase(server: ServerProcess, seconds: float, run_id: str) -> BatchPhase:
+    """A round's first part, on a fresh server: warm-up, the batch scenario with the
+    visibility probe beside it, then the wait until the loader drained the backlog. What runs
+    after it runs on the store this filled."""
+    host, port = "127.0.0.1", server.port
+    marker = b"#" * 17
+    template = loadgen.build_request(
+        host, port, "/api/v1/events/batch", KEY, batch_template(BATCH, marker)
+    )
+
+    def batch_request(i: int) -> bytes:
+        # The id prefix has the marker's length, so Content-Length stays right.
+        return template.replace(marker, f"{run_id}{i:09d}".encode())
+
+    async def batch_with_probe() -> tuple[loadgen.LoadResult, list[float]]:
+        stop = asyncio.Event()
+        lags: list[float] = []
+        probe = asyncio.create_task(visibility_probe(host, port, run_id, stop, lags))
+        batch = await loadgen.closed_loop(host, port, CONNECTIONS, seconds, batch_request)
+        stop.set()
+        await probe
+        return batch, lags
+
+    # Warm up (imports, first entries, connections), then batch.
+    loadgen.run(loadgen.closed_loop(host, port, 4, 1.0, lambda i: batch_request(10**8 + i)))
+    batch, lags = loadgen.run(batch_with_probe())
+    backlog_at_end = _get(server.url + "/health")["ingest_log"]
+    drain_started = time.perf_counter()
+    while _get(server.url + "/health")["ingest_log"]["bytes"] > 0:
+        time.sleep(0.05)
+    return BatchPhase(batch, lags, backlog_at_end, time.perf_counter() - drain_started)
+
+
 def run_round(tmp: Path, seconds: float, extra_env: dict[str, str]) -> dict[str, float]:
     env = {"API_KEYS": KEY, "RATE_LIMIT_PER_MINUTE": "0", "LOG_LEVEL": "warning", **extra_env}
     server = ServerProcess(tmp / f"server-{uuid.uuid4().hex[:6]}", env=env).start(timeout=180)
     try:
         run_id = uuid.uuid4().hex[:8]
         host, port = "127.0.0.1", server.port
-        marker = b"#" * 17
-        template = loadgen.build_request(
-            host, port, "/api/v1/events/batch", KEY, batch_template(BATCH, marker)
-        )
-
-        def batch_request(i: int) -> bytes:
-            # The id prefix has the marker's length, so Content-Length stays right.
-            return template.replace(marker, f"{run_id}{i:09d}".encode())
-
-        def single_request(i: int) -> bytes:
-            return loadgen.build_request(
-                host, port, "/api/v1/events", KEY, single_body(f"s{run_id}-{i}")
-            )
-
-        def sequential_request(i: int) -> bytes:
-            return loadgen.build_request(
-                host, port, "/api/v1/events", KEY, single_body(f"q{run_id}-{i}")
-            )
-
-        async def batch_with_probe() -> tuple[loadgen.LoadResult, list[float]]:
-            stop = asyncio.Event()
-            lags: list[float] = []
-            probe = asyncio.create_task(visibility_probe(host, port, run_id, stop, lags))
-            batch = await loadgen.closed_loop(host, port, CONNECTIONS, seconds, batch_request)
-            stop.set()
-            await probe
-            return batch, lags
-
-        # Warm up (imports, first entries, connections), then batch, then the single-event
-        # scenarios on the store the batch scenario filled.
-        loadgen.run(loadgen.closed_loop(host, port, 4, 1.0, lambda i: batch_request(10**8 + i)))
-        batch, lags = loadgen.run(batch_with_probe())
-        backlog_at_end = _get(server.url + "/health")["ingest_log"]
-        drain_started = time.perf_counter()
-        while _get(server.url + "/health")["ingest_log"]["bytes"] > 0:
-            time.sleep(0.05)
-        drain_s = time.perf_counter() - drain_started
+        batch, lags, backlog_at_end, drain_s = batch_phase(server, seconds, run_id)
+        # The single-event scenarios, on the store the batch scenario filled.
         single = loadgen.run(
-            loadgen.open_loop(host, port, SINGLE_RATE, seconds, 32, single_request)
+            loadgen.open_loop(
+                host,
+                port,
+                SINGLE_RATE,
+                seconds,
+                32,
+                lambda i: one_event_request(host, port, f"s{run_id}-{i}"),
+            )
         )
-        seq = loadgen.run(sequential(host, port, seconds, sequential_request))
+        seq = loadgen.run(
+            sequential(
+                host, port, seconds, lambda i: one_event_request(host, port, f"q{run_id}-{i}")
+            )
+        )
     finally:
         server.stop(timeout=300)
     ok_batches = batch.statuses.get(202, 0)

@@ -52,7 +52,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _cpu(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
@@ -65,11 +65,11 @@ def cpu(server_pid: int) -> tuple[float, float]:
     while stack:
         pid = stack.pop()
         try:
-            rest += _cpu(pid)
+            rest += cpu_seconds(pid)
         except OSError:
             continue
         stack.extend(_children(pid))
-    return _cpu(server_pid), rest
+    return cpu_seconds(server_pid), rest
 
 
 def _health(url: str) -> dict:  # type: ignore[type-arg]

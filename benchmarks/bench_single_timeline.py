@@ -4,7 +4,8 @@ was doing then: a diagnostic beside ``bench_ingest.py`` (issue 9's single-event 
     python benchmarks/bench_single_timeline.py [--seconds 10] [--rate 1000] [--threshold-ms 5]
 
 One round as ``bench_ingest.py`` runs it, up to its single-event phase: a fresh server, the
-batch phase (100 events per request, 16 connections) filling the store, the drain, then single
+batch phase (100 events per request, 16 connections, the visibility probe beside it: the same
+function, ``bench_ingest.batch_phase``) filling the store, the drain, then single
 events at ``--rate`` requests/s, open loop, 32 connections. Meanwhile a thread of this process
 reads the CPU time of the server and of each of its child processes (the store process, query
 workers) from /proc every 20 ms. Printed: the phase's latency percentiles; the slow requests
@@ -18,7 +19,6 @@ Nothing is written to RESULTS.md: a diagnostic, not a measurement of record.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import threading
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_ingest  # noqa: E402
 import loadgen  # noqa: E402
-from events import batch_template, single_body  # noqa: E402
+from bench_ingest_cpu import cpu_seconds  # noqa: E402
 from results import add_env_option, env_settings  # noqa: E402
 
 from avila.testing import ServerProcess  # noqa: E402
@@ -38,40 +38,25 @@ from avila.testing import ServerProcess  # noqa: E402
 SAMPLE_S = 0.02
 WINDOW_S = 0.1
 BURST_GAP_S = 0.05
-TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return sorted(found)
-
-
-def cpu_ticks(pid: int) -> int:
+def _cpu_s(pid: int) -> float:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])  # utime + stime
+        return cpu_seconds(pid)
+    except OSError:  # exited
+        return 0.0
 
 
 class CpuSampler(threading.Thread):
     def __init__(self, pids: list[int]) -> None:
         super().__init__(daemon=True)
         self.pids = pids
-        self.samples: list[tuple[float, list[int]]] = []
+        self.samples: list[tuple[float, list[float]]] = []
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         while not self.stop_event.is_set():
-            self.samples.append((time.perf_counter(), [cpu_ticks(p) for p in self.pids]))
+            self.samples.append((time.perf_counter(), [_cpu_s(p) for p in self.pids]))
             time.sleep(SAMPLE_S)
 
 
@@ -112,42 +97,34 @@ def _run(
     server: ServerProcess, args: argparse.Namespace
 ) -> tuple[loadgen.LoadResult, CpuSampler, list[tuple[int, str]]]:
     run_id = uuid.uuid4().hex[:8]
-    host, port, key = "127.0.0.1", server.port, bench_ingest.KEY
-    marker = b"#" * 17
-    template = loadgen.build_request(
-        host, port, "/api/v1/events/batch", key, batch_template(bench_ingest.BATCH, marker)
-    )
-
-    def batch_request(i: int) -> bytes:
-        return template.replace(marker, f"{run_id}{i:09d}".encode())
-
-    def single_request(i: int) -> bytes:
-        return loadgen.build_request(
-            host, port, "/api/v1/events", key, single_body(f"s{run_id}-{i}")
-        )
-
-    loadgen.run(loadgen.closed_loop(host, port, 4, 1.0, lambda i: batch_request(10**8 + i)))
-    batch = loadgen.run(
-        loadgen.closed_loop(host, port, bench_ingest.CONNECTIONS, args.seconds, batch_request)
-    )
-    print(
-        f"batch phase: {batch.statuses.get(202, 0) * bench_ingest.BATCH / batch.seconds:,.0f} events/s"
-    )
-    while bench_ingest._get(server.url + "/health")["ingest_log"]["bytes"] > 0:
-        time.sleep(0.05)
+    host, port = "127.0.0.1", server.port
+    phase = bench_ingest.batch_phase(server, args.seconds, run_id)
+    events_per_s = phase.batch.statuses.get(202, 0) * bench_ingest.BATCH / phase.batch.seconds
+    print(f"batch phase: {events_per_s:,.0f} events/s, drained in {phase.drain_s:.2f} s")
     assert server.proc is not None
-    pids = [server.proc.pid, *children(server.proc.pid)]
-    sampler = CpuSampler(pids)
+    stores = set(server.store_pids())
+    pids = [
+        (server.proc.pid, "server"),
+        *((pid, "store" if pid in stores else "child") for pid in sorted(server.children())),
+    ]
+    sampler = CpuSampler([pid for pid, _ in pids])
     sampler.start()
     started = time.perf_counter()
-    single = loadgen.run(loadgen.open_loop(host, port, args.rate, args.seconds, 32, single_request))
+    single = loadgen.run(
+        loadgen.open_loop(
+            host,
+            port,
+            args.rate,
+            args.seconds,
+            32,
+            lambda i: bench_ingest.one_event_request(host, port, f"s{run_id}-{i}"),
+        )
+    )
     sampler.stop_event.set()
     sampler.join()
     # the open loop starts its clock ~50 ms after it is called (its connections open first)
-    sampler.samples = [(at - started - 0.05, ticks) for at, ticks in sampler.samples]
-    # Children of the server: the store process (the loader's rounds are its bursts), the
-    # multiprocessing resource tracker, query workers once an analytics request started one.
-    return single, sampler, [(pid, "server" if pid == pids[0] else "child") for pid in pids]
+    sampler.samples = [(at - started - 0.05, cpu) for at, cpu in sampler.samples]
+    return single, sampler, pids
 
 
 def _report(
@@ -174,7 +151,7 @@ def _report(
     print("CPU ms per 100 ms window (" + ", ".join(names) + "); * = slow requests due in it:")
     step = round(WINDOW_S / SAMPLE_S)
     for before, after in zip(sampler.samples[::step], sampler.samples[step::step], strict=False):
-        spent = [round((b - a) * TICK_MS) for a, b in zip(before[1], after[1], strict=True)]
+        spent = [round((b - a) * 1000) for a, b in zip(before[1], after[1], strict=True)]
         mark = "*" if any(before[0] <= d < after[0] for d, _ in slow) else " "
         print(f"  {before[0]:6.2f} s {mark} " + " ".join(f"{v:4d}" for v in spent))
 
