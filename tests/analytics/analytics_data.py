@@ -168,6 +168,9 @@ def store_before_migration(path: Path, version: int) -> duckdb.DuckDBPyConnectio
         if number >= version:
             continue
         for statement in statements:
-            conn.execute(statement)
+            if callable(statement):  # a step that runs on the connection
+                statement(conn)
+            else:
+                conn.execute(statement)
         conn.execute("INSERT INTO schema_version VALUES (?, ?, now())", [number, description])
     return conn

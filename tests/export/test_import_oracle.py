@@ -335,9 +335,16 @@ def test_bulk_import_matches_the_oracle(tmp_path: Path, fmt: str) -> None:
             " ORDER BY 1",
             [PROJECT],
         )
+        # ... and the kept purchases hold the purchases the import stored (RFM reads them).
+        purchases = "project_id, user_id, ts, event_id, order_id, revenue"
+        kept = store.query(f"SELECT {purchases} FROM kept_purchases ORDER BY ALL")
+        bought = store.query(
+            f"SELECT {purchases} FROM events WHERE event_type = 'purchase' ORDER BY ALL"
+        )
     finally:
         store.close()
     assert rolled == counted
+    assert kept == bought and any(row[0] == PROJECT for row in kept)
     want, rejections, duplicates = expected(rows, {"stored-recent-1", "stored-recent-2"}, fmt)
 
     assert [(r.row, r.code, r.path) for r in summary.rejections] == rejections

@@ -37,6 +37,7 @@ from avila.analytics.common import (
 )
 from avila.analytics.profiles import require_user
 from avila.schemas.analytics import RFMQuery
+from avila.storage import purchase_table
 from avila.storage.base import Store
 
 #: (regex on the R and F digits, segment), first match wins; covers all 25 pairs.
@@ -93,20 +94,29 @@ def _int64(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def score_table(
-    store: Store, project_id: str, query: RFMQuery | Mapping[str, Any] | None = None
+    store: Store,
+    project_id: str,
+    query: RFMQuery | Mapping[str, Any] | None = None,
+    *,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """Per-user arrays: ``user_id``, ``recency_us``, ``frequency``, ``monetary``, ``r``, ``f``,
-    ``m``, ``segment`` (users with at least one purchase in the window, sorted by user_id)."""
+    ``m``, ``segment`` (users with at least one purchase in the window, sorted by user_id).
+    The kept purchases stand in for the events when they hold the same rows
+    (:func:`_purchases_source`); ``raw`` reads the events in any case."""
     q = parse_query(RFMQuery, query)
 
     ref = query_time(q.reference_date, "reference_date") if q.reference_date else utcnow()
     since = shifted(ref, -timedelta(days=q.window_days))
     where = where_clause(store, project_id, since, ref, q.filters)
     last_us = fragments(store)["epoch_us"].format("max(last_ts)")
+    source = events_source(store, project_id)
+    if not raw and not q.filters:
+        source = _purchases_source(store, project_id, source, since, ref)
     table = store.query_arrow(
         f"SELECT user_id, {last_us} AS last_us, count(*) AS orders, {exact_sum_sql('rev')} AS m"
         " FROM ( SELECT user_id, coalesce(order_id, event_id) AS oid, max(ts) AS last_ts,"
-        f" coalesce(max(revenue), 0.0) AS rev FROM {events_source(store, project_id)}"
+        f" coalesce(max(revenue), 0.0) AS rev FROM {source}"
         f" WHERE {where.sql} AND event_type = 'purchase' GROUP BY user_id, oid"
         ") GROUP BY user_id ORDER BY user_id",
         where.params,
@@ -171,6 +181,42 @@ def rfm(
         "users_scored": scored,
         "reference_date": table["reference_date"].isoformat() + "Z",
     }
+
+
+#: Over the UTC days a window touches: the events of the daily rollup and of the events table,
+#: the purchases of the daily rollup and of the kept purchases.
+_PURCHASES_AGREE = """
+SELECT (SELECT coalesce(sum(events), 0) FROM rollup_daily WHERE project_id = ? AND kind = 'type'
+    AND day >= ? AND day < ?),
+  (SELECT count(*) FROM events WHERE project_id = ? AND ts >= ? AND ts < ?),
+  (SELECT coalesce(sum(events), 0) FROM rollup_daily WHERE project_id = ? AND kind = 'type'
+    AND event_type = 'purchase' AND day >= ? AND day < ?),
+  (SELECT count(*) FROM kept_purchases WHERE project_id = ? AND ts >= ? AND ts < ?)
+"""
+
+
+def _purchases_source(
+    store: Store, project_id: str, source: str, since: datetime, ref: datetime
+) -> str:
+    """:data:`avila.storage.purchase_table.RELATION` when it holds exactly the purchases of
+    the events relation ``source`` over ``[since, ref)``, else ``source``. It holds raw user
+    ids, so only for a project without identity links; and only when, over the whole UTC days
+    the window touches, the daily rollup counts as many events as the events table and as many
+    purchases as the kept purchases (all three are written in one transaction: a write that
+    went around them shows here)."""
+    if not store.has_rollups or source != fragments(store)["events_unstitched"]:
+        return source
+    d0 = datetime.combine(since.date(), datetime.min.time())
+    d1 = datetime.combine(ref.date(), datetime.min.time())
+    if d1 < ref:
+        d1 += timedelta(days=1)
+    days, times = [project_id, d0.date(), d1.date()], [project_id, d0, d1]
+    ((daily, events, daily_purchases, kept),) = store.query(
+        _PURCHASES_AGREE, [*days, *times, *days, *times]
+    )
+    if int(daily) != int(events) or int(daily_purchases) != int(kept):
+        return source
+    return purchase_table.RELATION
 
 
 def _scored_user(table: dict[str, Any], i: int) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from avila.export.csvrows import MALFORMED_CSV, BadRow, CsvBlock, CsvRows, parse
 from avila.export.duplicates import Candidates, candidate_rows
 from avila.export.importer import ImportSummary, RowRejection
 from avila.export.reader import ndjson_batches, read_guarded, reading
-from avila.storage import rollups, session_table
+from avila.storage import purchase_table, rollups, session_table
 from avila.storage.duckdb.store import DuckDBStore
 from avila.storage.schema import EVENT_COLUMN_NAMES
 
@@ -404,6 +404,7 @@ def _import(
         summary.accepted = appended + kept
         summary.duplicates = held_rows - kept
         rollups.add_events(cursor, _received_then(stamp))
+        purchase_table.add_events(cursor, _received_then(stamp))
         session_table.add_events(cursor, _received_then(stamp))
         _store_identity_links(cursor, project_id, stamp)
         summary.finish_seconds = time.perf_counter() - started

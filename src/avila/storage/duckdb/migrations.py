@@ -9,7 +9,7 @@ from collections.abc import Callable
 import duckdb
 import pyarrow as pa
 
-from avila.storage import person_map, rollups, session_table
+from avila.storage import person_map, purchase_table, rollups, session_table
 from avila.storage.schema import EVENT_COLUMNS
 
 log = logging.getLogger("avila.storage.migrations")
@@ -192,6 +192,12 @@ MIGRATIONS: tuple[tuple[int, str, tuple[Step, ...]], ...] = (
         14,
         "rollup_compactions: when each day's rollup rows were last summed (avila.storage.rollups)",
         rollups.COMPACTIONS_DDL,
+    ),
+    (
+        15,
+        "kept_purchases: the purchases RFM reads, kept beside the events"
+        " (avila.storage.purchase_table)",
+        purchase_table.MIGRATION,
     ),
 )
 

@@ -29,11 +29,12 @@ class DuckDBRows(Store):
         the identity links naming them go and the project's person map is recomputed without
         them. A crash or error midway leaves all as it was, so a retried erase never subtracts
         a user from the rollups twice and the map is never left stale."""
-        from avila.storage import person_map, rollups, session_table
+        from avila.storage import person_map, purchase_table, rollups, session_table
 
         marks = ", ".join("?" for _ in user_ids)
         statements = rollups.forget_statements(project_id, user_ids)
         statements.extend(session_table.forget_statements(project_id, user_ids))
+        statements.extend(purchase_table.forget_statements(project_id, user_ids))
         deleting = len(statements)
         statements.append(
             (f"DELETE FROM events WHERE project_id = ? AND user_id IN ({marks})",

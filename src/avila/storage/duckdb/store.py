@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from avila.errors import StorageUnavailable
-from avila.storage import person_map, rollups, session_table
+from avila.storage import person_map, purchase_table, rollups, session_table
 from avila.storage.base import Statement
 from avila.storage.duckdb.migrations import migrate
 from avila.storage.duckdb.rows import DuckDBRows
@@ -45,6 +45,7 @@ def insert_events(
     commit). ``partials``: :func:`rollups.partials` of ``table`` if the caller computed it
     already."""
     cursor.from_arrow(table).insert_into("events")
+    purchase_table.add_rows(cursor, table)
     session_table.add_keyed(cursor, table)
     touch = session_table.touched(table)
     if touch is not None:
