@@ -97,9 +97,9 @@ _KEYED_IN_RANGE = """
 SELECT count(*) FROM kept_keyed_sessions WHERE project_id = $p AND end_us >= $s AND start_us < $e
   {unlinked}
 """
-#: The range's events (of the ids no link names, with ``{unlinked}``).
+#: The range's events.
 _IN_RANGE = """
-SELECT count(*) FROM events WHERE project_id = $p AND ts >= $start AND ts < $end{unlinked}
+SELECT count(*) FROM events WHERE project_id = $p AND ts >= $start AND ts < $end
 """
 _BY_BUCKET = """
 SELECT start_us // $bucket AS b, count(*), sum(end_us - start_us),
@@ -209,12 +209,14 @@ def stitched_totals(
     )
     if linked_events > LINKED_SHARE * day_events:
         return None
-    totals = kept_totals(store, project_id, start, end, tz, users=users, persons=persons)
-    if totals is None:
-        return None
     rows = store.query_arrow(
         *_numbered(_LINKED_ROWS.format(persons=persons, linked=linked), params)
     )
+    totals = kept_totals(
+        store, project_id, start, end, tz, users=users, persons=persons, linked_rows=rows.num_rows
+    )
+    if totals is None:
+        return None
     if rows.num_rows:
         totals.add(_sessions_by_person(rows))
     return totals
@@ -240,17 +242,21 @@ def kept_totals(
     *,
     users: bool = True,
     persons: str | None = None,
+    linked_rows: int = 0,
 ) -> SessionTotals | None:
     """The range's :class:`SessionTotals` from the kept sessions, or None when they do not
     account for the range's events. Without ``users`` its ``users`` stays 0 (the overview
     counts them with its active users). With ``persons`` (one of :data:`avila.analytics.rollup_reads.PERSONS_RELATIONS`),
-    only the sessions and events of the ids no link names (the caller adds the others').
+    only the sessions and events of the ids no link names (the caller adds the others'), and
+    ``linked_rows`` is how many events of the range the linked ids have (the caller read them:
+    the range's events less these are the ones the kept tables must account for, which spares
+    a pass over the range's user ids).
     Pending writes are cut first; a write that lands between the reads (they are not one
     snapshot) makes them cut and read once more."""
     unlinked = _UNLINKED.format(persons=checked_persons(persons)) if persons else ""
     for _ in range(2):
         store.settle_kept_sessions()
-        found = _read_totals(store, project_id, start, end, tz, users, unlinked)
+        found = _read_totals(store, project_id, start, end, tz, users, unlinked, linked_rows)
         if found is not None:
             return found
     return None
@@ -264,6 +270,7 @@ def _read_totals(
     tz: ZoneInfo | None,
     users: bool,
     unlinked: str,
+    linked_rows: int,
 ) -> SessionTotals | None:
     s, e = _us(start), _us(end)
     params: dict[str, Any] = {"p": project_id, "s": s, "e": e, "start": start, "end": end}
@@ -273,26 +280,18 @@ def _read_totals(
     inside = (_INSIDE_WITH_KEYED if keyed else _INSIDE).format(unlinked=unlinked)
     params["key_users"] = [k[0] for k in keys]
     params["key_ids"] = [k[1] for k in keys]
-    parts = []
-    if chains:
-        ends = [c[1] for c in chains if c[1] is not None]
-        starts = [c[2] for c in chains if c[2] is not None]
-        edge_params = {
-            **params,
-            "users": [c[0] for c in chains],
-            "a": [c[1] for c in chains],
-            "b": [c[2] for c in chains],
-            # the rows lie within the chains across the edges: skip the rest of the range
-            "start_side": _at(max(ends) + 1) if ends else start,
-            "end_side": _at(min(starts)) if starts else end,
-        }
-        parts.append(store.query_arrow(*_numbered(_CHAIN_EDGE_ROWS, edge_params)))
+    parts = [
+        store.query_arrow(*_numbered(_CHAIN_EDGE_ROWS, _edge_params(params, start, end, group)))
+        for group in _near_and_far(chains, s, e)
+        if group
+    ]
     if keys:
         parts.append(store.query_arrow(*_numbered(_KEYED_EDGE_ROWS, params)))
     grouped = store.query(
         *_numbered(_BY_BUCKET.format(inside=inside), {**params, "bucket": BUCKET_US})
     )
-    ((in_range,),) = store.query(*_numbered(_IN_RANGE.format(unlinked=unlinked), params))
+    ((in_range,),) = store.query(*_numbered(_IN_RANGE, params))
+    in_range -= linked_rows
     edge = _sorted(parts)
     if sum(int(row[5]) for row in grouped) + edge.num_rows != in_range:
         return None
@@ -311,6 +310,41 @@ def _read_totals(
             )
             ((totals.users,),) = store.query(*_numbered(_USERS.format(inside=inside), params))
     return totals
+
+
+def _near_and_far(
+    chains: list[tuple[Any, ...]], s: int, e: int
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """:data:`_CHAIN_EDGES` rows split into those whose rows in the range lie within a day
+    (``MAX_SESSION_US``) of its edges and the others. The rows of a group are read with one
+    time window that spans its chains, so one chain running on for weeks (a bot, a monitor)
+    would otherwise make every user's rows be looked for over the whole range."""
+    near: list[tuple[Any, ...]] = []
+    far: list[tuple[Any, ...]] = []
+    for chain in chains:
+        _, a, b = chain
+        long = (a is not None and a - s > MAX_SESSION_US) or (
+            b is not None and e - b > MAX_SESSION_US
+        )
+        (far if long else near).append(chain)
+    return near, far
+
+
+def _edge_params(
+    params: dict[str, Any], start: datetime, end: datetime, chains: list[tuple[Any, ...]]
+) -> dict[str, Any]:
+    """:data:`_CHAIN_EDGE_ROWS`' parameters for ``chains`` (:data:`_CHAIN_EDGES` rows)."""
+    ends = [c[1] for c in chains if c[1] is not None]
+    starts = [c[2] for c in chains if c[2] is not None]
+    return {
+        **params,
+        "users": [c[0] for c in chains],
+        "a": [c[1] for c in chains],
+        "b": [c[2] for c in chains],
+        # the rows lie within the chains across the edges: skip the rest of the range
+        "start_side": _at(max(ends) + 1) if ends else start,
+        "end_side": _at(min(starts)) if starts else end,
+    }
 
 
 def _add_buckets(
