@@ -29,6 +29,7 @@ from avila.analytics.common import (
     exact_sum_sql,
     fragments,
     parse_query,
+    persons_relation,
     query_time,
     rate,
     shifted,
@@ -36,6 +37,7 @@ from avila.analytics.common import (
     where_clause,
 )
 from avila.analytics.profiles import require_user
+from avila.analytics.rollup_reads import checked_persons
 from avila.schemas.analytics import RFMQuery
 from avila.storage import purchase_table
 from avila.storage.base import Store
@@ -198,25 +200,30 @@ SELECT (SELECT coalesce(sum(events), 0) FROM rollup_daily WHERE project_id = ? A
 def _purchases_source(
     store: Store, project_id: str, source: str, since: datetime, ref: datetime
 ) -> str:
-    """:data:`avila.storage.purchase_table.RELATION` when it holds exactly the purchases of
-    the events relation ``source`` over ``[since, ref)``, else ``source``. It holds raw user
-    ids, so only for a project without identity links; and only when, over the whole UTC days
-    the window touches, the daily rollup counts as many events as the events table and as many
-    purchases as the kept purchases (all three are written in one transaction: a write that
-    went around them shows here)."""
-    if not store.has_rollups or source != fragments(store)["events_unstitched"]:
+    """The kept purchases as the events relation ``source`` gives them (raw ids, or mapped to
+    persons through the same relation as ``source``: :mod:`avila.storage.purchase_table`)
+    when they hold exactly the purchases of the events over ``[since, ref)``, else ``source``:
+    when, over the whole UTC days the window touches, the daily rollup counts as many events
+    as the events table and as many purchases as the kept purchases (all three are written in
+    one transaction: a write that went around them shows here)."""
+    if not store.has_rollups:
         return source
+    if source == fragments(store)["events_unstitched"]:
+        kept = purchase_table.RELATION
+    else:
+        persons = checked_persons(persons_relation(store, source))
+        kept = purchase_table.PERSONS_RELATION.format(persons=persons)
     d0 = datetime.combine(since.date(), datetime.min.time())
     d1 = datetime.combine(ref.date(), datetime.min.time())
     if d1 < ref:
         d1 += timedelta(days=1)
     days, times = [project_id, d0.date(), d1.date()], [project_id, d0, d1]
-    ((daily, events, daily_purchases, kept),) = store.query(
+    ((daily, events, daily_purchases, copies),) = store.query(
         _PURCHASES_AGREE, [*days, *times, *days, *times]
     )
-    if int(daily) != int(events) or int(daily_purchases) != int(kept):
+    if int(daily) != int(events) or int(daily_purchases) != int(copies):
         return source
-    return purchase_table.RELATION
+    return kept
 
 
 def _scored_user(table: dict[str, Any], i: int) -> dict[str, Any]:

@@ -42,6 +42,14 @@ MIGRATION: tuple[str, ...] = (*DDL, "INSERT INTO kept_purchases " + _SELECT.form
 
 #: The kept purchases as the events relation RFM reads (its WHERE names ``event_type``).
 RELATION = "(SELECT *, 'purchase' AS event_type FROM kept_purchases)"
+#: ... with each raw id mapped to its person, as the events relations of a project with
+#: identity links map them (``{persons}``: ``person_map`` or ``identity_resolved``, checked by
+#: the caller).
+PERSONS_RELATION = (
+    "(SELECT k.* REPLACE (coalesce(m.user_id, k.user_id) AS user_id), 'purchase' AS event_type"
+    " FROM kept_purchases k LEFT JOIN {persons} m"
+    " ON m.project_id = k.project_id AND m.anonymous_id = k.user_id)"
+)
 
 
 def add_rows(cursor: Any, events: pa.Table) -> None:
