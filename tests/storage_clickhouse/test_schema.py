@@ -96,7 +96,8 @@ def test_every_duckdb_table_has_a_clickhouse_table(tmp_path: Path) -> None:
     # So is the person map (avila.storage.person_map, kept in the links' transaction; the
     # ClickHouse backend resolves through its recursive events_resolved view).
     # So are the kept sessions (avila.storage.session_table: a chain is recomputed in the
-    # events' transaction, or its events wait in kept_pending for a cut in bulk).
+    # events' transaction, or its events wait in kept_pending for a cut in bulk), and the kept
+    # purchases (avila.storage.purchase_table, written in the events' transaction).
     rollup_tables = {
         "rollup_daily",
         "rollup_user_days",
@@ -106,6 +107,7 @@ def test_every_duckdb_table_has_a_clickhouse_table(tmp_path: Path) -> None:
         "kept_sessions",
         "kept_keyed_sessions",
         "kept_pending",
+        "kept_purchases",
     }
     assert rollup_tables <= set(duck_tables)
     for name, columns in duck_tables.items():
