@@ -231,3 +231,28 @@ def sessions_oracle(rows, project, start, end, timeout_s=1800, max_s=86400):
         pv = sum(1 for r in events if r["event_type"] == "page_view")
         out.append((key[0], min(ts), max(ts), len(events), pv))
     return out
+
+
+def rfm_users(
+    rows: list[dict[str, Any]], ref: datetime, window_days: int, project: str | None = None
+):
+    """Per purchasing user (a pandas frame indexed by sorted user id): ``last`` purchase time,
+    ``f`` orders, ``m`` money, over ``[ref - window_days, ref)``. An order is a distinct
+    ``order_id`` (a purchase without one is its own order, by event id); its revenue is the
+    largest sent for it."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    keep = (df.event_type == "purchase") & (df.ts >= ref - timedelta(days=window_days))
+    keep &= df.ts < ref
+    if project is not None:
+        keep &= df.project_id == project
+    df = df[keep]
+    orders = (
+        df.assign(oid=df.order_id.fillna(df.event_id))
+        .groupby(["user_id", "oid"])
+        .agg(last=("ts", "max"), rev=("revenue", "max"))
+        .fillna({"rev": 0.0})  # an order sent without revenue counts 0
+    )
+    users = orders.groupby("user_id").agg(last=("last", "max"), f=("rev", "size"), m=("rev", "sum"))
+    return users.sort_index()

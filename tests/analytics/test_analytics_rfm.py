@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from analytics_data import PROJECT, event
-from analytics_oracles import SEGMENT_TABLE
+from analytics_oracles import SEGMENT_TABLE, rfm_users
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,17 +41,7 @@ def _purchases(seed: int, n_users: int = 120) -> list[dict]:
 
 
 def _oracle(rows: list[dict], window_days: int = 365) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
-    df = df[
-        (df.event_type == "purchase") & (df.ts >= REF - timedelta(days=window_days)) & (df.ts < REF)
-    ]
-    orders = (
-        df.assign(oid=df.order_id.fillna(df.event_id))
-        .groupby(["user_id", "oid"])
-        .agg(last=("ts", "max"), rev=("revenue", "max"))
-    )
-    users = orders.groupby("user_id").agg(last=("last", "max"), f=("rev", "size"), m=("rev", "sum"))
-    users = users.sort_index()
+    users = rfm_users(rows, REF, window_days)
     recency = (REF - users["last"]) / pd.Timedelta(microseconds=1)
     users["recency_days"] = recency / 86_400e6
     users["R"] = 5 - pd.qcut(recency, 5, labels=False)

@@ -6,7 +6,7 @@ five days (ties on a coarse grid, resent purchases with the same order, purchase
 order id sent twice under one event id, unicode ids, a huge revenue), loaded in shuffled
 batches with late events by both write paths, then GDPR erasure, identity stitching and a
 write that goes around the kept table. The pandas oracle is the RFM test's
-(``test_analytics_rfm``'s semantics, written out again here over the rows as sent).
+(``analytics_oracles.rfm_users``, which the RFM test's oracle uses too).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 from analytics_data import (
     OTHER_PROJECT,
@@ -30,6 +29,7 @@ from analytics_data import (
     store_before_migration,
     to_table,
 )
+from analytics_oracles import rfm_users
 
 from avila.analytics import erase_user
 from avila.analytics.common import events_source
@@ -83,22 +83,7 @@ def _kept_is_read(store: Store, ref: datetime, days: int) -> bool:
 
 def _oracle(rows: list[dict[str, Any]], ref: datetime, days: int) -> dict[str, Any]:
     """Per user (sorted): last purchase, orders, money, as pandas reads the rows as sent."""
-    df = pd.DataFrame(rows)
-    df = df[
-        (df.project_id == PROJECT)
-        & (df.event_type == "purchase")
-        & (df.ts >= ref - timedelta(days=days))
-        & (df.ts < ref)
-    ]
-    if df.empty:
-        return {"user_id": [], "frequency": [], "monetary": [], "recency_us": []}
-    orders = (
-        df.assign(oid=df.order_id.fillna(df.event_id), rev=df.revenue.fillna(0.0))
-        .groupby(["user_id", "oid"])
-        .agg(last=("ts", "max"), rev=("rev", "max"))
-    )
-    users = orders.groupby("user_id").agg(last=("last", "max"), f=("rev", "size"), m=("rev", "sum"))
-    users = users.sort_index()
+    users = rfm_users(rows, ref, days, PROJECT)
     return {
         "user_id": list(users.index),
         "frequency": users.f.tolist(),

@@ -37,7 +37,7 @@ from avila.analytics.common import (
     where_clause,
 )
 from avila.analytics.profiles import require_user
-from avila.analytics.rollup_reads import checked_persons
+from avila.analytics.rollup_reads import checked_persons, covering_days, rollups_agree
 from avila.schemas.analytics import RFMQuery
 from avila.storage import purchase_table
 from avila.storage.base import Store
@@ -185,13 +185,9 @@ def rfm(
     }
 
 
-#: Over the UTC days a window touches: the events of the daily rollup and of the events table,
-#: the purchases of the daily rollup and of the kept purchases.
+#: Over ``[day0, day1)``: the purchases of the daily rollup and of the kept purchases.
 _PURCHASES_AGREE = """
 SELECT (SELECT coalesce(sum(events), 0) FROM rollup_daily WHERE project_id = ? AND kind = 'type'
-    AND day >= ? AND day < ?),
-  (SELECT count(*) FROM events WHERE project_id = ? AND ts >= ? AND ts < ?),
-  (SELECT coalesce(sum(events), 0) FROM rollup_daily WHERE project_id = ? AND kind = 'type'
     AND event_type = 'purchase' AND day >= ? AND day < ?),
   (SELECT count(*) FROM kept_purchases WHERE project_id = ? AND ts >= ? AND ts < ?)
 """
@@ -203,27 +199,23 @@ def _purchases_source(
     """The kept purchases as the events relation ``source`` gives them (raw ids, or mapped to
     persons through the same relation as ``source``: :mod:`avila.storage.purchase_table`)
     when they hold exactly the purchases of the events over ``[since, ref)``, else ``source``:
-    when, over the whole UTC days the window touches, the daily rollup counts as many events
-    as the events table and as many purchases as the kept purchases (all three are written in
-    one transaction: a write that went around them shows here)."""
-    if not store.has_rollups:
+    when, over the UTC days that cover the window, the rollups agree with the events table
+    (:func:`avila.analytics.rollup_reads.rollups_agree`) and the daily rollup counts as many
+    purchases as the kept purchases (all are written in one transaction: a write that went
+    around them shows here)."""
+    days = covering_days(since, ref)
+    if days is None or not store.has_rollups or not rollups_agree(store, project_id, *days):
+        return source
+    d0, d1 = days
+    ((daily, copies),) = store.query(
+        _PURCHASES_AGREE, [project_id, d0.date(), d1.date(), project_id, d0, d1]
+    )
+    if int(daily) != int(copies):
         return source
     if source == fragments(store)["events_unstitched"]:
-        kept = purchase_table.RELATION
-    else:
-        persons = checked_persons(persons_relation(store, source))
-        kept = purchase_table.PERSONS_RELATION.format(persons=persons)
-    d0 = datetime.combine(since.date(), datetime.min.time())
-    d1 = datetime.combine(ref.date(), datetime.min.time())
-    if d1 < ref:
-        d1 += timedelta(days=1)
-    days, times = [project_id, d0.date(), d1.date()], [project_id, d0, d1]
-    ((daily, events, daily_purchases, copies),) = store.query(
-        _PURCHASES_AGREE, [*days, *times, *days, *times]
-    )
-    if int(daily) != int(events) or int(daily_purchases) != int(copies):
-        return source
-    return kept
+        return purchase_table.RELATION
+    persons = checked_persons(persons_relation(store, source))
+    return purchase_table.PERSONS_RELATION.format(persons=persons)
 
 
 def _scored_user(table: dict[str, Any], i: int) -> dict[str, Any]:

@@ -85,6 +85,18 @@ def whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime] | No
     return (d0, d1) if d0 < d1 else None
 
 
+def covering_days(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+    """The first and last midnight of the UTC days that cover ``[start, end)``, or None when
+    ``end`` falls on the calendar's last day (no midnight after it)."""
+    d0 = datetime.combine(start.date(), datetime.min.time())
+    d1 = datetime.combine(end.date(), datetime.min.time())
+    if d1 < end:
+        if d1.date() == date.max:
+            return None
+        d1 += timedelta(days=1)
+    return d0, d1
+
+
 def rollups_agree(store: Store, project_id: str, d0: datetime, d1: datetime) -> bool:
     """Both rollups count exactly the events the table holds over ``[d0, d1)``."""
     day0, day1 = d0.date(), d1.date()
@@ -135,16 +147,12 @@ def user_days_answer(
     user in both). :data:`USER_DAYS` for a project without identity links; with them the
     rollups' raw ids are mapped to persons through the relation the project's events source
     resolves them with (a person active under two ids on a day is active that day)."""
-    d0 = datetime.combine((read_from or lo).date(), datetime.min.time())
-    d1 = datetime.combine(hi.date(), datetime.min.time())
-    if d1 < hi:
-        if d1.date() == date.max:
-            return None  # no midnight after the calendar's last day: read the events
-        d1 += timedelta(days=1)
+    days = covering_days(read_from or lo, hi)
     if not (
-        store.has_rollups
+        days is not None
+        and store.has_rollups
         and utc_throughout(tz, lo, hi)
-        and rollups_agree(store, project_id, d0, d1)
+        and rollups_agree(store, project_id, *days)
     ):
         return None
     source = events_source(store, project_id)
