@@ -214,3 +214,43 @@ def test_an_unreadable_file_leaves_the_store_as_it_was(tmp_path: Path) -> None:
     assert _cli(files["truncated.parquet"], data_dir).returncode == 2
     again = _cli(good, data_dir)
     assert "5 rows: 0 accepted, 5 duplicates, 0 rejected" in again.stderr
+
+
+def test_a_file_that_breaks_midway_stores_nothing_and_leaves_no_held_rows(
+    tmp_path: Path,
+) -> None:
+    """The second row group's ``data`` pages are garbage: the first batch was read, validated
+    and streamed into the store before the read fails, so the failure comes from inside the
+    store's INSERT; it still reads as one line naming the file, the transaction stores nothing,
+    and the held-back rows' spill file (the file repeats an id) is gone."""
+    n, group = 260_000, 130_000
+    ids = [f"mid-{i}" for i in range(n)]
+    ids[7] = ids[3]  # a repeated id: held back, spilled to a file beside the store
+    table = pa.table(
+        {
+            "event_id": ids,
+            "user_id": [f"u{i % 977}" for i in range(n)],
+            "event_type": ["page_view"] * n,
+            "timestamp": ["2025-11-26T10:00:00Z"] * n,
+            "data": [json.dumps({"url": f"/p/{i}", "title": f"T{i}"}) for i in range(n)],
+        }
+    )
+    whole = tmp_path / "whole.parquet"
+    pq.write_table(table, whole, row_group_size=group)
+    chunk = pq.ParquetFile(whole).metadata.row_group(1).column(4)
+    assert chunk.path_in_schema == "data"
+    content = bytearray(whole.read_bytes())
+    start = chunk.data_page_offset + 40
+    content[start : start + 2000] = b"\xab" * 2000
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(bytes(content))
+    data_dir = tmp_path / "data"
+
+    done = _cli(broken, data_dir)
+
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"avila: cannot read {broken}"), done.stderr
+    assert not list(data_dir.glob("avila-import-held-*"))
+    again = _cli(whole, data_dir)  # nothing of the broken file was stored
+    assert f"{n} rows: {n - 1} accepted, 1 duplicates, 0 rejected" in again.stderr, again.stderr

@@ -10,9 +10,10 @@ appends them to ``events`` inside **one transaction**:
 2. a first pass over the event-id column alone finds the rows that *may* be duplicates
    (:mod:`avila.export.duplicates`): their raw id occurs twice in the file or is stored with a
    ``received_at`` inside the dedup window (``AVILA_DEDUP_WINDOW_HOURS``), the API's rule;
-3. the second pass validates batch after batch (in a thread, while DuckDB appends the previous
-   batch with the GIL released) and appends every accepted row that is not a candidate, with
-   one receive time, ``received_at`` = the import's start, unique in the store (checked);
+3. the second pass validates batch after batch in a thread and streams every accepted row that
+   is not a candidate into one ``INSERT``, which DuckDB appends on all its threads
+   (:mod:`avila.export.import_stream`; the candidates go to a file meanwhile), with one
+   receive time, ``received_at`` = the import's start, unique in the store (checked);
 4. the held-back candidates are judged exactly by id (the first accepted row of an id wins,
    unless the id is stored in the window) and the survivors appended; deleting rows instead
    would make DuckDB rewrite the transaction's data at commit (measured 3.7 CPU s per million);
@@ -45,7 +46,8 @@ from avila.export.checked import ACCEPTED_SCHEMA, Checked, Rejected
 from avila.export.columnar import ColumnarValidator
 from avila.export.csvrows import MALFORMED_CSV, BadRow, CsvBlock, CsvRows, parse_numbers
 from avila.export.duplicates import Candidates, candidate_rows
-from avila.export.importer import ImportSummary, RowRejection
+from avila.export.import_stream import Intake
+from avila.export.importer import ImportSummary
 from avila.export.reader import ndjson_batches, read_guarded, reading
 from avila.storage import purchase_table, rollups, session_table
 from avila.storage.duckdb.store import DuckDBStore
@@ -207,8 +209,8 @@ _READERS: dict[str, Callable[[Path, _Splitter, int], Iterator[Batch]]] = {
 
 
 def _prefetched(batches: Iterator[Batch]) -> Iterator[Batch]:
-    """Read and validate the next batch in a thread while the caller stores this one: DuckDB
-    releases the GIL while it inserts, so on two cores the halves overlap."""
+    """Read and validate the next batches in a thread while DuckDB's threads append the ones
+    before (they release the GIL while they compress and write)."""
     ready: queue.Queue[Batch | BaseException | None] = queue.Queue(maxsize=2)
     stop = threading.Event()
 
@@ -259,38 +261,14 @@ def _received_then(stamp: datetime) -> str:
     return f"(SELECT * FROM events WHERE received_at = TIMESTAMP '{stamp.isoformat(sep=' ')}')"
 
 
-def _append(cursor: Any, table: pa.Table, keep: np.ndarray | None = None) -> None:
-    """Append the rows of ``table`` (:data:`ACCEPTED_SCHEMA`) that ``keep`` marks (all when
-    None); DuckDB filters while it appends."""
-    events = table.drop_columns(["row"])
-    if keep is None or keep.all():
-        if events.num_rows:
-            cursor.from_arrow(events).insert_into("events")
-        return
-    marked = events.append_column("_keep", pa.array(keep))
-    cursor.from_arrow(marked).filter("_keep").project(_EVENT_COLUMNS).insert_into("events")
-
-
-#: Held-back rows wait in a temporary DuckDB table, not in Python: re-importing a file that is
-#: already stored holds back every row, and DuckDB spills to disk where a list could not.
+#: Held-back rows wait in a temporary DuckDB table for their judgement (:func:`_store_candidates`).
 _HELD = "_import_held"
 
 
-def _hold(cursor: Any, tables: list[pa.Table], created: bool) -> bool:
-    """Put held-back rows into the temporary table (created on first use); returns whether it
-    exists now."""
-    for table in tables:
-        if not created:
-            cursor.register("_import_held_batch", table)
-            try:
-                cursor.execute(
-                    f"CREATE TEMP TABLE {_HELD} AS SELECT * FROM _import_held_batch LIMIT 0"
-                )
-            finally:
-                cursor.unregister("_import_held_batch")
-            created = True
-        cursor.from_arrow(table).insert_into(_HELD)
-    return created
+def _spill_dir(store: DuckDBStore) -> Path | None:
+    """Where held-back rows wait: beside the store (its disk has room for the import), or the
+    system's temporary directory for a store in memory."""
+    return None if str(store.path) == ":memory:" else store.path.parent
 
 
 def _store_candidates(cursor: Any, project_id: str, since: datetime) -> int:
@@ -384,25 +362,21 @@ def _import(
             ColumnarValidator(project_id, stamp),
             candidate_rows(path, fmt, cursor, project_id, since),
         )
-        holding = False
-        held_rows = 0
-        appended = 0
-        for batch in _prefetched(_READERS[fmt](path, splitter, batch_rows)):
-            summary.rows += batch.rows
-            for r in batch.rejected:
-                summary.reject(RowRejection(r.row, r.code, r.message, r.path))
-            for table, keep in batch.append:
-                _append(cursor, table, keep)
-                appended += table.num_rows if keep is None else int(keep.sum())
-            holding = _hold(cursor, batch.held, holding)
-            held_rows += sum(table.num_rows for table in batch.held)
-            summary.slow_rows += batch.slow_rows
-            if on_batch is not None:
-                on_batch(batch.progress, summary.rows)
-        started = time.perf_counter()
-        kept = _store_candidates(cursor, project_id, since) if holding else 0
-        summary.accepted = appended + kept
-        summary.duplicates = held_rows - kept
+        batches = _prefetched(_READERS[fmt](path, splitter, batch_rows))
+        with Intake(batches, summary, on_batch, _spill_dir(store)) as intake:
+            intake.insert(cursor)
+            started = time.perf_counter()
+            held = intake.held()
+            kept = 0
+            if held is not None:
+                cursor.register("_import_held_rows", held)
+                try:
+                    cursor.execute(f"CREATE TEMP TABLE {_HELD} AS SELECT * FROM _import_held_rows")
+                finally:
+                    cursor.unregister("_import_held_rows")
+                kept = _store_candidates(cursor, project_id, since)
+        summary.accepted = intake.appended + kept
+        summary.duplicates = intake.held_rows - kept
         rollups.add_events(cursor, _received_then(stamp))
         purchase_table.add_events(cursor, _received_then(stamp))
         session_table.add_events(cursor, _received_then(stamp))
