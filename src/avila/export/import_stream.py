@@ -15,7 +15,9 @@ every row. It runs inside DuckDB's scan, on whichever of its threads pulls the n
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,10 @@ if TYPE_CHECKING:
 KEEP = "_keep"
 STREAM_SCHEMA = EVENT_SCHEMA.append(pa.field(KEEP, pa.bool_()))
 _STORED = ", ".join(f'"{name}"' for name in EVENT_COLUMN_NAMES)
+#: how often the waiting main thread wakes to let a signal (Ctrl-C) in
+_WAKE_S = 0.2
+#: how long an interrupted import waits for DuckDB to let go of the connection
+_FREE_WITHIN_S = 30.0
 
 
 class Intake:
@@ -60,6 +66,7 @@ class Intake:
         self.held_rows = 0
         #: what the batches raised, if they did: DuckDB reports it as its own error
         self.error: BaseException | None = None
+        self._stop = threading.Event()
 
     def __enter__(self) -> Intake:
         return self
@@ -71,14 +78,41 @@ class Intake:
 
     def insert(self, cursor: Any) -> None:
         """Append every accepted row that is not held back, in one ``INSERT``; raises what the
-        batches raised (a read or validation error) rather than DuckDB's wrapping of it."""
-        stream = pa.RecordBatchReader.from_batches(STREAM_SCHEMA, self._records())
+        batches raised (a read or validation error) rather than DuckDB's wrapping of it.
+
+        The statement runs in a thread while this (the main) thread waits in Python: a signal
+        reaches Python code only in the main thread, so Ctrl-C stays an interrupt (the
+        statement is cancelled, and the caller's transaction rolls back) instead of waiting
+        for the whole file."""
+        steps = _Steps(self._records())
+        stream = pa.RecordBatchReader.from_batches(STREAM_SCHEMA, steps)
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                cursor.from_arrow(stream).filter(KEEP).project(_STORED).insert_into("events")
+            except BaseException as exc:  # raised again in the waiting thread
+                failed.append(exc)
+
+        worker = threading.Thread(target=run, name="import-insert", daemon=True)
+        worker.start()
         try:
-            cursor.from_arrow(stream).filter(KEEP).project(_STORED).insert_into("events")
+            while worker.is_alive():
+                worker.join(_WAKE_S)
         except BaseException:
+            self._stop.set()
+            cursor.interrupt()
+            worker.join()
+            _wait_free(cursor)
+            raise
+        finally:
+            # The statement may return while one of DuckDB's threads still pulls a batch;
+            # the connection is free again once that step is over.
+            steps.close()
+        if failed:
             if self.error is not None:
                 raise self.error from None
-            raise
+            raise failed[0]
 
     def held(self) -> pa.Table | None:
         """The held-back rows (:data:`~avila.export.checked.ACCEPTED_SCHEMA`), memory-mapped
@@ -90,10 +124,14 @@ class Intake:
         source = self._exit.enter_context(pa.memory_map(str(self._held_path)))
         return pa.ipc.open_file(source).read_all()
 
-    def _records(self) -> Iterator[pa.RecordBatch]:
+    def _records(self) -> Generator[pa.RecordBatch, None, None]:
         try:
             for batch in self._batches:
+                if self._stop.is_set():
+                    raise InterruptedError("the import was interrupted")
                 yield from self._take(batch)
+        except GeneratorExit:  # closed: not an error of the batches
+            raise
         except BaseException as exc:
             self.error = exc
             raise
@@ -127,3 +165,43 @@ class Intake:
             table = table.cast(ACCEPTED_SCHEMA)
         self._held.write_table(table)
         self.held_rows += table.num_rows
+
+
+def _wait_free(cursor: Any) -> None:
+    """Wait until the connection takes a statement again: an interrupted statement returns
+    while DuckDB's threads may still be finishing its tasks (the connection refuses a call
+    meanwhile), and the caller's ROLLBACK must not be refused."""
+    import duckdb
+
+    deadline = time.monotonic() + _FREE_WITHIN_S
+    while True:
+        try:
+            cursor.execute("SELECT 1").fetchall()
+        except duckdb.ResourceInUseException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        except duckdb.Error:  # it answered: the aborted transaction refuses all but ROLLBACK
+            pass
+        return
+
+
+class _Steps:
+    """An iterator's steps one at a time under a lock: :meth:`close` waits for a step in
+    flight (in another thread) to end before it closes the generator."""
+
+    def __init__(self, generator: Generator[pa.RecordBatch, None, None]) -> None:
+        self._generator = generator
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> _Steps:
+        return self
+
+    def __next__(self) -> pa.RecordBatch:
+        with self._lock:
+            return next(self._generator)
+
+    def close(self) -> None:
+        with self._lock:
+            self._generator.close()
