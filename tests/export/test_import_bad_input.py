@@ -251,6 +251,6 @@ def test_a_file_that_breaks_midway_stores_nothing_and_leaves_no_held_rows(
     assert done.returncode == 2, done.stderr
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"avila: cannot read {broken}"), done.stderr
-    assert not list(data_dir.glob("avila-import-held-*"))
+    assert not list(data_dir.glob("avila.duckdb.import-held-*"))
     again = _cli(whole, data_dir)  # nothing of the broken file was stored
     assert f"{n} rows: {n - 1} accepted, 1 duplicates, 0 rejected" in again.stderr, again.stderr

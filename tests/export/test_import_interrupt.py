@@ -55,7 +55,7 @@ def test_ctrl_c_stops_a_streaming_import_and_stores_nothing(tmp_path: Path) -> N
     data_dir = tmp_path / "data"
     child = _import(path, data_dir)
     try:
-        while not list(data_dir.glob("avila-import-held-*")):  # the rows are streaming
+        while not list(data_dir.glob("avila.duckdb.import-held-*")):  # the rows are streaming
             assert child.poll() is None, child.communicate()
             time.sleep(0.005)
         child.send_signal(signal.SIGINT)
@@ -63,8 +63,36 @@ def test_ctrl_c_stops_a_streaming_import_and_stores_nothing(tmp_path: Path) -> N
     finally:
         child.kill()
     assert child.returncode == 130, err
-    assert not list(data_dir.glob("avila-import-held-*"))
+    assert not list(data_dir.glob("avila.duckdb.import-held-*"))
     again = _import(path, data_dir)
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert f"{ROWS} rows: {ROWS - 1} accepted, 1 duplicates, 0 rejected" in err, err
+
+
+def test_an_import_deletes_what_a_killed_import_of_its_store_left(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    left = data_dir / "avila.duckdb.import-held-k1ll3d"
+    other = data_dir / "other.duckdb.import-held-running"  # another store's import: kept
+    for directory in (left, other):
+        directory.mkdir(parents=True)
+        (directory / "held.arrow").write_bytes(b"\0" * 1024)
+    path = tmp_path / "small.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "event_id": ["s1", "s2"],
+                "user_id": ["u1", "u2"],
+                "event_type": ["page_view", "page_view"],
+                "timestamp": ["2025-11-26T10:00:00Z"] * 2,
+                "url": ["/a", "/b"],
+            }
+        ),
+        path,
+    )
+    child = _import(path, data_dir)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err
+    assert "2 rows: 2 accepted" in err, err
+    assert not left.exists()
+    assert (other / "held.arrow").exists()

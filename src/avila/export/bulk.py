@@ -265,10 +265,13 @@ def _received_then(stamp: datetime) -> str:
 _HELD = "_import_held"
 
 
-def _spill_dir(store: DuckDBStore) -> Path | None:
-    """Where held-back rows wait: beside the store (its disk has room for the import), or the
-    system's temporary directory for a store in memory."""
-    return None if str(store.path) == ":memory:" else store.path.parent
+def _spill_place(store: DuckDBStore) -> tuple[Path | None, str]:
+    """Where held-back rows wait (:class:`Intake`): beside the store, whose disk has room for
+    the import (the system's temporary directory for a store in memory), in a directory named
+    after the store file."""
+    if str(store.path) == ":memory:":
+        return None, "avila-import-held-"
+    return store.path.parent, f"{store.path.name}.import-held-"
 
 
 def _store_candidates(cursor: Any, project_id: str, since: datetime) -> int:
@@ -363,7 +366,7 @@ def _import(
             candidate_rows(path, fmt, cursor, project_id, since),
         )
         batches = _prefetched(_READERS[fmt](path, splitter, batch_rows))
-        with Intake(batches, summary, on_batch, _spill_dir(store)) as intake:
+        with Intake(batches, summary, on_batch, *_spill_place(store)) as intake:
             intake.insert(cursor)
             started = time.perf_counter()
             held = intake.held()

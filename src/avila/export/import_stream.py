@@ -14,6 +14,7 @@ every row. It runs inside DuckDB's scan, on whichever of its threads pulls the n
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
 import time
@@ -45,7 +46,9 @@ _FREE_WITHIN_S = 30.0
 
 class Intake:
     """Feeds one import's validated batches to the store; see the module docstring. Use as a
-    context manager: the held rows' file is deleted when it ends."""
+    context manager: the held rows' file (in a directory of ``spill_dir`` named
+    ``spill_prefix`` and a random suffix) is deleted when it ends; such directories a killed
+    import left behind are deleted when the next one starts."""
 
     def __init__(
         self,
@@ -53,11 +56,18 @@ class Intake:
         summary: ImportSummary,
         on_batch: Callable[[int, int], None] | None,
         spill_dir: Path | None,
+        spill_prefix: str,
     ) -> None:
         self._batches = batches
         self.summary = summary
         self._on_batch = on_batch
         self._spill_dir = spill_dir
+        self._spill_prefix = spill_prefix
+        if spill_dir is not None:
+            # Left by an import that was killed: the caller holds the store's write lock, so
+            # no other import of this store can be using them.
+            for stale in spill_dir.glob(f"{spill_prefix}*"):
+                shutil.rmtree(stale, ignore_errors=True)
         self._exit = ExitStack()
         self._held_path: Path | None = None
         self._held: pa.ipc.RecordBatchFileWriter | None = None
@@ -157,7 +167,7 @@ class Intake:
             return
         if self._held is None:
             directory = self._exit.enter_context(
-                tempfile.TemporaryDirectory(prefix="avila-import-held-", dir=self._spill_dir)
+                tempfile.TemporaryDirectory(prefix=self._spill_prefix, dir=self._spill_dir)
             )
             self._held_path = Path(directory) / "held.arrow"
             self._held = pa.ipc.new_file(str(self._held_path), ACCEPTED_SCHEMA)
