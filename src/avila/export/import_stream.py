@@ -145,6 +145,11 @@ class Intake:
         except BaseException as exc:
             self.error = exc
             raise
+        finally:
+            # Stops their reading thread now, not when the garbage collector finds them.
+            close = getattr(self._batches, "close", None)
+            if close is not None:
+                close()
 
     def _take(self, batch: Batch) -> Iterator[pa.RecordBatch]:
         summary = self.summary
