@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROWS = 2_000_000
+ROWS = 1_000_000
 
 
 def _file(tmp_path: Path) -> Path:
@@ -28,7 +28,7 @@ def _file(tmp_path: Path) -> Path:
             "user_id": pa.array([f"u{i % 5000}" for i in range(ROWS)]),
             "event_type": pa.array(["page_view"] * ROWS),
             "timestamp": pa.array(["2025-11-26T10:00:00Z"] * ROWS),
-            "url": pa.array(["/pricing"] * ROWS),
+            "data": pa.array(['{"url": "/pricing", "title": "Pricing"}'] * ROWS),
         }
     )
     path = tmp_path / "big.parquet"
