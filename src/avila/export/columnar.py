@@ -42,7 +42,12 @@ from avila.export.column_kernels import (
     plain_text,
     unwrap,
 )
-from avila.export.flat_events import DATA_FIELDS, row_to_event
+from avila.export.flat_events import (
+    DATA_FIELDS,
+    FLAT_PART_COLUMNS,
+    flat_part_texts,
+    row_to_event,
+)
 from avila.export.ndjson_envelopes import read_envelopes
 from avila.export.reader import INVALID_UTF8, flat_rows, invalid_utf8
 from avila.ingest.validation import MAX_EVENT_BYTES, MAX_FUTURE, epoch_us, validate_events
@@ -163,11 +168,14 @@ class ColumnarValidator:
         fast &= ts_fast
 
         data, metadata, context = text("data"), text("metadata"), text("context")
-        fast &= object_text(data)
-        fast &= as_mask(pc.is_null(metadata)) | object_text(metadata)
         no_flat_context = np.ones(n, dtype=bool)
         for name in _CONTEXT_COLUMNS:
             no_flat_context &= as_mask(pc.is_null(text(name)))
+        data, context = _flat_parts(
+            batch, rows, unparsed, fast, type_index, data, context, no_flat_context
+        )
+        fast &= object_text(data)
+        fast &= as_mask(pc.is_null(metadata)) | object_text(metadata)
         # A row without context is rebuilt from its flat columns by the per-event path.
         fast &= (as_mask(pc.is_null(context)) & no_flat_context) | object_text(context)
 
@@ -448,3 +456,44 @@ def _context_columns(contexts: list[Any]) -> dict[str, pa.Array]:
         out["referrer"].append(ctx.referrer if ctx is not None else None)
         out["user_agent"].append(ctx.user_agent if ctx is not None else None)
     return {name: pa.array(values, pa.string()) for name, values in out.items()}
+
+
+def _flat_parts(
+    batch: pa.RecordBatch,
+    rows: np.ndarray,
+    unparsed: Mapping[int, Mapping[str, Any]] | None,
+    fast: np.ndarray,
+    type_index: np.ndarray,
+    data: pa.Array,
+    context: pa.Array,
+    no_flat_context: np.ndarray,
+) -> tuple[pa.Array, pa.Array]:
+    """``data`` and ``context`` with the parts a flat row lacks (a file with ``url``,
+    ``browser`` ... columns but no JSON parts) built from its flat columns, as the per-event
+    path builds them (:func:`avila.export.flat_events.flat_part_texts`): such rows then take
+    the column-wise path (~25 us per row less) and store the same texts. Not for rows the fast
+    path has already left, nor for a CSV row with a number cell that holds no number (its
+    event gets the value as written: per event)."""
+    want_data = fast & as_mask(pc.is_null(data))
+    want_context = fast & as_mask(pc.is_null(context)) & ~no_flat_context
+    if unparsed:
+        odd = np.isin(rows, np.fromiter(unparsed.keys(), dtype=np.int64))
+        want_data &= ~odd
+        want_context &= ~odd
+    picked = np.flatnonzero(want_data | want_context)
+    if not len(picked):
+        return data, context
+    names = [name for name in batch.schema.names if name in FLAT_PART_COLUMNS]
+    found = flat_rows(batch.select(names).take(pa.array(picked))) if names else []
+    parts = found or [{} for _ in picked]
+    type_names = [_PASCAL_NAMES[int(i)] for i in type_index[picked]]
+    data_texts, context_texts = flat_part_texts(
+        parts, type_names, want_data[picked], want_context[picked]
+    )
+    if data_texts:
+        data = pc.replace_with_mask(data, pa.array(want_data), pa.array(data_texts, pa.string()))
+    if context_texts:
+        context = pc.replace_with_mask(
+            context, pa.array(want_context), pa.array(context_texts, pa.string())
+        )
+    return data, context

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from avila.storage.schema import EVENT_TYPES
 
@@ -62,6 +63,52 @@ def _json_part(value: Any) -> Any:
     return value
 
 
+def flat_data(type_name: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """``event_type.data`` of a flat row without a ``data`` part, from its flat columns."""
+    data = {
+        name: _flat_value(row[column])
+        for column, name in DATA_FIELDS.get(str(type_name), {}).items()
+        if row.get(column) is not None
+    }
+    if type_name == "Custom" and row.get("properties") is not None:
+        data["properties"] = _json_part(row["properties"])
+    return data
+
+
+def flat_context(row: dict[str, Any]) -> dict[str, Any]:
+    """``context`` of a flat row without a ``context`` part, from its flat columns."""
+    device = {k: _flat_value(row[k]) for k in _DEVICE if row.get(k) is not None}
+    location = {k: _flat_value(row[k]) for k in _LOCATION if row.get(k) is not None}
+    return {
+        k: v
+        for k, v in (
+            ("device", device or None),
+            ("location", location or None),
+            ("referrer", _flat_value(row.get("referrer"))),
+            ("user_agent", _flat_value(row.get("user_agent"))),
+        )
+        if v is not None
+    }
+
+
+#: The flat columns :func:`flat_data` and :func:`flat_context` read.
+FLAT_PART_COLUMNS = frozenset(
+    {column for fields in DATA_FIELDS.values() for column in fields}
+    | {"properties", *_DEVICE, *_LOCATION, "referrer", "user_agent"}
+)
+
+
+def flat_part_texts(
+    rows: list[dict[str, Any]], type_names: list[str], data: np.ndarray, context: np.ndarray
+) -> tuple[list[str], list[str]]:
+    """The JSON texts :func:`row_to_event` would embed as ``data`` for the rows that ``data``
+    marks and as ``context`` for those ``context`` marks (each list in row order over its
+    marked rows), so the import's column-wise path stores what the per-event path would."""
+    data_texts = [_encode(flat_data(type_names[i], rows[i])).decode() for i in np.flatnonzero(data)]
+    context_texts = [_encode(flat_context(rows[i])).decode() for i in np.flatnonzero(context)]
+    return data_texts, context_texts
+
+
 def row_to_event(row: dict[str, Any]) -> bytes:
     """The seed's event JSON for a flat (exported) row or a seed-shaped object."""
     event_type = row.get("event_type")
@@ -70,27 +117,10 @@ def row_to_event(row: dict[str, Any]) -> bytes:
     type_name = _PASCAL.get(event_type, event_type) if isinstance(event_type, str) else event_type
     data = _json_part(row.get("data"))
     if data is None:
-        data = {
-            name: _flat_value(row[column])
-            for column, name in DATA_FIELDS.get(str(type_name), {}).items()
-            if row.get(column) is not None
-        }
-        if type_name == "Custom" and row.get("properties") is not None:
-            data["properties"] = _json_part(row["properties"])
+        data = flat_data(type_name, row)
     context = _json_part(row.get("context"))
     if context is None:
-        device = {k: _flat_value(row[k]) for k in _DEVICE if row.get(k) is not None}
-        location = {k: _flat_value(row[k]) for k in _LOCATION if row.get(k) is not None}
-        context = {
-            k: v
-            for k, v in (
-                ("device", device or None),
-                ("location", location or None),
-                ("referrer", _flat_value(row.get("referrer"))),
-                ("user_agent", _flat_value(row.get("user_agent"))),
-            )
-            if v is not None
-        }
+        context = flat_context(row)
     event: dict[str, Any] = {
         "user_id": row.get("user_id"),
         "event_type": {"type": type_name, "data": data},
