@@ -157,3 +157,21 @@ def test_a_flat_row_without_any_part_column_is_judged_as_the_api_would() -> None
         (row, code, path) for row, code, _, path in expected_rejections
     ]
     assert [r[3] for r in expected_rejections] == ["event_type.data.url"]
+
+
+def test_rows_without_any_flat_part_column_are_judged_as_the_api_would() -> None:
+    """Only ids, type and time: a Login is stored with empty parts, a PageView (it needs a
+    ``url``) rejected, as the per-event path does."""
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "event_id": ["l1", "p1"],
+            "user_id": ["u", "u"],
+            "event_type": ["Login", "PageView"],
+            "timestamp": ["2025-11-26T10:00:00Z"] * 2,
+        }
+    )
+    expected, expected_rejections = _per_event(batch)
+    checked = ColumnarValidator(PROJECT, RECEIVED).flat(batch, 1)
+    assert checked.accepted.to_pylist() == expected.to_pylist()
+    assert [(r.row, r.code, r.message, r.path) for r in checked.rejected] == expected_rejections
+    assert [r[0] for r in expected_rejections] == [2]

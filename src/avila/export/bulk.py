@@ -51,13 +51,11 @@ from avila.export.importer import ImportSummary
 from avila.export.reader import ndjson_batches, read_guarded, reading
 from avila.storage import purchase_table, rollups, session_table
 from avila.storage.duckdb.store import DuckDBStore
-from avila.storage.schema import EVENT_COLUMN_NAMES
 
 #: Rows per validated batch: DuckDB's row group (122,880 rows) so that every append fills
 #: whole row groups (100,000-row appends measured ~40 % more insert CPU per row).
 BULK_BATCH_ROWS = 122_880
 _US = timedelta(microseconds=1)
-_EVENT_COLUMNS = ", ".join(f'"{name}"' for name in EVENT_COLUMN_NAMES)
 
 
 @dataclass

@@ -484,8 +484,7 @@ def _flat_parts(
     if not len(picked):
         return data, context
     names = [name for name in batch.schema.names if name in FLAT_PART_COLUMNS]
-    found = flat_rows(batch.select(names).take(pa.array(picked))) if names else []
-    parts = found or [{} for _ in picked]
+    parts = flat_rows(batch.select(names).take(pa.array(picked))) if names else [{}] * len(picked)
     type_names = [_PASCAL_NAMES[int(i)] for i in type_index[picked]]
     data_texts, context_texts = flat_part_texts(
         parts, type_names, want_data[picked], want_context[picked]
