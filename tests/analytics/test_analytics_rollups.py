@@ -146,6 +146,40 @@ def test_users_per_country_and_device_from_the_active_users_pass_or_without_it(
         assert [(c[column], c["users"]) for c in got[key]] == want[:10]
 
 
+def test_active_users_over_several_day_words_equal_raw_rows_and_a_python_count(
+    store: Store,
+) -> None:
+    """A range of 150 days takes three 63-day words of day bits per user, and most users are
+    active in only some of them (their other words are NULL): daily, weekly and monthly
+    active users and the users per place must still be the raw rows' and a plain count's."""
+    rows = random_events(7, 90, span=timedelta(days=150), grid=timedelta(hours=13))
+    rng = random.Random(7)
+    for row in rows:
+        row["country"] = rng.choice(["DE", "FR", "ÜN", None])
+        row["device_type"] = rng.choice(DEVICES)
+    load_late_and_shuffled(store, rows, 7, late_before=T0 + timedelta(days=40), batch_rows=53)
+    lo, hi = T0 + timedelta(days=2, hours=3), T0 + timedelta(days=149, hours=20)
+    found = active_users(store, PROJECT, lo, hi, places=True)
+    assert found is not None
+    _assert_same(store, lo, hi)
+    mine = [r for r in rows if r["project_id"] == PROJECT and lo <= r["ts"] < hi]
+    per: dict[str, dict[Any, set[str]]] = {"day": defaultdict(set), "week": defaultdict(set)}
+    months: dict[Any, set[str]] = defaultdict(set)
+    for r in mine:
+        day = r["ts"].date()
+        per["day"][day.isoformat()].add(r["user_id"])
+        per["week"][(day - timedelta(days=day.weekday())).isoformat()].add(r["user_id"])
+        months[day.replace(day=1).isoformat()].add(r["user_id"])
+    got = overview(store, PROJECT, _span(lo, hi))
+    assert {d["date"]: d["users"] for d in got["dau"]} == {k: len(v) for k, v in per["day"].items()}
+    assert {w["week_start"]: w["users"] for w in got["wau"]} == {
+        k: len(v) for k, v in per["week"].items()
+    }
+    assert {m["month"]: m["users"] for m in got["mau"]} == {k: len(v) for k, v in months.items()}
+    assert got["unique_users"] == len({r["user_id"] for r in mine})
+    assert len(got["dau"]) > 63  # the test is about more than one word
+
+
 def test_erased_user_is_forgotten_by_the_rollups(store: Store) -> None:
     rows = _rows(3)
     _load_late_and_shuffled(store, rows, 3)
