@@ -17,7 +17,15 @@ then times three passes shaped like the product's (the whole history per user as
 reads it, distinct users of 30 days as the overview and sessions report count them, users by
 country and device of 30 days as the overview's active-users pass groups them) keyed by each,
 alternating, ``--runs`` times each, and prints medians. Every pass must give the same answer
-with every key (checked). The copy is deleted afterwards. Nothing is written to RESULTS.md.
+with every key (checked).
+
+Then what a dense key assigned *lazily* would cost (the loader cannot afford a dictionary lookup
+per small round; a later pass, such as the rollup compaction, could key many rounds' rows at
+once): the user days of the last ``--pending-days`` days lose their ``k32`` and the users first
+seen on them leave the dictionary; the whole-history pass is timed with those rows mapped
+through the dictionary at query time (new users numbered on the fly) against the keyed and the
+string pass, and one keying pass (new users into the dictionary, keys set) is timed. The copy
+is deleted afterwards. Nothing is written to RESULTS.md.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ def main() -> None:
     )
     parser.add_argument("source", type=Path, help="a bench_analytics.py DuckDB file")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--pending-days", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="avila-user-keys-", dir=args.source.parent) as tmp:
         copy = Path(tmp) / "copy.duckdb"
@@ -89,6 +98,7 @@ def main() -> None:
                     answer = con.execute(sql.format(k=key)).fetchall()
                     walls.setdefault((name, key), []).append(time.perf_counter() - t)
                     answers[name].add(tuple(answer))
+        lazy = _lazy_keying(con, passes["whole history per user"], args.pending_days, args.runs)
         con.close()
     for name, found in answers.items():
         assert len(found) == 1, (name, found)
@@ -101,6 +111,84 @@ def main() -> None:
             median = statistics.median(walls[(name, key)])
             cells.append(f"{median:8.3f} ({median / base:.2f})")
         print(f"{name:36s}" + "".join(f"{c:>16s}" for c in cells))
+    print(f"lazy keying, the last {args.pending_days} day(s) unkeyed (median wall s):")
+    for name, value in lazy.items():
+        print(f"  {name:60s}{value:10.3f}")
+
+
+#: The whole-history pass keyed by ``k32`` where set, and for the unkeyed rows by the
+#: dictionary's key or, for users not in it yet, a negative number given at query time.
+_MAPPED = """
+WITH p AS (SELECT DISTINCT user_id FROM rollup_user_days WHERE project_id = 'bench' AND k32 IS NULL),
+m AS (SELECT p.user_id, coalesce(u.k, -(row_number() OVER ())::INTEGER) AS k
+      FROM p LEFT JOIN user_keys u USING (user_id)),
+kd AS (
+  SELECT 'bench' AS project_id, k32 AS k, day FROM rollup_user_days
+  WHERE project_id = 'bench' AND k32 IS NOT NULL
+  UNION ALL
+  SELECT 'bench', m.k, d.day FROM rollup_user_days d JOIN m USING (user_id)
+  WHERE d.project_id = 'bench' AND d.k32 IS NULL)
+"""
+
+
+def _lazy_keying(
+    con: duckdb.DuckDBPyConnection, whole_history: str, pending_days: int, runs: int
+) -> dict[str, float]:
+    (last,) = con.execute("SELECT max(day) FROM rollup_user_days").fetchone() or (None,)
+    con.execute(
+        f"UPDATE rollup_user_days SET k32 = NULL WHERE day > DATE '{last}' - {pending_days}"
+    )
+    con.execute(
+        "DELETE FROM user_keys WHERE user_id NOT IN (SELECT user_id FROM rollup_user_days"
+        " WHERE k32 IS NOT NULL)"
+    )
+    con.execute("CHECKPOINT")
+    ((pending, new_users, known),) = con.execute(
+        "SELECT count(*), count(DISTINCT user_id) FILTER (WHERE user_id NOT IN"
+        " (SELECT user_id FROM user_keys)), (SELECT count(*) FROM user_keys)"
+        " FROM rollup_user_days WHERE k32 IS NULL"
+    ).fetchall()
+    print(f"lazy keying: {pending:,} unkeyed user days, {new_users:,} users not in the"
+          f" dictionary of {known:,}")  # fmt: skip
+    forms = {
+        "whole history by user_id (string)": whole_history.format(k="user_id"),
+        "whole history by k32, unkeyed rows mapped at query time": _MAPPED
+        + whole_history.format(k="k").replace("FROM rollup_user_days", "FROM kd"),
+    }
+    walls: dict[str, list[float]] = {name: [] for name in forms}
+    found = set()
+    for _ in range(runs):
+        for name, sql in forms.items():
+            t = time.perf_counter()
+            found.add(tuple(con.execute(sql).fetchall()))
+            walls[name].append(time.perf_counter() - t)
+    assert len(found) == 1, found
+    t = time.perf_counter()
+    con.execute("BEGIN")
+    con.execute(
+        "INSERT INTO user_keys SELECT user_id, (SELECT max(k) FROM user_keys)"
+        " + (row_number() OVER ())::INTEGER FROM (SELECT DISTINCT user_id FROM rollup_user_days"
+        " WHERE k32 IS NULL AND user_id NOT IN (SELECT user_id FROM user_keys))"
+    )
+    con.execute(
+        "UPDATE rollup_user_days SET k32 = u.k FROM user_keys u"
+        " WHERE rollup_user_days.k32 IS NULL AND u.user_id = rollup_user_days.user_id"
+    )
+    con.execute("COMMIT")
+    keying = time.perf_counter() - t
+    ((left,),) = con.execute("SELECT count(*) FROM rollup_user_days WHERE k32 IS NULL").fetchall()
+    assert left == 0
+    keyed = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        found.add(tuple(con.execute(whole_history.format(k="k32")).fetchall()))
+        keyed.append(time.perf_counter() - t)
+    assert len(found) == 1, found
+    return {
+        **{name: statistics.median(w) for name, w in walls.items()},
+        "whole history by k32, all keyed again": statistics.median(keyed),
+        "one keying pass (dictionary insert + keys set), one run": keying,
+    }
 
 
 if __name__ == "__main__":
