@@ -36,7 +36,6 @@ def ordered_levels(
         return level, conv, first_row
     # Row positions in 32 bits when they fit: these passes are bound by memory traffic.
     idx = np.int32 if n < np.iinfo(np.int32).max else np.int64
-    pos = np.arange(n, dtype=idx)
     new_group = np.ones(n, dtype=bool)
     new_group[1:] = (ucode[1:] != ucode[:-1]) | (t[1:] != t[:-1])
     group_start = np.flatnonzero(new_group).astype(idx)
@@ -47,18 +46,21 @@ def ordered_levels(
     else:
         ref_row = np.repeat(np.append(group_start[1:] - 1, n - 1).astype(idx), group_size)
 
-    valid = (masks & 1) != 0
-    start = t
-    hit = np.flatnonzero(valid)
+    # One step bit per row in 32 bits (at most 20 steps), and the chain start of each row that
+    # holds a valid step, updated in place: a step's rows read only the previous step's.
+    bits = np.asarray(masks).astype(np.uint32)
+    start = np.array(t, dtype=np.int64)
+    hit = np.flatnonzero(bits & np.uint32(1))
     users, first = sorted_unique(ucode[hit])
     level[users] = 1
     first_row[users] = hit[first]
     for k in range(1, nsteps):
         if hit.size == 0:
             break
-        last_valid = np.where(valid, pos, idx(-1))
+        last_valid = np.full(n, -1, dtype=idx)
+        last_valid[hit] = hit
         np.maximum.accumulate(last_valid, out=last_valid)
-        cand = np.flatnonzero((masks >> k) & 1)
+        cand = np.flatnonzero(bits & np.uint32(1 << k))
         ref = ref_row[cand]
         src = np.where(ref >= 0, last_valid[np.maximum(ref, 0)], -1)
         ok = src >= 0
@@ -66,11 +68,7 @@ def ordered_levels(
         ok &= ucode[src0] == ucode[cand]
         ok &= t[cand] <= start[src0] + window
         hit, src = cand[ok], src0[ok]
-        valid = np.zeros(n, dtype=bool)
-        valid[hit] = True
-        new_start = np.zeros(n, dtype=np.int64)
-        new_start[hit] = start[src]
-        start = new_start
+        start[hit] = start[src]
         users, first = sorted_unique(ucode[hit])
         level[users] = k + 1
         conv[users, k] = (t[hit[first]] - t[src[first]]) / 1e6
