@@ -26,7 +26,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,28 +33,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def reports(store: Any) -> list[tuple[str, Callable[[], Any]]]:
-    """Issue 13's six rows (``bench_analytics.clickhouse_cases``' questions, ours only)."""
-    from bench_analytics import END, PROJECT, Q_END, Q_START, STEPS, _stitched
+    """Issue 13's six rows: ``bench_analytics.clickhouse_cases``' questions, ours only (the
+    ClickHouse side is never called, so it needs no engine)."""
+    from bench_analytics import clickhouse_cases
 
-    from avila.analytics import funnel, overview, retention, sessions
-    from avila.analytics.rfm import score_table
-
-    d30 = {"start_time": Q_START, "end_time": Q_END}
-    w12 = {
-        "period": "week",
-        "periods": 12,
-        "start_time": END - timedelta(weeks=12),
-        "end_time": END,
-    }
-    return [
-        ("funnel (4 steps, 30 d)",
-         lambda: funnel(store, PROJECT, {"steps": STEPS, "start_time": Q_START, "end_time": Q_END})),
-        ("retention (12 weeks)", lambda: retention(store, PROJECT, w12)),
-        ("overview (30 d)", lambda: overview(store, PROJECT, d30)),
-        ("overview, stitched view", lambda: _stitched(overview, store, PROJECT, d30)),
-        ("sessions (30 d)", lambda: sessions(store, PROJECT, d30)),
-        ("rfm (365 d)", lambda: score_table(store, PROJECT, {"reference_date": END})),
-    ]  # fmt: skip
+    return [(name, mine) for name, mine, _theirs in clickhouse_cases(store, None)]
 
 
 def child(path: Path, calls: int, gap: float) -> None:
