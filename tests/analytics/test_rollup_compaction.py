@@ -150,6 +150,7 @@ def test_a_day_is_due_once_it_doubles_by_enough_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(rollups, "COMPACT_MIN_ROWS", 20)
+    monkeypatch.setattr(rollups, "_today", lambda: T0.date())  # days that still fill
     store = DuckDBStore(tmp_path / "due.duckdb")
 
     def write(n: int, users: list[str], day: int) -> None:
@@ -193,6 +194,45 @@ def test_a_day_is_due_once_it_doubles_by_enough_rows(
     assert reader.compact_rollups() == 0
     assert reader.query("SELECT count(*) FROM rollup_user_days WHERE user_id = 'a'") == [(41,)]
     reader.close()
+
+
+def test_a_finished_day_is_due_at_a_tenth_more_rows_a_day_still_filling_at_double(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Days before yesterday (UTC) no longer fill: each is compacted once its rows pass its
+    baseline by FINISHED_GROWTH; yesterday and today keep the doubling rule. Sums unchanged."""
+    monkeypatch.setattr(rollups, "COMPACT_MIN_ROWS", 3)
+    today = (T0 + timedelta(days=10)).date()
+    monkeypatch.setattr(rollups, "_today", lambda: today)
+    store = DuckDBStore(tmp_path / "finished.duckdb")
+    days = (0, 8, 9)  # finished, the last finished one (today - 2), yesterday
+    users = [f"u{i}" for i in range(30)]
+
+    def write(day: int, who: list[str], minute: int) -> None:
+        when = T0 + timedelta(days=day, minutes=minute)
+        store.append_events(to_table([event(u, when, "custom", event_name="x") for u in who]))
+
+    def user_day_rows() -> list[int]:
+        sql = "SELECT count(*) FROM rollup_user_days WHERE day = ?"
+        return [store.query(sql, [(T0 + timedelta(days=d)).date()])[0][0] for d in days]
+
+    for day in days:
+        write(day, users, 0)
+    assert store.compact_rollups(max_days=100) == 0  # first sight: baselines of 30 keys
+    for day in days:
+        write(day, users[:2], 1)  # 32 rows: under a tenth more
+    assert store.compact_rollups(max_days=100) == 0
+    for day in days:
+        write(day, users[2:4], 2)  # 34 rows: a tenth more (33) and 4 rows more (3)
+    events = store.query("SELECT sum(events) FROM rollup_user_days")
+    assert store.compact_rollups(max_days=100) == 2  # days 0 and 8, rollup_user_days
+    assert user_day_rows() == [30, 30, 34]
+    assert store.query("SELECT sum(events) FROM rollup_user_days") == events
+    write(9, users, 3)  # yesterday at 64 rows: past double its baseline of 30
+    # both tables: rollup_daily's one key of day 9 now has a row per write, 4 (baseline 1)
+    assert store.compact_rollups(max_days=100) == 2
+    assert user_day_rows() == [30, 30, 30]
+    store.close()
 
 
 def test_days_first_seen_are_counted_a_few_rows_per_call_newest_first(
