@@ -370,9 +370,9 @@ def _rollups_due(path: Path) -> bool:
 def _compact_like_a_server(store: Store) -> None:
     """Leave the rollups as a running server's loader leaves a store with history
     (:mod:`avila.storage.rollups`' compaction: every bench day is finished, so each ends with
-    at most a tenth more rows than keys). ``generate`` appends in chunks, as ``avila import``
-    does, and never compacts; the reports would read 18 % more user-day rows at 100 M than on
-    the store a server keeps (benchmarks/RESULTS.md, "Finished days compacted")."""
+    at most a tenth more rows than keys). ``generate`` appends 1 M-event transactions (a
+    loader's rounds are smaller) and never compacts; the reports would read 18 % more user-day
+    rows at 100 M than on the store a server keeps (benchmarks/RESULTS.md, "Finished days compacted")."""
     t0 = time.perf_counter()
     days = 0
     while True:
