@@ -158,8 +158,10 @@ def test_a_long_user_id_in_the_buyers_table_is_cut_with_the_whole_id_in_its_tool
         has_text=LONG_USER[:20]
     )
     link.click()  # still the link to the whole id's profile
-    page.wait_for_selector("#user-profile h2", timeout=30_000)
-    assert page.locator("#user-profile h2").first.inner_text() == LONG_USER
+    # The profile's title is #user-profile's own h2; the buyers card (an h2 inside its card)
+    # is there until the profile replaces it, so waiting for any h2 raced the click.
+    page.wait_for_selector("#user-profile > h2", timeout=30_000)
+    assert page.locator("#user-profile > h2").inner_text() == LONG_USER
 
 
 # ---- 2. revenue in the currency of the purchases -------------------------------------------
