@@ -298,3 +298,43 @@ def test_the_loader_compacts_while_small_rounds_load(
     # without compaction, each round would have left a row per key it wrote (about 40 here)
     assert store.query("SELECT count(*) FROM rollup_user_days")[0][0] < 20
     store.close()
+
+
+def test_an_idle_loader_works_through_a_history_of_days_without_waiting_a_minute_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store upgraded with a history to compact: its days are first seen a few rows per look
+    (FIRST_SIGHT_ROWS). An idle loader looks again at its next idle tick while days are left,
+    instead of every COMPACT_EVERY_S (here an hour, after a first look due at once)."""
+    import asyncio
+
+    from avila.storage import loader as loader_module
+
+    monkeypatch.setattr(rollups, "COMPACT_MIN_ROWS", 1)
+    monkeypatch.setattr(rollups, "FIRST_SIGHT_ROWS", 1)  # a day per table per look
+    store = DuckDBStore(tmp_path / "history.duckdb")
+    users = [f"u{i}" for i in range(5)]
+    days = 6
+    for day in range(days):  # two writes per day: each key twice, due under any rule
+        for minute in range(2):
+            when = T0 + timedelta(days=day, minutes=minute)
+            store.append_events(to_table([event(u, when, "custom", event_name="x") for u in users]))
+    assert store.query("SELECT count(*) FROM rollup_user_days") == [(2 * days * len(users),)]
+    store.ingest_log_config = IngestLogConfig(tmp_path / "log")
+
+    async def idle() -> int:
+        monkeypatch.setattr(loader_module, "COMPACT_EVERY_S", 0.0)  # the first look: due at once
+        service = IngestService(store)
+        await service.start()
+        monkeypatch.setattr(loader_module, "COMPACT_EVERY_S", 3600.0)  # later ones: an hour
+        rows = "SELECT count(*) FROM rollup_user_days"
+        deadline = time.monotonic() + 60
+        while store.query(rows)[0][0] > days * len(users) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        await service.close()
+        return int(store.query(rows)[0][0])
+
+    assert asyncio.run(idle()) == days * len(users)  # one row per key, every day
+    assert _one_row_per_key(store)
+    assert store.query("SELECT sum(events) FROM rollup_user_days") == [(2 * days * len(users),)]
+    store.close()

@@ -249,6 +249,9 @@ class Store(ABC):
     #: Whether the backend keeps sessions as events are written (:mod:`avila.storage.
     #: session_table`).
     has_kept_sessions = False
+    #: After :meth:`compact_rollups`: whether it left days to look at or compact (days seen for
+    #: the first time, or more due than it took): an idle caller may look again at once.
+    rollups_catching_up = False
 
     def settle_kept_sessions(self) -> None:
         """Cut the sessions of events written since the last cut (a sessions read calls it

@@ -185,6 +185,7 @@ class DuckDBStore(DuckDBRows):
         if due.baselines:
             with self.bulk_transaction() as cursor:
                 rollups.record_baselines(cursor, due.baselines)
+        self.rollups_catching_up = bool(due.baselines) or len(due.pairs) > max_days
         # a day per transaction: a loader round waits for one day's rewrite at most
         for table, day in due.pairs[:max_days]:
             with self.bulk_transaction() as cursor:
