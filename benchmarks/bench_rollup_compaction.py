@@ -101,12 +101,8 @@ def main() -> None:
         days = 0
         while True:  # until every day has been seen and nothing is due
             done = stores["B"].compact_rollups(max_days=50)
-            days += done
-            unseen = stores["B"].query(
-                "SELECT count(*) FROM (SELECT DISTINCT day FROM rollup_user_days) d"
-                " ANTI JOIN rollup_compactions c ON c.day = d.day"
-            )[0][0]
-            if not done and not unseen:
+            days += done.days
+            if not done.more_left:
                 break
         print(f"B: compacted {days} (table, day) pairs in {time.perf_counter() - t0:.1f} s"
               f" ({time.process_time() - c0:.1f} CPU-s): {counts(stores['B'])}")  # fmt: skip

@@ -105,7 +105,7 @@ def test_compaction_sums_partial_rows_and_changes_no_answer(
     first = [event("first", T0 + timedelta(days=d, hours=1), url="/") for d in range(5)]
     rows += first
     store.append_events(to_table(first))
-    assert store.compact_rollups() == 0  # first sight of each day: its baseline only
+    assert store.compact_rollups().days == 0  # first sight of each day: its baseline only
     load_late_and_shuffled(store, rows[:-5], 7, late_before=T0 + timedelta(days=1), batch_rows=2)
     link_identity(store, "u002", "u001")
     link_identity(store, "u003", "u002")
@@ -118,7 +118,7 @@ def test_compaction_sums_partial_rows_and_changes_no_answer(
     before = _answers(store)
     daily_rows = store.query("SELECT count(*) FROM rollup_daily")[0][0]
 
-    compacted = store.compact_rollups(max_days=100)
+    compacted = store.compact_rollups(max_days=100).days
 
     assert compacted > 0
     assert _one_row_per_key(store)
@@ -142,7 +142,7 @@ def test_compaction_sums_partial_rows_and_changes_no_answer(
             assert got.pop(key) == pytest.approx(raw.pop(key), rel=1e-12)
         assert got == raw
     # nothing grew since: nothing is due
-    assert store.compact_rollups(max_days=100) == 0
+    assert store.compact_rollups(max_days=100).days == 0
     store.close()
 
 
@@ -166,32 +166,32 @@ def test_a_day_is_due_once_it_doubles_by_enough_rows(
     # a day first seen with its keys' partial rows already past the rule (a store from before
     # compaction): due at once; its baseline is its distinct keys, not its rows
     write(25, ["old"], day=2)
-    assert store.compact_rollups() == 2
+    assert store.compact_rollups().days == 2
     assert user_day_rows(2) == 1
     # day 0: first seen with 12 rows of one key: baseline 1, grown by 11 (< 20)
     write(12, ["a"], day=0)
-    assert store.compact_rollups() == 0
+    assert store.compact_rollups().days == 0
     write(9, ["a"], day=0)  # 21 rows: 20 more than the baseline of 1
-    assert store.compact_rollups() == 2
+    assert store.compact_rollups().days == 2
     assert store.query("SELECT events FROM rollup_user_days WHERE user_id = 'a'") == [(21,)]
     # day 1: 30 user-day keys seen once each (baseline 30); 25 rows more is enough rows but
     # not double. (Its one rollup_daily key, one row per write, is due each time it has grown
     # by 20 rows.)
     users = [f"u{i}" for i in range(30)]
     write(30, users, day=1)
-    assert store.compact_rollups() == 1  # rollup_daily only
+    assert store.compact_rollups().days == 1  # rollup_daily only
     assert user_day_rows(1) == 30
     write(25, users, day=1)
-    assert store.compact_rollups() == 1  # rollup_daily only
+    assert store.compact_rollups().days == 1  # rollup_daily only
     assert user_day_rows(1) == 55
     write(5, users, day=1)  # 60 rows: twice the baseline
-    assert store.compact_rollups() == 1  # rollup_user_days (rollup_daily: 5 rows more)
+    assert store.compact_rollups().days == 1  # rollup_user_days (rollup_daily: 5 rows more)
     assert user_day_rows(1) == 30
     assert store.query("SELECT sum(events) FROM rollup_user_days") == [(25 + 21 + 60,)]
     write(40, ["a"], day=0)  # due again, but a read-only store never writes
     store.close()
     reader = DuckDBStore(tmp_path / "due.duckdb", read_only=True)
-    assert reader.compact_rollups() == 0
+    assert reader.compact_rollups().days == 0
     assert reader.query("SELECT count(*) FROM rollup_user_days WHERE user_id = 'a'") == [(41,)]
     reader.close()
 
@@ -218,19 +218,19 @@ def test_a_finished_day_is_due_at_a_tenth_more_rows_a_day_still_filling_at_doubl
 
     for day in days:
         write(day, users, 0)
-    assert store.compact_rollups(max_days=100) == 0  # first sight: baselines of 30 keys
+    assert store.compact_rollups(max_days=100).days == 0  # first sight: baselines of 30 keys
     for day in days:
         write(day, users[:2], 1)  # 32 rows: under a tenth more
-    assert store.compact_rollups(max_days=100) == 0
+    assert store.compact_rollups(max_days=100).days == 0
     for day in days:
         write(day, users[2:4], 2)  # 34 rows: a tenth more (33) and 4 rows more (3)
     events = store.query("SELECT sum(events) FROM rollup_user_days")
-    assert store.compact_rollups(max_days=100) == 2  # days 0 and 8, rollup_user_days
+    assert store.compact_rollups(max_days=100).days == 2  # days 0 and 8, rollup_user_days
     assert user_day_rows() == [30, 30, 34]
     assert store.query("SELECT sum(events) FROM rollup_user_days") == events
     write(9, users, 3)  # yesterday at 64 rows: past double its baseline of 30
     # both tables: rollup_daily's one key of day 9 now has a row per write, 4 (baseline 1)
-    assert store.compact_rollups(max_days=100) == 2
+    assert store.compact_rollups(max_days=100).days == 2
     assert user_day_rows() == [30, 30, 30]
     store.close()
 
@@ -247,11 +247,11 @@ def test_days_first_seen_are_counted_a_few_rows_per_call_newest_first(
             store.append_events(to_table([event("a", when, "custom", event_name="x")]))
     seen = "SELECT DISTINCT day FROM rollup_compactions ORDER BY day"
     for k in range(3):
-        assert store.compact_rollups() == 2  # one day, both tables
+        assert store.compact_rollups().days == 2  # one day, both tables
         assert [d for (d,) in store.query(seen)] == [
             (T0 + timedelta(days=day)).date() for day in range(2 - k, 3)
         ]
-    assert store.compact_rollups() == 0
+    assert store.compact_rollups().days == 0
     assert store.query("SELECT count(*) FROM rollup_user_days") == [(3,)]
     store.close()
 

@@ -12,7 +12,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 
@@ -25,6 +25,17 @@ if TYPE_CHECKING:
 
 #: One SQL statement and its parameters (:meth:`Store.execute_all`).
 Statement = tuple[str, Sequence[Any]]
+
+
+class Compacted(NamedTuple):
+    """What one :meth:`Store.compact_rollups` call did."""
+
+    #: (table, day) pairs compacted
+    days: int = 0
+    #: whether it left days to look at or compact (days seen for the first time, or more due
+    #: than it took): an idle caller may look again at once
+    more_left: bool = False
+
 
 #: How long a read waits for the loader to catch up with what was acknowledged before it.
 READ_BARRIER_S = 5.0
@@ -249,19 +260,17 @@ class Store(ABC):
     #: Whether the backend keeps sessions as events are written (:mod:`avila.storage.
     #: session_table`).
     has_kept_sessions = False
-    #: After :meth:`compact_rollups`: whether it left days to look at or compact (days seen for
-    #: the first time, or more due than it took): an idle caller may look again at once.
-    rollups_catching_up = False
 
     def settle_kept_sessions(self) -> None:
         """Cut the sessions of events written since the last cut (a sessions read calls it
         first; see :class:`avila.storage.session_table.Upkeep`)."""
         return None
 
-    def compact_rollups(self, max_days: int = 8) -> int:
+    def compact_rollups(self, max_days: int = 8) -> Compacted:
         """Sum the partial rollup rows of up to ``max_days`` (table, day) pairs that many small
-        writes made grow (:func:`avila.storage.rollups.compact`); how many were compacted."""
-        return 0
+        writes made grow (:func:`avila.storage.rollups.compact`): how many were compacted, and
+        whether days are left."""
+        return Compacted()
 
     def execute_all(self, statements: Sequence[Statement]) -> list[int]:
         """Run the statements in order in one transaction: all or none; returns what

@@ -379,11 +379,11 @@ class Loader(RoundCommits):
             return
         self._next_compaction = now + COMPACT_EVERY_S
         try:
-            self.store.compact_rollups(max_days)
+            compacted = self.store.compact_rollups(max_days)
         except Exception as exc:
             log.warning("ingest loader could not compact the rollups", extra={"error": str(exc)})
             return
-        if idle and self.store.rollups_catching_up:
+        if idle and compacted.more_left:
             self._next_compaction = now
 
     def _may_split(self, start: int, *, reading: bool, stored_nothing: bool = False) -> bool:

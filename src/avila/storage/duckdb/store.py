@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from avila.errors import StorageUnavailable
 from avila.storage import person_map, purchase_table, rollups, session_table
-from avila.storage.base import Statement
+from avila.storage.base import Compacted, Statement
 from avila.storage.duckdb.migrations import migrate
 from avila.storage.duckdb.rows import DuckDBRows
 from avila.storage.duckdb.watchdog import Watchdog
@@ -173,9 +173,9 @@ class DuckDBStore(DuckDBRows):
             session_table.settle(cursor, [])
         self._sessions.settled()
 
-    def compact_rollups(self, max_days: int = 8) -> int:
+    def compact_rollups(self, max_days: int = 8) -> Compacted:
         if self._sessions is None:  # a read-only store
-            return 0
+            return Compacted()
         # only reads (a day's first sight scans it for its keys): no write lock held meanwhile
         reader = self._conn.cursor()
         try:
@@ -185,12 +185,14 @@ class DuckDBStore(DuckDBRows):
         if due.baselines:
             with self.bulk_transaction() as cursor:
                 rollups.record_baselines(cursor, due.baselines)
-        self.rollups_catching_up = bool(due.baselines) or len(due.pairs) > max_days
         # a day per transaction: a loader round waits for one day's rewrite at most
         for table, day in due.pairs[:max_days]:
             with self.bulk_transaction() as cursor:
                 rollups.compact(cursor, table, day)
-        return min(len(due.pairs), max_days)
+        return Compacted(
+            days=min(len(due.pairs), max_days),
+            more_left=bool(due.baselines) or len(due.pairs) > max_days,
+        )
 
     def append_table(self, table_name: str, table: pa.Table) -> None:
         if table.num_rows == 0:
