@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from avila import process_memory
 from avila.analytics import (
     funnel,
     lifecycle,
@@ -45,7 +46,6 @@ from avila.analytics import (
     stickiness,
 )
 from avila.analytics.rfm import score_table
-from avila.huge_pages import use_plain_pages
 from avila.storage import open_store, rollups
 from avila.storage.base import Store
 from avila.storage.duckdb.analytics_sql import FRAGMENTS
@@ -277,7 +277,7 @@ def clickhouse_cases(
 
 
 def main() -> None:
-    use_plain_pages()  # numpy's memory as in a server process (avila.huge_pages)
+    process_memory.apply()  # memory as in a server process (avila.process_memory)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=5)

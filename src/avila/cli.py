@@ -8,9 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from avila import __version__
+from avila import __version__, process_memory
 from avila.errors import AvilaError
-from avila.huge_pages import use_plain_pages
 
 #: Command modules under ``avila.commands``, in help order. Imported when the parser is built,
 #: so :func:`main` can set process-wide options before pyarrow and DuckDB load.
@@ -44,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    use_plain_pages()  # before the commands import numpy
+    process_memory.apply()  # before the commands import numpy
     if arguments[:1] in (["export"], ["import"], ["migrate-store"]):
         os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", ONE_SHOT_ARROW_POOL)
     args = build_parser().parse_args(arguments)

@@ -1,0 +1,82 @@
+"""How the processes of ``avila`` hold numpy's memory: on plain pages, and freed blocks kept
+for the next report.
+
+**Plain pages.** numpy asks the kernel for transparent huge pages (``madvise``) for every array
+of 4 MB and more, unless ``NUMPY_MADVISE_HUGEPAGE=0``. The reports that allocate the most numpy
+memory (the funnel: per-user levels over millions of candidate rows) paid for it when asked at a
+human pace: at 100 M events the funnel's first call after start took 5.2-5.4 s with huge pages
+and 4.0-4.9 s without, later calls 5 s apart 2.6-2.9 s against 2.3-2.4 s, the other reports no
+slower (benchmarks/RESULTS.md, "numpy's huge pages off for the server"). The likely cause is
+the virtual machine: freed 2 MB blocks are handed back to the host and faulted in again.
+
+**Freed memory kept.** glibc gives every allocation of 128 KB and more its own ``mmap`` and
+hands it back to the kernel when freed, so each report's large arrays are faulted in and zeroed
+anew (~150,000-240,000 page faults per 100 M-event funnel). With ``MALLOC_MMAP_MAX_=0`` they
+come from the heap, and ``MALLOC_TRIM_THRESHOLD_`` lets the heap keep up to :data:`KEEP_BYTES`
+of freed memory for the next report: the 100 M funnel 2.46/2.49 -> 2.03/2.10 s back to back,
+the process's peak memory +0.24/0.28 GB, the other reports 1-4 % slower in sum
+(benchmarks/RESULTS.md, "glibc keeps freed memory for the next report").
+
+Every ``avila`` command applies both (:func:`apply`) to itself and to the processes it starts
+(the store process, query workers: spawned children read the variables at start), unless the
+user set the variables themselves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import importlib
+import os
+import sys
+
+#: numpy's own setting (read when numpy is imported): "0" plain pages, "1" huge pages.
+HUGE_PAGES = "NUMPY_MADVISE_HUGEPAGE"
+#: The most freed memory glibc's heap keeps for later (bytes; mallopt takes a C int).
+KEEP_BYTES = (1 << 31) - 1
+#: glibc's settings (read when a process starts) that keep freed memory.
+KEEP_FREED = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(KEEP_BYTES)}
+#: mallopt's parameter numbers for them (malloc.h)
+_M_MMAP_MAX = -4
+_M_TRIM_THRESHOLD = -1
+
+
+def apply() -> None:
+    """:func:`use_plain_pages` and :func:`keep_freed_memory`."""
+    use_plain_pages()
+    keep_freed_memory()
+
+
+def use_plain_pages() -> bool:
+    """Plain pages for numpy in this process and the processes it starts, unless the user set
+    :data:`HUGE_PAGES`; whether this call chose them. Call it before numpy is imported where
+    possible (the command line does); if numpy is loaded already, its switch is turned too."""
+    if HUGE_PAGES in os.environ:
+        return False
+    os.environ[HUGE_PAGES] = "0"  # read by numpy at import, here and in child processes
+    if "numpy" in sys.modules:
+        multiarray = importlib.import_module("numpy._core.multiarray")
+        switch = getattr(multiarray, "_set_madvise_hugepage", None)
+        if switch is not None:  # (numpy's switch is not public: without it, children only)
+            switch(False)
+    return True
+
+
+def keep_freed_memory() -> bool:
+    """glibc's heap keeps up to :data:`KEEP_BYTES` of freed memory, here (``mallopt``) and in
+    the processes started from here (:data:`KEEP_FREED`); whether this call set it. Left alone
+    when the user set either variable, or on a C library other than glibc (musl)."""
+    if any(name in os.environ for name in KEEP_FREED) or not _glibc():
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, KEEP_BYTES)
+    os.environ.update(KEEP_FREED)
+    return True
+
+
+def _glibc() -> bool:
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):  # not a glibc system
+        return False
