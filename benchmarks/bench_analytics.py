@@ -277,7 +277,7 @@ def clickhouse_cases(
 
 
 def main() -> None:
-    process_memory.apply()  # memory as in a server process (avila.process_memory)
+    process_memory.apply()  # memory as in a query worker (avila.process_memory)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=5)

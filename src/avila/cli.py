@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from avila import __version__, process_memory
+from avila import __version__
 from avila.errors import AvilaError
 
 #: Command modules under ``avila.commands``, in help order. Imported when the parser is built,
@@ -43,7 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    process_memory.apply()  # before the commands import numpy
     if arguments[:1] in (["export"], ["import"], ["migrate-store"]):
         os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", ONE_SHOT_ARROW_POOL)
     args = build_parser().parse_args(arguments)

@@ -17,9 +17,13 @@ of freed memory for the next report: the 100 M funnel 2.46/2.49 -> 2.03/2.10 s b
 the process's peak memory +0.24/0.28 GB, the other reports 1-4 % slower in sum
 (benchmarks/RESULTS.md, "glibc keeps freed memory for the next report").
 
-Every ``avila`` command applies both (:func:`apply`) to itself and to the processes it starts
-(the store process, query workers: spawned children read the variables at start), unless the
-user set the variables themselves.
+Where: the query workers (:mod:`avila.analytics.workers`: reports and model training) apply
+both (:func:`apply`) when they start, unless the user set the variables themselves. Not the
+server process nor the store process: with both settings in every ``avila`` process, the
+single-event ingest p99 while heavy reports ran at 100 M events was 1.97 x worse in an A/B
+(medians of six rounds, 146.7 against 74.4 ms; benchmarks/RESULTS.md, "The memory settings
+in every process: the heavy-query phase"). With ``AVILA_QUERY_WORKERS=0`` reports run in the
+server process, without them.
 """
 
 from __future__ import annotations
@@ -49,8 +53,8 @@ def apply() -> None:
 
 def use_plain_pages() -> bool:
     """Plain pages for numpy in this process and the processes it starts, unless the user set
-    :data:`HUGE_PAGES`; whether this call chose them. Call it before numpy is imported where
-    possible (the command line does); if numpy is loaded already, its switch is turned too."""
+    :data:`HUGE_PAGES`; whether this call chose them. numpy reads the variable when it is
+    imported; if it is loaded already (a query worker), its switch is turned too."""
     if HUGE_PAGES in os.environ:
         return False
     os.environ[HUGE_PAGES] = "0"  # read by numpy at import, here and in child processes

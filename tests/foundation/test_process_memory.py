@@ -1,18 +1,23 @@
-"""How every ``avila`` process holds numpy's memory (``avila.process_memory``): on plain pages,
-with freed blocks kept for the next report, unless the user chose otherwise. Checked in fresh
-interpreters (the settings are process-wide) and on a real server's store process, whose
-environment is where the spawned children learn them."""
+"""How the query workers hold numpy's memory (``avila.process_memory``): on plain pages, with
+freed blocks kept for the next report, unless the user chose otherwise; the server and its store
+process as numpy and glibc have it. Checked in fresh interpreters (the settings are
+process-wide), in a real query worker, and on a real server's processes."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from avila.analytics.workers import QueryWorkers
 from avila.process_memory import HUGE_PAGES, KEEP_FREED
+from avila.storage.base import Store
+from avila.storage.duckdb.process import ProcessStore
 from avila.testing import ServerProcess
 
 #: Prints whether numpy was using huge pages when the script ended (numpy's switch returns
@@ -78,31 +83,55 @@ def test_a_users_own_malloc_setting_is_left_alone() -> None:
     assert _probe(FREED_PROBE, call=True, MALLOC_TRIM_THRESHOLD_="131072") == ["left", "returned"]
 
 
-@pytest.mark.parametrize(
-    ("given", "expected"),
-    [
-        ({}, {HUGE_PAGES: "0", **KEEP_FREED}),
-        (
-            {HUGE_PAGES: "1", "MALLOC_MMAP_MAX_": "65536"},
-            {HUGE_PAGES: "1", "MALLOC_MMAP_MAX_": "65536"},
-        ),
-    ],
-)
-def test_the_servers_store_process_runs_with_the_settings(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    given: dict[str, str],
-    expected: dict[str, str],
+def memory_in_worker(store: Store) -> dict[str, Any]:
+    """Run in a query worker: its settings, numpy's page switch, and whether a freed 256 MB
+    array stays with the process."""
+    import numpy
+    from numpy._core.multiarray import _set_madvise_hugepage
+
+    huge = _set_madvise_hugepage(False)  # (returns the state it replaces)
+
+    def rss_mb() -> int:
+        with open("/proc/self/status") as status:
+            return next(int(x.split()[1]) // 1024 for x in status if x.startswith("VmRSS"))
+
+    before = rss_mb()
+    block = numpy.ones(256 << 17)
+    del block
+    return {
+        "env": {name: os.environ.get(name) for name in OURS},
+        "huge": huge,
+        "kept": rss_mb() - before > 200,
+    }
+
+
+def test_a_query_worker_runs_reports_with_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in OURS:
         monkeypatch.delenv(name, raising=False)
-    server = ServerProcess(tmp_path, env=given or None).start()
+    store = ProcessStore(tmp_path / "store.duckdb")
+    pool = QueryWorkers(store, 1)
     try:
-        (store,) = server.store_pids()
-        environ = Path(f"/proc/{store}/environ").read_bytes().split(b"\0")
-        for name, value in expected.items():
-            assert f"{name}={value}".encode() in environ
-        if "MALLOC_MMAP_MAX_" in given:  # the user's malloc choice: ours not added beside it
-            assert not any(e.startswith(b"MALLOC_TRIM_THRESHOLD_=") for e in environ)
+        got = asyncio.run(pool.run(memory_in_worker, store))
+    finally:
+        pool.close()
+        store.close()
+    assert got == {"env": {HUGE_PAGES: "0", **KEEP_FREED}, "huge": False, "kept": True}
+
+
+def test_the_server_and_its_store_process_keep_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings cost single-event ingest while heavy reports ran (avila.process_memory):
+    the processes that acknowledge and load events run without them."""
+    for name in OURS:
+        monkeypatch.delenv(name, raising=False)
+    server = ServerProcess(tmp_path).start()
+    try:
+        assert server.proc is not None
+        for pid in (server.proc.pid, *server.store_pids()):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert not [e for e in environ if e.split(b"=")[0].decode() in OURS]
     finally:
         assert server.stop() == 0

@@ -63,9 +63,11 @@ Result = dict[str, Any]
 def _worker_main(address: str, authkey: bytes, query_timeout: float, jobs: Connection) -> None:
     """A worker's loop: ``(fn, args)`` in, ``("ok", fn(store, *args))`` or ``("err", exc)`` out,
     until the server closes its end (or dies)."""
+    from avila import process_memory
     from avila.storage.duckdb.channels import RemoteReader
 
     os.nice(NICE)
+    process_memory.apply()  # a report's numpy memory (only here: see that module)
     try:
         store = RemoteReader(address, authkey, query_timeout=query_timeout)
     except Exception as exc:
