@@ -38,7 +38,7 @@ import sys
 HUGE_PAGES = "NUMPY_MADVISE_HUGEPAGE"
 #: The most freed memory glibc's heap keeps for later (bytes; mallopt takes a C int).
 KEEP_BYTES = (1 << 31) - 1
-#: glibc's settings (read when a process starts) that keep freed memory.
+#: glibc's variables for the same (read when a process starts; a user's value wins).
 KEEP_FREED = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(KEEP_BYTES)}
 #: mallopt's parameter numbers for them (malloc.h)
 _M_MMAP_MAX = -4
@@ -52,8 +52,8 @@ def apply() -> None:
 
 
 def use_plain_pages() -> bool:
-    """Plain pages for numpy in this process and the processes it starts, unless the user set
-    :data:`HUGE_PAGES`; whether this call chose them. numpy reads the variable when it is
+    """Plain pages for numpy in this process, unless the user set :data:`HUGE_PAGES`; whether
+    this call chose them. numpy reads the variable when it is
     imported; if it is loaded already (a query worker), its switch is turned too."""
     if HUGE_PAGES in os.environ:
         return False
@@ -67,15 +67,15 @@ def use_plain_pages() -> bool:
 
 
 def keep_freed_memory() -> bool:
-    """glibc's heap keeps up to :data:`KEEP_BYTES` of freed memory, here (``mallopt``) and in
-    the processes started from here (:data:`KEEP_FREED`); whether this call set it. Left alone
-    when the user set either variable, or on a C library other than glibc (musl)."""
+    """glibc's heap in this process keeps up to :data:`KEEP_BYTES` of freed memory
+    (``mallopt``, as :data:`KEEP_FREED` would at start); whether this call set it. Left alone
+    when the user set either variable (glibc read it when the process started), or on a C
+    library other than glibc (musl)."""
     if any(name in os.environ for name in KEEP_FREED) or not _glibc():
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.mallopt(_M_MMAP_MAX, 0)
     libc.mallopt(_M_TRIM_THRESHOLD, KEEP_BYTES)
-    os.environ.update(KEEP_FREED)
     return True
 
 
