@@ -115,8 +115,12 @@ def rollups_agree(store: Store, project_id: str, d0: datetime, d1: datetime) -> 
 #: on, at that day's midnight (several rows per user and day, for countries, devices and partial
 #: rows, which a minimum, a maximum or a bitwise or does not mind). A report that only asks
 #: *whether* a user was active on a day, in UTC days, weeks or months, and compares event times
-#: only with midnights, gets the events' answer from it (:func:`user_days_answer`).
-USER_DAYS = "(SELECT project_id, user_id, CAST(day AS TIMESTAMP) AS ts FROM rollup_user_days)"
+#: only with midnights, gets the events' answer from it (:func:`user_days_answer`). Its
+#: ``user_id`` is the user's key (:data:`avila.storage.rollups.USER_KEY`), a number cheaper to
+#: group by than the id: readers of it only group, join and count users, never return them.
+USER_DAYS = (
+    "(SELECT project_id, user_key AS user_id, CAST(day AS TIMESTAMP) AS ts FROM rollup_user_days)"
+)
 #: ``read_from`` of a report that reads every event before some time (a user's first event).
 EARLIEST = datetime(1, 1, 1)
 
@@ -378,8 +382,8 @@ GROUP BY b
 """
 # Without links the filter stays on ``day`` itself (the column the table's zone maps know);
 # the mapped relation exposes only the cast ``ts``.
-_TREND_USER_DAYS = """SELECT CAST(day AS TIMESTAMP) AS ts, user_id FROM rollup_user_days
-        WHERE project_id = ? AND day >= ? AND day < ?"""
+_TREND_USER_DAYS = """SELECT CAST(day AS TIMESTAMP) AS ts, user_key AS user_id
+        FROM rollup_user_days WHERE project_id = ? AND day >= ? AND day < ?"""
 #: With identity links: the user days mapped to persons (``{days}``), bounds at midnights.
 _TREND_PERSON_DAYS = "SELECT ts, user_id FROM {days} WHERE project_id = ? AND ts >= ? AND ts < ?"
 

@@ -199,6 +199,12 @@ MIGRATIONS: tuple[tuple[int, str, tuple[Step, ...]], ...] = (
         " (avila.storage.purchase_table)",
         purchase_table.MIGRATION,
     ),
+    (
+        16,
+        "rollup_user_days.user_key: a 128-bit hash of the user id to group by"
+        " (avila.storage.rollups)",
+        (rollups.add_user_key,),
+    ),
 )
 
 
