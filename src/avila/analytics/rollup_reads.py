@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from avila.analytics.calendar import bucket_expr, local_us_expr, utc_throughout
 from avila.analytics.common import events_source, fragments, persons_relation
 from avila.storage.base import Store
-from avila.storage.rollups import DAILY_FROM, USER_KEY
+from avila.storage.rollups import DAILY_FROM
 
 _EDGES = (
     "(SELECT * FROM events WHERE project_id = ? AND ((ts >= ? AND ts < ?) OR (ts >= ? AND ts < ?)))"
@@ -57,10 +57,10 @@ _USERS_PART = """
 SELECT 'users', GROUPING(country, device_type), country, device_type,
   count(DISTINCT {person}), NULL, NULL
 FROM (
-  SELECT {stored_user} AS user_id, country, device_type FROM rollup_user_days
+  SELECT user_id, country, device_type FROM rollup_user_days
   WHERE project_id = ? AND day >= ? AND day < ?
   UNION ALL
-  SELECT {raw_user}, country, device_type FROM {edges}
+  SELECT user_id, country, device_type FROM {edges}
 ) x {join}
 GROUP BY GROUPING SETS ((country), (device_type))
 """
@@ -177,15 +177,6 @@ def _agreeing_days(
     return days
 
 
-def _user_keys(stitched: bool) -> dict[str, str]:
-    """How a users pass names a user in the user days (``stored_user``) and in raw rows
-    (``raw_user``): by the key (:data:`avila.storage.rollups.USER_KEY`), or, with identity
-    links, by the id that is mapped to its person."""
-    if stitched:
-        return {"stored_user": "user_id", "raw_user": "user_id"}
-    return {"stored_user": "user_key", "raw_user": USER_KEY}
-
-
 def overview_aggregates(
     store: Store,
     project_id: str,
@@ -218,7 +209,7 @@ def overview_aggregates(
     if stitched:
         persons = persons_relation(store, events_source(store, project_id))
         join = _STITCH_JOIN.format(persons=persons)
-    users_sql = _USERS_PART.format(person=person, edges=_EDGES, join=join, **_user_keys(stitched))
+    users_sql = _USERS_PART.format(person=person, edges=_EDGES, join=join)
     users_rows = store.query(
         users_sql, [*day_params, *edge_params, *([project_id] if stitched else [])]
     )
@@ -226,10 +217,10 @@ def overview_aggregates(
 
 
 _DISTINCT_USERS = """
-SELECT count(DISTINCT user_key) FROM (
-  SELECT user_key FROM rollup_user_days WHERE project_id = ? AND day >= ? AND day < ?
+SELECT count(DISTINCT user_id) FROM (
+  SELECT user_id FROM rollup_user_days WHERE project_id = ? AND day >= ? AND day < ?
   UNION ALL
-  SELECT {raw_user} FROM {edges})
+  SELECT user_id FROM {edges})
 """
 
 
@@ -244,7 +235,7 @@ def distinct_users(store: Store, project_id: str, start: datetime, end: datetime
         return None
     d0, d1 = days
     ((users,),) = store.query(
-        _DISTINCT_USERS.format(edges=_EDGES, raw_user=USER_KEY),
+        _DISTINCT_USERS.format(edges=_EDGES),
         [project_id, d0.date(), d1.date(), project_id, start, d0, d1, end],
     )
     return int(users)
@@ -258,10 +249,10 @@ def distinct_users(store: Store, project_id: str, start: datetime, end: datetime
 _ACTIVE = """
 WITH x AS (
   SELECT {person} AS user_id{places}, off FROM (
-    SELECT {stored_user} AS user_id{places}, day - ?::DATE AS off FROM rollup_user_days
+    SELECT user_id{places}, day - ?::DATE AS off FROM rollup_user_days
     WHERE project_id = ? AND day >= ? AND day < ?
     UNION ALL
-    SELECT {raw_user}{places}, ts::DATE - ?::DATE FROM {edges}
+    SELECT user_id{places}, ts::DATE - ?::DATE FROM {edges}
   ) x {join}
 ){by_place}, u AS (SELECT {words} FROM {per_user} GROUP BY user_id)
 SELECT count(*), {counts}{place_lists} FROM u
@@ -354,7 +345,6 @@ def active_users(
         words=", ".join(f"bit_or(m{w}) AS m{w}" for w in range(n_words)) if places else words,
         per_user="c" if places else "x",
         place_lists=_PLACE_LISTS if places else "",
-        **_user_keys(persons is not None),
     )
     ((users, *found),) = store.query(
         sql,
