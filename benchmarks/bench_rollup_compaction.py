@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from avila.analytics import overview, retention, stickiness, trends  # noqa: E402
 from avila.storage.duckdb.store import DuckDBStore  # noqa: E402
-from avila.storage.rollups import REVENUE_DECIMAL  # noqa: E402
+from avila.storage.rollups import REVENUE_DECIMAL, USER_KEY  # noqa: E402
 
 PROJECT = "bench"
 END = datetime(2025, 1, 1)
@@ -54,8 +54,8 @@ UNION ALL
 SELECT project_id, day, event_type, 'referrer', referrer, count(*), NULL FROM r
 WHERE referrer IS NOT NULL GROUP BY round, project_id, day, event_type, referrer
 """
-_USER_DAYS_BY_ROUND = """
-SELECT project_id, day, user_id, country, device_type, count(*) FROM r
+_USER_DAYS_BY_ROUND = f"""
+SELECT project_id, day, user_id, country, device_type, count(*), {USER_KEY} FROM r
 GROUP BY round, project_id, day, user_id, country, device_type
 """
 
