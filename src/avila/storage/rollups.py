@@ -86,10 +86,10 @@ SELECT project_id, ts::DATE AS day, user_id, country, device_type, count(*) AS e
 FROM {src} GROUP BY ALL
 """
 
-#: A user's key in ``rollup_user_days``: the MD5 of the id as a 128-bit number. Grouping 50 M
-#: user days by it instead of the id string (which DuckDB decodes and hashes per row) cut the
-#: whole-history pass of retention by about a quarter at 100 M events (benchmarks/RESULTS.md,
-#: "An integer user key for the user days"). Users are told apart by the hash as ClickHouse's
+#: A user's key in ``rollup_user_days``: the MD5 of the id as a 128-bit number. Grouping 43 M
+#: user days by it instead of the id string (which DuckDB decodes and hashes per row) made
+#: 12-week retention 0.80x as long at 100 M events (benchmarks/RESULTS.md, "A stored user
+#: key"). Users are told apart by the hash as ClickHouse's
 #: ``uniqExact`` tells strings apart by SipHash-128: two of n ids share a key with probability
 #: about n^2 / 2^129 (3 M users: 1e-26). Writers compute it in SQL (this expression over the
 #: rows' ``user_id``), so every writer and the migration agree by construction; the column is NOT
