@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from analytics_data import PROJECT, T0, event, store_before_migration, to_table
 
-from avila.analytics import retention, stickiness
+from avila.analytics import retention, stickiness, trends
 from avila.storage import rollups
 from avila.storage.duckdb.migrations import MIGRATIONS
 from avila.storage.duckdb.store import DuckDBStore
@@ -112,3 +112,37 @@ def test_migration_16_keys_the_user_days_of_a_store_from_before_it(tmp_path: Pat
     conn.execute("DELETE FROM schema_version WHERE version = 16")
     conn.close()
     DuckDBStore(tmp_path / "again.duckdb").close()
+
+
+def test_the_user_day_reports_tell_users_apart_by_the_stored_key(tmp_path: Path) -> None:
+    """Retention and trends read the key, not the id: two users given one key (what a hash
+    collision would do) count once from the user days, twice from the raw rows."""
+    store = DuckDBStore(tmp_path / "collide.duckdb")
+    try:
+        store.append_events(to_table(_rows()))
+        span = {"start_time": T0, "end_time": T0 + timedelta(days=9)}
+        query = {**span, "period": "day", "periods": 9}
+        daily = {**span, "interval": "day"}
+        before = (retention(store, PROJECT, query), trends(store, PROJECT, daily))
+        store._cursor().execute(
+            "UPDATE rollup_user_days SET user_key = ? WHERE user_id = 'u1'", [_md5_number("0")]
+        )
+        rolled, raw = (
+            retention(store, PROJECT, query),
+            retention(store, PROJECT, {**query, "filters": EVERY_ROW}),
+        )
+        assert raw == before[0]
+        assert sum(c["size"] for c in raw["cohorts"]) == len(IDS)
+        assert sum(c["size"] for c in rolled["cohorts"]) == len(IDS) - 1
+        users = [p["users"] for p in trends(store, PROJECT, daily)["series"][0]["data"]]
+        raw_users = [
+            p["users"]
+            for p in trends(store, PROJECT, {**daily, "filters": EVERY_ROW})["series"][0]["data"]
+        ]
+        assert raw_users == [p["users"] for p in before[1]["series"][0]["data"]]
+        # u1 (index 0) and "0" (index 6) are both active on days where (d + 0) % 3 and (d + 6) % 3
+        both = [d for d in range(9) if d % 3 and (d + 6) % 3]
+        assert both and all(users[d] == raw_users[d] - 1 for d in both)
+        assert all(users[d] == raw_users[d] for d in range(9) if d not in both)
+    finally:
+        store.close()

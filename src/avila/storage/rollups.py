@@ -130,9 +130,8 @@ _KEYED_USER_DAYS_DDL = (
 def add_user_key(cursor: Any) -> None:
     """Migration 16 (see :data:`USER_KEY`); call inside the migration's transaction."""
     (has,) = cursor.execute(
-        "SELECT count(*) FROM duckdb_columns() WHERE database_name = current_database()"
-        " AND schema_name = 'main' AND table_name = 'rollup_user_days'"
-        " AND column_name = 'user_key'"
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'main'"
+        " AND table_name = 'rollup_user_days' AND column_name = 'user_key'"
     ).fetchone()
     if has:
         return
