@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from analytics_data import PROJECT, T0, event, store_before_migration, to_table
 
-from avila.analytics import retention, stickiness, trends
+from avila.analytics import retention, sessions, stickiness, trends
 from avila.storage import rollups
 from avila.storage.duckdb.migrations import MIGRATIONS
 from avila.storage.duckdb.store import DuckDBStore
@@ -115,8 +115,9 @@ def test_migration_16_keys_the_user_days_of_a_store_from_before_it(tmp_path: Pat
 
 
 def test_the_user_day_reports_tell_users_apart_by_the_stored_key(tmp_path: Path) -> None:
-    """Retention and trends read the key, not the id: two users given one key (what a hash
-    collision would do) count once from the user days, twice from the raw rows."""
+    """Retention, trends and the sessions report's users read the key, not the id: two users
+    given one key (what a hash collision would do) count once from the user days, twice from
+    the raw rows."""
     store = DuckDBStore(tmp_path / "collide.duckdb")
     try:
         store.append_events(to_table(_rows()))
@@ -124,6 +125,10 @@ def test_the_user_day_reports_tell_users_apart_by_the_stored_key(tmp_path: Path)
         query = {**span, "period": "day", "periods": 9}
         daily = {**span, "interval": "day"}
         before = (retention(store, PROJECT, query), trends(store, PROJECT, daily))
+        # the sessions report: whole days from the user days, a partial day from raw rows
+        partial = {"start_time": T0 + timedelta(hours=3), "end_time": T0 + timedelta(days=9)}
+        assert sessions(store, PROJECT, partial) == sessions(store, PROJECT, partial, raw=True)
+        assert sessions(store, PROJECT, partial)["users"] == len(IDS)
         store._cursor().execute(
             "UPDATE rollup_user_days SET user_key = ? WHERE user_id = 'u1'", [_md5_number("0")]
         )
@@ -144,5 +149,7 @@ def test_the_user_day_reports_tell_users_apart_by_the_stored_key(tmp_path: Path)
         both = [d for d in range(9) if d % 3 and (d + 6) % 3]
         assert both and all(users[d] == raw_users[d] - 1 for d in both)
         assert all(users[d] == raw_users[d] for d in range(9) if d not in both)
+        assert sessions(store, PROJECT, partial, raw=True)["users"] == len(IDS)
+        assert sessions(store, PROJECT, partial)["users"] == len(IDS) - 1
     finally:
         store.close()

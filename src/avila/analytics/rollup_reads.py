@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from avila.analytics.calendar import bucket_expr, local_us_expr, utc_throughout
 from avila.analytics.common import events_source, fragments, persons_relation
 from avila.storage.base import Store
-from avila.storage.rollups import DAILY_FROM
+from avila.storage.rollups import DAILY_FROM, USER_KEY
 
 _EDGES = (
     "(SELECT * FROM events WHERE project_id = ? AND ((ts >= ? AND ts < ?) OR (ts >= ? AND ts < ?)))"
@@ -216,11 +216,13 @@ def overview_aggregates(
     return [*events_rows, *users_rows]
 
 
-_DISTINCT_USERS = """
-SELECT count(DISTINCT user_id) FROM (
-  SELECT user_id FROM rollup_user_days WHERE project_id = ? AND day >= ? AND day < ?
+#: Users are told apart by their key (:data:`avila.storage.rollups.USER_KEY`): stored in the
+#: user days, computed for the partial days' raw rows.
+_DISTINCT_USERS = f"""
+SELECT count(DISTINCT user_key) FROM (
+  SELECT user_key FROM rollup_user_days WHERE project_id = ? AND day >= ? AND day < ?
   UNION ALL
-  SELECT user_id FROM {edges})
+  SELECT {USER_KEY} FROM {{edges}})
 """
 
 
