@@ -285,9 +285,13 @@ def test_the_loader_compacts_while_small_rounds_load(
             }
             result = await service.ingest([json.dumps(body).encode()], "p")
             assert result.accepted == 1
-            await asyncio.sleep(0.02)  # rounds of one or two requests
+            if r % 2:
+                # A reader waiting for its write ends the loader's linger: rounds of two
+                # requests. (Reads on the event loop's thread never wait for the loader, so
+                # the reads here run in a thread, as a request's reads do.)
+                await asyncio.to_thread(store.read_barrier)
         deadline = time.monotonic() + 30
-        while not _bounded(store) and time.monotonic() < deadline:
+        while not await asyncio.to_thread(_bounded, store) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)  # the loader compacts between rounds and at idle
         await service.close()
 
