@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import pytest
 
 from avila.errors import StorageUnavailable
 from avila.storage.duckdb.channels import RemoteReader
-from avila.storage.duckdb.process import READ_CHANNELS, ProcessStore
+from avila.storage.duckdb.process import BACKGROUND_NICE, READ_CHANNELS, ProcessStore
 from avila.storage.duckdb.store import DuckDBStore
 
 
@@ -158,3 +159,42 @@ def test_a_query_worker_has_waiting_sessions_cut_by_the_store_process(
         ("u", 2),
         ("v", 1),
     ]
+
+
+def _niceness(pid: int) -> dict[int, int]:
+    """Each thread of ``pid`` and its niceness (field 19 of its ``stat``)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        found[int(task.name)] = int(fields[16])
+    return found
+
+
+def test_duckdb_and_query_worker_threads_run_below_the_servers_priority(tmp_path: Path) -> None:
+    """On two cores a heavy report's DuckDB threads took CPU from the event loop that
+    acknowledges events: DuckDB's worker threads and the threads serving query workers run at
+    a lower priority; the threads serving the server (writes, its own reads) do not."""
+    store = ProcessStore(tmp_path / "store.duckdb", threads=2)
+    try:
+        assert store.pid is not None and store.read_address is not None
+        base = os.getpriority(os.PRIO_PROCESS, store.pid)  # the store's main thread
+        lowered = base + BACKGROUND_NICE
+        before = _niceness(store.pid)
+        assert lowered in before.values()  # DuckDB's worker threads
+        assert store.query("SELECT 42")[0][0] == 42
+        store.execute("CREATE TABLE t AS SELECT 1 AS x")
+        # the server's channels (served by threads that existed before) keep their priority
+        at_base = {tid for tid, nice in _niceness(store.pid).items() if nice == base}
+        assert {tid for tid, nice in before.items() if nice == base} <= at_base
+
+        reader = RemoteReader(*store.read_address)
+        try:
+            assert reader.query("SELECT count(*) FROM t")[0][0] == 1
+            after = _niceness(store.pid)
+            serving = set(after) - set(before) - at_base
+            assert serving, "no thread serves the query worker"
+            assert {after[tid] for tid in serving} == {lowered}
+        finally:
+            reader.close()
+    finally:
+        store.close()

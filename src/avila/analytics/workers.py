@@ -42,6 +42,7 @@ from typing import Any
 
 from avila.errors import AvilaError, QueryTimeout, StorageUnavailable
 from avila.storage.base import Store
+from avila.storage.duckdb.process import BACKGROUND_NICE
 
 log = logging.getLogger("avila.analytics")
 
@@ -50,8 +51,9 @@ log = logging.getLogger("avila.analytics")
 #: 55 ms, p99 515 ms during a 100 M-event overview, benchmarks/RESULTS.md "Query worker
 #: processes"): reports are batch work, acknowledgements are not. (ClickHouse's
 #: ``os_thread_priority`` does the same for queries.) Lowering a priority needs no privilege
-#: and costs nothing when the cores are idle.
-NICE = 10
+#: and costs nothing when the cores are idle. The store process serves a worker's reads, and
+#: runs DuckDB's own threads, at the same niceness.
+NICE = BACKGROUND_NICE
 #: A report still running this long after ``AVILA_QUERY_TIMEOUT`` has its worker killed.
 HARD_LIMIT_GRACE_S = 1.0
 #: How long a new worker may take to import the analytics code and reach the store process.

@@ -55,6 +55,29 @@ log = logging.getLogger("avila.storage")
 
 READ_CHANNELS = 4
 
+#: CPU niceness added to the store process's threads that run background work: DuckDB's own
+#: worker threads and the threads serving query workers (whose Python side already runs at
+#: this niceness, :mod:`avila.analytics.workers`). On two cores, a heavy report's DuckDB
+#: threads at the server's priority took CPU from the event loop that acknowledges events;
+#: below it, they still use every idle core.
+BACKGROUND_NICE = 10
+
+
+def _thread_ids() -> set[int]:
+    try:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+    except OSError:  # not Linux: no per-thread priorities to set
+        return set()
+
+
+def lower_priority(thread_ids: set[int]) -> None:
+    """Add :data:`BACKGROUND_NICE` to each of these threads' niceness (Linux schedules threads
+    one by one; ``os.nice`` would change only the calling thread as well)."""
+    for tid in thread_ids:
+        with suppress(OSError):  # the thread has exited meanwhile
+            niceness = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, niceness + BACKGROUND_NICE))
+
 
 # --- child side -------------------------------------------------------------------------------
 
@@ -174,6 +197,7 @@ def _serve_authenticated(store: Store, conn: Connection, authkey: bytes) -> None
     except (AuthenticationError, EOFError, OSError):
         conn.close()
         return
+    lower_priority({threading.get_native_id()})
     _serve_requests(store, conn)
 
 
@@ -189,9 +213,11 @@ def _child_main(
     from avila.storage.duckdb.store import DuckDBStore
 
     try:
+        before = _thread_ids()
         store = DuckDBStore(
             Path(path), threads=threads, memory_limit=memory_limit, query_timeout=query_timeout
         )
+        lower_priority(_thread_ids() - before)  # DuckDB's worker threads
         # Listening before "ready": a worker may connect as soon as the parent has the store.
         listener = Listener(listen[0], family="AF_UNIX") if listen is not None else None
     except Exception as exc:
@@ -279,6 +305,11 @@ class ProcessStore(ChannelReads):
             self._process.join(5)
             raise_remote(status[1], status[2])
         self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        """The store process's id."""
+        return self._process.pid
 
     # -- the ingest log's loader (in the store process) ---------------------------------------
 
