@@ -46,7 +46,7 @@ from avila.analytics import (
     stickiness,
 )
 from avila.analytics.rfm import score_table
-from avila.storage import open_store, rollups
+from avila.storage import event_order, open_store, rollups
 from avila.storage.base import Store
 from avila.storage.duckdb.analytics_sql import FRAGMENTS
 from avila.storage.duckdb.migrations import MIGRATIONS
@@ -361,12 +361,14 @@ def main() -> None:
 
 
 def _rollups_due(path: Path) -> bool:
+    """Whether a server's loader would still compact rollup days or order event days."""
     conn = duckdb.connect(str(path), read_only=True)
     try:
         due = rollups.due_compactions(conn)
+        unordered = event_order.due_days(conn)
     finally:
         conn.close()
-    return bool(due.pairs or due.baselines)
+    return bool(due.pairs or due.baselines or unordered)
 
 
 def _compact_like_a_server(store: Store) -> None:
@@ -384,6 +386,14 @@ def _compact_like_a_server(store: Store) -> None:
     if days:
         print(
             f"compacted {days} rollup days as a server would, in {time.perf_counter() - t0:.1f} s"
+        )
+    # and the events of every finished day in user order (avila.storage.event_order)
+    t0 = time.perf_counter()
+    ordered = store.order_event_days(max_days=1000)
+    if ordered.days:
+        print(
+            f"ordered {ordered.days} days of events by user as a server would,"
+            f" in {time.perf_counter() - t0:.1f} s"
         )
 
 

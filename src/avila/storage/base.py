@@ -28,9 +28,9 @@ Statement = tuple[str, Sequence[Any]]
 
 
 class Compacted(NamedTuple):
-    """What one :meth:`Store.compact_rollups` call did."""
+    """What one :meth:`Store.compact_rollups` (or :meth:`Store.order_event_days`) call did."""
 
-    #: (table, day) pairs compacted
+    #: (table, day) pairs compacted (days ordered)
     days: int = 0
     #: whether it left days to look at or compact (days seen for the first time, or more due
     #: than it took): an idle caller may look again at once
@@ -270,6 +270,12 @@ class Store(ABC):
         """Sum the partial rollup rows of up to ``max_days`` (table, day) pairs that many small
         writes made grow (:func:`avila.storage.rollups.compact`): how many were compacted, and
         whether days are left."""
+        return Compacted()
+
+    def order_event_days(self, max_days: int = 1) -> Compacted:
+        """Rewrite up to ``max_days`` finished days of events in (project, user, time) order
+        (:mod:`avila.storage.event_order`): how many were rewritten, and whether days are
+        left. Stores that keep their own order (ClickHouse's sort key) do nothing."""
         return Compacted()
 
     def execute_all(self, statements: Sequence[Statement]) -> list[int]:

@@ -133,6 +133,7 @@ class Loader(RoundCommits):
         self._cond = threading.Condition()
         self._stopping = False
         self._next_compaction = time.monotonic() + COMPACT_EVERY_S
+        self._next_ordering = time.monotonic() + COMPACT_EVERY_S
         self._idle = False  # the reader waits for a durable position beyond what it read
         self._ready: queue.Queue[Prepared] = queue.Queue(maxsize=1)
         #: pieces of a large round go in as they are read, if the store takes rounds piecewise
@@ -302,6 +303,7 @@ class Loader(RoundCommits):
                 if transaction is None and time.monotonic() - quiet_since >= IDLE_CUT_S:
                     quiet_since = self._cut_sessions()
                     self._compact_rollups(8, idle=True)
+                    self._order_event_days()
                 continue
             if transaction is None:  # between rounds: a busy store is compacted too, a little
                 self._compact_rollups(2)
@@ -388,6 +390,23 @@ class Loader(RoundCommits):
             return
         if idle and compacted.more_left:
             self._next_compaction = now
+
+    def _order_event_days(self) -> None:
+        """At idle, every :data:`COMPACT_EVERY_S`, rewrite one finished day of events in user
+        order (:meth:`avila.storage.base.Store.order_event_days`; a round that comes meanwhile
+        waits for that day: ~1 s at 1 M events a day); while days are left (a store upgraded
+        with its history), the next one at the next idle tick. A failure is retried later."""
+        now = time.monotonic()
+        if now < self._next_ordering:
+            return
+        self._next_ordering = now + COMPACT_EVERY_S
+        try:
+            ordered = self.store.order_event_days(1)
+        except Exception as exc:
+            log.warning("ingest loader could not order the events", extra={"error": str(exc)})
+            return
+        if ordered.more_left:
+            self._next_ordering = now
 
     def _may_split(self, start: int, *, reading: bool, stored_nothing: bool = False) -> bool:
         """Whether a failing round from ``start`` may be loaded entry by entry. Where a round is

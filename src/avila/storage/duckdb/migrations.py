@@ -9,7 +9,7 @@ from collections.abc import Callable
 import duckdb
 import pyarrow as pa
 
-from avila.storage import person_map, purchase_table, rollups, session_table
+from avila.storage import event_order, person_map, purchase_table, rollups, session_table
 from avila.storage.schema import EVENT_COLUMNS
 
 log = logging.getLogger("avila.storage.migrations")
@@ -204,6 +204,12 @@ MIGRATIONS: tuple[tuple[int, str, tuple[Step, ...]], ...] = (
         "rollup_user_days.user_key: a 128-bit hash of the user id to group by"
         " (avila.storage.rollups)",
         (rollups.add_user_key,),
+    ),
+    (
+        17,
+        "event_day_order: finished days of events rewritten in (project, user, time) order"
+        " (avila.storage.event_order)",
+        event_order.DDL,
     ),
 )
 

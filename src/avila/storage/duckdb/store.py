@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from avila.errors import StorageUnavailable
-from avila.storage import person_map, purchase_table, rollups, session_table
+from avila.storage import event_order, person_map, purchase_table, rollups, session_table
 from avila.storage.base import Compacted, Statement
 from avila.storage.duckdb.migrations import migrate
 from avila.storage.duckdb.rows import DuckDBRows
@@ -193,6 +193,20 @@ class DuckDBStore(DuckDBRows):
             days=min(len(due.pairs), max_days),
             more_left=bool(due.baselines) or len(due.pairs) > max_days,
         )
+
+    def order_event_days(self, max_days: int = 1) -> Compacted:
+        if self._sessions is None:  # a read-only store
+            return Compacted()
+        reader = self._conn.cursor()
+        try:
+            due = event_order.due_days(reader)
+        finally:
+            reader.close()
+        # a day per transaction: a loader round waits for one day's rewrite at most
+        for day in due[:max_days]:
+            with self.bulk_transaction() as cursor:
+                event_order.order_day(cursor, day)
+        return Compacted(days=min(len(due), max_days), more_left=len(due) > max_days)
 
     def append_table(self, table_name: str, table: pa.Table) -> None:
         if table.num_rows == 0:
