@@ -3,7 +3,9 @@
 Cheap enough to poll every second: every query is bounded to rows with ``received_at`` (server
 receive time, UTC) in the last 15 minutes, and never touches the rest of the table. Rows are
 appended in receive order, so DuckDB's per-row-group min/max of ``received_at`` (zone maps) let
-the scan skip every older row group without reading it: the cost follows the last 15 minutes'
+the scan skip every older row group without reading it (a finished day the loader rewrites in
+user order, :mod:`avila.storage.event_order`, keeps its rows' old receive times, so its new row
+groups are skipped alike): the cost follows the last 15 minutes'
 traffic, not the table size (tests/analytics/test_analytics_users_realtime.py checks the rows
 the scan reads). Using the server's time also keeps late-arriving offline events (old client
 ``ts``) visible as "now".

@@ -127,7 +127,8 @@ class ExportQuery:
 
 
 def build_query(store: Store, project_id: str, filters: ExportFilters) -> ExportQuery:
-    """The SELECT of an export (rows in storage order, i.e. receive order).
+    """The SELECT of an export (rows in storage order: receive order, but by user and time on
+    finished days the loader has ordered, :mod:`avila.storage.event_order`).
 
     Raises ValidationFailed (422) for unknown event types, property paths or bad ranges. May
     query the store (regex checks), so call it off the event loop.
