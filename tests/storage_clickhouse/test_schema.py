@@ -97,8 +97,11 @@ def test_every_duckdb_table_has_a_clickhouse_table(tmp_path: Path) -> None:
     # ClickHouse backend resolves through its recursive events_resolved view).
     # So are the kept sessions (avila.storage.session_table: a chain is recomputed in the
     # events' transaction, or its events wait in kept_pending for a cut in bulk), and the kept
-    # purchases (avila.storage.purchase_table, written in the events' transaction).
+    # purchases (avila.storage.purchase_table, written in the events' transaction). The record
+    # of the days of events put in user order (avila.storage.event_order) is DuckDB's too: a
+    # MergeTree keeps its sort key's order itself.
     rollup_tables = {
+        "event_day_order",
         "rollup_daily",
         "rollup_user_days",
         "rollup_compactions",
