@@ -154,14 +154,20 @@ def test_a_day_is_ordered_once_finished_and_again_when_late_rows_grow_it_by_a_te
     write_later.close()
 
 
-def test_an_idle_loader_orders_the_finished_days_it_loaded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
+def test_the_loader_orders_the_finished_days_it_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy: bool
 ) -> None:
-    """A real ingest service writes through the log; the store's own loader, once idle,
-    rewrites the finished days (here one look per idle tick) and every row is still there."""
+    """A real ingest service writes through the log; the store's own loader rewrites the
+    finished days (here one look each time it may look) and every row is still there: once
+    idle, or (``busy``: it is never idle for long enough) between rounds."""
     from avila.storage import loader as loader_module
 
     monkeypatch.setattr(loader_module, "COMPACT_EVERY_S", 0.0)
+    # a day may be ordered while its rows still load (between rounds): ordered again as it grows
+    monkeypatch.setattr(event_order, "REORDER_MIN_ROWS", 1)
+    if busy:
+        monkeypatch.setattr(loader_module, "IDLE_CUT_S", 3600.0)
     store = DuckDBStore(tmp_path / "loaded.duckdb")
     store.ingest_log_config = IngestLogConfig(tmp_path / "log")
     requests = 30
@@ -184,13 +190,26 @@ def test_an_idle_loader_orders_the_finished_days_it_loaded(
             return all(_physically_ordered(store, day) for day in days)
 
         deadline = time.monotonic() + 30
+        extra = 0
         while not await asyncio.to_thread(all_ordered) and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)  # the loader orders a day per idle tick
+            if busy:  # a round now and then: the loader orders a day between rounds
+                body = {
+                    "event_id": f"x{extra}",
+                    "user_id": "later",
+                    "event_type": {"type": "PageView", "data": {"url": "/"}},
+                }
+                result = await service.ingest([json.dumps(body).encode()], PROJECT)
+                assert result.accepted == 1
+                await asyncio.to_thread(store.read_barrier)
+                extra += 1
+            await asyncio.sleep(0.2)  # idle: the loader orders a day per idle tick
         await service.close()
 
-    asyncio.run(send())
-    assert all(_physically_ordered(store, day) for day in days)
-    assert store.query("SELECT count(*), count(DISTINCT event_id) FROM events") == [
-        (requests, requests)
-    ]
-    store.close()
+    try:
+        asyncio.run(send())
+        assert all(_physically_ordered(store, day) for day in days)
+        assert store.query(
+            "SELECT count(*), count(DISTINCT event_id) FROM events WHERE user_id <> 'later'"
+        ) == [(requests, requests)]
+    finally:
+        store.close()

@@ -4,9 +4,10 @@ Events arrive in time order, so a day's rows lie in the table as they came: ever
 are spread over all of the day's row groups, and a read of one user's rows (a profile, an
 erasure, the sessions read's chains that cross a range's edge, a bot among them) scans the
 whole range. ClickHouse keeps a MergeTree in its sort key's order for this reason. Here the
-ingest loader, when idle, rewrites each finished UTC day (before yesterday: its on-time events
-are in) in ``ORDER`` (one day per transaction, as rollup compaction does): the day's row groups
-then hold a few users each, and their min/max statistics (zone maps) skip the rest. On the
+ingest loader (between rounds or when idle) rewrites each finished UTC day (before yesterday:
+its on-time events are in) in ``ORDER``, one day per transaction as rollup compaction does:
+the day's row groups then hold a few users each, and their min/max statistics (zone maps) skip
+the rest. On the
 100 M-event bench store one user's rows over 30 days took 0.085 s instead of 0.35 s
 (benchmarks/RESULTS.md, "Events of finished days in user order").
 
