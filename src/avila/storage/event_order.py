@@ -7,9 +7,8 @@ whole range. ClickHouse keeps a MergeTree in its sort key's order for this reaso
 ingest loader (between rounds or when idle) rewrites each finished UTC day (before yesterday:
 its on-time events are in) in ``ORDER``, one day per transaction as rollup compaction does:
 the day's row groups then hold a few users each, and their min/max statistics (zone maps) skip
-the rest. On the
-100 M-event bench store one user's rows over 30 days took 0.085 s instead of 0.35 s
-(benchmarks/RESULTS.md, "Events of finished days in user order").
+the rest. On the 100 M-event bench store one user's rows over 30 days took 0.085 s instead of
+0.35 s (benchmarks/RESULTS.md, "Events of finished days in user order").
 
 Nothing reads the physical order for an answer: the rows are the same before and after (tests
 compare every report on both). Late rows of an ordered day are appended as they come; the day
