@@ -198,3 +198,21 @@ def test_duckdb_and_query_worker_threads_run_below_the_servers_priority(tmp_path
             reader.close()
     finally:
         store.close()
+
+
+def test_a_ping_right_after_the_store_process_is_killed_says_it_exited(tmp_path: Path) -> None:
+    """SIGKILL breaks the channels a moment before the process can be reaped: a ping in that
+    moment (a /health request) must still say the process exited, which is what an operator
+    needs to read in the log, not only that a pipe broke."""
+    import signal
+
+    for attempt in range(3):
+        store = ProcessStore(tmp_path / f"killed-{attempt}.duckdb")
+        try:
+            store.ping()
+            assert store.pid is not None
+            os.kill(store.pid, signal.SIGKILL)
+            with pytest.raises(StorageUnavailable, match="store process has exited"):
+                store.ping()
+        finally:
+            store.close()

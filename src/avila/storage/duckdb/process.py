@@ -54,6 +54,8 @@ from avila.storage.ingest_log import IngestLogConfig, default_log_dir
 log = logging.getLogger("avila.storage")
 
 READ_CHANNELS = 4
+#: How long a failed ping waits for the store process to be reaped before calling it hung.
+EXIT_GRACE_S = 0.2
 
 #: CPU niceness added to the store process's threads that run background work: DuckDB's own
 #: worker threads and the threads serving query workers (whose Python side already runs at
@@ -401,7 +403,15 @@ class ProcessStore(ChannelReads):
     def ping(self) -> None:
         if not self._process.is_alive():
             raise StorageUnavailable("store process has exited")
-        self._ping_channel()
+        try:
+            self._ping_channel()
+        except StorageUnavailable:
+            # A killed process breaks its channels a moment before it can be reaped: say that
+            # it exited (what an operator needs to know) rather than only "broken pipe".
+            self._process.join(timeout=EXIT_GRACE_S)
+            if not self._process.is_alive():
+                raise StorageUnavailable("store process has exited") from None
+            raise
 
     def close(self) -> None:
         if self._closed:
