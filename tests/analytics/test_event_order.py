@@ -39,7 +39,7 @@ from avila.analytics import (
     user_profile,
 )
 from avila.ingest.service import IngestService
-from avila.storage import event_order
+from avila.storage import event_order, rollups
 from avila.storage.duckdb.store import DuckDBStore
 from avila.storage.ingest_log import IngestLogConfig
 
@@ -118,7 +118,7 @@ def test_a_day_is_ordered_once_finished_and_again_when_late_rows_grow_it_by_a_te
 ) -> None:
     monkeypatch.setattr(event_order, "REORDER_MIN_ROWS", 3)
     today = T0 + timedelta(days=3)
-    monkeypatch.setattr(event_order, "_today", lambda: today.date())
+    monkeypatch.setattr(rollups, "_today", lambda: today.date())
     store = DuckDBStore(tmp_path / "due.duckdb")
 
     def write(day: int, n: int, first: int = 0) -> None:

@@ -17,8 +17,10 @@ is ordered again once they are a tenth of its rows.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
+
+from avila.storage import rollups
 
 #: the order of a finished day's rows
 ORDER = "project_id, user_id, ts"
@@ -45,16 +47,11 @@ WHERE n.events > 0 ORDER BY n.day DESC
 """
 
 
-def _today() -> date:
-    """The UTC date (a function, so tests can move the clock)."""
-    return datetime.now(UTC).date()
-
-
 def due_days(cursor: Any) -> list[date]:
     """The finished days to order, newest first: never ordered, or grown by
     :data:`REORDER_SHARE` (and :data:`REORDER_MIN_ROWS`) since. Only reads."""
     due = []
-    for day, events, ordered in cursor.execute(_DAYS, [_today() - timedelta(days=1)]).fetchall():
+    for day, events, ordered in cursor.execute(_DAYS, [rollups.finished_before()]).fetchall():
         if ordered is None or events - ordered >= max(REORDER_MIN_ROWS, REORDER_SHARE * ordered):
             due.append(day)
     return due

@@ -57,6 +57,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,7 +67,7 @@ from avila.storage.round_commits import Report, RoundCommits
 from avila.storage.round_reading import PIECE_ROWS, RoundReader
 
 if TYPE_CHECKING:
-    from avila.storage.base import Store
+    from avila.storage.base import Compacted, Store
 log = logging.getLogger("avila.ingest.loader")
 
 #: the least time between the starts of two rounds (see the module docstring)
@@ -78,7 +79,8 @@ LINGER_BYTES = 1 << 20
 #: after this long without a round, the sessions of waiting rows are cut
 #: (avila.storage.session_table.Upkeep), so the next sessions read need not
 IDLE_CUT_S = 1.0
-#: how often the loader looks for rollup days to compact (avila.storage.rollups.compact)
+#: how often the loader looks for rollup days to compact (avila.storage.rollups.compact) and
+#: event days to order (avila.storage.event_order)
 COMPACT_EVERY_S = 60.0
 
 
@@ -132,8 +134,8 @@ class Loader(RoundCommits):
         self._target = self.position
         self._cond = threading.Condition()
         self._stopping = False
-        self._next_compaction = time.monotonic() + COMPACT_EVERY_S
-        self._next_ordering = time.monotonic() + COMPACT_EVERY_S
+        #: when each upkeep job (:meth:`_upkeep`) may next run
+        self._next_upkeep = dict.fromkeys(("compact", "order"), time.monotonic() + COMPACT_EVERY_S)
         self._idle = False  # the reader waits for a durable position beyond what it read
         self._ready: queue.Queue[Prepared] = queue.Queue(maxsize=1)
         #: pieces of a large round go in as they are read, if the store takes rounds piecewise
@@ -302,12 +304,10 @@ class Loader(RoundCommits):
                     return
                 if transaction is None and time.monotonic() - quiet_since >= IDLE_CUT_S:
                     quiet_since = self._cut_sessions()
-                    self._compact_rollups(8, idle=True)
-                    self._order_event_days(idle=True)
+                    self._upkeep(idle=True)
                 continue
-            if transaction is None:  # between rounds: a busy store is compacted too, a little
-                self._compact_rollups(2)
-                self._order_event_days()
+            if transaction is None:  # between rounds: a busy store is kept up too, a little
+                self._upkeep(idle=False)
             quiet_since = time.monotonic()
             if piece.isolate:
                 if piece.start == self.position and awaiting in (None, piece.start):
@@ -373,42 +373,35 @@ class Loader(RoundCommits):
             return time.monotonic() + 60
         return time.monotonic()
 
-    def _compact_rollups(self, max_days: int, *, idle: bool = False) -> None:
-        """Every :data:`COMPACT_EVERY_S`, sum the rollup rows of up to ``max_days`` days small
-        rounds made grow (:meth:`avila.storage.base.Store.compact_rollups`; each day delays the
-        next round by its rewrite, ~45 ms at 10 M events); a failure is retried next time.
-        ``idle`` (no round for :data:`IDLE_CUT_S`): while days are left (a store upgraded with
-        a history to count and compact), look again at the next idle tick, not a minute later:
-        at 100 M events the first looks alone take ~50 of them."""
-        now = time.monotonic()
-        if now < self._next_compaction:
-            return
-        self._next_compaction = now + COMPACT_EVERY_S
-        try:
-            compacted = self.store.compact_rollups(max_days)
-        except Exception as exc:
-            log.warning("ingest loader could not compact the rollups", extra={"error": str(exc)})
-            return
-        if idle and compacted.more_left:
-            self._next_compaction = now
+    def _upkeep(self, *, idle: bool) -> None:
+        """Every :data:`COMPACT_EVERY_S` each, between rounds or when idle (no round for
+        :data:`IDLE_CUT_S`): sum the rollup rows of the days small rounds made grow (up to 2
+        days between rounds, 8 when idle; :meth:`avila.storage.base.Store.compact_rollups`,
+        ~45 ms a day at 10 M events), and rewrite one finished day of events in user order
+        (:meth:`avila.storage.base.Store.order_event_days`, ~1.6 s at 830,000 events a day).
+        The next round waits for either. When idle and days are left (a store upgraded with its
+        history), a job looks again at the next idle tick, not a minute later: at 100 M events
+        the compaction's first looks alone take ~50 of them. A failure is retried next time."""
+        self._upkeep_job(
+            "compact",
+            "compact the rollups",
+            lambda: self.store.compact_rollups(8 if idle else 2),
+            idle,
+        )
+        self._upkeep_job("order", "order the events", lambda: self.store.order_event_days(1), idle)
 
-    def _order_event_days(self, *, idle: bool = False) -> None:
-        """Every :data:`COMPACT_EVERY_S`, between rounds or at idle, rewrite one finished day
-        of events in user order (:meth:`avila.storage.base.Store.order_event_days`; the next
-        round waits for that day: ~1.6 s at 830,000 events a day). ``idle``: while days are
-        left (a store upgraded with its history), the next one at the next idle tick, not a
-        minute later. A failure is retried later."""
+    def _upkeep_job(self, job: str, what: str, work: Callable[[], Compacted], idle: bool) -> None:
         now = time.monotonic()
-        if now < self._next_ordering:
+        if now < self._next_upkeep[job]:
             return
-        self._next_ordering = now + COMPACT_EVERY_S
+        self._next_upkeep[job] = now + COMPACT_EVERY_S
         try:
-            ordered = self.store.order_event_days(1)
+            done = work()
         except Exception as exc:
-            log.warning("ingest loader could not order the events", extra={"error": str(exc)})
+            log.warning(f"ingest loader could not {what}", extra={"error": str(exc)})
             return
-        if idle and ordered.more_left:
-            self._next_ordering = now
+        if idle and done.more_left:
+            self._next_upkeep[job] = now
 
     def _may_split(self, start: int, *, reading: bool, stored_nothing: bool = False) -> bool:
         """Whether a failing round from ``start`` may be loaded entry by entry. Where a round is

@@ -409,6 +409,12 @@ def _today() -> date:
     return datetime.now(UTC).date()
 
 
+def finished_before() -> date:
+    """Days before this one (UTC) are finished: their on-time events are in (the daily rollups'
+    compaction and the events' order, :mod:`avila.storage.event_order`, treat them alike)."""
+    return _today() - timedelta(days=1)
+
+
 class Due(NamedTuple):
     """:func:`due_compactions`' answer."""
 
@@ -434,13 +440,13 @@ def due_compactions(cursor: Any) -> Due:
     :data:`FIRST_SIGHT_ROWS` rows per table per call (at least a day), the rest on later calls."""
     pairs: list[tuple[str, date]] = []
     unseen: dict[str, dict[date, int]] = {}
-    finished_before = _today() - timedelta(days=1)
+    finished = finished_before()
     for table, day, rows, baseline in cursor.execute(_ROWS_PER_DAY).fetchall():
         if baseline is None:
             counted = unseen.setdefault(table, {})
             if not counted or sum(counted.values()) + rows <= FIRST_SIGHT_ROWS:
                 counted[day] = rows
-        elif _grown(rows, baseline, day < finished_before):
+        elif _grown(rows, baseline, day < finished):
             pairs.append((table, day))
     baselines: list[tuple[str, date, int]] = []
     for table, rows_of in unseen.items():
@@ -448,7 +454,7 @@ def due_compactions(cursor: Any) -> Due:
         sql = _KEYS_PER_DAY.format(keys=_KEYS[table], table=table, days=marks)
         for day, distinct in cursor.execute(sql, list(rows_of)).fetchall():
             baselines.append((table, day, int(distinct)))
-            if _grown(rows_of[day], distinct, day < finished_before):
+            if _grown(rows_of[day], distinct, day < finished):
                 pairs.append((table, day))
     return Due(sorted(pairs, key=lambda pair: (pair[1], pair[0])), baselines)
 

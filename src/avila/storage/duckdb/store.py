@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     pass
 
 CHECKPOINT_THRESHOLD = "256MB"
+T = TypeVar("T")
 
 
 def insert_events(
@@ -173,15 +174,19 @@ class DuckDBStore(DuckDBRows):
             session_table.settle(cursor, [])
         self._sessions.settled()
 
+    def _read_apart(self, look: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """``look`` (which only reads) on a cursor of its own, without the write lock."""
+        reader = self._conn.cursor()
+        try:
+            return look(reader)
+        finally:
+            reader.close()
+
     def compact_rollups(self, max_days: int = 8) -> Compacted:
         if self._sessions is None:  # a read-only store
             return Compacted()
         # only reads (a day's first sight scans it for its keys): no write lock held meanwhile
-        reader = self._conn.cursor()
-        try:
-            due = rollups.due_compactions(reader)
-        finally:
-            reader.close()
+        due = self._read_apart(rollups.due_compactions)
         if due.baselines:
             with self.bulk_transaction() as cursor:
                 rollups.record_baselines(cursor, due.baselines)
@@ -197,11 +202,7 @@ class DuckDBStore(DuckDBRows):
     def order_event_days(self, max_days: int = 1) -> Compacted:
         if self._sessions is None:  # a read-only store
             return Compacted()
-        reader = self._conn.cursor()
-        try:
-            due = event_order.due_days(reader)
-        finally:
-            reader.close()
+        due = self._read_apart(event_order.due_days)
         # a day per transaction: a loader round waits for one day's rewrite at most
         for day in due[:max_days]:
             with self.bulk_transaction() as cursor:
