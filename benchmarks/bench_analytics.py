@@ -46,7 +46,7 @@ from avila.analytics import (
     stickiness,
 )
 from avila.analytics.rfm import score_table
-from avila.storage import event_order, open_store, rollups
+from avila.storage import event_order, open_store, rollups, user_history
 from avila.storage.base import Store
 from avila.storage.duckdb.analytics_sql import FRAGMENTS
 from avila.storage.duckdb.migrations import MIGRATIONS
@@ -361,14 +361,16 @@ def main() -> None:
 
 
 def _rollups_due(path: Path) -> bool:
-    """Whether a server's loader would still compact rollup days or order event days."""
+    """Whether a server's loader would still compact rollup days, order event days or fold
+    user days into the per-user history."""
     conn = duckdb.connect(str(path), read_only=True)
     try:
         due = rollups.due_compactions(conn)
         unordered = event_order.due_days(conn)
+        unfolded = user_history.due_fold(conn, rollups.finished_before())
     finally:
         conn.close()
-    return bool(due.pairs or due.baselines or unordered)
+    return bool(due.pairs or due.baselines or unordered or unfolded)
 
 
 def _compact_like_a_server(store: Store) -> None:
@@ -394,6 +396,22 @@ def _compact_like_a_server(store: Store) -> None:
         print(
             f"ordered {ordered.days} days of events by user as a server would,"
             f" in {time.perf_counter() - t0:.1f} s"
+        )
+    # and the finished user days folded into the per-user history (avila.storage.user_history)
+    t0 = time.perf_counter()
+    folds = 0
+    while True:
+        folded = store.fold_user_history(max_folds=1)
+        folds += folded.days
+        if folded.days:
+            print(
+                f"  folded user days into the history ({folds} folds, {time.perf_counter() - t0:.1f} s)"
+            )
+        if not folded.more_left:
+            break
+    if folds:
+        print(
+            f"folded the user history in {folds} folds as a server would, in {time.perf_counter() - t0:.1f} s"
         )
 
 

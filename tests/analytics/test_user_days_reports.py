@@ -109,20 +109,29 @@ def _body(start: datetime, end: datetime, period: str, periods: int, mode: str) 
     }
 
 
-def _takes_user_days(store: Store, body: dict[str, Any]) -> bool:
+def _source(store: Store, body: dict[str, Any]) -> str:
+    """Which rows ``retention`` read for ``body``: ``"history"`` (the per-user history and the
+    user days after its watermark), ``"user days"`` (mapped to persons) or ``"events"``."""
     taken: list[str] = []
-    original = retention_module._per_user_counts
+    original = retention_module._cohort_counts
 
-    def spy(store: Store, source: str, *args: Any) -> Any:
-        taken.append(source)
-        return original(store, source, *args)
+    def spy(store: Store, users: Any, *args: Any) -> Any:
+        taken.append(users.sql)
+        return original(store, users, *args)
 
-    retention_module._per_user_counts = spy  # type: ignore[assignment]
+    retention_module._cohort_counts = spy  # type: ignore[assignment]
     try:
         retention(store, PROJECT, body)
     finally:
-        retention_module._per_user_counts = original  # type: ignore[assignment]
-    return len(taken) == 1 and "rollup_user_days" in taken[0]  # USER_DAYS, or mapped
+        retention_module._cohort_counts = original  # type: ignore[assignment]
+    assert len(taken) == 1
+    if "rollup_user_history" in taken[0]:
+        return "history"
+    return "user days" if "rollup_user_days" in taken[0] else "events"
+
+
+def _takes_user_days(store: Store, body: dict[str, Any]) -> bool:
+    return _source(store, body) != "events"
 
 
 def _linked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

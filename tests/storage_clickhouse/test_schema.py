@@ -99,9 +99,12 @@ def test_every_duckdb_table_has_a_clickhouse_table(tmp_path: Path) -> None:
     # events' transaction, or its events wait in kept_pending for a cut in bulk), and the kept
     # purchases (avila.storage.purchase_table, written in the events' transaction). The record
     # of the days of events put in user order (avila.storage.event_order) is DuckDB's too: a
-    # MergeTree keeps its sort key's order itself.
+    # MergeTree keeps its sort key's order itself. The per-user history that retention reads
+    # (avila.storage.user_history) is folded from the user days, which ClickHouse does not keep.
     rollup_tables = {
         "event_day_order",
+        "rollup_user_history",
+        "rollup_user_history_through",
         "rollup_daily",
         "rollup_user_days",
         "rollup_compactions",

@@ -58,8 +58,9 @@ from avila.analytics.common import (
     where_clause,
     zone,
 )
-from avila.analytics.rollup_reads import EARLIEST, user_days_answer
+from avila.analytics.rollup_reads import EARLIEST, USER_DAYS, user_days_answer
 from avila.schemas.analytics import CohortQuery
+from avila.storage import user_history
 from avila.storage.base import Store
 
 _PERIOD_DAYS = {"day": 1, "week": 7, "month": 31}
@@ -93,11 +94,13 @@ def retention(
     span = bucket_of(end - timedelta(microseconds=1), tz, q.period) - lo + last
     if q.mode == "on_or_after" or span < MASK_BITS:
         days = None if raw else _user_days(store, project_id, q, (start, end, horizon), tz)
-        source = days or events_source(store, project_id)
-        per_cohort = _per_user_counts(
-            store, source, q.mode, (start, end, horizon), (start_c, return_c), base,
-            (first_local, ret_local, bucket), lo, last,
-        )  # fmt: skip
+        if days == USER_DAYS and store.has_user_history:
+            users = _history_users(store, project_id, q, (start, end, horizon), lo)
+        else:
+            source = days or events_source(store, project_id)
+            users = _users(store, source, q.mode, (start, end, horizon), (start_c, return_c),
+                           base, (ret_local, bucket), lo)  # fmt: skip
+        per_cohort = _cohort_counts(store, users, q.mode, (first_local, bucket), start, lo, last)
         return _report(q, per_cohort, last_begun_bucket(end, tz, q.period))
     # exact mode over more than MASK_BITS periods: first times, (user, period) pairs, a join.
     source = events_source(store, project_id)
@@ -173,56 +176,109 @@ def _user_days(
     return user_days_answer(store, project_id, tz, start, horizon, read_from=EARLIEST)
 
 
-def _per_user_counts(
+def _users(
     store: Store,
     source: str,
     mode: str,
     bounds: tuple[Any, Any, Any],
     conds: tuple[Expr, Expr],
     base: Expr,
-    exprs: tuple[Expr, Expr, str],
+    exprs: tuple[Expr, str],
     lo: int,
-    last: int,
-) -> dict[int, tuple[int, list[int]]]:
-    """``{cohort: (size, users retained at k = 0 .. last)}`` from one aggregation per user
-    over ``source`` (see the module docstring); ``lo`` is the bucket of mask bit 0 (exact
-    mode)."""
+) -> Expr:
+    """A row per user of ``source`` (one hash aggregation, see the module docstring):
+    ``first_ts`` (their first qualifying time before ``end``) and ``act`` (:func:`_activity`
+    of their return periods); ``lo`` is the bucket of mask bit 0 (exact mode)."""
     start, end, horizon = bounds
     start_c, return_c = conds
-    first_local, ret_local, bucket = exprs
-    frag = fragments(store)
-    if mode == "exact":
-        offset = f"b - {lo}"
-        # Clamped as well: ClickHouse evaluates a CASE branch on every row.
-        bit = frag["bit"].format(f"least(greatest({offset}, 0), {MASK_BITS - 1})")
-        act = frag["bit_or_agg"].format(
-            f"CASE WHEN {offset} >= 0 AND {offset} < {MASK_BITS} THEN {bit} END"
-        )
-        # The bits of periods c + 1 .. c + last: act // 2^(c - lo + 1) % 2^last.
-        shifted = frag["int_div"].format("coalesce(act, 0)", frag["bit"].format(f"c - {lo} + 1"))
-        key = f"{shifted} % {frag['bit'].format(last)}"
-        upto, upto_params = "AND ts < ?", [horizon]
-    else:
-        act = "max(b)"
-        key = f"CASE WHEN act > c THEN least(act - c, {last}) ELSE 0 END"
-        upto, upto_params = "", []
+    ret_local, bucket = exprs
+    upto, upto_params = ("AND ts < ?", [horizon]) if mode == "exact" else ("", [])
+    act = _activity(store, mode, lo, "b", aggregate=True)
     sql = f"""
-WITH u AS (
   SELECT min(ts) FILTER (WHERE ts < ? AND sc) AS first_ts, {act} AS act FROM (
     SELECT user_id, ts, sc, {bucket} AS b FROM (
       SELECT user_id, ts, {start_c.sql} AS sc,
         CASE WHEN ts >= ? {upto} AND {return_c.sql} THEN {ret_local.sql} END AS loc
       FROM {source} WHERE {base.sql}))
-  GROUP BY user_id
+  GROUP BY user_id"""
+    params: list[Any] = [end, *start_c.params, start, *upto_params, *return_c.params]
+    return Expr(sql, (*params, *ret_local.params, *base.params))
+
+
+def _history_users(
+    store: Store,
+    project_id: str,
+    q: CohortQuery,
+    bounds: tuple[datetime, datetime, datetime],
+    lo: int,
+) -> Expr:
+    """:func:`_users` for the default question from the per-user history
+    (:data:`avila.storage.user_history.PER_USER`: a row per user with their first day and
+    active days, no aggregation by user), only the users first active in ``[start, end)`` (the
+    others are in no cohort). Bounds are UTC midnights and local time is UTC over them (the
+    caller checked: :func:`_user_days`), so a day stands for its events."""
+    start, end, horizon = bounds
+    # the day's bucket (its UTC midnight's: local time is UTC here), with no parameter: the
+    # expression is repeated in the mask bit's
+    midnight = fragments(store)["epoch_us"].format("CAST(d AS TIMESTAMP)")
+    one = _activity(store, q.mode, lo, bucket_expr(store, midnight, q.period))
+    if q.mode == "exact":
+        returns, return_params = "d >= ? AND d < ?", [start.date(), horizon.date()]
+        act = f"list_aggregate(list_transform(list_filter(days, lambda d: {returns}),"
+        act += f" lambda d: {one}), 'bit_or')"
+    else:
+        returns, return_params = "d >= ?", [start.date()]
+        act = f"list_max(list_transform(list_filter(days, lambda d: {returns}), lambda d: {one}))"
+    sql = f"""
+  SELECT CAST(first_day AS TIMESTAMP) AS first_ts, {act} AS act FROM {user_history.PER_USER}
+  WHERE first_day >= ? AND first_day < ?"""
+    params = [*return_params, project_id, project_id, start.date(), end.date()]
+    return Expr(sql, tuple(params))
+
+
+def _activity(store: Store, mode: str, lo: int, b: str, *, aggregate: bool = False) -> str:
+    """A user's return periods from the bucket ``b`` of each return (NULL: none): ``exact``,
+    the bit of ``b`` in the mask from bucket ``lo``, ``on_or_after`` the bucket; ``aggregate``:
+    over the user's rows (``bit_or``, ``max``), else of one return."""
+    frag = fragments(store)
+    if mode != "exact":
+        return f"max({b})" if aggregate else b
+    offset = f"{b} - {lo}"
+    # Clamped as well: ClickHouse evaluates a CASE branch on every row.
+    bit = frag["bit"].format(f"least(greatest({offset}, 0), {MASK_BITS - 1})")
+    one = f"CASE WHEN {offset} >= 0 AND {offset} < {MASK_BITS} THEN {bit} END"
+    return frag["bit_or_agg"].format(one) if aggregate else one
+
+
+def _cohort_counts(
+    store: Store,
+    users: Expr,
+    mode: str,
+    exprs: tuple[Expr, str],
+    start: datetime,
+    lo: int,
+    last: int,
+) -> dict[int, tuple[int, list[int]]]:
+    """``{cohort: (size, users retained at k = 0 .. last)}`` from ``users`` (a row per user:
+    ``first_ts``, ``act``, :func:`_users`): the users are counted per (cohort, mask) in SQL and
+    the masks expanded with numpy; ``lo`` is the bucket of mask bit 0 (exact mode)."""
+    first_local, bucket = exprs
+    frag = fragments(store)
+    if mode == "exact":
+        # The bits of periods c + 1 .. c + last: act // 2^(c - lo + 1) % 2^last.
+        shifted = frag["int_div"].format("coalesce(act, 0)", frag["bit"].format(f"c - {lo} + 1"))
+        key = f"{shifted} % {frag['bit'].format(last)}"
+    else:
+        key = f"CASE WHEN act > c THEN least(act - c, {last}) ELSE 0 END"
+    sql = f"""
+WITH u AS ({users.sql}
 ), c AS (
   SELECT {bucket} AS c, act FROM (
     SELECT {first_local.sql} AS loc, act FROM u WHERE first_ts >= ?)
 )
 SELECT c, {key} AS k, count(*) AS n FROM c GROUP BY c, k
 """
-    params: list[Any] = [end, *start_c.params, start, *upto_params, *return_c.params]
-    params += [*ret_local.params, *base.params, *first_local.params, start]
-    table = store.query_arrow(sql, params)
+    table = store.query_arrow(sql, [*users.params, *first_local.params, start])
     cohort = np.asarray(table.column("c").to_numpy(), dtype=np.int64)
     key_v = np.asarray(table.column("k").to_numpy(), dtype=np.uint64)
     n = np.asarray(table.column("n").to_numpy(), dtype=np.int64)

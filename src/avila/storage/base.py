@@ -28,9 +28,10 @@ Statement = tuple[str, Sequence[Any]]
 
 
 class Compacted(NamedTuple):
-    """What one :meth:`Store.compact_rollups` (or :meth:`Store.order_event_days`) call did."""
+    """What one :meth:`Store.compact_rollups` (or :meth:`Store.order_event_days`,
+    :meth:`Store.fold_user_history`) call did."""
 
-    #: (table, day) pairs compacted (days ordered)
+    #: (table, day) pairs compacted (days ordered, folds done)
     days: int = 0
     #: whether it left days to look at or compact (days seen for the first time, or more due
     #: than it took): an idle caller may look again at once
@@ -257,6 +258,9 @@ class Store(ABC):
     #: Whether the backend keeps the daily rollups (:mod:`avila.storage.rollups`) beside the
     #: events; readers without them compute from raw rows.
     has_rollups = False
+    #: Whether the backend keeps each user's active days in one row beside the rollups
+    #: (:mod:`avila.storage.user_history`).
+    has_user_history = False
     #: Whether the backend keeps sessions as events are written (:mod:`avila.storage.
     #: session_table`).
     has_kept_sessions = False
@@ -276,6 +280,12 @@ class Store(ABC):
         """Rewrite up to ``max_days`` finished days of events in (project, user, time) order
         (:mod:`avila.storage.event_order`): how many were rewritten, and whether days are
         left. Stores that keep their own order (ClickHouse's sort key) do nothing."""
+        return Compacted()
+
+    def fold_user_history(self, max_folds: int = 1) -> Compacted:
+        """Take up to ``max_folds`` chunks of finished user days into the per-user history
+        (:mod:`avila.storage.user_history`): how many folds were done (``days``), and whether
+        more are due. Stores without the rollups do nothing."""
         return Compacted()
 
     def execute_all(self, statements: Sequence[Statement]) -> list[int]:

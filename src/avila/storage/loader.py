@@ -135,7 +135,9 @@ class Loader(RoundCommits):
         self._cond = threading.Condition()
         self._stopping = False
         #: when each upkeep job (:meth:`_upkeep`) may next run
-        self._next_upkeep = dict.fromkeys(("compact", "order"), time.monotonic() + COMPACT_EVERY_S)
+        self._next_upkeep = dict.fromkeys(
+            ("compact", "order", "history"), time.monotonic() + COMPACT_EVERY_S
+        )
         self._idle = False  # the reader waits for a durable position beyond what it read
         self._ready: queue.Queue[Prepared] = queue.Queue(maxsize=1)
         #: pieces of a large round go in as they are read, if the store takes rounds piecewise
@@ -378,8 +380,10 @@ class Loader(RoundCommits):
         :data:`IDLE_CUT_S`): sum the rollup rows of the days small rounds made grow (up to 2
         days between rounds, 8 when idle; :meth:`avila.storage.base.Store.compact_rollups`,
         ~45 ms a day at 10 M events), and rewrite one finished day of events in user order
-        (:meth:`avila.storage.base.Store.order_event_days`, ~1.6 s at 830,000 events a day).
-        The next round waits for either. When idle and days are left (a store upgraded with its
+        (:meth:`avila.storage.base.Store.order_event_days`, ~1.6 s at 830,000 events a day),
+        and fold finished user days into the per-user history
+        (:meth:`avila.storage.base.Store.fold_user_history`, ~2 s a day at 100 M events).
+        The next round waits for each. When idle and days are left (a store upgraded with its
         history), a job looks again at the next idle tick, not a minute later: at 100 M events
         the compaction's first looks alone take ~50 of them. A failure is retried next time."""
         self._upkeep_job(
@@ -389,6 +393,9 @@ class Loader(RoundCommits):
             idle,
         )
         self._upkeep_job("order", "order the events", lambda: self.store.order_event_days(1), idle)
+        self._upkeep_job(
+            "history", "fold the user history", lambda: self.store.fold_user_history(1), idle
+        )
 
     def _upkeep_job(self, job: str, what: str, work: Callable[[], Compacted], idle: bool) -> None:
         now = time.monotonic()

@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from avila.storage import user_history
 from avila.storage.base import Statement
 
 ROLLUP_DDL: tuple[str, ...] = (
@@ -317,6 +318,7 @@ def add_events(cursor: Any, relation: str) -> None:
     rows = _representable(relation)
     cursor.execute("INSERT INTO rollup_daily " + DAILY_FROM.format(src=rows))
     cursor.execute("INSERT INTO rollup_user_days " + _USER_DAYS_KEYED.format(src=rows))
+    user_history.note_written_sql(cursor, rows)
 
 
 def add_partials(cursor: Any, found: Partials) -> None:
@@ -328,6 +330,7 @@ def add_partials(cursor: Any, found: Partials) -> None:
     if user_days.num_rows:
         keyed = cursor.from_arrow(user_days).project(f"*, {USER_KEY} AS user_key")
         keyed.insert_into("rollup_user_days")
+        user_history.note_written(cursor, pc.min(user_days.column("day")).as_py())
 
 
 def forget_statements(project_id: str, user_ids: Sequence[str]) -> list[Statement]:
@@ -345,6 +348,7 @@ def forget_statements(project_id: str, user_ids: Sequence[str]) -> list[Statemen
             f"DELETE FROM rollup_user_days WHERE project_id = ? AND user_id IN ({marks})",
             [project_id, *user_ids],
         ),
+        user_history.forget_statement(project_id, user_ids, USER_KEY),
     ]
 
 

@@ -9,7 +9,14 @@ from collections.abc import Callable
 import duckdb
 import pyarrow as pa
 
-from avila.storage import event_order, person_map, purchase_table, rollups, session_table
+from avila.storage import (
+    event_order,
+    person_map,
+    purchase_table,
+    rollups,
+    session_table,
+    user_history,
+)
 from avila.storage.schema import EVENT_COLUMNS
 
 log = logging.getLogger("avila.storage.migrations")
@@ -210,6 +217,12 @@ MIGRATIONS: tuple[tuple[int, str, tuple[Step, ...]], ...] = (
         "event_day_order: finished days of events rewritten in (project, user, time) order"
         " (avila.storage.event_order)",
         event_order.DDL,
+    ),
+    (
+        18,
+        "rollup_user_history: each user's active days in one row, folded from the user days"
+        " (avila.storage.user_history)",
+        user_history.DDL,
     ),
 )
 

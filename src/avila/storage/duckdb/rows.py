@@ -18,6 +18,7 @@ class DuckDBRows(Store):
 
     _catalog: dict[str, frozenset[str]]
     has_rollups = True
+    has_user_history = True
     has_kept_sessions = True
     #: Loader rounds may grow to this many rows to catch up (:class:`avila.storage.loader.
     #: Loader`): two of DuckDB's row groups (122,880 rows each), which a transaction writes

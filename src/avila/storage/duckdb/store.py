@@ -19,7 +19,14 @@ import duckdb
 import pyarrow as pa
 
 from avila.errors import StorageUnavailable
-from avila.storage import event_order, person_map, purchase_table, rollups, session_table
+from avila.storage import (
+    event_order,
+    person_map,
+    purchase_table,
+    rollups,
+    session_table,
+    user_history,
+)
 from avila.storage.base import Compacted, Statement
 from avila.storage.duckdb.migrations import migrate
 from avila.storage.duckdb.rows import DuckDBRows
@@ -208,6 +215,21 @@ class DuckDBStore(DuckDBRows):
             with self.bulk_transaction() as cursor:
                 event_order.order_day(cursor, day)
         return Compacted(days=min(len(due), max_days), more_left=len(due) > max_days)
+
+    def fold_user_history(self, max_folds: int = 1) -> Compacted:
+        if self._sessions is None:  # a read-only store
+            return Compacted()
+        finished = rollups.finished_before()
+        done = 0
+        for _ in range(max_folds):
+            due = self._read_apart(lambda cursor: user_history.due_fold(cursor, finished))
+            if due is None:
+                return Compacted(days=done)
+            # a fold per transaction: a loader round waits for one at most
+            with self.bulk_transaction() as cursor:
+                done += user_history.fold(cursor, due)
+        more = self._read_apart(lambda cursor: user_history.due_fold(cursor, finished))
+        return Compacted(days=done, more_left=more is not None)
 
     def append_table(self, table_name: str, table: pa.Table) -> None:
         if table.num_rows == 0:

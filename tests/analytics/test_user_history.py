@@ -1,0 +1,250 @@
+"""Each user's active days in one row (avila.storage.user_history), and retention read from it.
+
+Retention's default question (any event, UTC, bounds at midnight, no identity links) reads each
+user's first day and active days from the history (folded by the loader's upkeep) and the user
+days from its watermark on. Its answers must equal the events' (``raw=True``) and the pandas
+oracle's on generated data written late and shuffled through both write paths and a bulk
+import, folded in small chunks between the writes (a late write then lowers the watermark below
+days already folded, so both sources hold those days), with erasure and unicode ids. After every
+step the history holds exactly the user days before its watermark and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from analytics_data import OTHER_PROJECT, PROJECT, T0, event, random_events, to_table
+from analytics_oracles import retention_oracle
+from test_user_days_reports import QUESTIONS, _body, _source
+
+from avila.analytics import erase_user, retention
+from avila.export.bulk import bulk_import
+from avila.ingest.service import IngestService
+from avila.storage import rollups, user_history
+from avila.storage.duckdb.migrations import MIGRATIONS
+from avila.storage.duckdb.store import DuckDBStore
+from avila.storage.ingest_log import IngestLogConfig
+
+SPAN = timedelta(weeks=10)
+LATE = T0 + timedelta(weeks=3)
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(user_history, "FOLD_ROWS", 40)  # many small folds
+    opened = DuckDBStore(tmp_path / "history.duckdb")
+    opened.ingest_log_config = IngestLogConfig(tmp_path / "log")
+    yield opened
+    opened.close()
+
+
+def _rows(seed: int) -> list[dict[str, Any]]:
+    rows = random_events(seed, 80, span=SPAN, grid=timedelta(hours=1), max_events=20)
+    day = T0 + timedelta(days=20)
+    rows += [
+        event("édge ☕", day - timedelta(microseconds=1)),  # the last microsecond of a day
+        event("édge ☕", day + timedelta(days=7)),  # the first of a day a week later
+        event("late", T0 + timedelta(days=60)),
+        event("late", T0 + timedelta(days=2)),  # its first event, written last
+        event("u001", T0 + timedelta(days=5), project_id=OTHER_PROJECT),
+        event("u001", T0 + timedelta(days=5)),  # a duplicate day of the same user
+    ]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def _through(store: DuckDBStore) -> date:
+    return store.query("SELECT through FROM rollup_user_history_through")[0][0]  # type: ignore[no-any-return]
+
+
+def _fold_all(store: DuckDBStore) -> int:
+    folds = 0
+    while True:
+        done = store.fold_user_history(max_folds=3)
+        folds += done.days
+        if not done.more_left:
+            break
+    assert _through(store) == rollups.finished_before()
+    return folds
+
+
+def _assert_history_is_true(store: DuckDBStore) -> None:
+    """Every user day before the watermark is in the history, the history holds only user
+    days, and each row's first day is the least of its days."""
+    through = _through(store)
+    history = set(
+        store.query(
+            "SELECT project_id, user_key, unnest(days) FROM rollup_user_history",
+        )
+    )
+    user_days = set(store.query("SELECT project_id, user_key, day FROM rollup_user_days"))
+    assert history <= user_days
+    assert {d for d in user_days if d[2] < through} <= history
+    assert store.query(
+        "SELECT count(*) FROM rollup_user_history WHERE first_day <> list_min(days)"
+    ) == [(0,)]
+    keys = store.query(
+        "SELECT count(*), count(DISTINCT (project_id, user_key)) FROM rollup_user_history"
+    )
+    assert keys[0][0] == keys[0][1]
+
+
+def _assert_same(store: DuckDBStore, rows: list[dict[str, Any]]) -> None:
+    _assert_history_is_true(store)
+    for start, end, period, periods in QUESTIONS:
+        for mode in ("exact", "on_or_after"):
+            body = _body(start, end, period, periods, mode)
+            assert _source(store, body) == "history", body
+            got = retention(store, PROJECT, body)
+            assert got == retention(store, PROJECT, body, raw=True), body
+            want = retention_oracle(
+                rows, PROJECT, start, end, period, periods, "UTC", mode, None, None
+            )
+            assert {c["cohort_start"]: c["retained"] for c in got["cohorts"]} == want, body
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_retention_from_the_history_equals_the_events_and_the_oracle(
+    store: DuckDBStore, seed: int
+) -> None:
+    rows = _rows(seed)
+    late = [r for r in rows if r["ts"] < LATE]
+    rest = [r for r in rows if r["ts"] >= LATE]
+    half = len(rest) // 2
+    store.append_events(to_table(rest[:half]))
+    _assert_same(store, rest[:half])  # nothing folded yet: the user days alone
+    assert _fold_all(store) > 3
+    _assert_same(store, rest[:half])  # the history alone
+    store.commit_log_batch(2000, events=to_table(rest[half:]))
+    _assert_same(store, rest)
+    store.append_events(to_table(late))  # late: the watermark drops to their first day
+    assert _through(store) == min(r["ts"] for r in late).date()
+    _assert_same(store, rows)
+    assert store.fold_user_history(max_folds=1).days == 1  # part way: both hold some days
+    _assert_same(store, rows)
+    _fold_all(store)
+    _assert_same(store, rows)
+    erase_user(store, PROJECT, "u003")
+    erase_user(store, PROJECT, "édge ☕")
+    _assert_same(store, [r for r in rows if r["user_id"] not in ("u003", "édge ☕")])
+    assert store.query(
+        "SELECT count(*) FROM rollup_user_history WHERE project_id = ? AND user_key ="
+        f" {rollups.USER_KEY.replace('user_id', '?')}",
+        [PROJECT, "édge ☕"],
+    ) == [(0,)]
+
+
+def test_a_fold_does_nothing_when_a_write_lowered_the_watermark_since_its_look(
+    store: DuckDBStore,
+) -> None:
+    store.append_events(to_table([event("a", T0 + timedelta(days=d)) for d in range(5)]))
+    finished = rollups.finished_before()
+    look = store._read_apart(lambda cursor: user_history.due_fold(cursor, finished))
+    assert look is not None and look.start == date(1, 1, 1)
+    store.append_events(to_table([event("b", T0 - timedelta(days=3))]))  # before the look's end
+    with store.bulk_transaction() as cursor:
+        assert not user_history.fold(cursor, user_history.Fold(T0.date(), finished))
+    _fold_all(store)
+    _assert_history_is_true(store)
+    # folded: a write of today's events leaves the watermark where it is
+    store.append_events(to_table([event("c", datetime.utcnow())]))
+    assert _through(store) == rollups.finished_before()
+
+
+def test_a_bulk_import_of_history_lowers_the_watermark(store: DuckDBStore, tmp_path: Path) -> None:
+    rows = _rows(3)
+    recent = [r for r in rows if r["ts"] >= LATE]
+    older = [r for r in rows if r["ts"] < LATE and r["project_id"] == PROJECT]
+    # one event per user and time: the import drops a second one with the same content
+    older = list({(r["user_id"], r["ts"]): r for r in older}.values())
+    store.append_events(to_table(recent))
+    _fold_all(store)
+    path = tmp_path / "older.ndjson"
+    with path.open("w") as out:
+        for r in older:
+            body = {
+                "event_id": r["event_id"],
+                "user_id": r["user_id"],
+                "event_type": {"type": "PageView", "data": {"url": "/"}},
+                "timestamp": r["ts"].isoformat() + "Z",
+            }
+            out.write(json.dumps(body) + "\n")
+    summary = bulk_import(path, "ndjson", store, PROJECT)
+    assert summary.accepted == len(older)
+    assert _through(store) == min(r["ts"] for r in older).date()
+    _assert_same(store, recent + older)
+    _fold_all(store)
+    _assert_same(store, recent + older)
+
+
+def test_an_upgraded_store_starts_with_an_empty_history_and_the_same_answers(
+    tmp_path: Path,
+) -> None:
+    """A store from before migration 18 (the tables and version row taken away): the history
+    starts empty with its watermark at the first date, so retention reads the user days until
+    folds take them in."""
+    path = tmp_path / "old.duckdb"
+    rows = _rows(4)
+    old = DuckDBStore(path)
+    old.append_events(to_table(rows))
+    cursor = old._cursor()
+    cursor.execute("DROP TABLE rollup_user_history")
+    cursor.execute("DROP TABLE rollup_user_history_through")
+    cursor.execute("DELETE FROM schema_version WHERE version >= 18")
+    old.close()
+    upgraded = DuckDBStore(path)
+    try:
+        assert upgraded.query("SELECT max(version) FROM schema_version") == [(MIGRATIONS[-1][0],)]
+        assert _through(upgraded) == date(1, 1, 1)
+        assert upgraded.query("SELECT count(*) FROM rollup_user_history") == [(0,)]
+        _assert_same(upgraded, rows)
+        _fold_all(upgraded)
+        assert upgraded.query("SELECT count(*) FROM rollup_user_history")[0][0] > 50
+        _assert_same(upgraded, rows)
+    finally:
+        upgraded.close()
+
+
+def test_the_loader_folds_the_finished_days_it_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real ingest service writes through the log; the store's own loader folds the
+    finished days into the history when idle."""
+    from avila.storage import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "COMPACT_EVERY_S", 0.0)
+    store = DuckDBStore(tmp_path / "loaded.duckdb")
+    store.ingest_log_config = IngestLogConfig(tmp_path / "log")
+    rows = [event(f"u{(r * 7) % 5}", T0 + timedelta(hours=r * 9)) for r in range(30)]
+
+    async def send() -> None:
+        service = IngestService(store)
+        await service.start()
+        for r, row in enumerate(rows):
+            body = {
+                "event_id": f"e{r}",
+                "user_id": row["user_id"],
+                "timestamp": row["ts"].isoformat() + "Z",
+                "event_type": {"type": "PageView", "data": {"url": "/"}},
+            }
+            assert (await service.ingest([json.dumps(body).encode()], PROJECT)).accepted == 1
+        await asyncio.to_thread(store.read_barrier)
+        deadline = time.monotonic() + 30
+        while _through(store) != rollups.finished_before() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)  # idle: the loader folds at its idle ticks
+        await service.close()
+
+    try:
+        asyncio.run(send())
+        assert _through(store) == rollups.finished_before()
+        assert store.query("SELECT count(*) FROM rollup_user_history") == [(5,)]
+        _assert_same(store, rows)
+    finally:
+        store.close()
