@@ -12,6 +12,7 @@ step the history holds exactly the user days before its watermark and nothing el
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import random
 import time
@@ -20,17 +21,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from analytics_data import OTHER_PROJECT, PROJECT, T0, event, random_events, to_table
+from analytics_data import OTHER_PROJECT, PROJECT, T0, event, link_identity, random_events, to_table
 from analytics_oracles import retention_oracle
-from test_user_days_reports import QUESTIONS, _body, _source
+from journey_oracles import lifecycle_oracle
+from test_user_days_reports import (
+    LIFECYCLE,
+    QUESTIONS,
+    _body,
+    _lifecycle_table,
+    _linked,
+    _source,
+)
 
-from avila.analytics import erase_user, retention
+from avila.analytics import erase_user, lifecycle, retention
 from avila.export.bulk import bulk_import
 from avila.ingest.service import IngestService
 from avila.storage import rollups, user_history
 from avila.storage.duckdb.migrations import MIGRATIONS
 from avila.storage.duckdb.store import DuckDBStore
 from avila.storage.ingest_log import IngestLogConfig
+
+# the module (the package's ``lifecycle`` is the function)
+lifecycle_module = importlib.import_module("avila.analytics.lifecycle")
 
 SPAN = timedelta(weeks=10)
 LATE = T0 + timedelta(weeks=3)
@@ -108,6 +120,50 @@ def _assert_same(store: DuckDBStore, rows: list[dict[str, Any]]) -> None:
                 rows, PROJECT, start, end, period, periods, "UTC", mode, None, None
             )
             assert {c["cohort_start"]: c["retained"] for c in got["cohorts"]} == want, body
+    _assert_same_lifecycle(store, rows)
+
+
+#: Lifecycle questions that read the events (a time zone with an offset, an event condition)
+#: and take who was seen before the scan from the history.
+ZONED = [
+    ("Europe/Berlin", None),
+    ("Asia/Kathmandu", None),
+    ("UTC", {"condition_type": "page_view"}),
+]
+
+
+def _assert_same_lifecycle(
+    store: DuckDBStore, rows: list[dict[str, Any]], *, history: bool = True
+) -> None:
+    mine = [r for r in rows if r["project_id"] == PROJECT]
+    for start, end, period in LIFECYCLE:
+        for tz, event_cond in ZONED:
+            body: dict[str, Any] = {
+                "period": period, "start_time": start, "end_time": end, "timezone": tz,
+            }  # fmt: skip
+            if event_cond:
+                body["event"] = event_cond
+            assert _lifecycle_reads_history(store, body) is history, body
+            got = lifecycle(store, PROJECT, body)
+            assert got == lifecycle(store, PROJECT, body, raw=True), body
+            want = lifecycle_oracle(mine, start, end, period, tz, event_cond)
+            assert _lifecycle_table(got) == want, body
+
+
+def _lifecycle_reads_history(store: DuckDBStore, body: dict[str, Any]) -> bool:
+    found: list[Any] = []
+    original = lifecycle_module._seen_before
+
+    def spy(*args: Any) -> Any:
+        found.append(original(*args))
+        return found[-1]
+
+    lifecycle_module._seen_before = spy
+    try:
+        lifecycle(store, PROJECT, body)
+    finally:
+        lifecycle_module._seen_before = original
+    return len(found) == 1 and found[0] is not None
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -164,6 +220,7 @@ def test_a_bulk_import_of_history_lowers_the_watermark(store: DuckDBStore, tmp_p
     older = [r for r in rows if r["ts"] < LATE and r["project_id"] == PROJECT]
     # one event per user and time: the import drops a second one with the same content
     older = list({(r["user_id"], r["ts"]): r for r in older}.values())
+    older = [{**r, "event_type": "page_view", "url": "/"} for r in older]  # as imported below
     store.append_events(to_table(recent))
     _fold_all(store)
     path = tmp_path / "older.ndjson"
@@ -248,3 +305,30 @@ def test_the_loader_folds_the_finished_days_it_loaded(
         _assert_same(store, rows)
     finally:
         store.close()
+
+
+def test_lifecycle_reads_every_first_event_when_the_history_cannot_stand_in(
+    store: DuckDBStore,
+) -> None:
+    """A write that bypassed the rollups before the scan: lifecycle reads each user's first
+    event from the events, as before. (The bypassed event is the first of a user active in the
+    window: the history would make them new there.)"""
+    rows = [*_rows(5), event("ghost", T0 + timedelta(days=10))]
+    store.append_events(to_table(rows))
+    _fold_all(store)
+    _assert_same_lifecycle(store, rows)
+    store.execute(
+        "INSERT INTO events (project_id, event_id, user_id, ts, received_at, event_type, url)"
+        " VALUES (?, 'sneaky', 'ghost', ?, ?, 'page_view', '/')",
+        [PROJECT, T0 - timedelta(days=400), T0],
+    )
+    _assert_same_lifecycle(store, [*rows, event("ghost", T0 - timedelta(days=400))], history=False)
+
+
+def test_lifecycle_with_identity_links_reads_every_first_event(store: DuckDBStore) -> None:
+    """The history holds raw ids' keys; a person is several ids."""
+    rows = _rows(6)
+    store.append_events(to_table(rows))
+    _fold_all(store)
+    link_identity(store, "u002", "u001")
+    _assert_same_lifecycle(store, _linked(rows), history=False)

@@ -33,7 +33,7 @@ compared when it falls inside the scanned window.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -55,8 +55,9 @@ from avila.analytics.common import (
     zone,
 )
 from avila.analytics.query import parse_explained
-from avila.analytics.rollup_reads import EARLIEST, user_days_answer
+from avila.analytics.rollup_reads import EARLIEST, rollups_agree, user_days_answer
 from avila.schemas.analytics import LifecycleQuery
+from avila.storage import rollups, user_history
 from avila.storage.base import Store
 
 #: The longest length of a period, in days (a month), for the scan margins.
@@ -81,6 +82,10 @@ class _Parts:
     scan_hi: datetime
     lo: int
     hi: int
+    #: With the per-user history (:func:`_seen_before`): the keys of the users seen before
+    #: ``scan_from`` (the scan's first midnight), whose first events need not be read.
+    seen_before: Expr | None = None
+    scan_from: datetime | None = None
 
 
 def _activity_sql(p: _Parts) -> tuple[str, list[Any]]:
@@ -125,8 +130,10 @@ def _bitset_sql(p: _Parts) -> tuple[str, list[Any]]:
     periods, so it is used for up to :data:`BITSET_MAX_PERIODS` periods."""
     n = p.hi - p.lo + 2
     bit = p.frag["bit_at"]
-    sql = f"""
-WITH per_user AS (
+    # Each user's first event: over the whole history, or (``seen_before``) over the scan from
+    # its first midnight, for the users not seen before it (the others' is before the scan).
+    since, since_params = ("", []) if p.seen_before is None else ("AND ts >= ?", [p.scan_from])
+    per_user = f"""
   SELECT user_id, min(ts) AS first_ts,
     {p.frag["bitset_agg"].format("b - ?", "0", "?")} FILTER (WHERE active AND b BETWEEN ? AND ?)
       AS bits
@@ -134,8 +141,17 @@ WITH per_user AS (
     SELECT user_id, ts, active, {p.bucket} AS b FROM (
       SELECT user_id, ts, {p.active.sql} AS active,
         CASE WHEN ts >= ? THEN {p.local.sql} END AS loc
-      FROM {p.source} WHERE project_id = ? AND ts < ?))
-  GROUP BY user_id
+      FROM {p.source} WHERE project_id = ? {since} AND ts < ?))
+  GROUP BY user_id"""
+    params: list[Any] = [p.lo - 1, n - 1, p.lo - 1, p.hi, *p.active.params, p.scan_lo]
+    params += [*p.local.params, p.project_id, *since_params, p.scan_hi]
+    if p.seen_before is not None:
+        per_user = f"""
+  SELECT bits, CASE WHEN {rollups.USER_KEY} IN ({p.seen_before.sql}) THEN NULL ELSE first_ts END
+    AS first_ts FROM ({per_user})"""
+        params = [*p.seen_before.params, *params]
+    sql = f"""
+WITH per_user AS ({per_user}
 ), users AS (
   SELECT bits, {p.bucket} - ? AS f FROM (
     SELECT bits, CASE WHEN first_ts >= ? THEN {p.first_local.sql} END AS loc
@@ -148,10 +164,22 @@ SELECT i, CASE WHEN cur = 0 THEN 'dormant' WHEN f = i THEN 'new' WHEN prev = 1 T
   ELSE 'resurrecting' END AS status, count(*)
 FROM cells WHERE cur = 1 OR prev = 1 GROUP BY 1, 2
 """
-    params: list[Any] = [p.lo - 1, n - 1, p.lo - 1, p.hi, *p.active.params, p.scan_lo]
-    params += [*p.local.params, p.project_id, p.scan_hi, p.lo - 1, p.scan_lo]
-    params += [*p.first_local.params, n]
+    params += [p.lo - 1, p.scan_lo, *p.first_local.params, n]
     return sql, params
+
+
+def _seen_before(store: Store, project_id: str, day: datetime) -> Expr | None:
+    """The keys of the users with events before the midnight ``day``, from the per-user
+    history (:data:`avila.storage.user_history.SEEN_BEFORE`), when it can stand in for the
+    events: the store keeps it, the project has no identity links (the history holds raw ids'
+    keys), and the user days count exactly the events before ``day``."""
+    if not store.has_user_history:
+        return None
+    if events_source(store, project_id) != fragments(store)["events_unstitched"]:
+        return None
+    if not rollups_agree(store, project_id, EARLIEST, day):
+        return None
+    return Expr(user_history.SEEN_BEFORE, (project_id, day.date(), project_id, day.date()))
 
 
 def period_span(period: str, start_lo: int, end_hi: int, path: str = "end_time") -> tuple[int, int]:
@@ -215,6 +243,11 @@ def lifecycle(
         hi=hi,
     )
     build = _bitset_sql if hi - lo + 2 <= BITSET_MAX_PERIODS else _activity_sql
+    if build is _bitset_sql and user_days is None and not raw:
+        scan_from = datetime.combine(scan_lo.date(), datetime.min.time())
+        seen = _seen_before(store, project_id, scan_from)
+        if seen is not None:
+            parts = replace(parts, seen_before=seen, scan_from=scan_from)
     sql, params = build(parts)
     counts: dict[int, dict[str, int]] = {b: dict.fromkeys(STATUSES, 0) for b in range(lo, hi + 1)}
     offset = lo - 1 if build is _bitset_sql else 0  # the bit set numbers periods from lo - 1

@@ -63,6 +63,16 @@ PER_USER = """(
 )"""
 
 
+#: The keys of the project's users active on some day before a date: the history's users
+#: whose first day is earlier, and the users of the user days from the watermark up to it (a
+#: user may be listed twice). Parameters: project, date, project, date.
+SEEN_BEFORE = """
+  SELECT user_key FROM rollup_user_history WHERE project_id = ? AND first_day < ?
+  UNION ALL
+  SELECT user_key FROM rollup_user_days WHERE project_id = ?
+    AND day >= (SELECT through FROM rollup_user_history_through) AND day < ?"""
+
+
 def through(cursor: Any) -> date:
     """The watermark: every user day before it is in the history."""
     ((day,),) = cursor.execute("SELECT through FROM rollup_user_history_through").fetchall()
