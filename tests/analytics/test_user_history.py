@@ -4,9 +4,9 @@ Retention's default question (any event, UTC, bounds at midnight, no identity li
 user's first day and active days from the history (folded by the loader's upkeep) and the user
 days from its watermark on. Its answers must equal the events' (``raw=True``) and the pandas
 oracle's on generated data written late and shuffled through both write paths and a bulk
-import, folded in small chunks between the writes (a late write then lowers the watermark below
-days already folded, so both sources hold those days), with erasure and unicode ids. After every
-step the history holds exactly the user days before its watermark and nothing else.
+import, folded in small chunks between the writes (late writes then add user days before the
+watermark, kept apart until a fold takes them in), with erasure and unicode ids. After every
+step the history and the late rows hold exactly the user days before the watermark.
 """
 
 from __future__ import annotations
@@ -76,6 +76,10 @@ def _through(store: DuckDBStore) -> date:
     return store.query("SELECT through FROM rollup_user_history_through")[0][0]  # type: ignore[no-any-return]
 
 
+def _late(store: DuckDBStore) -> int:
+    return int(store.query("SELECT count(*) FROM rollup_user_history_late")[0][0])
+
+
 def _fold_all(store: DuckDBStore) -> int:
     folds = 0
     while True:
@@ -84,21 +88,23 @@ def _fold_all(store: DuckDBStore) -> int:
         if not done.more_left:
             break
     assert _through(store) == rollups.finished_before()
+    assert _late(store) == 0
     return folds
 
 
 def _assert_history_is_true(store: DuckDBStore) -> None:
-    """Every user day before the watermark is in the history, the history holds only user
-    days, and each row's first day is the least of its days."""
+    """Every user day before the watermark is in the history or the late rows, both hold only
+    user days, and each history row's first day is the least of its days."""
     through = _through(store)
     history = set(
         store.query(
             "SELECT project_id, user_key, unnest(days) FROM rollup_user_history",
         )
     )
+    late = set(store.query("SELECT project_id, user_key, day FROM rollup_user_history_late"))
     user_days = set(store.query("SELECT project_id, user_key, day FROM rollup_user_days"))
-    assert history <= user_days
-    assert {d for d in user_days if d[2] < through} <= history
+    assert history | late <= user_days
+    assert {d for d in user_days if d[2] < through} <= history | late
     assert store.query(
         "SELECT count(*) FROM rollup_user_history WHERE first_day <> list_min(days)"
     ) == [(0,)]
@@ -180,16 +186,25 @@ def test_retention_from_the_history_equals_the_events_and_the_oracle(
     _assert_same(store, rest[:half])  # the history alone
     store.commit_log_batch(2000, events=to_table(rest[half:]))
     _assert_same(store, rest)
-    store.append_events(to_table(late))  # late: the watermark drops to their first day
-    assert _through(store) == min(r["ts"] for r in late).date()
+    store.append_events(to_table(late))  # late: kept apart, the watermark stays
+    assert _through(store) == rollups.finished_before()
+    waiting = _late(store)
+    # every write since the fold was of days before the watermark: its (user, day) pairs, once
+    assert waiting == sum(
+        len({(r["project_id"], r["user_id"], r["ts"].date()) for r in write})
+        for write in (rest[half:], late)
+    )
     _assert_same(store, rows)
-    assert store.fold_user_history(max_folds=1).days == 1  # part way: both hold some days
+    assert store.fold_user_history(max_folds=1).days == 1  # the late rows' first days
+    assert 0 < _late(store) < waiting
+    _assert_same(store, rows)
+    erase_user(store, PROJECT, "u003")  # with late rows still waiting
+    rows = [r for r in rows if (r["project_id"], r["user_id"]) != (PROJECT, "u003")]
     _assert_same(store, rows)
     _fold_all(store)
     _assert_same(store, rows)
-    erase_user(store, PROJECT, "u003")
     erase_user(store, PROJECT, "édge ☕")
-    _assert_same(store, [r for r in rows if r["user_id"] not in ("u003", "édge ☕")])
+    _assert_same(store, [r for r in rows if r["user_id"] != "édge ☕"])
     assert store.query(
         "SELECT count(*) FROM rollup_user_history WHERE project_id = ? AND user_key ="
         f" {rollups.USER_KEY.replace('user_id', '?')}",
@@ -197,24 +212,34 @@ def test_retention_from_the_history_equals_the_events_and_the_oracle(
     ) == [(0,)]
 
 
-def test_a_fold_does_nothing_when_a_write_lowered_the_watermark_since_its_look(
-    store: DuckDBStore,
-) -> None:
+def test_a_late_write_waits_apart_and_is_folded_first(store: DuckDBStore) -> None:
     store.append_events(to_table([event("a", T0 + timedelta(days=d)) for d in range(5)]))
     finished = rollups.finished_before()
     look = store._read_apart(lambda cursor: user_history.due_fold(cursor, finished))
-    assert look is not None and look.start == date(1, 1, 1)
-    store.append_events(to_table([event("b", T0 - timedelta(days=3))]))  # before the look's end
+    assert look == user_history.Fold(date(1, 1, 1), finished)
+    _fold_all(store)
+    store.append_events(to_table([event("b", T0 - timedelta(days=3)), event("c", T0)]))
+    assert _through(store) == finished  # the watermark never moves back
+    assert _late(store) == 2
+    look = store._read_apart(lambda cursor: user_history.due_fold(cursor, finished))
+    assert look == user_history.Fold(
+        (T0 - timedelta(days=3)).date(), T0.date() + timedelta(1), True
+    )
+    # a fold of user days that does not start at the watermark does nothing
     with store.bulk_transaction() as cursor:
         assert not user_history.fold(cursor, user_history.Fold(T0.date(), finished))
-    _fold_all(store)
     _assert_history_is_true(store)
-    # folded: a write of today's events leaves the watermark where it is
-    store.append_events(to_table([event("c", datetime.utcnow())]))
-    assert _through(store) == rollups.finished_before()
+    assert store.fold_user_history(max_folds=1).days == 1
+    assert _late(store) == 0
+    _assert_history_is_true(store)
+    # a write of today's events adds no late row
+    store.append_events(to_table([event("d", datetime.utcnow())]))
+    assert (_through(store), _late(store)) == (finished, 0)
 
 
-def test_a_bulk_import_of_history_lowers_the_watermark(store: DuckDBStore, tmp_path: Path) -> None:
+def test_a_bulk_import_of_history_waits_apart_until_folded(
+    store: DuckDBStore, tmp_path: Path
+) -> None:
     rows = _rows(3)
     recent = [r for r in rows if r["ts"] >= LATE]
     older = [r for r in rows if r["ts"] < LATE and r["project_id"] == PROJECT]
@@ -235,7 +260,8 @@ def test_a_bulk_import_of_history_lowers_the_watermark(store: DuckDBStore, tmp_p
             out.write(json.dumps(body) + "\n")
     summary = bulk_import(path, "ndjson", store, PROJECT)
     assert summary.accepted == len(older)
-    assert _through(store) == min(r["ts"] for r in older).date()
+    assert _through(store) == rollups.finished_before()
+    assert _late(store) == len({(r["user_id"], r["ts"].date()) for r in older})
     _assert_same(store, recent + older)
     _fold_all(store)
     _assert_same(store, recent + older)
@@ -254,6 +280,7 @@ def test_an_upgraded_store_starts_with_an_empty_history_and_the_same_answers(
     cursor = old._cursor()
     cursor.execute("DROP TABLE rollup_user_history")
     cursor.execute("DROP TABLE rollup_user_history_through")
+    cursor.execute("DROP TABLE rollup_user_history_late")
     cursor.execute("DELETE FROM schema_version WHERE version >= 18")
     old.close()
     upgraded = DuckDBStore(path)
@@ -294,13 +321,15 @@ def test_the_loader_folds_the_finished_days_it_loaded(
             assert (await service.ingest([json.dumps(body).encode()], PROJECT)).accepted == 1
         await asyncio.to_thread(store.read_barrier)
         deadline = time.monotonic() + 30
-        while _through(store) != rollups.finished_before() and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            _through(store) != rollups.finished_before() or _late(store)
+        ):
             await asyncio.sleep(0.2)  # idle: the loader folds at its idle ticks
         await service.close()
 
     try:
         asyncio.run(send())
-        assert _through(store) == rollups.finished_before()
+        assert (_through(store), _late(store)) == (rollups.finished_before(), 0)
         assert store.query("SELECT count(*) FROM rollup_user_history") == [(5,)]
         _assert_same(store, rows)
     finally:

@@ -105,6 +105,7 @@ def test_every_duckdb_table_has_a_clickhouse_table(tmp_path: Path) -> None:
         "event_day_order",
         "rollup_user_history",
         "rollup_user_history_through",
+        "rollup_user_history_late",
         "rollup_daily",
         "rollup_user_days",
         "rollup_compactions",

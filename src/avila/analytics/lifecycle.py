@@ -179,7 +179,7 @@ def _seen_before(store: Store, project_id: str, day: datetime) -> Expr | None:
         return None
     if not rollups_agree(store, project_id, EARLIEST, day):
         return None
-    return Expr(user_history.SEEN_BEFORE, (project_id, day.date(), project_id, day.date()))
+    return Expr(user_history.SEEN_BEFORE, (project_id, day.date()) * 3)
 
 
 def period_span(period: str, start_lo: int, end_hi: int, path: str = "end_time") -> tuple[int, int]:

@@ -232,7 +232,7 @@ def _history_users(
     sql = f"""
   SELECT CAST(first_day AS TIMESTAMP) AS first_ts, {act} AS act FROM {user_history.PER_USER}
   WHERE first_day >= ? AND first_day < ?"""
-    params = [*return_params, project_id, project_id, start.date(), end.date()]
+    params = [*return_params, *[project_id] * 3, start.date(), end.date()]
     return Expr(sql, tuple(params))
 
 

@@ -318,7 +318,7 @@ def add_events(cursor: Any, relation: str) -> None:
     rows = _representable(relation)
     cursor.execute("INSERT INTO rollup_daily " + DAILY_FROM.format(src=rows))
     cursor.execute("INSERT INTO rollup_user_days " + _USER_DAYS_KEYED.format(src=rows))
-    user_history.note_written_sql(cursor, rows)
+    user_history.add_late_sql(cursor, rows, USER_KEY)
 
 
 def add_partials(cursor: Any, found: Partials) -> None:
@@ -330,7 +330,7 @@ def add_partials(cursor: Any, found: Partials) -> None:
     if user_days.num_rows:
         keyed = cursor.from_arrow(user_days).project(f"*, {USER_KEY} AS user_key")
         keyed.insert_into("rollup_user_days")
-        user_history.note_written(cursor, pc.min(user_days.column("day")).as_py())
+        user_history.add_late(cursor, user_days, USER_KEY)
 
 
 def forget_statements(project_id: str, user_ids: Sequence[str]) -> list[Statement]:
@@ -348,7 +348,7 @@ def forget_statements(project_id: str, user_ids: Sequence[str]) -> list[Statemen
             f"DELETE FROM rollup_user_days WHERE project_id = ? AND user_id IN ({marks})",
             [project_id, *user_ids],
         ),
-        user_history.forget_statement(project_id, user_ids, USER_KEY),
+        *user_history.forget_statements(project_id, user_ids, USER_KEY),
     ]
 
 

@@ -224,6 +224,12 @@ MIGRATIONS: tuple[tuple[int, str, tuple[Step, ...]], ...] = (
         " (avila.storage.user_history)",
         user_history.DDL,
     ),
+    (
+        19,
+        "rollup_user_history_late: user days written before the history's watermark, not"
+        " folded yet (avila.storage.user_history)",
+        user_history.LATE_DDL,
+    ),
 )
 
 
