@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import random
 import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from analytics_data import OTHER_PROJECT, PROJECT, T0, event, link_identity, random_events, to_table
+from analytics_data import PROJECT, T0, event, link_identity, to_table
 from analytics_oracles import retention_oracle
 from journey_oracles import lifecycle_oracle
 from test_user_days_reports import (
@@ -32,6 +31,7 @@ from test_user_days_reports import (
     _linked,
     _source,
 )
+from test_user_days_reports import _rows as user_days_rows
 
 from avila.analytics import erase_user, lifecycle, retention
 from avila.export.bulk import bulk_import
@@ -58,18 +58,9 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def _rows(seed: int) -> list[dict[str, Any]]:
-    rows = random_events(seed, 80, span=SPAN, grid=timedelta(hours=1), max_events=20)
-    day = T0 + timedelta(days=20)
-    rows += [
-        event("édge ☕", day - timedelta(microseconds=1)),  # the last microsecond of a day
-        event("édge ☕", day + timedelta(days=7)),  # the first of a day a week later
-        event("late", T0 + timedelta(days=60)),
-        event("late", T0 + timedelta(days=2)),  # its first event, written last
-        event("u001", T0 + timedelta(days=5), project_id=OTHER_PROJECT),
-        event("u001", T0 + timedelta(days=5)),  # a duplicate day of the same user
-    ]
-    random.Random(seed).shuffle(rows)
-    return rows
+    """The user-days reports' generated rows (ties, unicode, a day's last microsecond, a late
+    first event, another project's user), and a second event of a user on a day."""
+    return [*user_days_rows(seed), event("u001", T0 + timedelta(days=5))]
 
 
 def _through(store: DuckDBStore) -> date:

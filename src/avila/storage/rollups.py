@@ -317,8 +317,16 @@ def add_events(cursor: Any, relation: str) -> None:
     transaction. For writes :func:`partials` cannot take."""
     rows = _representable(relation)
     cursor.execute("INSERT INTO rollup_daily " + DAILY_FROM.format(src=rows))
-    cursor.execute("INSERT INTO rollup_user_days " + _USER_DAYS_KEYED.format(src=rows))
-    user_history.add_late_sql(cursor, rows, USER_KEY)
+    # The user days once (an import's are millions of events), for the table and for the
+    # per-user history's late rows.
+    cursor.execute(
+        "CREATE OR REPLACE TEMP TABLE _written_user_days AS " + _USER_DAYS_KEYED.format(src=rows)
+    )
+    try:
+        cursor.execute("INSERT INTO rollup_user_days SELECT * FROM _written_user_days")
+        user_history.add_late_sql(cursor, "_written_user_days")
+    finally:
+        cursor.execute("DROP TABLE IF EXISTS _written_user_days")
 
 
 def add_partials(cursor: Any, found: Partials) -> None:

@@ -100,7 +100,7 @@ def through(cursor: Any) -> date:
 
 
 def add_late(cursor: Any, user_days: pa.Table, user_key: str) -> None:
-    """Append the (user, day) pairs of ``user_days`` (rows of the user days being written:
+    """Append the (user, day) pairs of ``user_days`` (the user-day rows being written:
     ``project_id``, ``day``, ``user_id``) from before the watermark to the late rows; call
     inside the writing transaction. ``user_key``: the key's expression over ``user_id``
     (:data:`avila.storage.rollups.USER_KEY`). Live events are of today and yesterday, after
@@ -111,18 +111,18 @@ def add_late(cursor: Any, user_days: pa.Table, user_key: str) -> None:
     cursor.register("_late_user_days", user_days)
     try:
         add_late_sql(
-            cursor, "(SELECT project_id, day AS ts, user_id FROM _late_user_days)", user_key
+            cursor, f"(SELECT project_id, {user_key} AS user_key, day FROM _late_user_days)"
         )
     finally:
         cursor.unregister("_late_user_days")
 
 
-def add_late_sql(cursor: Any, relation: str, user_key: str) -> None:
-    """:func:`add_late` for the events in ``relation`` (a registered view or table name chosen
-    by the caller, never user input; its ``ts`` a time or a day)."""
+def add_late_sql(cursor: Any, relation: str) -> None:
+    """:func:`add_late` for the user-day rows in ``relation`` (a registered view or table name
+    chosen by the caller, never user input, with ``project_id``, ``user_key`` and ``day``)."""
     cursor.execute(
-        f"INSERT INTO rollup_user_history_late SELECT DISTINCT project_id, {user_key},"
-        f" ts::DATE FROM {relation} WHERE ts::DATE < {_WATERMARK}"
+        "INSERT INTO rollup_user_history_late SELECT DISTINCT project_id, user_key, day"
+        f" FROM {relation} WHERE day < {_WATERMARK}"
     )
 
 
@@ -160,7 +160,7 @@ def due_fold(cursor: Any, finished: date) -> Fold | None:
         "SELECT day, count(*) FROM rollup_user_history_late GROUP BY day ORDER BY day"
     ).fetchall()
     if late:
-        return _first_days(late, late=True) or Fold(late[0][0], late[-1][0] + ONE_DAY, True)
+        return Fold(late[0][0], _cut(late) or late[-1][0] + timedelta(days=1), late=True)
     start = through(cursor)
     if start >= finished:
         return None
@@ -169,20 +169,16 @@ def due_fold(cursor: Any, finished: date) -> Fold | None:
         " GROUP BY day ORDER BY day",
         [start, finished],
     ).fetchall()
-    cut = _first_days(days, late=False)
-    return Fold(start, cut.end) if cut is not None else Fold(start, finished)
+    return Fold(start, _cut(days) or finished)
 
 
-ONE_DAY = timedelta(days=1)
-
-
-def _first_days(rows: list[tuple[date, int]], *, late: bool) -> Fold | None:
-    """The first days of ``rows`` (day, rows) that hold :data:`FOLD_ROWS` (at least one), or
-    None when all of them do."""
+def _cut(rows: list[tuple[date, int]]) -> date | None:
+    """The first day of ``rows`` ((day, rows), by day) past the first :data:`FOLD_ROWS` rows
+    (at least one day before it), or None when they all fit."""
     taken = 0
     for day, count in rows:
         if taken and taken + count > FOLD_ROWS:
-            return Fold(rows[0][0], day, late)
+            return day
         taken += count
     return None
 
