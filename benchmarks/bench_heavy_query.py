@@ -20,10 +20,14 @@ Exports are encoded in the server process (pyarrow for CSV and Parquet, msgspec 
 for JSON), so this measures what an export costs the acknowledging event loop.
 
 The heavy-query client and the ``/health`` probe run in a process of their own: in the load
-generator's process their threads would take its GIL and delay the requests it times.
+generator's process their threads would take its GIL and delay the requests it times. So does,
+unless ``--no-flush-probe``, a probe of the disk itself (``flush_probe.py``: 4 KB append +
+``fdatasync`` every 10 ms in the server's data directory, the ingest log's disk): a 202 waits
+for such a flush, so the probe's slow flushes are the part of the ingest tail no server code
+can remove; it adds 100 small flushes/s to the server's several hundred.
 
-Reported per phase: ingest p50/p99/p99.9, non-202 count, /health p50/p99/max, and the number
-and median duration of heavy queries; medians over ``--rounds`` rounds. The machine is shared.
+Reported per phase: ingest p50/p99/p99.9, non-202 count, /health p50/p99/max, the number
+and median duration of heavy queries, and the disk probe's flush p99, max and count over 10 ms; medians over ``--rounds`` rounds. The machine is shared.
 
     python benchmarks/bench_heavy_query.py --rounds 3 --seconds 20
 """
@@ -52,6 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import loadgen  # noqa: E402
 from bench_analytics import END, SPAN_DAYS  # noqa: E402
 from events import single_body  # noqa: E402
+from flush_probe import probe as flush_probe  # noqa: E402
+from flush_probe import summary as flush_summary  # noqa: E402
 from results import add_env_option, env_settings, stamp, write_section  # noqa: E402
 
 from avila.security.keys import KeyStore  # noqa: E402
@@ -159,12 +165,14 @@ def peak_memory_gb(server: ServerProcess) -> dict[str, float]:
     }
 
 
-def _probes(url: str, key: str, heavy: str, done: Any, out: Any) -> None:
-    """The /health probe and (``heavy`` not empty) the heavy loop, in their own process, until
-    ``done`` is set; then their timings go to ``out``."""
+def _probes(url: str, key: str, heavy: str, flush_dir: Path | None, done: Any, out: Any) -> None:
+    """The /health probe, the disk's flush probe in ``flush_dir`` (None: none) and (``heavy``
+    not empty) the heavy loop, in their own process, until ``done`` is set; then their timings
+    go to ``out``."""
     stop = threading.Event()
     durations: list[float] = []
     health: list[float] = []
+    flushes: list[float] = []
     failed: list[str] = []
     mb: list[float] = []
 
@@ -176,6 +184,8 @@ def _probes(url: str, key: str, heavy: str, done: Any, out: Any) -> None:
             stop.set()
 
     threads = [threading.Thread(target=health_loop, args=(url, stop, health))]
+    if flush_dir is not None:
+        threads.append(threading.Thread(target=flush_probe, args=(flush_dir, stop, flushes)))
     if heavy:
         threads.append(threading.Thread(target=heavy_thread))
     for thread in threads:
@@ -185,15 +195,21 @@ def _probes(url: str, key: str, heavy: str, done: Any, out: Any) -> None:
     stop.set()
     for thread in threads:
         thread.join()
-    out.put((durations, health, failed, sum(mb)))
+    out.put((durations, health, flushes, failed, sum(mb)))
 
 
 def phase(
-    server: ServerProcess, bench_key: str, seconds: float, rate: float, heavy: str, tag: str
+    server: ServerProcess,
+    bench_key: str,
+    seconds: float,
+    rate: float,
+    heavy: str,
+    tag: str,
+    flush_dir: Path | None,
 ) -> dict[str, float]:
     ctx = get_context("spawn")
     done, out = ctx.Event(), ctx.Queue()
-    probes = ctx.Process(target=_probes, args=(server.url, bench_key, heavy, done, out))
+    probes = ctx.Process(target=_probes, args=(server.url, bench_key, heavy, flush_dir, done, out))
     probes.start()
     time.sleep(2.0 if heavy else 1.0)  # the probe process starts; the first heavy query runs
     host, port = "127.0.0.1", int(server.url.rsplit(":", 1)[1])
@@ -205,7 +221,7 @@ def phase(
 
     result = loadgen.run(loadgen.open_loop(host, port, rate, seconds, 32, request))
     done.set()
-    durations, health, failed, received_mb = out.get(timeout=1200)
+    durations, health, flushes, failed, received_mb = out.get(timeout=1200)
     probes.join()
     if failed:
         raise SystemExit(failed[0])
@@ -225,7 +241,10 @@ def phase(
         "heavy queries finished": float(len(durations)),
         "heavy query median (s)": statistics.median(durations) if durations else float("nan"),
         "export received (MB/s)": received_mb / seconds,
-    }
+        **({} if flush_dir is None else {
+            f"disk probe: {k}": v for k, v in flush_summary(flushes).items()
+        }),
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -235,6 +254,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--store", type=Path, default=None, help="default: the largest bench store")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--no-flush-probe", action="store_true", help="no disk flush probe beside the phases"
+    )
     parser.add_argument(
         "--heavy",
         choices=["queries", "export-json", "export-csv", "export-parquet"],
@@ -272,8 +294,11 @@ def main() -> None:
         rounds: list[tuple[dict[str, float], dict[str, float]]] = []
         try:
             for n in range(args.rounds):
-                quiet = phase(server, bench_key, args.seconds, args.rate, "", f"q{n}")
-                heavy = phase(server, bench_key, args.seconds, args.rate, args.heavy, f"h{n}")
+                flush_dir = None if args.no_flush_probe else scratch
+                quiet = phase(server, bench_key, args.seconds, args.rate, "", f"q{n}", flush_dir)
+                heavy = phase(
+                    server, bench_key, args.seconds, args.rate, args.heavy, f"h{n}", flush_dir
+                )
                 print(f"  round {n + 1}: quiet {quiet}\n           heavy {heavy}", file=sys.stderr)
                 rounds.append((quiet, heavy))
             peaks = peak_memory_gb(server)
