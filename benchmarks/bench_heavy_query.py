@@ -335,7 +335,10 @@ def main() -> None:
         write_section(
             "bench_heavy_query",
             "## Ingest while heavy queries run (`python benchmarks/bench_heavy_query.py --rounds"
-            f" {args.rounds} --seconds {args.seconds:g}`)\n\n{stamp()}\nMachine: {os.cpu_count()} cores,"
+            f" {args.rounds} --seconds {args.seconds:g}"
+            + (f" --store {args.store}" if args.store else "")
+            + "".join(f" --env {k}={v}" for k, v in extra_env.items())
+            + f"`)\n\n{stamp()}\nMachine: {os.cpu_count()} cores,"
             f" load average {LOAD_AT_START:.1f} when the run started and"
             f" {os.getloadavg()[0]:.1f} when written; the load generator and the heavy-query client run on the same"
             " cores. Heavy query: overview and 12-week retention over the whole bench project,"
