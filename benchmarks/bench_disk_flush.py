@@ -68,7 +68,8 @@ def main() -> None:
         rounds.append(figures)
     medians = print_median(rounds)
     lines = [
-        f"## The disk's durable-append latency (`python benchmarks/bench_disk_flush.py --seconds {args.seconds:g} --rounds {args.rounds}`)",
+        "## The disk's durable-append latency (`python benchmarks/bench_disk_flush.py"
+        f" --seconds {args.seconds:g} --rounds {args.rounds}`)",
         "",
         stamp(),
         "",

@@ -24,10 +24,11 @@ generator's process their threads would take its GIL and delay the requests it t
 unless ``--no-flush-probe``, a probe of the disk itself (``flush_probe.py``: 4 KB append +
 ``fdatasync`` every 10 ms in the server's data directory, the ingest log's disk): a 202 waits
 for such a flush, so the probe's slow flushes are the part of the ingest tail no server code
-can remove; it adds 100 small flushes/s to the server's several hundred.
+can remove; it adds ~100 small flushes/s to the server's own (one per group commit).
 
 Reported per phase: ingest p50/p99/p99.9, non-202 count, /health p50/p99/max, the number
-and median duration of heavy queries, and the disk probe's flush p99, max and count over 10 ms; medians over ``--rounds`` rounds. The machine is shared.
+and median duration of heavy queries, and the disk probe's flush p50/p99/max and count over
+10 ms; medians over ``--rounds`` rounds. The machine is shared.
 
     python benchmarks/bench_heavy_query.py --rounds 3 --seconds 20
 """

@@ -9,12 +9,13 @@ Protocol (fixed before the runs): a copy of a bench store (``analytics_<N>.duckd
 bench_analytics.py, its history folded) in a temporary directory. ``--folds`` times, as the
 loader would for each new day after the history's watermark: one day's user days are appended
 to ``rollup_user_days`` (those of the bench's days in turn, from its first, shifted to the new
-day: the same users come back) and folded into the history (``user_history.fold``), one transaction each. Before
-the first fold and after every ``--every`` folds: a ``CHECKPOINT``, the file's size, the
-history's rows, and the bench's 12-week retention question (which reads the history) timed
-``--runs`` times (median). Printed as a table; ``--no-write`` keeps it out of RESULTS.md.
+day: the same users come back) and folded into the history (``user_history.fold``), one
+transaction each. Before the first fold and after every ``--every`` folds: a ``CHECKPOINT``,
+the file's size, the history's rows, and the bench's 12-week retention question (which reads
+the history) timed ``--runs`` times (median). Printed as a table; ``--no-write`` keeps it out
+of RESULTS.md.
 
-    python benchmarks/bench_history_folds.py --events 10000000 --folds 90 --every 30
+    python benchmarks/bench_history_folds.py --events 10000000 --folds 360 --every 60
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def main() -> None:
         stamp(),
         "",
         f"A copy of {source.name}; per fold one day of user days (the bench's days in turn,"
-        " shifted past the history's watermark) appended and folded in its own transaction; after each step a"
+        " shifted past the history's watermark) appended and folded in its own transaction;"
+        " after each step a"
         f" CHECKPOINT, then the 12-week retention question (median of {args.runs} after a"
         " warm-up).",
         "",

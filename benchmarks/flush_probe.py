@@ -4,8 +4,8 @@ A 202 waits for one ``fdatasync`` of the ingest log (docs/ingestion.md). When th
 flush stalls, every request that arrives meanwhile waits with it, whatever the server does.
 :func:`probe` measures that floor beside a benchmark: every ``every`` seconds it appends 4 KB
 to a file of its own and ``fdatasync``s it, as the log's writer does, and records how long the
-pair took. It adds ~400 KB/s and 100 flushes/s to the device (the server's group commits at
-1,000 req/s issue several hundred): a light load, stated wherever its figures are quoted.
+pair took. It adds ~400 KB/s and ~100 flushes/s to the device (the server issues one flush per
+group commit, at most one per request): a light load, stated wherever its figures are quoted.
 """
 
 from __future__ import annotations
