@@ -120,9 +120,11 @@ def _assert_same(store: DuckDBStore, rows: list[dict[str, Any]]) -> None:
     _assert_same_lifecycle(store, rows)
 
 
-#: Lifecycle questions that read the events (a time zone with an offset, an event condition)
-#: and take who was seen before the scan from the history.
-ZONED = [
+#: Lifecycle questions: the default one (UTC, any event) reads the history's rows; the others
+#: read the events (a time zone with an offset, an event condition) and take who was seen
+#: before the scan from the history.
+LIFECYCLE_ASKED = [
+    ("UTC", None),
     ("Europe/Berlin", None),
     ("Asia/Kathmandu", None),
     ("UTC", {"condition_type": "page_view"}),
@@ -134,7 +136,7 @@ def _assert_same_lifecycle(
 ) -> None:
     mine = [r for r in rows if r["project_id"] == PROJECT]
     for start, end, period in LIFECYCLE:
-        for tz, event_cond in ZONED:
+        for tz, event_cond in LIFECYCLE_ASKED:
             body: dict[str, Any] = {
                 "period": period, "start_time": start, "end_time": end, "timezone": tz,
             }  # fmt: skip
@@ -148,19 +150,47 @@ def _assert_same_lifecycle(
 
 
 def _lifecycle_reads_history(store: DuckDBStore, body: dict[str, Any]) -> bool:
+    """Whether ``lifecycle`` read the per-user history: its rows (the default question) or
+    the users it holds as seen before the scan (the others)."""
     found: list[Any] = []
-    original = lifecycle_module._seen_before
+    seen_before, history_sql = lifecycle_module._seen_before, lifecycle_module._history_sql
 
-    def spy(*args: Any) -> Any:
-        found.append(original(*args))
+    def seen_spy(*args: Any) -> Any:
+        found.append(seen_before(*args))
         return found[-1]
 
-    lifecycle_module._seen_before = spy
+    def rows_spy(*args: Any) -> Any:
+        found.append("rows")
+        return history_sql(*args)
+
+    lifecycle_module._seen_before = seen_spy
+    lifecycle_module._history_sql = rows_spy
     try:
         lifecycle(store, PROJECT, body)
     finally:
-        lifecycle_module._seen_before = original
+        lifecycle_module._seen_before = seen_before
+        lifecycle_module._history_sql = history_sql
     return len(found) == 1 and found[0] is not None
+
+
+def test_lifecycle_from_the_history_holds_the_most_periods_the_bits_do(
+    store: DuckDBStore,
+) -> None:
+    """By day over 63 days: 64 periods with the one before, every bit of the history's bit
+    set; a day more reads the activity pairs of the events instead (same answers)."""
+    rows = _rows(7)
+    store.append_events(to_table(rows))
+    _fold_all(store)
+    mine = [r for r in rows if r["project_id"] == PROJECT]
+    start = T0 + timedelta(days=1)
+    for days, history in ((63, True), (64, False)):
+        body = {"period": "day", "start_time": start, "end_time": start + timedelta(days=days)}
+        assert _lifecycle_reads_history(store, body) is history
+        got = lifecycle(store, PROJECT, body)
+        assert got == lifecycle(store, PROJECT, body, raw=True)
+        want = lifecycle_oracle(mine, start, start + timedelta(days=days), "day", "UTC", None)
+        assert _lifecycle_table(got) == want
+        assert sum(p["new"] for p in got["periods"]) > 0
 
 
 @pytest.mark.parametrize("seed", [1, 2])

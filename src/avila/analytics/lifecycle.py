@@ -20,10 +20,12 @@ person's first event arrived). For each reported period P:
 Every active user is exactly one of new, returning or resurrecting; ``active`` is their sum.
 Users are identity-stitched persons (the same relation as every analytics query).
 
-Computed in one SQL query, in one of two shapes with the same result. Up to
+Computed in one SQL query, in one of three shapes with the same result. Up to
 :data:`BITSET_MAX_PERIODS` periods: one aggregate per user over the history gives the first
 event and a bit set of active periods, and each period's status is read off the bits (cost:
-one scan plus users x periods bit reads). Beyond: distinct (user, period) activity, the
+one scan plus users x periods bit reads); for the default question (any event, no filters, UTC,
+no identity links) the per-user history's rows give both without the aggregate (a row per user:
+first day and active days). Beyond: distinct (user, period) activity, the
 previous and next active period of each (``lag``/``lead``) and each user's first event
 (cost grows with active user-periods, not with periods). The first event is aggregated over
 the whole history without a semi-join to the active users (measured cheaper), and is only
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from avila.analytics.calendar import (
@@ -55,7 +57,7 @@ from avila.analytics.common import (
     zone,
 )
 from avila.analytics.query import parse_explained
-from avila.analytics.rollup_reads import EARLIEST, rollups_agree, user_days_answer
+from avila.analytics.rollup_reads import EARLIEST, USER_DAYS, rollups_agree, user_days_answer
 from avila.schemas.analytics import LifecycleQuery
 from avila.storage import rollups, user_history
 from avila.storage.base import Store
@@ -77,6 +79,7 @@ class _Parts:
     local: Expr  # local wall-clock microseconds of ts
     first_local: Expr  # the same for first_ts
     bucket: str  # period of the column loc
+    period: str
     project_id: str
     scan_lo: datetime
     scan_hi: datetime
@@ -168,6 +171,41 @@ FROM cells WHERE cur = 1 OR prev = 1 GROUP BY 1, 2
     return sql, params
 
 
+def _history_sql(p: _Parts) -> tuple[str, list[Any]]:
+    """:func:`_bitset_sql` for the default question (any event, no filters, UTC, no identity
+    links) from the per-user history (:data:`avila.storage.user_history.PER_USER`: a row per
+    user with their first day and active days), as retention's default question reads it: no
+    aggregation by user. Local time is UTC (the caller checked), so a day's period is its
+    events' and the first day's the first event's. The bits are an integer's (at most
+    :data:`BITSET_MAX_PERIODS` of them), numbered from the first day of period ``lo - 1``."""
+    n = p.hi - p.lo + 2
+    first, after = (date.fromisoformat(bucket_label(b, p.period)) for b in (p.lo - 1, p.hi + 1))
+    # A day's bit: its period's distance from period lo - 1 (days before ``first`` give a
+    # negative or zero one, never a reported period's).
+    distance, base = {
+        "day": ("({0} - ?)", first),
+        "week": ("(({0} - ?) // 7)", first),
+        "month": ("(year({0}) * 12 + month({0}) - ?)", first.year * 12 + first.month),
+    }[p.period]
+    bit = p.frag["bit"].format(distance.format("d"))
+    bits = "list_bit_or(list_transform(list_filter(days, lambda d: d >= ? AND d < ?),"
+    bits += f" lambda d: {bit}))"
+    at = "((bits >> ({0})) & 1)"
+    sql = f"""
+WITH users AS (
+  SELECT {bits} AS bits, {distance.format("first_day")} AS f FROM {user_history.PER_USER}
+), cells AS (
+  SELECT i, {at.format("i")} AS cur, {at.format("i - 1")} AS prev, f
+  FROM users, {p.frag["series_from_1"].format("?")} WHERE bits IS NOT NULL
+)
+SELECT i, CASE WHEN cur = 0 THEN 'dormant' WHEN f = i THEN 'new' WHEN prev = 1 THEN 'returning'
+  ELSE 'resurrecting' END AS status, count(*)
+FROM cells WHERE cur = 1 OR prev = 1 GROUP BY 1, 2
+"""
+    params: list[Any] = [first, after, base, base, *[p.project_id] * 3, n]
+    return sql, params
+
+
 def _seen_before(store: Store, project_id: str, day: datetime) -> Expr | None:
     """The keys of the users with events before the midnight ``day``, from the per-user
     history (:data:`avila.storage.user_history.SEEN_BEFORE`), when it can stand in for the
@@ -203,8 +241,9 @@ def lifecycle(
     """``{"period", "timezone", "dormant_sign": -1, "periods": [{"period_start", "new",
     "returning", "resurrecting", "dormant", "active"}]}`` (see the module docstring).
     Without an ``event`` or filters, in UTC, the daily rollups' user days stand in for the
-    events (:data:`avila.analytics.rollup_reads.USER_DAYS`; the same answer, checked first);
-    ``raw`` reads the events in any case."""
+    events (:data:`avila.analytics.rollup_reads.USER_DAYS`; the same answer, checked first),
+    and without identity links the per-user history's rows (:func:`_history_sql`); ``raw``
+    reads the events in any case."""
     q = parse_explained(LifecycleQuery, query)
     start, end = time_range(q.start_time, q.end_time)
     tz = zone(q.timezone)
@@ -236,6 +275,7 @@ def lifecycle(
         local=local,
         first_local=first_local,
         bucket=bucket,
+        period=q.period,
         project_id=project_id,
         scan_lo=scan_lo,
         scan_hi=scan_hi,
@@ -243,14 +283,17 @@ def lifecycle(
         hi=hi,
     )
     build = _bitset_sql if hi - lo + 2 <= BITSET_MAX_PERIODS else _activity_sql
-    if build is _bitset_sql and user_days is None and not raw:
+    if build is _bitset_sql and user_days == USER_DAYS and store.has_user_history:
+        build = _history_sql
+    elif build is _bitset_sql and user_days is None and not raw:
         scan_from = datetime.combine(scan_lo.date(), datetime.min.time())
         seen = _seen_before(store, project_id, scan_from)
         if seen is not None:
             parts = replace(parts, seen_before=seen, scan_from=scan_from)
     sql, params = build(parts)
     counts: dict[int, dict[str, int]] = {b: dict.fromkeys(STATUSES, 0) for b in range(lo, hi + 1)}
-    offset = lo - 1 if build is _bitset_sql else 0  # the bit set numbers periods from lo - 1
+    # the bit sets number periods from lo - 1
+    offset = 0 if build is _activity_sql else lo - 1
     for b, status, n in store.query(sql, params):
         counts[int(b) + offset][status] = int(n)
     periods = []
