@@ -132,7 +132,6 @@ def _bitset_sql(p: _Parts) -> tuple[str, list[Any]]:
     (bit i = period lo - 1 + i), then each period read off the bits. Scales with users times
     periods, so it is used for up to :data:`BITSET_MAX_PERIODS` periods."""
     n = p.hi - p.lo + 2
-    bit = p.frag["bit_at"]
     # Each user's first event: over the whole history, or (``seen_before``) over the scan from
     # its first midnight, for the users not seen before it (the others' is before the scan).
     since, since_params = ("", []) if p.seen_before is None else ("AND ts >= ?", [p.scan_from])
@@ -159,16 +158,35 @@ WITH per_user AS ({per_user}
   SELECT bits, {p.bucket} - ? AS f FROM (
     SELECT bits, CASE WHEN first_ts >= ? THEN {p.first_local.sql} END AS loc
     FROM per_user WHERE bits IS NOT NULL)
+{_statuses(p)}"""
+    params += [p.lo - 1, p.scan_lo, *p.first_local.params, n - 1, n]
+    return sql, params
+
+
+def _statuses(p: _Parts) -> str:
+    """The end of the bit-set queries: from ``users`` (a row per user: ``bits``, their active
+    periods' bit set, bit i = period lo - 1 + i, NULL when none; ``f``, the bit of their first
+    period), rows ``(i, status, users)`` for the periods i = 1 .. n - 1. Users with the same
+    bits and first period (within 1 .. n - 1, else 0) are counted once before the bits are
+    read: fewer rows than users (at 100 M events in UTC, by day 698 k patterns for 1.9 M users,
+    by week 66 k for 2.9 M).
+    Parameters: n - 1, then n."""
+    bit = p.frag["bit_at"]
+    return f"""), patterns AS (
+  SELECT bits, first_bit, count(*) AS w FROM (
+    SELECT bits, CASE WHEN f BETWEEN 1 AND ? THEN f ELSE 0 END AS first_bit
+    FROM users WHERE bits IS NOT NULL)
+  GROUP BY bits, first_bit
 ), cells AS (
-  SELECT i, {bit.format("bits", "i")} AS cur, {bit.format("bits", "i - 1")} AS prev, f
-  FROM users, {p.frag["series_from_1"].format("?")}
+  SELECT i, {bit.format("bits", "i")} AS cur, {bit.format("bits", "i - 1")} AS prev,
+    first_bit, w
+  FROM patterns, {p.frag["series_from_1"].format("?")}
 )
-SELECT i, CASE WHEN cur = 0 THEN 'dormant' WHEN f = i THEN 'new' WHEN prev = 1 THEN 'returning'
-  ELSE 'resurrecting' END AS status, count(*)
+SELECT i, CASE WHEN cur = 0 THEN 'dormant' WHEN first_bit = i THEN 'new'
+  WHEN prev = 1 THEN 'returning'
+  ELSE 'resurrecting' END AS status, sum(w)
 FROM cells WHERE cur = 1 OR prev = 1 GROUP BY 1, 2
 """
-    params += [p.lo - 1, p.scan_lo, *p.first_local.params, n]
-    return sql, params
 
 
 def _history_sql(p: _Parts) -> tuple[str, list[Any]]:
@@ -190,19 +208,11 @@ def _history_sql(p: _Parts) -> tuple[str, list[Any]]:
     bit = p.frag["bit"].format(distance.format("d"))
     bits = "list_bit_or(list_transform(list_filter(days, lambda d: d >= ? AND d < ?),"
     bits += f" lambda d: {bit}))"
-    at = "((bits >> ({0})) & 1)"
     sql = f"""
 WITH users AS (
   SELECT {bits} AS bits, {distance.format("first_day")} AS f FROM {user_history.PER_USER}
-), cells AS (
-  SELECT i, {at.format("i")} AS cur, {at.format("i - 1")} AS prev, f
-  FROM users, {p.frag["series_from_1"].format("?")} WHERE bits IS NOT NULL
-)
-SELECT i, CASE WHEN cur = 0 THEN 'dormant' WHEN f = i THEN 'new' WHEN prev = 1 THEN 'returning'
-  ELSE 'resurrecting' END AS status, count(*)
-FROM cells WHERE cur = 1 OR prev = 1 GROUP BY 1, 2
-"""
-    params: list[Any] = [first, after, base, base, *[p.project_id] * 3, n]
+{_statuses(p)}"""
+    params: list[Any] = [first, after, base, base, *[p.project_id] * 3, n - 1, n]
     return sql, params
 
 

@@ -63,10 +63,11 @@ FRAGMENTS: dict[str, str] = {
     # a named tuple, ``min(tuple({0}, {1}))``); paths use it to find a user's first event.
     # Marks a CTE that is read more than once to be computed once ("" where not supported).
     "cte_materialized": "MATERIALIZED",
-    # A set of small non-negative integers {0} in [{1}, {2}] as a bit string (ClickHouse:
-    # groupBitmap), and bit {1} of it as 0/1; lifecycle keeps a user's active periods so.
-    "bitset_agg": "bitstring_agg({0}, {1}, {2})",
-    "bit_at": "get_bit({0}, ({1})::INTEGER)",
+    # A set of small non-negative integers {0} (clamped to [{1}, {2}], at most 63) as the
+    # bits of an integer, and bit {1} of it as 0/1; lifecycle keeps a user's active periods
+    # so (an integer state per group: cheaper to aggregate and to group by than a bit string).
+    "bitset_agg": "bit_or(1::UBIGINT << least(greatest({0}, {1}), {2}))",
+    "bit_at": "((({0}) >> ({1})) & 1)",
     # Stickiness: one bit per active day OR-ed per (user, period), then counted (ClickHouse:
     # bitShiftLeft(toUInt64(1), x), groupBitOr, bitCount, toDayOfMonth).
     "bit": "(1::UBIGINT << ({0}))",
