@@ -22,12 +22,13 @@ Users are identity-stitched persons (the same relation as every analytics query)
 
 Computed in one SQL query, in one of three shapes with the same result. Up to
 :data:`BITSET_MAX_PERIODS` periods: one aggregate per user over the history gives the first
-event and a bit set of active periods, and each period's status is read off the bits (cost:
-one scan plus users x periods bit reads); for the default question (any event, no filters, UTC,
-no identity links) the per-user history's rows give both without the aggregate (a row per user:
-first day and active days). Beyond: distinct (user, period) activity, the
-previous and next active period of each (``lag``/``lead``) and each user's first event
-(cost grows with active user-periods, not with periods). The first event is aggregated over
+event and a bit set of active periods (an integer's bits), and each period's status is read
+off the bits of each distinct (bits, first period) pattern (cost: one scan plus patterns x
+periods bit reads); for the default question (any event, no filters, UTC, no identity links)
+the per-user history's rows give both without the aggregate (a row per user: first day and
+active days). Beyond: distinct (user, period) activity, the previous and next active period of
+each (``lag``/``lead``) and each user's first event (cost grows with active user-periods, not
+with periods). The first event is aggregated over
 the whole history without a semi-join to the active users (measured cheaper), and is only
 compared when it falls inside the scanned window.
 """
