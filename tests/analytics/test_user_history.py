@@ -120,13 +120,15 @@ def _assert_same(store: DuckDBStore, rows: list[dict[str, Any]]) -> None:
     _assert_same_lifecycle(store, rows)
 
 
-#: Lifecycle questions: the default one (UTC, any event) reads the history's rows; the others
-#: read the events (a time zone with an offset, an event condition) and take who was seen
-#: before the scan from the history.
+#: Lifecycle questions: about any event, in UTC and away from it, by week and month the
+#: history's rows answer (away from UTC with the events of the days that straddle periods:
+#: Berlin's and Santiago's clock changes, Kathmandu's 45 minutes); by day away from UTC, and
+#: with an event condition, the events are read, and the history says who was seen before.
 LIFECYCLE_ASKED = [
     ("UTC", None),
     ("Europe/Berlin", None),
     ("Asia/Kathmandu", None),
+    ("America/Santiago", None),
     ("UTC", {"condition_type": "page_view"}),
 ]
 
@@ -142,35 +144,60 @@ def _assert_same_lifecycle(
             }  # fmt: skip
             if event_cond:
                 body["event"] = event_cond
-            assert _lifecycle_reads_history(store, body) is history, body
+            assert _lifecycle_reads(store, body) == _expected_read(body, history), body
             got = lifecycle(store, PROJECT, body)
             assert got == lifecycle(store, PROJECT, body, raw=True), body
             want = lifecycle_oracle(mine, start, end, period, tz, event_cond)
             assert _lifecycle_table(got) == want, body
 
 
+def _expected_read(body: dict[str, Any], history: bool) -> str | None:
+    """What :func:`_lifecycle_reads` should find for ``body`` when the history can stand in
+    for the events (``history``) or cannot."""
+    if not history:
+        return None
+    if body.get("event") or (body["timezone"] != "UTC" and body["period"] == "day"):
+        return "seen before"
+    return "rows" if body["timezone"] == "UTC" else "rows and straddling days"
+
+
 def _lifecycle_reads_history(store: DuckDBStore, body: dict[str, Any]) -> bool:
-    """Whether ``lifecycle`` read the per-user history: its rows (the default question) or
-    the users it holds as seen before the scan (the others)."""
+    return _lifecycle_reads(store, body) is not None
+
+
+def _lifecycle_reads(store: DuckDBStore, body: dict[str, Any]) -> str | None:
+    """What ``lifecycle`` read of the per-user history: ``"rows"`` (about any event in UTC),
+    ``"rows and straddling days"`` (the same away from UTC, with the events of the days that
+    straddle periods), ``"seen before"`` (the users it holds as seen before the scan), or None
+    (nothing)."""
     found: list[Any] = []
-    seen_before, history_sql = lifecycle_module._seen_before, lifecycle_module._history_sql
+    seen_before = lifecycle_module._seen_before
+    history_sql, zoned_sql = lifecycle_module._history_sql, lifecycle_module._zoned_history_sql
 
     def seen_spy(*args: Any) -> Any:
-        found.append(seen_before(*args))
-        return found[-1]
+        seen = seen_before(*args)
+        found.append(None if seen is None else "seen before")
+        return seen
 
-    def rows_spy(*args: Any) -> Any:
+    def rows_spy(*args: Any, **kwargs: Any) -> Any:
         found.append("rows")
-        return history_sql(*args)
+        return history_sql(*args, **kwargs)
+
+    def zoned_spy(*args: Any, **kwargs: Any) -> Any:
+        found.append("rows and straddling days")
+        return zoned_sql(*args, **kwargs)
 
     lifecycle_module._seen_before = seen_spy
     lifecycle_module._history_sql = rows_spy
+    lifecycle_module._zoned_history_sql = zoned_spy
     try:
         lifecycle(store, PROJECT, body)
     finally:
         lifecycle_module._seen_before = seen_before
         lifecycle_module._history_sql = history_sql
-    return len(found) == 1 and found[0] is not None
+        lifecycle_module._zoned_history_sql = zoned_sql
+    assert len(found) <= 1
+    return found[0] if found else None
 
 
 def test_lifecycle_from_the_history_holds_the_most_periods_the_bits_do(

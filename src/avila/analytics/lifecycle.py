@@ -20,13 +20,14 @@ person's first event arrived). For each reported period P:
 Every active user is exactly one of new, returning or resurrecting; ``active`` is their sum.
 Users are identity-stitched persons (the same relation as every analytics query).
 
-Computed in one SQL query, in one of three shapes with the same result. Up to
+Computed in one SQL query, in one of four shapes with the same result. Up to
 :data:`BITSET_MAX_PERIODS` periods: one aggregate per user over the history gives the first
 event and a bit set of active periods (an integer's bits), and each period's status is read
 off the bits of each distinct (bits, first period) pattern (cost: one scan plus patterns x
-periods bit reads); for the default question (any event, no filters, UTC, no identity links)
-the per-user history's rows give both without the aggregate (a row per user: first day and
-active days). Beyond: distinct (user, period) activity, the previous and next active period of
+periods bit reads); for a question about any event without filters or identity links the
+per-user history's rows give both without the aggregate (a row per user: first day and active
+days), in UTC alone and, by week or month away from UTC, with the events of the UTC days that
+straddle two local periods. Beyond: distinct (user, period) activity, the previous and next active period of
 each (``lag``/``lead``) and each user's first event (cost grows with active user-periods, not
 with periods). The first event is aggregated over
 the whole history without a semi-join to the active users (measured cheaper), and is only
@@ -37,14 +38,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
+from functools import partial
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from avila.analytics.calendar import (
     bucket_expr,
     bucket_label,
     bucket_of,
     local_us_expr,
+    utc_offsets,
 )
 from avila.analytics.common import (
     Expr,
@@ -58,7 +62,13 @@ from avila.analytics.common import (
     zone,
 )
 from avila.analytics.query import parse_explained
-from avila.analytics.rollup_reads import EARLIEST, USER_DAYS, rollups_agree, user_days_answer
+from avila.analytics.rollup_reads import (
+    EARLIEST,
+    USER_DAYS,
+    covering_days,
+    rollups_agree,
+    user_days_answer,
+)
 from avila.schemas.analytics import LifecycleQuery
 from avila.storage import rollups, user_history
 from avila.storage.base import Store
@@ -217,6 +227,102 @@ WITH users AS (
     return sql, params
 
 
+@dataclass(frozen=True)
+class _ZonedDays:
+    """The UTC days of a zoned question's scan, from ``first``: ``bits[k]`` is the bit of the
+    local period that holds all of day ``first + k`` (-1: a day in no period lo - 1 .. hi;
+    None: a day that straddles periods, one of them reported, whose events are read)."""
+
+    first: date
+    bits: list[int | None]
+
+    @property
+    def straddling(self) -> list[date]:
+        return [self.first + timedelta(k) for k, b in enumerate(self.bits) if b is None]
+
+
+def _zoned_days(p: _Parts, tz: ZoneInfo) -> _ZonedDays | None:
+    """:class:`_ZonedDays` of the scan window (None at the ends of the calendar, where the
+    days after it do not exist). Within a stretch of constant UTC offset local time only moves
+    forward, so a day lies in one period when the ends of its stretches do."""
+    try:
+        return _days_in_periods(p, tz)
+    except (OverflowError, ValueError):
+        return None
+
+
+def _days_in_periods(p: _Parts, tz: ZoneInfo) -> _ZonedDays:
+    first, last = p.scan_lo.date(), p.scan_hi.date()
+    changes = [
+        datetime(1970, 1, 1) + timedelta(microseconds=at)
+        for at, _ in utc_offsets(tz, p.scan_lo, p.scan_hi)[1:]
+    ]
+    bits: list[int | None] = []
+    for k in range((last - first).days + 1):
+        day = datetime.combine(first + timedelta(k), time())
+        cuts = [day, *(c for c in changes if day < c < day + timedelta(1)), day + timedelta(1)]
+        periods = {
+            bucket_of(at, tz, p.period)
+            for a, b in zip(cuts, cuts[1:], strict=False)
+            for at in (a, b - timedelta(microseconds=1))
+        }
+        if not any(p.lo - 1 <= b <= p.hi for b in periods):
+            bits.append(-1)
+        else:
+            bits.append(periods.pop() - (p.lo - 1) if len(periods) == 1 else None)
+    return _ZonedDays(first, bits)
+
+
+def _zoned_history_sql(p: _Parts, days: _ZonedDays, events: str) -> tuple[str, list[Any]]:
+    """:func:`_history_sql` away from UTC (any event, no filters, no identity links): a day
+    that lies in one local period takes its bit from the history's rows; the events of the
+    days that straddle periods (``events``: the project's events relation, read a day at a
+    time so that the table's order by day skips the rest) are aggregated by user, and give a
+    user's first period when their first day is one of them. For weeks that reads one day of
+    events in seven instead of the whole scan, and no aggregation by user over the rest."""
+    n = p.hi - p.lo + 2
+    after = days.first + timedelta(len(days.bits))
+    midnights = [datetime.combine(d, time()) for d in days.straddling]
+    straddling = " UNION ALL ".join(
+        f"SELECT user_id, ts FROM {events} WHERE project_id = ? AND ts >= ? AND ts < ?"
+        for _ in midnights
+    )
+    # A day's bit as a mask (0: a straddling day, or a day in no reported period), and as a
+    # number (the first day's: -1 outside the periods, NULL straddling).
+    mask_of, bit_of = (
+        f"list_extract(?::{kind}[], ({{0}} - ?)::INTEGER + 1)" for kind in ("UBIGINT", "INTEGER")
+    )
+    masks = [0 if b is None or b < 0 else 1 << b for b in days.bits]
+    sql = f"""
+WITH boundary AS (
+  SELECT {rollups.USER_KEY} AS user_key, min(ts) AS first_ts,
+    {p.frag["bitset_agg"].format("b - ?", "0", "?")} FILTER (WHERE b BETWEEN ? AND ?) AS bits
+  FROM (
+    SELECT user_id, ts, {p.bucket} AS b FROM (
+      SELECT user_id, ts, {p.local.sql} AS loc FROM ({straddling})))
+  GROUP BY user_id
+), history AS (
+  SELECT user_key,
+    nullif(list_bit_or(list_transform(list_filter(days, lambda d: d >= ? AND d < ?),
+      lambda d: {mask_of.format("d")})), 0) AS bits,
+    CASE WHEN first_day < ? OR first_day >= ? THEN -1 ELSE {bit_of.format("first_day")} END AS f
+  FROM {user_history.PER_USER}
+), users AS (
+  SELECT bits, coalesce(hf, {p.bucket} - ?) AS f FROM (
+    SELECT CASE WHEN h.bits IS NULL AND b.bits IS NULL THEN NULL
+      ELSE coalesce(h.bits, 0::UBIGINT) | coalesce(b.bits, 0::UBIGINT) END AS bits,
+      h.f AS hf, {p.first_local.sql} AS loc
+    FROM history h LEFT JOIN boundary b USING (user_key))
+{_statuses(p)}"""
+    params: list[Any] = [p.lo - 1, n - 1, p.lo - 1, p.hi, *p.local.params]
+    for midnight in midnights:
+        params += [p.project_id, midnight, midnight + timedelta(days=1)]
+    params += [days.first, after, masks, days.first]
+    params += [days.first, after, days.bits, days.first, *[p.project_id] * 3]
+    params += [p.lo - 1, *p.first_local.params, n - 1, n]
+    return sql, params
+
+
 def _seen_before(store: Store, project_id: str, day: datetime) -> Expr | None:
     """The keys of the users with events before the midnight ``day``, from the per-user
     history (:data:`avila.storage.user_history.SEEN_BEFORE`), when it can stand in for the
@@ -229,6 +335,21 @@ def _seen_before(store: Store, project_id: str, day: datetime) -> Expr | None:
     if not rollups_agree(store, project_id, EARLIEST, day):
         return None
     return Expr(user_history.SEEN_BEFORE, (project_id, day.date()) * 3)
+
+
+def _zoned_history(
+    store: Store, project_id: str, q: LifecycleQuery, raw: bool, scan_hi: datetime
+) -> bool:
+    """Whether the per-user history can answer ``q`` away from UTC (:func:`_zoned_history_sql`):
+    a question about any event without filters, in a project without identity links (the
+    history holds raw ids' keys), and the user days count exactly the events of every day up
+    to the scan's end."""
+    if raw or q.event or q.filters or not store.has_user_history:
+        return False
+    if events_source(store, project_id) != fragments(store)["events_unstitched"]:
+        return False
+    days = covering_days(EARLIEST, scan_hi)
+    return days is not None and rollups_agree(store, project_id, *days)
 
 
 def period_span(period: str, start_lo: int, end_hi: int, path: str = "end_time") -> tuple[int, int]:
@@ -296,7 +417,16 @@ def lifecycle(
     build = _bitset_sql if hi - lo + 2 <= BITSET_MAX_PERIODS else _activity_sql
     if build is _bitset_sql and user_days == USER_DAYS and store.has_user_history:
         build = _history_sql
-    elif build is _bitset_sql and user_days is None and not raw:
+    elif (
+        build is _bitset_sql
+        and user_days is None
+        and _zoned_history(store, project_id, q, raw, scan_hi)
+    ):
+        zoned = _zoned_days(parts, tz)
+        if zoned is not None and len(zoned.straddling) * 3 <= len(zoned.bits):
+            events = events_source(store, project_id)
+            build = partial(_zoned_history_sql, days=zoned, events=events)
+    if build is _bitset_sql and user_days is None and not raw:
         scan_from = datetime.combine(scan_lo.date(), datetime.min.time())
         seen = _seen_before(store, project_id, scan_from)
         if seen is not None:
