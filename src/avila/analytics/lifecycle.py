@@ -27,11 +27,11 @@ off the bits of each distinct (bits, first period) pattern (cost: one scan plus 
 periods bit reads); for a question about any event without filters or identity links the
 per-user history's rows give both without the aggregate (a row per user: first day and active
 days), in UTC alone and, by week or month away from UTC, with the events of the UTC days that
-straddle two local periods. Beyond: distinct (user, period) activity, the previous and next active period of
-each (``lag``/``lead``) and each user's first event (cost grows with active user-periods, not
-with periods). The first event is aggregated over
-the whole history without a semi-join to the active users (measured cheaper), and is only
-compared when it falls inside the scanned window.
+straddle two local periods. Beyond: distinct (user, period) activity, the previous and next
+active period of each (``lag``/``lead``) and each user's first event (cost grows with active
+user-periods, not with periods). The first event is aggregated over the whole history without
+a semi-join to the active users (measured cheaper), and is only compared when it falls inside
+the scanned window.
 """
 
 from __future__ import annotations
@@ -337,14 +337,12 @@ def _seen_before(store: Store, project_id: str, day: datetime) -> Expr | None:
     return Expr(user_history.SEEN_BEFORE, (project_id, day.date()) * 3)
 
 
-def _zoned_history(
-    store: Store, project_id: str, q: LifecycleQuery, raw: bool, scan_hi: datetime
-) -> bool:
+def _zoned_history(store: Store, project_id: str, q: LifecycleQuery, scan_hi: datetime) -> bool:
     """Whether the per-user history can answer ``q`` away from UTC (:func:`_zoned_history_sql`):
     a question about any event without filters, in a project without identity links (the
     history holds raw ids' keys), and the user days count exactly the events of every day up
     to the scan's end."""
-    if raw or q.event or q.filters or not store.has_user_history:
+    if q.event or q.filters or not store.has_user_history:
         return False
     if events_source(store, project_id) != fragments(store)["events_unstitched"]:
         return False
@@ -374,8 +372,9 @@ def lifecycle(
     "returning", "resurrecting", "dormant", "active"}]}`` (see the module docstring).
     Without an ``event`` or filters, in UTC, the daily rollups' user days stand in for the
     events (:data:`avila.analytics.rollup_reads.USER_DAYS`; the same answer, checked first),
-    and without identity links the per-user history's rows (:func:`_history_sql`); ``raw``
-    reads the events in any case."""
+    and without identity links the per-user history's rows (:func:`_history_sql`; away from
+    UTC by week or month, with the events of the days that straddle periods:
+    :func:`_zoned_history_sql`); ``raw`` reads the events in any case."""
     q = parse_explained(LifecycleQuery, query)
     start, end = time_range(q.start_time, q.end_time)
     tz = zone(q.timezone)
@@ -417,13 +416,14 @@ def lifecycle(
     build = _bitset_sql if hi - lo + 2 <= BITSET_MAX_PERIODS else _activity_sql
     if build is _bitset_sql and user_days == USER_DAYS and store.has_user_history:
         build = _history_sql
-    elif (
-        build is _bitset_sql
-        and user_days is None
-        and _zoned_history(store, project_id, q, raw, scan_hi)
-    ):
+    elif build is _bitset_sql and user_days is None and not raw:
+        # Worth it when most days lie in one local period (weeks, months; not days).
         zoned = _zoned_days(parts, tz)
-        if zoned is not None and len(zoned.straddling) * 3 <= len(zoned.bits):
+        if (
+            zoned is not None
+            and len(zoned.straddling) * 3 <= len(zoned.bits)
+            and _zoned_history(store, project_id, q, scan_hi)
+        ):
             events = events_source(store, project_id)
             build = partial(_zoned_history_sql, days=zoned, events=events)
     if build is _bitset_sql and user_days is None and not raw:
