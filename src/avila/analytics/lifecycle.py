@@ -323,31 +323,34 @@ WITH boundary AS (
     return sql, params
 
 
+def _history_stands_in(store: Store, project_id: str, day: datetime) -> bool:
+    """Whether the per-user history can stand in for the project's events before the midnight
+    ``day``: the store keeps it, the project has no identity links (the history holds raw ids'
+    keys), and the user days count exactly the events before ``day``."""
+    if not store.has_user_history:
+        return False
+    if events_source(store, project_id) != fragments(store)["events_unstitched"]:
+        return False
+    return rollups_agree(store, project_id, EARLIEST, day)
+
+
 def _seen_before(store: Store, project_id: str, day: datetime) -> Expr | None:
     """The keys of the users with events before the midnight ``day``, from the per-user
     history (:data:`avila.storage.user_history.SEEN_BEFORE`), when it can stand in for the
-    events: the store keeps it, the project has no identity links (the history holds raw ids'
-    keys), and the user days count exactly the events before ``day``."""
-    if not store.has_user_history:
-        return None
-    if events_source(store, project_id) != fragments(store)["events_unstitched"]:
-        return None
-    if not rollups_agree(store, project_id, EARLIEST, day):
+    events (:func:`_history_stands_in`)."""
+    if not _history_stands_in(store, project_id, day):
         return None
     return Expr(user_history.SEEN_BEFORE, (project_id, day.date()) * 3)
 
 
 def _zoned_history(store: Store, project_id: str, q: LifecycleQuery, scan_hi: datetime) -> bool:
     """Whether the per-user history can answer ``q`` away from UTC (:func:`_zoned_history_sql`):
-    a question about any event without filters, in a project without identity links (the
-    history holds raw ids' keys), and the user days count exactly the events of every day up
-    to the scan's end."""
-    if q.event or q.filters or not store.has_user_history:
-        return False
-    if events_source(store, project_id) != fragments(store)["events_unstitched"]:
+    a question about any event without filters, where the history stands in for the events of
+    every day up to the scan's end."""
+    if q.event or q.filters:
         return False
     days = covering_days(EARLIEST, scan_hi)
-    return days is not None and rollups_agree(store, project_id, *days)
+    return days is not None and _history_stands_in(store, project_id, days[1])
 
 
 def period_span(period: str, start_lo: int, end_hi: int, path: str = "end_time") -> tuple[int, int]:
