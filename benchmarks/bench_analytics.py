@@ -7,14 +7,15 @@ Builds (once, cached under ``--dir``) a DuckDB file of N synthetic e-commerce ev
 deterministic seed, vectorised with numpy into Arrow, appended in time order through the store.
 The same rows are exported to Parquet and loaded into chdb (ClickHouse 26.9, MergeTree ordered
 by project, day, user, time; see ``analytics_clickhouse.py``), whose hand-written native SQL
-(windowFunnel, retention, uniqExact, arrays for sessions) computes the same figures as our
-endpoints. Each row first checks that both answers agree ("same answer"), then times ours and
-ClickHouse alternately (the check is the warm-up of both) and prints the median wall and CPU seconds and
-their ratios (CPU seconds of this process, all engine threads: on a shared machine wall time
-mostly measures the neighbours). Rows without a ClickHouse twin (funnel modes, paths,
-lifecycle, stickiness, realtime) are timed the same way beside the plain DuckDB SQL a person
-would write (a subset of what ours computes, so ratios above 1 are expected there). The bench
-project has no identity links; the "stitched view" rows force the ``events_resolved`` view.
+(windowFunnel, retention, uniqExact, arrays for sessions, paths, lifecycle and stickiness:
+``journeys_clickhouse.py``) computes the same figures as our endpoints. Each row first checks
+that both answers agree ("same answer"), then times ours and ClickHouse alternately (the check
+is the warm-up of both) and prints the median wall and CPU seconds and their ratios (CPU
+seconds of this process, all engine threads: on a shared machine wall time mostly measures the
+neighbours). Rows without a ClickHouse twin (funnel modes, realtime) are timed the same way
+beside the plain DuckDB SQL a person would write (a subset of what ours computes, so ratios
+above 1 are expected there). The bench project has no identity links; the "stitched view" rows
+force the ``events_resolved`` view.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 import analytics_clickhouse as CH
 import duckdb
+import journeys_clickhouse as J
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -152,67 +154,47 @@ FROM events WHERE project_id = $p AND received_at >= $m15 AND received_at <= $no
 """
 
 
-# --- paths, lifecycle, stickiness (issue 15) -------------------------------------------------
-SQL_PATHS = """
-WITH ev AS (SELECT user_id, ts, CASE WHEN event_type IN ('page_view', 'click')
-              THEN event_type || ':' || url ELSE event_type END AS name
-            FROM events WHERE project_id = $p AND ts >= $s AND ts < $e),
-x AS (SELECT user_id, ts, name, lag(name) OVER w AS prev FROM ev
-      WINDOW w AS (PARTITION BY user_id ORDER BY ts, name)),
-y AS (SELECT user_id, name, row_number() OVER w AS k, lead(name) OVER w AS nxt
-      FROM x WHERE prev IS DISTINCT FROM name WINDOW w AS (PARTITION BY user_id ORDER BY ts, name))
-SELECT k, name, nxt, count(*) FROM y WHERE k <= 5 GROUP BY ALL
-"""
-SQL_LIFECYCLE = """
-WITH a AS (SELECT DISTINCT user_id, date_trunc('week', ts) AS w FROM events
-           WHERE project_id = $p AND ts >= $s - INTERVAL 7 DAY AND ts < $e),
-f AS (SELECT user_id, date_trunc('week', min(ts)) AS fw FROM events
-      WHERE project_id = $p AND ts < $e GROUP BY user_id)
-SELECT a.w, CASE WHEN f.fw = a.w THEN 'new' WHEN p.user_id IS NOT NULL THEN 'returning'
-  ELSE 'resurrecting' END, count(*)
-FROM a JOIN f USING (user_id) LEFT JOIN a p ON p.user_id = a.user_id AND p.w = a.w - INTERVAL 7 DAY
-WHERE a.w >= $s GROUP BY ALL
-UNION ALL
-SELECT a.w + INTERVAL 7 DAY, 'dormant', count(*) FROM a
-LEFT JOIN a n ON n.user_id = a.user_id AND n.w = a.w + INTERVAL 7 DAY
-WHERE n.user_id IS NULL AND a.w + INTERVAL 7 DAY < $e GROUP BY ALL
-"""
-SQL_STICKINESS = """
-SELECT w, days, count(*) FROM (
-  SELECT user_id, date_trunc('week', ts) AS w, count(DISTINCT date_trunc('day', ts)) AS days
-  FROM events WHERE project_id = $p AND ts >= $s AND ts < $e GROUP BY ALL) GROUP BY ALL
-"""
-
-
-def journey_cases(
-    store: Store, conn: Any
-) -> list[tuple[str, Callable[[], Any], Callable[[], Any]]]:
-    """Paths, lifecycle and stickiness rows: ours (any time zone, whole periods, exact
-    semantics) beside the plain UTC query a person would write for the same figures."""
+# --- paths, lifecycle, stickiness (issue 15): ClickHouse twins in journeys_clickhouse.py ----
+def journey_cases(store: Store, ch: Any) -> list[tuple[str, Callable[[], Any], Callable[[], Any]]]:
+    """Paths, lifecycle and stickiness rows: ours beside ClickHouse computing the same figures
+    (any time zone, whole periods, the reports' exact semantics)."""
     d30 = {"start_time": Q_START, "end_time": Q_END}
-    w12 = {"start_time": END - timedelta(weeks=12), "end_time": END}
+    w12, d90 = END - timedelta(weeks=12), END - timedelta(days=90)
     home = {"condition_type": "page_view", "condition_value": "/"}
-    base = {"p": PROJECT, "s": Q_START, "e": Q_END}
-    base12 = {**base, "s": END - timedelta(weeks=12)}
+    buy = {"condition_type": "purchase"}
+    berlin = "Europe/Berlin"
+    limit = 50  # the paths query's default limit_per_step
+
+    def ours_paths(**extra: Any) -> Callable[[], Any]:
+        return lambda: J.paths_figures(paths(store, PROJECT, {**d30, "steps": 5, **extra}))
+
+    def ch_paths(backwards: bool = False, **conds: str) -> Callable[[], Any]:
+        return lambda: J.ch_paths_figures(
+            J.ch_paths(ch, PROJECT, Q_START, Q_END, 5, **conds), 5, limit, backwards=backwards
+        )
+
     return [
-        ("paths (5 steps, 30 d)", lambda: paths(store, PROJECT, {**d30, "steps": 5}),
-         lambda: conn.execute(SQL_PATHS, base).fetchall()),
-        ("paths from / (5, 30 d)", lambda: paths(store, PROJECT, {**d30, "start": home}),
-         lambda: conn.execute(SQL_PATHS, base).fetchall()),
-        ("paths to purchase", lambda: paths(store, PROJECT, {**d30, "end": {"condition_type": "purchase"}}),
-         lambda: conn.execute(SQL_PATHS, base).fetchall()),
-        ("lifecycle (day, 30 d)", lambda: lifecycle(store, PROJECT, {**d30, "period": "day",
-                                                                      "timezone": "Europe/Berlin"}),
-         lambda: conn.execute(SQL_LIFECYCLE, base).fetchall()),
-        ("lifecycle (week, 12 w)", lambda: lifecycle(store, PROJECT, {**w12, "period": "week",
-                                                                       "timezone": "Europe/Berlin"}),
-         lambda: conn.execute(SQL_LIFECYCLE, base12).fetchall()),
-        ("stickiness (week, 30 d)", lambda: stickiness(store, PROJECT, {**d30, "period": "week",
-                                                                         "timezone": "Europe/Berlin"}),
-         lambda: conn.execute(SQL_STICKINESS, base).fetchall()),
-        ("stickiness (month, 90 d)", lambda: stickiness(store, PROJECT, {"period": "month",
-                                      "start_time": END - timedelta(days=90), "end_time": END}),
-         lambda: conn.execute(SQL_STICKINESS, {**base, "s": END - timedelta(days=90)}).fetchall()),
+        ("paths (5 steps, 30 d)", ours_paths(), ch_paths()),
+        ("paths from / (5, 30 d)", ours_paths(start=home),
+         ch_paths(begin=J.CONDITIONS[("page_view", "/")])),
+        ("paths to purchase", ours_paths(end=buy),
+         ch_paths(True, finish=J.CONDITIONS[("purchase", "")])),
+        ("lifecycle (day, 30 d)",
+         lambda: J.lifecycle_figures(lifecycle(store, PROJECT, {**d30, "period": "day",
+                                                                "timezone": berlin})),
+         lambda: J.ch_lifecycle(ch, PROJECT, Q_START, Q_END, "day", berlin)),
+        ("lifecycle (week, 12 w)",
+         lambda: J.lifecycle_figures(lifecycle(store, PROJECT, {"start_time": w12, "end_time": END,
+                                                                "period": "week", "timezone": berlin})),
+         lambda: J.ch_lifecycle(ch, PROJECT, w12, END, "week", berlin)),
+        ("stickiness (week, 30 d)",
+         lambda: J.stickiness_figures(stickiness(store, PROJECT, {**d30, "period": "week",
+                                                                  "timezone": berlin})),
+         lambda: J.ch_stickiness(ch, PROJECT, Q_START, Q_END, "week", berlin)),
+        ("stickiness (month, 90 d)",
+         lambda: J.stickiness_figures(stickiness(store, PROJECT, {"period": "month",
+                                                                  "start_time": d90, "end_time": END})),
+         lambda: J.ch_stickiness(ch, PROJECT, d90, END, "month", "UTC")),
     ]  # fmt: skip
 
 
@@ -273,6 +255,7 @@ def clickhouse_cases(
         ("rfm (365 d)",
          lambda: CH.rfm_digit_counts(score_table(store, PROJECT, {"reference_date": END})),
          lambda: CH.ch_rfm(ch, PROJECT, END, 365)),
+        *journey_cases(store, ch),
     ]  # fmt: skip
 
 
@@ -342,7 +325,6 @@ def main() -> None:
         ("funnel unordered", lambda: funnel(store, PROJECT, {**funnel_q, "mode": "unordered"}),
          lambda: conn.execute(SQL_FUNNEL, {**base, "w": WINDOW}).fetchall()),
     ]  # fmt: skip
-    cases += journey_cases(store, conn)
     print("ours vs hand-written DuckDB SQL (no ClickHouse twin; medians; s)")
     print(
         f"{'query':<26}{'ours':>8}{'sql':>8}{'ratio':>7}{'cpu ours':>10}{'cpu sql':>8}{'ratio':>7}"
