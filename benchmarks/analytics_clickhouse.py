@@ -56,17 +56,82 @@ def _t(value: datetime) -> str:
     return f"toDateTime64('{value:%Y-%m-%d %H:%M:%S}', 6)"
 
 
-def ch_funnel(ch: Any, project: str, start: datetime, end: datetime, window_s: int) -> list[int]:
-    """Users reaching each of the bench's 4 steps (windowFunnel = our ``ordered`` mode)."""
+#: the bench funnel's steps as ClickHouse conditions
+_STEPS = (
+    "event_type = 'page_view' AND ifNull(url, '') = '/'",
+    "event_type = 'product_view'",
+    "event_type = 'add_to_cart'",
+    "event_type = 'purchase'",
+)
+
+
+def ch_funnel(
+    ch: Any, project: str, start: datetime, end: datetime, window_s: int, mode: str = ""
+) -> list[int]:
+    """Users reaching each of the bench's 4 steps (windowFunnel = our ``ordered`` mode; with
+    ``mode`` ``'strict_order'``, ours of that name)."""
+    option = f", {mode!r}" if mode else ""
     sql = f"""
 SELECT countIf(level >= 1), countIf(level >= 2), countIf(level >= 3), countIf(level >= 4)
-FROM (SELECT user_id, windowFunnel({window_s * 1_000_000})(toUInt64(toUnixTimestamp64Micro(ts)),
-        event_type = 'page_view' AND ifNull(url, '') = '/', event_type = 'product_view',
-        event_type = 'add_to_cart', event_type = 'purchase') AS level
+FROM (SELECT user_id, windowFunnel({window_s * 1_000_000}{option})(
+        toUInt64(toUnixTimestamp64Micro(ts)), {", ".join(_STEPS)}) AS level
       FROM events WHERE project_id = '{project}' AND ts >= {_t(start)} AND ts < {_t(end)}
       GROUP BY user_id)
 """
     return list(ch.query(sql).result_rows[0])
+
+
+def ch_funnel_unordered(
+    ch: Any, project: str, start: datetime, end: datetime, window_s: int
+) -> list[int]:
+    """Our ``unordered`` funnel (windowFunnel has no such mode): a user's level is the most
+    distinct steps with an event in ``[s, s + window]`` over the times ``s`` of their step
+    events."""
+    mask = " + ".join(f"{1 << k} * ({cond})" for k, cond in enumerate(_STEPS))
+    sql = f"""
+SELECT countIf(level >= 1), countIf(level >= 2), countIf(level >= 3), countIf(level >= 4)
+FROM (
+  SELECT arrayMax(s -> bitCount(arrayReduce('groupBitOr',
+           arrayFilter((m, x) -> x >= s AND x <= s + {window_s * 1_000_000}, ms, ts))), ts) AS level
+  FROM (
+    SELECT groupArray(t) AS ts, groupArray(m) AS ms FROM (
+      SELECT user_id, toUnixTimestamp64Micro(ts) AS t, toUInt8({mask}) AS m FROM events
+      WHERE project_id = '{project}' AND ts >= {_t(start)} AND ts < {_t(end)})
+    WHERE m > 0 GROUP BY user_id))
+"""
+    return list(ch.query(sql).result_rows[0])
+
+
+def ch_realtime(ch: Any, project: str, now: datetime, top_n: int = 10) -> dict[str, Any]:
+    """Our real-time counters at ``now`` (windows ``[now - d, now]`` by receive time; the
+    bench's rows carry no replay marker, so none is left out)."""
+    m1, m5, m15 = (_t(now - timedelta(minutes=m)) for m in (1, 5, 15))
+    window = f"project_id = '{project}' AND received_at >= {m5} AND received_at <= {_t(now)}"
+    counts = ch.query(
+        f"SELECT countIf(received_at >= {m1}), countIf(received_at >= {m5}), count(),"
+        f" uniqExactIf(user_id, received_at >= {m1}), uniqExactIf(user_id, received_at >= {m5}),"
+        f" uniqExact(user_id) FROM events WHERE project_id = '{project}'"
+        f" AND received_at >= {m15} AND received_at <= {_t(now)}"
+    ).result_rows[0]
+    pages = ch.query(
+        f"SELECT url, count() AS n FROM events WHERE {window} AND event_type = 'page_view'"
+        f" AND url IS NOT NULL GROUP BY url ORDER BY n DESC, url LIMIT {top_n}"
+    ).result_rows
+    by_type = ch.query(
+        f"SELECT toString(event_type) AS t, count() FROM events WHERE {window} GROUP BY t"
+    ).result_rows
+    e1, e5, e15, u1, u5, u15 = (int(v) for v in counts)
+    return {
+        "events_last_minute": e1,
+        "events_last_5_minutes": e5,
+        "events_last_15_minutes": e15,
+        "active_users_last_minute": u1,
+        "active_users_last_5_minutes": u5,
+        "active_users_last_15_minutes": u15,
+        "events_per_second": e1 / 60.0,
+        "top_pages": [{"url": u, "views": int(n)} for u, n in pages],
+        "events_by_type": {t: int(n) for t, n in by_type},
+    }
 
 
 def ch_retention(

@@ -12,10 +12,9 @@ by project, day, user, time; see ``analytics_clickhouse.py``), whose hand-writte
 that both answers agree ("same answer"), then times ours and ClickHouse alternately (the check
 is the warm-up of both) and prints the median wall and CPU seconds and their ratios (CPU
 seconds of this process, all engine threads: on a shared machine wall time mostly measures the
-neighbours). Rows without a ClickHouse twin (funnel modes, realtime) are timed the same way
-beside the plain DuckDB SQL a person would write (a subset of what ours computes, so ratios
-above 1 are expected there). The bench project has no identity links; the "stitched view" rows
-force the ``events_resolved`` view.
+neighbours); every row has a ClickHouse twin (``--no-clickhouse`` times ours alone). The
+bench project has no identity links; the "stitched view" rows force the ``events_resolved``
+view.
 """
 
 from __future__ import annotations
@@ -132,27 +131,6 @@ STEPS = [
 Q_START, Q_END = END - timedelta(days=30), END
 WINDOW = 14 * 86400
 
-SQL_FUNNEL = """
-WITH r AS (SELECT user_id, ts, event_type, url FROM events
-           WHERE project_id = $p AND ts >= $s AND ts < $e),
-e1 AS (SELECT user_id, ts, ts AS st FROM r WHERE event_type = 'page_view' AND url = '/'),
-c2 AS (SELECT user_id, ts FROM r WHERE event_type = 'product_view'),
-e2 AS (SELECT c.user_id, c.ts, p.st FROM c2 c ASOF JOIN e1 p ON c.user_id = p.user_id
-       AND c.ts >= p.ts WHERE c.ts <= p.st + to_seconds($w)),
-c3 AS (SELECT user_id, ts FROM r WHERE event_type = 'add_to_cart'),
-e3 AS (SELECT c.user_id, c.ts, p.st FROM c3 c ASOF JOIN e2 p ON c.user_id = p.user_id
-       AND c.ts >= p.ts WHERE c.ts <= p.st + to_seconds($w)),
-c4 AS (SELECT user_id, ts FROM r WHERE event_type = 'purchase'),
-e4 AS (SELECT c.user_id, c.ts, p.st FROM c4 c ASOF JOIN e3 p ON c.user_id = p.user_id
-       AND c.ts >= p.ts WHERE c.ts <= p.st + to_seconds($w))
-SELECT (SELECT count(DISTINCT user_id) FROM e1), (SELECT count(DISTINCT user_id) FROM e2),
-       (SELECT count(DISTINCT user_id) FROM e3), (SELECT count(DISTINCT user_id) FROM e4)
-"""
-SQL_REALTIME = """
-SELECT count(*) FILTER (WHERE received_at >= $m1), count(*), count(DISTINCT user_id)
-FROM events WHERE project_id = $p AND received_at >= $m15 AND received_at <= $now
-"""
-
 
 # --- paths, lifecycle, stickiness (issue 15): ClickHouse twins in journeys_clickhouse.py ----
 def journey_cases(store: Store, ch: Any) -> list[tuple[str, Callable[[], Any], Callable[[], Any]]]:
@@ -255,6 +233,18 @@ def clickhouse_cases(
         ("rfm (365 d)",
          lambda: CH.rfm_digit_counts(score_table(store, PROJECT, {"reference_date": END})),
          lambda: CH.ch_rfm(ch, PROJECT, END, 365)),
+        ("funnel, stitched view",
+         lambda: [s["count"] for s in _stitched(funnel, store, PROJECT, funnel_q)["steps"]],
+         lambda: CH.ch_funnel(ch, PROJECT, Q_START, Q_END, WINDOW)),
+        ("funnel strict_order",
+         lambda: [s["count"] for s in funnel(store, PROJECT, {**funnel_q, "mode": "strict_order"})["steps"]],
+         lambda: CH.ch_funnel(ch, PROJECT, Q_START, Q_END, WINDOW, "strict_order")),
+        ("funnel unordered",
+         lambda: [s["count"] for s in funnel(store, PROJECT, {**funnel_q, "mode": "unordered"})["steps"]],
+         lambda: CH.ch_funnel_unordered(ch, PROJECT, Q_START, Q_END, WINDOW)),
+        ("realtime (15 min)",
+         lambda: {k: v for k, v in realtime(store, PROJECT, {"now": END}).items() if k != "now"},
+         lambda: CH.ch_realtime(ch, PROJECT, END)),
         *journey_cases(store, ch),
     ]  # fmt: skip
 
@@ -297,7 +287,15 @@ def main() -> None:
     print("load average at start (1, 5, 15 min): " + _load())
     conn = store._cursor()  # the baselines run on the very same connection
     wanted = args.only.split(";")
-    if not args.no_clickhouse:
+    if args.no_clickhouse:
+        print("ours alone (--no-clickhouse; medians; s)")
+        print(f"{'query':<26}{'ours':>8}{'cpu ours':>10}")
+        for name, mine, _ in clickhouse_cases(store, None):
+            if any(part in name for part in wanted):
+                mine()  # warm-up
+                a, _, ca, _ = interleaved(mine, lambda: None, args.runs)
+                print(f"{name:<26}{a:>8.3f}{ca:>10.3f}")
+    else:
         ch = CH.open_clickhouse(conn, args.dir, args.events)
         print("ours vs ClickHouse (chdb, same rows, same run, interleaved; medians; s)")
         print(f"{'query':<26}{'ours':>8}{'ch':>8}{'ratio':>7}{'cpu ours':>10}{'cpu ch':>8}"
@@ -309,35 +307,6 @@ def main() -> None:
             a, b, ca, cb = interleaved(mine, theirs, args.runs)
             print(f"{name:<26}{a:>8.3f}{b:>8.3f}{a / b:>7.2f}{ca:>10.3f}{cb:>8.3f}"
                   f"{ca / max(cb, 1e-9):>7.2f}  {'yes' if agree else 'NO'}")  # fmt: skip
-    now = END
-    base = {"p": PROJECT, "s": Q_START, "e": Q_END}
-    funnel_q = {"steps": STEPS, "start_time": Q_START, "end_time": Q_END}
-    cases: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
-        ("realtime (15 min)", lambda: realtime(store, PROJECT, {"now": now}),
-         lambda: conn.execute(SQL_REALTIME, {"p": PROJECT, "now": now,
-                                             "m1": now - timedelta(minutes=1),
-                                             "m15": now - timedelta(minutes=15)}).fetchall()),
-        ("funnel, stitched view", lambda: _stitched(funnel, store, PROJECT, funnel_q),
-         lambda: conn.execute(SQL_FUNNEL, {**base, "w": WINDOW}).fetchall()),
-        # The other modes against the ordered as-of SQL (the closest hand-written reference).
-        ("funnel strict_order", lambda: funnel(store, PROJECT, {**funnel_q, "mode": "strict_order"}),
-         lambda: conn.execute(SQL_FUNNEL, {**base, "w": WINDOW}).fetchall()),
-        ("funnel unordered", lambda: funnel(store, PROJECT, {**funnel_q, "mode": "unordered"}),
-         lambda: conn.execute(SQL_FUNNEL, {**base, "w": WINDOW}).fetchall()),
-    ]  # fmt: skip
-    print("ours vs hand-written DuckDB SQL (no ClickHouse twin; medians; s)")
-    print(
-        f"{'query':<26}{'ours':>8}{'sql':>8}{'ratio':>7}{'cpu ours':>10}{'cpu sql':>8}{'ratio':>7}"
-    )
-    for name, mine, sql in cases:
-        if not any(part in name for part in wanted):
-            continue
-        mine(), sql()  # warm-up
-        a, b, ca, cb = interleaved(mine, sql, args.runs)
-        print(
-            f"{name:<26}{a:>8.3f}{b:>8.3f}{a / b:>7.2f}{ca:>10.3f}{cb:>8.3f}"
-            f"{ca / max(cb, 1e-9):>7.2f}"
-        )
     print("load average at end (1, 5, 15 min): " + _load())
     store.close()
 
