@@ -86,18 +86,24 @@ def ch_funnel_unordered(
 ) -> list[int]:
     """Our ``unordered`` funnel (windowFunnel has no such mode): a user's level is the most
     distinct steps with an event in ``[s, s + window]`` over the times ``s`` of their step
-    events."""
+    events: per step event and step, the step's first event at or after it (a running minimum
+    over the user's step events from the last one back, equal times included)."""
     mask = " + ".join(f"{1 << k} * ({cond})" for k, cond in enumerate(_STEPS))
+    w = window_s * 1_000_000
+    present = " + ".join(f"ifNull(n{k} <= t + {w}, 0)" for k in range(len(_STEPS)))
+    firsts = ", ".join(
+        f"minOrNullIf(t, bitTest(m, {k})) OVER w AS n{k}" for k in range(len(_STEPS))
+    )
     sql = f"""
 SELECT countIf(level >= 1), countIf(level >= 2), countIf(level >= 3), countIf(level >= 4)
 FROM (
-  SELECT arrayMax(s -> bitCount(arrayReduce('groupBitOr',
-           arrayFilter((m, x) -> x >= s AND x <= s + {window_s * 1_000_000}, ms, ts))), ts) AS level
-  FROM (
-    SELECT groupArray(t) AS ts, groupArray(m) AS ms FROM (
+  SELECT user_id, max({present}) AS level FROM (
+    SELECT user_id, t, {firsts} FROM (
       SELECT user_id, toUnixTimestamp64Micro(ts) AS t, toUInt8({mask}) AS m FROM events
       WHERE project_id = '{project}' AND ts >= {_t(start)} AND ts < {_t(end)})
-    WHERE m > 0 GROUP BY user_id))
+    WHERE m > 0
+    WINDOW w AS (PARTITION BY user_id ORDER BY t DESC))
+  GROUP BY user_id)
 """
     return list(ch.query(sql).result_rows[0])
 
