@@ -138,63 +138,85 @@ def strict_order_levels(
     level, conv, first_row = empty_levels(n, ucode, nsteps)
     if n == 0:
         return level, conv, first_row
+    row_of, idx = _entries(t, masks, nsteps, ucode)
+    e_user, e_t = ucode[row_of], t[row_of]
+    m = len(idx)
+    # Positions in 32 bits when they fit: these passes are bound by memory traffic.
+    pos_type = np.int32 if m < np.iinfo(np.int32).max else np.int64
+    # Per step, its valid entries' positions and (from step 2) the step-(k-1) entry each
+    # extended; only a step's own entries are looked at, as in the ordered mode.
+    hits = [np.flatnonzero(idx == 1)]
+    sources = [hits[0]]
+    start = np.where(idx == 1, e_t, 0)  # chain start, at valid entries
+    broken = [np.flatnonzero(idx == 0)]  # entries that may end an evaluation
+    for k in range(1, nsteps):
+        last = np.full(m, -1, dtype=pos_type)
+        last[hits[k - 1]] = hits[k - 1]
+        np.maximum.accumulate(last, out=last)
+        cand = np.flatnonzero(idx == k + 1)
+        prev = np.where(cand > 0, last[np.maximum(cand - 1, 0)], -1)  # strictly before
+        p0 = np.maximum(prev, 0)
+        has_prev = (prev >= 0) & (e_user[p0] == e_user[cand])
+        broken.append(cand[~has_prev])
+        ok = has_prev & (e_t[cand] <= start[p0] + window)
+        hits.append(cand[ok])
+        sources.append(p0[ok])
+        start[hits[k]] = start[sources[k]]
+    # A user's evaluation ends at their first break after their first step-1 entry.
+    n_users = len(level)
+    with_one, first = sorted_unique(e_user[hits[0]])
+    first_one = np.full(n_users, m, dtype=np.int64)
+    first_one[with_one] = hits[0][first]
+    breaks = np.sort(np.concatenate(broken))
+    breaks = breaks[breaks > first_one[e_user[breaks]]]
+    cut = np.full(n_users, m, dtype=np.int64)
+    cut_users, cut_first = sorted_unique(e_user[breaks])
+    cut[cut_users] = breaks[cut_first]
+    for k in range(nsteps):
+        alive = hits[k] < cut[e_user[hits[k]]]
+        hit = hits[k][alive]
+        users, first = sorted_unique(e_user[hit])
+        level[users] = k + 1
+        if k:
+            src = sources[k][alive][first]
+            conv[users, k] = (e_t[hit[first]] - e_t[src]) / 1e6
+    first_row[with_one] = row_of[first_one[with_one]]
+    return level, conv, first_row
+
+
+def _entries(
+    t: np.ndarray, masks: np.ndarray, nsteps: int, ucode: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`strict_order_levels`' entries: their rows and step indexes (0 = no step), in
+    the order (user, time, step index). When no row matches two steps, the entries are the
+    rows themselves, already in that order (rows come sorted by user, time and mask, and a
+    one-step mask grows with its step): no expansion and no sort."""
+    if not np.any(masks & (masks - 1)):
+        _, exponent = np.frexp(masks)  # 2^(k-1) -> k, 0 -> 0
+        return np.arange(len(t), dtype=np.int64), exponent.astype(np.int64)
+    return _expanded_entries(t, masks, nsteps, ucode)
+
+
+def _expanded_entries(
+    t: np.ndarray, masks: np.ndarray, nsteps: int, ucode: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_entries` for any masks: each row repeated once per step it matches, sorted."""
     bits = [((masks >> k) & 1).astype(bool) for k in range(nsteps)]
     per_row = np.maximum(np.sum(bits, axis=0), 1)
-    row_of = np.repeat(np.arange(n, dtype=np.int64), per_row)
+    row_of = np.repeat(np.arange(len(t), dtype=np.int64), per_row)
     # Step index per entry (0 = no step), in increasing order within a row.
     offset = np.arange(len(row_of), dtype=np.int64) - np.repeat(
         np.cumsum(per_row) - per_row, per_row
     )
-    step_lists = np.zeros((n, nsteps), dtype=np.int64)
-    rank = np.zeros(n, dtype=np.int64)
+    step_lists = np.zeros((len(t), nsteps), dtype=np.int64)
+    rank = np.zeros(len(t), dtype=np.int64)
     for k in range(nsteps):
         step_lists[bits[k], rank[bits[k]]] = k + 1
         rank += bits[k]
     idx = step_lists[row_of, np.minimum(offset, nsteps - 1)]
-    # Rows are sorted by (user, time); entries of equal time must be in step order.
-    e_user, e_t = ucode[row_of], t[row_of]
-    order = np.lexsort((idx, e_t, e_user))
-    row_of, idx, e_user, e_t = row_of[order], idx[order], e_user[order], e_t[order]
-    m = len(idx)
-    pos = np.arange(m, dtype=np.int64)
-
-    valid = [np.zeros(m, dtype=bool) for _ in range(nsteps)]
-    source = [np.full(m, -1, dtype=np.int64) for _ in range(nsteps)]
-    start = np.where(idx == 1, e_t, 0)
-    valid[0] = idx == 1
-    breaks = np.zeros(m, dtype=bool)
-    for k in range(1, nsteps):
-        last = np.where(valid[k - 1], pos, -1)
-        np.maximum.accumulate(last, out=last)
-        prev = np.r_[-1, last[:-1]]  # latest valid step-k entry strictly before
-        mine = idx == k + 1
-        p0 = np.maximum(prev, 0)
-        has_prev = (prev >= 0) & (e_user[p0] == e_user)
-        breaks |= mine & ~has_prev
-        ok = mine & has_prev & (e_t <= start[p0] + window)
-        valid[k] = ok
-        source[k] = np.where(ok, p0, -1)
-        start = np.where(ok, start[p0], start)
-    breaks |= idx == 0
-    # A break only counts after the user's first step-1 entry.
-    first_one = np.where(idx == 1, pos, m)
-    user_start = np.flatnonzero(np.r_[True, e_user[1:] != e_user[:-1]])
-    user_end = np.r_[user_start[1:], m]
-    first_one_user = np.minimum.reduceat(first_one, user_start)
-    breaks &= pos > np.repeat(first_one_user, user_end - user_start)
-    cut_pos = np.where(breaks, pos, m)
-    cut = np.repeat(np.minimum.reduceat(cut_pos, user_start), user_end - user_start)
-    alive = pos < cut
-    for k in range(nsteps):
-        hit = np.flatnonzero(valid[k] & alive)
-        users, first = sorted_unique(e_user[hit])
-        level[users] = k + 1
-        if k:
-            src = source[k][hit[first]]
-            conv[users, k] = (e_t[hit[first]] - e_t[src]) / 1e6
-    has_one = first_one_user < m
-    first_row[e_user[user_start[has_one]]] = row_of[first_one_user[has_one]]
-    return level, conv, first_row
+    # Entries of rows at equal times must be in step order.
+    order = np.lexsort((idx, t[row_of], ucode[row_of]))
+    return row_of[order], idx[order]
 
 
 def joined(parts: list[tuple[int, Levels]]) -> Levels:
