@@ -1,7 +1,7 @@
 """Each user's active days in one row (avila.storage.user_history), and retention read from it.
 
 Retention's default question (any event, UTC, bounds at midnight, no identity links) reads each
-user's first day and active days from the history (folded by the loader's upkeep) and the user
+user's first day and active days from the history (lifecycle's and stickiness's too: below) (folded by the loader's upkeep) and the user
 days from its watermark on. Its answers must equal the events' (``raw=True``) and the pandas
 oracle's on generated data written late and shuffled through both write paths and a bulk
 import, folded in small chunks between the writes (late writes then add user days before the
@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 from analytics_data import PROJECT, T0, event, link_identity, to_table
 from analytics_oracles import retention_oracle
-from journey_oracles import lifecycle_oracle
+from journey_oracles import lifecycle_oracle, stickiness_oracle
 from test_user_days_reports import (
     LIFECYCLE,
     QUESTIONS,
+    STICKY,
     _body,
     _lifecycle_table,
     _linked,
@@ -33,7 +34,7 @@ from test_user_days_reports import (
 )
 from test_user_days_reports import _rows as user_days_rows
 
-from avila.analytics import erase_user, lifecycle, retention
+from avila.analytics import erase_user, lifecycle, retention, stickiness
 from avila.export.bulk import bulk_import
 from avila.ingest.service import IngestService
 from avila.storage import rollups, user_history
@@ -41,8 +42,9 @@ from avila.storage.duckdb.migrations import MIGRATIONS
 from avila.storage.duckdb.store import DuckDBStore
 from avila.storage.ingest_log import IngestLogConfig
 
-# the module (the package's ``lifecycle`` is the function)
+# the modules (the package's ``lifecycle`` and ``stickiness`` are the functions)
 lifecycle_module = importlib.import_module("avila.analytics.lifecycle")
+stickiness_module = importlib.import_module("avila.analytics.stickiness")
 
 SPAN = timedelta(weeks=10)
 LATE = T0 + timedelta(weeks=3)
@@ -118,6 +120,42 @@ def _assert_same(store: DuckDBStore, rows: list[dict[str, Any]]) -> None:
             )
             assert {c["cohort_start"]: c["retained"] for c in got["cohorts"]} == want, body
     _assert_same_lifecycle(store, rows)
+    _assert_same_stickiness(store, rows)
+
+
+#: Stickiness questions in UTC, and whether the history's integer holds their periods' days:
+#: the user days' questions (up to 11 weeks or 3 months), and 21 weeks (147 bits; too many).
+STICKY_ASKED = [*((*q, True) for q in STICKY), (T0, T0 + timedelta(weeks=20), "week", False)]
+
+
+def _assert_same_stickiness(
+    store: DuckDBStore, rows: list[dict[str, Any]], *, history: bool = True
+) -> None:
+    for start, end, period, fits in STICKY_ASKED:
+        body = {"period": period, "start_time": start, "end_time": end}
+        assert _stickiness_reads_history(store, body) is (history and fits), body
+        got = stickiness(store, PROJECT, body)
+        assert got == stickiness(store, PROJECT, body, raw=True), body
+        want = stickiness_oracle(rows, start, end, period, "UTC")
+        assert {
+            p["period_start"]: [r["users"] for r in p["distribution"]] for p in got["periods"]
+        } == want, body
+
+
+def _stickiness_reads_history(store: DuckDBStore, body: dict[str, Any]) -> bool:
+    found: list[bool] = []
+    history_sql = stickiness_module._history_sql
+
+    def spy(*args: Any) -> Any:
+        found.append(True)
+        return history_sql(*args)
+
+    stickiness_module._history_sql = spy
+    try:
+        stickiness(store, PROJECT, body)
+    finally:
+        stickiness_module._history_sql = history_sql
+    return bool(found)
 
 
 #: Lifecycle questions: about any event, in UTC and away from it, by week and month the
@@ -402,6 +440,23 @@ def test_lifecycle_reads_every_first_event_when_the_history_cannot_stand_in(
     _assert_same_lifecycle(store, [*rows, event("ghost", T0 - timedelta(days=400))], history=False)
 
 
+def test_stickiness_reads_the_events_when_the_history_cannot_stand_in(
+    store: DuckDBStore,
+) -> None:
+    """A write that bypassed the rollups inside the questions' days."""
+    rows = _rows(5)
+    store.append_events(to_table(rows))
+    _fold_all(store)
+    _assert_same_stickiness(store, rows)
+    sneaky = T0 + timedelta(days=30, hours=1)
+    store.execute(
+        "INSERT INTO events (project_id, event_id, user_id, ts, received_at, event_type, url)"
+        " VALUES (?, 'sneaky', 'ghost', ?, ?, 'page_view', '/')",
+        [PROJECT, sneaky, T0],
+    )
+    _assert_same_stickiness(store, [*rows, event("ghost", sneaky)], history=False)
+
+
 def test_lifecycle_with_identity_links_reads_every_first_event(store: DuckDBStore) -> None:
     """The history holds raw ids' keys; a person is several ids."""
     rows = _rows(6)
@@ -409,3 +464,4 @@ def test_lifecycle_with_identity_links_reads_every_first_event(store: DuckDBStor
     _fold_all(store)
     link_identity(store, "u002", "u001")
     _assert_same_lifecycle(store, _linked(rows), history=False)
+    _assert_same_stickiness(store, _linked(rows), history=False)
