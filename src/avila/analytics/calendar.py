@@ -146,6 +146,15 @@ def bucket_label(index: int, interval: str) -> str:
     return date(index // 12, index % 12 + 1, 1).isoformat()
 
 
+def bucket_dates(interval: str, *indexes: int) -> list[date] | None:
+    """The first local days of buckets ``indexes`` (day, week or month), or None when one of
+    them lies outside Python's dates (the period before one in year 1, or after one in 9999)."""
+    try:
+        return [date.fromisoformat(bucket_label(index, interval)) for index in indexes]
+    except (ValueError, OverflowError):
+        return None
+
+
 def local_us_array(t_us: np.ndarray, tz: ZoneInfo, lo: datetime, hi: datetime) -> np.ndarray:
     """numpy twin of :func:`local_us_expr` for an int64 array of epoch microseconds."""
     pieces = utc_offsets(tz, lo, hi)

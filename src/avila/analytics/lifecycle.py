@@ -44,6 +44,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from avila.analytics.calendar import (
+    bucket_dates,
     bucket_expr,
     bucket_label,
     bucket_of,
@@ -200,15 +201,15 @@ FROM cells WHERE cur = 1 OR prev = 1 GROUP BY 1, 2
 """
 
 
-def _history_sql(p: _Parts) -> tuple[str, list[Any]]:
+def _history_sql(p: _Parts, first: date, after: date) -> tuple[str, list[Any]]:
     """:func:`_bitset_sql` for the default question (any event, no filters, UTC, no identity
     links) from the per-user history (:data:`avila.storage.user_history.PER_USER`: a row per
     user with their first day and active days), as retention's default question reads it: no
     aggregation by user. Local time is UTC (the caller checked), so a day's period is its
     events' and the first day's the first event's. The bits are an integer's (at most
-    :data:`BITSET_MAX_PERIODS` of them), numbered from the first day of period ``lo - 1``."""
+    :data:`BITSET_MAX_PERIODS` of them), numbered from ``first``, the first day of period
+    ``lo - 1``, to ``after``, the first of period ``hi + 1``."""
     n = p.hi - p.lo + 2
-    first, after = (date.fromisoformat(bucket_label(b, p.period)) for b in (p.lo - 1, p.hi + 1))
     # A day's bit: its period's distance from period lo - 1 (days before ``first`` give a
     # negative or zero one, never a reported period's).
     distance, base = {
@@ -417,8 +418,9 @@ def lifecycle(
         hi=hi,
     )
     build = _bitset_sql if hi - lo + 2 <= BITSET_MAX_PERIODS else _activity_sql
-    if build is _bitset_sql and user_days == USER_DAYS and store.has_user_history:
-        build = _history_sql
+    ends = bucket_dates(q.period, lo - 1, hi + 1)  # None at the ends of the calendar
+    if build is _bitset_sql and user_days == USER_DAYS and store.has_user_history and ends:
+        build = partial(_history_sql, first=ends[0], after=ends[1])
     elif build is _bitset_sql and user_days is None and not raw:
         # Worth it when most days lie in one local period (weeks, months; not days).
         zoned = _zoned_days(parts, tz)

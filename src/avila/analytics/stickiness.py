@@ -30,6 +30,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from avila.analytics.calendar import (
+    bucket_dates,
     bucket_expr,
     bucket_label,
     bucket_of,
@@ -100,8 +101,9 @@ def stickiness(
     days = None
     if not (raw or q.event or q.filters):
         days = user_days_answer(store, project_id, tz, scan_lo, scan_hi)
-    if days == USER_DAYS and store.has_user_history and _history_fits(q.period, lo, hi):
-        sql, params = _history_sql(project_id, q.period, lo, hi)
+    ends = bucket_dates(q.period, lo, hi + 1)  # None at the end of the calendar
+    if days == USER_DAYS and store.has_user_history and ends and _history_fits(q.period, lo, hi):
+        sql, params = _history_sql(project_id, q.period, lo, hi, *ends)
     else:
         source = days or events_source(store, project_id)
         sql = f"""
@@ -139,15 +141,15 @@ def _history_fits(period: str, lo: int, hi: int) -> bool:
     return (hi - lo + 1) * MAX_ACTIVE_DAYS[period] <= HISTORY_BITS
 
 
-def _history_sql(project_id: str, period: str, lo: int, hi: int) -> tuple[str, list[Any]]:
+def _history_sql(
+    project_id: str, period: str, lo: int, hi: int, first: date, after: date
+) -> tuple[str, list[Any]]:
     """The stickiness statement over the per-user history (DuckDB; UTC, any event, no links:
     the caller checked that the user days stand in for the events). Period ``lo + j``'s days
     are bits ``j * width`` on (width 7 or 31: day of the week or of the month), so each
     period's active days are a population count of its slice of the user's integer; users
     without a day in a period are left out of its counts, as the events' aggregate leaves
-    them."""
-    first = date.fromisoformat(bucket_label(lo, period))
-    after = date.fromisoformat(bucket_label(hi + 1, period))
+    them. ``first`` and ``after``: the first days of periods ``lo`` and ``hi + 1``."""
     width = MAX_ACTIVE_DAYS[period]
     # A day's bit: its distance from ``first``; by month, plus the bits the months before its
     # own leave unused (31 - their length): a subtraction and a few comparisons per day
