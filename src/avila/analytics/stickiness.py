@@ -54,6 +54,8 @@ from avila.storage import user_history
 from avila.storage.base import Store
 
 MAX_ACTIVE_DAYS = {"week": 7, "month": 31}
+#: Weeks OR-ed into one integer per user on the events path (9 weeks of 7 days: 63 bits).
+WEEKS_PER_GROUP = 9
 #: The bits of the history path's per-user integer (a HUGEINT: its sign bit left alone).
 HISTORY_BITS = 127
 #: A multiple of 7 larger than the days from year 1 to 1970 (719,162).
@@ -106,16 +108,21 @@ def stickiness(
         sql, params = _history_sql(project_id, q.period, lo, hi, *ends)
     else:
         source = days or events_source(store, project_id)
-        sql = f"""
+        active = (
+            f"SELECT user_id, {period_bucket} AS b, {index} AS i FROM (SELECT user_id,"
+            f" {local.sql} AS loc FROM {source} WHERE {where.sql} AND {cond.sql})"
+        )
+        params = [*local.params, *where.params, *cond.params]
+        if q.period == "week":
+            sql, params = _weeks_in_groups(frag, active, params, lo, hi)
+        else:
+            sql = f"""
 SELECT b, {frag["popcount"].format("days")} AS n, count(*) FROM (
-  SELECT user_id, b, {frag["bit_or_agg"].format(frag["bit"].format("i"))} AS days FROM (
-    SELECT user_id, {period_bucket} AS b, {index} AS i
-    FROM (SELECT user_id, {local.sql} AS loc FROM {source}
-          WHERE {where.sql} AND {cond.sql}))
-  WHERE b BETWEEN ? AND ? GROUP BY user_id, b)
+  SELECT user_id, b, {frag["bit_or_agg"].format(frag["bit"].format("i"))} AS days
+  FROM ({active}) AS a WHERE b BETWEEN ? AND ? GROUP BY user_id, b) AS p
 GROUP BY b, n
 """
-        params = [*local.params, *where.params, *cond.params, lo, hi]
+            params += [lo, hi]
     most = MAX_ACTIVE_DAYS[q.period]
     per_period = {b: [0] * most for b in range(lo, hi + 1)}
     for b, days, users in store.query(sql, params):
@@ -135,6 +142,30 @@ GROUP BY b, n
             for b in range(lo, hi + 1)
         ],
     }
+
+
+def _weeks_in_groups(
+    frag: dict[str, str], active: str, params: list[Any], lo: int, hi: int
+) -> tuple[str, list[Any]]:
+    """The events path by week: ``active`` (``user_id``, week ``b``, day of the week ``i``)
+    OR-ed per user and group of :data:`WEEKS_PER_GROUP` weeks (7 bits a week), then each
+    week's bits counted. A fifth as many groups as (user, week) for a 30-day question: that
+    hash table is the cost at 100 M events (benchmarks/RESULTS.md, "Stickiness by week in
+    groups of weeks")."""
+    per = WEEKS_PER_GROUP
+    week = frag["int_div"].format("b - ?", per)
+    day_bit = frag["bit"].format(f"(b - ? - {week} * {per}) * 7 + i")
+    days_of_week = frag["bits_of"].format("days", "(r.i - 1) * 7", 127)
+    sql = f"""
+SELECT ? + g * {per} + j AS b, n, count(*) FROM (
+  SELECT g, r.i - 1 AS j, {frag["popcount"].format(days_of_week)} AS n FROM (
+    SELECT user_id, {week} AS g,
+      {frag["bit_or_agg"].format(day_bit)} AS days
+    FROM ({active}) AS a WHERE b BETWEEN ? AND ? GROUP BY user_id, g) AS groups,
+    {frag["series_from_1"].format(per + 1)}) AS w
+WHERE n > 0 GROUP BY g, j, n
+"""
+    return sql, [lo, lo, lo, lo, *params, lo, hi]
 
 
 def _history_fits(period: str, lo: int, hi: int) -> bool:

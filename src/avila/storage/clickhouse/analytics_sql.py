@@ -98,6 +98,7 @@ FRAGMENTS: dict[str, str] = {
     "bit": "bitShiftLeft(toUInt64(1), {0})",
     "bit_or_agg": "groupBitOr({0})",
     "popcount": "bitCount({0})",
+    "bits_of": "bitAnd(bitShiftRight({0}, {1}), {2})",
     "day_of_month": "toDayOfMonth(fromUnixTimestamp64Micro(toInt64({0}), 'UTC'))",
     "min_pair": "min(CAST(tuple({0}, {1}), 'Tuple(t Int64, n String)'))",
     "null_text": "CAST(NULL AS Nullable(String))",

@@ -73,6 +73,8 @@ FRAGMENTS: dict[str, str] = {
     "bit": "(1::UBIGINT << ({0}))",
     "bit_or_agg": "bit_or({0})",
     "popcount": "bit_count({0})",
+    # bits {1} .. of integer {0}, masked by {2}
+    "bits_of": "((({0}) >> ({1})) & {2})",
     "day_of_month": "dayofmonth(make_timestamp({0}))",
     "min_pair": "min({{'t': {0}, 'n': {1}}})",
     # Typed NULLs (ClickHouse needs a Nullable type to cast NULL to).
