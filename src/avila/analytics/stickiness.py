@@ -14,7 +14,9 @@ the one-period case: ask for a single week or month.
 
 Computed in one SQL query: per (user, period) the OR of one bit per active local day (day of
 week or of month), its population count is the number of active days, then users per count
-(measured cheaper than counting distinct (user, period, day) rows). For a question about any
+(measured cheaper than counting distinct (user, period, day) rows); by week the bits are OR-ed
+per user and group of :data:`WEEKS_PER_GROUP` weeks and each week's seven counted after, fewer
+groups to aggregate (:func:`_weeks_in_groups`). For a question about any
 event without filters, in UTC, in a project without identity links, the per-user history's
 rows (:data:`avila.storage.user_history.PER_USER`: a row per user with their active days) give
 each user's bits of every reported period in one 127-bit integer (:func:`_history_sql`: up to
@@ -155,7 +157,7 @@ def _weeks_in_groups(
     per = WEEKS_PER_GROUP
     week = frag["int_div"].format("b - ?", per)
     day_bit = frag["bit"].format(f"(b - ? - {week} * {per}) * 7 + i")
-    days_of_week = frag["bits_of"].format("days", "(r.i - 1) * 7", 127)
+    days_of_week = frag["bits_of"].format("days", "(r.i - 1) * 7", (1 << 7) - 1)
     sql = f"""
 SELECT ? + g * {per} + j AS b, n, count(*) FROM (
   SELECT g, r.i - 1 AS j, {frag["popcount"].format(days_of_week)} AS n FROM (
