@@ -47,9 +47,13 @@ def test_a_stop_that_outlasts_its_timeout_shows_the_stacks_and_the_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server = ServerProcess(tmp_path).start()
-    # no server finishes a graceful stop in no time: the timeout path runs (the server may
-    # end its stop while the report is written, or be killed after it)
-    assert server.stop(timeout=0) in (0, -signal.SIGKILL)
+    # No server finishes a graceful stop in no time: the timeout path runs. The server may end
+    # its stop while the report is written (0) or be killed after it (-SIGKILL), or the stack
+    # dump may crash it (-SIGSEGV): faulthandler writes every thread's stack from a signal
+    # handler without pausing the other threads, and this server is not hung but mid-stop,
+    # its threads still running. One fresh-clone CI run in about a dozen saw the dump cut off
+    # inside a frame and the process end with SIGSEGV; the report was shown all the same.
+    assert server.stop(timeout=0) in (0, -signal.SIGKILL, -signal.SIGSEGV)
     shown = capsys.readouterr().err
     assert "still running 0 s after SIGTERM" in shown
     assert "(most recent call first)" in shown and "avila started" in shown
