@@ -4,7 +4,8 @@ Each twin is native ClickHouse SQL over the bench's ``events`` MergeTree
 (:mod:`analytics_clickhouse`) computing the same answer as our report, so ``bench_analytics``
 can put the engine's time beside ours and check the answers agree. Semantics are the reports'
 own (their module docstrings): paths order a user's events by time, equal times by name, and
-collapse repeated consecutive names; lifecycle and stickiness take periods as wall time in a
+collapse repeated consecutive names, and the same ``Sankey`` step draws both engines' counted
+rows (only the counting is compared); lifecycle and stickiness take periods as wall time in a
 zone, every period that overlaps the range, each whole.
 
 Paths name events ``<type>:<key>``; the bench's rows carry no custom event name (the chdb
@@ -13,14 +14,14 @@ table has no ``event_name`` column), so every custom event is ``custom:`` here a
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from analytics_clickhouse import _t
 
-OTHER = "Other"
+from avila.analytics.paths import _sankey
+
 #: our paths' event name (avila.analytics.paths.name_expr) for the bench's columns
 _NAME = (
     "multiIf(event_type IN ('page_view', 'click'), concat(event_type, ':', ifNull(url, '')),"
@@ -44,11 +45,12 @@ def ch_paths(
     *,
     begin: str | None = None,
     finish: str | None = None,
-) -> list[tuple[int, str, str, int]]:
-    """``[(step, name, next name or '', users)]``: each user's path (from their first event
-    matching ``begin``, or up to their first event matching ``finish``; one of them at most),
-    repeats collapsed, its first ``steps`` steps (with ``finish``: its last, numbered so that
-    the path ends at step ``steps``)."""
+) -> list[tuple[int, str, str | None, int]]:
+    """``[(step, name, neighbour name or None, users)]``, the counted rows the paths report
+    draws its Sankey from: each user's path (from their first event matching ``begin``, or up
+    to their first event matching ``finish``; one of them at most), repeats collapsed, its
+    first ``steps`` steps, the neighbour the step after; with ``finish`` its last steps,
+    numbered so that the path ends at step ``steps``, the neighbour the step before."""
     flag = begin or finish or "0"
     # Tuples sort by (time, name, flag); equal (time, name) have equal flags.
     sorted_events = f"arraySort(groupArray((toUnixTimestamp64Micro(ts), {_NAME}, {flag})))"
@@ -63,11 +65,12 @@ def ch_paths(
     collapsed = "arrayFilter((n, p) -> n != p, names, arrayPushFront(arrayPopBack(names), ''))"
     if finish:
         path = f"arraySlice(c, greatest(length(c) - {steps - 1}, 1))"
-        step = f"k + {steps} - length(a)"
+        step, neighbour = f"k + {steps} - length(a)", "if(k > 1, a[k - 1], '')"
     else:
         path, step = f"arraySlice(c, 1, {steps})", "k"
+        neighbour = "if(k < length(a), a[k + 1], '')"
     sql = f"""
-SELECT {step} AS step, a[k] AS name, if(k < length(a), a[k + 1], '') AS nxt, count() AS users
+SELECT {step} AS step, a[k] AS name, {neighbour} AS nxt, count() AS users
 FROM (
   SELECT {path} AS a FROM (
     SELECT {collapsed} AS c FROM (
@@ -79,7 +82,7 @@ FROM (
 ARRAY JOIN arrayEnumerate(a) AS k
 GROUP BY step, name, nxt
 """
-    return [(int(s), n, x, int(u)) for s, n, x, u in ch.query(sql).result_rows]
+    return [(int(s), n, x or None, int(u)) for s, n, x, u in ch.query(sql).result_rows]
 
 
 def paths_figures(report: dict[str, Any]) -> dict[str, Any]:
@@ -101,36 +104,11 @@ def paths_figures(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def ch_paths_figures(
-    rows: list[tuple[int, str, str, int]], steps: int, limit: int, *, backwards: bool
+    rows: list[tuple[int, str, str | None, int]], steps: int, limit: int, *, backwards: bool
 ) -> dict[str, Any]:
-    """:func:`ch_paths` rows as :func:`paths_figures`: per step the ``limit`` names with most
-    users (ties by name) kept, the rest merged into ``Other``."""
-    nodes: dict[tuple[int, str], int] = defaultdict(int)
-    links: dict[tuple[int, str, str], int] = defaultdict(int)
-    for step, name, nxt, users in rows:
-        nodes[(step, name)] += users
-        if nxt:
-            links[(step, name, nxt)] += users
-    kept: dict[int, set[str]] = {}
-    for step in {s for s, _ in nodes}:
-        ranked = sorted((-u, n) for (s, n), u in nodes.items() if s == step)
-        kept[step] = {n for _, n in ranked[:limit]}
-
-    def label(step: int, name: str) -> str:
-        return name if name in kept.get(step, set()) else OTHER
-
-    merged_nodes: dict[tuple[int, str], int] = defaultdict(int)
-    for (step, name), users in nodes.items():
-        merged_nodes[(step, label(step, name))] += users
-    merged_links: dict[tuple[int, str, str], int] = defaultdict(int)
-    for (step, src, dst), users in links.items():
-        merged_links[(step, label(step, src), label(step + 1, dst))] += users
-    first = steps if backwards else 1
-    return {
-        "users": sum(u for (s, _), u in nodes.items() if s == first),
-        "nodes": dict(merged_nodes),
-        "links": dict(merged_links),
-    }
+    """:func:`ch_paths` rows drawn as our report draws its own counted rows (the top
+    ``limit`` names per step, the rest ``Other``), as :func:`paths_figures`."""
+    return paths_figures(_sankey(rows, steps, limit, backwards))
 
 
 def _local_days(start: datetime, end: datetime, tz: str) -> tuple[date, date]:

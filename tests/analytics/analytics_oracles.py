@@ -56,6 +56,37 @@ def _us(delta: timedelta) -> int:
     return delta // timedelta(microseconds=1)
 
 
+def strict_order_replay(
+    seq: list[tuple[Any, int]], n: int, window: Any
+) -> tuple[int, dict[int, Any]]:
+    """ClickHouse's strict_order over one user's entries ``(time, step index)`` (index 0: an
+    event matching no step; an event matching several steps is an entry per step): (level,
+    {step k >= 1: time from the step-(k-1) completion its chain extended to step k}). Times
+    are anything ordered that ``+ window`` and ``-`` work on (datetimes, integers)."""
+    reached: dict[int, tuple[Any, Any]] = {}  # step -> (chain start, time reached)
+    gaps: dict[int, Any] = {}
+    seen_first = False
+    for t, idx in sorted(seq):
+        if idx == 0:
+            if seen_first:
+                break
+            continue
+        k = idx - 1
+        if k == 0:
+            reached[0] = (t, t)
+            seen_first = True
+            continue
+        if seen_first and (k - 1) not in reached:
+            break
+        if (k - 1) in reached and t <= reached[k - 1][0] + window:
+            if k not in reached:
+                gaps[k] = t - reached[k - 1][1]
+            reached[k] = (reached[k - 1][0], t)
+            if k == n - 1:
+                break
+    return len(reached), gaps
+
+
 def funnel_user(
     events: list[dict[str, Any]], steps: list[dict[str, Any]], window: timedelta, mode: str
 ) -> tuple[int, dict[int, float]]:
@@ -92,29 +123,8 @@ def funnel_user(
         for e in events:
             ks = [k + 1 for k in range(n) if matches(e, steps[k])]
             seq.extend((e["ts"], k) for k in ks) if ks else seq.append((e["ts"], 0))
-        seq.sort()
-        reached: dict[int, tuple[datetime, datetime]] = {}
-        times = {}
-        seen_first = False
-        for t, idx in seq:
-            if idx == 0:
-                if seen_first:
-                    break
-                continue
-            k = idx - 1
-            if k == 0:
-                reached[0] = (t, t)
-                seen_first = True
-                continue
-            if seen_first and (k - 1) not in reached:
-                break
-            if (k - 1) in reached and t <= reached[k - 1][0] + window:
-                if k not in reached:
-                    times[k] = (t - reached[k - 1][1]).total_seconds()
-                reached[k] = (reached[k - 1][0], t)
-                if k == n - 1:
-                    break
-        return len(reached), times
+        level, gaps = strict_order_replay(seq, n, window)
+        return level, {k: gap.total_seconds() for k, gap in gaps.items()}
     # unordered
     best, best_firsts = 0, []
     for s in sorted({t for t, _ in entries}):

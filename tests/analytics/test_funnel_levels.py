@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from analytics_oracles import strict_order_replay
 
 from avila.analytics.funnel_levels import _entries, _expanded_entries, strict_order_levels
 
@@ -35,34 +36,14 @@ def _rows(seed: int, overlapping: bool) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def _replay(times: list[int], masks: list[int]) -> tuple[int, dict[int, float]]:
-    """One user's level and seconds to convert, replaying entries in (time, step) order."""
-    seq = sorted(
+    """One user's level and seconds to convert: the oracle's strict_order replay of the rows'
+    entries (a row per step it matches; a row matching none is one entry of step 0)."""
+    seq = [
         (t, k + 1) for t, m in zip(times, masks, strict=True) for k in range(NSTEPS) if m >> k & 1
-    )
+    ]
     seq += [(t, 0) for t, m in zip(times, masks, strict=True) if m == 0]
-    seq.sort()
-    reached: dict[int, tuple[int, int]] = {}  # step -> (chain start, time reached)
-    seconds: dict[int, float] = {}
-    seen_first = False
-    for t, idx in seq:
-        if idx == 0:
-            if seen_first:
-                break
-            continue
-        k = idx - 1
-        if k == 0:
-            reached[0] = (t, t)
-            seen_first = True
-            continue
-        if seen_first and k - 1 not in reached:
-            break
-        if k - 1 in reached and t <= reached[k - 1][0] + WINDOW:
-            if k not in reached:
-                seconds[k] = (t - reached[k - 1][1]) / 1e6
-            reached[k] = (reached[k - 1][0], t)
-            if k == NSTEPS - 1:
-                break
-    return len(reached), seconds
+    level, gaps = strict_order_replay(seq, NSTEPS, WINDOW)
+    return level, {k: gap / 1e6 for k, gap in gaps.items()}
 
 
 @pytest.mark.parametrize("overlapping", [False, True])
@@ -85,6 +66,7 @@ def test_one_step_rows_are_their_own_entries(seed: int) -> None:
     ucode, t, masks = _rows(seed, overlapping=False)
     fast_rows, fast_idx = _entries(t, masks, NSTEPS, ucode)
     rows, idx = _expanded_entries(t, masks, NSTEPS, ucode)
+    assert fast_rows is None  # entry i is row i
     # Entries of equal (user, time, step) may come in either order: compare what they hold.
     assert np.array_equal(fast_idx, idx)
-    assert np.array_equal(t[fast_rows], t[rows]) and np.array_equal(ucode[fast_rows], ucode[rows])
+    assert np.array_equal(t, t[rows]) and np.array_equal(ucode, ucode[rows])

@@ -277,12 +277,19 @@ def _assert_same_stickiness(
     for start, end, period in STICKY:
         body = {"period": period, "start_time": start, "end_time": end}
         assert _sticky_takes_user_days(store, body) is user_days, body
-        got = stickiness(store, PROJECT, body)
-        assert got == stickiness(store, PROJECT, body, raw=True), body
-        want = stickiness_oracle(rows, start, end, period, "UTC")
-        assert {
-            p["period_start"]: [r["users"] for r in p["distribution"]] for p in got["periods"]
-        } == want, body
+        assert_stickiness_answers(store, rows, body)
+
+
+def assert_stickiness_answers(
+    store: Store, rows: list[dict[str, Any]], body: dict[str, Any]
+) -> None:
+    """Stickiness in UTC for ``body`` equals the events' answer and the oracle's."""
+    got = stickiness(store, PROJECT, body)
+    assert got == stickiness(store, PROJECT, body, raw=True), body
+    want = stickiness_oracle(rows, body["start_time"], body["end_time"], body["period"], "UTC")
+    assert {
+        p["period_start"]: [r["users"] for r in p["distribution"]] for p in got["periods"]
+    } == want, body
 
 
 @pytest.mark.parametrize("seed", [7, 8])

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from analytics_data import PROJECT, T0, event, link_identity, to_table
 from analytics_oracles import retention_oracle
-from journey_oracles import lifecycle_oracle, stickiness_oracle
+from journey_oracles import lifecycle_oracle
 from test_user_days_reports import (
     LIFECYCLE,
     QUESTIONS,
@@ -31,6 +31,7 @@ from test_user_days_reports import (
     _lifecycle_table,
     _linked,
     _source,
+    assert_stickiness_answers,
 )
 from test_user_days_reports import _rows as user_days_rows
 
@@ -134,12 +135,7 @@ def _assert_same_stickiness(
     for start, end, period, fits in STICKY_ASKED:
         body = {"period": period, "start_time": start, "end_time": end}
         assert _stickiness_reads_history(store, body) is (history and fits), body
-        got = stickiness(store, PROJECT, body)
-        assert got == stickiness(store, PROJECT, body, raw=True), body
-        want = stickiness_oracle(rows, start, end, period, "UTC")
-        assert {
-            p["period_start"]: [r["users"] for r in p["distribution"]] for p in got["periods"]
-        } == want, body
+        assert_stickiness_answers(store, rows, body)
 
 
 def _stickiness_reads_history(store: DuckDBStore, body: dict[str, Any]) -> bool:

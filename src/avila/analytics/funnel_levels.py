@@ -139,7 +139,7 @@ def strict_order_levels(
     if n == 0:
         return level, conv, first_row
     row_of, idx = _entries(t, masks, nsteps, ucode)
-    e_user, e_t = ucode[row_of], t[row_of]
+    e_user, e_t = (ucode, t) if row_of is None else (ucode[row_of], t[row_of])
     m = len(idx)
     # Positions in 32 bits when they fit: these passes are bound by memory traffic.
     pos_type = np.int32 if m < np.iinfo(np.int32).max else np.int64
@@ -180,20 +180,22 @@ def strict_order_levels(
         if k:
             src = sources[k][alive][first]
             conv[users, k] = (e_t[hit[first]] - e_t[src]) / 1e6
-    first_row[with_one] = row_of[first_one[with_one]]
+    first_entries = first_one[with_one]
+    first_row[with_one] = first_entries if row_of is None else row_of[first_entries]
     return level, conv, first_row
 
 
 def _entries(
     t: np.ndarray, masks: np.ndarray, nsteps: int, ucode: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray | None, np.ndarray]:
     """:func:`strict_order_levels`' entries: their rows and step indexes (0 = no step), in
     the order (user, time, step index). When no row matches two steps, the entries are the
     rows themselves, already in that order (rows come sorted by user, time and mask, and a
-    one-step mask grows with its step): no expansion and no sort."""
+    one-step mask grows with its step): no expansion and no sort, and rows None (entry i is
+    row i)."""
     if not np.any(masks & (masks - 1)):
         _, exponent = np.frexp(masks)  # 2^(k-1) -> k, 0 -> 0
-        return np.arange(len(t), dtype=np.int64), exponent.astype(np.int64)
+        return None, exponent.astype(np.int64)
     return _expanded_entries(t, masks, nsteps, ucode)
 
 

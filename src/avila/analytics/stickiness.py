@@ -105,9 +105,11 @@ def stickiness(
     days = None
     if not (raw or q.event or q.filters):
         days = user_days_answer(store, project_id, tz, scan_lo, scan_hi)
-    ends = bucket_dates(q.period, lo, hi + 1)  # None at the end of the calendar
-    if days == USER_DAYS and store.has_user_history and ends and _history_fits(q.period, lo, hi):
-        sql, params = _history_sql(project_id, q.period, lo, hi, *ends)
+    history = days == USER_DAYS and store.has_user_history and _history_fits(q.period, lo, hi)
+    # the first day of each period and of the one after (None at the end of the calendar)
+    starts = bucket_dates(q.period, *range(lo, hi + 2)) if history else None
+    if starts:
+        sql, params = _history_sql(project_id, q.period, lo, starts)
     else:
         source = days or events_source(store, project_id)
         active = (
@@ -175,21 +177,21 @@ def _history_fits(period: str, lo: int, hi: int) -> bool:
 
 
 def _history_sql(
-    project_id: str, period: str, lo: int, hi: int, first: date, after: date
+    project_id: str, period: str, lo: int, starts: list[date]
 ) -> tuple[str, list[Any]]:
     """The stickiness statement over the per-user history (DuckDB; UTC, any event, no links:
     the caller checked that the user days stand in for the events). Period ``lo + j``'s days
     are bits ``j * width`` on (width 7 or 31: day of the week or of the month), so each
     period's active days are a population count of its slice of the user's integer; users
     without a day in a period are left out of its counts, as the events' aggregate leaves
-    them. ``first`` and ``after``: the first days of periods ``lo`` and ``hi + 1``."""
+    them. ``starts``: the first days of periods ``lo`` .. ``hi + 1``."""
+    first, after = starts[0], starts[-1]
     width = MAX_ACTIVE_DAYS[period]
     # A day's bit: its distance from ``first``; by month, plus the bits the months before its
     # own leave unused (31 - their length): a subtraction and a few comparisons per day
     # (extracting year, month and day of each day took twice as long as the whole query).
     bit, bit_params = "(d - ?)", [first]
     if period == "month":
-        starts = [date.fromisoformat(bucket_label(b, period)) for b in range(lo, hi + 2)]
         unused = itertools.accumulate(31 - (b - a).days for a, b in itertools.pairwise(starts))
         later = list(zip(starts[1:-1], unused, strict=False))  # (a later month's start, pad)
         if later:
@@ -205,7 +207,8 @@ SELECT ? + j AS b, n, count(*) FROM (
   WHERE bits <> 0)
 WHERE n > 0 GROUP BY j, n
 """
-    params = [lo, (1 << width) - 1, first, after, *bit_params, *[project_id] * 3, hi - lo + 1]
+    periods = len(starts) - 1
+    params = [lo, (1 << width) - 1, first, after, *bit_params, *[project_id] * 3, periods]
     return sql, params
 
 
