@@ -64,7 +64,6 @@ from avila.analytics.calendar import (
 from avila.analytics.common import (
     OTHER,
     REST,
-    Expr,
     condition_expr,
     events_source,
     fragments,
@@ -72,6 +71,7 @@ from avila.analytics.common import (
     parse_query,
     property_expr,
     rate,
+    rows_at_most,
     time_range,
     where_clause,
     zone,
@@ -192,26 +192,23 @@ def _report_slices(
     is never in memory at once. Each slice numbers its users from 0; its rows have a
     ``user_id`` column when ``with_ids``. :func:`funnel` and :func:`funnel_dropped` read the
     same rows and levels, so their numbers agree by construction."""
-    sql, params, order, where = _candidate_rows(store, project_id, q)
+    sql, params, order = _candidate_rows(store, project_id, q)
     columns = f"user_id, {order}" if with_ids else order
     # The range's events bound the candidate rows from above (a count without the step
     # conditions costs a fraction of one with them: 0.05 s against 0.8 s for 25 M events).
-    ((rows,),) = store.query(
-        f"SELECT count(*) FROM {events_source(store, project_id)} WHERE {where.sql}", where.params
-    )
-    for table, ucode in rows_by_user_chunks(store, sql, params, columns, order, rows=int(rows)):
+    start, end = time_range(q.start_time, q.end_time)
+    rows = rows_at_most(store, project_id, start, end, q.filters)
+    for table, ucode in rows_by_user_chunks(store, sql, params, columns, order, rows=rows):
         if len(ucode) and ucode[0]:
             ucode = ucode - ucode[0]
         t = _int64(table.column("t"))
         yield table, t, _levels(q, t, table, ucode)
 
 
-def _candidate_rows(
-    store: Store, project_id: str, q: FunnelQuery
-) -> tuple[str, list[Any], str, Expr]:
+def _candidate_rows(store: Store, project_id: str, q: FunnelQuery) -> tuple[str, list[Any], str]:
     """The SQL of the rows that can move a user along the funnel (``user_id``, ``t`` epoch
     µs, ``m`` the mask of steps the row matches, ``b`` the breakdown value when asked for),
-    its parameters, the order of a user's rows, and the range's where clause."""
+    its parameters, and the order of a user's rows."""
     _check_steps(q)
     start, end = time_range(q.start_time, q.end_time)
     zone(q.timezone)  # validated here so every caller refuses a bad zone alike
@@ -255,7 +252,7 @@ def _candidate_rows(
     # Ties broken by step mask and breakdown value, so the user's "first" row (breakdown,
     # unordered) is the same on every run and backend.
     order = "t, m" + (", b" if breakdown is not None else "")
-    return sql, params, order, where
+    return sql, params, order
 
 
 def _levels(q: FunnelQuery, t: np.ndarray, table: pa.Table, ucode: np.ndarray) -> Levels:
