@@ -151,7 +151,7 @@ def rows_at_most(
     ``[start, end)`` under ``filters``, counted on the events table: the stitched relation is
     that table joined one to one with the person map, so it has the same rows and only their
     ``user_id`` differs. A filter on ``user_id`` is left out (a superset). Readers size their
-    slices by it; counting through the join cost as much as a tenth of a funnel at 100 M
+    slices by it; counting through the join cost 0.18 s of a 2.4 s stitched funnel at 100 M
     events (benchmarks/RESULTS.md, "The stitched funnel's row count")."""
     kept = [f for f in filters if PROPERTY_COLUMNS.get(f.property) != "user_id"]
     where = where_clause(store, project_id, start, end, kept)
