@@ -41,6 +41,7 @@ from avila.analytics.common import (
     iso,
     parse_query,
     rate,
+    rows_at_most,
     time_range,
     user_codes,
     where_clause,
@@ -74,15 +75,14 @@ def sorted_events(
 
 
 def events_by_user(
-    store: Store, project_id: str, where: Expr, *, rows: int | None = None
+    store: Store, project_id: str, where: Expr, *, rows: int
 ) -> Iterator[tuple[pa.Table, np.ndarray]]:
     """:func:`sorted_events` without the ``user_id`` column, users in hash order, and each
     row's user number (see :func:`avila.analytics.user_order.rows_by_user`): in slices of
-    whole users when the range holds many rows (``rows``: their number if known)."""
+    whole users when the range holds many rows (``rows``: their number, or a bound such as
+    :func:`avila.analytics.common.rows_at_most`)."""
     epoch = fragments(store)["epoch_us"].format("ts")
     source = events_source(store, project_id)
-    if rows is None:
-        ((rows,),) = store.query(f"SELECT count(*) FROM {source} WHERE {where.sql}", where.params)
     return rows_by_user_chunks(
         store,
         f"SELECT user_id, session_id, {epoch} AS t, event_type = 'page_view' AS pv"
@@ -90,7 +90,7 @@ def events_by_user(
         where.params,
         "session_id, t, pv",
         "t",
-        rows=int(rows or 0),
+        rows=rows,
     )
 
 
@@ -336,7 +336,8 @@ def sessions(
         )
         totals.add(found)
     else:
-        for table, codes in events_by_user(store, project_id, where):
+        bound = rows_at_most(store, project_id, start, end, q.filters)
+        for table, codes in events_by_user(store, project_id, where, rows=bound):
             if len(codes):
                 totals.add(
                     sessionize(table, q.timeout_seconds, q.max_session_seconds, codes - codes[0])
