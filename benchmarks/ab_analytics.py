@@ -22,8 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from trees import HERE
+
 BENCH = Path(__file__).resolve().parent / "bench_analytics.py"
-HERE = Path(__file__).resolve().parent.parent / "src"
 
 
 def parse_rows(output: str) -> dict[str, tuple[float, float]]:

@@ -140,6 +140,9 @@ def test_answers_read_in_slices_of_users_equal_one_pull(load, monkeypatch, chunk
     slices.clear()
     funnel_dropped(store, PROJECT, {**RANGE, "steps": STEPS, "step": 1})
     assert len(slices) > 1  # and the users who dropped
+    slices.clear()
+    sessions(store, PROJECT, RANGE, raw=True)
+    assert len(slices) > 1  # and the sessions report's raw read
     dropped = one_pull[0][-3]
     assert dropped["total"] > 7 and len(dropped["users"]) == 7  # the first 7 of them, by id
     steps = one_pull[0][2]["steps"]

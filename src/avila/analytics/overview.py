@@ -43,12 +43,12 @@ from avila.analytics.calendar import (
 )
 from avila.analytics.common import (
     OTHER,
-    PROPERTY_COLUMNS,
     REST,
     Expr,
     condition_expr,
     events_source,
     fragments,
+    names_the_user,
     parse_query,
     persons_relation,
     property_expr,
@@ -118,7 +118,7 @@ def overview(
     source = events_source(store, project_id)
     # Counts by type, page and referrer do not depend on who a user is: unless a filter names
     # the user, they read the events table itself and skip resolving identities.
-    by_user = any(PROPERTY_COLUMNS.get(f.property) == "user_id" for f in q.filters)
+    by_user = any(names_the_user(f) for f in q.filters)
     event_source = source if by_user else fragments(store)["events_unstitched"]
     kept_way = not (raw or q.filters) and utc_throughout(tz, start, end)
     rows = None
